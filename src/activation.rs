@@ -1,0 +1,236 @@
+//! Gate activations: the eleven ONNX activation functions, which include every Keras LSTM activation.
+//!
+//! Scalar forms ([`Activation::apply`]) serve the reference implementation; the SIMD backends evaluate
+//! the same functions lane-wise.
+
+use crate::error::{Error, Result};
+
+/// An activation function with its parameters.
+///
+/// The numbering of [`Activation::code`] is the C ABI's `MRNN_ACT_*`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    /// `1 / (1 + exp(-x))`
+    Sigmoid,
+    /// `tanh(x)`
+    Tanh,
+    /// `max(0, x)`
+    Relu,
+    /// `alpha * x + beta`
+    Affine {
+        /// Slope.
+        alpha: f32,
+        /// Offset.
+        beta: f32,
+    },
+    /// `x` if `x >= 0` else `alpha * x`
+    LeakyRelu {
+        /// Negative slope (ONNX default 0.01).
+        alpha: f32,
+    },
+    /// `x` if `x > alpha` else `0`
+    ThresholdedRelu {
+        /// Threshold (ONNX default 1.0).
+        alpha: f32,
+    },
+    /// `alpha * tanh(beta * x)`
+    ScaledTanh {
+        /// Output scale.
+        alpha: f32,
+        /// Input scale.
+        beta: f32,
+    },
+    /// `clamp(alpha * x + beta, 0, 1)`; Keras 2 / ONNX use alpha 0.2, Keras 3 uses alpha 1/6.
+    HardSigmoid {
+        /// Slope.
+        alpha: f32,
+        /// Offset.
+        beta: f32,
+    },
+    /// `x` if `x >= 0` else `alpha * (exp(x) - 1)`
+    Elu {
+        /// Scale of the negative branch (ONNX default 1.0).
+        alpha: f32,
+    },
+    /// `x / (1 + |x|)`
+    Softsign,
+    /// `ln(1 + exp(x))`
+    Softplus,
+}
+
+/// Which `hard_sigmoid` a Keras model name refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum HardSigmoidFlavor {
+    /// Keras 3: `clamp(x / 6 + 0.5, 0, 1)`.
+    #[default]
+    Keras3,
+    /// Keras 2, tf.keras and ONNX: `clamp(0.2 x + 0.5, 0, 1)`.
+    Keras2,
+}
+
+impl Activation {
+    /// Keras 2 / tf.keras / ONNX-default `hard_sigmoid`: `clamp(0.2 x + 0.5, 0, 1)`.
+    pub const HARD_SIGMOID_KERAS2: Activation = Activation::HardSigmoid { alpha: 0.2, beta: 0.5 };
+    /// Keras 3 `hard_sigmoid`: `clamp(x / 6 + 0.5, 0, 1)`.
+    pub const HARD_SIGMOID_KERAS3: Activation = Activation::HardSigmoid { alpha: 1.0 / 6.0, beta: 0.5 };
+
+    /// Evaluates the activation at `x`. The SIMD kernels evaluate the same sequence of operations
+    /// lane-wise (see [`crate::math`]), so they agree with this bit for bit.
+    #[inline]
+    pub fn apply(self, x: f32) -> f32 {
+        use crate::math;
+        match self {
+            Activation::Sigmoid => math::sigmoid(x),
+            Activation::Tanh => math::tanh(x),
+            Activation::Relu => {
+                if x > 0.0 || x.is_nan() {
+                    x
+                } else {
+                    0.0
+                }
+            }
+            Activation::Affine { alpha, beta } => alpha * x + beta,
+            Activation::LeakyRelu { alpha } => {
+                if x >= 0.0 {
+                    x
+                } else {
+                    alpha * x
+                }
+            }
+            Activation::ThresholdedRelu { alpha } => {
+                if x > alpha || x.is_nan() {
+                    x
+                } else {
+                    0.0
+                }
+            }
+            Activation::ScaledTanh { alpha, beta } => alpha * math::tanh(beta * x),
+            Activation::HardSigmoid { alpha, beta } => {
+                let y = alpha * x + beta;
+                if y > 1.0 {
+                    1.0
+                } else if y > 0.0 || y.is_nan() {
+                    y
+                } else {
+                    0.0
+                }
+            }
+            Activation::Elu { alpha } => {
+                if x >= 0.0 {
+                    x
+                } else {
+                    alpha * (math::exp(x) - 1.0)
+                }
+            }
+            Activation::Softsign => x / (1.0 + x.abs()),
+            Activation::Softplus => {
+                // ln(1 + e^x); past 20 the result is x to f32 precision (and e^x would overflow later).
+                if x > 20.0 || x.is_nan() {
+                    x
+                } else {
+                    math::ln(1.0 + math::exp(x))
+                }
+            }
+        }
+    }
+
+    /// The C ABI code (`MRNN_ACT_*`) of this activation.
+    pub fn code(self) -> i32 {
+        match self {
+            Activation::Sigmoid => 0,
+            Activation::Tanh => 1,
+            Activation::Relu => 2,
+            Activation::Affine { .. } => 3,
+            Activation::LeakyRelu { .. } => 4,
+            Activation::ThresholdedRelu { .. } => 5,
+            Activation::ScaledTanh { .. } => 6,
+            Activation::HardSigmoid { .. } => 7,
+            Activation::Elu { .. } => 8,
+            Activation::Softsign => 9,
+            Activation::Softplus => 10,
+        }
+    }
+
+    /// Builds an activation from its C ABI / ONNX code; a NaN `alpha` or `beta` takes the operator's
+    /// default for that activation.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for an unknown code.
+    pub fn from_code(code: i32, alpha: f32, beta: f32) -> Result<Self> {
+        let a = |d: f32| if alpha.is_nan() { d } else { alpha };
+        let b = |d: f32| if beta.is_nan() { d } else { beta };
+        Ok(match code {
+            0 => Activation::Sigmoid,
+            1 => Activation::Tanh,
+            2 => Activation::Relu,
+            3 => Activation::Affine { alpha: a(1.0), beta: b(0.0) },
+            4 => Activation::LeakyRelu { alpha: a(0.01) },
+            5 => Activation::ThresholdedRelu { alpha: a(1.0) },
+            6 => Activation::ScaledTanh { alpha: a(1.0), beta: b(1.0) },
+            7 => Activation::HardSigmoid { alpha: a(0.2), beta: b(0.5) },
+            8 => Activation::Elu { alpha: a(1.0) },
+            9 => Activation::Softsign,
+            10 => Activation::Softplus,
+            _ => return Err(Error::argument(format!("unknown activation code {code} (expected 0..=10)"))),
+        })
+    }
+
+    /// Builds an activation from its Keras name (`"sigmoid"`, `"tanh"`, `"relu"`, `"hard_sigmoid"`,
+    /// `"linear"`, `"softsign"`, `"softplus"`, `"elu"`); `flavor` picks which `hard_sigmoid` is meant.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for a name this crate does not know.
+    pub fn from_keras_name(name: &str, flavor: HardSigmoidFlavor) -> Result<Self> {
+        Ok(match name {
+            "sigmoid" => Activation::Sigmoid,
+            "tanh" => Activation::Tanh,
+            "relu" => Activation::Relu,
+            "hard_sigmoid" => match flavor {
+                HardSigmoidFlavor::Keras3 => Self::HARD_SIGMOID_KERAS3,
+                HardSigmoidFlavor::Keras2 => Self::HARD_SIGMOID_KERAS2,
+            },
+            "linear" => Activation::Affine { alpha: 1.0, beta: 0.0 },
+            "softsign" => Activation::Softsign,
+            "softplus" => Activation::Softplus,
+            "elu" => Activation::Elu { alpha: 1.0 },
+            _ => return Err(Error::argument(format!("unknown Keras activation {name:?}"))),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hard_sigmoid_flavors_differ() {
+        let k2 = Activation::from_keras_name("hard_sigmoid", HardSigmoidFlavor::Keras2).unwrap();
+        let k3 = Activation::from_keras_name("hard_sigmoid", HardSigmoidFlavor::Keras3).unwrap();
+        assert_eq!(k2.apply(1.0), 0.7);
+        assert!((k3.apply(1.0) - (1.0 / 6.0 + 0.5)).abs() < 1e-7);
+        assert_eq!(k2.apply(10.0), 1.0);
+        assert_eq!(k3.apply(-10.0), 0.0);
+    }
+
+    #[test]
+    fn codes_round_trip() {
+        for code in 0..=10 {
+            assert_eq!(Activation::from_code(code, f32::NAN, f32::NAN).unwrap().code(), code);
+        }
+        assert!(Activation::from_code(11, 0.0, 0.0).is_err());
+        assert!(Activation::from_code(-1, 0.0, 0.0).is_err());
+    }
+
+    #[test]
+    fn nan_alpha_takes_default() {
+        assert_eq!(Activation::from_code(4, f32::NAN, f32::NAN).unwrap(), Activation::LeakyRelu { alpha: 0.01 });
+        assert_eq!(Activation::from_code(4, 0.3, f32::NAN).unwrap(), Activation::LeakyRelu { alpha: 0.3 });
+    }
+
+    #[test]
+    fn softplus_is_stable() {
+        assert_eq!(Activation::Softplus.apply(100.0), 100.0);
+        assert!((Activation::Softplus.apply(0.0) - 2f32.ln()).abs() < 1e-7);
+        assert!(Activation::Softplus.apply(-100.0) >= 0.0);
+    }
+}

@@ -1,0 +1,276 @@
+//! A Keras `LSTM` layer with exact Keras mask semantics, on the mask-aware engine.
+
+use crate::activation::Activation;
+use crate::cell::CellSpec;
+use crate::engine::{EmptyState, Fill, ForwardStats, Job, OutBuf, SeqIn, SeqOut, StateIn, StateOut};
+use crate::error::{check_len, checked_product, Result};
+use crate::kernel::{self, Backend};
+use crate::reference::{self, KerasResult};
+use crate::view::SeqView;
+use crate::weights::{LstmWeights, PackedLstm};
+
+/// Options of a Keras LSTM layer that change what it computes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct KerasLstmOptions {
+    /// Keras `activation` (candidate and output), default `tanh`.
+    pub activation: Activation,
+    /// Keras `recurrent_activation` (gates), default `sigmoid`.
+    pub recurrent_activation: Activation,
+    /// Keras `go_backwards`: process the whole padded axis reversed, outputs in processing order.
+    pub go_backwards: bool,
+    /// Keras `zero_output_for_mask`: masked steps output zeros instead of the previous output.
+    pub zero_output_for_mask: bool,
+}
+
+impl Default for KerasLstmOptions {
+    fn default() -> Self {
+        KerasLstmOptions {
+            activation: Activation::Tanh,
+            recurrent_activation: Activation::Sigmoid,
+            go_backwards: false,
+            zero_output_for_mask: false,
+        }
+    }
+}
+
+impl KerasLstmOptions {
+    /// Sets `activation`.
+    pub fn activation(mut self, a: Activation) -> Self {
+        self.activation = a;
+        self
+    }
+    /// Sets `recurrent_activation`.
+    pub fn recurrent_activation(mut self, a: Activation) -> Self {
+        self.recurrent_activation = a;
+        self
+    }
+    /// Sets `go_backwards`.
+    pub fn go_backwards(mut self, on: bool) -> Self {
+        self.go_backwards = on;
+        self
+    }
+    /// Sets `zero_output_for_mask`.
+    pub fn zero_output_for_mask(mut self, on: bool) -> Self {
+        self.zero_output_for_mask = on;
+        self
+    }
+}
+
+/// Initial state `[B, H]` each.
+#[derive(Clone, Copy, Debug)]
+pub struct InitialState<'a> {
+    /// Initial hidden state `[B, H]`.
+    pub h: &'a [f32],
+    /// Initial cell state `[B, H]`.
+    pub c: &'a [f32],
+}
+
+/// Output buffers of [`KerasLstm::forward`]; each is optional and must have the documented size.
+#[derive(Debug, Default)]
+pub struct KerasOutputs<'a> {
+    /// `[B, T, H]`: the `return_sequences=True` output.
+    pub y: Option<&'a mut [f32]>,
+    /// `[B, H]`: `outputs[:, -1]`, the `return_sequences=False` output.
+    pub last_output: Option<&'a mut [f32]>,
+    /// `[B, H]`: hidden state after each sequence's last valid step.
+    pub h_n: Option<&'a mut [f32]>,
+    /// `[B, H]`: cell state after each sequence's last valid step.
+    pub c_n: Option<&'a mut [f32]>,
+}
+
+/// A Keras LSTM layer: weights packed once, then run on any batch.
+#[derive(Clone, Debug)]
+pub struct KerasLstm {
+    weights: LstmWeights,
+    packed: PackedLstm,
+    backend: &'static Backend,
+    cell: CellSpec,
+    options: KerasLstmOptions,
+}
+
+/// Input `[B, T, I]` described by strides, so time slices of a larger tensor need no copy.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StridedInput<'a> {
+    pub data: &'a [f32],
+    pub off: usize,
+    pub sb: usize,
+    pub st: usize,
+}
+
+impl KerasLstm {
+    /// Packs `weights` for the best backend of this CPU.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) if the packed weights would not fit in memory.
+    pub fn new(weights: LstmWeights, options: KerasLstmOptions) -> Result<Self> {
+        Self::with_backend(weights, options, kernel::selected())
+    }
+
+    /// Packs `weights` for a given backend (see [`kernel::available`]).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_backend(weights: LstmWeights, options: KerasLstmOptions, backend: &'static Backend) -> Result<Self> {
+        let packed = PackedLstm::new(&weights, backend.nb)?;
+        let cell = CellSpec::keras(options.activation, options.recurrent_activation);
+        Ok(KerasLstm { weights, packed, backend, cell, options })
+    }
+
+    /// The weights in canonical form.
+    pub fn weights(&self) -> &LstmWeights {
+        &self.weights
+    }
+    /// The layer options.
+    pub fn options(&self) -> &KerasLstmOptions {
+        &self.options
+    }
+    /// The backend the weights are packed for.
+    pub fn backend(&self) -> &'static Backend {
+        self.backend
+    }
+    /// Hidden size `H`.
+    pub fn units(&self) -> usize {
+        self.weights.hidden_size()
+    }
+
+    /// Runs the layer on `x [B, T, I]` (B and T from `view`) over the valid steps of `view` only.
+    /// Results are bitwise identical for every `threads` value (0: all cores, 1: the calling thread).
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) if `x`, the initial state or an output buffer
+    /// has the wrong length; [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) if sizes overflow.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        view: &SeqView,
+        initial: Option<InitialState<'_>>,
+        out: KerasOutputs<'_>,
+        threads: usize,
+    ) -> Result<ForwardStats> {
+        let (b, t, i) = (view.batch(), view.time(), self.weights.input_size());
+        check_len("x", x.len(), checked_product(&[b, t, i], "x")?)?;
+        let input = StridedInput { data: x, off: 0, sb: t * i, st: i };
+        self.forward_strided(input, view, initial, out, threads)
+    }
+
+    pub(crate) fn forward_strided(
+        &self,
+        x: StridedInput<'_>,
+        view: &SeqView,
+        initial: Option<InitialState<'_>>,
+        out: KerasOutputs<'_>,
+        threads: usize,
+    ) -> Result<ForwardStats> {
+        let (b, t, hd) = (view.batch(), view.time(), self.units());
+        let state_len = checked_product(&[b, hd], "state")?;
+        let y_len = checked_product(&[b, t, hd], "y")?;
+        if let Some(s) = &initial {
+            check_len("initial_h", s.h.len(), state_len)?;
+            check_len("initial_c", s.c.len(), state_len)?;
+        }
+        let KerasOutputs { y, last_output, h_n, c_n } = out;
+        if let Some(y) = &y {
+            check_len("y", y.len(), y_len)?;
+        }
+        for (name, s) in [("last_output", &last_output), ("h_n", &h_n), ("c_n", &c_n)] {
+            if let Some(s) = s {
+                check_len(name, s.len(), state_len)?;
+            }
+        }
+        // last_output needs h_n; keep a scratch copy when the caller does not want it.
+        let mut h_scratch = Vec::new();
+        let h_n: Option<&mut [f32]> = match (h_n, last_output.is_some()) {
+            (Some(h), _) => Some(h),
+            (None, true) => {
+                h_scratch.resize(state_len, 0.0);
+                Some(&mut h_scratch[..])
+            }
+            (None, false) => None,
+        };
+        let mut h_n = h_n;
+        let fill = if self.options.zero_output_for_mask { Fill::Zero } else { Fill::Previous };
+        let job = Job {
+            backend: self.backend,
+            w: &self.packed,
+            cell: &self.cell,
+            view,
+            x: SeqIn { data: x.data, off: x.off, sb: x.sb, st: x.st },
+            reverse: self.options.go_backwards,
+            init: initial.map(|s| StateIn { h: s.h, c: s.c, sb: hd }),
+            empty_state: EmptyState::Initial,
+            y: y.map(|y| SeqOut { buf: OutBuf::new(y), sb: t * hd, st: hd, mirror: self.options.go_backwards, fill }),
+            h_n: h_n.as_deref_mut().map(|s| StateOut { buf: OutBuf::new(s), sb: hd }),
+            c_n: c_n.map(|s| StateOut { buf: OutBuf::new(s), sb: hd }),
+            threads,
+        };
+        let stats = job.run()?;
+        if let (Some(last), Some(h_n)) = (last_output, h_n) {
+            // Keras returns outputs[:, -1]: the last processing step's output.
+            let t_last = if self.options.go_backwards { 0 } else { t.wrapping_sub(1) };
+            for s in 0..b {
+                let dst = &mut last[s * hd..(s + 1) * hd];
+                let valid_last = t > 0 && view.is_valid(s, t_last);
+                let carried = !self.options.zero_output_for_mask && view.runs(s).len() > 0;
+                if valid_last || carried {
+                    dst.copy_from_slice(&h_n[s * hd..(s + 1) * hd]);
+                } else {
+                    dst.fill(0.0);
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    /// The same layer computed by the [reference](crate::reference) implementation: every step, then
+    /// selected by the mask. For tests and comparisons.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn forward_reference(
+        &self,
+        x: &[f32],
+        view: &SeqView,
+        initial: Option<InitialState<'_>>,
+    ) -> Result<KerasResult> {
+        reference::keras_lstm(
+            &self.weights,
+            &self.cell,
+            x,
+            &view.to_mask(),
+            view.batch(),
+            view.time(),
+            self.options.go_backwards,
+            self.options.zero_output_for_mask,
+            initial.map(|s| (s.h, s.c)),
+        )
+    }
+
+    /// Runs the fast path and returns every output as owned vectors.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn forward_all(
+        &self,
+        x: &[f32],
+        view: &SeqView,
+        initial: Option<InitialState<'_>>,
+        threads: usize,
+    ) -> Result<(KerasResult, ForwardStats)> {
+        let (b, t, hd) = (view.batch(), view.time(), self.units());
+        let mut r = KerasResult {
+            y: vec![0.0; checked_product(&[b, t, hd], "y")?],
+            last_output: vec![0.0; b * hd],
+            h_n: vec![0.0; b * hd],
+            c_n: vec![0.0; b * hd],
+        };
+        let out = KerasOutputs {
+            y: Some(&mut r.y),
+            last_output: Some(&mut r.last_output),
+            h_n: Some(&mut r.h_n),
+            c_n: Some(&mut r.c_n),
+        };
+        let stats = self.forward(x, view, initial, out, threads)?;
+        Ok((r, stats))
+    }
+}

@@ -1,0 +1,54 @@
+//! # masked-rnn
+//!
+//! SIMD CPU LSTM kernels that never compute a padded step, and still return exactly what Keras, ONNX
+//! Runtime or PyTorch would return for a padded, masked batch.
+//!
+//! The pipeline:
+//! - a mask (lengths, a boolean mask with holes, or Keras `Masking` values) becomes a [`SeqView`]: per
+//!   sequence, `(offset, length)` runs of valid steps; time slices shift the view, nothing is copied;
+//! - weights from any framework become one canonical [`LstmWeights`], packed once per layer;
+//! - the [engine](engine) gathers valid steps, projects them with one GEMM per time tile, and runs the
+//!   recurrence only on the sequences still active, split across threads by valid work;
+//! - the [`reference`] implementation computes every step and selects by the mask, as Keras does: it is
+//!   the oracle the fast path is tested and fuzzed against.
+//!
+//! ```
+//! use masked_rnn::{KerasLstm, KerasLstmOptions, LstmWeights, Padding, SeqView};
+//! let (b, t, i, h) = (2, 4, 3, 5);
+//! let kernel = vec![0.1; i * 4 * h];
+//! let recurrent = vec![-0.05; h * 4 * h];
+//! let layer = KerasLstm::new(
+//!     LstmWeights::from_keras(i, h, &kernel, &recurrent, None)?,
+//!     KerasLstmOptions::default(),
+//! )?;
+//! let x = vec![1.0; b * t * i];
+//! let view = SeqView::from_lengths(&[4, 2], t, Padding::Post)?;
+//! let (out, stats) = layer.forward_all(&x, &view, None, 1)?;
+//! assert_eq!(stats.steps_computed, 6); // 4 + 2 valid steps, nothing else
+//! // Keras semantics: a masked step repeats the previous output.
+//! assert_eq!(out.y[(t + 2) * h..(t + 3) * h], out.y[(t + 1) * h..(t + 2) * h]);
+//! # Ok::<(), masked_rnn::Error>(())
+//! ```
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod activation;
+pub mod cell;
+pub mod engine;
+pub mod error;
+pub mod fuzzing;
+pub mod keras;
+pub mod kernel;
+pub mod math;
+pub mod reference;
+pub mod view;
+pub mod weights;
+
+pub use activation::{Activation, HardSigmoidFlavor};
+pub use cell::CellSpec;
+pub use engine::ForwardStats;
+pub use error::{Error, ErrorKind, Result};
+pub use keras::{InitialState, KerasLstm, KerasLstmOptions, KerasOutputs};
+pub use view::{mask_from_values, MaskValueMode, Padding, Run, SeqView};
+pub use weights::LstmWeights;

@@ -1,0 +1,110 @@
+//! The reference LSTM: short and obviously right. It computes the cell at every step of every sequence,
+//! padded or not, and lets the mask only *select*, exactly as Keras does (SEMANTICS.md section 2). It is the
+//! oracle for the fast path, the fuzzers and every SIMD backend.
+
+use crate::cell::CellSpec;
+use crate::error::{check_len, checked_product, Result};
+use crate::weights::LstmWeights;
+
+/// Everything a Keras LSTM layer can return.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KerasResult {
+    /// `[B, T, H]`: the `return_sequences=True` output (processing order for `go_backwards`).
+    pub y: Vec<f32>,
+    /// `[B, H]`: `outputs[:, -1]`, the `return_sequences=False` output.
+    pub last_output: Vec<f32>,
+    /// `[B, H]`: hidden state of the last valid step (the initial state if there is none).
+    pub h_n: Vec<f32>,
+    /// `[B, H]`: cell state of the last valid step (the initial state if there is none).
+    pub c_n: Vec<f32>,
+}
+
+/// Pre-activations `z = (x·K + h·R) + b` for all four gates, in Keras' summation order.
+fn gates(w: &LstmWeights, x: &[f32], h: &[f32]) -> Vec<f32> {
+    let g4 = 4 * w.hidden_size();
+    (0..g4)
+        .map(|j| {
+            // Plain left-to-right sums from +0.0, a multiply and an add per term (no fused multiply-add).
+            let mut xk = 0.0f32;
+            for (k, &v) in x.iter().enumerate() {
+                xk += v * w.kernel()[k * g4 + j];
+            }
+            let mut hr = 0.0f32;
+            for (k, &v) in h.iter().enumerate() {
+                hr += v * w.recurrent()[k * g4 + j];
+            }
+            (xk + hr) + w.bias()[j]
+        })
+        .collect()
+}
+
+/// One cell step for one sequence: returns the new `(h, c)`.
+pub fn cell_step(w: &LstmWeights, cell: &CellSpec, x: &[f32], h: &[f32], c: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let hd = w.hidden_size();
+    let z = gates(w, x, h);
+    (0..hd)
+        .map(|j| {
+            let p = w.peephole().map(|p| [p[j], p[hd + j], p[2 * hd + j]]);
+            cell.update([z[j], z[hd + j], z[2 * hd + j], z[3 * hd + j]], p, c[j])
+        })
+        .unzip()
+}
+
+/// A Keras LSTM layer on `x [B, T, I]` with `mask [B, T]` (true = valid), every step computed.
+///
+/// # Errors
+/// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) when a buffer disagrees with the sizes.
+#[allow(clippy::too_many_arguments)]
+pub fn keras_lstm(
+    w: &LstmWeights,
+    cell: &CellSpec,
+    x: &[f32],
+    mask: &[bool],
+    batch: usize,
+    time: usize,
+    go_backwards: bool,
+    zero_output_for_mask: bool,
+    initial: Option<(&[f32], &[f32])>,
+) -> Result<KerasResult> {
+    let (i, hd) = (w.input_size(), w.hidden_size());
+    check_len("x", x.len(), checked_product(&[batch, time, i], "x")?)?;
+    check_len("mask", mask.len(), checked_product(&[batch, time], "mask")?)?;
+    let state_len = checked_product(&[batch, hd], "state")?;
+    if let Some((h0, c0)) = initial {
+        check_len("initial_h", h0.len(), state_len)?;
+        check_len("initial_c", c0.len(), state_len)?;
+    }
+    let mut out = KerasResult {
+        y: vec![0.0; checked_product(&[batch, time, hd], "y")?],
+        last_output: vec![0.0; state_len],
+        h_n: vec![0.0; state_len],
+        c_n: vec![0.0; state_len],
+    };
+    for b in 0..batch {
+        let (mut h, mut c) = match initial {
+            Some((h0, c0)) => (h0[b * hd..(b + 1) * hd].to_vec(), c0[b * hd..(b + 1) * hd].to_vec()),
+            None => (vec![0.0; hd], vec![0.0; hd]),
+        };
+        let mut prev_out = vec![0.0; hd];
+        for p in 0..time {
+            let t = if go_backwards { time - 1 - p } else { p };
+            let xt = &x[(b * time + t) * i..(b * time + t + 1) * i];
+            let (h_new, c_new) = cell_step(w, cell, xt, &h, &c);
+            let output = if mask[b * time + t] {
+                h = h_new;
+                c = c_new;
+                h.clone()
+            } else if zero_output_for_mask {
+                vec![0.0; hd]
+            } else {
+                prev_out.clone()
+            };
+            out.y[(b * time + p) * hd..(b * time + p + 1) * hd].copy_from_slice(&output);
+            prev_out = output;
+        }
+        out.last_output[b * hd..(b + 1) * hd].copy_from_slice(&prev_out);
+        out.h_n[b * hd..(b + 1) * hd].copy_from_slice(&h);
+        out.c_n[b * hd..(b + 1) * hd].copy_from_slice(&c);
+    }
+    Ok(out)
+}

@@ -1,0 +1,337 @@
+//! LSTM weights: one canonical form, imported from Keras, PyTorch and ONNX, and packed once per layer into
+//! the panel layout of the selected microkernel backend.
+//!
+//! Canonical form (Keras layout): `kernel [I, 4H]`, `recurrent [H, 4H]`, `bias [4H]`, gates in the order
+//! i, f, c (candidate, PyTorch's g), o, so that `z = x·kernel + h·recurrent + bias`. Optional peepholes
+//! `[3H]` in the order i, f, o.
+//!
+//! Packed form: the hidden units are grouped in blocks of `nb` lanes (the backend's vector width) and,
+//! within a block, the four gates of those units are adjacent:
+//! `packed[k][block][gate][lane] = canonical[k][gate * H + block * nb + lane]`, zero past `H`. One register
+//! tile of `4 nb` columns then holds all four gates of `nb` hidden units, so the recurrent kernel can finish
+//! the cell update in its epilogue without another pass over memory.
+
+use crate::error::{check_len, checked_product, Error, Result};
+
+/// Gate index within the canonical (Keras / PyTorch) order.
+pub const GATE_I: usize = 0;
+/// Forget gate index.
+pub const GATE_F: usize = 1;
+/// Cell candidate index.
+pub const GATE_C: usize = 2;
+/// Output gate index.
+pub const GATE_O: usize = 3;
+
+/// LSTM weights of one direction in canonical form (see the [module docs](self)).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LstmWeights {
+    input: usize,
+    hidden: usize,
+    kernel: Vec<f32>,
+    recurrent: Vec<f32>,
+    bias: Vec<f32>,
+    peephole: Option<Vec<f32>>,
+}
+
+fn sizes(input: usize, hidden: usize) -> Result<(usize, usize)> {
+    if hidden == 0 {
+        return Err(Error::argument("hidden size must be at least 1"));
+    }
+    let g = checked_product(&[4, hidden], "gates")?;
+    checked_product(&[input, g], "kernel")?;
+    checked_product(&[hidden, g], "recurrent kernel")?;
+    Ok((g, input * g))
+}
+
+impl LstmWeights {
+    /// From Keras' `kernel [I, 4H]`, `recurrent_kernel [H, 4H]` and `bias [4H]` (None: no bias), gates i,f,c,o.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) when a length disagrees with `input`/`hidden`;
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for `hidden == 0`.
+    pub fn from_keras(
+        input: usize,
+        hidden: usize,
+        kernel: &[f32],
+        recurrent_kernel: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Result<Self> {
+        let (g, nk) = sizes(input, hidden)?;
+        check_len("kernel", kernel.len(), nk)?;
+        check_len("recurrent_kernel", recurrent_kernel.len(), hidden * g)?;
+        let bias = match bias {
+            Some(b) => {
+                check_len("bias", b.len(), g)?;
+                b.to_vec()
+            }
+            None => vec![0.0; g],
+        };
+        Ok(LstmWeights {
+            input,
+            hidden,
+            kernel: kernel.to_vec(),
+            recurrent: recurrent_kernel.to_vec(),
+            bias,
+            peephole: None,
+        })
+    }
+
+    /// From PyTorch's `weight_ih [4H, I]`, `weight_hh [4H, H]`, `bias_ih`, `bias_hh [4H]` (gates i,f,g,o).
+    ///
+    /// # Errors
+    /// As [`from_keras`](Self::from_keras).
+    pub fn from_pytorch(
+        input: usize,
+        hidden: usize,
+        weight_ih: &[f32],
+        weight_hh: &[f32],
+        bias_ih: Option<&[f32]>,
+        bias_hh: Option<&[f32]>,
+    ) -> Result<Self> {
+        let (g, nk) = sizes(input, hidden)?;
+        check_len("weight_ih", weight_ih.len(), nk)?;
+        check_len("weight_hh", weight_hh.len(), hidden * g)?;
+        let mut bias = vec![0.0; g];
+        for (name, b) in [("bias_ih", bias_ih), ("bias_hh", bias_hh)] {
+            if let Some(b) = b {
+                check_len(name, b.len(), g)?;
+                bias.iter_mut().zip(b).for_each(|(d, s)| *d += s);
+            }
+        }
+        Ok(LstmWeights {
+            input,
+            hidden,
+            kernel: transpose(weight_ih, g, input),
+            recurrent: transpose(weight_hh, g, hidden),
+            bias,
+            peephole: None,
+        })
+    }
+
+    /// From one direction of ONNX's `W [4H, I]`, `R [4H, H]`, `B [8H]` (Wb then Rb) and `P [3H]`, all in
+    /// ONNX gate order i, o, f, c (peepholes i, o, f).
+    ///
+    /// # Errors
+    /// As [`from_keras`](Self::from_keras).
+    pub fn from_onnx(
+        input: usize,
+        hidden: usize,
+        w: &[f32],
+        r: &[f32],
+        b: Option<&[f32]>,
+        p: Option<&[f32]>,
+    ) -> Result<Self> {
+        let (g, nk) = sizes(input, hidden)?;
+        check_len("W", w.len(), nk)?;
+        check_len("R", r.len(), hidden * g)?;
+        // ONNX gate block j holds canonical gate ONNX_TO_CANON[j].
+        const ONNX_TO_CANON: [usize; 4] = [GATE_I, GATE_O, GATE_F, GATE_C];
+        let reorder = |m: &[f32], cols: usize| {
+            let mut out = vec![0.0; m.len()];
+            for (j, &c) in ONNX_TO_CANON.iter().enumerate() {
+                out[c * hidden * cols..(c + 1) * hidden * cols]
+                    .copy_from_slice(&m[j * hidden * cols..(j + 1) * hidden * cols]);
+            }
+            out
+        };
+        let mut bias = vec![0.0; g];
+        if let Some(b) = b {
+            check_len("B", b.len(), 2 * g)?;
+            let wb = reorder(&b[..g], 1);
+            let rb = reorder(&b[g..], 1);
+            for ((d, x), y) in bias.iter_mut().zip(&wb).zip(&rb) {
+                *d = x + y;
+            }
+        }
+        let peephole = match p {
+            Some(p) => {
+                check_len("P", p.len(), 3 * hidden)?;
+                // ONNX order i, o, f -> canonical i, f, o.
+                let mut out = vec![0.0; 3 * hidden];
+                out[..hidden].copy_from_slice(&p[..hidden]);
+                out[hidden..2 * hidden].copy_from_slice(&p[2 * hidden..]);
+                out[2 * hidden..].copy_from_slice(&p[hidden..2 * hidden]);
+                Some(out)
+            }
+            None => None,
+        };
+        Ok(LstmWeights {
+            input,
+            hidden,
+            kernel: transpose(&reorder(w, input), g, input),
+            recurrent: transpose(&reorder(r, hidden), g, hidden),
+            bias,
+            peephole,
+        })
+    }
+
+    /// Input size `I`.
+    pub fn input_size(&self) -> usize {
+        self.input
+    }
+    /// Hidden size `H`.
+    pub fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+    /// `kernel [I, 4H]`, gates i, f, c, o.
+    pub fn kernel(&self) -> &[f32] {
+        &self.kernel
+    }
+    /// `recurrent [H, 4H]`, gates i, f, c, o.
+    pub fn recurrent(&self) -> &[f32] {
+        &self.recurrent
+    }
+    /// `bias [4H]` (input and recurrent biases summed).
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+    /// Peepholes `[3H]` in order i, f, o, if any.
+    pub fn peephole(&self) -> Option<&[f32]> {
+        self.peephole.as_deref()
+    }
+}
+
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
+/// Weights of one layer packed into a backend's panel layout (see the [module docs](self)).
+#[derive(Clone, Debug)]
+pub struct PackedLstm {
+    pub(crate) input: usize,
+    pub(crate) hidden: usize,
+    /// Lanes per block.
+    pub(crate) nb: usize,
+    /// Number of blocks: `ceil(H / nb)`.
+    pub(crate) blocks: usize,
+    /// `[I][blocks][4][nb]`
+    pub(crate) w: Vec<f32>,
+    /// `[H][blocks][4][nb]`
+    pub(crate) r: Vec<f32>,
+    /// `[blocks][4][nb]`
+    pub(crate) bias: Vec<f32>,
+    /// `[blocks][3][nb]` (i, f, o), if the layer has peepholes.
+    pub(crate) peephole: Option<Vec<f32>>,
+}
+
+impl PackedLstm {
+    /// Packs `weights` for a backend with `nb` lanes per block.
+    pub(crate) fn new(weights: &LstmWeights, nb: usize) -> Result<Self> {
+        let (input, hidden) = (weights.input, weights.hidden);
+        let blocks = hidden.div_ceil(nb);
+        let hp = blocks * nb;
+        let row = 4 * hp;
+        checked_product(&[input.max(hidden), row], "packed weights")?;
+        let pack_row = |src: &[f32], dst: &mut [f32]| {
+            for g in 0..4 {
+                for j in 0..hidden {
+                    dst[(j / nb * 4 + g) * nb + j % nb] = src[g * hidden + j];
+                }
+            }
+        };
+        let mut w = vec![0.0; input * row];
+        for (k, dst) in w.chunks_exact_mut(row).enumerate() {
+            pack_row(&weights.kernel[k * 4 * hidden..(k + 1) * 4 * hidden], dst);
+        }
+        let mut r = vec![0.0; hidden * row];
+        for (k, dst) in r.chunks_exact_mut(row).enumerate() {
+            pack_row(&weights.recurrent[k * 4 * hidden..(k + 1) * 4 * hidden], dst);
+        }
+        let mut bias = vec![0.0; row];
+        pack_row(&weights.bias, &mut bias);
+        let peephole = weights.peephole.as_ref().map(|p| {
+            let mut out = vec![0.0; 3 * hp];
+            for g in 0..3 {
+                for j in 0..hidden {
+                    out[(j / nb * 3 + g) * nb + j % nb] = p[g * hidden + j];
+                }
+            }
+            out
+        });
+        Ok(PackedLstm { input, hidden, nb, blocks, w, r, bias, peephole })
+    }
+
+    /// Hidden size padded to whole blocks.
+    #[inline]
+    pub(crate) fn hidden_padded(&self) -> usize {
+        self.blocks * self.nb
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Canonical weights with distinct values so any mix-up of gates or transposition shows.
+    fn numbered(input: usize, hidden: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let g = 4 * hidden;
+        let k: Vec<f32> = (0..input * g).map(|i| i as f32).collect();
+        let r: Vec<f32> = (0..hidden * g).map(|i| 1000.0 + i as f32).collect();
+        let b: Vec<f32> = (0..g).map(|i| 5000.0 + i as f32).collect();
+        (k, r, b)
+    }
+
+    #[test]
+    fn pytorch_and_onnx_import_to_keras_form() {
+        let (i, h) = (3, 2);
+        let (k, r, b) = numbered(i, h);
+        let keras = LstmWeights::from_keras(i, h, &k, &r, Some(&b)).unwrap();
+        // PyTorch: transposed, same gate order, bias split in two.
+        let wih = transpose(&k, i, 4 * h);
+        let whh = transpose(&r, h, 4 * h);
+        let half: Vec<f32> = b.iter().map(|v| v / 2.0).collect();
+        let pt = LstmWeights::from_pytorch(i, h, &wih, &whh, Some(&half), Some(&half)).unwrap();
+        assert_eq!(pt, keras);
+        // ONNX: transposed, gate blocks i, o, f, c.
+        let to_onnx = |m: &[f32], cols: usize| {
+            let mut out = Vec::new();
+            for c in [GATE_I, GATE_O, GATE_F, GATE_C] {
+                out.extend_from_slice(&m[c * h * cols..(c + 1) * h * cols]);
+            }
+            out
+        };
+        let w = to_onnx(&wih, i);
+        let rr = to_onnx(&whh, h);
+        let mut bb = to_onnx(&b, 1);
+        bb.extend(vec![0.0; 4 * h]);
+        let onnx = LstmWeights::from_onnx(i, h, &w, &rr, Some(&bb), None).unwrap();
+        assert_eq!(onnx, keras);
+    }
+
+    #[test]
+    fn onnx_peepholes_reordered() {
+        let (i, h) = (1, 2);
+        let w = vec![0.0; 4 * h * i];
+        let r = vec![0.0; 4 * h * h];
+        let p = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // i i o o f f
+        let onnx = LstmWeights::from_onnx(i, h, &w, &r, None, Some(&p)).unwrap();
+        assert_eq!(onnx.peephole().unwrap(), &[1.0, 2.0, 5.0, 6.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        assert!(LstmWeights::from_keras(2, 0, &[], &[], None).is_err());
+        assert!(LstmWeights::from_keras(2, 1, &[0.0; 7], &[0.0; 4], None).is_err());
+        assert!(LstmWeights::from_keras(2, 1, &[0.0; 8], &[0.0; 4], Some(&[0.0; 3])).is_err());
+        assert!(LstmWeights::from_keras(usize::MAX, 2, &[], &[], None).is_err());
+    }
+
+    #[test]
+    fn packing_interleaves_gates_per_block() {
+        let (i, h) = (1, 3);
+        let (k, r, b) = numbered(i, h);
+        let wts = LstmWeights::from_keras(i, h, &k, &r, Some(&b)).unwrap();
+        let p = PackedLstm::new(&wts, 2).unwrap();
+        assert_eq!(p.blocks, 2);
+        // block 0: gate i lanes (h0, h1), gate f lanes, ...
+        assert_eq!(&p.w[..8], &[0.0, 1.0, 3.0, 4.0, 6.0, 7.0, 9.0, 10.0]);
+        // block 1: h2 then a zero lane.
+        assert_eq!(&p.w[8..16], &[2.0, 0.0, 5.0, 0.0, 8.0, 0.0, 11.0, 0.0]);
+    }
+}
