@@ -1,0 +1,326 @@
+//! A small layer stack in the Keras style: `Masking -> LSTM -> ... -> time slice`, where the sequence view
+//! flows through the stack, plus masked losses.
+//!
+//! This is the seed model of the crate: Keras' `Lambda(lambda x: x[:, N:])` silently dropped the mask so the
+//! loss counted padding; here [`Layer::TimeSlice`] shifts the view instead, in O(B), and the losses average
+//! over valid steps only, as Keras 3 does when the mask survives.
+
+use std::sync::Arc;
+
+use crate::engine::ForwardStats;
+use crate::error::{check_len, checked_product, Error, Result};
+use crate::keras::{KerasLstm, KerasOutputs, StridedInput};
+use crate::view::{mask_from_values, MaskValueMode, SeqView};
+
+/// A padded batch `[B, T, F]` with its valid-step view. The time axis may be a window of a larger
+/// tensor (after a time slice), sharing its storage.
+#[derive(Clone, Debug)]
+pub struct MaskedSeq {
+    data: Arc<[f32]>,
+    /// Time length of the storage.
+    stored_time: usize,
+    /// First stored step of the window.
+    t_off: usize,
+    features: usize,
+    view: SeqView,
+}
+
+impl MaskedSeq {
+    /// Wraps `data [B, T, F]` (B and T from `view`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) if `data.len() != B * T * F`.
+    pub fn new(data: Vec<f32>, features: usize, view: SeqView) -> Result<Self> {
+        check_len("data", data.len(), checked_product(&[view.batch(), view.time(), features], "data")?)?;
+        Ok(MaskedSeq { data: data.into(), stored_time: view.time(), t_off: 0, features, view })
+    }
+
+    /// Wraps `data [B, T, F]` with every step valid.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn dense(data: Vec<f32>, batch: usize, time: usize, features: usize) -> Result<Self> {
+        Self::new(data, features, SeqView::full(batch, time))
+    }
+
+    /// Batch size.
+    pub fn batch(&self) -> usize {
+        self.view.batch()
+    }
+    /// Time steps in this window.
+    pub fn time(&self) -> usize {
+        self.view.time()
+    }
+    /// Features per step.
+    pub fn features(&self) -> usize {
+        self.features
+    }
+    /// The valid steps.
+    pub fn view(&self) -> &SeqView {
+        &self.view
+    }
+
+    /// The values of step `t` of sequence `b`.
+    ///
+    /// # Panics
+    /// If `b` or `t` is out of range.
+    pub fn step(&self, b: usize, t: usize) -> &[f32] {
+        assert!(b < self.batch() && t < self.time(), "step ({b}, {t}) out of range");
+        let o = (b * self.stored_time + self.t_off + t) * self.features;
+        &self.data[o..o + self.features]
+    }
+
+    /// The window as a dense `[B, T, F]` vector.
+    pub fn to_vec(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.batch() * self.time() * self.features);
+        for b in 0..self.batch() {
+            let o = (b * self.stored_time + self.t_off) * self.features;
+            out.extend_from_slice(&self.data[o..o + self.time() * self.features]);
+        }
+        out
+    }
+
+    /// Time steps `[a, b)`: the view is shifted and the storage shared; nothing is copied but the O(B)
+    /// per-sequence run ranges.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) unless `a <= b <= T`.
+    pub fn slice_time(&self, a: usize, b: usize) -> Result<MaskedSeq> {
+        Ok(MaskedSeq {
+            data: Arc::clone(&self.data),
+            stored_time: self.stored_time,
+            t_off: self.t_off + a,
+            features: self.features,
+            view: self.view.slice(a, b)?,
+        })
+    }
+
+    /// The same values with every step valid: what a Keras `Lambda` without `mask=` passes on.
+    pub fn drop_mask(&self) -> MaskedSeq {
+        MaskedSeq { view: SeqView::full(self.batch(), self.time()), ..self.clone() }
+    }
+
+    fn strided(&self) -> StridedInput<'_> {
+        StridedInput {
+            data: &self.data,
+            off: self.t_off * self.features,
+            sb: self.stored_time * self.features,
+            st: self.features,
+        }
+    }
+}
+
+/// One layer of a [`Sequential`] stack.
+#[derive(Clone, Debug)]
+pub enum Layer {
+    /// Keras `Masking(mask_value)`: a step is masked iff all its features equal `mask_value`; masked steps
+    /// are output as `+0.0` (Keras 3.15). Any incoming view is replaced.
+    Masking {
+        /// The padding value.
+        mask_value: f32,
+        /// IEEE comparison (Keras) or NaN-aware.
+        mode: MaskValueMode,
+    },
+    /// A Keras LSTM layer with `return_sequences=True`: the view passes through.
+    Lstm(Box<KerasLstm>),
+    /// `x[:, start:end]` with the mask carried along (`Lambda(..., mask=...)` done right).
+    TimeSlice {
+        /// First step kept.
+        start: usize,
+        /// One past the last step kept; `None` for the end of the axis.
+        end: Option<usize>,
+    },
+}
+
+/// A stack of layers through which the view flows.
+#[derive(Clone, Debug, Default)]
+pub struct Sequential {
+    layers: Vec<Layer>,
+}
+
+/// Which implementation runs the LSTM layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Fast(usize),
+    Reference,
+}
+
+impl Sequential {
+    /// An empty stack.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Appends a layer.
+    pub fn push(mut self, layer: Layer) -> Self {
+        self.layers.push(layer);
+        self
+    }
+    /// Appends Keras `Masking`.
+    pub fn masking(self, mask_value: f32, mode: MaskValueMode) -> Self {
+        self.push(Layer::Masking { mask_value, mode })
+    }
+    /// Appends an LSTM layer (sequence output).
+    pub fn lstm(self, layer: KerasLstm) -> Self {
+        self.push(Layer::Lstm(Box::new(layer)))
+    }
+    /// Appends a time slice `[start, end)` that carries the mask.
+    pub fn time_slice(self, start: usize, end: Option<usize>) -> Self {
+        self.push(Layer::TimeSlice { start, end })
+    }
+    /// The layers.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// Runs the stack on the fast path; padded steps are never computed. `threads` as in
+    /// [`KerasLstm::forward`].
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) if a layer's input size disagrees with the
+    /// features it receives; [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for a slice outside
+    /// the time axis.
+    pub fn forward(&self, input: &MaskedSeq, threads: usize) -> Result<(MaskedSeq, ForwardStats)> {
+        self.run(input, Path::Fast(threads))
+    }
+
+    /// Runs the stack with every LSTM layer on the [reference](crate::reference) implementation (every
+    /// step computed, then selected by the mask).
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn forward_reference(&self, input: &MaskedSeq) -> Result<MaskedSeq> {
+        self.run(input, Path::Reference).map(|(s, _)| s)
+    }
+
+    fn run(&self, input: &MaskedSeq, path: Path) -> Result<(MaskedSeq, ForwardStats)> {
+        let mut cur = input.clone();
+        let mut stats = ForwardStats::default();
+        for (li, layer) in self.layers.iter().enumerate() {
+            cur = match layer {
+                Layer::Masking { mask_value, mode } => {
+                    let (b, t, f) = (cur.batch(), cur.time(), cur.features());
+                    let mut x = cur.to_vec();
+                    let mut mask = vec![false; b * t];
+                    mask_from_values(&x, b, t, f, *mask_value, *mode, &mut mask)?;
+                    for (row, &valid) in x.chunks_exact_mut(f.max(1)).zip(&mask) {
+                        if !valid {
+                            row.fill(0.0);
+                        }
+                    }
+                    MaskedSeq::new(x, f, SeqView::from_mask(&mask, b, t)?)?
+                }
+                Layer::Lstm(lstm) => {
+                    if lstm.weights().input_size() != cur.features() {
+                        return Err(Error::shape(format!(
+                            "layer {li}: LSTM expects {} input features, got {}",
+                            lstm.weights().input_size(),
+                            cur.features()
+                        )));
+                    }
+                    let h = lstm.units();
+                    let y = match path {
+                        Path::Fast(threads) => {
+                            let mut y = vec![0.0; checked_product(&[cur.batch(), cur.time(), h], "y")?];
+                            let out = KerasOutputs { y: Some(&mut y), ..Default::default() };
+                            stats = stats.merge(lstm.forward_strided(cur.strided(), cur.view(), None, out, threads)?);
+                            y
+                        }
+                        Path::Reference => lstm.forward_reference(&cur.to_vec(), cur.view(), None)?.y,
+                    };
+                    MaskedSeq::new(y, h, cur.view().clone())?
+                }
+                Layer::TimeSlice { start, end } => cur.slice_time(*start, end.unwrap_or(cur.time()))?,
+            };
+        }
+        Ok((cur, stats))
+    }
+}
+
+/// A loss averaged over a number of steps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossValue {
+    /// The mean loss; 0 when `count` is 0 (Keras 3).
+    pub value: f64,
+    /// Number of steps averaged over.
+    pub count: usize,
+}
+
+fn loss(pred: &MaskedSeq, target: &[f32], masked: bool, per_value: impl Fn(f64) -> f64) -> Result<LossValue> {
+    let (b, t, f) = (pred.batch(), pred.time(), pred.features());
+    check_len("target", target.len(), checked_product(&[b, t, f], "target")?)?;
+    let mut sum = 0.0f64;
+    let mut count = 0usize;
+    let mut add = |s: usize, step: usize| {
+        let p = pred.step(s, step);
+        let y = &target[(s * t + step) * f..(s * t + step + 1) * f];
+        let per_step: f64 = p.iter().zip(y).map(|(&p, &y)| per_value(p as f64 - y as f64)).sum();
+        sum += if f > 0 { per_step / f as f64 } else { 0.0 };
+        count += 1;
+    };
+    for s in 0..b {
+        if masked {
+            for r in pred.view().runs(s) {
+                (r.offset..r.end()).for_each(|step| add(s, step));
+            }
+        } else {
+            (0..t).for_each(|step| add(s, step));
+        }
+    }
+    Ok(LossValue { value: if count > 0 { sum / count as f64 } else { 0.0 }, count })
+}
+
+/// Masked mean absolute error (Keras 3): the per-step MAE (mean over features) summed over valid steps and
+/// divided by their number. An all-masked batch gives 0 with `count == 0`.
+///
+/// # Errors
+/// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) if `target` is not `[B, T, F]` of `pred`.
+pub fn masked_mae(pred: &MaskedSeq, target: &[f32]) -> Result<LossValue> {
+    loss(pred, target, true, f64::abs)
+}
+
+/// Masked mean squared error (Keras 3), as [`masked_mae`].
+///
+/// # Errors
+/// As [`masked_mae`].
+pub fn masked_mse(pred: &MaskedSeq, target: &[f32]) -> Result<LossValue> {
+    loss(pred, target, true, |d| d * d)
+}
+
+/// Mean absolute error over every step, padding included: what Keras reports once the mask is lost.
+///
+/// # Errors
+/// As [`masked_mae`].
+pub fn unmasked_mae(pred: &MaskedSeq, target: &[f32]) -> Result<LossValue> {
+    loss(pred, target, false, f64::abs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::Padding;
+
+    #[test]
+    fn slice_shares_storage_and_shifts_view() {
+        let data: Vec<f32> = (0..2 * 5).map(|v| v as f32).collect();
+        let view = SeqView::from_lengths(&[5, 2], 5, Padding::Post).unwrap();
+        let s = MaskedSeq::new(data, 1, view).unwrap();
+        let sl = s.slice_time(1, 4).unwrap();
+        assert!(Arc::ptr_eq(&s.data, &sl.data));
+        assert_eq!(sl.to_vec(), vec![1.0, 2.0, 3.0, 6.0, 7.0, 8.0]);
+        assert_eq!(sl.view().valid_lens(), vec![3, 1]);
+        assert!(s.slice_time(3, 6).is_err());
+    }
+
+    #[test]
+    fn losses_count_valid_steps_only() {
+        let view = SeqView::from_lengths(&[2, 0], 3, Padding::Post).unwrap();
+        let pred = MaskedSeq::new(vec![1.0, 2.0, 100.0, 5.0, 5.0, 5.0], 1, view).unwrap();
+        let target = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        assert_eq!(masked_mae(&pred, &target).unwrap(), LossValue { value: 1.5, count: 2 });
+        assert_eq!(masked_mse(&pred, &target).unwrap(), LossValue { value: 2.5, count: 2 });
+        assert_eq!(unmasked_mae(&pred, &target).unwrap(), LossValue { value: 118.0 / 6.0, count: 6 });
+        let none = pred.slice_time(2, 3).unwrap();
+        assert_eq!(masked_mae(&none, &[0.0, 0.0]).unwrap(), LossValue { value: 0.0, count: 0 });
+        assert!(masked_mae(&pred, &target[..5]).is_err());
+    }
+}

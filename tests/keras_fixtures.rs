@@ -1,0 +1,203 @@
+//! Golden fixtures from real Keras 3 (tools/fixtures/keras_golden.py): the fast path, the reference, the
+//! Masking layer and the seed model with its sliced, masked loss must reproduce Keras within 1e-5.
+
+use std::path::{Path, PathBuf};
+
+use masked_rnn::fuzzing::close;
+use masked_rnn::{
+    masked_mae, masked_mse, unmasked_mae, Activation, HardSigmoidFlavor, InitialState, KerasLstm, KerasLstmOptions,
+    LstmWeights, MaskValueMode, MaskedSeq, SeqView, Sequential,
+};
+use serde_json::Value;
+
+/// Keras and this crate sum in different orders; after a whole sequence they agree to about 1e-6.
+const KERAS_TOL: f32 = 1e-5;
+
+fn fixtures(kind: &str) -> Vec<(PathBuf, Value)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keras");
+    let mut out: Vec<(PathBuf, Value)> = std::fs::read_dir(&dir)
+        .expect("fixture directory")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
+            (p, v)
+        })
+        .filter(|(_, v)| v["kind"] == kind)
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(!out.is_empty(), "no {kind} fixtures in {}", dir.display());
+    out
+}
+
+/// A fixture float: numbers, `null` for NaN, `"inf"` / `"-inf"`.
+fn float(v: &Value) -> f32 {
+    match v {
+        Value::Null => f32::NAN,
+        Value::String(s) if s == "inf" => f32::INFINITY,
+        Value::String(s) if s == "-inf" => f32::NEG_INFINITY,
+        v => v.as_f64().expect("number") as f32,
+    }
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().expect("array").iter().map(float).collect()
+}
+
+fn usize_of(v: &Value) -> usize {
+    v.as_u64().expect("integer") as usize
+}
+
+fn mask(v: &Value) -> Vec<bool> {
+    v.as_array().expect("mask").iter().map(|m| m.as_u64() == Some(1)).collect()
+}
+
+fn keras_layer(f: &Value) -> KerasLstm {
+    let (i, h) = (usize_of(&f["input"]), usize_of(&f["hidden"]));
+    let flavor = match f["hard_sigmoid_flavor"].as_str() {
+        Some("keras2") => HardSigmoidFlavor::Keras2,
+        _ => HardSigmoidFlavor::Keras3,
+    };
+    let act = |k: &str| Activation::from_keras_name(f[k].as_str().expect("name"), flavor).expect("activation");
+    let weights = LstmWeights::from_keras(
+        i,
+        h,
+        &floats(&f["kernel"]),
+        &floats(&f["recurrent_kernel"]),
+        Some(&floats(&f["bias"])),
+    )
+    .expect("weights");
+    let options = KerasLstmOptions::default()
+        .activation(act("activation"))
+        .recurrent_activation(act("recurrent_activation"))
+        .go_backwards(f["go_backwards"].as_bool().expect("bool"))
+        .zero_output_for_mask(f["zero_output_for_mask"].as_bool().expect("bool"));
+    KerasLstm::new(weights, options).expect("layer")
+}
+
+#[test]
+fn lstm_layers_match_keras() {
+    let cases = fixtures("lstm");
+    assert!(cases.len() >= 15, "expected the full Keras case list, found {}", cases.len());
+    for (path, f) in cases {
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let (b, t) = (usize_of(&f["batch"]), usize_of(&f["time"]));
+        let layer = keras_layer(&f);
+        let x = floats(&f["x"]);
+        let view = SeqView::from_mask(&mask(&f["mask"]), b, t).expect("view");
+        let init_vals = (!f["initial_h"].is_null()).then(|| (floats(&f["initial_h"]), floats(&f["initial_c"])));
+        let init = init_vals.as_ref().map(|(h, c)| InitialState { h, c });
+        for threads in [1, 2] {
+            let (got, stats) = layer.forward_all(&x, &view, init, threads).expect("forward");
+            assert_eq!(stats.steps_computed, view.total_valid(), "{name}: padded steps computed");
+            for (field, vals) in
+                [("y", &got.y), ("last_output", &got.last_output), ("h_n", &got.h_n), ("c_n", &got.c_n)]
+            {
+                close(&format!("{name}: {field}"), vals, &floats(&f[field]), KERAS_TOL).unwrap();
+            }
+        }
+        let reference = layer.forward_reference(&x, &view, init).expect("reference");
+        close(&format!("{name}: reference y"), &reference.y, &floats(&f["y"]), KERAS_TOL).unwrap();
+        close(&format!("{name}: reference h_n"), &reference.h_n, &floats(&f["h_n"]), KERAS_TOL).unwrap();
+    }
+}
+
+#[test]
+fn hard_sigmoid_flavors_are_distinguished() {
+    // The Keras 2 fixture computed with the Keras 3 formula must fail: the flavours really differ.
+    let (_, f) = fixtures("lstm").into_iter().find(|(p, _)| p.ends_with("hard_sigmoid_keras2.json")).unwrap();
+    let mut wrong = f.clone();
+    wrong["hard_sigmoid_flavor"] = Value::String("keras3".into());
+    let (b, t) = (usize_of(&f["batch"]), usize_of(&f["time"]));
+    let view = SeqView::from_mask(&mask(&f["mask"]), b, t).unwrap();
+    let (got, _) = keras_layer(&wrong).forward_all(&floats(&f["x"]), &view, None, 1).unwrap();
+    assert!(close("y", &got.y, &floats(&f["y"]), KERAS_TOL).is_err());
+}
+
+#[test]
+fn masking_matches_keras() {
+    for (path, f) in fixtures("masking") {
+        let (b, t, feat) = (usize_of(&f["batch"]), usize_of(&f["time"]), usize_of(&f["features"]));
+        let x = floats(&f["x"]);
+        let mv = float(&f["mask_value"]);
+        let expected = mask(&f["mask"]);
+        let view = SeqView::from_values(&x, b, t, feat, mv, MaskValueMode::Ieee).unwrap();
+        assert_eq!(view.to_mask(), expected, "{}", path.display());
+        // The layer's output, sign bits included (+0.0 at masked steps).
+        let out = Sequential::new().masking(mv, MaskValueMode::Ieee);
+        let y = out.forward(&MaskedSeq::dense(x, b, t, feat).unwrap(), 1).unwrap().0.to_vec();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let ey = floats(&f["y"]);
+        let same = y.iter().zip(&ey).all(|(a, e)| a.to_bits() == e.to_bits() || (a.is_nan() && e.is_nan()));
+        assert!(same, "{}: {:?} vs {:?}", path.display(), bits(&y), bits(&ey));
+    }
+}
+
+struct Seed {
+    model: Sequential,
+    input: MaskedSeq,
+    targets: Vec<f32>,
+    f: Value,
+}
+
+fn seed(name: &str, masking: (f32, MaskValueMode)) -> Seed {
+    let (_, f) = fixtures("seed_model").into_iter().find(|(p, _)| p.file_stem().unwrap() == name).unwrap();
+    let (b, t, i) = (usize_of(&f["batch"]), usize_of(&f["time"]), usize_of(&f["input"]));
+    let mut model = Sequential::new().masking(masking.0, masking.1);
+    for l in f["layers"].as_array().unwrap() {
+        let w = LstmWeights::from_keras(
+            usize_of(&l["input"]),
+            usize_of(&l["hidden"]),
+            &floats(&l["kernel"]),
+            &floats(&l["recurrent_kernel"]),
+            Some(&floats(&l["bias"])),
+        )
+        .unwrap();
+        model = model.lstm(KerasLstm::new(w, KerasLstmOptions::default()).unwrap());
+    }
+    model = model.time_slice(usize_of(&f["slice_start"]), None);
+    let input = MaskedSeq::dense(floats(&f["x"]), b, t, i).unwrap();
+    Seed { model, input, targets: floats(&f["targets"]), f }
+}
+
+#[test]
+fn seed_model_sliced_masked_loss_matches_keras() {
+    let s = seed("seed_model", (0.0, MaskValueMode::Ieee));
+    let (out, stats) = s.model.forward(&s.input, 2).unwrap();
+    close("seed y", &out.to_vec(), &floats(&s.f["y"]), KERAS_TOL).unwrap();
+    let lengths: Vec<usize> = s.f["lengths"].as_array().unwrap().iter().map(usize_of).collect();
+    assert_eq!(stats.steps_computed, 3 * lengths.iter().sum::<usize>(), "three layers, valid steps only");
+    let mae = masked_mae(&out, &s.targets).unwrap();
+    let mse = masked_mse(&out, &s.targets).unwrap();
+    let bug = unmasked_mae(&out.drop_mask(), &s.targets).unwrap();
+    let n = usize_of(&s.f["slice_start"]);
+    assert_eq!(mae.count, lengths.iter().map(|&l| l.saturating_sub(n)).sum::<usize>());
+    for (what, got, want) in [
+        ("masked MAE", mae.value, &s.f["loss_masked_mae"]),
+        ("masked MSE", mse.value, &s.f["loss_masked_mse"]),
+        ("unmasked MAE", bug.value, &s.f["loss_unmasked_mae"]),
+    ] {
+        let want = want.as_f64().unwrap();
+        assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{what}: {got} vs Keras {want}");
+    }
+    // The reference stack agrees too.
+    let reference = s.model.forward_reference(&s.input).unwrap();
+    close("seed reference", &reference.to_vec(), &out.to_vec(), 0.0).unwrap();
+}
+
+#[test]
+fn seed_model_nan_padding() {
+    // Keras: Masking(0.0) does not mask NaN rows, so every loss is NaN.
+    let ieee = seed("seed_model_nan_padding", (0.0, MaskValueMode::Ieee));
+    assert!(ieee.f["loss_masked_mae"].is_null());
+    let (out, _) = ieee.model.forward(&ieee.input, 1).unwrap();
+    assert!(masked_mae(&out, &ieee.targets).unwrap().value.is_nan());
+    // NaN-aware masking: the same numbers as the zero-padded model, bit for bit.
+    let aware = seed("seed_model_nan_padding", (f32::NAN, MaskValueMode::NanAware));
+    let zero = seed("seed_model", (0.0, MaskValueMode::Ieee));
+    let (a, _) = aware.model.forward(&aware.input, 1).unwrap();
+    let (z, _) = zero.model.forward(&zero.input, 1).unwrap();
+    assert_eq!(masked_mae(&a, &aware.targets).unwrap(), masked_mae(&z, &zero.targets).unwrap());
+    let want = zero.f["loss_masked_mae"].as_f64().unwrap();
+    assert!((masked_mae(&a, &aware.targets).unwrap().value - want).abs() <= 1e-5);
+}
