@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod capi;
 pub mod cell;
 pub mod engine;
 pub mod error;

@@ -1,0 +1,111 @@
+/*
+ * masked_rnn.h - C ABI of masked-rnn: SIMD CPU LSTM kernels that never compute a padded step.
+ *
+ * Hand-written and committed; the contract is C_ABI.md. Link against libmasked_rnn.a (with
+ * -lpthread -ldl -lm) or libmasked_rnn.so.
+ *
+ * Conventions
+ * - Every function except mrnn_last_error and mrnn_version returns an int32_t status (MRNN_OK or
+ *   MRNN_ERR_*). A failure sets a thread-local message, read with mrnn_last_error().
+ * - Arguments are validated in this order, before any caller memory is read or written:
+ *     1. a required pointer is NULL                                   -> MRNN_ERR_NULL_POINTER
+ *     2. a negative size, hidden_size 0, a flag other than 0/1, an
+ *        unknown activation code, num_threads < 0                     -> MRNN_ERR_BAD_ARGUMENT
+ *     3. a tensor's element count overflows size_t, or its bytes
+ *        exceed PTRDIFF_MAX (computed as 4 bytes per element)         -> MRNN_ERR_OVERFLOW
+ *     4. a float pointer not aligned to 4 bytes, a buffer that wraps
+ *        around the address space, an output overlapping another
+ *        buffer (non-empty ranges only)                               -> MRNN_ERR_BAD_ARGUMENT
+ *   So a call that fails validation writes no output. Outputs are unspecified after any other failure.
+ * - Required inputs must be non-NULL even when their tensor has zero elements. A non-NULL pointer to
+ *   a zero-element tensor is fine and never dereferenced.
+ * - All tensors are dense, row-major float (f32), caller-allocated. Optional inputs and outputs may be
+ *   NULL. Inputs may share memory with each other; outputs may not overlap anything. Nothing is
+ *   retained after a call returns. All functions are thread-safe.
+ * - num_threads: 0 = the library's default (all cores); 1 = the calling thread; n = n threads.
+ *   Results are bitwise identical for every num_threads and whatever else shares the batch.
+ */
+#ifndef MASKED_RNN_H
+#define MASKED_RNN_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Status codes. */
+#define MRNN_OK 0                /* success */
+#define MRNN_ERR_NULL_POINTER 1  /* a required pointer is NULL */
+#define MRNN_ERR_BAD_SHAPE 2     /* buffer lengths or dimensions disagree */
+#define MRNN_ERR_BAD_ARGUMENT 3  /* a value out of range: negative size, unknown enum, flag not 0/1,
+                                    misaligned or overlapping buffer */
+#define MRNN_ERR_OVERFLOW 4      /* sizes whose product overflows */
+#define MRNN_ERR_INTERNAL 5      /* a caught panic: a bug in the library; never aborts or unwinds */
+
+/* Activation codes (ONNX numbering). */
+#define MRNN_ACT_SIGMOID 0          /* 1 / (1 + exp(-x)) */
+#define MRNN_ACT_TANH 1             /* tanh(x) */
+#define MRNN_ACT_RELU 2             /* max(0, x) */
+#define MRNN_ACT_AFFINE 3           /* alpha * x + beta (default alpha 1, beta 0) */
+#define MRNN_ACT_LEAKY_RELU 4       /* x >= 0 ? x : alpha * x (default alpha 0.01) */
+#define MRNN_ACT_THRESHOLDED_RELU 5 /* x > alpha ? x : 0 (default alpha 1) */
+#define MRNN_ACT_SCALED_TANH 6      /* alpha * tanh(beta * x) (default 1, 1) */
+#define MRNN_ACT_HARD_SIGMOID 7     /* max(0, min(1, alpha * x + beta)); Keras 2 / ONNX: 0.2, 0.5;
+                                       Keras 3: 1/6, 0.5 */
+#define MRNN_ACT_ELU 8              /* x >= 0 ? x : alpha * (exp(x) - 1) (default alpha 1) */
+#define MRNN_ACT_SOFTSIGN 9         /* x / (1 + |x|) */
+#define MRNN_ACT_SOFTPLUS 10        /* log(1 + exp(x)) */
+
+/* Attributes of mrnn_lstm_keras. Fill with mrnn_keras_lstm_attrs_init, then set the sizes. */
+typedef struct {
+  int64_t batch_size, seq_length, input_size, hidden_size; /* B, T, I >= 0; H >= 1 */
+  int32_t go_backwards;          /* 0 or 1. Keras semantics: whole axis reversed, outputs in processing order */
+  int32_t zero_output_for_mask;  /* 0 or 1. 0: masked steps repeat the previous output (Keras default); 1: zeros */
+  int32_t activation;            /* MRNN_ACT_*, Keras `activation` (with that code's default parameters), default Tanh */
+  int32_t recurrent_activation;  /* MRNN_ACT_*, Keras `recurrent_activation`, default Sigmoid */
+  float   recurrent_alpha, recurrent_beta;  /* used only when recurrent_activation is MRNN_ACT_HARD_SIGMOID;
+                                               NaN = the default 0.2 / 0.5 (Keras 2); Keras 3 is 1/6, 0.5.
+                                               Beware: 0 is not "default", it is a constant gate. */
+  int32_t num_threads;           /* >= 0, see Conventions */
+} MrnnKerasLstmAttrs;
+
+/* The crate version, e.g. "0.1.0": a static NUL-terminated string. */
+const char *mrnn_version(void);
+
+/* The message of the last failing call on this thread: NUL-terminated, "" if no call has failed on
+   this thread. Successful calls do not clear it. Valid until the next failing call on this thread
+   (or the thread's exit); copy it to keep it. Never NULL. */
+const char *mrnn_last_error(void);
+
+/* Fills *attrs with the defaults: sizes 0, go_backwards 0, zero_output_for_mask 0, activation Tanh,
+   recurrent_activation Sigmoid, recurrent_alpha/beta NaN, num_threads 0.
+   Returns MRNN_OK, or MRNN_ERR_NULL_POINTER if attrs is NULL. */
+int32_t mrnn_keras_lstm_attrs_init(MrnnKerasLstmAttrs *attrs);
+
+/* Keras-style masked LSTM (tf.keras / Keras 3 `LSTM` with a mask). Padded steps are never computed.
+   If exactly one of initial_h / initial_c is NULL, the missing one is zeros; both NULL: zero state.
+   Returns MRNN_OK or a status; see Conventions. */
+int32_t mrnn_lstm_keras(const MrnnKerasLstmAttrs *attrs, /* required */
+    const float *x,                /* [B,T,I], required */
+    const uint8_t *mask,           /* [B,T], nonzero = valid; NULL = all valid; holes allowed */
+    const float *kernel,           /* [I,4H] gates i,f,c,o, required */
+    const float *recurrent_kernel, /* [H,4H], required */
+    const float *bias,             /* [4H] or NULL (zeros) */
+    const float *initial_h, const float *initial_c,   /* [B,H] or NULL */
+    float *y,                      /* [B,T,H] (return_sequences) or NULL */
+    float *last_output,            /* [B,H]: outputs[:, -1] as Keras returns it, or NULL */
+    float *h_n, float *c_n);       /* [B,H] last valid state, or NULL */
+
+/* Keras Masking: mask[b,t] = 0 iff every feature of x[b,t,:] equals mask_value, else 1.
+   nan_aware = 1: a NaN mask_value matches NaN features; 0: plain IEEE comparison (Keras: a NaN
+   mask_value masks nothing). features = 0 masks every step (as Keras).
+   x [B,T,F] and mask_out [B,T] are required. Returns MRNN_OK or a status; see Conventions. */
+int32_t mrnn_mask_from_value(const float *x, int64_t batch_size, int64_t seq_length, int64_t features,
+    float mask_value, int32_t nan_aware, uint8_t *mask_out);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* MASKED_RNN_H */

@@ -1,0 +1,516 @@
+//! Fuzz logic for the C ABI, kept in the library so `cargo test` replays seeded cases (`tests/capi.rs`).
+//!
+//! From arbitrary bytes, [`fuzz_capi`] builds attributes (sane small sizes most of the time; otherwise
+//! negative, zero, huge and overflowing sizes, flags that are not 0/1, unknown activation codes, negative
+//! thread counts), NULL pointers, a misaligned input or aliased outputs, and calls [`mrnn_lstm_keras`]
+//! and [`mrnn_mask_from_value`] through their `extern "C"` entry points. Every buffer is followed by a
+//! canary region. The properties:
+//!
+//! ```text
+//! status in 0..=5; a failure leaves a non-empty mrnn_last_error()
+//! canaries intact; inputs unchanged
+//! status predicted by the validation order (NULL 1 > value 3 > overflow 4 > pointer 3): exactly that
+//!     status, and no output element written
+//! otherwise: the status and every output bitwise equal to the Rust API on the same inputs
+//! ```
+//!
+//! Real buffers are allocated only when all sizes are small; with other sizes the harness passes
+//! one-element dummies and the call must fail validation before reading them. Huge sizes that would
+//! pass validation are paired with a NULL `x`, so no case ever asks for a huge computation.
+
+use std::ffi::CStr;
+use std::ptr;
+
+use super::*;
+use crate::fuzzing::ByteReader;
+
+/// Outcome of a property check: `Err` describes the failure.
+type Check = std::result::Result<(), String>;
+
+/// Elements of canary after every buffer.
+const CANARY: usize = 8;
+/// Bit pattern of canary floats: a NaN payload no computation produces.
+const CANARY_BITS: u32 = 0x7fa5_a5a5;
+/// Bit pattern of output floats before the call.
+const UNSET_BITS: u32 = 0x7fb0_0b0b;
+const CANARY_BYTE: u8 = 0xa5;
+const UNSET_BYTE: u8 = 0xee;
+
+/// A caller buffer: `len` elements, then the canary.
+struct Buf<T> {
+    data: Vec<T>,
+    len: usize,
+}
+
+/// Bitwise equality (NaN canaries compare equal to themselves).
+trait Same: Copy {
+    fn same(self, other: Self) -> bool;
+}
+impl Same for f32 {
+    fn same(self, other: Self) -> bool {
+        self.to_bits() == other.to_bits()
+    }
+}
+impl Same for u8 {
+    fn same(self, other: Self) -> bool {
+        self == other
+    }
+}
+
+impl<T: Same> Buf<T> {
+    fn new(mut values: Vec<T>, canary: T) -> Self {
+        let len = values.len();
+        values.extend(std::iter::repeat_n(canary, CANARY));
+        Buf { data: values, len }
+    }
+    fn filled(len: usize, unset: T, canary: T) -> Self {
+        Self::new(vec![unset; len], canary)
+    }
+    fn values(&self) -> &[T] {
+        &self.data[..self.len]
+    }
+    fn ptr(&self) -> *const T {
+        self.data.as_ptr()
+    }
+    fn mut_ptr(&mut self) -> *mut T {
+        self.data.as_mut_ptr()
+    }
+    fn check_canary(&self, name: &str, canary: T) -> Check {
+        match self.data[self.len..].iter().position(|&v| !v.same(canary)) {
+            Some(k) => Err(format!("{name}: canary element {k} past the end overwritten")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn f32_bits_eq(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+fn wild_size(r: &mut ByteReader<'_>) -> i64 {
+    match r.u8() % 12 {
+        0 => -1,
+        1 => i64::MIN,
+        2 => -1 - r.below(1 << 16) as i64,
+        3 => i64::MAX,
+        4 => i64::MAX / 2,
+        5 => 1 << 30,
+        6 => 1 << 31,
+        7 => 1 << 32,
+        8 => 1 << 40,
+        9 => 0,
+        10 => (1 << 61) - 1,
+        _ => 1 << 20,
+    }
+}
+
+fn code(r: &mut ByteReader<'_>, default: i32) -> i32 {
+    match r.u8() % 32 {
+        0..=15 => default,
+        16..=30 => r.below(11) as i32,
+        _ => [11, -1, i32::MIN, i32::MAX, 12, 100][r.below(6)],
+    }
+}
+
+fn flag_value(r: &mut ByteReader<'_>) -> i32 {
+    match r.u8() % 32 {
+        0 => [2, -1, i32::MAX, i32::MIN][r.below(4)],
+        v => i32::from(v % 2),
+    }
+}
+
+/// `checked_product` computed independently: every partial product within `usize`, the result within
+/// `isize::MAX` bytes of f32.
+fn overflows(dims: &[i64]) -> bool {
+    let mut n: u128 = 1;
+    for &d in dims {
+        n *= d as u128; // both factors < 2^64 at every step: no u128 overflow
+        if n > usize::MAX as u128 {
+            return true;
+        }
+    }
+    n > (isize::MAX as u128) / 4
+}
+
+/// What validation must answer before the library reads anything, if anything.
+fn predicted(required_null: bool, bad_value: bool, overflow: bool, bad_pointer: bool) -> Option<i32> {
+    if required_null {
+        Some(MRNN_ERR_NULL_POINTER)
+    } else if bad_value {
+        Some(MRNN_ERR_BAD_ARGUMENT)
+    } else if overflow {
+        Some(MRNN_ERR_OVERFLOW)
+    } else if bad_pointer {
+        Some(MRNN_ERR_BAD_ARGUMENT)
+    } else {
+        None
+    }
+}
+
+fn check_status(what: &str, status: i32) -> Check {
+    if !(0..=5).contains(&status) {
+        return Err(format!("{what}: status {status} outside 0..=5"));
+    }
+    if status != MRNN_OK {
+        // SAFETY: mrnn_last_error always returns a valid NUL-terminated string.
+        let msg = unsafe { CStr::from_ptr(mrnn_last_error()) };
+        if msg.to_bytes().is_empty() {
+            return Err(format!("{what}: status {status} with an empty mrnn_last_error()"));
+        }
+    }
+    Ok(())
+}
+
+/// Drives the C ABI with a case built from `data`; `Err` describes a broken property (see the module docs).
+pub fn fuzz_capi(data: &[u8]) -> std::result::Result<(), String> {
+    let mut r = ByteReader::new(data);
+    fuzz_lstm_keras(&mut r)?;
+    fuzz_mask_from_value(&mut r)
+}
+
+/// Small limits of `B, T, I, H` in sane cases.
+const SANE: [i64; 4] = [4, 8, 4, 9];
+
+fn fuzz_lstm_keras(r: &mut ByteReader<'_>) -> Check {
+    let mut dims = [0_i64; 4];
+    for (d, &max) in dims.iter_mut().zip(&SANE) {
+        *d = r.below(max as usize + 1) as i64;
+    }
+    // Keep H >= 1 most of the time: H = 0 is an argument error.
+    if dims[3] == 0 && r.u8() % 4 != 0 {
+        dims[3] = 1;
+    }
+    if r.u8() % 4 == 0 {
+        for d in &mut dims {
+            if r.bool() {
+                *d = wild_size(r);
+            }
+        }
+    }
+    let [bs, ts, is, hs] = dims;
+    let attrs = MrnnKerasLstmAttrs {
+        batch_size: bs,
+        seq_length: ts,
+        input_size: is,
+        hidden_size: hs,
+        go_backwards: flag_value(r),
+        zero_output_for_mask: flag_value(r),
+        activation: code(r, 1),
+        recurrent_activation: code(r, 0),
+        recurrent_alpha: if r.bool() { f32::NAN } else { r.wild() },
+        recurrent_beta: if r.bool() { f32::NAN } else { r.wild() },
+        num_threads: match r.u8() % 32 {
+            0 => -1,
+            1 => i32::MIN,
+            v => i32::from(v % 4),
+        },
+    };
+    let sane = dims.iter().zip(&SANE).all(|(&d, &max)| (0..=max).contains(&d));
+    let bad_value = dims.iter().any(|&d| d < 0)
+        || hs == 0
+        || !(0..=1).contains(&attrs.go_backwards)
+        || !(0..=1).contains(&attrs.zero_output_for_mask)
+        || !(0..=10).contains(&attrs.activation)
+        || !(0..=10).contains(&attrs.recurrent_activation)
+        || attrs.num_threads < 0;
+    let overflow = !bad_value
+        && [&[4, hs][..], &[bs, ts, is], &[bs, ts], &[is, 4, hs], &[hs, 4, hs], &[bs, hs], &[bs, ts, hs]]
+            .iter()
+            .any(|d| overflows(d));
+
+    let rare = |r: &mut ByteReader<'_>, n: u8| r.u8() % n == 0;
+    let attrs_null = rare(r, 32);
+    let mut x_null = rare(r, 24);
+    let kernel_null = rare(r, 24);
+    let recurrent_null = rare(r, 24);
+    let mask_on = r.bool();
+    let bias_on = r.bool();
+    let (h0_on, c0_on) = (r.u8() % 3 == 0, r.u8() % 3 == 0);
+    let outs_on = [r.u8() % 4 != 0, r.bool(), r.bool(), r.bool()];
+    let misalign_x = rare(r, 32);
+    let alias_c_to_h = rare(r, 32);
+
+    let required_null = attrs_null || x_null || kernel_null || recurrent_null;
+    if predicted(required_null, bad_value, overflow, false).is_none() && !sane {
+        // Huge sizes that validate: never compute them.
+        x_null = true;
+    }
+    let required_null = required_null || x_null;
+
+    // Buffer lengths: exact when sane, one-element dummies otherwise (validation must reject first).
+    let len = |dims: &[i64]| -> usize {
+        if sane {
+            dims.iter().map(|&d| d as usize).product()
+        } else {
+            1
+        }
+    };
+    let (n_x, n_mask, n_k, n_r, n_b, n_s, n_y) = (
+        len(&[bs, ts, is]),
+        len(&[bs, ts]),
+        len(&[is, 4, hs]),
+        len(&[hs, 4, hs]),
+        len(&[4, hs]),
+        len(&[bs, hs]),
+        len(&[bs, ts, hs]),
+    );
+    let bad_pointer = misalign_x || (alias_c_to_h && outs_on[2] && outs_on[3] && n_s > 0);
+    let expected = predicted(required_null, bad_value, overflow, bad_pointer);
+
+    let mut values = |n: usize, scale: f32| -> Vec<f32> {
+        (0..n).map(|_| if r.u8() % 32 == 0 { r.wild() } else { r.unit(scale) }).collect()
+    };
+    // Misaligned x: one more element so that reads at a 2-byte offset stay inside the allocation.
+    let x = Buf::new(values(n_x + usize::from(misalign_x), 2.0), f32::from_bits(CANARY_BITS));
+    let kernel = Buf::new(values(n_k, 0.5), f32::from_bits(CANARY_BITS));
+    let recurrent = Buf::new(values(n_r, 0.5), f32::from_bits(CANARY_BITS));
+    let bias = Buf::new(values(n_b, 0.5), f32::from_bits(CANARY_BITS));
+    let h0 = Buf::new(values(n_s, 1.0), f32::from_bits(CANARY_BITS));
+    let c0 = Buf::new(values(n_s, 1.0), f32::from_bits(CANARY_BITS));
+    let mask_bytes: Vec<u8> = (0..n_mask)
+        .map(|_| match r.u8() % 8 {
+            0..=2 => 0,
+            3 => r.u8(),
+            4 => 255,
+            _ => 1,
+        })
+        .collect();
+    let mask = Buf::new(mask_bytes, CANARY_BYTE);
+    let unset = f32::from_bits(UNSET_BITS);
+    let canary = f32::from_bits(CANARY_BITS);
+    let mut outs = [n_y, n_s, n_s, n_s].map(|n| Buf::filled(n, unset, canary));
+    let inputs_before: Vec<Vec<f32>> =
+        [&x, &kernel, &recurrent, &bias, &h0, &c0].iter().map(|b| b.data.clone()).collect();
+
+    let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
+    let x_ptr = if x_null {
+        ptr::null()
+    } else if misalign_x {
+        x.ptr().cast::<u8>().wrapping_add(2).cast::<f32>()
+    } else {
+        x.ptr()
+    };
+    let mut out_ptrs = [ptr::null_mut::<f32>(); 4];
+    for (k, (buf, &on)) in outs.iter_mut().zip(&outs_on).enumerate() {
+        if on {
+            out_ptrs[k] = buf.mut_ptr();
+        }
+    }
+    if alias_c_to_h && outs_on[2] && outs_on[3] {
+        out_ptrs[3] = out_ptrs[2];
+    }
+    // SAFETY: every non-NULL buffer holds exactly its documented size (plus a canary) when the sizes are
+    // sane. Otherwise the buffers are one-element dummies and `expected` is a failure that validation
+    // reports before any access; a library that read or wrote them anyway is what this harness hunts
+    // (writes land in the canary, which is checked). A misaligned `x` and aliased outputs stay inside
+    // their allocations.
+    let status = unsafe {
+        mrnn_lstm_keras(
+            if attrs_null { ptr::null() } else { &attrs },
+            x_ptr,
+            if mask_on { mask.ptr() } else { ptr::null() },
+            if kernel_null { ptr::null() } else { kernel.ptr() },
+            if recurrent_null { ptr::null() } else { recurrent.ptr() },
+            opt(bias_on, bias.ptr()),
+            opt(h0_on, h0.ptr()),
+            opt(c0_on, c0.ptr()),
+            out_ptrs[0],
+            out_ptrs[1],
+            out_ptrs[2],
+            out_ptrs[3],
+        )
+    };
+    let what = format!("mrnn_lstm_keras({attrs:?}, nulls: attrs {attrs_null} x {x_null} kernel {kernel_null} recurrent {recurrent_null}, misaligned x {misalign_x}, aliased c_n {alias_c_to_h})");
+    check_status(&what, status)?;
+    const NAMES: [&str; 4] = ["y", "last_output", "h_n", "c_n"];
+    for (buf, name) in outs.iter().zip(NAMES) {
+        buf.check_canary(name, canary)?;
+    }
+    mask.check_canary("mask", CANARY_BYTE)?;
+    for (before, (buf, name)) in inputs_before.iter().zip([
+        (&x, "x"),
+        (&kernel, "kernel"),
+        (&recurrent, "recurrent_kernel"),
+        (&bias, "bias"),
+        (&h0, "initial_h"),
+        (&c0, "initial_c"),
+    ]) {
+        if !f32_bits_eq(before, &buf.data) {
+            return Err(format!("{what}: input {name} was modified"));
+        }
+    }
+
+    if let Some(expected) = expected {
+        if status != expected {
+            return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
+        }
+        for (buf, name) in outs.iter().zip(NAMES) {
+            if buf.values().iter().any(|v| v.to_bits() != UNSET_BITS) {
+                return Err(format!("{what}: {name} written by a call that failed validation"));
+            }
+        }
+        return Ok(());
+    }
+
+    // Sane sizes, valid pointers: the Rust API on the same inputs must agree bitwise.
+    let (b, t, i, h) = (bs as usize, ts as usize, is as usize, hs as usize);
+    let mut reference = [n_y, n_s, n_s, n_s].map(|n| vec![unset; n]);
+    let rust_status = (|| -> Result<()> {
+        let view = if mask_on { SeqView::from_mask_bytes(mask.values(), b, t)? } else { SeqView::full(b, t) };
+        let ract = if attrs.recurrent_activation == 7 {
+            Activation::from_code(7, attrs.recurrent_alpha, attrs.recurrent_beta)?
+        } else {
+            Activation::from_code(attrs.recurrent_activation, f32::NAN, f32::NAN)?
+        };
+        let options = KerasLstmOptions::default()
+            .activation(Activation::from_code(attrs.activation, f32::NAN, f32::NAN)?)
+            .recurrent_activation(ract)
+            .go_backwards(attrs.go_backwards == 1)
+            .zero_output_for_mask(attrs.zero_output_for_mask == 1);
+        let weights =
+            LstmWeights::from_keras(i, h, kernel.values(), recurrent.values(), bias_on.then(|| bias.values()))?;
+        let layer = KerasLstm::new(weights, options)?;
+        let zeros = vec![0.0; n_s];
+        let initial = (h0_on || c0_on).then(|| InitialState {
+            h: if h0_on { h0.values() } else { &zeros },
+            c: if c0_on { c0.values() } else { &zeros },
+        });
+        let [ry, rl, rh, rc] = &mut reference;
+        let out = KerasOutputs {
+            y: outs_on[0].then_some(&mut ry[..]),
+            last_output: outs_on[1].then_some(&mut rl[..]),
+            h_n: outs_on[2].then_some(&mut rh[..]),
+            c_n: outs_on[3].then_some(&mut rc[..]),
+        };
+        layer.forward(x.values(), &view, initial, out, attrs.num_threads as usize)?;
+        Ok(())
+    })()
+    .map_or_else(|e| status_of(e.kind()), |()| MRNN_OK);
+    if status != rust_status {
+        return Err(format!("{what}: status {status}, the Rust API gives {rust_status}: {}", last_error_message()));
+    }
+    if status == MRNN_OK {
+        for ((buf, expected), name) in outs.iter().zip(&reference).zip(NAMES) {
+            if !f32_bits_eq(buf.values(), expected) {
+                return Err(format!("{what}: {name} differs from the Rust API"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn fuzz_mask_from_value(r: &mut ByteReader<'_>) -> Check {
+    let mut dims = [r.below(5) as i64, r.below(9) as i64, r.below(5) as i64];
+    if r.u8() % 4 == 0 {
+        for d in &mut dims {
+            if r.bool() {
+                *d = wild_size(r);
+            }
+        }
+    }
+    let [bs, ts, fs] = dims;
+    let nan_aware = flag_value(r);
+    let mask_value = match r.u8() % 8 {
+        0 => f32::NAN,
+        1 => -0.0,
+        2 => 1.0,
+        3 => f32::INFINITY,
+        4 => r.wild(),
+        _ => 0.0,
+    };
+    let sane = dims.iter().all(|&d| (0..=8).contains(&d));
+    let bad_value = dims.iter().any(|&d| d < 0) || !(0..=1).contains(&nan_aware);
+    let overflow = !bad_value && (overflows(&[bs, ts, fs]) || overflows(&[bs, ts]));
+    let mut x_null = r.u8() % 16 == 0;
+    let out_null = r.u8() % 16 == 0;
+    if predicted(x_null || out_null, bad_value, overflow, false).is_none() && !sane {
+        x_null = true;
+    }
+    let (n_x, n_m) = if sane { ((bs * ts * fs) as usize, (bs * ts) as usize) } else { (1, 1) };
+    let misalign_x = r.u8() % 32 == 0;
+    // Aliasing only where the mask would land inside x's values, never in its canary.
+    let alias = r.u8() % 32 == 0 && sane && n_m > 0 && fs > 0;
+    let expected = predicted(x_null || out_null, bad_value, overflow, misalign_x || alias);
+
+    let x_values: Vec<f32> = (0..n_x + usize::from(misalign_x))
+        .map(|_| match r.u8() % 6 {
+            0..=2 => mask_value,
+            3 => f32::NAN,
+            4 => -0.0,
+            _ => r.unit(2.0),
+        })
+        .collect();
+    let mut x = Buf::new(x_values, f32::from_bits(CANARY_BITS));
+    let mut out = Buf::filled(n_m, UNSET_BYTE, CANARY_BYTE);
+    let x_before = x.data.clone();
+    let x_ptr = if x_null {
+        ptr::null()
+    } else if misalign_x {
+        x.ptr().cast::<u8>().wrapping_add(2).cast::<f32>()
+    } else {
+        x.ptr()
+    };
+    let out_ptr = if out_null {
+        ptr::null_mut()
+    } else if alias {
+        x.mut_ptr().cast::<u8>()
+    } else {
+        out.mut_ptr()
+    };
+    // SAFETY: as in `fuzz_lstm_keras`: exact sizes when sane, otherwise dummies and a predicted validation
+    // failure; a misaligned or aliased buffer stays inside its allocation.
+    let status = unsafe { mrnn_mask_from_value(x_ptr, bs, ts, fs, mask_value, nan_aware, out_ptr) };
+    let what = format!(
+        "mrnn_mask_from_value(B {bs}, T {ts}, F {fs}, value {mask_value}, nan_aware {nan_aware}, x NULL {x_null}, out NULL {out_null}, misaligned {misalign_x}, aliased {alias})"
+    );
+    check_status(&what, status)?;
+    out.check_canary("mask_out", CANARY_BYTE)?;
+    if !f32_bits_eq(&x_before, &x.data) {
+        return Err(format!("{what}: x was modified"));
+    }
+    if let Some(expected) = expected {
+        if status != expected {
+            return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
+        }
+        if out.values().iter().any(|&v| v != UNSET_BYTE) {
+            return Err(format!("{what}: mask_out written by a call that failed validation"));
+        }
+        return Ok(());
+    }
+    let mode = if nan_aware == 1 { MaskValueMode::NanAware } else { MaskValueMode::Ieee };
+    let mut reference = vec![false; n_m];
+    let rust_status =
+        mask_from_values(x.values(), bs as usize, ts as usize, fs as usize, mask_value, mode, &mut reference)
+            .map_or_else(|e| status_of(e.kind()), |()| MRNN_OK);
+    if status != rust_status {
+        return Err(format!("{what}: status {status}, the Rust API gives {rust_status}"));
+    }
+    if status == MRNN_OK && !out.values().iter().zip(&reference).all(|(&o, &m)| o == u8::from(m)) {
+        return Err(format!("{what}: mask {:?} differs from the Rust API {reference:?}", out.values()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_prediction_matches_checked_product() {
+        let cases: [&[i64]; 6] =
+            [&[1 << 31, 1 << 30], &[(1 << 61) - 1], &[1 << 61], &[i64::MAX, i64::MAX, 0], &[0, 5], &[1 << 40, 1 << 20]];
+        for dims in cases {
+            let as_usize: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+            assert_eq!(overflows(dims), checked_product(&as_usize, "t").is_err(), "{dims:?}");
+        }
+    }
+
+    #[test]
+    fn a_few_fixed_inputs() {
+        for data in [&[][..], &[0xff; 64][..], &[0x01, 0x02, 0x03, 0x04, 0x05][..]] {
+            if let Err(e) = fuzz_capi(data) {
+                panic!("{data:?}: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,659 @@
+//! The C ABI (`include/masked_rnn.h`, contract in `C_ABI.md`): `extern "C"` functions over the Rust API.
+//!
+//! Every exported body runs behind a panic boundary ([`guard`]): a failure becomes an `int32_t` status
+//! plus a thread-local message for [`mrnn_last_error`], and a panic becomes `MRNN_ERR_INTERNAL`, never an
+//! unwind into C. Arguments are validated in a fixed order before any caller memory is touched:
+//!
+//! ```text
+//! 1. a required pointer is NULL                                   -> MRNN_ERR_NULL_POINTER
+//! 2. a negative size, hidden_size 0, a flag not 0/1, an unknown
+//!    activation code, num_threads < 0                             -> MRNN_ERR_BAD_ARGUMENT
+//! 3. a tensor size (elements, or bytes past isize::MAX) overflows -> MRNN_ERR_OVERFLOW
+//! 4. a misaligned float pointer, a buffer wrapping the address
+//!    space, an output overlapping another buffer                  -> MRNN_ERR_BAD_ARGUMENT
+//! ```
+//!
+//! Only then are slices built from the raw pointers and the Rust API called. Required inputs (`x`,
+//! `kernel`, `recurrent_kernel`, `mask_out`) must be non-NULL even when their tensor is empty.
+//!
+//! [`fuzz_capi`] drives these functions with arbitrary attributes and checks the contract.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::slice;
+
+use crate::activation::Activation;
+use crate::error::{checked_product, Error, ErrorKind, Result};
+use crate::keras::{InitialState, KerasLstm, KerasLstmOptions, KerasOutputs};
+use crate::view::{mask_from_values, MaskValueMode, SeqView};
+use crate::weights::LstmWeights;
+
+mod fuzz;
+
+pub use fuzz::fuzz_capi;
+
+/// Success.
+pub const MRNN_OK: i32 = 0;
+/// A required pointer argument was NULL.
+pub const MRNN_ERR_NULL_POINTER: i32 = 1;
+/// Buffer lengths or dimensions disagree.
+pub const MRNN_ERR_BAD_SHAPE: i32 = 2;
+/// A value out of range: a negative size, an unknown enum, a flag that is not 0/1, a misaligned or
+/// overlapping buffer.
+pub const MRNN_ERR_BAD_ARGUMENT: i32 = 3;
+/// Sizes whose product overflows (elements, or bytes past `isize::MAX`).
+pub const MRNN_ERR_OVERFLOW: i32 = 4;
+/// A caught panic: a bug in the library.
+pub const MRNN_ERR_INTERNAL: i32 = 5;
+
+/// Attributes of [`mrnn_lstm_keras`]; field for field `MrnnKerasLstmAttrs` of `masked_rnn.h`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MrnnKerasLstmAttrs {
+    /// `B`.
+    pub batch_size: i64,
+    /// `T`.
+    pub seq_length: i64,
+    /// `I`.
+    pub input_size: i64,
+    /// `H` (at least 1).
+    pub hidden_size: i64,
+    /// 0 or 1: Keras `go_backwards`.
+    pub go_backwards: i32,
+    /// 0 or 1: Keras `zero_output_for_mask`.
+    pub zero_output_for_mask: i32,
+    /// `MRNN_ACT_*` of Keras `activation` (parameters: the code's defaults).
+    pub activation: i32,
+    /// `MRNN_ACT_*` of Keras `recurrent_activation`.
+    pub recurrent_activation: i32,
+    /// HardSigmoid slope when `recurrent_activation` is 7; NaN: 0.2. Ignored otherwise.
+    pub recurrent_alpha: f32,
+    /// HardSigmoid offset when `recurrent_activation` is 7; NaN: 0.5. Ignored otherwise.
+    pub recurrent_beta: f32,
+    /// 0: all cores; 1: the calling thread; n: n threads.
+    pub num_threads: i32,
+}
+
+// The layout the header promises (C: four int64_t, four int32_t, two float, one int32_t, tail padding).
+const _: () = {
+    assert!(std::mem::size_of::<MrnnKerasLstmAttrs>() == 64);
+    assert!(std::mem::align_of::<MrnnKerasLstmAttrs>() == 8);
+    assert!(std::mem::offset_of!(MrnnKerasLstmAttrs, go_backwards) == 32);
+    assert!(std::mem::offset_of!(MrnnKerasLstmAttrs, recurrent_alpha) == 48);
+    assert!(std::mem::offset_of!(MrnnKerasLstmAttrs, num_threads) == 56);
+};
+
+impl Default for MrnnKerasLstmAttrs {
+    /// What [`mrnn_keras_lstm_attrs_init`] writes: sizes 0, Keras defaults, NaN HardSigmoid parameters.
+    fn default() -> Self {
+        MrnnKerasLstmAttrs {
+            batch_size: 0,
+            seq_length: 0,
+            input_size: 0,
+            hidden_size: 0,
+            go_backwards: 0,
+            zero_output_for_mask: 0,
+            activation: Activation::Tanh.code(),
+            recurrent_activation: Activation::Sigmoid.code(),
+            recurrent_alpha: f32::NAN,
+            recurrent_beta: f32::NAN,
+            num_threads: 0,
+        }
+    }
+}
+
+/// The status code of an error kind.
+pub fn status_of(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::NullPointer => MRNN_ERR_NULL_POINTER,
+        ErrorKind::BadShape => MRNN_ERR_BAD_SHAPE,
+        ErrorKind::BadArgument => MRNN_ERR_BAD_ARGUMENT,
+        ErrorKind::Overflow => MRNN_ERR_OVERFLOW,
+        // Exhaustive on purpose (non_exhaustive does not apply inside the crate): a new kind must get a code.
+        ErrorKind::Internal => MRNN_ERR_INTERNAL,
+    }
+}
+
+thread_local! {
+    /// The message of the last failing call on this thread; replaced by the next failure only.
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(message: String) {
+    // Interior NULs would truncate the C string; show them instead.
+    let message = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
+    // During thread teardown the slot may be gone: the message is then lost, the status is not.
+    let _ = LAST_ERROR.try_with(|slot| {
+        if let Ok(mut slot) = slot.try_borrow_mut() {
+            *slot = message;
+        }
+    });
+}
+
+/// The message of the last failing C ABI call on this thread, as a Rust string (empty if none).
+pub fn last_error_message() -> String {
+    LAST_ERROR
+        .try_with(|slot| slot.try_borrow().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default())
+        .unwrap_or_default()
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "a panic with a non-string payload"
+    }
+}
+
+/// Runs an exported function's body: `Ok` becomes `MRNN_OK`; an error becomes its status code and the
+/// thread's last error message (prefixed by `function`); a panic becomes `MRNN_ERR_INTERNAL`.
+pub fn guard(function: &str, body: impl FnOnce() -> Result<()>) -> i32 {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => MRNN_OK,
+        Ok(Err(e)) => {
+            set_last_error(format!("{function}: {e}"));
+            status_of(e.kind())
+        }
+        Err(payload) => {
+            set_last_error(format!("{function}: internal error: panic: {}", panic_message(&*payload)));
+            // Dropping the payload may itself panic (a payload with a panicking Drop): contain that too.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+            MRNN_ERR_INTERNAL
+        }
+    }
+}
+
+fn null(name: &str) -> Error {
+    Error::new(ErrorKind::NullPointer, format!("{name} is NULL"))
+}
+
+fn require<T>(name: &str, p: *const T) -> Result<()> {
+    if p.is_null() {
+        Err(null(name))
+    } else {
+        Ok(())
+    }
+}
+
+fn non_negative(name: &str, v: i64) -> Result<()> {
+    if v < 0 {
+        return Err(Error::argument(format!("{name} = {v} is negative")));
+    }
+    Ok(())
+}
+
+fn flag(name: &str, v: i32) -> Result<bool> {
+    match v {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(Error::argument(format!("{name} = {v}, expected 0 or 1"))),
+    }
+}
+
+/// A size already known to be non-negative, as `usize` (`Overflow` past the address width).
+fn dim(name: &str, v: i64) -> Result<usize> {
+    usize::try_from(v).map_err(|_| Error::overflow(format!("{name} = {v} does not fit in size_t")))
+}
+
+/// Where a caller buffer lies, for the alignment, wrap-around and overlap checks.
+#[derive(Clone, Copy, Debug)]
+struct Extent {
+    name: &'static str,
+    start: usize,
+    bytes: usize,
+    output: bool,
+}
+
+impl Extent {
+    fn new<T>(name: &'static str, p: *const T, len: usize, output: bool) -> Result<Option<Self>> {
+        if p.is_null() {
+            return Ok(None);
+        }
+        if !p.is_aligned() {
+            return Err(Error::argument(format!(
+                "{name} ({p:p}) is not aligned to {} bytes",
+                std::mem::align_of::<T>()
+            )));
+        }
+        // `len` comes from `checked_product`, so `len * size_of::<T>()` <= isize::MAX for T up to 4 bytes.
+        let bytes = len * std::mem::size_of::<T>();
+        let start = p as usize;
+        if start.checked_add(bytes).is_none() {
+            return Err(Error::argument(format!("{name} ({p:p}, {bytes} bytes) wraps around the address space")));
+        }
+        Ok(Some(Extent { name, start, bytes, output }))
+    }
+
+    fn overlaps(&self, other: &Extent) -> bool {
+        self.bytes > 0
+            && other.bytes > 0
+            && self.start < other.start + other.bytes
+            && other.start < self.start + self.bytes
+    }
+}
+
+/// Checks that no output overlaps another buffer (inputs may share memory with each other).
+fn check_disjoint(extents: &[Option<Extent>]) -> Result<()> {
+    let all: Vec<&Extent> = extents.iter().flatten().collect();
+    for (k, a) in all.iter().enumerate() {
+        for b in &all[k + 1..] {
+            if (a.output || b.output) && a.overlaps(b) {
+                return Err(Error::argument(format!("{} overlaps {}", a.name, b.name)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Builds an input slice.
+///
+/// # Safety
+/// `p` is NULL, or non-NULL, aligned and valid for reads of `len` values for `'a` (the caller's contract),
+/// with `len * size_of::<T>() <= isize::MAX`, and no `&mut` to that memory lives during `'a`.
+unsafe fn input<'a, T>(p: *const T, len: usize) -> Option<&'a [T]> {
+    // SAFETY: forwarded from this function's contract; NULL is mapped to None.
+    (!p.is_null()).then(|| unsafe { slice::from_raw_parts(p, len) })
+}
+
+/// Builds an output slice.
+///
+/// # Safety
+/// As [`input`], for writes, and the memory is reachable through no other reference during `'a`.
+unsafe fn output<'a, T>(p: *mut T, len: usize) -> Option<&'a mut [T]> {
+    // SAFETY: forwarded from this function's contract; NULL is mapped to None.
+    (!p.is_null()).then(|| unsafe { slice::from_raw_parts_mut(p, len) })
+}
+
+/// Fills `*attrs` with the defaults: sizes 0, `go_backwards` and `zero_output_for_mask` 0, activation
+/// Tanh, recurrent activation Sigmoid, NaN (default) HardSigmoid parameters, `num_threads` 0.
+///
+/// # Safety
+/// `attrs` is NULL or valid for writing one `MrnnKerasLstmAttrs`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mrnn_keras_lstm_attrs_init(attrs: *mut MrnnKerasLstmAttrs) -> i32 {
+    guard("mrnn_keras_lstm_attrs_init", || {
+        require("attrs", attrs)?;
+        // SAFETY: `attrs` is non-NULL (checked above) and valid for one write (caller's contract);
+        // write_unaligned needs no alignment.
+        unsafe { attrs.write_unaligned(MrnnKerasLstmAttrs::default()) };
+        Ok(())
+    })
+}
+
+/// Keras-style masked LSTM; see `masked_rnn.h` for the arguments.
+///
+/// # Safety
+/// Every non-NULL pointer is valid for the tensor size the header documents for it (reads for the `const`
+/// inputs, writes for the outputs) for the duration of the call, and no other thread writes the inputs
+/// or touches the outputs meanwhile. NULL is always allowed: it is reported or means "absent".
+#[allow(clippy::too_many_arguments)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mrnn_lstm_keras(
+    attrs: *const MrnnKerasLstmAttrs,
+    x: *const f32,
+    mask: *const u8,
+    kernel: *const f32,
+    recurrent_kernel: *const f32,
+    bias: *const f32,
+    initial_h: *const f32,
+    initial_c: *const f32,
+    y: *mut f32,
+    last_output: *mut f32,
+    h_n: *mut f32,
+    c_n: *mut f32,
+) -> i32 {
+    guard("mrnn_lstm_keras", || {
+        // 1. NULL.
+        require("attrs", attrs)?;
+        require("x", x)?;
+        require("kernel", kernel)?;
+        require("recurrent_kernel", recurrent_kernel)?;
+        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnKerasLstmAttrs`
+        // (caller's contract); read_unaligned needs no alignment.
+        let a = unsafe { attrs.read_unaligned() };
+
+        // 2. Values.
+        non_negative("batch_size", a.batch_size)?;
+        non_negative("seq_length", a.seq_length)?;
+        non_negative("input_size", a.input_size)?;
+        non_negative("hidden_size", a.hidden_size)?;
+        if a.hidden_size == 0 {
+            return Err(Error::argument("hidden_size must be at least 1"));
+        }
+        let go_backwards = flag("go_backwards", a.go_backwards)?;
+        let zero_output_for_mask = flag("zero_output_for_mask", a.zero_output_for_mask)?;
+        let activation = Activation::from_code(a.activation, f32::NAN, f32::NAN)
+            .map_err(|e| Error::argument(format!("activation: {}", e.message())))?;
+        let recurrent_activation = if a.recurrent_activation == Activation::HARD_SIGMOID_KERAS2.code() {
+            Activation::from_code(a.recurrent_activation, a.recurrent_alpha, a.recurrent_beta)
+        } else {
+            Activation::from_code(a.recurrent_activation, f32::NAN, f32::NAN)
+        }
+        .map_err(|e| Error::argument(format!("recurrent_activation: {}", e.message())))?;
+        let threads = usize::try_from(a.num_threads)
+            .map_err(|_| Error::argument(format!("num_threads = {} is negative", a.num_threads)))?;
+
+        // 3. Sizes.
+        let (b, t, i, h) = (
+            dim("batch_size", a.batch_size)?,
+            dim("seq_length", a.seq_length)?,
+            dim("input_size", a.input_size)?,
+            dim("hidden_size", a.hidden_size)?,
+        );
+        let gates = checked_product(&[4, h], "bias [4H]")?;
+        let n_x = checked_product(&[b, t, i], "x [B,T,I]")?;
+        let n_mask = checked_product(&[b, t], "mask [B,T]")?;
+        let n_kernel = checked_product(&[i, gates], "kernel [I,4H]")?;
+        let n_recurrent = checked_product(&[h, gates], "recurrent_kernel [H,4H]")?;
+        let n_state = checked_product(&[b, h], "state [B,H]")?;
+        let n_y = checked_product(&[b, t, h], "y [B,T,H]")?;
+
+        // 4. Pointers.
+        let extents = [
+            Extent::new("x", x, n_x, false)?,
+            Extent::new("mask", mask, n_mask, false)?,
+            Extent::new("kernel", kernel, n_kernel, false)?,
+            Extent::new("recurrent_kernel", recurrent_kernel, n_recurrent, false)?,
+            Extent::new("bias", bias, gates, false)?,
+            Extent::new("initial_h", initial_h, n_state, false)?,
+            Extent::new("initial_c", initial_c, n_state, false)?,
+            Extent::new("y", y, n_y, true)?,
+            Extent::new("last_output", last_output, n_state, true)?,
+            Extent::new("h_n", h_n, n_state, true)?,
+            Extent::new("c_n", c_n, n_state, true)?,
+        ];
+        check_disjoint(&extents)?;
+
+        // SAFETY (every `input`/`output` call below): each pointer is NULL, or was checked aligned and
+        // non-wrapping by `Extent::new` with the very length passed here, which
+        // `checked_product` bounds to isize::MAX bytes; the caller guarantees the memory is valid for that
+        // length; `check_disjoint` proved no output overlaps any other buffer, so the `&mut` slices alias
+        // nothing.
+        let (x, kernel, recurrent_kernel) = unsafe {
+            (
+                input(x, n_x).ok_or_else(|| null("x"))?,
+                input(kernel, n_kernel).ok_or_else(|| null("kernel"))?,
+                input(recurrent_kernel, n_recurrent).ok_or_else(|| null("recurrent_kernel"))?,
+            )
+        };
+        // SAFETY: as above.
+        let (mask, bias, initial_h, initial_c) =
+            unsafe { (input(mask, n_mask), input(bias, gates), input(initial_h, n_state), input(initial_c, n_state)) };
+        // SAFETY: as above.
+        let out = unsafe {
+            KerasOutputs {
+                y: output(y, n_y),
+                last_output: output(last_output, n_state),
+                h_n: output(h_n, n_state),
+                c_n: output(c_n, n_state),
+            }
+        };
+
+        let view = match mask {
+            Some(m) => SeqView::from_mask_bytes(m, b, t)?,
+            None => SeqView::full(b, t),
+        };
+        let weights = LstmWeights::from_keras(i, h, kernel, recurrent_kernel, bias)?;
+        let options = KerasLstmOptions::default()
+            .activation(activation)
+            .recurrent_activation(recurrent_activation)
+            .go_backwards(go_backwards)
+            .zero_output_for_mask(zero_output_for_mask);
+        let layer = KerasLstm::new(weights, options)?;
+        let zeros;
+        let initial = match (initial_h, initial_c) {
+            (None, None) => None,
+            (Some(h), Some(c)) => Some(InitialState { h, c }),
+            (Some(h), None) => {
+                zeros = vec![0.0; n_state];
+                Some(InitialState { h, c: &zeros })
+            }
+            (None, Some(c)) => {
+                zeros = vec![0.0; n_state];
+                Some(InitialState { h: &zeros, c })
+            }
+        };
+        layer.forward(x, &view, initial, out, threads)?;
+        Ok(())
+    })
+}
+
+/// Keras `Masking`; see `masked_rnn.h` for the arguments.
+///
+/// # Safety
+/// `x` is NULL or valid for reading `batch_size * seq_length * features` floats, `mask_out` NULL or valid
+/// for writing `batch_size * seq_length` bytes, for the duration of the call, and no other thread writes
+/// `x` or touches `mask_out` meanwhile.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mrnn_mask_from_value(
+    x: *const f32,
+    batch_size: i64,
+    seq_length: i64,
+    features: i64,
+    mask_value: f32,
+    nan_aware: i32,
+    mask_out: *mut u8,
+) -> i32 {
+    guard("mrnn_mask_from_value", || {
+        require("x", x)?;
+        require("mask_out", mask_out)?;
+        non_negative("batch_size", batch_size)?;
+        non_negative("seq_length", seq_length)?;
+        non_negative("features", features)?;
+        let mode = if flag("nan_aware", nan_aware)? { MaskValueMode::NanAware } else { MaskValueMode::Ieee };
+        let (b, t, f) = (dim("batch_size", batch_size)?, dim("seq_length", seq_length)?, dim("features", features)?);
+        let n_x = checked_product(&[b, t, f], "x [B,T,F]")?;
+        let n_mask = checked_product(&[b, t], "mask_out [B,T]")?;
+        let extents = [Extent::new("x", x, n_x, false)?, Extent::new("mask_out", mask_out, n_mask, true)?];
+        check_disjoint(&extents)?;
+        // SAFETY: both pointers are non-NULL (checked first), aligned and non-wrapping for these lengths
+        // (`Extent::new`), the lengths are bounded by `checked_product`, the caller guarantees validity,
+        // and `check_disjoint` proved the output does not overlap `x`.
+        let (x, out) = unsafe {
+            (input(x, n_x).ok_or_else(|| null("x"))?, output(mask_out, n_mask).ok_or_else(|| null("mask_out"))?)
+        };
+        let mut mask = vec![false; n_mask];
+        mask_from_values(x, b, t, f, mask_value, mode, &mut mask)?;
+        for (o, &m) in out.iter_mut().zip(&mask) {
+            *o = u8::from(m);
+        }
+        Ok(())
+    })
+}
+
+static EMPTY: &CStr = c"";
+
+/// The message of the last failing call on this thread: a NUL-terminated string, empty if no call has
+/// failed on this thread. Successful calls do not clear it. The pointer stays valid until the next failing
+/// call on this thread (or the thread's exit).
+#[unsafe(no_mangle)]
+pub extern "C" fn mrnn_last_error() -> *const c_char {
+    catch_unwind(|| {
+        LAST_ERROR
+            .try_with(|slot| slot.try_borrow().map(|s| s.as_ptr()).unwrap_or(EMPTY.as_ptr()))
+            .unwrap_or(EMPTY.as_ptr())
+    })
+    .unwrap_or(EMPTY.as_ptr())
+}
+
+static VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+
+/// The crate version, a static NUL-terminated string such as `"0.1.0"`.
+#[unsafe(no_mangle)]
+pub extern "C" fn mrnn_version() -> *const c_char {
+    catch_unwind(|| VERSION.as_ptr().cast()).unwrap_or(EMPTY.as_ptr())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ptr;
+
+    fn last() -> String {
+        // SAFETY: mrnn_last_error always returns a valid NUL-terminated string.
+        unsafe { CStr::from_ptr(mrnn_last_error()) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn error_kinds_map_to_status_codes() {
+        assert_eq!(status_of(ErrorKind::NullPointer), 1);
+        assert_eq!(status_of(ErrorKind::BadShape), 2);
+        assert_eq!(status_of(ErrorKind::BadArgument), 3);
+        assert_eq!(status_of(ErrorKind::Overflow), 4);
+        assert_eq!(status_of(ErrorKind::Internal), 5);
+    }
+
+    #[test]
+    fn guard_maps_errors_and_panics() {
+        assert_eq!(guard("f", || Ok(())), MRNN_OK);
+        assert_eq!(guard("f", || Err(Error::shape("s"))), MRNN_ERR_BAD_SHAPE);
+        assert_eq!(last(), "f: bad shape: s");
+        assert_eq!(guard("f", || Err(Error::argument("a"))), MRNN_ERR_BAD_ARGUMENT);
+        assert_eq!(guard("f", || Err(Error::overflow("o"))), MRNN_ERR_OVERFLOW);
+        assert_eq!(guard("f", || Err(null("p"))), MRNN_ERR_NULL_POINTER);
+        assert_eq!(guard("g", || panic!("boom {}", 1)), MRNN_ERR_INTERNAL);
+        assert!(last().contains("boom 1"), "{}", last());
+        assert_eq!(guard("g", || std::panic::panic_any(42_u32)), MRNN_ERR_INTERNAL);
+        assert!(last().contains("non-string"), "{}", last());
+        // Success leaves the last message in place.
+        assert_eq!(guard("f", || Ok(())), MRNN_OK);
+        assert!(last().contains("non-string"));
+        // Interior NULs do not truncate the message.
+        guard("f", || Err(Error::argument("a\0b")));
+        assert_eq!(last(), "f: bad argument: a\\0b");
+    }
+
+    #[test]
+    fn last_error_is_per_thread() {
+        guard("f", || Err(Error::argument("here")));
+        let other = std::thread::spawn(|| {
+            let before = last();
+            guard("f", || Err(Error::overflow("there")));
+            (before, last())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(other.0, "");
+        assert!(other.1.contains("there"));
+        assert!(last().contains("here"));
+    }
+
+    #[test]
+    fn version_is_the_crate_version() {
+        // SAFETY: a static NUL-terminated string.
+        let v = unsafe { CStr::from_ptr(mrnn_version()) };
+        assert_eq!(v.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+    }
+
+    fn call(a: &MrnnKerasLstmAttrs, y: &mut [f32]) -> i32 {
+        let n = |d: i64| usize::try_from(d).unwrap_or(0).min(1 << 10);
+        let (b, t, i, h) = (n(a.batch_size), n(a.seq_length), n(a.input_size), n(a.hidden_size));
+        let x = vec![0.5; b * t * i];
+        let k = vec![0.1; i * 4 * h];
+        let r = vec![0.1; h * 4 * h];
+        let y = if y.is_empty() { ptr::null_mut() } else { y.as_mut_ptr() };
+        // SAFETY: the buffers have the sizes of the attributes whenever those are sane; otherwise the call
+        // fails validation before reading them.
+        unsafe {
+            mrnn_lstm_keras(
+                a,
+                x.as_ptr(),
+                ptr::null(),
+                k.as_ptr(),
+                r.as_ptr(),
+                ptr::null(),
+                ptr::null(),
+                ptr::null(),
+                y,
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        }
+    }
+
+    #[test]
+    fn argument_checks_map_to_statuses() {
+        let ok =
+            MrnnKerasLstmAttrs { batch_size: 2, seq_length: 3, input_size: 2, hidden_size: 3, ..Default::default() };
+        let mut y = vec![0.0; 18];
+        assert_eq!(call(&ok, &mut y), MRNN_OK);
+        let cases: [(MrnnKerasLstmAttrs, i32); 10] = [
+            (MrnnKerasLstmAttrs { batch_size: -1, ..ok }, 3),
+            (MrnnKerasLstmAttrs { hidden_size: 0, ..ok }, 3),
+            (MrnnKerasLstmAttrs { go_backwards: 2, ..ok }, 3),
+            (MrnnKerasLstmAttrs { zero_output_for_mask: -1, ..ok }, 3),
+            (MrnnKerasLstmAttrs { activation: 11, ..ok }, 3),
+            (MrnnKerasLstmAttrs { recurrent_activation: -1, ..ok }, 3),
+            (MrnnKerasLstmAttrs { num_threads: -1, ..ok }, 3),
+            (MrnnKerasLstmAttrs { batch_size: i64::MAX / 2, seq_length: 4, ..ok }, 4),
+            (MrnnKerasLstmAttrs { hidden_size: i64::MAX / 2, ..ok }, 4),
+            // A negative size wins over an overflowing one.
+            (MrnnKerasLstmAttrs { batch_size: i64::MAX, seq_length: i64::MAX, input_size: -3, ..ok }, 3),
+        ];
+        for (a, status) in cases {
+            assert_eq!(call(&a, &mut []), status, "{a:?}");
+            assert!(!last().is_empty());
+        }
+    }
+
+    #[test]
+    fn overlapping_outputs_are_rejected() {
+        let a =
+            MrnnKerasLstmAttrs { batch_size: 1, seq_length: 1, input_size: 1, hidden_size: 2, ..Default::default() };
+        let (x, k, r) = ([1.0_f32], [0.1_f32; 8], [0.1_f32; 16]);
+        let mut out = [0.0_f32; 4];
+        let p = out.as_mut_ptr();
+        // SAFETY: every pointer is valid for its documented size; h_n and c_n share memory on purpose.
+        let status = unsafe {
+            mrnn_lstm_keras(
+                &a,
+                x.as_ptr(),
+                ptr::null(),
+                k.as_ptr(),
+                r.as_ptr(),
+                ptr::null(),
+                ptr::null(),
+                ptr::null(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                p,
+                p.wrapping_add(1),
+            )
+        };
+        assert_eq!(status, MRNN_ERR_BAD_ARGUMENT);
+        assert!(last().contains("overlaps"), "{}", last());
+    }
+
+    #[test]
+    fn mask_from_value_checks() {
+        let x = [0.0_f32, 0.0, 1.0, 0.0];
+        let mut m = [9_u8; 2];
+        // SAFETY: x has 1*2*2 floats, m has 1*2 bytes.
+        assert_eq!(unsafe { mrnn_mask_from_value(x.as_ptr(), 1, 2, 2, 0.0, 0, m.as_mut_ptr()) }, MRNN_OK);
+        assert_eq!(m, [0, 1]);
+        // SAFETY: NULL and bad arguments are rejected before any access.
+        unsafe {
+            assert_eq!(mrnn_mask_from_value(ptr::null(), 1, 2, 2, 0.0, 0, m.as_mut_ptr()), 1);
+            assert_eq!(mrnn_mask_from_value(x.as_ptr(), 1, 2, 2, 0.0, 0, ptr::null_mut()), 1);
+            assert_eq!(mrnn_mask_from_value(x.as_ptr(), 1, -2, 2, 0.0, 0, m.as_mut_ptr()), 3);
+            assert_eq!(mrnn_mask_from_value(x.as_ptr(), 1, 2, 2, 0.0, 2, m.as_mut_ptr()), 3);
+            assert_eq!(mrnn_mask_from_value(x.as_ptr(), i64::MAX, 2, 2, 0.0, 0, m.as_mut_ptr()), 4);
+        }
+    }
+
+    #[test]
+    fn attrs_init_writes_defaults() {
+        let mut a = MrnnKerasLstmAttrs { batch_size: 7, ..Default::default() };
+        // SAFETY: a valid attrs struct.
+        assert_eq!(unsafe { mrnn_keras_lstm_attrs_init(&mut a) }, MRNN_OK);
+        assert_eq!(a.batch_size, 0);
+        assert_eq!(a.activation, 1);
+        assert!(a.recurrent_alpha.is_nan());
+        // SAFETY: NULL is reported.
+        assert_eq!(unsafe { mrnn_keras_lstm_attrs_init(ptr::null_mut()) }, MRNN_ERR_NULL_POINTER);
+    }
+}
