@@ -1,1 +1,172 @@
-fn main() {}
+//! Criterion benches of the mask-aware fast path. Run with `cargo bench --bench lstm`.
+//!
+//! Groups:
+//! - `padding_sweep`: one Keras LSTM layer, B=64, T=256, I=64, H=128, 1 thread, with 0, 25, 50 and 75 %
+//!   end-padding (varied lengths whose total is exactly `(1 - ratio) * B * T`). Padded steps are never
+//!   computed, so the time should fall with the padding: `pad50` should take at most ~0.6 of `pad0`.
+//! - `seed_model`: the seed stack `Masking(0.) -> LSTM(128) -> LSTM(64) -> LSTM(1) -> x[:, 5:]` on
+//!   `[100, 362, 24]` with lengths uniform in 90..=362, on 1 thread and on all cores.
+//! - `layer_sizes`: one layer, every step valid, for a few `(B, T, I, H)`, 1 thread.
+//!
+//! FLOPs. A valid step of a layer with input size I and hidden size H costs
+//! `2 * 4H * (I + H)` floating-point operations in its two products `x·W` and `h·R` (the elementwise
+//! cell update, O(H), is ignored). Every benchmark declares `Throughput::Elements(flops per iteration)`,
+//! counting valid steps only, so the `thrpt` criterion prints in "elem/s" reads directly as FLOP/s
+//! (e.g. `12.3 Gelem/s` = 12.3 GFLOP/s). Each benchmark also prints its FLOPs per iteration to stderr
+//! before measuring, so `GFLOP/s = flops / time` can be checked by hand.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use masked_rnn::{
+    KerasLstm, KerasLstmOptions, KerasOutputs, LstmWeights, MaskValueMode, MaskedSeq, Padding, SeqView, Sequential,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// FLOPs of one valid step of a layer (see the header).
+fn step_flops(input: usize, hidden: usize) -> u64 {
+    (2 * 4 * hidden * (input + hidden)) as u64
+}
+
+/// A Keras LSTM layer with weights uniform in `±1/sqrt(H)` and Keras' bias (forget gate 1, others 0).
+fn layer(rng: &mut StdRng, input: usize, hidden: usize) -> KerasLstm {
+    let scale = 1.0 / (hidden as f32).sqrt();
+    let mut uniform = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-scale..scale)).collect() };
+    let kernel = uniform(input * 4 * hidden);
+    let recurrent = uniform(hidden * 4 * hidden);
+    let bias: Vec<f32> = (0..4 * hidden).map(|j| if j / hidden == 1 { 1.0 } else { 0.0 }).collect();
+    let weights = LstmWeights::from_keras(input, hidden, &kernel, &recurrent, Some(&bias)).expect("weights");
+    KerasLstm::new(weights, KerasLstmOptions::default()).expect("layer")
+}
+
+/// `[B, T, I]`: uniform values in `[-1, 1)` at the valid steps, zeros at the padding.
+fn padded_input(rng: &mut StdRng, lengths: &[usize], time: usize, input: usize) -> Vec<f32> {
+    let mut x = vec![0.0; lengths.len() * time * input];
+    for (seq, &len) in x.chunks_exact_mut(time * input).zip(lengths) {
+        seq[..len * input].iter_mut().for_each(|v| *v = rng.random_range(-1.0..1.0));
+    }
+    x
+}
+
+/// `batch` lengths in `1..=time`, varied around their mean, summing to exactly `total`.
+fn lengths_with_total(rng: &mut StdRng, batch: usize, time: usize, total: usize) -> Vec<usize> {
+    assert!(batch <= total && total <= batch * time);
+    let mean = total / batch;
+    // As wide a spread around the mean as the bounds 1 and `time` allow.
+    let spread = (mean - 1).min(time - mean);
+    let mut lens: Vec<usize> = (0..batch).map(|_| rng.random_range(mean - spread..=mean + spread)).collect();
+    // Nudge random sequences by one step until the total is exact.
+    let mut sum: usize = lens.iter().sum();
+    while sum != total {
+        let b = rng.random_range(0..batch);
+        if sum < total && lens[b] < time {
+            lens[b] += 1;
+            sum += 1;
+        } else if sum > total && lens[b] > 1 {
+            lens[b] -= 1;
+            sum -= 1;
+        }
+    }
+    lens
+}
+
+type Group<'a> = BenchmarkGroup<'a, WallTime>;
+
+/// Benchmarks one layer on `x` over `view`, 1 thread, with FLOP throughput.
+fn bench_layer(group: &mut Group<'_>, name: &str, id: &str, lstm: &KerasLstm, x: &[f32], view: &SeqView) {
+    let (input, hidden) = (lstm.weights().input_size(), lstm.units());
+    let valid = view.total_valid();
+    let flops = valid as u64 * step_flops(input, hidden);
+    eprintln!(
+        "{name}/{id}: B={} T={} I={input} H={hidden}, {valid} valid steps of {}, {:.3} GFLOP per iteration",
+        view.batch(),
+        view.time(),
+        view.batch() * view.time(),
+        flops as f64 * 1e-9
+    );
+    let mut y = vec![0.0; view.batch() * view.time() * hidden];
+    group.throughput(Throughput::Elements(flops));
+    group.bench_function(id, |bench| {
+        bench.iter(|| {
+            let out = KerasOutputs { y: Some(&mut y), ..Default::default() };
+            black_box(lstm.forward(black_box(x), view, None, out, 1).expect("forward"))
+        })
+    });
+}
+
+/// A group with the common settings: flat sampling (iterations take milliseconds to a second), 1 s of
+/// warm-up, 4 s of measurement.
+fn group<'a>(c: &'a mut Criterion, name: &str, samples: usize) -> Group<'a> {
+    let mut g = c.benchmark_group(name);
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(samples)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    g
+}
+
+fn padding_sweep(c: &mut Criterion) {
+    let (b, t, i, h) = (64, 256, 64, 128);
+    let mut rng = StdRng::seed_from_u64(1);
+    let lstm = layer(&mut rng, i, h);
+    let mut g = group(c, "padding_sweep", 20);
+    for pad in [0, 25, 50, 75] {
+        let total = b * t * (100 - pad) / 100;
+        let lengths = lengths_with_total(&mut rng, b, t, total);
+        let x = padded_input(&mut rng, &lengths, t, i);
+        let view = SeqView::from_lengths(&lengths, t, Padding::Post).expect("view");
+        bench_layer(&mut g, "padding_sweep", &format!("pad{pad}"), &lstm, &x, &view);
+    }
+    g.finish();
+}
+
+fn seed_model(c: &mut Criterion) {
+    let (b, t, f, n) = (100, 362, 24, 5);
+    let mut rng = StdRng::seed_from_u64(2);
+    let lengths: Vec<usize> = (0..b).map(|_| rng.random_range(90..=t)).collect();
+    let x = padded_input(&mut rng, &lengths, t, f);
+    let mut model = Sequential::new().masking(0.0, MaskValueMode::Ieee);
+    let mut input_size = f;
+    let mut flops = 0;
+    let valid: usize = lengths.iter().sum();
+    for units in [128, 64, 1] {
+        model = model.lstm(layer(&mut rng, input_size, units));
+        flops += valid as u64 * step_flops(input_size, units);
+        input_size = units;
+    }
+    let model = model.time_slice(n, None);
+    let input = MaskedSeq::dense(x, b, t, f).expect("input");
+
+    let mut g = group(c, "seed_model", 10);
+    g.throughput(Throughput::Elements(flops));
+    for (id, threads) in [("threads1", 1), ("all_cores", 0)] {
+        eprintln!(
+            "seed_model/{id}: [{b}, {t}, {f}], LSTM 128 -> 64 -> 1, {valid} valid steps of {}, {:.3} GFLOP per iteration",
+            b * t,
+            flops as f64 * 1e-9
+        );
+        g.bench_function(id, |bench| {
+            bench.iter(|| black_box(model.forward(black_box(&input), threads).expect("forward")))
+        });
+    }
+    g.finish();
+}
+
+fn layer_sizes(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut g = group(c, "layer_sizes", 20);
+    for (b, t, i, h) in [(32, 128, 32, 32), (32, 128, 64, 64), (32, 128, 128, 128), (16, 128, 256, 256)] {
+        let lstm = layer(&mut rng, i, h);
+        let lengths = vec![t; b];
+        let x = padded_input(&mut rng, &lengths, t, i);
+        let view = SeqView::full(b, t);
+        bench_layer(&mut g, "layer_sizes", &format!("b{b}_t{t}_i{i}_h{h}"), &lstm, &x, &view);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, padding_sweep, seed_model, layer_sizes);
+criterion_main!(benches);
