@@ -124,10 +124,11 @@ impl OutBuf {
     }
 }
 
-/// The sequence output `y`: position `(b, p)` at `b * sb + p * st`, `H` contiguous floats.
+/// The sequence output `y`: position `(b, p)` at `off + b * sb + p * st`, `H` contiguous floats.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SeqOut {
     pub buf: OutBuf,
+    pub off: usize,
     pub sb: usize,
     pub st: usize,
     /// Output position of time `t` is `T - 1 - t` (Keras `go_backwards`) instead of `t`.
@@ -135,10 +136,11 @@ pub(crate) struct SeqOut {
     pub fill: Fill,
 }
 
-/// A state output `[b]` at `b * sb`, `H` contiguous floats.
+/// A state output `[b]` at `off + b * sb`, `H` contiguous floats.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StateOut {
     pub buf: OutBuf,
+    pub off: usize,
     pub sb: usize,
 }
 
@@ -151,11 +153,12 @@ pub(crate) struct SeqIn<'a> {
     pub st: usize,
 }
 
-/// Initial state `[b]` at `b * sb`, `H` contiguous floats each.
+/// Initial state `[b]` at `off + b * sb`, `H` contiguous floats each.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StateIn<'a> {
     pub h: &'a [f32],
     pub c: &'a [f32],
+    pub off: usize,
     pub sb: usize,
 }
 
@@ -202,14 +205,14 @@ impl Job<'_> {
         }
         check_extent("x", extent(self.x.off, b, t, self.x.sb, self.x.st, i), self.x.data.len())?;
         if let Some(y) = &self.y {
-            check_extent("y", extent(0, b, t, y.sb, y.st, h), y.buf.len)?;
+            check_extent("y", extent(y.off, b, t, y.sb, y.st, h), y.buf.len)?;
         }
         for s in [&self.h_n, &self.c_n].into_iter().flatten() {
-            check_extent("state", extent(0, b, 1, s.sb, 0, h), s.buf.len)?;
+            check_extent("state", extent(s.off, b, 1, s.sb, 0, h), s.buf.len)?;
         }
         if let Some(s) = &self.init {
-            check_extent("initial_h", extent(0, b, 1, s.sb, 0, h), s.h.len())?;
-            check_extent("initial_c", extent(0, b, 1, s.sb, 0, h), s.c.len())?;
+            check_extent("initial_h", extent(s.off, b, 1, s.sb, 0, h), s.h.len())?;
+            check_extent("initial_c", extent(s.off, b, 1, s.sb, 0, h), s.c.len())?;
         }
 
         let lens = self.view.valid_lens();
@@ -245,7 +248,7 @@ impl Job<'_> {
         let mut c = vec![0.0f32; m * hp];
         if let Some(init) = &self.init {
             for (r, &b) in rows.iter().enumerate() {
-                let src = b * init.sb;
+                let src = init.off + b * init.sb;
                 h[r * hp..r * hp + hidden].copy_from_slice(&init.h[src..src + hidden]);
                 c[r * hp..r * hp + hidden].copy_from_slice(&init.c[src..src + hidden]);
             }
@@ -300,7 +303,7 @@ impl Job<'_> {
                 steps += a;
                 if let Some(y) = &self.y {
                     for r in 0..a {
-                        let off = rows[r] * y.sb + self.pos(y, times[base + r]) * y.st;
+                        let off = y.off + rows[r] * y.sb + self.pos(y, times[base + r]) * y.st;
                         // SAFETY: `run` checked the extent of y for every (b, t) of the view; this
                         // chunk alone owns sequence rows[r].
                         unsafe { y.buf.write(off, &h[r * hp..r * hp + hidden]) };
@@ -328,7 +331,7 @@ impl Job<'_> {
         for (out, v) in [(&self.h_n, h), (&self.c_n, c)] {
             if let Some(o) = out {
                 // SAFETY: extent checked in `run`; sequence b belongs to the calling chunk only.
-                unsafe { o.buf.write(b * o.sb, v) };
+                unsafe { o.buf.write(o.off + b * o.sb, v) };
             }
         }
     }
@@ -336,15 +339,15 @@ impl Job<'_> {
     /// A sequence without valid steps: padded outputs and the empty state, nothing computed.
     fn finish_empty(&self, b: usize) {
         let hidden = self.w.hidden;
-        for (out, init) in [(&self.h_n, self.init.map(|s| (s.h, s.sb))), (&self.c_n, self.init.map(|s| (s.c, s.sb)))] {
+        let init_h = self.init.map(|s| &s.h[s.off + b * s.sb..s.off + b * s.sb + hidden]);
+        let init_c = self.init.map(|s| &s.c[s.off + b * s.sb..s.off + b * s.sb + hidden]);
+        for (out, init) in [(&self.h_n, init_h), (&self.c_n, init_c)] {
             if let Some(o) = out {
                 match (self.empty_state, init) {
                     // SAFETY: extent checked in `run`; `finish_empty` runs after the parallel part.
-                    (EmptyState::Initial, Some((src, sb))) => unsafe {
-                        o.buf.write(b * o.sb, &src[b * sb..b * sb + hidden])
-                    },
+                    (EmptyState::Initial, Some(src)) => unsafe { o.buf.write(o.off + b * o.sb, src) },
                     // SAFETY: as above.
-                    _ => unsafe { o.buf.zero(b * o.sb, hidden) },
+                    _ => unsafe { o.buf.zero(o.off + b * o.sb, hidden) },
                 }
             }
         }
@@ -356,7 +359,7 @@ impl Job<'_> {
     /// Writes the output at every padded time of sequence `b`, walking time in processing order.
     fn fill_padding(&self, y: &SeqOut, b: usize) {
         let (t_len, hidden) = (self.view.time(), self.w.hidden);
-        let at = |t: usize| b * y.sb + self.pos(y, t) * y.st;
+        let at = |t: usize| y.off + b * y.sb + self.pos(y, t) * y.st;
         let mut last: Option<usize> = None;
         let fill = |t: usize, last: Option<usize>| match (y.fill, last) {
             // SAFETY: positions of sequence b, in bounds by the extent check in `run`; distinct (b, t)
@@ -467,6 +470,19 @@ pub(crate) fn par_map<T: Send>(threads: usize, n: usize, f: impl Fn(usize) -> T 
     }
     let go = || (0..n).into_par_iter().map(&f).collect();
     Ok(if threads == 0 { go() } else { pool(threads)?.install(go) })
+}
+
+/// Runs `a` and `b`, in parallel unless `threads == 1`; both results are returned.
+pub(crate) fn par_join<A: Send, B: Send>(
+    threads: usize,
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> Result<(A, B)> {
+    Ok(match threads {
+        1 => (a(), b()),
+        0 => rayon::join(a, b),
+        n => pool(n)?.install(|| rayon::join(a, b)),
+    })
 }
 
 #[cfg(test)]

@@ -259,3 +259,285 @@ pub fn seq_view(data: &[u8]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A random ONNX LSTM node and its inputs.
+pub struct OnnxCase {
+    /// The node.
+    pub node: crate::onnx::OnnxLstm,
+    /// `X` in the node's layout.
+    pub x: Vec<f32>,
+    /// `seq_length`.
+    pub seq_length: usize,
+    /// `batch_size`.
+    pub batch: usize,
+    /// `sequence_lens`, if given.
+    pub lens: Option<Vec<i32>>,
+    /// `initial_h`, if given.
+    pub initial_h: Option<Vec<f32>>,
+    /// `initial_c`, if given.
+    pub initial_c: Option<Vec<f32>>,
+    /// Relative tolerance against the reference for backends that fuse multiply-adds.
+    pub tolerance: f32,
+}
+
+impl OnnxCase {
+    /// Builds a case from fuzz bytes.
+    pub fn from_bytes(data: &[u8]) -> OnnxCase {
+        use crate::onnx::{Direction, Layout, OnnxLstm, OnnxLstmAttrs};
+        let mut r = ByteReader::new(data);
+        let (t, b, i) = (r.below(10), r.below(6), r.below(5));
+        let h = if r.bool() { EDGE_HIDDEN[r.below(EDGE_HIDDEN.len())] } else { 1 + r.below(20) };
+        let direction = [Direction::Forward, Direction::Reverse, Direction::Bidirectional][r.below(3)];
+        let d_n = direction.count();
+        let layout = if r.bool() { Layout::BatchMajor } else { Layout::SeqMajor };
+        let n_acts = match r.u8() % 3 {
+            0 => 0,
+            1 => 3,
+            _ => 3 * d_n,
+        };
+        let acts: Vec<Activation> = (0..n_acts)
+            .map(|_| {
+                let code = r.below(11) as i32;
+                let alpha = if r.bool() { f32::NAN } else { r.unit(1.5) };
+                let beta = if r.bool() { f32::NAN } else { r.unit(1.5) };
+                Activation::from_code(code, alpha, beta).expect("code in range")
+            })
+            .collect();
+        let bounded = |a: &Activation| {
+            matches!(a, Activation::Sigmoid | Activation::Tanh | Activation::HardSigmoid { .. } | Activation::Softsign)
+        };
+        let gates_bounded = acts.chunks(3).all(|c| bounded(&c[0]));
+        let clip = if r.u8() % 3 == 0 { Some(0.25 + r.unit(3.0).abs()) } else { None };
+        let attrs =
+            OnnxLstmAttrs::new(h, direction).layout(layout).clip(clip).input_forget(r.u8() % 4 == 0).activations(acts);
+        let scale = 0.25 + r.unit(0.75).abs();
+        let mut v = |n: usize, s: f32| (0..n).map(|_| r.unit(s)).collect::<Vec<f32>>();
+        let w = v(d_n * 4 * h * i, scale);
+        let rr = v(d_n * 4 * h * h, scale);
+        let bias = v(d_n * 8 * h, scale);
+        let peep = v(d_n * 3 * h, scale);
+        let x = v(t * b * i, 2.0);
+        let (use_b, use_p) = (r.bool(), r.u8() % 3 == 0);
+        let node = OnnxLstm::new(attrs, i, &w, &rr, use_b.then_some(&bias[..]), use_p.then_some(&peep[..]))
+            .expect("consistent case");
+        let lens: Option<Vec<i32>> = (r.u8() % 4 != 0).then(|| {
+            (0..b)
+                .map(|_| match r.u8() % 4 {
+                    0 => 0,
+                    1 => t as i32,
+                    _ => r.below(t + 1) as i32,
+                })
+                .collect()
+        });
+        let mut x = x;
+        // Steps past a length hold anything, NaN included: they must never be read.
+        if let Some(l) = &lens {
+            for (bb, &len) in l.iter().enumerate() {
+                for tt in len as usize..t {
+                    let o = match layout {
+                        Layout::SeqMajor => (tt * b + bb) * i,
+                        Layout::BatchMajor => (bb * t + tt) * i,
+                    };
+                    x[o..o + i].iter_mut().for_each(|v| *v = r.wild());
+                }
+            }
+        }
+        let initial_h = r.bool().then(|| (0..d_n * b * h).map(|_| r.unit(1.0)).collect());
+        let initial_c = r.bool().then(|| (0..d_n * b * h).map(|_| r.unit(1.0)).collect());
+        let tolerance = if gates_bounded { FAST_VS_REFERENCE_TOL } else { UNBOUNDED_GATE_TOL };
+        OnnxCase { node, x, seq_length: t, batch: b, lens, initial_h, initial_c, tolerance }
+    }
+
+    /// Runs the fast path.
+    pub fn run(&self, threads: usize) -> crate::Result<(crate::onnx::OnnxResult, crate::ForwardStats)> {
+        self.node.forward_all(
+            &self.x,
+            self.seq_length,
+            self.batch,
+            self.lens.as_deref(),
+            self.initial_h.as_deref(),
+            self.initial_c.as_deref(),
+            threads,
+        )
+    }
+}
+
+/// Property: the ONNX operator's fast path equals its plain reference in every direction and layout,
+/// computes exactly the valid steps of each direction, and is bitwise independent of the thread count
+/// and of the other sequences in the batch.
+pub fn onnx_equals_reference(data: &[u8]) -> Result<(), String> {
+    use crate::onnx::Layout;
+    let case = OnnxCase::from_bytes(data);
+    let err = |e: crate::Error| e.to_string();
+    let expected = case
+        .node
+        .forward_reference(
+            &case.x,
+            case.seq_length,
+            case.batch,
+            case.lens.as_deref(),
+            case.initial_h.as_deref(),
+            case.initial_c.as_deref(),
+        )
+        .map_err(err)?;
+    let (one, stats) = case.run(1).map_err(err)?;
+    let d_n = case.node.attrs().direction.count();
+    let valid: usize = match &case.lens {
+        Some(l) => l.iter().map(|&v| v as usize).sum(),
+        None => case.seq_length * case.batch,
+    };
+    if stats.steps_computed != d_n * valid {
+        return Err(format!("computed {} steps, {} directions x {valid} valid steps", stats.steps_computed, d_n));
+    }
+    let tol = if case.node.backend().fused_multiply_add { case.tolerance } else { 0.0 };
+    close("Y", &one.y, &expected.y, tol)?;
+    close("Y_h", &one.y_h, &expected.y_h, tol)?;
+    close("Y_c", &one.y_c, &expected.y_c, tol)?;
+    let (two, _) = case.run(2).map_err(err)?;
+    bitwise("threads 2 vs 1 (Y)", &two.y, &one.y)?;
+    bitwise("threads 2 vs 1 (Y_h)", &two.y_h, &one.y_h)?;
+    // Each sequence alone, bitwise equal to its slice of the batch output.
+    let (t, b, i, h) = (case.seq_length, case.batch, case.node.input_size(), case.node.attrs().hidden_size);
+    let batch_major = case.node.attrs().layout == Layout::BatchMajor;
+    for s in 0..b {
+        let pick = |v: &[f32], outer: usize, inner_b: usize, w: usize| -> Vec<f32> {
+            // Rows of sequence s from a tensor [outer][inner_b][w] (sequence on the inner axis) or, batch
+            // major, [b][outer * w].
+            if batch_major {
+                v[s * outer * w..(s + 1) * outer * w].to_vec()
+            } else {
+                (0..outer).flat_map(|o| v[(o * inner_b + s) * w..(o * inner_b + s + 1) * w].to_vec()).collect()
+            }
+        };
+        let x1 = pick(&case.x, t, b, i);
+        let h1 = case.initial_h.as_ref().map(|v| pick(v, d_n, b, h));
+        let c1 = case.initial_c.as_ref().map(|v| pick(v, d_n, b, h));
+        let l1 = case.lens.as_ref().map(|l| vec![l[s]]);
+        let (alone, _) =
+            case.node.forward_all(&x1, t, 1, l1.as_deref(), h1.as_deref(), c1.as_deref(), 1).map_err(err)?;
+        bitwise("alone vs batch (Y)", &alone.y, &pick(&one.y, t * d_n, b, h))?;
+        bitwise("alone vs batch (Y_h)", &alone.y_h, &pick(&one.y_h, d_n, b, h))?;
+        bitwise("alone vs batch (Y_c)", &alone.y_c, &pick(&one.y_c, d_n, b, h))?;
+    }
+    Ok(())
+}
+
+fn keras_weights(r: &mut ByteReader<'_>, input: usize, hidden: usize) -> LstmWeights {
+    let scale = 0.25 + r.unit(0.75).abs();
+    let mut w = |n: usize| (0..n).map(|_| r.unit(scale)).collect::<Vec<f32>>();
+    let (k, rk, b) = (w(input * 4 * hidden), w(hidden * 4 * hidden), w(4 * hidden));
+    LstmWeights::from_keras(input, hidden, &k, &rk, Some(&b)).expect("consistent sizes")
+}
+
+/// Property: Keras `Bidirectional` on the fast path equals the reference (two Keras layers, the backward
+/// output flipped, then merged), computes each valid step once per direction, and does not depend on the
+/// thread count.
+pub fn bidirectional_equals_reference(data: &[u8]) -> Result<(), String> {
+    use crate::bidirectional::{BidirectionalState, KerasBidirectional, MergeMode};
+    let mut r = ByteReader::new(data);
+    let (b, t, i) = (r.below(6), r.below(11), r.below(5));
+    let h = if r.bool() { EDGE_HIDDEN[r.below(EDGE_HIDDEN.len())] } else { 1 + r.below(12) };
+    let view = view_from_bytes(&mut r, b, t);
+    let merge = [MergeMode::Concat, MergeMode::Sum, MergeMode::Ave, MergeMode::Mul, MergeMode::None][r.below(5)];
+    let return_sequences = r.u8() % 4 != 0;
+    let options = KerasLstmOptions::default()
+        .activation(if r.u8() % 4 == 0 { activation(&mut r) } else { Activation::Tanh })
+        .recurrent_activation(if r.u8() % 4 == 0 { Activation::HARD_SIGMOID_KERAS3 } else { Activation::Sigmoid });
+    let (wf, wb) = (keras_weights(&mut r, i, h), keras_weights(&mut r, i, h));
+    let layer = KerasBidirectional::new(wf, wb, options, merge, return_sequences).map_err(|e| e.to_string())?;
+    let mut x = vec![0.0; b * t * i];
+    for s in 0..b {
+        for tt in 0..t {
+            let valid = view.is_valid(s, tt);
+            for v in &mut x[(s * t + tt) * i..(s * t + tt + 1) * i] {
+                *v = if valid { r.unit(2.0) } else { r.wild() };
+            }
+        }
+    }
+    let states: Vec<Vec<f32>> = (0..4).map(|_| (0..b * h).map(|_| r.unit(1.0)).collect()).collect();
+    let init =
+        r.bool().then(|| BidirectionalState { h_f: &states[0], c_f: &states[1], h_b: &states[2], c_b: &states[3] });
+    let expected = layer.forward_reference(&x, &view, init).map_err(|e| e.to_string())?;
+    let (one, stats) = layer.forward(&x, &view, init, 1).map_err(|e| e.to_string())?;
+    if stats.steps_computed != 2 * view.total_valid() {
+        return Err(format!("computed {} steps for 2 x {} valid steps", stats.steps_computed, view.total_valid()));
+    }
+    let tol = if layer.forward_layer().backend().fused_multiply_add { FAST_VS_REFERENCE_TOL } else { 0.0 };
+    for (what, g, e) in [
+        ("y", &one.y, &expected.y),
+        ("y_forward", &one.y_forward, &expected.y_forward),
+        ("y_backward", &one.y_backward, &expected.y_backward),
+        ("h_f", &one.h_f, &expected.h_f),
+        ("c_f", &one.c_f, &expected.c_f),
+        ("h_b", &one.h_b, &expected.h_b),
+        ("c_b", &one.c_b, &expected.c_b),
+    ] {
+        close(what, g, e, tol)?;
+    }
+    let (two, _) = layer.forward(&x, &view, init, 2).map_err(|e| e.to_string())?;
+    bitwise("threads 2 vs 1 (y)", &two.y, &one.y)?;
+    bitwise("threads 2 vs 1 (h_b)", &two.h_b, &one.h_b)?;
+    Ok(())
+}
+
+/// Property: the PyTorch packed-sequence entry (stacked, bidirectional, unsorted lengths) equals its
+/// reference, computes each valid step once per layer and direction, and does not depend on threads.
+pub fn torch_equals_reference(data: &[u8]) -> Result<(), String> {
+    use crate::torch::{TorchLstm, TorchLstmParams};
+    let mut r = ByteReader::new(data);
+    let (t, b, i) = (1 + r.below(9), r.below(6), r.below(5));
+    let h = if r.bool() { EDGE_HIDDEN[r.below(EDGE_HIDDEN.len())] } else { 1 + r.below(12) };
+    let (layers, bidi, batch_first) = (1 + r.below(3), r.bool(), r.bool());
+    let d_n = if bidi { 2 } else { 1 };
+    let scale = 0.25 + r.unit(0.75).abs();
+    let mut tensors: Vec<[Vec<f32>; 4]> = Vec::new();
+    for k in 0..layers * d_n {
+        let inp = if k < d_n { i } else { d_n * h };
+        let mut w = |n: usize| (0..n).map(|_| r.unit(scale)).collect::<Vec<f32>>();
+        tensors.push([w(4 * h * inp), w(4 * h * h), w(4 * h), w(4 * h)]);
+    }
+    let no_bias = r.u8() % 4 == 0;
+    let params: Vec<TorchLstmParams<'_>> = tensors
+        .iter()
+        .map(|[a, bb, c, d]| TorchLstmParams {
+            weight_ih: a,
+            weight_hh: bb,
+            bias_ih: (!no_bias).then_some(&c[..]),
+            bias_hh: (!no_bias).then_some(&d[..]),
+        })
+        .collect();
+    let model = TorchLstm::new(i, h, layers, bidi, &params).map_err(|e| e.to_string())?;
+    let lengths: Vec<usize> = (0..b).map(|_| if r.bool() { t } else { 1 + r.below(t) }).collect();
+    let mut x = vec![0.0; t * b * i];
+    for (s, &len) in lengths.iter().enumerate() {
+        for tt in 0..t {
+            let o = if batch_first { (s * t + tt) * i } else { (tt * b + s) * i };
+            for v in &mut x[o..o + i] {
+                *v = if tt < len { r.unit(2.0) } else { r.wild() };
+            }
+        }
+    }
+    let n = layers * d_n * b * h;
+    let h0: Option<Vec<f32>> = r.bool().then(|| (0..n).map(|_| r.unit(1.0)).collect());
+    let c0: Option<Vec<f32>> = r.bool().then(|| (0..n).map(|_| r.unit(1.0)).collect());
+    let expected = model
+        .forward_packed_reference(&x, t, b, batch_first, &lengths, h0.as_deref(), c0.as_deref())
+        .map_err(|e| e.to_string())?;
+    let (one, stats) = model
+        .forward_packed(&x, t, b, batch_first, &lengths, h0.as_deref(), c0.as_deref(), 1)
+        .map_err(|e| e.to_string())?;
+    let valid: usize = lengths.iter().sum();
+    if stats.steps_computed != layers * d_n * valid {
+        return Err(format!("computed {} steps for {layers} x {d_n} x {valid}", stats.steps_computed));
+    }
+    let tol = if crate::kernel::selected().fused_multiply_add { FAST_VS_REFERENCE_TOL } else { 0.0 };
+    close("y", &one.y, &expected.y, tol)?;
+    close("h_n", &one.h_n, &expected.h_n, tol)?;
+    close("c_n", &one.c_n, &expected.c_n, tol)?;
+    let (two, _) = model
+        .forward_packed(&x, t, b, batch_first, &lengths, h0.as_deref(), c0.as_deref(), 2)
+        .map_err(|e| e.to_string())?;
+    bitwise("threads 2 vs 1 (y)", &two.y, &one.y)?;
+    bitwise("threads 2 vs 1 (h_n)", &two.h_n, &one.h_n)?;
+    Ok(())
+}

@@ -189,37 +189,69 @@ impl KerasLstm {
             (None, false) => None,
         };
         let mut h_n = h_n;
+        let job = self.job(
+            x,
+            view,
+            initial.map(|s| StateIn { h: s.h, c: s.c, off: 0, sb: hd }),
+            y.map(|y| (OutBuf::new(y), 0, t * hd, hd, false)),
+            h_n.as_deref_mut().map(|s| StateOut { buf: OutBuf::new(s), off: 0, sb: hd }),
+            c_n.map(|s| StateOut { buf: OutBuf::new(s), off: 0, sb: hd }),
+            threads,
+        );
+        let stats = job.run()?;
+        if let (Some(last), Some(h_n)) = (last_output, h_n) {
+            self.write_last_output(view, h_n, last);
+        }
+        Ok(stats)
+    }
+
+    /// The engine job of this layer. `y` is `(buffer, offset, batch stride, time stride, flip)`: output
+    /// position `p` holds processing step `p` (Keras), or time `p` when `flip` (Bidirectional's flip of the
+    /// backward layer's output).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn job<'a>(
+        &'a self,
+        x: StridedInput<'a>,
+        view: &'a SeqView,
+        init: Option<StateIn<'a>>,
+        y: Option<(OutBuf, usize, usize, usize, bool)>,
+        h_n: Option<StateOut>,
+        c_n: Option<StateOut>,
+        threads: usize,
+    ) -> Job<'a> {
         let fill = if self.options.zero_output_for_mask { Fill::Zero } else { Fill::Previous };
-        let job = Job {
+        let back = self.options.go_backwards;
+        Job {
             backend: self.backend,
             w: &self.packed,
             cell: &self.cell,
             view,
             x: SeqIn { data: x.data, off: x.off, sb: x.sb, st: x.st },
-            reverse: self.options.go_backwards,
-            init: initial.map(|s| StateIn { h: s.h, c: s.c, sb: hd }),
+            reverse: back,
+            init,
             empty_state: EmptyState::Initial,
-            y: y.map(|y| SeqOut { buf: OutBuf::new(y), sb: t * hd, st: hd, mirror: self.options.go_backwards, fill }),
-            h_n: h_n.as_deref_mut().map(|s| StateOut { buf: OutBuf::new(s), sb: hd }),
-            c_n: c_n.map(|s| StateOut { buf: OutBuf::new(s), sb: hd }),
+            y: y.map(|(buf, off, sb, st, flip)| SeqOut { buf, off, sb, st, mirror: back != flip, fill }),
+            h_n,
+            c_n,
             threads,
-        };
-        let stats = job.run()?;
-        if let (Some(last), Some(h_n)) = (last_output, h_n) {
-            // Keras returns outputs[:, -1]: the last processing step's output.
-            let t_last = if self.options.go_backwards { 0 } else { t.wrapping_sub(1) };
-            for s in 0..b {
-                let dst = &mut last[s * hd..(s + 1) * hd];
-                let valid_last = t > 0 && view.is_valid(s, t_last);
-                let carried = !self.options.zero_output_for_mask && view.runs(s).len() > 0;
-                if valid_last || carried {
-                    dst.copy_from_slice(&h_n[s * hd..(s + 1) * hd]);
-                } else {
-                    dst.fill(0.0);
-                }
+        }
+    }
+
+    /// Keras' `outputs[:, -1]` from the final hidden states `h_n [B, H]`: the last processing step's
+    /// output, which is `h_n` when that step is valid or carried, else zeros.
+    pub(crate) fn write_last_output(&self, view: &SeqView, h_n: &[f32], last: &mut [f32]) {
+        let (t, hd) = (view.time(), self.units());
+        let t_last = if self.options.go_backwards { 0 } else { t.wrapping_sub(1) };
+        for s in 0..view.batch() {
+            let dst = &mut last[s * hd..(s + 1) * hd];
+            let valid_last = t > 0 && view.is_valid(s, t_last);
+            let carried = !self.options.zero_output_for_mask && view.runs(s).len() > 0;
+            if valid_last || carried {
+                dst.copy_from_slice(&h_n[s * hd..(s + 1) * hd]);
+            } else {
+                dst.fill(0.0);
             }
         }
-        Ok(stats)
     }
 
     /// The same layer computed by the [reference](crate::reference) implementation: every step, then

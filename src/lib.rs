@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod bidirectional;
 pub mod capi;
 pub mod cell;
 pub mod engine;
@@ -43,7 +44,9 @@ pub mod keras;
 pub mod kernel;
 pub mod layers;
 pub mod math;
+pub mod onnx;
 pub mod reference;
+pub mod torch;
 pub mod view;
 pub mod weights;
 

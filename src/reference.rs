@@ -108,3 +108,63 @@ pub fn keras_lstm(
     }
     Ok(out)
 }
+
+/// The ONNX LSTM operator, plainly: for each direction and sequence, the valid steps `0..len` in order
+/// (descending for reverse), outputs in original time order, `+0.0` past each length, `Y_h`/`Y_c` the
+/// last processed state, zeros for a length-0 sequence. Layout 0: `x [T, B, I]`, initial states
+/// `[D, B, H]`; returns `(y [T, D, B, H], y_h [D, B, H], y_c [D, B, H])`.
+///
+/// `dirs[d] = (weights, cell, reverse)`.
+///
+/// # Errors
+/// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) or
+/// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for inconsistent sizes or lengths.
+#[allow(clippy::type_complexity)]
+pub fn onnx_lstm(
+    dirs: &[(&LstmWeights, &CellSpec, bool)],
+    x: &[f32],
+    seq_length: usize,
+    batch: usize,
+    lengths: &[usize],
+    initial: Option<(&[f32], &[f32])>,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let d_n = dirs.len();
+    let (i, hd) = match dirs.first() {
+        Some((w, _, _)) => (w.input_size(), w.hidden_size()),
+        None => return Err(crate::Error::argument("no direction")),
+    };
+    check_len("x", x.len(), checked_product(&[seq_length, batch, i], "x")?)?;
+    check_len("sequence_lens", lengths.len(), batch)?;
+    if lengths.iter().any(|&l| l > seq_length) {
+        return Err(crate::Error::argument("a length exceeds seq_length"));
+    }
+    let state_len = checked_product(&[d_n, batch, hd], "state")?;
+    if let Some((h0, c0)) = initial {
+        check_len("initial_h", h0.len(), state_len)?;
+        check_len("initial_c", c0.len(), state_len)?;
+    }
+    let mut y = vec![0.0; checked_product(&[seq_length, d_n, batch, hd], "y")?];
+    let mut y_h = vec![0.0; state_len];
+    let mut y_c = vec![0.0; state_len];
+    for (d, &(w, cell, reverse)) in dirs.iter().enumerate() {
+        for (b, &len) in lengths.iter().enumerate() {
+            if len == 0 {
+                continue;
+            }
+            let s = (d * batch + b) * hd;
+            let (mut h, mut c) = match initial {
+                Some((h0, c0)) => (h0[s..s + hd].to_vec(), c0[s..s + hd].to_vec()),
+                None => (vec![0.0; hd], vec![0.0; hd]),
+            };
+            for k in 0..len {
+                let t = if reverse { len - 1 - k } else { k };
+                (h, c) = cell_step(w, cell, &x[(t * batch + b) * i..(t * batch + b + 1) * i], &h, &c);
+                let o = ((t * d_n + d) * batch + b) * hd;
+                y[o..o + hd].copy_from_slice(&h);
+            }
+            y_h[s..s + hd].copy_from_slice(&h);
+            y_c[s..s + hd].copy_from_slice(&c);
+        }
+    }
+    Ok((y, y_h, y_c))
+}

@@ -72,3 +72,18 @@ fn edge_sizes_and_lengths() {
         }
     }
 }
+
+#[test]
+fn onnx_equals_reference_seeded_cases() {
+    replay("onnx_equals_reference", 5_000, fuzzing::onnx_equals_reference);
+}
+
+#[test]
+fn bidirectional_equals_reference_seeded_cases() {
+    replay("bidirectional_equals_reference", 3_000, fuzzing::bidirectional_equals_reference);
+}
+
+#[test]
+fn torch_equals_reference_seeded_cases() {
+    replay("torch_equals_reference", 3_000, fuzzing::torch_equals_reference);
+}

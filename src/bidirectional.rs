@@ -1,0 +1,303 @@
+//! Keras `Bidirectional(LSTM(...))` on the mask-aware engine.
+//!
+//! Keras semantics (SEMANTICS.md section 3): both layers see the same mask; `zero_output_for_mask` is
+//! forced to `return_sequences` on both; the backward layer runs with `go_backwards` toggled and its
+//! sequence output is flipped along the full time axis before the merge (`concat`, `sum`, `ave`, `mul`,
+//! or none); states come back as forward `h, c`, then backward `h, c`.
+//!
+//! The flip costs nothing here: the backward job writes each step straight to its time position, and
+//! with `concat` both directions write their halves of the merged output in place, concurrently.
+
+use crate::engine::{par_join, ForwardStats, OutBuf, StateIn, StateOut};
+use crate::error::{check_len, checked_product, Error, Result};
+use crate::keras::{KerasLstm, KerasLstmOptions, StridedInput};
+use crate::reference::{self, KerasResult};
+use crate::view::SeqView;
+use crate::weights::LstmWeights;
+
+/// How Keras' `Bidirectional` merges the two directions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MergeMode {
+    /// Forward then backward features: `2H` wide (Keras default).
+    #[default]
+    Concat,
+    /// Elementwise sum.
+    Sum,
+    /// Elementwise mean.
+    Ave,
+    /// Elementwise product.
+    Mul,
+    /// No merge: both outputs are returned.
+    None,
+}
+
+impl MergeMode {
+    /// From the Keras name (`"concat"`, `"sum"`, `"ave"`, `"mul"`, or `None`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for another name.
+    pub fn from_keras_name(name: Option<&str>) -> Result<Self> {
+        Ok(match name {
+            Some("concat") => MergeMode::Concat,
+            Some("sum") => MergeMode::Sum,
+            Some("ave") => MergeMode::Ave,
+            Some("mul") => MergeMode::Mul,
+            None => MergeMode::None,
+            Some(other) => return Err(Error::argument(format!("unknown merge mode {other:?}"))),
+        })
+    }
+}
+
+/// Initial states of both directions, `[B, H]` each.
+#[derive(Clone, Copy, Debug)]
+pub struct BidirectionalState<'a> {
+    /// Forward `h`.
+    pub h_f: &'a [f32],
+    /// Forward `c`.
+    pub c_f: &'a [f32],
+    /// Backward `h`.
+    pub h_b: &'a [f32],
+    /// Backward `c`.
+    pub c_b: &'a [f32],
+}
+
+/// What a Keras `Bidirectional` LSTM returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BidirectionalResult {
+    /// The merged output: `[B, T, W]` with `return_sequences`, else `[B, W]`; `W` is `2H` for concat, `H`
+    /// otherwise. Empty for [`MergeMode::None`].
+    pub y: Vec<f32>,
+    /// Forward output (only for [`MergeMode::None`]).
+    pub y_forward: Vec<f32>,
+    /// Backward output, flipped to original time order (only for [`MergeMode::None`]).
+    pub y_backward: Vec<f32>,
+    /// Forward final `h` `[B, H]`.
+    pub h_f: Vec<f32>,
+    /// Forward final `c`.
+    pub c_f: Vec<f32>,
+    /// Backward final `h`.
+    pub h_b: Vec<f32>,
+    /// Backward final `c`.
+    pub c_b: Vec<f32>,
+}
+
+/// A Keras `Bidirectional` LSTM layer.
+#[derive(Clone, Debug)]
+pub struct KerasBidirectional {
+    forward: KerasLstm,
+    backward: KerasLstm,
+    merge: MergeMode,
+    return_sequences: bool,
+}
+
+impl KerasBidirectional {
+    /// Builds the layer from the weights of both directions. `options` are the wrapped layer's; as in
+    /// Keras, `zero_output_for_mask` is replaced by `return_sequences` and the backward layer gets
+    /// `go_backwards` toggled.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) if the two directions differ in size.
+    pub fn new(
+        forward: LstmWeights,
+        backward: LstmWeights,
+        options: KerasLstmOptions,
+        merge: MergeMode,
+        return_sequences: bool,
+    ) -> Result<Self> {
+        if (forward.input_size(), forward.hidden_size()) != (backward.input_size(), backward.hidden_size()) {
+            return Err(Error::shape("forward and backward weights differ in size"));
+        }
+        let opts = options.zero_output_for_mask(return_sequences);
+        Ok(KerasBidirectional {
+            forward: KerasLstm::new(forward, opts)?,
+            backward: KerasLstm::new(backward, opts.go_backwards(!options.go_backwards))?,
+            merge,
+            return_sequences,
+        })
+    }
+
+    /// The forward layer.
+    pub fn forward_layer(&self) -> &KerasLstm {
+        &self.forward
+    }
+    /// The backward layer.
+    pub fn backward_layer(&self) -> &KerasLstm {
+        &self.backward
+    }
+
+    fn width(&self) -> usize {
+        let h = self.forward.units();
+        if self.merge == MergeMode::Concat {
+            2 * h
+        } else {
+            h
+        }
+    }
+
+    fn check(&self, x: &[f32], view: &SeqView, initial: Option<BidirectionalState<'_>>) -> Result<usize> {
+        let (b, t, i, h) = (view.batch(), view.time(), self.forward.weights().input_size(), self.forward.units());
+        check_len("x", x.len(), checked_product(&[b, t, i], "x")?)?;
+        let state_len = checked_product(&[b, h], "state")?;
+        if let Some(s) = initial {
+            for (name, v) in [("h_f", s.h_f), ("c_f", s.c_f), ("h_b", s.h_b), ("c_b", s.c_b)] {
+                check_len(name, v.len(), state_len)?;
+            }
+        }
+        Ok(state_len)
+    }
+
+    /// Runs both directions on the fast path (concurrently unless `threads == 1`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) for buffers of the wrong length.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        view: &SeqView,
+        initial: Option<BidirectionalState<'_>>,
+        threads: usize,
+    ) -> Result<(BidirectionalResult, ForwardStats)> {
+        let state_len = self.check(x, view, initial)?;
+        let (b, t, i, h) = (view.batch(), view.time(), self.forward.weights().input_size(), self.forward.units());
+        let input = StridedInput { data: x, off: 0, sb: t * i, st: i };
+        let mut r = BidirectionalResult {
+            y: Vec::new(),
+            y_forward: Vec::new(),
+            y_backward: Vec::new(),
+            h_f: vec![0.0; state_len],
+            c_f: vec![0.0; state_len],
+            h_b: vec![0.0; state_len],
+            c_b: vec![0.0; state_len],
+        };
+        let seq_len = checked_product(&[b, t, h], "y")?;
+        // Sequence outputs: concat writes both halves of one buffer; the others get one buffer each.
+        let (mut ya, mut yb) = match (self.return_sequences, self.merge) {
+            (false, _) => (Vec::new(), Vec::new()),
+            (true, MergeMode::Concat) => (vec![0.0; 2 * seq_len], Vec::new()),
+            (true, _) => (vec![0.0; seq_len], vec![0.0; seq_len]),
+        };
+        let concat = self.merge == MergeMode::Concat;
+        let ya_buf = OutBuf::new(&mut ya);
+        let yb_buf = if concat { ya_buf } else { OutBuf::new(&mut yb) };
+        let w = if concat { 2 * h } else { h };
+        let seq = self.return_sequences;
+        let init_f = initial.map(|s| StateIn { h: s.h_f, c: s.c_f, off: 0, sb: h });
+        let init_b = initial.map(|s| StateIn { h: s.h_b, c: s.c_b, off: 0, sb: h });
+        let state = |v: &mut Vec<f32>| StateOut { buf: OutBuf::new(v), off: 0, sb: h };
+        let jf = self.forward.job(
+            input,
+            view,
+            init_f,
+            seq.then_some((ya_buf, 0, t * w, w, false)),
+            Some(state(&mut r.h_f)),
+            Some(state(&mut r.c_f)),
+            threads,
+        );
+        let jb = self.backward.job(
+            input,
+            view,
+            init_b,
+            seq.then_some((yb_buf, if concat { h } else { 0 }, t * w, w, true)),
+            Some(state(&mut r.h_b)),
+            Some(state(&mut r.c_b)),
+            threads,
+        );
+        // The jobs write disjoint elements: different buffers, or the two halves of the concat buffer.
+        let (sf, sb) = par_join(threads, || jf.run(), || jb.run())?;
+        let stats = sf?.merge(sb?);
+        if !seq {
+            ya = vec![0.0; state_len];
+            yb = vec![0.0; state_len];
+            self.forward.write_last_output(view, &r.h_f, &mut ya);
+            self.backward.write_last_output(view, &r.h_b, &mut yb);
+        }
+        self.merge_into(&mut r, ya, yb, b * if seq { t } else { 1 });
+        Ok((r, stats))
+    }
+
+    /// The same layer on the [reference](crate::reference) implementation.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn forward_reference(
+        &self,
+        x: &[f32],
+        view: &SeqView,
+        initial: Option<BidirectionalState<'_>>,
+    ) -> Result<BidirectionalResult> {
+        self.check(x, view, initial)?;
+        let (b, t, h) = (view.batch(), view.time(), self.forward.units());
+        let run = |layer: &KerasLstm, init: Option<(&[f32], &[f32])>| -> Result<KerasResult> {
+            let o = layer.options();
+            reference::keras_lstm(
+                layer.weights(),
+                &crate::cell::CellSpec::keras(o.activation, o.recurrent_activation),
+                x,
+                &view.to_mask(),
+                b,
+                t,
+                o.go_backwards,
+                o.zero_output_for_mask,
+                init,
+            )
+        };
+        let f = run(&self.forward, initial.map(|s| (s.h_f, s.c_f)))?;
+        let bw = run(&self.backward, initial.map(|s| (s.h_b, s.c_b)))?;
+        let (ya, yb) = if self.return_sequences {
+            // Flip the backward output along the whole time axis.
+            let mut flipped = vec![0.0; bw.y.len()];
+            for s in 0..b {
+                for p in 0..t {
+                    let src = (s * t + p) * h;
+                    let dst = (s * t + (t - 1 - p)) * h;
+                    flipped[dst..dst + h].copy_from_slice(&bw.y[src..src + h]);
+                }
+            }
+            (f.y, flipped)
+        } else {
+            (f.last_output, bw.last_output)
+        };
+        let mut r = BidirectionalResult {
+            y: Vec::new(),
+            y_forward: Vec::new(),
+            y_backward: Vec::new(),
+            h_f: f.h_n,
+            c_f: f.c_n,
+            h_b: bw.h_n,
+            c_b: bw.c_n,
+        };
+        let rows = b * if self.return_sequences { t } else { 1 };
+        if self.merge == MergeMode::Concat {
+            let mut y = Vec::with_capacity(2 * ya.len());
+            for k in 0..rows {
+                y.extend_from_slice(&ya[k * h..(k + 1) * h]);
+                y.extend_from_slice(&yb[k * h..(k + 1) * h]);
+            }
+            r.y = y;
+        } else {
+            self.merge_into(&mut r, ya, yb, rows);
+        }
+        Ok(r)
+    }
+
+    /// Merges per-direction outputs of `rows` rows of `H` (concat on the fast path is already merged in
+    /// `ya`, `2H` per row).
+    fn merge_into(&self, r: &mut BidirectionalResult, ya: Vec<f32>, yb: Vec<f32>, rows: usize) {
+        let h = self.forward.units();
+        r.y = match self.merge {
+            MergeMode::None => {
+                r.y_forward = ya;
+                r.y_backward = yb;
+                Vec::new()
+            }
+            MergeMode::Concat if ya.len() == 2 * rows * h => ya,
+            MergeMode::Concat => {
+                (0..rows).flat_map(|k| ya[k * h..(k + 1) * h].iter().chain(&yb[k * h..(k + 1) * h]).copied()).collect()
+            }
+            MergeMode::Sum => ya.iter().zip(&yb).map(|(a, b)| a + b).collect(),
+            MergeMode::Ave => ya.iter().zip(&yb).map(|(a, b)| (a + b) / 2.0).collect(),
+            MergeMode::Mul => ya.iter().zip(&yb).map(|(a, b)| a * b).collect(),
+        };
+        debug_assert!(self.merge == MergeMode::None || r.y.len() == rows * self.width());
+    }
+}

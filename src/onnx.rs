@@ -1,0 +1,472 @@
+//! The ONNX `LSTM` operator (opset 22), every direction and both layouts, on the mask-aware engine.
+//!
+//! Where the specification is silent this follows ONNX Runtime: `Y` past a sequence's length is `+0.0`,
+//! `Y_h`/`Y_c` are the state after the last valid step (for reverse, after `x_0`), a length-0 sequence
+//! gives zero `Y_h`/`Y_c` even with a non-zero initial state, and lengths must lie in `0..=seq_length`.
+//!
+//! Reverse runs each sequence from its own last valid step, reading `X` in place (no ReverseSequence
+//! copy); bidirectional runs both directions concurrently, writing their halves of the interleaved `Y`.
+//! `layout = 1` (batch-major, which ONNX Runtime's CPU kernel rejects) is only a different set of strides.
+
+use crate::activation::Activation;
+use crate::cell::CellSpec;
+use crate::engine::{par_join, EmptyState, Fill, ForwardStats, Job, OutBuf, SeqIn, SeqOut, StateIn, StateOut};
+use crate::error::{check_len, checked_product, Error, Result};
+use crate::kernel::{self, Backend};
+use crate::reference;
+use crate::view::{Padding, SeqView};
+use crate::weights::{LstmWeights, PackedLstm};
+
+/// ONNX `direction`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Direction {
+    /// `"forward"` (C ABI 0).
+    #[default]
+    Forward,
+    /// `"reverse"` (C ABI 1): each sequence's valid part, last step first.
+    Reverse,
+    /// `"bidirectional"` (C ABI 2).
+    Bidirectional,
+}
+
+impl Direction {
+    /// From the C ABI code (0 forward, 1 reverse, 2 bidirectional).
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for another code.
+    pub fn from_code(code: i32) -> Result<Self> {
+        match code {
+            0 => Ok(Direction::Forward),
+            1 => Ok(Direction::Reverse),
+            2 => Ok(Direction::Bidirectional),
+            _ => Err(Error::argument(format!("unknown direction {code} (0 forward, 1 reverse, 2 bidirectional)"))),
+        }
+    }
+    /// Number of directions `D`.
+    pub fn count(self) -> usize {
+        if self == Direction::Bidirectional {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// ONNX `layout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// 0: `X [T, B, I]`, `Y [T, D, B, H]`, `Y_h`/`Y_c` and initial states `[D, B, H]`.
+    #[default]
+    SeqMajor,
+    /// 1: `X [B, T, I]`, `Y [B, T, D, H]`, `Y_h`/`Y_c` and initial states `[B, D, H]`.
+    BatchMajor,
+}
+
+impl Layout {
+    /// From the C ABI code (0 or 1).
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for another code.
+    pub fn from_code(code: i32) -> Result<Self> {
+        match code {
+            0 => Ok(Layout::SeqMajor),
+            1 => Ok(Layout::BatchMajor),
+            _ => Err(Error::argument(format!("unknown layout {code} (0 or 1)"))),
+        }
+    }
+}
+
+/// Attributes of the ONNX LSTM operator.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct OnnxLstmAttrs {
+    /// `direction`.
+    pub direction: Direction,
+    /// `layout`.
+    pub layout: Layout,
+    /// `hidden_size` (at least 1).
+    pub hidden_size: usize,
+    /// `clip`: gate pre-activations are clamped to `[-clip, clip]` after bias and peephole. Must be > 0.
+    pub clip: Option<f32>,
+    /// `input_forget`: `f = 1 - i`.
+    pub input_forget: bool,
+    /// `activations`, `(f, g, h)` per direction: empty for the defaults (Sigmoid, Tanh, Tanh), 3, or 6 for
+    /// bidirectional (3 are used for both directions).
+    pub activations: Vec<Activation>,
+}
+
+impl OnnxLstmAttrs {
+    /// Default attributes with the given hidden size and direction.
+    pub fn new(hidden_size: usize, direction: Direction) -> Self {
+        OnnxLstmAttrs {
+            direction,
+            layout: Layout::SeqMajor,
+            hidden_size,
+            clip: None,
+            input_forget: false,
+            activations: Vec::new(),
+        }
+    }
+    /// Sets `layout`.
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+    /// Sets `clip`.
+    pub fn clip(mut self, clip: Option<f32>) -> Self {
+        self.clip = clip;
+        self
+    }
+    /// Sets `input_forget`.
+    pub fn input_forget(mut self, on: bool) -> Self {
+        self.input_forget = on;
+        self
+    }
+    /// Sets `activations`.
+    pub fn activations(mut self, acts: Vec<Activation>) -> Self {
+        self.activations = acts;
+        self
+    }
+
+    /// The cell of each direction.
+    fn cells(&self) -> Result<Vec<CellSpec>> {
+        if let Some(c) = self.clip {
+            if c.is_nan() || c <= 0.0 {
+                return Err(Error::argument(format!("clip must be positive, got {c}")));
+            }
+        }
+        let d = self.direction.count();
+        let acts: Vec<Activation> = match self.activations.len() {
+            0 => [Activation::Sigmoid, Activation::Tanh, Activation::Tanh].repeat(d),
+            3 => self.activations.repeat(d),
+            6 if d == 2 => self.activations.clone(),
+            n => {
+                return Err(Error::argument(format!(
+                    "{n} activations given; {} direction(s) take 0, 3{}",
+                    d,
+                    if d == 2 { " or 6" } else { "" }
+                )))
+            }
+        };
+        Ok(acts.chunks_exact(3).map(|a| CellSpec::onnx(a[0], a[1], a[2], self.clip, self.input_forget)).collect())
+    }
+}
+
+/// Output buffers of [`OnnxLstm::forward`]; each optional.
+#[derive(Debug, Default)]
+pub struct OnnxOutputs<'a> {
+    /// `Y`: `[T, D, B, H]` (layout 0) or `[B, T, D, H]` (layout 1).
+    pub y: Option<&'a mut [f32]>,
+    /// `Y_h`: `[D, B, H]` (layout 0) or `[B, D, H]` (layout 1).
+    pub y_h: Option<&'a mut [f32]>,
+    /// `Y_c`: as `Y_h`.
+    pub y_c: Option<&'a mut [f32]>,
+}
+
+/// `Y`, `Y_h`, `Y_c` as owned vectors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OnnxResult {
+    /// `Y`.
+    pub y: Vec<f32>,
+    /// `Y_h`.
+    pub y_h: Vec<f32>,
+    /// `Y_c`.
+    pub y_c: Vec<f32>,
+}
+
+#[derive(Clone, Debug)]
+struct DirectionWeights {
+    weights: LstmWeights,
+    packed: PackedLstm,
+    cell: CellSpec,
+}
+
+/// An ONNX LSTM node: attributes validated and weights packed once.
+#[derive(Clone, Debug)]
+pub struct OnnxLstm {
+    attrs: OnnxLstmAttrs,
+    input_size: usize,
+    dirs: Vec<DirectionWeights>,
+    backend: &'static Backend,
+}
+
+/// Strides of one tensor of the operator, in elements.
+#[derive(Clone, Copy, Debug)]
+struct Strides {
+    /// Offset of direction d: `d * dir`.
+    dir: usize,
+    batch: usize,
+    time: usize,
+}
+
+impl OnnxLstm {
+    /// Validates the attributes and packs `W [D, 4H, I]`, `R [D, 4H, H]`, `B [D, 8H]` and `P [D, 3H]`
+    /// (ONNX gate order i, o, f, c; peepholes i, o, f).
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for bad attributes (hidden size 0,
+    /// activation count, non-positive clip); [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) for
+    /// weight lengths; [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) for sizes that overflow.
+    pub fn new(
+        attrs: OnnxLstmAttrs,
+        input_size: usize,
+        w: &[f32],
+        r: &[f32],
+        b: Option<&[f32]>,
+        p: Option<&[f32]>,
+    ) -> Result<Self> {
+        Self::with_backend(attrs, input_size, w, r, b, p, kernel::selected())
+    }
+
+    /// As [`new`](Self::new), for a given backend.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_backend(
+        attrs: OnnxLstmAttrs,
+        input_size: usize,
+        w: &[f32],
+        r: &[f32],
+        b: Option<&[f32]>,
+        p: Option<&[f32]>,
+        backend: &'static Backend,
+    ) -> Result<Self> {
+        let h = attrs.hidden_size;
+        if h == 0 {
+            return Err(Error::argument("hidden_size must be at least 1"));
+        }
+        let cells = attrs.cells()?;
+        let d_n = cells.len();
+        let wl = checked_product(&[4, h, input_size], "W")?;
+        let rl = checked_product(&[4, h, h], "R")?;
+        check_len("W", w.len(), checked_product(&[d_n, wl], "W")?)?;
+        check_len("R", r.len(), checked_product(&[d_n, rl], "R")?)?;
+        if let Some(b) = b {
+            check_len("B", b.len(), checked_product(&[d_n, 8, h], "B")?)?;
+        }
+        if let Some(p) = p {
+            check_len("P", p.len(), checked_product(&[d_n, 3, h], "P")?)?;
+        }
+        let dirs = cells
+            .into_iter()
+            .enumerate()
+            .map(|(d, cell)| {
+                let weights = LstmWeights::from_onnx(
+                    input_size,
+                    h,
+                    &w[d * wl..(d + 1) * wl],
+                    &r[d * rl..(d + 1) * rl],
+                    b.map(|b| &b[d * 8 * h..(d + 1) * 8 * h]),
+                    p.map(|p| &p[d * 3 * h..(d + 1) * 3 * h]),
+                )?;
+                let packed = PackedLstm::new(&weights, backend.nb)?;
+                Ok(DirectionWeights { weights, packed, cell })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(OnnxLstm { attrs, input_size, dirs, backend })
+    }
+
+    /// The attributes.
+    pub fn attrs(&self) -> &OnnxLstmAttrs {
+        &self.attrs
+    }
+    /// Input size `I`.
+    pub fn input_size(&self) -> usize {
+        self.input_size
+    }
+    /// The backend the weights are packed for.
+    pub fn backend(&self) -> &'static Backend {
+        self.backend
+    }
+
+    fn strides(&self, t: usize, b: usize) -> (Strides, Strides, Strides) {
+        let (i, h, d) = (self.input_size, self.attrs.hidden_size, self.dirs.len());
+        match self.attrs.layout {
+            Layout::SeqMajor => (
+                Strides { dir: 0, batch: i, time: b * i },
+                Strides { dir: b * h, batch: h, time: d * b * h },
+                Strides { dir: b * h, batch: h, time: 0 },
+            ),
+            Layout::BatchMajor => (
+                Strides { dir: 0, batch: t * i, time: i },
+                Strides { dir: h, batch: t * d * h, time: d * h },
+                Strides { dir: h, batch: d * h, time: 0 },
+            ),
+        }
+    }
+
+    /// Runs the operator on `X` of `seq_length` steps and `batch` sequences. Padded steps are never
+    /// computed; results are bitwise identical for every `threads` (0: all cores, 1: the calling thread).
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) when a buffer has the wrong length;
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for a length outside `0..=seq_length`;
+    /// [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) for sizes that overflow.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        x: &[f32],
+        seq_length: usize,
+        batch: usize,
+        sequence_lens: Option<&[i32]>,
+        initial_h: Option<&[f32]>,
+        initial_c: Option<&[f32]>,
+        out: OnnxOutputs<'_>,
+        threads: usize,
+    ) -> Result<ForwardStats> {
+        let (t, b, h, d_n) = (seq_length, batch, self.attrs.hidden_size, self.dirs.len());
+        check_len("X", x.len(), checked_product(&[t, b, self.input_size], "X")?)?;
+        let view = match sequence_lens {
+            Some(l) => {
+                check_len("sequence_lens", l.len(), b)?;
+                SeqView::from_i32_lengths(l, t, Padding::Post)?
+            }
+            None => SeqView::full(b, t),
+        };
+        let state_len = checked_product(&[d_n, b, h], "Y_h")?;
+        let OnnxOutputs { y, y_h, y_c } = out;
+        if let Some(y) = &y {
+            check_len("Y", y.len(), checked_product(&[t, d_n, b, h], "Y")?)?;
+        }
+        for (name, s) in [("Y_h", y_h.as_deref().map(<[f32]>::len)), ("Y_c", y_c.as_deref().map(<[f32]>::len))] {
+            if let Some(len) = s {
+                check_len(name, len, state_len)?;
+            }
+        }
+        for (name, s) in [("initial_h", initial_h), ("initial_c", initial_c)] {
+            if let Some(s) = s {
+                check_len(name, s.len(), state_len)?;
+            }
+        }
+        // A missing initial state half is zeros (ONNX default).
+        let zeros;
+        let init = match (initial_h, initial_c) {
+            (None, None) => None,
+            (h0, c0) => {
+                zeros = vec![0.0; if h0.is_none() || c0.is_none() { state_len } else { 0 }];
+                Some((h0.unwrap_or(&zeros), c0.unwrap_or(&zeros)))
+            }
+        };
+        let (xs, ys, ss) = self.strides(t, b);
+        let y_buf = y.map(OutBuf::new);
+        let h_buf = y_h.map(OutBuf::new);
+        let c_buf = y_c.map(OutBuf::new);
+        let job = |d: usize| Job {
+            backend: self.backend,
+            w: &self.dirs[d].packed,
+            cell: &self.dirs[d].cell,
+            view: &view,
+            x: SeqIn { data: x, off: 0, sb: xs.batch, st: xs.time },
+            reverse: self.attrs.direction == Direction::Reverse || d == 1,
+            init: init.map(|(h0, c0)| StateIn { h: h0, c: c0, off: d * ss.dir, sb: ss.batch }),
+            empty_state: EmptyState::Zero,
+            y: y_buf.map(|buf| SeqOut {
+                buf,
+                off: d * ys.dir,
+                sb: ys.batch,
+                st: ys.time,
+                mirror: false,
+                fill: Fill::Zero,
+            }),
+            h_n: h_buf.map(|buf| StateOut { buf, off: d * ss.dir, sb: ss.batch }),
+            c_n: c_buf.map(|buf| StateOut { buf, off: d * ss.dir, sb: ss.batch }),
+            threads,
+        };
+        if d_n == 1 {
+            return job(0).run();
+        }
+        // The two directions write disjoint halves of Y, Y_h and Y_c.
+        let (fwd, bwd) = par_join(threads, || job(0).run(), || job(1).run())?;
+        Ok(fwd?.merge(bwd?))
+    }
+
+    /// Runs the operator and returns all outputs as owned vectors.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_all(
+        &self,
+        x: &[f32],
+        seq_length: usize,
+        batch: usize,
+        sequence_lens: Option<&[i32]>,
+        initial_h: Option<&[f32]>,
+        initial_c: Option<&[f32]>,
+        threads: usize,
+    ) -> Result<(OnnxResult, ForwardStats)> {
+        let (h, d_n) = (self.attrs.hidden_size, self.dirs.len());
+        let mut r = OnnxResult {
+            y: vec![0.0; checked_product(&[seq_length, d_n, batch, h], "Y")?],
+            y_h: vec![0.0; checked_product(&[d_n, batch, h], "Y_h")?],
+            y_c: vec![0.0; d_n * batch * h],
+        };
+        let out = OnnxOutputs { y: Some(&mut r.y), y_h: Some(&mut r.y_h), y_c: Some(&mut r.y_c) };
+        let stats = self.forward(x, seq_length, batch, sequence_lens, initial_h, initial_c, out, threads)?;
+        Ok((r, stats))
+    }
+
+    /// The operator computed by the plain [reference](crate::reference::onnx_lstm), in this node's layout.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn forward_reference(
+        &self,
+        x: &[f32],
+        seq_length: usize,
+        batch: usize,
+        sequence_lens: Option<&[i32]>,
+        initial_h: Option<&[f32]>,
+        initial_c: Option<&[f32]>,
+    ) -> Result<OnnxResult> {
+        let (t, b, i, h, d_n) = (seq_length, batch, self.input_size, self.attrs.hidden_size, self.dirs.len());
+        let lengths = match sequence_lens {
+            Some(l) => SeqView::from_i32_lengths(l, t, Padding::Post)?.valid_lens(),
+            None => vec![t; b],
+        };
+        check_len("X", x.len(), checked_product(&[t, b, i], "X")?)?;
+        let batch_major = self.attrs.layout == Layout::BatchMajor;
+        // Layout 1 is layout 0 with the first two axes swapped.
+        let x0 = if batch_major { swap_axes(x, b, t, i) } else { x.to_vec() };
+        let state = |s: Option<&[f32]>| s.map(|s| if batch_major { swap_axes(s, b, d_n, h) } else { s.to_vec() });
+        let (h0, c0) = (state(initial_h), state(initial_c));
+        let zeros = vec![0.0; d_n * b * h];
+        let init = match (&h0, &c0) {
+            (None, None) => None,
+            _ => Some((h0.as_deref().unwrap_or(&zeros), c0.as_deref().unwrap_or(&zeros))),
+        };
+        let dirs: Vec<(&LstmWeights, &CellSpec, bool)> = self
+            .dirs
+            .iter()
+            .enumerate()
+            .map(|(d, dw)| (&dw.weights, &dw.cell, self.attrs.direction == Direction::Reverse || d == 1))
+            .collect();
+        let (y, y_h, y_c) = reference::onnx_lstm(&dirs, &x0, t, b, &lengths, init)?;
+        if !batch_major {
+            return Ok(OnnxResult { y, y_h, y_c });
+        }
+        // [T, D, B, H] -> [B, T, D, H]; [D, B, H] -> [B, D, H].
+        let mut yb = vec![0.0; y.len()];
+        for tt in 0..t {
+            for d in 0..d_n {
+                for bb in 0..b {
+                    let src = ((tt * d_n + d) * b + bb) * h;
+                    let dst = ((bb * t + tt) * d_n + d) * h;
+                    yb[dst..dst + h].copy_from_slice(&y[src..src + h]);
+                }
+            }
+        }
+        Ok(OnnxResult { y: yb, y_h: swap_axes(&y_h, d_n, b, h), y_c: swap_axes(&y_c, d_n, b, h) })
+    }
+}
+
+/// `[a, b, c] -> [b, a, c]`.
+pub fn swap_axes(v: &[f32], a: usize, b: usize, c: usize) -> Vec<f32> {
+    let mut out = vec![0.0; v.len()];
+    for i in 0..a {
+        for j in 0..b {
+            out[(j * a + i) * c..(j * a + i + 1) * c].copy_from_slice(&v[(i * b + j) * c..(i * b + j + 1) * c]);
+        }
+    }
+    out
+}

@@ -1,0 +1,239 @@
+//! PyTorch `nn.LSTM` on packed sequences (`pack_padded_sequence(..., enforce_sorted=False)` then
+//! `pad_packed_sequence`), stacked and bidirectional, on the mask-aware engine.
+//!
+//! Lengths come in any order and `h_n`, `c_n` are returned in the original batch order, as PyTorch does;
+//! the engine sorts internally and never computes a padded step. Padded outputs are `0.0`. The reverse
+//! direction runs each sequence's valid part from its own last step, exactly like ONNX `reverse`.
+
+use crate::cell::CellSpec;
+use crate::engine::{par_join, EmptyState, Fill, ForwardStats, Job, OutBuf, SeqIn, SeqOut, StateIn, StateOut};
+use crate::error::{check_len, checked_product, Error, Result};
+use crate::kernel::{self, Backend};
+use crate::reference;
+use crate::view::{Padding, SeqView};
+use crate::weights::{LstmWeights, PackedLstm};
+
+/// The parameters of one layer and direction, as PyTorch names them (`weight_ih_l{k}[_reverse]`, ...).
+#[derive(Clone, Copy, Debug)]
+pub struct TorchLstmParams<'a> {
+    /// `weight_ih [4H, in]`, gates i, f, g, o.
+    pub weight_ih: &'a [f32],
+    /// `weight_hh [4H, H]`.
+    pub weight_hh: &'a [f32],
+    /// `bias_ih [4H]` (None with `bias=False`).
+    pub bias_ih: Option<&'a [f32]>,
+    /// `bias_hh [4H]`.
+    pub bias_hh: Option<&'a [f32]>,
+}
+
+/// Outputs of [`TorchLstm::forward_packed`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TorchResult {
+    /// The padded output `[T, B, D*H]` (or `[B, T, D*H]` with `batch_first`), zeros past each length.
+    pub y: Vec<f32>,
+    /// `h_n [L*D, B, H]`, original batch order.
+    pub h_n: Vec<f32>,
+    /// `c_n [L*D, B, H]`.
+    pub c_n: Vec<f32>,
+}
+
+/// A (possibly stacked, possibly bidirectional) PyTorch LSTM.
+#[derive(Clone, Debug)]
+pub struct TorchLstm {
+    input_size: usize,
+    hidden: usize,
+    num_layers: usize,
+    bidirectional: bool,
+    /// Layer-major, then direction.
+    weights: Vec<(LstmWeights, PackedLstm)>,
+    backend: &'static Backend,
+    cell: CellSpec,
+}
+
+impl TorchLstm {
+    /// Imports `num_layers * D` parameter sets in PyTorch's order (layer 0 forward, layer 0 reverse, layer 1
+    /// forward, ...). Layer 0 takes `input_size` features, later layers `D * hidden`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for zero layers or hidden size, or the
+    /// wrong number of parameter sets; [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) for tensors of
+    /// the wrong length.
+    pub fn new(
+        input_size: usize,
+        hidden: usize,
+        num_layers: usize,
+        bidirectional: bool,
+        params: &[TorchLstmParams<'_>],
+    ) -> Result<Self> {
+        let d_n = if bidirectional { 2 } else { 1 };
+        if num_layers == 0 {
+            return Err(Error::argument("num_layers must be at least 1"));
+        }
+        if params.len() != checked_product(&[num_layers, d_n], "layers")? {
+            return Err(Error::argument(format!(
+                "{} parameter sets given, expected {}",
+                params.len(),
+                num_layers * d_n
+            )));
+        }
+        let backend = kernel::selected();
+        let weights = params
+            .iter()
+            .enumerate()
+            .map(|(k, p)| {
+                let inp = if k < d_n { input_size } else { checked_product(&[d_n, hidden], "layer input")? };
+                let w = LstmWeights::from_pytorch(inp, hidden, p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh)?;
+                let packed = PackedLstm::new(&w, backend.nb)?;
+                Ok((w, packed))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TorchLstm { input_size, hidden, num_layers, bidirectional, weights, backend, cell: CellSpec::default() })
+    }
+
+    fn dirs(&self) -> usize {
+        if self.bidirectional {
+            2
+        } else {
+            1
+        }
+    }
+
+    fn check(
+        &self,
+        x: &[f32],
+        t: usize,
+        b: usize,
+        lengths: &[usize],
+        h0: Option<&[f32]>,
+        c0: Option<&[f32]>,
+    ) -> Result<SeqView> {
+        check_len("x", x.len(), checked_product(&[t, b, self.input_size], "x")?)?;
+        check_len("lengths", lengths.len(), b)?;
+        if let Some((s, &l)) = lengths.iter().enumerate().find(|(_, &l)| l == 0 || l > t) {
+            return Err(Error::argument(format!("length {l} of sequence {s} is outside 1..={t} (PyTorch packing)")));
+        }
+        let state_len = checked_product(&[self.num_layers, self.dirs(), b, self.hidden], "h0")?;
+        for (name, s) in [("h0", h0), ("c0", c0)] {
+            if let Some(s) = s {
+                check_len(name, s.len(), state_len)?;
+            }
+        }
+        SeqView::from_lengths(lengths, t, Padding::Post)
+    }
+
+    /// Runs the stack on `x [T, B, I]` (`[B, T, I]` with `batch_first`) with per-sequence `lengths` in any
+    /// order, each in `1..=T`. `h0`, `c0`: `[L*D, B, H]`, zeros when absent.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) for tensors of the wrong length;
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for a length of 0 or past `T`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_packed(
+        &self,
+        x: &[f32],
+        seq_len: usize,
+        batch: usize,
+        batch_first: bool,
+        lengths: &[usize],
+        h0: Option<&[f32]>,
+        c0: Option<&[f32]>,
+        threads: usize,
+    ) -> Result<(TorchResult, ForwardStats)> {
+        let view = self.check(x, seq_len, batch, lengths, h0, c0)?;
+        let (t, b, h, d_n) = (seq_len, batch, self.hidden, self.dirs());
+        let width = d_n * h;
+        let state_len = self.num_layers * d_n * b * h;
+        let mut h_n = vec![0.0; state_len];
+        let mut c_n = vec![0.0; state_len];
+        let zeros = vec![0.0; if h0.is_some() != c0.is_some() { state_len } else { 0 }];
+        let init = match (h0, c0) {
+            (None, None) => None,
+            _ => Some((h0.unwrap_or(&zeros), c0.unwrap_or(&zeros))),
+        };
+        let y_len = checked_product(&[t, b, width], "y")?;
+        let mut stats = ForwardStats::default();
+        let mut prev: Vec<f32> = Vec::new();
+        let (h_buf, c_buf) = (OutBuf::new(&mut h_n), OutBuf::new(&mut c_n));
+        for l in 0..self.num_layers {
+            let mut y = vec![0.0; y_len];
+            let y_buf = OutBuf::new(&mut y);
+            let (input, inp): (&[f32], usize) = if l == 0 { (x, self.input_size) } else { (&prev, width) };
+            let (xsb, xst, ysb, yst) =
+                if batch_first { (t * inp, inp, t * width, width) } else { (inp, b * inp, width, b * width) };
+            let job = |d: usize| Job {
+                backend: self.backend,
+                w: &self.weights[l * d_n + d].1,
+                cell: &self.cell,
+                view: &view,
+                x: SeqIn { data: input, off: 0, sb: xsb, st: xst },
+                reverse: d == 1,
+                init: init.map(|(hh, cc)| StateIn { h: hh, c: cc, off: (l * d_n + d) * b * h, sb: h }),
+                empty_state: EmptyState::Zero,
+                y: Some(SeqOut { buf: y_buf, off: d * h, sb: ysb, st: yst, mirror: false, fill: Fill::Zero }),
+                h_n: Some(StateOut { buf: h_buf, off: (l * d_n + d) * b * h, sb: h }),
+                c_n: Some(StateOut { buf: c_buf, off: (l * d_n + d) * b * h, sb: h }),
+                threads,
+            };
+            // Directions write disjoint halves of y and disjoint blocks of h_n, c_n.
+            stats = stats.merge(if d_n == 1 {
+                job(0).run()?
+            } else {
+                let (f, r) = par_join(threads, || job(0).run(), || job(1).run())?;
+                f?.merge(r?)
+            });
+            prev = y;
+        }
+        Ok((TorchResult { y: prev, h_n, c_n }, stats))
+    }
+
+    /// The same computation on the plain [reference](crate::reference::onnx_lstm).
+    ///
+    /// # Errors
+    /// As [`forward_packed`](Self::forward_packed).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_packed_reference(
+        &self,
+        x: &[f32],
+        seq_len: usize,
+        batch: usize,
+        batch_first: bool,
+        lengths: &[usize],
+        h0: Option<&[f32]>,
+        c0: Option<&[f32]>,
+    ) -> Result<TorchResult> {
+        self.check(x, seq_len, batch, lengths, h0, c0)?;
+        let (t, b, h, d_n) = (seq_len, batch, self.hidden, self.dirs());
+        let block = d_n * b * h;
+        let zeros = vec![0.0; self.num_layers * block];
+        let mut cur = if batch_first { crate::onnx::swap_axes(x, b, t, self.input_size) } else { x.to_vec() };
+        let (mut h_n, mut c_n) = (Vec::new(), Vec::new());
+        for l in 0..self.num_layers {
+            let dirs: Vec<(&LstmWeights, &CellSpec, bool)> =
+                (0..d_n).map(|d| (&self.weights[l * d_n + d].0, &self.cell, d == 1)).collect();
+            let range = l * block..(l + 1) * block;
+            let init = match (h0, c0) {
+                (None, None) => None,
+                _ => Some((
+                    h0.map_or(&zeros[..block], |s| &s[range.clone()]),
+                    c0.map_or(&zeros[..block], |s| &s[range.clone()]),
+                )),
+            };
+            let (y, yh, yc) = reference::onnx_lstm(&dirs, &cur, t, b, lengths, init)?;
+            // [T, D, B, H] -> [T, B, D*H].
+            cur = vec![0.0; y.len()];
+            for tt in 0..t {
+                for d in 0..d_n {
+                    for s in 0..b {
+                        let src = ((tt * d_n + d) * b + s) * h;
+                        let dst = (tt * b + s) * d_n * h + d * h;
+                        cur[dst..dst + h].copy_from_slice(&y[src..src + h]);
+                    }
+                }
+            }
+            h_n.extend(yh);
+            c_n.extend(yc);
+        }
+        let y = if batch_first { crate::onnx::swap_axes(&cur, t, b, d_n * h) } else { cur };
+        Ok(TorchResult { y, h_n, c_n })
+    }
+}
