@@ -151,8 +151,10 @@ impl Activation {
         }
     }
 
-    /// Builds an activation from its C ABI / ONNX code; a NaN `alpha` or `beta` takes the operator's
-    /// default for that activation.
+    /// Builds an activation from its C ABI / ONNX code; a NaN `alpha` or `beta` takes ONNX Runtime's
+    /// default for LSTM activations: LeakyRelu 0.01, HardSigmoid 0.2 / 0.5, Elu 1.0, and 0 for every other
+    /// parameter (Affine, ScaledTanh, and ThresholdedRelu, whose standalone ONNX operator would default to
+    /// 1.0: ONNX Runtime's LSTM uses 0, and a model's numbers come from its runtime).
     ///
     /// # Errors
     /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for an unknown code.
@@ -163,16 +165,72 @@ impl Activation {
             0 => Activation::Sigmoid,
             1 => Activation::Tanh,
             2 => Activation::Relu,
-            3 => Activation::Affine { alpha: a(1.0), beta: b(0.0) },
+            3 => Activation::Affine { alpha: a(0.0), beta: b(0.0) },
             4 => Activation::LeakyRelu { alpha: a(0.01) },
-            5 => Activation::ThresholdedRelu { alpha: a(1.0) },
-            6 => Activation::ScaledTanh { alpha: a(1.0), beta: b(1.0) },
+            5 => Activation::ThresholdedRelu { alpha: a(0.0) },
+            6 => Activation::ScaledTanh { alpha: a(0.0), beta: b(0.0) },
             7 => Activation::HardSigmoid { alpha: a(0.2), beta: b(0.5) },
             8 => Activation::Elu { alpha: a(1.0) },
             9 => Activation::Softsign,
             10 => Activation::Softplus,
             _ => return Err(Error::argument(format!("unknown activation code {code} (expected 0..=10)"))),
         })
+    }
+
+    /// The ONNX name's code (`"Sigmoid"`, `"Tanh"`, ..., `"Softplus"`; ONNX Runtime matches names
+    /// case-insensitively, so does this).
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for an unknown name.
+    pub fn onnx_code(name: &str) -> Result<i32> {
+        const NAMES: [&str; 11] = [
+            "sigmoid",
+            "tanh",
+            "relu",
+            "affine",
+            "leakyrelu",
+            "thresholdedrelu",
+            "scaledtanh",
+            "hardsigmoid",
+            "elu",
+            "softsign",
+            "softplus",
+        ];
+        let lower = name.to_ascii_lowercase();
+        NAMES
+            .iter()
+            .position(|n| *n == lower)
+            .map(|p| p as i32)
+            .ok_or_else(|| Error::argument(format!("unknown ONNX activation {name:?}")))
+    }
+
+    /// Whether this activation's ONNX form reads `alpha` / `beta` from the attribute lists.
+    fn onnx_params(code: i32) -> (bool, bool) {
+        match code {
+            3 | 6 | 7 => (true, true),
+            4 | 5 | 8 => (true, false),
+            _ => (false, false),
+        }
+    }
+
+    /// The ONNX attributes `activations`, `activation_alpha`, `activation_beta` as ONNX Runtime reads
+    /// them: the flat lists are consumed in activation order, each value only by an activation that takes
+    /// that parameter (alpha and beta counted separately); when a list runs out, defaults apply.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for an unknown name.
+    pub fn from_onnx_attributes(names: &[&str], alpha: &[f32], beta: &[f32]) -> Result<Vec<Activation>> {
+        let (mut ai, mut bi) = (alpha.iter(), beta.iter());
+        names
+            .iter()
+            .map(|n| {
+                let code = Self::onnx_code(n)?;
+                let (ua, ub) = Self::onnx_params(code);
+                let a = if ua { ai.next().copied().unwrap_or(f32::NAN) } else { f32::NAN };
+                let b = if ub { bi.next().copied().unwrap_or(f32::NAN) } else { f32::NAN };
+                Self::from_code(code, a, b)
+            })
+            .collect()
     }
 
     /// Builds an activation from its Keras name (`"sigmoid"`, `"tanh"`, `"relu"`, `"hard_sigmoid"`,
@@ -219,6 +277,19 @@ mod tests {
         }
         assert!(Activation::from_code(11, 0.0, 0.0).is_err());
         assert!(Activation::from_code(-1, 0.0, 0.0).is_err());
+    }
+
+    #[test]
+    fn onnx_attribute_lists_are_consumed_by_parameterised_activations_only() {
+        let acts =
+            Activation::from_onnx_attributes(&["Sigmoid", "LeakyRelu", "HardSigmoid", "Tanh"], &[0.3, 0.4], &[0.7])
+                .unwrap();
+        assert_eq!(acts[1], Activation::LeakyRelu { alpha: 0.3 });
+        assert_eq!(acts[2], Activation::HardSigmoid { alpha: 0.4, beta: 0.7 });
+        let short = Activation::from_onnx_attributes(&["Elu", "Affine"], &[0.5], &[]).unwrap();
+        assert_eq!(short, vec![Activation::Elu { alpha: 0.5 }, Activation::Affine { alpha: 0.0, beta: 0.0 }]);
+        assert!(Activation::from_onnx_attributes(&["Swish"], &[], &[]).is_err());
+        assert_eq!(Activation::onnx_code("softplus").unwrap(), 10);
     }
 
     #[test]

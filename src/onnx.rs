@@ -90,8 +90,8 @@ pub struct OnnxLstmAttrs {
     pub clip: Option<f32>,
     /// `input_forget`: `f = 1 - i`.
     pub input_forget: bool,
-    /// `activations`, `(f, g, h)` per direction: empty for the defaults (Sigmoid, Tanh, Tanh), 3, or 6 for
-    /// bidirectional (3 are used for both directions).
+    /// `activations`, `(f, g, h)` per direction: empty for the defaults (Sigmoid, Tanh, Tanh), else 3 per
+    /// direction (6 for bidirectional, forward first), as ONNX Runtime requires.
     pub activations: Vec<Activation>,
 }
 
@@ -136,17 +136,11 @@ impl OnnxLstmAttrs {
             }
         }
         let d = self.direction.count();
+        // As ONNX Runtime: none (the defaults) or exactly three per direction.
         let acts: Vec<Activation> = match self.activations.len() {
             0 => [Activation::Sigmoid, Activation::Tanh, Activation::Tanh].repeat(d),
-            3 => self.activations.repeat(d),
-            6 if d == 2 => self.activations.clone(),
-            n => {
-                return Err(Error::argument(format!(
-                    "{n} activations given; {} direction(s) take 0, 3{}",
-                    d,
-                    if d == 2 { " or 6" } else { "" }
-                )))
-            }
+            n if n == 3 * d => self.activations.clone(),
+            n => return Err(Error::argument(format!("{n} activations given; {} direction(s) take 0 or {}", d, 3 * d))),
         };
         Ok(acts.chunks_exact(3).map(|a| CellSpec::onnx(a[0], a[1], a[2], self.clip, self.input_forget)).collect())
     }

@@ -1,56 +1,15 @@
 //! Golden fixtures from real Keras 3 (tools/fixtures/keras_golden.py): the fast path, the reference, the
 //! Masking layer and the seed model with its sliced, masked loss must reproduce Keras within 1e-5.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::{fixtures, float, floats, mask, usize_of, FRAMEWORK_TOL as KERAS_TOL};
 use masked_rnn::fuzzing::close;
 use masked_rnn::{
     masked_mae, masked_mse, unmasked_mae, Activation, HardSigmoidFlavor, InitialState, KerasLstm, KerasLstmOptions,
     LstmWeights, MaskValueMode, MaskedSeq, SeqView, Sequential,
 };
 use serde_json::Value;
-
-/// Keras and this crate sum in different orders; after a whole sequence they agree to about 1e-6.
-const KERAS_TOL: f32 = 1e-5;
-
-fn fixtures(kind: &str) -> Vec<(PathBuf, Value)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keras");
-    let mut out: Vec<(PathBuf, Value)> = std::fs::read_dir(&dir)
-        .expect("fixture directory")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|p| {
-            let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
-            (p, v)
-        })
-        .filter(|(_, v)| v["kind"] == kind)
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(!out.is_empty(), "no {kind} fixtures in {}", dir.display());
-    out
-}
-
-/// A fixture float: numbers, `null` for NaN, `"inf"` / `"-inf"`.
-fn float(v: &Value) -> f32 {
-    match v {
-        Value::Null => f32::NAN,
-        Value::String(s) if s == "inf" => f32::INFINITY,
-        Value::String(s) if s == "-inf" => f32::NEG_INFINITY,
-        v => v.as_f64().expect("number") as f32,
-    }
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().expect("array").iter().map(float).collect()
-}
-
-fn usize_of(v: &Value) -> usize {
-    v.as_u64().expect("integer") as usize
-}
-
-fn mask(v: &Value) -> Vec<bool> {
-    v.as_array().expect("mask").iter().map(|m| m.as_u64() == Some(1)).collect()
-}
 
 fn keras_layer(f: &Value) -> KerasLstm {
     let (i, h) = (usize_of(&f["input"]), usize_of(&f["hidden"]));
@@ -77,10 +36,9 @@ fn keras_layer(f: &Value) -> KerasLstm {
 
 #[test]
 fn lstm_layers_match_keras() {
-    let cases = fixtures("lstm");
+    let cases = fixtures("keras", "lstm");
     assert!(cases.len() >= 15, "expected the full Keras case list, found {}", cases.len());
-    for (path, f) in cases {
-        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+    for (name, f) in cases {
         let (b, t) = (usize_of(&f["batch"]), usize_of(&f["time"]));
         let layer = keras_layer(&f);
         let x = floats(&f["x"]);
@@ -105,7 +63,7 @@ fn lstm_layers_match_keras() {
 #[test]
 fn hard_sigmoid_flavors_are_distinguished() {
     // The Keras 2 fixture computed with the Keras 3 formula must fail: the flavours really differ.
-    let (_, f) = fixtures("lstm").into_iter().find(|(p, _)| p.ends_with("hard_sigmoid_keras2.json")).unwrap();
+    let (_, f) = fixtures("keras", "lstm").into_iter().find(|(n, _)| n == "hard_sigmoid_keras2").unwrap();
     let mut wrong = f.clone();
     wrong["hard_sigmoid_flavor"] = Value::String("keras3".into());
     let (b, t) = (usize_of(&f["batch"]), usize_of(&f["time"]));
@@ -116,20 +74,20 @@ fn hard_sigmoid_flavors_are_distinguished() {
 
 #[test]
 fn masking_matches_keras() {
-    for (path, f) in fixtures("masking") {
+    for (name, f) in fixtures("keras", "masking") {
         let (b, t, feat) = (usize_of(&f["batch"]), usize_of(&f["time"]), usize_of(&f["features"]));
         let x = floats(&f["x"]);
         let mv = float(&f["mask_value"]);
         let expected = mask(&f["mask"]);
         let view = SeqView::from_values(&x, b, t, feat, mv, MaskValueMode::Ieee).unwrap();
-        assert_eq!(view.to_mask(), expected, "{}", path.display());
+        assert_eq!(view.to_mask(), expected, "{name}");
         // The layer's output, sign bits included (+0.0 at masked steps).
         let out = Sequential::new().masking(mv, MaskValueMode::Ieee);
         let y = out.forward(&MaskedSeq::dense(x, b, t, feat).unwrap(), 1).unwrap().0.to_vec();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let ey = floats(&f["y"]);
         let same = y.iter().zip(&ey).all(|(a, e)| a.to_bits() == e.to_bits() || (a.is_nan() && e.is_nan()));
-        assert!(same, "{}: {:?} vs {:?}", path.display(), bits(&y), bits(&ey));
+        assert!(same, "{name}: {:?} vs {:?}", bits(&y), bits(&ey));
     }
 }
 
@@ -141,7 +99,7 @@ struct Seed {
 }
 
 fn seed(name: &str, masking: (f32, MaskValueMode)) -> Seed {
-    let (_, f) = fixtures("seed_model").into_iter().find(|(p, _)| p.file_stem().unwrap() == name).unwrap();
+    let (_, f) = fixtures("keras", "seed_model").into_iter().find(|(n, _)| n == name).unwrap();
     let (b, t, i) = (usize_of(&f["batch"]), usize_of(&f["time"]), usize_of(&f["input"]));
     let mut model = Sequential::new().masking(masking.0, masking.1);
     for l in f["layers"].as_array().unwrap() {

@@ -18,6 +18,7 @@ use crate::cell::CellSpec;
 use crate::weights::PackedLstm;
 
 pub(crate) mod portable;
+pub(crate) mod simd;
 
 /// Input projection: `out[r][..4 hp] = x[rows[r]..][..I] · W` in the packed gate layout.
 pub(crate) type ProjectFn = fn(w: &PackedLstm, x: &[f32], rows: &[usize], out: &mut [f32]);
@@ -27,11 +28,24 @@ pub(crate) type ProjectFn = fn(w: &PackedLstm, x: &[f32], rows: &[usize], out: &
 pub(crate) type StepFn =
     fn(w: &PackedLstm, cell: &CellSpec, m: usize, proj: &[f32], h: &[f32], c: &mut [f32], h_out: &mut [f32]);
 
+/// Instruction-set levels, ordered: a level may run everything below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CpuLevel {
+    /// `wide` vectors with the compile target's instructions (SSE2 on default x86-64).
+    Portable,
+    /// AVX2 and FMA.
+    Avx2,
+    /// AVX-512F.
+    Avx512,
+}
+
 /// A set of kernels for one instruction set.
 #[derive(Debug)]
 pub struct Backend {
     /// Human-readable name (`"portable"`, ...).
     pub name: &'static str,
+    /// The instruction-set level the kernels need.
+    pub level: CpuLevel,
     /// Whether the kernels fuse multiply-adds (one rounding). A backend that does not performs exactly the
     /// reference's operations in the same order, so it matches the reference bit for bit.
     pub fused_multiply_add: bool,
@@ -50,4 +64,32 @@ pub fn selected() -> &'static Backend {
 /// All backends this CPU can run, best first.
 pub fn available() -> Vec<&'static Backend> {
     vec![&portable::BACKEND]
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::simd::{self, Simd};
+    use crate::activation::Activation;
+
+    /// Lane-wise activations of `S` agree with the scalar definitions bit for bit.
+    pub(crate) fn activations_match_scalar<S: Simd>() {
+        let acts = (0..=10).map(|c| Activation::from_code(c, f32::NAN, f32::NAN).unwrap());
+        let specials =
+            [-100.0, 100.0, -1e30, 1e30, 0.0, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 20.0, 0.625, -0.625];
+        let xs: Vec<f32> = (-40_000..=40_000).map(|i| i as f32 * 2.5e-3).chain(specials).collect();
+        let extra = [Activation::HARD_SIGMOID_KERAS3, Activation::ScaledTanh { alpha: 1.7, beta: 0.6 }];
+        let mut buf = vec![0.0f32; S::LANES];
+        for a in acts.chain(extra) {
+            for chunk in xs.chunks(S::LANES) {
+                buf.fill(0.0);
+                buf[..chunk.len()].copy_from_slice(chunk);
+                // SAFETY: callers only instantiate S for instruction sets this CPU has; buf holds LANES.
+                unsafe { simd::act(a, S::load(buf.as_ptr())).store(buf.as_mut_ptr()) };
+                for (g, &x) in buf.iter().zip(chunk) {
+                    let e = a.apply(x);
+                    assert!(g.to_bits() == e.to_bits() || (g.is_nan() && e.is_nan()), "{a:?}({x}) = {g}, scalar {e}");
+                }
+            }
+        }
+    }
 }

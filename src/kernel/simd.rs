@@ -1,0 +1,329 @@
+//! The kernels, written once over a small vector trait ([`Simd`]); each backend only implements the
+//! trait for its register type and wraps the generic kernels in `#[target_feature]` entry points.
+//!
+//! - `project`: register tiles of `MR` rows x one weight block (4 gates x `LANES` hidden units), `k` over
+//!   the input features; `acc = x_k * W_k + acc` (fused or not, per backend).
+//! - `step`: the same tile over the hidden state, then the cell update in the epilogue while the tile is
+//!   in registers: `z = (proj + acc) + bias` (Keras' order), peepholes, clip, activations, `c`, `h`.
+//!
+//! Every output element sees the same operation sequence whatever `MR`, the tile it falls in, or the
+//! number of rows, so results are independent of batch composition. Activations use only `+ - * /`,
+//! compares, selects and exact bit operations, in the order of [`crate::math`], so every backend matches
+//! the scalar reference bit for bit (with the reference's rounding mode set to the backend's).
+
+use crate::activation::Activation;
+use crate::cell::CellSpec;
+use crate::math;
+use crate::weights::PackedLstm;
+
+/// A vector of `f32` lanes.
+///
+/// # Safety
+/// Implementations may only be used when the CPU supports their instructions; every method is `unsafe`
+/// for that reason. Pointers passed to `load`/`store` must be valid for `LANES` floats.
+pub(crate) unsafe trait Simd: Copy {
+    /// Lanes per vector (the weight block width).
+    const LANES: usize;
+    /// Rows per register tile.
+    const MR: usize;
+    /// Whether `mul_add` rounds once.
+    const FUSED: bool;
+    /// A lane mask.
+    type Mask: Copy;
+
+    unsafe fn splat(v: f32) -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    unsafe fn add(self, o: Self) -> Self;
+    unsafe fn sub(self, o: Self) -> Self;
+    unsafe fn mul(self, o: Self) -> Self;
+    unsafe fn div(self, o: Self) -> Self;
+    /// `self * a + b`, fused iff `FUSED`. Used by the GEMMs only, never by the activations.
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self;
+    unsafe fn lt(self, o: Self) -> Self::Mask;
+    unsafe fn gt(self, o: Self) -> Self::Mask;
+    unsafe fn ge(self, o: Self) -> Self::Mask;
+    unsafe fn is_nan(self) -> Self::Mask;
+    unsafe fn or_mask(a: Self::Mask, b: Self::Mask) -> Self::Mask;
+    /// `m ? a : b` per lane.
+    unsafe fn select(m: Self::Mask, a: Self, b: Self) -> Self;
+    /// Clears the sign bits.
+    unsafe fn abs(self) -> Self;
+    /// Keeps only the sign bits.
+    unsafe fn sign(self) -> Self;
+    /// Bitwise or.
+    unsafe fn or(self, o: Self) -> Self;
+    /// `2^(n - 1)` for integral `n` in `[-126, 128]`: bits `(n + 126) << 23`.
+    unsafe fn pow2_minus1(n: Self) -> Self;
+    /// `(e, m)` with `x = m * 2^(e + 1)` for finite positive normal `x`: `e` the biased exponent minus
+    /// 126 (as float), `m` in `[0.5, 1)` (the bit manipulation of [`math::ln`]).
+    unsafe fn frexp(x: Self) -> (Self, Self);
+}
+
+#[inline(always)]
+unsafe fn s<S: Simd>(v: f32) -> S {
+    // SAFETY: the caller runs with S's instructions available.
+    unsafe { S::splat(v) }
+}
+
+/// [`math::exp`] lane-wise.
+#[inline(always)]
+pub(crate) unsafe fn exp<S: Simd>(x: S) -> S {
+    // SAFETY (whole body): S's instructions are available (caller's contract); no memory is accessed.
+    unsafe {
+        let (lo, hi) = (s::<S>(math::EXP_LO), s::<S>(math::EXP_HI));
+        let x = S::select(x.lt(lo), lo, x);
+        let x = S::select(x.gt(hi), hi, x);
+        let magic = s::<S>(math::ROUND_MAGIC);
+        let n = x.mul(s(math::LOG2E)).add(magic).sub(magic);
+        let r = x.sub(n.mul(s(math::LN2_HI))).sub(n.mul(s(math::LN2_LO)));
+        let mut p = s::<S>(math::EXP_P[0]);
+        for &c in &math::EXP_P[1..] {
+            p = p.mul(r).add(s(c));
+        }
+        let y = p.mul(r.mul(r)).add(r).add(s(1.0));
+        y.mul(S::pow2_minus1(n)).mul(s(2.0))
+    }
+}
+
+/// [`math::tanh`] lane-wise: both branches, selected per lane.
+#[inline(always)]
+pub(crate) unsafe fn tanh<S: Simd>(x: S) -> S {
+    // SAFETY: as in `exp`.
+    unsafe {
+        let a = x.abs();
+        let z = x.mul(x);
+        let mut q = s::<S>(math::TANH_Q[0]);
+        for &c in &math::TANH_Q[1..] {
+            q = q.mul(z).add(s(c));
+        }
+        let small = q.mul(z).mul(x).add(x);
+        let one = s::<S>(1.0);
+        let r = one.sub(s::<S>(2.0).div(exp(a.add(a)).add(one)));
+        let large = r.or(x.sign());
+        S::select(a.lt(s(math::TANH_SMALL)), small, large)
+    }
+}
+
+/// [`math::ln`] lane-wise.
+#[inline(always)]
+pub(crate) unsafe fn ln<S: Simd>(x: S) -> S {
+    // SAFETY: as in `exp`.
+    unsafe {
+        let (e, m0) = S::frexp(x);
+        let one = s::<S>(1.0);
+        let below = m0.lt(s(math::SQRT_HALF));
+        let e = S::select(below, e.sub(one), e);
+        let m = S::select(below, m0.add(m0).sub(one), m0.sub(one));
+        let z = m.mul(m);
+        let mut p = s::<S>(math::LN_P[0]);
+        for &c in &math::LN_P[1..] {
+            p = p.mul(m).add(s(c));
+        }
+        let y = p.mul(m).mul(z).add(e.mul(s(math::LN2_LO))).sub(s::<S>(0.5).mul(z));
+        m.add(y).add(e.mul(s(math::LN2_HI)))
+    }
+}
+
+/// [`Activation::apply`] lane-wise, bit for bit.
+#[inline(always)]
+pub(crate) unsafe fn act<S: Simd>(a: Activation, x: S) -> S {
+    // SAFETY: as in `exp`.
+    unsafe {
+        let one = s::<S>(1.0);
+        let zero = s::<S>(0.0);
+        match a {
+            Activation::Sigmoid => one.div(one.add(exp(zero.sub(x)))),
+            Activation::Tanh => tanh(x),
+            Activation::Relu => S::select(S::or_mask(x.gt(zero), x.is_nan()), x, zero),
+            Activation::Affine { alpha, beta } => s::<S>(alpha).mul(x).add(s(beta)),
+            Activation::LeakyRelu { alpha } => S::select(x.ge(zero), x, s::<S>(alpha).mul(x)),
+            Activation::ThresholdedRelu { alpha } => S::select(S::or_mask(x.gt(s(alpha)), x.is_nan()), x, zero),
+            Activation::ScaledTanh { alpha, beta } => s::<S>(alpha).mul(tanh(s::<S>(beta).mul(x))),
+            Activation::HardSigmoid { alpha, beta } => {
+                let y = s::<S>(alpha).mul(x).add(s(beta));
+                let mid = S::select(S::or_mask(y.gt(zero), y.is_nan()), y, zero);
+                S::select(y.gt(one), one, mid)
+            }
+            Activation::Elu { alpha } => S::select(x.ge(zero), x, s::<S>(alpha).mul(exp(x).sub(one))),
+            Activation::Softsign => x.div(one.add(x.abs())),
+            Activation::Softplus => S::select(S::or_mask(x.gt(s(20.0)), x.is_nan()), x, ln(one.add(exp(x)))),
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn clip<S: Simd>(v: S, clip: Option<f32>) -> S {
+    match clip {
+        // SAFETY: as in `exp`.
+        Some(cl) => unsafe {
+            let (hi, lo) = (s::<S>(cl), s::<S>(-cl));
+            let v = S::select(v.gt(hi), hi, v);
+            S::select(v.lt(lo), lo, v)
+        },
+        None => v,
+    }
+}
+
+/// The cell update of [`CellSpec::update`] on one block: `z` are the gate pre-activations including bias,
+/// `p` the block's peepholes (i, f, o). Returns `(h, c)`.
+#[inline(always)]
+unsafe fn cell_update<S: Simd>(cell: &CellSpec, z: [S; 4], p: Option<[S; 3]>, c_prev: S) -> (S, S) {
+    // SAFETY: as in `exp`.
+    unsafe {
+        let [mut zi, mut zf, zc, mut zo] = z;
+        if let Some([pi, pf, _]) = p {
+            zi = zi.add(pi.mul(c_prev));
+            zf = zf.add(pf.mul(c_prev));
+        }
+        let i = act(cell.gate, clip(zi, cell.clip));
+        let f = if cell.input_forget { s::<S>(1.0).sub(i) } else { act(cell.gate, clip(zf, cell.clip)) };
+        let c = f.mul(c_prev).add(i.mul(act(cell.cell, clip(zc, cell.clip))));
+        if let Some([_, _, po]) = p {
+            zo = zo.add(po.mul(c));
+        }
+        let o = act(cell.gate, clip(zo, cell.clip));
+        (o.mul(act(cell.output, c)), c)
+    }
+}
+
+/// One register tile: `acc[m][g] = sum_k a[m][k] * b[k][g]` for `M` rows, `k` in `0..k_len`, where
+/// `b[k]` starts at `panel + k * stride` and holds the 4 gate vectors of one block.
+///
+/// # Safety
+/// S's instructions available; `a[m]` valid for `k_len` reads; `panel + k * stride` valid for
+/// `4 * LANES` reads for every `k < k_len`.
+#[inline(always)]
+unsafe fn tile<S: Simd, const M: usize>(
+    a: [*const f32; M],
+    k_len: usize,
+    panel: *const f32,
+    stride: usize,
+) -> [[S; 4]; M] {
+    // SAFETY: the caller's contract covers every read; no writes.
+    unsafe {
+        let mut acc = [[s::<S>(0.0); 4]; M];
+        for k in 0..k_len {
+            let bk = panel.add(k * stride);
+            let b =
+                [S::load(bk), S::load(bk.add(S::LANES)), S::load(bk.add(2 * S::LANES)), S::load(bk.add(3 * S::LANES))];
+            for m in 0..M {
+                let av = S::splat(*a[m].add(k));
+                for g in 0..4 {
+                    acc[m][g] = av.mul_add(b[g], acc[m][g]);
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// `out[r][..4 hp] = x[rows[r]..][..I] · W` for every row.
+///
+/// # Safety
+/// S's instructions available; `w` packed for `S::LANES`.
+#[inline(always)]
+pub(crate) unsafe fn project<S: Simd>(w: &PackedLstm, x: &[f32], rows: &[usize], out: &mut [f32]) {
+    let row_len = 4 * w.hidden_padded();
+    let input = w.input;
+    assert!(w.nb == S::LANES && out.len() >= rows.len() * row_len && w.w.len() >= input * row_len);
+    assert!(rows.iter().all(|&o| o.checked_add(input).is_some_and(|e| e <= x.len())));
+    const { assert!(S::MR >= 1 && S::MR <= 6) };
+    let mut r = 0;
+    while r < rows.len() {
+        let m = S::MR.min(rows.len() - r);
+        for bl in 0..w.blocks {
+            // SAFETY: the asserts above bound every row read (o + input <= x.len()), every weight read
+            // (k < input, block start + 4 LANES <= row_len) and every write (r + m <= rows.len()).
+            unsafe {
+                let panel = w.w.as_ptr().add(bl * 4 * S::LANES);
+                let base = out.as_mut_ptr();
+                let dst = |i: usize| base.add((r + i) * row_len + bl * 4 * S::LANES);
+                let src = |i: usize| x.as_ptr().add(rows[r + i]);
+                macro_rules! run {
+                    ($m:literal) => {{
+                        let acc = tile::<S, $m>(std::array::from_fn(src), input, panel, row_len);
+                        for (i, a) in acc.iter().enumerate() {
+                            for (g, v) in a.iter().enumerate() {
+                                v.store(dst(i).add(g * S::LANES));
+                            }
+                        }
+                    }};
+                }
+                match m {
+                    1 => run!(1),
+                    2 => run!(2),
+                    3 => run!(3),
+                    4 => run!(4),
+                    5 => run!(5),
+                    _ => run!(6),
+                }
+            }
+        }
+        r += m;
+    }
+}
+
+/// One recurrent step of the first `m` rows (see the module docs).
+///
+/// # Safety
+/// S's instructions available; `w` packed for `S::LANES`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn step<S: Simd>(
+    w: &PackedLstm,
+    cell: &CellSpec,
+    m: usize,
+    proj: &[f32],
+    h: &[f32],
+    c: &mut [f32],
+    h_out: &mut [f32],
+) {
+    let hp = w.hidden_padded();
+    let row_len = 4 * hp;
+    let hidden = w.hidden;
+    assert!(w.nb == S::LANES && proj.len() >= m * row_len && w.r.len() >= hidden * row_len);
+    assert!(h.len() >= m * hp && c.len() >= m * hp && h_out.len() >= m * hp && w.bias.len() >= row_len);
+    assert!(w.peephole.as_ref().is_none_or(|p| p.len() >= 3 * hp));
+    let mut r = 0;
+    while r < m {
+        let mr = S::MR.min(m - r);
+        for bl in 0..w.blocks {
+            // SAFETY: the asserts above bound all reads and writes: rows r..r + mr < m, hidden k < H <= hp,
+            // block bl < blocks with bl * 4 LANES + 4 LANES <= row_len, peepholes 3 hp.
+            unsafe {
+                let panel = w.r.as_ptr().add(bl * 4 * S::LANES);
+                let src = |i: usize| h.as_ptr().add((r + i) * hp);
+                let bias = w.bias.as_ptr().add(bl * 4 * S::LANES);
+                let peep = w.peephole.as_ref().map(|p| {
+                    let b = p.as_ptr().add(bl * 3 * S::LANES);
+                    [S::load(b), S::load(b.add(S::LANES)), S::load(b.add(2 * S::LANES))]
+                });
+                macro_rules! run {
+                    ($m:literal) => {{
+                        let acc = tile::<S, $m>(std::array::from_fn(src), hidden, panel, row_len);
+                        for (i, a) in acc.iter().enumerate() {
+                            let pr = proj.as_ptr().add((r + i) * row_len + bl * 4 * S::LANES);
+                            let z: [S; 4] = std::array::from_fn(|g| {
+                                S::load(pr.add(g * S::LANES)).add(a[g]).add(S::load(bias.add(g * S::LANES)))
+                            });
+                            let cs = (r + i) * hp + bl * S::LANES;
+                            let (hn, cn) = cell_update(cell, z, peep, S::load(c.as_ptr().add(cs)));
+                            cn.store(c.as_mut_ptr().add(cs));
+                            hn.store(h_out.as_mut_ptr().add(cs));
+                        }
+                    }};
+                }
+                match mr {
+                    1 => run!(1),
+                    2 => run!(2),
+                    3 => run!(3),
+                    4 => run!(4),
+                    5 => run!(5),
+                    _ => run!(6),
+                }
+            }
+        }
+        r += mr;
+    }
+}

@@ -1,0 +1,58 @@
+//! Reading the golden fixture files (JSON, written by tools/fixtures/*.py).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Frameworks sum in other orders (and ONNX Runtime approximates sigmoid/tanh, max abs error about
+/// 2.6e-7): after a whole sequence the outputs agree to about 1e-6, so fixtures are compared at 1e-5.
+pub const FRAMEWORK_TOL: f32 = 1e-5;
+
+/// Every fixture of `kind` in `tests/fixtures/<dir>`, sorted by path.
+pub fn fixtures(dir: &str, kind: &str) -> Vec<(String, Value)> {
+    let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
+    let mut out: Vec<(String, Value)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
+            (p.file_stem().expect("name").to_string_lossy().into_owned(), v)
+        })
+        .filter(|(_, v)| v["kind"] == kind)
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(!out.is_empty(), "no {kind} fixtures in {}", dir.display());
+    out
+}
+
+/// A fixture float: numbers, `null` for NaN, `"inf"` / `"-inf"`.
+pub fn float(v: &Value) -> f32 {
+    match v {
+        Value::Null => f32::NAN,
+        Value::String(s) if s == "inf" => f32::INFINITY,
+        Value::String(s) if s == "-inf" => f32::NEG_INFINITY,
+        v => v.as_f64().expect("number") as f32,
+    }
+}
+
+/// A flat float list.
+pub fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().expect("array").iter().map(float).collect()
+}
+
+/// A flat float list, or `None` for `null`.
+pub fn opt_floats(v: &Value) -> Option<Vec<f32>> {
+    (!v.is_null()).then(|| floats(v))
+}
+
+/// A non-negative integer.
+pub fn usize_of(v: &Value) -> usize {
+    v.as_u64().expect("integer") as usize
+}
+
+/// A 0/1 mask.
+pub fn mask(v: &Value) -> Vec<bool> {
+    v.as_array().expect("mask").iter().map(|m| m.as_u64() == Some(1)).collect()
+}
