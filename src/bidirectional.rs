@@ -239,6 +239,7 @@ impl KerasBidirectional {
                 o.go_backwards,
                 o.zero_output_for_mask,
                 init,
+                reference::Rounding::of(layer.backend()),
             )
         };
         let f = run(&self.forward, initial.map(|s| (s.h_f, s.c_f)))?;

@@ -6,6 +6,9 @@
 //!   every step and selects by the mask; threads 1 and 2 and a sequence alone give bitwise the same output.
 //! - [`seq_view`]: mask -> view -> mask round-trips; slicing the view equals slicing the mask.
 
+// `byte % n == 0` reads as "one case in n" here.
+#![allow(clippy::manual_is_multiple_of)]
+
 use crate::activation::Activation;
 use crate::keras::{InitialState, KerasLstm, KerasLstmOptions};
 use crate::view::{Padding, SeqView};
@@ -131,6 +134,11 @@ pub struct KerasCase {
 impl KerasCase {
     /// Builds a case from fuzz bytes.
     pub fn from_bytes(data: &[u8]) -> KerasCase {
+        Self::from_bytes_on(data, crate::kernel::selected())
+    }
+
+    /// Builds a case from fuzz bytes, with the layer packed for `backend`.
+    pub fn from_bytes_on(data: &[u8], backend: &'static crate::kernel::Backend) -> KerasCase {
         let mut r = ByteReader::new(data);
         let batch = r.below(7);
         let time = r.below(13);
@@ -153,7 +161,7 @@ impl KerasCase {
         let bias = w(4 * hidden);
         let weights =
             LstmWeights::from_keras(input, hidden, &kernel, &recurrent, Some(&bias)).expect("consistent sizes");
-        let layer = KerasLstm::new(weights, options).expect("small layer");
+        let layer = KerasLstm::with_backend(weights, options, backend).expect("small layer");
         let mut x = vec![0.0; batch * time * input];
         for b in 0..batch {
             for t in 0..time {
@@ -185,7 +193,12 @@ pub const UNBOUNDED_GATE_TOL: f32 = 1e-4;
 /// Property: skipping padded steps equals computing them under the mask; threads and batch composition
 /// do not change a bit; the engine computes exactly the valid steps.
 pub fn skip_equals_masked(data: &[u8]) -> Result<(), String> {
-    let case = KerasCase::from_bytes(data);
+    skip_equals_masked_on(data, crate::kernel::selected())
+}
+
+/// [`skip_equals_masked`] on a given backend.
+pub fn skip_equals_masked_on(data: &[u8], backend: &'static crate::kernel::Backend) -> Result<(), String> {
+    let case = KerasCase::from_bytes_on(data, backend);
     let expected = case.layer.forward_reference(&case.x, &case.view, case.init()).map_err(|e| e.to_string())?;
     let (one, stats) = case.layer.forward_all(&case.x, &case.view, case.init(), 1).map_err(|e| e.to_string())?;
     if stats.steps_computed != case.view.total_valid() {
@@ -283,6 +296,11 @@ pub struct OnnxCase {
 impl OnnxCase {
     /// Builds a case from fuzz bytes.
     pub fn from_bytes(data: &[u8]) -> OnnxCase {
+        Self::from_bytes_on(data, crate::kernel::selected())
+    }
+
+    /// Builds a case from fuzz bytes, with the node packed for `backend`.
+    pub fn from_bytes_on(data: &[u8], backend: &'static crate::kernel::Backend) -> OnnxCase {
         use crate::onnx::{Direction, Layout, OnnxLstm, OnnxLstmAttrs};
         let mut r = ByteReader::new(data);
         let (t, b, i) = (r.below(10), r.below(6), r.below(5));
@@ -314,8 +332,9 @@ impl OnnxCase {
         let peep = v(d_n * 3 * h, scale);
         let x = v(t * b * i, 2.0);
         let (use_b, use_p) = (r.bool(), r.u8() % 3 == 0);
-        let node = OnnxLstm::new(attrs, i, &w, &rr, use_b.then_some(&bias[..]), use_p.then_some(&peep[..]))
-            .expect("consistent case");
+        let node =
+            OnnxLstm::with_backend(attrs, i, &w, &rr, use_b.then_some(&bias[..]), use_p.then_some(&peep[..]), backend)
+                .expect("consistent case");
         let lens: Option<Vec<i32>> = (r.u8() % 4 != 0).then(|| {
             (0..b)
                 .map(|_| match r.u8() % 4 {
@@ -362,8 +381,13 @@ impl OnnxCase {
 /// computes exactly the valid steps of each direction, and is bitwise independent of the thread count
 /// and of the other sequences in the batch.
 pub fn onnx_equals_reference(data: &[u8]) -> Result<(), String> {
+    onnx_equals_reference_on(data, crate::kernel::selected())
+}
+
+/// [`onnx_equals_reference`] on a given backend.
+pub fn onnx_equals_reference_on(data: &[u8], backend: &'static crate::kernel::Backend) -> Result<(), String> {
     use crate::onnx::Layout;
-    let case = OnnxCase::from_bytes(data);
+    let case = OnnxCase::from_bytes_on(data, backend);
     let err = |e: crate::Error| e.to_string();
     let expected = case
         .node

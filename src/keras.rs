@@ -275,6 +275,7 @@ impl KerasLstm {
             self.options.go_backwards,
             self.options.zero_output_for_mask,
             initial.map(|s| (s.h, s.c)),
+            reference::Rounding::of(self.backend),
         )
     }
 

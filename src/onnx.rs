@@ -435,7 +435,8 @@ impl OnnxLstm {
             .enumerate()
             .map(|(d, dw)| (&dw.weights, &dw.cell, self.attrs.direction == Direction::Reverse || d == 1))
             .collect();
-        let (y, y_h, y_c) = reference::onnx_lstm(&dirs, &x0, t, b, &lengths, init)?;
+        let (y, y_h, y_c) =
+            reference::onnx_lstm(&dirs, &x0, t, b, &lengths, init, reference::Rounding::of(self.backend))?;
         if !batch_major {
             return Ok(OnnxResult { y, y_h, y_c });
         }

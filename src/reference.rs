@@ -19,19 +19,49 @@ pub struct KerasResult {
     pub c_n: Vec<f32>,
 }
 
+/// How the reference rounds each term of its dot products, to match a backend bit for bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Rounding {
+    /// A multiply and an add, two roundings (the portable backend).
+    #[default]
+    Separate,
+    /// A fused multiply-add, one rounding (the AVX2 and AVX-512 backends).
+    Fused,
+}
+
+impl Rounding {
+    /// The rounding of a backend.
+    pub fn of(backend: &crate::kernel::Backend) -> Self {
+        if backend.fused_multiply_add {
+            Rounding::Fused
+        } else {
+            Rounding::Separate
+        }
+    }
+
+    /// `acc + a * b`, rounded as this mode says.
+    #[inline]
+    fn mul_add(self, a: f32, b: f32, acc: f32) -> f32 {
+        match self {
+            Rounding::Separate => acc + a * b,
+            Rounding::Fused => a.mul_add(b, acc),
+        }
+    }
+}
+
 /// Pre-activations `z = (x·K + h·R) + b` for all four gates, in Keras' summation order.
-fn gates(w: &LstmWeights, x: &[f32], h: &[f32]) -> Vec<f32> {
+fn gates(w: &LstmWeights, x: &[f32], h: &[f32], rounding: Rounding) -> Vec<f32> {
     let g4 = 4 * w.hidden_size();
     (0..g4)
         .map(|j| {
-            // Plain left-to-right sums from +0.0, a multiply and an add per term (no fused multiply-add).
+            // Plain left-to-right sums from +0.0.
             let mut xk = 0.0f32;
             for (k, &v) in x.iter().enumerate() {
-                xk += v * w.kernel()[k * g4 + j];
+                xk = rounding.mul_add(v, w.kernel()[k * g4 + j], xk);
             }
             let mut hr = 0.0f32;
             for (k, &v) in h.iter().enumerate() {
-                hr += v * w.recurrent()[k * g4 + j];
+                hr = rounding.mul_add(v, w.recurrent()[k * g4 + j], hr);
             }
             (xk + hr) + w.bias()[j]
         })
@@ -39,9 +69,16 @@ fn gates(w: &LstmWeights, x: &[f32], h: &[f32]) -> Vec<f32> {
 }
 
 /// One cell step for one sequence: returns the new `(h, c)`.
-pub fn cell_step(w: &LstmWeights, cell: &CellSpec, x: &[f32], h: &[f32], c: &[f32]) -> (Vec<f32>, Vec<f32>) {
+pub fn cell_step(
+    w: &LstmWeights,
+    cell: &CellSpec,
+    x: &[f32],
+    h: &[f32],
+    c: &[f32],
+    rounding: Rounding,
+) -> (Vec<f32>, Vec<f32>) {
     let hd = w.hidden_size();
-    let z = gates(w, x, h);
+    let z = gates(w, x, h, rounding);
     (0..hd)
         .map(|j| {
             let p = w.peephole().map(|p| [p[j], p[hd + j], p[2 * hd + j]]);
@@ -65,6 +102,7 @@ pub fn keras_lstm(
     go_backwards: bool,
     zero_output_for_mask: bool,
     initial: Option<(&[f32], &[f32])>,
+    rounding: Rounding,
 ) -> Result<KerasResult> {
     let (i, hd) = (w.input_size(), w.hidden_size());
     check_len("x", x.len(), checked_product(&[batch, time, i], "x")?)?;
@@ -89,7 +127,7 @@ pub fn keras_lstm(
         for p in 0..time {
             let t = if go_backwards { time - 1 - p } else { p };
             let xt = &x[(b * time + t) * i..(b * time + t + 1) * i];
-            let (h_new, c_new) = cell_step(w, cell, xt, &h, &c);
+            let (h_new, c_new) = cell_step(w, cell, xt, &h, &c, rounding);
             let output = if mask[b * time + t] {
                 h = h_new;
                 c = c_new;
@@ -127,6 +165,7 @@ pub fn onnx_lstm(
     batch: usize,
     lengths: &[usize],
     initial: Option<(&[f32], &[f32])>,
+    rounding: Rounding,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let d_n = dirs.len();
     let (i, hd) = match dirs.first() {
@@ -158,7 +197,7 @@ pub fn onnx_lstm(
             };
             for k in 0..len {
                 let t = if reverse { len - 1 - k } else { k };
-                (h, c) = cell_step(w, cell, &x[(t * batch + b) * i..(t * batch + b + 1) * i], &h, &c);
+                (h, c) = cell_step(w, cell, &x[(t * batch + b) * i..(t * batch + b + 1) * i], &h, &c, rounding);
                 let o = ((t * d_n + d) * batch + b) * hd;
                 y[o..o + hd].copy_from_slice(&h);
             }

@@ -218,7 +218,8 @@ impl TorchLstm {
                     c0.map_or(&zeros[..block], |s| &s[range.clone()]),
                 )),
             };
-            let (y, yh, yc) = reference::onnx_lstm(&dirs, &cur, t, b, lengths, init)?;
+            let (y, yh, yc) =
+                reference::onnx_lstm(&dirs, &cur, t, b, lengths, init, reference::Rounding::of(self.backend))?;
             // [T, D, B, H] -> [T, B, D*H].
             cur = vec![0.0; y.len()];
             for tt in 0..t {

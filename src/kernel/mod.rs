@@ -19,6 +19,8 @@ use crate::weights::PackedLstm;
 
 pub(crate) mod portable;
 pub(crate) mod simd;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86;
 
 /// Input projection: `out[r][..4 hp] = x[rows[r]..][..I] · W` in the packed gate layout.
 pub(crate) type ProjectFn = fn(w: &PackedLstm, x: &[f32], rows: &[usize], out: &mut [f32]);
@@ -55,20 +57,80 @@ pub struct Backend {
     pub(crate) step: StepFn,
 }
 
-/// The best backend this CPU supports, chosen once and cached.
+/// The environment variable that lowers the instruction-set level: `portable`, `avx2` or `avx512`.
+/// It can only lower the level the CPU supports, never raise it; other values are ignored.
+pub const LEVEL_ENV: &str = "MASKED_RNN_CPU";
+
+impl CpuLevel {
+    /// All levels, lowest first.
+    pub const ALL: [CpuLevel; 3] = [CpuLevel::Portable, CpuLevel::Avx2, CpuLevel::Avx512];
+
+    /// The level's name as [`LEVEL_ENV`] spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuLevel::Portable => "portable",
+            CpuLevel::Avx2 => "avx2",
+            CpuLevel::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses a [`LEVEL_ENV`] value.
+    pub fn from_name(name: &str) -> Option<CpuLevel> {
+        CpuLevel::ALL.into_iter().find(|l| l.name().eq_ignore_ascii_case(name.trim()))
+    }
+}
+
+/// The highest level this CPU supports.
+pub fn detected_level() -> CpuLevel {
+    CpuLevel::ALL.into_iter().rev().find(|&l| supports(l)).unwrap_or(CpuLevel::Portable)
+}
+
+fn supports(level: CpuLevel) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86::supports(level)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        level == CpuLevel::Portable
+    }
+}
+
+/// The backend of `level`, if this CPU supports it (whatever [`LEVEL_ENV`] says).
+pub fn backend(level: CpuLevel) -> Option<&'static Backend> {
+    if !supports(level) {
+        return None;
+    }
+    match level {
+        CpuLevel::Portable => Some(&portable::BACKEND),
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::Avx2 => Some(&x86::AVX2_BACKEND),
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::Avx512 => Some(&x86::AVX512_BACKEND),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => None,
+    }
+}
+
+/// The backend every layer uses by default: the best the CPU supports, lowered by [`LEVEL_ENV`] if set.
+/// Chosen once and cached.
 pub fn selected() -> &'static Backend {
     static SELECTED: OnceLock<&'static Backend> = OnceLock::new();
-    SELECTED.get_or_init(|| &portable::BACKEND)
+    SELECTED.get_or_init(|| {
+        let cap = std::env::var(LEVEL_ENV).ok().and_then(|v| CpuLevel::from_name(&v)).unwrap_or(CpuLevel::Avx512);
+        let level = detected_level().min(cap);
+        CpuLevel::ALL.into_iter().rev().filter(|&l| l <= level).find_map(backend).unwrap_or(&portable::BACKEND)
+    })
 }
 
 /// All backends this CPU can run, best first.
 pub fn available() -> Vec<&'static Backend> {
-    vec![&portable::BACKEND]
+    CpuLevel::ALL.into_iter().rev().filter_map(backend).collect()
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::simd::{self, Simd};
+    use super::simd::Simd;
     use crate::activation::Activation;
 
     /// Lane-wise activations of `S` agree with the scalar definitions bit for bit.
@@ -84,7 +146,7 @@ pub(crate) mod tests {
                 buf.fill(0.0);
                 buf[..chunk.len()].copy_from_slice(chunk);
                 // SAFETY: callers only instantiate S for instruction sets this CPU has; buf holds LANES.
-                unsafe { simd::act(a, S::load(buf.as_ptr())).store(buf.as_mut_ptr()) };
+                unsafe { S::act(a, S::load(buf.as_ptr())).store(buf.as_mut_ptr()) };
                 for (g, &x) in buf.iter().zip(chunk) {
                     let e = a.apply(x);
                     assert!(g.to_bits() == e.to_bits() || (g.is_nan() && e.is_nan()), "{a:?}({x}) = {g}, scalar {e}");

@@ -107,6 +107,11 @@ unsafe impl Simd for f32x8 {
         cast((n.fast_trunc_int() + i32x8::splat(126)) << 23)
     }
     #[inline(always)]
+    unsafe fn act(a: crate::activation::Activation, x: Self) -> Self {
+        // SAFETY: f32x8 runs on every CPU.
+        unsafe { simd::act_lanes(a, x) }
+    }
+    #[inline(always)]
     unsafe fn frexp(x: Self) -> (Self, Self) {
         let bits: i32x8 = cast(x);
         let e = f32x8::from_i32x8(((bits >> 23) & i32x8::splat(0xff)) - i32x8::splat(126));

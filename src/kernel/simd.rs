@@ -58,6 +58,10 @@ pub(crate) unsafe trait Simd: Copy {
     /// `(e, m)` with `x = m * 2^(e + 1)` for finite positive normal `x`: `e` the biased exponent minus
     /// 126 (as float), `m` in `[0.5, 1)` (the bit manipulation of [`math::ln`]).
     unsafe fn frexp(x: Self) -> (Self, Self);
+    /// [`act_lanes`] for this type. Backends with target features implement it as a call to a
+    /// `#[target_feature]` function (inlined where the optimizer sees fit), so unoptimized builds keep
+    /// each activation in a frame of its own instead of inflating the kernels' stack frames.
+    unsafe fn act(a: Activation, x: Self) -> Self;
 }
 
 #[inline(always)]
@@ -127,7 +131,7 @@ pub(crate) unsafe fn ln<S: Simd>(x: S) -> S {
 
 /// [`Activation::apply`] lane-wise, bit for bit.
 #[inline(always)]
-pub(crate) unsafe fn act<S: Simd>(a: Activation, x: S) -> S {
+pub(crate) unsafe fn act_lanes<S: Simd>(a: Activation, x: S) -> S {
     // SAFETY: as in `exp`.
     unsafe {
         let one = s::<S>(1.0);
@@ -176,14 +180,14 @@ unsafe fn cell_update<S: Simd>(cell: &CellSpec, z: [S; 4], p: Option<[S; 3]>, c_
             zi = zi.add(pi.mul(c_prev));
             zf = zf.add(pf.mul(c_prev));
         }
-        let i = act(cell.gate, clip(zi, cell.clip));
-        let f = if cell.input_forget { s::<S>(1.0).sub(i) } else { act(cell.gate, clip(zf, cell.clip)) };
-        let c = f.mul(c_prev).add(i.mul(act(cell.cell, clip(zc, cell.clip))));
+        let i = S::act(cell.gate, clip(zi, cell.clip));
+        let f = if cell.input_forget { s::<S>(1.0).sub(i) } else { S::act(cell.gate, clip(zf, cell.clip)) };
+        let c = f.mul(c_prev).add(i.mul(S::act(cell.cell, clip(zc, cell.clip))));
         if let Some([_, _, po]) = p {
             zo = zo.add(po.mul(c));
         }
-        let o = act(cell.gate, clip(zo, cell.clip));
-        (o.mul(act(cell.output, c)), c)
+        let o = S::act(cell.gate, clip(zo, cell.clip));
+        (o.mul(S::act(cell.output, c)), c)
     }
 }
 

@@ -1,0 +1,362 @@
+//! x86-64 backends: AVX2 + FMA (8 lanes, 3-row tiles) and AVX-512F (16 lanes, 6-row tiles), selected at
+//! run time. Each is the generic kernel of [`super::simd`] instantiated for its register type inside a
+//! `#[target_feature]` entry point.
+//!
+//! Rounding: the GEMMs use fused multiply-adds (one rounding per term), so these backends match the
+//! reference in [`Rounding::Fused`](crate::reference::Rounding) mode bit for bit, and differ from the
+//! portable backend in the last bits of the gate pre-activations. The activations never fuse, so they are
+//! identical on every backend.
+
+use std::arch::x86_64::*;
+
+use super::simd::{self, Simd};
+use super::{Backend, CpuLevel};
+use crate::activation::Activation;
+use crate::cell::CellSpec;
+use crate::weights::PackedLstm;
+
+/// An AVX2 register of 8 floats.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx2(__m256);
+
+/// An AVX-512 register of 16 floats.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512(__m512);
+
+// SAFETY: every method uses AVX/AVX2/FMA instructions only; the trait's contract (callers run on a CPU
+// with AVX2 and FMA, pointers valid for 8 floats) makes each intrinsic call sound.
+unsafe impl Simd for Avx2 {
+    const LANES: usize = 8;
+    const MR: usize = 3;
+    const FUSED: bool = true;
+    type Mask = __m256;
+
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        unsafe { Avx2(_mm256_set1_ps(v)) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        unsafe { Avx2(_mm256_loadu_ps(p)) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        unsafe { _mm256_storeu_ps(p, self.0) }
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        unsafe { Avx2(_mm256_add_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        unsafe { Avx2(_mm256_sub_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        unsafe { Avx2(_mm256_mul_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn div(self, o: Self) -> Self {
+        unsafe { Avx2(_mm256_div_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+        unsafe { Avx2(_mm256_fmadd_ps(self.0, a.0, b.0)) }
+    }
+    #[inline(always)]
+    unsafe fn lt(self, o: Self) -> __m256 {
+        unsafe { _mm256_cmp_ps::<_CMP_LT_OQ>(self.0, o.0) }
+    }
+    #[inline(always)]
+    unsafe fn gt(self, o: Self) -> __m256 {
+        unsafe { _mm256_cmp_ps::<_CMP_GT_OQ>(self.0, o.0) }
+    }
+    #[inline(always)]
+    unsafe fn ge(self, o: Self) -> __m256 {
+        unsafe { _mm256_cmp_ps::<_CMP_GE_OQ>(self.0, o.0) }
+    }
+    #[inline(always)]
+    unsafe fn is_nan(self) -> __m256 {
+        unsafe { _mm256_cmp_ps::<_CMP_UNORD_Q>(self.0, self.0) }
+    }
+    #[inline(always)]
+    unsafe fn or_mask(a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_or_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn select(m: __m256, a: Self, b: Self) -> Self {
+        unsafe { Avx2(_mm256_blendv_ps(b.0, a.0, m)) }
+    }
+    #[inline(always)]
+    unsafe fn abs(self) -> Self {
+        unsafe { Avx2(_mm256_and_ps(self.0, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff)))) }
+    }
+    #[inline(always)]
+    unsafe fn sign(self) -> Self {
+        unsafe { Avx2(_mm256_and_ps(self.0, _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN)))) }
+    }
+    #[inline(always)]
+    unsafe fn or(self, o: Self) -> Self {
+        unsafe { Avx2(_mm256_or_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn pow2_minus1(n: Self) -> Self {
+        unsafe {
+            let e = _mm256_add_epi32(_mm256_cvttps_epi32(n.0), _mm256_set1_epi32(126));
+            Avx2(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(e)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn act(a: Activation, x: Self) -> Self {
+        // SAFETY: the trait's contract: AVX2 and FMA are available.
+        unsafe { act_avx2(a, x) }
+    }
+    #[inline(always)]
+    unsafe fn frexp(x: Self) -> (Self, Self) {
+        unsafe {
+            let bits = _mm256_castps_si256(x.0);
+            let e = _mm256_sub_epi32(
+                _mm256_and_si256(_mm256_srli_epi32::<23>(bits), _mm256_set1_epi32(0xff)),
+                _mm256_set1_epi32(126),
+            );
+            let m =
+                _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007f_ffff)), _mm256_set1_epi32(0x3f00_0000));
+            (Avx2(_mm256_cvtepi32_ps(e)), Avx2(_mm256_castsi256_ps(m)))
+        }
+    }
+}
+
+// SAFETY: every method uses AVX-512F instructions only; the trait's contract (callers run on a CPU with
+// AVX-512F, pointers valid for 16 floats) makes each intrinsic call sound.
+unsafe impl Simd for Avx512 {
+    const LANES: usize = 16;
+    const MR: usize = 6;
+    const FUSED: bool = true;
+    type Mask = __mmask16;
+
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        unsafe { Avx512(_mm512_set1_ps(v)) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        unsafe { Avx512(_mm512_loadu_ps(p)) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        unsafe { _mm512_storeu_ps(p, self.0) }
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        unsafe { Avx512(_mm512_add_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        unsafe { Avx512(_mm512_sub_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        unsafe { Avx512(_mm512_mul_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn div(self, o: Self) -> Self {
+        unsafe { Avx512(_mm512_div_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+        unsafe { Avx512(_mm512_fmadd_ps(self.0, a.0, b.0)) }
+    }
+    #[inline(always)]
+    unsafe fn lt(self, o: Self) -> __mmask16 {
+        unsafe { _mm512_cmp_ps_mask::<_CMP_LT_OQ>(self.0, o.0) }
+    }
+    #[inline(always)]
+    unsafe fn gt(self, o: Self) -> __mmask16 {
+        unsafe { _mm512_cmp_ps_mask::<_CMP_GT_OQ>(self.0, o.0) }
+    }
+    #[inline(always)]
+    unsafe fn ge(self, o: Self) -> __mmask16 {
+        unsafe { _mm512_cmp_ps_mask::<_CMP_GE_OQ>(self.0, o.0) }
+    }
+    #[inline(always)]
+    unsafe fn is_nan(self) -> __mmask16 {
+        unsafe { _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(self.0, self.0) }
+    }
+    #[inline(always)]
+    unsafe fn or_mask(a: __mmask16, b: __mmask16) -> __mmask16 {
+        a | b
+    }
+    #[inline(always)]
+    unsafe fn select(m: __mmask16, a: Self, b: Self) -> Self {
+        unsafe { Avx512(_mm512_mask_blend_ps(m, b.0, a.0)) }
+    }
+    #[inline(always)]
+    unsafe fn abs(self) -> Self {
+        unsafe {
+            let bits = _mm512_and_si512(_mm512_castps_si512(self.0), _mm512_set1_epi32(0x7fff_ffff));
+            Avx512(_mm512_castsi512_ps(bits))
+        }
+    }
+    #[inline(always)]
+    unsafe fn sign(self) -> Self {
+        unsafe {
+            let bits = _mm512_and_si512(_mm512_castps_si512(self.0), _mm512_set1_epi32(i32::MIN));
+            Avx512(_mm512_castsi512_ps(bits))
+        }
+    }
+    #[inline(always)]
+    unsafe fn or(self, o: Self) -> Self {
+        unsafe { Avx512(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(self.0), _mm512_castps_si512(o.0)))) }
+    }
+    #[inline(always)]
+    unsafe fn pow2_minus1(n: Self) -> Self {
+        unsafe {
+            let e = _mm512_add_epi32(_mm512_cvttps_epi32(n.0), _mm512_set1_epi32(126));
+            Avx512(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(e)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn act(a: Activation, x: Self) -> Self {
+        // SAFETY: the trait's contract: AVX-512F is available.
+        unsafe { act_avx512(a, x) }
+    }
+    #[inline(always)]
+    unsafe fn frexp(x: Self) -> (Self, Self) {
+        unsafe {
+            let bits = _mm512_castps_si512(x.0);
+            let e = _mm512_sub_epi32(
+                _mm512_and_si512(_mm512_srli_epi32::<23>(bits), _mm512_set1_epi32(0xff)),
+                _mm512_set1_epi32(126),
+            );
+            let m =
+                _mm512_or_si512(_mm512_and_si512(bits, _mm512_set1_epi32(0x007f_ffff)), _mm512_set1_epi32(0x3f00_0000));
+            (Avx512(_mm512_cvtepi32_ps(e)), Avx512(_mm512_castsi512_ps(m)))
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn act_avx2(a: Activation, x: Avx2) -> Avx2 {
+    // SAFETY: the features are enabled on this function.
+    unsafe { simd::act_lanes(a, x) }
+}
+
+/// # Safety
+/// The CPU must support AVX-512F.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn act_avx512(a: Activation, x: Avx512) -> Avx512 {
+    // SAFETY: the features are enabled on this function.
+    unsafe { simd::act_lanes(a, x) }
+}
+
+macro_rules! entry_points {
+    ($ty:ty, $features:literal, $project:ident, $step:ident) => {
+        /// # Safety
+        /// The CPU must support the backend's features (guaranteed by [`super::backend`]).
+        #[target_feature(enable = $features)]
+        unsafe fn $project(w: &PackedLstm, x: &[f32], rows: &[usize], out: &mut [f32]) {
+            // SAFETY: this function only runs when the features are present (see `# Safety`).
+            unsafe { simd::project::<$ty>(w, x, rows, out) }
+        }
+
+        /// # Safety
+        /// As for the projection entry point.
+        #[target_feature(enable = $features)]
+        unsafe fn $step(
+            w: &PackedLstm,
+            cell: &CellSpec,
+            m: usize,
+            proj: &[f32],
+            h: &[f32],
+            c: &mut [f32],
+            h_out: &mut [f32],
+        ) {
+            // SAFETY: as above.
+            unsafe { simd::step::<$ty>(w, cell, m, proj, h, c, h_out) }
+        }
+    };
+}
+
+entry_points!(Avx2, "avx2,fma", project_avx2, step_avx2);
+entry_points!(Avx512, "avx512f", project_avx512, step_avx512);
+
+fn project_avx2_safe(w: &PackedLstm, x: &[f32], rows: &[usize], out: &mut [f32]) {
+    // SAFETY: AVX2_BACKEND is only handed out by `super::backend` after run-time detection of AVX2 and FMA.
+    unsafe { project_avx2(w, x, rows, out) }
+}
+fn step_avx2_safe(w: &PackedLstm, cell: &CellSpec, m: usize, proj: &[f32], h: &[f32], c: &mut [f32], ho: &mut [f32]) {
+    // SAFETY: as in `project_avx2_safe`.
+    unsafe { step_avx2(w, cell, m, proj, h, c, ho) }
+}
+fn project_avx512_safe(w: &PackedLstm, x: &[f32], rows: &[usize], out: &mut [f32]) {
+    // SAFETY: AVX512_BACKEND is only handed out by `super::backend` after run-time detection of AVX-512F.
+    unsafe { project_avx512(w, x, rows, out) }
+}
+fn step_avx512_safe(w: &PackedLstm, cell: &CellSpec, m: usize, proj: &[f32], h: &[f32], c: &mut [f32], ho: &mut [f32]) {
+    // SAFETY: as in `project_avx512_safe`.
+    unsafe { step_avx512(w, cell, m, proj, h, c, ho) }
+}
+
+/// AVX2 + FMA kernels. Only reachable through [`super::backend`], which checks the CPU first.
+pub(crate) static AVX2_BACKEND: Backend = Backend {
+    name: "avx2",
+    level: CpuLevel::Avx2,
+    fused_multiply_add: <Avx2 as Simd>::FUSED,
+    nb: <Avx2 as Simd>::LANES,
+    project: project_avx2_safe,
+    step: step_avx2_safe,
+};
+
+/// AVX-512F kernels. Only reachable through [`super::backend`], which checks the CPU first.
+pub(crate) static AVX512_BACKEND: Backend = Backend {
+    name: "avx512",
+    level: CpuLevel::Avx512,
+    fused_multiply_add: <Avx512 as Simd>::FUSED,
+    nb: <Avx512 as Simd>::LANES,
+    project: project_avx512_safe,
+    step: step_avx512_safe,
+};
+
+/// Whether the CPU runs `level`'s instructions.
+pub(crate) fn supports(level: CpuLevel) -> bool {
+    match level {
+        CpuLevel::Portable => true,
+        CpuLevel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+        CpuLevel::Avx512 => is_x86_feature_detected!("avx512f"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activations_match_scalar_bitwise() {
+        if supports(CpuLevel::Avx2) {
+            // SAFETY: AVX2 and FMA detected just above.
+            unsafe { avx2_activations() };
+        } else {
+            eprintln!("SKIPPED: avx2 activations (CPU lacks AVX2/FMA)");
+        }
+        if supports(CpuLevel::Avx512) {
+            // SAFETY: AVX-512F detected just above.
+            unsafe { avx512_activations() };
+        } else {
+            eprintln!("SKIPPED: avx512 activations (CPU lacks AVX-512F)");
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_activations() {
+        super::super::tests::activations_match_scalar::<Avx2>();
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512_activations() {
+        super::super::tests::activations_match_scalar::<Avx512>();
+    }
+}
