@@ -7,9 +7,10 @@
 //!
 //! Packed form: the hidden units are grouped in blocks of `nb` lanes (the backend's vector width) and,
 //! within a block, the four gates of those units are adjacent:
-//! `packed[k][block][gate][lane] = canonical[k][gate * H + block * nb + lane]`, zero past `H`. One register
+//! `packed[block][k][gate][lane] = canonical[k][gate * H + block * nb + lane]`, zero past `H`. One register
 //! tile of `4 nb` columns then holds all four gates of `nb` hidden units, so the recurrent kernel can finish
-//! the cell update in its epilogue without another pass over memory.
+//! the cell update in its epilogue without another pass over memory; and the panel a tile streams over `k`
+//! is contiguous (no 4 KiB strides to defeat the prefetchers and the TLB).
 
 use crate::error::{check_len, checked_product, Error, Result};
 
@@ -210,9 +211,9 @@ pub struct PackedLstm {
     pub(crate) nb: usize,
     /// Number of blocks: `ceil(H / nb)`.
     pub(crate) blocks: usize,
-    /// `[I][blocks][4][nb]`
+    /// `[blocks][I][4][nb]`
     pub(crate) w: Vec<f32>,
-    /// `[H][blocks][4][nb]`
+    /// `[blocks][H][4][nb]`
     pub(crate) r: Vec<f32>,
     /// `[blocks][4][nb]`
     pub(crate) bias: Vec<f32>,
@@ -235,14 +236,24 @@ impl PackedLstm {
                 }
             }
         };
-        let mut w = vec![0.0; input * row];
-        for (k, dst) in w.chunks_exact_mut(row).enumerate() {
-            pack_row(&weights.kernel[k * 4 * hidden..(k + 1) * 4 * hidden], dst);
-        }
-        let mut r = vec![0.0; hidden * row];
-        for (k, dst) in r.chunks_exact_mut(row).enumerate() {
-            pack_row(&weights.recurrent[k * 4 * hidden..(k + 1) * 4 * hidden], dst);
-        }
+        // Panels: block-major, so the `k x 4 nb` panel a register tile streams is contiguous.
+        let panels = |m: &[f32], rows: usize| {
+            let mut packed_rows = vec![0.0; rows * row];
+            for (k, dst) in packed_rows.chunks_exact_mut(row).enumerate() {
+                pack_row(&m[k * 4 * hidden..(k + 1) * 4 * hidden], dst);
+            }
+            let panel = 4 * nb;
+            let mut out = vec![0.0; rows * row];
+            for bl in 0..blocks {
+                for k in 0..rows {
+                    out[(bl * rows + k) * panel..(bl * rows + k + 1) * panel]
+                        .copy_from_slice(&packed_rows[k * row + bl * panel..k * row + (bl + 1) * panel]);
+                }
+            }
+            out
+        };
+        let w = panels(&weights.kernel, input);
+        let r = panels(&weights.recurrent, hidden);
         let mut bias = vec![0.0; row];
         pack_row(&weights.bias, &mut bias);
         let peephole = weights.peephole.as_ref().map(|p| {
@@ -331,7 +342,11 @@ mod tests {
         assert_eq!(p.blocks, 2);
         // block 0: gate i lanes (h0, h1), gate f lanes, ...
         assert_eq!(&p.w[..8], &[0.0, 1.0, 3.0, 4.0, 6.0, 7.0, 9.0, 10.0]);
-        // block 1: h2 then a zero lane.
+        // block 1 (after block 0's single k row): h2 then a zero lane.
         assert_eq!(&p.w[8..16], &[2.0, 0.0, 5.0, 0.0, 8.0, 0.0, 11.0, 0.0]);
+        // The recurrent panels: block-major, k within.
+        assert_eq!(p.r[0], 1000.0);
+        assert_eq!(p.r[8], 1000.0 + 12.0); // block 0, k = 1
+        assert_eq!(p.r[3 * 8], 1002.0); // block 1, k = 0
     }
 }

@@ -238,15 +238,15 @@ pub(crate) unsafe fn project<S: Simd>(w: &PackedLstm, x: &[f32], rows: &[usize],
         let m = S::MR.min(rows.len() - r);
         for bl in 0..w.blocks {
             // SAFETY: the asserts above bound every row read (o + input <= x.len()), every weight read
-            // (k < input, block start + 4 LANES <= row_len) and every write (r + m <= rows.len()).
+            // (panel bl of input x 4 LANES floats, bl < blocks) and every write (r + m <= rows.len()).
             unsafe {
-                let panel = w.w.as_ptr().add(bl * 4 * S::LANES);
+                let panel = w.w.as_ptr().add(bl * input * 4 * S::LANES);
                 let base = out.as_mut_ptr();
                 let dst = |i: usize| base.add((r + i) * row_len + bl * 4 * S::LANES);
                 let src = |i: usize| x.as_ptr().add(rows[r + i]);
                 macro_rules! run {
                     ($m:literal) => {{
-                        let acc = tile::<S, $m>(std::array::from_fn(src), input, panel, row_len);
+                        let acc = tile::<S, $m>(std::array::from_fn(src), input, panel, 4 * S::LANES);
                         for (i, a) in acc.iter().enumerate() {
                             for (g, v) in a.iter().enumerate() {
                                 v.store(dst(i).add(g * S::LANES));
@@ -294,9 +294,9 @@ pub(crate) unsafe fn step<S: Simd>(
         let mr = S::MR.min(m - r);
         for bl in 0..w.blocks {
             // SAFETY: the asserts above bound all reads and writes: rows r..r + mr < m, hidden k < H <= hp,
-            // block bl < blocks with bl * 4 LANES + 4 LANES <= row_len, peepholes 3 hp.
+            // panel bl of H x 4 LANES floats (bl < blocks), bias and proj blocks within row_len, peepholes 3 hp.
             unsafe {
-                let panel = w.r.as_ptr().add(bl * 4 * S::LANES);
+                let panel = w.r.as_ptr().add(bl * hidden * 4 * S::LANES);
                 let src = |i: usize| h.as_ptr().add((r + i) * hp);
                 let bias = w.bias.as_ptr().add(bl * 4 * S::LANES);
                 let peep = w.peephole.as_ref().map(|p| {
@@ -305,7 +305,7 @@ pub(crate) unsafe fn step<S: Simd>(
                 });
                 macro_rules! run {
                     ($m:literal) => {{
-                        let acc = tile::<S, $m>(std::array::from_fn(src), hidden, panel, row_len);
+                        let acc = tile::<S, $m>(std::array::from_fn(src), hidden, panel, 4 * S::LANES);
                         for (i, a) in acc.iter().enumerate() {
                             let pr = proj.as_ptr().add((r + i) * row_len + bl * 4 * S::LANES);
                             let z: [S; 4] = std::array::from_fn(|g| {
