@@ -10,7 +10,7 @@
  * - Arguments are validated in this order, before any caller memory is read or written:
  *     1. a required pointer is NULL                                   -> MRNN_ERR_NULL_POINTER
  *     2. a negative size, hidden_size 0, a flag other than 0/1, an
- *        unknown activation code, num_threads < 0                     -> MRNN_ERR_BAD_ARGUMENT
+ *        unknown enum or activation code, num_threads < 0             -> MRNN_ERR_BAD_ARGUMENT
  *     3. a tensor's element count overflows size_t, or its bytes
  *        exceed PTRDIFF_MAX (computed as 4 bytes per element)         -> MRNN_ERR_OVERFLOW
  *     4. a float pointer not aligned to 4 bytes, a buffer that wraps
@@ -43,26 +43,49 @@ extern "C" {
 #define MRNN_ERR_OVERFLOW 4      /* sizes whose product overflows */
 #define MRNN_ERR_INTERNAL 5      /* a caught panic: a bug in the library; never aborts or unwinds */
 
-/* Activation codes (ONNX numbering). */
+/* Activation codes (ONNX numbering). Defaults: what a NaN alpha / beta means in mrnn_lstm_onnx (ONNX
+   Runtime's LSTM defaults); mrnn_lstm_keras uses the parameters marked "Keras". */
 #define MRNN_ACT_SIGMOID 0          /* 1 / (1 + exp(-x)) */
 #define MRNN_ACT_TANH 1             /* tanh(x) */
 #define MRNN_ACT_RELU 2             /* max(0, x) */
-#define MRNN_ACT_AFFINE 3           /* alpha * x + beta (default alpha 1, beta 0) */
-#define MRNN_ACT_LEAKY_RELU 4       /* x >= 0 ? x : alpha * x (default alpha 0.01) */
-#define MRNN_ACT_THRESHOLDED_RELU 5 /* x > alpha ? x : 0 (default alpha 1) */
-#define MRNN_ACT_SCALED_TANH 6      /* alpha * tanh(beta * x) (default 1, 1) */
-#define MRNN_ACT_HARD_SIGMOID 7     /* max(0, min(1, alpha * x + beta)); Keras 2 / ONNX: 0.2, 0.5;
+#define MRNN_ACT_AFFINE 3           /* alpha * x + beta (default alpha 0, beta 0, as ONNX Runtime;
+                                       Keras: 1, 0, i.e. `linear`) */
+#define MRNN_ACT_LEAKY_RELU 4       /* x >= 0 ? x : alpha * x (default alpha 0.01; Keras: 0.01) */
+#define MRNN_ACT_THRESHOLDED_RELU 5 /* x > alpha ? x : 0 (default alpha 0, as ONNX Runtime's LSTM; the
+                                       standalone ONNX operator's is 1; Keras: 1) */
+#define MRNN_ACT_SCALED_TANH 6      /* alpha * tanh(beta * x) (default 0, 0, as ONNX Runtime; Keras: 1, 1) */
+#define MRNN_ACT_HARD_SIGMOID 7     /* max(0, min(1, alpha * x + beta)); default (Keras 2 / ONNX) 0.2, 0.5;
                                        Keras 3: 1/6, 0.5 */
-#define MRNN_ACT_ELU 8              /* x >= 0 ? x : alpha * (exp(x) - 1) (default alpha 1) */
+#define MRNN_ACT_ELU 8              /* x >= 0 ? x : alpha * (exp(x) - 1) (default alpha 1; Keras: 1) */
 #define MRNN_ACT_SOFTSIGN 9         /* x / (1 + |x|) */
 #define MRNN_ACT_SOFTPLUS 10        /* log(1 + exp(x)) */
+
+/* Attributes of mrnn_lstm_onnx (C_ABI.md section 1). Fill with mrnn_onnx_lstm_attrs_init, then set the
+   sizes and whatever differs from the defaults. D = 2 for bidirectional, else 1. */
+typedef struct {
+  int64_t seq_length, batch_size, input_size, hidden_size; /* T, B, I >= 0; H >= 1 */
+  int32_t direction;        /* 0 forward, 1 reverse, 2 bidirectional */
+  int32_t layout;           /* 0: X [T,B,I], Y [T,D,B,H], Y_h/Y_c [D,B,H]; 1: X [B,T,I], Y [B,T,D,H], Y_h/Y_c [B,D,H] */
+  int32_t input_forget;     /* 0 or 1: f = 1 - i */
+  int32_t has_clip;         /* 0: no clip (clip ignored); 1: clip applies */
+  float   clip;             /* with has_clip = 1: > 0 (NaN or <= 0 is MRNN_ERR_BAD_ARGUMENT); gate
+                               pre-activations are clamped to [-clip, clip]; +INFINITY = no clipping */
+  int32_t num_activations;  /* 0: defaults (Sigmoid, Tanh, Tanh per direction); else 3 per direction, as
+                               ONNX Runtime requires: 3 (forward or reverse) or 6 (bidirectional: forward
+                               f, g, h, then reverse f, g, h); any other count is MRNN_ERR_BAD_ARGUMENT */
+  int32_t activations[6];   /* MRNN_ACT_* per direction: f, g, h. Entries past num_activations are ignored */
+  float   activation_alpha[6];  /* NaN: the operator's default for that activation (see MRNN_ACT_*:
+                                   ONNX Runtime's, e.g. 0 for Affine); ignored by activations without alpha */
+  float   activation_beta[6];   /* NaN: the default; ignored by activations that take no beta */
+  int32_t num_threads;      /* >= 0, see Conventions */
+} MrnnOnnxLstmAttrs;
 
 /* Attributes of mrnn_lstm_keras. Fill with mrnn_keras_lstm_attrs_init, then set the sizes. */
 typedef struct {
   int64_t batch_size, seq_length, input_size, hidden_size; /* B, T, I >= 0; H >= 1 */
   int32_t go_backwards;          /* 0 or 1. Keras semantics: whole axis reversed, outputs in processing order */
   int32_t zero_output_for_mask;  /* 0 or 1. 0: masked steps repeat the previous output (Keras default); 1: zeros */
-  int32_t activation;            /* MRNN_ACT_*, Keras `activation` (with that code's default parameters), default Tanh */
+  int32_t activation;            /* MRNN_ACT_*, Keras `activation` (with the code's "Keras" parameters), default Tanh */
   int32_t recurrent_activation;  /* MRNN_ACT_*, Keras `recurrent_activation`, default Sigmoid */
   float   recurrent_alpha, recurrent_beta;  /* used only when recurrent_activation is MRNN_ACT_HARD_SIGMOID;
                                                NaN = the default 0.2 / 0.5 (Keras 2); Keras 3 is 1/6, 0.5.
@@ -82,6 +105,48 @@ const char *mrnn_last_error(void);
    recurrent_activation Sigmoid, recurrent_alpha/beta NaN, num_threads 0.
    Returns MRNN_OK, or MRNN_ERR_NULL_POINTER if attrs is NULL. */
 int32_t mrnn_keras_lstm_attrs_init(MrnnKerasLstmAttrs *attrs);
+
+/* Fills *attrs with the defaults: sizes 0, direction 0 (forward), layout 0, input_forget 0, has_clip 0
+   (clip NaN), num_activations 0 (activations holds Sigmoid, Tanh, Tanh twice), activation_alpha/beta NaN,
+   num_threads 0. Returns MRNN_OK, or MRNN_ERR_NULL_POINTER if attrs is NULL. */
+int32_t mrnn_onnx_lstm_attrs_init(MrnnOnnxLstmAttrs *attrs);
+
+/* The ONNX LSTM operator (opset 22; ONNX Runtime's answers where the spec is silent), gate order i, o, f,
+   c. Padded steps are never computed. Y at steps past a sequence's length is +0.0; Y_h / Y_c hold the
+   state after the last valid step (reverse: after x_0); a length-0 sequence gives zeros in Y_h / Y_c.
+   If exactly one of initial_h / initial_c is NULL, the missing one is zeros. With every output NULL the
+   call validates its arguments (sequence_lens included) and computes nothing.
+   After the checks of Conventions, each sequence_lens value outside 0..=seq_length is
+   MRNN_ERR_BAD_ARGUMENT (the message names its index and value); no output is written then either.
+   Returns MRNN_OK or a status; see Conventions.
+
+   Stacking layers: Y of one call can be X of the next, with no copy. In layout 0, Y of a forward or
+   reverse layer is [T,1,B,H], the same memory as X [T,B,H] of a layer with input_size H. In layout 1,
+   Y of any layer is [B,T,D,H], the same memory as X [B,T,D*H]; a bidirectional layout-0 Y ([T,2,B,H])
+   is not [T,B,2H] and must be transposed first. Pass the same sequence_lens to every layer: Y is +0.0
+   past each length and those steps are never read.
+
+     MrnnOnnxLstmAttrs l1, l2;
+     mrnn_onnx_lstm_attrs_init(&l1);
+     l1.seq_length = T; l1.batch_size = B; l1.input_size = I; l1.hidden_size = H1;
+     l2 = l1;
+     l2.input_size = H1; l2.hidden_size = H2;
+     // y1: T*B*H1 floats, y2: T*B*H2 floats, h2 / c2: B*H2 floats
+     status = mrnn_lstm_onnx(&l1, x, w1, r1, b1, lens, NULL, NULL, NULL, y1, NULL, NULL);
+     if (status == MRNN_OK)
+       status = mrnn_lstm_onnx(&l2, y1, w2, r2, b2, lens, NULL, NULL, NULL, y2, h2, c2);
+*/
+int32_t mrnn_lstm_onnx(const MrnnOnnxLstmAttrs *attrs, /* required */
+    const float *x,               /* [T,B,I] (layout 0) / [B,T,I] (layout 1), required */
+    const float *w,               /* [D,4H,I], required */
+    const float *r,               /* [D,4H,H], required */
+    const float *b,               /* [D,8H] (Wb then Rb) or NULL (zeros) */
+    const int32_t *sequence_lens, /* [B] or NULL = all seq_length; each in 0..=seq_length */
+    const float *initial_h,       /* [D,B,H] (layout 0) / [B,D,H] (layout 1) or NULL (zeros) */
+    const float *initial_c,       /* same, or NULL (zeros) */
+    const float *p,               /* [D,3H] peepholes (i, o, f) or NULL (none) */
+    float *y,                     /* [T,D,B,H] (layout 0) / [B,T,D,H] (layout 1) or NULL */
+    float *y_h, float *y_c);      /* [D,B,H] (layout 0) / [B,D,H] (layout 1) or NULL */
 
 /* Keras-style masked LSTM (tf.keras / Keras 3 `LSTM` with a mask). Padded steps are never computed.
    If exactly one of initial_h / initial_c is NULL, the missing one is zeros; both NULL: zero state.

@@ -1,8 +1,10 @@
 //! The C ABI from C: `tests/c/capi_test.c`, compiled with the system C compiler against the crate's
 //! staticlib, checks `mrnn_lstm_keras` and `mrnn_mask_from_value` against the Keras golden fixtures
-//! (converted here from JSON to a plain text file the C program can read) and the error contract.
-//! Also: the header compiled as C++, an optional run under valgrind, and seeded replay of
-//! `masked_rnn::capi::fuzz_capi`.
+//! (converted here from JSON to a plain text file the C program can read) and the error contract;
+//! `tests/c/onnx_test.c` does the same for `mrnn_lstm_onnx` with the ONNX Runtime fixtures (each layout-0
+//! fixture also transposed to layout 1, and the layout-1 ones to layout 0) and two-layer stacks whose
+//! expected values come from the Rust reference. Also: the header compiled as C++, optional runs under
+//! valgrind, and seeded replay of `masked_rnn::capi::fuzz_capi`.
 //!
 //! Cargo builds the package's staticlib next to the rlib before it runs integration tests, in
 //! `target/<profile>/deps/`, the directory holding this test's executable (see [`staticlib`]).
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use masked_rnn::onnx::{Direction, Layout, OnnxLstm, OnnxLstmAttrs};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::Value;
 
@@ -205,22 +208,27 @@ fn convert_fixtures() -> (String, Vec<String>) {
     (out, names)
 }
 
-/// Compiles the C test into `dir`; returns the executable.
-fn compile_c_test(dir: &Path) -> PathBuf {
+/// Compiles `tests/c/<name>.c` into `dir`; returns the executable.
+fn compile_c(dir: &Path, name: &str) -> PathBuf {
     let cc = tool("CC", "cc");
     assert!(available(&cc), "no C compiler: {cc:?} (set CC)");
-    let exe = dir.join("capi_test");
+    let exe = dir.join(name);
     let (ok, text) = run(Command::new(&cc)
         .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"])
         .arg("-I")
         .arg(root().join("include"))
-        .arg(root().join("tests/c/capi_test.c"))
+        .arg(root().join(format!("tests/c/{name}.c")))
         .arg(staticlib())
         .args(native_libs())
         .arg("-o")
         .arg(&exe));
-    assert!(ok, "compiling tests/c/capi_test.c failed:\n{text}");
+    assert!(ok, "compiling tests/c/{name}.c failed:\n{text}");
     exe
+}
+
+/// Compiles the Keras C test into `dir`; returns the executable.
+fn compile_c_test(dir: &Path) -> PathBuf {
+    compile_c(dir, "capi_test")
 }
 
 fn write_cases(dir: &Path) -> PathBuf {
@@ -266,7 +274,8 @@ fn header_compiles_as_cpp() {
     fs::write(
         &src,
         "#include \"masked_rnn.h\"\n\
-         int main() { MrnnKerasLstmAttrs a; return mrnn_keras_lstm_attrs_init(&a) + (mrnn_version() == 0); }\n",
+         int main() { MrnnKerasLstmAttrs a; MrnnOnnxLstmAttrs o; return mrnn_keras_lstm_attrs_init(&a) + \
+         mrnn_onnx_lstm_attrs_init(&o) + (mrnn_version() == 0); }\n",
     )
     .unwrap();
     let (ok, text) = run(Command::new(&cxx)
@@ -278,25 +287,23 @@ fn header_compiles_as_cpp() {
     let _ = fs::remove_dir_all(&dir);
 }
 
-/// The C test under valgrind, when it is installed: reads or writes out of bounds in the library or the
-/// test fail it. Skipped (loudly) if valgrind is missing, `MRNN_SKIP_VALGRIND` is set, or the run does
-/// not finish within the time budget, so it can neither hang nor flake.
+/// Runs `exe cases [extra]` under valgrind, when it is installed: reads or writes out of bounds in the
+/// library or the test fail it. Skipped (loudly) if valgrind is missing, `MRNN_SKIP_VALGRIND` is set, or
+/// the run does not finish within the time budget, so it can neither hang nor flake.
 #[cfg(unix)]
-#[test]
-fn c_program_under_valgrind() {
+fn under_valgrind(test: &str, build: impl FnOnce(&Path) -> (PathBuf, PathBuf), extra: &[&str]) {
     if std::env::var_os("MRNN_SKIP_VALGRIND").is_some() || !available("valgrind") {
         eprintln!("SKIPPED: valgrind not available (or MRNN_SKIP_VALGRIND set)");
         return;
     }
-    let dir = scratch("valgrind");
-    let exe = compile_c_test(&dir);
-    let cases = write_cases(&dir);
+    let dir = scratch(test);
+    let (exe, cases) = build(&dir);
     let log = dir.join("valgrind.log");
     let mut child = Command::new("valgrind")
         .args(["--quiet", "--error-exitcode=99", "--leak-check=no"])
         .arg(&exe)
         .arg(&cases)
-        .arg(env!("CARGO_PKG_VERSION"))
+        .args(extra)
         .stdout(fs::File::create(&log).unwrap())
         .stderr(fs::File::create(dir.join("valgrind.err")).unwrap())
         .spawn()
@@ -324,6 +331,326 @@ fn c_program_under_valgrind() {
     check_summary(&text);
     println!("valgrind: {text}");
     let _ = fs::remove_dir_all(&dir);
+}
+
+#[cfg(unix)]
+#[test]
+fn c_program_under_valgrind() {
+    under_valgrind("valgrind", |dir| (compile_c_test(dir), write_cases(dir)), &[env!("CARGO_PKG_VERSION")]);
+}
+
+#[cfg(unix)]
+#[test]
+fn c_onnx_program_under_valgrind() {
+    under_valgrind("onnx_valgrind", |dir| (compile_c(dir, "onnx_test"), write_onnx_cases(dir).0), &[]);
+}
+
+// ------------------------------------------------------------------ ONNX fixtures
+
+fn f32s_of(j: &Value, key: &str, expected: usize) -> Vec<f32> {
+    let a = j[key].as_array().unwrap_or_else(|| panic!("{key} missing"));
+    assert_eq!(a.len(), expected, "{key} length");
+    a.iter().map(f32_of).collect()
+}
+
+/// `Some(values)` for a present array, `None` for null.
+fn optional_f32s(j: &Value, key: &str, expected: usize) -> Option<Vec<f32>> {
+    (!j[key].is_null()).then(|| f32s_of(j, key, expected))
+}
+
+fn write_f32s(out: &mut String, v: &[f32]) {
+    write!(out, "{}", v.len()).unwrap();
+    for x in v {
+        write!(out, " {:08x}", x.to_bits()).unwrap();
+    }
+    out.push('\n');
+}
+
+fn write_i32s(out: &mut String, v: &[i32]) {
+    write!(out, "{}", v.len()).unwrap();
+    for x in v {
+        write!(out, " {x}").unwrap();
+    }
+    out.push('\n');
+}
+
+/// `MRNN_ACT_*` of an ONNX activation name (ONNX Runtime matches names case-insensitively).
+fn onnx_activation_code(name: &str) -> i32 {
+    const NAMES: [&str; 11] = [
+        "sigmoid",
+        "tanh",
+        "relu",
+        "affine",
+        "leakyrelu",
+        "thresholdedrelu",
+        "scaledtanh",
+        "hardsigmoid",
+        "elu",
+        "softsign",
+        "softplus",
+    ];
+    let lower = name.to_ascii_lowercase();
+    NAMES.iter().position(|n| *n == lower).unwrap_or_else(|| panic!("unknown ONNX activation {name:?}")) as i32
+}
+
+/// `v` of shape `dims`, its axes reordered: output axis k is input axis `perm[k]`.
+fn permute(v: &[f32], dims: &[usize], perm: &[usize]) -> Vec<f32> {
+    assert_eq!(v.len(), dims.iter().product::<usize>());
+    let out_dims: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+    let mut in_strides = vec![1; dims.len()];
+    for k in (0..dims.len().saturating_sub(1)).rev() {
+        in_strides[k] = in_strides[k + 1] * dims[k + 1];
+    }
+    let mut out = Vec::with_capacity(v.len());
+    let mut idx = vec![0; dims.len()];
+    for _ in 0..v.len() {
+        out.push(v[idx.iter().zip(perm).map(|(&i, &p)| i * in_strides[p]).sum::<usize>()]);
+        for k in (0..idx.len()).rev() {
+            idx[k] += 1;
+            if idx[k] < out_dims[k] {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+    out
+}
+
+/// One `mrnn_lstm_onnx` fixture in memory, in its layout.
+#[derive(Clone)]
+struct OnnxFixture {
+    name: String,
+    dims: [usize; 4], // T, B, I, H
+    direction: i32,
+    layout: i32,
+    header: String, // input_forget has_clip CLIP num_activations ACT.. ALPHA.. BETA..
+    x: Vec<f32>,
+    w: Vec<f32>,
+    r: Vec<f32>,
+    b: Option<Vec<f32>>,
+    lens: Option<Vec<i32>>,
+    h0: Option<Vec<f32>>,
+    c0: Option<Vec<f32>>,
+    p: Option<Vec<f32>>,
+    y: Option<Vec<f32>>,
+    y_h: Option<Vec<f32>>,
+    y_c: Option<Vec<f32>>,
+}
+
+impl OnnxFixture {
+    fn from_json(j: &Value) -> Self {
+        let name = j["name"].as_str().unwrap().to_string();
+        let (t, b, i, h) =
+            (usize_of(j, "seq_length"), usize_of(j, "batch"), usize_of(j, "input"), usize_of(j, "hidden"));
+        let direction = match j["direction"].as_str().unwrap() {
+            "forward" => 0,
+            "reverse" => 1,
+            "bidirectional" => 2,
+            other => panic!("{name}: direction {other:?}"),
+        };
+        let d = if direction == 2 { 2 } else { 1 };
+        let layout = j["layout"].as_i64().unwrap() as i32;
+        let (has_clip, clip) = if j["clip"].is_null() { (0, f32::NAN) } else { (1, f32_of(&j["clip"])) };
+        let names = j["activations"].as_array().unwrap();
+        let (alpha, beta) = (j["activation_alpha"].as_array().unwrap(), j["activation_beta"].as_array().unwrap());
+        assert!(names.len() <= 6 && alpha.len() == names.len() && beta.len() == names.len(), "{name}: activations");
+        let mut codes = [0_i32, 1, 1, 0, 1, 1];
+        let (mut a6, mut b6) = ([f32::NAN; 6], [f32::NAN; 6]);
+        for k in 0..names.len() {
+            codes[k] = onnx_activation_code(names[k].as_str().unwrap());
+            a6[k] = f32_of(&alpha[k]); // null: NaN, the ABI's "default"
+            b6[k] = f32_of(&beta[k]);
+        }
+        let mut header =
+            format!("{} {has_clip} {:08x} {}", j["input_forget"].as_i64().unwrap(), clip.to_bits(), names.len());
+        for c in codes {
+            write!(header, " {c}").unwrap();
+        }
+        for v in a6.iter().chain(&b6) {
+            write!(header, " {:08x}", v.to_bits()).unwrap();
+        }
+        let lens = (!j["sequence_lens"].is_null()).then(|| {
+            let a = j["sequence_lens"].as_array().unwrap();
+            assert_eq!(a.len(), b, "{name}: sequence_lens length");
+            a.iter().map(|v| v.as_i64().unwrap() as i32).collect()
+        });
+        OnnxFixture {
+            dims: [t, b, i, h],
+            direction,
+            layout,
+            header,
+            x: f32s_of(j, "x", t * b * i),
+            w: f32s_of(j, "w", d * 4 * h * i),
+            r: f32s_of(j, "r", d * 4 * h * h),
+            b: optional_f32s(j, "b", d * 8 * h),
+            lens,
+            h0: optional_f32s(j, "initial_h", d * b * h),
+            c0: optional_f32s(j, "initial_c", d * b * h),
+            p: optional_f32s(j, "p", d * 3 * h),
+            y: optional_f32s(j, "y", t * d * b * h),
+            y_h: optional_f32s(j, "y_h", d * b * h),
+            y_c: optional_f32s(j, "y_c", d * b * h),
+            name,
+        }
+    }
+
+    /// The same case in the other layout: X, the initial states and the expected outputs transposed.
+    fn other_layout(&self) -> Self {
+        let [t, b, i, h] = self.dims;
+        let d = if self.direction == 2 { 2 } else { 1 };
+        let to_batch_major = self.layout == 0;
+        let (x_dims, state_dims, y_dims, y_perm) = if to_batch_major {
+            ([t, b, i], [d, b, h], [t, d, b, h], [2, 0, 1, 3]) // [T,D,B,H] -> [B,T,D,H]
+        } else {
+            ([b, t, i], [b, d, h], [b, t, d, h], [1, 2, 0, 3]) // [B,T,D,H] -> [T,D,B,H]
+        };
+        let swap = |v: &Vec<f32>, dims: &[usize; 3]| permute(v, dims, &[1, 0, 2]);
+        OnnxFixture {
+            name: format!("{}@layout{}", self.name, u8::from(to_batch_major)),
+            layout: i32::from(to_batch_major),
+            x: swap(&self.x, &x_dims),
+            h0: self.h0.as_ref().map(|v| swap(v, &state_dims)),
+            c0: self.c0.as_ref().map(|v| swap(v, &state_dims)),
+            y: self.y.as_ref().map(|v| permute(v, &y_dims, &y_perm)),
+            y_h: self.y_h.as_ref().map(|v| swap(v, &state_dims)),
+            y_c: self.y_c.as_ref().map(|v| swap(v, &state_dims)),
+            ..self.clone()
+        }
+    }
+
+    fn write(&self, out: &mut String) {
+        let [t, b, i, h] = self.dims;
+        write!(out, "onnx {} {t} {b} {i} {h} {} {} {}", self.name, self.direction, self.layout, self.header).unwrap();
+        let optional = [&self.b, &self.h0, &self.c0, &self.p, &self.y, &self.y_h, &self.y_c];
+        let flags = [
+            self.b.is_some(),
+            self.lens.is_some(),
+            self.h0.is_some(),
+            self.c0.is_some(),
+            self.p.is_some(),
+            self.y.is_some(),
+            self.y_h.is_some(),
+            self.y_c.is_some(),
+        ];
+        for f in flags {
+            write!(out, " {}", u8::from(f)).unwrap();
+        }
+        out.push('\n');
+        write_f32s(out, &self.x);
+        write_f32s(out, &self.w);
+        write_f32s(out, &self.r);
+        if let Some(v) = optional[0] {
+            write_f32s(out, v);
+        }
+        if let Some(l) = &self.lens {
+            write_i32s(out, l);
+        }
+        for v in optional[1..].iter().copied().flatten() {
+            write_f32s(out, v);
+        }
+    }
+}
+
+/// A two-layer network for the C program: layer 2 reads layer 1's `Y` in place. The expected values
+/// come from `OnnxLstm::forward_reference`, the plain reference, applied twice.
+#[allow(clippy::too_many_arguments)]
+fn stack_case(
+    out: &mut String,
+    name: &str,
+    seed: u64,
+    layout: Layout,
+    [t, b, i, h1, h2]: [usize; 5],
+    (dir1, dir2): (Direction, Direction),
+    lens: &[i32],
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut values = |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-scale..scale)).collect() };
+    let (d1, d2) = (dir1.count(), dir2.count());
+    let i2 = d1 * h1;
+    let x = values(t * b * i, 1.5);
+    let (w1, r1, b1) = (values(d1 * 4 * h1 * i, 0.6), values(d1 * 4 * h1 * h1, 0.6), values(d1 * 8 * h1, 0.4));
+    let (w2, r2, b2) = (values(d2 * 4 * h2 * i2, 0.6), values(d2 * 4 * h2 * h2, 0.6), values(d2 * 8 * h2, 0.4));
+    let layer1 = OnnxLstm::new(OnnxLstmAttrs::new(h1, dir1).layout(layout), i, &w1, &r1, Some(&b1), None).unwrap();
+    let layer2 = OnnxLstm::new(OnnxLstmAttrs::new(h2, dir2).layout(layout), i2, &w2, &r2, Some(&b2), None).unwrap();
+    let y1 = layer1.forward_reference(&x, t, b, Some(lens), None, None).unwrap();
+    let y2 = layer2.forward_reference(&y1.y, t, b, Some(lens), None, None).unwrap();
+    // The fast path equals the reference bitwise without FMA; with FMA it differs in the last bits, which
+    // layer 2 propagates: 1e-5 relative is then the bound (a wrong stride or length is off by ~0.1).
+    let tol: f32 = if layer1.backend().fused_multiply_add { 1e-5 } else { 0.0 };
+    let code = |d: Direction| match d {
+        Direction::Forward => 0,
+        Direction::Reverse => 1,
+        Direction::Bidirectional => 2,
+    };
+    let l = i32::from(layout == Layout::BatchMajor);
+    writeln!(out, "stack {name} {l} {t} {b} {i} {h1} {h2} {} {} {:08x}", code(dir1), code(dir2), tol.to_bits())
+        .unwrap();
+    for v in [&x, &w1, &r1, &b1, &w2, &r2, &b2] {
+        write_f32s(out, v);
+    }
+    write_i32s(out, lens);
+    for v in [&y1.y, &y2.y, &y2.y_h, &y2.y_c] {
+        write_f32s(out, v);
+    }
+}
+
+/// Converts every ONNX fixture (and its other-layout twin) and adds the stacks; returns the file and
+/// the number of fixture cases per layout `[layout 0, layout 1]`.
+fn write_onnx_cases(dir: &Path) -> (PathBuf, [usize; 2]) {
+    let fixtures = root().join("tests/fixtures/onnx");
+    let mut paths: Vec<PathBuf> = fs::read_dir(&fixtures)
+        .unwrap_or_else(|e| panic!("{}: {e}", fixtures.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    let mut out = String::new();
+    let mut per_layout = [0_usize; 2];
+    let mut directions = [false; 3];
+    for path in &paths {
+        let j: Value = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(j["kind"].as_str(), Some("onnx_lstm"), "{}: kind", path.display());
+        let f = OnnxFixture::from_json(&j);
+        directions[f.direction as usize] = true;
+        for case in [f.other_layout(), f] {
+            per_layout[case.layout as usize] += 1;
+            case.write(&mut out);
+        }
+    }
+    assert!(paths.len() >= 10, "only {} ONNX fixtures in {}", paths.len(), fixtures.display());
+    assert!(directions.iter().all(|&d| d), "the ONNX fixtures miss a direction");
+    use Direction::{Bidirectional, Forward, Reverse};
+    let (seq, batch) = (Layout::SeqMajor, Layout::BatchMajor);
+    stack_case(&mut out, "seq_major_forward_reverse", 1, seq, [6, 4, 3, 5, 4], (Forward, Reverse), &[6, 0, 3, 1]);
+    stack_case(&mut out, "seq_major_reverse_bidi", 2, seq, [7, 2, 4, 9, 3], (Reverse, Bidirectional), &[7, 4]);
+    stack_case(&mut out, "batch_major_bidi_forward", 3, batch, [5, 3, 2, 3, 4], (Bidirectional, Forward), &[5, 2, 0]);
+    out.push_str("end\n");
+    let path = dir.join("onnx_cases.txt");
+    fs::write(&path, out).unwrap();
+    (path, per_layout)
+}
+
+#[cfg(unix)]
+#[test]
+fn c_onnx_program_matches_onnx_fixtures_and_the_contract() {
+    let dir = scratch("onnx");
+    let exe = compile_c(&dir, "onnx_test");
+    let (cases, per_layout) = write_onnx_cases(&dir);
+    let (ok, text) = run(Command::new(&exe).arg(&cases));
+    assert!(ok, "the C test failed:\n{text}");
+    check_summary(&text);
+    println!("ONNX fixture cases: {} in layout 0, {} in layout 1\n{text}", per_layout[0], per_layout[1]);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn permute_transposes() {
+    // [2,3] -> [3,2]
+    assert_eq!(permute(&[0., 1., 2., 3., 4., 5.], &[2, 3], &[1, 0]), [0., 3., 1., 4., 2., 5.]);
+    // [T=2,D=1,B=2,H=1] -> [B,T,D,H]
+    assert_eq!(permute(&[0., 1., 2., 3.], &[2, 1, 2, 1], &[2, 0, 1, 3]), [0., 2., 1., 3.]);
+    // and back
+    assert_eq!(permute(&[0., 2., 1., 3.], &[2, 2, 1, 1], &[1, 2, 0, 3]), [0., 1., 2., 3.]);
 }
 
 #[test]

@@ -34,6 +34,8 @@ const CANARY_BITS: u32 = 0x7fa5_a5a5;
 /// Bit pattern of output floats before the call.
 const UNSET_BITS: u32 = 0x7fb0_0b0b;
 const CANARY_BYTE: u8 = 0xa5;
+/// Canary after `sequence_lens`.
+const CANARY_I32: i32 = 0x5a5a_a5a5;
 const UNSET_BYTE: u8 = 0xee;
 
 /// A caller buffer: `len` elements, then the canary.
@@ -49,6 +51,11 @@ trait Same: Copy {
 impl Same for f32 {
     fn same(self, other: Self) -> bool {
         self.to_bits() == other.to_bits()
+    }
+}
+impl Same for i32 {
+    fn same(self, other: Self) -> bool {
+        self == other
     }
 }
 impl Same for u8 {
@@ -165,11 +172,32 @@ fn check_status(what: &str, status: i32) -> Check {
 pub fn fuzz_capi(data: &[u8]) -> std::result::Result<(), String> {
     let mut r = ByteReader::new(data);
     fuzz_lstm_keras(&mut r)?;
-    fuzz_mask_from_value(&mut r)
+    fuzz_mask_from_value(&mut r)?;
+    // The ONNX case reads the same bytes from the start: the Keras case often exhausts short inputs.
+    fuzz_lstm_onnx(&mut ByteReader::new(data))
 }
 
 /// Small limits of `B, T, I, H` in sane cases.
 const SANE: [i64; 4] = [4, 8, 4, 9];
+
+/// A Keras-style activation code with the parameters `MrnnKerasLstmAttrs` documents (HardSigmoid: 0.2,
+/// 0.5), written out here rather than shared with the C ABI's code.
+fn keras_reference_activation(code: i32) -> Result<Activation> {
+    Ok(match code {
+        0 => Activation::Sigmoid,
+        1 => Activation::Tanh,
+        2 => Activation::Relu,
+        3 => Activation::Affine { alpha: 1.0, beta: 0.0 },
+        4 => Activation::LeakyRelu { alpha: 0.01 },
+        5 => Activation::ThresholdedRelu { alpha: 1.0 },
+        6 => Activation::ScaledTanh { alpha: 1.0, beta: 1.0 },
+        7 => Activation::HardSigmoid { alpha: 0.2, beta: 0.5 },
+        8 => Activation::Elu { alpha: 1.0 },
+        9 => Activation::Softsign,
+        10 => Activation::Softplus,
+        _ => return Err(Error::argument(format!("activation code {code}"))),
+    })
+}
 
 fn fuzz_lstm_keras(r: &mut ByteReader<'_>) -> Check {
     let mut dims = [0_i64; 4];
@@ -177,10 +205,10 @@ fn fuzz_lstm_keras(r: &mut ByteReader<'_>) -> Check {
         *d = r.below(max as usize + 1) as i64;
     }
     // Keep H >= 1 most of the time: H = 0 is an argument error.
-    if dims[3] == 0 && r.u8() % 4 != 0 {
+    if dims[3] == 0 && !r.u8().is_multiple_of(4) {
         dims[3] = 1;
     }
-    if r.u8() % 4 == 0 {
+    if r.u8().is_multiple_of(4) {
         for d in &mut dims {
             if r.bool() {
                 *d = wild_size(r);
@@ -218,15 +246,15 @@ fn fuzz_lstm_keras(r: &mut ByteReader<'_>) -> Check {
             .iter()
             .any(|d| overflows(d));
 
-    let rare = |r: &mut ByteReader<'_>, n: u8| r.u8() % n == 0;
+    let rare = |r: &mut ByteReader<'_>, n: u8| r.u8().is_multiple_of(n);
     let attrs_null = rare(r, 32);
     let mut x_null = rare(r, 24);
     let kernel_null = rare(r, 24);
     let recurrent_null = rare(r, 24);
     let mask_on = r.bool();
     let bias_on = r.bool();
-    let (h0_on, c0_on) = (r.u8() % 3 == 0, r.u8() % 3 == 0);
-    let outs_on = [r.u8() % 4 != 0, r.bool(), r.bool(), r.bool()];
+    let (h0_on, c0_on) = (r.u8().is_multiple_of(3), r.u8().is_multiple_of(3));
+    let outs_on = [!r.u8().is_multiple_of(4), r.bool(), r.bool(), r.bool()];
     let misalign_x = rare(r, 32);
     let alias_c_to_h = rare(r, 32);
 
@@ -258,7 +286,7 @@ fn fuzz_lstm_keras(r: &mut ByteReader<'_>) -> Check {
     let expected = predicted(required_null, bad_value, overflow, bad_pointer);
 
     let mut values = |n: usize, scale: f32| -> Vec<f32> {
-        (0..n).map(|_| if r.u8() % 32 == 0 { r.wild() } else { r.unit(scale) }).collect()
+        (0..n).map(|_| if r.u8().is_multiple_of(32) { r.wild() } else { r.unit(scale) }).collect()
     };
     // Misaligned x: one more element so that reads at a 2-byte offset stay inside the allocation.
     let x = Buf::new(values(n_x + usize::from(misalign_x), 2.0), f32::from_bits(CANARY_BITS));
@@ -358,12 +386,13 @@ fn fuzz_lstm_keras(r: &mut ByteReader<'_>) -> Check {
     let rust_status = (|| -> Result<()> {
         let view = if mask_on { SeqView::from_mask_bytes(mask.values(), b, t)? } else { SeqView::full(b, t) };
         let ract = if attrs.recurrent_activation == 7 {
-            Activation::from_code(7, attrs.recurrent_alpha, attrs.recurrent_beta)?
+            let or = |v: f32, d: f32| if v.is_nan() { d } else { v };
+            Activation::HardSigmoid { alpha: or(attrs.recurrent_alpha, 0.2), beta: or(attrs.recurrent_beta, 0.5) }
         } else {
-            Activation::from_code(attrs.recurrent_activation, f32::NAN, f32::NAN)?
+            keras_reference_activation(attrs.recurrent_activation)?
         };
         let options = KerasLstmOptions::default()
-            .activation(Activation::from_code(attrs.activation, f32::NAN, f32::NAN)?)
+            .activation(keras_reference_activation(attrs.activation)?)
             .recurrent_activation(ract)
             .go_backwards(attrs.go_backwards == 1)
             .zero_output_for_mask(attrs.zero_output_for_mask == 1);
@@ -399,9 +428,370 @@ fn fuzz_lstm_keras(r: &mut ByteReader<'_>) -> Check {
     Ok(())
 }
 
+/// Small limits of `T, B, I, H` in sane ONNX cases.
+const SANE_ONNX: [i64; 4] = [8, 4, 4, 9];
+
+/// An `int32_t` enum value: mostly in `0..n`, sometimes out of range.
+fn enum_value(r: &mut ByteReader<'_>, n: usize) -> i32 {
+    match r.u8() % 32 {
+        0 => [n as i32, -1, i32::MIN, i32::MAX, 100][r.below(5)],
+        _ => r.below(n) as i32,
+    }
+}
+
+/// A `sequence_lens` value for `T` steps: mostly in `0..=T` (often 0 or T), sometimes out of range.
+fn length_value(r: &mut ByteReader<'_>, t: i64) -> i32 {
+    match r.u8() % 48 {
+        0 => -1,
+        1 => (t + 1) as i32,
+        2 => [i32::MIN, i32::MAX, -7][r.below(3)],
+        3..=10 => 0,
+        11..=22 => t as i32,
+        _ => r.below(t as usize + 1) as i32,
+    }
+}
+
+/// The ONNX attributes the C ABI should build from `a` (assumed valid), written from the header's
+/// documentation rather than shared with the C ABI's code.
+fn expected_onnx_attrs(a: &MrnnOnnxLstmAttrs) -> Result<OnnxLstmAttrs> {
+    let direction = [Direction::Forward, Direction::Reverse, Direction::Bidirectional][a.direction as usize];
+    let layout = if a.layout == 1 { Layout::BatchMajor } else { Layout::SeqMajor };
+    let n = a.num_activations as usize;
+    let acts = (0..n)
+        .map(|k| Activation::from_code(a.activations[k], a.activation_alpha[k], a.activation_beta[k]))
+        .collect::<Result<Vec<_>>>()?;
+    // +inf is passed on as a clip: the Rust API must then compute exactly what "no clip" does.
+    Ok(OnnxLstmAttrs::new(a.hidden_size as usize, direction)
+        .layout(layout)
+        .clip((a.has_clip == 1).then_some(a.clip))
+        .input_forget(a.input_forget == 1)
+        .activations(acts))
+}
+
+fn fuzz_lstm_onnx(r: &mut ByteReader<'_>) -> Check {
+    let mut dims = [0_i64; 4];
+    for (d, &max) in dims.iter_mut().zip(&SANE_ONNX) {
+        *d = r.below(max as usize + 1) as i64;
+    }
+    if dims[3] == 0 && !r.u8().is_multiple_of(4) {
+        dims[3] = 1;
+    }
+    if r.u8().is_multiple_of(4) {
+        for d in &mut dims {
+            if r.bool() {
+                *d = wild_size(r);
+            }
+        }
+    }
+    let [ts, bs, is, hs] = dims;
+    let direction = enum_value(r, 3);
+    let layout = enum_value(r, 2);
+    let input_forget = flag_value(r);
+    let has_clip = match r.u8() % 32 {
+        0 => [2, -1, i32::MIN][r.below(3)],
+        v => i32::from(v % 3 == 0),
+    };
+    let clip = match r.u8() % 32 {
+        0 => f32::NAN,
+        1 => 0.0,
+        2 => -0.0,
+        3 => -1.0,
+        4 => f32::INFINITY,
+        5 => f32::NEG_INFINITY,
+        6 => f32::MIN_POSITIVE,
+        _ => 0.25 + r.unit(3.0).abs(),
+    };
+    let num_activations = match r.u8() % 32 {
+        0 => [1, 2, 4, 5, 7, 9, -1, -3, i32::MIN, i32::MAX][r.below(10)],
+        1..=12 => 0,
+        13..=24 => 3,
+        // 6 is valid only for bidirectional: mostly give it there.
+        _ if direction == 2 || r.u8().is_multiple_of(8) => 6,
+        _ => 3,
+    };
+    let mut activations = [0_i32; 6];
+    let mut activation_alpha = [f32::NAN; 6];
+    let mut activation_beta = [f32::NAN; 6];
+    for k in 0..6 {
+        activations[k] = code(r, [0, 1, 1][k % 3]);
+        activation_alpha[k] = match r.u8() % 8 {
+            0..=3 => f32::NAN,
+            4 => r.wild(),
+            _ => r.unit(1.5),
+        };
+        activation_beta[k] = match r.u8() % 8 {
+            0..=3 => f32::NAN,
+            4 => r.wild(),
+            _ => r.unit(1.5),
+        };
+    }
+    let attrs = MrnnOnnxLstmAttrs {
+        seq_length: ts,
+        batch_size: bs,
+        input_size: is,
+        hidden_size: hs,
+        direction,
+        layout,
+        input_forget,
+        has_clip,
+        clip,
+        num_activations,
+        activations,
+        activation_alpha,
+        activation_beta,
+        num_threads: match r.u8() % 32 {
+            0 => -1,
+            1 => i32::MIN,
+            v => i32::from(v % 4),
+        },
+    };
+    let d_n: i64 = if direction == 2 { 2 } else { 1 };
+    let sane = dims.iter().zip(&SANE_ONNX).all(|(&d, &max)| (0..=max).contains(&d));
+    let used_acts = match num_activations {
+        3 => 3,
+        6 => 6,
+        _ => 0,
+    };
+    let bad_value = dims.iter().any(|&d| d < 0)
+        || hs == 0
+        || !(0..=2).contains(&direction)
+        || !(0..=1).contains(&layout)
+        || !(0..=1).contains(&input_forget)
+        || !(0..=1).contains(&has_clip)
+        || (has_clip == 1 && (clip.is_nan() || clip <= 0.0))
+        || !(num_activations == 0
+            || (num_activations == 3 && direction != 2)
+            || (num_activations == 6 && direction == 2))
+        || activations[..used_acts].iter().any(|c| !(0..=10).contains(c))
+        || attrs.num_threads < 0;
+    let overflow = !bad_value
+        && [
+            &[ts, bs, is][..],
+            &[d_n, 4, hs, is],
+            &[d_n, 4, hs, hs],
+            &[d_n, 8, hs],
+            &[d_n, 3, hs],
+            &[d_n, bs, hs],
+            &[ts, d_n, bs, hs],
+        ]
+        .iter()
+        .any(|d| overflows(d));
+
+    let rare = |r: &mut ByteReader<'_>, n: u8| r.u8().is_multiple_of(n);
+    let attrs_null = rare(r, 32);
+    let mut x_null = rare(r, 24);
+    let w_null = rare(r, 24);
+    let r_null = rare(r, 24);
+    let b_on = r.bool();
+    let lens_on = !r.u8().is_multiple_of(4);
+    let (h0_on, c0_on, p_on) = (r.u8().is_multiple_of(3), r.u8().is_multiple_of(3), r.u8().is_multiple_of(3));
+    let outs_on = [!r.u8().is_multiple_of(4), r.bool(), r.bool()];
+    let misalign = match r.u8() % 48 {
+        0 => 1, // x
+        1 => 2, // w
+        2 => 3, // sequence_lens
+        _ => 0,
+    };
+    // 1: y_c = y_h; 2: y_h = initial_h (same sizes, so a missed overlap stays inside the allocation).
+    let alias = match r.u8() % 48 {
+        0 => 1,
+        1 => 2,
+        _ => 0,
+    };
+
+    let required_null = attrs_null || x_null || w_null || r_null;
+    if predicted(required_null, bad_value, overflow, false).is_none() && !sane {
+        x_null = true;
+    }
+    let required_null = required_null || x_null;
+
+    let len = |dims: &[i64]| -> usize {
+        if sane {
+            dims.iter().map(|&d| d as usize).product()
+        } else {
+            1
+        }
+    };
+    let (n_x, n_w, n_r, n_b, n_p, n_s, n_y, n_l) = (
+        len(&[ts, bs, is]),
+        len(&[d_n, 4, hs, is]),
+        len(&[d_n, 4, hs, hs]),
+        len(&[d_n, 8, hs]),
+        len(&[d_n, 3, hs]),
+        len(&[d_n, bs, hs]),
+        len(&[ts, d_n, bs, hs]),
+        len(&[bs]),
+    );
+    let aliased = match alias {
+        1 => outs_on[1] && outs_on[2] && n_s > 0,
+        2 => outs_on[1] && h0_on && n_s > 0,
+        _ => false,
+    };
+    let misaligned = match misalign {
+        1 => true,
+        2 => true,
+        3 => lens_on,
+        _ => false,
+    };
+    let lens_values: Vec<i32> = (0..n_l).map(|_| length_value(r, if sane { ts } else { 0 })).collect();
+    let lens_bad = sane && lens_on && lens_values.iter().any(|&l| l < 0 || i64::from(l) > ts);
+    let expected = predicted(required_null, bad_value, overflow, misaligned || aliased)
+        .or_else(|| lens_bad.then_some(MRNN_ERR_BAD_ARGUMENT));
+
+    let mut values = |n: usize, scale: f32| -> Vec<f32> {
+        (0..n).map(|_| if r.u8().is_multiple_of(32) { r.wild() } else { r.unit(scale) }).collect()
+    };
+    let canary = f32::from_bits(CANARY_BITS);
+    // Misaligned buffers get one more element so that reads at a 2-byte offset stay inside.
+    let x = Buf::new(values(n_x + usize::from(misalign == 1), 2.0), canary);
+    let w = Buf::new(values(n_w + usize::from(misalign == 2), 0.5), canary);
+    let rr = Buf::new(values(n_r, 0.5), canary);
+    let bias = Buf::new(values(n_b, 0.5), canary);
+    let peep = Buf::new(values(n_p, 0.5), canary);
+    let mut h0 = Buf::new(values(n_s, 1.0), canary);
+    let c0 = Buf::new(values(n_s, 1.0), canary);
+    let mut lens_data = lens_values;
+    if misalign == 3 {
+        lens_data.push(0);
+    }
+    let lens = Buf::new(lens_data, CANARY_I32);
+    let unset = f32::from_bits(UNSET_BITS);
+    let mut outs = [n_y, n_s, n_s].map(|n| Buf::filled(n, unset, canary));
+    let inputs_before: Vec<Vec<f32>> = [&x, &w, &rr, &bias, &peep, &h0, &c0].iter().map(|b| b.data.clone()).collect();
+    let lens_before = lens.data.clone();
+
+    let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
+    // One raw pointer for initial_h, from which the aliased output is also derived.
+    let h0_ptr = h0.mut_ptr();
+    let shift = |p: *const f32, on: bool| if on { p.cast::<u8>().wrapping_add(2).cast::<f32>() } else { p };
+    let x_ptr = if x_null { ptr::null() } else { shift(x.ptr(), misalign == 1) };
+    let w_ptr = if w_null { ptr::null() } else { shift(w.ptr(), misalign == 2) };
+    let lens_ptr = if !lens_on {
+        ptr::null()
+    } else if misalign == 3 {
+        lens.ptr().cast::<u8>().wrapping_add(2).cast::<i32>()
+    } else {
+        lens.ptr()
+    };
+    let mut out_ptrs = [ptr::null_mut::<f32>(); 3];
+    for (k, (buf, &on)) in outs.iter_mut().zip(&outs_on).enumerate() {
+        if on {
+            out_ptrs[k] = buf.mut_ptr();
+        }
+    }
+    if aliased && alias == 1 {
+        out_ptrs[2] = out_ptrs[1];
+    }
+    if aliased && alias == 2 {
+        // The library must reject this before writing; if it did write, h0's data and canary catch it.
+        out_ptrs[1] = h0_ptr;
+    }
+    // SAFETY: every non-NULL buffer holds exactly its documented size (plus a canary) when the sizes are
+    // sane. Otherwise the buffers are one-element dummies and `expected` is a failure that validation
+    // reports before any access. Misaligned and aliased buffers stay inside their allocations; an output
+    // aliased to `initial_h` shares its raw pointer, and `initial_h` is compared with its copy afterwards.
+    let status = unsafe {
+        mrnn_lstm_onnx(
+            if attrs_null { ptr::null() } else { &attrs },
+            x_ptr,
+            w_ptr,
+            if r_null { ptr::null() } else { rr.ptr() },
+            opt(b_on, bias.ptr()),
+            lens_ptr,
+            opt(h0_on, h0_ptr),
+            opt(c0_on, c0.ptr()),
+            opt(p_on, peep.ptr()),
+            out_ptrs[0],
+            out_ptrs[1],
+            out_ptrs[2],
+        )
+    };
+    let what = format!(
+        "mrnn_lstm_onnx({attrs:?}, nulls: attrs {attrs_null} x {x_null} w {w_null} r {r_null}, misaligned {misalign}, alias {alias}, lens {:?})",
+        lens_on.then(|| lens.values())
+    );
+    check_status(&what, status)?;
+    const NAMES: [&str; 3] = ["Y", "Y_h", "Y_c"];
+    for (buf, name) in outs.iter().zip(NAMES) {
+        buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
+    }
+    lens.check_canary("sequence_lens", CANARY_I32).map_err(|e| format!("{what}: {e}"))?;
+    for (before, (buf, name)) in inputs_before.iter().zip([
+        (&x, "x"),
+        (&w, "w"),
+        (&rr, "r"),
+        (&bias, "b"),
+        (&peep, "p"),
+        (&h0, "initial_h"),
+        (&c0, "initial_c"),
+    ]) {
+        if !f32_bits_eq(before, &buf.data) {
+            return Err(format!("{what}: input {name} was modified"));
+        }
+    }
+    if lens_before != lens.data {
+        return Err(format!("{what}: sequence_lens was modified"));
+    }
+
+    if let Some(expected) = expected {
+        if status != expected {
+            return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
+        }
+        for (buf, name) in outs.iter().zip(NAMES) {
+            if buf.values().iter().any(|v| v.to_bits() != UNSET_BITS) {
+                return Err(format!("{what}: {name} written by a call that failed validation"));
+            }
+        }
+        return Ok(());
+    }
+
+    // Sane sizes, valid pointers and lengths: the Rust API on the same inputs must agree bitwise.
+    let (t, b, i) = (ts as usize, bs as usize, is as usize);
+    let mut reference = [n_y, n_s, n_s].map(|n| vec![unset; n]);
+    let rust_status = (|| -> Result<()> {
+        let node = OnnxLstm::new(
+            expected_onnx_attrs(&attrs)?,
+            i,
+            w.values(),
+            rr.values(),
+            b_on.then(|| bias.values()),
+            p_on.then(|| peep.values()),
+        )?;
+        let [ry, rh, rc] = &mut reference;
+        let out = OnnxOutputs {
+            y: outs_on[0].then_some(&mut ry[..]),
+            y_h: outs_on[1].then_some(&mut rh[..]),
+            y_c: outs_on[2].then_some(&mut rc[..]),
+        };
+        node.forward(
+            x.values(),
+            t,
+            b,
+            lens_on.then(|| lens.values()),
+            h0_on.then(|| h0.values()),
+            c0_on.then(|| c0.values()),
+            out,
+            attrs.num_threads as usize,
+        )?;
+        Ok(())
+    })()
+    .map_or_else(|e| status_of(e.kind()), |()| MRNN_OK);
+    if status != rust_status {
+        return Err(format!("{what}: status {status}, the Rust API gives {rust_status}: {}", last_error_message()));
+    }
+    if status == MRNN_OK {
+        for ((buf, expected), name) in outs.iter().zip(&reference).zip(NAMES) {
+            if !f32_bits_eq(buf.values(), expected) {
+                return Err(format!("{what}: {name} differs from the Rust API"));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn fuzz_mask_from_value(r: &mut ByteReader<'_>) -> Check {
     let mut dims = [r.below(5) as i64, r.below(9) as i64, r.below(5) as i64];
-    if r.u8() % 4 == 0 {
+    if r.u8().is_multiple_of(4) {
         for d in &mut dims {
             if r.bool() {
                 *d = wild_size(r);
@@ -421,15 +811,15 @@ fn fuzz_mask_from_value(r: &mut ByteReader<'_>) -> Check {
     let sane = dims.iter().all(|&d| (0..=8).contains(&d));
     let bad_value = dims.iter().any(|&d| d < 0) || !(0..=1).contains(&nan_aware);
     let overflow = !bad_value && (overflows(&[bs, ts, fs]) || overflows(&[bs, ts]));
-    let mut x_null = r.u8() % 16 == 0;
-    let out_null = r.u8() % 16 == 0;
+    let mut x_null = r.u8().is_multiple_of(16);
+    let out_null = r.u8().is_multiple_of(16);
     if predicted(x_null || out_null, bad_value, overflow, false).is_none() && !sane {
         x_null = true;
     }
     let (n_x, n_m) = if sane { ((bs * ts * fs) as usize, (bs * ts) as usize) } else { (1, 1) };
-    let misalign_x = r.u8() % 32 == 0;
+    let misalign_x = r.u8().is_multiple_of(32);
     // Aliasing only where the mask would land inside x's values, never in its canary.
-    let alias = r.u8() % 32 == 0 && sane && n_m > 0 && fs > 0;
+    let alias = r.u8().is_multiple_of(32) && sane && n_m > 0 && fs > 0;
     let expected = predicted(x_null || out_null, bad_value, overflow, misalign_x || alias);
 
     let x_values: Vec<f32> = (0..n_x + usize::from(misalign_x))

@@ -14,7 +14,9 @@
 //! ```
 //!
 //! Only then are slices built from the raw pointers and the Rust API called. Required inputs (`x`,
-//! `kernel`, `recurrent_kernel`, `mask_out`) must be non-NULL even when their tensor is empty.
+//! `kernel`, `recurrent_kernel`, `mask_out`, and `x`, `w`, `r` of [`mrnn_lstm_onnx`]) must be non-NULL even
+//! when their tensor is empty. Checks that must read caller memory (`sequence_lens` values) come last, still
+//! before any output is written.
 //!
 //! [`fuzz_capi`] drives these functions with arbitrary attributes and checks the contract.
 
@@ -26,6 +28,7 @@ use std::slice;
 use crate::activation::Activation;
 use crate::error::{checked_product, Error, ErrorKind, Result};
 use crate::keras::{InitialState, KerasLstm, KerasLstmOptions, KerasOutputs};
+use crate::onnx::{Direction, Layout, OnnxLstm, OnnxLstmAttrs, OnnxOutputs};
 use crate::view::{mask_from_values, MaskValueMode, SeqView};
 use crate::weights::LstmWeights;
 
@@ -98,6 +101,80 @@ impl Default for MrnnKerasLstmAttrs {
             recurrent_activation: Activation::Sigmoid.code(),
             recurrent_alpha: f32::NAN,
             recurrent_beta: f32::NAN,
+            num_threads: 0,
+        }
+    }
+}
+
+/// Attributes of [`mrnn_lstm_onnx`]; field for field `MrnnOnnxLstmAttrs` of `masked_rnn.h` (C_ABI.md
+/// section 1: names, order and numbering are the stable contract).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MrnnOnnxLstmAttrs {
+    /// `T`.
+    pub seq_length: i64,
+    /// `B`.
+    pub batch_size: i64,
+    /// `I`.
+    pub input_size: i64,
+    /// `H` (at least 1).
+    pub hidden_size: i64,
+    /// 0 forward, 1 reverse, 2 bidirectional.
+    pub direction: i32,
+    /// 0: `X [T,B,I]`, `Y [T,D,B,H]`, states `[D,B,H]`; 1: `X [B,T,I]`, `Y [B,T,D,H]`, states `[B,D,H]`.
+    pub layout: i32,
+    /// 0 or 1: ONNX `input_forget`.
+    pub input_forget: i32,
+    /// 0: no clip; 1: `clip` applies.
+    pub has_clip: i32,
+    /// ONNX `clip` when `has_clip` is 1: > 0, `+inf` = no clipping. Ignored when `has_clip` is 0.
+    pub clip: f32,
+    /// 0 (defaults), 3 (used for every direction) or 6 (bidirectional only).
+    pub num_activations: i32,
+    /// `MRNN_ACT_*` per direction: f, g, h. Entries past `num_activations` are ignored.
+    pub activations: [i32; 6],
+    /// Per activation; NaN: ONNX Runtime's default for that activation (`Activation::from_code`).
+    pub activation_alpha: [f32; 6],
+    /// Per activation; NaN: the default of that activation.
+    pub activation_beta: [f32; 6],
+    /// 0: all cores; 1: the calling thread; n: n threads.
+    pub num_threads: i32,
+}
+
+// The layout the header promises (C: four int64_t, four int32_t, a float, an int32_t, three arrays of six
+// 4-byte values, an int32_t, tail padding to a multiple of 8).
+const _: () = {
+    assert!(std::mem::size_of::<MrnnOnnxLstmAttrs>() == 136);
+    assert!(std::mem::align_of::<MrnnOnnxLstmAttrs>() == 8);
+    assert!(std::mem::offset_of!(MrnnOnnxLstmAttrs, direction) == 32);
+    assert!(std::mem::offset_of!(MrnnOnnxLstmAttrs, clip) == 48);
+    assert!(std::mem::offset_of!(MrnnOnnxLstmAttrs, num_activations) == 52);
+    assert!(std::mem::offset_of!(MrnnOnnxLstmAttrs, activations) == 56);
+    assert!(std::mem::offset_of!(MrnnOnnxLstmAttrs, activation_alpha) == 80);
+    assert!(std::mem::offset_of!(MrnnOnnxLstmAttrs, activation_beta) == 104);
+    assert!(std::mem::offset_of!(MrnnOnnxLstmAttrs, num_threads) == 128);
+};
+
+impl Default for MrnnOnnxLstmAttrs {
+    /// What [`mrnn_onnx_lstm_attrs_init`] writes: sizes 0, forward, layout 0, no input_forget, no clip
+    /// (`clip` NaN), the default activations (`num_activations` 0; the array holds Sigmoid, Tanh, Tanh
+    /// twice), NaN alpha/beta, `num_threads` 0.
+    fn default() -> Self {
+        let (s, t) = (Activation::Sigmoid.code(), Activation::Tanh.code());
+        MrnnOnnxLstmAttrs {
+            seq_length: 0,
+            batch_size: 0,
+            input_size: 0,
+            hidden_size: 0,
+            direction: 0,
+            layout: 0,
+            input_forget: 0,
+            has_clip: 0,
+            clip: f32::NAN,
+            num_activations: 0,
+            activations: [s, t, t, s, t, t],
+            activation_alpha: [f32::NAN; 6],
+            activation_beta: [f32::NAN; 6],
             num_threads: 0,
         }
     }
@@ -218,7 +295,8 @@ impl Extent {
                 std::mem::align_of::<T>()
             )));
         }
-        // `len` comes from `checked_product`, so `len * size_of::<T>()` <= isize::MAX for T up to 4 bytes.
+        // `len` comes from `checked_product` (or is at most such a product), so `len * size_of::<T>()` <=
+        // isize::MAX for T up to 4 bytes.
         let bytes = len * std::mem::size_of::<T>();
         let start = p as usize;
         if start.checked_add(bytes).is_none() {
@@ -283,6 +361,22 @@ pub unsafe extern "C" fn mrnn_keras_lstm_attrs_init(attrs: *mut MrnnKerasLstmAtt
     })
 }
 
+/// The activation of a Keras-style code: fixed parameters (the header's `MrnnKerasLstmAttrs`), so that
+/// Affine is Keras `linear` whatever NaN means for the ONNX operator; `alpha`/`beta` (NaN: 0.2 / 0.5) are
+/// used by HardSigmoid only.
+fn keras_activation(code: i32, alpha: f32, beta: f32) -> Result<Activation> {
+    let or = |v: f32, d: f32| if v.is_nan() { d } else { v };
+    Ok(match code {
+        3 => Activation::Affine { alpha: 1.0, beta: 0.0 },
+        4 => Activation::LeakyRelu { alpha: 0.01 },
+        5 => Activation::ThresholdedRelu { alpha: 1.0 },
+        6 => Activation::ScaledTanh { alpha: 1.0, beta: 1.0 },
+        7 => Activation::HardSigmoid { alpha: or(alpha, 0.2), beta: or(beta, 0.5) },
+        8 => Activation::Elu { alpha: 1.0 },
+        _ => Activation::from_code(code, f32::NAN, f32::NAN)?,
+    })
+}
+
 /// Keras-style masked LSTM; see `masked_rnn.h` for the arguments.
 ///
 /// # Safety
@@ -325,14 +419,10 @@ pub unsafe extern "C" fn mrnn_lstm_keras(
         }
         let go_backwards = flag("go_backwards", a.go_backwards)?;
         let zero_output_for_mask = flag("zero_output_for_mask", a.zero_output_for_mask)?;
-        let activation = Activation::from_code(a.activation, f32::NAN, f32::NAN)
+        let activation = keras_activation(a.activation, f32::NAN, f32::NAN)
             .map_err(|e| Error::argument(format!("activation: {}", e.message())))?;
-        let recurrent_activation = if a.recurrent_activation == Activation::HARD_SIGMOID_KERAS2.code() {
-            Activation::from_code(a.recurrent_activation, a.recurrent_alpha, a.recurrent_beta)
-        } else {
-            Activation::from_code(a.recurrent_activation, f32::NAN, f32::NAN)
-        }
-        .map_err(|e| Error::argument(format!("recurrent_activation: {}", e.message())))?;
+        let recurrent_activation = keras_activation(a.recurrent_activation, a.recurrent_alpha, a.recurrent_beta)
+            .map_err(|e| Error::argument(format!("recurrent_activation: {}", e.message())))?;
         let threads = usize::try_from(a.num_threads)
             .map_err(|_| Error::argument(format!("num_threads = {} is negative", a.num_threads)))?;
 
@@ -417,6 +507,188 @@ pub unsafe extern "C" fn mrnn_lstm_keras(
             }
         };
         layer.forward(x, &view, initial, out, threads)?;
+        Ok(())
+    })
+}
+
+/// Fills `*attrs` with the defaults: sizes 0, forward, layout 0, `input_forget` 0, `has_clip` 0 (`clip`
+/// NaN), `num_activations` 0 (the array holds Sigmoid, Tanh, Tanh for each direction), NaN alpha/beta,
+/// `num_threads` 0.
+///
+/// # Safety
+/// `attrs` is NULL or valid for writing one `MrnnOnnxLstmAttrs`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mrnn_onnx_lstm_attrs_init(attrs: *mut MrnnOnnxLstmAttrs) -> i32 {
+    guard("mrnn_onnx_lstm_attrs_init", || {
+        require("attrs", attrs)?;
+        // SAFETY: `attrs` is non-NULL (checked above) and valid for one write (caller's contract);
+        // write_unaligned needs no alignment.
+        unsafe { attrs.write_unaligned(MrnnOnnxLstmAttrs::default()) };
+        Ok(())
+    })
+}
+
+/// The validated values of an `MrnnOnnxLstmAttrs`: the Rust attributes, the sizes and the thread count.
+struct OnnxArgs {
+    attrs: OnnxLstmAttrs,
+    t: usize,
+    b: usize,
+    i: usize,
+    h: usize,
+    d: usize,
+    threads: usize,
+}
+
+/// Step 2 and the size conversions of step 3 for `mrnn_lstm_onnx`: every value check on `a`.
+fn onnx_args(a: &MrnnOnnxLstmAttrs) -> Result<OnnxArgs> {
+    non_negative("seq_length", a.seq_length)?;
+    non_negative("batch_size", a.batch_size)?;
+    non_negative("input_size", a.input_size)?;
+    non_negative("hidden_size", a.hidden_size)?;
+    if a.hidden_size == 0 {
+        return Err(Error::argument("hidden_size must be at least 1"));
+    }
+    let direction = Direction::from_code(a.direction)?;
+    let layout = Layout::from_code(a.layout)?;
+    let input_forget = flag("input_forget", a.input_forget)?;
+    let clip = if flag("has_clip", a.has_clip)? {
+        if a.clip.is_nan() || a.clip <= 0.0 {
+            return Err(Error::argument(format!("clip = {} must be positive (has_clip = 1)", a.clip)));
+        }
+        // +inf clips nothing: no clip at all, whatever the kernels do with infinite bounds.
+        (a.clip != f32::INFINITY).then_some(a.clip)
+    } else {
+        None
+    };
+    let d = direction.count();
+    // As ONNX Runtime: none (the defaults) or exactly three per direction.
+    let n_act = match (a.num_activations, d) {
+        (0, _) | (3, 1) | (6, 2) => a.num_activations as usize,
+        (n, _) => {
+            return Err(Error::argument(format!(
+                "num_activations = {n} with direction {}: expected 0 or {} (3 per direction)",
+                a.direction,
+                3 * d
+            )))
+        }
+    };
+    let activations = (0..n_act)
+        .map(|k| {
+            Activation::from_code(a.activations[k], a.activation_alpha[k], a.activation_beta[k])
+                .map_err(|e| Error::argument(format!("activations[{k}]: {}", e.message())))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let threads = usize::try_from(a.num_threads)
+        .map_err(|_| Error::argument(format!("num_threads = {} is negative", a.num_threads)))?;
+    let (t, b, i, h) = (
+        dim("seq_length", a.seq_length)?,
+        dim("batch_size", a.batch_size)?,
+        dim("input_size", a.input_size)?,
+        dim("hidden_size", a.hidden_size)?,
+    );
+    let attrs =
+        OnnxLstmAttrs::new(h, direction).layout(layout).clip(clip).input_forget(input_forget).activations(activations);
+    Ok(OnnxArgs { attrs, t, b, i, h, d, threads })
+}
+
+/// The ONNX `LSTM` operator (opset 22); see `masked_rnn.h` for the arguments.
+///
+/// # Safety
+/// Every non-NULL pointer is valid for the tensor size the header documents for it (reads for the `const`
+/// inputs, writes for the outputs) for the duration of the call, and no other thread writes the inputs
+/// or touches the outputs meanwhile. NULL is always allowed: it is reported or means "absent".
+#[allow(clippy::too_many_arguments)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mrnn_lstm_onnx(
+    attrs: *const MrnnOnnxLstmAttrs,
+    x: *const f32,
+    w: *const f32,
+    r: *const f32,
+    b: *const f32,
+    sequence_lens: *const i32,
+    initial_h: *const f32,
+    initial_c: *const f32,
+    p: *const f32,
+    y: *mut f32,
+    y_h: *mut f32,
+    y_c: *mut f32,
+) -> i32 {
+    guard("mrnn_lstm_onnx", || {
+        // 1. NULL.
+        require("attrs", attrs)?;
+        require("x", x)?;
+        require("w", w)?;
+        require("r", r)?;
+        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnOnnxLstmAttrs`
+        // (caller's contract); read_unaligned needs no alignment.
+        let a = unsafe { attrs.read_unaligned() };
+
+        // 2. Values.
+        let OnnxArgs { attrs: onnx_attrs, t, b: batch, i, h, d, threads } = onnx_args(&a)?;
+
+        // 3. Sizes (the same products in both layouts).
+        let n_x = checked_product(&[t, batch, i], "X [T,B,I]")?;
+        let n_w = checked_product(&[d, 4, h, i], "W [D,4H,I]")?;
+        let n_r = checked_product(&[d, 4, h, h], "R [D,4H,H]")?;
+        let n_b = checked_product(&[d, 8, h], "B [D,8H]")?;
+        let n_p = checked_product(&[d, 3, h], "P [D,3H]")?;
+        let n_state = checked_product(&[d, batch, h], "state [D,B,H]")?;
+        let n_y = checked_product(&[t, d, batch, h], "Y [T,D,B,H]")?;
+
+        // 4. Pointers.
+        let extents = [
+            Extent::new("x", x, n_x, false)?,
+            Extent::new("w", w, n_w, false)?,
+            Extent::new("r", r, n_r, false)?,
+            Extent::new("b", b, n_b, false)?,
+            Extent::new("sequence_lens", sequence_lens, batch, false)?,
+            Extent::new("initial_h", initial_h, n_state, false)?,
+            Extent::new("initial_c", initial_c, n_state, false)?,
+            Extent::new("p", p, n_p, false)?,
+            Extent::new("y", y, n_y, true)?,
+            Extent::new("y_h", y_h, n_state, true)?,
+            Extent::new("y_c", y_c, n_state, true)?,
+        ];
+        check_disjoint(&extents)?;
+
+        // SAFETY (every `input`/`output` call below): each pointer is NULL, or was checked aligned and
+        // non-wrapping by `Extent::new` with the very length passed here, which `checked_product` bounds
+        // to isize::MAX bytes (`sequence_lens` has `batch` 4-byte elements, at most the checked `n_state`
+        // since `d, h >= 1`); the caller guarantees the memory is valid for that length; `check_disjoint` proved no output overlaps any other buffer, so the `&mut` slices
+        // alias nothing.
+        let (x, w, r) = unsafe {
+            (
+                input(x, n_x).ok_or_else(|| null("x"))?,
+                input(w, n_w).ok_or_else(|| null("w"))?,
+                input(r, n_r).ok_or_else(|| null("r"))?,
+            )
+        };
+        // SAFETY: as above.
+        let (b, sequence_lens, initial_h, initial_c, p) = unsafe {
+            (
+                input(b, n_b),
+                input(sequence_lens, batch),
+                input(initial_h, n_state),
+                input(initial_c, n_state),
+                input(p, n_p),
+            )
+        };
+
+        // 5. Values in caller memory, still before any output is written.
+        if let Some(lens) = sequence_lens {
+            if let Some((k, &l)) = lens.iter().enumerate().find(|&(_, &l)| usize::try_from(l).map_or(true, |l| l > t)) {
+                return Err(Error::argument(format!("sequence_lens[{k}] = {l} is outside 0..={t} (seq_length)")));
+            }
+        }
+
+        // SAFETY: as above.
+        let out = unsafe { OnnxOutputs { y: output(y, n_y), y_h: output(y_h, n_state), y_c: output(y_c, n_state) } };
+        let node = OnnxLstm::new(onnx_attrs, i, w, r, b, p)?;
+        if out.y.is_none() && out.y_h.is_none() && out.y_c.is_none() {
+            // Validated; nothing asked for, so nothing is computed.
+            return Ok(());
+        }
+        node.forward(x, t, batch, sequence_lens, initial_h, initial_c, out, threads)?;
         Ok(())
     })
 }
@@ -655,5 +927,135 @@ mod tests {
         assert!(a.recurrent_alpha.is_nan());
         // SAFETY: NULL is reported.
         assert_eq!(unsafe { mrnn_keras_lstm_attrs_init(ptr::null_mut()) }, MRNN_ERR_NULL_POINTER);
+    }
+
+    /// Calls `mrnn_lstm_onnx` with inputs of the attributes' sizes (when they are sane), `lens` and `y`.
+    fn call_onnx(a: &MrnnOnnxLstmAttrs, lens: Option<&[i32]>, y: &mut [f32]) -> i32 {
+        let n = |v: i64| usize::try_from(v).unwrap_or(0).min(1 << 10);
+        let d = if a.direction == 2 { 2 } else { 1 };
+        let (t, b, i, h) = (n(a.seq_length), n(a.batch_size), n(a.input_size), n(a.hidden_size));
+        let x = vec![0.5; t * b * i];
+        let w = vec![0.1; d * 4 * h * i];
+        let r = vec![-0.1; d * 4 * h * h];
+        let y = if y.is_empty() { ptr::null_mut() } else { y.as_mut_ptr() };
+        let lens = lens.map_or(ptr::null(), <[i32]>::as_ptr);
+        // SAFETY: the buffers have the sizes of the attributes whenever those are sane (`lens` has
+        // batch_size values, `y` holds Y); otherwise the call fails validation before reading them.
+        unsafe {
+            mrnn_lstm_onnx(
+                a,
+                x.as_ptr(),
+                w.as_ptr(),
+                r.as_ptr(),
+                ptr::null(),
+                lens,
+                ptr::null(),
+                ptr::null(),
+                ptr::null(),
+                y,
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        }
+    }
+
+    #[test]
+    fn onnx_attrs_init_writes_defaults() {
+        let mut a = MrnnOnnxLstmAttrs { hidden_size: 7, has_clip: 1, ..Default::default() };
+        // SAFETY: a valid attrs struct.
+        assert_eq!(unsafe { mrnn_onnx_lstm_attrs_init(&mut a) }, MRNN_OK);
+        assert_eq!((a.hidden_size, a.has_clip, a.num_activations, a.direction, a.layout), (0, 0, 0, 0, 0));
+        assert_eq!(a.activations, [0, 1, 1, 0, 1, 1]);
+        assert!(a.clip.is_nan() && a.activation_alpha.iter().chain(&a.activation_beta).all(|v| v.is_nan()));
+        // SAFETY: NULL is reported.
+        assert_eq!(unsafe { mrnn_onnx_lstm_attrs_init(ptr::null_mut()) }, MRNN_ERR_NULL_POINTER);
+    }
+
+    #[test]
+    fn onnx_argument_checks_map_to_statuses() {
+        let ok = MrnnOnnxLstmAttrs {
+            seq_length: 3,
+            batch_size: 2,
+            input_size: 2,
+            hidden_size: 3,
+            direction: 2,
+            ..Default::default()
+        };
+        let mut y = vec![0.0; 3 * 2 * 2 * 3];
+        assert_eq!(call_onnx(&ok, Some(&[3, 0]), &mut y), MRNN_OK);
+        let six = MrnnOnnxLstmAttrs { num_activations: 6, activations: [0, 1, 1, 7, 2, 3], ..ok };
+        assert_eq!(call_onnx(&six, None, &mut y), MRNN_OK);
+        let inf_clip = MrnnOnnxLstmAttrs { has_clip: 1, clip: f32::INFINITY, ..ok };
+        let mut y_inf = vec![0.0; y.len()];
+        assert_eq!(call_onnx(&inf_clip, Some(&[3, 1]), &mut y_inf), MRNN_OK);
+        assert_eq!(call_onnx(&ok, Some(&[3, 1]), &mut y), MRNN_OK);
+        assert_eq!(y_inf, y, "clip = +inf is no clipping");
+        let cases: [(MrnnOnnxLstmAttrs, i32); 20] = [
+            (MrnnOnnxLstmAttrs { seq_length: -1, ..ok }, 3),
+            (MrnnOnnxLstmAttrs { hidden_size: 0, ..ok }, 3),
+            (MrnnOnnxLstmAttrs { direction: 3, ..ok }, 3),
+            (MrnnOnnxLstmAttrs { layout: -1, ..ok }, 3),
+            (MrnnOnnxLstmAttrs { input_forget: 2, ..ok }, 3),
+            (MrnnOnnxLstmAttrs { has_clip: 2, ..ok }, 3),
+            (MrnnOnnxLstmAttrs { has_clip: 1, clip: 0.0, ..ok }, 3),
+            (MrnnOnnxLstmAttrs { has_clip: 1, clip: f32::NAN, ..ok }, 3),
+            (MrnnOnnxLstmAttrs { has_clip: 1, clip: f32::NEG_INFINITY, ..ok }, 3),
+            (MrnnOnnxLstmAttrs { num_activations: 6, direction: 0, ..ok }, 3),
+            (MrnnOnnxLstmAttrs { num_activations: 2, ..ok }, 3),
+            (MrnnOnnxLstmAttrs { num_activations: 3, activations: [0, 11, 1, 0, 1, 1], ..ok }, 3),
+            // Entries past num_activations are not read.
+            (MrnnOnnxLstmAttrs { num_activations: 3, activations: [0, 1, 1, -1, -1, -1], direction: 0, ..ok }, 0),
+            // As ONNX Runtime: 3 per direction, so a bidirectional node refuses 3.
+            (MrnnOnnxLstmAttrs { num_activations: 3, ..ok }, 3),
+            (MrnnOnnxLstmAttrs { num_activations: 6, activations: [0, 1, 1, 0, 1, -1], ..ok }, 3),
+            (MrnnOnnxLstmAttrs { num_threads: -2, ..ok }, 3),
+            (MrnnOnnxLstmAttrs { seq_length: i64::MAX / 2, batch_size: 4, ..ok }, 4),
+            (MrnnOnnxLstmAttrs { hidden_size: 1 << 31, input_size: 1 << 31, ..ok }, 4),
+            (MrnnOnnxLstmAttrs { hidden_size: i64::MAX / 8, ..ok }, 4),
+            // A bad value wins over an overflowing size.
+            (MrnnOnnxLstmAttrs { seq_length: i64::MAX, batch_size: i64::MAX, layout: 5, ..ok }, 3),
+        ];
+        for (a, status) in cases {
+            assert_eq!(call_onnx(&a, None, &mut []), status, "{a:?}: {}", last());
+            assert!(!last().is_empty());
+        }
+    }
+
+    #[test]
+    fn onnx_lengths_are_checked_before_any_write() {
+        let a = MrnnOnnxLstmAttrs { seq_length: 3, batch_size: 3, input_size: 1, hidden_size: 2, ..Default::default() };
+        for (lens, index, value) in [([3, 4, 0], 1, 4), ([0, 3, -1], 2, -1), ([i32::MIN, 0, 0], 0, i32::MIN)] {
+            let mut y = vec![7.0; 3 * 3 * 2];
+            assert_eq!(call_onnx(&a, Some(&lens), &mut y), MRNN_ERR_BAD_ARGUMENT);
+            assert!(last().contains(&format!("sequence_lens[{index}] = {value}")), "{}", last());
+            assert!(y.iter().all(|&v| v == 7.0), "a failing call wrote Y");
+        }
+    }
+
+    #[test]
+    fn onnx_outputs_may_not_overlap_inputs() {
+        let a = MrnnOnnxLstmAttrs { seq_length: 1, batch_size: 1, input_size: 2, hidden_size: 2, ..Default::default() };
+        let (w, r) = ([0.1_f32; 16], [0.1_f32; 16]);
+        let mut buf = [0.5_f32; 4];
+        let p = buf.as_mut_ptr();
+        // SAFETY: every pointer is valid for its documented size; Y (2 floats) shares x's memory on purpose.
+        let status = unsafe {
+            mrnn_lstm_onnx(
+                &a,
+                p,
+                w.as_ptr(),
+                r.as_ptr(),
+                ptr::null(),
+                ptr::null(),
+                ptr::null(),
+                ptr::null(),
+                ptr::null(),
+                p.wrapping_add(1),
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        };
+        assert_eq!(status, MRNN_ERR_BAD_ARGUMENT);
+        assert!(last().contains("x overlaps y"), "{}", last());
     }
 }
