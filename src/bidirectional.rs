@@ -8,7 +8,7 @@
 //! The flip costs nothing here: the backward job writes each step straight to its time position, and
 //! with `concat` both directions write their halves of the merged output in place, concurrently.
 
-use crate::engine::{par_join, ForwardStats, OutBuf, StateIn, StateOut};
+use crate::engine::{par_join, ForwardStats, OutBuf, StateIn, StateOut, Workspace};
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::keras::{KerasLstm, KerasLstmOptions, StridedInput};
 use crate::reference::{self, KerasResult};
@@ -203,7 +203,8 @@ impl KerasBidirectional {
             threads,
         );
         // The jobs write disjoint elements: different buffers, or the two halves of the concat buffer.
-        let (sf, sb) = par_join(threads, || jf.run(), || jb.run())?;
+        let [wf, wb] = &mut Workspace::new().jobs;
+        let (sf, sb) = par_join(threads, || jf.run(wf), || jb.run(wb))?;
         let stats = sf?.merge(sb?);
         if !seq {
             ya = vec![0.0; state_len];
@@ -215,7 +216,7 @@ impl KerasBidirectional {
         Ok((r, stats))
     }
 
-    /// The same layer on the [reference](crate::reference) implementation.
+    /// The same layer on the [reference](mod@crate::reference) implementation.
     ///
     /// # Errors
     /// As [`forward`](Self::forward).

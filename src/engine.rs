@@ -19,6 +19,8 @@
 //! other rows, of the chunking and of the thread count, so results are bitwise reproducible.
 
 use std::cmp::Reverse;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
@@ -26,7 +28,7 @@ use rayon::prelude::*;
 use crate::cell::CellSpec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernel::Backend;
-use crate::view::{Runs, SeqView};
+use crate::view::SeqView;
 use crate::weights::PackedLstm;
 
 /// Bytes of projected input a time tile aims to keep in cache.
@@ -178,6 +180,7 @@ pub(crate) struct Job<'a> {
     pub c_n: Option<StateOut>,
     /// 0: rayon's default pool; 1: the calling thread; n: a pool of n threads.
     pub threads: usize,
+    pub schedule: Schedule,
 }
 
 /// One past the largest element index of a strided `[batch][time]` layout of `width` floats each.
@@ -195,9 +198,175 @@ fn check_extent(name: &str, need: Option<usize>, len: usize) -> Result<()> {
     }
 }
 
+/// How a job spreads over threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Schedule {
+    /// Chosen from the shape: batch chunks when every thread gets enough rows and the recurrent weights
+    /// fit a core's L2 cache, otherwise gate columns.
+    #[default]
+    Auto,
+    /// Sequences split into chunks balanced by valid steps; no synchronisation between chunks.
+    BatchChunks,
+    /// Weight-stationary: each thread owns a slice of the gate columns (hidden blocks) for every
+    /// sequence, keeps that slice of the weights in its own cache, and the threads meet at a cheap
+    /// barrier after every step (the DeepCPU idea). For small batches and large hidden sizes.
+    GateColumns,
+}
+
+/// Rows per thread below which batch chunks leave threads underused.
+const MIN_ROWS_PER_THREAD: usize = 4;
+/// Recurrent weight bytes above which one core's L2 cannot hold them (conservative for current x86).
+const L2_BYTES: usize = 1 << 20;
+
+/// Reusable buffers for the engine: after the first call with a given shape, later calls of the same or
+/// smaller shapes allocate nothing. Keep one per layer (or per thread) and pass it to the `*_in` methods.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    pub(crate) jobs: [JobScratch; 2],
+    pub(crate) state: Vec<f32>,
+}
+
+impl Workspace {
+    /// An empty workspace; it grows on first use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes currently held.
+    pub fn bytes(&self) -> usize {
+        self.jobs.iter().map(JobScratch::bytes).sum::<usize>() + self.state.capacity() * 4
+    }
+}
+
+/// Scratch of one job (one direction).
+#[derive(Debug, Default)]
+pub(crate) struct JobScratch {
+    lens: Vec<usize>,
+    order: Vec<usize>,
+    load: Vec<usize>,
+    chunks: Vec<ChunkScratch>,
+}
+
+impl JobScratch {
+    fn bytes(&self) -> usize {
+        (self.lens.capacity() + self.order.capacity() + self.load.capacity()) * 8
+            + self.chunks.iter().map(ChunkScratch::bytes).sum::<usize>()
+            + self.chunks.capacity() * std::mem::size_of::<ChunkScratch>()
+    }
+}
+
+/// Scratch of one chunk (or of one thread of a column-split job).
+#[derive(Debug, Default)]
+struct ChunkScratch {
+    rows: Vec<usize>,
+    h: Vec<f32>,
+    h2: Vec<f32>,
+    c: Vec<f32>,
+    proj: Vec<f32>,
+    offs: Vec<usize>,
+    times: Vec<usize>,
+    cur: Vec<Cursor>,
+    steps: usize,
+}
+
+impl ChunkScratch {
+    fn bytes(&self) -> usize {
+        (self.h.capacity() + self.h2.capacity() + self.c.capacity() + self.proj.capacity()) * 4
+            + (self.rows.capacity() + self.offs.capacity() + self.times.capacity()) * 8
+            + self.cur.capacity() * std::mem::size_of::<Cursor>()
+    }
+}
+
+/// Where a sequence's walk over its valid steps stands: next run index (counted from the end when
+/// reversed), current time, steps left in the current run.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cursor {
+    next_run: usize,
+    t: usize,
+    left: usize,
+}
+
+impl Cursor {
+    /// The next valid time of sequence `b`. Called at most `valid_len(b)` times.
+    #[inline]
+    fn next_time(&mut self, view: &SeqView, b: usize, reverse: bool) -> usize {
+        if self.left == 0 {
+            let n = view.run_count(b);
+            let r = view.run(b, if reverse { n - 1 - self.next_run } else { self.next_run });
+            self.next_run += 1;
+            self.left = r.len;
+            self.t = if reverse { r.end() - 1 } else { r.offset };
+        } else if reverse {
+            self.t -= 1;
+        } else {
+            self.t += 1;
+        }
+        self.left -= 1;
+        self.t
+    }
+}
+
+/// The recurrent state shared by the threads of a job: `h`, `h2` (double buffer) and `c`, `m x hp` each.
+#[derive(Clone, Copy, Debug)]
+struct SharedState {
+    h: *mut f32,
+    h2: *mut f32,
+    c: *mut f32,
+    len: usize,
+}
+
+// SAFETY: the threads of a column-split job write disjoint columns of `h2`/`c` during a step, read `h`
+// only, and meet at a barrier before the buffers swap roles; batch chunks use their own private state.
+unsafe impl Send for SharedState {}
+unsafe impl Sync for SharedState {}
+
+/// A spinning barrier: threads of a column-split job meet after each step. Spins briefly, then yields,
+/// so an oversubscribed machine still makes progress. A thread that panics poisons it, releasing the
+/// others.
+struct SpinBarrier {
+    n: usize,
+    count: AtomicUsize,
+    generation: AtomicUsize,
+    poisoned: AtomicBool,
+}
+
+impl SpinBarrier {
+    fn new(n: usize) -> Self {
+        SpinBarrier { n, count: AtomicUsize::new(0), generation: AtomicUsize::new(0), poisoned: AtomicBool::new(false) }
+    }
+
+    /// Waits for all `n` threads; `false` if the barrier was poisoned.
+    fn wait(&self) -> bool {
+        let gen = self.generation.load(Ordering::Acquire);
+        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
+            self.count.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+        } else {
+            let mut spins = 0u32;
+            while self.generation.load(Ordering::Acquire) == gen {
+                if self.poisoned.load(Ordering::Relaxed) {
+                    return false;
+                }
+                spins += 1;
+                if spins < 1 << 12 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        !self.poisoned.load(Ordering::Relaxed)
+    }
+
+    fn poison(&self) {
+        self.poisoned.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Job<'_> {
     /// Validates every buffer against its layout, then runs. After this check all raw writes are in bounds.
-    pub(crate) fn run(&self) -> Result<ForwardStats> {
+    pub(crate) fn run(&self, ws: &mut JobScratch) -> Result<ForwardStats> {
         let (b, t) = (self.view.batch(), self.view.time());
         let (i, h) = (self.w.input, self.w.hidden);
         if self.w.nb != self.backend.nb {
@@ -215,17 +384,59 @@ impl Job<'_> {
             check_extent("initial_c", extent(s.off, b, 1, s.sb, 0, h), s.c.len())?;
         }
 
-        let lens = self.view.valid_lens();
-        let mut order: Vec<usize> = (0..b).filter(|&s| lens[s] > 0).collect();
-        order.sort_by_key(|&s| (Reverse(lens[s]), s));
+        let JobScratch { lens, order, load, chunks } = ws;
+        lens.clear();
+        lens.extend((0..b).map(|s| self.view.valid_len(s)));
+        order.clear();
+        order.extend((0..b).filter(|&s| lens[s] > 0));
+        order.sort_unstable_by_key(|&s| (Reverse(lens[s]), s));
         let threads = effective_threads(self.threads);
-        let chunks = balance(&order, &lens, threads.min(order.len()).max(1));
-        let steps: usize =
-            par_map(self.threads, chunks.len(), |ci| self.run_chunk(&chunks[ci], &lens))?.into_iter().sum();
+        let lens: &[usize] = lens;
+
+        let columns = self.use_columns(threads, order.len());
+        let n_chunks = if columns { threads.min(self.w.blocks) } else { threads.min(order.len()).max(1) };
+        if chunks.len() < n_chunks {
+            chunks.resize_with(n_chunks, ChunkScratch::default);
+        }
+        let chunks = &mut chunks[..n_chunks];
+        let steps = if order.is_empty() {
+            0
+        } else if columns {
+            self.run_columns(order, lens, chunks)?
+        } else {
+            balance(order, lens, load, chunks);
+            let run = |cs: &mut ChunkScratch| {
+                cs.steps = if cs.rows.is_empty() { 0 } else { self.run_chunk(cs, lens) };
+            };
+            match self.threads {
+                1 => chunks.iter_mut().for_each(run),
+                0 => chunks.par_iter_mut().for_each(run),
+                n => pool(n)?.install(|| chunks.par_iter_mut().for_each(run)),
+            }
+            chunks.iter().map(|c| c.steps).sum()
+        };
         for s in (0..b).filter(|&s| lens[s] == 0) {
             self.finish_empty(s);
         }
-        Ok(ForwardStats { steps_computed: steps, chunks: chunks.len() })
+        Ok(ForwardStats { steps_computed: steps, chunks: n_chunks })
+    }
+
+    /// Whether this job splits gate columns across threads instead of sequences.
+    fn use_columns(&self, threads: usize, rows: usize) -> bool {
+        if threads < 2 || self.w.blocks < 2 || rows == 0 {
+            return false;
+        }
+        match self.schedule {
+            Schedule::BatchChunks => false,
+            Schedule::GateColumns => true,
+            Schedule::Auto => {
+                let recurrent_bytes = self.w.r.len() * 4;
+                let few_rows = rows < MIN_ROWS_PER_THREAD * threads;
+                // Enough work per step to pay for a barrier: at least a 64 x 256 block of weights.
+                let enough = self.w.hidden * self.w.hidden_padded() * 4 >= 1 << 16;
+                enough && (few_rows || recurrent_bytes > L2_BYTES) && self.w.blocks >= threads
+            }
+        }
     }
 
     /// Output position of time `t`.
@@ -238,14 +449,74 @@ impl Job<'_> {
         }
     }
 
-    fn run_chunk(&self, rows: &[usize], lens: &[usize]) -> usize {
-        let (be, w) = (self.backend, self.w);
-        let (hidden, hp) = (w.hidden, w.hidden_padded());
-        let row_len = 4 * hp;
-        let m = rows.len();
-        let mut h = vec![0.0f32; m * hp];
-        let mut h2 = vec![0.0f32; m * hp];
-        let mut c = vec![0.0f32; m * hp];
+    /// One batch chunk: private state, all blocks.
+    fn run_chunk(&self, cs: &mut ChunkScratch, lens: &[usize]) -> usize {
+        let hp = self.w.hidden_padded();
+        let m = cs.rows.len();
+        for v in [&mut cs.h, &mut cs.h2, &mut cs.c] {
+            v.clear();
+            v.resize(m * hp, 0.0);
+        }
+        self.load_initial(&cs.rows, &mut cs.h, &mut cs.c);
+        let state = SharedState { h: cs.h.as_mut_ptr(), h2: cs.h2.as_mut_ptr(), c: cs.c.as_mut_ptr(), len: m * hp };
+        let rows = std::mem::take(&mut cs.rows);
+        let steps = self.drive(&rows, lens, 0..self.w.blocks, state, cs, None);
+        if let Some(y) = &self.y {
+            for &b in &rows {
+                self.fill_padding(y, b);
+            }
+        }
+        cs.rows = rows;
+        steps
+    }
+
+    /// A column-split job: every thread runs all rows over its own hidden blocks.
+    fn run_columns(&self, order: &[usize], lens: &[usize], chunks: &mut [ChunkScratch]) -> Result<usize> {
+        let hp = self.w.hidden_padded();
+        let m = order.len();
+        let n = chunks.len();
+        let (first, rest) = chunks.split_first_mut().expect("at least one chunk");
+        for v in [&mut first.h, &mut first.h2, &mut first.c] {
+            v.clear();
+            v.resize(m * hp, 0.0);
+        }
+        self.load_initial(order, &mut first.h, &mut first.c);
+        let state =
+            SharedState { h: first.h.as_mut_ptr(), h2: first.h2.as_mut_ptr(), c: first.c.as_mut_ptr(), len: m * hp };
+        let blocks = self.w.blocks;
+        let range = |j: usize| (j * blocks / n)..((j + 1) * blocks / n);
+        let barrier = SpinBarrier::new(n);
+        let work = |j: usize, cs: &mut ChunkScratch| -> usize {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.drive(order, lens, range(j), state, cs, Some(&barrier))
+            }));
+            match r {
+                Ok(steps) => steps,
+                Err(p) => {
+                    barrier.poison();
+                    std::panic::resume_unwind(p)
+                }
+            }
+        };
+        // Dedicated scoped threads: the barrier needs every participant running at once, which a shared
+        // pool cannot promise (its workers may be busy, or be the caller itself).
+        let steps = std::thread::scope(|s| {
+            for (j, cs) in rest.iter_mut().enumerate() {
+                let work = &work;
+                s.spawn(move || work(j + 1, cs));
+            }
+            work(0, first)
+        });
+        if let Some(y) = &self.y {
+            for &b in order {
+                self.fill_padding(y, b);
+            }
+        }
+        Ok(steps)
+    }
+
+    fn load_initial(&self, rows: &[usize], h: &mut [f32], c: &mut [f32]) {
+        let (hidden, hp) = (self.w.hidden, self.w.hidden_padded());
         if let Some(init) = &self.init {
             for (r, &b) in rows.iter().enumerate() {
                 let src = init.off + b * init.sb;
@@ -253,36 +524,55 @@ impl Job<'_> {
                 c[r * hp..r * hp + hidden].copy_from_slice(&init.c[src..src + hidden]);
             }
         }
-        let mut cursors: Vec<StepCursor<'_>> =
-            rows.iter().map(|&b| StepCursor::new(self.view.runs(b), self.reverse)).collect();
+    }
+
+    /// The time loop over `rows` (sorted by decreasing valid length) for the hidden blocks `blocks`, with
+    /// the recurrent state in `state` (`rows.len() x hp` each). Writes y, h_n, c_n for the hidden units
+    /// of `blocks` only. With a barrier, threads meet after every step. Returns the cell steps computed.
+    fn drive(
+        &self,
+        rows: &[usize],
+        lens: &[usize],
+        blocks: Range<usize>,
+        state: SharedState,
+        cs: &mut ChunkScratch,
+        barrier: Option<&SpinBarrier>,
+    ) -> usize {
+        let (be, w) = (self.backend, self.w);
+        let (hidden, hp) = (w.hidden, w.hidden_padded());
+        let cols = (blocks.start * w.nb).min(hidden)..(blocks.end * w.nb).min(hidden);
+        let proj_row = blocks.len() * 4 * w.nb;
+        let m = rows.len();
+        debug_assert!(state.len >= m * hp);
+        cs.cur.clear();
+        cs.cur.resize(m, Cursor::default());
         let n_max = lens[rows[0]];
+        let (mut h, mut h2) = (state.h, state.h2);
         // active(k) = rows with more than k valid steps; rows are sorted, so it is a shrinking prefix.
         let mut active = m;
-        let mut offs: Vec<usize> = Vec::new();
-        let mut times: Vec<usize> = Vec::new();
-        let mut proj: Vec<f32> = Vec::new();
         let mut steps = 0;
         let mut k0 = 0;
         while k0 < n_max {
             while lens[rows[active - 1]] <= k0 {
                 active -= 1;
             }
-            let tile = (TILE_BYTES / (4 * row_len * active)).clamp(1, n_max - k0);
-            offs.clear();
-            times.clear();
+            let tile = (TILE_BYTES / (4 * proj_row * active)).clamp(1, n_max - k0);
+            cs.offs.clear();
+            cs.times.clear();
             let mut a = active;
             for k in k0..k0 + tile {
                 while lens[rows[a - 1]] <= k {
                     a -= 1;
                 }
-                for (r, cur) in cursors[..a].iter_mut().enumerate() {
-                    let t = cur.next_time();
-                    times.push(t);
-                    offs.push(self.x.off + rows[r] * self.x.sb + t * self.x.st);
+                for (r, cur) in cs.cur[..a].iter_mut().enumerate() {
+                    let t = cur.next_time(self.view, rows[r], self.reverse);
+                    cs.times.push(t);
+                    cs.offs.push(self.x.off + rows[r] * self.x.sb + t * self.x.st);
                 }
             }
-            proj.resize(offs.len() * row_len, 0.0);
-            (be.project)(w, self.x.data, &offs, &mut proj);
+            cs.proj.clear();
+            cs.proj.resize(cs.offs.len() * proj_row, 0.0);
+            (be.project)(w, self.x.data, &cs.offs, blocks.clone(), &mut cs.proj);
 
             let mut base = 0;
             for k in k0..k0 + tile {
@@ -290,48 +580,56 @@ impl Job<'_> {
                     active -= 1;
                 }
                 let a = active;
-                (be.step)(
-                    w,
-                    self.cell,
-                    a,
-                    &proj[base * row_len..(base + a) * row_len],
-                    &h[..a * hp],
-                    &mut c[..a * hp],
-                    &mut h2[..a * hp],
-                );
+                // SAFETY: `state` holds m x hp floats per buffer (allocated by the caller), a <= m; h and
+                // h2 are distinct buffers and proj is private. Other threads (column split) write only
+                // their own blocks' columns of h2 and c during this step and read h, which nobody writes
+                // until every thread has passed the barrier below.
+                unsafe {
+                    let h_prev = std::slice::from_raw_parts(h, a * hp);
+                    let p = &cs.proj[base * proj_row..(base + a) * proj_row];
+                    (be.step)(w, self.cell, a, blocks.clone(), p, h_prev, state.c, h2);
+                }
+                if let Some(b) = barrier {
+                    if !b.wait() {
+                        return steps;
+                    }
+                }
                 std::mem::swap(&mut h, &mut h2);
                 steps += a;
+                // SAFETY (both blocks below): after the barrier `h` holds the complete new state and no
+                // thread writes it before the next barrier; this thread reads and writes only the
+                // columns `cols` of its own blocks, and only rows of this job (extents checked in `run`).
                 if let Some(y) = &self.y {
-                    for r in 0..a {
-                        let off = y.off + rows[r] * y.sb + self.pos(y, times[base + r]) * y.st;
-                        // SAFETY: `run` checked the extent of y for every (b, t) of the view; this
-                        // chunk alone owns sequence rows[r].
-                        unsafe { y.buf.write(off, &h[r * hp..r * hp + hidden]) };
+                    for (r, (&row, &t)) in rows[..a].iter().zip(&cs.times[base..base + a]).enumerate() {
+                        let off = y.off + row * y.sb + self.pos(y, t) * y.st;
+                        unsafe {
+                            let src = std::slice::from_raw_parts(h.add(r * hp + cols.start), cols.len());
+                            y.buf.write(off + cols.start, src);
+                        }
                     }
                 }
                 // Rows whose last valid step this was: the tail of the active prefix.
                 let mut r = a;
                 while r > 0 && lens[rows[r - 1]] == k + 1 {
                     r -= 1;
-                    self.write_states(rows[r], &h[r * hp..r * hp + hidden], &c[r * hp..r * hp + hidden]);
+                    unsafe {
+                        let hs = std::slice::from_raw_parts(h.add(r * hp + cols.start), cols.len());
+                        let c = std::slice::from_raw_parts(state.c.add(r * hp + cols.start), cols.len());
+                        self.write_states(rows[r], cols.start, hs, c);
+                    }
                 }
                 base += a;
             }
             k0 += tile;
         }
-        if let Some(y) = &self.y {
-            for &b in rows {
-                self.fill_padding(y, b);
-            }
-        }
         steps
     }
 
-    fn write_states(&self, b: usize, h: &[f32], c: &[f32]) {
+    fn write_states(&self, b: usize, col: usize, h: &[f32], c: &[f32]) {
         for (out, v) in [(&self.h_n, h), (&self.c_n, c)] {
             if let Some(o) = out {
-                // SAFETY: extent checked in `run`; sequence b belongs to the calling chunk only.
-                unsafe { o.buf.write(o.off + b * o.sb, v) };
+                // SAFETY: extent checked in `run`; sequence b's columns `col..` belong to the caller only.
+                unsafe { o.buf.write(o.off + b * o.sb + col, v) };
             }
         }
     }
@@ -388,49 +686,19 @@ impl Job<'_> {
     }
 }
 
-/// Walks the valid times of one sequence in processing order.
-struct StepCursor<'a> {
-    runs: Runs<'a>,
-    reverse: bool,
-    t: usize,
-    left: usize,
-}
-
-impl<'a> StepCursor<'a> {
-    fn new(runs: Runs<'a>, reverse: bool) -> Self {
-        StepCursor { runs, reverse, t: 0, left: 0 }
+/// Deals rows (sorted by decreasing length) to the chunks, each to the chunk with the least work so far;
+/// every chunk stays sorted by decreasing length.
+fn balance(order: &[usize], lens: &[usize], load: &mut Vec<usize>, chunks: &mut [ChunkScratch]) {
+    load.clear();
+    load.resize(chunks.len(), 0);
+    for c in chunks.iter_mut() {
+        c.rows.clear();
     }
-
-    /// The next valid time. Called at most `valid_len` times.
-    #[inline]
-    fn next_time(&mut self) -> usize {
-        if self.left == 0 {
-            let r = if self.reverse { self.runs.next_back() } else { self.runs.next() };
-            let r = r.expect("cursor advanced past the valid steps");
-            self.left = r.len;
-            self.t = if self.reverse { r.end() - 1 } else { r.offset };
-        } else if self.reverse {
-            self.t -= 1;
-        } else {
-            self.t += 1;
-        }
-        self.left -= 1;
-        self.t
-    }
-}
-
-/// Deals rows (sorted by decreasing length) to `n` chunks, each to the chunk with the least work so far.
-/// Every chunk stays sorted by decreasing length.
-fn balance(order: &[usize], lens: &[usize], n: usize) -> Vec<Vec<usize>> {
-    let mut chunks: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut load = vec![0usize; n];
     for &b in order {
-        let (i, _) = load.iter().enumerate().min_by_key(|&(i, &l)| (l, i)).expect("n >= 1");
-        chunks[i].push(b);
+        let (i, _) = load.iter().enumerate().min_by_key(|&(i, &l)| (l, i)).expect("at least one chunk");
+        chunks[i].rows.push(b);
         load[i] += lens[b];
     }
-    chunks.retain(|c| !c.is_empty());
-    chunks
 }
 
 /// Largest thread pool the library will build.
@@ -463,15 +731,6 @@ fn pool(n: usize) -> Result<Arc<rayon::ThreadPool>> {
     Ok(p)
 }
 
-/// Maps `f` over `0..n` on `threads` threads (0: rayon's pool, 1: this thread), results in index order.
-pub(crate) fn par_map<T: Send>(threads: usize, n: usize, f: impl Fn(usize) -> T + Sync) -> Result<Vec<T>> {
-    if n <= 1 || threads == 1 {
-        return Ok((0..n).map(f).collect());
-    }
-    let go = || (0..n).into_par_iter().map(&f).collect();
-    Ok(if threads == 0 { go() } else { pool(threads)?.install(go) })
-}
-
 /// Runs `a` and `b`, in parallel unless `threads == 1`; both results are returned.
 pub(crate) fn par_join<A: Send, B: Send>(
     threads: usize,
@@ -493,21 +752,45 @@ mod tests {
     fn balance_is_even_and_sorted() {
         let lens = [10, 9, 8, 7, 6, 5, 4, 3, 2, 1];
         let order: Vec<usize> = (0..10).collect();
-        let chunks = balance(&order, &lens, 3);
-        let loads: Vec<usize> = chunks.iter().map(|c| c.iter().map(|&b| lens[b]).sum()).collect();
+        let mut chunks: Vec<ChunkScratch> = (0..3).map(|_| ChunkScratch::default()).collect();
+        balance(&order, &lens, &mut Vec::new(), &mut chunks);
+        let loads: Vec<usize> = chunks.iter().map(|c| c.rows.iter().map(|&b| lens[b]).sum()).collect();
         assert!(loads.iter().max().unwrap() - loads.iter().min().unwrap() <= 2, "{loads:?}");
         for c in &chunks {
-            assert!(c.windows(2).all(|w| lens[w[0]] >= lens[w[1]]));
+            assert!(c.rows.windows(2).all(|w| lens[w[0]] >= lens[w[1]]));
         }
     }
 
     #[test]
     fn cursor_walks_runs_both_ways() {
         let v = SeqView::from_mask(&[true, false, true, true, false], 1, 5).unwrap();
-        let mut f = StepCursor::new(v.runs(0), false);
-        assert_eq!([f.next_time(), f.next_time(), f.next_time()], [0, 2, 3]);
-        let mut r = StepCursor::new(v.runs(0), true);
-        assert_eq!([r.next_time(), r.next_time(), r.next_time()], [3, 2, 0]);
+        let mut f = Cursor::default();
+        assert_eq!([f.next_time(&v, 0, false), f.next_time(&v, 0, false), f.next_time(&v, 0, false)], [0, 2, 3]);
+        let mut r = Cursor::default();
+        assert_eq!([r.next_time(&v, 0, true), r.next_time(&v, 0, true), r.next_time(&v, 0, true)], [3, 2, 0]);
+    }
+
+    #[test]
+    fn barrier_releases_all_and_poison_frees_waiters() {
+        let b = SpinBarrier::new(3);
+        let passed = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    for _ in 0..100 {
+                        assert!(b.wait());
+                        passed.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        assert_eq!(passed.load(Ordering::Relaxed), 300);
+        let p = SpinBarrier::new(2);
+        std::thread::scope(|s| {
+            s.spawn(|| assert!(!p.wait()));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            p.poison();
+        });
     }
 
     #[test]

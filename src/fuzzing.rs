@@ -106,6 +106,11 @@ pub fn view_from_bytes(r: &mut ByteReader<'_>, batch: usize, time: usize) -> Seq
     result.expect("sizes are consistent by construction")
 }
 
+/// Any schedule: results must not depend on it.
+fn schedule(r: &mut ByteReader<'_>) -> crate::Schedule {
+    [crate::Schedule::Auto, crate::Schedule::BatchChunks, crate::Schedule::GateColumns][r.below(3)]
+}
+
 fn activation(r: &mut ByteReader<'_>) -> Activation {
     match r.u8() % 8 {
         0 => Activation::Relu,
@@ -161,7 +166,8 @@ impl KerasCase {
         let bias = w(4 * hidden);
         let weights =
             LstmWeights::from_keras(input, hidden, &kernel, &recurrent, Some(&bias)).expect("consistent sizes");
-        let layer = KerasLstm::with_backend(weights, options, backend).expect("small layer");
+        let layer =
+            KerasLstm::with_backend(weights, options, backend).expect("small layer").with_schedule(schedule(&mut r));
         let mut x = vec![0.0; batch * time * input];
         for b in 0..batch {
             for t in 0..time {
@@ -334,7 +340,8 @@ impl OnnxCase {
         let (use_b, use_p) = (r.bool(), r.u8() % 3 == 0);
         let node =
             OnnxLstm::with_backend(attrs, i, &w, &rr, use_b.then_some(&bias[..]), use_p.then_some(&peep[..]), backend)
-                .expect("consistent case");
+                .expect("consistent case")
+                .with_schedule(schedule(&mut r));
         let lens: Option<Vec<i32>> = (r.u8() % 4 != 0).then(|| {
             (0..b)
                 .map(|_| match r.u8() % 4 {

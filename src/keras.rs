@@ -2,7 +2,9 @@
 
 use crate::activation::Activation;
 use crate::cell::CellSpec;
-use crate::engine::{EmptyState, Fill, ForwardStats, Job, OutBuf, SeqIn, SeqOut, StateIn, StateOut};
+use crate::engine::{
+    EmptyState, Fill, ForwardStats, Job, OutBuf, Schedule, SeqIn, SeqOut, StateIn, StateOut, Workspace,
+};
 use crate::error::{check_len, checked_product, Result};
 use crate::kernel::{self, Backend};
 use crate::reference::{self, KerasResult};
@@ -87,6 +89,7 @@ pub struct KerasLstm {
     backend: &'static Backend,
     cell: CellSpec,
     options: KerasLstmOptions,
+    schedule: Schedule,
 }
 
 /// Input `[B, T, I]` described by strides, so time slices of a larger tensor need no copy.
@@ -114,7 +117,7 @@ impl KerasLstm {
     pub fn with_backend(weights: LstmWeights, options: KerasLstmOptions, backend: &'static Backend) -> Result<Self> {
         let packed = PackedLstm::new(&weights, backend.nb)?;
         let cell = CellSpec::keras(options.activation, options.recurrent_activation);
-        Ok(KerasLstm { weights, packed, backend, cell, options })
+        Ok(KerasLstm { weights, packed, backend, cell, options, schedule: Schedule::Auto })
     }
 
     /// The weights in canonical form.
@@ -129,6 +132,13 @@ impl KerasLstm {
     pub fn backend(&self) -> &'static Backend {
         self.backend
     }
+    /// Sets how a call spreads over threads (default [`Schedule::Auto`]); results are bitwise the same
+    /// for every schedule.
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
     /// Hidden size `H`.
     pub fn units(&self) -> usize {
         self.weights.hidden_size()
@@ -136,6 +146,7 @@ impl KerasLstm {
 
     /// Runs the layer on `x [B, T, I]` (B and T from `view`) over the valid steps of `view` only.
     /// Results are bitwise identical for every `threads` value (0: all cores, 1: the calling thread).
+    /// Allocates its scratch memory; use [`forward_in`](Self::forward_in) to reuse it across calls.
     ///
     /// # Errors
     /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) if `x`, the initial state or an output buffer
@@ -148,10 +159,28 @@ impl KerasLstm {
         out: KerasOutputs<'_>,
         threads: usize,
     ) -> Result<ForwardStats> {
+        self.forward_in(x, view, initial, out, threads, &mut Workspace::new())
+    }
+
+    /// As [`forward`](Self::forward), with caller-owned scratch memory: once `ws` has served a call of
+    /// this shape, later calls of the same or smaller shapes allocate nothing (on one thread; thread
+    /// pools may allocate for their own bookkeeping).
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn forward_in(
+        &self,
+        x: &[f32],
+        view: &SeqView,
+        initial: Option<InitialState<'_>>,
+        out: KerasOutputs<'_>,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<ForwardStats> {
         let (b, t, i) = (view.batch(), view.time(), self.weights.input_size());
         check_len("x", x.len(), checked_product(&[b, t, i], "x")?)?;
         let input = StridedInput { data: x, off: 0, sb: t * i, st: i };
-        self.forward_strided(input, view, initial, out, threads)
+        self.forward_strided(input, view, initial, out, threads, ws)
     }
 
     pub(crate) fn forward_strided(
@@ -161,6 +190,7 @@ impl KerasLstm {
         initial: Option<InitialState<'_>>,
         out: KerasOutputs<'_>,
         threads: usize,
+        ws: &mut Workspace,
     ) -> Result<ForwardStats> {
         let (b, t, hd) = (view.batch(), view.time(), self.units());
         let state_len = checked_product(&[b, hd], "state")?;
@@ -179,12 +209,13 @@ impl KerasLstm {
             }
         }
         // last_output needs h_n; keep a scratch copy when the caller does not want it.
-        let mut h_scratch = Vec::new();
+        let Workspace { jobs, state } = ws;
         let h_n: Option<&mut [f32]> = match (h_n, last_output.is_some()) {
             (Some(h), _) => Some(h),
             (None, true) => {
-                h_scratch.resize(state_len, 0.0);
-                Some(&mut h_scratch[..])
+                state.clear();
+                state.resize(state_len, 0.0);
+                Some(&mut state[..])
             }
             (None, false) => None,
         };
@@ -198,7 +229,7 @@ impl KerasLstm {
             c_n.map(|s| StateOut { buf: OutBuf::new(s), off: 0, sb: hd }),
             threads,
         );
-        let stats = job.run()?;
+        let stats = job.run(&mut jobs[0])?;
         if let (Some(last), Some(h_n)) = (last_output, h_n) {
             self.write_last_output(view, h_n, last);
         }
@@ -234,6 +265,7 @@ impl KerasLstm {
             h_n,
             c_n,
             threads,
+            schedule: self.schedule,
         }
     }
 
@@ -254,7 +286,7 @@ impl KerasLstm {
         }
     }
 
-    /// The same layer computed by the [reference](crate::reference) implementation: every step, then
+    /// The same layer computed by the [reference](mod@crate::reference) implementation: every step, then
     /// selected by the mask. For tests and comparisons.
     ///
     /// # Errors

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::engine::ForwardStats;
+use crate::engine::{ForwardStats, Workspace};
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::keras::{KerasLstm, KerasOutputs, StridedInput};
 use crate::view::{mask_from_values, MaskValueMode, SeqView};
@@ -194,6 +194,7 @@ impl Sequential {
 
     fn run(&self, input: &MaskedSeq, path: Path) -> Result<(MaskedSeq, ForwardStats)> {
         let mut cur = input.clone();
+        let ws = &mut Workspace::new();
         let mut stats = ForwardStats::default();
         for (li, layer) in self.layers.iter().enumerate() {
             cur = match layer {
@@ -222,7 +223,8 @@ impl Sequential {
                         Path::Fast(threads) => {
                             let mut y = vec![0.0; checked_product(&[cur.batch(), cur.time(), h], "y")?];
                             let out = KerasOutputs { y: Some(&mut y), ..Default::default() };
-                            stats = stats.merge(lstm.forward_strided(cur.strided(), cur.view(), None, out, threads)?);
+                            stats =
+                                stats.merge(lstm.forward_strided(cur.strided(), cur.view(), None, out, threads, ws)?);
                             y
                         }
                         Path::Reference => lstm.forward_reference(&cur.to_vec(), cur.view(), None)?.y,

@@ -7,9 +7,9 @@
 //! - a mask (lengths, a boolean mask with holes, or Keras `Masking` values) becomes a [`SeqView`]: per
 //!   sequence, `(offset, length)` runs of valid steps; time slices shift the view, nothing is copied;
 //! - weights from any framework become one canonical [`LstmWeights`], packed once per layer;
-//! - the [engine](engine) gathers valid steps, projects them with one GEMM per time tile, and runs the
+//! - the [`engine`] gathers valid steps, projects them with one GEMM per time tile, and runs the
 //!   recurrence only on the sequences still active, split across threads by valid work;
-//! - the [`reference`] implementation computes every step and selects by the mask, as Keras does: it is
+//! - the [`reference`](mod@reference) implementation computes every step and selects by the mask, as Keras does: it is
 //!   the oracle the fast path is tested and fuzzed against.
 //!
 //! ```
@@ -52,7 +52,7 @@ pub mod weights;
 
 pub use activation::{Activation, HardSigmoidFlavor};
 pub use cell::CellSpec;
-pub use engine::ForwardStats;
+pub use engine::{ForwardStats, Schedule, Workspace};
 pub use error::{Error, ErrorKind, Result};
 pub use keras::{InitialState, KerasLstm, KerasLstmOptions, KerasOutputs};
 pub use layers::{masked_mae, masked_mse, unmasked_mae, Layer, LossValue, MaskedSeq, Sequential};

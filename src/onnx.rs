@@ -10,7 +10,9 @@
 
 use crate::activation::Activation;
 use crate::cell::CellSpec;
-use crate::engine::{par_join, EmptyState, Fill, ForwardStats, Job, OutBuf, SeqIn, SeqOut, StateIn, StateOut};
+use crate::engine::{
+    par_join, EmptyState, Fill, ForwardStats, Job, OutBuf, Schedule, SeqIn, SeqOut, StateIn, StateOut, Workspace,
+};
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::kernel::{self, Backend};
 use crate::reference;
@@ -182,6 +184,7 @@ pub struct OnnxLstm {
     input_size: usize,
     dirs: Vec<DirectionWeights>,
     backend: &'static Backend,
+    schedule: Schedule,
 }
 
 /// Strides of one tensor of the operator, in elements.
@@ -257,7 +260,7 @@ impl OnnxLstm {
                 Ok(DirectionWeights { weights, packed, cell })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(OnnxLstm { attrs, input_size, dirs, backend })
+        Ok(OnnxLstm { attrs, input_size, dirs, backend, schedule: Schedule::Auto })
     }
 
     /// The attributes.
@@ -271,6 +274,13 @@ impl OnnxLstm {
     /// The backend the weights are packed for.
     pub fn backend(&self) -> &'static Backend {
         self.backend
+    }
+
+    /// Sets how a call spreads over threads (default [`Schedule::Auto`]); results are bitwise the same
+    /// for every schedule.
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
     }
 
     fn strides(&self, t: usize, b: usize) -> (Strides, Strides, Strides) {
@@ -308,6 +318,28 @@ impl OnnxLstm {
         out: OnnxOutputs<'_>,
         threads: usize,
     ) -> Result<ForwardStats> {
+        let ws = &mut Workspace::new();
+        self.forward_in(x, seq_length, batch, sequence_lens, initial_h, initial_c, out, threads, ws)
+    }
+
+    /// As [`forward`](Self::forward), with caller-owned scratch memory reused across calls (see
+    /// [`Workspace`]). The sequence view is still built per call from `sequence_lens`.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_in(
+        &self,
+        x: &[f32],
+        seq_length: usize,
+        batch: usize,
+        sequence_lens: Option<&[i32]>,
+        initial_h: Option<&[f32]>,
+        initial_c: Option<&[f32]>,
+        out: OnnxOutputs<'_>,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<ForwardStats> {
         let (t, b, h, d_n) = (seq_length, batch, self.attrs.hidden_size, self.dirs.len());
         check_len("X", x.len(), checked_product(&[t, b, self.input_size], "X")?)?;
         let view = match sequence_lens {
@@ -333,13 +365,13 @@ impl OnnxLstm {
             }
         }
         // A missing initial state half is zeros (ONNX default).
-        let zeros;
+        let Workspace { jobs, state: zeros } = ws;
+        zeros.clear();
+        zeros.resize(if initial_h.is_some() != initial_c.is_some() { state_len } else { 0 }, 0.0);
+        let zeros: &[f32] = zeros;
         let init = match (initial_h, initial_c) {
             (None, None) => None,
-            (h0, c0) => {
-                zeros = vec![0.0; if h0.is_none() || c0.is_none() { state_len } else { 0 }];
-                Some((h0.unwrap_or(&zeros), c0.unwrap_or(&zeros)))
-            }
+            (h0, c0) => Some((h0.unwrap_or(zeros), c0.unwrap_or(zeros))),
         };
         let (xs, ys, ss) = self.strides(t, b);
         let y_buf = y.map(OutBuf::new);
@@ -365,12 +397,14 @@ impl OnnxLstm {
             h_n: h_buf.map(|buf| StateOut { buf, off: d * ss.dir, sb: ss.batch }),
             c_n: c_buf.map(|buf| StateOut { buf, off: d * ss.dir, sb: ss.batch }),
             threads,
+            schedule: self.schedule,
         };
+        let [j0, j1] = jobs;
         if d_n == 1 {
-            return job(0).run();
+            return job(0).run(j0);
         }
         // The two directions write disjoint halves of Y, Y_h and Y_c.
-        let (fwd, bwd) = par_join(threads, || job(0).run(), || job(1).run())?;
+        let (fwd, bwd) = par_join(threads, || job(0).run(j0), || job(1).run(j1))?;
         Ok(fwd?.merge(bwd?))
     }
 

@@ -6,7 +6,9 @@
 //! direction runs each sequence's valid part from its own last step, exactly like ONNX `reverse`.
 
 use crate::cell::CellSpec;
-use crate::engine::{par_join, EmptyState, Fill, ForwardStats, Job, OutBuf, SeqIn, SeqOut, StateIn, StateOut};
+use crate::engine::{
+    par_join, EmptyState, Fill, ForwardStats, Job, OutBuf, Schedule, SeqIn, SeqOut, StateIn, StateOut, Workspace,
+};
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::kernel::{self, Backend};
 use crate::reference;
@@ -154,6 +156,7 @@ impl TorchLstm {
         let mut stats = ForwardStats::default();
         let mut prev: Vec<f32> = Vec::new();
         let (h_buf, c_buf) = (OutBuf::new(&mut h_n), OutBuf::new(&mut c_n));
+        let mut ws = Workspace::new();
         for l in 0..self.num_layers {
             let mut y = vec![0.0; y_len];
             let y_buf = OutBuf::new(&mut y);
@@ -173,12 +176,14 @@ impl TorchLstm {
                 h_n: Some(StateOut { buf: h_buf, off: (l * d_n + d) * b * h, sb: h }),
                 c_n: Some(StateOut { buf: c_buf, off: (l * d_n + d) * b * h, sb: h }),
                 threads,
+                schedule: Schedule::Auto,
             };
             // Directions write disjoint halves of y and disjoint blocks of h_n, c_n.
+            let [w0, w1] = &mut ws.jobs;
             stats = stats.merge(if d_n == 1 {
-                job(0).run()?
+                job(0).run(w0)?
             } else {
-                let (f, r) = par_join(threads, || job(0).run(), || job(1).run())?;
+                let (f, r) = par_join(threads, || job(0).run(w0), || job(1).run(w1))?;
                 f?.merge(r?)
             });
             prev = y;

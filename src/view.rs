@@ -263,6 +263,27 @@ impl SeqView {
         Runs { runs: &self.runs[lo..hi], start: self.start, end: self.start + self.time }
     }
 
+    /// Number of runs of sequence `b`.
+    ///
+    /// # Panics
+    /// If `b >= self.batch()`.
+    #[inline]
+    pub fn run_count(&self, b: usize) -> usize {
+        let (lo, hi) = self.ranges[b];
+        hi - lo
+    }
+
+    /// Run `j` of sequence `b` (in this view's coordinates), in O(1).
+    ///
+    /// # Panics
+    /// If `b >= self.batch()` or `j >= self.run_count(b)`.
+    #[inline]
+    pub fn run(&self, b: usize, j: usize) -> Run {
+        let (lo, hi) = self.ranges[b];
+        assert!(j < hi - lo, "run {j} of sequence {b} out of range");
+        clip(self.runs[lo + j], self.start, self.start + self.time)
+    }
+
     /// Number of valid steps of sequence `b`.
     pub fn valid_len(&self, b: usize) -> usize {
         self.runs(b).map(|r| r.len).sum()

@@ -12,6 +12,7 @@
 //! The scheduler ([`crate::engine`]) only talks to this table; backends for other instruction sets plug in
 //! here.
 
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use crate::cell::CellSpec;
@@ -22,13 +23,27 @@ pub(crate) mod simd;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
-/// Input projection: `out[r][..4 hp] = x[rows[r]..][..I] · W` in the packed gate layout.
-pub(crate) type ProjectFn = fn(w: &PackedLstm, x: &[f32], rows: &[usize], out: &mut [f32]);
+/// Input projection over the weight blocks `blocks`: `out[r] = x[rows[r]..][..I] · W[blocks]`, rows of
+/// `blocks.len() * 4 * nb` floats.
+pub(crate) type ProjectFn = fn(w: &PackedLstm, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]);
 
-/// One recurrent step of `m` rows: reads `proj [m][4 hp]`, `h [m][hp]`, updates `c [m][hp]` in place
-/// and writes the new hidden state to `h_out [m][hp]`.
-pub(crate) type StepFn =
-    fn(w: &PackedLstm, cell: &CellSpec, m: usize, proj: &[f32], h: &[f32], c: &mut [f32], h_out: &mut [f32]);
+/// One recurrent step of `m` rows over the weight blocks `blocks`: reads `proj` (as `ProjectFn` wrote
+/// it) and the whole previous state `h [m][hp]`, updates those blocks' columns of `c [m][hp]` in place and
+/// writes them to `h_out [m][hp]`.
+///
+/// # Safety
+/// `c` and `h_out` are valid for `m * hp` floats and overlap neither `h` nor `proj`; no other thread
+/// accesses the columns of `blocks` in them during the call.
+pub(crate) type StepFn = unsafe fn(
+    w: &PackedLstm,
+    cell: &CellSpec,
+    m: usize,
+    blocks: Range<usize>,
+    proj: &[f32],
+    h: &[f32],
+    c: *mut f32,
+    h_out: *mut f32,
+);
 
 /// Instruction-set levels, ordered: a level may run everything below it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

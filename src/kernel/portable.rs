@@ -6,6 +6,8 @@
 //! not on others), so it performs exactly the operations of the scalar reference in
 //! [`Rounding::Separate`](crate::reference::Rounding) mode and agrees with it bit for bit on every platform.
 
+use std::ops::Range;
+
 use wide::bytemuck::cast;
 use wide::{f32x8, i32x8};
 
@@ -120,14 +122,26 @@ unsafe impl Simd for f32x8 {
     }
 }
 
-fn project(w: &PackedLstm, x: &[f32], rows: &[usize], out: &mut [f32]) {
+fn project(w: &PackedLstm, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]) {
     // SAFETY: f32x8 runs on every CPU (see the impl above).
-    unsafe { simd::project::<f32x8>(w, x, rows, out) }
+    unsafe { simd::project::<f32x8>(w, x, rows, blocks, out) }
 }
 
-fn step(w: &PackedLstm, cell: &CellSpec, m: usize, proj: &[f32], h: &[f32], c: &mut [f32], h_out: &mut [f32]) {
-    // SAFETY: as in `project`.
-    unsafe { simd::step::<f32x8>(w, cell, m, proj, h, c, h_out) }
+/// # Safety
+/// As [`super::StepFn`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn step(
+    w: &PackedLstm,
+    cell: &CellSpec,
+    m: usize,
+    blocks: Range<usize>,
+    proj: &[f32],
+    h: &[f32],
+    c: *mut f32,
+    h_out: *mut f32,
+) {
+    // SAFETY: f32x8 runs on every CPU; the buffers as the caller guarantees.
+    unsafe { simd::step::<f32x8>(w, cell, m, blocks, proj, h, c, h_out) }
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 //! compares, selects and exact bit operations, in the order of [`crate::math`], so every backend matches
 //! the scalar reference bit for bit (with the reference's rounding mode set to the backend's).
 
+use std::ops::Range;
+
 use crate::activation::Activation;
 use crate::cell::CellSpec;
 use crate::math;
@@ -222,31 +224,41 @@ unsafe fn tile<S: Simd, const M: usize>(
     }
 }
 
-/// `out[r][..4 hp] = x[rows[r]..][..I] · W` for every row.
+/// `out[r] = x[rows[r]..][..I] · W` over the weight blocks `blocks`: each output row holds
+/// `blocks.len() * 4 * LANES` floats, block `blocks.start` first.
 ///
 /// # Safety
 /// S's instructions available; `w` packed for `S::LANES`.
 #[inline(always)]
-pub(crate) unsafe fn project<S: Simd>(w: &PackedLstm, x: &[f32], rows: &[usize], out: &mut [f32]) {
-    let row_len = 4 * w.hidden_padded();
+pub(crate) unsafe fn project<S: Simd>(
+    w: &PackedLstm,
+    x: &[f32],
+    rows: &[usize],
+    blocks: Range<usize>,
+    out: &mut [f32],
+) {
+    let panel = 4 * S::LANES;
+    let out_row = blocks.len() * panel;
     let input = w.input;
-    assert!(w.nb == S::LANES && out.len() >= rows.len() * row_len && w.w.len() >= input * row_len);
+    assert!(w.nb == S::LANES && blocks.end <= w.blocks && out.len() >= rows.len() * out_row);
+    assert!(w.w.len() >= w.blocks * input * panel);
     assert!(rows.iter().all(|&o| o.checked_add(input).is_some_and(|e| e <= x.len())));
     const { assert!(S::MR >= 1 && S::MR <= 6) };
     let mut r = 0;
     while r < rows.len() {
         let m = S::MR.min(rows.len() - r);
-        for bl in 0..w.blocks {
+        for bl in blocks.clone() {
             // SAFETY: the asserts above bound every row read (o + input <= x.len()), every weight read
-            // (panel bl of input x 4 LANES floats, bl < blocks) and every write (r + m <= rows.len()).
+            // (panel bl of input x 4 LANES floats, bl < blocks) and every write (r + m <= rows.len(),
+            // bl - blocks.start < blocks.len()).
             unsafe {
-                let panel = w.w.as_ptr().add(bl * input * 4 * S::LANES);
+                let wp = w.w.as_ptr().add(bl * input * panel);
                 let base = out.as_mut_ptr();
-                let dst = |i: usize| base.add((r + i) * row_len + bl * 4 * S::LANES);
+                let dst = |i: usize| base.add((r + i) * out_row + (bl - blocks.start) * panel);
                 let src = |i: usize| x.as_ptr().add(rows[r + i]);
                 macro_rules! run {
                     ($m:literal) => {{
-                        let acc = tile::<S, $m>(std::array::from_fn(src), input, panel, 4 * S::LANES);
+                        let acc = tile::<S, $m>(std::array::from_fn(src), input, wp, panel);
                         for (i, a) in acc.iter().enumerate() {
                             for (g, v) in a.iter().enumerate() {
                                 v.store(dst(i).add(g * S::LANES));
@@ -268,53 +280,59 @@ pub(crate) unsafe fn project<S: Simd>(w: &PackedLstm, x: &[f32], rows: &[usize],
     }
 }
 
-/// One recurrent step of the first `m` rows (see the module docs).
+/// One recurrent step of the first `m` rows over the weight blocks `blocks` (see the module docs):
+/// reads `proj` (rows of `blocks.len() * 4 * LANES`, as [`project`] writes them) and the whole previous
+/// state `h [m][hp]`; updates the blocks' columns of `c [m][hp]` and writes them to `h_out [m][hp]`.
 ///
 /// # Safety
-/// S's instructions available; `w` packed for `S::LANES`.
+/// S's instructions available; `w` packed for `S::LANES`; `c` and `h_out` valid for `m * hp` floats,
+/// not overlapping `h` or `proj`, and no other thread accesses the columns of `blocks` in them meanwhile.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn step<S: Simd>(
     w: &PackedLstm,
     cell: &CellSpec,
     m: usize,
+    blocks: Range<usize>,
     proj: &[f32],
     h: &[f32],
-    c: &mut [f32],
-    h_out: &mut [f32],
+    c: *mut f32,
+    h_out: *mut f32,
 ) {
     let hp = w.hidden_padded();
-    let row_len = 4 * hp;
+    let panel = 4 * S::LANES;
+    let proj_row = blocks.len() * panel;
     let hidden = w.hidden;
-    assert!(w.nb == S::LANES && proj.len() >= m * row_len && w.r.len() >= hidden * row_len);
-    assert!(h.len() >= m * hp && c.len() >= m * hp && h_out.len() >= m * hp && w.bias.len() >= row_len);
+    assert!(w.nb == S::LANES && blocks.end <= w.blocks && proj.len() >= m * proj_row);
+    assert!(w.r.len() >= w.blocks * hidden * panel && h.len() >= m * hp && w.bias.len() >= w.blocks * panel);
     assert!(w.peephole.as_ref().is_none_or(|p| p.len() >= 3 * hp));
     let mut r = 0;
     while r < m {
         let mr = S::MR.min(m - r);
-        for bl in 0..w.blocks {
-            // SAFETY: the asserts above bound all reads and writes: rows r..r + mr < m, hidden k < H <= hp,
-            // panel bl of H x 4 LANES floats (bl < blocks), bias and proj blocks within row_len, peepholes 3 hp.
+        for bl in blocks.clone() {
+            // SAFETY: the asserts above bound all reads: rows r..r + mr < m, hidden k < H <= hp, panel bl
+            // of H x 4 LANES floats (bl < blocks), bias and proj blocks, peepholes 3 hp; the writes stay in
+            // rows < m of c and h_out, in the columns of block bl, which the caller's contract gives us.
             unsafe {
-                let panel = w.r.as_ptr().add(bl * hidden * 4 * S::LANES);
+                let wp = w.r.as_ptr().add(bl * hidden * panel);
                 let src = |i: usize| h.as_ptr().add((r + i) * hp);
-                let bias = w.bias.as_ptr().add(bl * 4 * S::LANES);
+                let bias = w.bias.as_ptr().add(bl * panel);
                 let peep = w.peephole.as_ref().map(|p| {
                     let b = p.as_ptr().add(bl * 3 * S::LANES);
                     [S::load(b), S::load(b.add(S::LANES)), S::load(b.add(2 * S::LANES))]
                 });
                 macro_rules! run {
                     ($m:literal) => {{
-                        let acc = tile::<S, $m>(std::array::from_fn(src), hidden, panel, 4 * S::LANES);
+                        let acc = tile::<S, $m>(std::array::from_fn(src), hidden, wp, panel);
                         for (i, a) in acc.iter().enumerate() {
-                            let pr = proj.as_ptr().add((r + i) * row_len + bl * 4 * S::LANES);
+                            let pr = proj.as_ptr().add((r + i) * proj_row + (bl - blocks.start) * panel);
                             let z: [S; 4] = std::array::from_fn(|g| {
                                 S::load(pr.add(g * S::LANES)).add(a[g]).add(S::load(bias.add(g * S::LANES)))
                             });
                             let cs = (r + i) * hp + bl * S::LANES;
-                            let (hn, cn) = cell_update(cell, z, peep, S::load(c.as_ptr().add(cs)));
-                            cn.store(c.as_mut_ptr().add(cs));
-                            hn.store(h_out.as_mut_ptr().add(cs));
+                            let (hn, cn) = cell_update(cell, z, peep, S::load(c.add(cs)));
+                            cn.store(c.add(cs));
+                            hn.store(h_out.add(cs));
                         }
                     }};
                 }

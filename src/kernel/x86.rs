@@ -8,6 +8,7 @@
 //! identical on every backend.
 
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 use super::simd::{self, Simd};
 use super::{Backend, CpuLevel};
@@ -254,52 +255,60 @@ unsafe fn act_avx512(a: Activation, x: Avx512) -> Avx512 {
 }
 
 macro_rules! entry_points {
-    ($ty:ty, $features:literal, $project:ident, $step:ident) => {
+    ($ty:ty, $features:literal, $project:ident, $step:ident, $project_safe:ident, $step_safe:ident, $what:literal) => {
         /// # Safety
-        /// The CPU must support the backend's features (guaranteed by [`super::backend`]).
+        /// The CPU must support the backend's features.
         #[target_feature(enable = $features)]
-        unsafe fn $project(w: &PackedLstm, x: &[f32], rows: &[usize], out: &mut [f32]) {
+        unsafe fn $project(w: &PackedLstm, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]) {
             // SAFETY: this function only runs when the features are present (see `# Safety`).
-            unsafe { simd::project::<$ty>(w, x, rows, out) }
+            unsafe { simd::project::<$ty>(w, x, rows, blocks, out) }
         }
 
         /// # Safety
-        /// As for the projection entry point.
+        /// The CPU must support the backend's features; the buffers as [`super::StepFn`] requires.
         #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
         unsafe fn $step(
             w: &PackedLstm,
             cell: &CellSpec,
             m: usize,
+            blocks: Range<usize>,
             proj: &[f32],
             h: &[f32],
-            c: &mut [f32],
-            h_out: &mut [f32],
+            c: *mut f32,
+            h_out: *mut f32,
         ) {
             // SAFETY: as above.
-            unsafe { simd::step::<$ty>(w, cell, m, proj, h, c, h_out) }
+            unsafe { simd::step::<$ty>(w, cell, m, blocks, proj, h, c, h_out) }
+        }
+
+        fn $project_safe(w: &PackedLstm, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]) {
+            // SAFETY: this backend is only handed out by `super::backend` after run-time detection of
+            // its features.
+            unsafe { $project(w, x, rows, blocks, out) }
+        }
+
+        /// # Safety
+        /// As [`super::StepFn`].
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $step_safe(
+            w: &PackedLstm,
+            cell: &CellSpec,
+            m: usize,
+            blocks: Range<usize>,
+            proj: &[f32],
+            h: &[f32],
+            c: *mut f32,
+            h_out: *mut f32,
+        ) {
+            // SAFETY: features detected before this backend is handed out; buffers per the contract.
+            unsafe { $step(w, cell, m, blocks, proj, h, c, h_out) }
         }
     };
 }
 
-entry_points!(Avx2, "avx2,fma", project_avx2, step_avx2);
-entry_points!(Avx512, "avx512f", project_avx512, step_avx512);
-
-fn project_avx2_safe(w: &PackedLstm, x: &[f32], rows: &[usize], out: &mut [f32]) {
-    // SAFETY: AVX2_BACKEND is only handed out by `super::backend` after run-time detection of AVX2 and FMA.
-    unsafe { project_avx2(w, x, rows, out) }
-}
-fn step_avx2_safe(w: &PackedLstm, cell: &CellSpec, m: usize, proj: &[f32], h: &[f32], c: &mut [f32], ho: &mut [f32]) {
-    // SAFETY: as in `project_avx2_safe`.
-    unsafe { step_avx2(w, cell, m, proj, h, c, ho) }
-}
-fn project_avx512_safe(w: &PackedLstm, x: &[f32], rows: &[usize], out: &mut [f32]) {
-    // SAFETY: AVX512_BACKEND is only handed out by `super::backend` after run-time detection of AVX-512F.
-    unsafe { project_avx512(w, x, rows, out) }
-}
-fn step_avx512_safe(w: &PackedLstm, cell: &CellSpec, m: usize, proj: &[f32], h: &[f32], c: &mut [f32], ho: &mut [f32]) {
-    // SAFETY: as in `project_avx512_safe`.
-    unsafe { step_avx512(w, cell, m, proj, h, c, ho) }
-}
+entry_points!(Avx2, "avx2,fma", project_avx2, step_avx2, project_avx2_safe, step_avx2_safe, "avx2");
+entry_points!(Avx512, "avx512f", project_avx512, step_avx512, project_avx512_safe, step_avx512_safe, "avx512");
 
 /// AVX2 + FMA kernels. Only reachable through [`super::backend`], which checks the CPU first.
 pub(crate) static AVX2_BACKEND: Backend = Backend {
