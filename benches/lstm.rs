@@ -7,6 +7,12 @@
 //! - `seed_model`: the seed stack `Masking(0.) -> LSTM(128) -> LSTM(64) -> LSTM(1) -> x[:, 5:]` on
 //!   `[100, 362, 24]` with lengths uniform in 90..=362, on 1 thread and on all cores.
 //! - `layer_sizes`: one layer, every step valid, for a few `(B, T, I, H)`, 1 thread.
+//! - `kernels/<backend>/...`: the kernels alone on every backend this CPU has: the input-projection GEMM
+//!   (`project_*`), one recurrent step with its fused cell epilogue (`step_*`), and the vectorised
+//!   activations (`sigmoid`, `tanh`, elements per second).
+//! - `fma_peak/<isa>`: a register-only FMA loop, the machine's peak to compare the kernels with.
+//! - `workloads/<backend>/<name>/t<threads>`: the comparison harness's workloads (`bench/compare.py`)
+//!   on the selected backend (lower it with `MASKED_RNN_CPU`), 1 and 2 threads, with a reused workspace.
 //!
 //! FLOPs. A valid step of a layer with input size I and hidden size H costs
 //! `2 * 4H * (I + H)` floating-point operations in its two products `x·W` and `h·R` (the elementwise
@@ -20,8 +26,10 @@ use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use masked_rnn::kernel::{self, microbench::KernelBench};
 use masked_rnn::{
-    KerasLstm, KerasLstmOptions, KerasOutputs, LstmWeights, MaskValueMode, MaskedSeq, Padding, SeqView, Sequential,
+    Activation, KerasLstm, KerasLstmOptions, KerasOutputs, LstmWeights, MaskValueMode, MaskedSeq, Padding, SeqView,
+    Sequential, Workspace,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -168,5 +176,121 @@ fn layer_sizes(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, padding_sweep, seed_model, layer_sizes);
+fn kernels(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(4);
+    let mut g = group(c, "kernels", 20);
+    g.measurement_time(Duration::from_secs(2));
+    for backend in kernel::available() {
+        for (b, i, h) in [(64, 256, 256), (6, 256, 256), (1, 512, 512)] {
+            let weights = layer(&mut rng, i, h).weights().clone();
+            let mut kb = KernelBench::new(backend, &weights, b).expect("bench");
+            g.throughput(Throughput::Elements(kb.projection_flops() as u64));
+            g.bench_function(format!("{}/project_b{b}_i{i}_h{h}", backend.name), |bench| bench.iter(|| kb.project()));
+            kb.project();
+            g.throughput(Throughput::Elements(kb.step_flops() as u64));
+            g.bench_function(format!("{}/step_b{b}_h{h}", backend.name), |bench| {
+                bench.iter(|| {
+                    kb.step();
+                    black_box(kb.output()[0])
+                })
+            });
+        }
+        let mut xs: Vec<f32> = (0..65_536).map(|k| (k as f32 - 32_768.0) / 4096.0).collect();
+        g.throughput(Throughput::Elements(xs.len() as u64));
+        for (name, a) in [("sigmoid", Activation::Sigmoid), ("tanh", Activation::Tanh)] {
+            g.bench_function(format!("{}/{name}", backend.name), |bench| {
+                bench.iter(|| {
+                    // Re-activate the same inputs: copy a fresh ramp in each time.
+                    let mut v = xs.clone();
+                    backend.activate(a, &mut v);
+                    black_box(v[0])
+                })
+            });
+        }
+        xs.clear();
+    }
+    g.finish();
+}
+
+/// Independent FMA chains in registers: the machine's peak (16 chains hide the FMA latency).
+#[cfg(target_arch = "x86_64")]
+fn fma_peak(c: &mut Criterion) {
+    use std::arch::x86_64::*;
+    const ITERS: usize = 100_000;
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512() -> f32 {
+        let mut a = [_mm512_set1_ps(0.0); 16];
+        let (x, y) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        for _ in 0..ITERS {
+            for v in a.iter_mut() {
+                *v = _mm512_fmadd_ps(*v, x, y);
+            }
+        }
+        _mm512_reduce_add_ps(a.iter().fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v)))
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2() -> f32 {
+        let mut a = [_mm256_set1_ps(0.0); 12];
+        let (x, y) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        for _ in 0..ITERS {
+            for v in a.iter_mut() {
+                *v = _mm256_fmadd_ps(*v, x, y);
+            }
+        }
+        let mut out = [0.0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), a.iter().fold(_mm256_setzero_ps(), |s, v| _mm256_add_ps(s, *v)));
+        out.iter().sum()
+    }
+    let mut g = group(c, "fma_peak", 20);
+    g.measurement_time(Duration::from_secs(2));
+    if is_x86_feature_detected!("avx512f") {
+        g.throughput(Throughput::Elements((ITERS * 16 * 16 * 2) as u64));
+        // SAFETY: AVX-512F detected.
+        g.bench_function("avx512", |bench| bench.iter(|| black_box(unsafe { avx512() })));
+    } else {
+        eprintln!("fma_peak/avx512 SKIPPED: the CPU lacks AVX-512F");
+    }
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        g.throughput(Throughput::Elements((ITERS * 12 * 8 * 2) as u64));
+        // SAFETY: AVX2 and FMA detected.
+        g.bench_function("avx2", |bench| bench.iter(|| black_box(unsafe { avx2() })));
+    } else {
+        eprintln!("fma_peak/avx2 SKIPPED: the CPU lacks AVX2/FMA");
+    }
+    g.finish();
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn fma_peak(_: &mut Criterion) {
+    eprintln!("fma_peak SKIPPED: x86-64 only");
+}
+
+/// The comparison harness's workloads (bench/compare.py) on the selected backend.
+fn workloads(c: &mut Criterion) {
+    let backend = kernel::selected().name;
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut g = group(c, "workloads", 10);
+    for (name, b, t, i, h, lo) in
+        [("mid", 64, 256, 256, 256, 32), ("mid_full", 64, 256, 256, 256, 256), ("latency", 1, 128, 512, 512, 128)]
+    {
+        let lstm = layer(&mut rng, i, h);
+        let lengths: Vec<usize> = (0..b).map(|_| rng.random_range(lo..=t)).collect();
+        let x = padded_input(&mut rng, &lengths, t, i);
+        let view = SeqView::from_lengths(&lengths, t, Padding::Post).expect("view");
+        g.throughput(Throughput::Elements(view.total_valid() as u64 * step_flops(i, h)));
+        let mut y = vec![0.0; b * t * h];
+        let mut ws = Workspace::new();
+        for threads in [1, 2] {
+            g.bench_function(format!("{backend}/{name}/t{threads}"), |bench| {
+                bench.iter(|| {
+                    let out = KerasOutputs { y: Some(&mut y), ..Default::default() };
+                    black_box(lstm.forward_in(&x, &view, None, out, threads, &mut ws).expect("forward"))
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, padding_sweep, seed_model, layer_sizes, kernels, fma_peak, workloads);
 criterion_main!(benches);

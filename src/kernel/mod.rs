@@ -15,9 +15,11 @@
 use std::ops::Range;
 use std::sync::OnceLock;
 
+use crate::activation::Activation;
 use crate::cell::CellSpec;
 use crate::weights::PackedLstm;
 
+pub mod microbench;
 pub(crate) mod portable;
 pub(crate) mod simd;
 #[cfg(target_arch = "x86_64")]
@@ -70,6 +72,15 @@ pub struct Backend {
     pub(crate) nb: usize,
     pub(crate) project: ProjectFn,
     pub(crate) step: StepFn,
+    pub(crate) activate: fn(Activation, &mut [f32]),
+}
+
+impl Backend {
+    /// Applies `a` to every element of `xs` with this backend's vector code (bitwise equal to
+    /// [`Activation::apply`]).
+    pub fn activate(&self, a: Activation, xs: &mut [f32]) {
+        (self.activate)(a, xs)
+    }
 }
 
 /// The environment variable that lowers the instruction-set level: `portable`, `avx2` or `avx512`.

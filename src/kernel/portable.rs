@@ -24,13 +24,21 @@ pub(crate) static BACKEND: Backend = Backend {
     nb: <f32x8 as Simd>::LANES,
     project,
     step,
+    activate,
 };
+
+fn activate(a: crate::activation::Activation, xs: &mut [f32]) {
+    // SAFETY: f32x8 runs on every CPU.
+    unsafe { simd::activate_slice::<f32x8>(a, xs) }
+}
 
 // SAFETY: `wide` selects instructions the compile target has, so every method is safe to call on any CPU
 // this binary runs on; loads and stores go through the caller-guaranteed pointers.
 unsafe impl Simd for f32x8 {
     const LANES: usize = 8;
     const MR: usize = 2;
+    // Two f32x8 are four SSE registers: a two-block tile would spill.
+    const TWO_BLOCK_TILES: bool = false;
     const FUSED: bool = false;
     type Mask = f32x8;
 

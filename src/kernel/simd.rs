@@ -28,6 +28,9 @@ pub(crate) unsafe trait Simd: Copy {
     const LANES: usize;
     /// Rows per register tile.
     const MR: usize;
+    /// Whether tiles of one to three rows span two weight blocks (enough registers for 8 to 24
+    /// accumulators plus the weight vectors).
+    const TWO_BLOCK_TILES: bool;
     /// Whether `mul_add` rounds once.
     const FUSED: bool;
     /// A lane mask.
@@ -193,35 +196,63 @@ unsafe fn cell_update<S: Simd>(cell: &CellSpec, z: [S; 4], p: Option<[S; 3]>, c_
     }
 }
 
-/// One register tile: `acc[m][g] = sum_k a[m][k] * b[k][g]` for `M` rows, `k` in `0..k_len`, where
-/// `b[k]` starts at `panel + k * stride` and holds the 4 gate vectors of one block.
+/// One register tile: `acc[m][j][g] = sum_k a[m][k] * b_j[k][g]` for `M` rows and `NB` weight blocks,
+/// `k` in `0..k_len`, where `b_j[k]` starts at `panels[j] + k * 4 LANES` and holds the 4 gate vectors of
+/// block j. Two blocks give short tiles (one to three rows) enough independent FMA chains to hide the
+/// FMA latency; every element still sums over `k` in order, so the result does not depend on the tiling.
 ///
 /// # Safety
-/// S's instructions available; `a[m]` valid for `k_len` reads; `panel + k * stride` valid for
-/// `4 * LANES` reads for every `k < k_len`.
+/// S's instructions available; `a[m]` valid for `k_len` reads; `panels[j]` valid for `k_len * 4 * LANES`
+/// reads.
 #[inline(always)]
-unsafe fn tile<S: Simd, const M: usize>(
+unsafe fn tile<S: Simd, const M: usize, const NB: usize>(
     a: [*const f32; M],
     k_len: usize,
-    panel: *const f32,
-    stride: usize,
-) -> [[S; 4]; M] {
+    panels: [*const f32; NB],
+) -> [[[S; 4]; NB]; M] {
     // SAFETY: the caller's contract covers every read; no writes.
     unsafe {
-        let mut acc = [[s::<S>(0.0); 4]; M];
+        let mut acc = [[[s::<S>(0.0); 4]; NB]; M];
         for k in 0..k_len {
-            let bk = panel.add(k * stride);
-            let b =
-                [S::load(bk), S::load(bk.add(S::LANES)), S::load(bk.add(2 * S::LANES)), S::load(bk.add(3 * S::LANES))];
+            let b: [[S; 4]; NB] = std::array::from_fn(|j| {
+                let bk = panels[j].add(k * 4 * S::LANES);
+                [S::load(bk), S::load(bk.add(S::LANES)), S::load(bk.add(2 * S::LANES)), S::load(bk.add(3 * S::LANES))]
+            });
             for m in 0..M {
                 let av = S::splat(*a[m].add(k));
-                for g in 0..4 {
-                    acc[m][g] = av.mul_add(b[g], acc[m][g]);
+                for j in 0..NB {
+                    for g in 0..4 {
+                        acc[m][j][g] = av.mul_add(b[j][g], acc[m][j][g]);
+                    }
                 }
             }
         }
         acc
     }
+}
+
+/// Calls `$body!(M, NB)` with the tile shape for `m` rows: two blocks for short tiles when two blocks
+/// remain, else one.
+macro_rules! dispatch_tile {
+    ($m:expr, $two:expr, $body:ident) => {
+        match ($m, $two) {
+            (1, true) => $body!(1, 2),
+            (2, true) => $body!(2, 2),
+            (3, true) => $body!(3, 2),
+            (1, _) => $body!(1, 1),
+            (2, _) => $body!(2, 1),
+            (3, _) => $body!(3, 1),
+            (4, _) => $body!(4, 1),
+            (5, _) => $body!(5, 1),
+            _ => $body!(6, 1),
+        }
+    };
+}
+
+/// Whether `m` rows use a two-block tile at block `bl` of `blocks`.
+#[inline(always)]
+fn two_blocks<S: Simd>(m: usize, bl: usize, blocks: &Range<usize>) -> bool {
+    S::TWO_BLOCK_TILES && m <= 3 && 2 * m <= S::MR.max(2) && bl + 1 < blocks.end
 }
 
 /// `out[r] = x[rows[r]..][..I] · W` over the weight blocks `blocks`: each output row holds
@@ -247,33 +278,32 @@ pub(crate) unsafe fn project<S: Simd>(
     let mut r = 0;
     while r < rows.len() {
         let m = S::MR.min(rows.len() - r);
-        for bl in blocks.clone() {
+        let mut bl = blocks.start;
+        while bl < blocks.end {
+            let two = two_blocks::<S>(m, bl, &blocks);
             // SAFETY: the asserts above bound every row read (o + input <= x.len()), every weight read
-            // (panel bl of input x 4 LANES floats, bl < blocks) and every write (r + m <= rows.len(),
-            // bl - blocks.start < blocks.len()).
+            // (panels bl and bl + 1 < blocks of input x 4 LANES floats) and every write (r + m <= rows.len(),
+            // blocks bl.. within the output row).
             unsafe {
-                let wp = w.w.as_ptr().add(bl * input * panel);
                 let base = out.as_mut_ptr();
-                let dst = |i: usize| base.add((r + i) * out_row + (bl - blocks.start) * panel);
                 let src = |i: usize| x.as_ptr().add(rows[r + i]);
                 macro_rules! run {
-                    ($m:literal) => {{
-                        let acc = tile::<S, $m>(std::array::from_fn(src), input, wp, panel);
-                        for (i, a) in acc.iter().enumerate() {
-                            for (g, v) in a.iter().enumerate() {
-                                v.store(dst(i).add(g * S::LANES));
+                    ($m:literal, $nb:literal) => {{
+                        let panels: [*const f32; $nb] =
+                            std::array::from_fn(|j| w.w.as_ptr().add((bl + j) * input * panel));
+                        let acc = tile::<S, $m, $nb>(std::array::from_fn(src), input, panels);
+                        for (i, row) in acc.iter().enumerate() {
+                            for (j, blk) in row.iter().enumerate() {
+                                let dst = base.add((r + i) * out_row + (bl + j - blocks.start) * panel);
+                                for (g, v) in blk.iter().enumerate() {
+                                    v.store(dst.add(g * S::LANES));
+                                }
                             }
                         }
+                        bl += $nb;
                     }};
                 }
-                match m {
-                    1 => run!(1),
-                    2 => run!(2),
-                    3 => run!(3),
-                    4 => run!(4),
-                    5 => run!(5),
-                    _ => run!(6),
-                }
+                dispatch_tile!(m, two, run);
             }
         }
         r += m;
@@ -309,43 +339,61 @@ pub(crate) unsafe fn step<S: Simd>(
     let mut r = 0;
     while r < m {
         let mr = S::MR.min(m - r);
-        for bl in blocks.clone() {
-            // SAFETY: the asserts above bound all reads: rows r..r + mr < m, hidden k < H <= hp, panel bl
-            // of H x 4 LANES floats (bl < blocks), bias and proj blocks, peepholes 3 hp; the writes stay in
-            // rows < m of c and h_out, in the columns of block bl, which the caller's contract gives us.
+        let mut bl = blocks.start;
+        while bl < blocks.end {
+            let two = two_blocks::<S>(mr, bl, &blocks);
+            // SAFETY: the asserts above bound all reads: rows r..r + mr < m, hidden k < H <= hp, panels of
+            // H x 4 LANES floats for blocks < w.blocks, bias and proj blocks, peepholes 3 hp; the writes stay
+            // in rows < m of c and h_out, in the columns of blocks in `blocks`, which the caller's contract
+            // gives us.
             unsafe {
-                let wp = w.r.as_ptr().add(bl * hidden * panel);
                 let src = |i: usize| h.as_ptr().add((r + i) * hp);
-                let bias = w.bias.as_ptr().add(bl * panel);
-                let peep = w.peephole.as_ref().map(|p| {
-                    let b = p.as_ptr().add(bl * 3 * S::LANES);
-                    [S::load(b), S::load(b.add(S::LANES)), S::load(b.add(2 * S::LANES))]
-                });
                 macro_rules! run {
-                    ($m:literal) => {{
-                        let acc = tile::<S, $m>(std::array::from_fn(src), hidden, wp, panel);
-                        for (i, a) in acc.iter().enumerate() {
-                            let pr = proj.as_ptr().add((r + i) * proj_row + (bl - blocks.start) * panel);
-                            let z: [S; 4] = std::array::from_fn(|g| {
-                                S::load(pr.add(g * S::LANES)).add(a[g]).add(S::load(bias.add(g * S::LANES)))
-                            });
-                            let cs = (r + i) * hp + bl * S::LANES;
-                            let (hn, cn) = cell_update(cell, z, peep, S::load(c.add(cs)));
-                            cn.store(c.add(cs));
-                            hn.store(h_out.add(cs));
+                    ($m:literal, $nb:literal) => {{
+                        let panels: [*const f32; $nb] =
+                            std::array::from_fn(|j| w.r.as_ptr().add((bl + j) * hidden * panel));
+                        let acc = tile::<S, $m, $nb>(std::array::from_fn(src), hidden, panels);
+                        for (i, row) in acc.iter().enumerate() {
+                            for (j, a) in row.iter().enumerate() {
+                                let blk = bl + j;
+                                let pr = proj.as_ptr().add((r + i) * proj_row + (blk - blocks.start) * panel);
+                                let bias = w.bias.as_ptr().add(blk * panel);
+                                let peep = w.peephole.as_ref().map(|p| {
+                                    let b = p.as_ptr().add(blk * 3 * S::LANES);
+                                    [S::load(b), S::load(b.add(S::LANES)), S::load(b.add(2 * S::LANES))]
+                                });
+                                let z: [S; 4] = std::array::from_fn(|g| {
+                                    S::load(pr.add(g * S::LANES)).add(a[g]).add(S::load(bias.add(g * S::LANES)))
+                                });
+                                let cs = (r + i) * hp + blk * S::LANES;
+                                let (hn, cn) = cell_update(cell, z, peep, S::load(c.add(cs)));
+                                cn.store(c.add(cs));
+                                hn.store(h_out.add(cs));
+                            }
                         }
+                        bl += $nb;
                     }};
                 }
-                match mr {
-                    1 => run!(1),
-                    2 => run!(2),
-                    3 => run!(3),
-                    4 => run!(4),
-                    5 => run!(5),
-                    _ => run!(6),
-                }
+                dispatch_tile!(mr, two, run);
             }
         }
         r += mr;
+    }
+}
+
+/// [`act_lanes`] over a slice, in place; a tail shorter than `LANES` takes the scalar definition (which is
+/// bitwise the same).
+///
+/// # Safety
+/// S's instructions available.
+#[inline(always)]
+pub(crate) unsafe fn activate_slice<S: Simd>(a: Activation, xs: &mut [f32]) {
+    let mut chunks = xs.chunks_exact_mut(S::LANES);
+    for c in &mut chunks {
+        // SAFETY: c holds exactly LANES floats; S's instructions are available (caller's contract).
+        unsafe { S::act(a, S::load(c.as_ptr())).store(c.as_mut_ptr()) };
+    }
+    for v in chunks.into_remainder() {
+        *v = a.apply(*v);
     }
 }

@@ -28,7 +28,10 @@ pub(crate) struct Avx512(__m512);
 // with AVX2 and FMA, pointers valid for 8 floats) makes each intrinsic call sound.
 unsafe impl Simd for Avx2 {
     const LANES: usize = 8;
-    const MR: usize = 3;
+    // 2 rows x 4 gates = 8 accumulators + 4 weight vectors + broadcasts fit the 16 ymm registers; 3 rows
+    // spill.
+    const MR: usize = 2;
+    const TWO_BLOCK_TILES: bool = true;
     const FUSED: bool = true;
     type Mask = __m256;
 
@@ -132,6 +135,7 @@ unsafe impl Simd for Avx2 {
 unsafe impl Simd for Avx512 {
     const LANES: usize = 16;
     const MR: usize = 6;
+    const TWO_BLOCK_TILES: bool = true;
     const FUSED: bool = true;
     type Mask = __mmask16;
 
@@ -255,7 +259,19 @@ unsafe fn act_avx512(a: Activation, x: Avx512) -> Avx512 {
 }
 
 macro_rules! entry_points {
-    ($ty:ty, $features:literal, $project:ident, $step:ident, $project_safe:ident, $step_safe:ident, $what:literal) => {
+    ($ty:ty, $features:literal, $project:ident, $step:ident, $project_safe:ident, $step_safe:ident, $act:ident) => {
+        fn $act(a: Activation, xs: &mut [f32]) {
+            /// # Safety
+            /// The CPU must support the backend's features.
+            #[target_feature(enable = $features)]
+            unsafe fn inner(a: Activation, xs: &mut [f32]) {
+                // SAFETY: the features are enabled on this function.
+                unsafe { simd::activate_slice::<$ty>(a, xs) }
+            }
+            // SAFETY: this backend is only handed out after run-time detection of its features.
+            unsafe { inner(a, xs) }
+        }
+
         /// # Safety
         /// The CPU must support the backend's features.
         #[target_feature(enable = $features)]
@@ -307,8 +323,8 @@ macro_rules! entry_points {
     };
 }
 
-entry_points!(Avx2, "avx2,fma", project_avx2, step_avx2, project_avx2_safe, step_avx2_safe, "avx2");
-entry_points!(Avx512, "avx512f", project_avx512, step_avx512, project_avx512_safe, step_avx512_safe, "avx512");
+entry_points!(Avx2, "avx2,fma", project_avx2, step_avx2, project_avx2_safe, step_avx2_safe, activate_avx2);
+entry_points!(Avx512, "avx512f", project_avx512, step_avx512, project_avx512_safe, step_avx512_safe, activate_avx512);
 
 /// AVX2 + FMA kernels. Only reachable through [`super::backend`], which checks the CPU first.
 pub(crate) static AVX2_BACKEND: Backend = Backend {
@@ -318,6 +334,7 @@ pub(crate) static AVX2_BACKEND: Backend = Backend {
     nb: <Avx2 as Simd>::LANES,
     project: project_avx2_safe,
     step: step_avx2_safe,
+    activate: activate_avx2,
 };
 
 /// AVX-512F kernels. Only reachable through [`super::backend`], which checks the CPU first.
@@ -328,6 +345,7 @@ pub(crate) static AVX512_BACKEND: Backend = Backend {
     nb: <Avx512 as Simd>::LANES,
     project: project_avx512_safe,
     step: step_avx512_safe,
+    activate: activate_avx512,
 };
 
 /// Whether the CPU runs `level`'s instructions.

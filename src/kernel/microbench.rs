@@ -1,0 +1,86 @@
+//! The kernels on their own, for benchmarks: one input-projection GEMM and one recurrent step of a
+//! batch, on a chosen backend. `benches/lstm.rs` measures these per backend.
+
+use super::Backend;
+use crate::cell::CellSpec;
+use crate::error::Result;
+use crate::weights::{LstmWeights, PackedLstm};
+
+/// Weights and buffers for running one backend's kernels on `batch` rows.
+#[derive(Debug)]
+pub struct KernelBench {
+    backend: &'static Backend,
+    packed: PackedLstm,
+    cell: CellSpec,
+    batch: usize,
+    x: Vec<f32>,
+    rows: Vec<usize>,
+    proj: Vec<f32>,
+    h: Vec<f32>,
+    c: Vec<f32>,
+    h_out: Vec<f32>,
+}
+
+impl KernelBench {
+    /// Packs `weights` for `backend` and prepares `batch` rows of input and state (deterministic values).
+    ///
+    /// # Errors
+    /// As [`LstmWeights`] packing (sizes that overflow).
+    pub fn new(backend: &'static Backend, weights: &LstmWeights, batch: usize) -> Result<Self> {
+        let packed = PackedLstm::new(weights, backend.nb)?;
+        let (i, hp) = (weights.input_size(), packed.hidden_padded());
+        let val = |k: usize| ((k * 2_654_435_761) % 1000) as f32 / 1000.0 - 0.5;
+        Ok(KernelBench {
+            backend,
+            cell: CellSpec::default(),
+            batch,
+            x: (0..batch * i).map(val).collect(),
+            rows: (0..batch).map(|r| r * i).collect(),
+            proj: vec![0.0; batch * 4 * hp],
+            h: (0..batch * hp).map(val).collect(),
+            c: (0..batch * hp).map(val).collect(),
+            h_out: vec![0.0; batch * hp],
+            packed,
+        })
+    }
+
+    /// Multiply-adds of one projection (`batch x I x 4H`); one step's recurrent GEMM is `batch x H x 4H`.
+    pub fn projection_flops(&self) -> usize {
+        2 * self.batch * self.packed.input * 4 * self.packed.hidden
+    }
+
+    /// Floating-point operations of one step's recurrent GEMM.
+    pub fn step_flops(&self) -> usize {
+        2 * self.batch * self.packed.hidden * 4 * self.packed.hidden
+    }
+
+    /// The input projection of every row (the GEMM tile kernel).
+    pub fn project(&mut self) {
+        (self.backend.project)(&self.packed, &self.x, &self.rows, 0..self.packed.blocks, &mut self.proj);
+    }
+
+    /// One recurrent step of every row: GEMM with the recurrent weights and the fused cell epilogue.
+    pub fn step(&mut self) {
+        let hp = self.packed.hidden_padded();
+        assert!(self.c.len() >= self.batch * hp && self.h_out.len() >= self.batch * hp);
+        // SAFETY: c and h_out hold batch x hp floats (asserted), are distinct from h and proj, and this
+        // thread is their only user.
+        unsafe {
+            (self.backend.step)(
+                &self.packed,
+                &self.cell,
+                self.batch,
+                0..self.packed.blocks,
+                &self.proj,
+                &self.h,
+                self.c.as_mut_ptr(),
+                self.h_out.as_mut_ptr(),
+            )
+        };
+    }
+
+    /// The last step's hidden state (so the work cannot be optimised away).
+    pub fn output(&self) -> &[f32] {
+        &self.h_out
+    }
+}
