@@ -220,7 +220,7 @@ fn fma_peak(c: &mut Criterion) {
     #[target_feature(enable = "avx512f")]
     unsafe fn avx512() -> f32 {
         let mut a = [_mm512_set1_ps(0.0); 16];
-        let (x, y) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        let (x, y) = (_mm512_set1_ps(black_box(0.999_999)), _mm512_set1_ps(black_box(1e-7)));
         for _ in 0..ITERS {
             for v in a.iter_mut() {
                 *v = _mm512_fmadd_ps(*v, x, y);
@@ -231,7 +231,7 @@ fn fma_peak(c: &mut Criterion) {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn avx2() -> f32 {
         let mut a = [_mm256_set1_ps(0.0); 12];
-        let (x, y) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        let (x, y) = (_mm256_set1_ps(black_box(0.999_999)), _mm256_set1_ps(black_box(1e-7)));
         for _ in 0..ITERS {
             for v in a.iter_mut() {
                 *v = _mm256_fmadd_ps(*v, x, y);
