@@ -112,8 +112,16 @@ unsafe impl Simd for Avx2 {
     }
     #[inline(always)]
     unsafe fn act(a: Activation, x: Self) -> Self {
+        // Optimised builds inline the activation into the kernel; unoptimised ones call a
+        // `#[target_feature]` function so each kernel's stack frame stays small.
         // SAFETY: the trait's contract: AVX2 and FMA are available.
-        unsafe { act_avx2(a, x) }
+        unsafe {
+            if cfg!(debug_assertions) {
+                act_avx2(a, x)
+            } else {
+                simd::act_lanes(a, x)
+            }
+        }
     }
     #[inline(always)]
     unsafe fn frexp(x: Self) -> (Self, Self) {
@@ -222,8 +230,16 @@ unsafe impl Simd for Avx512 {
     }
     #[inline(always)]
     unsafe fn act(a: Activation, x: Self) -> Self {
+        // Optimised builds inline the activation into the kernel; unoptimised ones call a
+        // `#[target_feature]` function so each kernel's stack frame stays small.
         // SAFETY: the trait's contract: AVX-512F is available.
-        unsafe { act_avx512(a, x) }
+        unsafe {
+            if cfg!(debug_assertions) {
+                act_avx512(a, x)
+            } else {
+                simd::act_lanes(a, x)
+            }
+        }
     }
     #[inline(always)]
     unsafe fn frexp(x: Self) -> (Self, Self) {
