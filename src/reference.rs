@@ -40,7 +40,7 @@ impl Rounding {
     }
 
     /// `acc + a * b`, rounded as this mode says.
-    #[inline]
+    #[inline(always)]
     fn mul_add(self, a: f32, b: f32, acc: f32) -> f32 {
         match self {
             Rounding::Separate => acc + a * b,
@@ -51,21 +51,39 @@ impl Rounding {
 
 /// Pre-activations `z = (x·K + h·R) + b` for all four gates, in Keras' summation order.
 fn gates(w: &LstmWeights, x: &[f32], h: &[f32], rounding: Rounding) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if rounding == Rounding::Fused && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: FMA detected just above. Only speed differs: `f32::mul_add` is the exact fused
+        // operation either way, compiled to one instruction here instead of a libm call.
+        return unsafe { gates_fma(w, x, h) };
+    }
+    gates_plain(w, x, h, rounding)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn gates_fma(w: &LstmWeights, x: &[f32], h: &[f32]) -> Vec<f32> {
+    gates_plain(w, x, h, Rounding::Fused)
+}
+
+#[inline(always)]
+fn gates_plain(w: &LstmWeights, x: &[f32], h: &[f32], rounding: Rounding) -> Vec<f32> {
     let g4 = 4 * w.hidden_size();
-    (0..g4)
-        .map(|j| {
-            // Plain left-to-right sums from +0.0.
-            let mut xk = 0.0f32;
-            for (k, &v) in x.iter().enumerate() {
-                xk = rounding.mul_add(v, w.kernel()[k * g4 + j], xk);
-            }
-            let mut hr = 0.0f32;
-            for (k, &v) in h.iter().enumerate() {
-                hr = rounding.mul_add(v, w.recurrent()[k * g4 + j], hr);
-            }
-            (xk + hr) + w.bias()[j]
-        })
-        .collect()
+    let mut z = vec![0.0f32; g4];
+    // Plain loops (no closures), so the FMA-enabled caller compiles them with its instruction set.
+    for (j, zj) in z.iter_mut().enumerate() {
+        // Left-to-right sums from +0.0.
+        let mut xk = 0.0f32;
+        for (k, &v) in x.iter().enumerate() {
+            xk = rounding.mul_add(v, w.kernel()[k * g4 + j], xk);
+        }
+        let mut hr = 0.0f32;
+        for (k, &v) in h.iter().enumerate() {
+            hr = rounding.mul_add(v, w.recurrent()[k * g4 + j], hr);
+        }
+        *zj = (xk + hr) + w.bias()[j];
+    }
+    z
 }
 
 /// One cell step for one sequence: returns the new `(h, c)`.
