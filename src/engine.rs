@@ -202,8 +202,8 @@ fn check_extent(name: &str, need: Option<usize>, len: usize) -> Result<()> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Schedule {
-    /// Chosen from the shape: batch chunks when every thread gets enough rows and the recurrent weights
-    /// fit a core's L2 cache, otherwise gate columns.
+    /// Chosen from the shape and the cache: batch chunks when every thread gets at least 4 rows and the
+    /// recurrent weights fit one core's L2 (read from the OS), otherwise gate columns.
     #[default]
     Auto,
     /// Sequences split into chunks balanced by valid steps; no synchronisation between chunks.
@@ -216,8 +216,34 @@ pub enum Schedule {
 
 /// Rows per thread below which batch chunks leave threads underused.
 const MIN_ROWS_PER_THREAD: usize = 4;
-/// Recurrent weight bytes above which one core's L2 cannot hold them (conservative for current x86).
-const L2_BYTES: usize = 1 << 20;
+/// One core's L2 cache in bytes: read once from Linux' sysfs, else 1 MiB (typical of current x86).
+fn l2_bytes() -> usize {
+    static L2: OnceLock<usize> = OnceLock::new();
+    *L2.get_or_init(|| {
+        (0..8)
+            .find_map(|i| {
+                let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
+                let level = std::fs::read_to_string(format!("{dir}/level")).ok()?;
+                let kind = std::fs::read_to_string(format!("{dir}/type")).ok()?;
+                if level.trim() != "2" || kind.trim() == "Instruction" {
+                    return None;
+                }
+                parse_cache_size(&std::fs::read_to_string(format!("{dir}/size")).ok()?)
+            })
+            .unwrap_or(1 << 20)
+    })
+}
+
+/// `"1024K"`, `"2M"` or `"524288"` as bytes.
+fn parse_cache_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, mult) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 1 << 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 1 << 20),
+        _ => (s, 1),
+    };
+    num.parse::<usize>().ok()?.checked_mul(mult).filter(|&b| b > 0)
+}
 
 /// Reusable buffers for the engine: after the first call with a given shape, later calls of the same or
 /// smaller shapes allocate nothing. Keep one per layer (or per thread) and pass it to the `*_in` methods.
@@ -434,7 +460,7 @@ impl Job<'_> {
                 let few_rows = rows < MIN_ROWS_PER_THREAD * threads;
                 // Enough work per step to pay for a barrier: at least a 64 x 256 block of weights.
                 let enough = self.w.hidden * self.w.hidden_padded() * 4 >= 1 << 16;
-                enough && (few_rows || recurrent_bytes > L2_BYTES) && self.w.blocks >= threads
+                enough && (few_rows || recurrent_bytes > l2_bytes()) && self.w.blocks >= threads
             }
         }
     }
@@ -791,6 +817,16 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
             p.poison();
         });
+    }
+
+    #[test]
+    fn cache_sizes_parse() {
+        assert_eq!(parse_cache_size("1024K\n"), Some(1 << 20));
+        assert_eq!(parse_cache_size("2M"), Some(2 << 20));
+        assert_eq!(parse_cache_size("524288"), Some(524_288));
+        assert_eq!(parse_cache_size("0K"), None);
+        assert_eq!(parse_cache_size("lots"), None);
+        assert!(l2_bytes() >= 64 << 10);
     }
 
     #[test]
