@@ -218,6 +218,14 @@ def load_lib(path):
     lib.mrnn_keras_lstm_attrs_init.restype = ctypes.c_int32
     lib.mrnn_lstm_keras.argtypes = [ctypes.POINTER(MrnnKerasLstmAttrs)] + [ctypes.c_void_p] * 11
     lib.mrnn_lstm_keras.restype = ctypes.c_int32
+    # Handles: weights packed once by _new, then _run per forward pass, _free at the end.
+    lib.mrnn_keras_lstm_new.argtypes = [ctypes.POINTER(MrnnKerasLstmAttrs)] + [ctypes.c_void_p] * 3 + [
+        ctypes.POINTER(ctypes.c_void_p)]
+    lib.mrnn_keras_lstm_new.restype = ctypes.c_int32
+    lib.mrnn_keras_lstm_run.argtypes = [ctypes.c_void_p, ctypes.POINTER(MrnnKerasLstmAttrs)] + [ctypes.c_void_p] * 8
+    lib.mrnn_keras_lstm_run.restype = ctypes.c_int32
+    lib.mrnn_keras_lstm_free.argtypes = [ctypes.c_void_p]
+    lib.mrnn_keras_lstm_free.restype = None
     return lib
 
 
@@ -228,41 +236,60 @@ def check_status(lib, status, what):
 
 
 def prepare_masked_rnn(data, threads, lib_path):
+    """One handle per layer (mrnn_keras_lstm_new: weights checked and packed once, here, outside the timed
+    region, as ONNX Runtime packs its weights when the session is created); fn() runs them in turn."""
     lib = load_lib(lib_path)
     x, mask = data["x"], np.ascontiguousarray(data["mask"])
     B, T, I = x.shape
-    calls = []  # (attrs, x, kernel, recurrent, bias, y): y of a layer is x of the next
+    calls = []  # (attrs, handle, x, weights, y): y of a layer is x of the next
     cur = x
-    for kernel, recurrent, bias in data["layers"]:
-        H = recurrent.shape[0]
-        attrs = MrnnKerasLstmAttrs()
-        check_status(lib, lib.mrnn_keras_lstm_attrs_init(ctypes.byref(attrs)), "mrnn_keras_lstm_attrs_init")
-        attrs.batch_size, attrs.seq_length, attrs.input_size, attrs.hidden_size = B, T, cur.shape[2], H
-        attrs.num_threads = threads
-        y = np.zeros((B, T, H), dtype=np.float32)
-        w = [np.ascontiguousarray(a, dtype=np.float32) for a in (kernel, recurrent, bias)]
-        calls.append((attrs, cur, w, y))
-        cur = y
+
+    def free_all():
+        while calls:
+            lib.mrnn_keras_lstm_free(calls.pop()[1])
+
+    try:
+        for kernel, recurrent, bias in data["layers"]:
+            H = recurrent.shape[0]
+            attrs = MrnnKerasLstmAttrs()
+            check_status(lib, lib.mrnn_keras_lstm_attrs_init(ctypes.byref(attrs)), "mrnn_keras_lstm_attrs_init")
+            attrs.batch_size, attrs.seq_length, attrs.input_size, attrs.hidden_size = B, T, cur.shape[2], H
+            attrs.num_threads = threads
+            w = [np.ascontiguousarray(a, dtype=np.float32) for a in (kernel, recurrent, bias)]
+            handle = ctypes.c_void_p()
+            check_status(lib, lib.mrnn_keras_lstm_new(ctypes.byref(attrs), w[0].ctypes.data, w[1].ctypes.data,
+                                                      w[2].ctypes.data, ctypes.byref(handle)), "mrnn_keras_lstm_new")
+            y = np.zeros((B, T, H), dtype=np.float32)
+            calls.append((attrs, handle, cur, w, y))
+            cur = y
+    except Exception:
+        free_all()
+        raise
     mask_p = mask.ctypes.data
-    plan = [(ctypes.byref(a), xi.ctypes.data, w[0].ctypes.data, w[1].ctypes.data, w[2].ctypes.data, y.ctypes.data)
-            for a, xi, w, y in calls]
+    plan = [(h, ctypes.byref(a), xi.ctypes.data, y.ctypes.data) for a, h, xi, _w, y in calls]
     keep = (calls, mask)  # keep the buffers alive while fn is
-    fn_call = lib.mrnn_lstm_keras
+    fn_run = lib.mrnn_keras_lstm_run
 
     def fn():
-        for a, xp, kp, rp, bp, yp in plan:
-            st = fn_call(a, xp, mask_p, kp, rp, bp, None, None, yp, None, None, None)
+        for h, a, xp, yp in plan:
+            st = fn_run(h, a, xp, mask_p, None, None, yp, None, None, None)
             if st != 0:
-                check_status(lib, st, "mrnn_lstm_keras")
-        return keep[0][-1][3]
+                check_status(lib, st, "mrnn_keras_lstm_run")
+        return keep[0][-1][4]
 
-    info = dict(version=lib.mrnn_version().decode(), call="mrnn_lstm_keras via ctypes, num_threads=%d" % threads)
+    fn.close = free_all  # the worker frees the handles after the timed runs
+    info = dict(version=lib.mrnn_version().decode(),
+                call="mrnn_keras_lstm_run via ctypes (handles from mrnn_keras_lstm_new, created before timing), "
+                     "num_threads=%d" % threads)
     return fn, (lambda out: out), info
 
 
 def masked_rnn_reference(data, lib_path):
     fn, to_np, _ = prepare_masked_rnn(data, 1, lib_path)
-    return np.array(to_np(fn()))
+    try:
+        return np.array(to_np(fn()))
+    finally:
+        fn.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -505,6 +532,8 @@ def worker(spec):
         times, util = time_fn(fn, warmup, budget, max_runs, min_runs)
         result.update(median_ms=float(np.median(times)), min_ms=float(min(times)), runs=len(times),
                       times_ms=[round(t, 4) for t in times], cpu_utilisation=round(util, 3))
+        if hasattr(fn, "close"):  # e.g. masked-rnn's handles, freed outside the timed region
+            fn.close()
     except Exception as e:  # noqa: BLE001 - reported to the parent, never a crash
         import traceback
 

@@ -5,8 +5,8 @@
  * -lpthread -ldl -lm) or libmasked_rnn.so.
  *
  * Conventions
- * - Every function except mrnn_last_error and mrnn_version returns an int32_t status (MRNN_OK or
- *   MRNN_ERR_*). A failure sets a thread-local message, read with mrnn_last_error().
+ * - Every function except mrnn_last_error, mrnn_version and the _free functions returns an int32_t
+ *   status (MRNN_OK or MRNN_ERR_*). A failure sets a thread-local message, read with mrnn_last_error().
  * - Arguments are validated in this order, before any caller memory is read or written:
  *     1. a required pointer is NULL                                   -> MRNN_ERR_NULL_POINTER
  *     2. a negative size, hidden_size 0, a flag other than 0/1, an
@@ -20,8 +20,11 @@
  * - Required inputs must be non-NULL even when their tensor has zero elements. A non-NULL pointer to
  *   a zero-element tensor is fine and never dereferenced.
  * - All tensors are dense, row-major float (f32), caller-allocated. Optional inputs and outputs may be
- *   NULL. Inputs may share memory with each other; outputs may not overlap anything. Nothing is
- *   retained after a call returns. All functions are thread-safe.
+ *   NULL. Inputs may share memory with each other; outputs may not overlap anything. No caller pointer
+ *   is retained after a call returns (a handle keeps its own packed copy of the weights). All functions
+ *   are thread-safe; a handle may be run from several threads at once (see "Handles").
+ * - Scratch memory: mrnn_lstm_keras / mrnn_lstm_onnx keep theirs in a per-thread cache reused by the next
+ *   call on that thread (freed when the thread exits); a handle keeps its own until it is freed.
  * - num_threads: 0 = the library's default (all cores); 1 = the calling thread; n = n threads.
  *   Results are bitwise identical for every num_threads and whatever else shares the batch.
  */
@@ -168,6 +171,100 @@ int32_t mrnn_lstm_keras(const MrnnKerasLstmAttrs *attrs, /* required */
    x [B,T,F] and mask_out [B,T] are required. Returns MRNN_OK or a status; see Conventions. */
 int32_t mrnn_mask_from_value(const float *x, int64_t batch_size, int64_t seq_length, int64_t features,
     float mask_value, int32_t nan_aware, uint8_t *mask_out);
+
+/* ---------------------------------------------------------------- Handles: create once, run many
+
+   mrnn_lstm_keras / mrnn_lstm_onnx convert and pack the weights on every call (for a 512-unit layer that
+   takes longer than the LSTM itself). A handle packs them once: _new validates the attributes and copies
+   the weights into the handle (the caller's buffers may be freed right after), _run computes with them,
+   _free releases everything. A run gives bitwise the outputs of the one-shot function with the same
+   attributes and weights.
+
+   - At creation, attrs fixes everything but the per-run fields (Keras: batch_size, seq_length,
+     num_threads; ONNX: seq_length, batch_size, num_threads), which are ignored then but must still be
+     >= 0. Each _run takes the per-run fields from its attrs; all other fields must equal the handle's,
+     else MRNN_ERR_BAD_ARGUMENT with a message naming the field ("attrs.hidden_size = 5 differs from the
+     handle's 4 ..."). Fields that do not matter are not compared: recurrent_alpha / recurrent_beta unless
+     recurrent_activation is MRNN_ACT_HARD_SIGMOID, clip when has_clip is 0, entries past num_activations,
+     a parameter the activation does not take. A NaN parameter compares as the default it stands for.
+   - Validation is that of the one-shot functions (see Conventions), NULL first: a NULL handle, attrs,
+     required weight, x or out is MRNN_ERR_NULL_POINTER; the attribute mismatch is a step-2 value error;
+     out must be aligned for a pointer and overlap no weight. A failing _new leaves *out unchanged.
+   - Threads: runs on one handle may overlap, from any number of threads. Each handle reuses one scratch
+     buffer; a run that finds it in use by another thread takes a temporary one instead of waiting, so
+     concurrent runs never block each other (they then allocate). Freeing a handle while it runs, or
+     twice, is undefined behaviour.
+
+     MrnnKerasLstmAttrs a;
+     MrnnKerasLstm *layer = NULL;
+     mrnn_keras_lstm_attrs_init(&a);
+     a.input_size = I; a.hidden_size = H;                         // fixed for the handle's life
+     if (mrnn_keras_lstm_new(&a, kernel, recurrent_kernel, bias, &layer) != MRNN_OK) {
+       fprintf(stderr, "%s\n", mrnn_last_error());
+       return -1;
+     }
+     for (each batch) {
+       a.batch_size = B; a.seq_length = T; a.num_threads = 1;      // per run
+       status = mrnn_keras_lstm_run(layer, &a, x, mask, NULL, NULL, y, NULL, h_n, c_n);
+     }
+     mrnn_keras_lstm_free(layer);                                 // NULL is fine
+*/
+
+/* A Keras LSTM layer with packed weights (opaque). */
+typedef struct MrnnKerasLstm MrnnKerasLstm;
+
+/* An ONNX LSTM node with packed weights (opaque). */
+typedef struct MrnnOnnxLstm MrnnOnnxLstm;
+
+/* Creates a Keras LSTM layer: attrs gives input_size, hidden_size, activation, recurrent_activation
+   (with recurrent_alpha / recurrent_beta), go_backwards and zero_output_for_mask for the handle's life.
+   The weights are those of mrnn_lstm_keras. On MRNN_OK, *out is a new handle to free with
+   mrnn_keras_lstm_free; on failure *out is unchanged. */
+int32_t mrnn_keras_lstm_new(const MrnnKerasLstmAttrs *attrs, /* required */
+    const float *kernel,           /* [I,4H] gates i,f,c,o, required */
+    const float *recurrent_kernel, /* [H,4H], required */
+    const float *bias,             /* [4H] or NULL (zeros) */
+    MrnnKerasLstm **out);          /* required */
+
+/* Runs a layer made by mrnn_keras_lstm_new: exactly mrnn_lstm_keras with the handle's weights.
+   attrs gives batch_size, seq_length and num_threads of this run; its other fields must equal the
+   handle's (see "Handles"). Returns MRNN_OK or a status; see Conventions. */
+int32_t mrnn_keras_lstm_run(MrnnKerasLstm *layer, /* required */
+    const MrnnKerasLstmAttrs *attrs,  /* required */
+    const float *x,                   /* [B,T,I], required */
+    const uint8_t *mask,              /* [B,T], nonzero = valid; NULL = all valid; holes allowed */
+    const float *initial_h, const float *initial_c,   /* [B,H] or NULL */
+    float *y,                         /* [B,T,H] or NULL */
+    float *last_output,               /* [B,H] or NULL */
+    float *h_n, float *c_n);          /* [B,H] or NULL */
+
+/* Frees a handle made by mrnn_keras_lstm_new (and its scratch memory). NULL is a no-op. */
+void mrnn_keras_lstm_free(MrnnKerasLstm *layer);
+
+/* Creates an ONNX LSTM node: attrs gives input_size, hidden_size, direction, layout, input_forget,
+   has_clip / clip and the activations for the handle's life. The weights are those of mrnn_lstm_onnx.
+   On MRNN_OK, *out is a new handle to free with mrnn_onnx_lstm_free; on failure *out is unchanged. */
+int32_t mrnn_onnx_lstm_new(const MrnnOnnxLstmAttrs *attrs, /* required */
+    const float *w,               /* [D,4H,I], required */
+    const float *r,               /* [D,4H,H], required */
+    const float *b,               /* [D,8H] (Wb then Rb) or NULL (zeros) */
+    const float *p,               /* [D,3H] peepholes (i, o, f) or NULL (none) */
+    MrnnOnnxLstm **out);          /* required */
+
+/* Runs a node made by mrnn_onnx_lstm_new: exactly mrnn_lstm_onnx with the handle's weights (every
+   output NULL: validated, nothing computed). attrs gives seq_length, batch_size and num_threads of this
+   run; its other fields must equal the handle's (see "Handles"). Returns MRNN_OK or a status. */
+int32_t mrnn_onnx_lstm_run(MrnnOnnxLstm *layer, /* required */
+    const MrnnOnnxLstmAttrs *attrs, /* required */
+    const float *x,               /* [T,B,I] (layout 0) / [B,T,I] (layout 1), required */
+    const int32_t *sequence_lens, /* [B] or NULL = all seq_length; each in 0..=seq_length */
+    const float *initial_h,       /* [D,B,H] (layout 0) / [B,D,H] (layout 1) or NULL (zeros) */
+    const float *initial_c,       /* same, or NULL (zeros) */
+    float *y,                     /* [T,D,B,H] (layout 0) / [B,T,D,H] (layout 1) or NULL */
+    float *y_h, float *y_c);      /* [D,B,H] (layout 0) / [B,D,H] (layout 1) or NULL */
+
+/* Frees a handle made by mrnn_onnx_lstm_new (and its scratch memory). NULL is a no-op. */
+void mrnn_onnx_lstm_free(MrnnOnnxLstm *layer);
 
 #ifdef __cplusplus
 } /* extern "C" */

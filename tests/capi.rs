@@ -3,8 +3,11 @@
 //! (converted here from JSON to a plain text file the C program can read) and the error contract;
 //! `tests/c/onnx_test.c` does the same for `mrnn_lstm_onnx` with the ONNX Runtime fixtures (each layout-0
 //! fixture also transposed to layout 1, and the layout-1 ones to layout 0) and two-layer stacks whose
-//! expected values come from the Rust reference. Also: the header compiled as C++, optional runs under
-//! valgrind, and seeded replay of `masked_rnn::capi::fuzz_capi`.
+//! expected values come from the Rust reference. Both programs also run every case through the handles
+//! (`mrnn_keras_lstm_new` / `_run` / `_free`, `mrnn_onnx_lstm_*`), which must match the one-shot functions
+//! bitwise, including several shapes per handle and concurrent runs. Also: the header compiled as C++,
+//! optional runs under valgrind (memory errors and leaks: every handle must be freed), and seeded replay of
+//! `masked_rnn::capi::fuzz_capi`.
 //!
 //! Cargo builds the package's staticlib next to the rlib before it runs integration tests, in
 //! `target/<profile>/deps/`, the directory holding this test's executable (see [`staticlib`]).
@@ -274,8 +277,11 @@ fn header_compiles_as_cpp() {
     fs::write(
         &src,
         "#include \"masked_rnn.h\"\n\
-         int main() { MrnnKerasLstmAttrs a; MrnnOnnxLstmAttrs o; return mrnn_keras_lstm_attrs_init(&a) + \
-         mrnn_onnx_lstm_attrs_init(&o) + (mrnn_version() == 0); }\n",
+         int main() { MrnnKerasLstmAttrs a; MrnnOnnxLstmAttrs o; MrnnKerasLstm *k = nullptr; \
+         MrnnOnnxLstm *n = nullptr; mrnn_keras_lstm_free(k); mrnn_onnx_lstm_free(n); \
+         return mrnn_keras_lstm_attrs_init(&a) + mrnn_onnx_lstm_attrs_init(&o) + (mrnn_version() == 0) + \
+         mrnn_keras_lstm_new(&a, nullptr, nullptr, nullptr, &k) + mrnn_onnx_lstm_new(&o, nullptr, nullptr, \
+         nullptr, nullptr, &n); }\n",
     )
     .unwrap();
     let (ok, text) = run(Command::new(&cxx)
@@ -288,7 +294,8 @@ fn header_compiles_as_cpp() {
 }
 
 /// Runs `exe cases [extra]` under valgrind, when it is installed: reads or writes out of bounds in the
-/// library or the test fail it. Skipped (loudly) if valgrind is missing, `MRNN_SKIP_VALGRIND` is set, or
+/// library or the test, and memory definitely or indirectly lost at exit (a handle never freed, a leak in
+/// `_free`), fail it. Skipped (loudly) if valgrind is missing, `MRNN_SKIP_VALGRIND` is set, or
 /// the run does not finish within the time budget, so it can neither hang nor flake.
 #[cfg(unix)]
 fn under_valgrind(test: &str, build: impl FnOnce(&Path) -> (PathBuf, PathBuf), extra: &[&str]) {
@@ -300,7 +307,13 @@ fn under_valgrind(test: &str, build: impl FnOnce(&Path) -> (PathBuf, PathBuf), e
     let (exe, cases) = build(&dir);
     let log = dir.join("valgrind.log");
     let mut child = Command::new("valgrind")
-        .args(["--quiet", "--error-exitcode=99", "--leak-check=no"])
+        .args([
+            "--quiet",
+            "--error-exitcode=99",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite,indirect",
+            "--show-leak-kinds=definite,indirect",
+        ])
         .arg(&exe)
         .arg(&cases)
         .args(extra)

@@ -174,7 +174,11 @@ pub fn fuzz_capi(data: &[u8]) -> std::result::Result<(), String> {
     fuzz_lstm_keras(&mut r)?;
     fuzz_mask_from_value(&mut r)?;
     // The ONNX case reads the same bytes from the start: the Keras case often exhausts short inputs.
-    fuzz_lstm_onnx(&mut ByteReader::new(data))
+    fuzz_lstm_onnx(&mut ByteReader::new(data))?;
+    // The handle cases read the bytes backwards, so that they do not repeat the cases above.
+    let reversed: Vec<u8> = data.iter().rev().copied().collect();
+    fuzz_keras_handle(&mut ByteReader::new(&reversed))?;
+    fuzz_onnx_handle(&mut ByteReader::new(&reversed[reversed.len() / 3..]))
 }
 
 /// Small limits of `B, T, I, H` in sane cases.
@@ -199,7 +203,10 @@ fn keras_reference_activation(code: i32) -> Result<Activation> {
     })
 }
 
-fn fuzz_lstm_keras(r: &mut ByteReader<'_>) -> Check {
+/// Keras attributes from fuzz bytes: small sane sizes most of the time, otherwise negative, zero, huge
+/// and overflowing sizes, flags that are not 0/1, unknown activation codes, negative thread counts.
+/// Returns them with whether every size is sane (within [`SANE`]) and whether a value must be rejected.
+fn keras_attrs(r: &mut ByteReader<'_>) -> (MrnnKerasLstmAttrs, bool, bool) {
     let mut dims = [0_i64; 4];
     for (d, &max) in dims.iter_mut().zip(&SANE) {
         *d = r.below(max as usize + 1) as i64;
@@ -234,13 +241,23 @@ fn fuzz_lstm_keras(r: &mut ByteReader<'_>) -> Check {
         },
     };
     let sane = dims.iter().zip(&SANE).all(|(&d, &max)| (0..=max).contains(&d));
-    let bad_value = dims.iter().any(|&d| d < 0)
-        || hs == 0
-        || !(0..=1).contains(&attrs.go_backwards)
-        || !(0..=1).contains(&attrs.zero_output_for_mask)
-        || !(0..=10).contains(&attrs.activation)
-        || !(0..=10).contains(&attrs.recurrent_activation)
-        || attrs.num_threads < 0;
+    (attrs, sane, keras_value_error(&attrs))
+}
+
+/// Whether validation must reject a value of `a` (step 2).
+fn keras_value_error(a: &MrnnKerasLstmAttrs) -> bool {
+    [a.batch_size, a.seq_length, a.input_size, a.hidden_size].iter().any(|&d| d < 0)
+        || a.hidden_size == 0
+        || !(0..=1).contains(&a.go_backwards)
+        || !(0..=1).contains(&a.zero_output_for_mask)
+        || !(0..=10).contains(&a.activation)
+        || !(0..=10).contains(&a.recurrent_activation)
+        || a.num_threads < 0
+}
+
+fn fuzz_lstm_keras(r: &mut ByteReader<'_>) -> Check {
+    let (attrs, sane, bad_value) = keras_attrs(r);
+    let [bs, ts, is, hs] = [attrs.batch_size, attrs.seq_length, attrs.input_size, attrs.hidden_size];
     let overflow = !bad_value
         && [&[4, hs][..], &[bs, ts, is], &[bs, ts], &[is, 4, hs], &[hs, 4, hs], &[bs, hs], &[bs, ts, hs]]
             .iter()
@@ -468,7 +485,9 @@ fn expected_onnx_attrs(a: &MrnnOnnxLstmAttrs) -> Result<OnnxLstmAttrs> {
         .activations(acts))
 }
 
-fn fuzz_lstm_onnx(r: &mut ByteReader<'_>) -> Check {
+/// ONNX attributes from fuzz bytes, as [`keras_attrs`]: returns them with whether every size is sane
+/// (within [`SANE_ONNX`]) and whether a value must be rejected.
+fn onnx_attrs(r: &mut ByteReader<'_>) -> (MrnnOnnxLstmAttrs, bool, bool) {
     let mut dims = [0_i64; 4];
     for (d, &max) in dims.iter_mut().zip(&SANE_ONNX) {
         *d = r.below(max as usize + 1) as i64;
@@ -545,25 +564,35 @@ fn fuzz_lstm_onnx(r: &mut ByteReader<'_>) -> Check {
             v => i32::from(v % 4),
         },
     };
-    let d_n: i64 = if direction == 2 { 2 } else { 1 };
     let sane = dims.iter().zip(&SANE_ONNX).all(|(&d, &max)| (0..=max).contains(&d));
-    let used_acts = match num_activations {
+    (attrs, sane, onnx_value_error(&attrs))
+}
+
+/// Whether validation must reject a value of `a` (step 2).
+fn onnx_value_error(a: &MrnnOnnxLstmAttrs) -> bool {
+    let used_acts = match a.num_activations {
         3 => 3,
         6 => 6,
         _ => 0,
     };
-    let bad_value = dims.iter().any(|&d| d < 0)
-        || hs == 0
-        || !(0..=2).contains(&direction)
-        || !(0..=1).contains(&layout)
-        || !(0..=1).contains(&input_forget)
-        || !(0..=1).contains(&has_clip)
-        || (has_clip == 1 && (clip.is_nan() || clip <= 0.0))
-        || !(num_activations == 0
-            || (num_activations == 3 && direction != 2)
-            || (num_activations == 6 && direction == 2))
-        || activations[..used_acts].iter().any(|c| !(0..=10).contains(c))
-        || attrs.num_threads < 0;
+    [a.seq_length, a.batch_size, a.input_size, a.hidden_size].iter().any(|&d| d < 0)
+        || a.hidden_size == 0
+        || !(0..=2).contains(&a.direction)
+        || !(0..=1).contains(&a.layout)
+        || !(0..=1).contains(&a.input_forget)
+        || !(0..=1).contains(&a.has_clip)
+        || (a.has_clip == 1 && (a.clip.is_nan() || a.clip <= 0.0))
+        || !(a.num_activations == 0
+            || (a.num_activations == 3 && a.direction != 2)
+            || (a.num_activations == 6 && a.direction == 2))
+        || a.activations[..used_acts].iter().any(|c| !(0..=10).contains(c))
+        || a.num_threads < 0
+}
+
+fn fuzz_lstm_onnx(r: &mut ByteReader<'_>) -> Check {
+    let (attrs, sane, bad_value) = onnx_attrs(r);
+    let [ts, bs, is, hs] = [attrs.seq_length, attrs.batch_size, attrs.input_size, attrs.hidden_size];
+    let d_n: i64 = if attrs.direction == 2 { 2 } else { 1 };
     let overflow = !bad_value
         && [
             &[ts, bs, is][..],
@@ -878,6 +907,538 @@ fn fuzz_mask_from_value(r: &mut ByteReader<'_>) -> Check {
     if status == MRNN_OK && !out.values().iter().zip(&reference).all(|(&o, &m)| o == u8::from(m)) {
         return Err(format!("{what}: mask {:?} differs from the Rust API {reference:?}", out.values()));
     }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------ handles
+
+/// Frees a handle when dropped, so that a failed check does not leak it.
+struct Owned<T> {
+    ptr: *mut T,
+    free: unsafe extern "C" fn(*mut T),
+}
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` is a live handle from the matching `_new` (or NULL), freed only here.
+        unsafe { (self.free)(self.ptr) }
+    }
+}
+
+/// A handle's creation under test: `out` starts as this dangling, never dereferenced sentinel.
+fn sentinel<T>() -> *mut T {
+    ptr::NonNull::dangling().as_ptr()
+}
+
+/// Sizes of a run from fuzz bytes: sane most of the time (`sane` limits), otherwise anything.
+fn run_sizes(r: &mut ByteReader<'_>, sane: [i64; 2]) -> [i64; 2] {
+    let mut dims = [r.below(sane[0] as usize + 1) as i64, r.below(sane[1] as usize + 1) as i64];
+    if r.u8().is_multiple_of(6) {
+        for d in &mut dims {
+            if r.bool() {
+                *d = wild_size(r);
+            }
+        }
+    }
+    dims
+}
+
+fn thread_count(r: &mut ByteReader<'_>) -> i32 {
+    match r.u8() % 32 {
+        0 => -1,
+        1 => i32::MIN,
+        v => i32::from(v % 4),
+    }
+}
+
+/// A HardSigmoid parameter after the Keras attributes' NaN default, as bits.
+fn keras_param_bits(v: f32, default: f32) -> u32 {
+    if v.is_nan() {
+        default.to_bits()
+    } else {
+        v.to_bits()
+    }
+}
+
+/// Whether a run's Keras attributes differ from the handle's on a field fixed at creation (written from the
+/// header: HardSigmoid parameters count only for HardSigmoid, NaN as its default).
+fn keras_fixed_differ(run: &MrnnKerasLstmAttrs, c: &MrnnKerasLstmAttrs) -> bool {
+    let hard = run.recurrent_activation == 7;
+    run.input_size != c.input_size
+        || run.hidden_size != c.hidden_size
+        || run.go_backwards != c.go_backwards
+        || run.zero_output_for_mask != c.zero_output_for_mask
+        || run.activation != c.activation
+        || run.recurrent_activation != c.recurrent_activation
+        || (hard && keras_param_bits(run.recurrent_alpha, 0.2) != keras_param_bits(c.recurrent_alpha, 0.2))
+        || (hard && keras_param_bits(run.recurrent_beta, 0.5) != keras_param_bits(c.recurrent_beta, 0.5))
+}
+
+/// Whether a run's ONNX attributes differ from the handle's on a field fixed at creation (written from the
+/// header: clip only with has_clip, activations up to num_activations, compared as the activations the
+/// code and parameters stand for).
+fn onnx_fixed_differ(run: &MrnnOnnxLstmAttrs, c: &MrnnOnnxLstmAttrs) -> bool {
+    let n = if c.num_activations > 0 { c.num_activations as usize } else { 0 };
+    let act = |a: &MrnnOnnxLstmAttrs, k: usize| {
+        // Debug of an f32 is exact (shortest round-trip form), and resolved parameters are never NaN.
+        format!("{:?}", Activation::from_code(a.activations[k], a.activation_alpha[k], a.activation_beta[k]).ok())
+    };
+    run.input_size != c.input_size
+        || run.hidden_size != c.hidden_size
+        || run.direction != c.direction
+        || run.layout != c.layout
+        || run.input_forget != c.input_forget
+        || run.has_clip != c.has_clip
+        || (run.has_clip == 1 && run.clip.to_bits() != c.clip.to_bits())
+        || run.num_activations != c.num_activations
+        || (0..n.min(6)).any(|k| act(run, k) != act(c, k))
+}
+
+/// Creates a Keras handle from arbitrary attributes and weights, then runs it a few times with other
+/// shapes, thread counts and sometimes changed fixed fields: every status as the contract predicts, every
+/// successful run bitwise equal to `mrnn_lstm_keras` on the same inputs, canaries intact.
+fn fuzz_keras_handle(r: &mut ByteReader<'_>) -> Check {
+    let (created, _, bad_value) = keras_attrs(r);
+    let (is, hs) = (created.input_size, created.hidden_size);
+    let sane_weights = (0..=SANE[2]).contains(&is) && (0..=SANE[3]).contains(&hs);
+    let overflow = !bad_value && [&[4, hs][..], &[is, 4, hs], &[hs, 4, hs]].iter().any(|d| overflows(d));
+    let rare = |r: &mut ByteReader<'_>, n: u8| r.u8().is_multiple_of(n);
+    let (attrs_null, mut kernel_null, recurrent_null, out_null) = (rare(r, 32), rare(r, 24), rare(r, 24), rare(r, 32));
+    let (bias_on, misalign_kernel) = (r.bool(), rare(r, 32));
+    if predicted(attrs_null || kernel_null || recurrent_null || out_null, bad_value, overflow, false).is_none()
+        && !sane_weights
+    {
+        // Huge weights that validate: never pack them.
+        kernel_null = true;
+    }
+    let required_null = attrs_null || kernel_null || recurrent_null || out_null;
+    let expected = predicted(required_null, bad_value, overflow, misalign_kernel);
+    let len = |dims: &[i64]| if sane_weights { dims.iter().map(|&d| d as usize).product() } else { 1 };
+    let mut values = |n: usize, scale: f32| -> Vec<f32> {
+        (0..n).map(|_| if r.u8().is_multiple_of(32) { r.wild() } else { r.unit(scale) }).collect()
+    };
+    let canary = f32::from_bits(CANARY_BITS);
+    let mut kernel = Buf::new(values(len(&[is, 4, hs]) + usize::from(misalign_kernel), 0.5), canary);
+    let mut recurrent = Buf::new(values(len(&[hs, 4, hs]), 0.5), canary);
+    let mut bias = Buf::new(values(len(&[4, hs]), 0.5), canary);
+    let saved: Vec<Vec<f32>> = [&kernel, &recurrent, &bias].iter().map(|b| b.data.clone()).collect();
+    let kernel_ptr = if kernel_null {
+        ptr::null()
+    } else if misalign_kernel {
+        kernel.ptr().cast::<u8>().wrapping_add(2).cast::<f32>()
+    } else {
+        kernel.ptr()
+    };
+    let mut out = sentinel::<MrnnKerasLstm>();
+    // SAFETY: the weights hold exactly their documented sizes (plus a canary) when the sizes are sane;
+    // otherwise they are one-element dummies and `expected` is a failure validation reports first. A
+    // misaligned kernel stays inside its allocation.
+    let status = unsafe {
+        mrnn_keras_lstm_new(
+            if attrs_null { ptr::null() } else { &created },
+            kernel_ptr,
+            if recurrent_null { ptr::null() } else { recurrent.ptr() },
+            if bias_on { bias.ptr() } else { ptr::null() },
+            if out_null { ptr::null_mut() } else { &mut out },
+        )
+    };
+    let what = format!("mrnn_keras_lstm_new({created:?}, nulls: attrs {attrs_null} kernel {kernel_null} recurrent {recurrent_null} out {out_null}, misaligned kernel {misalign_kernel})");
+    check_status(&what, status)?;
+    let layer = Owned { ptr: if status == MRNN_OK { out } else { ptr::null_mut() }, free: mrnn_keras_lstm_free };
+    for (buf, name) in [(&kernel, "kernel"), (&recurrent, "recurrent_kernel"), (&bias, "bias")] {
+        buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
+    }
+    if [&kernel, &recurrent, &bias].iter().zip(&saved).any(|(b, s)| !f32_bits_eq(&b.data, s)) {
+        return Err(format!("{what}: a weight was modified"));
+    }
+    if let Some(expected) = expected {
+        if status != expected || out != sentinel() {
+            return Err(format!(
+                "{what}: status {status}, expected {expected}, *out {out:p}: {}",
+                last_error_message()
+            ));
+        }
+        return Ok(());
+    }
+    if status != MRNN_OK || out.is_null() || out == sentinel() {
+        return Err(format!("{what}: status {status}, *out {out:p}: {}", last_error_message()));
+    }
+    // The handle owns a copy: the caller's weights may change (the one-shot calls get the saved ones).
+    for buf in [&mut kernel, &mut recurrent, &mut bias] {
+        let n = buf.len;
+        buf.data[..n].fill(1e3);
+    }
+    let [saved_kernel, saved_recurrent, saved_bias] =
+        [0, 1, 2].map(|k| Buf::new(saved[k][..[&kernel, &recurrent, &bias][k].len].to_vec(), canary));
+
+    for run in 0..1 + r.below(4) {
+        let mut a = created;
+        let [bs, ts] = run_sizes(r, [SANE[0], SANE[1]]);
+        (a.batch_size, a.seq_length, a.num_threads) = (bs, ts, thread_count(r));
+        match r.u8() % 24 {
+            0 => a.input_size += 1,
+            1 => a.hidden_size += 1,
+            2 => a.go_backwards ^= 1,
+            3 => a.zero_output_for_mask ^= 1,
+            4 => a.activation = code(r, 1),
+            5 => a.recurrent_activation = code(r, 0),
+            6 => a.recurrent_alpha = [f32::NAN, 0.2, 0.5, r.wild()][r.below(4)],
+            7 => a.recurrent_beta = [f32::NAN, 0.5, 0.2, r.wild()][r.below(4)],
+            _ => {}
+        }
+        let bad_value = keras_value_error(&a);
+        let mismatch = keras_fixed_differ(&a, &created);
+        let (i, h) = (is, hs);
+        let overflow = !bad_value
+            && !mismatch
+            && [&[bs, ts, i][..], &[bs, ts], &[bs, h], &[bs, ts, h]].iter().any(|d| overflows(d));
+        let (layer_null, attrs_null, mut x_null) = (rare(r, 32), rare(r, 32), rare(r, 24));
+        let (mask_on, h0_on, c0_on) = (r.bool(), r.u8().is_multiple_of(3), r.u8().is_multiple_of(3));
+        let outs_on = [!r.u8().is_multiple_of(4), r.bool(), r.bool(), r.bool()];
+        let (misalign_x, alias) = (rare(r, 32), rare(r, 32));
+        let sane = (0..=SANE[0]).contains(&bs) && (0..=SANE[1]).contains(&ts);
+        if predicted(layer_null || attrs_null || x_null, bad_value || mismatch, overflow, false).is_none() && !sane {
+            x_null = true;
+        }
+        let required_null = layer_null || attrs_null || x_null;
+        let len = |dims: &[i64]| if sane { dims.iter().map(|&d| d as usize).product() } else { 1 };
+        let (n_x, n_mask, n_s, n_y) = (len(&[bs, ts, i]), len(&[bs, ts]), len(&[bs, h]), len(&[bs, ts, h]));
+        let aliased = alias && outs_on[2] && outs_on[3] && n_s > 0;
+        let expected = predicted(required_null, bad_value || mismatch, overflow, misalign_x || aliased);
+
+        let mut values = |n: usize, scale: f32| -> Vec<f32> {
+            (0..n).map(|_| if r.u8().is_multiple_of(32) { r.wild() } else { r.unit(scale) }).collect()
+        };
+        let x = Buf::new(values(n_x + usize::from(misalign_x), 2.0), canary);
+        let h0 = Buf::new(values(n_s, 1.0), canary);
+        let c0 = Buf::new(values(n_s, 1.0), canary);
+        let mask = Buf::new((0..n_mask).map(|_| [0, 1, 1, 255, 0, 1, 7, 1][r.below(8)]).collect(), CANARY_BYTE);
+        let inputs_before: Vec<Vec<f32>> = [&x, &h0, &c0].iter().map(|b| b.data.clone()).collect();
+        let unset = f32::from_bits(UNSET_BITS);
+        let mut outs = [n_y, n_s, n_s, n_s].map(|n| Buf::filled(n, unset, canary));
+        let mut ptrs = [ptr::null_mut::<f32>(); 4];
+        for (k, (buf, &on)) in outs.iter_mut().zip(&outs_on).enumerate() {
+            if on {
+                ptrs[k] = buf.mut_ptr();
+            }
+        }
+        if aliased {
+            ptrs[3] = ptrs[2];
+        }
+        let x_ptr = if x_null {
+            ptr::null()
+        } else if misalign_x {
+            x.ptr().cast::<u8>().wrapping_add(2).cast::<f32>()
+        } else {
+            x.ptr()
+        };
+        let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
+        // SAFETY: `layer.ptr` is a live handle; the buffers hold exactly their documented sizes (plus a
+        // canary) when the sizes are sane, otherwise `expected` is a failure validation reports before any
+        // access. A misaligned x and aliased outputs stay inside their allocations.
+        let status = unsafe {
+            mrnn_keras_lstm_run(
+                if layer_null { ptr::null_mut() } else { layer.ptr },
+                if attrs_null { ptr::null() } else { &a },
+                x_ptr,
+                if mask_on { mask.ptr() } else { ptr::null() },
+                opt(h0_on, h0.ptr()),
+                opt(c0_on, c0.ptr()),
+                ptrs[0],
+                ptrs[1],
+                ptrs[2],
+                ptrs[3],
+            )
+        };
+        let what = format!("mrnn_keras_lstm_run #{run} ({a:?}, handle {created:?}, nulls: layer {layer_null} attrs {attrs_null} x {x_null}, misaligned x {misalign_x}, aliased {aliased})");
+        check_status(&what, status)?;
+        const NAMES: [&str; 4] = ["y", "last_output", "h_n", "c_n"];
+        for (buf, name) in outs.iter().zip(NAMES) {
+            buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
+        }
+        mask.check_canary("mask", CANARY_BYTE).map_err(|e| format!("{what}: {e}"))?;
+        if [&x, &h0, &c0].iter().zip(&inputs_before).any(|(b, s)| !f32_bits_eq(&b.data, s)) {
+            return Err(format!("{what}: an input was modified"));
+        }
+        if let Some(expected) = expected {
+            if status != expected {
+                return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
+            }
+            let message = last_error_message();
+            if !required_null && !bad_value && mismatch && !message.contains("differs from the handle's") {
+                return Err(format!("{what}: a changed fixed field, but the message is {message:?}"));
+            }
+            if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
+                return Err(format!("{what}: an output was written by a run that failed validation"));
+            }
+            continue;
+        }
+        // The one-shot function on the same inputs and the saved weights: bitwise the same.
+        let mut one_shot = [n_y, n_s, n_s, n_s].map(|n| Buf::filled(n, unset, canary));
+        let mut ptrs = [ptr::null_mut::<f32>(); 4];
+        for (k, (buf, &on)) in one_shot.iter_mut().zip(&outs_on).enumerate() {
+            if on {
+                ptrs[k] = buf.mut_ptr();
+            }
+        }
+        // SAFETY: the same valid buffers as the run above, with the saved weights of the handle's sizes.
+        let one_status = unsafe {
+            mrnn_lstm_keras(
+                &a,
+                x.ptr(),
+                if mask_on { mask.ptr() } else { ptr::null() },
+                saved_kernel.ptr(),
+                saved_recurrent.ptr(),
+                if bias_on { saved_bias.ptr() } else { ptr::null() },
+                opt(h0_on, h0.ptr()),
+                opt(c0_on, c0.ptr()),
+                ptrs[0],
+                ptrs[1],
+                ptrs[2],
+                ptrs[3],
+            )
+        };
+        if status != one_status {
+            return Err(format!(
+                "{what}: status {status}, mrnn_lstm_keras gives {one_status}: {}",
+                last_error_message()
+            ));
+        }
+        for ((got, want), name) in outs.iter().zip(&one_shot).zip(NAMES) {
+            if !f32_bits_eq(got.values(), want.values()) {
+                return Err(format!("{what}: {name} differs from mrnn_lstm_keras"));
+            }
+        }
+    }
+    drop(layer);
+    // SAFETY: NULL is a no-op.
+    unsafe { mrnn_keras_lstm_free(ptr::null_mut()) };
+    Ok(())
+}
+
+/// As [`fuzz_keras_handle`], for `mrnn_onnx_lstm_new` / `_run` against `mrnn_lstm_onnx`.
+fn fuzz_onnx_handle(r: &mut ByteReader<'_>) -> Check {
+    let (created, _, bad_value) = onnx_attrs(r);
+    let (is, hs) = (created.input_size, created.hidden_size);
+    let d_n: i64 = if created.direction == 2 { 2 } else { 1 };
+    let sane_weights = (0..=SANE_ONNX[2]).contains(&is) && (0..=SANE_ONNX[3]).contains(&hs);
+    let overflow = !bad_value
+        && [&[d_n, 4, hs, is][..], &[d_n, 4, hs, hs], &[d_n, 8, hs], &[d_n, 3, hs]].iter().any(|d| overflows(d));
+    let rare = |r: &mut ByteReader<'_>, n: u8| r.u8().is_multiple_of(n);
+    let (attrs_null, mut w_null, r_null, out_null) = (rare(r, 32), rare(r, 24), rare(r, 24), rare(r, 32));
+    let (b_on, p_on, misalign_w) = (r.bool(), r.u8().is_multiple_of(3), rare(r, 32));
+    if predicted(attrs_null || w_null || r_null || out_null, bad_value, overflow, false).is_none() && !sane_weights {
+        w_null = true;
+    }
+    let required_null = attrs_null || w_null || r_null || out_null;
+    let expected = predicted(required_null, bad_value, overflow, misalign_w);
+    let len = |dims: &[i64]| if sane_weights { dims.iter().map(|&d| d as usize).product() } else { 1 };
+    let mut values = |n: usize, scale: f32| -> Vec<f32> {
+        (0..n).map(|_| if r.u8().is_multiple_of(32) { r.wild() } else { r.unit(scale) }).collect()
+    };
+    let canary = f32::from_bits(CANARY_BITS);
+    let mut w = Buf::new(values(len(&[d_n, 4, hs, is]) + usize::from(misalign_w), 0.5), canary);
+    let mut rr = Buf::new(values(len(&[d_n, 4, hs, hs]), 0.5), canary);
+    let mut bias = Buf::new(values(len(&[d_n, 8, hs]), 0.5), canary);
+    let mut peep = Buf::new(values(len(&[d_n, 3, hs]), 0.5), canary);
+    let saved: Vec<Vec<f32>> = [&w, &rr, &bias, &peep].iter().map(|b| b.data.clone()).collect();
+    let w_ptr = if w_null {
+        ptr::null()
+    } else if misalign_w {
+        w.ptr().cast::<u8>().wrapping_add(2).cast::<f32>()
+    } else {
+        w.ptr()
+    };
+    let mut out = sentinel::<MrnnOnnxLstm>();
+    // SAFETY: as in `fuzz_keras_handle`.
+    let status = unsafe {
+        mrnn_onnx_lstm_new(
+            if attrs_null { ptr::null() } else { &created },
+            w_ptr,
+            if r_null { ptr::null() } else { rr.ptr() },
+            if b_on { bias.ptr() } else { ptr::null() },
+            if p_on { peep.ptr() } else { ptr::null() },
+            if out_null { ptr::null_mut() } else { &mut out },
+        )
+    };
+    let what = format!("mrnn_onnx_lstm_new({created:?}, nulls: attrs {attrs_null} w {w_null} r {r_null} out {out_null}, misaligned w {misalign_w})");
+    check_status(&what, status)?;
+    let layer = Owned { ptr: if status == MRNN_OK { out } else { ptr::null_mut() }, free: mrnn_onnx_lstm_free };
+    for (buf, name) in [(&w, "w"), (&rr, "r"), (&bias, "b"), (&peep, "p")] {
+        buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
+    }
+    if [&w, &rr, &bias, &peep].iter().zip(&saved).any(|(b, s)| !f32_bits_eq(&b.data, s)) {
+        return Err(format!("{what}: a weight was modified"));
+    }
+    if let Some(expected) = expected {
+        if status != expected || out != sentinel() {
+            return Err(format!(
+                "{what}: status {status}, expected {expected}, *out {out:p}: {}",
+                last_error_message()
+            ));
+        }
+        return Ok(());
+    }
+    if status != MRNN_OK || out.is_null() || out == sentinel() {
+        return Err(format!("{what}: status {status}, *out {out:p}: {}", last_error_message()));
+    }
+    for buf in [&mut w, &mut rr, &mut bias, &mut peep] {
+        let n = buf.len;
+        buf.data[..n].fill(-1e3);
+    }
+    let lens_of = [w.len, rr.len, bias.len, peep.len];
+    let [saved_w, saved_r, saved_b, saved_p] = [0, 1, 2, 3].map(|k| Buf::new(saved[k][..lens_of[k]].to_vec(), canary));
+
+    for run in 0..1 + r.below(4) {
+        let mut a = created;
+        let [ts, bs] = run_sizes(r, [SANE_ONNX[0], SANE_ONNX[1]]);
+        (a.seq_length, a.batch_size, a.num_threads) = (ts, bs, thread_count(r));
+        match r.u8() % 32 {
+            0 => a.input_size += 1,
+            1 => a.hidden_size += 1,
+            2 => a.direction = enum_value(r, 3),
+            3 => a.layout ^= 1,
+            4 => a.input_forget ^= 1,
+            5 => a.has_clip ^= 1,
+            6 => a.clip = [f32::INFINITY, 1.0, 0.5, f32::NAN][r.below(4)],
+            7 => a.num_activations = [0, 3, 6][r.below(3)],
+            8 => a.activations[r.below(6)] = code(r, 0),
+            9 => a.activation_alpha[r.below(6)] = [f32::NAN, 0.2, 0.01, 1.0, r.wild()][r.below(5)],
+            10 => a.activation_beta[r.below(6)] = [f32::NAN, 0.5, 0.0, r.wild()][r.below(4)],
+            _ => {}
+        }
+        let bad_value = onnx_value_error(&a);
+        let mismatch = onnx_fixed_differ(&a, &created);
+        let d = d_n;
+        let overflow = !bad_value
+            && !mismatch
+            && [&[ts, bs, is][..], &[d, bs, hs], &[ts, d, bs, hs]].iter().any(|dims| overflows(dims));
+        let (layer_null, attrs_null, mut x_null) = (rare(r, 32), rare(r, 32), rare(r, 24));
+        let (lens_on, h0_on, c0_on) = (!r.u8().is_multiple_of(4), r.u8().is_multiple_of(3), r.u8().is_multiple_of(3));
+        let outs_on = [!r.u8().is_multiple_of(4), r.bool(), r.bool()];
+        let (misalign_x, alias) = (rare(r, 48), rare(r, 32));
+        let sane = (0..=SANE_ONNX[0]).contains(&ts) && (0..=SANE_ONNX[1]).contains(&bs);
+        if predicted(layer_null || attrs_null || x_null, bad_value || mismatch, overflow, false).is_none() && !sane {
+            x_null = true;
+        }
+        let required_null = layer_null || attrs_null || x_null;
+        let len = |dims: &[i64]| if sane { dims.iter().map(|&v| v as usize).product() } else { 1 };
+        let (n_x, n_s, n_y, n_l) = (len(&[ts, bs, is]), len(&[d, bs, hs]), len(&[ts, d, bs, hs]), len(&[bs]));
+        let aliased = alias && outs_on[1] && outs_on[2] && n_s > 0;
+        let lens_values: Vec<i32> = (0..n_l).map(|_| length_value(r, if sane { ts } else { 0 })).collect();
+        let lens_bad = sane && lens_on && lens_values.iter().any(|&l| l < 0 || i64::from(l) > ts);
+        let expected = predicted(required_null, bad_value || mismatch, overflow, misalign_x || aliased)
+            .or_else(|| lens_bad.then_some(MRNN_ERR_BAD_ARGUMENT));
+
+        let mut values = |n: usize, scale: f32| -> Vec<f32> {
+            (0..n).map(|_| if r.u8().is_multiple_of(32) { r.wild() } else { r.unit(scale) }).collect()
+        };
+        let x = Buf::new(values(n_x + usize::from(misalign_x), 2.0), canary);
+        let h0 = Buf::new(values(n_s, 1.0), canary);
+        let c0 = Buf::new(values(n_s, 1.0), canary);
+        let lens = Buf::new(lens_values, CANARY_I32);
+        let inputs_before: Vec<Vec<f32>> = [&x, &h0, &c0].iter().map(|b| b.data.clone()).collect();
+        let lens_before = lens.data.clone();
+        let unset = f32::from_bits(UNSET_BITS);
+        let mut outs = [n_y, n_s, n_s].map(|n| Buf::filled(n, unset, canary));
+        let mut ptrs = [ptr::null_mut::<f32>(); 3];
+        for (k, (buf, &on)) in outs.iter_mut().zip(&outs_on).enumerate() {
+            if on {
+                ptrs[k] = buf.mut_ptr();
+            }
+        }
+        if aliased {
+            ptrs[2] = ptrs[1];
+        }
+        let x_ptr = if x_null {
+            ptr::null()
+        } else if misalign_x {
+            x.ptr().cast::<u8>().wrapping_add(2).cast::<f32>()
+        } else {
+            x.ptr()
+        };
+        let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
+        let lens_ptr = if lens_on { lens.ptr() } else { ptr::null() };
+        // SAFETY: as in `fuzz_keras_handle`.
+        let status = unsafe {
+            mrnn_onnx_lstm_run(
+                if layer_null { ptr::null_mut() } else { layer.ptr },
+                if attrs_null { ptr::null() } else { &a },
+                x_ptr,
+                lens_ptr,
+                opt(h0_on, h0.ptr()),
+                opt(c0_on, c0.ptr()),
+                ptrs[0],
+                ptrs[1],
+                ptrs[2],
+            )
+        };
+        let what = format!(
+            "mrnn_onnx_lstm_run #{run} ({a:?}, handle {created:?}, nulls: layer {layer_null} attrs {attrs_null} x {x_null}, misaligned x {misalign_x}, aliased {aliased}, lens {:?})",
+            lens_on.then(|| lens.values())
+        );
+        check_status(&what, status)?;
+        const NAMES: [&str; 3] = ["Y", "Y_h", "Y_c"];
+        for (buf, name) in outs.iter().zip(NAMES) {
+            buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
+        }
+        lens.check_canary("sequence_lens", CANARY_I32).map_err(|e| format!("{what}: {e}"))?;
+        if [&x, &h0, &c0].iter().zip(&inputs_before).any(|(b, s)| !f32_bits_eq(&b.data, s)) || lens.data != lens_before
+        {
+            return Err(format!("{what}: an input was modified"));
+        }
+        if let Some(expected) = expected {
+            if status != expected {
+                return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
+            }
+            let message = last_error_message();
+            if !required_null && !bad_value && mismatch && !message.contains("differs from the handle's") {
+                return Err(format!("{what}: a changed fixed field, but the message is {message:?}"));
+            }
+            if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
+                return Err(format!("{what}: an output was written by a run that failed validation"));
+            }
+            continue;
+        }
+        let mut one_shot = [n_y, n_s, n_s].map(|n| Buf::filled(n, unset, canary));
+        let mut ptrs = [ptr::null_mut::<f32>(); 3];
+        for (k, (buf, &on)) in one_shot.iter_mut().zip(&outs_on).enumerate() {
+            if on {
+                ptrs[k] = buf.mut_ptr();
+            }
+        }
+        // SAFETY: the same valid buffers as the run above, with the saved weights of the handle's sizes.
+        let one_status = unsafe {
+            mrnn_lstm_onnx(
+                &a,
+                x.ptr(),
+                saved_w.ptr(),
+                saved_r.ptr(),
+                if b_on { saved_b.ptr() } else { ptr::null() },
+                lens_ptr,
+                opt(h0_on, h0.ptr()),
+                opt(c0_on, c0.ptr()),
+                if p_on { saved_p.ptr() } else { ptr::null() },
+                ptrs[0],
+                ptrs[1],
+                ptrs[2],
+            )
+        };
+        if status != one_status {
+            return Err(format!(
+                "{what}: status {status}, mrnn_lstm_onnx gives {one_status}: {}",
+                last_error_message()
+            ));
+        }
+        for ((got, want), name) in outs.iter().zip(&one_shot).zip(NAMES) {
+            if !f32_bits_eq(got.values(), want.values()) {
+                return Err(format!("{what}: {name} differs from mrnn_lstm_onnx"));
+            }
+        }
+    }
+    drop(layer);
+    // SAFETY: NULL is a no-op.
+    unsafe { mrnn_onnx_lstm_free(ptr::null_mut()) };
     Ok(())
 }
 

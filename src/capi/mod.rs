@@ -18,14 +18,20 @@
 //! when their tensor is empty. Checks that must read caller memory (`sequence_lens` values) come last, still
 //! before any output is written.
 //!
+//! Handles ([`handle`]): `mrnn_keras_lstm_new` / `mrnn_onnx_lstm_new` validate the attributes and pack the
+//! weights once; `*_run` validates only the per-run arguments and reuses the handle's [`Workspace`]. The
+//! one-shot [`mrnn_lstm_keras`] and [`mrnn_lstm_onnx`] pack on every call and reuse a per-thread
+//! [`Workspace`] for their scratch memory.
+//!
 //! [`fuzz_capi`] drives these functions with arbitrary attributes and checks the contract.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::slice;
 
 use crate::activation::Activation;
+use crate::engine::Workspace;
 use crate::error::{checked_product, Error, ErrorKind, Result};
 use crate::keras::{InitialState, KerasLstm, KerasLstmOptions, KerasOutputs};
 use crate::onnx::{Direction, Layout, OnnxLstm, OnnxLstmAttrs, OnnxOutputs};
@@ -33,8 +39,13 @@ use crate::view::{mask_from_values, MaskValueMode, SeqView};
 use crate::weights::LstmWeights;
 
 mod fuzz;
+pub mod handle;
 
 pub use fuzz::fuzz_capi;
+pub use handle::{
+    mrnn_keras_lstm_free, mrnn_keras_lstm_new, mrnn_keras_lstm_run, mrnn_onnx_lstm_free, mrnn_onnx_lstm_new,
+    mrnn_onnx_lstm_run, MrnnKerasLstm, MrnnOnnxLstm,
+};
 
 /// Success.
 pub const MRNN_OK: i32 = 0;
@@ -345,6 +356,28 @@ unsafe fn output<'a, T>(p: *mut T, len: usize) -> Option<&'a mut [T]> {
     (!p.is_null()).then(|| unsafe { slice::from_raw_parts_mut(p, len) })
 }
 
+/// Scratch memory of the C ABI's layer runs: the engine's [`Workspace`], and the zeros that stand in for
+/// a missing half of a Keras initial state. Contents never affect results; only capacity is reused.
+#[derive(Debug, Default)]
+struct Scratch {
+    workspace: Workspace,
+    zeros: Vec<f32>,
+}
+
+thread_local! {
+    /// The scratch memory of the one-shot functions on this thread, kept until the thread exits.
+    static SCRATCH: Cell<Scratch> = Cell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's [`SCRATCH`], taken out of its slot for the call (a nested call or a thread
+/// that is exiting gets a fresh, temporary one) and put back afterwards (dropped if `f` panics).
+fn with_thread_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    let mut scratch = SCRATCH.try_with(Cell::take).unwrap_or_default();
+    let result = f(&mut scratch);
+    let _ = SCRATCH.try_with(|slot| slot.set(scratch));
+    result
+}
+
 /// Fills `*attrs` with the defaults: sizes 0, `go_backwards` and `zero_output_for_mask` 0, activation
 /// Tanh, recurrent activation Sigmoid, NaN (default) HardSigmoid parameters, `num_threads` 0.
 ///
@@ -409,30 +442,10 @@ pub unsafe extern "C" fn mrnn_lstm_keras(
         // (caller's contract); read_unaligned needs no alignment.
         let a = unsafe { attrs.read_unaligned() };
 
-        // 2. Values.
-        non_negative("batch_size", a.batch_size)?;
-        non_negative("seq_length", a.seq_length)?;
-        non_negative("input_size", a.input_size)?;
-        non_negative("hidden_size", a.hidden_size)?;
-        if a.hidden_size == 0 {
-            return Err(Error::argument("hidden_size must be at least 1"));
-        }
-        let go_backwards = flag("go_backwards", a.go_backwards)?;
-        let zero_output_for_mask = flag("zero_output_for_mask", a.zero_output_for_mask)?;
-        let activation = keras_activation(a.activation, f32::NAN, f32::NAN)
-            .map_err(|e| Error::argument(format!("activation: {}", e.message())))?;
-        let recurrent_activation = keras_activation(a.recurrent_activation, a.recurrent_alpha, a.recurrent_beta)
-            .map_err(|e| Error::argument(format!("recurrent_activation: {}", e.message())))?;
-        let threads = usize::try_from(a.num_threads)
-            .map_err(|_| Error::argument(format!("num_threads = {} is negative", a.num_threads)))?;
+        // 2. Values (and 3., the conversion of the sizes).
+        let KerasArgs { options, b, t, i, h, threads } = keras_args(&a)?;
 
         // 3. Sizes.
-        let (b, t, i, h) = (
-            dim("batch_size", a.batch_size)?,
-            dim("seq_length", a.seq_length)?,
-            dim("input_size", a.input_size)?,
-            dim("hidden_size", a.hidden_size)?,
-        );
         let gates = checked_product(&[4, h], "bias [4H]")?;
         let n_x = checked_product(&[b, t, i], "x [B,T,I]")?;
         let n_mask = checked_product(&[b, t], "mask [B,T]")?;
@@ -482,33 +495,89 @@ pub unsafe extern "C" fn mrnn_lstm_keras(
             }
         };
 
-        let view = match mask {
-            Some(m) => SeqView::from_mask_bytes(m, b, t)?,
-            None => SeqView::full(b, t),
-        };
-        let weights = LstmWeights::from_keras(i, h, kernel, recurrent_kernel, bias)?;
-        let options = KerasLstmOptions::default()
-            .activation(activation)
-            .recurrent_activation(recurrent_activation)
-            .go_backwards(go_backwards)
-            .zero_output_for_mask(zero_output_for_mask);
-        let layer = KerasLstm::new(weights, options)?;
-        let zeros;
-        let initial = match (initial_h, initial_c) {
-            (None, None) => None,
-            (Some(h), Some(c)) => Some(InitialState { h, c }),
-            (Some(h), None) => {
-                zeros = vec![0.0; n_state];
-                Some(InitialState { h, c: &zeros })
-            }
-            (None, Some(c)) => {
-                zeros = vec![0.0; n_state];
-                Some(InitialState { h: &zeros, c })
-            }
-        };
-        layer.forward(x, &view, initial, out, threads)?;
-        Ok(())
+        let layer = KerasLstm::new(LstmWeights::from_keras(i, h, kernel, recurrent_kernel, bias)?, options)?;
+        let input = KerasInput { b, t, x, mask, initial_h, initial_c };
+        with_thread_scratch(|scratch| keras_forward(&layer, input, out, threads, scratch))
     })
+}
+
+/// The validated values of an `MrnnKerasLstmAttrs`: the layer options, the sizes and the thread count.
+struct KerasArgs {
+    options: KerasLstmOptions,
+    b: usize,
+    t: usize,
+    i: usize,
+    h: usize,
+    threads: usize,
+}
+
+/// Step 2 and the size conversions of step 3 for `mrnn_lstm_keras`: every value check on `a`.
+fn keras_args(a: &MrnnKerasLstmAttrs) -> Result<KerasArgs> {
+    non_negative("batch_size", a.batch_size)?;
+    non_negative("seq_length", a.seq_length)?;
+    non_negative("input_size", a.input_size)?;
+    non_negative("hidden_size", a.hidden_size)?;
+    if a.hidden_size == 0 {
+        return Err(Error::argument("hidden_size must be at least 1"));
+    }
+    let go_backwards = flag("go_backwards", a.go_backwards)?;
+    let zero_output_for_mask = flag("zero_output_for_mask", a.zero_output_for_mask)?;
+    let activation = keras_activation(a.activation, f32::NAN, f32::NAN)
+        .map_err(|e| Error::argument(format!("activation: {}", e.message())))?;
+    let recurrent_activation = keras_activation(a.recurrent_activation, a.recurrent_alpha, a.recurrent_beta)
+        .map_err(|e| Error::argument(format!("recurrent_activation: {}", e.message())))?;
+    let threads = usize::try_from(a.num_threads)
+        .map_err(|_| Error::argument(format!("num_threads = {} is negative", a.num_threads)))?;
+    let (b, t, i, h) = (
+        dim("batch_size", a.batch_size)?,
+        dim("seq_length", a.seq_length)?,
+        dim("input_size", a.input_size)?,
+        dim("hidden_size", a.hidden_size)?,
+    );
+    let options = KerasLstmOptions::default()
+        .activation(activation)
+        .recurrent_activation(recurrent_activation)
+        .go_backwards(go_backwards)
+        .zero_output_for_mask(zero_output_for_mask);
+    Ok(KerasArgs { options, b, t, i, h, threads })
+}
+
+/// The validated inputs of one Keras layer run: `x [B,T,I]`, `mask [B,T]`, initial states `[B,H]`.
+struct KerasInput<'a> {
+    b: usize,
+    t: usize,
+    x: &'a [f32],
+    mask: Option<&'a [u8]>,
+    initial_h: Option<&'a [f32]>,
+    initial_c: Option<&'a [f32]>,
+}
+
+/// Runs a packed Keras layer on validated caller buffers with the given scratch memory: the body shared by
+/// `mrnn_lstm_keras` and `mrnn_keras_lstm_run`. A missing half of the initial state is zeros.
+fn keras_forward(
+    layer: &KerasLstm,
+    input: KerasInput<'_>,
+    out: KerasOutputs<'_>,
+    threads: usize,
+    scratch: &mut Scratch,
+) -> Result<()> {
+    let KerasInput { b, t, x, mask, initial_h, initial_c } = input;
+    let view = match mask {
+        Some(m) => SeqView::from_mask_bytes(m, b, t)?,
+        None => SeqView::full(b, t),
+    };
+    let Scratch { workspace, zeros } = scratch;
+    let initial = match (initial_h, initial_c) {
+        (None, None) => None,
+        (Some(h), Some(c)) => Some(InitialState { h, c }),
+        (h, c) => {
+            zeros.clear();
+            zeros.resize(checked_product(&[b, layer.units()], "state [B,H]")?, 0.0);
+            Some(InitialState { h: h.unwrap_or(zeros), c: c.unwrap_or(zeros) })
+        }
+    };
+    layer.forward_in(x, &view, initial, out, threads, workspace)?;
+    Ok(())
 }
 
 /// Fills `*attrs` with the defaults: sizes 0, forward, layout 0, `input_forget` 0, `has_clip` 0 (`clip`
@@ -675,22 +744,52 @@ pub unsafe extern "C" fn mrnn_lstm_onnx(
         };
 
         // 5. Values in caller memory, still before any output is written.
-        if let Some(lens) = sequence_lens {
-            if let Some((k, &l)) = lens.iter().enumerate().find(|&(_, &l)| usize::try_from(l).map_or(true, |l| l > t)) {
-                return Err(Error::argument(format!("sequence_lens[{k}] = {l} is outside 0..={t} (seq_length)")));
-            }
-        }
+        check_lengths(sequence_lens, t)?;
 
         // SAFETY: as above.
         let out = unsafe { OnnxOutputs { y: output(y, n_y), y_h: output(y_h, n_state), y_c: output(y_c, n_state) } };
         let node = OnnxLstm::new(onnx_attrs, i, w, r, b, p)?;
-        if out.y.is_none() && out.y_h.is_none() && out.y_c.is_none() {
-            // Validated; nothing asked for, so nothing is computed.
-            return Ok(());
-        }
-        node.forward(x, t, batch, sequence_lens, initial_h, initial_c, out, threads)?;
-        Ok(())
+        let input = OnnxInput { t, b: batch, x, sequence_lens, initial_h, initial_c };
+        with_thread_scratch(|scratch| onnx_forward(&node, input, out, threads, &mut scratch.workspace))
     })
+}
+
+/// Step 5 of the ONNX functions: every length in `0..=t`.
+fn check_lengths(sequence_lens: Option<&[i32]>, t: usize) -> Result<()> {
+    if let Some(lens) = sequence_lens {
+        if let Some((k, &l)) = lens.iter().enumerate().find(|&(_, &l)| usize::try_from(l).map_or(true, |l| l > t)) {
+            return Err(Error::argument(format!("sequence_lens[{k}] = {l} is outside 0..={t} (seq_length)")));
+        }
+    }
+    Ok(())
+}
+
+/// The validated inputs of one ONNX node run.
+struct OnnxInput<'a> {
+    t: usize,
+    b: usize,
+    x: &'a [f32],
+    sequence_lens: Option<&'a [i32]>,
+    initial_h: Option<&'a [f32]>,
+    initial_c: Option<&'a [f32]>,
+}
+
+/// Runs a packed ONNX node on validated caller buffers (lengths included) with the given workspace: the
+/// body shared by `mrnn_lstm_onnx` and `mrnn_onnx_lstm_run`. With every output NULL, nothing is computed.
+fn onnx_forward(
+    node: &OnnxLstm,
+    input: OnnxInput<'_>,
+    out: OnnxOutputs<'_>,
+    threads: usize,
+    workspace: &mut Workspace,
+) -> Result<()> {
+    if out.y.is_none() && out.y_h.is_none() && out.y_c.is_none() {
+        // Validated; nothing asked for, so nothing is computed.
+        return Ok(());
+    }
+    let OnnxInput { t, b, x, sequence_lens, initial_h, initial_c } = input;
+    node.forward_in(x, t, b, sequence_lens, initial_h, initial_c, out, threads, workspace)?;
+    Ok(())
 }
 
 /// Keras `Masking`; see `masked_rnn.h` for the arguments.

@@ -12,9 +12,15 @@
  *   end
  * Each array is "COUNT v0 v1 ...": floats as the hex bits of the IEEE single, masks as 0/1.
  *
+ * Also checks the handles (mrnn_keras_lstm_new / _run / _free) against mrnn_lstm_keras, bitwise, on every
+ * fixture and on several shapes per handle, from several threads at once.
+ *
  * Prints one line per failure and closes with "N passed, M failed"; exits nonzero on any failure.
  */
+#define _POSIX_C_SOURCE 200809L
 #include "test_util.h"
+
+#include <pthread.h>
 
 /* ---------------------------------------------------------------- fixtures */
 
@@ -102,6 +108,29 @@ static void lstm_fixture(const char *name) {
         (int)st);
   st = mrnn_lstm_keras(&a, x, has_mask ? mask : NULL, kernel, rk, bias, h0, c0, NULL, NULL, NULL, NULL);
   CHECK(st == MRNN_OK, "%s: every output NULL: status %d: %s", name, (int)st, last_error());
+
+  /* A handle made from the same attributes and weights gives bitwise the one-shot outputs, for every
+     thread count, and then again on its second and third runs (reused scratch memory). */
+  {
+    MrnnKerasLstm *layer = NULL;
+    float *hy = out_buf(ny), *hl = out_buf(ns), *hh = out_buf(ns), *hc = out_buf(ns);
+    int32_t threads;
+    st = mrnn_keras_lstm_new(&a, kernel, rk, bias, &layer);
+    CHECK(st == MRNN_OK && layer != NULL, "%s: mrnn_keras_lstm_new: status %d: %s", name, (int)st, last_error());
+    for (threads = 0; threads <= 2 && layer; threads++) {
+      a.num_threads = threads;
+      st = mrnn_keras_lstm_run(layer, &a, x, has_mask ? mask : NULL, h0, c0, hy, hl, hh, hc);
+      CHECK(st == MRNN_OK, "%s: handle run (%d threads): status %d: %s", name, (int)threads, (int)st, last_error());
+      CHECK(memcmp(hy, y, ny * sizeof(float)) == 0 && memcmp(hl, last, ns * sizeof(float)) == 0 &&
+                memcmp(hh, hn, ns * sizeof(float)) == 0 && memcmp(hc, cn, ns * sizeof(float)) == 0,
+            "%s: handle run (%d threads) differs from mrnn_lstm_keras", name, (int)threads);
+      CHECK(canary_intact(hy, ny) && canary_intact(hl, ns) && canary_intact(hh, ns) && canary_intact(hc, ns),
+            "%s: handle run: a canary was overwritten", name);
+    }
+    a.num_threads = 0;
+    mrnn_keras_lstm_free(layer);
+    free(hy), free(hl), free(hh), free(hc);
+  }
 
   /* HardSigmoid with NaN parameters is the explicit 0.2 / 0.5. */
   if (a.recurrent_activation == MRNN_ACT_HARD_SIGMOID && isnan(a.recurrent_alpha) && isnan(a.recurrent_beta)) {
@@ -385,6 +414,223 @@ static void contract_tests(const char *expected_version) {
   free(zeros);
 }
 
+/* ---------------------------------------------------------------- handles */
+
+/* Runs mrnn_lstm_keras and the handle on one problem of batch B, length T (mask with holes, optional
+   initial states, every output) and checks the four outputs bitwise equal. */
+static void handle_vs_one_shot(const char *what, MrnnKerasLstm *layer, MrnnKerasLstmAttrs a, const float *kernel,
+                               const float *rk, const float *bias, long B, long T, int32_t threads, int with_init) {
+  size_t nx = (size_t)(B * T * a.input_size), nm = (size_t)(B * T), ns = (size_t)(B * a.hidden_size);
+  size_t ny = (size_t)B * (size_t)T * (size_t)a.hidden_size, k;
+  float *x = rnd_buf(nx, 1.5f), *h0 = rnd_buf(ns, 1.0f), *c0 = rnd_buf(ns, 1.0f);
+  uint8_t *mask = (uint8_t *)xmalloc(nm);
+  float *o[4], *e[4];
+  size_t n[4];
+  int32_t s1, s2;
+  n[0] = ny, n[1] = ns, n[2] = ns, n[3] = ns;
+  for (k = 0; k < nm; k++) mask[k] = (uint8_t)((k * 7 + (size_t)T) % 5 != 1);
+  for (k = 0; k < 4; k++) o[k] = out_buf(n[k]), e[k] = out_buf(n[k]);
+  a.batch_size = B, a.seq_length = T, a.num_threads = threads;
+  s1 = mrnn_lstm_keras(&a, x, mask, kernel, rk, bias, with_init ? h0 : NULL, with_init == 1 ? c0 : NULL, e[0], e[1],
+                       e[2], e[3]);
+  s2 = mrnn_keras_lstm_run(layer, &a, x, mask, with_init ? h0 : NULL, with_init == 1 ? c0 : NULL, o[0], o[1], o[2],
+                           o[3]);
+  CHECK(s1 == MRNN_OK && s2 == MRNN_OK, "%s (B %ld T %ld, %d threads): statuses %d, %d: %s", what, B, T, (int)threads,
+        (int)s1, (int)s2, last_error());
+  for (k = 0; k < 4; k++) {
+    CHECK(memcmp(o[k], e[k], n[k] * sizeof(float)) == 0, "%s (B %ld T %ld, %d threads): output %lu differs", what, B,
+          T, (int)threads, (unsigned long)k);
+    CHECK(canary_intact(o[k], n[k]), "%s: canary past output %lu overwritten", what, (unsigned long)k);
+    free(o[k]), free(e[k]);
+  }
+  free(x), free(h0), free(c0), free(mask);
+}
+
+/* Concurrent runs on one handle: each thread runs it several times and compares with `expected`. */
+typedef struct {
+  MrnnKerasLstm *layer;
+  MrnnKerasLstmAttrs a;
+  const float *x, *expected;
+  size_t ny;
+  int mismatches, failures;
+} Worker;
+
+static void *worker_main(void *arg) {
+  Worker *w = (Worker *)arg;
+  float *y = out_buf(w->ny);
+  int k;
+  for (k = 0; k < 8; k++) {
+    if (mrnn_keras_lstm_run(w->layer, &w->a, w->x, NULL, NULL, NULL, y, NULL, NULL, NULL) != MRNN_OK)
+      w->failures++;
+    else if (memcmp(y, w->expected, w->ny * sizeof(float)) != 0 || !canary_intact(y, w->ny))
+      w->mismatches++;
+  }
+  free(y);
+  return NULL;
+}
+
+static void handle_tests(void) {
+  MrnnKerasLstmAttrs ok = small_attrs(), a;
+  MrnnKerasLstm *layer = NULL, *sentinel = (MrnnKerasLstm *)&ok, *out;
+  const size_t ny = SB * ST * SH, ns = SB * SH;
+  float *y = out_buf(ny), *y2 = out_buf(ny), *hn = out_buf(ns), *cn = out_buf(ns);
+  int32_t st;
+  int k;
+
+  /* _free(NULL) is a no-op. */
+  mrnn_keras_lstm_free(NULL);
+  CHECK(1, "free(NULL)");
+
+  /* NULL pointers, bad values, overflow, pointers: *out untouched. */
+  out = sentinel;
+  expect_status("new: NULL attrs", mrnn_keras_lstm_new(NULL, sk, sr, sbias, &out), MRNN_ERR_NULL_POINTER);
+  expect_status("new: NULL kernel", mrnn_keras_lstm_new(&ok, NULL, sr, sbias, &out), MRNN_ERR_NULL_POINTER);
+  CHECK(strstr(mrnn_last_error(), "kernel") != NULL, "message names kernel: %s", last_error());
+  expect_status("new: NULL recurrent_kernel", mrnn_keras_lstm_new(&ok, sk, NULL, sbias, &out), MRNN_ERR_NULL_POINTER);
+  expect_status("new: NULL out", mrnn_keras_lstm_new(&ok, sk, sr, sbias, NULL), MRNN_ERR_NULL_POINTER);
+  CHECK(strstr(mrnn_last_error(), "out") != NULL, "message names out: %s", last_error());
+  a = ok, a.hidden_size = 0;
+  expect_status("new: hidden_size 0", mrnn_keras_lstm_new(&a, sk, sr, sbias, &out), MRNN_ERR_BAD_ARGUMENT);
+  a = ok, a.batch_size = -1;
+  expect_status("new: batch_size -1 (unused, still checked)", mrnn_keras_lstm_new(&a, sk, sr, sbias, &out),
+                MRNN_ERR_BAD_ARGUMENT);
+  a = ok, a.num_threads = -1;
+  expect_status("new: num_threads -1", mrnn_keras_lstm_new(&a, sk, sr, sbias, &out), MRNN_ERR_BAD_ARGUMENT);
+  a = ok, a.recurrent_activation = 11;
+  expect_status("new: recurrent_activation 11", mrnn_keras_lstm_new(&a, sk, sr, sbias, &out), MRNN_ERR_BAD_ARGUMENT);
+  a = ok, a.hidden_size = INT64_MAX / 4;
+  expect_status("new: 4H overflows", mrnn_keras_lstm_new(&a, sk, sr, sbias, &out), MRNN_ERR_OVERFLOW);
+  expect_status("new: misaligned kernel",
+                mrnn_keras_lstm_new(&ok, (const float *)((const char *)sk + 2), sr, sbias, &out),
+                MRNN_ERR_BAD_ARGUMENT);
+  {
+    MrnnKerasLstm *slots[2] = {NULL, NULL};
+    expect_status("new: misaligned out",
+                  mrnn_keras_lstm_new(&ok, sk, sr, sbias, (MrnnKerasLstm **)((char *)slots + 1)),
+                  MRNN_ERR_BAD_ARGUMENT);
+    CHECK(slots[0] == NULL && slots[1] == NULL, "a failing mrnn_keras_lstm_new wrote a misaligned out");
+  }
+  CHECK(out == sentinel, "a failing mrnn_keras_lstm_new wrote *out");
+  /* B and T are not used at creation: any non-negative value. */
+  a = ok, a.batch_size = INT64_MAX, a.seq_length = INT64_MAX;
+  expect_status("new: huge B and T", mrnn_keras_lstm_new(&a, sk, sr, sbias, &layer), MRNN_OK);
+  CHECK(layer != NULL && layer != sentinel, "mrnn_keras_lstm_new gave no handle");
+  if (!layer) return;
+
+  /* Run: NULL pointers, then mismatched attributes, each named; nothing written. */
+  memcpy(y2, y, (ny + CANARY) * sizeof(float));
+  expect_status("run: NULL layer", mrnn_keras_lstm_run(NULL, &ok, sx, NULL, NULL, NULL, y, NULL, NULL, NULL),
+                MRNN_ERR_NULL_POINTER);
+  CHECK(strstr(mrnn_last_error(), "layer") != NULL, "message names layer: %s", last_error());
+  expect_status("run: NULL attrs", mrnn_keras_lstm_run(layer, NULL, sx, NULL, NULL, NULL, y, NULL, NULL, NULL),
+                MRNN_ERR_NULL_POINTER);
+  expect_status("run: NULL x", mrnn_keras_lstm_run(layer, &ok, NULL, NULL, NULL, NULL, y, NULL, NULL, NULL),
+                MRNN_ERR_NULL_POINTER);
+  {
+    static const char *fields[] = {"input_size", "hidden_size", "go_backwards", "zero_output_for_mask",
+                                   "activation", "recurrent_activation"};
+    for (k = 0; k < 6; k++) {
+      char what[96], needle[64];
+      a = ok;
+      if (k == 0) a.input_size = SI - 1;
+      if (k == 1) a.hidden_size = SH - 1;
+      if (k == 2) a.go_backwards = 1;
+      if (k == 3) a.zero_output_for_mask = 1;
+      if (k == 4) a.activation = MRNN_ACT_RELU;
+      if (k == 5) a.recurrent_activation = MRNN_ACT_HARD_SIGMOID;
+      sprintf(what, "run: %s differs from the handle's", fields[k]);
+      sprintf(needle, "attrs.%s ", fields[k]);
+      expect_status(what, mrnn_keras_lstm_run(layer, &a, sx, NULL, NULL, NULL, y, NULL, NULL, NULL),
+                    MRNN_ERR_BAD_ARGUMENT);
+      CHECK(strstr(mrnn_last_error(), needle) != NULL, "%s: message %s", what, last_error());
+    }
+  }
+  a = ok, a.recurrent_alpha = 0.7f; /* ignored unless HardSigmoid */
+  a.batch_size = -2;
+  expect_status("run: batch_size -2", mrnn_keras_lstm_run(layer, &a, sx, NULL, NULL, NULL, y, NULL, NULL, NULL),
+                MRNN_ERR_BAD_ARGUMENT);
+  a = ok, a.batch_size = INT64_MAX / 2, a.seq_length = 4;
+  expect_status("run: B*T overflows", mrnn_keras_lstm_run(layer, &a, sx, NULL, NULL, NULL, y, NULL, NULL, NULL),
+                MRNN_ERR_OVERFLOW);
+  expect_status("run: h_n overlaps c_n", mrnn_keras_lstm_run(layer, &ok, sx, NULL, NULL, NULL, NULL, NULL, hn, hn + 1),
+                MRNN_ERR_BAD_ARGUMENT);
+  expect_status("run: misaligned x",
+                mrnn_keras_lstm_run(layer, &ok, (const float *)((const char *)sx + 1), NULL, NULL, NULL, y, NULL,
+                                    NULL, NULL),
+                MRNN_ERR_BAD_ARGUMENT);
+  CHECK(memcmp(y, y2, (ny + CANARY) * sizeof(float)) == 0, "a failing run wrote y");
+  a = ok, a.recurrent_alpha = 0.7f, a.recurrent_beta = -3.0f;
+  expect_status("run: recurrent_alpha/beta ignored without HardSigmoid",
+                mrnn_keras_lstm_run(layer, &a, sx, NULL, NULL, NULL, y, NULL, hn, cn), MRNN_OK);
+  mrnn_keras_lstm_free(layer);
+
+  /* One handle, many shapes: every run equals mrnn_lstm_keras bitwise (the scratch memory grows, shrinks,
+     grows again). Also with go_backwards, zero_output_for_mask, a HardSigmoid and H = 17. */
+  for (k = 0; k < 3; k++) {
+    static const long shapes[][2] = {{3, 5}, {1, 2}, {8, 11}, {0, 4}, {2, 0}, {3, 5}, {1, 1}, {8, 11}};
+    size_t j, nk, nr;
+    float *kk, *rr, *bb;
+    char what[64];
+    a = ok;
+    if (k == 1) a.go_backwards = 1, a.zero_output_for_mask = 1, a.hidden_size = 17, a.input_size = 3;
+    if (k == 2) a.recurrent_activation = MRNN_ACT_HARD_SIGMOID, a.recurrent_alpha = 1.0f / 6.0f, a.activation = MRNN_ACT_RELU;
+    nk = (size_t)(a.input_size * 4 * a.hidden_size), nr = (size_t)(a.hidden_size * 4 * a.hidden_size);
+    kk = rnd_buf(nk, 0.5f), rr = rnd_buf(nr, 0.5f), bb = rnd_buf((size_t)(4 * a.hidden_size), 0.5f);
+    layer = NULL;
+    st = mrnn_keras_lstm_new(&a, kk, rr, bb, &layer);
+    CHECK(st == MRNN_OK, "new (variant %d): %s", k, last_error());
+    sprintf(what, "variant %d", k);
+    for (j = 0; j < sizeof shapes / sizeof shapes[0] && layer; j++) {
+      handle_vs_one_shot(what, layer, a, kk, rr, bb, shapes[j][0], shapes[j][1], (int32_t)(1 + j % 2), (int)(j % 3));
+    }
+    mrnn_keras_lstm_free(layer);
+    free(kk), free(rr), free(bb);
+  }
+
+  /* The handle keeps its own copy of the weights. */
+  {
+    float *kk = rnd_buf(SI * 4 * SH, 0.5f), *rr = rnd_buf(SH * 4 * SH, 0.5f);
+    layer = NULL;
+    st = mrnn_keras_lstm_new(&ok, kk, rr, NULL, &layer);
+    CHECK(st == MRNN_OK, "new: %s", last_error());
+    st = mrnn_lstm_keras(&ok, sx, NULL, kk, rr, NULL, NULL, NULL, y2, NULL, NULL, NULL);
+    memset(kk, 0, SI * 4 * SH * sizeof(float));
+    free(rr);
+    st |= mrnn_keras_lstm_run(layer, &ok, sx, NULL, NULL, NULL, y, NULL, NULL, NULL);
+    CHECK(st == MRNN_OK && memcmp(y, y2, ny * sizeof(float)) == 0, "the handle depends on the caller's weights");
+    mrnn_keras_lstm_free(layer);
+    free(kk);
+  }
+
+  /* Concurrent runs on one handle, 4 threads x 8 runs, 1 and 2 threads each: all equal the one-shot. */
+  {
+    enum { NW = 4 };
+    pthread_t tid[NW];
+    Worker w[NW];
+    int started[NW];
+    layer = NULL;
+    st = mrnn_keras_lstm_new(&ok, sk, sr, sbias, &layer);
+    a = ok, a.num_threads = 1;
+    st |= mrnn_lstm_keras(&a, sx, NULL, sk, sr, sbias, NULL, NULL, y2, NULL, NULL, NULL);
+    CHECK(st == MRNN_OK, "concurrent setup: %s", last_error());
+    for (k = 0; k < NW; k++) {
+      w[k].layer = layer, w[k].a = ok, w[k].a.num_threads = 1 + k % 2, w[k].x = sx, w[k].expected = y2;
+      w[k].ny = ny, w[k].mismatches = 0, w[k].failures = 0;
+      started[k] = pthread_create(&tid[k], NULL, worker_main, &w[k]) == 0;
+      CHECK(started[k], "pthread_create %d", k);
+    }
+    for (k = 0; k < NW; k++) {
+      if (!started[k]) continue;
+      pthread_join(tid[k], NULL);
+      CHECK(w[k].failures == 0 && w[k].mismatches == 0, "concurrent thread %d: %d failures, %d mismatches", k,
+            w[k].failures, w[k].mismatches);
+    }
+    mrnn_keras_lstm_free(layer);
+  }
+
+  free(y), free(y2), free(hn), free(cn);
+}
+
 int main(int argc, char **argv) {
   /* Nothing has failed on this thread yet. */
   CHECK(mrnn_last_error() != NULL && mrnn_last_error()[0] == '\0', "fresh mrnn_last_error() = %s", last_error());
@@ -394,6 +640,7 @@ int main(int argc, char **argv) {
   }
   CHECK(run_fixtures(argv[1]) > 0, "no fixtures");
   contract_tests(argc > 2 ? argv[2] : NULL);
+  handle_tests();
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }

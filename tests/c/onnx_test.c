@@ -15,6 +15,9 @@
  *   end
  * Each array is "COUNT v0 v1 ...": floats as the hex bits of the IEEE single, lengths as integers.
  *
+ * Every fixture and stack also runs through handles (mrnn_onnx_lstm_new / _run / _free), which must give
+ * bitwise the outputs of mrnn_lstm_onnx; more handle checks (attributes, reuse across shapes) at the end.
+ *
  * Prints one line per failure and closes with "N passed, M failed"; exits nonzero on any failure.
  */
 #include "test_util.h"
@@ -81,6 +84,16 @@ static int canaries_intact(const Problem *q, const Outputs *o) {
 static int same_outputs(const Problem *q, const Outputs *a, const Outputs *b) {
   return memcmp(a->y, b->y, q->ny * sizeof(float)) == 0 && memcmp(a->y_h, b->y_h, q->ns * sizeof(float)) == 0 &&
          memcmp(a->y_c, b->y_c, q->ns * sizeof(float)) == 0;
+}
+
+/* Runs q through a handle made for it (new, run, free): the status of the failing step, or of the run. */
+static int32_t run_handle(const Problem *q, float *y, float *y_h, float *y_c) {
+  MrnnOnnxLstm *layer = NULL;
+  int32_t st = mrnn_onnx_lstm_new(&q->a, q->w, q->r, q->b, q->p, &layer);
+  if (st != MRNN_OK) return st;
+  st = mrnn_onnx_lstm_run(layer, &q->a, q->x, q->lens, q->h0, q->c0, y, y_h, y_c);
+  mrnn_onnx_lstm_free(layer);
+  return st;
 }
 
 /* ---------------------------------------------------------------- golden fixtures */
@@ -155,6 +168,22 @@ static void onnx_fixture(const char *name) {
   }
   q.a.num_threads = 0;
 
+  /* Through a handle, threads 0, 1 and 2 on one handle: bitwise the one-shot outputs. */
+  {
+    MrnnOnnxLstm *layer = NULL;
+    st = mrnn_onnx_lstm_new(&q.a, q.w, q.r, q.b, q.p, &layer);
+    CHECK(st == MRNN_OK && layer != NULL, "%s: mrnn_onnx_lstm_new: status %d: %s", name, (int)st, last_error());
+    for (threads = 0; threads <= 2 && layer; threads++) {
+      q.a.num_threads = threads;
+      st = mrnn_onnx_lstm_run(layer, &q.a, q.x, q.lens, q.h0, q.c0, t1.y, t1.y_h, t1.y_c);
+      CHECK(st == MRNN_OK && same_outputs(&q, &o, &t1), "%s: handle run (%d threads) differs from mrnn_lstm_onnx "
+            "(status %d: %s)", name, threads, (int)st, last_error());
+      CHECK(canaries_intact(&q, &t1), "%s: a canary was overwritten (handle)", name);
+    }
+    q.a.num_threads = 0;
+    mrnn_onnx_lstm_free(layer);
+  }
+
   /* Y_h alone: the same Y_h, nothing else written. */
   alone = outputs(&q);
   st = run(&q, NULL, alone.y_h, NULL);
@@ -226,6 +255,29 @@ static void stack_case(const char *name) {
         "%s: a canary was overwritten", name);
   printf("stack %s: layout %ld, directions %ld then %ld, layer 2 worst relative error %.3g (tolerance %g)\n", name,
          layout, dir1, dir2, worst, tol);
+
+  /* The same network through handles, made once and run twice: bitwise the one-shot outputs. */
+  {
+    MrnnOnnxLstm *h1 = NULL, *h2n = NULL;
+    float *z1 = out_buf(ny1), *z2 = out_buf(ny2), *zh = out_buf(ns2), *zc = out_buf(ns2);
+    int pass;
+    st = mrnn_onnx_lstm_new(&l1, w1, r1, b1, NULL, &h1);
+    st |= mrnn_onnx_lstm_new(&l2, w2, r2, b2, NULL, &h2n);
+    CHECK(st == MRNN_OK, "%s: handles: %s", name, last_error());
+    for (pass = 0; pass < 2 && st == MRNN_OK; pass++) {
+      l1.num_threads = l2.num_threads = 1 + pass;
+      st = mrnn_onnx_lstm_run(h1, &l1, x, lens, NULL, NULL, z1, NULL, NULL);
+      st |= mrnn_onnx_lstm_run(h2n, &l2, z1, lens, NULL, NULL, z2, zh, zc);
+      CHECK(st == MRNN_OK && memcmp(z1, y1, ny1 * sizeof(float)) == 0 && memcmp(z2, y2, ny2 * sizeof(float)) == 0 &&
+                memcmp(zh, h2, ns2 * sizeof(float)) == 0 && memcmp(zc, c2, ns2 * sizeof(float)) == 0,
+            "%s: the stack through handles (pass %d) differs from mrnn_lstm_onnx: %s", name, pass, last_error());
+    }
+    CHECK(canary_intact(z1, ny1) && canary_intact(z2, ny2) && canary_intact(zh, ns2) && canary_intact(zc, ns2),
+          "%s: a canary was overwritten (handles)", name);
+    mrnn_onnx_lstm_free(h1);
+    mrnn_onnx_lstm_free(h2n);
+    free(z1), free(z2), free(zh), free(zc);
+  }
 
   free(x), free(w1), free(r1), free(b1), free(w2), free(r2), free(b2), free(lens);
   free(ey1), free(ey2), free(eh2), free(ec2), free(y1), free(y2), free(h2), free(c2);
@@ -635,6 +687,160 @@ static void alone_equals_batch(void) {
   }
 }
 
+/* ---------------------------------------------------------------- handles */
+
+/* Runs mrnn_lstm_onnx and the handle on one problem of length T, batch B (random x, lengths in 0..=T,
+   initial states as `init`: 0 none, 1 both, 2 initial_h only) and checks Y, Y_h, Y_c bitwise equal. */
+static void handle_vs_one_shot(const char *what, MrnnOnnxLstm *layer, const Problem *base, long T, long B,
+                               int32_t threads, int init) {
+  Problem q = *base;
+  Outputs e, o;
+  float *x, *h0, *c0;
+  int32_t *lens, s1, s2;
+  long b;
+  q.a.seq_length = T, q.a.batch_size = B, q.a.num_threads = threads;
+  sizes(&q);
+  x = rnd_buf(q.nx, 1.5f), h0 = rnd_buf(q.ns, 1.0f), c0 = rnd_buf(q.ns, 1.0f);
+  lens = (int32_t *)xmalloc((size_t)B * sizeof(int32_t));
+  for (b = 0; b < B; b++) lens[b] = (int32_t)((b * 3 + 1) % (T + 1));
+  if (B > 0) lens[0] = (int32_t)T;
+  q.x = x, q.lens = lens, q.h0 = init ? h0 : NULL, q.c0 = init == 1 ? c0 : NULL;
+  e = outputs(&q), o = outputs(&q);
+  s1 = run_all(&q, &e);
+  s2 = mrnn_onnx_lstm_run(layer, &q.a, q.x, q.lens, q.h0, q.c0, o.y, o.y_h, o.y_c);
+  CHECK(s1 == MRNN_OK && s2 == MRNN_OK && same_outputs(&q, &e, &o),
+        "%s (T %ld B %ld, %d threads): the handle differs from mrnn_lstm_onnx (statuses %d, %d: %s)", what, T, B,
+        (int)threads, (int)s1, (int)s2, last_error());
+  CHECK(canaries_intact(&q, &o), "%s: canary overwritten (handle)", what);
+  free_outputs(&e), free_outputs(&o);
+  free(x), free(h0), free(c0), free(lens);
+}
+
+static void handles(void) {
+  Problem q = small(2, 0), e;
+  MrnnOnnxLstm *layer = NULL, *sentinel = (MrnnOnnxLstm *)&q, *out = sentinel;
+  Outputs o = outputs(&q), before = outputs(&q);
+  int32_t layout, dir, k;
+  char what[128], needle[64];
+
+  mrnn_onnx_lstm_free(NULL);
+  CHECK(1, "free(NULL)");
+
+  /* _new: NULL, values, overflow, pointers; *out untouched on failure. */
+  expect_status("new: NULL attrs", mrnn_onnx_lstm_new(NULL, cw, cr, cbias, cp, &out), MRNN_ERR_NULL_POINTER);
+  expect_status("new: NULL w", mrnn_onnx_lstm_new(&q.a, NULL, cr, cbias, cp, &out), MRNN_ERR_NULL_POINTER);
+  expect_status("new: NULL r", mrnn_onnx_lstm_new(&q.a, cw, NULL, cbias, cp, &out), MRNN_ERR_NULL_POINTER);
+  expect_status("new: NULL out", mrnn_onnx_lstm_new(&q.a, cw, cr, cbias, cp, NULL), MRNN_ERR_NULL_POINTER);
+  e = q, e.a.direction = 3;
+  expect_status("new: direction 3", mrnn_onnx_lstm_new(&e.a, cw, cr, cbias, cp, &out), MRNN_ERR_BAD_ARGUMENT);
+  e = q, e.a.has_clip = 1, e.a.clip = 0.0f;
+  expect_status("new: clip 0", mrnn_onnx_lstm_new(&e.a, cw, cr, cbias, cp, &out), MRNN_ERR_BAD_ARGUMENT);
+  e = q, e.a.num_activations = 3;
+  expect_status("new: 3 activations, bidirectional", mrnn_onnx_lstm_new(&e.a, cw, cr, cbias, cp, &out),
+                MRNN_ERR_BAD_ARGUMENT);
+  e = q, e.a.seq_length = -1;
+  expect_status("new: seq_length -1 (unused, still checked)", mrnn_onnx_lstm_new(&e.a, cw, cr, cbias, cp, &out),
+                MRNN_ERR_BAD_ARGUMENT);
+  e = q, e.a.hidden_size = INT64_MAX / 8;
+  expect_status("new: 4H overflows", mrnn_onnx_lstm_new(&e.a, cw, cr, cbias, cp, &out), MRNN_ERR_OVERFLOW);
+  expect_status("new: misaligned r",
+                mrnn_onnx_lstm_new(&q.a, cw, (const float *)((const char *)cr + 2), cbias, cp, &out),
+                MRNN_ERR_BAD_ARGUMENT);
+  CHECK(out == sentinel, "a failing mrnn_onnx_lstm_new wrote *out");
+  e = q, e.a.seq_length = INT64_MAX, e.a.batch_size = INT64_MAX;
+  expect_status("new: huge T and B (unused)", mrnn_onnx_lstm_new(&e.a, cw, cr, cbias, cp, &layer), MRNN_OK);
+  if (!layer) return;
+
+  /* _run: NULL, then every fixed field that differs is named; nothing written. */
+  memcpy(before.y, o.y, (q.ny + CANARY) * sizeof(float));
+  expect_status("run: NULL layer", mrnn_onnx_lstm_run(NULL, &q.a, cx, clens, NULL, NULL, o.y, NULL, NULL),
+                MRNN_ERR_NULL_POINTER);
+  CHECK(strstr(mrnn_last_error(), "layer") != NULL, "message names layer: %s", last_error());
+  expect_status("run: NULL attrs", mrnn_onnx_lstm_run(layer, NULL, cx, clens, NULL, NULL, o.y, NULL, NULL),
+                MRNN_ERR_NULL_POINTER);
+  expect_status("run: NULL x", mrnn_onnx_lstm_run(layer, &q.a, NULL, clens, NULL, NULL, o.y, NULL, NULL),
+                MRNN_ERR_NULL_POINTER);
+  {
+    static const char *fields[] = {"input_size",   "hidden_size",     "direction",           "layout",
+                                   "input_forget", "has_clip",        "num_activations",     "activations[4]",
+                                   "clip",         "activation_alpha[3]", "activation_beta[3]"};
+    for (k = 0; k < 11; k++) {
+      MrnnOnnxLstm *h6 = NULL;
+      Problem base = q;
+      if (k >= 7) { /* handles with clip and explicit activations */
+        base.a.has_clip = 1, base.a.clip = 3.0f, base.a.num_activations = 6;
+        base.a.activations[3] = MRNN_ACT_HARD_SIGMOID, base.a.activations[4] = MRNN_ACT_AFFINE;
+        base.a.activation_alpha[3] = 0.25f;
+      }
+      CHECK(mrnn_onnx_lstm_new(&base.a, cw, cr, cbias, cp, &h6) == MRNN_OK, "new: %s", last_error());
+      e = base;
+      if (k == 0) e.a.input_size = CI + 1;
+      if (k == 1) e.a.hidden_size = CH - 1;
+      if (k == 2) e.a.direction = 1;
+      if (k == 3) e.a.layout = 1;
+      if (k == 4) e.a.input_forget = 1;
+      if (k == 5) e.a.has_clip = 1, e.a.clip = 1.0f;
+      if (k == 6) e.a.num_activations = 6;
+      if (k == 7) e.a.activations[4] = MRNN_ACT_RELU;
+      if (k == 8) e.a.clip = 2.0f;
+      if (k == 9) e.a.activation_alpha[3] = 0.2f;
+      if (k == 10) e.a.activation_beta[3] = 0.25f;
+      sprintf(what, "run: %s differs from the handle's", fields[k]);
+      sprintf(needle, "attrs.%s ", fields[k]);
+      expect_status(what, mrnn_onnx_lstm_run(h6, &e.a, cx, clens, NULL, NULL, o.y, o.y_h, o.y_c),
+                    MRNN_ERR_BAD_ARGUMENT);
+      CHECK(strstr(mrnn_last_error(), needle) != NULL, "%s: message %s", what, last_error());
+      /* What does not matter is not compared: Sigmoid and Tanh take no alpha / beta, clip without has_clip. */
+      e = base, e.a.activation_alpha[0] = 9.0f, e.a.activation_beta[1] = 9.0f;
+      if (k < 7) e.a.clip = 42.0f;
+      expect_status("run: unused parameters differ", mrnn_onnx_lstm_run(h6, &e.a, cx, clens, NULL, NULL, o.y, o.y_h,
+                    o.y_c), MRNN_OK);
+      mrnn_onnx_lstm_free(h6);
+    }
+  }
+  {
+    int32_t past[CB] = {CT, 0, CT + 1, 1};
+    memcpy(before.y, o.y, (q.ny + CANARY) * sizeof(float));
+    expect_status("run: a length past seq_length", mrnn_onnx_lstm_run(layer, &q.a, cx, past, NULL, NULL, o.y, NULL,
+                  NULL), MRNN_ERR_BAD_ARGUMENT);
+    CHECK(strstr(mrnn_last_error(), "sequence_lens[2] = 6") != NULL, "message: %s", last_error());
+    e = q, e.a.seq_length = INT64_MAX / 2, e.a.batch_size = 4;
+    expect_status("run: X overflows", mrnn_onnx_lstm_run(layer, &e.a, cx, clens, NULL, NULL, o.y, NULL, NULL),
+                  MRNN_ERR_OVERFLOW);
+    expect_status("run: Y_h overlaps Y_c", mrnn_onnx_lstm_run(layer, &q.a, cx, clens, NULL, NULL, NULL, o.y, o.y + 1),
+                  MRNN_ERR_BAD_ARGUMENT);
+    CHECK(memcmp(before.y, o.y, (q.ny + CANARY) * sizeof(float)) == 0, "a failing run wrote Y");
+    expect_status("run: every output NULL", mrnn_onnx_lstm_run(layer, &q.a, cx, clens, NULL, NULL, NULL, NULL, NULL),
+                  MRNN_OK);
+  }
+  mrnn_onnx_lstm_free(layer);
+
+  /* One handle per direction and layout, many shapes: every run equals mrnn_lstm_onnx bitwise. */
+  for (layout = 0; layout <= 1; layout++) {
+    for (dir = 0; dir <= 2; dir++) {
+      static const long shapes[][2] = {{5, 4}, {2, 1}, {9, 7}, {0, 3}, {3, 0}, {5, 4}, {1, 1}, {9, 7}};
+      size_t j;
+      Problem base = small(dir, layout);
+      if (dir == 1) base.a.input_forget = 1, base.a.has_clip = 1, base.a.clip = 0.75f;
+      layer = NULL;
+      expect_status("new", mrnn_onnx_lstm_new(&base.a, base.w, base.r, base.b, dir == 0 ? NULL : base.p, &layer),
+                    MRNN_OK);
+      if (dir == 0) base.p = NULL;
+      sprintf(what, "handle reuse, direction %d layout %d", (int)dir, (int)layout);
+      for (j = 0; j < sizeof shapes / sizeof shapes[0] && layer; j++)
+        handle_vs_one_shot(what, layer, &base, shapes[j][0], shapes[j][1], (int32_t)(j % 3), (int)(j % 3));
+      mrnn_onnx_lstm_free(layer);
+    }
+  }
+
+  /* The handle's results equal a one-shot call through run_handle too (new, run, free in one). */
+  expect_status("run_handle", run_handle(&q, o.y, o.y_h, o.y_c), MRNN_OK);
+  expect_status("one-shot", run_all(&q, &before), MRNN_OK);
+  CHECK(same_outputs(&q, &o, &before), "run_handle differs from mrnn_lstm_onnx");
+  free_outputs(&o);
+  free_outputs(&before);
+}
+
 static void contract_tests(void) {
   size_t k;
   for (k = 0; k < sizeof cx / sizeof cx[0]; k++) cx[k] = rnd(1.5f);
@@ -655,6 +861,7 @@ static void contract_tests(void) {
   semantics();
   threads();
   alone_equals_batch();
+  handles();
 }
 
 int main(int argc, char **argv) {

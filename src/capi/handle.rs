@@ -1,0 +1,956 @@
+//! Layer handles: weights packed once, run many times.
+//!
+//! ```text
+//! mrnn_keras_lstm_new(attrs, kernel, recurrent_kernel, bias, &layer)  validate attrs, pack weights, box
+//! mrnn_keras_lstm_run(layer, attrs, x, mask, h0, c0, y, last, h_n, c_n)  attrs: B, T, num_threads of this
+//!     run; every other field must equal the handle's      (repeat: any B, T, threads; any thread)
+//! mrnn_keras_lstm_free(layer)                                          NULL is a no-op
+//! ```
+//!
+//! The ONNX functions follow the same pattern. A handle owns the packed layer ([`KerasLstm`] /
+//! [`OnnxLstm`]) and scratch memory (a [`Workspace`](crate::Workspace)) behind a `Mutex`. Runs on one
+//! handle may overlap: a run that finds the scratch memory locked by another thread does not wait, it uses
+//! a temporary one. Scratch memory never changes results, so a run gives bitwise the one-shot function's
+//! outputs whichever scratch served it.
+//!
+//! Validation follows the order of the one-shot functions (module docs of [`super`]): NULL, then values
+//! (a run's attributes are checked as the one-shot's, then compared with the handle's), then sizes, then
+//! pointers, then `sequence_lens`. `_new` checks every attribute value, including the per-run ones
+//! (`batch_size`, `seq_length` >= 0, `num_threads` >= 0), but sizes only of the weights.
+
+use std::sync::{Mutex, TryLockError};
+
+use super::*;
+
+/// A Keras LSTM layer of the C ABI (`MrnnKerasLstm` of `masked_rnn.h`): packed weights and scratch memory.
+#[derive(Debug)]
+pub struct MrnnKerasLstm {
+    layer: KerasLstm,
+    /// The creation attributes; a run's must agree on every field but `batch_size`, `seq_length`,
+    /// `num_threads`.
+    attrs: MrnnKerasLstmAttrs,
+    scratch: Mutex<Scratch>,
+}
+
+/// An ONNX LSTM node of the C ABI (`MrnnOnnxLstm` of `masked_rnn.h`): packed weights and scratch memory.
+#[derive(Debug)]
+pub struct MrnnOnnxLstm {
+    node: OnnxLstm,
+    /// The creation attributes; a run's must agree on every field but `seq_length`, `batch_size`,
+    /// `num_threads`.
+    attrs: MrnnOnnxLstmAttrs,
+    scratch: Mutex<Scratch>,
+}
+
+// Concurrent runs share `&MrnnKerasLstm` / `&MrnnOnnxLstm` across threads.
+const _: () = {
+    const fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<MrnnKerasLstm>();
+    shared_across_threads::<MrnnOnnxLstm>();
+};
+
+/// Runs `f` with the handle's scratch memory, or with a temporary one when another thread holds it.
+fn with_handle_scratch<R>(scratch: &Mutex<Scratch>, f: impl FnOnce(&mut Scratch) -> R) -> R {
+    match scratch.try_lock() {
+        Ok(mut s) => f(&mut s),
+        Err(TryLockError::WouldBlock) => f(&mut Scratch::default()),
+        Err(TryLockError::Poisoned(poisoned)) => {
+            // A run panicked while holding it (reported as MRNN_ERR_INTERNAL then): start afresh.
+            let mut s = poisoned.into_inner();
+            *s = Scratch::default();
+            scratch.clear_poison();
+            f(&mut s)
+        }
+    }
+}
+
+/// `Err(BadArgument)` naming `field` when a run's value differs from the handle's.
+fn differs(field: &str, run: impl std::fmt::Display, created: impl std::fmt::Display) -> Error {
+    Error::argument(format!("attrs.{field} = {run} differs from the handle's {created} (fixed at creation)"))
+}
+
+/// An activation's code and parameter bits (0 for a parameter it does not have), for exact comparison.
+fn activation_bits(a: Activation) -> (i32, u32, u32) {
+    let (alpha, beta) = match a {
+        Activation::Affine { alpha, beta }
+        | Activation::ScaledTanh { alpha, beta }
+        | Activation::HardSigmoid { alpha, beta } => (alpha.to_bits(), beta.to_bits()),
+        Activation::LeakyRelu { alpha } | Activation::ThresholdedRelu { alpha } | Activation::Elu { alpha } => {
+            (alpha.to_bits(), 0)
+        }
+        Activation::Sigmoid | Activation::Tanh | Activation::Relu | Activation::Softsign | Activation::Softplus => {
+            (0, 0)
+        }
+    };
+    (a.code(), alpha, beta)
+}
+
+/// Compares the activation fields `names` (code, alpha, beta) of a run with the handle's, by the activations
+/// they stand for: a NaN parameter is its default, a parameter the activation does not take is ignored.
+fn same_activation(
+    names: [&str; 3],
+    run: (Activation, i32, f32, f32),
+    created: (Activation, i32, f32, f32),
+) -> Result<()> {
+    let (r, c) = (activation_bits(run.0), activation_bits(created.0));
+    if r.0 != c.0 {
+        return Err(differs(names[0], run.1, created.1));
+    }
+    if r.1 != c.1 {
+        return Err(differs(names[1], format!("{} ({:?})", run.2, run.0), format!("{} ({:?})", created.2, created.0)));
+    }
+    if r.2 != c.2 {
+        return Err(differs(names[2], format!("{} ({:?})", run.3, run.0), format!("{} ({:?})", created.3, created.0)));
+    }
+    Ok(())
+}
+
+/// Checks that a run's attributes agree with the handle's on every field fixed at creation.
+fn keras_attrs_match(run: &MrnnKerasLstmAttrs, options: &KerasLstmOptions, handle: &MrnnKerasLstm) -> Result<()> {
+    let (c, fixed) = (&handle.attrs, handle.layer.options());
+    for (field, r, h) in [("input_size", run.input_size, c.input_size), ("hidden_size", run.hidden_size, c.hidden_size)]
+    {
+        if r != h {
+            return Err(differs(field, r, h));
+        }
+    }
+    for (field, r, h) in [
+        ("go_backwards", run.go_backwards, c.go_backwards),
+        ("zero_output_for_mask", run.zero_output_for_mask, c.zero_output_for_mask),
+        ("activation", run.activation, c.activation),
+    ] {
+        if r != h {
+            return Err(differs(field, r, h));
+        }
+    }
+    same_activation(
+        ["recurrent_activation", "recurrent_alpha", "recurrent_beta"],
+        (options.recurrent_activation, run.recurrent_activation, run.recurrent_alpha, run.recurrent_beta),
+        (fixed.recurrent_activation, c.recurrent_activation, c.recurrent_alpha, c.recurrent_beta),
+    )
+}
+
+/// Checks that a run's attributes agree with the handle's on every field fixed at creation.
+fn onnx_attrs_match(run: &MrnnOnnxLstmAttrs, acts: &[Activation], handle: &MrnnOnnxLstm) -> Result<()> {
+    let c = &handle.attrs;
+    for (field, r, h) in [("input_size", run.input_size, c.input_size), ("hidden_size", run.hidden_size, c.hidden_size)]
+    {
+        if r != h {
+            return Err(differs(field, r, h));
+        }
+    }
+    for (field, r, h) in [
+        ("direction", run.direction, c.direction),
+        ("layout", run.layout, c.layout),
+        ("input_forget", run.input_forget, c.input_forget),
+        ("has_clip", run.has_clip, c.has_clip),
+    ] {
+        if r != h {
+            return Err(differs(field, r, h));
+        }
+    }
+    if run.has_clip == 1 && run.clip.to_bits() != c.clip.to_bits() {
+        return Err(differs("clip", run.clip, c.clip));
+    }
+    if run.num_activations != c.num_activations {
+        return Err(differs("num_activations", run.num_activations, c.num_activations));
+    }
+    for (k, (&r, &h)) in acts.iter().zip(&handle.node.attrs().activations).enumerate() {
+        let names = [format!("activations[{k}]"), format!("activation_alpha[{k}]"), format!("activation_beta[{k}]")];
+        same_activation(
+            [&names[0], &names[1], &names[2]],
+            (r, run.activations[k], run.activation_alpha[k], run.activation_beta[k]),
+            (h, c.activations[k], c.activation_alpha[k], c.activation_beta[k]),
+        )?;
+    }
+    Ok(())
+}
+
+/// Creates a Keras LSTM layer: validates `attrs` and packs the weights once; see `masked_rnn.h`.
+///
+/// # Safety
+/// `attrs` is NULL or points to one readable `MrnnKerasLstmAttrs`; `kernel`, `recurrent_kernel` and `bias`
+/// are NULL or valid for reading the tensor sizes the header documents; `out` is NULL or valid for writing
+/// one pointer; for the duration of the call, and no other thread writes them meanwhile.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mrnn_keras_lstm_new(
+    attrs: *const MrnnKerasLstmAttrs,
+    kernel: *const f32,
+    recurrent_kernel: *const f32,
+    bias: *const f32,
+    out: *mut *mut MrnnKerasLstm,
+) -> i32 {
+    guard("mrnn_keras_lstm_new", || {
+        // 1. NULL.
+        require("attrs", attrs)?;
+        require("kernel", kernel)?;
+        require("recurrent_kernel", recurrent_kernel)?;
+        require("out", out)?;
+        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnKerasLstmAttrs`
+        // (caller's contract); read_unaligned needs no alignment.
+        let a = unsafe { attrs.read_unaligned() };
+
+        // 2. Values (batch_size, seq_length and num_threads too, though this call does not use them).
+        let KerasArgs { options, i, h, .. } = keras_args(&a)?;
+
+        // 3. Sizes of the weights.
+        let gates = checked_product(&[4, h], "bias [4H]")?;
+        let n_kernel = checked_product(&[i, gates], "kernel [I,4H]")?;
+        let n_recurrent = checked_product(&[h, gates], "recurrent_kernel [H,4H]")?;
+
+        // 4. Pointers.
+        let extents = [
+            Extent::new("kernel", kernel, n_kernel, false)?,
+            Extent::new("recurrent_kernel", recurrent_kernel, n_recurrent, false)?,
+            Extent::new("bias", bias, gates, false)?,
+            Extent::new("out", out, 1, true)?,
+        ];
+        check_disjoint(&extents)?;
+
+        // SAFETY: each pointer is NULL or was checked aligned and non-wrapping by `Extent::new` with the
+        // very length passed here, bounded to isize::MAX bytes by `checked_product`; the caller guarantees
+        // the memory is valid for that length; these are inputs only (`out` is written last, below).
+        let (kernel, recurrent_kernel, bias) = unsafe {
+            (
+                input(kernel, n_kernel).ok_or_else(|| null("kernel"))?,
+                input(recurrent_kernel, n_recurrent).ok_or_else(|| null("recurrent_kernel"))?,
+                input(bias, gates),
+            )
+        };
+        let layer = KerasLstm::new(LstmWeights::from_keras(i, h, kernel, recurrent_kernel, bias)?, options)?;
+        let handle = Box::new(MrnnKerasLstm { layer, attrs: a, scratch: Mutex::new(Scratch::default()) });
+        // SAFETY: `out` is non-NULL, aligned (`Extent::new`) and valid for one write (caller's contract);
+        // it overlaps none of the inputs (`check_disjoint`), which are no longer used anyway.
+        unsafe { out.write(Box::into_raw(handle)) };
+        Ok(())
+    })
+}
+
+/// Runs a Keras LSTM layer made by [`mrnn_keras_lstm_new`]; see `masked_rnn.h`. Results are bitwise those
+/// of [`mrnn_lstm_keras`] with the same attributes and weights.
+///
+/// # Safety
+/// `layer` is NULL or a handle from [`mrnn_keras_lstm_new`] not yet freed (other threads may run it at the
+/// same time, none may free it meanwhile). Every other non-NULL pointer is valid for the tensor size the
+/// header documents for it (reads for the `const` inputs, writes for the outputs) for the duration of the
+/// call, and no other thread writes the inputs or touches the outputs meanwhile.
+#[allow(clippy::too_many_arguments)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mrnn_keras_lstm_run(
+    layer: *mut MrnnKerasLstm,
+    attrs: *const MrnnKerasLstmAttrs,
+    x: *const f32,
+    mask: *const u8,
+    initial_h: *const f32,
+    initial_c: *const f32,
+    y: *mut f32,
+    last_output: *mut f32,
+    h_n: *mut f32,
+    c_n: *mut f32,
+) -> i32 {
+    guard("mrnn_keras_lstm_run", || {
+        // 1. NULL.
+        require("layer", layer)?;
+        require("attrs", attrs)?;
+        require("x", x)?;
+        if !layer.is_aligned() {
+            return Err(Error::argument(format!("layer ({layer:p}) is not a handle: misaligned")));
+        }
+        // SAFETY: `layer` is non-NULL and aligned (checked above) and, by the caller's contract, a live
+        // handle from `mrnn_keras_lstm_new` that nobody frees during this call; runs only ever take `&`
+        // to it (interior mutability through its Mutex), so this shared reference aliases no `&mut`.
+        let handle = unsafe { &*layer };
+        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnKerasLstmAttrs`
+        // (caller's contract); read_unaligned needs no alignment.
+        let a = unsafe { attrs.read_unaligned() };
+
+        // 2. Values, then agreement with the handle.
+        let KerasArgs { options, b, t, i, h, threads } = keras_args(&a)?;
+        keras_attrs_match(&a, &options, handle)?;
+
+        // 3. Sizes.
+        let n_x = checked_product(&[b, t, i], "x [B,T,I]")?;
+        let n_mask = checked_product(&[b, t], "mask [B,T]")?;
+        let n_state = checked_product(&[b, h], "state [B,H]")?;
+        let n_y = checked_product(&[b, t, h], "y [B,T,H]")?;
+
+        // 4. Pointers.
+        let extents = [
+            Extent::new("x", x, n_x, false)?,
+            Extent::new("mask", mask, n_mask, false)?,
+            Extent::new("initial_h", initial_h, n_state, false)?,
+            Extent::new("initial_c", initial_c, n_state, false)?,
+            Extent::new("y", y, n_y, true)?,
+            Extent::new("last_output", last_output, n_state, true)?,
+            Extent::new("h_n", h_n, n_state, true)?,
+            Extent::new("c_n", c_n, n_state, true)?,
+        ];
+        check_disjoint(&extents)?;
+
+        // SAFETY (every `input`/`output` call below): each pointer is NULL, or was checked aligned and
+        // non-wrapping by `Extent::new` with the very length passed here, which `checked_product` bounds
+        // to isize::MAX bytes; the caller guarantees the memory is valid for that length; `check_disjoint`
+        // proved no output overlaps any other buffer, so the `&mut` slices alias nothing.
+        let (x, mask, initial_h, initial_c) = unsafe {
+            (
+                input(x, n_x).ok_or_else(|| null("x"))?,
+                input(mask, n_mask),
+                input(initial_h, n_state),
+                input(initial_c, n_state),
+            )
+        };
+        // SAFETY: as above.
+        let out = unsafe {
+            KerasOutputs {
+                y: output(y, n_y),
+                last_output: output(last_output, n_state),
+                h_n: output(h_n, n_state),
+                c_n: output(c_n, n_state),
+            }
+        };
+        let input = KerasInput { b, t, x, mask, initial_h, initial_c };
+        with_handle_scratch(&handle.scratch, |scratch| keras_forward(&handle.layer, input, out, threads, scratch))
+    })
+}
+
+/// Frees a handle made by [`mrnn_keras_lstm_new`]; NULL is a no-op.
+///
+/// # Safety
+/// `layer` is NULL or a handle from [`mrnn_keras_lstm_new`] not yet freed, which no other thread uses
+/// during or after this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mrnn_keras_lstm_free(layer: *mut MrnnKerasLstm) {
+    if layer.is_null() {
+        return;
+    }
+    // A panic while dropping (there is none to expect) becomes a last-error message, never an unwind.
+    let _ = guard("mrnn_keras_lstm_free", || {
+        // SAFETY: a live handle from `mrnn_keras_lstm_new` (caller's contract), i.e. a pointer from
+        // `Box::into_raw` not yet reclaimed; nothing uses it after this call.
+        drop(unsafe { Box::from_raw(layer) });
+        Ok(())
+    });
+}
+
+/// Creates an ONNX LSTM node: validates `attrs` and packs `W`, `R`, `B`, `P` once; see `masked_rnn.h`.
+///
+/// # Safety
+/// `attrs` is NULL or points to one readable `MrnnOnnxLstmAttrs`; `w`, `r`, `b` and `p` are NULL or valid
+/// for reading the tensor sizes the header documents; `out` is NULL or valid for writing one pointer; for
+/// the duration of the call, and no other thread writes them meanwhile.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mrnn_onnx_lstm_new(
+    attrs: *const MrnnOnnxLstmAttrs,
+    w: *const f32,
+    r: *const f32,
+    b: *const f32,
+    p: *const f32,
+    out: *mut *mut MrnnOnnxLstm,
+) -> i32 {
+    guard("mrnn_onnx_lstm_new", || {
+        // 1. NULL.
+        require("attrs", attrs)?;
+        require("w", w)?;
+        require("r", r)?;
+        require("out", out)?;
+        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnOnnxLstmAttrs`
+        // (caller's contract); read_unaligned needs no alignment.
+        let a = unsafe { attrs.read_unaligned() };
+
+        // 2. Values (seq_length, batch_size and num_threads too, though this call does not use them).
+        let OnnxArgs { attrs: onnx_attrs, i, h, d, .. } = onnx_args(&a)?;
+
+        // 3. Sizes of the weights.
+        let n_w = checked_product(&[d, 4, h, i], "W [D,4H,I]")?;
+        let n_r = checked_product(&[d, 4, h, h], "R [D,4H,H]")?;
+        let n_b = checked_product(&[d, 8, h], "B [D,8H]")?;
+        let n_p = checked_product(&[d, 3, h], "P [D,3H]")?;
+
+        // 4. Pointers.
+        let extents = [
+            Extent::new("w", w, n_w, false)?,
+            Extent::new("r", r, n_r, false)?,
+            Extent::new("b", b, n_b, false)?,
+            Extent::new("p", p, n_p, false)?,
+            Extent::new("out", out, 1, true)?,
+        ];
+        check_disjoint(&extents)?;
+
+        // SAFETY: each pointer is NULL or was checked aligned and non-wrapping by `Extent::new` with the
+        // very length passed here, bounded to isize::MAX bytes by `checked_product`; the caller guarantees
+        // the memory is valid for that length; these are inputs only (`out` is written last, below).
+        let (w, r, b, p) = unsafe {
+            (
+                input(w, n_w).ok_or_else(|| null("w"))?,
+                input(r, n_r).ok_or_else(|| null("r"))?,
+                input(b, n_b),
+                input(p, n_p),
+            )
+        };
+        let node = OnnxLstm::new(onnx_attrs, i, w, r, b, p)?;
+        let handle = Box::new(MrnnOnnxLstm { node, attrs: a, scratch: Mutex::new(Scratch::default()) });
+        // SAFETY: `out` is non-NULL, aligned (`Extent::new`) and valid for one write (caller's contract);
+        // it overlaps none of the inputs (`check_disjoint`), which are no longer used anyway.
+        unsafe { out.write(Box::into_raw(handle)) };
+        Ok(())
+    })
+}
+
+/// Runs an ONNX LSTM node made by [`mrnn_onnx_lstm_new`]; see `masked_rnn.h`. Results are bitwise those of
+/// [`mrnn_lstm_onnx`] with the same attributes and weights.
+///
+/// # Safety
+/// `layer` is NULL or a handle from [`mrnn_onnx_lstm_new`] not yet freed (other threads may run it at the
+/// same time, none may free it meanwhile). Every other non-NULL pointer is valid for the tensor size the
+/// header documents for it (reads for the `const` inputs, writes for the outputs) for the duration of the
+/// call, and no other thread writes the inputs or touches the outputs meanwhile.
+#[allow(clippy::too_many_arguments)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mrnn_onnx_lstm_run(
+    layer: *mut MrnnOnnxLstm,
+    attrs: *const MrnnOnnxLstmAttrs,
+    x: *const f32,
+    sequence_lens: *const i32,
+    initial_h: *const f32,
+    initial_c: *const f32,
+    y: *mut f32,
+    y_h: *mut f32,
+    y_c: *mut f32,
+) -> i32 {
+    guard("mrnn_onnx_lstm_run", || {
+        // 1. NULL.
+        require("layer", layer)?;
+        require("attrs", attrs)?;
+        require("x", x)?;
+        if !layer.is_aligned() {
+            return Err(Error::argument(format!("layer ({layer:p}) is not a handle: misaligned")));
+        }
+        // SAFETY: `layer` is non-NULL and aligned (checked above) and, by the caller's contract, a live
+        // handle from `mrnn_onnx_lstm_new` that nobody frees during this call; runs only ever take `&`
+        // to it (interior mutability through its Mutex), so this shared reference aliases no `&mut`.
+        let handle = unsafe { &*layer };
+        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnOnnxLstmAttrs`
+        // (caller's contract); read_unaligned needs no alignment.
+        let a = unsafe { attrs.read_unaligned() };
+
+        // 2. Values, then agreement with the handle.
+        let OnnxArgs { attrs: run_attrs, t, b: batch, i, h, d, threads } = onnx_args(&a)?;
+        onnx_attrs_match(&a, &run_attrs.activations, handle)?;
+
+        // 3. Sizes (the same products in both layouts).
+        let n_x = checked_product(&[t, batch, i], "X [T,B,I]")?;
+        let n_state = checked_product(&[d, batch, h], "state [D,B,H]")?;
+        let n_y = checked_product(&[t, d, batch, h], "Y [T,D,B,H]")?;
+
+        // 4. Pointers.
+        let extents = [
+            Extent::new("x", x, n_x, false)?,
+            Extent::new("sequence_lens", sequence_lens, batch, false)?,
+            Extent::new("initial_h", initial_h, n_state, false)?,
+            Extent::new("initial_c", initial_c, n_state, false)?,
+            Extent::new("y", y, n_y, true)?,
+            Extent::new("y_h", y_h, n_state, true)?,
+            Extent::new("y_c", y_c, n_state, true)?,
+        ];
+        check_disjoint(&extents)?;
+
+        // SAFETY (every `input`/`output` call below): each pointer is NULL, or was checked aligned and
+        // non-wrapping by `Extent::new` with the very length passed here, which `checked_product` bounds
+        // to isize::MAX bytes (`sequence_lens` has `batch` 4-byte elements, at most the checked `n_state`
+        // since `d, h >= 1`); the caller guarantees the memory is valid for that length; `check_disjoint`
+        // proved no output overlaps any other buffer, so the `&mut` slices alias nothing.
+        let (x, sequence_lens, initial_h, initial_c) = unsafe {
+            (
+                input(x, n_x).ok_or_else(|| null("x"))?,
+                input(sequence_lens, batch),
+                input(initial_h, n_state),
+                input(initial_c, n_state),
+            )
+        };
+
+        // 5. Values in caller memory, still before any output is written.
+        check_lengths(sequence_lens, t)?;
+
+        // SAFETY: as above.
+        let out = unsafe { OnnxOutputs { y: output(y, n_y), y_h: output(y_h, n_state), y_c: output(y_c, n_state) } };
+        let input = OnnxInput { t, b: batch, x, sequence_lens, initial_h, initial_c };
+        with_handle_scratch(&handle.scratch, |scratch| {
+            onnx_forward(&handle.node, input, out, threads, &mut scratch.workspace)
+        })
+    })
+}
+
+/// Frees a handle made by [`mrnn_onnx_lstm_new`]; NULL is a no-op.
+///
+/// # Safety
+/// `layer` is NULL or a handle from [`mrnn_onnx_lstm_new`] not yet freed, which no other thread uses
+/// during or after this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mrnn_onnx_lstm_free(layer: *mut MrnnOnnxLstm) {
+    if layer.is_null() {
+        return;
+    }
+    // A panic while dropping (there is none to expect) becomes a last-error message, never an unwind.
+    let _ = guard("mrnn_onnx_lstm_free", || {
+        // SAFETY: a live handle from `mrnn_onnx_lstm_new` (caller's contract), i.e. a pointer from
+        // `Box::into_raw` not yet reclaimed; nothing uses it after this call.
+        drop(unsafe { Box::from_raw(layer) });
+        Ok(())
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ptr;
+
+    fn last() -> String {
+        last_error_message()
+    }
+
+    fn values(n: usize, seed: u32, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((s >> 8) as f32 / 16_777_216.0 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    struct KerasCase {
+        attrs: MrnnKerasLstmAttrs,
+        kernel: Vec<f32>,
+        recurrent: Vec<f32>,
+        bias: Vec<f32>,
+    }
+
+    impl KerasCase {
+        fn new(i: i64, h: i64) -> Self {
+            let (iu, hu) = (i as usize, h as usize);
+            KerasCase {
+                attrs: MrnnKerasLstmAttrs { input_size: i, hidden_size: h, ..Default::default() },
+                kernel: values(iu * 4 * hu, 1, 0.5),
+                recurrent: values(hu * 4 * hu, 2, 0.5),
+                bias: values(4 * hu, 3, 0.5),
+            }
+        }
+
+        fn handle(&self) -> *mut MrnnKerasLstm {
+            let mut out = ptr::null_mut();
+            // SAFETY: the weights have the sizes of the attributes; `out` is a valid pointer slot.
+            let status = unsafe {
+                mrnn_keras_lstm_new(
+                    &self.attrs,
+                    self.kernel.as_ptr(),
+                    self.recurrent.as_ptr(),
+                    self.bias.as_ptr(),
+                    &mut out,
+                )
+            };
+            assert_eq!(status, MRNN_OK, "{}", last());
+            out
+        }
+
+        /// `[y, last_output, h_n, c_n]` of a run on `layer`, or of the one-shot call when `layer` is NULL.
+        fn run(&self, layer: *mut MrnnKerasLstm, b: i64, t: i64, threads: i32) -> (i32, [Vec<f32>; 4]) {
+            let a = MrnnKerasLstmAttrs { batch_size: b, seq_length: t, num_threads: threads, ..self.attrs };
+            let (bu, tu, iu, hu) = (b as usize, t as usize, a.input_size as usize, a.hidden_size as usize);
+            let x = values(bu * tu * iu, 4 + b as u32 * 7 + t as u32, 1.5);
+            let mask: Vec<u8> = (0..bu * tu).map(|k| u8::from(k % 5 != 2)).collect();
+            let h0 = values(bu * hu, 5, 1.0);
+            let mut outs = [bu * tu * hu, bu * hu, bu * hu, bu * hu].map(|n| vec![f32::NAN; n]);
+            let [y, l, hn, cn] = &mut outs;
+            // SAFETY: every buffer has the size its attributes give; h0 stands in for initial_h only.
+            let status = unsafe {
+                if layer.is_null() {
+                    mrnn_lstm_keras(
+                        &a,
+                        x.as_ptr(),
+                        mask.as_ptr(),
+                        self.kernel.as_ptr(),
+                        self.recurrent.as_ptr(),
+                        self.bias.as_ptr(),
+                        h0.as_ptr(),
+                        ptr::null(),
+                        y.as_mut_ptr(),
+                        l.as_mut_ptr(),
+                        hn.as_mut_ptr(),
+                        cn.as_mut_ptr(),
+                    )
+                } else {
+                    mrnn_keras_lstm_run(
+                        layer,
+                        &a,
+                        x.as_ptr(),
+                        mask.as_ptr(),
+                        h0.as_ptr(),
+                        ptr::null(),
+                        y.as_mut_ptr(),
+                        l.as_mut_ptr(),
+                        hn.as_mut_ptr(),
+                        cn.as_mut_ptr(),
+                    )
+                }
+            };
+            (status, outs)
+        }
+    }
+
+    fn bits(v: &[Vec<f32>]) -> Vec<Vec<u32>> {
+        v.iter().map(|v| v.iter().map(|x| x.to_bits()).collect()).collect()
+    }
+
+    #[test]
+    fn keras_runs_equal_one_shot_across_shapes() {
+        let case = KerasCase::new(3, 9);
+        let layer = case.handle();
+        for (b, t, threads) in [(4, 7, 1), (1, 3, 2), (6, 12, 0), (0, 5, 1), (4, 7, 2), (2, 0, 1)] {
+            let (s1, one_shot) = case.run(ptr::null_mut(), b, t, threads);
+            let (s2, run) = case.run(layer, b, t, threads);
+            assert_eq!((s1, s2), (MRNN_OK, MRNN_OK), "{}", last());
+            assert_eq!(bits(&one_shot), bits(&run), "B {b} T {t} threads {threads}");
+        }
+        // SAFETY: a live handle, freed once; NULL is a no-op.
+        unsafe {
+            mrnn_keras_lstm_free(layer);
+            mrnn_keras_lstm_free(ptr::null_mut());
+        }
+    }
+
+    #[test]
+    fn concurrent_runs_on_one_handle_agree() {
+        let case = KerasCase::new(4, 17);
+        let layer = case.handle();
+        let (_, expected) = case.run(ptr::null_mut(), 5, 9, 1);
+        let shared = layer as usize;
+        std::thread::scope(|s| {
+            for k in 0..4 {
+                let (case, expected) = (&case, &expected);
+                s.spawn(move || {
+                    for _ in 0..20 {
+                        let (status, got) = case.run(shared as *mut MrnnKerasLstm, 5, 9, 1 + k % 2);
+                        assert_eq!(status, MRNN_OK);
+                        assert_eq!(bits(&got), bits(expected));
+                    }
+                });
+            }
+        });
+        // SAFETY: a live handle no thread uses any more.
+        unsafe { mrnn_keras_lstm_free(layer) };
+    }
+
+    #[test]
+    fn a_busy_or_poisoned_workspace_is_replaced_not_waited_for() {
+        let case = KerasCase::new(2, 8);
+        let layer = case.handle();
+        let (_, expected) = case.run(ptr::null_mut(), 3, 6, 1);
+        // SAFETY: a live handle; only shared references are taken while it lives.
+        let handle = unsafe { &*layer };
+        {
+            // Held by "another run": this run must neither block nor differ.
+            let _busy = handle.scratch.lock().unwrap();
+            let (status, got) = case.run(layer, 3, 6, 1);
+            assert_eq!((status, bits(&got)), (MRNN_OK, bits(&expected)));
+        }
+        let _ = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _held = handle.scratch.lock().unwrap();
+                panic!("poisoning the workspace on purpose");
+            })
+            .join()
+        });
+        assert!(handle.scratch.is_poisoned());
+        let (status, got) = case.run(layer, 3, 6, 2);
+        assert_eq!((status, bits(&got)), (MRNN_OK, bits(&expected)));
+        assert!(!handle.scratch.is_poisoned());
+        // SAFETY: a live handle no thread uses any more.
+        unsafe { mrnn_keras_lstm_free(layer) };
+    }
+
+    #[test]
+    fn keras_run_rejects_changed_attributes() {
+        let case = KerasCase::new(2, 3);
+        let layer = case.handle();
+        let a = MrnnKerasLstmAttrs { batch_size: 1, seq_length: 1, ..case.attrs };
+        let (x, mut y) = ([0.5_f32; 2], [0.0_f32; 3]);
+        let run = |a: &MrnnKerasLstmAttrs, y: &mut [f32]| {
+            // SAFETY: x and y have the sizes of B = T = 1, I = 2, H = 3, whenever validation lets the call
+            // read them.
+            unsafe {
+                mrnn_keras_lstm_run(
+                    layer,
+                    a,
+                    x.as_ptr(),
+                    ptr::null(),
+                    ptr::null(),
+                    ptr::null(),
+                    y.as_mut_ptr(),
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                )
+            }
+        };
+        assert_eq!(run(&a, &mut y), MRNN_OK);
+        let cases = [
+            (MrnnKerasLstmAttrs { input_size: 3, ..a }, "input_size"),
+            (MrnnKerasLstmAttrs { hidden_size: 2, ..a }, "hidden_size"),
+            (MrnnKerasLstmAttrs { go_backwards: 1, ..a }, "go_backwards"),
+            (MrnnKerasLstmAttrs { zero_output_for_mask: 1, ..a }, "zero_output_for_mask"),
+            (MrnnKerasLstmAttrs { activation: 2, ..a }, "activation"),
+            (MrnnKerasLstmAttrs { recurrent_activation: 7, ..a }, "recurrent_activation"),
+        ];
+        for (bad, field) in cases {
+            assert_eq!(run(&bad, &mut y), MRNN_ERR_BAD_ARGUMENT, "{field}");
+            assert!(last().contains(&format!("attrs.{field} ")), "{field}: {}", last());
+        }
+        // Ignored unless HardSigmoid; NaN = 0.2.
+        assert_eq!(run(&MrnnKerasLstmAttrs { recurrent_alpha: 0.7, ..a }, &mut y), MRNN_OK);
+        // A bad value is reported as such, before the comparison.
+        assert_eq!(run(&MrnnKerasLstmAttrs { activation: 99, ..a }, &mut y), MRNN_ERR_BAD_ARGUMENT);
+        assert!(last().contains("activation: unknown"), "{}", last());
+        // SAFETY: a live handle.
+        unsafe { mrnn_keras_lstm_free(layer) };
+
+        let hard = KerasCase { attrs: MrnnKerasLstmAttrs { recurrent_activation: 7, ..case.attrs }, ..case };
+        let layer = hard.handle();
+        let a = MrnnKerasLstmAttrs { batch_size: 1, seq_length: 1, ..hard.attrs };
+        let run = |a: &MrnnKerasLstmAttrs, y: &mut [f32]| {
+            // SAFETY: as above.
+            unsafe {
+                mrnn_keras_lstm_run(
+                    layer,
+                    a,
+                    x.as_ptr(),
+                    ptr::null(),
+                    ptr::null(),
+                    ptr::null(),
+                    y.as_mut_ptr(),
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                )
+            }
+        };
+        assert_eq!(run(&MrnnKerasLstmAttrs { recurrent_alpha: 0.2, recurrent_beta: 0.5, ..a }, &mut y), MRNN_OK);
+        assert_eq!(run(&MrnnKerasLstmAttrs { recurrent_alpha: 1.0 / 6.0, ..a }, &mut y), MRNN_ERR_BAD_ARGUMENT);
+        assert!(last().contains("attrs.recurrent_alpha "), "{}", last());
+        assert_eq!(run(&MrnnKerasLstmAttrs { recurrent_beta: 0.4, ..a }, &mut y), MRNN_ERR_BAD_ARGUMENT);
+        assert!(last().contains("attrs.recurrent_beta "), "{}", last());
+        // SAFETY: a live handle.
+        unsafe { mrnn_keras_lstm_free(layer) };
+    }
+
+    #[test]
+    fn null_and_bad_arguments_to_new() {
+        let case = KerasCase::new(2, 3);
+        let (k, r) = (case.kernel.as_ptr(), case.recurrent.as_ptr());
+        let sentinel = ptr::dangling_mut::<MrnnKerasLstm>();
+        let mut out = sentinel;
+        // SAFETY: every call fails validation before it reads past the attributes.
+        unsafe {
+            assert_eq!(mrnn_keras_lstm_new(ptr::null(), k, r, ptr::null(), &mut out), MRNN_ERR_NULL_POINTER);
+            assert_eq!(mrnn_keras_lstm_new(&case.attrs, ptr::null(), r, ptr::null(), &mut out), 1);
+            assert_eq!(mrnn_keras_lstm_new(&case.attrs, k, ptr::null(), ptr::null(), &mut out), 1);
+            assert_eq!(mrnn_keras_lstm_new(&case.attrs, k, r, ptr::null(), ptr::null_mut()), 1);
+            assert!(last().contains("out is NULL"), "{}", last());
+            let neg = MrnnKerasLstmAttrs { batch_size: -1, ..case.attrs };
+            assert_eq!(mrnn_keras_lstm_new(&neg, k, r, ptr::null(), &mut out), MRNN_ERR_BAD_ARGUMENT);
+            let huge = MrnnKerasLstmAttrs { hidden_size: i64::MAX / 2, ..case.attrs };
+            assert_eq!(mrnn_keras_lstm_new(&huge, k, r, ptr::null(), &mut out), MRNN_ERR_OVERFLOW);
+            // B and T are not used at creation: huge ones are fine.
+            let big = MrnnKerasLstmAttrs { batch_size: i64::MAX, seq_length: i64::MAX, ..case.attrs };
+            assert_eq!(out, sentinel, "a failing _new wrote *out");
+            assert_eq!(mrnn_keras_lstm_new(&big, k, r, ptr::null(), &mut out), MRNN_OK);
+            assert!(!out.is_null() && out != sentinel);
+            let x = [0.0_f32];
+            let run = MrnnKerasLstmAttrs { batch_size: 0, seq_length: 1, ..case.attrs };
+            let nul = ptr::null_mut();
+            assert_eq!(
+                mrnn_keras_lstm_run(
+                    ptr::null_mut(),
+                    &run,
+                    x.as_ptr(),
+                    ptr::null(),
+                    ptr::null(),
+                    ptr::null(),
+                    nul,
+                    nul,
+                    nul,
+                    nul
+                ),
+                1
+            );
+            assert!(last().contains("layer is NULL"), "{}", last());
+            assert_eq!(
+                mrnn_keras_lstm_run(
+                    out,
+                    ptr::null(),
+                    x.as_ptr(),
+                    ptr::null(),
+                    ptr::null(),
+                    ptr::null(),
+                    nul,
+                    nul,
+                    nul,
+                    nul
+                ),
+                1
+            );
+            assert_eq!(
+                mrnn_keras_lstm_run(out, &run, ptr::null(), ptr::null(), ptr::null(), ptr::null(), nul, nul, nul, nul),
+                1
+            );
+            assert_eq!(
+                mrnn_keras_lstm_run(out, &run, x.as_ptr(), ptr::null(), ptr::null(), ptr::null(), nul, nul, nul, nul),
+                0
+            );
+            mrnn_keras_lstm_free(out);
+        }
+    }
+
+    /// A bidirectional ONNX node with peepholes, clip and explicit activations.
+    struct OnnxCase {
+        attrs: MrnnOnnxLstmAttrs,
+        w: Vec<f32>,
+        r: Vec<f32>,
+        b: Vec<f32>,
+        p: Vec<f32>,
+    }
+
+    impl OnnxCase {
+        fn new(layout: i32) -> Self {
+            let (i, h) = (3_usize, 5_usize);
+            let attrs = MrnnOnnxLstmAttrs {
+                input_size: i as i64,
+                hidden_size: h as i64,
+                direction: 2,
+                layout,
+                has_clip: 1,
+                clip: 2.5,
+                num_activations: 6,
+                activations: [0, 1, 1, 7, 3, 4],
+                activation_alpha: [f32::NAN, f32::NAN, f32::NAN, 0.3, 0.9, f32::NAN],
+                ..Default::default()
+            };
+            OnnxCase {
+                attrs,
+                w: values(2 * 4 * h * i, 6, 0.6),
+                r: values(2 * 4 * h * h, 7, 0.6),
+                b: values(2 * 8 * h, 8, 0.4),
+                p: values(2 * 3 * h, 9, 0.4),
+            }
+        }
+
+        fn handle(&self) -> *mut MrnnOnnxLstm {
+            let mut out = ptr::null_mut();
+            // SAFETY: the weights have the sizes of the attributes; `out` is a valid pointer slot.
+            let status = unsafe {
+                mrnn_onnx_lstm_new(
+                    &self.attrs,
+                    self.w.as_ptr(),
+                    self.r.as_ptr(),
+                    self.b.as_ptr(),
+                    self.p.as_ptr(),
+                    &mut out,
+                )
+            };
+            assert_eq!(status, MRNN_OK, "{}", last());
+            out
+        }
+
+        fn run(&self, layer: *mut MrnnOnnxLstm, a: &MrnnOnnxLstmAttrs) -> (i32, [Vec<f32>; 3]) {
+            let (tu, bu) = (a.seq_length as usize, a.batch_size as usize);
+            let (iu, hu) = (self.attrs.input_size as usize, self.attrs.hidden_size as usize);
+            let x = values(tu * bu * iu, 10 + tu as u32, 1.5);
+            let lens: Vec<i32> = (0..bu).map(|k| ((k * 3) % (tu + 1)) as i32).collect();
+            let c0 = values(2 * bu * hu, 11, 1.0);
+            let mut outs = [tu * 2 * bu * hu, 2 * bu * hu, 2 * bu * hu].map(|n| vec![f32::NAN; n]);
+            let [y, yh, yc] = &mut outs;
+            // SAFETY: every buffer has the size its attributes give.
+            let status = unsafe {
+                if layer.is_null() {
+                    mrnn_lstm_onnx(
+                        a,
+                        x.as_ptr(),
+                        self.w.as_ptr(),
+                        self.r.as_ptr(),
+                        self.b.as_ptr(),
+                        lens.as_ptr(),
+                        ptr::null(),
+                        c0.as_ptr(),
+                        self.p.as_ptr(),
+                        y.as_mut_ptr(),
+                        yh.as_mut_ptr(),
+                        yc.as_mut_ptr(),
+                    )
+                } else {
+                    mrnn_onnx_lstm_run(
+                        layer,
+                        a,
+                        x.as_ptr(),
+                        lens.as_ptr(),
+                        ptr::null(),
+                        c0.as_ptr(),
+                        y.as_mut_ptr(),
+                        yh.as_mut_ptr(),
+                        yc.as_mut_ptr(),
+                    )
+                }
+            };
+            (status, outs)
+        }
+    }
+
+    #[test]
+    fn onnx_runs_equal_one_shot_and_check_attributes() {
+        for layout in [0, 1] {
+            let case = OnnxCase::new(layout);
+            let layer = case.handle();
+            for (t, b, threads) in [(6, 4, 1), (2, 1, 2), (9, 7, 0), (0, 3, 1), (6, 4, 2)] {
+                let a = MrnnOnnxLstmAttrs { seq_length: t, batch_size: b, num_threads: threads, ..case.attrs };
+                let (s1, one_shot) = case.run(ptr::null_mut(), &a);
+                let (s2, run) = case.run(layer, &a);
+                assert_eq!((s1, s2), (MRNN_OK, MRNN_OK), "{}", last());
+                assert_eq!(bits(&one_shot), bits(&run), "layout {layout} T {t} B {b} threads {threads}");
+            }
+            let a = MrnnOnnxLstmAttrs { seq_length: 2, batch_size: 2, ..case.attrs };
+            let mut acts = a.activations;
+            acts[4] = 2;
+            let (mut alpha, mut beta) = (a.activation_alpha, a.activation_beta);
+            alpha[3] = 0.2;
+            beta[4] = 1.0;
+            let cases = [
+                (MrnnOnnxLstmAttrs { input_size: 4, ..a }, "input_size"),
+                (MrnnOnnxLstmAttrs { hidden_size: 4, ..a }, "hidden_size"),
+                (MrnnOnnxLstmAttrs { direction: 0, num_activations: 3, ..a }, "direction"),
+                (MrnnOnnxLstmAttrs { layout: 1 - layout, ..a }, "layout"),
+                (MrnnOnnxLstmAttrs { input_forget: 1, ..a }, "input_forget"),
+                (MrnnOnnxLstmAttrs { has_clip: 0, ..a }, "has_clip"),
+                (MrnnOnnxLstmAttrs { clip: 3.0, ..a }, "clip"),
+                (MrnnOnnxLstmAttrs { num_activations: 0, ..a }, "num_activations"),
+                (MrnnOnnxLstmAttrs { activations: acts, ..a }, "activations[4]"),
+                (MrnnOnnxLstmAttrs { activation_alpha: alpha, ..a }, "activation_alpha[3]"),
+                (MrnnOnnxLstmAttrs { activation_beta: beta, ..a }, "activation_beta[4]"),
+            ];
+            for (bad, field) in cases {
+                assert_eq!(case.run(layer, &bad).0, MRNN_ERR_BAD_ARGUMENT, "{field}");
+                assert!(last().contains(&format!("attrs.{field} ")), "{field}: {}", last());
+            }
+            // Parameters an activation does not take, and NaN for its default, match.
+            let (mut alpha, mut beta) = (a.activation_alpha, a.activation_beta);
+            alpha[0] = 7.0; // Sigmoid
+            beta[5] = 7.0; // LeakyRelu has no beta
+            alpha[5] = 0.01; // LeakyRelu's default
+            assert_eq!(
+                case.run(layer, &MrnnOnnxLstmAttrs { activation_alpha: alpha, activation_beta: beta, ..a }).0,
+                0
+            );
+            // SAFETY: a live handle, freed once.
+            unsafe { mrnn_onnx_lstm_free(layer) };
+        }
+        // SAFETY: NULL is a no-op.
+        unsafe { mrnn_onnx_lstm_free(ptr::null_mut()) };
+    }
+}
