@@ -24,16 +24,25 @@ fn main() {
     let view = SeqView::from_lengths(&lens, t, Padding::Post).unwrap();
     let mut y = vec![0.0; b * t * h];
     let flops = 2.0 * 4.0 * h as f64 * (i + h) as f64 * view.total_valid() as f64;
+    // MRNN_GAP_MS: idle time between calls (a server between requests); reports the median too.
+    let gap: u64 = std::env::var("MRNN_GAP_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let mut best = f64::MAX;
+    let mut times: Vec<f64> = Vec::with_capacity(iters);
     for _ in 0..iters {
+        std::thread::sleep(std::time::Duration::from_millis(gap));
         let st = Instant::now();
         layer.forward(&x, &view, None, KerasOutputs { y: Some(&mut y), ..Default::default() }, threads).unwrap();
-        best = best.min(st.elapsed().as_secs_f64());
+        let e = st.elapsed().as_secs_f64();
+        times.push(e);
+        best = best.min(e);
     }
+    times.sort_by(f64::total_cmp);
     println!(
-        "{} B{b} T{t} I{i} H{h} pad{pad}% threads {threads}: best {:.2} ms, {:.1} GFLOP/s",
+        "{} B{b} T{t} I{i} H{h} pad{pad}% threads {threads}: best {:.2} ms ({:.1} GFLOP/s), median {:.2} ms, max {:.2} ms",
         layer.backend().name,
         best * 1e3,
-        flops / best / 1e9
+        flops / best / 1e9,
+        times[times.len() / 2] * 1e3,
+        times[times.len() - 1] * 1e3
     );
 }

@@ -501,7 +501,7 @@ impl Job<'_> {
         let hp = self.w.hidden_padded();
         let m = order.len();
         let n = chunks.len();
-        let (first, rest) = chunks.split_first_mut().expect("at least one chunk");
+        let first = &mut chunks[0];
         for v in [&mut first.h, &mut first.h2, &mut first.c] {
             v.clear();
             v.resize(m * hp, 0.0);
@@ -512,7 +512,12 @@ impl Job<'_> {
         let blocks = self.w.blocks;
         let range = |j: usize| (j * blocks / n)..((j + 1) * blocks / n);
         let barrier = SpinBarrier::new(n);
-        let work = |j: usize, cs: &mut ChunkScratch| -> usize {
+        let scratch = ChunkPtr(chunks.as_mut_ptr());
+        let work = |j: usize| -> usize {
+            // SAFETY: `j < n` and every index is run by exactly one thread (broadcast indices and the
+            // scoped threads below are distinct), so each thread has its own ChunkScratch; chunk 0's
+            // h/h2/c buffers are only reached through `state`, never through this reference.
+            let cs = unsafe { &mut *scratch.at(j) };
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.drive(order, lens, range(j), state, cs, Some(&barrier))
             }));
@@ -524,15 +529,25 @@ impl Job<'_> {
                 }
             }
         };
-        // Dedicated scoped threads: the barrier needs every participant running at once, which a shared
-        // pool cannot promise (its workers may be busy, or be the caller itself).
-        let steps = std::thread::scope(|s| {
-            for (j, cs) in rest.iter_mut().enumerate() {
-                let work = &work;
-                s.spawn(move || work(j + 1, cs));
-            }
-            work(0, first)
-        });
+        // The barrier needs every participant running at once. A pool that runs nothing but column jobs,
+        // one job at a time, guarantees that and keeps its threads (and their caches) from call to call;
+        // if another job holds it, dedicated scoped threads do.
+        let cp = column_pool(n)?;
+        let guard = match cp.lock.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        let steps = match guard {
+            Some(_held) => cp.pool.broadcast(|ctx| work(ctx.index()))[0],
+            None => std::thread::scope(|s| {
+                for j in 1..n {
+                    let work = &work;
+                    s.spawn(move || work(j));
+                }
+                work(0)
+            }),
+        };
         if let Some(y) = &self.y {
             for &b in order {
                 self.fill_padding(y, b);
@@ -753,6 +768,45 @@ fn pool(n: usize) -> Result<Arc<rayon::ThreadPool>> {
         .build()
         .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start {n} threads: {e}")))?;
     let p = Arc::new(p);
+    pools.push((n, Arc::clone(&p)));
+    Ok(p)
+}
+
+/// The scratch of a column-split job's threads, shared by index.
+#[derive(Clone, Copy)]
+struct ChunkPtr(*mut ChunkScratch);
+
+impl ChunkPtr {
+    /// Element `j` (the closure captures the whole wrapper, not the raw pointer field).
+    fn at(&self, j: usize) -> *mut ChunkScratch {
+        self.0.wrapping_add(j)
+    }
+}
+
+// SAFETY: each thread of a column-split job dereferences a distinct index (see `run_columns`).
+unsafe impl Send for ChunkPtr {}
+unsafe impl Sync for ChunkPtr {}
+
+/// A pool of `n` threads that only ever runs column-split jobs, one at a time.
+struct ColumnPool {
+    lock: Mutex<()>,
+    pool: rayon::ThreadPool,
+}
+
+type ColumnPoolCache = Mutex<Vec<(usize, Arc<ColumnPool>)>>;
+
+fn column_pool(n: usize) -> Result<Arc<ColumnPool>> {
+    static POOLS: OnceLock<ColumnPoolCache> = OnceLock::new();
+    let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = pools.iter().find(|(k, _)| *k == n) {
+        return Ok(Arc::clone(p));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("masked-rnn-columns-{i}"))
+        .build()
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start {n} threads: {e}")))?;
+    let p = Arc::new(ColumnPool { lock: Mutex::new(()), pool });
     pools.push((n, Arc::clone(&p)));
     Ok(p)
 }
