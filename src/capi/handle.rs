@@ -8,7 +8,7 @@
 //! ```
 //!
 //! The ONNX functions follow the same pattern. A handle owns the packed layer ([`KerasLstm`] /
-//! [`OnnxLstm`]) and scratch memory (a [`Workspace`](crate::Workspace)) behind a `Mutex`. Runs on one
+//! [`OnnxLstm`]) and scratch memory (a [`Workspace`]) behind a `Mutex`. Runs on one
 //! handle may overlap: a run that finds the scratch memory locked by another thread does not wait, it uses
 //! a temporary one. Scratch memory never changes results, so a run gives bitwise the one-shot function's
 //! outputs whichever scratch served it.
