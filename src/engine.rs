@@ -420,7 +420,8 @@ impl Job<'_> {
         let lens: &[usize] = lens;
 
         let columns = self.use_columns(threads, order.len());
-        let n_chunks = if columns { threads.min(self.w.blocks) } else { threads.min(order.len()).max(1) };
+        // Column threads spin at a barrier every step: never more of them than cores.
+        let n_chunks = if columns { threads.min(self.w.blocks).min(cores()) } else { threads.min(order.len()).max(1) };
         if chunks.len() < n_chunks {
             chunks.resize_with(n_chunks, ChunkScratch::default);
         }
@@ -449,7 +450,7 @@ impl Job<'_> {
 
     /// Whether this job splits gate columns across threads instead of sequences.
     fn use_columns(&self, threads: usize, rows: usize) -> bool {
-        if threads < 2 || self.w.blocks < 2 || rows == 0 {
+        if threads < 2 || self.w.blocks < 2 || rows == 0 || cores() < 2 {
             return false;
         }
         match self.schedule {
@@ -740,6 +741,12 @@ fn balance(order: &[usize], lens: &[usize], load: &mut Vec<usize>, chunks: &mut 
         chunks[i].rows.push(b);
         load[i] += lens[b];
     }
+}
+
+/// Cores available to this process (at least 1), read once.
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Largest thread pool the library will build.
