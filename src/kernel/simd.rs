@@ -63,6 +63,9 @@ pub(crate) unsafe trait Simd: Copy {
     /// `(e, m)` with `x = m * 2^(e + 1)` for finite positive normal `x`: `e` the biased exponent minus
     /// 126 (as float), `m` in `[0.5, 1)` (the bit manipulation of [`math::ln`]).
     unsafe fn frexp(x: Self) -> (Self, Self);
+    /// Hints that the cache line at `p` will be read soon (no-op where unsupported).
+    #[inline(always)]
+    unsafe fn prefetch(_p: *const f32) {}
     /// [`act_lanes`] for this type. Backends with target features implement it as a call to a
     /// `#[target_feature]` function (inlined where the optimizer sees fit), so unoptimized builds keep
     /// each activation in a frame of its own instead of inflating the kernels' stack frames.
@@ -214,6 +217,16 @@ unsafe fn tile<S: Simd, const M: usize, const NB: usize>(
     unsafe {
         let mut acc = [[[s::<S>(0.0); 4]; NB]; M];
         for k in 0..k_len {
+            // One or two rows do too little arithmetic per weight to hide memory latency: fetch the panel
+            // rows a few steps ahead (only a hint; reads past the panel are never dereferenced).
+            if M <= 2 && k + PREFETCH_ROWS < k_len {
+                for p in panels {
+                    let ahead = p.add((k + PREFETCH_ROWS) * 4 * S::LANES);
+                    for line in 0..(4 * S::LANES * 4 / 64) {
+                        S::prefetch(ahead.add(line * 16));
+                    }
+                }
+            }
             let b: [[S; 4]; NB] = std::array::from_fn(|j| {
                 let bk = panels[j].add(k * 4 * S::LANES);
                 [S::load(bk), S::load(bk.add(S::LANES)), S::load(bk.add(2 * S::LANES)), S::load(bk.add(3 * S::LANES))]
@@ -230,6 +243,9 @@ unsafe fn tile<S: Simd, const M: usize, const NB: usize>(
         acc
     }
 }
+
+/// Weight-panel rows fetched ahead by short tiles.
+const PREFETCH_ROWS: usize = 16;
 
 /// Calls `$body!(M, NB)` with the tile shape for `m` rows: two blocks for short tiles when two blocks
 /// remain, else one.

@@ -124,6 +124,11 @@ unsafe impl Simd for Avx2 {
         }
     }
     #[inline(always)]
+    unsafe fn prefetch(p: *const f32) {
+        // SAFETY: a prefetch is a hint and never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
+    }
+    #[inline(always)]
     unsafe fn frexp(x: Self) -> (Self, Self) {
         unsafe {
             let bits = _mm256_castps_si256(x.0);
@@ -240,6 +245,11 @@ unsafe impl Simd for Avx512 {
                 simd::act_lanes(a, x)
             }
         }
+    }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const f32) {
+        // SAFETY: a prefetch is a hint and never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
     }
     #[inline(always)]
     unsafe fn frexp(x: Self) -> (Self, Self) {
