@@ -544,10 +544,14 @@ impl Job<'_> {
             None => std::thread::scope(|s| {
                 for j in 1..n {
                     let work = &work;
-                    s.spawn(move || work(j));
+                    if let Err(e) = std::thread::Builder::new().spawn_scoped(s, move || work(j)) {
+                        // The threads already started would wait at the barrier for ever: release them.
+                        barrier.poison();
+                        return Err(Error::new(ErrorKind::Internal, format!("cannot start a thread: {e}")));
+                    }
                 }
-                work(0)
-            }),
+                Ok(work(0))
+            })?,
         };
         if let Some(y) = &self.y {
             for &b in order {
