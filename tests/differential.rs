@@ -54,7 +54,7 @@ fn edge_sizes_and_lengths() {
                         let opts =
                             KerasLstmOptions::default().go_backwards(go_backwards).zero_output_for_mask(zero_output);
                         let layer = KerasLstm::new(weights.clone(), opts).unwrap();
-                        let tol = if layer.backend().fused_multiply_add { fuzzing::FAST_VS_REFERENCE_TOL } else { 0.0 };
+                        let tol = fuzzing::FAST_VS_REFERENCE_TOL;
                         let expected = layer.forward_reference(&x, view, init).unwrap();
                         for threads in [1, 2] {
                             let (got, stats) = layer.forward_all(&x, view, init, threads).unwrap();
