@@ -68,8 +68,7 @@ pub(crate) enum Fill {
 pub(crate) enum EmptyState {
     /// The initial state (Keras).
     Initial,
-    /// Zeros (ONNX Runtime; the ONNX operator of the next milestone selects it).
-    #[allow(dead_code)]
+    /// Zeros (ONNX Runtime, PyTorch).
     Zero,
 }
 
