@@ -597,6 +597,7 @@ impl Job<'_> {
         let mut active = m;
         let mut steps = 0;
         let mut k0 = 0;
+        let mut reverse = false; // the direction of the next step's first weight sweep
         while k0 < n_max {
             while lens[rows[active - 1]] <= k0 {
                 active -= 1;
@@ -632,7 +633,7 @@ impl Job<'_> {
                 unsafe {
                     let h_prev = std::slice::from_raw_parts(h, a * hp);
                     let p = &cs.proj[base * proj_row..(base + a) * proj_row];
-                    (be.step)(w, self.cell, a, blocks.clone(), p, h_prev, state.c, h2);
+                    reverse = !(be.step)(w, self.cell, a, blocks.clone(), p, h_prev, state.c, h2, reverse);
                 }
                 if let Some(b) = barrier {
                     if !b.wait() {

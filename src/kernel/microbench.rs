@@ -19,6 +19,8 @@ pub struct KernelBench {
     h: Vec<f32>,
     c: Vec<f32>,
     h_out: Vec<f32>,
+    /// Direction of the next step's first weight sweep (as the engine alternates it).
+    reverse: bool,
 }
 
 impl KernelBench {
@@ -40,6 +42,7 @@ impl KernelBench {
             h: (0..batch * hp).map(val).collect(),
             c: (0..batch * hp).map(val).collect(),
             h_out: vec![0.0; batch * hp],
+            reverse: false,
             packed,
         })
     }
@@ -65,7 +68,7 @@ impl KernelBench {
         assert!(self.c.len() >= self.batch * hp && self.h_out.len() >= self.batch * hp);
         // SAFETY: c and h_out hold batch x hp floats (asserted), are distinct from h and proj, and this
         // thread is their only user.
-        unsafe {
+        self.reverse = !unsafe {
             (self.backend.step)(
                 &self.packed,
                 &self.cell,
@@ -75,6 +78,7 @@ impl KernelBench {
                 &self.h,
                 self.c.as_mut_ptr(),
                 self.h_out.as_mut_ptr(),
+                self.reverse,
             )
         };
     }

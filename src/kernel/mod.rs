@@ -31,7 +31,10 @@ pub(crate) type ProjectFn = fn(w: &PackedLstm, x: &[f32], rows: &[usize], blocks
 
 /// One recurrent step of `m` rows over the weight blocks `blocks`: reads `proj` (as `ProjectFn` wrote
 /// it) and the whole previous state `h [m][hp]`, updates those blocks' columns of `c [m][hp]` in place and
-/// writes them to `h_out [m][hp]`.
+/// writes them to `h_out [m][hp]`. The first row tile sweeps the blocks backwards if `reverse_first`,
+/// later ones alternate ("snake" order, so weights beyond L2 are partly re-used from it); returns whether
+/// the last sweep ran backwards: the caller starts the next step the other way. The direction never
+/// changes results.
 ///
 /// # Safety
 /// `c` and `h_out` are valid for `m * hp` floats and overlap neither `h` nor `proj`; no other thread
@@ -45,7 +48,8 @@ pub(crate) type StepFn = unsafe fn(
     h: &[f32],
     c: *mut f32,
     h_out: *mut f32,
-);
+    reverse_first: bool,
+) -> bool;
 
 /// Instruction-set levels, ordered: a level may run everything below it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -147,9 +147,10 @@ unsafe fn step(
     h: &[f32],
     c: *mut f32,
     h_out: *mut f32,
-) {
+    reverse_first: bool,
+) -> bool {
     // SAFETY: f32x8 runs on every CPU; the buffers as the caller guarantees.
-    unsafe { simd::step::<f32x8>(w, cell, m, blocks, proj, h, c, h_out) }
+    unsafe { simd::step::<f32x8>(w, cell, m, blocks, proj, h, c, h_out, reverse_first) }
 }
 
 #[cfg(test)]

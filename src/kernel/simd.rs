@@ -247,14 +247,13 @@ unsafe fn tile<S: Simd, const M: usize, const NB: usize>(
 /// Weight-panel rows fetched ahead by short tiles.
 const PREFETCH_ROWS: usize = 16;
 
-/// Calls `$body!(M, NB)` with the tile shape for `m` rows: two blocks for short tiles when two blocks
-/// remain, else one.
+/// Calls `$body!(M, NB)` for a tile of `m` rows over `nb` blocks (two only for one to three rows).
 macro_rules! dispatch_tile {
-    ($m:expr, $two:expr, $body:ident) => {
-        match ($m, $two) {
-            (1, true) => $body!(1, 2),
-            (2, true) => $body!(2, 2),
-            (3, true) => $body!(3, 2),
+    ($m:expr, $nb:expr, $body:ident) => {
+        match ($m, $nb) {
+            (1, 2) => $body!(1, 2),
+            (2, 2) => $body!(2, 2),
+            (3, 2) => $body!(3, 2),
             (1, _) => $body!(1, 1),
             (2, _) => $body!(2, 1),
             (3, _) => $body!(3, 1),
@@ -265,10 +264,27 @@ macro_rules! dispatch_tile {
     };
 }
 
-/// Whether `m` rows use a two-block tile at block `bl` of `blocks`.
+/// The weight-block groups of one sweep of a tile of `m` rows over `blocks`, as `(first block, blocks in
+/// the group)`: pairs for short tiles where two blocks remain, else single blocks; front to back, or back
+/// to front when `reverse`. Successive row tiles and steps sweep in alternating directions ("snake"
+/// order), so each sweep starts on the weights the previous one touched last, still in L1/L2: weights
+/// larger than L2 then stream only partly from L3. Every block's outputs are computed the same way in
+/// either order.
 #[inline(always)]
-fn two_blocks<S: Simd>(m: usize, bl: usize, blocks: &Range<usize>) -> bool {
-    S::TWO_BLOCK_TILES && m <= 3 && 2 * m <= S::MR.max(2) && bl + 1 < blocks.end
+fn sweep<S: Simd>(m: usize, blocks: Range<usize>, reverse: bool) -> impl Iterator<Item = (usize, usize)> {
+    let pairs = S::TWO_BLOCK_TILES && m <= 3 && 2 * m <= S::MR.max(2);
+    let mut done = 0;
+    std::iter::from_fn(move || {
+        let left = blocks.len() - done;
+        let nb = match left {
+            0 => return None,
+            2.. if pairs => 2,
+            _ => 1,
+        };
+        let first = if reverse { blocks.end - done - nb } else { blocks.start + done };
+        done += nb;
+        Some((first, nb))
+    })
 }
 
 /// `out[r] = x[rows[r]..][..I] · W` over the weight blocks `blocks`: each output row holds
@@ -292,11 +308,10 @@ pub(crate) unsafe fn project<S: Simd>(
     assert!(rows.iter().all(|&o| o.checked_add(input).is_some_and(|e| e <= x.len())));
     const { assert!(S::MR >= 1 && S::MR <= 6) };
     let mut r = 0;
+    let mut reverse = false;
     while r < rows.len() {
         let m = S::MR.min(rows.len() - r);
-        let mut bl = blocks.start;
-        while bl < blocks.end {
-            let two = two_blocks::<S>(m, bl, &blocks);
+        for (bl, nb) in sweep::<S>(m, blocks.clone(), reverse) {
             // SAFETY: the asserts above bound every row read (o + input <= x.len()), every weight read
             // (panels bl and bl + 1 < blocks of input x 4 LANES floats) and every write (r + m <= rows.len(),
             // blocks bl.. within the output row).
@@ -316,19 +331,21 @@ pub(crate) unsafe fn project<S: Simd>(
                                 }
                             }
                         }
-                        bl += $nb;
                     }};
                 }
-                dispatch_tile!(m, two, run);
+                dispatch_tile!(m, nb, run);
             }
         }
         r += m;
+        reverse = !reverse;
     }
 }
 
 /// One recurrent step of the first `m` rows over the weight blocks `blocks` (see the module docs):
 /// reads `proj` (rows of `blocks.len() * 4 * LANES`, as [`project`] writes them) and the whole previous
 /// state `h [m][hp]`; updates the blocks' columns of `c [m][hp]` and writes them to `h_out [m][hp]`.
+/// The first row tile sweeps the blocks backwards if `reverse_first`, the next ones alternate (see
+/// [`sweep`]); returns whether the last sweep ran backwards.
 ///
 /// # Safety
 /// S's instructions available; `w` packed for `S::LANES`; `c` and `h_out` valid for `m * hp` floats,
@@ -344,7 +361,8 @@ pub(crate) unsafe fn step<S: Simd>(
     h: &[f32],
     c: *mut f32,
     h_out: *mut f32,
-) {
+    reverse_first: bool,
+) -> bool {
     let hp = w.hidden_padded();
     let panel = 4 * S::LANES;
     let proj_row = blocks.len() * panel;
@@ -353,11 +371,10 @@ pub(crate) unsafe fn step<S: Simd>(
     assert!(w.r.len() >= w.blocks * hidden * panel && h.len() >= m * hp && w.bias.len() >= w.blocks * panel);
     assert!(w.peephole.as_ref().is_none_or(|p| p.len() >= 3 * hp));
     let mut r = 0;
+    let mut reverse = reverse_first;
     while r < m {
         let mr = S::MR.min(m - r);
-        let mut bl = blocks.start;
-        while bl < blocks.end {
-            let two = two_blocks::<S>(mr, bl, &blocks);
+        for (bl, nb) in sweep::<S>(mr, blocks.clone(), reverse) {
             // SAFETY: the asserts above bound all reads: rows r..r + mr < m, hidden k < H <= hp, panels of
             // H x 4 LANES floats for blocks < w.blocks, bias and proj blocks, peepholes 3 hp; the writes stay
             // in rows < m of c and h_out, in the columns of blocks in `blocks`, which the caller's contract
@@ -387,14 +404,15 @@ pub(crate) unsafe fn step<S: Simd>(
                                 hn.store(h_out.add(cs));
                             }
                         }
-                        bl += $nb;
                     }};
                 }
-                dispatch_tile!(mr, two, run);
+                dispatch_tile!(mr, nb, run);
             }
         }
         r += mr;
+        reverse = !reverse;
     }
+    !reverse
 }
 
 /// [`act_lanes`] over a slice, in place; a tail shorter than `LANES` takes the scalar definition (which is

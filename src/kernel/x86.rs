@@ -319,9 +319,10 @@ macro_rules! entry_points {
             h: &[f32],
             c: *mut f32,
             h_out: *mut f32,
-        ) {
+            reverse_first: bool,
+        ) -> bool {
             // SAFETY: as above.
-            unsafe { simd::step::<$ty>(w, cell, m, blocks, proj, h, c, h_out) }
+            unsafe { simd::step::<$ty>(w, cell, m, blocks, proj, h, c, h_out, reverse_first) }
         }
 
         fn $project_safe(w: &PackedLstm, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]) {
@@ -342,9 +343,10 @@ macro_rules! entry_points {
             h: &[f32],
             c: *mut f32,
             h_out: *mut f32,
-        ) {
+            reverse_first: bool,
+        ) -> bool {
             // SAFETY: features detected before this backend is handed out; buffers per the contract.
-            unsafe { $step(w, cell, m, blocks, proj, h, c, h_out) }
+            unsafe { $step(w, cell, m, blocks, proj, h, c, h_out, reverse_first) }
         }
     };
 }
