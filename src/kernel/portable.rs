@@ -105,14 +105,6 @@ unsafe impl Simd for f32x8 {
         f32x8::abs(self)
     }
     #[inline(always)]
-    unsafe fn sign(self) -> Self {
-        self & f32x8::splat(-0.0)
-    }
-    #[inline(always)]
-    unsafe fn or(self, o: Self) -> Self {
-        self | o
-    }
-    #[inline(always)]
     unsafe fn pow2_minus1(n: Self) -> Self {
         cast((n.fast_trunc_int() + i32x8::splat(126)) << 23)
     }

@@ -54,10 +54,6 @@ pub(crate) unsafe trait Simd: Copy {
     unsafe fn select(m: Self::Mask, a: Self, b: Self) -> Self;
     /// Clears the sign bits.
     unsafe fn abs(self) -> Self;
-    /// Keeps only the sign bits.
-    unsafe fn sign(self) -> Self;
-    /// Bitwise or.
-    unsafe fn or(self, o: Self) -> Self;
     /// `2^(n - 1)` for integral `n` in `[-126, 128]`: bits `(n + 126) << 23`.
     unsafe fn pow2_minus1(n: Self) -> Self;
     /// `(e, m)` with `x = m * 2^(e + 1)` for finite positive normal `x`: `e` the biased exponent minus
@@ -98,23 +94,48 @@ pub(crate) unsafe fn exp<S: Simd>(x: S) -> S {
     }
 }
 
-/// [`math::tanh`] lane-wise: both branches, selected per lane.
+/// `v` clamped to `[-bound, bound]` by comparisons, as `math::clamp_sym`.
+#[inline(always)]
+unsafe fn clamp_sym<S: Simd>(v: S, bound: f32) -> S {
+    // SAFETY: as in `exp`.
+    unsafe {
+        let (lo, hi) = (s::<S>(-bound), s::<S>(bound));
+        let v = S::select(v.lt(lo), lo, v);
+        S::select(v.gt(hi), hi, v)
+    }
+}
+
+/// `math::odd_rational` lane-wise.
+#[inline(always)]
+unsafe fn odd_rational<S: Simd>(x: S, clamp: f32, p: &[f32; 6], q: &[f32; 4], out: f32) -> S {
+    // SAFETY: as in `exp`.
+    unsafe {
+        let a = clamp_sym(x, clamp);
+        let z = a.mul(a);
+        let mut num = s::<S>(p[5]);
+        for &c in p[..5].iter().rev() {
+            num = num.mul(z).add(s(c));
+        }
+        let mut den = s::<S>(q[3]);
+        for &c in q[..3].iter().rev() {
+            den = den.mul(z).add(s(c));
+        }
+        clamp_sym(a.mul(num).div(den), out)
+    }
+}
+
+/// [`math::tanh`] lane-wise.
 #[inline(always)]
 pub(crate) unsafe fn tanh<S: Simd>(x: S) -> S {
     // SAFETY: as in `exp`.
-    unsafe {
-        let a = x.abs();
-        let z = x.mul(x);
-        let mut q = s::<S>(math::TANH_Q[0]);
-        for &c in &math::TANH_Q[1..] {
-            q = q.mul(z).add(s(c));
-        }
-        let small = q.mul(z).mul(x).add(x);
-        let one = s::<S>(1.0);
-        let r = one.sub(s::<S>(2.0).div(exp(a.add(a)).add(one)));
-        let large = r.or(x.sign());
-        S::select(a.lt(s(math::TANH_SMALL)), small, large)
-    }
+    unsafe { odd_rational(x, math::TANH_CLAMP, &math::TANH_P, &math::TANH_Q, 1.0) }
+}
+
+/// [`math::sigmoid`] lane-wise.
+#[inline(always)]
+pub(crate) unsafe fn sigmoid<S: Simd>(x: S) -> S {
+    // SAFETY: as in `exp`.
+    unsafe { odd_rational(x, math::SIGMOID_CLAMP, &math::SIGMOID_P, &math::SIGMOID_Q, 0.5).add(s(0.5)) }
 }
 
 /// [`math::ln`] lane-wise.
@@ -145,7 +166,7 @@ pub(crate) unsafe fn act_lanes<S: Simd>(a: Activation, x: S) -> S {
         let one = s::<S>(1.0);
         let zero = s::<S>(0.0);
         match a {
-            Activation::Sigmoid => one.div(one.add(exp(zero.sub(x)))),
+            Activation::Sigmoid => sigmoid(x),
             Activation::Tanh => tanh(x),
             Activation::Relu => S::select(S::or_mask(x.gt(zero), x.is_nan()), x, zero),
             Activation::Affine { alpha, beta } => s::<S>(alpha).mul(x).add(s(beta)),

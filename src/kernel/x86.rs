@@ -96,14 +96,6 @@ unsafe impl Simd for Avx2 {
         unsafe { Avx2(_mm256_and_ps(self.0, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff)))) }
     }
     #[inline(always)]
-    unsafe fn sign(self) -> Self {
-        unsafe { Avx2(_mm256_and_ps(self.0, _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN)))) }
-    }
-    #[inline(always)]
-    unsafe fn or(self, o: Self) -> Self {
-        unsafe { Avx2(_mm256_or_ps(self.0, o.0)) }
-    }
-    #[inline(always)]
     unsafe fn pow2_minus1(n: Self) -> Self {
         unsafe {
             let e = _mm256_add_epi32(_mm256_cvttps_epi32(n.0), _mm256_set1_epi32(126));
@@ -214,17 +206,6 @@ unsafe impl Simd for Avx512 {
             let bits = _mm512_and_si512(_mm512_castps_si512(self.0), _mm512_set1_epi32(0x7fff_ffff));
             Avx512(_mm512_castsi512_ps(bits))
         }
-    }
-    #[inline(always)]
-    unsafe fn sign(self) -> Self {
-        unsafe {
-            let bits = _mm512_and_si512(_mm512_castps_si512(self.0), _mm512_set1_epi32(i32::MIN));
-            Avx512(_mm512_castsi512_ps(bits))
-        }
-    }
-    #[inline(always)]
-    unsafe fn or(self, o: Self) -> Self {
-        unsafe { Avx512(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(self.0), _mm512_castps_si512(o.0)))) }
     }
     #[inline(always)]
     unsafe fn pow2_minus1(n: Self) -> Self {
