@@ -4,6 +4,7 @@
 //! the same functions lane-wise.
 
 use crate::error::{Error, Result};
+use crate::reference::Rounding;
 
 /// An activation function with its parameters.
 ///
@@ -74,14 +75,22 @@ impl Activation {
     /// Keras 3 `hard_sigmoid`: `clamp(x / 6 + 0.5, 0, 1)`.
     pub const HARD_SIGMOID_KERAS3: Activation = Activation::HardSigmoid { alpha: 1.0 / 6.0, beta: 0.5 };
 
-    /// Evaluates the activation at `x`. The SIMD kernels evaluate the same sequence of operations
-    /// lane-wise (see [`crate::math`]), so they agree with this bit for bit.
+    /// Evaluates the activation at `x` with separate roundings: exactly what the portable backend
+    /// computes (see [`crate::math`]).
     #[inline]
     pub fn apply(self, x: f32) -> f32 {
+        self.apply_rounded(x, Rounding::Separate)
+    }
+
+    /// Evaluates the activation at `x` as a backend with `rounding` does: the SIMD kernels evaluate the
+    /// same sequence of operations lane-wise, so they agree with this bit for bit. Only `sigmoid` and
+    /// `tanh` (also inside `scaledtanh`) depend on the rounding (see [`crate::math`]).
+    #[inline]
+    pub fn apply_rounded(self, x: f32, rounding: Rounding) -> f32 {
         use crate::math;
         match self {
-            Activation::Sigmoid => math::sigmoid(x),
-            Activation::Tanh => math::tanh(x),
+            Activation::Sigmoid => math::sigmoid_rounded(x, rounding),
+            Activation::Tanh => math::tanh_rounded(x, rounding),
             Activation::Relu => {
                 if x > 0.0 || x.is_nan() {
                     x
@@ -104,7 +113,7 @@ impl Activation {
                     0.0
                 }
             }
-            Activation::ScaledTanh { alpha, beta } => alpha * math::tanh(beta * x),
+            Activation::ScaledTanh { alpha, beta } => alpha * math::tanh_rounded(beta * x, rounding),
             Activation::HardSigmoid { alpha, beta } => {
                 let y = alpha * x + beta;
                 if y > 1.0 {

@@ -12,6 +12,7 @@
 //! Keras: `f_act = recurrent_activation`, `g_act = h_act = activation`.
 
 use crate::activation::Activation;
+use crate::reference::Rounding;
 
 /// Activations and options of an LSTM cell (see the [module docs](self)).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -52,10 +53,17 @@ impl CellSpec {
         CellSpec { gate: f, cell: g, output: h, clip, input_forget }
     }
 
-    /// One cell update in scalar arithmetic, the definition every kernel must match.
+    /// One cell update in scalar arithmetic with separate roundings (the portable backend's).
     /// `z` holds the four pre-activations (i, f, c, o) including bias; `p` the peepholes (i, f, o).
     #[inline]
     pub fn update(&self, z: [f32; 4], p: Option<[f32; 3]>, c_prev: f32) -> (f32, f32) {
+        self.update_rounded(z, p, c_prev, Rounding::Separate)
+    }
+
+    /// One cell update in scalar arithmetic, the definition every kernel with `rounding` must match bit for
+    /// bit (the activations round as [`Activation::apply_rounded`] says; the rest never fuses).
+    #[inline]
+    pub fn update_rounded(&self, z: [f32; 4], p: Option<[f32; 3]>, c_prev: f32, rounding: Rounding) -> (f32, f32) {
         let clip = |v: f32| match self.clip {
             // Comparisons, not `clamp`: NaN passes through as it does in the SIMD kernels.
             Some(cl) if v < -cl => -cl,
@@ -67,14 +75,14 @@ impl CellSpec {
             Some([pi, pf, _]) => (zi + pi * c_prev, zf + pf * c_prev),
             None => (zi, zf),
         };
-        let i = self.gate.apply(clip(zi));
-        let f = if self.input_forget { 1.0 - i } else { self.gate.apply(clip(zf)) };
-        let c = f * c_prev + i * self.cell.apply(clip(zc));
+        let i = self.gate.apply_rounded(clip(zi), rounding);
+        let f = if self.input_forget { 1.0 - i } else { self.gate.apply_rounded(clip(zf), rounding) };
+        let c = f * c_prev + i * self.cell.apply_rounded(clip(zc), rounding);
         let zo = match p {
             Some([_, _, po]) => zo + po * c,
             None => zo,
         };
-        let o = self.gate.apply(clip(zo));
-        (o * self.output.apply(c), c)
+        let o = self.gate.apply_rounded(clip(zo), rounding);
+        (o * self.output.apply_rounded(c, rounding), c)
     }
 }

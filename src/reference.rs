@@ -41,7 +41,7 @@ impl Rounding {
 
     /// `acc + a * b`, rounded as this mode says.
     #[inline(always)]
-    fn mul_add(self, a: f32, b: f32, acc: f32) -> f32 {
+    pub(crate) fn mul_add(self, a: f32, b: f32, acc: f32) -> f32 {
         match self {
             Rounding::Separate => acc + a * b,
             Rounding::Fused => a.mul_add(b, acc),
@@ -100,7 +100,7 @@ pub fn cell_step(
     (0..hd)
         .map(|j| {
             let p = w.peephole().map(|p| [p[j], p[hd + j], p[2 * hd + j]]);
-            cell.update([z[j], z[hd + j], z[2 * hd + j], z[3 * hd + j]], p, c[j])
+            cell.update_rounded([z[j], z[hd + j], z[2 * hd + j], z[3 * hd + j]], p, c[j], rounding)
         })
         .unzip()
 }

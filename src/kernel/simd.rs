@@ -16,6 +16,7 @@ use std::ops::Range;
 use crate::activation::Activation;
 use crate::cell::CellSpec;
 use crate::math;
+use crate::reference::Rounding;
 use crate::weights::PackedLstm;
 
 /// A vector of `f32` lanes.
@@ -43,7 +44,8 @@ pub(crate) unsafe trait Simd: Copy {
     unsafe fn sub(self, o: Self) -> Self;
     unsafe fn mul(self, o: Self) -> Self;
     unsafe fn div(self, o: Self) -> Self;
-    /// `self * a + b`, fused iff `FUSED`. Used by the GEMMs only, never by the activations.
+    /// `self * a + b`, fused iff `FUSED`. Used by the GEMMs and the Horner steps of sigmoid and tanh
+    /// ([`crate::math`]), nowhere else.
     unsafe fn mul_add(self, a: Self, b: Self) -> Self;
     unsafe fn lt(self, o: Self) -> Self::Mask;
     unsafe fn gt(self, o: Self) -> Self::Mask;
@@ -52,6 +54,18 @@ pub(crate) unsafe trait Simd: Copy {
     unsafe fn or_mask(a: Self::Mask, b: Self::Mask) -> Self::Mask;
     /// `m ? a : b` per lane.
     unsafe fn select(m: Self::Mask, a: Self, b: Self) -> Self;
+    /// `if a < b { a } else { b }` per lane (so a NaN in `b` passes through: x86 `minps a, b`).
+    #[inline(always)]
+    unsafe fn min_first(a: Self, b: Self) -> Self {
+        // SAFETY: S's instructions are available (caller's contract).
+        unsafe { Self::select(a.lt(b), a, b) }
+    }
+    /// `if a > b { a } else { b }` per lane (so a NaN in `b` passes through: x86 `maxps a, b`).
+    #[inline(always)]
+    unsafe fn max_first(a: Self, b: Self) -> Self {
+        // SAFETY: as in `min_first`.
+        unsafe { Self::select(a.gt(b), a, b) }
+    }
     /// Clears the sign bits.
     unsafe fn abs(self) -> Self;
     /// `2^(n - 1)` for integral `n` in `[-126, 128]`: bits `(n + 126) << 23`.
@@ -99,9 +113,8 @@ pub(crate) unsafe fn exp<S: Simd>(x: S) -> S {
 unsafe fn clamp_sym<S: Simd>(v: S, bound: f32) -> S {
     // SAFETY: as in `exp`.
     unsafe {
-        let (lo, hi) = (s::<S>(-bound), s::<S>(bound));
-        let v = S::select(v.lt(lo), lo, v);
-        S::select(v.gt(hi), hi, v)
+        // `v < lo ? lo : v` is `lo > v ? lo : v`, then `v > hi ? hi : v` is `hi < v ? hi : v`.
+        S::min_first(s(bound), S::max_first(s(-bound), v))
     }
 }
 
@@ -114,11 +127,11 @@ unsafe fn odd_rational<S: Simd>(x: S, clamp: f32, p: &[f32; 6], q: &[f32; 4], ou
         let z = a.mul(a);
         let mut num = s::<S>(p[5]);
         for &c in p[..5].iter().rev() {
-            num = num.mul(z).add(s(c));
+            num = num.mul_add(z, s(c));
         }
         let mut den = s::<S>(q[3]);
         for &c in q[..3].iter().rev() {
-            den = den.mul(z).add(s(c));
+            den = den.mul_add(z, s(c));
         }
         clamp_sym(a.mul(num).div(den), out)
     }
@@ -449,6 +462,6 @@ pub(crate) unsafe fn activate_slice<S: Simd>(a: Activation, xs: &mut [f32]) {
         unsafe { S::act(a, S::load(c.as_ptr())).store(c.as_mut_ptr()) };
     }
     for v in chunks.into_remainder() {
-        *v = a.apply(*v);
+        *v = a.apply_rounded(*v, if S::FUSED { Rounding::Fused } else { Rounding::Separate });
     }
 }

@@ -92,6 +92,16 @@ unsafe impl Simd for Avx2 {
         unsafe { Avx2(_mm256_blendv_ps(b.0, a.0, m)) }
     }
     #[inline(always)]
+    unsafe fn min_first(a: Self, b: Self) -> Self {
+        // `minps a, b` returns `a < b ? a : b`, exactly the trait's definition.
+        unsafe { Avx2(_mm256_min_ps(a.0, b.0)) }
+    }
+    #[inline(always)]
+    unsafe fn max_first(a: Self, b: Self) -> Self {
+        // `maxps a, b` returns `a > b ? a : b`.
+        unsafe { Avx2(_mm256_max_ps(a.0, b.0)) }
+    }
+    #[inline(always)]
     unsafe fn abs(self) -> Self {
         unsafe { Avx2(_mm256_and_ps(self.0, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff)))) }
     }
@@ -199,6 +209,16 @@ unsafe impl Simd for Avx512 {
     #[inline(always)]
     unsafe fn select(m: __mmask16, a: Self, b: Self) -> Self {
         unsafe { Avx512(_mm512_mask_blend_ps(m, b.0, a.0)) }
+    }
+    #[inline(always)]
+    unsafe fn min_first(a: Self, b: Self) -> Self {
+        // `vminps a, b` returns `a < b ? a : b`, exactly the trait's definition.
+        unsafe { Avx512(_mm512_min_ps(a.0, b.0)) }
+    }
+    #[inline(always)]
+    unsafe fn max_first(a: Self, b: Self) -> Self {
+        // `vmaxps a, b` returns `a > b ? a : b`.
+        unsafe { Avx512(_mm512_max_ps(a.0, b.0)) }
     }
     #[inline(always)]
     unsafe fn abs(self) -> Self {
