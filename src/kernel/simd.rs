@@ -298,6 +298,16 @@ macro_rules! dispatch_tile {
     };
 }
 
+/// Row counts of the tiles covering `m` rows: as few tiles as with `mr` rows each, as equal as possible
+/// (13 rows with `mr = 6`: 5, 4, 4 rather than 6, 6, 1), so no tile is left with one or two rows, which
+/// do too little arithmetic per weight loaded. Results do not depend on the tiling.
+#[inline(always)]
+fn row_tiles(m: usize, mr: usize) -> impl Iterator<Item = usize> {
+    let tiles = m.div_ceil(mr);
+    let (base, extra) = m.checked_div(tiles).map_or((0, 0), |b| (b, m % tiles));
+    (0..tiles).map(move |i| base + usize::from(i < extra))
+}
+
 /// The weight-block groups of one sweep of a tile of `m` rows over `blocks`, as `(first block, blocks in
 /// the group)`: pairs for short tiles where two blocks remain, else single blocks; front to back, or back
 /// to front when `reverse`. Successive row tiles and steps sweep in alternating directions ("snake"
@@ -343,8 +353,7 @@ pub(crate) unsafe fn project<S: Simd>(
     const { assert!(S::MR >= 1 && S::MR <= 6) };
     let mut r = 0;
     let mut reverse = false;
-    while r < rows.len() {
-        let m = S::MR.min(rows.len() - r);
+    for m in row_tiles(rows.len(), S::MR) {
         for (bl, nb) in sweep::<S>(m, blocks.clone(), reverse) {
             // SAFETY: the asserts above bound every row read (o + input <= x.len()), every weight read
             // (panels bl and bl + 1 < blocks of input x 4 LANES floats) and every write (r + m <= rows.len(),
@@ -406,8 +415,7 @@ pub(crate) unsafe fn step<S: Simd>(
     assert!(w.peephole.as_ref().is_none_or(|p| p.len() >= 3 * hp));
     let mut r = 0;
     let mut reverse = reverse_first;
-    while r < m {
-        let mr = S::MR.min(m - r);
+    for mr in row_tiles(m, S::MR) {
         for (bl, nb) in sweep::<S>(mr, blocks.clone(), reverse) {
             // SAFETY: the asserts above bound all reads: rows r..r + mr < m, hidden k < H <= hp, panels of
             // H x 4 LANES floats for blocks < w.blocks, bias and proj blocks, peepholes 3 hp; the writes stay
@@ -463,5 +471,24 @@ pub(crate) unsafe fn activate_slice<S: Simd>(a: Activation, xs: &mut [f32]) {
     }
     for v in chunks.into_remainder() {
         *v = a.apply_rounded(*v, if S::FUSED { Rounding::Fused } else { Rounding::Separate });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::row_tiles;
+
+    #[test]
+    fn row_tiles_cover_evenly() {
+        for mr in 1..=6 {
+            for m in 0..200 {
+                let t: Vec<usize> = row_tiles(m, mr).collect();
+                assert_eq!(t.iter().sum::<usize>(), m);
+                assert_eq!(t.len(), m.div_ceil(mr));
+                assert!(t.iter().all(|&n| (1..=mr).contains(&n)));
+                assert!(t.iter().max().unwrap_or(&0) - t.iter().min().unwrap_or(&0) <= 1, "{m} rows, mr {mr}: {t:?}");
+            }
+        }
+        assert_eq!(row_tiles(13, 6).collect::<Vec<_>>(), [5, 4, 4]);
     }
 }
