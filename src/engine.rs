@@ -201,8 +201,10 @@ fn check_extent(name: &str, need: Option<usize>, len: usize) -> Result<()> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Schedule {
-    /// Chosen from the shape and the cache: batch chunks when every thread gets at least 4 rows and the
-    /// recurrent weights fit one core's L2 (read from the OS), otherwise gate columns.
+    /// Chosen from the shape and the cache (one core's L2, read from the OS): gate columns when a thread
+    /// would get no rows, when threads would get fewer than 4 rows each and the recurrent weights fill
+    /// L2, or when the weights exceed twice the threads' L2 together; batch chunks otherwise (hidden
+    /// sizes below 128 always use batch chunks: too little work per step for a barrier).
     #[default]
     Auto,
     /// Sequences split into chunks balanced by valid steps; no synchronisation between chunks.
@@ -456,11 +458,16 @@ impl Job<'_> {
             Schedule::BatchChunks => false,
             Schedule::GateColumns => true,
             Schedule::Auto => {
-                let recurrent_bytes = self.w.r.len() * 4;
+                // Measured with `examples/schedule_sweep` (bench/README.md): gate columns win when a
+                // thread would sit idle, when few rows per thread each stream weights that fill L2, and
+                // when even a thread's share of the weights is far beyond L2; batch chunks win otherwise.
+                let (recurrent_bytes, l2) = (self.w.r.len() * 4, l2_bytes());
+                let idle = rows < threads;
                 let few_rows = rows < MIN_ROWS_PER_THREAD * threads;
+                let huge = recurrent_bytes > 2 * threads * l2;
                 // Enough work per step to pay for a barrier: at least a 64 x 256 block of weights.
                 let enough = self.w.hidden * self.w.hidden_padded() * 4 >= 1 << 16;
-                enough && (few_rows || recurrent_bytes > l2_bytes()) && self.w.blocks >= threads
+                enough && self.w.blocks >= threads && (idle || (few_rows && recurrent_bytes >= l2) || huge)
             }
         }
     }
