@@ -302,16 +302,13 @@ fn fuzz_lstm_keras(r: &mut ByteReader<'_>) -> Check {
     let bad_pointer = misalign_x || (alias_c_to_h && outs_on[2] && outs_on[3] && n_s > 0);
     let expected = predicted(required_null, bad_value, overflow, bad_pointer);
 
-    let mut values = |n: usize, scale: f32| -> Vec<f32> {
-        (0..n).map(|_| if r.u8().is_multiple_of(32) { r.wild() } else { r.unit(scale) }).collect()
-    };
     // Misaligned x: one more element so that reads at a 2-byte offset stay inside the allocation.
-    let x = Buf::new(values(n_x + usize::from(misalign_x), 2.0), f32::from_bits(CANARY_BITS));
-    let kernel = Buf::new(values(n_k, 0.5), f32::from_bits(CANARY_BITS));
-    let recurrent = Buf::new(values(n_r, 0.5), f32::from_bits(CANARY_BITS));
-    let bias = Buf::new(values(n_b, 0.5), f32::from_bits(CANARY_BITS));
-    let h0 = Buf::new(values(n_s, 1.0), f32::from_bits(CANARY_BITS));
-    let c0 = Buf::new(values(n_s, 1.0), f32::from_bits(CANARY_BITS));
+    let x = Buf::new(values(r, n_x + usize::from(misalign_x), 2.0), f32::from_bits(CANARY_BITS));
+    let kernel = Buf::new(values(r, n_k, 0.5), f32::from_bits(CANARY_BITS));
+    let recurrent = Buf::new(values(r, n_r, 0.5), f32::from_bits(CANARY_BITS));
+    let bias = Buf::new(values(r, n_b, 0.5), f32::from_bits(CANARY_BITS));
+    let h0 = Buf::new(values(r, n_s, 1.0), f32::from_bits(CANARY_BITS));
+    let c0 = Buf::new(values(r, n_s, 1.0), f32::from_bits(CANARY_BITS));
     let mask_bytes: Vec<u8> = (0..n_mask)
         .map(|_| match r.u8() % 8 {
             0..=2 => 0,
@@ -667,18 +664,15 @@ fn fuzz_lstm_onnx(r: &mut ByteReader<'_>) -> Check {
     let expected = predicted(required_null, bad_value, overflow, misaligned || aliased)
         .or_else(|| lens_bad.then_some(MRNN_ERR_BAD_ARGUMENT));
 
-    let mut values = |n: usize, scale: f32| -> Vec<f32> {
-        (0..n).map(|_| if r.u8().is_multiple_of(32) { r.wild() } else { r.unit(scale) }).collect()
-    };
     let canary = f32::from_bits(CANARY_BITS);
     // Misaligned buffers get one more element so that reads at a 2-byte offset stay inside.
-    let x = Buf::new(values(n_x + usize::from(misalign == 1), 2.0), canary);
-    let w = Buf::new(values(n_w + usize::from(misalign == 2), 0.5), canary);
-    let rr = Buf::new(values(n_r, 0.5), canary);
-    let bias = Buf::new(values(n_b, 0.5), canary);
-    let peep = Buf::new(values(n_p, 0.5), canary);
-    let mut h0 = Buf::new(values(n_s, 1.0), canary);
-    let c0 = Buf::new(values(n_s, 1.0), canary);
+    let x = Buf::new(values(r, n_x + usize::from(misalign == 1), 2.0), canary);
+    let w = Buf::new(values(r, n_w + usize::from(misalign == 2), 0.5), canary);
+    let rr = Buf::new(values(r, n_r, 0.5), canary);
+    let bias = Buf::new(values(r, n_b, 0.5), canary);
+    let peep = Buf::new(values(r, n_p, 0.5), canary);
+    let mut h0 = Buf::new(values(r, n_s, 1.0), canary);
+    let c0 = Buf::new(values(r, n_s, 1.0), canary);
     let mut lens_data = lens_values;
     if misalign == 3 {
         lens_data.push(0);
@@ -994,6 +988,128 @@ fn onnx_fixed_differ(run: &MrnnOnnxLstmAttrs, c: &MrnnOnnxLstmAttrs) -> bool {
         || (0..n.min(6)).any(|k| act(run, k) != act(c, k))
 }
 
+/// `n` input values from fuzz bytes: mostly in `±scale`, sometimes anything (NaN, infinities, huge).
+fn values(r: &mut ByteReader<'_>, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| if r.u8().is_multiple_of(32) { r.wild() } else { r.unit(scale) }).collect()
+}
+
+/// The pointer a call gets for `buf`: NULL, two bytes past the start (misaligned, still inside the
+/// allocation) or the start.
+fn input_ptr(buf: &Buf<f32>, null: bool, misalign: bool) -> *const f32 {
+    if null {
+        ptr::null()
+    } else if misalign {
+        buf.ptr().cast::<u8>().wrapping_add(2).cast::<f32>()
+    } else {
+        buf.ptr()
+    }
+}
+
+/// Output buffers of `sizes` filled with the unset pattern, and the pointers a call gets for them (NULL
+/// where `on` is false).
+fn output_bufs<const N: usize>(sizes: [usize; N], on: &[bool; N]) -> ([Buf<f32>; N], [*mut f32; N]) {
+    let (unset, canary) = (f32::from_bits(UNSET_BITS), f32::from_bits(CANARY_BITS));
+    let mut bufs = sizes.map(|n| Buf::filled(n, unset, canary));
+    let mut ptrs = [ptr::null_mut::<f32>(); N];
+    for (k, (buf, &on)) in bufs.iter_mut().zip(on).enumerate() {
+        if on {
+            ptrs[k] = buf.mut_ptr();
+        }
+    }
+    (bufs, ptrs)
+}
+
+/// The checks after a handle's `_new`: canaries intact, weights unmodified, the status as predicted
+/// (`*out` untouched on failure, a fresh handle on success). Returns whether a handle was made.
+fn check_new<T>(
+    what: &str,
+    status: i32,
+    out: *mut T,
+    weights: &[(&Buf<f32>, &str)],
+    saved: &[Vec<f32>],
+    expected: Option<i32>,
+) -> std::result::Result<bool, String> {
+    check_status(what, status)?;
+    let canary = f32::from_bits(CANARY_BITS);
+    for (buf, name) in weights {
+        buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
+    }
+    if weights.iter().zip(saved).any(|((b, _), s)| !f32_bits_eq(&b.data, s)) {
+        return Err(format!("{what}: a weight was modified"));
+    }
+    if let Some(expected) = expected {
+        if status != expected || out != sentinel() {
+            return Err(format!(
+                "{what}: status {status}, expected {expected}, *out {out:p}: {}",
+                last_error_message()
+            ));
+        }
+        return Ok(false);
+    }
+    if status != MRNN_OK || out.is_null() || out == sentinel() {
+        return Err(format!("{what}: status {status}, *out {out:p}: {}", last_error_message()));
+    }
+    Ok(true)
+}
+
+/// The checks after a handle's `_run`: output canaries intact, float inputs unmodified, and a predicted
+/// failure with exactly its status, the fixed-field message when only a fixed field changed, and no output
+/// written. Returns whether the run was a predicted failure (nothing more to compare).
+#[allow(clippy::too_many_arguments)]
+fn check_run(
+    what: &str,
+    status: i32,
+    outs: &[Buf<f32>],
+    names: &[&str],
+    inputs: &[&Buf<f32>],
+    inputs_before: &[Vec<f32>],
+    expected: Option<i32>,
+    only_fixed_field: bool,
+) -> std::result::Result<bool, String> {
+    check_status(what, status)?;
+    let canary = f32::from_bits(CANARY_BITS);
+    for (buf, name) in outs.iter().zip(names) {
+        buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
+    }
+    if inputs.iter().zip(inputs_before).any(|(b, s)| !f32_bits_eq(&b.data, s)) {
+        return Err(format!("{what}: an input was modified"));
+    }
+    let Some(expected) = expected else { return Ok(false) };
+    if status != expected {
+        return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
+    }
+    let message = last_error_message();
+    if only_fixed_field && !message.contains("differs from the handle's") {
+        return Err(format!("{what}: a changed fixed field, but the message is {message:?}"));
+    }
+    if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
+        return Err(format!("{what}: an output was written by a run that failed validation"));
+    }
+    Ok(true)
+}
+
+/// A handle's run against the one-shot function on the same inputs: the same status and bitwise the
+/// same outputs.
+fn check_same_as_one_shot(
+    what: &str,
+    one_shot_name: &str,
+    status: i32,
+    one_status: i32,
+    outs: &[Buf<f32>],
+    one_shot: &[Buf<f32>],
+    names: &[&str],
+) -> Check {
+    if status != one_status {
+        return Err(format!("{what}: status {status}, {one_shot_name} gives {one_status}: {}", last_error_message()));
+    }
+    for ((got, want), name) in outs.iter().zip(one_shot).zip(names) {
+        if !f32_bits_eq(got.values(), want.values()) {
+            return Err(format!("{what}: {name} differs from {one_shot_name}"));
+        }
+    }
+    Ok(())
+}
+
 /// Creates a Keras handle from arbitrary attributes and weights, then runs it a few times with other
 /// shapes, thread counts and sometimes changed fixed fields: every status as the contract predicts, every
 /// successful run bitwise equal to `mrnn_lstm_keras` on the same inputs, canaries intact.
@@ -1014,21 +1130,12 @@ fn fuzz_keras_handle(r: &mut ByteReader<'_>) -> Check {
     let required_null = attrs_null || kernel_null || recurrent_null || out_null;
     let expected = predicted(required_null, bad_value, overflow, misalign_kernel);
     let len = |dims: &[i64]| if sane_weights { dims.iter().map(|&d| d as usize).product() } else { 1 };
-    let mut values = |n: usize, scale: f32| -> Vec<f32> {
-        (0..n).map(|_| if r.u8().is_multiple_of(32) { r.wild() } else { r.unit(scale) }).collect()
-    };
     let canary = f32::from_bits(CANARY_BITS);
-    let mut kernel = Buf::new(values(len(&[is, 4, hs]) + usize::from(misalign_kernel), 0.5), canary);
-    let mut recurrent = Buf::new(values(len(&[hs, 4, hs]), 0.5), canary);
-    let mut bias = Buf::new(values(len(&[4, hs]), 0.5), canary);
+    let mut kernel = Buf::new(values(r, len(&[is, 4, hs]) + usize::from(misalign_kernel), 0.5), canary);
+    let mut recurrent = Buf::new(values(r, len(&[hs, 4, hs]), 0.5), canary);
+    let mut bias = Buf::new(values(r, len(&[4, hs]), 0.5), canary);
     let saved: Vec<Vec<f32>> = [&kernel, &recurrent, &bias].iter().map(|b| b.data.clone()).collect();
-    let kernel_ptr = if kernel_null {
-        ptr::null()
-    } else if misalign_kernel {
-        kernel.ptr().cast::<u8>().wrapping_add(2).cast::<f32>()
-    } else {
-        kernel.ptr()
-    };
+    let kernel_ptr = input_ptr(&kernel, kernel_null, misalign_kernel);
     let mut out = sentinel::<MrnnKerasLstm>();
     // SAFETY: the weights hold exactly their documented sizes (plus a canary) when the sizes are sane;
     // otherwise they are one-element dummies and `expected` is a failure validation reports first. A
@@ -1043,25 +1150,10 @@ fn fuzz_keras_handle(r: &mut ByteReader<'_>) -> Check {
         )
     };
     let what = format!("mrnn_keras_lstm_new({created:?}, nulls: attrs {attrs_null} kernel {kernel_null} recurrent {recurrent_null} out {out_null}, misaligned kernel {misalign_kernel})");
-    check_status(&what, status)?;
     let layer = Owned { ptr: if status == MRNN_OK { out } else { ptr::null_mut() }, free: mrnn_keras_lstm_free };
-    for (buf, name) in [(&kernel, "kernel"), (&recurrent, "recurrent_kernel"), (&bias, "bias")] {
-        buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
-    }
-    if [&kernel, &recurrent, &bias].iter().zip(&saved).any(|(b, s)| !f32_bits_eq(&b.data, s)) {
-        return Err(format!("{what}: a weight was modified"));
-    }
-    if let Some(expected) = expected {
-        if status != expected || out != sentinel() {
-            return Err(format!(
-                "{what}: status {status}, expected {expected}, *out {out:p}: {}",
-                last_error_message()
-            ));
-        }
+    let weights = [(&kernel, "kernel"), (&recurrent, "recurrent_kernel"), (&bias, "bias")];
+    if !check_new(&what, status, out, &weights, &saved, expected)? {
         return Ok(());
-    }
-    if status != MRNN_OK || out.is_null() || out == sentinel() {
-        return Err(format!("{what}: status {status}, *out {out:p}: {}", last_error_message()));
     }
     // The handle owns a copy: the caller's weights may change (the one-shot calls get the saved ones).
     for buf in [&mut kernel, &mut recurrent, &mut bias] {
@@ -1106,32 +1198,16 @@ fn fuzz_keras_handle(r: &mut ByteReader<'_>) -> Check {
         let aliased = alias && outs_on[2] && outs_on[3] && n_s > 0;
         let expected = predicted(required_null, bad_value || mismatch, overflow, misalign_x || aliased);
 
-        let mut values = |n: usize, scale: f32| -> Vec<f32> {
-            (0..n).map(|_| if r.u8().is_multiple_of(32) { r.wild() } else { r.unit(scale) }).collect()
-        };
-        let x = Buf::new(values(n_x + usize::from(misalign_x), 2.0), canary);
-        let h0 = Buf::new(values(n_s, 1.0), canary);
-        let c0 = Buf::new(values(n_s, 1.0), canary);
+        let x = Buf::new(values(r, n_x + usize::from(misalign_x), 2.0), canary);
+        let h0 = Buf::new(values(r, n_s, 1.0), canary);
+        let c0 = Buf::new(values(r, n_s, 1.0), canary);
         let mask = Buf::new((0..n_mask).map(|_| [0, 1, 1, 255, 0, 1, 7, 1][r.below(8)]).collect(), CANARY_BYTE);
         let inputs_before: Vec<Vec<f32>> = [&x, &h0, &c0].iter().map(|b| b.data.clone()).collect();
-        let unset = f32::from_bits(UNSET_BITS);
-        let mut outs = [n_y, n_s, n_s, n_s].map(|n| Buf::filled(n, unset, canary));
-        let mut ptrs = [ptr::null_mut::<f32>(); 4];
-        for (k, (buf, &on)) in outs.iter_mut().zip(&outs_on).enumerate() {
-            if on {
-                ptrs[k] = buf.mut_ptr();
-            }
-        }
+        let (outs, mut ptrs) = output_bufs([n_y, n_s, n_s, n_s], &outs_on);
         if aliased {
             ptrs[3] = ptrs[2];
         }
-        let x_ptr = if x_null {
-            ptr::null()
-        } else if misalign_x {
-            x.ptr().cast::<u8>().wrapping_add(2).cast::<f32>()
-        } else {
-            x.ptr()
-        };
+        let x_ptr = input_ptr(&x, x_null, misalign_x);
         let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
         // SAFETY: `layer.ptr` is a live handle; the buffers hold exactly their documented sizes (plus a
         // canary) when the sizes are sane, otherwise `expected` is a failure validation reports before any
@@ -1151,36 +1227,14 @@ fn fuzz_keras_handle(r: &mut ByteReader<'_>) -> Check {
             )
         };
         let what = format!("mrnn_keras_lstm_run #{run} ({a:?}, handle {created:?}, nulls: layer {layer_null} attrs {attrs_null} x {x_null}, misaligned x {misalign_x}, aliased {aliased})");
-        check_status(&what, status)?;
-        const NAMES: [&str; 4] = ["y", "last_output", "h_n", "c_n"];
-        for (buf, name) in outs.iter().zip(NAMES) {
-            buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
-        }
         mask.check_canary("mask", CANARY_BYTE).map_err(|e| format!("{what}: {e}"))?;
-        if [&x, &h0, &c0].iter().zip(&inputs_before).any(|(b, s)| !f32_bits_eq(&b.data, s)) {
-            return Err(format!("{what}: an input was modified"));
-        }
-        if let Some(expected) = expected {
-            if status != expected {
-                return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
-            }
-            let message = last_error_message();
-            if !required_null && !bad_value && mismatch && !message.contains("differs from the handle's") {
-                return Err(format!("{what}: a changed fixed field, but the message is {message:?}"));
-            }
-            if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
-                return Err(format!("{what}: an output was written by a run that failed validation"));
-            }
+        const NAMES: [&str; 4] = ["y", "last_output", "h_n", "c_n"];
+        let only_fixed_field = !required_null && !bad_value && mismatch;
+        if check_run(&what, status, &outs, &NAMES, &[&x, &h0, &c0], &inputs_before, expected, only_fixed_field)? {
             continue;
         }
         // The one-shot function on the same inputs and the saved weights: bitwise the same.
-        let mut one_shot = [n_y, n_s, n_s, n_s].map(|n| Buf::filled(n, unset, canary));
-        let mut ptrs = [ptr::null_mut::<f32>(); 4];
-        for (k, (buf, &on)) in one_shot.iter_mut().zip(&outs_on).enumerate() {
-            if on {
-                ptrs[k] = buf.mut_ptr();
-            }
-        }
+        let (one_shot, ptrs) = output_bufs([n_y, n_s, n_s, n_s], &outs_on);
         // SAFETY: the same valid buffers as the run above, with the saved weights of the handle's sizes.
         let one_status = unsafe {
             mrnn_lstm_keras(
@@ -1198,17 +1252,7 @@ fn fuzz_keras_handle(r: &mut ByteReader<'_>) -> Check {
                 ptrs[3],
             )
         };
-        if status != one_status {
-            return Err(format!(
-                "{what}: status {status}, mrnn_lstm_keras gives {one_status}: {}",
-                last_error_message()
-            ));
-        }
-        for ((got, want), name) in outs.iter().zip(&one_shot).zip(NAMES) {
-            if !f32_bits_eq(got.values(), want.values()) {
-                return Err(format!("{what}: {name} differs from mrnn_lstm_keras"));
-            }
-        }
+        check_same_as_one_shot(&what, "mrnn_lstm_keras", status, one_status, &outs, &one_shot, &NAMES)?;
     }
     drop(layer);
     // SAFETY: NULL is a no-op.
@@ -1233,22 +1277,13 @@ fn fuzz_onnx_handle(r: &mut ByteReader<'_>) -> Check {
     let required_null = attrs_null || w_null || r_null || out_null;
     let expected = predicted(required_null, bad_value, overflow, misalign_w);
     let len = |dims: &[i64]| if sane_weights { dims.iter().map(|&d| d as usize).product() } else { 1 };
-    let mut values = |n: usize, scale: f32| -> Vec<f32> {
-        (0..n).map(|_| if r.u8().is_multiple_of(32) { r.wild() } else { r.unit(scale) }).collect()
-    };
     let canary = f32::from_bits(CANARY_BITS);
-    let mut w = Buf::new(values(len(&[d_n, 4, hs, is]) + usize::from(misalign_w), 0.5), canary);
-    let mut rr = Buf::new(values(len(&[d_n, 4, hs, hs]), 0.5), canary);
-    let mut bias = Buf::new(values(len(&[d_n, 8, hs]), 0.5), canary);
-    let mut peep = Buf::new(values(len(&[d_n, 3, hs]), 0.5), canary);
+    let mut w = Buf::new(values(r, len(&[d_n, 4, hs, is]) + usize::from(misalign_w), 0.5), canary);
+    let mut rr = Buf::new(values(r, len(&[d_n, 4, hs, hs]), 0.5), canary);
+    let mut bias = Buf::new(values(r, len(&[d_n, 8, hs]), 0.5), canary);
+    let mut peep = Buf::new(values(r, len(&[d_n, 3, hs]), 0.5), canary);
     let saved: Vec<Vec<f32>> = [&w, &rr, &bias, &peep].iter().map(|b| b.data.clone()).collect();
-    let w_ptr = if w_null {
-        ptr::null()
-    } else if misalign_w {
-        w.ptr().cast::<u8>().wrapping_add(2).cast::<f32>()
-    } else {
-        w.ptr()
-    };
+    let w_ptr = input_ptr(&w, w_null, misalign_w);
     let mut out = sentinel::<MrnnOnnxLstm>();
     // SAFETY: as in `fuzz_keras_handle`.
     let status = unsafe {
@@ -1262,25 +1297,10 @@ fn fuzz_onnx_handle(r: &mut ByteReader<'_>) -> Check {
         )
     };
     let what = format!("mrnn_onnx_lstm_new({created:?}, nulls: attrs {attrs_null} w {w_null} r {r_null} out {out_null}, misaligned w {misalign_w})");
-    check_status(&what, status)?;
     let layer = Owned { ptr: if status == MRNN_OK { out } else { ptr::null_mut() }, free: mrnn_onnx_lstm_free };
-    for (buf, name) in [(&w, "w"), (&rr, "r"), (&bias, "b"), (&peep, "p")] {
-        buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
-    }
-    if [&w, &rr, &bias, &peep].iter().zip(&saved).any(|(b, s)| !f32_bits_eq(&b.data, s)) {
-        return Err(format!("{what}: a weight was modified"));
-    }
-    if let Some(expected) = expected {
-        if status != expected || out != sentinel() {
-            return Err(format!(
-                "{what}: status {status}, expected {expected}, *out {out:p}: {}",
-                last_error_message()
-            ));
-        }
+    let weights = [(&w, "w"), (&rr, "r"), (&bias, "b"), (&peep, "p")];
+    if !check_new(&what, status, out, &weights, &saved, expected)? {
         return Ok(());
-    }
-    if status != MRNN_OK || out.is_null() || out == sentinel() {
-        return Err(format!("{what}: status {status}, *out {out:p}: {}", last_error_message()));
     }
     for buf in [&mut w, &mut rr, &mut bias, &mut peep] {
         let n = buf.len;
@@ -1330,33 +1350,17 @@ fn fuzz_onnx_handle(r: &mut ByteReader<'_>) -> Check {
         let expected = predicted(required_null, bad_value || mismatch, overflow, misalign_x || aliased)
             .or_else(|| lens_bad.then_some(MRNN_ERR_BAD_ARGUMENT));
 
-        let mut values = |n: usize, scale: f32| -> Vec<f32> {
-            (0..n).map(|_| if r.u8().is_multiple_of(32) { r.wild() } else { r.unit(scale) }).collect()
-        };
-        let x = Buf::new(values(n_x + usize::from(misalign_x), 2.0), canary);
-        let h0 = Buf::new(values(n_s, 1.0), canary);
-        let c0 = Buf::new(values(n_s, 1.0), canary);
+        let x = Buf::new(values(r, n_x + usize::from(misalign_x), 2.0), canary);
+        let h0 = Buf::new(values(r, n_s, 1.0), canary);
+        let c0 = Buf::new(values(r, n_s, 1.0), canary);
         let lens = Buf::new(lens_values, CANARY_I32);
         let inputs_before: Vec<Vec<f32>> = [&x, &h0, &c0].iter().map(|b| b.data.clone()).collect();
         let lens_before = lens.data.clone();
-        let unset = f32::from_bits(UNSET_BITS);
-        let mut outs = [n_y, n_s, n_s].map(|n| Buf::filled(n, unset, canary));
-        let mut ptrs = [ptr::null_mut::<f32>(); 3];
-        for (k, (buf, &on)) in outs.iter_mut().zip(&outs_on).enumerate() {
-            if on {
-                ptrs[k] = buf.mut_ptr();
-            }
-        }
+        let (outs, mut ptrs) = output_bufs([n_y, n_s, n_s], &outs_on);
         if aliased {
             ptrs[2] = ptrs[1];
         }
-        let x_ptr = if x_null {
-            ptr::null()
-        } else if misalign_x {
-            x.ptr().cast::<u8>().wrapping_add(2).cast::<f32>()
-        } else {
-            x.ptr()
-        };
+        let x_ptr = input_ptr(&x, x_null, misalign_x);
         let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
         let lens_ptr = if lens_on { lens.ptr() } else { ptr::null() };
         // SAFETY: as in `fuzz_keras_handle`.
@@ -1377,36 +1381,16 @@ fn fuzz_onnx_handle(r: &mut ByteReader<'_>) -> Check {
             "mrnn_onnx_lstm_run #{run} ({a:?}, handle {created:?}, nulls: layer {layer_null} attrs {attrs_null} x {x_null}, misaligned x {misalign_x}, aliased {aliased}, lens {:?})",
             lens_on.then(|| lens.values())
         );
-        check_status(&what, status)?;
-        const NAMES: [&str; 3] = ["Y", "Y_h", "Y_c"];
-        for (buf, name) in outs.iter().zip(NAMES) {
-            buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
-        }
         lens.check_canary("sequence_lens", CANARY_I32).map_err(|e| format!("{what}: {e}"))?;
-        if [&x, &h0, &c0].iter().zip(&inputs_before).any(|(b, s)| !f32_bits_eq(&b.data, s)) || lens.data != lens_before
-        {
-            return Err(format!("{what}: an input was modified"));
+        if lens.data != lens_before {
+            return Err(format!("{what}: sequence_lens was modified"));
         }
-        if let Some(expected) = expected {
-            if status != expected {
-                return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
-            }
-            let message = last_error_message();
-            if !required_null && !bad_value && mismatch && !message.contains("differs from the handle's") {
-                return Err(format!("{what}: a changed fixed field, but the message is {message:?}"));
-            }
-            if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
-                return Err(format!("{what}: an output was written by a run that failed validation"));
-            }
+        const NAMES: [&str; 3] = ["Y", "Y_h", "Y_c"];
+        let only_fixed_field = !required_null && !bad_value && mismatch;
+        if check_run(&what, status, &outs, &NAMES, &[&x, &h0, &c0], &inputs_before, expected, only_fixed_field)? {
             continue;
         }
-        let mut one_shot = [n_y, n_s, n_s].map(|n| Buf::filled(n, unset, canary));
-        let mut ptrs = [ptr::null_mut::<f32>(); 3];
-        for (k, (buf, &on)) in one_shot.iter_mut().zip(&outs_on).enumerate() {
-            if on {
-                ptrs[k] = buf.mut_ptr();
-            }
-        }
+        let (one_shot, ptrs) = output_bufs([n_y, n_s, n_s], &outs_on);
         // SAFETY: the same valid buffers as the run above, with the saved weights of the handle's sizes.
         let one_status = unsafe {
             mrnn_lstm_onnx(
@@ -1424,17 +1408,7 @@ fn fuzz_onnx_handle(r: &mut ByteReader<'_>) -> Check {
                 ptrs[2],
             )
         };
-        if status != one_status {
-            return Err(format!(
-                "{what}: status {status}, mrnn_lstm_onnx gives {one_status}: {}",
-                last_error_message()
-            ));
-        }
-        for ((got, want), name) in outs.iter().zip(&one_shot).zip(NAMES) {
-            if !f32_bits_eq(got.values(), want.values()) {
-                return Err(format!("{what}: {name} differs from mrnn_lstm_onnx"));
-            }
-        }
+        check_same_as_one_shot(&what, "mrnn_lstm_onnx", status, one_status, &outs, &one_shot, &NAMES)?;
     }
     drop(layer);
     // SAFETY: NULL is a no-op.
