@@ -5,7 +5,7 @@
 //! loss counted padding; here [`Layer::TimeSlice`] shifts the view instead, in O(B), and the losses average
 //! over valid steps only, as Keras 3 does when the mask survives.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::engine::{ForwardStats, Workspace};
 use crate::error::{check_len, checked_product, Error, Result};
@@ -16,7 +16,9 @@ use crate::view::{mask_from_values, MaskValueMode, SeqView};
 /// tensor (after a time slice), sharing its storage.
 #[derive(Clone, Debug)]
 pub struct MaskedSeq {
-    data: Arc<[f32]>,
+    /// Shared storage (a `Vec` behind the `Arc`: wrapping a layer's output copies nothing, and a
+    /// stack can take the buffer back once no one else holds it).
+    data: Arc<Vec<f32>>,
     /// Time length of the storage.
     stored_time: usize,
     /// First stored step of the window.
@@ -32,7 +34,7 @@ impl MaskedSeq {
     /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) if `data.len() != B * T * F`.
     pub fn new(data: Vec<f32>, features: usize, view: SeqView) -> Result<Self> {
         check_len("data", data.len(), checked_product(&[view.batch(), view.time(), features], "data")?)?;
-        Ok(MaskedSeq { data: data.into(), stored_time: view.time(), t_off: 0, features, view })
+        Ok(MaskedSeq { data: Arc::new(data), stored_time: view.time(), t_off: 0, features, view })
     }
 
     /// Wraps `data [B, T, F]` with every step valid.
@@ -133,9 +135,51 @@ pub enum Layer {
 }
 
 /// A stack of layers through which the view flows.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Sequential {
     layers: Vec<Layer>,
+    /// Buffers reused from call to call (see [`forward`](Self::forward)).
+    scratch: Mutex<StackScratch>,
+}
+
+impl Clone for Sequential {
+    /// The same layers, with scratch buffers of its own.
+    fn clone(&self) -> Self {
+        Sequential { layers: self.layers.clone(), scratch: Mutex::default() }
+    }
+}
+
+/// What a [`Sequential`] keeps between calls: the engine's workspace and the intermediate outputs of the
+/// last call, taken back once the next layer has consumed them.
+#[derive(Debug, Default)]
+struct StackScratch {
+    ws: Workspace,
+    pool: Vec<Vec<f32>>,
+}
+
+/// Buffers a stack keeps at most.
+const POOL_BUFFERS: usize = 4;
+
+impl StackScratch {
+    /// A buffer of `n` elements with unspecified contents (the caller overwrites every element): the
+    /// smallest pooled one that fits, else the largest one grown, else a new one.
+    fn take(&mut self, n: usize) -> Vec<f32> {
+        let fit =
+            (0..self.pool.len()).filter(|&k| self.pool[k].capacity() >= n).min_by_key(|&k| self.pool[k].capacity());
+        let pick = fit.or_else(|| (0..self.pool.len()).max_by_key(|&k| self.pool[k].capacity()));
+        let mut v = pick.map(|k| self.pool.swap_remove(k)).unwrap_or_default();
+        v.resize(n, 0.0);
+        v
+    }
+
+    /// Takes `seq`'s storage back if nothing else holds it.
+    fn recycle(&mut self, seq: MaskedSeq) {
+        if let Ok(v) = Arc::try_unwrap(seq.data) {
+            if self.pool.len() < POOL_BUFFERS {
+                self.pool.push(v);
+            }
+        }
+    }
 }
 
 /// Which implementation runs the LSTM layers.
@@ -193,14 +237,21 @@ impl Sequential {
     }
 
     fn run(&self, input: &MaskedSeq, path: Path) -> Result<(MaskedSeq, ForwardStats)> {
+        // Another thread running this stack keeps the shared scratch: this call then uses its own.
+        let mut local = StackScratch::default();
+        let mut guard = self.scratch.try_lock().ok();
+        let scratch = guard.as_deref_mut().unwrap_or(&mut local);
         let mut cur = input.clone();
-        let ws = &mut Workspace::new();
         let mut stats = ForwardStats::default();
         for (li, layer) in self.layers.iter().enumerate() {
-            cur = match layer {
+            let next = match layer {
                 Layer::Masking { mask_value, mode } => {
                     let (b, t, f) = (cur.batch(), cur.time(), cur.features());
-                    let mut x = cur.to_vec();
+                    let mut x = scratch.take(checked_product(&[b, t, f], "x")?);
+                    for (s, dst) in x.chunks_exact_mut((t * f).max(1)).enumerate().take(b) {
+                        let o = (s * cur.stored_time + cur.t_off) * f;
+                        dst.copy_from_slice(&cur.data[o..o + t * f]);
+                    }
                     let mut mask = vec![false; b * t];
                     mask_from_values(&x, b, t, f, *mask_value, *mode, &mut mask)?;
                     for (row, &valid) in x.chunks_exact_mut(f.max(1)).zip(&mask) {
@@ -221,8 +272,10 @@ impl Sequential {
                     let h = lstm.units();
                     let y = match path {
                         Path::Fast(threads) => {
-                            let mut y = vec![0.0; checked_product(&[cur.batch(), cur.time(), h], "y")?];
+                            // Every element of y is written: valid steps by the cells, the rest as padding.
+                            let mut y = scratch.take(checked_product(&[cur.batch(), cur.time(), h], "y")?);
                             let out = KerasOutputs { y: Some(&mut y), ..Default::default() };
+                            let ws = &mut scratch.ws;
                             stats =
                                 stats.merge(lstm.forward_strided(cur.strided(), cur.view(), None, out, threads, ws)?);
                             y
@@ -233,6 +286,7 @@ impl Sequential {
                 }
                 Layer::TimeSlice { start, end } => cur.slice_time(*start, end.unwrap_or(cur.time()))?,
             };
+            scratch.recycle(std::mem::replace(&mut cur, next));
         }
         Ok((cur, stats))
     }
@@ -311,6 +365,52 @@ mod tests {
         assert_eq!(sl.to_vec(), vec![1.0, 2.0, 3.0, 6.0, 7.0, 8.0]);
         assert_eq!(sl.view().valid_lens(), vec![3, 1]);
         assert!(s.slice_time(3, 6).is_err());
+    }
+
+    /// A stack that reuses its buffers gives, call after call and whatever the previous shapes, bitwise
+    /// what a fresh stack gives; the caller's input and earlier outputs are never reused.
+    #[test]
+    fn reused_buffers_change_nothing() {
+        use crate::{KerasLstmOptions, LstmWeights};
+        let layer = |i: usize, h: usize, seed: u32| {
+            let v = |n: usize, k: u32| {
+                (0..n).map(move |j| (((j as u32).wrapping_mul(2_654_435_761) ^ k) % 1000) as f32 / 2000.0 - 0.25)
+            };
+            let w = LstmWeights::from_keras(
+                i,
+                h,
+                &v(i * 4 * h, seed).collect::<Vec<_>>(),
+                &v(h * 4 * h, seed + 1).collect::<Vec<_>>(),
+                Some(&v(4 * h, seed + 2).collect::<Vec<_>>()),
+            )
+            .unwrap();
+            KerasLstm::new(w, KerasLstmOptions::default()).unwrap()
+        };
+        let stack = Sequential::new()
+            .masking(0.0, MaskValueMode::Ieee)
+            .lstm(layer(3, 20, 1))
+            .lstm(layer(20, 5, 7))
+            .time_slice(2, None);
+        let input = |b: usize, t: usize, salt: usize| {
+            let x: Vec<f32> = (0..b * t * 3)
+                .map(|k| if (k / 3 + salt).is_multiple_of(5) { 0.0 } else { ((k * 7 + salt) % 11) as f32 / 5.0 - 1.0 })
+                .collect();
+            MaskedSeq::dense(x, b, t, 3).unwrap()
+        };
+        let mut kept = Vec::new();
+        for (b, t, salt) in [(4, 9, 0), (7, 12, 1), (2, 5, 2), (7, 12, 3), (4, 9, 0)] {
+            let x = input(b, t, salt);
+            let before = x.to_vec();
+            let (got, _) = stack.forward(&x, 2).unwrap();
+            let (fresh, _) = stack.clone().forward(&x, 1).unwrap();
+            assert_eq!(got.view(), fresh.view());
+            assert!(got.to_vec().iter().zip(fresh.to_vec()).all(|(a, b)| a.to_bits() == b.to_bits()), "{b} {t}");
+            assert_eq!(x.to_vec(), before);
+            kept.push((got.to_vec(), got));
+        }
+        for (values, seq) in &kept {
+            assert_eq!(&seq.to_vec(), values, "a returned output was overwritten by a later call");
+        }
     }
 
     #[test]
