@@ -37,7 +37,7 @@ const N: usize = 5;
 /// Units of the three LSTM layers.
 const UNITS: [usize; 3] = [128, 64, 1];
 /// Fast-path timings report the best of this many runs.
-const FAST_RUNS: usize = 3;
+const FAST_RUNS: usize = 10;
 /// Above this (estimated) reference time, the reference comparison uses the first `SUBSET` sequences.
 const REFERENCE_BUDGET: Duration = Duration::from_secs(20);
 const SUBSET: usize = 10;
