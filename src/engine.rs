@@ -412,18 +412,17 @@ impl Job<'_> {
         }
 
         let JobScratch { lens, order, load, chunks } = ws;
-        lens.clear();
+        clear_reserve(lens, b);
         lens.extend((0..b).map(|s| self.view.valid_len(s)));
-        order.clear();
+        clear_reserve(order, b);
         order.extend((0..b).filter(|&s| lens[s] > 0));
         order.sort_unstable_by_key(|&s| (Reverse(lens[s]), s));
         let threads = effective_threads(self.threads);
         let lens: &[usize] = lens;
 
-        let columns = self.use_columns(threads, order.len());
-        // Column threads spin at a barrier every step: never more of them than cores.
-        let n_chunks = if columns { threads.min(self.w.blocks).min(cores()) } else { threads.min(order.len()).max(1) };
+        let (columns, n_chunks) = self.layout(threads, order.len());
         if chunks.len() < n_chunks {
+            chunks.reserve_exact(n_chunks - chunks.len());
             chunks.resize_with(n_chunks, ChunkScratch::default);
         }
         let chunks = &mut chunks[..n_chunks];
@@ -447,6 +446,48 @@ impl Job<'_> {
             self.finish_empty(s);
         }
         Ok(ForwardStats { steps_computed: steps, chunks: n_chunks })
+    }
+
+    /// Whether the job splits gate columns, and into how many chunks (or column threads) it runs.
+    fn layout(&self, threads: usize, rows: usize) -> (bool, usize) {
+        let columns = self.use_columns(threads, rows);
+        // Column threads spin at a barrier every step: never more of them than cores.
+        (columns, if columns { threads.min(self.w.blocks).min(cores()) } else { threads.min(rows).max(1) })
+    }
+
+    /// An upper bound of the bytes a fresh [`JobScratch`] holds after running this job (buffers are sized
+    /// exactly, never by amortised doubling): per sequence a few indices; per sequence with valid steps the
+    /// state `h, h', c` (`3 x hp` floats) and a cursor; per chunk (or column thread) the projected input of
+    /// one time tile (about `TILE_BYTES`, more only when one step of the chunk's rows alone is larger) with
+    /// its row offsets and times.
+    pub(crate) fn scratch_bound(&self) -> usize {
+        let b = self.view.batch();
+        let rows = (0..b).filter(|&s| self.view.valid_len(s) > 0).count();
+        let (columns, n) = self.layout(effective_threads(self.threads), rows);
+        let (hp, nb, blocks) = (self.w.hidden_padded(), self.w.nb, self.w.blocks);
+        let word = std::mem::size_of::<usize>();
+        let mut bytes = (2 * b + n) * word + n * std::mem::size_of::<ChunkScratch>();
+        if rows == 0 {
+            return bytes;
+        }
+        bytes += 3 * rows * hp * 4;
+        // One chunk's time tile over `proj_row` floats per row: at most max(tile rows, its rows) rows of
+        // projection, row offsets and times.
+        let tile_rows = |proj_row: usize| TILE_BYTES / (4 * proj_row).max(1);
+        let per_row = |proj_row: usize| proj_row * 4 + 2 * word;
+        let cursor = std::mem::size_of::<Cursor>();
+        if columns {
+            for j in 0..n {
+                let proj_row = ((j + 1) * blocks / n - j * blocks / n) * 4 * nb;
+                bytes += tile_rows(proj_row).max(rows) * per_row(proj_row) + rows * cursor;
+            }
+        } else {
+            // Chunk row counts m_c sum to `rows`; sum of max(A, m_c) <= n A + max(0, rows - A).
+            let proj_row = blocks * 4 * nb;
+            let a = tile_rows(proj_row);
+            bytes += (n * a + rows.saturating_sub(a)) * per_row(proj_row) + rows * (cursor + word);
+        }
+        bytes
     }
 
     /// Whether this job splits gate columns across threads instead of sequences.
@@ -487,7 +528,7 @@ impl Job<'_> {
         let hp = self.w.hidden_padded();
         let m = cs.rows.len();
         for v in [&mut cs.h, &mut cs.h2, &mut cs.c] {
-            v.clear();
+            clear_reserve(v, m * hp);
             v.resize(m * hp, 0.0);
         }
         self.load_initial(&cs.rows, &mut cs.h, &mut cs.c);
@@ -510,7 +551,7 @@ impl Job<'_> {
         let n = chunks.len();
         let first = &mut chunks[0];
         for v in [&mut first.h, &mut first.h2, &mut first.c] {
-            v.clear();
+            clear_reserve(v, m * hp);
             v.resize(m * hp, 0.0);
         }
         self.load_initial(order, &mut first.h, &mut first.c);
@@ -596,8 +637,14 @@ impl Job<'_> {
         let proj_row = blocks.len() * 4 * w.nb;
         let m = rows.len();
         debug_assert!(state.len >= m * hp);
-        cs.cur.clear();
+        clear_reserve(&mut cs.cur, m);
         cs.cur.resize(m, Cursor::default());
+        // The largest time tile, so the buffers below are sized once, exactly: a tile holds at most
+        // max(TILE_BYTES / row bytes, m) rows of projection (see the tile size below).
+        let most = (TILE_BYTES / (4 * proj_row).max(1)).max(m);
+        clear_reserve(&mut cs.offs, most);
+        clear_reserve(&mut cs.times, most);
+        clear_reserve(&mut cs.proj, most * proj_row);
         let n_max = lens[rows[0]];
         let (mut h, mut h2) = (state.h, state.h2);
         // active(k) = rows with more than k valid steps; rows are sorted, so it is a shrinking prefix.
@@ -739,19 +786,35 @@ impl Job<'_> {
     }
 }
 
+/// Clears `v` and makes room for exactly `n` elements when it has less (no amortised doubling, so the
+/// workspace stays within [`Job::scratch_bound`]).
+fn clear_reserve<T>(v: &mut Vec<T>, n: usize) {
+    v.clear();
+    v.reserve_exact(n);
+}
+
 /// Deals rows (sorted by decreasing length) to the chunks, each to the chunk with the least work so far;
 /// every chunk stays sorted by decreasing length.
 fn balance(order: &[usize], lens: &[usize], load: &mut Vec<usize>, chunks: &mut [ChunkScratch]) {
-    load.clear();
-    load.resize(chunks.len(), 0);
+    let n = chunks.len();
+    let deal = |load: &mut Vec<usize>, to: &mut dyn FnMut(usize, usize)| {
+        clear_reserve(load, n);
+        load.resize(n, 0);
+        for &b in order {
+            let (i, _) = load.iter().enumerate().min_by_key(|&(i, &l)| (l, i)).expect("at least one chunk");
+            to(i, b);
+            load[i] += lens[b];
+        }
+    };
+    // Count first (in `steps`, which the run overwrites), so each row list gets its exact size.
     for c in chunks.iter_mut() {
-        c.rows.clear();
+        c.steps = 0;
     }
-    for &b in order {
-        let (i, _) = load.iter().enumerate().min_by_key(|&(i, &l)| (l, i)).expect("at least one chunk");
-        chunks[i].rows.push(b);
-        load[i] += lens[b];
+    deal(load, &mut |i, _| chunks[i].steps += 1);
+    for c in chunks.iter_mut() {
+        clear_reserve(&mut c.rows, c.steps);
     }
+    deal(load, &mut |i, b| chunks[i].rows.push(b));
 }
 
 /// Cores available to this process (at least 1), read once.

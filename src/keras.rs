@@ -183,6 +183,19 @@ impl KerasLstm {
         self.forward_strided(input, view, initial, out, threads, ws)
     }
 
+    /// An upper bound of the bytes a fresh [`Workspace`] holds after a [`forward_in`](Self::forward_in)
+    /// call with this view and thread count (any outputs); reusing the workspace for calls of that size or
+    /// smaller then allocates nothing. Besides a few indices per sequence, it is the recurrent state (`h`
+    /// twice and `c`, per sequence with valid steps, hidden size rounded up to the vector width), the
+    /// projected input of one time tile per thread (256 KiB, or one step of the thread's sequences when
+    /// that is larger) with two indices per projected row, and `last_output`'s `B x H` scratch when
+    /// `h_n` is not requested.
+    pub fn workspace_bytes(&self, view: &SeqView, threads: usize) -> usize {
+        let x = StridedInput { data: &[], off: 0, sb: 0, st: 0 };
+        let job = self.job(x, view, None, None, None, None, threads);
+        job.scratch_bound() + view.batch() * self.units() * 4
+    }
+
     pub(crate) fn forward_strided(
         &self,
         x: StridedInput<'_>,

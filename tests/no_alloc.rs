@@ -30,8 +30,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The allocation counter is global: tests of this file run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn second_call_with_a_workspace_allocates_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (b, t, i, h) = (9, 40, 7, 37);
     let w = |n: usize, s: f32| (0..n).map(|k| ((k * 7919 % 1000) as f32 / 1000.0 - 0.5) * s).collect::<Vec<f32>>();
     let weights = LstmWeights::from_keras(i, h, &w(i * 4 * h, 0.5), &w(h * 4 * h, 0.5), Some(&w(4 * h, 0.1))).unwrap();
@@ -57,4 +61,46 @@ fn second_call_with_a_workspace_allocates_nothing() {
     assert_eq!(during, 0, "a forward call with a warm workspace allocated {during} times");
     assert_eq!(y, first);
     assert!(ws.bytes() > 0);
+}
+
+/// `workspace_bytes` bounds what a fresh workspace holds after a call, over shapes, thread counts and
+/// schedules; the bound is the documented one (state, one projection tile per thread, small indices).
+#[test]
+fn workspace_bytes_bounds_a_fresh_workspace() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    use masked_rnn::Schedule;
+    let mut seed = 12345u64;
+    let mut next = |n: usize| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        ((seed >> 33) as usize) % n.max(1)
+    };
+    let w = |n: usize| (0..n).map(|k| ((k * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.3).collect::<Vec<f32>>();
+    for case in 0..60 {
+        let h = [1, 7, 16, 33, 100, 256][case % 6];
+        let (b, t, i) = (1 + next(70), 1 + next(40), 1 + next(40));
+        let weights = LstmWeights::from_keras(i, h, &w(i * 4 * h), &w(h * 4 * h), Some(&w(4 * h))).unwrap();
+        let schedule = [Schedule::Auto, Schedule::BatchChunks, Schedule::GateColumns][next(3)];
+        let layer = KerasLstm::new(weights, KerasLstmOptions::default()).unwrap().with_schedule(schedule);
+        let lens: Vec<usize> = (0..b).map(|_| if next(6) == 0 { 0 } else { 1 + next(t) }).collect();
+        let view = SeqView::from_lengths(&lens, t, Padding::Post).unwrap();
+        let x = w(b * t * i);
+        let (mut y, mut last) = (vec![0.0; b * t * h], vec![0.0; b * h]);
+        for threads in [1, 2] {
+            let mut ws = Workspace::new();
+            let out = KerasOutputs { y: Some(&mut y), last_output: Some(&mut last), ..Default::default() };
+            layer.forward_in(&x, &view, None, out, threads, &mut ws).unwrap();
+            let bound = layer.workspace_bytes(&view, threads);
+            assert!(
+                ws.bytes() <= bound,
+                "B{b} T{t} I{i} H{h} {schedule:?} threads {threads}: {} > {bound}",
+                ws.bytes()
+            );
+            // The bound is what the docs say: states, per thread one 256 KiB tile (or one step) and its
+            // row indices, a few indices per sequence.
+            let hp = h.div_ceil(16) * 16;
+            let step = b * 4 * hp * 4;
+            let documented = 3 * b * hp * 4 + threads * ((272 << 10) + 2 * step) + b * h * 4 + 64 * b + 4096;
+            assert!(bound <= documented, "B{b} H{h} threads {threads}: bound {bound} > {documented}");
+        }
+    }
 }
