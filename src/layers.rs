@@ -5,7 +5,7 @@
 //! loss counted padding; here [`Layer::TimeSlice`] shifts the view instead, in O(B), and the losses average
 //! over valid steps only, as Keras 3 does when the mask survives.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 
 use crate::engine::{ForwardStats, Workspace};
 use crate::error::{check_len, checked_product, Error, Result};
@@ -237,9 +237,14 @@ impl Sequential {
     }
 
     fn run(&self, input: &MaskedSeq, path: Path) -> Result<(MaskedSeq, ForwardStats)> {
-        // Another thread running this stack keeps the shared scratch: this call then uses its own.
+        // Another thread running this stack keeps the shared scratch: this call then uses its own. A
+        // panic in an earlier call leaves nothing to distrust (the buffers' contents are never read).
         let mut local = StackScratch::default();
-        let mut guard = self.scratch.try_lock().ok();
+        let mut guard = match self.scratch.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
         let scratch = guard.as_deref_mut().unwrap_or(&mut local);
         let mut cur = input.clone();
         let mut stats = ForwardStats::default();
