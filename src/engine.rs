@@ -246,8 +246,10 @@ fn parse_cache_size(s: &str) -> Option<usize> {
     num.parse::<usize>().ok()?.checked_mul(mult).filter(|&b| b > 0)
 }
 
-/// Reusable buffers for the engine: after the first call with a given shape, later calls of the same or
-/// smaller shapes allocate nothing. Keep one per layer (or per thread) and pass it to the `*_in` methods.
+/// Reusable buffers for the engine: once it has served a call, later calls with the same view and thread
+/// count allocate nothing (another view may deal its sequences to threads differently and grow a buffer;
+/// [`KerasLstm::workspace_bytes`](crate::KerasLstm::workspace_bytes) bounds one call). Keep one per layer
+/// (or per thread) and pass it to the `*_in` methods.
 #[derive(Debug, Default)]
 pub struct Workspace {
     pub(crate) jobs: [JobScratch; 2],

@@ -162,9 +162,10 @@ impl KerasLstm {
         self.forward_in(x, view, initial, out, threads, &mut Workspace::new())
     }
 
-    /// As [`forward`](Self::forward), with caller-owned scratch memory: once `ws` has served a call of
-    /// this shape, later calls of the same or smaller shapes allocate nothing (on one thread; thread
-    /// pools may allocate for their own bookkeeping).
+    /// As [`forward`](Self::forward), with caller-owned scratch memory: once `ws` has served a call,
+    /// later calls with the same view and thread count allocate nothing (on one thread; thread pools may
+    /// allocate for their own bookkeeping). See [`Workspace`] and
+    /// [`workspace_bytes`](Self::workspace_bytes).
     ///
     /// # Errors
     /// As [`forward`](Self::forward).
@@ -184,8 +185,9 @@ impl KerasLstm {
     }
 
     /// An upper bound of the bytes a fresh [`Workspace`] holds after a [`forward_in`](Self::forward_in)
-    /// call with this view and thread count (any outputs); reusing the workspace for calls of that size or
-    /// smaller then allocates nothing. Besides a few indices per sequence, it is the recurrent state (`h`
+    /// call with this view and thread count (any outputs; `threads` as in [`forward`](Self::forward), 0
+    /// meaning the current rayon pool's size). Besides a few indices per sequence, it is the recurrent
+    /// state (`h`
     /// twice and `c`, per sequence with valid steps, hidden size rounded up to the vector width), the
     /// projected input of one time tile per thread (256 KiB, or one step of the thread's sequences when
     /// that is larger) with two indices per projected row, and `last_output`'s `B x H` scratch when
@@ -227,6 +229,7 @@ impl KerasLstm {
             (Some(h), _) => Some(h),
             (None, true) => {
                 state.clear();
+                state.reserve_exact(state_len); // exactly: workspace_bytes counts B x H floats
                 state.resize(state_len, 0.0);
                 Some(&mut state[..])
             }

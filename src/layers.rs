@@ -242,7 +242,10 @@ impl Sequential {
         let mut local = StackScratch::default();
         let mut guard = match self.scratch.try_lock() {
             Ok(g) => Some(g),
-            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::Poisoned(p)) => {
+                self.scratch.clear_poison();
+                Some(p.into_inner())
+            }
             Err(TryLockError::WouldBlock) => None,
         };
         let scratch = guard.as_deref_mut().unwrap_or(&mut local);

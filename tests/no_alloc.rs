@@ -77,7 +77,9 @@ fn workspace_bytes_bounds_a_fresh_workspace() {
     let w = |n: usize| (0..n).map(|k| ((k * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.3).collect::<Vec<f32>>();
     for case in 0..60 {
         let h = [1, 7, 16, 33, 100, 256][case % 6];
-        let (b, t, i) = (1 + next(70), 1 + next(40), 1 + next(40));
+        // Some 1 x 1 and 1 x 3 states: the smallest allocations.
+        let b = if case % 10 == 0 { 1 } else { 1 + next(70) };
+        let (t, i) = (1 + next(40), 1 + next(40));
         let weights = LstmWeights::from_keras(i, h, &w(i * 4 * h), &w(h * 4 * h), Some(&w(4 * h))).unwrap();
         let schedule = [Schedule::Auto, Schedule::BatchChunks, Schedule::GateColumns][next(3)];
         let layer = KerasLstm::new(weights, KerasLstmOptions::default()).unwrap().with_schedule(schedule);
@@ -96,10 +98,11 @@ fn workspace_bytes_bounds_a_fresh_workspace() {
                 ws.bytes()
             );
             // The bound is what the docs say: states, per thread one 256 KiB tile (or one step) and its
-            // row indices, a few indices per sequence.
+            // row indices (16 bytes per row of at least 32 floats: 9/8 of the tile), a few indices per
+            // sequence. 16-lane padding covers the 8-lane backends too.
             let hp = h.div_ceil(16) * 16;
             let step = b * 4 * hp * 4;
-            let documented = 3 * b * hp * 4 + threads * ((272 << 10) + 2 * step) + b * h * 4 + 64 * b + 4096;
+            let documented = 3 * b * hp * 4 + threads * ((288 << 10) + 2 * step) + b * h * 4 + 64 * b + 4096;
             assert!(bound <= documented, "B{b} H{h} threads {threads}: bound {bound} > {documented}");
         }
     }

@@ -8,8 +8,9 @@
 //!
 //! Every output element sees the same operation sequence whatever `MR`, the tile it falls in, or the
 //! number of rows, so results are independent of batch composition. Activations use only `+ - * /`,
-//! compares, selects and exact bit operations, in the order of [`crate::math`], so every backend matches
-//! the scalar reference bit for bit (with the reference's rounding mode set to the backend's).
+//! multiply-adds (fused where the backend fuses), compares, selects and exact bit operations, in the order
+//! of [`crate::math`], so every backend matches the scalar reference bit for bit (with the reference's
+//! rounding mode set to the backend's).
 
 use std::ops::Range;
 
@@ -171,7 +172,7 @@ pub(crate) unsafe fn ln<S: Simd>(x: S) -> S {
     }
 }
 
-/// [`Activation::apply`] lane-wise, bit for bit.
+/// [`Activation::apply_rounded`] lane-wise with the backend's rounding, bit for bit.
 #[inline(always)]
 pub(crate) unsafe fn act_lanes<S: Simd>(a: Activation, x: S) -> S {
     // SAFETY: as in `exp`.

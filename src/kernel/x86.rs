@@ -2,10 +2,9 @@
 //! run time. Each is the generic kernel of [`super::simd`] instantiated for its register type inside a
 //! `#[target_feature]` entry point.
 //!
-//! Rounding: the GEMMs use fused multiply-adds (one rounding per term), so these backends match the
-//! reference in [`Rounding::Fused`](crate::reference::Rounding) mode bit for bit, and differ from the
-//! portable backend in the last bits of the gate pre-activations. The activations never fuse, so they are
-//! identical on every backend.
+//! Rounding: the GEMMs and the Horner steps of sigmoid and tanh use fused multiply-adds (one rounding per
+//! term), so these backends match the reference in [`Rounding::Fused`](crate::reference::Rounding) mode
+//! bit for bit, and differ from the portable backend in the last bits.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
