@@ -254,6 +254,8 @@ fn parse_cache_size(s: &str) -> Option<usize> {
 pub struct Workspace {
     pub(crate) jobs: [JobScratch; 2],
     pub(crate) state: Vec<f32>,
+    /// The ONNX operator's view of `sequence_lens`, rebuilt in place each call.
+    pub(crate) view: SeqView,
 }
 
 impl Workspace {
@@ -264,7 +266,7 @@ impl Workspace {
 
     /// Bytes currently held.
     pub fn bytes(&self) -> usize {
-        self.jobs.iter().map(JobScratch::bytes).sum::<usize>() + self.state.capacity() * 4
+        self.jobs.iter().map(JobScratch::bytes).sum::<usize>() + self.state.capacity() * 4 + self.view.heap_bytes()
     }
 }
 

@@ -224,7 +224,7 @@ impl KerasLstm {
             }
         }
         // last_output needs h_n; keep a scratch copy when the caller does not want it.
-        let Workspace { jobs, state } = ws;
+        let Workspace { jobs, state, .. } = ws;
         let h_n: Option<&mut [f32]> = match (h_n, last_output.is_some()) {
             (Some(h), _) => Some(h),
             (None, true) => {

@@ -342,13 +342,15 @@ impl OnnxLstm {
     ) -> Result<ForwardStats> {
         let (t, b, h, d_n) = (seq_length, batch, self.attrs.hidden_size, self.dirs.len());
         check_len("X", x.len(), checked_product(&[t, b, self.input_size], "X")?)?;
-        let view = match sequence_lens {
+        let Workspace { jobs, state: zeros, view } = ws;
+        match sequence_lens {
             Some(l) => {
                 check_len("sequence_lens", l.len(), b)?;
-                SeqView::from_i32_lengths(l, t, Padding::Post)?
+                view.assign_i32_lengths(l, t, Padding::Post)?;
             }
-            None => SeqView::full(b, t),
-        };
+            None => *view = SeqView::full(b, t),
+        }
+        let view: &SeqView = view;
         let state_len = checked_product(&[d_n, b, h], "Y_h")?;
         let OnnxOutputs { y, y_h, y_c } = out;
         if let Some(y) = &y {
@@ -365,7 +367,6 @@ impl OnnxLstm {
             }
         }
         // A missing initial state half is zeros (ONNX default).
-        let Workspace { jobs, state: zeros } = ws;
         zeros.clear();
         zeros.resize(if initial_h.is_some() != initial_c.is_some() { state_len } else { 0 }, 0.0);
         let zeros: &[f32] = zeros;
@@ -381,7 +382,7 @@ impl OnnxLstm {
             backend: self.backend,
             w: &self.dirs[d].packed,
             cell: &self.dirs[d].cell,
-            view: &view,
+            view,
             x: SeqIn { data: x, off: 0, sb: xs.batch, st: xs.time },
             reverse: self.attrs.direction == Direction::Reverse || d == 1,
             init: init.map(|(h0, c0)| StateIn { h: h0, c: c0, off: d * ss.dir, sb: ss.batch }),

@@ -54,13 +54,20 @@ pub enum MaskValueMode {
 #[derive(Clone, Debug)]
 pub struct SeqView {
     /// Runs in base-axis coordinates, all sequences concatenated.
-    runs: Arc<[Run]>,
+    runs: Arc<Vec<Run>>,
     /// Per sequence, the index range into `runs` of the runs that meet the window.
     ranges: Vec<(usize, usize)>,
     /// Window start on the base axis.
     start: usize,
     /// Window length: the view's time dimension.
     time: usize,
+}
+
+impl Default for SeqView {
+    /// No sequences, no time steps.
+    fn default() -> Self {
+        Self::full(0, 0)
+    }
 }
 
 /// The runs of one sequence inside a view, clipped to the window and in window coordinates.
@@ -111,7 +118,13 @@ impl SeqView {
             runs.extend(seq);
             ranges.push((lo, runs.len()));
         }
-        SeqView { runs: runs.into(), ranges, start: 0, time }
+        SeqView { runs: Arc::new(runs), ranges, start: 0, time }
+    }
+
+    /// Heap bytes held (the runs and the per-sequence ranges), for [`Workspace::bytes`](crate::Workspace::bytes).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.runs.capacity() * std::mem::size_of::<Run>()
+            + self.ranges.capacity() * std::mem::size_of::<(usize, usize)>()
     }
 
     /// Every step of every sequence valid.
@@ -150,6 +163,43 @@ impl SeqView {
             ls.push(l);
         }
         Self::from_lengths(&ls, time, padding)
+    }
+
+    /// Makes this view [`from_i32_lengths`](Self::from_i32_lengths)`(lengths, time, padding)`, reusing its
+    /// memory when no other view shares it: a view kept from call to call (as the ONNX operator keeps one
+    /// in its [`Workspace`](crate::Workspace)) then allocates nothing once it has held as many sequences.
+    /// On error the view is unchanged.
+    ///
+    /// # Errors
+    /// As [`from_i32_lengths`](Self::from_i32_lengths).
+    pub fn assign_i32_lengths(&mut self, lengths: &[i32], time: usize, padding: Padding) -> Result<()> {
+        for (b, &l) in lengths.iter().enumerate() {
+            match usize::try_from(l) {
+                Err(_) => return Err(Error::argument(format!("length {l} of sequence {b} is negative"))),
+                Ok(l) if l > time => {
+                    return Err(Error::argument(format!(
+                        "length {l} of sequence {b} exceeds the time dimension {time}"
+                    )))
+                }
+                Ok(_) => {}
+            }
+        }
+        if Arc::get_mut(&mut self.runs).is_none() {
+            self.runs = Arc::new(Vec::with_capacity(lengths.len()));
+        }
+        let runs = Arc::get_mut(&mut self.runs).expect("unshared");
+        runs.clear();
+        self.ranges.clear();
+        for &l in lengths {
+            let (lo, len) = (runs.len(), l as usize);
+            if len > 0 {
+                let offset = if padding == Padding::Post { 0 } else { time - len };
+                runs.push(Run { offset, len });
+            }
+            self.ranges.push((lo, runs.len()));
+        }
+        (self.start, self.time) = (0, time);
+        Ok(())
     }
 
     /// From a boolean mask `[batch, time]` (`true` = valid). Holes are allowed.
@@ -487,6 +537,29 @@ mod tests {
         assert_eq!(m, [true, true, true, true]);
         mask_from_values(&x, 1, 4, 2, f32::NAN, MaskValueMode::NanAware, &mut m).unwrap();
         assert_eq!(m, [true, true, true, false]);
+    }
+
+    #[test]
+    fn assign_lengths_equals_building_and_leaves_shared_views_alone() {
+        let mut v = SeqView::default();
+        for (lens, time, padding) in [
+            (vec![3, 0, 5, 5], 5, Padding::Post),
+            (vec![1, 2], 4, Padding::Pre),
+            (vec![0, 0, 0, 0, 0, 7], 7, Padding::Post),
+            (vec![], 3, Padding::Post),
+        ] {
+            let kept = v.clone(); // shares the runs: assigning must not change it
+            let kept_lens = kept.valid_lens();
+            let want = SeqView::from_i32_lengths(&lens, time, padding).unwrap();
+            v.assign_i32_lengths(&lens, time, padding).unwrap();
+            assert_eq!(v, want);
+            assert_eq!(kept.valid_lens(), kept_lens);
+            let sliced = v.slice(0, time.min(2)).unwrap();
+            assert!(v.assign_i32_lengths(&[1, -1], 9, Padding::Post).is_err());
+            assert!(v.assign_i32_lengths(&[10], 9, Padding::Post).is_err());
+            assert_eq!(v, want, "a failed assignment changed the view");
+            assert_eq!(sliced, want.slice(0, time.min(2)).unwrap());
+        }
     }
 
     #[test]

@@ -107,3 +107,29 @@ fn workspace_bytes_bounds_a_fresh_workspace() {
         }
     }
 }
+
+/// The ONNX operator rebuilds its view of `sequence_lens` inside the workspace: a warm call, with the
+/// same lengths or a permutation of them, allocates nothing (one thread, both directions).
+#[test]
+fn onnx_warm_call_allocates_nothing() {
+    use masked_rnn::onnx::{Direction, OnnxLstm, OnnxLstmAttrs, OnnxOutputs};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (t, b, i, h) = (30, 6, 5, 21);
+    let w = |n: usize| (0..n).map(|k| ((k * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.4).collect::<Vec<f32>>();
+    let attrs = OnnxLstmAttrs::new(h, Direction::Bidirectional);
+    let layer = OnnxLstm::new(attrs, i, &w(2 * 4 * h * i), &w(2 * 4 * h * h), Some(&w(2 * 8 * h)), None).unwrap();
+    let x = w(t * b * i);
+    let (mut y, mut yh, mut yc) = (vec![0.0; t * 2 * b * h], vec![0.0; 2 * b * h], vec![0.0; 2 * b * h]);
+    let mut ws = Workspace::new();
+    let mut results = Vec::new();
+    for lens in [[30, 0, 7, 12, 1, 30], [30, 0, 7, 12, 1, 30], [1, 30, 12, 0, 30, 7]] {
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let out = OnnxOutputs { y: Some(&mut y), y_h: Some(&mut yh), y_c: Some(&mut yc) };
+        layer.forward_in(&x, t, b, Some(&lens), None, None, out, 1, &mut ws).unwrap();
+        results.push((ALLOCATIONS.load(Ordering::Relaxed) - before, y.clone()));
+    }
+    assert_eq!(results[1].0, 0, "a warm call with the same lengths allocated {} times", results[1].0);
+    assert_eq!(results[2].0, 0, "a warm call with permuted lengths allocated {} times", results[2].0);
+    assert_eq!(results[0].1, results[1].1);
+    assert_ne!(results[1].1, results[2].1);
+}
