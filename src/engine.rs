@@ -254,8 +254,10 @@ fn parse_cache_size(s: &str) -> Option<usize> {
 pub struct Workspace {
     pub(crate) jobs: [JobScratch; 2],
     pub(crate) state: Vec<f32>,
-    /// The ONNX operator's view of `sequence_lens`, rebuilt in place each call.
+    /// The ONNX operator's and PyTorch's view of the lengths, rebuilt in place each call.
     pub(crate) view: SeqView,
+    /// PyTorch stacks: the outputs of the layers below the last, alternating.
+    pub(crate) layers: [Vec<f32>; 2],
 }
 
 impl Workspace {
@@ -266,7 +268,9 @@ impl Workspace {
 
     /// Bytes currently held.
     pub fn bytes(&self) -> usize {
-        self.jobs.iter().map(JobScratch::bytes).sum::<usize>() + self.state.capacity() * 4 + self.view.heap_bytes()
+        self.jobs.iter().map(JobScratch::bytes).sum::<usize>()
+            + (self.state.capacity() + self.layers.iter().map(Vec::capacity).sum::<usize>()) * 4
+            + self.view.heap_bytes()
     }
 }
 

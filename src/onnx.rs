@@ -342,7 +342,7 @@ impl OnnxLstm {
     ) -> Result<ForwardStats> {
         let (t, b, h, d_n) = (seq_length, batch, self.attrs.hidden_size, self.dirs.len());
         check_len("X", x.len(), checked_product(&[t, b, self.input_size], "X")?)?;
-        let Workspace { jobs, state: zeros, view } = ws;
+        let Workspace { jobs, state: zeros, view, .. } = ws;
         match sequence_lens {
             Some(l) => {
                 check_len("sequence_lens", l.len(), b)?;

@@ -28,6 +28,17 @@ pub struct TorchLstmParams<'a> {
     pub bias_hh: Option<&'a [f32]>,
 }
 
+/// Caller buffers for [`TorchLstm::forward_packed_in`]; `None` skips an output.
+#[derive(Debug, Default)]
+pub struct TorchOutputs<'a> {
+    /// `[T, B, D*H]` (`[B, T, D*H]` with `batch_first`).
+    pub y: Option<&'a mut [f32]>,
+    /// `h_n [L*D, B, H]`.
+    pub h_n: Option<&'a mut [f32]>,
+    /// `c_n [L*D, B, H]`.
+    pub c_n: Option<&'a mut [f32]>,
+}
+
 /// Outputs of [`TorchLstm::forward_packed`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct TorchResult {
@@ -100,6 +111,7 @@ impl TorchLstm {
         }
     }
 
+    /// Checks the inputs; returns the length of `h_n` (`L*D*B*H`).
     fn check(
         &self,
         x: &[f32],
@@ -108,7 +120,7 @@ impl TorchLstm {
         lengths: &[usize],
         h0: Option<&[f32]>,
         c0: Option<&[f32]>,
-    ) -> Result<SeqView> {
+    ) -> Result<usize> {
         check_len("x", x.len(), checked_product(&[t, b, self.input_size], "x")?)?;
         check_len("lengths", lengths.len(), b)?;
         if let Some((s, &l)) = lengths.iter().enumerate().find(|(_, &l)| l == 0 || l > t) {
@@ -120,7 +132,7 @@ impl TorchLstm {
                 check_len(name, s.len(), state_len)?;
             }
         }
-        SeqView::from_lengths(lengths, t, Padding::Post)
+        Ok(state_len)
     }
 
     /// Runs the stack on `x [T, B, I]` (`[B, T, I]` with `batch_first`) with per-sequence `lengths` in any
@@ -141,54 +153,113 @@ impl TorchLstm {
         c0: Option<&[f32]>,
         threads: usize,
     ) -> Result<(TorchResult, ForwardStats)> {
-        let view = self.check(x, seq_len, batch, lengths, h0, c0)?;
+        let state_len = self.check(x, seq_len, batch, lengths, h0, c0)?;
+        let mut r = TorchResult {
+            y: vec![0.0; checked_product(&[seq_len, batch, self.dirs(), self.hidden], "y")?],
+            h_n: vec![0.0; state_len],
+            c_n: vec![0.0; state_len],
+        };
+        let out = TorchOutputs { y: Some(&mut r.y), h_n: Some(&mut r.h_n), c_n: Some(&mut r.c_n) };
+        let stats = self.forward_packed_in(
+            x,
+            seq_len,
+            batch,
+            batch_first,
+            lengths,
+            h0,
+            c0,
+            out,
+            threads,
+            &mut Workspace::new(),
+        )?;
+        Ok((r, stats))
+    }
+
+    /// As [`forward_packed`](Self::forward_packed), into caller buffers (`y [T, B, D*H]` or `[B, T, D*H]`,
+    /// `h_n`, `c_n [L*D, B, H]`; any of them may be omitted) with caller-owned scratch: the lengths' view
+    /// and the outputs of the lower layers live in `ws`, so a warm call with the same lengths and thread
+    /// count allocates nothing.
+    ///
+    /// # Errors
+    /// As [`forward_packed`](Self::forward_packed), and [`ErrorKind::BadShape`](crate::ErrorKind::BadShape)
+    /// for an output of the wrong length.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_packed_in(
+        &self,
+        x: &[f32],
+        seq_len: usize,
+        batch: usize,
+        batch_first: bool,
+        lengths: &[usize],
+        h0: Option<&[f32]>,
+        c0: Option<&[f32]>,
+        out: TorchOutputs<'_>,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<ForwardStats> {
+        let state_len = self.check(x, seq_len, batch, lengths, h0, c0)?;
         let (t, b, h, d_n) = (seq_len, batch, self.hidden, self.dirs());
         let width = d_n * h;
-        let state_len = self.num_layers * d_n * b * h;
-        let mut h_n = vec![0.0; state_len];
-        let mut c_n = vec![0.0; state_len];
-        let zeros = vec![0.0; if h0.is_some() != c0.is_some() { state_len } else { 0 }];
+        let y_len = checked_product(&[t, b, width], "y")?;
+        let TorchOutputs { y: mut y_out, h_n, c_n } = out;
+        if let Some(y) = &y_out {
+            check_len("y", y.len(), y_len)?;
+        }
+        for (name, s) in [("h_n", &h_n), ("c_n", &c_n)] {
+            if let Some(s) = s {
+                check_len(name, s.len(), state_len)?;
+            }
+        }
+        let Workspace { jobs, state: zeros, view, layers } = ws;
+        view.assign_lengths(lengths, t, Padding::Post)?;
+        let view: &SeqView = view;
+        zeros.clear();
+        zeros.resize(if h0.is_some() != c0.is_some() { state_len } else { 0 }, 0.0);
+        let zeros: &[f32] = zeros;
         let init = match (h0, c0) {
             (None, None) => None,
-            _ => Some((h0.unwrap_or(&zeros), c0.unwrap_or(&zeros))),
+            _ => Some((h0.unwrap_or(zeros), c0.unwrap_or(zeros))),
         };
-        let y_len = checked_product(&[t, b, width], "y")?;
+        let (h_buf, c_buf) = (h_n.map(OutBuf::new), c_n.map(OutBuf::new));
         let mut stats = ForwardStats::default();
-        let mut prev: Vec<f32> = Vec::new();
-        let (h_buf, c_buf) = (OutBuf::new(&mut h_n), OutBuf::new(&mut c_n));
-        let mut ws = Workspace::new();
+        let [below, above] = layers;
+        let (mut prev, mut next) = (below, above);
         for l in 0..self.num_layers {
-            let mut y = vec![0.0; y_len];
-            let y_buf = OutBuf::new(&mut y);
-            let (input, inp): (&[f32], usize) = if l == 0 { (x, self.input_size) } else { (&prev, width) };
+            let last = l + 1 == self.num_layers;
+            if !last {
+                next.clear();
+                next.resize(y_len, 0.0);
+            }
+            let y_buf = if last { y_out.as_deref_mut().map(OutBuf::new) } else { Some(OutBuf::new(next)) };
+            let (input, inp): (&[f32], usize) = if l == 0 { (x, self.input_size) } else { (prev, width) };
             let (xsb, xst, ysb, yst) =
                 if batch_first { (t * inp, inp, t * width, width) } else { (inp, b * inp, width, b * width) };
             let job = |d: usize| Job {
                 backend: self.backend,
                 w: &self.weights[l * d_n + d].1,
                 cell: &self.cell,
-                view: &view,
+                view,
                 x: SeqIn { data: input, off: 0, sb: xsb, st: xst },
                 reverse: d == 1,
                 init: init.map(|(hh, cc)| StateIn { h: hh, c: cc, off: (l * d_n + d) * b * h, sb: h }),
                 empty_state: EmptyState::Zero,
-                y: Some(SeqOut { buf: y_buf, off: d * h, sb: ysb, st: yst, mirror: false, fill: Fill::Zero }),
-                h_n: Some(StateOut { buf: h_buf, off: (l * d_n + d) * b * h, sb: h }),
-                c_n: Some(StateOut { buf: c_buf, off: (l * d_n + d) * b * h, sb: h }),
+                y: y_buf.map(|buf| SeqOut { buf, off: d * h, sb: ysb, st: yst, mirror: false, fill: Fill::Zero }),
+                h_n: h_buf.map(|buf| StateOut { buf, off: (l * d_n + d) * b * h, sb: h }),
+                c_n: c_buf.map(|buf| StateOut { buf, off: (l * d_n + d) * b * h, sb: h }),
                 threads,
                 schedule: Schedule::Auto,
             };
             // Directions write disjoint halves of y and disjoint blocks of h_n, c_n.
-            let [w0, w1] = &mut ws.jobs;
+            let [w0, w1] = &mut *jobs;
             stats = stats.merge(if d_n == 1 {
                 job(0).run(w0)?
             } else {
                 let (f, r) = par_join(threads, || job(0).run(w0), || job(1).run(w1))?;
                 f?.merge(r?)
             });
-            prev = y;
+            std::mem::swap(&mut prev, &mut next);
         }
-        Ok((TorchResult { y: prev, h_n, c_n }, stats))
+        Ok(stats)
     }
 
     /// The same computation on the plain [reference](crate::reference::onnx_lstm).

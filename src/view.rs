@@ -174,24 +174,37 @@ impl SeqView {
     /// As [`from_i32_lengths`](Self::from_i32_lengths).
     pub fn assign_i32_lengths(&mut self, lengths: &[i32], time: usize, padding: Padding) -> Result<()> {
         for (b, &l) in lengths.iter().enumerate() {
-            match usize::try_from(l) {
-                Err(_) => return Err(Error::argument(format!("length {l} of sequence {b} is negative"))),
-                Ok(l) if l > time => {
-                    return Err(Error::argument(format!(
-                        "length {l} of sequence {b} exceeds the time dimension {time}"
-                    )))
-                }
-                Ok(_) => {}
+            if l < 0 {
+                return Err(Error::argument(format!("length {l} of sequence {b} is negative")));
             }
         }
+        self.assign_with(lengths.len(), |b| lengths[b] as usize, time, padding)
+    }
+
+    /// As [`assign_i32_lengths`](Self::assign_i32_lengths) with `usize` lengths
+    /// ([`from_lengths`](Self::from_lengths) in place).
+    ///
+    /// # Errors
+    /// As [`from_lengths`](Self::from_lengths).
+    pub fn assign_lengths(&mut self, lengths: &[usize], time: usize, padding: Padding) -> Result<()> {
+        self.assign_with(lengths.len(), |b| lengths[b], time, padding)
+    }
+
+    fn assign_with(&mut self, batch: usize, len: impl Fn(usize) -> usize, time: usize, padding: Padding) -> Result<()> {
+        if let Some(b) = (0..batch).find(|&b| len(b) > time) {
+            return Err(Error::argument(format!(
+                "length {} of sequence {b} exceeds the time dimension {time}",
+                len(b)
+            )));
+        }
         if Arc::get_mut(&mut self.runs).is_none() {
-            self.runs = Arc::new(Vec::with_capacity(lengths.len()));
+            self.runs = Arc::new(Vec::with_capacity(batch));
         }
         let runs = Arc::get_mut(&mut self.runs).expect("unshared");
         runs.clear();
         self.ranges.clear();
-        for &l in lengths {
-            let (lo, len) = (runs.len(), l as usize);
+        for b in 0..batch {
+            let (lo, len) = (runs.len(), len(b));
             if len > 0 {
                 let offset = if padding == Padding::Post { 0 } else { time - len };
                 runs.push(Run { offset, len });

@@ -133,3 +133,44 @@ fn onnx_warm_call_allocates_nothing() {
     assert_eq!(results[0].1, results[1].1);
     assert_ne!(results[1].1, results[2].1);
 }
+
+/// A stacked bidirectional PyTorch LSTM keeps the lengths' view and its lower layers' outputs in the
+/// workspace: a warm call allocates nothing (one thread), and skipping outputs changes none of the rest.
+#[test]
+fn torch_warm_call_allocates_nothing() {
+    use masked_rnn::torch::{TorchLstm, TorchLstmParams, TorchOutputs};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (t, b, i, h, layers) = (20, 5, 6, 11, 2);
+    let w = |n: usize, s: usize| {
+        (0..n).map(|k| (((k + s) * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.5).collect::<Vec<f32>>()
+    };
+    let sets: Vec<[Vec<f32>; 4]> = (0..layers * 2)
+        .map(|k| {
+            let inp = if k < 2 { i } else { 2 * h };
+            [w(4 * h * inp, k), w(4 * h * h, k + 10), w(4 * h, k + 20), w(4 * h, k + 30)]
+        })
+        .collect();
+    let params: Vec<TorchLstmParams<'_>> = sets
+        .iter()
+        .map(|[wi, wh, bi, bh]| TorchLstmParams { weight_ih: wi, weight_hh: wh, bias_ih: Some(bi), bias_hh: Some(bh) })
+        .collect();
+    let lstm = TorchLstm::new(i, h, layers, true, &params).unwrap();
+    let x = w(t * b * i, 3);
+    let lens = [20, 3, 17, 1, 9];
+    let (want, _) = lstm.forward_packed(&x, t, b, false, &lens, None, None, 1).unwrap();
+    let (mut y, mut hn, mut cn) = (vec![0.0; want.y.len()], vec![0.0; want.h_n.len()], vec![0.0; want.c_n.len()]);
+    let mut ws = Workspace::new();
+    let mut allocated = Vec::new();
+    for _ in 0..2 {
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let out = TorchOutputs { y: Some(&mut y), h_n: Some(&mut hn), c_n: Some(&mut cn) };
+        lstm.forward_packed_in(&x, t, b, false, &lens, None, None, out, 1, &mut ws).unwrap();
+        allocated.push(ALLOCATIONS.load(Ordering::Relaxed) - before);
+        assert_eq!((&y, &hn, &cn), (&want.y, &want.h_n, &want.c_n));
+    }
+    assert_eq!(allocated[1], 0, "a warm call allocated {} times", allocated[1]);
+    let mut only_h = vec![0.0; want.h_n.len()];
+    let out = TorchOutputs { h_n: Some(&mut only_h), ..Default::default() };
+    lstm.forward_packed_in(&x, t, b, false, &lens, None, None, out, 1, &mut ws).unwrap();
+    assert_eq!(only_h, want.h_n);
+}
