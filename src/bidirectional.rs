@@ -81,6 +81,34 @@ pub struct BidirectionalResult {
     pub c_b: Vec<f32>,
 }
 
+/// Caller buffers for [`KerasBidirectional::forward_in`], shaped as the fields of
+/// [`BidirectionalResult`]; `None` skips an output.
+#[derive(Debug, Default)]
+pub struct BidirectionalOutputs<'a> {
+    /// The merged output (every merge mode but [`MergeMode::None`]).
+    pub y: Option<&'a mut [f32]>,
+    /// Forward output ([`MergeMode::None`] only).
+    pub y_forward: Option<&'a mut [f32]>,
+    /// Backward output in original time order ([`MergeMode::None`] only).
+    pub y_backward: Option<&'a mut [f32]>,
+    /// Forward final `h` `[B, H]`.
+    pub h_f: Option<&'a mut [f32]>,
+    /// Forward final `c`.
+    pub c_f: Option<&'a mut [f32]>,
+    /// Backward final `h`.
+    pub h_b: Option<&'a mut [f32]>,
+    /// Backward final `c`.
+    pub c_b: Option<&'a mut [f32]>,
+}
+
+/// The caller's buffer, or the next scratch chunk (empty when the chunks are empty).
+fn or_scratch<'a>(v: Option<&'a mut [f32]>, scratch: &mut impl Iterator<Item = &'a mut [f32]>) -> &'a mut [f32] {
+    match v {
+        Some(v) => v,
+        None => scratch.next().unwrap_or(&mut []),
+    }
+}
+
 /// A Keras `Bidirectional` LSTM layer.
 #[derive(Clone, Debug)]
 pub struct KerasBidirectional {
@@ -158,62 +186,183 @@ impl KerasBidirectional {
         threads: usize,
     ) -> Result<(BidirectionalResult, ForwardStats)> {
         let state_len = self.check(x, view, initial)?;
-        let (b, t, i, h) = (view.batch(), view.time(), self.forward.weights().input_size(), self.forward.units());
-        let input = StridedInput { data: x, off: 0, sb: t * i, st: i };
+        let rows = view.batch() * if self.return_sequences { view.time() } else { 1 };
+        let h = self.forward.units();
+        let (merged, each) = if self.merge == MergeMode::None { (0, rows * h) } else { (rows * self.width(), 0) };
         let mut r = BidirectionalResult {
-            y: Vec::new(),
-            y_forward: Vec::new(),
-            y_backward: Vec::new(),
+            y: vec![0.0; merged],
+            y_forward: vec![0.0; each],
+            y_backward: vec![0.0; each],
             h_f: vec![0.0; state_len],
             c_f: vec![0.0; state_len],
             h_b: vec![0.0; state_len],
             c_b: vec![0.0; state_len],
         };
-        let seq_len = checked_product(&[b, t, h], "y")?;
-        // Sequence outputs: concat writes both halves of one buffer; the others get one buffer each.
-        let (mut ya, mut yb) = match (self.return_sequences, self.merge) {
-            (false, _) => (Vec::new(), Vec::new()),
-            (true, MergeMode::Concat) => (vec![0.0; 2 * seq_len], Vec::new()),
-            (true, _) => (vec![0.0; seq_len], vec![0.0; seq_len]),
+        let none = self.merge == MergeMode::None;
+        let out = BidirectionalOutputs {
+            y: (!none).then_some(&mut r.y[..]),
+            y_forward: none.then_some(&mut r.y_forward[..]),
+            y_backward: none.then_some(&mut r.y_backward[..]),
+            h_f: Some(&mut r.h_f),
+            c_f: Some(&mut r.c_f),
+            h_b: Some(&mut r.h_b),
+            c_b: Some(&mut r.c_b),
         };
-        let concat = self.merge == MergeMode::Concat;
-        let ya_buf = OutBuf::new(&mut ya);
-        let yb_buf = if concat { ya_buf } else { OutBuf::new(&mut yb) };
-        let w = if concat { 2 * h } else { h };
+        let stats = self.forward_in(x, view, initial, out, threads, &mut Workspace::new())?;
+        Ok((r, stats))
+    }
+
+    /// As [`forward`](Self::forward), into caller buffers (see [`BidirectionalOutputs`]) with
+    /// caller-owned scratch: a warm call with the same view and thread count allocates nothing.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) for buffers of the wrong length;
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for `y` with [`MergeMode::None`], or
+    /// `y_forward` / `y_backward` with another merge mode.
+    pub fn forward_in(
+        &self,
+        x: &[f32],
+        view: &SeqView,
+        initial: Option<BidirectionalState<'_>>,
+        out: BidirectionalOutputs<'_>,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<ForwardStats> {
+        let state_len = self.check(x, view, initial)?;
+        let (b, t, i, h) = (view.batch(), view.time(), self.forward.weights().input_size(), self.forward.units());
         let seq = self.return_sequences;
+        let rows = b * if seq { t } else { 1 };
+        let BidirectionalOutputs { y, y_forward, y_backward, h_f, c_f, h_b, c_b } = out;
+        let none = self.merge == MergeMode::None;
+        if none && y.is_some() {
+            return Err(Error::argument("merge mode None has no merged output y: use y_forward and y_backward"));
+        }
+        if !none && (y_forward.is_some() || y_backward.is_some()) {
+            return Err(Error::argument("y_forward and y_backward are the outputs of merge mode None only"));
+        }
+        let seq_len = checked_product(&[rows, h], "y")?;
+        if let Some(y) = &y {
+            check_len("y", y.len(), checked_product(&[rows, self.width()], "y")?)?;
+        }
+        for (name, v) in [("y_forward", &y_forward), ("y_backward", &y_backward)] {
+            if let Some(v) = v {
+                check_len(name, v.len(), seq_len)?;
+            }
+        }
+        for (name, v) in [("h_f", &h_f), ("c_f", &c_f), ("h_b", &h_b), ("c_b", &c_b)] {
+            if let Some(v) = v {
+                check_len(name, v.len(), state_len)?;
+            }
+        }
+        let Workspace { jobs, layers: [other, states], .. } = ws;
+        // Final states the caller does not want still feed the last outputs: scratch for them.
+        states.clear();
+        states.resize(4 * state_len, 0.0);
+        let mut scratch = states.chunks_exact_mut(state_len.max(1));
+        let h_f = or_scratch(h_f, &mut scratch);
+        let c_f = or_scratch(c_f, &mut scratch);
+        let h_b = or_scratch(h_b, &mut scratch);
+        let c_b = or_scratch(c_b, &mut scratch);
+        // Sequence outputs: concat writes both halves of y; sum, ave and mul write the forward direction
+        // into y and the backward one into scratch, merged below; None writes each to its own buffer.
+        let concat = self.merge == MergeMode::Concat;
+        let elementwise = !none && !concat;
+        other.clear();
+        if seq && elementwise && y.is_some() || !seq && !none {
+            other.resize(2 * seq_len, 0.0);
+        }
+        let (mut y, mut y_forward, mut y_backward) = (y, y_forward, y_backward);
+        let (ya, yb): (Option<OutBuf>, Option<OutBuf>) = match (seq, self.merge) {
+            (false, _) => (None, None),
+            (true, MergeMode::None) => {
+                (y_forward.as_deref_mut().map(OutBuf::new), y_backward.as_deref_mut().map(OutBuf::new))
+            }
+            (true, MergeMode::Concat) => {
+                let both = y.as_deref_mut().map(OutBuf::new);
+                (both, both)
+            }
+            (true, _) => match y.as_deref_mut() {
+                Some(y) => (Some(OutBuf::new(y)), Some(OutBuf::new(&mut other[..seq_len]))),
+                None => (None, None),
+            },
+        };
+        let w = if concat { 2 * h } else { h };
+        let input = StridedInput { data: x, off: 0, sb: t * i, st: i };
         let init_f = initial.map(|s| StateIn { h: s.h_f, c: s.c_f, off: 0, sb: h });
         let init_b = initial.map(|s| StateIn { h: s.h_b, c: s.c_b, off: 0, sb: h });
-        let state = |v: &mut Vec<f32>| StateOut { buf: OutBuf::new(v), off: 0, sb: h };
+        let state = |v: &mut [f32]| StateOut { buf: OutBuf::new(v), off: 0, sb: h };
         let jf = self.forward.job(
             input,
             view,
             init_f,
-            seq.then_some((ya_buf, 0, t * w, w, false)),
-            Some(state(&mut r.h_f)),
-            Some(state(&mut r.c_f)),
+            ya.map(|buf| (buf, 0, t * w, w, false)),
+            Some(state(&mut *h_f)),
+            Some(state(c_f)),
             threads,
         );
         let jb = self.backward.job(
             input,
             view,
             init_b,
-            seq.then_some((yb_buf, if concat { h } else { 0 }, t * w, w, true)),
-            Some(state(&mut r.h_b)),
-            Some(state(&mut r.c_b)),
+            yb.map(|buf| (buf, if concat { h } else { 0 }, t * w, w, true)),
+            Some(state(&mut *h_b)),
+            Some(state(c_b)),
             threads,
         );
         // The jobs write disjoint elements: different buffers, or the two halves of the concat buffer.
-        let [wf, wb] = &mut Workspace::new().jobs;
+        let [wf, wb] = jobs;
         let (sf, sb) = par_join(threads, || jf.run(wf), || jb.run(wb))?;
         let stats = sf?.merge(sb?);
         if !seq {
-            ya = vec![0.0; state_len];
-            yb = vec![0.0; state_len];
-            self.forward.write_last_output(view, &r.h_f, &mut ya);
-            self.backward.write_last_output(view, &r.h_b, &mut yb);
+            // Last outputs, [B, H] per direction.
+            if none {
+                if let Some(f) = y_forward {
+                    self.forward.write_last_output(view, h_f, f);
+                }
+                if let Some(bk) = y_backward {
+                    self.backward.write_last_output(view, h_b, bk);
+                }
+            } else {
+                let (fa, ba) = other.split_at_mut(seq_len);
+                self.forward.write_last_output(view, h_f, fa);
+                self.backward.write_last_output(view, h_b, ba);
+                if let Some(y) = y {
+                    self.merge_rows(y, fa, ba, rows);
+                }
+            }
+        } else if elementwise {
+            if let Some(y) = y {
+                self.merge_in_place(y, &other[..seq_len]);
+            }
         }
-        self.merge_into(&mut r, ya, yb, b * if seq { t } else { 1 });
-        Ok((r, stats))
+        Ok(stats)
+    }
+
+    /// `y[k] = op(y[k], b[k])` for sum, ave and mul: `y` holds the forward direction (the operand order of
+    /// [`forward_reference`](Self::forward_reference)).
+    fn merge_in_place(&self, y: &mut [f32], b: &[f32]) {
+        for (a, &b) in y.iter_mut().zip(b) {
+            *a = match self.merge {
+                MergeMode::Sum => *a + b,
+                MergeMode::Ave => (*a + b) / 2.0,
+                MergeMode::Mul => *a * b,
+                MergeMode::Concat | MergeMode::None => unreachable!("elementwise merges only"),
+            };
+        }
+    }
+
+    /// `y` (rows of the merged width) from the directions' rows `fa`, `ba` of `H`.
+    fn merge_rows(&self, y: &mut [f32], fa: &[f32], ba: &[f32], rows: usize) {
+        let h = self.forward.units();
+        if self.merge == MergeMode::Concat {
+            for k in 0..rows {
+                y[2 * k * h..(2 * k + 1) * h].copy_from_slice(&fa[k * h..(k + 1) * h]);
+                y[(2 * k + 1) * h..(2 * k + 2) * h].copy_from_slice(&ba[k * h..(k + 1) * h]);
+            }
+        } else {
+            y.copy_from_slice(fa);
+            self.merge_in_place(y, ba);
+        }
     }
 
     /// The same layer on the [reference](mod@crate::reference) implementation.

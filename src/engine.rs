@@ -256,7 +256,8 @@ pub struct Workspace {
     pub(crate) state: Vec<f32>,
     /// The ONNX operator's and PyTorch's view of the lengths, rebuilt in place each call.
     pub(crate) view: SeqView,
-    /// PyTorch stacks: the outputs of the layers below the last, alternating.
+    /// PyTorch stacks: the outputs of the layers below the last, alternating; Keras `Bidirectional`: the
+    /// backward output before an elementwise merge, and final states the caller did not ask for.
     pub(crate) layers: [Vec<f32>; 2],
 }
 

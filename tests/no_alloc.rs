@@ -174,3 +174,73 @@ fn torch_warm_call_allocates_nothing() {
     lstm.forward_packed_in(&x, t, b, false, &lens, None, None, out, 1, &mut ws).unwrap();
     assert_eq!(only_h, want.h_n);
 }
+
+/// Keras `Bidirectional` into caller buffers: every merge mode, with and without sequences, equals the
+/// owned `forward` bit for bit, a warm call allocates nothing, and misplaced outputs are errors.
+#[test]
+fn bidirectional_warm_call_allocates_nothing() {
+    use masked_rnn::bidirectional::{BidirectionalOutputs, KerasBidirectional, MergeMode};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (b, t, i, h) = (5, 13, 4, 9);
+    let w = |n: usize, s: usize| {
+        (0..n).map(|k| (((k + s) * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.5).collect::<Vec<f32>>()
+    };
+    let weights = |s: usize| {
+        LstmWeights::from_keras(i, h, &w(i * 4 * h, s), &w(h * 4 * h, s + 1), Some(&w(4 * h, s + 2))).unwrap()
+    };
+    let x = w(b * t * i, 9);
+    let view = SeqView::from_lengths(&[13, 0, 4, 1, 9], t, Padding::Post).unwrap();
+    for merge in [MergeMode::Concat, MergeMode::Sum, MergeMode::Ave, MergeMode::Mul, MergeMode::None] {
+        for seq in [true, false] {
+            let layer =
+                KerasBidirectional::new(weights(1), weights(5), KerasLstmOptions::default(), merge, seq).unwrap();
+            let (want, _) = layer.forward(&x, &view, None, 1).unwrap();
+            let mut got = want.clone();
+            for v in [
+                &mut got.y,
+                &mut got.y_forward,
+                &mut got.y_backward,
+                &mut got.h_f,
+                &mut got.c_f,
+                &mut got.h_b,
+                &mut got.c_b,
+            ] {
+                v.fill(f32::NAN);
+            }
+            let mut ws = Workspace::new();
+            let mut allocated = Vec::new();
+            for _ in 0..2 {
+                let none = merge == MergeMode::None;
+                let out = BidirectionalOutputs {
+                    y: (!none).then_some(&mut got.y[..]),
+                    y_forward: none.then_some(&mut got.y_forward[..]),
+                    y_backward: none.then_some(&mut got.y_backward[..]),
+                    h_f: None, // the last outputs still need it: scratch
+                    c_f: Some(&mut got.c_f),
+                    h_b: Some(&mut got.h_b),
+                    c_b: None,
+                };
+                let before = ALLOCATIONS.load(Ordering::Relaxed);
+                layer.forward_in(&x, &view, None, out, 1, &mut ws).unwrap();
+                allocated.push(ALLOCATIONS.load(Ordering::Relaxed) - before);
+            }
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            for (g, e, name) in [
+                (&got.y, &want.y, "y"),
+                (&got.y_forward, &want.y_forward, "y_forward"),
+                (&got.y_backward, &want.y_backward, "y_backward"),
+                (&got.c_f, &want.c_f, "c_f"),
+                (&got.h_b, &want.h_b, "h_b"),
+            ] {
+                assert_eq!(bits(g), bits(e), "{merge:?} sequences {seq}: {name}");
+            }
+            assert_eq!(allocated[1], 0, "{merge:?} sequences {seq}: a warm call allocated {} times", allocated[1]);
+            let misplaced = if merge == MergeMode::None {
+                BidirectionalOutputs { y: Some(&mut got.y_forward[..]), ..Default::default() }
+            } else {
+                BidirectionalOutputs { y_forward: Some(&mut got.h_f[..]), ..Default::default() }
+            };
+            assert!(layer.forward_in(&x, &view, None, misplaced, 1, &mut ws).is_err());
+        }
+    }
+}
