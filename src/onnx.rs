@@ -348,7 +348,7 @@ impl OnnxLstm {
                 check_len("sequence_lens", l.len(), b)?;
                 view.assign_i32_lengths(l, t, Padding::Post)?;
             }
-            None => *view = SeqView::full(b, t),
+            None => view.assign_full(b, t),
         }
         let view: &SeqView = view;
         let state_len = checked_product(&[d_n, b, h], "Y_h")?;

@@ -66,7 +66,7 @@ pub struct SeqView {
 impl Default for SeqView {
     /// No sequences, no time steps.
     fn default() -> Self {
-        Self::full(0, 0)
+        SeqView { runs: Arc::default(), ranges: Vec::new(), start: 0, time: 0 }
     }
 }
 
@@ -129,8 +129,9 @@ impl SeqView {
 
     /// Every step of every sequence valid.
     pub fn full(batch: usize, time: usize) -> Self {
-        let one = if time > 0 { vec![Run { offset: 0, len: time }] } else { vec![] };
-        Self::build(time, (0..batch).map(|_| one.clone()))
+        let mut v = Self::default();
+        v.assign_full(batch, time);
+        v
     }
 
     /// Sequences of the given lengths, padded at the end (`Post`) or at the front (`Pre`) of a `time` axis.
@@ -138,17 +139,9 @@ impl SeqView {
     /// # Errors
     /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) if a length exceeds `time`.
     pub fn from_lengths(lengths: &[usize], time: usize, padding: Padding) -> Result<Self> {
-        if let Some((b, &l)) = lengths.iter().enumerate().find(|(_, &l)| l > time) {
-            return Err(Error::argument(format!("length {l} of sequence {b} exceeds the time dimension {time}")));
-        }
-        Ok(Self::build(
-            time,
-            lengths.iter().map(|&len| match (len, padding) {
-                (0, _) => vec![],
-                (_, Padding::Post) => vec![Run { offset: 0, len }],
-                (_, Padding::Pre) => vec![Run { offset: time - len, len }],
-            }),
-        ))
+        let mut v = Self::default();
+        v.assign_lengths(lengths, time, padding)?;
+        Ok(v)
     }
 
     /// As [`from_lengths`](Self::from_lengths) with `i32` lengths, as ONNX `sequence_lens` and the C ABI give them.
@@ -156,13 +149,9 @@ impl SeqView {
     /// # Errors
     /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for a negative length or one past `time`.
     pub fn from_i32_lengths(lengths: &[i32], time: usize, padding: Padding) -> Result<Self> {
-        let mut ls = Vec::with_capacity(lengths.len());
-        for (b, &l) in lengths.iter().enumerate() {
-            let l =
-                usize::try_from(l).map_err(|_| Error::argument(format!("length {l} of sequence {b} is negative")))?;
-            ls.push(l);
-        }
-        Self::from_lengths(&ls, time, padding)
+        let mut v = Self::default();
+        v.assign_i32_lengths(lengths, time, padding)?;
+        Ok(v)
     }
 
     /// Makes this view [`from_i32_lengths`](Self::from_i32_lengths)`(lengths, time, padding)`, reusing its
@@ -190,6 +179,11 @@ impl SeqView {
         self.assign_with(lengths.len(), |b| lengths[b], time, padding)
     }
 
+    /// [`full`](Self::full) in place.
+    pub(crate) fn assign_full(&mut self, batch: usize, time: usize) {
+        self.fill(batch, |_| time, time, Padding::Post);
+    }
+
     fn assign_with(&mut self, batch: usize, len: impl Fn(usize) -> usize, time: usize, padding: Padding) -> Result<()> {
         if let Some(b) = (0..batch).find(|&b| len(b) > time) {
             return Err(Error::argument(format!(
@@ -197,12 +191,20 @@ impl SeqView {
                 len(b)
             )));
         }
+        self.fill(batch, len, time, padding);
+        Ok(())
+    }
+
+    /// Rebuilds the view from `batch` lengths, each at most `time`, in this view's memory when unshared.
+    fn fill(&mut self, batch: usize, len: impl Fn(usize) -> usize, time: usize, padding: Padding) {
         if Arc::get_mut(&mut self.runs).is_none() {
             self.runs = Arc::new(Vec::with_capacity(batch));
         }
         let runs = Arc::get_mut(&mut self.runs).expect("unshared");
         runs.clear();
+        runs.reserve(batch);
         self.ranges.clear();
+        self.ranges.reserve(batch);
         for b in 0..batch {
             let (lo, len) = (runs.len(), len(b));
             if len > 0 {
@@ -212,7 +214,6 @@ impl SeqView {
             self.ranges.push((lo, runs.len()));
         }
         (self.start, self.time) = (0, time);
-        Ok(())
     }
 
     /// From a boolean mask `[batch, time]` (`true` = valid). Holes are allowed.

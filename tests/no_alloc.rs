@@ -132,6 +132,14 @@ fn onnx_warm_call_allocates_nothing() {
     assert_eq!(results[2].0, 0, "a warm call with permuted lengths allocated {} times", results[2].0);
     assert_eq!(results[0].1, results[1].1);
     assert_ne!(results[1].1, results[2].1);
+    // Without sequence_lens (every step valid) the view is rebuilt in place too.
+    for round in 0..2 {
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let out = OnnxOutputs { y: Some(&mut y), y_h: Some(&mut yh), y_c: Some(&mut yc) };
+        layer.forward_in(&x, t, b, None, None, None, out, 1, &mut ws).unwrap();
+        let n = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        assert!(round == 0 || n == 0, "a warm call without sequence_lens allocated {n} times");
+    }
 }
 
 /// A stacked bidirectional PyTorch LSTM keeps the lengths' view and its lower layers' outputs in the
