@@ -408,47 +408,14 @@ impl KerasBidirectional {
         } else {
             (f.last_output, bw.last_output)
         };
-        let mut r = BidirectionalResult {
-            y: Vec::new(),
-            y_forward: Vec::new(),
-            y_backward: Vec::new(),
-            h_f: f.h_n,
-            c_f: f.c_n,
-            h_b: bw.h_n,
-            c_b: bw.c_n,
-        };
         let rows = b * if self.return_sequences { t } else { 1 };
-        if self.merge == MergeMode::Concat {
-            let mut y = Vec::with_capacity(2 * ya.len());
-            for k in 0..rows {
-                y.extend_from_slice(&ya[k * h..(k + 1) * h]);
-                y.extend_from_slice(&yb[k * h..(k + 1) * h]);
-            }
-            r.y = y;
+        let (y, y_forward, y_backward) = if self.merge == MergeMode::None {
+            (Vec::new(), ya, yb)
         } else {
-            self.merge_into(&mut r, ya, yb, rows);
-        }
-        Ok(r)
-    }
-
-    /// Merges per-direction outputs of `rows` rows of `H` (concat on the fast path is already merged in
-    /// `ya`, `2H` per row).
-    fn merge_into(&self, r: &mut BidirectionalResult, ya: Vec<f32>, yb: Vec<f32>, rows: usize) {
-        let h = self.forward.units();
-        r.y = match self.merge {
-            MergeMode::None => {
-                r.y_forward = ya;
-                r.y_backward = yb;
-                Vec::new()
-            }
-            MergeMode::Concat if ya.len() == 2 * rows * h => ya,
-            MergeMode::Concat => {
-                (0..rows).flat_map(|k| ya[k * h..(k + 1) * h].iter().chain(&yb[k * h..(k + 1) * h]).copied()).collect()
-            }
-            MergeMode::Sum => ya.iter().zip(&yb).map(|(a, b)| a + b).collect(),
-            MergeMode::Ave => ya.iter().zip(&yb).map(|(a, b)| (a + b) / 2.0).collect(),
-            MergeMode::Mul => ya.iter().zip(&yb).map(|(a, b)| a * b).collect(),
+            let mut y = vec![0.0; rows * self.width()];
+            self.merge_rows(&mut y, &ya, &yb, rows);
+            (y, Vec::new(), Vec::new())
         };
-        debug_assert!(self.merge == MergeMode::None || r.y.len() == rows * self.width());
+        Ok(BidirectionalResult { y, y_forward, y_backward, h_f: f.h_n, c_f: f.c_n, h_b: bw.h_n, c_b: bw.c_n })
     }
 }
