@@ -797,9 +797,26 @@ impl Job<'_> {
 
 /// Clears `v` and makes room for exactly `n` elements when it has less (no amortised doubling, so the
 /// workspace stays within [`Job::scratch_bound`]).
-fn clear_reserve<T>(v: &mut Vec<T>, n: usize) {
+pub(crate) fn clear_reserve<T>(v: &mut Vec<T>, n: usize) {
     v.clear();
     v.reserve_exact(n);
+}
+
+/// The initial `(h, c)` of a job: `None` when neither is given; a missing half reads `len` zeros kept
+/// in `zeros` (the ONNX and PyTorch default).
+pub(crate) fn initial_pair<'a>(
+    h0: Option<&'a [f32]>,
+    c0: Option<&'a [f32]>,
+    zeros: &'a mut Vec<f32>,
+    len: usize,
+) -> Option<(&'a [f32], &'a [f32])> {
+    zeros.clear();
+    zeros.resize(if h0.is_some() != c0.is_some() { len } else { 0 }, 0.0);
+    let zeros: &[f32] = zeros;
+    match (h0, c0) {
+        (None, None) => None,
+        _ => Some((h0.unwrap_or(zeros), c0.unwrap_or(zeros))),
+    }
 }
 
 /// Deals rows (sorted by decreasing length) to the chunks, each to the chunk with the least work so far;

@@ -3,7 +3,7 @@
 use crate::activation::Activation;
 use crate::cell::CellSpec;
 use crate::engine::{
-    EmptyState, Fill, ForwardStats, Job, OutBuf, Schedule, SeqIn, SeqOut, StateIn, StateOut, Workspace,
+    clear_reserve, EmptyState, Fill, ForwardStats, Job, OutBuf, Schedule, SeqIn, SeqOut, StateIn, StateOut, Workspace,
 };
 use crate::error::{check_len, checked_product, Result};
 use crate::kernel::{self, Backend};
@@ -228,8 +228,7 @@ impl KerasLstm {
         let h_n: Option<&mut [f32]> = match (h_n, last_output.is_some()) {
             (Some(h), _) => Some(h),
             (None, true) => {
-                state.clear();
-                state.reserve_exact(state_len); // exactly: workspace_bytes counts B x H floats
+                clear_reserve(state, state_len); // exactly: workspace_bytes counts B x H floats
                 state.resize(state_len, 0.0);
                 Some(&mut state[..])
             }

@@ -11,7 +11,8 @@
 use crate::activation::Activation;
 use crate::cell::CellSpec;
 use crate::engine::{
-    par_join, EmptyState, Fill, ForwardStats, Job, OutBuf, Schedule, SeqIn, SeqOut, StateIn, StateOut, Workspace,
+    initial_pair, par_join, EmptyState, Fill, ForwardStats, Job, OutBuf, Schedule, SeqIn, SeqOut, StateIn, StateOut,
+    Workspace,
 };
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::kernel::{self, Backend};
@@ -366,14 +367,7 @@ impl OnnxLstm {
                 check_len(name, s.len(), state_len)?;
             }
         }
-        // A missing initial state half is zeros (ONNX default).
-        zeros.clear();
-        zeros.resize(if initial_h.is_some() != initial_c.is_some() { state_len } else { 0 }, 0.0);
-        let zeros: &[f32] = zeros;
-        let init = match (initial_h, initial_c) {
-            (None, None) => None,
-            (h0, c0) => Some((h0.unwrap_or(zeros), c0.unwrap_or(zeros))),
-        };
+        let init = initial_pair(initial_h, initial_c, zeros, state_len);
         let (xs, ys, ss) = self.strides(t, b);
         let y_buf = y.map(OutBuf::new);
         let h_buf = y_h.map(OutBuf::new);

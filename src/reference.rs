@@ -32,7 +32,12 @@ pub enum Rounding {
 impl Rounding {
     /// The rounding of a backend.
     pub fn of(backend: &crate::kernel::Backend) -> Self {
-        if backend.fused_multiply_add {
+        Self::fused_if(backend.fused_multiply_add)
+    }
+
+    /// [`Fused`](Rounding::Fused) if `fused`, else [`Separate`](Rounding::Separate).
+    pub(crate) const fn fused_if(fused: bool) -> Self {
+        if fused {
             Rounding::Fused
         } else {
             Rounding::Separate

@@ -7,7 +7,8 @@
 
 use crate::cell::CellSpec;
 use crate::engine::{
-    par_join, EmptyState, Fill, ForwardStats, Job, OutBuf, Schedule, SeqIn, SeqOut, StateIn, StateOut, Workspace,
+    initial_pair, par_join, EmptyState, Fill, ForwardStats, Job, OutBuf, Schedule, SeqIn, SeqOut, StateIn, StateOut,
+    Workspace,
 };
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::kernel::{self, Backend};
@@ -213,13 +214,7 @@ impl TorchLstm {
         let Workspace { jobs, state: zeros, view, layers } = ws;
         view.assign_lengths(lengths, t, Padding::Post)?;
         let view: &SeqView = view;
-        zeros.clear();
-        zeros.resize(if h0.is_some() != c0.is_some() { state_len } else { 0 }, 0.0);
-        let zeros: &[f32] = zeros;
-        let init = match (h0, c0) {
-            (None, None) => None,
-            _ => Some((h0.unwrap_or(zeros), c0.unwrap_or(zeros))),
-        };
+        let init = initial_pair(h0, c0, zeros, state_len);
         let (h_buf, c_buf) = (h_n.map(OutBuf::new), c_n.map(OutBuf::new));
         let mut stats = ForwardStats::default();
         let [below, above] = layers;

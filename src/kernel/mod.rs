@@ -172,7 +172,7 @@ pub(crate) mod tests {
         let xs: Vec<f32> = (-40_000..=40_000).map(|i| i as f32 * 2.5e-3).chain(specials).collect();
         let extra = [Activation::HARD_SIGMOID_KERAS3, Activation::ScaledTanh { alpha: 1.7, beta: 0.6 }];
         let mut buf = vec![0.0f32; S::LANES];
-        let rounding = if S::FUSED { Rounding::Fused } else { Rounding::Separate };
+        let rounding = Rounding::fused_if(S::FUSED);
         for a in acts.chain(extra) {
             for chunk in xs.chunks(S::LANES) {
                 buf.fill(0.0);

@@ -471,7 +471,7 @@ pub(crate) unsafe fn activate_slice<S: Simd>(a: Activation, xs: &mut [f32]) {
         unsafe { S::act(a, S::load(c.as_ptr())).store(c.as_mut_ptr()) };
     }
     for v in chunks.into_remainder() {
-        *v = a.apply_rounded(*v, if S::FUSED { Rounding::Fused } else { Rounding::Separate });
+        *v = a.apply_rounded(*v, Rounding::fused_if(S::FUSED));
     }
 }
 
