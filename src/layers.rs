@@ -75,11 +75,16 @@ impl MaskedSeq {
     /// The window as a dense `[B, T, F]` vector.
     pub fn to_vec(&self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.batch() * self.time() * self.features);
+        self.extend_window(&mut out);
+        out
+    }
+
+    /// Appends the window, dense `[B, T, F]`, to `out`.
+    fn extend_window(&self, out: &mut Vec<f32>) {
         for b in 0..self.batch() {
             let o = (b * self.stored_time + self.t_off) * self.features;
             out.extend_from_slice(&self.data[o..o + self.time() * self.features]);
         }
-        out
     }
 
     /// Time steps `[a, b)`: the view is shifted and the storage shared; nothing is copied but the O(B)
@@ -161,15 +166,27 @@ struct StackScratch {
 const POOL_BUFFERS: usize = 4;
 
 impl StackScratch {
-    /// A buffer of `n` elements with unspecified contents (the caller overwrites every element): the
-    /// smallest pooled one that fits, else the largest one grown, else a new one.
+    /// A buffer of `n` elements with unspecified contents (the caller overwrites every element).
     fn take(&mut self, n: usize) -> Vec<f32> {
+        let mut v = self.pick(n);
+        v.resize(n, 0.0);
+        v
+    }
+
+    /// An empty buffer with room for `n` elements.
+    fn take_empty(&mut self, n: usize) -> Vec<f32> {
+        let mut v = self.pick(n);
+        v.clear();
+        v.reserve(n);
+        v
+    }
+
+    /// The smallest pooled buffer with room for `n`, else the largest one, else a new one.
+    fn pick(&mut self, n: usize) -> Vec<f32> {
         let fit =
             (0..self.pool.len()).filter(|&k| self.pool[k].capacity() >= n).min_by_key(|&k| self.pool[k].capacity());
         let pick = fit.or_else(|| (0..self.pool.len()).max_by_key(|&k| self.pool[k].capacity()));
-        let mut v = pick.map(|k| self.pool.swap_remove(k)).unwrap_or_default();
-        v.resize(n, 0.0);
-        v
+        pick.map(|k| self.pool.swap_remove(k)).unwrap_or_default()
     }
 
     /// Takes `seq`'s storage back if nothing else holds it.
@@ -255,11 +272,8 @@ impl Sequential {
             let next = match layer {
                 Layer::Masking { mask_value, mode } => {
                     let (b, t, f) = (cur.batch(), cur.time(), cur.features());
-                    let mut x = scratch.take(checked_product(&[b, t, f], "x")?);
-                    for (s, dst) in x.chunks_exact_mut((t * f).max(1)).enumerate().take(b) {
-                        let o = (s * cur.stored_time + cur.t_off) * f;
-                        dst.copy_from_slice(&cur.data[o..o + t * f]);
-                    }
+                    let mut x = scratch.take_empty(checked_product(&[b, t, f], "x")?);
+                    cur.extend_window(&mut x);
                     let mut mask = vec![false; b * t];
                     mask_from_values(&x, b, t, f, *mask_value, *mode, &mut mask)?;
                     for (row, &valid) in x.chunks_exact_mut(f.max(1)).zip(&mask) {
