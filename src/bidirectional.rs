@@ -267,9 +267,12 @@ impl KerasBidirectional {
         // into y and the backward one into scratch, merged below; None writes each to its own buffer.
         let concat = self.merge == MergeMode::Concat;
         let elementwise = !none && !concat;
+        // Scratch: the backward sequence before an elementwise merge, or both directions' last outputs.
         other.clear();
-        if seq && elementwise && y.is_some() || !seq && !none {
-            other.resize(2 * seq_len, 0.0);
+        match (seq, elementwise && y.is_some(), none) {
+            (true, true, _) => other.resize(seq_len, 0.0),
+            (false, _, false) => other.resize(2 * seq_len, 0.0),
+            _ => {}
         }
         let (mut y, mut y_forward, mut y_backward) = (y, y_forward, y_backward);
         let (ya, yb): (Option<OutBuf>, Option<OutBuf>) = match (seq, self.merge) {
