@@ -1,18 +1,32 @@
 //! A reused workspace makes a forward call allocation-free (on the calling thread).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 use masked_rnn::{KerasLstm, KerasLstmOptions, KerasOutputs, LstmWeights, Padding, SeqView, Workspace};
 
 struct Counting;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// Allocations made by this thread. Counted per thread: the test harness's own threads allocate
+    /// (output capture, results) while a test runs, and every measured call runs on one thread.
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Allocations this thread has made so far.
+fn allocations() -> usize {
+    ALLOCATIONS.with(Cell::get)
+}
+
+fn count() {
+    // `try_with`: a thread being torn down has no counter left, and needs none.
+    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+}
 
 // SAFETY: forwards to the system allocator, only counting.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
@@ -21,7 +35,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -30,12 +44,8 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// The allocation counter is global: tests of this file run one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 #[test]
 fn second_call_with_a_workspace_allocates_nothing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (b, t, i, h) = (9, 40, 7, 37);
     let w = |n: usize, s: f32| (0..n).map(|k| ((k * 7919 % 1000) as f32 / 1000.0 - 0.5) * s).collect::<Vec<f32>>();
     let weights = LstmWeights::from_keras(i, h, &w(i * 4 * h, 0.5), &w(h * 4 * h, 0.5), Some(&w(4 * h, 0.1))).unwrap();
@@ -48,14 +58,14 @@ fn second_call_with_a_workspace_allocates_nothing() {
     let mut first = Vec::new();
     let mut during = usize::MAX;
     for round in 0..2 {
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let before = allocations();
         let out =
             KerasOutputs { y: Some(&mut y), last_output: Some(&mut last), h_n: Some(&mut hn), c_n: Some(&mut cn) };
         layer.forward_in(&x, &view, None, out, 1, &mut ws).unwrap();
         if round == 0 {
             first = y.clone();
         } else {
-            during = ALLOCATIONS.load(Ordering::Relaxed) - before;
+            during = allocations() - before;
         }
     }
     assert_eq!(during, 0, "a forward call with a warm workspace allocated {during} times");
@@ -67,7 +77,6 @@ fn second_call_with_a_workspace_allocates_nothing() {
 /// schedules; the bound is the documented one (state, one projection tile per thread, small indices).
 #[test]
 fn workspace_bytes_bounds_a_fresh_workspace() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     use masked_rnn::Schedule;
     let mut seed = 12345u64;
     let mut next = |n: usize| {
@@ -113,7 +122,6 @@ fn workspace_bytes_bounds_a_fresh_workspace() {
 #[test]
 fn onnx_warm_call_allocates_nothing() {
     use masked_rnn::onnx::{Direction, OnnxLstm, OnnxLstmAttrs, OnnxOutputs};
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (t, b, i, h) = (30, 6, 5, 21);
     let w = |n: usize| (0..n).map(|k| ((k * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.4).collect::<Vec<f32>>();
     let attrs = OnnxLstmAttrs::new(h, Direction::Bidirectional);
@@ -123,10 +131,10 @@ fn onnx_warm_call_allocates_nothing() {
     let mut ws = Workspace::new();
     let mut results = Vec::new();
     for lens in [[30, 0, 7, 12, 1, 30], [30, 0, 7, 12, 1, 30], [1, 30, 12, 0, 30, 7]] {
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let before = allocations();
         let out = OnnxOutputs { y: Some(&mut y), y_h: Some(&mut yh), y_c: Some(&mut yc) };
         layer.forward_in(&x, t, b, Some(&lens), None, None, out, 1, &mut ws).unwrap();
-        results.push((ALLOCATIONS.load(Ordering::Relaxed) - before, y.clone()));
+        results.push((allocations() - before, y.clone()));
     }
     assert_eq!(results[1].0, 0, "a warm call with the same lengths allocated {} times", results[1].0);
     assert_eq!(results[2].0, 0, "a warm call with permuted lengths allocated {} times", results[2].0);
@@ -134,10 +142,10 @@ fn onnx_warm_call_allocates_nothing() {
     assert_ne!(results[1].1, results[2].1);
     // Without sequence_lens (every step valid) the view is rebuilt in place too.
     for round in 0..2 {
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let before = allocations();
         let out = OnnxOutputs { y: Some(&mut y), y_h: Some(&mut yh), y_c: Some(&mut yc) };
         layer.forward_in(&x, t, b, None, None, None, out, 1, &mut ws).unwrap();
-        let n = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        let n = allocations() - before;
         assert!(round == 0 || n == 0, "a warm call without sequence_lens allocated {n} times");
     }
 }
@@ -147,7 +155,6 @@ fn onnx_warm_call_allocates_nothing() {
 #[test]
 fn torch_warm_call_allocates_nothing() {
     use masked_rnn::torch::{TorchLstm, TorchLstmParams, TorchOutputs};
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (t, b, i, h, layers) = (20, 5, 6, 11, 2);
     let w = |n: usize, s: usize| {
         (0..n).map(|k| (((k + s) * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.5).collect::<Vec<f32>>()
@@ -170,10 +177,10 @@ fn torch_warm_call_allocates_nothing() {
     let mut ws = Workspace::new();
     let mut allocated = Vec::new();
     for _ in 0..2 {
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let before = allocations();
         let out = TorchOutputs { y: Some(&mut y), h_n: Some(&mut hn), c_n: Some(&mut cn) };
         lstm.forward_packed_in(&x, t, b, false, &lens, None, None, out, 1, &mut ws).unwrap();
-        allocated.push(ALLOCATIONS.load(Ordering::Relaxed) - before);
+        allocated.push(allocations() - before);
         assert_eq!((&y, &hn, &cn), (&want.y, &want.h_n, &want.c_n));
     }
     assert_eq!(allocated[1], 0, "a warm call allocated {} times", allocated[1]);
@@ -188,7 +195,6 @@ fn torch_warm_call_allocates_nothing() {
 #[test]
 fn bidirectional_warm_call_allocates_nothing() {
     use masked_rnn::bidirectional::{BidirectionalOutputs, KerasBidirectional, MergeMode};
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (b, t, i, h) = (5, 13, 4, 9);
     let w = |n: usize, s: usize| {
         (0..n).map(|k| (((k + s) * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.5).collect::<Vec<f32>>()
@@ -228,9 +234,9 @@ fn bidirectional_warm_call_allocates_nothing() {
                     h_b: Some(&mut got.h_b),
                     c_b: None,
                 };
-                let before = ALLOCATIONS.load(Ordering::Relaxed);
+                let before = allocations();
                 layer.forward_in(&x, &view, None, out, 1, &mut ws).unwrap();
-                allocated.push(ALLOCATIONS.load(Ordering::Relaxed) - before);
+                allocated.push(allocations() - before);
             }
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             for (g, e, name) in [
