@@ -9,10 +9,10 @@
 // `byte % n == 0` reads as "one case in n" here.
 #![allow(clippy::manual_is_multiple_of)]
 
-use crate::activation::Activation;
-use crate::keras::{InitialState, KerasLstm, KerasLstmOptions, KerasOutputs};
+use crate::cells::activation::Activation;
+use crate::cells::weights::LstmWeights;
+use crate::frameworks::keras::{InitialState, KerasLstm, KerasLstmOptions, KerasOutputs};
 use crate::view::{Padding, SeqView};
-use crate::weights::LstmWeights;
 
 /// Reads values from fuzz bytes; past the end it yields zeros, so every input is a valid case.
 #[derive(Debug)]
@@ -280,7 +280,7 @@ pub fn seq_view(data: &[u8]) -> Result<(), String> {
 /// A random ONNX LSTM node and its inputs.
 pub struct OnnxCase {
     /// The node.
-    pub node: crate::onnx::OnnxLstm,
+    pub node: crate::frameworks::onnx::OnnxLstm,
     /// `X` in the node's layout.
     pub x: Vec<f32>,
     /// `seq_length`.
@@ -303,7 +303,7 @@ impl OnnxCase {
 
     /// Builds a case from fuzz bytes, with the node packed for `backend`.
     pub fn from_bytes_on(data: &[u8], backend: &'static crate::kernel::Backend) -> OnnxCase {
-        use crate::onnx::{Direction, Layout, OnnxLstm, OnnxLstmAttrs};
+        use crate::frameworks::onnx::{Direction, Layout, OnnxLstm, OnnxLstmAttrs};
         let mut r = ByteReader::new(data);
         let (t, b, i) = (r.below(10), r.below(6), r.below(5));
         let h = if r.bool() { EDGE_HIDDEN[r.below(EDGE_HIDDEN.len())] } else { 1 + r.below(20) };
@@ -362,7 +362,7 @@ impl OnnxCase {
     }
 
     /// Runs the fast path.
-    pub fn run(&self, threads: usize) -> crate::Result<(crate::onnx::OnnxResult, crate::ForwardStats)> {
+    pub fn run(&self, threads: usize) -> crate::Result<(crate::frameworks::onnx::OnnxResult, crate::ForwardStats)> {
         self.node.forward_all(
             &self.x,
             self.seq_length,
@@ -384,7 +384,7 @@ pub fn onnx_equals_reference(data: &[u8]) -> Result<(), String> {
 
 /// [`onnx_equals_reference`] on a given backend.
 pub fn onnx_equals_reference_on(data: &[u8], backend: &'static crate::kernel::Backend) -> Result<(), String> {
-    use crate::onnx::Layout;
+    use crate::frameworks::onnx::Layout;
     let case = OnnxCase::from_bytes_on(data, backend);
     let err = |e: crate::Error| e.to_string();
     let expected = case
@@ -451,7 +451,7 @@ fn keras_weights(r: &mut ByteReader<'_>, input: usize, hidden: usize) -> LstmWei
 /// output flipped, then merged), computes each valid step once per direction, and does not depend on the
 /// thread count.
 pub fn bidirectional_equals_reference(data: &[u8]) -> Result<(), String> {
-    use crate::bidirectional::{BidirectionalState, KerasBidirectional, MergeMode};
+    use crate::frameworks::bidirectional::{BidirectionalState, KerasBidirectional, MergeMode};
     let mut r = ByteReader::new(data);
     let (b, t, i) = (r.below(6), r.below(11), r.below(5));
     let h = if r.bool() { EDGE_HIDDEN[r.below(EDGE_HIDDEN.len())] } else { 1 + r.below(12) };
@@ -501,7 +501,7 @@ pub fn bidirectional_equals_reference(data: &[u8]) -> Result<(), String> {
 /// Property: the PyTorch packed-sequence entry (stacked, bidirectional, unsorted lengths) equals its
 /// reference, computes each valid step once per layer and direction, and does not depend on threads.
 pub fn torch_equals_reference(data: &[u8]) -> Result<(), String> {
-    use crate::torch::{TorchLstm, TorchLstmParams};
+    use crate::frameworks::torch::{TorchLstm, TorchLstmParams};
     let mut r = ByteReader::new(data);
     let (t, b, i) = (1 + r.below(9), r.below(6), r.below(5));
     let h = if r.bool() { EDGE_HIDDEN[r.below(EDGE_HIDDEN.len())] } else { 1 + r.below(12) };

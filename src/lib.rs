@@ -33,28 +33,25 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-pub mod activation;
-pub mod bidirectional;
 pub mod capi;
-pub mod cell;
+pub mod cells;
 pub mod engine;
 pub mod error;
+pub mod frameworks;
+#[cfg(feature = "testing")]
 pub mod fuzzing;
-pub mod keras;
 pub mod kernel;
-pub mod layers;
-pub mod math;
-pub mod onnx;
 pub mod reference;
-pub mod torch;
 pub mod view;
-pub mod weights;
 
-pub use activation::{Activation, HardSigmoidFlavor};
-pub use cell::CellSpec;
+pub use cells::{activation, math, weights};
+pub use frameworks::{bidirectional, keras, onnx, sequential, torch};
+
+pub use cells::activation::{Activation, HardSigmoidFlavor};
+pub use cells::lstm::CellSpec;
+pub use cells::weights::LstmWeights;
 pub use engine::{ForwardStats, Schedule, Workspace};
 pub use error::{Error, ErrorKind, Result};
-pub use keras::{InitialState, KerasLstm, KerasLstmOptions, KerasOutputs};
-pub use layers::{masked_mae, masked_mse, unmasked_mae, Layer, LossValue, MaskedSeq, Sequential};
+pub use frameworks::keras::{InitialState, KerasLstm, KerasLstmOptions, KerasOutputs};
+pub use frameworks::sequential::{masked_mae, masked_mse, unmasked_mae, Layer, LossValue, MaskedSeq, Sequential};
 pub use view::{mask_from_values, MaskValueMode, Padding, Run, SeqView};
-pub use weights::LstmWeights;

@@ -23,24 +23,27 @@
 //! one-shot [`mrnn_lstm_keras`] and [`mrnn_lstm_onnx`] pack on every call and reuse a per-thread
 //! [`Workspace`] for their scratch memory.
 //!
-//! [`fuzz_capi`] drives these functions with arbitrary attributes and checks the contract.
+//! With the `testing` feature, `fuzz_capi` drives these functions with arbitrary attributes and checks the
+//! contract.
 
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::slice;
 
-use crate::activation::Activation;
+use crate::cells::activation::Activation;
+use crate::cells::weights::LstmWeights;
 use crate::engine::Workspace;
 use crate::error::{checked_product, Error, ErrorKind, Result};
-use crate::keras::{InitialState, KerasLstm, KerasLstmOptions, KerasOutputs};
-use crate::onnx::{Direction, Layout, OnnxLstm, OnnxLstmAttrs, OnnxOutputs};
+use crate::frameworks::keras::{InitialState, KerasLstm, KerasLstmOptions, KerasOutputs};
+use crate::frameworks::onnx::{Direction, Layout, OnnxLstm, OnnxLstmAttrs, OnnxOutputs};
 use crate::view::{mask_from_values, MaskValueMode, SeqView};
-use crate::weights::LstmWeights;
 
+#[cfg(feature = "testing")]
 mod fuzz;
 pub mod handle;
 
+#[cfg(feature = "testing")]
 pub use fuzz::fuzz_capi;
 pub use handle::{
     mrnn_keras_lstm_free, mrnn_keras_lstm_new, mrnn_keras_lstm_run, mrnn_onnx_lstm_free, mrnn_onnx_lstm_new,

@@ -2,9 +2,9 @@
 //! batch, on a chosen backend. `benches/lstm.rs` measures these per backend.
 
 use super::Backend;
-use crate::cell::CellSpec;
+use crate::cells::lstm::CellSpec;
+use crate::cells::weights::{LstmWeights, PackedLstm};
 use crate::error::Result;
-use crate::weights::{LstmWeights, PackedLstm};
 
 /// Weights and buffers for running one backend's kernels on `batch` rows.
 #[derive(Debug)]

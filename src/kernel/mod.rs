@@ -1,6 +1,6 @@
 //! The microkernel seam: everything the scheduler needs from an instruction set, as one function table.
 //!
-//! A [`Backend`] packs weights into its panel layout (blocks of `nb` lanes, see [`crate::weights`]) and
+//! A [`Backend`] packs weights into its panel layout (blocks of `nb` lanes, see [`crate::cells::weights`]) and
 //! provides two kernels:
 //! - `project`: `out[r] = x[rows[r]] · W` for gathered valid input rows (the input projection);
 //! - `step`: one recurrent step for the first `m` (active) rows: `z = (proj + h · R) + bias` (Keras'
@@ -15,10 +15,11 @@
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use crate::activation::Activation;
-use crate::cell::CellSpec;
-use crate::weights::PackedLstm;
+use crate::cells::activation::Activation;
+use crate::cells::lstm::CellSpec;
+use crate::cells::weights::PackedLstm;
 
+#[cfg(feature = "testing")]
 pub mod microbench;
 pub(crate) mod portable;
 pub(crate) mod simd;
@@ -161,7 +162,7 @@ pub fn available() -> Vec<&'static Backend> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::simd::Simd;
-    use crate::activation::Activation;
+    use crate::cells::activation::Activation;
     use crate::reference::Rounding;
 
     /// Lane-wise activations of `S` agree with the scalar definitions bit for bit.

@@ -13,8 +13,8 @@ use wide::{f32x8, i32x8};
 
 use super::simd::{self, Simd};
 use super::{Backend, CpuLevel};
-use crate::cell::CellSpec;
-use crate::weights::PackedLstm;
+use crate::cells::lstm::CellSpec;
+use crate::cells::weights::PackedLstm;
 
 /// The portable backend's function table.
 pub(crate) static BACKEND: Backend = Backend {
@@ -27,7 +27,7 @@ pub(crate) static BACKEND: Backend = Backend {
     activate,
 };
 
-fn activate(a: crate::activation::Activation, xs: &mut [f32]) {
+fn activate(a: crate::cells::activation::Activation, xs: &mut [f32]) {
     // SAFETY: f32x8 runs on every CPU.
     unsafe { simd::activate_slice::<f32x8>(a, xs) }
 }
@@ -109,7 +109,7 @@ unsafe impl Simd for f32x8 {
         cast((n.fast_trunc_int() + i32x8::splat(126)) << 23)
     }
     #[inline(always)]
-    unsafe fn act(a: crate::activation::Activation, x: Self) -> Self {
+    unsafe fn act(a: crate::cells::activation::Activation, x: Self) -> Self {
         // SAFETY: f32x8 runs on every CPU.
         unsafe { simd::act_lanes(a, x) }
     }
@@ -148,7 +148,7 @@ unsafe fn step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::activation::Activation;
+    use crate::cells::activation::Activation;
 
     /// Lane-wise activations agree with the scalar definitions bit for bit.
     #[test]

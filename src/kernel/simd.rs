@@ -9,16 +9,16 @@
 //! Every output element sees the same operation sequence whatever `MR`, the tile it falls in, or the
 //! number of rows, so results are independent of batch composition. Activations use only `+ - * /`,
 //! multiply-adds (fused where the backend fuses), compares, selects and exact bit operations, in the order
-//! of [`crate::math`], so every backend matches the scalar reference bit for bit (with the reference's
+//! of [`crate::cells::math`], so every backend matches the scalar reference bit for bit (with the reference's
 //! rounding mode set to the backend's).
 
 use std::ops::Range;
 
-use crate::activation::Activation;
-use crate::cell::CellSpec;
-use crate::math;
+use crate::cells::activation::Activation;
+use crate::cells::lstm::CellSpec;
+use crate::cells::math;
+use crate::cells::weights::PackedLstm;
 use crate::reference::Rounding;
-use crate::weights::PackedLstm;
 
 /// A vector of `f32` lanes.
 ///
@@ -46,7 +46,7 @@ pub(crate) unsafe trait Simd: Copy {
     unsafe fn mul(self, o: Self) -> Self;
     unsafe fn div(self, o: Self) -> Self;
     /// `self * a + b`, fused iff `FUSED`. Used by the GEMMs and the Horner steps of sigmoid and tanh
-    /// ([`crate::math`]), nowhere else.
+    /// ([`crate::cells::math`]), nowhere else.
     unsafe fn mul_add(self, a: Self, b: Self) -> Self;
     unsafe fn lt(self, o: Self) -> Self::Mask;
     unsafe fn gt(self, o: Self) -> Self::Mask;

@@ -11,9 +11,9 @@ use std::ops::Range;
 
 use super::simd::{self, Simd};
 use super::{Backend, CpuLevel};
-use crate::activation::Activation;
-use crate::cell::CellSpec;
-use crate::weights::PackedLstm;
+use crate::cells::activation::Activation;
+use crate::cells::lstm::CellSpec;
+use crate::cells::weights::PackedLstm;
 
 /// An AVX2 register of 8 floats.
 #[derive(Clone, Copy, Debug)]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, TryLockError};
 
 use crate::engine::{ForwardStats, Workspace};
 use crate::error::{check_len, checked_product, Error, Result};
-use crate::keras::{KerasLstm, KerasOutputs, StridedInput};
+use crate::frameworks::keras::{KerasLstm, KerasOutputs, StridedInput};
 use crate::view::{mask_from_values, MaskValueMode, SeqView};
 
 /// A padded batch `[B, T, F]` with its valid-step view. The time axis may be a window of a larger

@@ -5,7 +5,8 @@
 //! the engine sorts internally and never computes a padded step. Padded outputs are `0.0`. The reverse
 //! direction runs each sequence's valid part from its own last step, exactly like ONNX `reverse`.
 
-use crate::cell::CellSpec;
+use crate::cells::lstm::CellSpec;
+use crate::cells::weights::{LstmWeights, PackedLstm};
 use crate::engine::{
     initial_pair, par_join, EmptyState, Fill, ForwardStats, Job, OutBuf, Schedule, SeqIn, SeqOut, StateIn, StateOut,
     Workspace,
@@ -14,7 +15,6 @@ use crate::error::{check_len, checked_product, Error, Result};
 use crate::kernel::{self, Backend};
 use crate::reference;
 use crate::view::{Padding, SeqView};
-use crate::weights::{LstmWeights, PackedLstm};
 
 /// The parameters of one layer and direction, as PyTorch names them (`weight_ih_l{k}[_reverse]`, ...).
 #[derive(Clone, Copy, Debug)]
@@ -276,7 +276,8 @@ impl TorchLstm {
         let (t, b, h, d_n) = (seq_len, batch, self.hidden, self.dirs());
         let block = d_n * b * h;
         let zeros = vec![0.0; self.num_layers * block];
-        let mut cur = if batch_first { crate::onnx::swap_axes(x, b, t, self.input_size) } else { x.to_vec() };
+        let mut cur =
+            if batch_first { crate::frameworks::onnx::swap_axes(x, b, t, self.input_size) } else { x.to_vec() };
         let (mut h_n, mut c_n) = (Vec::new(), Vec::new());
         for l in 0..self.num_layers {
             let dirs: Vec<(&LstmWeights, &CellSpec, bool)> =
@@ -305,7 +306,7 @@ impl TorchLstm {
             h_n.extend(yh);
             c_n.extend(yc);
         }
-        let y = if batch_first { crate::onnx::swap_axes(&cur, t, b, d_n * h) } else { cur };
+        let y = if batch_first { crate::frameworks::onnx::swap_axes(&cur, t, b, d_n * h) } else { cur };
         Ok(TorchResult { y, h_n, c_n })
     }
 }

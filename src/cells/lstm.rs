@@ -11,7 +11,7 @@
 //! ```
 //! Keras: `f_act = recurrent_activation`, `g_act = h_act = activation`.
 
-use crate::activation::Activation;
+use crate::cells::activation::Activation;
 use crate::reference::Rounding;
 
 /// Activations and options of an LSTM cell (see the [module docs](self)).

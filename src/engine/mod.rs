@@ -25,11 +25,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
-use crate::cell::CellSpec;
+use crate::cells::lstm::CellSpec;
+use crate::cells::weights::PackedLstm;
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernel::Backend;
 use crate::view::SeqView;
-use crate::weights::PackedLstm;
 
 /// Bytes of projected input a time tile aims to keep in cache.
 const TILE_BYTES: usize = 256 * 1024;

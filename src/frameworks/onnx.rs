@@ -8,8 +8,9 @@
 //! copy); bidirectional runs both directions concurrently, writing their halves of the interleaved `Y`.
 //! `layout = 1` (batch-major, which ONNX Runtime's CPU kernel rejects) is only a different set of strides.
 
-use crate::activation::Activation;
-use crate::cell::CellSpec;
+use crate::cells::activation::Activation;
+use crate::cells::lstm::CellSpec;
+use crate::cells::weights::{LstmWeights, PackedLstm};
 use crate::engine::{
     initial_pair, par_join, EmptyState, Fill, ForwardStats, Job, OutBuf, Schedule, SeqIn, SeqOut, StateIn, StateOut,
     Workspace,
@@ -18,7 +19,6 @@ use crate::error::{check_len, checked_product, Error, Result};
 use crate::kernel::{self, Backend};
 use crate::reference;
 use crate::view::{Padding, SeqView};
-use crate::weights::{LstmWeights, PackedLstm};
 
 /// ONNX `direction`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -76,7 +76,7 @@ impl Activation {
     pub const HARD_SIGMOID_KERAS3: Activation = Activation::HardSigmoid { alpha: 1.0 / 6.0, beta: 0.5 };
 
     /// Evaluates the activation at `x` with separate roundings: exactly what the portable backend
-    /// computes (see [`crate::math`]).
+    /// computes (see [`crate::cells::math`]).
     #[inline]
     pub fn apply(self, x: f32) -> f32 {
         self.apply_rounded(x, Rounding::Separate)
@@ -84,10 +84,10 @@ impl Activation {
 
     /// Evaluates the activation at `x` as a backend with `rounding` does: the SIMD kernels evaluate the
     /// same sequence of operations lane-wise, so they agree with this bit for bit. Only `sigmoid` and
-    /// `tanh` (also inside `scaledtanh`) depend on the rounding (see [`crate::math`]).
+    /// `tanh` (also inside `scaledtanh`) depend on the rounding (see [`crate::cells::math`]).
     #[inline]
     pub fn apply_rounded(self, x: f32, rounding: Rounding) -> f32 {
-        use crate::math;
+        use crate::cells::math;
         match self {
             Activation::Sigmoid => math::sigmoid_rounded(x, rounding),
             Activation::Tanh => math::tanh_rounded(x, rounding),

@@ -8,12 +8,12 @@
 //! The flip costs nothing here: the backward job writes each step straight to its time position, and
 //! with `concat` both directions write their halves of the merged output in place, concurrently.
 
+use crate::cells::weights::LstmWeights;
 use crate::engine::{par_join, ForwardStats, OutBuf, StateIn, StateOut, Workspace};
 use crate::error::{check_len, checked_product, Error, Result};
-use crate::keras::{KerasLstm, KerasLstmOptions, StridedInput};
+use crate::frameworks::keras::{KerasLstm, KerasLstmOptions, StridedInput};
 use crate::reference::{self, KerasResult};
 use crate::view::SeqView;
-use crate::weights::LstmWeights;
 
 /// How Keras' `Bidirectional` merges the two directions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -384,7 +384,7 @@ impl KerasBidirectional {
             let o = layer.options();
             reference::keras_lstm(
                 layer.weights(),
-                &crate::cell::CellSpec::keras(o.activation, o.recurrent_activation),
+                &crate::cells::lstm::CellSpec::keras(o.activation, o.recurrent_activation),
                 x,
                 &view.to_mask(),
                 b,

@@ -2,9 +2,9 @@
 //! padded or not, and lets the mask only *select*, exactly as Keras does (SEMANTICS.md section 2). It is the
 //! oracle for the fast path, the fuzzers and every SIMD backend.
 
-use crate::cell::CellSpec;
+use crate::cells::lstm::CellSpec;
+use crate::cells::weights::LstmWeights;
 use crate::error::{check_len, checked_product, Result};
-use crate::weights::LstmWeights;
 
 /// Everything a Keras LSTM layer can return.
 #[derive(Clone, Debug, PartialEq)]

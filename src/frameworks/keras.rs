@@ -1,7 +1,8 @@
 //! A Keras `LSTM` layer with exact Keras mask semantics, on the mask-aware engine.
 
-use crate::activation::Activation;
-use crate::cell::CellSpec;
+use crate::cells::activation::Activation;
+use crate::cells::lstm::CellSpec;
+use crate::cells::weights::{LstmWeights, PackedLstm};
 use crate::engine::{
     clear_reserve, EmptyState, Fill, ForwardStats, Job, OutBuf, Schedule, SeqIn, SeqOut, StateIn, StateOut, Workspace,
 };
@@ -9,7 +10,6 @@ use crate::error::{check_len, checked_product, Result};
 use crate::kernel::{self, Backend};
 use crate::reference::{self, KerasResult};
 use crate::view::SeqView;
-use crate::weights::{LstmWeights, PackedLstm};
 
 /// Options of a Keras LSTM layer that change what it computes.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -1,0 +1,12 @@
+//! Cells: what turns gate pre-activations into a new state, and the numerics underneath.
+//!
+//! - [`activation`]: the eleven ONNX activations (every Keras one among them), scalar definitions;
+//! - [`math`]: the IEEE operation sequences those activations use, shared by the reference and every
+//!   SIMD backend so they agree bit for bit;
+//! - [`lstm`]: the LSTM cell ([`CellSpec`](lstm::CellSpec));
+//! - [`weights`]: LSTM weights imported from every framework's layout, and their packed panels.
+
+pub mod activation;
+pub mod lstm;
+pub mod math;
+pub mod weights;

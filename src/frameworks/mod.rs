@@ -1,0 +1,15 @@
+//! Framework semantics on top of the engine: each module turns one framework's layer (its weight
+//! layout, mask or lengths, directions, outputs) into engine jobs and returns exactly what that framework
+//! returns.
+//!
+//! - [`keras`]: Keras 3 `LSTM` with any mask (holes, pre-padding), `go_backwards`, `zero_output_for_mask`;
+//! - [`bidirectional`]: Keras `Bidirectional` with every merge mode;
+//! - [`onnx`]: the ONNX `LSTM` operator as ONNX Runtime answers it;
+//! - [`torch`]: PyTorch `nn.LSTM` stacks on packed sequences;
+//! - [`sequential`]: a Keras-like model (`Masking`, LSTM layers, time slices) and masked losses.
+
+pub mod bidirectional;
+pub mod keras;
+pub mod onnx;
+pub mod sequential;
+pub mod torch;
