@@ -42,6 +42,7 @@ pub mod frameworks;
 pub mod fuzzing;
 pub mod kernel;
 pub mod reference;
+pub mod train;
 pub mod view;
 
 pub use cells::{activation, math, weights};

@@ -1,0 +1,1 @@
+//! Training: masked losses with their gradients, optimizers, and the training loop.
