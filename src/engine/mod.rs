@@ -40,8 +40,12 @@ const TILE_BYTES: usize = 256 * 1024;
 pub struct ForwardStats {
     /// Cell steps computed (one per valid step of each sequence; padded steps are never computed).
     pub steps_computed: usize,
-    /// Number of parallel chunks the batch was split into.
+    /// Number of parallel chunks the batch was split into (or threads sharing the gate columns).
     pub chunks: usize,
+    /// Runs that split the gate columns across threads (one per layer direction that did).
+    pub column_split_runs: usize,
+    /// Runs that dealt sequences to batch chunks.
+    pub batch_chunk_runs: usize,
 }
 
 impl ForwardStats {
@@ -50,6 +54,8 @@ impl ForwardStats {
         ForwardStats {
             steps_computed: self.steps_computed + other.steps_computed,
             chunks: self.chunks.max(other.chunks),
+            column_split_runs: self.column_split_runs + other.column_split_runs,
+            batch_chunk_runs: self.batch_chunk_runs + other.batch_chunk_runs,
         }
     }
 }
@@ -454,7 +460,12 @@ impl Job<'_> {
         for s in (0..b).filter(|&s| lens[s] == 0) {
             self.finish_empty(s);
         }
-        Ok(ForwardStats { steps_computed: steps, chunks: n_chunks })
+        Ok(ForwardStats {
+            steps_computed: steps,
+            chunks: n_chunks,
+            column_split_runs: usize::from(columns),
+            batch_chunk_runs: usize::from(!columns),
+        })
     }
 
     /// Whether the job splits gate columns, and into how many chunks (or column threads) it runs.
