@@ -11,7 +11,13 @@
 //! ```
 //! Keras: `f_act = recurrent_activation`, `g_act = h_act = activation`.
 
+use std::ops::Range;
+
 use crate::cells::activation::Activation;
+use crate::cells::weights::PackedLstm;
+use crate::kernel::pack::PackedGates;
+use crate::kernel::simd::{gemm, Simd};
+use crate::kernel::{CellKernel, StepState};
 use crate::reference::Rounding;
 
 /// Activations and options of an LSTM cell (see the [module docs](self)).
@@ -84,5 +90,102 @@ impl CellSpec {
         };
         let o = self.gate.apply_rounded(clip(zo), rounding);
         (o * self.output.apply_rounded(c, rounding), c)
+    }
+}
+
+/// The LSTM as the kernels see it: packed weights and activations of one layer direction.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LstmKernel<'a> {
+    pub packed: &'a PackedLstm,
+    pub spec: &'a CellSpec,
+}
+
+impl CellKernel for LstmKernel<'_> {
+    const EXTRA_STATES: usize = 1;
+
+    fn packed(&self) -> &PackedGates {
+        &self.packed.gates
+    }
+
+    #[inline(always)]
+    unsafe fn step<S: Simd>(&self, m: usize, blocks: Range<usize>, st: StepState<'_>, reverse_first: bool) -> bool {
+        let w = &self.packed.gates;
+        let hp = w.hidden_padded();
+        let panel = 4 * S::LANES;
+        let proj_row = blocks.len() * panel;
+        assert!(w.gates == 4 && w.nb == S::LANES && blocks.end <= w.blocks && st.proj.len() >= m * proj_row);
+        assert!(w.r.len() >= w.blocks * w.hidden * panel && st.h.len() >= m * hp && w.bias.len() >= w.blocks * panel);
+        let peepholes = self.packed.peephole.as_deref();
+        assert!(peepholes.is_none_or(|p| p.len() >= 3 * hp));
+        let (h, c, h_out) = (st.h.as_ptr(), st.extra, st.h_out);
+        // SAFETY: the asserts above bound every read: rows < m of h (hp floats each, hidden <= hp), panels
+        // of H x 4 LANES floats for blocks < w.blocks, the bias, proj and peephole blocks. The writes stay in
+        // rows < m of c and h_out, in the columns of `blocks`, which the caller's contract gives us.
+        unsafe {
+            gemm::<S, 4>(
+                &w.r,
+                w.hidden,
+                m,
+                |i| h.add(i * hp),
+                blocks.clone(),
+                reverse_first,
+                |r, blk, acc| {
+                    let pr = st.proj.as_ptr().add(r * proj_row + (blk - blocks.start) * panel);
+                    let bias = w.bias.as_ptr().add(blk * panel);
+                    let peep = peepholes.map(|p| {
+                        let b = p.as_ptr().add(blk * 3 * S::LANES);
+                        [S::load(b), S::load(b.add(S::LANES)), S::load(b.add(2 * S::LANES))]
+                    });
+                    // Keras' summation order: (x·W + h·R) + b.
+                    let z: [S; 4] = std::array::from_fn(|g| {
+                        S::load(pr.add(g * S::LANES)).add(acc[g]).add(S::load(bias.add(g * S::LANES)))
+                    });
+                    let cs = r * hp + blk * S::LANES;
+                    let (hn, cn) = update_lanes(self.spec, z, peep, S::load(c.add(cs)));
+                    cn.store(c.add(cs));
+                    hn.store(h_out.add(cs));
+                },
+            )
+        }
+    }
+}
+
+/// `v` clamped to `[-clip, clip]` by comparisons (NaN passes through), as [`CellSpec::update_rounded`].
+#[inline(always)]
+unsafe fn clip_lanes<S: Simd>(v: S, clip: Option<f32>) -> S {
+    match clip {
+        // SAFETY: S's instructions are available (caller's contract); no memory is accessed.
+        Some(cl) => unsafe {
+            let (hi, lo) = (S::splat(cl), S::splat(-cl));
+            let v = S::select(v.gt(hi), hi, v);
+            S::select(v.lt(lo), lo, v)
+        },
+        None => v,
+    }
+}
+
+/// [`CellSpec::update_rounded`] on one block of lanes: `z` are the gate pre-activations including bias,
+/// `p` the block's peepholes (i, f, o). Returns `(h, c)`, bit for bit the scalar update in the backend's
+/// rounding.
+///
+/// # Safety
+/// S's instructions available.
+#[inline(always)]
+unsafe fn update_lanes<S: Simd>(cell: &CellSpec, z: [S; 4], p: Option<[S; 3]>, c_prev: S) -> (S, S) {
+    // SAFETY: S's instructions are available (caller's contract); no memory is accessed.
+    unsafe {
+        let [mut zi, mut zf, zc, mut zo] = z;
+        if let Some([pi, pf, _]) = p {
+            zi = zi.add(pi.mul(c_prev));
+            zf = zf.add(pf.mul(c_prev));
+        }
+        let i = S::act(cell.gate, clip_lanes(zi, cell.clip));
+        let f = if cell.input_forget { S::splat(1.0).sub(i) } else { S::act(cell.gate, clip_lanes(zf, cell.clip)) };
+        let c = f.mul(c_prev).add(i.mul(S::act(cell.cell, clip_lanes(zc, cell.clip))));
+        if let Some([_, _, po]) = p {
+            zo = zo.add(po.mul(c));
+        }
+        let o = S::act(cell.gate, clip_lanes(zo, cell.clip));
+        (o.mul(S::act(cell.output, c)), c)
     }
 }

@@ -13,6 +13,7 @@
 //! is contiguous (no 4 KiB strides to defeat the prefetchers and the TLB).
 
 use crate::error::{check_len, checked_product, Error, Result};
+use crate::kernel::pack::{pack_vector, PackedGates};
 
 /// Gate index within the canonical (Keras / PyTorch) order.
 pub const GATE_I: usize = 0;
@@ -202,76 +203,21 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-/// Weights of one layer packed into a backend's panel layout (see the [module docs](self)).
+/// Weights of one LSTM layer direction packed into a backend's panel layout (see
+/// [`PackedGates`]), with the peepholes as `[blocks][3][nb]` (i, f, o).
 #[derive(Clone, Debug)]
 pub struct PackedLstm {
-    pub(crate) input: usize,
-    pub(crate) hidden: usize,
-    /// Lanes per block.
-    pub(crate) nb: usize,
-    /// Number of blocks: `ceil(H / nb)`.
-    pub(crate) blocks: usize,
-    /// `[blocks][I][4][nb]`
-    pub(crate) w: Vec<f32>,
-    /// `[blocks][H][4][nb]`
-    pub(crate) r: Vec<f32>,
-    /// `[blocks][4][nb]`
-    pub(crate) bias: Vec<f32>,
-    /// `[blocks][3][nb]` (i, f, o), if the layer has peepholes.
+    pub(crate) gates: PackedGates,
     pub(crate) peephole: Option<Vec<f32>>,
 }
 
 impl PackedLstm {
     /// Packs `weights` for a backend with `nb` lanes per block.
     pub(crate) fn new(weights: &LstmWeights, nb: usize) -> Result<Self> {
-        let (input, hidden) = (weights.input, weights.hidden);
-        let blocks = hidden.div_ceil(nb);
-        let hp = blocks * nb;
-        let row = 4 * hp;
-        checked_product(&[input.max(hidden), row], "packed weights")?;
-        let pack_row = |src: &[f32], dst: &mut [f32]| {
-            for g in 0..4 {
-                for j in 0..hidden {
-                    dst[(j / nb * 4 + g) * nb + j % nb] = src[g * hidden + j];
-                }
-            }
-        };
-        // Panels: block-major, so the `k x 4 nb` panel a register tile streams is contiguous.
-        let panels = |m: &[f32], rows: usize| {
-            let mut packed_rows = vec![0.0; rows * row];
-            for (k, dst) in packed_rows.chunks_exact_mut(row).enumerate() {
-                pack_row(&m[k * 4 * hidden..(k + 1) * 4 * hidden], dst);
-            }
-            let panel = 4 * nb;
-            let mut out = vec![0.0; rows * row];
-            for bl in 0..blocks {
-                for k in 0..rows {
-                    out[(bl * rows + k) * panel..(bl * rows + k + 1) * panel]
-                        .copy_from_slice(&packed_rows[k * row + bl * panel..k * row + (bl + 1) * panel]);
-                }
-            }
-            out
-        };
-        let w = panels(&weights.kernel, input);
-        let r = panels(&weights.recurrent, hidden);
-        let mut bias = vec![0.0; row];
-        pack_row(&weights.bias, &mut bias);
-        let peephole = weights.peephole.as_ref().map(|p| {
-            let mut out = vec![0.0; 3 * hp];
-            for g in 0..3 {
-                for j in 0..hidden {
-                    out[(j / nb * 3 + g) * nb + j % nb] = p[g * hidden + j];
-                }
-            }
-            out
-        });
-        Ok(PackedLstm { input, hidden, nb, blocks, w, r, bias, peephole })
-    }
-
-    /// Hidden size padded to whole blocks.
-    #[inline]
-    pub(crate) fn hidden_padded(&self) -> usize {
-        self.blocks * self.nb
+        let (i, h) = (weights.input, weights.hidden);
+        let gates = PackedGates::new(4, i, h, &weights.kernel, &weights.recurrent, &weights.bias, nb)?;
+        let peephole = weights.peephole.as_ref().map(|p| pack_vector(p, 3, h, nb));
+        Ok(PackedLstm { gates, peephole })
     }
 }
 
@@ -339,6 +285,7 @@ mod tests {
         let (k, r, b) = numbered(i, h);
         let wts = LstmWeights::from_keras(i, h, &k, &r, Some(&b)).unwrap();
         let p = PackedLstm::new(&wts, 2).unwrap();
+        let p = &p.gates;
         assert_eq!(p.blocks, 2);
         // block 0: gate i lanes (h0, h1), gate f lanes, ...
         assert_eq!(&p.w[..8], &[0.0, 1.0, 3.0, 4.0, 6.0, 7.0, 9.0, 10.0]);

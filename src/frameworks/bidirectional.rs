@@ -9,7 +9,7 @@
 //! with `concat` both directions write their halves of the merged output in place, concurrently.
 
 use crate::cells::weights::LstmWeights;
-use crate::engine::{par_join, ForwardStats, OutBuf, StateIn, StateOut, Workspace};
+use crate::engine::{par_join, ForwardStats, OutRegion, Region, StateIn, Workspace};
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::frameworks::keras::{KerasLstm, KerasLstmOptions, StridedInput};
 use crate::reference::{self, KerasResult};
@@ -275,43 +275,36 @@ impl KerasBidirectional {
             _ => {}
         }
         let (mut y, mut y_forward, mut y_backward) = (y, y_forward, y_backward);
-        let (ya, yb): (Option<OutBuf>, Option<OutBuf>) = match (seq, self.merge) {
+        let w = if concat { 2 * h } else { h };
+        let region = |off: usize| Region::seq(off, b, t * w, t, w, h);
+        let (ya, yb): (Option<OutRegion>, Option<OutRegion>) = match (seq, self.merge) {
             (false, _) => (None, None),
-            (true, MergeMode::None) => {
-                (y_forward.as_deref_mut().map(OutBuf::new), y_backward.as_deref_mut().map(OutBuf::new))
-            }
+            (true, MergeMode::None) => (
+                OutRegion::split_opt("y_forward", y_forward.as_deref_mut(), [region(0)])?[0],
+                OutRegion::split_opt("y_backward", y_backward.as_deref_mut(), [region(0)])?[0],
+            ),
             (true, MergeMode::Concat) => {
-                let both = y.as_deref_mut().map(OutBuf::new);
-                (both, both)
+                let [ya, yb] = OutRegion::split_opt("y", y.as_deref_mut(), [region(0), region(h)])?;
+                (ya, yb)
             }
             (true, _) => match y.as_deref_mut() {
-                Some(y) => (Some(OutBuf::new(y)), Some(OutBuf::new(&mut other[..seq_len]))),
+                Some(y) => (
+                    Some(OutRegion::split("y", y, [region(0)])?[0]),
+                    Some(OutRegion::split("y_backward", &mut other[..seq_len], [region(0)])?[0]),
+                ),
                 None => (None, None),
             },
         };
-        let w = if concat { 2 * h } else { h };
         let input = StridedInput { data: x, off: 0, sb: t * i, st: i };
         let init_f = initial.map(|s| StateIn { h: s.h_f, c: s.c_f, off: 0, sb: h });
         let init_b = initial.map(|s| StateIn { h: s.h_b, c: s.c_b, off: 0, sb: h });
-        let state = |v: &mut [f32]| StateOut { buf: OutBuf::new(v), off: 0, sb: h };
-        let jf = self.forward.job(
-            input,
-            view,
-            init_f,
-            ya.map(|buf| (buf, 0, t * w, w, false)),
-            Some(state(&mut *h_f)),
-            Some(state(c_f)),
-            threads,
-        );
-        let jb = self.backward.job(
-            input,
-            view,
-            init_b,
-            yb.map(|buf| (buf, if concat { h } else { 0 }, t * w, w, true)),
-            Some(state(&mut *h_b)),
-            Some(state(c_b)),
-            threads,
-        );
+        let state = Region::state(0, b, h, h);
+        let [hf] = OutRegion::split("h_f", h_f, [state])?;
+        let [cf] = OutRegion::split("c_f", c_f, [state])?;
+        let [hb] = OutRegion::split("h_b", h_b, [state])?;
+        let [cb] = OutRegion::split("c_b", c_b, [state])?;
+        let jf = self.forward.job(input, view, init_f, ya.map(|out| (out, false)), Some(hf), Some(cf), threads);
+        let jb = self.backward.job(input, view, init_b, yb.map(|out| (out, true)), Some(hb), Some(cb), threads);
         // The jobs write disjoint elements: different buffers, or the two halves of the concat buffer.
         let [wf, wb] = jobs;
         let (sf, sb) = par_join(threads, || jf.run(wf), || jb.run(wb))?;

@@ -1,10 +1,11 @@
 //! A Keras `LSTM` layer with exact Keras mask semantics, on the mask-aware engine.
 
 use crate::cells::activation::Activation;
-use crate::cells::lstm::CellSpec;
+use crate::cells::lstm::{CellSpec, LstmKernel};
 use crate::cells::weights::{LstmWeights, PackedLstm};
 use crate::engine::{
-    clear_reserve, EmptyState, Fill, ForwardStats, Job, OutBuf, Schedule, SeqIn, SeqOut, StateIn, StateOut, Workspace,
+    clear_reserve, EmptyState, Fill, ForwardStats, Job, OutRegion, Region, Schedule, SeqIn, SeqOut, StateIn, StateOut,
+    Workspace,
 };
 use crate::error::{check_len, checked_product, Result};
 use crate::kernel::{self, Backend};
@@ -239,9 +240,9 @@ impl KerasLstm {
             x,
             view,
             initial.map(|s| StateIn { h: s.h, c: s.c, off: 0, sb: hd }),
-            y.map(|y| (OutBuf::new(y), 0, t * hd, hd, false)),
-            h_n.as_deref_mut().map(|s| StateOut { buf: OutBuf::new(s), off: 0, sb: hd }),
-            c_n.map(|s| StateOut { buf: OutBuf::new(s), off: 0, sb: hd }),
+            OutRegion::split_opt("y", y, [Region::seq(0, b, t * hd, t, hd, hd)])?[0].map(|y| (y, false)),
+            OutRegion::split_opt("h_n", h_n.as_deref_mut(), [Region::state(0, b, hd, hd)])?[0],
+            OutRegion::split_opt("c_n", c_n, [Region::state(0, b, hd, hd)])?[0],
             threads,
         );
         let stats = job.run(&mut jobs[0])?;
@@ -251,32 +252,30 @@ impl KerasLstm {
         Ok(stats)
     }
 
-    /// The engine job of this layer. `y` is `(buffer, offset, batch stride, time stride, flip)`: output
-    /// position `p` holds processing step `p` (Keras), or time `p` when `flip` (Bidirectional's flip of the
-    /// backward layer's output).
+    /// The engine job of this layer. `y` is `(region, flip)`: output position `p` holds processing step
+    /// `p` (Keras), or time `p` when `flip` (Bidirectional's flip of the backward layer's output).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn job<'a>(
         &'a self,
         x: StridedInput<'a>,
         view: &'a SeqView,
         init: Option<StateIn<'a>>,
-        y: Option<(OutBuf, usize, usize, usize, bool)>,
-        h_n: Option<StateOut>,
-        c_n: Option<StateOut>,
+        y: Option<(OutRegion<'a>, bool)>,
+        h_n: Option<StateOut<'a>>,
+        c_n: Option<StateOut<'a>>,
         threads: usize,
-    ) -> Job<'a> {
+    ) -> Job<'a, LstmKernel<'a>> {
         let fill = if self.options.zero_output_for_mask { Fill::Zero } else { Fill::Previous };
         let back = self.options.go_backwards;
         Job {
             backend: self.backend,
-            w: &self.packed,
-            cell: &self.cell,
+            cell: LstmKernel { packed: &self.packed, spec: &self.cell },
             view,
             x: SeqIn { data: x.data, off: x.off, sb: x.sb, st: x.st },
             reverse: back,
             init,
             empty_state: EmptyState::Initial,
-            y: y.map(|(buf, off, sb, st, flip)| SeqOut { buf, off, sb, st, mirror: back != flip, fill }),
+            y: y.map(|(out, flip)| SeqOut { out, mirror: back != flip, fill }),
             h_n,
             c_n,
             threads,

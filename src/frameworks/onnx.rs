@@ -9,11 +9,11 @@
 //! `layout = 1` (batch-major, which ONNX Runtime's CPU kernel rejects) is only a different set of strides.
 
 use crate::cells::activation::Activation;
-use crate::cells::lstm::CellSpec;
+use crate::cells::lstm::{CellSpec, LstmKernel};
 use crate::cells::weights::{LstmWeights, PackedLstm};
 use crate::engine::{
-    initial_pair, par_join, EmptyState, Fill, ForwardStats, Job, OutBuf, Schedule, SeqIn, SeqOut, StateIn, StateOut,
-    Workspace,
+    directions, initial_pair, par_join, EmptyState, Fill, ForwardStats, Job, OutRegion, Region, Schedule, SeqIn,
+    SeqOut, StateIn, Workspace,
 };
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::kernel::{self, Backend};
@@ -369,28 +369,23 @@ impl OnnxLstm {
         }
         let init = initial_pair(initial_h, initial_c, zeros, state_len);
         let (xs, ys, ss) = self.strides(t, b);
-        let y_buf = y.map(OutBuf::new);
-        let h_buf = y_h.map(OutBuf::new);
-        let c_buf = y_c.map(OutBuf::new);
+        let y_region = |d: usize| Region::seq(d * ys.dir, b, ys.batch, t, ys.time, h);
+        let s_region = |d: usize| Region::state(d * ss.dir, b, ss.batch, h);
+        // The directions write disjoint parts of Y, Y_h and Y_c (checked by `split`).
+        let ys_all = OutRegion::split_opt("Y", y, directions([y_region(0), y_region(1)], d_n))?;
+        let hs_all = OutRegion::split_opt("Y_h", y_h, directions([s_region(0), s_region(1)], d_n))?;
+        let cs_all = OutRegion::split_opt("Y_c", y_c, directions([s_region(0), s_region(1)], d_n))?;
         let job = |d: usize| Job {
             backend: self.backend,
-            w: &self.dirs[d].packed,
-            cell: &self.dirs[d].cell,
+            cell: LstmKernel { packed: &self.dirs[d].packed, spec: &self.dirs[d].cell },
             view,
             x: SeqIn { data: x, off: 0, sb: xs.batch, st: xs.time },
             reverse: self.attrs.direction == Direction::Reverse || d == 1,
             init: init.map(|(h0, c0)| StateIn { h: h0, c: c0, off: d * ss.dir, sb: ss.batch }),
             empty_state: EmptyState::Zero,
-            y: y_buf.map(|buf| SeqOut {
-                buf,
-                off: d * ys.dir,
-                sb: ys.batch,
-                st: ys.time,
-                mirror: false,
-                fill: Fill::Zero,
-            }),
-            h_n: h_buf.map(|buf| StateOut { buf, off: d * ss.dir, sb: ss.batch }),
-            c_n: c_buf.map(|buf| StateOut { buf, off: d * ss.dir, sb: ss.batch }),
+            y: ys_all[d].map(|out| SeqOut { out, mirror: false, fill: Fill::Zero }),
+            h_n: hs_all[d],
+            c_n: cs_all[d],
             threads,
             schedule: self.schedule,
         };
@@ -398,7 +393,6 @@ impl OnnxLstm {
         if d_n == 1 {
             return job(0).run(j0);
         }
-        // The two directions write disjoint halves of Y, Y_h and Y_c.
         let (fwd, bwd) = par_join(threads, || job(0).run(j0), || job(1).run(j1))?;
         Ok(fwd?.merge(bwd?))
     }

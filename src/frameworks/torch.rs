@@ -5,11 +5,11 @@
 //! the engine sorts internally and never computes a padded step. Padded outputs are `0.0`. The reverse
 //! direction runs each sequence's valid part from its own last step, exactly like ONNX `reverse`.
 
-use crate::cells::lstm::CellSpec;
+use crate::cells::lstm::{CellSpec, LstmKernel};
 use crate::cells::weights::{LstmWeights, PackedLstm};
 use crate::engine::{
-    initial_pair, par_join, EmptyState, Fill, ForwardStats, Job, OutBuf, Schedule, SeqIn, SeqOut, StateIn, StateOut,
-    Workspace,
+    directions, initial_pair, par_join, EmptyState, Fill, ForwardStats, Job, OutRegion, Region, Schedule, SeqIn,
+    SeqOut, StateIn, Workspace,
 };
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::kernel::{self, Backend};
@@ -215,7 +215,7 @@ impl TorchLstm {
         view.assign_lengths(lengths, t, Padding::Post)?;
         let view: &SeqView = view;
         let init = initial_pair(h0, c0, zeros, state_len);
-        let (h_buf, c_buf) = (h_n.map(OutBuf::new), c_n.map(OutBuf::new));
+        let (mut h_n, mut c_n) = (h_n, c_n);
         let mut stats = ForwardStats::default();
         let [below, above] = layers;
         let (mut prev, mut next) = (below, above);
@@ -225,26 +225,36 @@ impl TorchLstm {
                 next.clear();
                 next.resize(y_len, 0.0);
             }
-            let y_buf = if last { y_out.as_deref_mut().map(OutBuf::new) } else { Some(OutBuf::new(next)) };
             let (input, inp): (&[f32], usize) = if l == 0 { (x, self.input_size) } else { (prev, width) };
             let (xsb, xst, ysb, yst) =
                 if batch_first { (t * inp, inp, t * width, width) } else { (inp, b * inp, width, b * width) };
+            // Directions write disjoint halves of y and disjoint blocks of h_n, c_n (checked by `split`).
+            let y_regions = [Region::seq(0, b, ysb, t, yst, h), Region::seq(h, b, ysb, t, yst, h)];
+            let ys = if last { y_out.as_deref_mut() } else { Some(&mut next[..]) };
+            let ys = OutRegion::split_opt("y", ys, directions(y_regions, d_n))?;
+            let s_regions = [Region::state(0, b, h, h), Region::state(b * h, b, h, h)];
+            let layer = l * d_n * b * h..(l + 1) * d_n * b * h;
+            let hs = OutRegion::split_opt(
+                "h_n",
+                h_n.as_deref_mut().map(|v| &mut v[layer.clone()]),
+                directions(s_regions, d_n),
+            )?;
+            let cs =
+                OutRegion::split_opt("c_n", c_n.as_deref_mut().map(|v| &mut v[layer]), directions(s_regions, d_n))?;
             let job = |d: usize| Job {
                 backend: self.backend,
-                w: &self.weights[l * d_n + d].1,
-                cell: &self.cell,
+                cell: LstmKernel { packed: &self.weights[l * d_n + d].1, spec: &self.cell },
                 view,
                 x: SeqIn { data: input, off: 0, sb: xsb, st: xst },
                 reverse: d == 1,
                 init: init.map(|(hh, cc)| StateIn { h: hh, c: cc, off: (l * d_n + d) * b * h, sb: h }),
                 empty_state: EmptyState::Zero,
-                y: y_buf.map(|buf| SeqOut { buf, off: d * h, sb: ysb, st: yst, mirror: false, fill: Fill::Zero }),
-                h_n: h_buf.map(|buf| StateOut { buf, off: (l * d_n + d) * b * h, sb: h }),
-                c_n: c_buf.map(|buf| StateOut { buf, off: (l * d_n + d) * b * h, sb: h }),
+                y: ys[d].map(|out| SeqOut { out, mirror: false, fill: Fill::Zero }),
+                h_n: hs[d],
+                c_n: cs[d],
                 threads,
                 schedule: Schedule::Auto,
             };
-            // Directions write disjoint halves of y and disjoint blocks of h_n, c_n.
             let [w0, w1] = &mut *jobs;
             stats = stats.merge(if d_n == 1 {
                 job(0).run(w0)?

@@ -1,8 +1,8 @@
 //! The kernels on their own, for benchmarks: one input-projection GEMM and one recurrent step of a
 //! batch, on a chosen backend. `benches/lstm.rs` measures these per backend.
 
-use super::Backend;
-use crate::cells::lstm::CellSpec;
+use super::{Backend, StepState};
+use crate::cells::lstm::{CellSpec, LstmKernel};
 use crate::cells::weights::{LstmWeights, PackedLstm};
 use crate::error::Result;
 
@@ -30,7 +30,7 @@ impl KernelBench {
     /// As [`LstmWeights`] packing (sizes that overflow).
     pub fn new(backend: &'static Backend, weights: &LstmWeights, batch: usize) -> Result<Self> {
         let packed = PackedLstm::new(weights, backend.nb)?;
-        let (i, hp) = (weights.input_size(), packed.hidden_padded());
+        let (i, hp) = (weights.input_size(), packed.gates.hidden_padded());
         let val = |k: usize| ((k * 2_654_435_761) % 1000) as f32 / 1000.0 - 0.5;
         Ok(KernelBench {
             backend,
@@ -49,38 +49,28 @@ impl KernelBench {
 
     /// Multiply-adds of one projection (`batch x I x 4H`); one step's recurrent GEMM is `batch x H x 4H`.
     pub fn projection_flops(&self) -> usize {
-        2 * self.batch * self.packed.input * 4 * self.packed.hidden
+        2 * self.batch * self.packed.gates.input * 4 * self.packed.gates.hidden
     }
 
     /// Floating-point operations of one step's recurrent GEMM.
     pub fn step_flops(&self) -> usize {
-        2 * self.batch * self.packed.hidden * 4 * self.packed.hidden
+        2 * self.batch * self.packed.gates.hidden * 4 * self.packed.gates.hidden
     }
 
     /// The input projection of every row (the GEMM tile kernel).
     pub fn project(&mut self) {
-        (self.backend.project)(&self.packed, &self.x, &self.rows, 0..self.packed.blocks, &mut self.proj);
+        (self.backend.project)(&self.packed.gates, &self.x, &self.rows, 0..self.packed.gates.blocks, &mut self.proj);
     }
 
     /// One recurrent step of every row: GEMM with the recurrent weights and the fused cell epilogue.
     pub fn step(&mut self) {
-        let hp = self.packed.hidden_padded();
+        let hp = self.packed.gates.hidden_padded();
         assert!(self.c.len() >= self.batch * hp && self.h_out.len() >= self.batch * hp);
         // SAFETY: c and h_out hold batch x hp floats (asserted), are distinct from h and proj, and this
         // thread is their only user.
-        self.reverse = !unsafe {
-            (self.backend.step)(
-                &self.packed,
-                &self.cell,
-                self.batch,
-                0..self.packed.blocks,
-                &self.proj,
-                &self.h,
-                self.c.as_mut_ptr(),
-                self.h_out.as_mut_ptr(),
-                self.reverse,
-            )
-        };
+        let st = StepState { proj: &self.proj, h: &self.h, h_out: self.h_out.as_mut_ptr(), extra: self.c.as_mut_ptr() };
+        let cell = LstmKernel { packed: &self.packed, spec: &self.cell };
+        self.reverse = !unsafe { self.backend.step(&cell, self.batch, 0..self.packed.gates.blocks, st, self.reverse) };
     }
 
     /// The last step's hidden state (so the work cannot be optimised away).

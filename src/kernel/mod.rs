@@ -1,56 +1,72 @@
-//! The microkernel seam: everything the scheduler needs from an instruction set, as one function table.
+//! The microkernel seam: everything the scheduler needs from an instruction set.
 //!
-//! A [`Backend`] packs weights into its panel layout (blocks of `nb` lanes, see [`crate::cells::weights`]) and
-//! provides two kernels:
-//! - `project`: `out[r] = x[rows[r]] · W` for gathered valid input rows (the input projection);
-//! - `step`: one recurrent step for the first `m` (active) rows: `z = (proj + h · R) + bias` (Keras'
-//!   summation order), then the cell update
-//!   (peepholes, clip, activations, `c`, `h`) in the epilogue while the tile is in registers.
+//! A [`Backend`] names an instruction set (its lane count `nb` fixes the panel layout of
+//! [`pack::PackedGates`]) and provides:
+//! - `project`: `out[r] = x[rows[r]] · W` for gathered valid input rows (the input projection), for any
+//!   cell (the gate count is in the packed weights);
+//! - `Backend::step`: one recurrent step of a `CellKernel` for the first `m` (active) rows, the
+//!   cell's GEMM over its recurrent weights with its update fused into the epilogue while the tile is in
+//!   registers; run with the backend's instructions through a `#[target_feature]` entry point per
+//!   instruction set, generic over the cell.
 //!
 //! Every output element is computed by the same sequence of operations whatever the number of rows in the
 //! call or the row's position in it, so results do not depend on batch composition or on threading.
-//! The scheduler ([`crate::engine`]) only talks to this table; backends for other instruction sets plug in
-//! here.
+//! The scheduler ([`crate::engine`]) only talks to this seam; backends for other instruction sets plug in
+//! here, cells in [`crate::cells`].
 
 use std::ops::Range;
 use std::sync::OnceLock;
 
 use crate::cells::activation::Activation;
-use crate::cells::lstm::CellSpec;
-use crate::cells::weights::PackedLstm;
+use pack::PackedGates;
+use simd::Simd;
 
 #[cfg(feature = "testing")]
 pub mod microbench;
+pub mod pack;
 pub(crate) mod portable;
 pub(crate) mod simd;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
 /// Input projection over the weight blocks `blocks`: `out[r] = x[rows[r]..][..I] · W[blocks]`, rows of
-/// `blocks.len() * 4 * nb` floats.
-pub(crate) type ProjectFn = fn(w: &PackedLstm, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]);
+/// `blocks.len() * G * nb` floats.
+pub(crate) type ProjectFn = fn(w: &PackedGates, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]);
 
-/// One recurrent step of `m` rows over the weight blocks `blocks`: reads `proj` (as `ProjectFn` wrote
-/// it) and the whole previous state `h [m][hp]`, updates those blocks' columns of `c [m][hp]` in place and
-/// writes them to `h_out [m][hp]`. The first row tile sweeps the blocks backwards if `reverse_first`,
-/// later ones alternate ("snake" order, so weights beyond L2 are partly re-used from it); returns whether
-/// the last sweep ran backwards: the caller starts the next step the other way. The direction never
-/// changes results.
-///
-/// # Safety
-/// `c` and `h_out` are valid for `m * hp` floats and overlap neither `h` nor `proj`; no other thread
-/// accesses the columns of `blocks` in them during the call.
-pub(crate) type StepFn = unsafe fn(
-    w: &PackedLstm,
-    cell: &CellSpec,
-    m: usize,
-    blocks: Range<usize>,
-    proj: &[f32],
-    h: &[f32],
-    c: *mut f32,
-    h_out: *mut f32,
-    reverse_first: bool,
-) -> bool;
+/// The recurrent state of the first `m` rows that one step of a cell reads and writes, each buffer
+/// `m x hp` floats (`hp`: the hidden size padded to whole blocks).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StepState<'a> {
+    /// The input projections of the step's rows, as [`ProjectFn`] wrote them for the step's blocks.
+    pub proj: &'a [f32],
+    /// The previous hidden state (read only; the whole row, every block).
+    pub h: &'a [f32],
+    /// The new hidden state (written for the step's blocks).
+    pub h_out: *mut f32,
+    /// The cell's other state, updated in place for the step's blocks (LSTM: `c`); unused by cells
+    /// without one.
+    pub extra: *mut f32,
+}
+
+/// A cell as the kernels see it: its packed weights and its step, a GEMM over the recurrent weights
+/// with the cell update fused into the epilogue ([`simd::gemm`] does the GEMM, the cell brings the
+/// epilogue). Implemented once per cell, generically over the vector type; [`Backend::step`] runs it
+/// with the backend's instruction set.
+pub(crate) trait CellKernel: Sync {
+    /// Recurrent states besides `h` (LSTM: 1, for `c`).
+    const EXTRA_STATES: usize;
+    /// The packed input and recurrent weights.
+    fn packed(&self) -> &PackedGates;
+    /// One step of the first `m` rows over the weight blocks `blocks`; the first row tile sweeps the
+    /// blocks backwards if `reverse_first`; returns whether the last sweep ran backwards (see
+    /// [`simd::gemm`]).
+    ///
+    /// # Safety
+    /// S's instructions available; `st.h_out` and `st.extra` valid for `m * hp` floats, overlapping
+    /// neither `st.h` nor `st.proj`, and no other thread accesses the columns of `blocks` in them
+    /// during the call.
+    unsafe fn step<S: Simd>(&self, m: usize, blocks: Range<usize>, st: StepState<'_>, reverse_first: bool) -> bool;
+}
 
 /// Instruction-set levels, ordered: a level may run everything below it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -76,11 +92,37 @@ pub struct Backend {
     /// Lanes per weight block.
     pub(crate) nb: usize,
     pub(crate) project: ProjectFn,
-    pub(crate) step: StepFn,
     pub(crate) activate: fn(Activation, &mut [f32]),
 }
 
 impl Backend {
+    /// One step of `cell` with this backend's instructions (see [`CellKernel::step`]).
+    ///
+    /// # Safety
+    /// As [`CellKernel::step`], less the instruction set, which this backend guarantees (it is only
+    /// handed out after run-time detection).
+    #[inline]
+    pub(crate) unsafe fn step<C: CellKernel>(
+        &self,
+        cell: &C,
+        m: usize,
+        blocks: Range<usize>,
+        st: StepState<'_>,
+        reverse_first: bool,
+    ) -> bool {
+        // SAFETY: a backend of `level` is only handed out when the CPU supports it; the buffers as the
+        // caller guarantees.
+        unsafe {
+            match self.level {
+                #[cfg(target_arch = "x86_64")]
+                CpuLevel::Avx512 => x86::step_avx512(cell, m, blocks, st, reverse_first),
+                #[cfg(target_arch = "x86_64")]
+                CpuLevel::Avx2 => x86::step_avx2(cell, m, blocks, st, reverse_first),
+                _ => cell.step::<portable::Lanes>(m, blocks, st, reverse_first),
+            }
+        }
+    }
+
     /// Applies `a` to every element of `xs` with this backend's vector code (bitwise equal to
     /// [`Activation::apply`]).
     pub fn activate(&self, a: Activation, xs: &mut [f32]) {

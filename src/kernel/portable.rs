@@ -11,10 +11,12 @@ use std::ops::Range;
 use wide::bytemuck::cast;
 use wide::{f32x8, i32x8};
 
+use super::pack::PackedGates;
 use super::simd::{self, Simd};
 use super::{Backend, CpuLevel};
-use crate::cells::lstm::CellSpec;
-use crate::cells::weights::PackedLstm;
+
+/// The portable backend's vector type.
+pub(crate) type Lanes = f32x8;
 
 /// The portable backend's function table.
 pub(crate) static BACKEND: Backend = Backend {
@@ -23,7 +25,6 @@ pub(crate) static BACKEND: Backend = Backend {
     fused_multiply_add: <f32x8 as Simd>::FUSED,
     nb: <f32x8 as Simd>::LANES,
     project,
-    step,
     activate,
 };
 
@@ -122,27 +123,9 @@ unsafe impl Simd for f32x8 {
     }
 }
 
-fn project(w: &PackedLstm, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]) {
+fn project(w: &PackedGates, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]) {
     // SAFETY: f32x8 runs on every CPU (see the impl above).
     unsafe { simd::project::<f32x8>(w, x, rows, blocks, out) }
-}
-
-/// # Safety
-/// As [`super::StepFn`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn step(
-    w: &PackedLstm,
-    cell: &CellSpec,
-    m: usize,
-    blocks: Range<usize>,
-    proj: &[f32],
-    h: &[f32],
-    c: *mut f32,
-    h_out: *mut f32,
-    reverse_first: bool,
-) -> bool {
-    // SAFETY: f32x8 runs on every CPU; the buffers as the caller guarantees.
-    unsafe { simd::step::<f32x8>(w, cell, m, blocks, proj, h, c, h_out, reverse_first) }
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! The kernels, written once over a small vector trait ([`Simd`]); each backend only implements the
 //! trait for its register type and wraps the generic kernels in `#[target_feature]` entry points.
 //!
-//! - `project`: register tiles of `MR` rows x one weight block (4 gates x `LANES` hidden units), `k` over
-//!   the input features; `acc = x_k * W_k + acc` (fused or not, per backend).
-//! - `step`: the same tile over the hidden state, then the cell update in the epilogue while the tile is
-//!   in registers: `z = (proj + acc) + bias` (Keras' order), peepholes, clip, activations, `c`, `h`.
+//! - [`gemm`]: register tiles of up to `MR` rows x one or two weight blocks (`G` gates x `LANES` hidden
+//!   units each), `k` over the inputs, `acc = a_k * W_k + acc` (fused or not, per backend); the caller's
+//!   epilogue receives each tile's accumulators while they are in registers. A cell's step is this GEMM
+//!   over the recurrent weights with the cell update as its epilogue (see [`crate::cells`]).
+//! - [`project`]: the same GEMM over the input weights, storing the tiles (the input projection).
 //!
 //! Every output element sees the same operation sequence whatever `MR`, the tile it falls in, or the
 //! number of rows, so results are independent of batch composition. Activations use only `+ - * /`,
@@ -14,10 +15,9 @@
 
 use std::ops::Range;
 
+use super::pack::PackedGates;
 use crate::cells::activation::Activation;
-use crate::cells::lstm::CellSpec;
 use crate::cells::math;
-use crate::cells::weights::PackedLstm;
 use crate::reference::Rounding;
 
 /// A vector of `f32` lanes.
@@ -199,77 +199,43 @@ pub(crate) unsafe fn act_lanes<S: Simd>(a: Activation, x: S) -> S {
     }
 }
 
-#[inline(always)]
-unsafe fn clip<S: Simd>(v: S, clip: Option<f32>) -> S {
-    match clip {
-        // SAFETY: as in `exp`.
-        Some(cl) => unsafe {
-            let (hi, lo) = (s::<S>(cl), s::<S>(-cl));
-            let v = S::select(v.gt(hi), hi, v);
-            S::select(v.lt(lo), lo, v)
-        },
-        None => v,
-    }
-}
-
-/// The cell update of [`CellSpec::update`] on one block: `z` are the gate pre-activations including bias,
-/// `p` the block's peepholes (i, f, o). Returns `(h, c)`.
-#[inline(always)]
-unsafe fn cell_update<S: Simd>(cell: &CellSpec, z: [S; 4], p: Option<[S; 3]>, c_prev: S) -> (S, S) {
-    // SAFETY: as in `exp`.
-    unsafe {
-        let [mut zi, mut zf, zc, mut zo] = z;
-        if let Some([pi, pf, _]) = p {
-            zi = zi.add(pi.mul(c_prev));
-            zf = zf.add(pf.mul(c_prev));
-        }
-        let i = S::act(cell.gate, clip(zi, cell.clip));
-        let f = if cell.input_forget { s::<S>(1.0).sub(i) } else { S::act(cell.gate, clip(zf, cell.clip)) };
-        let c = f.mul(c_prev).add(i.mul(S::act(cell.cell, clip(zc, cell.clip))));
-        if let Some([_, _, po]) = p {
-            zo = zo.add(po.mul(c));
-        }
-        let o = S::act(cell.gate, clip(zo, cell.clip));
-        (o.mul(S::act(cell.output, c)), c)
-    }
-}
-
-/// One register tile: `acc[m][j][g] = sum_k a[m][k] * b_j[k][g]` for `M` rows and `NB` weight blocks,
-/// `k` in `0..k_len`, where `b_j[k]` starts at `panels[j] + k * 4 LANES` and holds the 4 gate vectors of
-/// block j. Two blocks give short tiles (one to three rows) enough independent FMA chains to hide the
-/// FMA latency; every element still sums over `k` in order, so the result does not depend on the tiling.
+/// One register tile: `acc[m][j][g] = sum_k a[m][k] * b_j[k][g]` for `M` rows, `NB` weight blocks and `G`
+/// gate vectors per block, `k` in `0..k_len`, where `b_j[k]` starts at `panels[j] + k * G * LANES` and holds
+/// the `G` gate vectors of block j. Two blocks give short tiles (one to three rows) enough independent FMA
+/// chains to hide the FMA latency; every element still sums over `k` in order, so the result does not
+/// depend on the tiling.
 ///
 /// # Safety
-/// S's instructions available; `a[m]` valid for `k_len` reads; `panels[j]` valid for `k_len * 4 * LANES`
+/// S's instructions available; `a[m]` valid for `k_len` reads; `panels[j]` valid for `k_len * G * LANES`
 /// reads.
 #[inline(always)]
-unsafe fn tile<S: Simd, const M: usize, const NB: usize>(
+unsafe fn tile<S: Simd, const M: usize, const NB: usize, const G: usize>(
     a: [*const f32; M],
     k_len: usize,
     panels: [*const f32; NB],
-) -> [[[S; 4]; NB]; M] {
+) -> [[[S; G]; NB]; M] {
     // SAFETY: the caller's contract covers every read; no writes.
     unsafe {
-        let mut acc = [[[s::<S>(0.0); 4]; NB]; M];
+        let mut acc = [[[s::<S>(0.0); G]; NB]; M];
         for k in 0..k_len {
             // One or two rows do too little arithmetic per weight to hide memory latency: fetch the panel
             // rows a few steps ahead (only a hint; reads past the panel are never dereferenced).
             if M <= 2 && k + PREFETCH_ROWS < k_len {
                 for p in panels {
-                    let ahead = p.add((k + PREFETCH_ROWS) * 4 * S::LANES);
-                    for line in 0..(4 * S::LANES * 4 / 64) {
+                    let ahead = p.add((k + PREFETCH_ROWS) * G * S::LANES);
+                    for line in 0..(G * S::LANES * 4).div_ceil(64) {
                         S::prefetch(ahead.add(line * 16));
                     }
                 }
             }
-            let b: [[S; 4]; NB] = std::array::from_fn(|j| {
-                let bk = panels[j].add(k * 4 * S::LANES);
-                [S::load(bk), S::load(bk.add(S::LANES)), S::load(bk.add(2 * S::LANES)), S::load(bk.add(3 * S::LANES))]
+            let b: [[S; G]; NB] = std::array::from_fn(|j| {
+                let bk = panels[j].add(k * G * S::LANES);
+                std::array::from_fn(|g| S::load(bk.add(g * S::LANES)))
             });
             for m in 0..M {
                 let av = S::splat(*a[m].add(k));
                 for j in 0..NB {
-                    for g in 0..4 {
+                    for g in 0..G {
                         acc[m][j][g] = av.mul_add(b[j][g], acc[m][j][g]);
                     }
                 }
@@ -283,6 +249,7 @@ unsafe fn tile<S: Simd, const M: usize, const NB: usize>(
 const PREFETCH_ROWS: usize = 16;
 
 /// Calls `$body!(M, NB)` for a tile of `m` rows over `nb` blocks (two only for one to three rows).
+/// Tiles hold `M x NB x G` accumulators.
 macro_rules! dispatch_tile {
     ($m:expr, $nb:expr, $body:ident) => {
         match ($m, $nb) {
@@ -333,118 +300,112 @@ fn sweep<S: Simd>(m: usize, blocks: Range<usize>, reverse: bool) -> impl Iterato
 }
 
 /// `out[r] = x[rows[r]..][..I] · W` over the weight blocks `blocks`: each output row holds
-/// `blocks.len() * 4 * LANES` floats, block `blocks.start` first.
+/// `blocks.len() * G * LANES` floats, block `blocks.start` first.
 ///
 /// # Safety
 /// S's instructions available; `w` packed for `S::LANES`.
 #[inline(always)]
 pub(crate) unsafe fn project<S: Simd>(
-    w: &PackedLstm,
+    w: &PackedGates,
     x: &[f32],
     rows: &[usize],
     blocks: Range<usize>,
     out: &mut [f32],
 ) {
-    let panel = 4 * S::LANES;
-    let out_row = blocks.len() * panel;
-    let input = w.input;
-    assert!(w.nb == S::LANES && blocks.end <= w.blocks && out.len() >= rows.len() * out_row);
-    assert!(w.w.len() >= w.blocks * input * panel);
-    assert!(rows.iter().all(|&o| o.checked_add(input).is_some_and(|e| e <= x.len())));
-    const { assert!(S::MR >= 1 && S::MR <= 6) };
-    let mut r = 0;
-    let mut reverse = false;
-    for m in row_tiles(rows.len(), S::MR) {
-        for (bl, nb) in sweep::<S>(m, blocks.clone(), reverse) {
-            // SAFETY: the asserts above bound every row read (o + input <= x.len()), every weight read
-            // (panels bl and bl + 1 < blocks of input x 4 LANES floats) and every write (r + m <= rows.len(),
-            // blocks bl.. within the output row).
-            unsafe {
-                let base = out.as_mut_ptr();
-                let src = |i: usize| x.as_ptr().add(rows[r + i]);
-                macro_rules! run {
-                    ($m:literal, $nb:literal) => {{
-                        let panels: [*const f32; $nb] =
-                            std::array::from_fn(|j| w.w.as_ptr().add((bl + j) * input * panel));
-                        let acc = tile::<S, $m, $nb>(std::array::from_fn(src), input, panels);
-                        for (i, row) in acc.iter().enumerate() {
-                            for (j, blk) in row.iter().enumerate() {
-                                let dst = base.add((r + i) * out_row + (bl + j - blocks.start) * panel);
-                                for (g, v) in blk.iter().enumerate() {
-                                    v.store(dst.add(g * S::LANES));
-                                }
-                            }
-                        }
-                    }};
-                }
-                dispatch_tile!(m, nb, run);
-            }
+    // SAFETY (every arm): the caller's contract.
+    unsafe {
+        match w.gates {
+            1 => project_gates::<S, 1>(w, x, rows, blocks, out),
+            2 => project_gates::<S, 2>(w, x, rows, blocks, out),
+            3 => project_gates::<S, 3>(w, x, rows, blocks, out),
+            4 => project_gates::<S, 4>(w, x, rows, blocks, out),
+            g => unreachable!("{g} gates: PackedGates::new accepts 1 to {MAX_GATES}"),
         }
-        r += m;
-        reverse = !reverse;
     }
 }
 
-/// One recurrent step of the first `m` rows over the weight blocks `blocks` (see the module docs):
-/// reads `proj` (rows of `blocks.len() * 4 * LANES`, as [`project`] writes them) and the whole previous
-/// state `h [m][hp]`; updates the blocks' columns of `c [m][hp]` and writes them to `h_out [m][hp]`.
-/// The first row tile sweeps the blocks backwards if `reverse_first`, the next ones alternate (see
-/// [`sweep`]); returns whether the last sweep ran backwards.
+/// Gates per hidden unit the kernels are compiled for.
+pub(crate) const MAX_GATES: usize = 4;
+
+/// [`project`] for `G` gates.
 ///
 /// # Safety
-/// S's instructions available; `w` packed for `S::LANES`; `c` and `h_out` valid for `m * hp` floats,
-/// not overlapping `h` or `proj`, and no other thread accesses the columns of `blocks` in them meanwhile.
+/// As [`project`].
+#[inline(always)]
+unsafe fn project_gates<S: Simd, const G: usize>(
+    w: &PackedGates,
+    x: &[f32],
+    rows: &[usize],
+    blocks: Range<usize>,
+    out: &mut [f32],
+) {
+    let panel = G * S::LANES;
+    let out_row = blocks.len() * panel;
+    let input = w.input;
+    assert!(w.gates == G && w.nb == S::LANES && blocks.end <= w.blocks && out.len() >= rows.len() * out_row);
+    assert!(w.w.len() >= w.blocks * input * panel);
+    assert!(rows.iter().all(|&o| o.checked_add(input).is_some_and(|e| e <= x.len())));
+    let base = out.as_mut_ptr();
+    // SAFETY: the asserts above bound every row read (o + input <= x.len()) and every weight read (panels
+    // of input x G LANES floats for blocks < w.blocks); `gemm` hands the epilogue rows < rows.len() and
+    // blocks in `blocks`, so every write stays inside `out`.
+    unsafe {
+        gemm::<S, G>(
+            &w.w,
+            input,
+            rows.len(),
+            |i| x.as_ptr().add(rows[i]),
+            blocks.clone(),
+            false,
+            |r, blk, acc| {
+                let dst = base.add(r * out_row + (blk - blocks.start) * panel);
+                for (g, v) in acc.iter().enumerate() {
+                    v.store(dst.add(g * S::LANES));
+                }
+            },
+        );
+    }
+}
+
+/// The GEMM every kernel is made of: for the `m` rows `a(0..m)` (each `k_len` floats) and the weight
+/// blocks `blocks` of `panels` (`[blocks][k_len][G][LANES]`), hands `epilogue(row, block, acc)` the `G`
+/// gate vectors `acc[g] = sum_k a(row)[k] * panel[block][k][g]` of every row and block, while they are in
+/// registers. Rows go in tiles of at most `S::MR`; the first tile sweeps the blocks backwards if
+/// `reverse_first`, later ones alternate ("snake" order, so weights beyond L2 are partly re-used from it);
+/// returns whether the last sweep ran backwards. Each element's sum runs over `k` in order whatever the
+/// tiling or direction, so results never depend on them.
+///
+/// # Safety
+/// S's instructions available; `a(i)` valid for `k_len` reads for every `i < m`; `panels` holds
+/// `blocks.end` panels of `k_len * G * LANES` floats.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn step<S: Simd>(
-    w: &PackedLstm,
-    cell: &CellSpec,
+pub(crate) unsafe fn gemm<S: Simd, const G: usize>(
+    panels: &[f32],
+    k_len: usize,
     m: usize,
+    a: impl Fn(usize) -> *const f32,
     blocks: Range<usize>,
-    proj: &[f32],
-    h: &[f32],
-    c: *mut f32,
-    h_out: *mut f32,
     reverse_first: bool,
+    mut epilogue: impl FnMut(usize, usize, [S; G]),
 ) -> bool {
-    let hp = w.hidden_padded();
-    let panel = 4 * S::LANES;
-    let proj_row = blocks.len() * panel;
-    let hidden = w.hidden;
-    assert!(w.nb == S::LANES && blocks.end <= w.blocks && proj.len() >= m * proj_row);
-    assert!(w.r.len() >= w.blocks * hidden * panel && h.len() >= m * hp && w.bias.len() >= w.blocks * panel);
-    assert!(w.peephole.as_ref().is_none_or(|p| p.len() >= 3 * hp));
+    const { assert!(S::MR >= 1 && S::MR <= 6) };
+    let panel = G * S::LANES;
+    debug_assert!(panels.len() >= blocks.end * k_len * panel);
     let mut r = 0;
     let mut reverse = reverse_first;
     for mr in row_tiles(m, S::MR) {
         for (bl, nb) in sweep::<S>(mr, blocks.clone(), reverse) {
-            // SAFETY: the asserts above bound all reads: rows r..r + mr < m, hidden k < H <= hp, panels of
-            // H x 4 LANES floats for blocks < w.blocks, bias and proj blocks, peepholes 3 hp; the writes stay
-            // in rows < m of c and h_out, in the columns of blocks in `blocks`, which the caller's contract
-            // gives us.
+            // SAFETY: rows r..r + mr < m and panels bl.. < blocks.end, within the caller's contract.
             unsafe {
-                let src = |i: usize| h.as_ptr().add((r + i) * hp);
                 macro_rules! run {
                     ($m:literal, $nb:literal) => {{
-                        let panels: [*const f32; $nb] =
-                            std::array::from_fn(|j| w.r.as_ptr().add((bl + j) * hidden * panel));
-                        let acc = tile::<S, $m, $nb>(std::array::from_fn(src), hidden, panels);
-                        for (i, row) in acc.iter().enumerate() {
-                            for (j, a) in row.iter().enumerate() {
-                                let blk = bl + j;
-                                let pr = proj.as_ptr().add((r + i) * proj_row + (blk - blocks.start) * panel);
-                                let bias = w.bias.as_ptr().add(blk * panel);
-                                let peep = w.peephole.as_ref().map(|p| {
-                                    let b = p.as_ptr().add(blk * 3 * S::LANES);
-                                    [S::load(b), S::load(b.add(S::LANES)), S::load(b.add(2 * S::LANES))]
-                                });
-                                let z: [S; 4] = std::array::from_fn(|g| {
-                                    S::load(pr.add(g * S::LANES)).add(a[g]).add(S::load(bias.add(g * S::LANES)))
-                                });
-                                let cs = (r + i) * hp + blk * S::LANES;
-                                let (hn, cn) = cell_update(cell, z, peep, S::load(c.add(cs)));
-                                cn.store(c.add(cs));
-                                hn.store(h_out.add(cs));
+                        let p: [*const f32; $nb] =
+                            std::array::from_fn(|j| panels.as_ptr().add((bl + j) * k_len * panel));
+                        let acc = tile::<S, $m, $nb, G>(std::array::from_fn(|i| a(r + i)), k_len, p);
+                        for (i, row) in acc.into_iter().enumerate() {
+                            for (j, blk) in row.into_iter().enumerate() {
+                                epilogue(r + i, bl + j, blk);
                             }
                         }
                     }};

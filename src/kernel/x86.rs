@@ -9,11 +9,10 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
+use super::pack::PackedGates;
 use super::simd::{self, Simd};
-use super::{Backend, CpuLevel};
+use super::{Backend, CellKernel, CpuLevel, StepState};
 use crate::cells::activation::Activation;
-use crate::cells::lstm::CellSpec;
-use crate::cells::weights::PackedLstm;
 
 /// An AVX2 register of 8 floats.
 #[derive(Clone, Copy, Debug)]
@@ -285,7 +284,7 @@ unsafe fn act_avx512(a: Activation, x: Avx512) -> Avx512 {
 }
 
 macro_rules! entry_points {
-    ($ty:ty, $features:literal, $project:ident, $step:ident, $project_safe:ident, $step_safe:ident, $act:ident) => {
+    ($ty:ty, $features:literal, $project:ident, $step:ident, $project_safe:ident, $act:ident) => {
         fn $act(a: Activation, xs: &mut [f32]) {
             /// # Safety
             /// The CPU must support the backend's features.
@@ -301,58 +300,37 @@ macro_rules! entry_points {
         /// # Safety
         /// The CPU must support the backend's features.
         #[target_feature(enable = $features)]
-        unsafe fn $project(w: &PackedLstm, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]) {
+        unsafe fn $project(w: &PackedGates, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]) {
             // SAFETY: this function only runs when the features are present (see `# Safety`).
             unsafe { simd::project::<$ty>(w, x, rows, blocks, out) }
         }
 
-        /// # Safety
-        /// The CPU must support the backend's features; the buffers as [`super::StepFn`] requires.
-        #[target_feature(enable = $features)]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $step(
-            w: &PackedLstm,
-            cell: &CellSpec,
-            m: usize,
-            blocks: Range<usize>,
-            proj: &[f32],
-            h: &[f32],
-            c: *mut f32,
-            h_out: *mut f32,
-            reverse_first: bool,
-        ) -> bool {
-            // SAFETY: as above.
-            unsafe { simd::step::<$ty>(w, cell, m, blocks, proj, h, c, h_out, reverse_first) }
-        }
-
-        fn $project_safe(w: &PackedLstm, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]) {
+        fn $project_safe(w: &PackedGates, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]) {
             // SAFETY: this backend is only handed out by `super::backend` after run-time detection of
             // its features.
             unsafe { $project(w, x, rows, blocks, out) }
         }
 
+        /// One step of `cell` with these instructions (see [`CellKernel::step`]).
+        ///
         /// # Safety
-        /// As [`super::StepFn`].
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $step_safe(
-            w: &PackedLstm,
-            cell: &CellSpec,
+        /// The CPU must support the backend's features; the buffers as [`CellKernel::step`] requires.
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn $step<C: CellKernel>(
+            cell: &C,
             m: usize,
             blocks: Range<usize>,
-            proj: &[f32],
-            h: &[f32],
-            c: *mut f32,
-            h_out: *mut f32,
+            st: StepState<'_>,
             reverse_first: bool,
         ) -> bool {
-            // SAFETY: features detected before this backend is handed out; buffers per the contract.
-            unsafe { $step(w, cell, m, blocks, proj, h, c, h_out, reverse_first) }
+            // SAFETY: the features are enabled on this function; the buffers per the contract.
+            unsafe { cell.step::<$ty>(m, blocks, st, reverse_first) }
         }
     };
 }
 
-entry_points!(Avx2, "avx2,fma", project_avx2, step_avx2, project_avx2_safe, step_avx2_safe, activate_avx2);
-entry_points!(Avx512, "avx512f", project_avx512, step_avx512, project_avx512_safe, step_avx512_safe, activate_avx512);
+entry_points!(Avx2, "avx2,fma", project_avx2, step_avx2, project_avx2_safe, activate_avx2);
+entry_points!(Avx512, "avx512f", project_avx512, step_avx512, project_avx512_safe, activate_avx512);
 
 /// AVX2 + FMA kernels. Only reachable through [`super::backend`], which checks the CPU first.
 pub(crate) static AVX2_BACKEND: Backend = Backend {
@@ -361,7 +339,6 @@ pub(crate) static AVX2_BACKEND: Backend = Backend {
     fused_multiply_add: <Avx2 as Simd>::FUSED,
     nb: <Avx2 as Simd>::LANES,
     project: project_avx2_safe,
-    step: step_avx2_safe,
     activate: activate_avx2,
 };
 
@@ -372,7 +349,6 @@ pub(crate) static AVX512_BACKEND: Backend = Backend {
     fused_multiply_add: <Avx512 as Simd>::FUSED,
     nb: <Avx512 as Simd>::LANES,
     project: project_avx512_safe,
-    step: step_avx512_safe,
     activate: activate_avx512,
 };
 

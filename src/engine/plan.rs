@@ -1,0 +1,124 @@
+//! The plan of a job: which threads run which rows (batch chunks balanced by valid steps) or which gate
+//! columns (the weight-stationary split), chosen from the shape and the measured cache size.
+
+use std::sync::OnceLock;
+
+use super::workspace::{clear_reserve, ChunkScratch};
+
+/// How a job spreads over threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Schedule {
+    /// Chosen from the shape and the cache (one core's L2, read from the OS): gate columns when a thread
+    /// would get no rows, when threads would get fewer than 4 rows each and the recurrent weights fill
+    /// L2, or when the weights exceed twice the threads' L2 together; batch chunks otherwise (hidden
+    /// sizes below 128 always use batch chunks: too little work per step for a barrier).
+    #[default]
+    Auto,
+    /// Sequences split into chunks balanced by valid steps; no synchronisation between chunks.
+    BatchChunks,
+    /// Weight-stationary: each thread owns a slice of the gate columns (hidden blocks) for every
+    /// sequence, keeps that slice of the weights in its own cache, and the threads meet at a cheap
+    /// barrier after every step (the DeepCPU idea). For small batches and large hidden sizes.
+    GateColumns,
+}
+
+/// Rows per thread below which batch chunks leave threads underused.
+pub(crate) const MIN_ROWS_PER_THREAD: usize = 4;
+
+/// One core's L2 cache in bytes: read once from Linux' sysfs, else 1 MiB (typical of current x86).
+pub(crate) fn l2_bytes() -> usize {
+    static L2: OnceLock<usize> = OnceLock::new();
+    *L2.get_or_init(|| {
+        (0..8)
+            .find_map(|i| {
+                let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
+                let level = std::fs::read_to_string(format!("{dir}/level")).ok()?;
+                let kind = std::fs::read_to_string(format!("{dir}/type")).ok()?;
+                if level.trim() != "2" || kind.trim() == "Instruction" {
+                    return None;
+                }
+                parse_cache_size(&std::fs::read_to_string(format!("{dir}/size")).ok()?)
+            })
+            .unwrap_or(1 << 20)
+    })
+}
+
+/// `"1024K"`, `"2M"` or `"524288"` as bytes.
+pub(crate) fn parse_cache_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, mult) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 1 << 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 1 << 20),
+        _ => (s, 1),
+    };
+    num.parse::<usize>().ok()?.checked_mul(mult).filter(|&b| b > 0)
+}
+
+/// Deals rows (sorted by decreasing length) to the chunks, each to the chunk with the least work so far;
+/// every chunk stays sorted by decreasing length.
+pub(crate) fn balance(order: &[usize], lens: &[usize], load: &mut Vec<usize>, chunks: &mut [ChunkScratch]) {
+    let n = chunks.len();
+    let deal = |load: &mut Vec<usize>, to: &mut dyn FnMut(usize, usize)| {
+        clear_reserve(load, n);
+        load.resize(n, 0);
+        for &b in order {
+            let (i, _) = load.iter().enumerate().min_by_key(|&(i, &l)| (l, i)).expect("at least one chunk");
+            to(i, b);
+            load[i] += lens[b];
+        }
+    };
+    // Count first (in `steps`, which the run overwrites), so each row list gets its exact size.
+    for c in chunks.iter_mut() {
+        c.steps = 0;
+    }
+    deal(load, &mut |i, _| chunks[i].steps += 1);
+    for c in chunks.iter_mut() {
+        clear_reserve(&mut c.rows, c.steps);
+    }
+    deal(load, &mut |i, b| chunks[i].rows.push(b));
+}
+
+/// Cores available to this process (at least 1), read once.
+pub(crate) fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Largest thread pool the library will build.
+pub(crate) const MAX_THREADS: usize = 256;
+
+pub(crate) fn effective_threads(threads: usize) -> usize {
+    match threads {
+        0 => rayon::current_num_threads(),
+        n => n.min(MAX_THREADS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balance_is_even_and_sorted() {
+        let lens = [10, 9, 8, 7, 6, 5, 4, 3, 2, 1];
+        let order: Vec<usize> = (0..10).collect();
+        let mut chunks: Vec<ChunkScratch> = (0..3).map(|_| ChunkScratch::default()).collect();
+        balance(&order, &lens, &mut Vec::new(), &mut chunks);
+        let loads: Vec<usize> = chunks.iter().map(|c| c.rows.iter().map(|&b| lens[b]).sum()).collect();
+        assert!(loads.iter().max().unwrap() - loads.iter().min().unwrap() <= 2, "{loads:?}");
+        for c in &chunks {
+            assert!(c.rows.windows(2).all(|w| lens[w[0]] >= lens[w[1]]));
+        }
+    }
+
+    #[test]
+    fn cache_sizes_parse() {
+        assert_eq!(parse_cache_size("1024K\n"), Some(1 << 20));
+        assert_eq!(parse_cache_size("2M"), Some(2 << 20));
+        assert_eq!(parse_cache_size("524288"), Some(524_288));
+        assert_eq!(parse_cache_size("0K"), None);
+        assert_eq!(parse_cache_size("lots"), None);
+        assert!(l2_bytes() >= 64 << 10);
+    }
+}

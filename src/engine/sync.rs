@@ -1,0 +1,153 @@
+//! Threads: cached pools, the dedicated pool of column-split jobs and the spinning barrier its threads
+//! meet at after every step.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::plan::MAX_THREADS;
+use super::workspace::ChunkScratch;
+use crate::error::{Error, ErrorKind, Result};
+
+/// A spinning barrier: threads of a column-split job meet after each step. Spins briefly, then yields,
+/// so an oversubscribed machine still makes progress. A thread that panics poisons it, releasing the
+/// others.
+pub(crate) struct SpinBarrier {
+    n: usize,
+    count: AtomicUsize,
+    generation: AtomicUsize,
+    poisoned: AtomicBool,
+}
+
+impl SpinBarrier {
+    pub(crate) fn new(n: usize) -> Self {
+        SpinBarrier { n, count: AtomicUsize::new(0), generation: AtomicUsize::new(0), poisoned: AtomicBool::new(false) }
+    }
+
+    /// Waits for all `n` threads; `false` if the barrier was poisoned.
+    pub(crate) fn wait(&self) -> bool {
+        let gen = self.generation.load(Ordering::Acquire);
+        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
+            self.count.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+        } else {
+            let mut spins = 0u32;
+            while self.generation.load(Ordering::Acquire) == gen {
+                if self.poisoned.load(Ordering::Relaxed) {
+                    return false;
+                }
+                spins += 1;
+                if spins < 1 << 12 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        !self.poisoned.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn poison(&self) {
+        self.poisoned.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A cached pool of `n` threads.
+pub(crate) type PoolCache = Mutex<Vec<(usize, Arc<rayon::ThreadPool>)>>;
+
+pub(crate) fn pool(n: usize) -> Result<Arc<rayon::ThreadPool>> {
+    static POOLS: OnceLock<PoolCache> = OnceLock::new();
+    let n = n.min(MAX_THREADS);
+    let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = pools.iter().find(|(k, _)| *k == n) {
+        return Ok(Arc::clone(p));
+    }
+    let p = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("masked-rnn-{i}"))
+        .build()
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start {n} threads: {e}")))?;
+    let p = Arc::new(p);
+    pools.push((n, Arc::clone(&p)));
+    Ok(p)
+}
+
+/// The scratch of a column-split job's threads, shared by index.
+#[derive(Clone, Copy)]
+pub(crate) struct ChunkPtr(pub(crate) *mut ChunkScratch);
+
+impl ChunkPtr {
+    /// Element `j` (the closure captures the whole wrapper, not the raw pointer field).
+    pub(crate) fn at(&self, j: usize) -> *mut ChunkScratch {
+        self.0.wrapping_add(j)
+    }
+}
+
+// SAFETY: each thread of a column-split job dereferences a distinct index (see `run_columns`).
+unsafe impl Send for ChunkPtr {}
+
+unsafe impl Sync for ChunkPtr {}
+
+/// A pool of `n` threads that only ever runs column-split jobs, one at a time.
+pub(crate) struct ColumnPool {
+    pub(crate) lock: Mutex<()>,
+    pub(crate) pool: rayon::ThreadPool,
+}
+
+pub(crate) type ColumnPoolCache = Mutex<Vec<(usize, Arc<ColumnPool>)>>;
+
+pub(crate) fn column_pool(n: usize) -> Result<Arc<ColumnPool>> {
+    static POOLS: OnceLock<ColumnPoolCache> = OnceLock::new();
+    let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = pools.iter().find(|(k, _)| *k == n) {
+        return Ok(Arc::clone(p));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("masked-rnn-columns-{i}"))
+        .build()
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start {n} threads: {e}")))?;
+    let p = Arc::new(ColumnPool { lock: Mutex::new(()), pool });
+    pools.push((n, Arc::clone(&p)));
+    Ok(p)
+}
+
+/// Runs `a` and `b`, in parallel unless `threads == 1`; both results are returned.
+pub(crate) fn par_join<A: Send, B: Send>(
+    threads: usize,
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> Result<(A, B)> {
+    Ok(match threads {
+        1 => (a(), b()),
+        0 => rayon::join(a, b),
+        n => pool(n)?.install(|| rayon::join(a, b)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn barrier_releases_all_and_poison_frees_waiters() {
+        let b = SpinBarrier::new(3);
+        let passed = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    for _ in 0..100 {
+                        assert!(b.wait());
+                        passed.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        assert_eq!(passed.load(Ordering::Relaxed), 300);
+        let p = SpinBarrier::new(2);
+        std::thread::scope(|s| {
+            s.spawn(|| assert!(!p.wait()));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            p.poison();
+        });
+    }
+}
