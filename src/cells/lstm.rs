@@ -16,7 +16,7 @@ use std::ops::Range;
 use crate::cells::activation::Activation;
 use crate::cells::weights::PackedLstm;
 use crate::kernel::pack::PackedGates;
-use crate::kernel::simd::{gemm, Simd};
+use crate::kernel::simd::{gemm, Epilogue, Rows, Simd};
 use crate::kernel::{CellKernel, StepState};
 use crate::reference::Rounding;
 
@@ -117,35 +117,56 @@ impl CellKernel for LstmKernel<'_> {
         assert!(w.r.len() >= w.blocks * w.hidden * panel && st.h.len() >= m * hp && w.bias.len() >= w.blocks * panel);
         let peepholes = self.packed.peephole.as_deref();
         assert!(peepholes.is_none_or(|p| p.len() >= 3 * hp));
-        let (h, c, h_out) = (st.h.as_ptr(), st.extra, st.h_out);
+        let mut update = Update {
+            spec: self.spec,
+            proj: st.proj.as_ptr(),
+            proj_row,
+            first: blocks.start,
+            bias: w.bias.as_ptr(),
+            peepholes: peepholes.map(<[f32]>::as_ptr),
+            c: st.extra,
+            h_out: st.h_out,
+            hp,
+        };
+        let rows = Rows::Strided { base: st.h.as_ptr(), stride: hp };
         // SAFETY: the asserts above bound every read: rows < m of h (hp floats each, hidden <= hp), panels
         // of H x 4 LANES floats for blocks < w.blocks, the bias, proj and peephole blocks. The writes stay in
         // rows < m of c and h_out, in the columns of `blocks`, which the caller's contract gives us.
+        unsafe { gemm::<S, 4>(&w.r, w.hidden, m, rows, blocks, reverse_first, &mut update) }
+    }
+}
+
+/// The LSTM step's epilogue: `z = (proj + h·R) + b` (Keras' summation order), then the cell update.
+struct Update<'a> {
+    spec: &'a CellSpec,
+    proj: *const f32,
+    proj_row: usize,
+    first: usize,
+    bias: *const f32,
+    peepholes: Option<*const f32>,
+    c: *mut f32,
+    h_out: *mut f32,
+    hp: usize,
+}
+
+impl<S: Simd> Epilogue<S, 4> for Update<'_> {
+    #[inline(always)]
+    unsafe fn apply(&mut self, r: usize, blk: usize, acc: [S; 4]) {
+        let panel = 4 * S::LANES;
+        // SAFETY: `LstmKernel::step` checked every buffer for the rows and blocks `gemm` hands here.
         unsafe {
-            gemm::<S, 4>(
-                &w.r,
-                w.hidden,
-                m,
-                |i| h.add(i * hp),
-                blocks.clone(),
-                reverse_first,
-                |r, blk, acc| {
-                    let pr = st.proj.as_ptr().add(r * proj_row + (blk - blocks.start) * panel);
-                    let bias = w.bias.as_ptr().add(blk * panel);
-                    let peep = peepholes.map(|p| {
-                        let b = p.as_ptr().add(blk * 3 * S::LANES);
-                        [S::load(b), S::load(b.add(S::LANES)), S::load(b.add(2 * S::LANES))]
-                    });
-                    // Keras' summation order: (x·W + h·R) + b.
-                    let z: [S; 4] = std::array::from_fn(|g| {
-                        S::load(pr.add(g * S::LANES)).add(acc[g]).add(S::load(bias.add(g * S::LANES)))
-                    });
-                    let cs = r * hp + blk * S::LANES;
-                    let (hn, cn) = update_lanes(self.spec, z, peep, S::load(c.add(cs)));
-                    cn.store(c.add(cs));
-                    hn.store(h_out.add(cs));
-                },
-            )
+            let pr = self.proj.add(r * self.proj_row + (blk - self.first) * panel);
+            let bias = self.bias.add(blk * panel);
+            let peep = self.peepholes.map(|p| {
+                let b = p.add(blk * 3 * S::LANES);
+                [S::load(b), S::load(b.add(S::LANES)), S::load(b.add(2 * S::LANES))]
+            });
+            let z: [S; 4] =
+                std::array::from_fn(|g| S::load(pr.add(g * S::LANES)).add(acc[g]).add(S::load(bias.add(g * S::LANES))));
+            let cs = r * self.hp + blk * S::LANES;
+            let (hn, cn) = update_lanes(self.spec, z, peep, S::load(self.c.add(cs)));
+            cn.store(self.c.add(cs));
+            hn.store(self.h_out.add(cs));
         }
     }
 }

@@ -345,49 +345,91 @@ unsafe fn project_gates<S: Simd, const G: usize>(
     assert!(w.gates == G && w.nb == S::LANES && blocks.end <= w.blocks && out.len() >= rows.len() * out_row);
     assert!(w.w.len() >= w.blocks * input * panel);
     assert!(rows.iter().all(|&o| o.checked_add(input).is_some_and(|e| e <= x.len())));
-    let base = out.as_mut_ptr();
-    // SAFETY: the asserts above bound every row read (o + input <= x.len()) and every weight read (panels
-    // of input x G LANES floats for blocks < w.blocks); `gemm` hands the epilogue rows < rows.len() and
-    // blocks in `blocks`, so every write stays inside `out`.
-    unsafe {
-        gemm::<S, G>(
-            &w.w,
-            input,
-            rows.len(),
-            |i| x.as_ptr().add(rows[i]),
-            blocks.clone(),
-            false,
-            |r, blk, acc| {
-                let dst = base.add(r * out_row + (blk - blocks.start) * panel);
+    // Stores each tile into its output row.
+    struct Store {
+        base: *mut f32,
+        out_row: usize,
+        first: usize,
+    }
+    impl<S: Simd, const G: usize> Epilogue<S, G> for Store {
+        #[inline(always)]
+        unsafe fn apply(&mut self, row: usize, block: usize, acc: [S; G]) {
+            // SAFETY: `project_gates` asserted that `out` holds every row's blocks.
+            unsafe {
+                let dst = self.base.add(row * self.out_row + (block - self.first) * G * S::LANES);
                 for (g, v) in acc.iter().enumerate() {
                     v.store(dst.add(g * S::LANES));
                 }
-            },
-        );
+            }
+        }
+    }
+    let mut store = Store { base: out.as_mut_ptr(), out_row, first: blocks.start };
+    let rows_len = rows.len();
+    let rows = Rows::Gathered { base: x.as_ptr(), offsets: rows };
+    // SAFETY: the asserts above bound every row read (o + input <= x.len()) and every weight read (panels
+    // of input x G LANES floats for blocks < w.blocks); `gemm` hands the epilogue rows < rows.len() and
+    // blocks in `blocks`, so every write stays inside `out`.
+    unsafe { gemm::<S, G>(&w.w, input, rows_len, rows, blocks, false, &mut store) };
+}
+
+/// Where the rows of a GEMM's left operand start.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Rows<'a> {
+    /// Row `i` at `base + i * stride`.
+    Strided { base: *const f32, stride: usize },
+    /// Row `i` at `base + offsets[i]` (gathered valid steps).
+    Gathered { base: *const f32, offsets: &'a [usize] },
+}
+
+impl Rows<'_> {
+    /// Row `i`.
+    ///
+    /// # Safety
+    /// The resulting pointer is in bounds of the allocation `base` points into (the caller of [`gemm`]
+    /// guarantees it for every row it passes).
+    #[inline(always)]
+    unsafe fn at(&self, i: usize) -> *const f32 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match *self {
+                Rows::Strided { base, stride } => base.add(i * stride),
+                Rows::Gathered { base, offsets } => base.add(offsets[i]),
+            }
+        }
     }
 }
 
-/// The GEMM every kernel is made of: for the `m` rows `a(0..m)` (each `k_len` floats) and the weight
-/// blocks `blocks` of `panels` (`[blocks][k_len][G][LANES]`), hands `epilogue(row, block, acc)` the `G`
-/// gate vectors `acc[g] = sum_k a(row)[k] * panel[block][k][g]` of every row and block, while they are in
-/// registers. Rows go in tiles of at most `S::MR`; the first tile sweeps the blocks backwards if
-/// `reverse_first`, later ones alternate ("snake" order, so weights beyond L2 are partly re-used from it);
-/// returns whether the last sweep ran backwards. Each element's sum runs over `k` in order whatever the
-/// tiling or direction, so results never depend on them.
+/// What a GEMM does with each register tile: a cell's update, or a store. Implementations mark
+/// `apply` `#[inline(always)]`, so the epilogue is compiled into the kernel with its instruction set
+/// (a closure would be compiled apart, without the kernel's target features).
+pub(crate) trait Epilogue<S: Simd, const G: usize> {
+    /// Handles the `G` gate vectors of `row` and weight block `block`.
+    ///
+    /// # Safety
+    /// S's instructions available; `row` and `block` are among those the GEMM was asked for.
+    unsafe fn apply(&mut self, row: usize, block: usize, acc: [S; G]);
+}
+
+/// The GEMM every kernel is made of: for the `m` rows of `a` (each `k_len` floats) and the weight blocks
+/// `blocks` of `panels` (`[blocks][k_len][G][LANES]`), hands `epilogue` the `G` gate vectors
+/// `acc[g] = sum_k a(row)[k] * panel[block][k][g]` of every row and block, while they are in registers.
+/// Rows go in tiles of at most `S::MR`; the first tile sweeps the blocks backwards if `reverse_first`,
+/// later ones alternate ("snake" order, so weights beyond L2 are partly re-used from it); returns whether
+/// the last sweep ran backwards. Each element's sum runs over `k` in order whatever the tiling or
+/// direction, so results never depend on them.
 ///
 /// # Safety
-/// S's instructions available; `a(i)` valid for `k_len` reads for every `i < m`; `panels` holds
+/// S's instructions available; every row `a.at(i)`, `i < m`, valid for `k_len` reads; `panels` holds
 /// `blocks.end` panels of `k_len * G * LANES` floats.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm<S: Simd, const G: usize>(
     panels: &[f32],
     k_len: usize,
     m: usize,
-    a: impl Fn(usize) -> *const f32,
+    a: Rows<'_>,
     blocks: Range<usize>,
     reverse_first: bool,
-    mut epilogue: impl FnMut(usize, usize, [S; G]),
+    epilogue: &mut impl Epilogue<S, G>,
 ) -> bool {
     const { assert!(S::MR >= 1 && S::MR <= 6) };
     let panel = G * S::LANES;
@@ -402,10 +444,11 @@ pub(crate) unsafe fn gemm<S: Simd, const G: usize>(
                     ($m:literal, $nb:literal) => {{
                         let p: [*const f32; $nb] =
                             std::array::from_fn(|j| panels.as_ptr().add((bl + j) * k_len * panel));
-                        let acc = tile::<S, $m, $nb, G>(std::array::from_fn(|i| a(r + i)), k_len, p);
+                        let rows: [*const f32; $m] = std::array::from_fn(|i| a.at(r + i));
+                        let acc = tile::<S, $m, $nb, G>(rows, k_len, p);
                         for (i, row) in acc.into_iter().enumerate() {
                             for (j, blk) in row.into_iter().enumerate() {
-                                epilogue(r + i, bl + j, blk);
+                                epilogue.apply(r + i, bl + j, blk);
                             }
                         }
                     }};
