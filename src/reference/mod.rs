@@ -2,6 +2,8 @@
 //! padded or not, and lets the mask only *select*, exactly as Keras does (SEMANTICS.md section 2). It is the
 //! oracle for the fast path, the fuzzers and every SIMD backend.
 
+pub mod backward;
+
 use crate::cells::lstm::CellSpec;
 use crate::cells::weights::LstmWeights;
 use crate::error::{check_len, checked_product, Result};
