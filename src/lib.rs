@@ -54,5 +54,9 @@ pub use cells::weights::LstmWeights;
 pub use engine::{ForwardStats, Schedule, Workspace};
 pub use error::{Error, ErrorKind, Result};
 pub use frameworks::keras::{InitialState, KerasLstm, KerasLstmOptions, KerasOutputs};
-pub use frameworks::sequential::{masked_mae, masked_mse, unmasked_mae, Layer, LossValue, MaskedSeq, Sequential};
+pub use frameworks::sequential::{Layer, MaskedSeq, Sequential};
+pub use train::{
+    loss::{masked_mae, masked_mse, unmasked_mae, unmasked_mse, Loss, LossValue},
+    optim::{Adam, AdamFlavor, Optimizer, Sgd},
+};
 pub use view::{mask_from_values, MaskValueMode, Padding, Run, SeqView};

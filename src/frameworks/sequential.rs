@@ -1,5 +1,5 @@
 //! A small layer stack in the Keras style: `Masking -> LSTM -> ... -> time slice`, where the sequence view
-//! flows through the stack, plus masked losses.
+//! flows through the stack. The masked losses are in [`train::loss`](crate::train::loss).
 //!
 //! This is the seed model of the crate: Keras' `Lambda(lambda x: x[:, N:])` silently dropped the mask so the
 //! loss counted padding; here [`Layer::TimeSlice`] shifts the view instead, in O(B), and the losses average
@@ -314,64 +314,6 @@ impl Sequential {
     }
 }
 
-/// A loss averaged over a number of steps.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LossValue {
-    /// The mean loss; 0 when `count` is 0 (Keras 3).
-    pub value: f64,
-    /// Number of steps averaged over.
-    pub count: usize,
-}
-
-fn loss(pred: &MaskedSeq, target: &[f32], masked: bool, per_value: impl Fn(f64) -> f64) -> Result<LossValue> {
-    let (b, t, f) = (pred.batch(), pred.time(), pred.features());
-    check_len("target", target.len(), checked_product(&[b, t, f], "target")?)?;
-    let mut sum = 0.0f64;
-    let mut count = 0usize;
-    let mut add = |s: usize, step: usize| {
-        let p = pred.step(s, step);
-        let y = &target[(s * t + step) * f..(s * t + step + 1) * f];
-        let per_step: f64 = p.iter().zip(y).map(|(&p, &y)| per_value(p as f64 - y as f64)).sum();
-        sum += if f > 0 { per_step / f as f64 } else { 0.0 };
-        count += 1;
-    };
-    for s in 0..b {
-        if masked {
-            for r in pred.view().runs(s) {
-                (r.offset..r.end()).for_each(|step| add(s, step));
-            }
-        } else {
-            (0..t).for_each(|step| add(s, step));
-        }
-    }
-    Ok(LossValue { value: if count > 0 { sum / count as f64 } else { 0.0 }, count })
-}
-
-/// Masked mean absolute error (Keras 3): the per-step MAE (mean over features) summed over valid steps and
-/// divided by their number. An all-masked batch gives 0 with `count == 0`.
-///
-/// # Errors
-/// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) if `target` is not `[B, T, F]` of `pred`.
-pub fn masked_mae(pred: &MaskedSeq, target: &[f32]) -> Result<LossValue> {
-    loss(pred, target, true, f64::abs)
-}
-
-/// Masked mean squared error (Keras 3), as [`masked_mae`].
-///
-/// # Errors
-/// As [`masked_mae`].
-pub fn masked_mse(pred: &MaskedSeq, target: &[f32]) -> Result<LossValue> {
-    loss(pred, target, true, |d| d * d)
-}
-
-/// Mean absolute error over every step, padding included: what Keras reports once the mask is lost.
-///
-/// # Errors
-/// As [`masked_mae`].
-pub fn unmasked_mae(pred: &MaskedSeq, target: &[f32]) -> Result<LossValue> {
-    loss(pred, target, false, f64::abs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,18 +375,5 @@ mod tests {
         for (values, seq) in &kept {
             assert_eq!(&seq.to_vec(), values, "a returned output was overwritten by a later call");
         }
-    }
-
-    #[test]
-    fn losses_count_valid_steps_only() {
-        let view = SeqView::from_lengths(&[2, 0], 3, Padding::Post).unwrap();
-        let pred = MaskedSeq::new(vec![1.0, 2.0, 100.0, 5.0, 5.0, 5.0], 1, view).unwrap();
-        let target = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
-        assert_eq!(masked_mae(&pred, &target).unwrap(), LossValue { value: 1.5, count: 2 });
-        assert_eq!(masked_mse(&pred, &target).unwrap(), LossValue { value: 2.5, count: 2 });
-        assert_eq!(unmasked_mae(&pred, &target).unwrap(), LossValue { value: 118.0 / 6.0, count: 6 });
-        let none = pred.slice_time(2, 3).unwrap();
-        assert_eq!(masked_mae(&none, &[0.0, 0.0]).unwrap(), LossValue { value: 0.0, count: 0 });
-        assert!(masked_mae(&pred, &target[..5]).is_err());
     }
 }

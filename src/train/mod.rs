@@ -1,1 +1,4 @@
 //! Training: masked losses with their gradients, optimizers, and the training loop.
+
+pub mod loss;
+pub mod optim;
