@@ -53,7 +53,9 @@ pub use cells::lstm::CellSpec;
 pub use cells::weights::LstmWeights;
 pub use engine::{ForwardStats, Schedule, Workspace};
 pub use error::{Error, ErrorKind, Result};
-pub use frameworks::keras::{InitialState, KerasLstm, KerasLstmOptions, KerasOutputs};
+pub use frameworks::keras::{
+    InitialState, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream,
+};
 pub use frameworks::sequential::{Layer, MaskedSeq, Sequential};
 pub use train::{
     loss::{masked_mae, masked_mse, unmasked_mae, unmasked_mse, Loss, LossValue},

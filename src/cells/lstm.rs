@@ -93,6 +93,62 @@ impl CellSpec {
     }
 }
 
+/// One unit's backward through [`CellSpec::update_rounded`]: from the gate arguments `args` (after the
+/// peepholes, before the clip, as the training forward kept them), the previous and new cell states and
+/// the gradients `dh` and `dc` arriving at the new `h` and `c`, returns the gradients of the four gate
+/// pre-activations `z` (i, f, c, o) and of `c_prev`. Derivatives at kinks as the C ABI documents them
+/// (the clip passes the gradient strictly inside its bounds).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_unit(
+    spec: &CellSpec,
+    args: [f32; 4],
+    p: Option<[f32; 3]>,
+    c_prev: f32,
+    c: f32,
+    dh: f32,
+    dc: f32,
+    rounding: Rounding,
+) -> ([f32; 4], f32) {
+    let clip = |v: f32| match spec.clip {
+        Some(cl) if v < -cl => -cl,
+        Some(cl) if v > cl => cl,
+        _ => v,
+    };
+    // d act(clip(v)) / dv
+    let slope = |a: Activation, v: f32| -> f32 {
+        let inside = spec.clip.is_none_or(|cl| -cl < v && v < cl);
+        if inside {
+            crate::reference::backward::dact64(a, f64::from(v)) as f32
+        } else {
+            0.0
+        }
+    };
+    let [ai, af, ac, ao] = args;
+    let i = spec.gate.apply_rounded(clip(ai), rounding);
+    let f = if spec.input_forget { 1.0 - i } else { spec.gate.apply_rounded(clip(af), rounding) };
+    let g = spec.cell.apply_rounded(clip(ac), rounding);
+    let o = spec.gate.apply_rounded(clip(ao), rounding);
+    let hc = spec.output.apply_rounded(c, rounding);
+    let [pi, pf, po] = p.unwrap_or([0.0; 3]);
+    let dao = dh * hc * slope(spec.gate, ao);
+    let dc = dc + dh * o * crate::reference::backward::dact64(spec.output, f64::from(c)) as f32 + dao * po;
+    let (mut di, df, dg) = (dc * g, dc * c_prev, dc * i);
+    let daf = if spec.input_forget {
+        di -= df;
+        0.0
+    } else {
+        df * slope(spec.gate, af)
+    };
+    let dai = di * slope(spec.gate, ai);
+    let dac = dg * slope(spec.cell, ac);
+    ([dai, daf, dac, dao], dc * f + dai * pi + daf * pf)
+}
+
+/// Floats a training forward keeps per valid step and hidden unit (padded to whole blocks): the four
+/// gate arguments after the peepholes and before the clip, `[blocks][4][nb]` (`4 hp` floats), then the
+/// new `c` and the new `h` (`hp` floats each).
+pub(crate) const TAPE_RECORD: usize = 6;
+
 /// The LSTM as the kernels see it: packed weights and activations of one layer direction.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LstmKernel<'a> {
@@ -127,6 +183,9 @@ impl CellKernel for LstmKernel<'_> {
             c: st.extra,
             h_out: st.h_out,
             hp,
+            tape: st.tape,
+            tape_rows: st.tape_rows,
+            tape_stride: st.tape_stride,
         };
         let rows = Rows::Strided { base: st.h.as_ptr(), stride: hp };
         // SAFETY: the asserts above bound every read: rows < m of h (hp floats each, hidden <= hp), panels
@@ -147,6 +206,9 @@ struct Update<'a> {
     c: *mut f32,
     h_out: *mut f32,
     hp: usize,
+    tape: *mut f32,
+    tape_rows: *const usize,
+    tape_stride: usize,
 }
 
 impl<S: Simd> Epilogue<S, 4> for Update<'_> {
@@ -164,9 +226,18 @@ impl<S: Simd> Epilogue<S, 4> for Update<'_> {
             let z: [S; 4] =
                 std::array::from_fn(|g| S::load(pr.add(g * S::LANES)).add(acc[g]).add(S::load(bias.add(g * S::LANES))));
             let cs = r * self.hp + blk * S::LANES;
-            let (hn, cn) = update_lanes(self.spec, z, peep, S::load(self.c.add(cs)));
+            let (hn, cn, args) = update_lanes(self.spec, z, peep, S::load(self.c.add(cs)));
             cn.store(self.c.add(cs));
             hn.store(self.h_out.add(cs));
+            if !self.tape.is_null() {
+                // The training record of this step (see `TAPE_RECORD`).
+                let rec = self.tape.add(*self.tape_rows.add(r) * self.tape_stride);
+                for (g, a) in args.iter().enumerate() {
+                    a.store(rec.add(blk * panel + g * S::LANES));
+                }
+                cn.store(rec.add(4 * self.hp + blk * S::LANES));
+                hn.store(rec.add(5 * self.hp + blk * S::LANES));
+            }
         }
     }
 }
@@ -186,13 +257,14 @@ unsafe fn clip_lanes<S: Simd>(v: S, clip: Option<f32>) -> S {
 }
 
 /// [`CellSpec::update_rounded`] on one block of lanes: `z` are the gate pre-activations including bias,
-/// `p` the block's peepholes (i, f, o). Returns `(h, c)`, bit for bit the scalar update in the backend's
-/// rounding.
+/// `p` the block's peepholes (i, f, o). Returns `(h, c, args)`, `h` and `c` bit for bit the scalar update
+/// in the backend's rounding, `args` the four gate arguments after the peepholes and before the clip
+/// (what the backward differentiates the activations at).
 ///
 /// # Safety
 /// S's instructions available.
 #[inline(always)]
-unsafe fn update_lanes<S: Simd>(cell: &CellSpec, z: [S; 4], p: Option<[S; 3]>, c_prev: S) -> (S, S) {
+unsafe fn update_lanes<S: Simd>(cell: &CellSpec, z: [S; 4], p: Option<[S; 3]>, c_prev: S) -> (S, S, [S; 4]) {
     // SAFETY: S's instructions are available (caller's contract); no memory is accessed.
     unsafe {
         let [mut zi, mut zf, zc, mut zo] = z;
@@ -207,6 +279,6 @@ unsafe fn update_lanes<S: Simd>(cell: &CellSpec, z: [S; 4], p: Option<[S; 3]>, c
             zo = zo.add(po.mul(c));
         }
         let o = S::act(cell.gate, clip_lanes(zo, cell.clip));
-        (o.mul(S::act(cell.output, c)), c)
+        (o.mul(S::act(cell.output, c)), c, [zi, zf, zc, zo])
     }
 }

@@ -23,16 +23,21 @@
 //! `sync` (thread pools and the column-split barrier), `workspace` (reusable scratch) and `sweep` (the
 //! walk above).
 
+mod backward;
 mod layout;
 mod plan;
 mod sweep;
 mod sync;
+mod tape;
 mod workspace;
 
+pub(crate) use backward::{LstmBackward, LstmBackwardOut};
 pub(crate) use layout::{directions, OutRegion, Region, SeqIn, SeqOut, StateIn, StateOut};
 pub use plan::Schedule;
 pub(crate) use sweep::Job;
 pub(crate) use sync::par_join;
+pub use tape::DirTape;
+pub(crate) use tape::TapeOut;
 pub use workspace::Workspace;
 pub(crate) use workspace::{clear_reserve, initial_pair};
 

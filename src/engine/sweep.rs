@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use super::layout::{check_extent, extent, Region, SeqIn, SeqOut, StateIn, StateOut};
 use super::plan::{balance, cores, effective_threads, l2_bytes, Schedule, MIN_ROWS_PER_THREAD};
 use super::sync::{column_pool, pool, ChunkPtr, SpinBarrier};
+use super::tape::TapeOut;
 use super::workspace::{clear_reserve, ChunkScratch, JobScratch};
 use super::{EmptyState, Fill, ForwardStats};
 use crate::error::{Error, ErrorKind, Result};
@@ -33,6 +34,8 @@ pub(crate) struct Job<'a, C: CellKernel> {
     pub y: Option<SeqOut<'a>>,
     pub h_n: Option<StateOut<'a>>,
     pub c_n: Option<StateOut<'a>>,
+    /// A training forward's tape (sized by `DirTape::prepare` for this view and cell), or `None`.
+    pub tape: Option<TapeOut<'a>>,
     /// 0: rayon's default pool; 1: the calling thread; n: a pool of n threads.
     pub threads: usize,
     pub schedule: Schedule,
@@ -347,6 +350,7 @@ impl<C: CellKernel> Job<'_, C> {
         clear_reserve(&mut cs.offs, most);
         clear_reserve(&mut cs.times, most);
         clear_reserve(&mut cs.proj, most * proj_row);
+        clear_reserve(&mut cs.tape_rows, if self.tape.is_some() { m } else { 0 });
         let n_max = lens[rows[0]];
         let (mut h, mut h2) = (state.h, state.h2);
         // active(k) = rows with more than k valid steps; rows are sorted, so it is a shrinking prefix.
@@ -389,7 +393,29 @@ impl<C: CellKernel> Job<'_, C> {
                 unsafe {
                     let h_prev = std::slice::from_raw_parts(h, a * hp);
                     let p = &cs.proj[base * proj_row..(base + a) * proj_row];
-                    let st = StepState { proj: p, h: h_prev, h_out: h2, extra: state.c };
+                    let mut st = StepState {
+                        proj: p,
+                        h: h_prev,
+                        h_out: h2,
+                        extra: state.c,
+                        tape: std::ptr::null_mut(),
+                        tape_rows: std::ptr::null(),
+                        tape_stride: 0,
+                    };
+                    if let Some(tape) = &self.tape {
+                        cs.tape_rows.clear();
+                        for (r, &row) in rows[..a].iter().enumerate() {
+                            let tr = tape.offsets[row] + k;
+                            cs.tape_rows.push(tr);
+                            if blocks.start == 0 {
+                                // Only one thread of a column split writes the times.
+                                *tape.times.add(tr) = cs.times[base + r];
+                            }
+                        }
+                        st.tape = tape.data;
+                        st.tape_rows = cs.tape_rows.as_ptr();
+                        st.tape_stride = tape.stride;
+                    }
                     reverse = !be.step(&self.cell, a, blocks.clone(), st, reverse);
                 }
                 if let Some(b) = barrier {

@@ -60,13 +60,15 @@ pub(crate) struct ChunkScratch {
     pub(crate) offs: Vec<usize>,
     pub(crate) times: Vec<usize>,
     pub(crate) cur: Vec<Cursor>,
+    /// Tape rows of a step's rows (training forwards only).
+    pub(crate) tape_rows: Vec<usize>,
     pub(crate) steps: usize,
 }
 
 impl ChunkScratch {
     fn bytes(&self) -> usize {
         (self.h.capacity() + self.h2.capacity() + self.c.capacity() + self.proj.capacity()) * 4
-            + (self.rows.capacity() + self.offs.capacity() + self.times.capacity()) * 8
+            + (self.rows.capacity() + self.offs.capacity() + self.times.capacity() + self.tape_rows.capacity()) * 8
             + self.cur.capacity() * std::mem::size_of::<Cursor>()
     }
 }

@@ -303,8 +303,8 @@ impl KerasBidirectional {
         let [cf] = OutRegion::split("c_f", c_f, [state])?;
         let [hb] = OutRegion::split("h_b", h_b, [state])?;
         let [cb] = OutRegion::split("c_b", c_b, [state])?;
-        let jf = self.forward.job(input, view, init_f, ya.map(|out| (out, false)), Some(hf), Some(cf), threads);
-        let jb = self.backward.job(input, view, init_b, yb.map(|out| (out, true)), Some(hb), Some(cb), threads);
+        let jf = self.forward.job(input, view, init_f, ya.map(|out| (out, false)), Some(hf), Some(cf), None, threads);
+        let jb = self.backward.job(input, view, init_b, yb.map(|out| (out, true)), Some(hb), Some(cb), None, threads);
         // The jobs write disjoint elements: different buffers, or the two halves of the concat buffer.
         let [wf, wb] = jobs;
         let (sf, sb) = par_join(threads, || jf.run(wf), || jb.run(wb))?;

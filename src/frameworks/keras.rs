@@ -1,11 +1,12 @@
 //! A Keras `LSTM` layer with exact Keras mask semantics, on the mask-aware engine.
 
 use crate::cells::activation::Activation;
-use crate::cells::lstm::{CellSpec, LstmKernel};
+use crate::cells::grads::LstmGrads;
+use crate::cells::lstm::{CellSpec, LstmKernel, TAPE_RECORD};
 use crate::cells::weights::{LstmWeights, PackedLstm};
 use crate::engine::{
-    clear_reserve, EmptyState, Fill, ForwardStats, Job, OutRegion, Region, Schedule, SeqIn, SeqOut, StateIn, StateOut,
-    Workspace,
+    clear_reserve, DirTape, EmptyState, Fill, ForwardStats, Job, LstmBackward, LstmBackwardOut, OutRegion, Region,
+    Schedule, SeqIn, SeqOut, StateIn, StateOut, TapeOut, Workspace,
 };
 use crate::error::{check_len, checked_product, Result};
 use crate::kernel::{self, Backend};
@@ -80,6 +81,60 @@ pub struct KerasOutputs<'a> {
     pub h_n: Option<&'a mut [f32]>,
     /// `[B, H]`: cell state after each sequence's last valid step.
     pub c_n: Option<&'a mut [f32]>,
+}
+
+/// Gradients of a scalar loss with respect to a Keras layer's outputs (the upstream of
+/// [`KerasLstm::backward`]); `None` = zeros. Shapes as [`KerasOutputs`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KerasUpstream<'a> {
+    /// `[B, T, H]`, of `y`.
+    pub dy: Option<&'a [f32]>,
+    /// `[B, H]`, of `last_output`.
+    pub d_last_output: Option<&'a [f32]>,
+    /// `[B, H]`, of `h_n`.
+    pub d_h_n: Option<&'a [f32]>,
+    /// `[B, H]`, of `c_n`.
+    pub d_c_n: Option<&'a [f32]>,
+}
+
+/// Where [`KerasLstm::backward`] writes gradients; each is optional (not computed when `None`) and
+/// overwritten, not accumulated.
+#[derive(Debug, Default)]
+pub struct KerasGrads<'a> {
+    /// `[B, T, I]`, of `x`: `+0.0` at masked steps.
+    pub dx: Option<&'a mut [f32]>,
+    /// `[I, 4H]`, of the kernel (summed over the batch).
+    pub d_kernel: Option<&'a mut [f32]>,
+    /// `[H, 4H]`, of the recurrent kernel.
+    pub d_recurrent_kernel: Option<&'a mut [f32]>,
+    /// `[4H]`, of the bias.
+    pub d_bias: Option<&'a mut [f32]>,
+    /// `[B, H]`, of the initial `h` (of zeros when none was given).
+    pub d_initial_h: Option<&'a mut [f32]>,
+    /// `[B, H]`, of the initial `c`.
+    pub d_initial_c: Option<&'a mut [f32]>,
+}
+
+/// What [`KerasLstm::forward_train`] keeps for [`KerasLstm::backward`]: for each valid step the gate
+/// arguments and the new `c` and `h` (6 x H floats, H rounded up to the vector width), nothing for
+/// padded steps. Reuse one across calls to avoid allocating.
+#[derive(Clone, Debug, Default)]
+pub struct KerasTape {
+    pub(crate) dir: DirTape,
+    /// `(batch, time, input, hidden)` of the run that filled it.
+    pub(crate) shape: (usize, usize, usize, usize),
+}
+
+impl KerasTape {
+    /// An empty tape.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.dir.bytes()
+    }
 }
 
 /// A Keras LSTM layer: weights packed once, then run on any batch.
@@ -182,7 +237,164 @@ impl KerasLstm {
         let (b, t, i) = (view.batch(), view.time(), self.weights.input_size());
         check_len("x", x.len(), checked_product(&[b, t, i], "x")?)?;
         let input = StridedInput { data: x, off: 0, sb: t * i, st: i };
-        self.forward_strided(input, view, initial, out, threads, ws)
+        self.forward_strided(input, view, initial, out, None, threads, ws)
+    }
+
+    /// [`forward_in`](Self::forward_in) that also fills `tape` with what [`backward`](Self::backward)
+    /// needs (valid steps only; see [`tape_bytes`](Self::tape_bytes)). The outputs are bitwise those of
+    /// `forward_in`.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_train(
+        &self,
+        x: &[f32],
+        view: &SeqView,
+        initial: Option<InitialState<'_>>,
+        out: KerasOutputs<'_>,
+        tape: &mut KerasTape,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<ForwardStats> {
+        let (b, t, i) = (view.batch(), view.time(), self.weights.input_size());
+        check_len("x", x.len(), checked_product(&[b, t, i], "x")?)?;
+        let input = StridedInput { data: x, off: 0, sb: t * i, st: i };
+        tape.shape = (b, t, i, self.units());
+        self.forward_strided(input, view, initial, out, Some(&mut tape.dir), threads, ws)
+    }
+
+    /// Bytes a [`KerasTape`] holds after [`forward_train`](Self::forward_train) on `view`: proportional to
+    /// the valid steps.
+    pub fn tape_bytes(&self, view: &SeqView) -> usize {
+        DirTape::bytes_for(view, TAPE_RECORD, self.packed.gates.hidden_padded())
+    }
+
+    /// The gradients of a scalar loss through this layer, given the gradients `up` with respect to its
+    /// outputs: the vector-Jacobian product of [`forward`](Self::forward) at the inputs of the
+    /// [`forward_train`](Self::forward_train) call that filled `tape` (pass the same `x`, `view` and
+    /// `initial`). Padded steps are never computed; a masked step's output repeats the previous output,
+    /// so its gradient flows to that output (or nowhere, before the first valid step or with
+    /// `zero_output_for_mask`). Results do not depend on `threads`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) for a buffer of the wrong length;
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for a tape filled with another shape.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        x: &[f32],
+        view: &SeqView,
+        initial: Option<InitialState<'_>>,
+        tape: &KerasTape,
+        up: KerasUpstream<'_>,
+        grads: KerasGrads<'_>,
+        threads: usize,
+    ) -> Result<ForwardStats> {
+        let (b, t, i, hd) = (view.batch(), view.time(), self.weights.input_size(), self.units());
+        let hp = self.packed.gates.hidden_padded();
+        check_len("x", x.len(), checked_product(&[b, t, i], "x")?)?;
+        if tape.shape != (b, t, i, hd) || tape.dir.rows() != view.total_valid() {
+            return Err(crate::Error::argument("the tape was filled by a run of another shape"));
+        }
+        let state_len = checked_product(&[b, hd], "state")?;
+        let seq_len = checked_product(&[b, t, hd], "dy")?;
+        for (name, v, n) in [
+            ("dy", up.dy, seq_len),
+            ("d_last_output", up.d_last_output, state_len),
+            ("d_h_n", up.d_h_n, state_len),
+            ("d_c_n", up.d_c_n, state_len),
+        ] {
+            if let Some(v) = v {
+                check_len(name, v.len(), n)?;
+            }
+        }
+        if let Some(s) = &initial {
+            check_len("initial_h", s.h.len(), state_len)?;
+            check_len("initial_c", s.c.len(), state_len)?;
+        }
+        let KerasGrads { dx, d_kernel, d_recurrent_kernel, d_bias, d_initial_h, d_initial_c } = grads;
+        for (name, v, n) in [
+            ("dx", dx.as_deref().map(<[f32]>::len), b * t * i),
+            ("d_kernel", d_kernel.as_deref().map(<[f32]>::len), i * 4 * hd),
+            ("d_recurrent_kernel", d_recurrent_kernel.as_deref().map(<[f32]>::len), hd * 4 * hd),
+            ("d_bias", d_bias.as_deref().map(<[f32]>::len), 4 * hd),
+            ("d_initial_h", d_initial_h.as_deref().map(<[f32]>::len), state_len),
+            ("d_initial_c", d_initial_c.as_deref().map(<[f32]>::len), state_len),
+        ] {
+            if let Some(len) = v {
+                check_len(name, len, n)?;
+            }
+        }
+        let dh_up = self.route_upstream(view, &tape.dir, up, hp);
+        let want_params = d_kernel.is_some() || d_recurrent_kernel.is_some() || d_bias.is_some();
+        let mut params = want_params.then(|| LstmGrads::zeros(i, hd, false));
+        let dx = dx.map(|dx| {
+            dx.fill(0.0);
+            (dx, t * i, i)
+        });
+        let job = LstmBackward {
+            backend: self.backend,
+            weights: &self.weights,
+            packed: &self.packed,
+            spec: &self.cell,
+            view,
+            tape: &tape.dir,
+            x: SeqIn { data: x, off: 0, sb: t * i, st: i },
+            init: initial.map(|s| (s.h, s.c)),
+            dh_up: &dh_up,
+            d_h_n: up.d_h_n,
+            d_c_n: up.d_c_n,
+            threads,
+        };
+        let steps = job.run(LstmBackwardOut { dx, params: params.as_mut(), d_h0: d_initial_h, d_c0: d_initial_c })?;
+        if let Some(p) = params {
+            for (dst, src) in [(d_kernel, &p.d_kernel), (d_recurrent_kernel, &p.d_recurrent), (d_bias, &p.d_bias)] {
+                if let Some(dst) = dst {
+                    dst.copy_from_slice(src);
+                }
+            }
+        }
+        Ok(ForwardStats { steps_computed: steps, chunks: 1, ..ForwardStats::default() })
+    }
+
+    /// The gradient arriving at each valid step's output `h`, `[tape rows][hp]`: its own position's `dy`,
+    /// plus the `dy` of the masked positions that repeat its output (Keras' carry; not with
+    /// `zero_output_for_mask`), plus `d_last_output` when the last position shows it.
+    fn route_upstream(&self, view: &SeqView, tape: &DirTape, up: KerasUpstream<'_>, hp: usize) -> Vec<f32> {
+        let (t_len, hd) = (view.time(), self.units());
+        let mut dh = vec![0.0f32; tape.rows() * hp];
+        let carry = !self.options.zero_output_for_mask;
+        for s in 0..view.batch() {
+            let mut cur: Option<usize> = None; // tape row of the last valid step so far
+            let mut k = 0;
+            let mut add = |row: usize, src: &[f32]| {
+                for (d, &v) in dh[row * hp..row * hp + hd].iter_mut().zip(src) {
+                    *d += v;
+                }
+            };
+            let mut last_shown = None;
+            for p in 0..t_len {
+                let time = if self.options.go_backwards { t_len - 1 - p } else { p };
+                let shown = if view.is_valid(s, time) {
+                    cur = Some(tape.offsets[s] + k);
+                    k += 1;
+                    cur
+                } else if carry {
+                    cur
+                } else {
+                    None
+                };
+                if let (Some(row), Some(dy)) = (shown, up.dy) {
+                    add(row, &dy[(s * t_len + p) * hd..(s * t_len + p + 1) * hd]);
+                }
+                last_shown = shown;
+            }
+            if let (Some(row), Some(d)) = (last_shown, up.d_last_output) {
+                add(row, &d[s * hd..(s + 1) * hd]);
+            }
+        }
+        dh
     }
 
     /// An upper bound of the bytes a fresh [`Workspace`] holds after a [`forward_in`](Self::forward_in)
@@ -195,16 +407,18 @@ impl KerasLstm {
     /// `h_n` is not requested.
     pub fn workspace_bytes(&self, view: &SeqView, threads: usize) -> usize {
         let x = StridedInput { data: &[], off: 0, sb: 0, st: 0 };
-        let job = self.job(x, view, None, None, None, None, threads);
+        let job = self.job(x, view, None, None, None, None, None, threads);
         job.scratch_bound() + view.batch() * self.units() * 4
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward_strided(
         &self,
         x: StridedInput<'_>,
         view: &SeqView,
         initial: Option<InitialState<'_>>,
         out: KerasOutputs<'_>,
+        tape: Option<&mut DirTape>,
         threads: usize,
         ws: &mut Workspace,
     ) -> Result<ForwardStats> {
@@ -243,6 +457,13 @@ impl KerasLstm {
             OutRegion::split_opt("y", y, [Region::seq(0, b, t * hd, t, hd, hd)])?[0].map(|y| (y, false)),
             OutRegion::split_opt("h_n", h_n.as_deref_mut(), [Region::state(0, b, hd, hd)])?[0],
             OutRegion::split_opt("c_n", c_n, [Region::state(0, b, hd, hd)])?[0],
+            match tape {
+                Some(tape) => {
+                    tape.prepare(view, TAPE_RECORD, self.packed.gates.hidden_padded())?;
+                    Some(TapeOut::new(tape))
+                }
+                None => None,
+            },
             threads,
         );
         let stats = job.run(&mut jobs[0])?;
@@ -263,6 +484,7 @@ impl KerasLstm {
         y: Option<(OutRegion<'a>, bool)>,
         h_n: Option<StateOut<'a>>,
         c_n: Option<StateOut<'a>>,
+        tape: Option<TapeOut<'a>>,
         threads: usize,
     ) -> Job<'a, LstmKernel<'a>> {
         let fill = if self.options.zero_output_for_mask { Fill::Zero } else { Fill::Previous };
@@ -278,6 +500,7 @@ impl KerasLstm {
             y: y.map(|(out, flip)| SeqOut { out, mirror: back != flip, fill }),
             h_n,
             c_n,
+            tape,
             threads,
             schedule: self.schedule,
         }

@@ -386,6 +386,7 @@ impl OnnxLstm {
             y: ys_all[d].map(|out| SeqOut { out, mirror: false, fill: Fill::Zero }),
             h_n: hs_all[d],
             c_n: cs_all[d],
+            tape: None,
             threads,
             schedule: self.schedule,
         };

@@ -298,8 +298,15 @@ impl Sequential {
                             let mut y = scratch.take(checked_product(&[cur.batch(), cur.time(), h], "y")?);
                             let out = KerasOutputs { y: Some(&mut y), ..Default::default() };
                             let ws = &mut scratch.ws;
-                            stats =
-                                stats.merge(lstm.forward_strided(cur.strided(), cur.view(), None, out, threads, ws)?);
+                            stats = stats.merge(lstm.forward_strided(
+                                cur.strided(),
+                                cur.view(),
+                                None,
+                                out,
+                                None,
+                                threads,
+                                ws,
+                            )?);
                             y
                         }
                         Path::Reference => lstm.forward_reference(&cur.to_vec(), cur.view(), None)?.y,

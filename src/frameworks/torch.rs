@@ -252,6 +252,7 @@ impl TorchLstm {
                 y: ys[d].map(|out| SeqOut { out, mirror: false, fill: Fill::Zero }),
                 h_n: hs[d],
                 c_n: cs[d],
+                tape: None,
                 threads,
                 schedule: Schedule::Auto,
             };

@@ -68,7 +68,15 @@ impl KernelBench {
         assert!(self.c.len() >= self.batch * hp && self.h_out.len() >= self.batch * hp);
         // SAFETY: c and h_out hold batch x hp floats (asserted), are distinct from h and proj, and this
         // thread is their only user.
-        let st = StepState { proj: &self.proj, h: &self.h, h_out: self.h_out.as_mut_ptr(), extra: self.c.as_mut_ptr() };
+        let st = StepState {
+            proj: &self.proj,
+            h: &self.h,
+            h_out: self.h_out.as_mut_ptr(),
+            extra: self.c.as_mut_ptr(),
+            tape: std::ptr::null_mut(),
+            tape_rows: std::ptr::null(),
+            tape_stride: 0,
+        };
         let cell = LstmKernel { packed: &self.packed, spec: &self.cell };
         self.reverse = !unsafe { self.backend.step(&cell, self.batch, 0..self.packed.gates.blocks, st, self.reverse) };
     }

@@ -46,6 +46,13 @@ pub(crate) struct StepState<'a> {
     /// The cell's other state, updated in place for the step's blocks (LSTM: `c`); unused by cells
     /// without one.
     pub extra: *mut f32,
+    /// Where a training forward keeps what the backward needs (null: nothing is kept): row `r` of the
+    /// step writes the cell's record (see the cell) at `tape + tape_rows[r] * tape_stride`.
+    pub tape: *mut f32,
+    /// Tape row of each of the step's rows (`m` entries when `tape` is not null).
+    pub tape_rows: *const usize,
+    /// Floats per tape row.
+    pub tape_stride: usize,
 }
 
 /// A cell as the kernels see it: its packed weights and its step, a GEMM over the recurrent weights

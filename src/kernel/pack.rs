@@ -105,3 +105,26 @@ fn pack_panels(m: &[f32], rows: usize, gates: usize, hidden: usize, nb: usize) -
     }
     out
 }
+
+impl PackedGates {
+    /// A plain matrix `m [k][n]` packed as the right operand of the kernels' GEMM (one gate of `n`
+    /// columns): `project` then computes `out[r] = a[r] · m` for rows `a[r]` of `k` floats, output rows of
+    /// `n` rounded up to whole blocks. The backward's GEMMs (`dZ·Rᵀ`, `dZ·Wᵀ`, `Xᵀ·dZ`) use it.
+    pub(crate) fn matrix(k: usize, n: usize, m: &[f32], nb: usize) -> Result<Self> {
+        let blocks = n.div_ceil(nb);
+        checked_product(&[k, blocks, nb], "packed matrix")?;
+        if m.len() != k * n || nb == 0 {
+            return Err(Error::argument("matrix of the wrong length"));
+        }
+        Ok(PackedGates {
+            gates: 1,
+            input: k,
+            hidden: n,
+            nb,
+            blocks,
+            w: pack_panels(m, k, 1, n, nb),
+            r: Vec::new(),
+            bias: Vec::new(),
+        })
+    }
+}

@@ -1,0 +1,98 @@
+//! The tape: what a training forward keeps for the backward, for valid steps only.
+//!
+//! Rows are sequence-major in batch order: step `k` (in processing order) of sequence `b` is row
+//! `offsets[b] + k`, so the tape holds exactly `view.total_valid()` rows, whatever the padding. Each row
+//! is the cell's record (for the LSTM, [`TAPE_RECORD`](crate::cells::lstm::TAPE_RECORD) x `hp` floats:
+//! gate arguments, `c`, `h`), and `times[row]` is the step's time index.
+
+use super::workspace::clear_reserve;
+use crate::error::{checked_product, Result};
+use crate::view::SeqView;
+
+/// What one training forward of one layer direction keeps for its backward. Made by the layers'
+/// `forward_train`; memory proportional to the valid steps.
+#[derive(Clone, Debug, Default)]
+pub struct DirTape {
+    /// Floats per row.
+    pub(crate) stride: usize,
+    /// Hidden size padded to whole blocks.
+    pub(crate) hp: usize,
+    /// `offsets[b]`: the row of sequence `b`'s first valid step; `offsets[B]` = rows.
+    pub(crate) offsets: Vec<usize>,
+    /// Time index of each row.
+    pub(crate) times: Vec<usize>,
+    /// `rows x stride` floats.
+    pub(crate) data: Vec<f32>,
+}
+
+impl DirTape {
+    /// Sizes the tape for `view` with records of `record x hp` floats (contents are then written by the
+    /// forward).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) when the size overflows.
+    pub(crate) fn prepare(&mut self, view: &SeqView, record: usize, hp: usize) -> Result<()> {
+        let b = view.batch();
+        let rows = view.total_valid();
+        let stride = checked_product(&[record, hp], "tape row")?;
+        let floats = checked_product(&[rows, stride], "tape")?;
+        self.stride = stride;
+        self.hp = hp;
+        clear_reserve(&mut self.offsets, b + 1);
+        let mut at = 0;
+        for s in 0..b {
+            self.offsets.push(at);
+            at += view.valid_len(s);
+        }
+        self.offsets.push(at);
+        clear_reserve(&mut self.times, rows);
+        self.times.resize(rows, 0);
+        clear_reserve(&mut self.data, floats);
+        self.data.resize(floats, 0.0);
+        Ok(())
+    }
+
+    /// Rows held (valid steps of the batch).
+    pub fn rows(&self) -> usize {
+        self.times.len()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        (self.offsets.capacity() + self.times.capacity()) * std::mem::size_of::<usize>() + self.data.capacity() * 4
+    }
+
+    /// Bytes a tape of `view` with records of `record x hp` floats holds (the size query).
+    pub(crate) fn bytes_for(view: &SeqView, record: usize, hp: usize) -> usize {
+        let rows = view.total_valid();
+        (view.batch() + 1 + rows) * std::mem::size_of::<usize>() + rows * record * hp * 4
+    }
+}
+
+/// A tape being written by a job: raw access for the job's threads, which write distinct rows (batch
+/// chunks) or distinct columns of a row (the gate-column split).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TapeOut<'a> {
+    pub data: *mut f32,
+    pub stride: usize,
+    pub times: *mut usize,
+    pub offsets: &'a [usize],
+}
+
+// SAFETY: threads write distinct tape rows (distinct sequences) or distinct columns of the same rows
+// (column split; only the thread holding block 0 writes `times`); the tape is borrowed mutably for the
+// job's lifetime by `TapeOut::new`.
+unsafe impl Send for TapeOut<'_> {}
+unsafe impl Sync for TapeOut<'_> {}
+
+impl<'a> TapeOut<'a> {
+    /// Borrows `tape` for a job.
+    pub(crate) fn new(tape: &'a mut DirTape) -> Self {
+        TapeOut {
+            data: tape.data.as_mut_ptr(),
+            stride: tape.stride,
+            times: tape.times.as_mut_ptr(),
+            offsets: &tape.offsets,
+        }
+    }
+}
