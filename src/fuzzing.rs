@@ -5,35 +5,66 @@
 //! - [`skip_equals_masked`]: the fast path, which skips padded steps, equals the reference, which computes
 //!   every step and selects by the mask; threads 1 and 2 and a sequence alone give bitwise the same output.
 //! - [`seq_view`]: mask -> view -> mask round-trips; slicing the view equals slicing the mask.
+//! - [`onnx_equals_reference`], [`bidirectional_equals_reference`], [`torch_equals_reference`]: the same
+//!   for the ONNX operator, Keras `Bidirectional` and PyTorch packed sequences.
+//!
+//! "Equal" means bit for bit ([`same_bits`]): `-0.0` is not `+0.0`, and a NaN equals only the same NaN.
+//! Every run's [`ForwardStats`] is also checked against the schedule it forced ([`check_schedule`]).
+//!
+//! Sizes are small, with the edges of the lane blocks ([`EDGE_HIDDEN`]); one case in 1024 draws a hidden
+//! size of [`LARGE_HIDDEN`] (many weight blocks) or an input size of [`LARGE_INPUT`]; such cases (and cases
+//! whose sizes a [`CaseSpec`] forces) fill whatever the bytes do not cover from a pseudo-random stream
+//! seeded by them ([`ByteReader::noise_past_end`]), so their weights are not constant.
 
 // `byte % n == 0` reads as "one case in n" here.
 #![allow(clippy::manual_is_multiple_of)]
 
 use crate::cells::activation::Activation;
 use crate::cells::weights::LstmWeights;
+use crate::engine::{ForwardStats, Schedule};
 use crate::frameworks::keras::{InitialState, KerasLstm, KerasLstmOptions, KerasOutputs};
 use crate::view::{Padding, SeqView};
 
-/// Reads values from fuzz bytes; past the end it yields zeros, so every input is a valid case.
+/// Reads values from fuzz bytes; past the end it yields zeros (or, after
+/// [`noise_past_end`](Self::noise_past_end), a pseudo-random stream), so every input is a valid case.
 #[derive(Debug)]
 pub struct ByteReader<'a> {
     data: &'a [u8],
+    /// State of the SplitMix64 stream read past the end, if enabled.
+    noise: Option<u64>,
 }
 
 impl<'a> ByteReader<'a> {
     /// A reader over `data`.
     pub fn new(data: &'a [u8]) -> Self {
-        ByteReader { data }
+        ByteReader { data, noise: None }
     }
-    /// The next byte (0 past the end).
+    /// The next byte (past the end: 0, or the next byte of the noise stream).
     pub fn u8(&mut self) -> u8 {
         match self.data.split_first() {
             Some((&b, rest)) => {
                 self.data = rest;
                 b
             }
-            None => 0,
+            None => match &mut self.noise {
+                Some(state) => {
+                    // SplitMix64; the top byte of each output.
+                    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    let mut z = *state;
+                    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                    ((z ^ (z >> 31)) >> 56) as u8
+                }
+                None => 0,
+            },
         }
+    }
+    /// From now on, reading past the end yields a pseudo-random stream seeded by the next 8 bytes (and the
+    /// number of bytes left), instead of zeros: large cases need far more values than the fuzz input holds,
+    /// and constant weights would hide a misplaced weight block.
+    pub fn noise_past_end(&mut self) {
+        let seed = u64::from_le_bytes(std::array::from_fn(|_| self.u8()));
+        self.noise = Some(seed ^ (self.data.len() as u64).rotate_left(32));
     }
     /// A value in `0..n` (`n > 0`).
     pub fn below(&mut self, n: usize) -> usize {
@@ -60,8 +91,15 @@ impl<'a> ByteReader<'a> {
     }
 }
 
-/// Compares two float slices: `|a - e| <= tol * max(|e|, 1)`, NaN equal to NaN.
+/// Compares two float slices within a tolerance: `|g - e| <= tol * max(|e|, 1)`, NaN equal to any NaN.
+/// For comparisons against a framework's numbers (fixtures), which sum in other orders.
+///
+/// A tolerance of `0.0` (or less, or NaN) means "bit for bit": the comparison is then [`same_bits`], which tells
+/// `-0.0` from `+0.0` and one NaN from another.
 pub fn close(what: &str, got: &[f32], expected: &[f32], tol: f32) -> Result<(), String> {
+    if tol <= 0.0 || tol.is_nan() {
+        return same_bits(what, got, expected);
+    }
     if got.len() != expected.len() {
         return Err(format!("{what}: length {} != {}", got.len(), expected.len()));
     }
@@ -74,15 +112,158 @@ pub fn close(what: &str, got: &[f32], expected: &[f32], tol: f32) -> Result<(), 
     Ok(())
 }
 
-fn bitwise(what: &str, a: &[f32], b: &[f32]) -> Result<(), String> {
-    if a.len() != b.len() || a.iter().zip(b).any(|(x, y)| x.to_bits() != y.to_bits()) {
-        return Err(format!("{what}: not bitwise identical"));
+/// Compares two float slices bit for bit: every element's `to_bits()` must be equal, so `-0.0` differs
+/// from `+0.0` and a NaN equals only a NaN with the same bit pattern (sign and payload).
+///
+/// # Errors
+/// A message naming `what`, the first differing index, both values (decimal and hex bits) and how many
+/// elements differ; or the two lengths when they differ.
+pub fn same_bits(what: &str, got: &[f32], expected: &[f32]) -> Result<(), String> {
+    if got.len() != expected.len() {
+        return Err(format!("{what}: length {} != {}", got.len(), expected.len()));
     }
-    Ok(())
+    let differs = |(g, e): (&f32, &f32)| g.to_bits() != e.to_bits();
+    let Some(i) = got.iter().zip(expected).position(differs) else { return Ok(()) };
+    let n = got.iter().zip(expected).filter(|&p| differs(p)).count();
+    let (g, e) = (got[i], expected[i]);
+    Err(format!(
+        "{what}[{i}]: got {g:?} ({:#010x}), expected {e:?} ({:#010x}); {n} of {} elements differ in their bits",
+        g.to_bits(),
+        e.to_bits(),
+        got.len()
+    ))
 }
 
-/// Hidden sizes at the edges of the lane blocks.
+/// Hidden sizes at the edges of the lane blocks (8 and 16 lanes).
 pub const EDGE_HIDDEN: [usize; 9] = [1, 7, 8, 9, 15, 16, 17, 33, 2];
+
+/// A hidden size of many weight blocks (33 blocks of 8 lanes, 17 of 16, the last one holding one unit),
+/// drawn in one case of 1024.
+pub const LARGE_HIDDEN: usize = 257;
+
+/// A long input vector (a deep input projection), drawn in one case of 1024.
+pub const LARGE_INPUT: usize = 1024;
+
+/// Widest weight block of any backend, in lanes (AVX-512); the narrowest is 8.
+const MAX_LANES: usize = 16;
+
+/// Sizes (and optionally the schedule) forced on a generated case; everything else still comes from the
+/// bytes. Forced cases read past the end of the bytes from a pseudo-random stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaseSpec {
+    /// `B`.
+    pub batch: usize,
+    /// `T`.
+    pub time: usize,
+    /// `I`.
+    pub input: usize,
+    /// `H` (at least 1).
+    pub hidden: usize,
+    /// The schedule, or `None` to draw it from the bytes.
+    pub schedule: Option<Schedule>,
+}
+
+/// An input size: `0..small`, or [`LARGE_INPUT`] in one case of 1024.
+fn input_size(r: &mut ByteReader<'_>, small: usize) -> usize {
+    // Not 0: bytes past the end read as 0, and a short input should stay a small case.
+    if r.below(1024) == 1023 {
+        LARGE_INPUT
+    } else {
+        r.below(small)
+    }
+}
+
+/// A hidden size: an edge size (half the cases), `1..=small`, or [`LARGE_HIDDEN`] in one case of 1024.
+fn hidden_size(r: &mut ByteReader<'_>, small: usize) -> usize {
+    match r.below(1024) {
+        1023 => LARGE_HIDDEN,
+        k if k % 2 == 1 => EDGE_HIDDEN[r.below(EDGE_HIDDEN.len())],
+        _ => 1 + r.below(small),
+    }
+}
+
+/// Sizes from `spec`, or drawn by `draw`; a large or forced case switches `r` to noise past the end.
+fn sizes(
+    r: &mut ByteReader<'_>,
+    spec: Option<CaseSpec>,
+    draw: impl FnOnce(&mut ByteReader<'_>) -> [usize; 4],
+) -> [usize; 4] {
+    let sizes = match spec {
+        Some(s) => [s.batch, s.time, s.input, s.hidden],
+        None => draw(r),
+    };
+    if spec.is_some() || sizes[2] == LARGE_INPUT || sizes[3] == LARGE_HIDDEN {
+        r.noise_past_end();
+    }
+    sizes
+}
+
+/// Cores the engine sees (`std::thread::available_parallelism`); it never splits gate columns on fewer
+/// than 2.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Whether a run must have split the gate columns across threads, as far as the arguments decide it:
+/// `Some(true)` it must, `Some(false)` it must not (one thread, no sequence with valid steps, fewer than 2
+/// cores, [`Schedule::BatchChunks`], a single weight block, or [`Schedule::Auto`] below 128 hidden units),
+/// `None` when it depends on the backend's lane width (8 < `hidden` <= 16) or on the cache
+/// ([`Schedule::Auto`] from 128 units), or `threads` is 0 (the pool's size).
+/// `active` is the number of sequences with at least one valid step.
+pub fn expected_column_split(schedule: Schedule, threads: usize, hidden: usize, active: usize) -> Option<bool> {
+    if threads == 1 || active == 0 || cores() < 2 || schedule == Schedule::BatchChunks || hidden <= 8 {
+        return Some(false);
+    }
+    if threads == 0 {
+        return None;
+    }
+    match schedule {
+        Schedule::GateColumns => (hidden > MAX_LANES).then_some(true),
+        Schedule::Auto => (hidden < 128).then_some(false),
+        Schedule::BatchChunks => Some(false),
+    }
+}
+
+/// Checks that a call ran the schedule it had to ([`expected_column_split`]): `runs` layer-direction runs
+/// (1 for a Keras layer, 2 for a bidirectional one, layers x directions for a stack), each over `active`
+/// sequences with valid steps, all split by gate columns or all by batch chunks.
+///
+/// # Errors
+/// A message naming `what`, the expectation and [`ForwardStats`].
+pub fn check_schedule(
+    what: &str,
+    stats: &ForwardStats,
+    schedule: Schedule,
+    threads: usize,
+    hidden: usize,
+    active: usize,
+    runs: usize,
+) -> Result<(), String> {
+    let (columns, chunks) = (stats.column_split_runs, stats.batch_chunk_runs);
+    let expected = expected_column_split(schedule, threads, hidden, active);
+    let ok = match expected {
+        Some(true) => columns == runs && chunks == 0,
+        Some(false) => columns == 0 && (active == 0 || chunks == runs),
+        None => active == 0 || columns + chunks == runs,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(format!(
+        "{what}: {schedule:?} on {threads} threads (H {hidden}, {active} active sequences, {} cores, {runs} \
+         runs) should split gate columns: {expected:?}; ran {columns} column-split and {chunks} batch-chunk runs",
+        cores()
+    ))
+}
+
+/// What a differential check ran, for tests that count their coverage.
+#[derive(Clone, Copy, Debug)]
+pub struct CaseReport {
+    /// The case's sizes and schedule.
+    pub spec: CaseSpec,
+    /// Statistics of the run on two threads.
+    pub two_threads: ForwardStats,
+}
 
 /// A random view of `batch x time`: post/pre lengths (0, 1, T included), holes, all valid or all padded.
 pub fn view_from_bytes(r: &mut ByteReader<'_>, batch: usize, time: usize) -> SeqView {
@@ -107,8 +288,8 @@ pub fn view_from_bytes(r: &mut ByteReader<'_>, batch: usize, time: usize) -> Seq
 }
 
 /// Any schedule: results must not depend on it.
-fn schedule(r: &mut ByteReader<'_>) -> crate::Schedule {
-    [crate::Schedule::Auto, crate::Schedule::BatchChunks, crate::Schedule::GateColumns][r.below(3)]
+fn schedule(r: &mut ByteReader<'_>) -> Schedule {
+    [Schedule::Auto, Schedule::BatchChunks, Schedule::GateColumns][r.below(3)]
 }
 
 fn activation(r: &mut ByteReader<'_>) -> Activation {
@@ -132,6 +313,8 @@ pub struct KerasCase {
     pub view: SeqView,
     /// Initial `(h, c)`, if any.
     pub initial: Option<(Vec<f32>, Vec<f32>)>,
+    /// The schedule the layer was given.
+    pub schedule: Schedule,
 }
 
 impl KerasCase {
@@ -142,11 +325,15 @@ impl KerasCase {
 
     /// Builds a case from fuzz bytes, with the layer packed for `backend`.
     pub fn from_bytes_on(data: &[u8], backend: &'static crate::kernel::Backend) -> KerasCase {
+        Self::from_spec(data, backend, None)
+    }
+
+    /// Builds a case from fuzz bytes with the sizes (and schedule) of `spec` if given, the layer packed
+    /// for `backend`.
+    pub fn from_spec(data: &[u8], backend: &'static crate::kernel::Backend, spec: Option<CaseSpec>) -> KerasCase {
         let mut r = ByteReader::new(data);
-        let batch = r.below(7);
-        let time = r.below(13);
-        let input = r.below(6);
-        let hidden = if r.bool() { EDGE_HIDDEN[r.below(EDGE_HIDDEN.len())] } else { 1 + r.below(40) };
+        let [batch, time, input, hidden] =
+            sizes(&mut r, spec, |r| [r.below(7), r.below(13), input_size(r, 6), hidden_size(r, 40)]);
         let view = view_from_bytes(&mut r, batch, time);
         let options = KerasLstmOptions::default()
             .go_backwards(r.bool())
@@ -160,8 +347,8 @@ impl KerasCase {
         let bias = w(4 * hidden);
         let weights =
             LstmWeights::from_keras(input, hidden, &kernel, &recurrent, Some(&bias)).expect("consistent sizes");
-        let layer =
-            KerasLstm::with_backend(weights, options, backend).expect("small layer").with_schedule(schedule(&mut r));
+        let schedule = spec.and_then(|s| s.schedule).unwrap_or_else(|| schedule(&mut r));
+        let layer = KerasLstm::with_backend(weights, options, backend).expect("small layer").with_schedule(schedule);
         let mut x = vec![0.0; batch * time * input];
         for b in 0..batch {
             for t in 0..time {
@@ -176,17 +363,35 @@ impl KerasCase {
             let c = (0..batch * hidden).map(|_| r.unit(1.0)).collect();
             (h, c)
         });
-        KerasCase { layer, x, view, initial }
+        KerasCase { layer, x, view, initial, schedule }
     }
 
-    fn init(&self) -> Option<InitialState<'_>> {
+    /// The initial state as the layer takes it.
+    pub fn init(&self) -> Option<InitialState<'_>> {
         self.initial.as_ref().map(|(h, c)| InitialState { h, c })
     }
+
+    /// The case's sizes and schedule.
+    pub fn spec(&self) -> CaseSpec {
+        CaseSpec {
+            batch: self.view.batch(),
+            time: self.view.time(),
+            input: self.layer.weights().input_size(),
+            hidden: self.layer.units(),
+            schedule: Some(self.schedule),
+        }
+    }
+}
+
+/// Sequences of `view` with at least one valid step.
+fn active(view: &SeqView) -> usize {
+    (0..view.batch()).filter(|&s| view.valid_len(s) > 0).count()
 }
 
 /// Tolerance of the fast path against the reference: none. The reference runs in the backend's rounding
 /// mode ([`crate::reference::Rounding`]) and the activations are the same IEEE operation sequences, so
-/// every backend must match it bit for bit (NaN matching NaN).
+/// every backend must match it bit for bit, signs of zeros and NaN bit patterns included: the properties
+/// here compare with [`same_bits`] (as [`close`] does with this tolerance).
 pub const FAST_VS_REFERENCE_TOL: f32 = 0.0;
 
 /// Property: skipping padded steps equals computing them under the mask; threads and batch composition
@@ -197,27 +402,34 @@ pub fn skip_equals_masked(data: &[u8]) -> Result<(), String> {
 
 /// [`skip_equals_masked`] on a given backend.
 pub fn skip_equals_masked_on(data: &[u8], backend: &'static crate::kernel::Backend) -> Result<(), String> {
-    let case = KerasCase::from_bytes_on(data, backend);
+    check_keras_case(&KerasCase::from_bytes_on(data, backend)).map(drop)
+}
+
+/// The properties of [`skip_equals_masked`] on a given case; returns what ran.
+pub fn check_keras_case(case: &KerasCase) -> Result<CaseReport, String> {
     let expected = case.layer.forward_reference(&case.x, &case.view, case.init()).map_err(|e| e.to_string())?;
     let (one, stats) = case.layer.forward_all(&case.x, &case.view, case.init(), 1).map_err(|e| e.to_string())?;
     if stats.steps_computed != case.view.total_valid() {
         return Err(format!("computed {} steps for {} valid steps", stats.steps_computed, case.view.total_valid()));
     }
-    let tol = FAST_VS_REFERENCE_TOL;
-    close("y", &one.y, &expected.y, tol)?;
-    close("last_output", &one.last_output, &expected.last_output, tol)?;
-    close("h_n", &one.h_n, &expected.h_n, tol)?;
-    close("c_n", &one.c_n, &expected.c_n, tol)?;
-    let (two, _) = case.layer.forward_all(&case.x, &case.view, case.init(), 2).map_err(|e| e.to_string())?;
-    bitwise("threads 2 vs 1 (y)", &two.y, &one.y)?;
+    let (hidden, n_active) = (case.layer.units(), active(&case.view));
+    check_schedule("threads 1", &stats, case.schedule, 1, hidden, n_active, 1)?;
+    same_bits("y", &one.y, &expected.y)?;
+    same_bits("last_output", &one.last_output, &expected.last_output)?;
+    same_bits("h_n", &one.h_n, &expected.h_n)?;
+    same_bits("c_n", &one.c_n, &expected.c_n)?;
+    let (two, two_stats) = case.layer.forward_all(&case.x, &case.view, case.init(), 2).map_err(|e| e.to_string())?;
+    check_schedule("threads 2", &two_stats, case.schedule, 2, hidden, n_active, 1)?;
+    same_bits("threads 2 vs 1 (y)", &two.y, &one.y)?;
     // Every element of y is written, padded ones included: a y full of a NaN pattern ends up the same.
     let mut y = vec![f32::from_bits(0x7fc0_dead); one.y.len()];
     let out = KerasOutputs { y: Some(&mut y), ..Default::default() };
     let mut ws = crate::engine::Workspace::new();
-    case.layer.forward_in(&case.x, &case.view, case.init(), out, 2, &mut ws).map_err(|e| e.to_string())?;
-    bitwise("y over a NaN-filled buffer", &y, &one.y)?;
-    bitwise("threads 2 vs 1 (h_n)", &two.h_n, &one.h_n)?;
-    bitwise("threads 2 vs 1 (c_n)", &two.c_n, &one.c_n)?;
+    let stats = case.layer.forward_in(&case.x, &case.view, case.init(), out, 2, &mut ws).map_err(|e| e.to_string())?;
+    check_schedule("forward_in, threads 2", &stats, case.schedule, 2, hidden, n_active, 1)?;
+    same_bits("y over a NaN-filled buffer", &y, &one.y)?;
+    same_bits("threads 2 vs 1 (h_n)", &two.h_n, &one.h_n)?;
+    same_bits("threads 2 vs 1 (c_n)", &two.c_n, &one.c_n)?;
     // Each sequence alone gives bitwise the output it has in the batch.
     let (b, t, i, h) = (case.view.batch(), case.view.time(), case.layer.weights().input_size(), case.layer.units());
     for s in 0..b {
@@ -228,11 +440,12 @@ pub fn skip_equals_masked_on(data: &[u8], backend: &'static crate::kernel::Backe
             .as_ref()
             .map(|(hh, cc)| InitialState { h: &hh[s * h..(s + 1) * h], c: &cc[s * h..(s + 1) * h] });
         let (alone, _) = case.layer.forward_all(x, &view, init, 1).map_err(|e| e.to_string())?;
-        bitwise("alone vs batch (y)", &alone.y, &one.y[s * t * h..(s + 1) * t * h])?;
-        bitwise("alone vs batch (h_n)", &alone.h_n, &one.h_n[s * h..(s + 1) * h])?;
-        bitwise("alone vs batch (last_output)", &alone.last_output, &one.last_output[s * h..(s + 1) * h])?;
+        same_bits("alone vs batch (y)", &alone.y, &one.y[s * t * h..(s + 1) * t * h])?;
+        same_bits("alone vs batch (h_n)", &alone.h_n, &one.h_n[s * h..(s + 1) * h])?;
+        same_bits("alone vs batch (last_output)", &alone.last_output, &one.last_output[s * h..(s + 1) * h])?;
+        same_bits("alone vs batch (c_n)", &alone.c_n, &one.c_n[s * h..(s + 1) * h])?;
     }
-    Ok(())
+    Ok(CaseReport { spec: case.spec(), two_threads: two_stats })
 }
 
 /// Property: a view round-trips through its mask, and slicing a view equals slicing its mask.
@@ -293,6 +506,8 @@ pub struct OnnxCase {
     pub initial_h: Option<Vec<f32>>,
     /// `initial_c`, if given.
     pub initial_c: Option<Vec<f32>>,
+    /// The schedule the node was given.
+    pub schedule: Schedule,
 }
 
 impl OnnxCase {
@@ -303,10 +518,18 @@ impl OnnxCase {
 
     /// Builds a case from fuzz bytes, with the node packed for `backend`.
     pub fn from_bytes_on(data: &[u8], backend: &'static crate::kernel::Backend) -> OnnxCase {
+        Self::from_spec(data, backend, None)
+    }
+
+    /// Builds a case from fuzz bytes with the sizes (and schedule) of `spec` if given (`time` is
+    /// `seq_length`), the node packed for `backend`.
+    pub fn from_spec(data: &[u8], backend: &'static crate::kernel::Backend, spec: Option<CaseSpec>) -> OnnxCase {
         use crate::frameworks::onnx::{Direction, Layout, OnnxLstm, OnnxLstmAttrs};
         let mut r = ByteReader::new(data);
-        let (t, b, i) = (r.below(10), r.below(6), r.below(5));
-        let h = if r.bool() { EDGE_HIDDEN[r.below(EDGE_HIDDEN.len())] } else { 1 + r.below(20) };
+        let [b, t, i, h] = sizes(&mut r, spec, |r| {
+            let (t, b, i) = (r.below(10), r.below(6), input_size(r, 5));
+            [b, t, i, hidden_size(r, 20)]
+        });
         let direction = [Direction::Forward, Direction::Reverse, Direction::Bidirectional][r.below(3)];
         let d_n = direction.count();
         let layout = if r.bool() { Layout::BatchMajor } else { Layout::SeqMajor };
@@ -330,10 +553,11 @@ impl OnnxCase {
         let peep = v(d_n * 3 * h, scale);
         let x = v(t * b * i, 2.0);
         let (use_b, use_p) = (r.bool(), r.u8() % 3 == 0);
+        let schedule = spec.and_then(|s| s.schedule).unwrap_or_else(|| schedule(&mut r));
         let node =
             OnnxLstm::with_backend(attrs, i, &w, &rr, use_b.then_some(&bias[..]), use_p.then_some(&peep[..]), backend)
                 .expect("consistent case")
-                .with_schedule(schedule(&mut r));
+                .with_schedule(schedule);
         let lens: Option<Vec<i32>> = (r.u8() % 4 != 0).then(|| {
             (0..b)
                 .map(|_| match r.u8() % 4 {
@@ -358,7 +582,27 @@ impl OnnxCase {
         }
         let initial_h = r.bool().then(|| (0..d_n * b * h).map(|_| r.unit(1.0)).collect());
         let initial_c = r.bool().then(|| (0..d_n * b * h).map(|_| r.unit(1.0)).collect());
-        OnnxCase { node, x, seq_length: t, batch: b, lens, initial_h, initial_c }
+        OnnxCase { node, x, seq_length: t, batch: b, lens, initial_h, initial_c, schedule }
+    }
+
+    /// The case's sizes and schedule.
+    pub fn spec(&self) -> CaseSpec {
+        CaseSpec {
+            batch: self.batch,
+            time: self.seq_length,
+            input: self.node.input_size(),
+            hidden: self.node.attrs().hidden_size,
+            schedule: Some(self.schedule),
+        }
+    }
+
+    /// Sequences with at least one valid step.
+    pub fn active(&self) -> usize {
+        match &self.lens {
+            Some(l) => l.iter().filter(|&&v| v > 0).count(),
+            None if self.seq_length > 0 => self.batch,
+            None => 0,
+        }
     }
 
     /// Runs the fast path.
@@ -384,8 +628,12 @@ pub fn onnx_equals_reference(data: &[u8]) -> Result<(), String> {
 
 /// [`onnx_equals_reference`] on a given backend.
 pub fn onnx_equals_reference_on(data: &[u8], backend: &'static crate::kernel::Backend) -> Result<(), String> {
+    check_onnx_case(&OnnxCase::from_bytes_on(data, backend)).map(drop)
+}
+
+/// The properties of [`onnx_equals_reference`] on a given case; returns what ran.
+pub fn check_onnx_case(case: &OnnxCase) -> Result<CaseReport, String> {
     use crate::frameworks::onnx::Layout;
-    let case = OnnxCase::from_bytes_on(data, backend);
     let err = |e: crate::Error| e.to_string();
     let expected = case
         .node
@@ -407,13 +655,16 @@ pub fn onnx_equals_reference_on(data: &[u8], backend: &'static crate::kernel::Ba
     if stats.steps_computed != d_n * valid {
         return Err(format!("computed {} steps, {} directions x {valid} valid steps", stats.steps_computed, d_n));
     }
-    let tol = FAST_VS_REFERENCE_TOL;
-    close("Y", &one.y, &expected.y, tol)?;
-    close("Y_h", &one.y_h, &expected.y_h, tol)?;
-    close("Y_c", &one.y_c, &expected.y_c, tol)?;
-    let (two, _) = case.run(2).map_err(err)?;
-    bitwise("threads 2 vs 1 (Y)", &two.y, &one.y)?;
-    bitwise("threads 2 vs 1 (Y_h)", &two.y_h, &one.y_h)?;
+    same_bits("Y", &one.y, &expected.y)?;
+    same_bits("Y_h", &one.y_h, &expected.y_h)?;
+    same_bits("Y_c", &one.y_c, &expected.y_c)?;
+    let (hidden, n_active) = (case.node.attrs().hidden_size, case.active());
+    check_schedule("threads 1", &stats, case.schedule, 1, hidden, n_active, d_n)?;
+    let (two, two_stats) = case.run(2).map_err(err)?;
+    check_schedule("threads 2", &two_stats, case.schedule, 2, hidden, n_active, d_n)?;
+    same_bits("threads 2 vs 1 (Y)", &two.y, &one.y)?;
+    same_bits("threads 2 vs 1 (Y_h)", &two.y_h, &one.y_h)?;
+    same_bits("threads 2 vs 1 (Y_c)", &two.y_c, &one.y_c)?;
     // Each sequence alone, bitwise equal to its slice of the batch output.
     let (t, b, i, h) = (case.seq_length, case.batch, case.node.input_size(), case.node.attrs().hidden_size);
     let batch_major = case.node.attrs().layout == Layout::BatchMajor;
@@ -433,11 +684,11 @@ pub fn onnx_equals_reference_on(data: &[u8], backend: &'static crate::kernel::Ba
         let l1 = case.lens.as_ref().map(|l| vec![l[s]]);
         let (alone, _) =
             case.node.forward_all(&x1, t, 1, l1.as_deref(), h1.as_deref(), c1.as_deref(), 1).map_err(err)?;
-        bitwise("alone vs batch (Y)", &alone.y, &pick(&one.y, t * d_n, b, h))?;
-        bitwise("alone vs batch (Y_h)", &alone.y_h, &pick(&one.y_h, d_n, b, h))?;
-        bitwise("alone vs batch (Y_c)", &alone.y_c, &pick(&one.y_c, d_n, b, h))?;
+        same_bits("alone vs batch (Y)", &alone.y, &pick(&one.y, t * d_n, b, h))?;
+        same_bits("alone vs batch (Y_h)", &alone.y_h, &pick(&one.y_h, d_n, b, h))?;
+        same_bits("alone vs batch (Y_c)", &alone.y_c, &pick(&one.y_c, d_n, b, h))?;
     }
-    Ok(())
+    Ok(CaseReport { spec: case.spec(), two_threads: two_stats })
 }
 
 fn keras_weights(r: &mut ByteReader<'_>, input: usize, hidden: usize) -> LstmWeights {
@@ -480,7 +731,6 @@ pub fn bidirectional_equals_reference(data: &[u8]) -> Result<(), String> {
     if stats.steps_computed != 2 * view.total_valid() {
         return Err(format!("computed {} steps for 2 x {} valid steps", stats.steps_computed, view.total_valid()));
     }
-    let tol = FAST_VS_REFERENCE_TOL;
     for (what, g, e) in [
         ("y", &one.y, &expected.y),
         ("y_forward", &one.y_forward, &expected.y_forward),
@@ -490,11 +740,14 @@ pub fn bidirectional_equals_reference(data: &[u8]) -> Result<(), String> {
         ("h_b", &one.h_b, &expected.h_b),
         ("c_b", &one.c_b, &expected.c_b),
     ] {
-        close(what, g, e, tol)?;
+        same_bits(what, g, e)?;
     }
-    let (two, _) = layer.forward(&x, &view, init, 2).map_err(|e| e.to_string())?;
-    bitwise("threads 2 vs 1 (y)", &two.y, &one.y)?;
-    bitwise("threads 2 vs 1 (h_b)", &two.h_b, &one.h_b)?;
+    let n_active = active(&view);
+    check_schedule("threads 1", &stats, Schedule::Auto, 1, h, n_active, 2)?;
+    let (two, two_stats) = layer.forward(&x, &view, init, 2).map_err(|e| e.to_string())?;
+    check_schedule("threads 2", &two_stats, Schedule::Auto, 2, h, n_active, 2)?;
+    same_bits("threads 2 vs 1 (y)", &two.y, &one.y)?;
+    same_bits("threads 2 vs 1 (h_b)", &two.h_b, &one.h_b)?;
     Ok(())
 }
 
@@ -548,14 +801,15 @@ pub fn torch_equals_reference(data: &[u8]) -> Result<(), String> {
     if stats.steps_computed != layers * d_n * valid {
         return Err(format!("computed {} steps for {layers} x {d_n} x {valid}", stats.steps_computed));
     }
-    let tol = FAST_VS_REFERENCE_TOL;
-    close("y", &one.y, &expected.y, tol)?;
-    close("h_n", &one.h_n, &expected.h_n, tol)?;
-    close("c_n", &one.c_n, &expected.c_n, tol)?;
-    let (two, _) = model
+    same_bits("y", &one.y, &expected.y)?;
+    same_bits("h_n", &one.h_n, &expected.h_n)?;
+    same_bits("c_n", &one.c_n, &expected.c_n)?;
+    check_schedule("threads 1", &stats, Schedule::Auto, 1, h, b, layers * d_n)?;
+    let (two, two_stats) = model
         .forward_packed(&x, t, b, batch_first, &lengths, h0.as_deref(), c0.as_deref(), 2)
         .map_err(|e| e.to_string())?;
-    bitwise("threads 2 vs 1 (y)", &two.y, &one.y)?;
-    bitwise("threads 2 vs 1 (h_n)", &two.h_n, &one.h_n)?;
+    check_schedule("threads 2", &two_stats, Schedule::Auto, 2, h, b, layers * d_n)?;
+    same_bits("threads 2 vs 1 (y)", &two.y, &one.y)?;
+    same_bits("threads 2 vs 1 (h_n)", &two.h_n, &one.h_n)?;
     Ok(())
 }

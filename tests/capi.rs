@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use masked_rnn::fuzzing::same_bits;
 use masked_rnn::onnx::{Direction, Layout, OnnxLstm, OnnxLstmAttrs};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::Value;
@@ -587,7 +588,19 @@ fn stack_case(
     let layer2 = OnnxLstm::new(OnnxLstmAttrs::new(h2, dir2).layout(layout), i2, &w2, &r2, Some(&b2), None).unwrap();
     let y1 = layer1.forward_reference(&x, t, b, Some(lens), None, None).unwrap();
     let y2 = layer2.forward_reference(&y1.y, t, b, Some(lens), None, None).unwrap();
-    // The reference runs in the backend's rounding mode, so the fast path must match it bitwise.
+    // The reference runs in the backend's rounding mode, so the fast path must match it bitwise. The C
+    // program compares within `tol` (0: equal values, so -0.0 would pass for +0.0): check the bits here,
+    // on the Rust fast path the C ABI is checked against (bit for bit, by `fuzz_capi`).
+    let (f1, _) = layer1.forward_all(&x, t, b, Some(lens), None, None, 2).unwrap();
+    let (f2, _) = layer2.forward_all(&f1.y, t, b, Some(lens), None, None, 2).unwrap();
+    for (what, got, want) in [
+        ("layer 1 Y", &f1.y, &y1.y),
+        ("layer 2 Y", &f2.y, &y2.y),
+        ("layer 2 Y_h", &f2.y_h, &y2.y_h),
+        ("layer 2 Y_c", &f2.y_c, &y2.y_c),
+    ] {
+        same_bits(&format!("stack {name}: {what}, fast path vs reference"), got, want).unwrap();
+    }
     let tol: f32 = 0.0;
     let code = |d: Direction| match d {
         Direction::Forward => 0,

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{fixtures, float, floats, mask, usize_of, FRAMEWORK_TOL as KERAS_TOL};
-use masked_rnn::fuzzing::close;
+use masked_rnn::fuzzing::{close, same_bits};
 use masked_rnn::{
     masked_mae, masked_mse, unmasked_mae, Activation, HardSigmoidFlavor, InitialState, KerasLstm, KerasLstmOptions,
     LstmWeights, MaskValueMode, MaskedSeq, SeqView, Sequential,
@@ -84,10 +84,7 @@ fn masking_matches_keras() {
         // The layer's output, sign bits included (+0.0 at masked steps).
         let out = Sequential::new().masking(mv, MaskValueMode::Ieee);
         let y = out.forward(&MaskedSeq::dense(x, b, t, feat).unwrap(), 1).unwrap().0.to_vec();
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let ey = floats(&f["y"]);
-        let same = y.iter().zip(&ey).all(|(a, e)| a.to_bits() == e.to_bits() || (a.is_nan() && e.is_nan()));
-        assert!(same, "{name}: {:?} vs {:?}", bits(&y), bits(&ey));
+        same_bits(&format!("{name}: masking output"), &y, &floats(&f["y"])).unwrap();
     }
 }
 
@@ -140,7 +137,7 @@ fn seed_model_sliced_masked_loss_matches_keras() {
     }
     // The reference stack agrees too.
     let reference = s.model.forward_reference(&s.input).unwrap();
-    close("seed reference", &reference.to_vec(), &out.to_vec(), 0.0).unwrap();
+    same_bits("seed reference vs fast path", &reference.to_vec(), &out.to_vec()).unwrap();
 }
 
 #[test]
@@ -155,7 +152,10 @@ fn seed_model_nan_padding() {
     let zero = seed("seed_model", (0.0, MaskValueMode::Ieee));
     let (a, _) = aware.model.forward(&aware.input, 1).unwrap();
     let (z, _) = zero.model.forward(&zero.input, 1).unwrap();
-    assert_eq!(masked_mae(&a, &aware.targets).unwrap(), masked_mae(&z, &zero.targets).unwrap());
+    same_bits("NaN-aware vs zero-padded outputs", &a.to_vec(), &z.to_vec()).unwrap();
+    let (la, lz) = (masked_mae(&a, &aware.targets).unwrap(), masked_mae(&z, &zero.targets).unwrap());
+    assert_eq!(la.count, lz.count);
+    assert_eq!(la.value.to_bits(), lz.value.to_bits(), "masked MAE {} vs {}", la.value, lz.value);
     let want = zero.f["loss_masked_mae"].as_f64().unwrap();
     assert!((masked_mae(&a, &aware.targets).unwrap().value - want).abs() <= 1e-5);
 }

@@ -22,7 +22,7 @@ use std::ffi::CStr;
 use std::ptr;
 
 use super::*;
-use crate::fuzzing::ByteReader;
+use crate::fuzzing::{same_bits, ByteReader};
 
 /// Outcome of a property check: `Err` describes the failure.
 type Check = std::result::Result<(), String>;
@@ -88,10 +88,6 @@ impl<T: Same> Buf<T> {
             None => Ok(()),
         }
     }
-}
-
-fn f32_bits_eq(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 fn wild_size(r: &mut ByteReader<'_>) -> i64 {
@@ -377,9 +373,7 @@ fn fuzz_lstm_keras(r: &mut ByteReader<'_>) -> Check {
         (&h0, "initial_h"),
         (&c0, "initial_c"),
     ]) {
-        if !f32_bits_eq(before, &buf.data) {
-            return Err(format!("{what}: input {name} was modified"));
-        }
+        same_bits(&format!("{what}: input {name} modified (after vs before)"), &buf.data, before)?;
     }
 
     if let Some(expected) = expected {
@@ -434,9 +428,7 @@ fn fuzz_lstm_keras(r: &mut ByteReader<'_>) -> Check {
     }
     if status == MRNN_OK {
         for ((buf, expected), name) in outs.iter().zip(&reference).zip(NAMES) {
-            if !f32_bits_eq(buf.values(), expected) {
-                return Err(format!("{what}: {name} differs from the Rust API"));
-            }
+            same_bits(&format!("{what}: {name} (C ABI vs the Rust API)"), buf.values(), expected)?;
         }
     }
     Ok(())
@@ -748,9 +740,7 @@ fn fuzz_lstm_onnx(r: &mut ByteReader<'_>) -> Check {
         (&h0, "initial_h"),
         (&c0, "initial_c"),
     ]) {
-        if !f32_bits_eq(before, &buf.data) {
-            return Err(format!("{what}: input {name} was modified"));
-        }
+        same_bits(&format!("{what}: input {name} modified (after vs before)"), &buf.data, before)?;
     }
     if lens_before != lens.data {
         return Err(format!("{what}: sequence_lens was modified"));
@@ -804,9 +794,7 @@ fn fuzz_lstm_onnx(r: &mut ByteReader<'_>) -> Check {
     }
     if status == MRNN_OK {
         for ((buf, expected), name) in outs.iter().zip(&reference).zip(NAMES) {
-            if !f32_bits_eq(buf.values(), expected) {
-                return Err(format!("{what}: {name} differs from the Rust API"));
-            }
+            same_bits(&format!("{what}: {name} (C ABI vs the Rust API)"), buf.values(), expected)?;
         }
     }
     Ok(())
@@ -878,9 +866,7 @@ fn fuzz_mask_from_value(r: &mut ByteReader<'_>) -> Check {
     );
     check_status(&what, status)?;
     out.check_canary("mask_out", CANARY_BYTE)?;
-    if !f32_bits_eq(&x_before, &x.data) {
-        return Err(format!("{what}: x was modified"));
-    }
+    same_bits(&format!("{what}: x modified (after vs before)"), &x.data, &x_before)?;
     if let Some(expected) = expected {
         if status != expected {
             return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
@@ -1034,8 +1020,8 @@ fn check_new<T>(
     for (buf, name) in weights {
         buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
     }
-    if weights.iter().zip(saved).any(|((b, _), s)| !f32_bits_eq(&b.data, s)) {
-        return Err(format!("{what}: a weight was modified"));
+    for ((b, name), s) in weights.iter().zip(saved) {
+        same_bits(&format!("{what}: weight {name} modified (after vs before)"), &b.data, s)?;
     }
     if let Some(expected) = expected {
         if status != expected || out != sentinel() {
@@ -1071,8 +1057,8 @@ fn check_run(
     for (buf, name) in outs.iter().zip(names) {
         buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
     }
-    if inputs.iter().zip(inputs_before).any(|(b, s)| !f32_bits_eq(&b.data, s)) {
-        return Err(format!("{what}: an input was modified"));
+    for (k, (b, s)) in inputs.iter().zip(inputs_before).enumerate() {
+        same_bits(&format!("{what}: input {k} modified (after vs before)"), &b.data, s)?;
     }
     let Some(expected) = expected else { return Ok(false) };
     if status != expected {
@@ -1103,9 +1089,7 @@ fn check_same_as_one_shot(
         return Err(format!("{what}: status {status}, {one_shot_name} gives {one_status}: {}", last_error_message()));
     }
     for ((got, want), name) in outs.iter().zip(one_shot).zip(names) {
-        if !f32_bits_eq(got.values(), want.values()) {
-            return Err(format!("{what}: {name} differs from {one_shot_name}"));
-        }
+        same_bits(&format!("{what}: {name} (handle vs {one_shot_name})"), got.values(), want.values())?;
     }
     Ok(())
 }
