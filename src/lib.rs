@@ -56,6 +56,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use frameworks::keras::{
     InitialState, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream,
 };
+pub use frameworks::onnx::{OnnxGrads, OnnxTape, OnnxUpstream};
 pub use frameworks::sequential::{Layer, MaskedSeq, Sequential};
 pub use train::{
     loss::{masked_mae, masked_mse, unmasked_mae, unmasked_mse, Loss, LossValue},

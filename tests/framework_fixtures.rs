@@ -3,47 +3,13 @@
 
 mod common;
 
-use common::{fixtures, floats, mask, opt_floats, usize_of, FRAMEWORK_TOL};
+use common::{fixtures, floats, mask, onnx_node, opt_floats, usize_of, FRAMEWORK_TOL};
 use masked_rnn::bidirectional::{BidirectionalState, KerasBidirectional, MergeMode};
 use masked_rnn::fuzzing::close;
-use masked_rnn::onnx::{swap_axes, Direction, Layout, OnnxLstm, OnnxLstmAttrs};
+use masked_rnn::onnx::{swap_axes, Layout};
 use masked_rnn::torch::{TorchLstm, TorchLstmParams};
-use masked_rnn::{Activation, KerasLstmOptions, LstmWeights, SeqView};
+use masked_rnn::{KerasLstmOptions, LstmWeights, SeqView};
 use serde_json::Value;
-
-fn onnx_node(f: &Value, layout: Layout) -> OnnxLstm {
-    let direction = match f["direction"].as_str().unwrap() {
-        "forward" => Direction::Forward,
-        "reverse" => Direction::Reverse,
-        "bidirectional" => Direction::Bidirectional,
-        d => panic!("direction {d}"),
-    };
-    let names = f["activations"].as_array().unwrap();
-    let param = |k: &str, i: usize| common::float(&f[k][i]);
-    let acts: Vec<Activation> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let code = Activation::onnx_code(n.as_str().unwrap()).unwrap();
-            Activation::from_code(code, param("activation_alpha", i), param("activation_beta", i)).unwrap()
-        })
-        .collect();
-    let clip = f["clip"].as_f64().map(|c| c as f32);
-    let attrs = OnnxLstmAttrs::new(usize_of(&f["hidden"]), direction)
-        .layout(layout)
-        .clip(clip)
-        .input_forget(f["input_forget"].as_u64() == Some(1))
-        .activations(acts);
-    OnnxLstm::new(
-        attrs,
-        usize_of(&f["input"]),
-        &floats(&f["w"]),
-        &floats(&f["r"]),
-        opt_floats(&f["b"]).as_deref(),
-        opt_floats(&f["p"]).as_deref(),
-    )
-    .unwrap()
-}
 
 /// `[T, D, B, H] -> [B, T, D, H]`.
 fn y_to_batch_major(y: &[f32], t: usize, d: usize, b: usize, h: usize) -> Vec<f32> {

@@ -3,36 +3,13 @@
 
 mod common;
 
-use common::{fixtures, float, floats, mask, usize_of, FRAMEWORK_TOL as KERAS_TOL};
+use common::{fixtures, float, floats, keras_layer, mask, usize_of, FRAMEWORK_TOL as KERAS_TOL};
 use masked_rnn::fuzzing::{close, same_bits};
 use masked_rnn::{
-    masked_mae, masked_mse, unmasked_mae, Activation, HardSigmoidFlavor, InitialState, KerasLstm, KerasLstmOptions,
-    LstmWeights, MaskValueMode, MaskedSeq, SeqView, Sequential,
+    masked_mae, masked_mse, unmasked_mae, InitialState, KerasLstm, KerasLstmOptions, LstmWeights, MaskValueMode,
+    MaskedSeq, SeqView, Sequential,
 };
 use serde_json::Value;
-
-fn keras_layer(f: &Value) -> KerasLstm {
-    let (i, h) = (usize_of(&f["input"]), usize_of(&f["hidden"]));
-    let flavor = match f["hard_sigmoid_flavor"].as_str() {
-        Some("keras2") => HardSigmoidFlavor::Keras2,
-        _ => HardSigmoidFlavor::Keras3,
-    };
-    let act = |k: &str| Activation::from_keras_name(f[k].as_str().expect("name"), flavor).expect("activation");
-    let weights = LstmWeights::from_keras(
-        i,
-        h,
-        &floats(&f["kernel"]),
-        &floats(&f["recurrent_kernel"]),
-        Some(&floats(&f["bias"])),
-    )
-    .expect("weights");
-    let options = KerasLstmOptions::default()
-        .activation(act("activation"))
-        .recurrent_activation(act("recurrent_activation"))
-        .go_backwards(f["go_backwards"].as_bool().expect("bool"))
-        .zero_output_for_mask(f["zero_output_for_mask"].as_bool().expect("bool"));
-    KerasLstm::new(weights, options).expect("layer")
-}
 
 #[test]
 fn lstm_layers_match_keras() {

@@ -53,13 +53,17 @@ pub(crate) struct LstmBackward<'a> {
     /// Gradients of the final states `[B][H]` (`None`: zeros).
     pub d_h_n: Option<&'a [f32]>,
     pub d_c_n: Option<&'a [f32]>,
+    /// Whether a sequence without valid steps reports its initial state (Keras: its state gradients pass
+    /// straight through) or zeros (ONNX, PyTorch: no gradient reaches its initial state).
+    pub empty_is_initial: bool,
     pub threads: usize,
 }
 
 /// Where [`LstmBackward::run`] writes; every buffer is overwritten.
 pub(crate) struct LstmBackwardOut<'a> {
-    /// `dx` in the input's layout (written at valid steps only: the caller zeroes the rest).
-    pub dx: Option<(&'a mut [f32], usize, usize)>,
+    /// `dx` in the input's layout `(buffer, batch stride, time stride, accumulate)`: written (or added
+    /// to, when `accumulate`) at valid steps only; the caller zeroes the rest.
+    pub dx: Option<(&'a mut [f32], usize, usize, bool)>,
     /// Canonical parameter gradients.
     pub params: Option<&'a mut LstmGrads<f32>>,
     /// `[B][H]` each.
@@ -115,8 +119,9 @@ impl LstmBackward<'_> {
             0 => chunks.par_iter_mut().for_each(run),
             n => pool(n)?.install(|| chunks.par_iter_mut().for_each(run)),
         }
-        // Sequences without valid steps: the state gradients pass straight through.
-        for s in (0..b).filter(|&s| lens[s] == 0) {
+        // Sequences without valid steps: the state gradients pass straight through (Keras), or nothing
+        // reaches the initial state (d_h0, d_c0 stay zero).
+        for s in (0..b).filter(|&s| lens[s] == 0 && self.empty_is_initial) {
             for (src, dst) in [(self.d_h_n, &mut d_h0), (self.d_c_n, &mut d_c0)] {
                 if let Some(src) = src {
                     dst[s * hp..s * hp + hd].copy_from_slice(&src[s * hd..(s + 1) * hd]);
@@ -130,7 +135,7 @@ impl LstmBackward<'_> {
                 }
             }
         }
-        if let Some((dx, sb, st)) = out.dx {
+        if let Some((dx, sb, st, accumulate)) = out.dx {
             let wt = PackedGates::matrix(z4, input, &self.transposed(false), nb)?;
             let ip = wt.blocks * nb;
             let offs: Vec<usize> = (0..rows).map(|r| r * z4).collect();
@@ -139,7 +144,12 @@ impl LstmBackward<'_> {
             for s in 0..b {
                 for r in self.tape.offsets[s]..self.tape.offsets[s + 1] {
                     let at = s * sb + self.tape.times[r] * st;
-                    dx[at..at + input].copy_from_slice(&dxr[r * ip..r * ip + input]);
+                    let (dst, src) = (&mut dx[at..at + input], &dxr[r * ip..r * ip + input]);
+                    if accumulate {
+                        dst.iter_mut().zip(src).for_each(|(d, v)| *d += v);
+                    } else {
+                        dst.copy_from_slice(src);
+                    }
                 }
             }
         }

@@ -331,7 +331,7 @@ impl KerasLstm {
         let mut params = want_params.then(|| LstmGrads::zeros(i, hd, false));
         let dx = dx.map(|dx| {
             dx.fill(0.0);
-            (dx, t * i, i)
+            (dx, t * i, i, false)
         });
         let job = LstmBackward {
             backend: self.backend,
@@ -345,6 +345,7 @@ impl KerasLstm {
             dh_up: &dh_up,
             d_h_n: up.d_h_n,
             d_c_n: up.d_c_n,
+            empty_is_initial: true,
             threads,
         };
         let steps = job.run(LstmBackwardOut { dx, params: params.as_mut(), d_h0: d_initial_h, d_c0: d_initial_c })?;

@@ -9,11 +9,12 @@
 //! `layout = 1` (batch-major, which ONNX Runtime's CPU kernel rejects) is only a different set of strides.
 
 use crate::cells::activation::Activation;
-use crate::cells::lstm::{CellSpec, LstmKernel};
+use crate::cells::grads::LstmGrads;
+use crate::cells::lstm::{CellSpec, LstmKernel, TAPE_RECORD};
 use crate::cells::weights::{LstmWeights, PackedLstm};
 use crate::engine::{
-    directions, initial_pair, par_join, EmptyState, Fill, ForwardStats, Job, OutRegion, Region, Schedule, SeqIn,
-    SeqOut, StateIn, Workspace,
+    directions, initial_pair, par_join, DirTape, EmptyState, Fill, ForwardStats, Job, LstmBackward, LstmBackwardOut,
+    OutRegion, Region, Schedule, SeqIn, SeqOut, StateIn, TapeOut, Workspace,
 };
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::kernel::{self, Backend};
@@ -169,6 +170,59 @@ pub struct OnnxResult {
     pub y_h: Vec<f32>,
     /// `Y_c`.
     pub y_c: Vec<f32>,
+}
+
+/// Gradients of a scalar loss with respect to the operator's outputs (the upstream of
+/// [`OnnxLstm::backward`]), shaped as [`OnnxOutputs`]; `None` = zeros. `Y` past a sequence's length is a
+/// constant `+0.0`, so its upstream there has no effect.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OnnxUpstream<'a> {
+    /// Of `Y`.
+    pub dy: Option<&'a [f32]>,
+    /// Of `Y_h`.
+    pub dy_h: Option<&'a [f32]>,
+    /// Of `Y_c`.
+    pub dy_c: Option<&'a [f32]>,
+}
+
+/// Where [`OnnxLstm::backward`] writes gradients, each shaped as the matching input of
+/// [`OnnxLstm::new`] / [`OnnxLstm::forward`]; `None` = not computed; every buffer is overwritten.
+#[derive(Debug, Default)]
+pub struct OnnxGrads<'a> {
+    /// Of `X` (`+0.0` past each length).
+    pub dx: Option<&'a mut [f32]>,
+    /// Of `W [D, 4H, I]`.
+    pub dw: Option<&'a mut [f32]>,
+    /// Of `R [D, 4H, H]`.
+    pub dr: Option<&'a mut [f32]>,
+    /// Of `B [D, 8H]` (the `Wb` and `Rb` halves are equal: both enter the sum once).
+    pub db: Option<&'a mut [f32]>,
+    /// Of `initial_h` (zeros for length-0 sequences, whose `Y_h` does not depend on it).
+    pub d_initial_h: Option<&'a mut [f32]>,
+    /// Of `initial_c`.
+    pub d_initial_c: Option<&'a mut [f32]>,
+    /// Of `P [D, 3H]` (only for an operator with peepholes).
+    pub dp: Option<&'a mut [f32]>,
+}
+
+/// What [`OnnxLstm::forward_train`] keeps for [`OnnxLstm::backward`], per direction and valid step.
+#[derive(Clone, Debug, Default)]
+pub struct OnnxTape {
+    dirs: [DirTape; 2],
+    /// `(seq_length, batch, input, hidden, directions)` of the run that filled it.
+    shape: (usize, usize, usize, usize, usize),
+}
+
+impl OnnxTape {
+    /// An empty tape.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.dirs.iter().map(DirTape::bytes).sum()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -341,6 +395,187 @@ impl OnnxLstm {
         threads: usize,
         ws: &mut Workspace,
     ) -> Result<ForwardStats> {
+        self.run(x, seq_length, batch, sequence_lens, initial_h, initial_c, out, None, threads, ws)
+    }
+
+    /// [`forward_in`](Self::forward_in) that also fills `tape` with what [`backward`](Self::backward)
+    /// needs (valid steps only). The outputs are bitwise those of `forward_in`.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_train(
+        &self,
+        x: &[f32],
+        seq_length: usize,
+        batch: usize,
+        sequence_lens: Option<&[i32]>,
+        initial_h: Option<&[f32]>,
+        initial_c: Option<&[f32]>,
+        out: OnnxOutputs<'_>,
+        tape: &mut OnnxTape,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<ForwardStats> {
+        self.run(x, seq_length, batch, sequence_lens, initial_h, initial_c, out, Some(tape), threads, ws)
+    }
+
+    /// The gradients of a scalar loss through the operator, given the gradients `up` of its outputs: the
+    /// vector-Jacobian product of [`forward`](Self::forward) at the inputs of the
+    /// [`forward_train`](Self::forward_train) call that filled `tape` (pass the same inputs). Padded steps
+    /// are never computed; results do not depend on `threads`.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward); [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for a
+    /// tape filled by a run of another shape, or `dp` for an operator without peepholes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        x: &[f32],
+        seq_length: usize,
+        batch: usize,
+        sequence_lens: Option<&[i32]>,
+        initial_h: Option<&[f32]>,
+        initial_c: Option<&[f32]>,
+        tape: &OnnxTape,
+        up: OnnxUpstream<'_>,
+        grads: OnnxGrads<'_>,
+        threads: usize,
+    ) -> Result<ForwardStats> {
+        let (t, b, h, d_n, i) = (seq_length, batch, self.attrs.hidden_size, self.dirs.len(), self.input_size);
+        check_len("X", x.len(), checked_product(&[t, b, i], "X")?)?;
+        if tape.shape != (t, b, i, h, d_n) {
+            return Err(Error::argument("the tape was filled by a run of another shape"));
+        }
+        let mut view = SeqView::default();
+        match sequence_lens {
+            Some(l) => {
+                check_len("sequence_lens", l.len(), b)?;
+                view.assign_i32_lengths(l, t, Padding::Post)?;
+            }
+            None => view.assign_full(b, t),
+        }
+        let state_len = checked_product(&[d_n, b, h], "Y_h")?;
+        let y_len = checked_product(&[t, d_n, b, h], "Y")?;
+        for (name, v, n) in [("dY", up.dy, y_len), ("dY_h", up.dy_h, state_len), ("dY_c", up.dy_c, state_len)] {
+            if let Some(v) = v {
+                check_len(name, v.len(), n)?;
+            }
+        }
+        for (name, s) in [("initial_h", initial_h), ("initial_c", initial_c)] {
+            if let Some(s) = s {
+                check_len(name, s.len(), state_len)?;
+            }
+        }
+        let peepholes = self.dirs[0].weights.peephole().is_some();
+        let OnnxGrads { dx, dw, dr, db, mut d_initial_h, mut d_initial_c, dp } = grads;
+        if dp.is_some() && !peepholes {
+            return Err(Error::argument("dP requested for an operator without peepholes"));
+        }
+        for (name, v, n) in [
+            ("dX", dx.as_deref().map(<[f32]>::len), t * b * i),
+            ("dW", dw.as_deref().map(<[f32]>::len), d_n * 4 * h * i),
+            ("dR", dr.as_deref().map(<[f32]>::len), d_n * 4 * h * h),
+            ("dB", db.as_deref().map(<[f32]>::len), d_n * 8 * h),
+            ("d_initial_h", d_initial_h.as_deref().map(<[f32]>::len), state_len),
+            ("d_initial_c", d_initial_c.as_deref().map(<[f32]>::len), state_len),
+            ("dP", dp.as_deref().map(<[f32]>::len), d_n * 3 * h),
+        ] {
+            if let Some(len) = v {
+                check_len(name, len, n)?;
+            }
+        }
+        let (xs, ys, ss) = self.strides(t, b);
+        // Per direction: [B][H] copies of the state tensors (layout 1 interleaves the directions).
+        let per_dir = |v: Option<&[f32]>, d: usize| -> Option<Vec<f32>> {
+            v.map(|v| (0..b).flat_map(|s| v[d * ss.dir + s * ss.batch..][..h].iter().copied()).collect())
+        };
+        let want_params = dw.is_some() || dr.is_some() || db.is_some() || dp.is_some();
+        let mut params = Vec::with_capacity(d_n);
+        let mut dx = dx;
+        if let Some(dx) = dx.as_deref_mut() {
+            dx.fill(0.0);
+        }
+        let (mut dh0, mut dc0) = (vec![0.0f32; b * h], vec![0.0f32; b * h]);
+        let mut steps = 0;
+        for d in 0..d_n {
+            let dir = &self.dirs[d];
+            let dtape = &tape.dirs[d];
+            let hp = dir.packed.gates.hidden_padded();
+            if dtape.rows() != view.total_valid() || dtape.hp != hp {
+                return Err(Error::argument("the tape was filled by a run of another shape"));
+            }
+            // Y at each valid step is that step's h: its upstream arrives there.
+            let mut dh_up = vec![0.0f32; dtape.rows() * hp];
+            if let Some(dy) = up.dy {
+                for s in 0..b {
+                    for row in dtape.offsets[s]..dtape.offsets[s + 1] {
+                        let at = d * ys.dir + s * ys.batch + dtape.times[row] * ys.time;
+                        dh_up[row * hp..row * hp + h].copy_from_slice(&dy[at..at + h]);
+                    }
+                }
+            }
+            let (hn, cn) = (per_dir(up.dy_h, d), per_dir(up.dy_c, d));
+            let (h0, c0) = (per_dir(initial_h, d), per_dir(initial_c, d));
+            let zeros = vec![0.0f32; b * h];
+            let init = (h0.is_some() || c0.is_some())
+                .then(|| (h0.as_deref().unwrap_or(&zeros), c0.as_deref().unwrap_or(&zeros)));
+            let mut g = want_params.then(|| LstmGrads::zeros(i, h, peepholes));
+            let job = LstmBackward {
+                backend: self.backend,
+                weights: &dir.weights,
+                packed: &dir.packed,
+                spec: &dir.cell,
+                view: &view,
+                tape: dtape,
+                x: SeqIn { data: x, off: 0, sb: xs.batch, st: xs.time },
+                init,
+                dh_up: &dh_up,
+                d_h_n: hn.as_deref(),
+                d_c_n: cn.as_deref(),
+                empty_is_initial: false,
+                threads,
+            };
+            steps += job.run(LstmBackwardOut {
+                dx: dx.as_deref_mut().map(|dx| (dx, xs.batch, xs.time, d > 0)),
+                params: g.as_mut(),
+                d_h0: Some(&mut dh0),
+                d_c0: Some(&mut dc0),
+            })?;
+            for (src, dst) in [(&dh0, d_initial_h.as_deref_mut()), (&dc0, d_initial_c.as_deref_mut())] {
+                if let Some(dst) = dst {
+                    for s in 0..b {
+                        dst[d * ss.dir + s * ss.batch..][..h].copy_from_slice(&src[s * h..(s + 1) * h]);
+                    }
+                }
+            }
+            params.extend(g);
+        }
+        if want_params {
+            let onnx = LstmGrads::to_onnx_dirs(&params);
+            for (dst, src) in [(dw, Some(&onnx.w)), (dr, Some(&onnx.r)), (db, Some(&onnx.b)), (dp, onnx.p.as_ref())] {
+                if let (Some(dst), Some(src)) = (dst, src) {
+                    dst.copy_from_slice(src);
+                }
+            }
+        }
+        Ok(ForwardStats { steps_computed: steps, chunks: 1, ..ForwardStats::default() })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        x: &[f32],
+        seq_length: usize,
+        batch: usize,
+        sequence_lens: Option<&[i32]>,
+        initial_h: Option<&[f32]>,
+        initial_c: Option<&[f32]>,
+        out: OnnxOutputs<'_>,
+        tape: Option<&mut OnnxTape>,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<ForwardStats> {
         let (t, b, h, d_n) = (seq_length, batch, self.attrs.hidden_size, self.dirs.len());
         check_len("X", x.len(), checked_product(&[t, b, self.input_size], "X")?)?;
         let Workspace { jobs, state: zeros, view, .. } = ws;
@@ -375,6 +610,18 @@ impl OnnxLstm {
         let ys_all = OutRegion::split_opt("Y", y, directions([y_region(0), y_region(1)], d_n))?;
         let hs_all = OutRegion::split_opt("Y_h", y_h, directions([s_region(0), s_region(1)], d_n))?;
         let cs_all = OutRegion::split_opt("Y_c", y_c, directions([s_region(0), s_region(1)], d_n))?;
+        let tapes: [Option<TapeOut>; 2] = match tape {
+            Some(tape) => {
+                tape.shape = (t, b, self.input_size, h, d_n);
+                let hp = self.dirs[0].packed.gates.hidden_padded();
+                for dir in &mut tape.dirs[..d_n] {
+                    dir.prepare(view, TAPE_RECORD, hp)?;
+                }
+                let [t0, t1] = &mut tape.dirs;
+                [Some(TapeOut::new(t0)), (d_n > 1).then(|| TapeOut::new(t1))]
+            }
+            None => [None, None],
+        };
         let job = |d: usize| Job {
             backend: self.backend,
             cell: LstmKernel { packed: &self.dirs[d].packed, spec: &self.dirs[d].cell },
@@ -386,7 +633,7 @@ impl OnnxLstm {
             y: ys_all[d].map(|out| SeqOut { out, mirror: false, fill: Fill::Zero }),
             h_n: hs_all[d],
             c_n: cs_all[d],
-            tape: None,
+            tape: tapes[d],
             threads,
             schedule: self.schedule,
         };

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use masked_rnn::onnx::{Direction, Layout, OnnxLstm, OnnxLstmAttrs};
+use masked_rnn::{Activation, HardSigmoidFlavor, KerasLstm, KerasLstmOptions, LstmWeights};
 use serde_json::Value;
 
 /// Frameworks sum in other orders (and ONNX Runtime approximates sigmoid/tanh, max abs error about
@@ -55,4 +57,63 @@ pub fn usize_of(v: &Value) -> usize {
 /// A 0/1 mask.
 pub fn mask(v: &Value) -> Vec<bool> {
     v.as_array().expect("mask").iter().map(|m| m.as_u64() == Some(1)).collect()
+}
+
+/// The ONNX LSTM node of a fixture (kinds `onnx_lstm` and `onnx_lstm_grad`), in `layout`.
+pub fn onnx_node(f: &Value, layout: Layout) -> OnnxLstm {
+    let direction = match f["direction"].as_str().unwrap() {
+        "forward" => Direction::Forward,
+        "reverse" => Direction::Reverse,
+        "bidirectional" => Direction::Bidirectional,
+        d => panic!("direction {d}"),
+    };
+    let names = f["activations"].as_array().unwrap();
+    let param = |k: &str, i: usize| float(&f[k][i]);
+    let acts: Vec<Activation> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let code = Activation::onnx_code(n.as_str().unwrap()).unwrap();
+            Activation::from_code(code, param("activation_alpha", i), param("activation_beta", i)).unwrap()
+        })
+        .collect();
+    let clip = f["clip"].as_f64().map(|c| c as f32);
+    let attrs = OnnxLstmAttrs::new(usize_of(&f["hidden"]), direction)
+        .layout(layout)
+        .clip(clip)
+        .input_forget(f["input_forget"].as_u64() == Some(1))
+        .activations(acts);
+    OnnxLstm::new(
+        attrs,
+        usize_of(&f["input"]),
+        &floats(&f["w"]),
+        &floats(&f["r"]),
+        opt_floats(&f["b"]).as_deref(),
+        opt_floats(&f["p"]).as_deref(),
+    )
+    .unwrap()
+}
+
+/// The Keras LSTM layer of a fixture (kinds `lstm` and `keras_lstm_grad`).
+pub fn keras_layer(f: &Value) -> KerasLstm {
+    let (i, h) = (usize_of(&f["input"]), usize_of(&f["hidden"]));
+    let flavor = match f["hard_sigmoid_flavor"].as_str() {
+        Some("keras2") => HardSigmoidFlavor::Keras2,
+        _ => HardSigmoidFlavor::Keras3,
+    };
+    let act = |k: &str| Activation::from_keras_name(f[k].as_str().expect("name"), flavor).expect("activation");
+    let weights = LstmWeights::from_keras(
+        i,
+        h,
+        &floats(&f["kernel"]),
+        &floats(&f["recurrent_kernel"]),
+        Some(&floats(&f["bias"])),
+    )
+    .expect("weights");
+    let options = KerasLstmOptions::default()
+        .activation(act("activation"))
+        .recurrent_activation(act("recurrent_activation"))
+        .go_backwards(f["go_backwards"].as_bool().expect("bool"))
+        .zero_output_for_mask(f["zero_output_for_mask"].as_bool().expect("bool"));
+    KerasLstm::new(weights, options).expect("layer")
 }

@@ -1,0 +1,146 @@
+//! The fast backward against golden float64 gradients from real Keras 3 (`GradientTape`) and from an
+//! autograd model of the ONNX operator proven against ONNX Runtime (tools/fixtures/*_grad_golden.py):
+//! every gradient within 1e-4 relative to `max(1, |fixture|)`, and steps computed = valid steps.
+
+mod common;
+
+use common::{keras_layer, mask, onnx_node, opt_floats, usize_of};
+use masked_rnn::onnx::Layout;
+use masked_rnn::{
+    InitialState, KerasGrads, KerasOutputs, KerasTape, KerasUpstream, OnnxGrads, OnnxTape, OnnxUpstream, SeqView,
+    Workspace,
+};
+use serde_json::Value;
+
+const TOL: f64 = 1e-4;
+
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
+}
+
+/// Largest `|got - want| / max(1, |want|)`; panics with the place when it exceeds [`TOL`].
+fn check(what: &str, got: &[f32], want: &[f64], worst: &mut f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (f64::from(g) - w).abs() / w.abs().max(1.0);
+        assert!(err <= TOL, "{what}[{k}]: {g} vs fixture {w}");
+        *worst = worst.max(err);
+    }
+}
+
+#[test]
+fn keras_lstm_gradients_match_keras() {
+    let cases = common::fixtures("keras_grad", "keras_lstm_grad");
+    assert!(cases.len() >= 15, "{} cases", cases.len());
+    let mut worst = 0.0f64;
+    for (name, f) in &cases {
+        let layer = keras_layer(f);
+        let (b, t, i, h) = (usize_of(&f["batch"]), usize_of(&f["time"]), usize_of(&f["input"]), usize_of(&f["hidden"]));
+        let m = mask(&f["mask"]);
+        let view = SeqView::from_mask(&m, b, t).unwrap();
+        let x = common::floats(&f["x"]);
+        let (h0, c0) = (opt_floats(&f["initial_h"]), opt_floats(&f["initial_c"]));
+        let init = || h0.as_ref().map(|h0| InitialState { h: h0, c: c0.as_deref().expect("initial_c") });
+        let mut tape = KerasTape::new();
+        let mut y = vec![0.0; b * t * h];
+        let out = KerasOutputs { y: Some(&mut y), ..Default::default() };
+        layer.forward_train(&x, &view, init(), out, &mut tape, 2, &mut Workspace::new()).unwrap();
+        let ups: Vec<Option<Vec<f32>>> =
+            ["dy", "d_last_output", "d_h_n", "d_c_n"].iter().map(|k| opt_floats(&f[*k])).collect();
+        let up = KerasUpstream {
+            dy: ups[0].as_deref(),
+            d_last_output: ups[1].as_deref(),
+            d_h_n: ups[2].as_deref(),
+            d_c_n: ups[3].as_deref(),
+        };
+        let (mut dx, mut dk, mut dr, mut db) =
+            (vec![0.0; b * t * i], vec![0.0; i * 4 * h], vec![0.0; h * 4 * h], vec![0.0; 4 * h]);
+        let (mut dh0, mut dc0) = (vec![0.0; b * h], vec![0.0; b * h]);
+        let grads = KerasGrads {
+            dx: Some(&mut dx),
+            d_kernel: Some(&mut dk),
+            d_recurrent_kernel: Some(&mut dr),
+            d_bias: Some(&mut db),
+            d_initial_h: Some(&mut dh0),
+            d_initial_c: Some(&mut dc0),
+        };
+        let stats = layer.backward(&x, &view, init(), &tape, up, grads, 2).unwrap();
+        assert_eq!(stats.steps_computed, m.iter().filter(|&&v| v).count(), "{name}: steps");
+        for (k, got) in [("dx", &dx), ("d_kernel", &dk), ("d_recurrent_kernel", &dr), ("d_bias", &db)] {
+            check(&format!("{name} {k}"), got, &f64s(&f[k]), &mut worst);
+        }
+        if h0.is_some() {
+            check(&format!("{name} d_initial_h"), &dh0, &f64s(&f["d_initial_h"]), &mut worst);
+            check(&format!("{name} d_initial_c"), &dc0, &f64s(&f["d_initial_c"]), &mut worst);
+        }
+    }
+    println!("keras_lstm_grad: {} files, worst {worst:.2e}", cases.len());
+}
+
+#[test]
+fn onnx_gradients_match_the_operator_model() {
+    let cases = common::fixtures("onnx_grad", "onnx_lstm_grad");
+    assert!(cases.len() >= 10, "{} cases", cases.len());
+    let mut worst = 0.0f64;
+    let mut layouts = [0, 0];
+    for (name, f) in &cases {
+        let layout = if f["layout"].as_u64() == Some(1) { Layout::BatchMajor } else { Layout::SeqMajor };
+        layouts[usize::from(layout == Layout::BatchMajor)] += 1;
+        let node = onnx_node(f, layout);
+        let (t, b, i, h) =
+            (usize_of(&f["seq_length"]), usize_of(&f["batch"]), usize_of(&f["input"]), usize_of(&f["hidden"]));
+        let d = if f["direction"] == "bidirectional" { 2 } else { 1 };
+        let lens: Option<Vec<i32>> =
+            f["sequence_lens"].as_array().map(|l| l.iter().map(|v| v.as_i64().unwrap() as i32).collect());
+        let x = common::floats(&f["x"]);
+        let (h0, c0) = (opt_floats(&f["initial_h"]), opt_floats(&f["initial_c"]));
+        let mut tape = OnnxTape::new();
+        let out = Default::default();
+        node.forward_train(
+            &x,
+            t,
+            b,
+            lens.as_deref(),
+            h0.as_deref(),
+            c0.as_deref(),
+            out,
+            &mut tape,
+            2,
+            &mut Workspace::new(),
+        )
+        .unwrap();
+        let ups: Vec<Option<Vec<f32>>> = ["dy", "dy_h", "dy_c"].iter().map(|k| opt_floats(&f[*k])).collect();
+        let up = OnnxUpstream { dy: ups[0].as_deref(), dy_h: ups[1].as_deref(), dy_c: ups[2].as_deref() };
+        let has = |k: &str| !f[k].is_null();
+        let mut bufs: Vec<(&str, Vec<f32>)> = vec![
+            ("dx", vec![0.0; t * b * i]),
+            ("dw", vec![0.0; d * 4 * h * i]),
+            ("dr", vec![0.0; d * 4 * h * h]),
+            ("db", vec![0.0; d * 8 * h]),
+            ("d_initial_h", vec![0.0; d * b * h]),
+            ("d_initial_c", vec![0.0; d * b * h]),
+            ("dp", vec![0.0; d * 3 * h]),
+        ];
+        let [dx, dw, dr, db, dh0, dc0, dp] = &mut bufs[..] else { unreachable!() };
+        let grads = OnnxGrads {
+            dx: Some(&mut dx.1),
+            dw: Some(&mut dw.1),
+            dr: Some(&mut dr.1),
+            db: Some(&mut db.1),
+            d_initial_h: Some(&mut dh0.1),
+            d_initial_c: Some(&mut dc0.1),
+            dp: has("p").then_some(&mut dp.1[..]),
+        };
+        let stats =
+            node.backward(&x, t, b, lens.as_deref(), h0.as_deref(), c0.as_deref(), &tape, up, grads, 1).unwrap();
+        let valid: usize = lens.as_ref().map_or(t * b, |l| l.iter().map(|&v| v as usize).sum());
+        assert_eq!(stats.steps_computed, d * valid, "{name}: steps");
+        for (k, got) in &bufs {
+            if !f[*k].is_null() {
+                check(&format!("{name} {k}"), got, &f64s(&f[*k]), &mut worst);
+            }
+        }
+    }
+    assert!(layouts[0] > 0 && layouts[1] > 0, "{layouts:?}");
+    println!("onnx_lstm_grad: {} files, worst {worst:.2e}", cases.len());
+}
