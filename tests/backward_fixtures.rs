@@ -144,3 +144,96 @@ fn onnx_gradients_match_the_operator_model() {
     assert!(layouts[0] > 0 && layouts[1] > 0, "{layouts:?}");
     println!("onnx_lstm_grad: {} files, worst {worst:.2e}", cases.len());
 }
+
+#[test]
+fn keras_bidirectional_gradients_match_keras() {
+    use masked_rnn::bidirectional::{
+        BidirectionalGrads, BidirectionalState, BidirectionalTape, BidirectionalUpstream, KerasBidirectional, MergeMode,
+    };
+    use masked_rnn::{KerasLstmOptions, LstmWeights};
+    let cases = common::fixtures("keras_grad", "keras_bidi_grad");
+    assert!(cases.len() >= 10, "{} cases", cases.len());
+    let mut worst = 0.0f64;
+    let weights = |v: &Value, i: usize, h: usize| {
+        let fl = |k: &str| common::floats(&v[k]);
+        LstmWeights::from_keras(i, h, &fl("kernel"), &fl("recurrent_kernel"), Some(&fl("bias"))).unwrap()
+    };
+    for (name, f) in &cases {
+        let (b, t, i, h) = (usize_of(&f["batch"]), usize_of(&f["time"]), usize_of(&f["input"]), usize_of(&f["hidden"]));
+        let merge = MergeMode::from_keras_name(f["merge_mode"].as_str()).unwrap();
+        let rs = f["return_sequences"].as_bool().unwrap();
+        let layer = KerasBidirectional::new(
+            weights(&f["forward"], i, h),
+            weights(&f["backward"], i, h),
+            KerasLstmOptions::default(),
+            merge,
+            rs,
+        )
+        .unwrap();
+        let m = mask(&f["mask"]);
+        let view = SeqView::from_mask(&m, b, t).unwrap();
+        let keys = ["h_f", "c_f", "h_b", "c_b"];
+        let states: Option<[Vec<f32>; 4]> =
+            (!f["initial_state"].is_null()).then(|| keys.map(|k| common::floats(&f["initial_state"][k])));
+        let init = states.as_ref().map(|s| BidirectionalState { h_f: &s[0], c_f: &s[1], h_b: &s[2], c_b: &s[3] });
+        let x = common::floats(&f["x"]);
+        let mut tape = BidirectionalTape::new();
+        let (out, _) = layer.forward_train(&x, &view, init, &mut tape, 2).unwrap();
+        let (fwd, _) = layer.forward(&x, &view, init, 1).unwrap();
+        assert_eq!(out, fwd, "{name}: forward_train outputs differ from forward");
+        let ups: Vec<Option<Vec<f32>>> = ["dy", "dy_forward", "dy_backward", "d_h_f", "d_c_f", "d_h_b", "d_c_b"]
+            .iter()
+            .map(|k| opt_floats(&f[*k]))
+            .collect();
+        let up = BidirectionalUpstream {
+            dy: ups[0].as_deref(),
+            dy_forward: ups[1].as_deref(),
+            dy_backward: ups[2].as_deref(),
+            d_h_f: ups[3].as_deref(),
+            d_c_f: ups[4].as_deref(),
+            d_h_b: ups[5].as_deref(),
+            d_c_b: ups[6].as_deref(),
+        };
+        let mut dx = vec![0.0; b * t * i];
+        let mut p: Vec<Vec<f32>> =
+            [i * 4 * h, h * 4 * h, 4 * h, i * 4 * h, h * 4 * h, 4 * h].map(|n| vec![0.0; n]).into();
+        let mut s: Vec<Vec<f32>> = (0..4).map(|_| vec![0.0; b * h]).collect();
+        {
+            let [kf, rf, bf, kb, rb, bb] = &mut p[..] else { unreachable!() };
+            let [hf, cf, hb, cb] = &mut s[..] else { unreachable!() };
+            let grads = BidirectionalGrads {
+                dx: Some(&mut dx),
+                forward: KerasGrads {
+                    d_kernel: Some(kf),
+                    d_recurrent_kernel: Some(rf),
+                    d_bias: Some(bf),
+                    d_initial_h: Some(hf),
+                    d_initial_c: Some(cf),
+                    ..Default::default()
+                },
+                backward: KerasGrads {
+                    d_kernel: Some(kb),
+                    d_recurrent_kernel: Some(rb),
+                    d_bias: Some(bb),
+                    d_initial_h: Some(hb),
+                    d_initial_c: Some(cb),
+                    ..Default::default()
+                },
+            };
+            let stats = layer.backward(&x, &view, init, &tape, up, grads, 2).unwrap();
+            assert_eq!(stats.steps_computed, 2 * view.total_valid(), "{name}: steps");
+        }
+        check(&format!("{name} dx"), &dx, &f64s(&f["dx"]), &mut worst);
+        for (d, dir) in ["d_forward", "d_backward"].iter().enumerate() {
+            for (k, key) in ["kernel", "recurrent_kernel", "bias"].iter().enumerate() {
+                check(&format!("{name} {dir}.{key}"), &p[3 * d + k], &f64s(&f[*dir][*key]), &mut worst);
+            }
+        }
+        if states.is_some() {
+            for (k, key) in keys.iter().enumerate() {
+                check(&format!("{name} d_initial {key}"), &s[k], &f64s(&f["d_initial_state"][k]), &mut worst);
+            }
+        }
+    }
+    println!("keras_bidi_grad: {} files, worst {worst:.2e}", cases.len());
+}

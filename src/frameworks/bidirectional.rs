@@ -11,7 +11,9 @@
 use crate::cells::weights::LstmWeights;
 use crate::engine::{par_join, ForwardStats, OutRegion, Region, StateIn, Workspace};
 use crate::error::{check_len, checked_product, Error, Result};
-use crate::frameworks::keras::{KerasLstm, KerasLstmOptions, StridedInput};
+use crate::frameworks::keras::{
+    InitialState, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream, StridedInput,
+};
 use crate::reference::{self, KerasResult};
 use crate::view::SeqView;
 
@@ -107,6 +109,79 @@ fn or_scratch<'a>(v: Option<&'a mut [f32]>, scratch: &mut impl Iterator<Item = &
         Some(v) => v,
         None => scratch.next().unwrap_or(&mut []),
     }
+}
+
+/// What [`KerasBidirectional::forward_train`] keeps for [`KerasBidirectional::backward`]: each
+/// direction's tape and its outputs (the `mul` merge's derivative needs them).
+#[derive(Clone, Debug, Default)]
+pub struct BidirectionalTape {
+    f: KerasTape,
+    b: KerasTape,
+    /// The forward direction's sequence (or last) output, time order.
+    y_f: Vec<f32>,
+    /// The backward direction's, in its processing order.
+    y_b: Vec<f32>,
+}
+
+impl BidirectionalTape {
+    /// An empty tape.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Gradients of a scalar loss with respect to the outputs of [`KerasBidirectional::forward`], shaped as
+/// [`BidirectionalResult`]'s fields; `None` = zeros.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BidirectionalUpstream<'a> {
+    /// Of the merged `y` (every merge mode but [`MergeMode::None`]).
+    pub dy: Option<&'a [f32]>,
+    /// Of `y_forward` ([`MergeMode::None`]).
+    pub dy_forward: Option<&'a [f32]>,
+    /// Of `y_backward` ([`MergeMode::None`], original time order).
+    pub dy_backward: Option<&'a [f32]>,
+    /// Of the forward final `h`.
+    pub d_h_f: Option<&'a [f32]>,
+    /// Of the forward final `c`.
+    pub d_c_f: Option<&'a [f32]>,
+    /// Of the backward final `h`.
+    pub d_h_b: Option<&'a [f32]>,
+    /// Of the backward final `c`.
+    pub d_c_b: Option<&'a [f32]>,
+}
+
+/// Where [`KerasBidirectional::backward`] writes: `dx` (both directions summed) and each direction's
+/// parameter and initial-state gradients (their `dx` fields must be `None`).
+#[derive(Debug, Default)]
+pub struct BidirectionalGrads<'a> {
+    /// `[B, T, I]`, of `x`.
+    pub dx: Option<&'a mut [f32]>,
+    /// The forward layer's gradients.
+    pub forward: KerasGrads<'a>,
+    /// The backward layer's gradients.
+    pub backward: KerasGrads<'a>,
+}
+
+/// A direction's upstream: its output gradient `g` (sequence or last output) and its state gradients.
+fn upstream<'a>(seq: bool, g: &'a [f32], dh: Option<&'a [f32]>, dc: Option<&'a [f32]>) -> KerasUpstream<'a> {
+    KerasUpstream { dy: seq.then_some(g), d_last_output: (!seq).then_some(g), d_h_n: dh, d_c_n: dc }
+}
+
+/// `g` writing its `dx` to `dx`.
+fn with_dx<'b>(g: KerasGrads<'b>, dx: Option<&'b mut [f32]>) -> KerasGrads<'b> {
+    KerasGrads { dx, ..g }
+}
+
+/// `[B][T][H]` with the time axis reversed.
+fn flip(v: &[f32], b: usize, t: usize, h: usize) -> Vec<f32> {
+    let mut out = vec![0.0; v.len()];
+    for s in 0..b {
+        for p in 0..t {
+            let (src, dst) = ((s * t + p) * h, (s * t + (t - 1 - p)) * h);
+            out[dst..dst + h].copy_from_slice(&v[src..src + h]);
+        }
+    }
+    out
 }
 
 /// A Keras `Bidirectional` LSTM layer.
@@ -361,6 +436,146 @@ impl KerasBidirectional {
         }
     }
 
+    /// [`forward`](Self::forward) that also fills `tape` for [`backward`](Self::backward). Each
+    /// direction runs [`KerasLstm::forward_train`]; the outputs are bitwise those of `forward`.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn forward_train(
+        &self,
+        x: &[f32],
+        view: &SeqView,
+        initial: Option<BidirectionalState<'_>>,
+        tape: &mut BidirectionalTape,
+        threads: usize,
+    ) -> Result<(BidirectionalResult, ForwardStats)> {
+        let state_len = self.check(x, view, initial)?;
+        let (b, t, h) = (view.batch(), view.time(), self.forward.units());
+        let seq = self.return_sequences;
+        let each = checked_product(&[b, if seq { t } else { 1 }, h], "y")?;
+        let BidirectionalTape { f, b: bk, y_f, y_b } = tape;
+        let run = |layer: &KerasLstm, tape: &mut KerasTape, out: &mut Vec<f32>, init: Option<InitialState<'_>>| {
+            let (mut hn, mut cn) = (vec![0.0; state_len], vec![0.0; state_len]);
+            out.clear();
+            out.resize(each, 0.0);
+            let (y, last) = if seq { (Some(&mut out[..]), None) } else { (None, Some(&mut out[..])) };
+            let o = KerasOutputs { y, last_output: last, h_n: Some(&mut hn), c_n: Some(&mut cn) };
+            let stats = layer.forward_train(x, view, init, o, tape, threads, &mut Workspace::new())?;
+            Ok::<_, Error>((hn, cn, stats))
+        };
+        let (h_f, c_f, sf) = run(&self.forward, f, y_f, initial.map(|s| InitialState { h: s.h_f, c: s.c_f }))?;
+        let (h_b, c_b, sb) = run(&self.backward, bk, y_b, initial.map(|s| InitialState { h: s.h_b, c: s.c_b }))?;
+        // The backward layer's sequence comes in processing order: flip it to time order.
+        let flipped = if seq { flip(y_b, b, t, h) } else { y_b.clone() };
+        let rows = each / h.max(1);
+        let (y, y_forward, y_backward) = if self.merge == MergeMode::None {
+            (Vec::new(), y_f.clone(), flipped)
+        } else {
+            let mut y = vec![0.0; rows * self.width()];
+            self.merge_rows(&mut y, y_f, &flipped, rows);
+            (y, Vec::new(), Vec::new())
+        };
+        Ok((BidirectionalResult { y, y_forward, y_backward, h_f, c_f, h_b, c_b }, sf.merge(sb)))
+    }
+
+    /// The gradients of a scalar loss through the layer, given the gradients `up` of its outputs (shaped as
+    /// [`BidirectionalResult`]'s fields): the vector-Jacobian product of [`forward`](Self::forward) at the
+    /// inputs of the [`forward_train`](Self::forward_train) call that filled `tape`. `dx` sums both
+    /// directions; each direction's parameter and initial-state gradients go to `grads.forward` /
+    /// `grads.backward` (whose `dx` must be `None`).
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward), and [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for
+    /// upstream tensors of another merge mode or a per-direction `dx`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        x: &[f32],
+        view: &SeqView,
+        initial: Option<BidirectionalState<'_>>,
+        tape: &BidirectionalTape,
+        up: BidirectionalUpstream<'_>,
+        grads: BidirectionalGrads<'_>,
+        threads: usize,
+    ) -> Result<ForwardStats> {
+        let state_len = self.check(x, view, initial)?;
+        let (b, t, h) = (view.batch(), view.time(), self.forward.units());
+        let seq = self.return_sequences;
+        let rows = b * if seq { t } else { 1 };
+        let each = rows * h;
+        let none = self.merge == MergeMode::None;
+        if none && up.dy.is_some() || !none && (up.dy_forward.is_some() || up.dy_backward.is_some()) {
+            return Err(Error::argument("upstream tensors of another merge mode"));
+        }
+        if let Some(dy) = up.dy {
+            check_len("dy", dy.len(), rows * self.width())?;
+        }
+        for (name, v, n) in [
+            ("dy_forward", up.dy_forward, each),
+            ("dy_backward", up.dy_backward, each),
+            ("d_h_f", up.d_h_f, state_len),
+            ("d_c_f", up.d_c_f, state_len),
+            ("d_h_b", up.d_h_b, state_len),
+            ("d_c_b", up.d_c_b, state_len),
+        ] {
+            if let Some(v) = v {
+                check_len(name, v.len(), n)?;
+            }
+        }
+        if tape.y_f.len() != each || tape.y_b.len() != each {
+            return Err(Error::argument("the tape was filled by a run of another shape"));
+        }
+        // The directions' output gradients (time order for both; the backward one is flipped below).
+        let (mut gf, mut gb) = (vec![0.0f32; each], vec![0.0f32; each]);
+        let yb_time = if seq { flip(&tape.y_b, b, t, h) } else { tape.y_b.clone() };
+        match (self.merge, up.dy) {
+            (MergeMode::None, _) => {
+                if let Some(d) = up.dy_forward {
+                    gf.copy_from_slice(d);
+                }
+                if let Some(d) = up.dy_backward {
+                    gb.copy_from_slice(d);
+                }
+            }
+            (_, None) => {}
+            (mode, Some(dy)) => {
+                for k in 0..rows {
+                    for j in 0..h {
+                        let (f, bk) = (k * h + j, k * h + j);
+                        match mode {
+                            MergeMode::Concat => {
+                                gf[f] = dy[2 * k * h + j];
+                                gb[bk] = dy[(2 * k + 1) * h + j];
+                            }
+                            MergeMode::Sum => (gf[f], gb[bk]) = (dy[f], dy[f]),
+                            MergeMode::Ave => (gf[f], gb[bk]) = (dy[f] / 2.0, dy[f] / 2.0),
+                            MergeMode::Mul => (gf[f], gb[bk]) = (dy[f] * yb_time[f], dy[f] * tape.y_f[f]),
+                            MergeMode::None => unreachable!("handled above"),
+                        }
+                    }
+                }
+            }
+        }
+        let gb = if seq { flip(&gb, b, t, h) } else { gb };
+        let BidirectionalGrads { dx, forward: g_f, backward: g_b } = grads;
+        if g_f.dx.is_some() || g_b.dx.is_some() {
+            return Err(Error::argument("dx of the layer is BidirectionalGrads::dx, not a direction's"));
+        }
+        let mut dx = dx;
+        let mut dx_b = vec![0.0f32; if dx.is_some() { x.len() } else { 0 }];
+        let init_f = initial.map(|s| InitialState { h: s.h_f, c: s.c_f });
+        let init_b = initial.map(|s| InitialState { h: s.h_b, c: s.c_b });
+        let up_f = upstream(seq, &gf, up.d_h_f, up.d_c_f);
+        let up_b = upstream(seq, &gb, up.d_h_b, up.d_c_b);
+        let sf = self.forward.backward(x, view, init_f, &tape.f, up_f, with_dx(g_f, dx.as_deref_mut()), threads)?;
+        let db = (!dx_b.is_empty()).then_some(&mut dx_b[..]);
+        let sb = self.backward.backward(x, view, init_b, &tape.b, up_b, with_dx(g_b, db), threads)?;
+        if let Some(dx) = dx {
+            dx.iter_mut().zip(&dx_b).for_each(|(d, v)| *d += v);
+        }
+        Ok(sf.merge(sb))
+    }
+
     /// The same layer on the [reference](mod@crate::reference) implementation.
     ///
     /// # Errors
@@ -392,14 +607,7 @@ impl KerasBidirectional {
         let bw = run(&self.backward, initial.map(|s| (s.h_b, s.c_b)))?;
         let (ya, yb) = if self.return_sequences {
             // Flip the backward output along the whole time axis.
-            let mut flipped = vec![0.0; bw.y.len()];
-            for s in 0..b {
-                for p in 0..t {
-                    let src = (s * t + p) * h;
-                    let dst = (s * t + (t - 1 - p)) * h;
-                    flipped[dst..dst + h].copy_from_slice(&bw.y[src..src + h]);
-                }
-            }
+            let flipped = flip(&bw.y, b, t, h);
             (f.y, flipped)
         } else {
             (f.last_output, bw.last_output)
