@@ -237,3 +237,75 @@ fn keras_bidirectional_gradients_match_keras() {
     }
     println!("keras_bidi_grad: {} files, worst {worst:.2e}", cases.len());
 }
+
+#[test]
+fn pytorch_packed_gradients_match_autograd() {
+    use masked_rnn::torch::{TorchGrads, TorchLstm, TorchLstmParams, TorchTape, TorchUpstream};
+    let cases = common::fixtures("torch_grad", "torch_packed_grad");
+    assert!(cases.len() >= 8, "{} cases", cases.len());
+    let mut worst = 0.0f64;
+    for (name, f) in &cases {
+        let (t, b, i, h) =
+            (usize_of(&f["seq_length"]), usize_of(&f["batch"]), usize_of(&f["input"]), usize_of(&f["hidden"]));
+        let (layers, bidi, bf) =
+            (usize_of(&f["num_layers"]), f["bidirectional"].as_bool().unwrap(), f["batch_first"].as_bool().unwrap());
+        let keys = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"];
+        let tensors: Vec<[Option<Vec<f32>>; 4]> =
+            f["weights"].as_array().unwrap().iter().map(|w| keys.map(|k| opt_floats(&w[k]))).collect();
+        let params: Vec<TorchLstmParams<'_>> = tensors
+            .iter()
+            .map(|[a, bb, c, d]| TorchLstmParams {
+                weight_ih: a.as_deref().unwrap(),
+                weight_hh: bb.as_deref().unwrap(),
+                bias_ih: c.as_deref(),
+                bias_hh: d.as_deref(),
+            })
+            .collect();
+        let model = TorchLstm::new(i, h, layers, bidi, &params).unwrap();
+        let lengths: Vec<usize> = f["lengths"].as_array().unwrap().iter().map(usize_of).collect();
+        let (h0, c0) = (opt_floats(&f["h0"]), opt_floats(&f["c0"]));
+        let x = common::floats(&f["x"]);
+        let mut tape = TorchTape::new();
+        let (hd0, cd0) = (h0.as_deref(), c0.as_deref());
+        model
+            .forward_packed_train(
+                &x,
+                t,
+                b,
+                bf,
+                &lengths,
+                hd0,
+                cd0,
+                Default::default(),
+                &mut tape,
+                2,
+                &mut Workspace::new(),
+            )
+            .unwrap();
+        let ups: Vec<Option<Vec<f32>>> = ["dy", "dh_n", "dc_n"].iter().map(|k| opt_floats(&f[*k])).collect();
+        let up = TorchUpstream { dy: ups[0].as_deref(), dh_n: ups[1].as_deref(), dc_n: ups[2].as_deref() };
+        let d = if bidi { 2 } else { 1 };
+        let (mut dx, mut dh0, mut dc0) =
+            (vec![0.0; x.len()], vec![0.0; layers * d * b * h], vec![0.0; layers * d * b * h]);
+        let mut p = Vec::new();
+        let grads = TorchGrads { dx: Some(&mut dx), params: Some(&mut p), dh0: Some(&mut dh0), dc0: Some(&mut dc0) };
+        let stats = model.backward_packed(&x, t, b, bf, &lengths, hd0, cd0, &tape, up, grads, 2).unwrap();
+        assert_eq!(stats.steps_computed, layers * d * lengths.iter().sum::<usize>(), "{name}: steps");
+        check(&format!("{name} dx"), &dx, &f64s(&f["dx"]), &mut worst);
+        let dw = f["d_weights"].as_array().unwrap();
+        assert_eq!(dw.len(), p.len(), "{name}: parameter sets");
+        for (k, (want, got)) in dw.iter().zip(&p).enumerate() {
+            check(&format!("{name} [{k}] weight_ih"), &got.weight_ih, &f64s(&want["weight_ih"]), &mut worst);
+            check(&format!("{name} [{k}] weight_hh"), &got.weight_hh, &f64s(&want["weight_hh"]), &mut worst);
+            if !want["bias_ih"].is_null() {
+                check(&format!("{name} [{k}] bias_ih"), &got.bias_ih, &f64s(&want["bias_ih"]), &mut worst);
+                check(&format!("{name} [{k}] bias_hh"), &got.bias_hh, &f64s(&want["bias_hh"]), &mut worst);
+            }
+        }
+        if h0.is_some() {
+            check(&format!("{name} dh0"), &dh0, &f64s(&f["dh0"]), &mut worst);
+            check(&format!("{name} dc0"), &dc0, &f64s(&f["dc0"]), &mut worst);
+        }
+    }
+    println!("torch_packed_grad: {} files, worst {worst:.2e}", cases.len());
+}

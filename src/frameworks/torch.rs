@@ -5,11 +5,12 @@
 //! the engine sorts internally and never computes a padded step. Padded outputs are `0.0`. The reverse
 //! direction runs each sequence's valid part from its own last step, exactly like ONNX `reverse`.
 
-use crate::cells::lstm::{CellSpec, LstmKernel};
+use crate::cells::grads::{LstmGrads, PytorchLayout};
+use crate::cells::lstm::{CellSpec, LstmKernel, TAPE_RECORD};
 use crate::cells::weights::{LstmWeights, PackedLstm};
 use crate::engine::{
-    directions, initial_pair, par_join, EmptyState, Fill, ForwardStats, Job, OutRegion, Region, Schedule, SeqIn,
-    SeqOut, StateIn, Workspace,
+    directions, initial_pair, par_join, DirTape, EmptyState, Fill, ForwardStats, Job, LstmBackward, LstmBackwardOut,
+    OutRegion, Region, Schedule, SeqIn, SeqOut, StateIn, TapeOut, Workspace,
 };
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::kernel::{self, Backend};
@@ -49,6 +50,49 @@ pub struct TorchResult {
     pub h_n: Vec<f32>,
     /// `c_n [L*D, B, H]`.
     pub c_n: Vec<f32>,
+}
+
+/// What [`TorchLstm::forward_packed_train`] keeps for [`TorchLstm::backward_packed`].
+#[derive(Clone, Debug, Default)]
+pub struct TorchTape {
+    /// Per layer and direction, PyTorch's order.
+    dirs: Vec<DirTape>,
+    /// The outputs of the layers below the last (the inputs of the layers above them).
+    inputs: Vec<Vec<f32>>,
+    /// `(T, B, input, hidden, layers x directions, batch_first)` of the run that filled it.
+    shape: (usize, usize, usize, usize, usize, bool),
+}
+
+impl TorchTape {
+    /// An empty tape.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Gradients of a scalar loss with respect to the stack's outputs, shaped as [`TorchOutputs`]; `None` =
+/// zeros.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TorchUpstream<'a> {
+    /// Of `y` (padded positions are ignored).
+    pub dy: Option<&'a [f32]>,
+    /// Of `h_n`.
+    pub dh_n: Option<&'a [f32]>,
+    /// Of `c_n`.
+    pub dc_n: Option<&'a [f32]>,
+}
+
+/// Where [`TorchLstm::backward_packed`] writes; `None` = not computed; everything is overwritten.
+#[derive(Debug, Default)]
+pub struct TorchGrads<'a> {
+    /// Of `x` (zeros at padded positions).
+    pub dx: Option<&'a mut [f32]>,
+    /// One entry per layer and direction (PyTorch's order), in PyTorch's layout.
+    pub params: Option<&'a mut Vec<PytorchLayout<f32>>>,
+    /// Of `h0 [L*D, B, H]`.
+    pub dh0: Option<&'a mut [f32]>,
+    /// Of `c0`.
+    pub dc0: Option<&'a mut [f32]>,
 }
 
 /// A (possibly stacked, possibly bidirectional) PyTorch LSTM.
@@ -198,6 +242,171 @@ impl TorchLstm {
         threads: usize,
         ws: &mut Workspace,
     ) -> Result<ForwardStats> {
+        self.run(x, seq_len, batch, batch_first, lengths, h0, c0, out, None, threads, ws)
+    }
+
+    /// [`forward_packed_in`](Self::forward_packed_in) that also fills `tape` for
+    /// [`backward_packed`](Self::backward_packed) (each layer direction's valid steps, and the outputs of
+    /// the layers below the last, which are the inputs of the ones above). Outputs are bitwise those of
+    /// `forward_packed_in`.
+    ///
+    /// # Errors
+    /// As [`forward_packed_in`](Self::forward_packed_in).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_packed_train(
+        &self,
+        x: &[f32],
+        seq_len: usize,
+        batch: usize,
+        batch_first: bool,
+        lengths: &[usize],
+        h0: Option<&[f32]>,
+        c0: Option<&[f32]>,
+        out: TorchOutputs<'_>,
+        tape: &mut TorchTape,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<ForwardStats> {
+        self.run(x, seq_len, batch, batch_first, lengths, h0, c0, out, Some(tape), threads, ws)
+    }
+
+    /// The gradients of a scalar loss through the stack, given the gradients `up` of its outputs: the
+    /// vector-Jacobian product of [`forward_packed`](Self::forward_packed) at the inputs of the
+    /// [`forward_packed_train`](Self::forward_packed_train) call that filled `tape` (pass the same
+    /// inputs). Upstream at padded positions of `y` has no effect (those outputs are constant zeros).
+    /// `params` receives one [`PytorchLayout`] per layer and direction in PyTorch's order.
+    ///
+    /// # Errors
+    /// As [`forward_packed`](Self::forward_packed); [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument)
+    /// for a tape filled by a run of another shape.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_packed(
+        &self,
+        x: &[f32],
+        seq_len: usize,
+        batch: usize,
+        batch_first: bool,
+        lengths: &[usize],
+        h0: Option<&[f32]>,
+        c0: Option<&[f32]>,
+        tape: &TorchTape,
+        up: TorchUpstream<'_>,
+        grads: TorchGrads<'_>,
+        threads: usize,
+    ) -> Result<ForwardStats> {
+        let state_len = self.check(x, seq_len, batch, lengths, h0, c0)?;
+        let (t, b, h, d_n, nl) = (seq_len, batch, self.hidden, self.dirs(), self.num_layers);
+        let width = d_n * h;
+        let y_len = checked_product(&[t, b, width], "y")?;
+        if tape.shape != (t, b, self.input_size, h, d_n * nl, batch_first) || tape.inputs.len() + 1 != nl {
+            return Err(Error::argument("the tape was filled by a run of another shape"));
+        }
+        for (name, v, n) in [("dy", up.dy, y_len), ("dh_n", up.dh_n, state_len), ("dc_n", up.dc_n, state_len)] {
+            if let Some(v) = v {
+                check_len(name, v.len(), n)?;
+            }
+        }
+        let TorchGrads { dx, params, mut dh0, mut dc0 } = grads;
+        for (name, v, n) in [
+            ("dx", dx.as_deref().map(<[f32]>::len), x.len()),
+            ("dh0", dh0.as_deref().map(<[f32]>::len), state_len),
+            ("dc0", dc0.as_deref().map(<[f32]>::len), state_len),
+        ] {
+            if let Some(len) = v {
+                check_len(name, len, n)?;
+            }
+        }
+        let mut view = SeqView::default();
+        view.assign_lengths(lengths, t, Padding::Post)?;
+        let mut layer_grads = Vec::with_capacity(nl * d_n);
+        let mut dcur: Vec<f32> = up.dy.map_or_else(|| vec![0.0; y_len], <[f32]>::to_vec);
+        let (mut dh_l, mut dc_l) = (vec![0.0f32; b * h], vec![0.0f32; b * h]);
+        let mut dx = dx;
+        let mut steps = 0;
+        for l in (0..nl).rev() {
+            let (input, inp): (&[f32], usize) =
+                if l == 0 { (x, self.input_size) } else { (&tape.inputs[l - 1], width) };
+            let (xsb, xst, ysb, yst) =
+                if batch_first { (t * inp, inp, t * width, width) } else { (inp, b * inp, width, b * width) };
+            // The gradient of this layer's input: the next layer down's output gradient, or dx.
+            let mut below = if l > 0 { vec![0.0f32; y_len] } else { Vec::new() };
+            if l == 0 {
+                if let Some(dx) = dx.as_deref_mut() {
+                    dx.fill(0.0);
+                }
+            }
+            for d in 0..d_n {
+                let k = l * d_n + d;
+                let (weights, packed) = &self.weights[k];
+                let dtape = &tape.dirs[k];
+                let hp = packed.gates.hidden_padded();
+                let mut dh_up = vec![0.0f32; dtape.rows() * hp];
+                for s in 0..b {
+                    for row in dtape.offsets[s]..dtape.offsets[s + 1] {
+                        let at = d * h + s * ysb + dtape.times[row] * yst;
+                        dh_up[row * hp..row * hp + h].copy_from_slice(&dcur[at..at + h]);
+                    }
+                }
+                let part = |v: Option<&'_ [f32]>| v.map(|v| v[k * b * h..(k + 1) * b * h].to_vec());
+                let (hn, cn, hi, ci) = (part(up.dh_n), part(up.dc_n), part(h0), part(c0));
+                let zeros = vec![0.0f32; b * h];
+                let init = (hi.is_some() || ci.is_some())
+                    .then(|| (hi.as_deref().unwrap_or(&zeros), ci.as_deref().unwrap_or(&zeros)));
+                let mut g = params.is_some().then(|| LstmGrads::zeros(weights.input_size(), h, false));
+                let job = LstmBackward {
+                    backend: self.backend,
+                    weights,
+                    packed,
+                    spec: &self.cell,
+                    view: &view,
+                    tape: dtape,
+                    x: SeqIn { data: input, off: 0, sb: xsb, st: xst },
+                    init,
+                    dh_up: &dh_up,
+                    d_h_n: hn.as_deref(),
+                    d_c_n: cn.as_deref(),
+                    empty_is_initial: false,
+                    threads,
+                };
+                let dxl = if l > 0 { Some(&mut below[..]) } else { dx.as_deref_mut() };
+                steps += job.run(LstmBackwardOut {
+                    dx: dxl.map(|v| (v, xsb, xst, d > 0)),
+                    params: g.as_mut(),
+                    d_h0: Some(&mut dh_l),
+                    d_c0: Some(&mut dc_l),
+                })?;
+                for (src, dst) in [(&dh_l, dh0.as_deref_mut()), (&dc_l, dc0.as_deref_mut())] {
+                    if let Some(dst) = dst {
+                        dst[k * b * h..(k + 1) * b * h].copy_from_slice(src);
+                    }
+                }
+                layer_grads.push((k, g));
+            }
+            dcur = below;
+        }
+        if let Some(params) = params {
+            layer_grads.sort_by_key(|(k, _)| *k);
+            params.clear();
+            params.extend(layer_grads.into_iter().filter_map(|(_, g)| g.map(|g| g.to_pytorch())));
+        }
+        Ok(ForwardStats { steps_computed: steps, chunks: 1, ..ForwardStats::default() })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        x: &[f32],
+        seq_len: usize,
+        batch: usize,
+        batch_first: bool,
+        lengths: &[usize],
+        h0: Option<&[f32]>,
+        c0: Option<&[f32]>,
+        out: TorchOutputs<'_>,
+        mut tape: Option<&mut TorchTape>,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<ForwardStats> {
         let state_len = self.check(x, seq_len, batch, lengths, h0, c0)?;
         let (t, b, h, d_n) = (seq_len, batch, self.hidden, self.dirs());
         let width = d_n * h;
@@ -219,6 +428,15 @@ impl TorchLstm {
         let mut stats = ForwardStats::default();
         let [below, above] = layers;
         let (mut prev, mut next) = (below, above);
+        if let Some(tape) = tape.as_deref_mut() {
+            tape.shape = (t, b, self.input_size, h, d_n * self.num_layers, batch_first);
+            tape.dirs.resize_with(d_n * self.num_layers, DirTape::default);
+            tape.inputs.resize_with(self.num_layers - 1, Vec::new);
+            let hp = self.weights[0].1.gates.hidden_padded();
+            for dir in &mut tape.dirs {
+                dir.prepare(view, TAPE_RECORD, hp)?;
+            }
+        }
         for l in 0..self.num_layers {
             let last = l + 1 == self.num_layers;
             if !last {
@@ -241,6 +459,13 @@ impl TorchLstm {
             )?;
             let cs =
                 OutRegion::split_opt("c_n", c_n.as_deref_mut().map(|v| &mut v[layer]), directions(s_regions, d_n))?;
+            let tapes: [Option<TapeOut>; 2] = match tape.as_deref_mut() {
+                Some(tape) => {
+                    let (t0, t1) = tape.dirs[l * d_n..(l + 1) * d_n].split_at_mut(1);
+                    [Some(TapeOut::new(&mut t0[0])), t1.first_mut().map(TapeOut::new)]
+                }
+                None => [None, None],
+            };
             let job = |d: usize| Job {
                 backend: self.backend,
                 cell: LstmKernel { packed: &self.weights[l * d_n + d].1, spec: &self.cell },
@@ -252,7 +477,7 @@ impl TorchLstm {
                 y: ys[d].map(|out| SeqOut { out, mirror: false, fill: Fill::Zero }),
                 h_n: hs[d],
                 c_n: cs[d],
-                tape: None,
+                tape: tapes[d],
                 threads,
                 schedule: Schedule::Auto,
             };
@@ -263,6 +488,11 @@ impl TorchLstm {
                 let (f, r) = par_join(threads, || job(0).run(w0), || job(1).run(w1))?;
                 f?.merge(r?)
             });
+            if let (Some(tape), false) = (tape.as_deref_mut(), last) {
+                // The next layer's input, kept for the backward.
+                tape.inputs[l].clear();
+                tape.inputs[l].extend_from_slice(next);
+            }
             std::mem::swap(&mut prev, &mut next);
         }
         Ok(stats)
