@@ -21,10 +21,12 @@
  *   a zero-element tensor is fine and never dereferenced.
  * - All tensors are dense, row-major float (f32), caller-allocated. Optional inputs and outputs may be
  *   NULL. Inputs may share memory with each other; outputs may not overlap anything. No caller pointer
- *   is retained after a call returns (a handle keeps its own packed copy of the weights). All functions
- *   are thread-safe; a handle may be run from several threads at once (see "Handles").
- * - Scratch memory: mrnn_lstm_keras / mrnn_lstm_onnx keep theirs in a per-thread cache reused by the next
- *   call on that thread (freed when the thread exits); a handle keeps its own until it is freed.
+ *   is retained after a call returns (a handle keeps its own packed copy of the weights, a training tape
+ *   its own copies of the run's inputs). All functions are thread-safe; a handle may be run from several
+ *   threads at once (see "Handles").
+ * - Scratch memory: mrnn_lstm_keras / mrnn_lstm_onnx / mrnn_lstm_keras_backward keep theirs in a
+ *   per-thread cache reused by the next call on that thread (freed when the thread exits); a handle keeps
+ *   its own until it is freed. (The backward passes also allocate their gradient scratch per call.)
  * - num_threads: 0 = the library's default (all cores); 1 = the calling thread; n = n threads.
  *   Results are bitwise identical for every num_threads and whatever else shares the batch.
  */
@@ -265,6 +267,118 @@ int32_t mrnn_onnx_lstm_run(MrnnOnnxLstm *layer, /* required */
 
 /* Frees a handle made by mrnn_onnx_lstm_new (and its scratch memory). NULL is a no-op. */
 void mrnn_onnx_lstm_free(MrnnOnnxLstm *layer);
+
+/* ---------------------------------------------------------------- Gradients (training)
+
+   Each backward function is the vector-Jacobian product of its forward function: it takes the forward's
+   inputs plus the gradients of a scalar loss with respect to the forward's outputs ("upstream"), and
+   writes the gradients with respect to the forward's inputs. Same attributes struct, same validation
+   (see Conventions), same status codes. Implemented for the Keras LSTM; the ONNX LSTM's will follow.
+   - Upstream gradients (dy, d_last_output, d_h_n, d_c_n) may each be NULL = zeros.
+   - Every non-NULL gradient output is overwritten (not accumulated); NULL = not computed. With every
+     gradient output NULL, the call validates its arguments and computes nothing.
+   - Padded / masked steps are never computed in backward either. A masked step's output repeats the
+     previous output (Keras), so its upstream gradient flows to that earlier output (or nowhere, before
+     the first valid step or with zero_output_for_mask); dx at a masked step is +0.0.
+   - d_initial_h / d_initial_c are the gradients of the initial state actually used: of zeros when
+     initial_h / initial_c is NULL.
+   - Derivatives at kinks: Relu'(0) = 0; HardSigmoid' = alpha strictly inside its linear part, 0
+     elsewhere; ThresholdedRelu'(alpha) = 0. Exact kinks have measure zero: frameworks differ there.
+   - Weight gradients are sums over the batch; results are bitwise identical whatever num_threads is, and
+     bitwise those of the Rust API (KerasLstm::forward_train then KerasLstm::backward).
+
+   Training many steps goes through a handle, so that the weights are packed once per update and the
+   forward is not recomputed in backward:
+
+     MrnnTape *tape = NULL;
+     for (each step) {
+       a.batch_size = B; a.seq_length = T;
+       status = mrnn_keras_lstm_run_train(layer, &a, x, mask, NULL, NULL, y, NULL, NULL, NULL, &tape);
+       ... the loss and its gradient dy with respect to y ...
+       status = mrnn_keras_lstm_run_backward(layer, tape, dy, NULL, NULL, NULL,
+                                             dx, d_kernel, d_recurrent_kernel, d_bias, NULL, NULL);
+       mrnn_tape_free(tape);
+       ... the optimizer updates kernel, recurrent_kernel, bias ...
+       status = mrnn_keras_lstm_set_weights(layer, kernel, recurrent_kernel, bias);
+     }
+
+   A tape is what one run_train keeps for its backward: its own copies of x, the mask (as runs of valid
+   steps) and the initial states, the gate activations and states of every valid step (nothing for masked
+   steps), the handle's identity and weights generation, and the run's num_threads. The caller's buffers
+   may be reused or freed as soon as run_train returns. A tape may be used by any number of
+   run_backward calls (from any threads at once) until it is freed; it is refused, with
+   MRNN_ERR_BAD_ARGUMENT and a message, by another handle and after the handle's weights were replaced
+   by mrnn_keras_lstm_set_weights (even with equal values). */
+
+/* What one training run keeps for its backward (opaque). */
+typedef struct MrnnTape MrnnTape;
+
+/* The gradients of mrnn_lstm_keras with the same inputs. Validation is mrnn_lstm_keras's, with the
+   upstream gradients as optional inputs and the gradients as outputs (which may overlap nothing).
+   Returns MRNN_OK or a status; see Conventions. */
+int32_t mrnn_lstm_keras_backward(const MrnnKerasLstmAttrs *attrs, /* required */
+    const float *x,                  /* [B,T,I], required */
+    const uint8_t *mask,             /* [B,T], nonzero = valid; NULL = all valid */
+    const float *kernel,             /* [I,4H], required */
+    const float *recurrent_kernel,   /* [H,4H], required */
+    const float *bias,               /* [4H] or NULL (zeros) */
+    const float *initial_h, const float *initial_c,   /* [B,H] or NULL (zeros) */
+    const float *dy,                 /* [B,T,H], of y, or NULL (zeros) */
+    const float *d_last_output,      /* [B,H], of last_output, or NULL */
+    const float *d_h_n, const float *d_c_n,   /* [B,H], of h_n / c_n, or NULL */
+    float *dx,                       /* [B,T,I] or NULL */
+    float *d_kernel,                 /* [I,4H] or NULL */
+    float *d_recurrent_kernel,       /* [H,4H] or NULL */
+    float *d_bias,                   /* [4H] or NULL (computed whether or not bias was NULL) */
+    float *d_initial_h, float *d_initial_c);  /* [B,H] or NULL */
+
+/* mrnn_keras_lstm_run (same arguments, same outputs bit for bit, same validation), also returning a new
+   tape in *tape, to free with mrnn_tape_free. The tape is kept whatever outputs are requested (all NULL
+   is fine). tape is required, must be aligned for a pointer and overlap no other buffer; on failure *tape
+   is unchanged. Memory: the tape holds about 6 x H (rounded up to the vector width) floats per valid step,
+   plus copies of x and the initial states (see mrnn_tape_bytes). */
+int32_t mrnn_keras_lstm_run_train(MrnnKerasLstm *layer, /* required */
+    const MrnnKerasLstmAttrs *attrs,  /* required; as mrnn_keras_lstm_run */
+    const float *x,                   /* [B,T,I], required */
+    const uint8_t *mask,              /* [B,T] or NULL */
+    const float *initial_h, const float *initial_c,   /* [B,H] or NULL */
+    float *y,                         /* [B,T,H] or NULL */
+    float *last_output,               /* [B,H] or NULL */
+    float *h_n, float *c_n,           /* [B,H] or NULL */
+    MrnnTape **tape);                 /* required */
+
+/* The gradients of the run that made tape: exactly those of mrnn_lstm_keras_backward with that run's
+   inputs and the handle's weights. B and T are the run's; the run's num_threads is used again. Checks, in
+   order: layer or tape NULL (MRNN_ERR_NULL_POINTER); tape made by another handle, or before the last
+   mrnn_keras_lstm_set_weights on this one (MRNN_ERR_BAD_ARGUMENT, "another handle" / "stale" in the
+   message); then the pointers, as Conventions step 4. Returns MRNN_OK or a status. */
+int32_t mrnn_keras_lstm_run_backward(MrnnKerasLstm *layer, /* required */
+    const MrnnTape *tape,             /* required: from mrnn_keras_lstm_run_train on this handle */
+    const float *dy,                  /* [B,T,H] or NULL (zeros) */
+    const float *d_last_output,       /* [B,H] or NULL */
+    const float *d_h_n, const float *d_c_n,   /* [B,H] or NULL */
+    float *dx,                        /* [B,T,I] or NULL */
+    float *d_kernel,                  /* [I,4H] or NULL */
+    float *d_recurrent_kernel,        /* [H,4H] or NULL */
+    float *d_bias,                    /* [4H] or NULL */
+    float *d_initial_h, float *d_initial_c);  /* [B,H] or NULL */
+
+/* Replaces the handle's weights (after an optimizer step), packing them once; shapes as at creation
+   (mrnn_keras_lstm_new). Every tape made before is then stale (refused by run_backward), even if the
+   values are equal. Runs of other threads that overlap this call compute with either the old or the new
+   weights, never a mixture. On failure the handle is unchanged. Returns MRNN_OK or a status. */
+int32_t mrnn_keras_lstm_set_weights(MrnnKerasLstm *layer, /* required */
+    const float *kernel,              /* [I,4H], required */
+    const float *recurrent_kernel,    /* [H,4H], required */
+    const float *bias);               /* [4H] or NULL (zeros) */
+
+/* Writes to *bytes the memory a tape holds (its copies of the inputs, the activations and bookkeeping).
+   Both pointers are required (bytes aligned to 8). Returns MRNN_OK or a status. */
+int32_t mrnn_tape_bytes(const MrnnTape *tape, uint64_t *bytes);
+
+/* Frees a tape made by mrnn_keras_lstm_run_train. NULL is a no-op. A tape may outlive its handle (it is
+   then useless, but must still be freed). */
+void mrnn_tape_free(MrnnTape *tape);
 
 #ifdef __cplusplus
 } /* extern "C" */

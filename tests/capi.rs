@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 
 use masked_rnn::fuzzing::same_bits;
 use masked_rnn::onnx::{Direction, Layout, OnnxLstm, OnnxLstmAttrs};
+use masked_rnn::{
+    Activation, InitialState, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream,
+    LstmWeights, SeqView, Workspace,
+};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::Value;
 
@@ -278,11 +282,18 @@ fn header_compiles_as_cpp() {
     fs::write(
         &src,
         "#include \"masked_rnn.h\"\n\
+         static int train(MrnnKerasLstm *k, const MrnnKerasLstmAttrs *a) { MrnnTape *t = nullptr; \
+         uint64_t n = 0; int s = mrnn_keras_lstm_run_train(k, a, nullptr, nullptr, nullptr, nullptr, nullptr, \
+         nullptr, nullptr, nullptr, &t) + mrnn_keras_lstm_run_backward(k, t, nullptr, nullptr, nullptr, \
+         nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr) + mrnn_lstm_keras_backward(a, \
+         nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, \
+         nullptr, nullptr, nullptr, nullptr, nullptr, nullptr) + mrnn_keras_lstm_set_weights(k, nullptr, \
+         nullptr, nullptr) + mrnn_tape_bytes(t, &n); mrnn_tape_free(t); return s; }\n\
          int main() { MrnnKerasLstmAttrs a; MrnnOnnxLstmAttrs o; MrnnKerasLstm *k = nullptr; \
          MrnnOnnxLstm *n = nullptr; mrnn_keras_lstm_free(k); mrnn_onnx_lstm_free(n); \
          return mrnn_keras_lstm_attrs_init(&a) + mrnn_onnx_lstm_attrs_init(&o) + (mrnn_version() == 0) + \
          mrnn_keras_lstm_new(&a, nullptr, nullptr, nullptr, &k) + mrnn_onnx_lstm_new(&o, nullptr, nullptr, \
-         nullptr, nullptr, &n); }\n",
+         nullptr, nullptr, &n) + train(k, &a); }\n",
     )
     .unwrap();
     let (ok, text) = run(Command::new(&cxx)
@@ -688,4 +699,330 @@ fn fuzz_capi_3000_seeded_cases() {
             panic!("fuzz_capi: seed {seed} failed: {e}");
         }
     }
+}
+
+// ------------------------------------------------------------------ training (gradients) cases
+
+/// The activation a code of `MrnnKerasLstmAttrs` stands for, written from the header (the "Keras"
+/// parameters; HardSigmoid takes `alpha` / `beta`, NaN = 0.2 / 0.5, for `recurrent_activation` only).
+fn keras_code_activation(code: i32, alpha: f32, beta: f32) -> Activation {
+    let or = |v: f32, d: f32| if v.is_nan() { d } else { v };
+    match code {
+        0 => Activation::Sigmoid,
+        1 => Activation::Tanh,
+        2 => Activation::Relu,
+        3 => Activation::Affine { alpha: 1.0, beta: 0.0 },
+        4 => Activation::LeakyRelu { alpha: 0.01 },
+        5 => Activation::ThresholdedRelu { alpha: 1.0 },
+        6 => Activation::ScaledTanh { alpha: 1.0, beta: 1.0 },
+        7 => Activation::HardSigmoid { alpha: or(alpha, 0.2), beta: or(beta, 0.5) },
+        8 => Activation::Elu { alpha: 1.0 },
+        9 => Activation::Softsign,
+        10 => Activation::Softplus,
+        _ => panic!("activation code {code}"),
+    }
+}
+
+/// One case of `tests/c/train_test.c`: a Keras LSTM problem with upstream gradients, and, from a Keras
+/// gradient fixture, Keras' own gradients.
+struct GradCase {
+    name: String,
+    dims: [usize; 4], // B, T, I, H
+    /// go_backwards, zero_output_for_mask, activation, recurrent_activation.
+    codes: [i32; 4],
+    alpha: f32,
+    beta: f32,
+    x: Vec<f32>,
+    mask: Option<Vec<u8>>,
+    kernel: Vec<f32>,
+    recurrent: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    h0: Option<Vec<f32>>,
+    c0: Option<Vec<f32>>,
+    /// dy, d_last_output, d_h_n, d_c_n.
+    up: [Option<Vec<f32>>; 4],
+    /// Keras' dx, d_kernel, d_recurrent_kernel, d_bias and, with initial states, d_initial_h, d_initial_c.
+    keras: Option<Vec<Vec<f32>>>,
+}
+
+/// Tolerance of the C ABI's float32 gradients against Keras' float64 ones: `|g - e| <= TOL * max(1, |e|)`.
+const KERAS_GRAD_TOL: f32 = 1e-4;
+
+impl GradCase {
+    /// The Rust API's forward outputs `[y, last_output, h_n, c_n]` and gradients `[dx, d_kernel,
+    /// d_recurrent_kernel, d_bias, d_initial_h, d_initial_c]`, as the C ABI must give them: a missing half of
+    /// the initial state is zeros, both missing is none.
+    fn rust(&self) -> ([Vec<f32>; 4], [Vec<f32>; 6]) {
+        let [b, t, i, h] = self.dims;
+        let [gb, zero, act, ract] = self.codes;
+        let options = KerasLstmOptions::default()
+            .activation(keras_code_activation(act, f32::NAN, f32::NAN))
+            .recurrent_activation(keras_code_activation(ract, self.alpha, self.beta))
+            .go_backwards(gb == 1)
+            .zero_output_for_mask(zero == 1);
+        let weights = LstmWeights::from_keras(i, h, &self.kernel, &self.recurrent, self.bias.as_deref()).unwrap();
+        let layer = KerasLstm::new(weights, options).unwrap();
+        let view = match &self.mask {
+            Some(m) => SeqView::from_mask_bytes(m, b, t).unwrap(),
+            None => SeqView::full(b, t),
+        };
+        let zeros = vec![0.0; b * h];
+        let initial = match (&self.h0, &self.c0) {
+            (None, None) => None,
+            (h0, c0) => Some(InitialState { h: h0.as_deref().unwrap_or(&zeros), c: c0.as_deref().unwrap_or(&zeros) }),
+        };
+        let mut fwd = [b * t * h, b * h, b * h, b * h].map(|n| vec![f32::NAN; n]);
+        let [y, last, h_n, c_n] = &mut fwd;
+        let out = KerasOutputs { y: Some(y), last_output: Some(last), h_n: Some(h_n), c_n: Some(c_n) };
+        let mut tape = KerasTape::new();
+        layer.forward_train(&self.x, &view, initial, out, &mut tape, 1, &mut Workspace::new()).unwrap();
+        let mut grads = [b * t * i, i * 4 * h, h * 4 * h, 4 * h, b * h, b * h].map(|n| vec![f32::NAN; n]);
+        let [dx, dk, dr, db, dh0, dc0] = &mut grads;
+        let up = KerasUpstream {
+            dy: self.up[0].as_deref(),
+            d_last_output: self.up[1].as_deref(),
+            d_h_n: self.up[2].as_deref(),
+            d_c_n: self.up[3].as_deref(),
+        };
+        let out = KerasGrads {
+            dx: Some(dx),
+            d_kernel: Some(dk),
+            d_recurrent_kernel: Some(dr),
+            d_bias: Some(db),
+            d_initial_h: Some(dh0),
+            d_initial_c: Some(dc0),
+        };
+        layer.backward(&self.x, &view, initial, &tape, up, out, 1).unwrap();
+        (fwd, grads)
+    }
+
+    fn write(&self, out: &mut String) {
+        let [b, t, i, h] = self.dims;
+        let [gb, zero, act, ract] = self.codes;
+        let keras = match &self.keras {
+            None => 0,
+            Some(k) if k.len() == 6 => 2,
+            Some(_) => 1,
+        };
+        write!(
+            out,
+            "grad {} {b} {t} {i} {h} {gb} {zero} {act} {ract} {:08x} {:08x}",
+            self.name,
+            self.alpha.to_bits(),
+            self.beta.to_bits()
+        )
+        .unwrap();
+        let flags = [self.mask.is_some(), self.bias.is_some(), self.h0.is_some(), self.c0.is_some()]
+            .into_iter()
+            .chain(self.up.iter().map(Option::is_some));
+        for f in flags {
+            write!(out, " {}", u8::from(f)).unwrap();
+        }
+        writeln!(out, " {keras} {:08x}", KERAS_GRAD_TOL.to_bits()).unwrap();
+        write_f32s(out, &self.x);
+        if let Some(m) = &self.mask {
+            write_i32s(out, &m.iter().map(|&v| i32::from(v)).collect::<Vec<_>>());
+        }
+        write_f32s(out, &self.kernel);
+        write_f32s(out, &self.recurrent);
+        for v in [&self.bias, &self.h0, &self.c0].into_iter().chain(&self.up).flatten() {
+            write_f32s(out, v);
+        }
+        let (fwd, grads) = self.rust();
+        for v in fwd.iter().chain(&grads) {
+            write_f32s(out, v);
+        }
+        for v in self.keras.iter().flatten() {
+            write_f32s(out, v);
+        }
+    }
+}
+
+/// The `keras_lstm_grad` fixtures (real Keras gradients) as C cases; checks on the way that the Rust API
+/// is within [`KERAS_GRAD_TOL`] of Keras, so that a failure in C is the C ABI's.
+fn keras_grad_cases() -> Vec<GradCase> {
+    let dir = root().join("tests/fixtures/keras_grad");
+    let mut paths: Vec<PathBuf> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    paths.sort();
+    let mut cases = Vec::new();
+    for path in paths.iter().filter(|p| p.extension().is_some_and(|e| e == "json")) {
+        let j: Value = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+        if j["kind"].as_str() != Some("keras_lstm_grad") {
+            continue;
+        }
+        let name = j["name"].as_str().unwrap().to_string();
+        let (b, t, i, h) = (usize_of(&j, "batch"), usize_of(&j, "time"), usize_of(&j, "input"), usize_of(&j, "hidden"));
+        let flavor = j["hard_sigmoid_flavor"].as_str().unwrap_or("keras3");
+        let (act, _, _) = activation(j["activation"].as_str().unwrap(), flavor, false);
+        let (ract, alpha, beta) = activation(j["recurrent_activation"].as_str().unwrap(), flavor, true);
+        let mask: Vec<u8> = j["mask"].as_array().unwrap().iter().map(|m| u8::from(m.as_u64() != Some(0))).collect();
+        assert_eq!(mask.len(), b * t, "{name}: mask");
+        let has_init = !j["initial_h"].is_null();
+        let mut keras = vec![
+            f32s_of(&j, "dx", b * t * i),
+            f32s_of(&j, "d_kernel", i * 4 * h),
+            f32s_of(&j, "d_recurrent_kernel", h * 4 * h),
+            f32s_of(&j, "d_bias", 4 * h),
+        ];
+        if has_init {
+            keras.push(f32s_of(&j, "d_initial_h", b * h));
+            keras.push(f32s_of(&j, "d_initial_c", b * h));
+        }
+        let case = GradCase {
+            dims: [b, t, i, h],
+            codes: [
+                i32::from(j["go_backwards"].as_bool().unwrap()),
+                i32::from(j["zero_output_for_mask"].as_bool().unwrap()),
+                act,
+                ract,
+            ],
+            alpha,
+            beta,
+            x: f32s_of(&j, "x", b * t * i),
+            // An all-valid mask is passed as NULL, to cover that path against Keras too.
+            mask: mask.contains(&0).then_some(mask),
+            kernel: f32s_of(&j, "kernel", i * 4 * h),
+            recurrent: f32s_of(&j, "recurrent_kernel", h * 4 * h),
+            bias: Some(f32s_of(&j, "bias", 4 * h)),
+            h0: optional_f32s(&j, "initial_h", b * h),
+            c0: optional_f32s(&j, "initial_c", b * h),
+            up: [
+                optional_f32s(&j, "dy", b * t * h),
+                optional_f32s(&j, "d_last_output", b * h),
+                optional_f32s(&j, "d_h_n", b * h),
+                optional_f32s(&j, "d_c_n", b * h),
+            ],
+            keras: Some(keras),
+            name,
+        };
+        let (_, grads) = case.rust();
+        for (k, (got, want)) in grads.iter().zip(case.keras.as_ref().unwrap()).enumerate() {
+            for (n, (&g, &e)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (g - e).abs() <= KERAS_GRAD_TOL * e.abs().max(1.0),
+                    "{}: the Rust API's gradient {k} [{n}] = {g}, Keras {e}",
+                    case.name
+                );
+            }
+        }
+        cases.push(case);
+    }
+    assert!(cases.len() >= 10, "only {} keras_lstm_grad fixtures in {}", cases.len(), dir.display());
+    cases
+}
+
+/// Seeded problems over what the fixtures do not reach: every activation code, HardSigmoid parameters,
+/// one half of the initial state, no bias, mask bytes other than 0/1, empty batch / sequence / input,
+/// H past one vector block, every subset of upstream gradients.
+fn generated_grad_cases() -> Vec<GradCase> {
+    let mut rng = StdRng::seed_from_u64(0x7a9e);
+    let mut cases = Vec::new();
+    let shapes: [[usize; 4]; 14] = [
+        [3, 5, 2, 4],
+        [4, 7, 3, 9],
+        [2, 6, 1, 17],
+        [5, 4, 4, 3],
+        [1, 9, 2, 5],
+        [3, 3, 3, 1],
+        [0, 4, 2, 3],
+        [3, 0, 2, 3],
+        [2, 5, 0, 4],
+        [4, 6, 2, 6],
+        [2, 8, 3, 2],
+        [3, 5, 2, 8],
+        [6, 3, 2, 4],
+        [1, 1, 1, 1],
+    ];
+    for (n, &[b, t, i, h]) in shapes.iter().enumerate() {
+        let mut values =
+            |len: usize, scale: f32| -> Vec<f32> { (0..len).map(|_| rng.random_range(-scale..scale)).collect() };
+        let x = values(b * t * i, 1.5);
+        let kernel = values(i * 4 * h, 0.6);
+        let recurrent = values(h * 4 * h, 0.6);
+        let bias = values(4 * h, 0.4);
+        let h0 = values(b * h, 1.0);
+        let c0 = values(b * h, 1.0);
+        let up = [values(b * t * h, 1.0), values(b * h, 1.0), values(b * h, 1.0), values(b * h, 1.0)];
+        let act = (n % 11) as i32;
+        let ract = [0, 7, 9, 7, 0, 10, 1][n % 7];
+        let (alpha, beta) = match n % 3 {
+            0 => (f32::NAN, f32::NAN),
+            1 => (1.0 / 6.0, 0.5),
+            _ => (0.25, f32::NAN),
+        };
+        // Holes, pre-padding, a fully masked sequence, bytes 255 and 7 for valid; or NULL.
+        let mask_kind = n % 4;
+        let mask = (mask_kind != 3).then(|| {
+            (0..b * t)
+                .map(|k| {
+                    let (s, p) = (k / t.max(1), k % t.max(1));
+                    let valid = match mask_kind {
+                        0 => !(k * 7 + n).is_multiple_of(3),
+                        1 => p + s >= t / 2,
+                        _ => s != 0 && p % 4 != 2,
+                    };
+                    if valid {
+                        [1, 255, 7][k % 3]
+                    } else {
+                        0
+                    }
+                })
+                .collect()
+        });
+        let init = n % 4; // 0 none, 1 both, 2 h only, 3 c only
+        let ups = rng.random_range(0..16_u32);
+        let mut up_n = 0;
+        let up = up.map(|v| {
+            up_n += 1;
+            ((ups >> (up_n - 1)) & 1 == 1 || n == 0).then_some(v)
+        });
+        cases.push(GradCase {
+            name: format!("generated_{n}_b{b}_t{t}_i{i}_h{h}"),
+            dims: [b, t, i, h],
+            codes: [i32::from(n % 2 == 1), i32::from(n % 5 == 2), act, ract],
+            alpha,
+            beta,
+            x,
+            mask,
+            kernel,
+            recurrent,
+            bias: (n % 6 != 4).then_some(bias),
+            h0: (init == 1 || init == 2).then_some(h0),
+            c0: (init == 1 || init == 3).then_some(c0),
+            up,
+            keras: None,
+        });
+    }
+    cases
+}
+
+fn write_train_cases(dir: &Path) -> PathBuf {
+    let mut out = String::new();
+    for case in keras_grad_cases().iter().chain(&generated_grad_cases()) {
+        case.write(&mut out);
+    }
+    out.push_str("end\n");
+    let path = dir.join("train_cases.txt");
+    fs::write(&path, out).unwrap();
+    path
+}
+
+#[cfg(unix)]
+#[test]
+fn c_train_program_matches_the_rust_api_keras_and_the_contract() {
+    let dir = scratch("train");
+    let exe = compile_c(&dir, "train_test");
+    let cases = write_train_cases(&dir);
+    let (ok, text) = run(Command::new(&exe).arg(&cases));
+    assert!(ok, "the C test failed:\n{text}");
+    check_summary(&text);
+    println!("{text}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[cfg(unix)]
+#[test]
+fn c_train_program_under_valgrind() {
+    // "quick": each case once per path, so that the run fits valgrind's time budget.
+    under_valgrind("train_valgrind", |dir| (compile_c(dir, "train_test"), write_train_cases(dir)), &["quick"]);
 }

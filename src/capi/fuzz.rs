@@ -14,6 +14,12 @@
 //! otherwise: the status and every output bitwise equal to the Rust API on the same inputs
 //! ```
 //!
+//! Training: `mrnn_lstm_keras_backward` from arbitrary attributes against the Rust API
+//! (`KerasLstm::forward_train` then `KerasLstm::backward`) bitwise, and a Keras handle driven through a
+//! random sequence of `run_train`, `run_backward` (own, stale and foreign tapes), `set_weights` and
+//! `mrnn_tape_free`: every status as predicted, every successful `run_backward` bitwise the one-shot
+//! backward on the tape's inputs and the weights it was made with.
+//!
 //! Real buffers are allocated only when all sizes are small; with other sizes the harness passes
 //! one-element dummies and the call must fail validation before reading them. Huge sizes that would
 //! pass validation are paired with a NULL `x`, so no case ever asks for a huge computation.
@@ -22,6 +28,7 @@ use std::ffi::CStr;
 use std::ptr;
 
 use super::*;
+use crate::frameworks::keras::{KerasGrads, KerasTape, KerasUpstream};
 use crate::fuzzing::{same_bits, ByteReader};
 
 /// Outcome of a property check: `Err` describes the failure.
@@ -174,7 +181,13 @@ pub fn fuzz_capi(data: &[u8]) -> std::result::Result<(), String> {
     // The handle cases read the bytes backwards, so that they do not repeat the cases above.
     let reversed: Vec<u8> = data.iter().rev().copied().collect();
     fuzz_keras_handle(&mut ByteReader::new(&reversed))?;
-    fuzz_onnx_handle(&mut ByteReader::new(&reversed[reversed.len() / 3..]))
+    fuzz_onnx_handle(&mut ByteReader::new(&reversed[reversed.len() / 3..]))?;
+    // The training cases read the bytes from the middle on, then a stream seeded by them, so that short
+    // inputs reach them too.
+    let mut r = ByteReader::new(&data[data.len() / 2..]);
+    r.noise_past_end();
+    fuzz_keras_backward(&mut r)?;
+    fuzz_keras_train(&mut r)
 }
 
 /// Small limits of `B, T, I, H` in sane cases.
@@ -1397,6 +1410,703 @@ fn fuzz_onnx_handle(r: &mut ByteReader<'_>) -> Check {
     drop(layer);
     // SAFETY: NULL is a no-op.
     unsafe { mrnn_onnx_lstm_free(ptr::null_mut()) };
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------ training
+
+/// Names of the gradient outputs, in argument order.
+const GRAD_NAMES: [&str; 6] = ["dx", "d_kernel", "d_recurrent_kernel", "d_bias", "d_initial_h", "d_initial_c"];
+
+/// The Rust API's layer for valid Keras attributes `a`, written from the header.
+fn reference_keras_layer(
+    a: &MrnnKerasLstmAttrs,
+    kernel: &[f32],
+    recurrent: &[f32],
+    bias: Option<&[f32]>,
+) -> Result<KerasLstm> {
+    let ract = if a.recurrent_activation == 7 {
+        let or = |v: f32, d: f32| if v.is_nan() { d } else { v };
+        Activation::HardSigmoid { alpha: or(a.recurrent_alpha, 0.2), beta: or(a.recurrent_beta, 0.5) }
+    } else {
+        keras_reference_activation(a.recurrent_activation)?
+    };
+    let options = KerasLstmOptions::default()
+        .activation(keras_reference_activation(a.activation)?)
+        .recurrent_activation(ract)
+        .go_backwards(a.go_backwards == 1)
+        .zero_output_for_mask(a.zero_output_for_mask == 1);
+    let weights = LstmWeights::from_keras(a.input_size as usize, a.hidden_size as usize, kernel, recurrent, bias)?;
+    KerasLstm::new(weights, options)
+}
+
+/// One backward problem's inputs, as the Rust API takes them.
+struct BackwardInputs<'a> {
+    b: usize,
+    t: usize,
+    x: &'a [f32],
+    mask: Option<&'a [u8]>,
+    h0: Option<&'a [f32]>,
+    c0: Option<&'a [f32]>,
+    /// dy, d_last_output, d_h_n, d_c_n.
+    up: [Option<&'a [f32]>; 4],
+}
+
+/// The Rust API's gradients (`forward_train`, then `backward`) of the outputs `on`, in vectors of `sizes`
+/// (the others stay unset), with the C ABI's rule for the initial state: a missing half is zeros.
+fn reference_grads(
+    layer: &KerasLstm,
+    p: &BackwardInputs<'_>,
+    sizes: [usize; 6],
+    on: &[bool; 6],
+    threads: usize,
+) -> Result<[Vec<f32>; 6]> {
+    let view = match p.mask {
+        Some(m) => SeqView::from_mask_bytes(m, p.b, p.t)?,
+        None => SeqView::full(p.b, p.t),
+    };
+    let zeros = vec![0.0; p.b * layer.units()];
+    let initial = match (p.h0, p.c0) {
+        (None, None) => None,
+        (h, c) => Some(InitialState { h: h.unwrap_or(&zeros), c: c.unwrap_or(&zeros) }),
+    };
+    let mut tape = KerasTape::new();
+    layer.forward_train(p.x, &view, initial, KerasOutputs::default(), &mut tape, threads, &mut Workspace::new())?;
+    let mut g = sizes.map(|n| vec![f32::from_bits(UNSET_BITS); n]);
+    let [dx, dk, dr, db, dh, dc] = &mut g;
+    let grads = KerasGrads {
+        dx: on[0].then_some(&mut dx[..]),
+        d_kernel: on[1].then_some(&mut dk[..]),
+        d_recurrent_kernel: on[2].then_some(&mut dr[..]),
+        d_bias: on[3].then_some(&mut db[..]),
+        d_initial_h: on[4].then_some(&mut dh[..]),
+        d_initial_c: on[5].then_some(&mut dc[..]),
+    };
+    let up = KerasUpstream { dy: p.up[0], d_last_output: p.up[1], d_h_n: p.up[2], d_c_n: p.up[3] };
+    layer.backward(p.x, &view, initial, &tape, up, grads, threads)?;
+    Ok(g)
+}
+
+/// A `[B,T]` mask from fuzz bytes: holes, zeros, and nonzero bytes other than 1.
+fn mask_values(r: &mut ByteReader<'_>, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|_| match r.u8() % 8 {
+            0..=2 => 0,
+            3 => r.u8(),
+            4 => 255,
+            _ => 1,
+        })
+        .collect()
+}
+
+/// `mrnn_lstm_keras_backward` from arbitrary attributes, pointers and outputs: every status as predicted,
+/// nothing written by a failing call, canaries intact, inputs unchanged, and the requested gradients
+/// bitwise the Rust API's.
+fn fuzz_keras_backward(r: &mut ByteReader<'_>) -> Check {
+    let (attrs, sane, bad_value) = keras_attrs(r);
+    let [bs, ts, is, hs] = [attrs.batch_size, attrs.seq_length, attrs.input_size, attrs.hidden_size];
+    let overflow = !bad_value
+        && [&[4, hs][..], &[bs, ts, is], &[bs, ts], &[is, 4, hs], &[hs, 4, hs], &[bs, hs], &[bs, ts, hs]]
+            .iter()
+            .any(|d| overflows(d));
+    let rare = |r: &mut ByteReader<'_>, n: u8| r.u8().is_multiple_of(n);
+    let attrs_null = rare(r, 48);
+    let mut x_null = rare(r, 32);
+    let kernel_null = rare(r, 32);
+    let recurrent_null = rare(r, 32);
+    let (mask_on, bias_on) = (r.bool(), r.bool());
+    let (h0_on, c0_on) = (r.u8().is_multiple_of(3), r.u8().is_multiple_of(3));
+    let up_on = [!r.u8().is_multiple_of(4), r.bool(), r.bool(), r.bool()];
+    let grads_on: [bool; 6] = std::array::from_fn(|_| !r.u8().is_multiple_of(3));
+    // 1: dy two bytes off; 2: d_bias two bytes off.
+    let misalign = match r.u8() % 40 {
+        0 => 1,
+        1 => 2,
+        _ => 0,
+    };
+    // 1: d_initial_c = d_initial_h; 2: dx = x.
+    let alias = match r.u8() % 40 {
+        0 => 1,
+        1 => 2,
+        _ => 0,
+    };
+    let required_null = attrs_null || x_null || kernel_null || recurrent_null;
+    if predicted(required_null, bad_value, overflow, false).is_none() && !sane {
+        // Huge sizes that validate: never compute them.
+        x_null = true;
+    }
+    let required_null = required_null || x_null;
+    let len = |dims: &[i64]| -> usize {
+        if sane {
+            dims.iter().map(|&d| d as usize).product()
+        } else {
+            1
+        }
+    };
+    let (n_x, n_mask, n_k, n_r, n_b, n_s, n_y) = (
+        len(&[bs, ts, is]),
+        len(&[bs, ts]),
+        len(&[is, 4, hs]),
+        len(&[hs, 4, hs]),
+        len(&[4, hs]),
+        len(&[bs, hs]),
+        len(&[bs, ts, hs]),
+    );
+    let sizes = [n_x, n_k, n_r, n_b, n_s, n_s];
+    let misaligned = match misalign {
+        1 => up_on[0],
+        2 => grads_on[3],
+        _ => false,
+    };
+    let aliased = match alias {
+        1 => grads_on[4] && grads_on[5] && n_s > 0,
+        2 => grads_on[0] && n_x > 0,
+        _ => false,
+    };
+    let expected = predicted(required_null, bad_value, overflow, misaligned || aliased);
+
+    let canary = f32::from_bits(CANARY_BITS);
+    let mut x = Buf::new(values(r, n_x, 2.0), canary);
+    let kernel = Buf::new(values(r, n_k, 0.5), canary);
+    let recurrent = Buf::new(values(r, n_r, 0.5), canary);
+    let bias = Buf::new(values(r, n_b, 0.5), canary);
+    let h0 = Buf::new(values(r, n_s, 1.0), canary);
+    let c0 = Buf::new(values(r, n_s, 1.0), canary);
+    let mask = Buf::new(mask_values(r, n_mask), CANARY_BYTE);
+    let ups = [n_y + usize::from(misalign == 1), n_s, n_s, n_s].map(|n| Buf::new(values(r, n, 1.0), canary));
+    let inputs_before: Vec<Vec<f32>> =
+        [&x, &kernel, &recurrent, &bias, &h0, &c0].into_iter().chain(&ups).map(|b| b.data.clone()).collect();
+    let (outs, mut out_ptrs) = output_bufs(sizes, &grads_on);
+    // One raw pointer for x, from which the aliased dx is also derived.
+    let x_raw = x.mut_ptr();
+    if misaligned && misalign == 2 {
+        out_ptrs[3] = out_ptrs[3].cast::<u8>().wrapping_add(2).cast::<f32>();
+    }
+    if aliased && alias == 1 {
+        out_ptrs[5] = out_ptrs[4];
+    }
+    if aliased && alias == 2 {
+        out_ptrs[0] = x_raw;
+    }
+    let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
+    let up_ptrs: [*const f32; 4] = std::array::from_fn(|k| {
+        if !up_on[k] {
+            ptr::null()
+        } else if k == 0 && misalign == 1 {
+            ups[0].ptr().cast::<u8>().wrapping_add(2).cast::<f32>()
+        } else {
+            ups[k].ptr()
+        }
+    });
+    // SAFETY: every non-NULL buffer holds exactly its documented size (plus a canary) when the sizes are
+    // sane. Otherwise the buffers are one-element dummies and `expected` is a failure that validation
+    // reports before any access. A misaligned dy has one more element; a misaligned d_bias stays inside its
+    // canary; an output aliased to x shares x's raw pointer, and x is compared with its copy afterwards.
+    let status = unsafe {
+        mrnn_lstm_keras_backward(
+            if attrs_null { ptr::null() } else { &attrs },
+            if x_null { ptr::null() } else { x_raw.cast_const() },
+            if mask_on { mask.ptr() } else { ptr::null() },
+            if kernel_null { ptr::null() } else { kernel.ptr() },
+            if recurrent_null { ptr::null() } else { recurrent.ptr() },
+            opt(bias_on, bias.ptr()),
+            opt(h0_on, h0.ptr()),
+            opt(c0_on, c0.ptr()),
+            up_ptrs[0],
+            up_ptrs[1],
+            up_ptrs[2],
+            up_ptrs[3],
+            out_ptrs[0],
+            out_ptrs[1],
+            out_ptrs[2],
+            out_ptrs[3],
+            out_ptrs[4],
+            out_ptrs[5],
+        )
+    };
+    let what = format!(
+        "mrnn_lstm_keras_backward({attrs:?}, nulls: attrs {attrs_null} x {x_null} kernel {kernel_null} recurrent \
+         {recurrent_null}, upstream {up_on:?}, gradients {grads_on:?}, misaligned {misalign}, alias {alias})"
+    );
+    check_status(&what, status)?;
+    for (buf, name) in outs.iter().zip(GRAD_NAMES) {
+        buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
+    }
+    mask.check_canary("mask", CANARY_BYTE).map_err(|e| format!("{what}: {e}"))?;
+    for (k, (before, buf)) in
+        inputs_before.iter().zip([&x, &kernel, &recurrent, &bias, &h0, &c0].into_iter().chain(&ups)).enumerate()
+    {
+        same_bits(&format!("{what}: input {k} modified (after vs before)"), &buf.data, before)?;
+    }
+    if let Some(expected) = expected {
+        if status != expected {
+            return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
+        }
+        if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
+            return Err(format!("{what}: an output was written by a call that failed validation"));
+        }
+        return Ok(());
+    }
+    if !grads_on.contains(&true) {
+        // Validated, nothing asked for: nothing to compare.
+        return if status == MRNN_OK {
+            Ok(())
+        } else {
+            Err(format!("{what}: status {status}: {}", last_error_message()))
+        };
+    }
+    let (b, t) = (bs as usize, ts as usize);
+    let reference = (|| {
+        let layer = reference_keras_layer(&attrs, kernel.values(), recurrent.values(), bias_on.then(|| bias.values()))?;
+        let p = BackwardInputs {
+            b,
+            t,
+            x: x.values(),
+            mask: mask_on.then(|| mask.values()),
+            h0: h0_on.then(|| h0.values()),
+            c0: c0_on.then(|| c0.values()),
+            up: std::array::from_fn(|k| up_on[k].then(|| ups[k].values())),
+        };
+        reference_grads(&layer, &p, sizes, &grads_on, attrs.num_threads as usize)
+    })();
+    let rust_status = reference.as_ref().map_or_else(|e| status_of(e.kind()), |_| MRNN_OK);
+    if status != rust_status {
+        return Err(format!("{what}: status {status}, the Rust API gives {rust_status}: {}", last_error_message()));
+    }
+    if let Ok(reference) = reference {
+        for ((buf, expected), name) in outs.iter().zip(&reference).zip(GRAD_NAMES) {
+            same_bits(&format!("{what}: {name} (C ABI vs the Rust API)"), buf.values(), expected)?;
+        }
+    }
+    Ok(())
+}
+
+/// Valid Keras attributes for a handle (sizes within [`SANE`]), otherwise arbitrary.
+fn valid_keras_attrs(r: &mut ByteReader<'_>) -> MrnnKerasLstmAttrs {
+    MrnnKerasLstmAttrs {
+        input_size: r.below(SANE[2] as usize + 1) as i64,
+        hidden_size: 1 + r.below(SANE[3] as usize) as i64,
+        go_backwards: i32::from(r.bool()),
+        zero_output_for_mask: i32::from(r.bool()),
+        activation: [1, r.below(11) as i32][r.below(2)],
+        recurrent_activation: [0, 7, r.below(11) as i32][r.below(3)],
+        recurrent_alpha: [f32::NAN, 1.0 / 6.0, r.unit(1.0)][r.below(3)],
+        recurrent_beta: [f32::NAN, 0.5, r.unit(1.0)][r.below(3)],
+        ..MrnnKerasLstmAttrs::default()
+    }
+}
+
+/// A handle's weights as the caller passes them (bias optional).
+struct Weights {
+    kernel: Buf<f32>,
+    recurrent: Buf<f32>,
+    bias: Option<Buf<f32>>,
+}
+
+impl Weights {
+    fn new(r: &mut ByteReader<'_>, a: &MrnnKerasLstmAttrs) -> Self {
+        let (i, h) = (a.input_size as usize, a.hidden_size as usize);
+        let canary = f32::from_bits(CANARY_BITS);
+        Weights {
+            kernel: Buf::new(values(r, i * 4 * h, 0.5), canary),
+            recurrent: Buf::new(values(r, h * 4 * h, 0.5), canary),
+            bias: r.bool().then(|| Buf::new(values(r, 4 * h, 0.5), canary)),
+        }
+    }
+
+    fn bias_ptr(&self) -> *const f32 {
+        self.bias.as_ref().map_or(ptr::null(), Buf::ptr)
+    }
+}
+
+/// A tape under test and copies of the inputs of the run that made it.
+struct TrainRun {
+    tape: Owned<MrnnTape>,
+    attrs: MrnnKerasLstmAttrs,
+    x: Buf<f32>,
+    mask: Option<Buf<u8>>,
+    h0: Option<Buf<f32>>,
+    c0: Option<Buf<f32>>,
+    /// The handle that made it, and that handle's weights generation then.
+    owner: usize,
+    generation: usize,
+    /// Index of the weights it was made with in the history.
+    weights: usize,
+}
+
+/// Two Keras handles of the same attributes driven through a random sequence of `run_train`,
+/// `run_backward` (with their own tapes, stale ones and the other handle's), `set_weights`,
+/// `mrnn_tape_bytes` and `mrnn_tape_free`: every status as predicted (with "another handle" / "stale" in
+/// the message of a refused tape), nothing written by a failing call, `*tape` untouched by a failing
+/// `run_train`, every run's outputs bitwise `mrnn_lstm_keras`'s and every `run_backward` bitwise
+/// `mrnn_lstm_keras_backward`'s on the run's inputs and the weights it was made with. The callers' input
+/// buffers are overwritten right after `run_train` returns (the tape holds copies), and the handles are
+/// freed before the tapes.
+fn fuzz_keras_train(r: &mut ByteReader<'_>) -> Check {
+    let created = valid_keras_attrs(r);
+    let (is, hs) = (created.input_size, created.hidden_size);
+    let (iu, hu) = (is as usize, hs as usize);
+    let canary = f32::from_bits(CANARY_BITS);
+    let rare = |r: &mut ByteReader<'_>, n: u8| r.u8().is_multiple_of(n);
+    let mut history = vec![Weights::new(r, &created)];
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let w = &history[0];
+        let mut out = ptr::null_mut();
+        // SAFETY: the weights hold exactly the sizes of the (valid) attributes; `out` is a pointer slot.
+        let status =
+            unsafe { mrnn_keras_lstm_new(&created, w.kernel.ptr(), w.recurrent.ptr(), w.bias_ptr(), &mut out) };
+        if status != MRNN_OK || out.is_null() {
+            return Err(format!("mrnn_keras_lstm_new({created:?}): status {status}: {}", last_error_message()));
+        }
+        handles.push(Owned { ptr: out, free: mrnn_keras_lstm_free });
+    }
+    // Per handle: its weights generation and the index of its weights in `history`.
+    let mut generation = [0_usize; 2];
+    let mut current = [0_usize; 2];
+    let mut runs: Vec<TrainRun> = Vec::new();
+
+    for step in 0..2 + r.below(10) {
+        let k = usize::from(rare(r, 4));
+        let layer_null = rare(r, 48);
+        let layer = if layer_null { ptr::null_mut() } else { handles[k].ptr };
+        match r.u8() % 10 {
+            0..=3 => {
+                // run_train.
+                let mut a = created;
+                let [bs, ts] = run_sizes(r, [SANE[0], SANE[1]]);
+                (a.batch_size, a.seq_length, a.num_threads) = (bs, ts, thread_count(r));
+                match r.u8() % 24 {
+                    0 => a.hidden_size += 1,
+                    1 => a.go_backwards ^= 1,
+                    2 => a.activation = code(r, 1),
+                    _ => {}
+                }
+                let bad_value = keras_value_error(&a);
+                let mismatch = keras_fixed_differ(&a, &created);
+                let overflow = !bad_value
+                    && !mismatch
+                    && [&[bs, ts, is][..], &[bs, ts], &[bs, hs], &[bs, ts, hs]].iter().any(|d| overflows(d));
+                let (attrs_null, mut x_null, tape_null) = (rare(r, 48), rare(r, 32), rare(r, 32));
+                let (mask_on, h0_on, c0_on) = (r.bool(), r.u8().is_multiple_of(3), r.u8().is_multiple_of(3));
+                let outs_on = [r.bool(), r.bool(), r.bool(), r.bool()];
+                let (misalign_slot, alias) = (rare(r, 32), rare(r, 32));
+                let sane = (0..=SANE[0]).contains(&bs) && (0..=SANE[1]).contains(&ts);
+                let required_null = layer_null || attrs_null || x_null || tape_null;
+                if predicted(required_null, bad_value || mismatch, overflow, false).is_none() && !sane {
+                    x_null = true;
+                }
+                let required_null = required_null || x_null;
+                let len = |dims: &[i64]| if sane { dims.iter().map(|&d| d as usize).product() } else { 1 };
+                let (n_x, n_mask, n_s, n_y) = (len(&[bs, ts, is]), len(&[bs, ts]), len(&[bs, hs]), len(&[bs, ts, hs]));
+                let aliased = alias && outs_on[2] && outs_on[3] && n_s > 0;
+                let expected =
+                    predicted(required_null, bad_value || mismatch, overflow, (misalign_slot && !tape_null) || aliased);
+                let mut x = Buf::new(values(r, n_x, 2.0), canary);
+                let mut mask = Buf::new(mask_values(r, n_mask), CANARY_BYTE);
+                let mut h0 = Buf::new(values(r, n_s, 1.0), canary);
+                let mut c0 = Buf::new(values(r, n_s, 1.0), canary);
+                let (outs, mut ptrs) = output_bufs([n_y, n_s, n_s, n_s], &outs_on);
+                if aliased {
+                    ptrs[3] = ptrs[2];
+                }
+                let sentinel_tape = sentinel::<MrnnTape>();
+                let mut slots = [sentinel_tape; 3];
+                let slot_ptr: *mut *mut MrnnTape = if tape_null {
+                    ptr::null_mut()
+                } else if misalign_slot {
+                    slots.as_mut_ptr().cast::<u8>().wrapping_add(1).cast()
+                } else {
+                    slots.as_mut_ptr()
+                };
+                let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
+                // SAFETY: `layer` is a live handle (or NULL); the buffers hold exactly their documented sizes
+                // (plus a canary) when the sizes are sane, otherwise `expected` is a failure validation reports
+                // before any access. A misaligned tape slot lies inside `slots`; aliased outputs inside theirs.
+                let status = unsafe {
+                    mrnn_keras_lstm_run_train(
+                        layer,
+                        if attrs_null { ptr::null() } else { &a },
+                        if x_null { ptr::null() } else { x.ptr() },
+                        if mask_on { mask.ptr() } else { ptr::null() },
+                        opt(h0_on, h0.ptr()),
+                        opt(c0_on, c0.ptr()),
+                        ptrs[0],
+                        ptrs[1],
+                        ptrs[2],
+                        ptrs[3],
+                        slot_ptr,
+                    )
+                };
+                let what = format!(
+                    "step {step}: mrnn_keras_lstm_run_train on handle {k} ({a:?}, nulls: layer {layer_null} attrs \
+                     {attrs_null} x {x_null} tape {tape_null}, misaligned slot {misalign_slot}, aliased {aliased})"
+                );
+                check_status(&what, status)?;
+                for (buf, name) in outs.iter().zip(["y", "last_output", "h_n", "c_n"]) {
+                    buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
+                }
+                if let Some(expected) = expected {
+                    if status != expected {
+                        return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
+                    }
+                    if slots != [sentinel_tape; 3] {
+                        return Err(format!("{what}: a failing run_train wrote the tape slot"));
+                    }
+                    if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
+                        return Err(format!("{what}: an output was written by a run that failed validation"));
+                    }
+                    continue;
+                }
+                if status != MRNN_OK || slots[0] == sentinel_tape || slots[0].is_null() {
+                    return Err(format!("{what}: status {status}, tape {:p}: {}", slots[0], last_error_message()));
+                }
+                let tape = Owned { ptr: slots[0], free: mrnn_tape_free };
+                // The outputs are mrnn_lstm_keras's with the handle's current weights.
+                let w = &history[current[k]];
+                let (one_shot, one_ptrs) = output_bufs([n_y, n_s, n_s, n_s], &outs_on);
+                // SAFETY: the same valid buffers as the run above, and the handle's weights at their sizes.
+                let one_status = unsafe {
+                    mrnn_lstm_keras(
+                        &a,
+                        x.ptr(),
+                        if mask_on { mask.ptr() } else { ptr::null() },
+                        w.kernel.ptr(),
+                        w.recurrent.ptr(),
+                        w.bias_ptr(),
+                        opt(h0_on, h0.ptr()),
+                        opt(c0_on, c0.ptr()),
+                        one_ptrs[0],
+                        one_ptrs[1],
+                        one_ptrs[2],
+                        one_ptrs[3],
+                    )
+                };
+                let names = ["y", "last_output", "h_n", "c_n"];
+                check_same_as_one_shot(&what, "mrnn_lstm_keras", status, one_status, &outs, &one_shot, &names)?;
+                // Keep copies for the one-shot backward; scribble over the caller's buffers.
+                let keep = |b: &Buf<f32>| Buf::new(b.values().to_vec(), canary);
+                let run = TrainRun {
+                    tape,
+                    attrs: a,
+                    x: keep(&x),
+                    mask: mask_on.then(|| Buf::new(mask.values().to_vec(), CANARY_BYTE)),
+                    h0: h0_on.then(|| keep(&h0)),
+                    c0: c0_on.then(|| keep(&c0)),
+                    owner: k,
+                    generation: generation[k],
+                    weights: current[k],
+                };
+                for buf in [&mut x, &mut h0, &mut c0] {
+                    let n = buf.len;
+                    buf.data[..n].fill(f32::NAN);
+                }
+                let n = mask.len;
+                mask.data[..n].fill(0);
+                runs.push(run);
+            }
+            4..=6 => {
+                // run_backward.
+                let tape_null = runs.is_empty() || rare(r, 32);
+                let run = (!tape_null).then(|| &runs[r.below(runs.len())]);
+                let Some(run) = run else {
+                    // SAFETY: NULL tape: rejected before anything else is read.
+                    let status = unsafe {
+                        mrnn_keras_lstm_run_backward(
+                            layer,
+                            ptr::null(),
+                            ptr::null(),
+                            ptr::null(),
+                            ptr::null(),
+                            ptr::null(),
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                        )
+                    };
+                    if status != MRNN_ERR_NULL_POINTER {
+                        return Err(format!("step {step}: run_backward with a NULL tape: status {status}"));
+                    }
+                    check_status("run_backward with a NULL tape", status)?;
+                    continue;
+                };
+                let (b, t) = (run.attrs.batch_size as usize, run.attrs.seq_length as usize);
+                let sizes = [b * t * iu, iu * 4 * hu, hu * 4 * hu, 4 * hu, b * hu, b * hu];
+                let up_on = [!r.u8().is_multiple_of(4), r.bool(), r.bool(), r.bool()];
+                let grads_on: [bool; 6] = std::array::from_fn(|_| !r.u8().is_multiple_of(3));
+                let (misalign, alias) =
+                    (rare(r, 32) && grads_on[1], rare(r, 32) && grads_on[4] && grads_on[5] && b > 0);
+                let ups = [b * t * hu, b * hu, b * hu, b * hu].map(|n| Buf::new(values(r, n, 1.0), canary));
+                let ups_before: Vec<Vec<f32>> = ups.iter().map(|u| u.data.clone()).collect();
+                let (outs, mut ptrs) = output_bufs(sizes, &grads_on);
+                if misalign {
+                    ptrs[1] = ptrs[1].cast::<u8>().wrapping_add(2).cast();
+                }
+                if alias {
+                    ptrs[5] = ptrs[4];
+                }
+                let foreign = run.owner != k;
+                let stale = run.generation != generation[run.owner];
+                let expected = if layer_null {
+                    Some(MRNN_ERR_NULL_POINTER)
+                } else if foreign || stale || misalign || alias {
+                    Some(MRNN_ERR_BAD_ARGUMENT)
+                } else {
+                    None
+                };
+                let up_ptrs: [*const f32; 4] =
+                    std::array::from_fn(|j| if up_on[j] { ups[j].ptr() } else { ptr::null() });
+                // SAFETY: `layer` is a live handle (or NULL), `run.tape` a live tape; the upstream and output
+                // buffers have the sizes of the tape's run (plus a canary, in which a misaligned d_kernel
+                // stays).
+                let status = unsafe {
+                    mrnn_keras_lstm_run_backward(
+                        layer,
+                        run.tape.ptr,
+                        up_ptrs[0],
+                        up_ptrs[1],
+                        up_ptrs[2],
+                        up_ptrs[3],
+                        ptrs[0],
+                        ptrs[1],
+                        ptrs[2],
+                        ptrs[3],
+                        ptrs[4],
+                        ptrs[5],
+                    )
+                };
+                let what = format!(
+                    "step {step}: mrnn_keras_lstm_run_backward on handle {k} (layer NULL {layer_null}) of a tape of \
+                     handle {} generation {} (now {}), {:?}, upstream {up_on:?}, gradients {grads_on:?}, misaligned \
+                     {misalign}, aliased {alias}",
+                    run.owner, run.generation, generation[run.owner], run.attrs
+                );
+                check_status(&what, status)?;
+                for (buf, name) in outs.iter().zip(GRAD_NAMES) {
+                    buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
+                }
+                for (u, before) in ups.iter().zip(&ups_before) {
+                    same_bits(&format!("{what}: upstream modified"), &u.data, before)?;
+                }
+                if let Some(expected) = expected {
+                    if status != expected {
+                        return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
+                    }
+                    let message = last_error_message();
+                    if !layer_null && foreign && !message.contains("another handle") {
+                        return Err(format!("{what}: a foreign tape, but the message is {message:?}"));
+                    }
+                    if !layer_null && !foreign && stale && !message.contains("stale") {
+                        return Err(format!("{what}: a stale tape, but the message is {message:?}"));
+                    }
+                    if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
+                        return Err(format!("{what}: an output was written by a call that failed validation"));
+                    }
+                    continue;
+                }
+                // Bitwise the one-shot backward on the run's inputs and the weights it was made with.
+                let w = &history[run.weights];
+                let (one_shot, one_ptrs) = output_bufs(sizes, &grads_on);
+                let opt_f = |b: &Option<Buf<f32>>| b.as_ref().map_or(ptr::null(), Buf::ptr);
+                // SAFETY: the run's inputs and the weights have the sizes of the run's attributes; the
+                // upstream and outputs those of the call above.
+                let one_status = unsafe {
+                    mrnn_lstm_keras_backward(
+                        &run.attrs,
+                        run.x.ptr(),
+                        run.mask.as_ref().map_or(ptr::null(), Buf::ptr),
+                        w.kernel.ptr(),
+                        w.recurrent.ptr(),
+                        w.bias_ptr(),
+                        opt_f(&run.h0),
+                        opt_f(&run.c0),
+                        up_ptrs[0],
+                        up_ptrs[1],
+                        up_ptrs[2],
+                        up_ptrs[3],
+                        one_ptrs[0],
+                        one_ptrs[1],
+                        one_ptrs[2],
+                        one_ptrs[3],
+                        one_ptrs[4],
+                        one_ptrs[5],
+                    )
+                };
+                check_same_as_one_shot(
+                    &what,
+                    "mrnn_lstm_keras_backward",
+                    status,
+                    one_status,
+                    &outs,
+                    &one_shot,
+                    &GRAD_NAMES,
+                )?;
+            }
+            7 => {
+                // set_weights.
+                let w = Weights::new(r, &created);
+                let (kernel_null, misalign) = (rare(r, 16), rare(r, 16));
+                // A misaligned kernel: two bytes into a copy with one more element.
+                let shifted = Buf::new(w.kernel.values().iter().copied().chain([0.0]).collect::<Vec<f32>>(), canary);
+                let kernel = if kernel_null {
+                    ptr::null()
+                } else if misalign {
+                    shifted.ptr().cast::<u8>().wrapping_add(2).cast()
+                } else {
+                    w.kernel.ptr()
+                };
+                let expected = if layer_null || kernel_null {
+                    Some(MRNN_ERR_NULL_POINTER)
+                } else if misalign {
+                    Some(MRNN_ERR_BAD_ARGUMENT)
+                } else {
+                    None
+                };
+                // SAFETY: `layer` is a live handle (or NULL); the weights have the handle's sizes (a misaligned
+                // kernel has one more element).
+                let status = unsafe { mrnn_keras_lstm_set_weights(layer, kernel, w.recurrent.ptr(), w.bias_ptr()) };
+                let what = format!(
+                    "step {step}: mrnn_keras_lstm_set_weights on handle {k} (layer NULL {layer_null}, kernel NULL \
+                     {kernel_null}, misaligned {misalign})"
+                );
+                check_status(&what, status)?;
+                if status != expected.unwrap_or(MRNN_OK) {
+                    return Err(format!("{what}: status {status}, expected {expected:?}: {}", last_error_message()));
+                }
+                if status == MRNN_OK {
+                    history.push(w);
+                    current[k] = history.len() - 1;
+                    generation[k] += 1;
+                }
+            }
+            8 => {
+                if !runs.is_empty() {
+                    // Frees the tape (Owned's drop).
+                    runs.swap_remove(r.below(runs.len()));
+                }
+            }
+            _ => {
+                let Some(run) = (!runs.is_empty()).then(|| &runs[r.below(runs.len())]) else { continue };
+                let mut bytes = u64::MAX;
+                // SAFETY: a live tape and a `u64` slot.
+                let status = unsafe { mrnn_tape_bytes(run.tape.ptr, &mut bytes) };
+                let floor = (run.x.len * 4) as u64;
+                if status != MRNN_OK || bytes < floor || bytes == u64::MAX {
+                    return Err(format!(
+                        "step {step}: mrnn_tape_bytes: status {status}, {bytes} bytes (x alone {floor})"
+                    ));
+                }
+            }
+        }
+    }
+    // Tapes may outlive their handles.
+    drop(handles);
+    drop(runs);
+    // SAFETY: NULL is a no-op.
+    unsafe { mrnn_tape_free(ptr::null_mut()) };
     Ok(())
 }
 

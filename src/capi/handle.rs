@@ -17,19 +17,75 @@
 //! (a run's attributes are checked as the one-shot's, then compared with the handle's), then sizes, then
 //! pointers, then `sequence_lens`. `_new` checks every attribute value, including the per-run ones
 //! (`batch_size`, `seq_length` >= 0, `num_threads` >= 0), but sizes only of the weights.
+//!
+//! Training ([`super::train`]) identifies a handle by a process-unique id (`next_handle_id`, never reused,
+//! unlike an address) and its packed weights by a generation (`Current`) that
+//! `mrnn_keras_lstm_set_weights` increments; a tape records both, so a stale tape is recognised.
 
-use std::sync::{Mutex, TryLockError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, TryLockError};
 
 use super::*;
+
+/// The next handle id: 1, 2, 3, ... for the process's life.
+static NEXT_HANDLE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh handle id, never given out before in this process.
+pub(super) fn next_handle_id() -> u64 {
+    NEXT_HANDLE_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A handle's packed layer and its weights generation (0 at creation, +1 per replacement).
+#[derive(Debug)]
+struct Versioned<L> {
+    layer: Arc<L>,
+    generation: u64,
+}
+
+/// A handle's packed layer, replaceable while other threads run it: a run takes a snapshot (the layer
+/// and its generation, read together) and computes with it whatever replaces it meanwhile.
+#[derive(Debug)]
+pub(super) struct Current<L>(RwLock<Versioned<L>>);
+
+impl<L> Current<L> {
+    /// Generation 0 of `layer`.
+    pub(super) fn new(layer: L) -> Self {
+        Current(RwLock::new(Versioned { layer: Arc::new(layer), generation: 0 }))
+    }
+
+    /// The layer and its generation. (The lock is held only for an assignment, which cannot leave the
+    /// pair half-written: a poisoned lock still holds a consistent pair.)
+    pub(super) fn snapshot(&self) -> (Arc<L>, u64) {
+        let v = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        (Arc::clone(&v.layer), v.generation)
+    }
+
+    /// Replaces the layer; returns the new generation. Runs under way keep the layer they started with.
+    pub(super) fn replace(&self, layer: L) -> u64 {
+        let layer = Arc::new(layer);
+        let mut v = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let generation = v.generation + 1;
+        // The old layer is dropped after the lock is released (by the last run that still uses it).
+        let old = std::mem::replace(&mut *v, Versioned { layer, generation });
+        drop(v);
+        drop(old);
+        generation
+    }
+}
 
 /// A Keras LSTM layer of the C ABI (`MrnnKerasLstm` of `masked_rnn.h`): packed weights and scratch memory.
 #[derive(Debug)]
 pub struct MrnnKerasLstm {
-    layer: KerasLstm,
+    /// Unique among the handles of this process; tapes record it.
+    pub(super) id: u64,
+    /// The packed layer, replaced by `mrnn_keras_lstm_set_weights`.
+    pub(super) current: Current<KerasLstm>,
+    /// The layer options (fixed at creation, the same for every generation).
+    pub(super) options: KerasLstmOptions,
     /// The creation attributes; a run's must agree on every field but `batch_size`, `seq_length`,
     /// `num_threads`.
-    attrs: MrnnKerasLstmAttrs,
-    scratch: Mutex<Scratch>,
+    pub(super) attrs: MrnnKerasLstmAttrs,
+    pub(super) scratch: Mutex<Scratch>,
 }
 
 /// An ONNX LSTM node of the C ABI (`MrnnOnnxLstm` of `masked_rnn.h`): packed weights and scratch memory.
@@ -50,7 +106,7 @@ const _: () = {
 };
 
 /// Runs `f` with the handle's scratch memory, or with a temporary one when another thread holds it.
-fn with_handle_scratch<R>(scratch: &Mutex<Scratch>, f: impl FnOnce(&mut Scratch) -> R) -> R {
+pub(super) fn with_handle_scratch<R>(scratch: &Mutex<Scratch>, f: impl FnOnce(&mut Scratch) -> R) -> R {
     match scratch.try_lock() {
         Ok(mut s) => f(&mut s),
         Err(TryLockError::WouldBlock) => f(&mut Scratch::default()),
@@ -106,8 +162,12 @@ fn same_activation(
 }
 
 /// Checks that a run's attributes agree with the handle's on every field fixed at creation.
-fn keras_attrs_match(run: &MrnnKerasLstmAttrs, options: &KerasLstmOptions, handle: &MrnnKerasLstm) -> Result<()> {
-    let (c, fixed) = (&handle.attrs, handle.layer.options());
+pub(super) fn keras_attrs_match(
+    run: &MrnnKerasLstmAttrs,
+    options: &KerasLstmOptions,
+    handle: &MrnnKerasLstm,
+) -> Result<()> {
+    let (c, fixed) = (&handle.attrs, &handle.options);
     for (field, r, h) in [("input_size", run.input_size, c.input_size), ("hidden_size", run.hidden_size, c.hidden_size)]
     {
         if r != h {
@@ -218,7 +278,13 @@ pub unsafe extern "C" fn mrnn_keras_lstm_new(
             )
         };
         let layer = KerasLstm::new(LstmWeights::from_keras(i, h, kernel, recurrent_kernel, bias)?, options)?;
-        let handle = Box::new(MrnnKerasLstm { layer, attrs: a, scratch: Mutex::new(Scratch::default()) });
+        let handle = Box::new(MrnnKerasLstm {
+            id: next_handle_id(),
+            current: Current::new(layer),
+            options,
+            attrs: a,
+            scratch: Mutex::new(Scratch::default()),
+        });
         // SAFETY: `out` is non-NULL, aligned (`Extent::new`) and valid for one write (caller's contract);
         // it overlaps none of the inputs (`check_disjoint`), which are no longer used anyway.
         unsafe { out.write(Box::into_raw(handle)) };
@@ -309,7 +375,8 @@ pub unsafe extern "C" fn mrnn_keras_lstm_run(
             }
         };
         let input = KerasInput { b, t, x, mask, initial_h, initial_c };
-        with_handle_scratch(&handle.scratch, |scratch| keras_forward(&handle.layer, input, out, threads, scratch))
+        let (layer, _) = handle.current.snapshot();
+        with_handle_scratch(&handle.scratch, |scratch| keras_forward(&layer, input, out, threads, scratch))
     })
 }
 

@@ -23,6 +23,10 @@
 //! one-shot [`mrnn_lstm_keras`] and [`mrnn_lstm_onnx`] pack on every call and reuse a per-thread
 //! [`Workspace`] for their scratch memory.
 //!
+//! Training ([`train`]): the one-shot [`mrnn_lstm_keras_backward`], and on a Keras handle
+//! `mrnn_keras_lstm_run_train` (a run that returns an [`MrnnTape`]), `mrnn_keras_lstm_run_backward` (the
+//! gradients of that run) and `mrnn_keras_lstm_set_weights` (which makes older tapes stale).
+//!
 //! With the `testing` feature, `fuzz_capi` drives these functions with arbitrary attributes and checks the
 //! contract.
 
@@ -42,12 +46,17 @@ use crate::view::{mask_from_values, MaskValueMode, SeqView};
 #[cfg(feature = "testing")]
 mod fuzz;
 pub mod handle;
+pub mod train;
 
 #[cfg(feature = "testing")]
 pub use fuzz::fuzz_capi;
 pub use handle::{
     mrnn_keras_lstm_free, mrnn_keras_lstm_new, mrnn_keras_lstm_run, mrnn_onnx_lstm_free, mrnn_onnx_lstm_new,
     mrnn_onnx_lstm_run, MrnnKerasLstm, MrnnOnnxLstm,
+};
+pub use train::{
+    mrnn_keras_lstm_run_backward, mrnn_keras_lstm_run_train, mrnn_keras_lstm_set_weights, mrnn_lstm_keras_backward,
+    mrnn_tape_bytes, mrnn_tape_free, MrnnTape,
 };
 
 /// Success.
