@@ -251,3 +251,149 @@ fn many_weight_blocks_and_long_inputs() {
     let steps: usize = (0..12).map(|s| check(10_000 + s, true)).sum();
     assert!(steps > 50, "{steps}");
 }
+
+/// The ONNX operator's fast backward against the float64 reference on seeded cases: every direction,
+/// lengths with 0, 1 and T, initial states, peepholes, clip, input_forget, activations; threads 1 and 2
+/// bitwise equal.
+fn check_onnx(seed: u64) -> usize {
+    use masked_rnn::cells::grads::LstmGrads;
+    use masked_rnn::onnx::{Direction, OnnxLstm, OnnxLstmAttrs};
+    use masked_rnn::reference::backward::{onnx_lstm_backward, OnnxDir64};
+    use masked_rnn::{OnnxGrads, OnnxTape, OnnxUpstream};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (t, b, i) = (rng.random_range(1..7), rng.random_range(1..5), rng.random_range(1..5));
+    let h = [1, 3, 7, 8, 9, 16, 17][rng.random_range(0..7)];
+    let dir = [Direction::Forward, Direction::Reverse, Direction::Bidirectional][rng.random_range(0..3)];
+    let d = dir.count();
+    let smooth = [
+        Activation::Sigmoid,
+        Activation::Tanh,
+        Activation::Softsign,
+        Activation::ScaledTanh { alpha: 1.3, beta: 0.7 },
+        Activation::Affine { alpha: 0.8, beta: 0.1 },
+    ];
+    let acts: Vec<Activation> = if rng.random_bool(0.5) {
+        Vec::new()
+    } else {
+        (0..3 * d).map(|_| smooth[rng.random_range(0..smooth.len())]).collect()
+    };
+    let clip = rng.random_bool(0.3).then(|| rng.random_range(0.5..3.0f32));
+    let input_forget = rng.random_bool(0.2);
+    let peep = rng.random_bool(0.4);
+    let attrs = OnnxLstmAttrs::new(h, dir).clip(clip).input_forget(input_forget).activations(acts.clone());
+    let s = 1.0 / (h as f32).sqrt();
+    let (w, r, bias) =
+        (draw(&mut rng, d * 4 * h * i, s), draw(&mut rng, d * 4 * h * h, s), draw(&mut rng, d * 8 * h, 0.5));
+    let p = peep.then(|| draw(&mut rng, d * 3 * h, 0.5));
+    let node = OnnxLstm::new(attrs, i, &w, &r, Some(&bias), p.as_deref()).unwrap();
+    let lens: Vec<i32> =
+        (0..b).map(|_| [0, 1, t as i32, rng.random_range(0..=t as i32)][rng.random_range(0..4)]).collect();
+    let x = draw(&mut rng, t * b * i, 1.0);
+    let init = rng.random_bool(0.5).then(|| (draw(&mut rng, d * b * h, 0.5), draw(&mut rng, d * b * h, 0.5)));
+    let (dy, dyh, dyc) =
+        (draw(&mut rng, t * d * b * h, 1.0), draw(&mut rng, d * b * h, 1.0), draw(&mut rng, d * b * h, 1.0));
+    let run = |threads: usize| {
+        let mut tape = OnnxTape::new();
+        let (h0, c0) = (init.as_ref().map(|v| &v.0[..]), init.as_ref().map(|v| &v.1[..]));
+        node.forward_train(
+            &x,
+            t,
+            b,
+            Some(&lens),
+            h0,
+            c0,
+            Default::default(),
+            &mut tape,
+            threads,
+            &mut Workspace::new(),
+        )
+        .unwrap();
+        let mut g: Vec<Vec<f32>> =
+            [t * b * i, d * 4 * h * i, d * 4 * h * h, d * 8 * h, d * b * h, d * b * h, d * 3 * h]
+                .map(|n| vec![f32::NAN; n])
+                .into();
+        let [gx, gw, gr, gb, gh, gc, gp] = &mut g[..] else { unreachable!() };
+        let grads = OnnxGrads {
+            dx: Some(gx),
+            dw: Some(gw),
+            dr: Some(gr),
+            db: Some(gb),
+            d_initial_h: Some(gh),
+            d_initial_c: Some(gc),
+            dp: peep.then_some(&mut gp[..]),
+        };
+        let up = OnnxUpstream { dy: Some(&dy), dy_h: Some(&dyh), dy_c: Some(&dyc) };
+        let stats = node.backward(&x, t, b, Some(&lens), h0, c0, &tape, up, grads, threads).unwrap();
+        (g, stats.steps_computed)
+    };
+    let (one, steps) = run(1);
+    let (two, _) = run(2);
+    let bits =
+        |v: &Vec<Vec<f32>>| v.iter().map(|x| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>();
+    assert_eq!(bits(&one), bits(&two), "seed {seed}: threads 1 vs 2");
+    let valid: usize = lens.iter().map(|&l| l as usize).sum();
+    assert_eq!(steps, d * valid, "seed {seed}: steps");
+    // The reference: canonical f64 parameters per direction.
+    let f = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+    let weights: Vec<_> = (0..d)
+        .map(|k| {
+            masked_rnn::LstmWeights::from_onnx(
+                i,
+                h,
+                &w[k * 4 * h * i..(k + 1) * 4 * h * i],
+                &r[k * 4 * h * h..(k + 1) * 4 * h * h],
+                Some(&bias[k * 8 * h..(k + 1) * 8 * h]),
+                p.as_ref().map(|p| &p[k * 3 * h..(k + 1) * 3 * h]),
+            )
+            .unwrap()
+        })
+        .collect();
+    let params: Vec<LstmParams64> = weights.iter().map(LstmParams64::from_weights).collect();
+    let cells: Vec<masked_rnn::CellSpec> = (0..d)
+        .map(|k| {
+            let a = if acts.is_empty() {
+                [Activation::Sigmoid, Activation::Tanh, Activation::Tanh]
+            } else {
+                [acts[3 * k], acts[3 * k + 1], acts[3 * k + 2]]
+            };
+            masked_rnn::CellSpec::onnx(a[0], a[1], a[2], clip, input_forget)
+        })
+        .collect();
+    let dirs: Vec<OnnxDir64<'_>> =
+        (0..d).map(|k| (&params[k], &cells[k], dir == Direction::Reverse || k == 1)).collect();
+    let lengths: Vec<usize> = lens.iter().map(|&l| l as usize).collect();
+    let init64 = init.as_ref().map(|(a, c)| (f(a), f(c)));
+    let e = onnx_lstm_backward(
+        &dirs,
+        &f(&x),
+        t,
+        b,
+        &lengths,
+        init64.as_ref().map(|(a, c)| (&a[..], &c[..])),
+        Some(&f(&dy)),
+        Some(&f(&dyh)),
+        Some(&f(&dyc)),
+    );
+    let o = LstmGrads::to_onnx_dirs(&e.params);
+    let g32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let what =
+        format!("seed {seed} (T{t} B{b} I{i} H{h} {dir:?} clip {clip:?} input_forget {input_forget} peep {peep})");
+    close(&format!("{what} dx"), &one[0], &g32(&e.dx), 1e-5);
+    close(&format!("{what} dw"), &one[1], &g32(&o.w), 1e-5);
+    close(&format!("{what} dr"), &one[2], &g32(&o.r), 1e-5);
+    close(&format!("{what} db"), &one[3], &g32(&o.b), 1e-5);
+    if init.is_some() {
+        close(&format!("{what} d_initial_h"), &one[4], &g32(&e.d_initial_h), 1e-5);
+        close(&format!("{what} d_initial_c"), &one[5], &g32(&e.d_initial_c), 1e-5);
+    }
+    if peep {
+        close(&format!("{what} dp"), &one[6], &g32(o.p.as_deref().unwrap()), 1e-5);
+    }
+    steps
+}
+
+#[test]
+fn onnx_backward_equals_reference() {
+    let steps: usize = (0..1500).map(|s| check_onnx(20_000 + s)).sum();
+    assert!(steps > 5_000, "{steps}");
+}
