@@ -24,9 +24,9 @@
  *   is retained after a call returns (a handle keeps its own packed copy of the weights, a training tape
  *   its own copies of the run's inputs). All functions are thread-safe; a handle may be run from several
  *   threads at once (see "Handles").
- * - Scratch memory: mrnn_lstm_keras / mrnn_lstm_onnx / mrnn_lstm_keras_backward keep theirs in a
- *   per-thread cache reused by the next call on that thread (freed when the thread exits); a handle keeps
- *   its own until it is freed. (The backward passes also allocate their gradient scratch per call.)
+ * - Scratch memory: the one-shot functions (mrnn_lstm_keras, mrnn_lstm_onnx and their backwards) keep
+ *   theirs in a per-thread cache reused by the next call on that thread (freed when the thread exits); a
+ *   handle keeps its own until it is freed. (The backward passes also allocate their gradient scratch per call.)
  * - num_threads: 0 = the library's default (all cores); 1 = the calling thread; n = n threads.
  *   Results are bitwise identical for every num_threads and whatever else shares the batch.
  */
@@ -273,19 +273,30 @@ void mrnn_onnx_lstm_free(MrnnOnnxLstm *layer);
    Each backward function is the vector-Jacobian product of its forward function: it takes the forward's
    inputs plus the gradients of a scalar loss with respect to the forward's outputs ("upstream"), and
    writes the gradients with respect to the forward's inputs. Same attributes struct, same validation
-   (see Conventions), same status codes. Implemented for the Keras LSTM; the ONNX LSTM's will follow.
-   - Upstream gradients (dy, d_last_output, d_h_n, d_c_n) may each be NULL = zeros.
+   (see Conventions), same status codes. Implemented for the Keras LSTM and the ONNX LSTM operator.
+   - Upstream gradients (dy, d_last_output, d_h_n, d_c_n; ONNX: dy, dy_h, dy_c) may each be NULL = zeros.
    - Every non-NULL gradient output is overwritten (not accumulated); NULL = not computed. With every
      gradient output NULL, the call validates its arguments and computes nothing.
    - Padded / masked steps are never computed in backward either. A masked step's output repeats the
      previous output (Keras), so its upstream gradient flows to that earlier output (or nowhere, before
      the first valid step or with zero_output_for_mask); dx at a masked step is +0.0.
+   - ONNX: padded steps (past a sequence's length) are never computed either; Y there is a constant +0.0,
+     so dy there is ignored, and dx there is +0.0.
    - d_initial_h / d_initial_c are the gradients of the initial state actually used: of zeros when
-     initial_h / initial_c is NULL.
+     initial_h / initial_c is NULL. ONNX: zeros for a length-0 sequence (its Y_h / Y_c are zeros whatever
+     the initial state).
+   - Bias gradients (d_bias, db) are computed whether or not the bias was NULL (the gradient at zeros).
+     ONNX db [D,8H]: the Wb and Rb halves are equal (both enter the sum once).
+   - dp (ONNX peepholes) exists only for an operator with peepholes: p NULL means "no peepholes", not
+     P = 0 (whose gradient is not zero), so a non-NULL dp with p NULL (with a handle: with weights set
+     without p) is MRNN_ERR_BAD_ARGUMENT ("no peepholes" in the message), checked with the pointers
+     (Conventions step 4).
    - Derivatives at kinks: Relu'(0) = 0; HardSigmoid' = alpha strictly inside its linear part, 0
-     elsewhere; ThresholdedRelu'(alpha) = 0. Exact kinks have measure zero: frameworks differ there.
+     elsewhere; ThresholdedRelu'(alpha) = 0; ONNX clip passes the gradient where -clip < z < clip, 0
+     elsewhere (+INFINITY: no clip). Exact kinks have measure zero: frameworks differ there.
    - Weight gradients are sums over the batch; results are bitwise identical whatever num_threads is, and
-     bitwise those of the Rust API (KerasLstm::forward_train then KerasLstm::backward).
+     bitwise those of the Rust API (KerasLstm::forward_train then KerasLstm::backward; OnnxLstm::
+     forward_train then OnnxLstm::backward).
 
    Training many steps goes through a handle, so that the weights are packed once per update and the
    forward is not recomputed in backward:
@@ -307,8 +318,12 @@ void mrnn_onnx_lstm_free(MrnnOnnxLstm *layer);
    steps), the handle's identity and weights generation, and the run's num_threads. The caller's buffers
    may be reused or freed as soon as run_train returns. A tape may be used by any number of
    run_backward calls (from any threads at once) until it is freed; it is refused, with
-   MRNN_ERR_BAD_ARGUMENT and a message, by another handle and after the handle's weights were replaced
-   by mrnn_keras_lstm_set_weights (even with equal values). */
+   MRNN_ERR_BAD_ARGUMENT and a message, by another handle (of the same kind: "another handle"; a Keras
+   tape given to an ONNX handle or the reverse: "another handle, of another kind") and after the handle's
+   weights were replaced by its set_weights (even with equal values: "stale"). The ONNX handles work the
+   same way (mrnn_onnx_lstm_run_train / _run_backward / _set_weights); their tapes keep copies of x,
+   sequence_lens and the initial states, and the activations of the valid steps of each direction. One
+   MrnnTape type serves both kinds; mrnn_tape_bytes and mrnn_tape_free take either. */
 
 /* What one training run keeps for its backward (opaque). */
 typedef struct MrnnTape MrnnTape;
@@ -372,12 +387,81 @@ int32_t mrnn_keras_lstm_set_weights(MrnnKerasLstm *layer, /* required */
     const float *recurrent_kernel,    /* [H,4H], required */
     const float *bias);               /* [4H] or NULL (zeros) */
 
+/* The gradients of mrnn_lstm_onnx with the same inputs (opset 22 semantics, every direction, both
+   layouts). Validation is mrnn_lstm_onnx's (sequence_lens values checked last, still before any output
+   is written), with the upstream gradients as optional inputs and the gradients as outputs (which may
+   overlap nothing), and a non-NULL dp with p NULL refused (see above). D = 2 for bidirectional, else 1.
+   Returns MRNN_OK or a status; see Conventions. */
+int32_t mrnn_lstm_onnx_backward(const MrnnOnnxLstmAttrs *attrs, /* required */
+    const float *x,               /* [T,B,I] (layout 0) / [B,T,I] (layout 1), required */
+    const float *w,               /* [D,4H,I], required */
+    const float *r,               /* [D,4H,H], required */
+    const float *b,               /* [D,8H] or NULL (zeros) */
+    const int32_t *sequence_lens, /* [B] or NULL = all seq_length; each in 0..=seq_length */
+    const float *initial_h,       /* [D,B,H] (layout 0) / [B,D,H] (layout 1) or NULL (zeros) */
+    const float *initial_c,       /* same, or NULL (zeros) */
+    const float *p,               /* [D,3H] peepholes (i, o, f) or NULL (none) */
+    const float *dy,              /* [T,D,B,H] (layout 0) / [B,T,D,H] (layout 1), of y, or NULL (zeros) */
+    const float *dy_h,            /* shaped as y_h, of y_h, or NULL */
+    const float *dy_c,            /* shaped as y_c, of y_c, or NULL */
+    float *dx,                    /* shaped as x, or NULL */
+    float *dw,                    /* [D,4H,I] or NULL */
+    float *dr,                    /* [D,4H,H] or NULL */
+    float *db,                    /* [D,8H] or NULL (computed whether or not b was NULL) */
+    float *d_initial_h,           /* shaped as initial_h, or NULL */
+    float *d_initial_c,           /* shaped as initial_c, or NULL */
+    float *dp);                   /* [D,3H] or NULL; non-NULL requires p */
+
+/* mrnn_onnx_lstm_run (same arguments, same outputs bit for bit, same validation, sequence_lens values
+   last), also returning a new tape in *tape, to free with mrnn_tape_free. As mrnn_keras_lstm_run_train:
+   the tape is kept whatever outputs are requested, tape is required, must be aligned for a pointer and
+   overlap no other buffer, and on failure *tape is unchanged. Memory: about 6 x H (rounded up to the
+   vector width) floats per valid step and direction, plus copies of x, sequence_lens and the initial
+   states (see mrnn_tape_bytes). */
+int32_t mrnn_onnx_lstm_run_train(MrnnOnnxLstm *layer, /* required */
+    const MrnnOnnxLstmAttrs *attrs, /* required; as mrnn_onnx_lstm_run */
+    const float *x,               /* [T,B,I] (layout 0) / [B,T,I] (layout 1), required */
+    const int32_t *sequence_lens, /* [B] or NULL; each in 0..=seq_length */
+    const float *initial_h,       /* [D,B,H] (layout 0) / [B,D,H] (layout 1) or NULL */
+    const float *initial_c,       /* same, or NULL */
+    float *y,                     /* [T,D,B,H] (layout 0) / [B,T,D,H] (layout 1) or NULL */
+    float *y_h, float *y_c,       /* [D,B,H] (layout 0) / [B,D,H] (layout 1) or NULL */
+    MrnnTape **tape);             /* required */
+
+/* The gradients of the run that made tape: exactly those of mrnn_lstm_onnx_backward with that run's
+   inputs and the handle's weights. T and B are the run's; the run's num_threads is used again. Checks, in
+   order: layer or tape NULL (MRNN_ERR_NULL_POINTER); a tape of a Keras handle, of another ONNX handle, or
+   made before the last mrnn_onnx_lstm_set_weights on this one (MRNN_ERR_BAD_ARGUMENT: "another kind",
+   "another handle", "stale"); then the pointers, as Conventions step 4, and dp with weights without
+   peepholes (MRNN_ERR_BAD_ARGUMENT, "no peepholes"). Returns MRNN_OK or a status. */
+int32_t mrnn_onnx_lstm_run_backward(MrnnOnnxLstm *layer, /* required */
+    const MrnnTape *tape,         /* required: from mrnn_onnx_lstm_run_train on this handle */
+    const float *dy,              /* shaped as y, or NULL (zeros) */
+    const float *dy_h, const float *dy_c, /* shaped as y_h / y_c, or NULL */
+    float *dx,                    /* shaped as x, or NULL */
+    float *dw,                    /* [D,4H,I] or NULL */
+    float *dr,                    /* [D,4H,H] or NULL */
+    float *db,                    /* [D,8H] or NULL */
+    float *d_initial_h, float *d_initial_c, /* shaped as initial_h / initial_c, or NULL */
+    float *dp);                   /* [D,3H] or NULL; only if the handle's weights have peepholes */
+
+/* Replaces the node's weights (after an optimizer step), packing them once; shapes as at creation
+   (mrnn_onnx_lstm_new). b NULL: zeros; p NULL: no peepholes from now on (dp is then refused), p given:
+   peepholes, whether or not the node had them before. Every tape made before is then stale, even if the
+   values are equal. Runs of other threads that overlap this call compute with either the old or the new
+   weights, never a mixture. On failure the handle is unchanged. Returns MRNN_OK or a status. */
+int32_t mrnn_onnx_lstm_set_weights(MrnnOnnxLstm *layer, /* required */
+    const float *w,               /* [D,4H,I], required */
+    const float *r,               /* [D,4H,H], required */
+    const float *b,               /* [D,8H] or NULL (zeros) */
+    const float *p);              /* [D,3H] or NULL (none) */
+
 /* Writes to *bytes the memory a tape holds (its copies of the inputs, the activations and bookkeeping).
    Both pointers are required (bytes aligned to 8). Returns MRNN_OK or a status. */
 int32_t mrnn_tape_bytes(const MrnnTape *tape, uint64_t *bytes);
 
-/* Frees a tape made by mrnn_keras_lstm_run_train. NULL is a no-op. A tape may outlive its handle (it is
-   then useless, but must still be freed). */
+/* Frees a tape made by mrnn_keras_lstm_run_train or mrnn_onnx_lstm_run_train. NULL is a no-op. A tape
+   may outlive its handle (it is then useless, but must still be freed). */
 void mrnn_tape_free(MrnnTape *tape);
 
 #ifdef __cplusplus

@@ -5,7 +5,10 @@
 //! fixture also transposed to layout 1, and the layout-1 ones to layout 0) and two-layer stacks whose
 //! expected values come from the Rust reference. Both programs also run every case through the handles
 //! (`mrnn_keras_lstm_new` / `_run` / `_free`, `mrnn_onnx_lstm_*`), which must match the one-shot functions
-//! bitwise, including several shapes per handle and concurrent runs. Also: the header compiled as C++,
+//! bitwise, including several shapes per handle and concurrent runs. `tests/c/train_test.c` and
+//! `tests/c/onnx_train_test.c` check the training functions (C_ABI.md section 3) of the Keras LSTM and of
+//! the ONNX LSTM against the Rust API bit for bit and the gradient fixtures within 1e-4, and their error
+//! contract (stale, foreign and other-kind tapes included). Also: the header compiled as C++,
 //! optional runs under valgrind (memory errors and leaks: every handle must be freed), and seeded replay of
 //! `masked_rnn::capi::fuzz_capi`.
 //!
@@ -22,7 +25,7 @@ use masked_rnn::fuzzing::same_bits;
 use masked_rnn::onnx::{Direction, Layout, OnnxLstm, OnnxLstmAttrs};
 use masked_rnn::{
     Activation, InitialState, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream,
-    LstmWeights, SeqView, Workspace,
+    LstmWeights, OnnxGrads, OnnxTape, OnnxUpstream, SeqView, Workspace,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::Value;
@@ -289,11 +292,18 @@ fn header_compiles_as_cpp() {
          nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, \
          nullptr, nullptr, nullptr, nullptr, nullptr, nullptr) + mrnn_keras_lstm_set_weights(k, nullptr, \
          nullptr, nullptr) + mrnn_tape_bytes(t, &n); mrnn_tape_free(t); return s; }\n\
+         static int train_onnx(MrnnOnnxLstm *l, const MrnnOnnxLstmAttrs *a) { MrnnTape *t = nullptr; \
+         int s = mrnn_onnx_lstm_run_train(l, a, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, \
+         &t) + mrnn_onnx_lstm_run_backward(l, t, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, \
+         nullptr, nullptr, nullptr) + mrnn_lstm_onnx_backward(a, nullptr, nullptr, nullptr, nullptr, nullptr, \
+         nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, \
+         nullptr, nullptr) + mrnn_onnx_lstm_set_weights(l, nullptr, nullptr, nullptr, nullptr); \
+         mrnn_tape_free(t); return s; }\n\
          int main() { MrnnKerasLstmAttrs a; MrnnOnnxLstmAttrs o; MrnnKerasLstm *k = nullptr; \
          MrnnOnnxLstm *n = nullptr; mrnn_keras_lstm_free(k); mrnn_onnx_lstm_free(n); \
          return mrnn_keras_lstm_attrs_init(&a) + mrnn_onnx_lstm_attrs_init(&o) + (mrnn_version() == 0) + \
          mrnn_keras_lstm_new(&a, nullptr, nullptr, nullptr, &k) + mrnn_onnx_lstm_new(&o, nullptr, nullptr, \
-         nullptr, nullptr, &n) + train(k, &a); }\n",
+         nullptr, nullptr, &n) + train(k, &a) + train_onnx(n, &o); }\n",
     )
     .unwrap();
     let (ok, text) = run(Command::new(&cxx)
@@ -441,6 +451,31 @@ fn permute(v: &[f32], dims: &[usize], perm: &[usize]) -> Vec<f32> {
     out
 }
 
+/// The attribute part of an `onnx` / `ograd` case line: `input_forget has_clip CLIP num_activations ACT0..5
+/// ALPHA0..5 BETA0..5` (the array entries past the activations given hold the defaults' codes and NaN).
+fn onnx_header(input_forget: bool, clip: Option<f32>, acts: &[(i32, f32, f32)]) -> String {
+    assert!(acts.len() <= 6);
+    let mut codes = [0_i32, 1, 1, 0, 1, 1];
+    let (mut a6, mut b6) = ([f32::NAN; 6], [f32::NAN; 6]);
+    for (k, &(c, a, b)) in acts.iter().enumerate() {
+        (codes[k], a6[k], b6[k]) = (c, a, b);
+    }
+    let mut header = format!(
+        "{} {} {:08x} {}",
+        u8::from(input_forget),
+        u8::from(clip.is_some()),
+        clip.unwrap_or(f32::NAN).to_bits(),
+        acts.len()
+    );
+    for c in codes {
+        write!(header, " {c}").unwrap();
+    }
+    for v in a6.iter().chain(&b6) {
+        write!(header, " {:08x}", v.to_bits()).unwrap();
+    }
+    header
+}
+
 /// One `mrnn_lstm_onnx` fixture in memory, in its layout.
 #[derive(Clone)]
 struct OnnxFixture {
@@ -449,6 +484,11 @@ struct OnnxFixture {
     direction: i32,
     layout: i32,
     header: String, // input_forget has_clip CLIP num_activations ACT.. ALPHA.. BETA..
+    /// input_forget, clip (`None`: has_clip 0) and the `(code, alpha, beta)` of each activation given, as
+    /// in `header`.
+    input_forget: bool,
+    clip: Option<f32>,
+    acts: Vec<(i32, f32, f32)>,
     x: Vec<f32>,
     w: Vec<f32>,
     r: Vec<f32>,
@@ -475,25 +515,16 @@ impl OnnxFixture {
         };
         let d = if direction == 2 { 2 } else { 1 };
         let layout = j["layout"].as_i64().unwrap() as i32;
-        let (has_clip, clip) = if j["clip"].is_null() { (0, f32::NAN) } else { (1, f32_of(&j["clip"])) };
+        let clip = (!j["clip"].is_null()).then(|| f32_of(&j["clip"]));
         let names = j["activations"].as_array().unwrap();
         let (alpha, beta) = (j["activation_alpha"].as_array().unwrap(), j["activation_beta"].as_array().unwrap());
         assert!(names.len() <= 6 && alpha.len() == names.len() && beta.len() == names.len(), "{name}: activations");
-        let mut codes = [0_i32, 1, 1, 0, 1, 1];
-        let (mut a6, mut b6) = ([f32::NAN; 6], [f32::NAN; 6]);
-        for k in 0..names.len() {
-            codes[k] = onnx_activation_code(names[k].as_str().unwrap());
-            a6[k] = f32_of(&alpha[k]); // null: NaN, the ABI's "default"
-            b6[k] = f32_of(&beta[k]);
-        }
-        let mut header =
-            format!("{} {has_clip} {:08x} {}", j["input_forget"].as_i64().unwrap(), clip.to_bits(), names.len());
-        for c in codes {
-            write!(header, " {c}").unwrap();
-        }
-        for v in a6.iter().chain(&b6) {
-            write!(header, " {:08x}", v.to_bits()).unwrap();
-        }
+        // null: NaN, the ABI's "default".
+        let acts: Vec<(i32, f32, f32)> = (0..names.len())
+            .map(|k| (onnx_activation_code(names[k].as_str().unwrap()), f32_of(&alpha[k]), f32_of(&beta[k])))
+            .collect();
+        let input_forget = j["input_forget"].as_i64().unwrap() == 1;
+        let header = onnx_header(input_forget, clip, &acts);
         let lens = (!j["sequence_lens"].is_null()).then(|| {
             let a = j["sequence_lens"].as_array().unwrap();
             assert_eq!(a.len(), b, "{name}: sequence_lens length");
@@ -504,6 +535,9 @@ impl OnnxFixture {
             direction,
             layout,
             header,
+            input_forget,
+            clip,
+            acts,
             x: f32s_of(j, "x", t * b * i),
             w: f32s_of(j, "w", d * 4 * h * i),
             r: f32s_of(j, "r", d * 4 * h * h),
@@ -1025,4 +1059,318 @@ fn c_train_program_matches_the_rust_api_keras_and_the_contract() {
 fn c_train_program_under_valgrind() {
     // "quick": each case once per path, so that the run fits valgrind's time budget.
     under_valgrind("train_valgrind", |dir| (compile_c(dir, "train_test"), write_train_cases(dir)), &["quick"]);
+}
+
+// ------------------------------------------------------------------ ONNX training (gradients) cases
+
+/// Tolerance of the C ABI's float32 ONNX gradients against the fixtures' float64 ones (an autograd model of
+/// the operator proven against ONNX Runtime): `|g - e| <= TOL * max(1, |e|)`, as tests/backward_fixtures.rs.
+const ONNX_GRAD_TOL: f32 = 1e-4;
+
+/// One case of `tests/c/onnx_train_test.c`: an ONNX LSTM problem (inputs and weights in an [`OnnxFixture`],
+/// whose expected outputs are not used), upstream gradients, and, from an `onnx_lstm_grad` fixture, the
+/// fixture's gradients.
+#[derive(Clone)]
+struct OnnxGradCase {
+    f: OnnxFixture,
+    /// dy, dy_h, dy_c.
+    up: [Option<Vec<f32>>; 3],
+    /// The fixture's dx, dw, dr, db, d_initial_h, d_initial_c, dp (each where it has them).
+    fixture: [Option<Vec<f32>>; 7],
+}
+
+impl OnnxGradCase {
+    fn from_json(j: &Value) -> Self {
+        let f = OnnxFixture::from_json(j);
+        let [t, b, i, h] = f.dims;
+        let d = if f.direction == 2 { 2 } else { 1 };
+        let up = [
+            optional_f32s(j, "dy", t * d * b * h),
+            optional_f32s(j, "dy_h", d * b * h),
+            optional_f32s(j, "dy_c", d * b * h),
+        ];
+        let fixture = [
+            optional_f32s(j, "dx", t * b * i),
+            optional_f32s(j, "dw", d * 4 * h * i),
+            optional_f32s(j, "dr", d * 4 * h * h),
+            optional_f32s(j, "db", d * 8 * h),
+            optional_f32s(j, "d_initial_h", d * b * h),
+            optional_f32s(j, "d_initial_c", d * b * h),
+            optional_f32s(j, "dp", d * 3 * h),
+        ];
+        OnnxGradCase { f, up, fixture }
+    }
+
+    /// The same case in the other layout: x, the states, the upstream and the fixture's dx and state
+    /// gradients transposed.
+    fn other_layout(&self) -> Self {
+        let [t, b, i, h] = self.f.dims;
+        let d = if self.f.direction == 2 { 2 } else { 1 };
+        let to_batch_major = self.f.layout == 0;
+        let (x_dims, state_dims, y_dims, y_perm) = if to_batch_major {
+            ([t, b, i], [d, b, h], [t, d, b, h], [2, 0, 1, 3])
+        } else {
+            ([b, t, i], [b, d, h], [b, t, d, h], [1, 2, 0, 3])
+        };
+        let x = |v: &Option<Vec<f32>>| v.as_ref().map(|v| permute(v, &x_dims, &[1, 0, 2]));
+        let state = |v: &Option<Vec<f32>>| v.as_ref().map(|v| permute(v, &state_dims, &[1, 0, 2]));
+        let y = |v: &Option<Vec<f32>>| v.as_ref().map(|v| permute(v, &y_dims, &y_perm));
+        let [fdx, fdw, fdr, fdb, fdh, fdc, fdp] = &self.fixture;
+        OnnxGradCase {
+            f: self.f.other_layout(),
+            up: [y(&self.up[0]), state(&self.up[1]), state(&self.up[2])],
+            fixture: [x(fdx), fdw.clone(), fdr.clone(), fdb.clone(), state(fdh), state(fdc), fdp.clone()],
+        }
+    }
+
+    /// The Rust API's node for the case, written from the header (`+INFINITY` clip: no clipping).
+    fn node(&self) -> OnnxLstm {
+        let f = &self.f;
+        let direction = [Direction::Forward, Direction::Reverse, Direction::Bidirectional][f.direction as usize];
+        let layout = if f.layout == 1 { Layout::BatchMajor } else { Layout::SeqMajor };
+        let acts = f.acts.iter().map(|&(c, a, b)| Activation::from_code(c, a, b).unwrap()).collect();
+        let attrs = OnnxLstmAttrs::new(f.dims[3], direction)
+            .layout(layout)
+            .clip(f.clip.filter(|&c| c != f32::INFINITY))
+            .input_forget(f.input_forget)
+            .activations(acts);
+        OnnxLstm::new(attrs, f.dims[2], &f.w, &f.r, f.b.as_deref(), f.p.as_deref()).unwrap()
+    }
+
+    /// The Rust API's forward outputs `[y, y_h, y_c]` and gradients `[dx, dw, dr, db, d_initial_h,
+    /// d_initial_c, dp]` (`dp` empty without peepholes), as the C ABI must give them.
+    fn rust(&self) -> ([Vec<f32>; 3], [Vec<f32>; 7]) {
+        let f = &self.f;
+        let [t, b, i, h] = f.dims;
+        let d = if f.direction == 2 { 2 } else { 1 };
+        let node = self.node();
+        let (lens, h0, c0) = (f.lens.as_deref(), f.h0.as_deref(), f.c0.as_deref());
+        let (fwd, _) = node.forward_all(&f.x, t, b, lens, h0, c0, 1).unwrap();
+        let mut tape = OnnxTape::new();
+        let mut ws = Workspace::new();
+        node.forward_train(&f.x, t, b, lens, h0, c0, Default::default(), &mut tape, 2, &mut ws).unwrap();
+        let np = if f.p.is_some() { d * 3 * h } else { 0 };
+        let mut g =
+            [t * b * i, d * 4 * h * i, d * 4 * h * h, d * 8 * h, d * b * h, d * b * h, np].map(|n| vec![f32::NAN; n]);
+        let [dx, dw, dr, db, dh, dc, dp] = &mut g;
+        let up = OnnxUpstream { dy: self.up[0].as_deref(), dy_h: self.up[1].as_deref(), dy_c: self.up[2].as_deref() };
+        let grads = OnnxGrads {
+            dx: Some(dx),
+            dw: Some(dw),
+            dr: Some(dr),
+            db: Some(db),
+            d_initial_h: Some(dh),
+            d_initial_c: Some(dc),
+            dp: f.p.is_some().then_some(&mut dp[..]),
+        };
+        node.backward(&f.x, t, b, lens, h0, c0, &tape, up, grads, 1).unwrap();
+        ([fwd.y, fwd.y_h, fwd.y_c], g)
+    }
+
+    fn write(&self, out: &mut String) {
+        let f = &self.f;
+        let [t, b, i, h] = f.dims;
+        write!(out, "ograd {} {t} {b} {i} {h} {} {} {}", f.name, f.direction, f.layout, f.header).unwrap();
+        let flags = [f.b.is_some(), f.lens.is_some(), f.h0.is_some(), f.c0.is_some(), f.p.is_some()]
+            .into_iter()
+            .chain(self.up.iter().map(Option::is_some));
+        for flag in flags {
+            write!(out, " {}", u8::from(flag)).unwrap();
+        }
+        let fixture_mask: u32 = self.fixture.iter().enumerate().map(|(k, v)| u32::from(v.is_some()) << k).sum();
+        writeln!(out, " {fixture_mask} {:08x}", ONNX_GRAD_TOL.to_bits()).unwrap();
+        write_f32s(out, &f.x);
+        write_f32s(out, &f.w);
+        write_f32s(out, &f.r);
+        if let Some(v) = &f.b {
+            write_f32s(out, v);
+        }
+        if let Some(l) = &f.lens {
+            write_i32s(out, l);
+        }
+        for v in [&f.h0, &f.c0, &f.p].into_iter().chain(&self.up).flatten() {
+            write_f32s(out, v);
+        }
+        let (fwd, grads) = self.rust();
+        // dp only with peepholes.
+        for v in fwd.iter().chain(&grads[..6]).chain(f.p.is_some().then_some(&grads[6])) {
+            write_f32s(out, v);
+        }
+        for v in self.fixture.iter().flatten() {
+            write_f32s(out, v);
+        }
+    }
+}
+
+/// The `onnx_lstm_grad` fixtures and their other-layout twins; checks on the way that the Rust API is
+/// within [`ONNX_GRAD_TOL`] of every fixture, so that a failure in C is the C ABI's.
+fn onnx_grad_fixture_cases() -> Vec<OnnxGradCase> {
+    let dir = root().join("tests/fixtures/onnx_grad");
+    let mut paths: Vec<PathBuf> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    paths.sort();
+    let mut cases = Vec::new();
+    for path in paths.iter().filter(|p| p.extension().is_some_and(|e| e == "json")) {
+        let j: Value = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(j["kind"].as_str(), Some("onnx_lstm_grad"), "{}: kind", path.display());
+        let case = OnnxGradCase::from_json(&j);
+        for case in [case.clone(), case.other_layout()] {
+            let (_, grads) = case.rust();
+            for (k, (got, want)) in grads.iter().zip(&case.fixture).enumerate() {
+                let Some(want) = want else { continue };
+                for (n, (&g, &e)) in got.iter().zip(want).enumerate() {
+                    assert!(
+                        (g - e).abs() <= ONNX_GRAD_TOL * e.abs().max(1.0),
+                        "{}: the Rust API's gradient {k} [{n}] = {g}, fixture {e}",
+                        case.f.name
+                    );
+                }
+            }
+            cases.push(case);
+        }
+    }
+    assert_eq!(cases.len(), 32, "expected the 16 onnx_lstm_grad fixtures in {}, twice", dir.display());
+    let layouts = cases.iter().filter(|c| c.f.name.contains('@')).count();
+    assert_eq!(layouts, 16);
+    cases
+}
+
+/// Seeded problems over what the fixtures do not reach: every activation code with explicit and default
+/// parameters, clip (+INFINITY too), input_forget, peepholes or none, lengths 0 and T or NULL, one half of
+/// the initial state, no bias, empty batch / sequence / input, H past one vector block, every subset of
+/// upstream gradients, both layouts, every direction.
+fn generated_onnx_grad_cases() -> Vec<OnnxGradCase> {
+    let mut rng = StdRng::seed_from_u64(0x0a11_9e7d);
+    let shapes: [[usize; 4]; 16] = [
+        [5, 3, 2, 4],
+        [7, 4, 3, 9],
+        [6, 2, 1, 17],
+        [4, 5, 4, 3],
+        [9, 1, 2, 5],
+        [3, 3, 3, 1],
+        [4, 0, 2, 3],
+        [0, 3, 2, 3],
+        [5, 2, 0, 4],
+        [6, 4, 2, 6],
+        [8, 2, 3, 2],
+        [5, 3, 2, 8],
+        [3, 6, 2, 4],
+        [1, 1, 1, 1],
+        [6, 3, 3, 5],
+        [4, 4, 2, 7],
+    ];
+    let mut cases = Vec::new();
+    for (n, &[t, b, i, h]) in shapes.iter().enumerate() {
+        let mut values =
+            |len: usize, scale: f32| -> Vec<f32> { (0..len).map(|_| rng.random_range(-scale..scale)).collect() };
+        let direction = (n % 3) as i32;
+        let layout = ((n / 3) % 2) as i32;
+        let d = if direction == 2 { 2 } else { 1 };
+        let x = values(t * b * i, 1.5);
+        let w = values(d * 4 * h * i, 0.6);
+        let r = values(d * 4 * h * h, 0.6);
+        let bias = values(d * 8 * h, 0.4);
+        let p = values(d * 3 * h, 0.4);
+        let h0 = values(d * b * h, 1.0);
+        let c0 = values(d * b * h, 1.0);
+        let up = [values(t * d * b * h, 1.0), values(d * b * h, 1.0), values(d * b * h, 1.0)];
+        // Activations: defaults, or 3 per direction cycling through every code, with parameters given or
+        // NaN (the operator's default); bounded choices where an unbounded g or h would blow up.
+        let acts: Vec<(i32, f32, f32)> = if n % 4 == 0 {
+            Vec::new()
+        } else {
+            (0..3 * d)
+                .map(|k| {
+                    let code = ((n * 3 + k) % 11) as i32;
+                    let (alpha, beta) = match code {
+                        3 => (0.7, 0.1),                         // Affine (ORT default 0, 0)
+                        6 => (1.2, 0.8),                         // ScaledTanh (ORT default 0, 0)
+                        5 => (0.3, f32::NAN),                    // ThresholdedRelu
+                        7 if k % 2 == 0 => (f32::NAN, f32::NAN), // HardSigmoid 0.2, 0.5
+                        7 => (0.3, 0.45),
+                        4 | 8 => ([f32::NAN, 0.2][k % 2], f32::NAN), // LeakyRelu, Elu
+                        _ => (f32::NAN, f32::NAN),
+                    };
+                    (code, alpha, beta)
+                })
+                .collect()
+        };
+        let clip = match n % 5 {
+            1 => Some(1.5),
+            3 => Some(f32::INFINITY),
+            _ => None,
+        };
+        let lens = (n % 4 != 3).then(|| (0..b).map(|s| [t, 0, t / 2, 1][(s + n) % 4].min(t) as i32).collect());
+        let init = n % 4; // 0 none, 1 both, 2 h only, 3 c only
+        let ups = rng.random_range(0..8_u32);
+        let mut k = 0;
+        let up = up.map(|v| {
+            k += 1;
+            ((ups >> (k - 1)) & 1 == 1 || n == 0).then_some(v)
+        });
+        let input_forget = n % 5 == 2;
+        let f = OnnxFixture {
+            name: format!("generated_{n}_t{t}_b{b}_i{i}_h{h}_dir{direction}_layout{layout}"),
+            dims: [t, b, i, h],
+            direction,
+            layout,
+            header: onnx_header(input_forget, clip, &acts),
+            input_forget,
+            clip,
+            acts,
+            x,
+            w,
+            r,
+            b: (n % 6 != 4).then_some(bias),
+            lens,
+            h0: (init == 1 || init == 2).then_some(h0),
+            c0: (init == 1 || init == 3).then_some(c0),
+            p: (n % 3 != 1).then_some(p),
+            y: None,
+            y_h: None,
+            y_c: None,
+        };
+        cases.push(OnnxGradCase { f, up, fixture: Default::default() });
+    }
+    let directions: Vec<(i32, i32)> = cases.iter().map(|c| (c.f.direction, c.f.layout)).collect();
+    for dir in 0..3 {
+        for layout in 0..2 {
+            assert!(directions.contains(&(dir, layout)), "no generated case of direction {dir}, layout {layout}");
+        }
+    }
+    cases
+}
+
+fn write_onnx_train_cases(dir: &Path) -> PathBuf {
+    let mut out = String::new();
+    for case in onnx_grad_fixture_cases().iter().chain(&generated_onnx_grad_cases()) {
+        case.write(&mut out);
+    }
+    out.push_str("end\n");
+    let path = dir.join("onnx_train_cases.txt");
+    fs::write(&path, out).unwrap();
+    path
+}
+
+#[cfg(unix)]
+#[test]
+fn c_onnx_train_program_matches_the_rust_api_the_fixtures_and_the_contract() {
+    let dir = scratch("onnx_train");
+    let exe = compile_c(&dir, "onnx_train_test");
+    let cases = write_onnx_train_cases(&dir);
+    let (ok, text) = run(Command::new(&exe).arg(&cases));
+    assert!(ok, "the C test failed:\n{text}");
+    check_summary(&text);
+    println!("{text}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[cfg(unix)]
+#[test]
+fn c_onnx_train_program_under_valgrind() {
+    // "quick": each case once per path, so that the run fits valgrind's time budget.
+    under_valgrind(
+        "onnx_train_valgrind",
+        |dir| (compile_c(dir, "onnx_train_test"), write_onnx_train_cases(dir)),
+        &["quick"],
+    );
 }

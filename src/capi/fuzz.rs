@@ -18,7 +18,12 @@
 //! (`KerasLstm::forward_train` then `KerasLstm::backward`) bitwise, and a Keras handle driven through a
 //! random sequence of `run_train`, `run_backward` (own, stale and foreign tapes), `set_weights` and
 //! `mrnn_tape_free`: every status as predicted, every successful `run_backward` bitwise the one-shot
-//! backward on the tape's inputs and the weights it was made with.
+//! backward on the tape's inputs and the weights it was made with. The same for the ONNX LSTM:
+//! `mrnn_lstm_onnx_backward` (lengths, both layouts, every direction, `dp` with and without peepholes)
+//! against `OnnxLstm::forward_train` then `OnnxLstm::backward`, and two ONNX handles driven through
+//! `run_train`, `run_backward` (own, stale, foreign and Keras tapes), `set_weights` (peepholes dropped or
+//! restored), `mrnn_tape_bytes` and `mrnn_tape_free`, their runs bitwise `mrnn_lstm_onnx` and their
+//! gradients bitwise `mrnn_lstm_onnx_backward`; ONNX tapes given to a Keras handle are refused.
 //!
 //! Real buffers are allocated only when all sizes are small; with other sizes the harness passes
 //! one-element dummies and the call must fail validation before reading them. Huge sizes that would
@@ -29,6 +34,7 @@ use std::ptr;
 
 use super::*;
 use crate::frameworks::keras::{KerasGrads, KerasTape, KerasUpstream};
+use crate::frameworks::onnx::{OnnxGrads, OnnxTape, OnnxUpstream};
 use crate::fuzzing::{same_bits, ByteReader};
 
 /// Outcome of a property check: `Err` describes the failure.
@@ -187,7 +193,12 @@ pub fn fuzz_capi(data: &[u8]) -> std::result::Result<(), String> {
     let mut r = ByteReader::new(&data[data.len() / 2..]);
     r.noise_past_end();
     fuzz_keras_backward(&mut r)?;
-    fuzz_keras_train(&mut r)
+    fuzz_keras_train(&mut r)?;
+    // The ONNX training cases from a quarter on, likewise.
+    let mut r = ByteReader::new(&data[data.len() / 4..]);
+    r.noise_past_end();
+    fuzz_onnx_backward(&mut r)?;
+    fuzz_onnx_train(&mut r)
 }
 
 /// Small limits of `B, T, I, H` in sane cases.
@@ -2107,6 +2118,863 @@ fn fuzz_keras_train(r: &mut ByteReader<'_>) -> Check {
     drop(runs);
     // SAFETY: NULL is a no-op.
     unsafe { mrnn_tape_free(ptr::null_mut()) };
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------ ONNX training
+
+/// Names of the ONNX gradient outputs, in argument order.
+const ONNX_GRAD_NAMES: [&str; 7] = ["dx", "dw", "dr", "db", "d_initial_h", "d_initial_c", "dp"];
+
+/// The ONNX node of the Rust API for valid attributes `a`, written from the header (`+INFINITY` clip: no
+/// clipping).
+fn reference_onnx_node(
+    a: &MrnnOnnxLstmAttrs,
+    w: &[f32],
+    r: &[f32],
+    b: Option<&[f32]>,
+    p: Option<&[f32]>,
+) -> Result<OnnxLstm> {
+    let mut attrs = expected_onnx_attrs(a)?;
+    if a.has_clip == 1 && a.clip == f32::INFINITY {
+        attrs = attrs.clip(None);
+    }
+    OnnxLstm::new(attrs, a.input_size as usize, w, r, b, p)
+}
+
+/// One ONNX backward problem's inputs, as the Rust API takes them.
+struct OnnxBackwardInputs<'a> {
+    t: usize,
+    b: usize,
+    x: &'a [f32],
+    lens: Option<&'a [i32]>,
+    h0: Option<&'a [f32]>,
+    c0: Option<&'a [f32]>,
+    /// dy, dy_h, dy_c.
+    up: [Option<&'a [f32]>; 3],
+}
+
+/// The Rust API's gradients (`forward_train`, then `backward`) of the outputs `on`, in vectors of `sizes`
+/// (the others stay unset).
+fn reference_onnx_grads(
+    node: &OnnxLstm,
+    p: &OnnxBackwardInputs<'_>,
+    sizes: [usize; 7],
+    on: &[bool; 7],
+    threads: usize,
+) -> Result<[Vec<f32>; 7]> {
+    let mut tape = OnnxTape::new();
+    let ws = &mut Workspace::new();
+    node.forward_train(p.x, p.t, p.b, p.lens, p.h0, p.c0, OnnxOutputs::default(), &mut tape, threads, ws)?;
+    let mut g = sizes.map(|n| vec![f32::from_bits(UNSET_BITS); n]);
+    let [dx, dw, dr, db, dh, dc, dp] = &mut g;
+    let grads = OnnxGrads {
+        dx: on[0].then_some(&mut dx[..]),
+        dw: on[1].then_some(&mut dw[..]),
+        dr: on[2].then_some(&mut dr[..]),
+        db: on[3].then_some(&mut db[..]),
+        d_initial_h: on[4].then_some(&mut dh[..]),
+        d_initial_c: on[5].then_some(&mut dc[..]),
+        dp: on[6].then_some(&mut dp[..]),
+    };
+    let up = OnnxUpstream { dy: p.up[0], dy_h: p.up[1], dy_c: p.up[2] };
+    node.backward(p.x, p.t, p.b, p.lens, p.h0, p.c0, &tape, up, grads, threads)?;
+    Ok(g)
+}
+
+/// `mrnn_lstm_onnx_backward` from arbitrary attributes, pointers, lengths and outputs (`dp` sometimes
+/// without `p`): every status as predicted, nothing written by a failing call, canaries intact, inputs
+/// unchanged, and the requested gradients bitwise the Rust API's.
+fn fuzz_onnx_backward(r: &mut ByteReader<'_>) -> Check {
+    let (attrs, sane, bad_value) = onnx_attrs(r);
+    let [ts, bs, is, hs] = [attrs.seq_length, attrs.batch_size, attrs.input_size, attrs.hidden_size];
+    let d_n: i64 = if attrs.direction == 2 { 2 } else { 1 };
+    let overflow = !bad_value
+        && [
+            &[ts, bs, is][..],
+            &[d_n, 4, hs, is],
+            &[d_n, 4, hs, hs],
+            &[d_n, 8, hs],
+            &[d_n, 3, hs],
+            &[d_n, bs, hs],
+            &[ts, d_n, bs, hs],
+        ]
+        .iter()
+        .any(|d| overflows(d));
+    let rare = |r: &mut ByteReader<'_>, n: u8| r.u8().is_multiple_of(n);
+    let attrs_null = rare(r, 48);
+    let mut x_null = rare(r, 32);
+    let w_null = rare(r, 32);
+    let r_null = rare(r, 32);
+    let b_on = r.bool();
+    let lens_on = !r.u8().is_multiple_of(4);
+    let (h0_on, c0_on, p_on) = (r.u8().is_multiple_of(3), r.u8().is_multiple_of(3), !r.u8().is_multiple_of(3));
+    let up_on = [!r.u8().is_multiple_of(4), r.bool(), r.bool()];
+    let mut grads_on: [bool; 7] = std::array::from_fn(|_| !r.u8().is_multiple_of(3));
+    // dp is mostly asked for with peepholes only; without, it must be refused.
+    if !p_on && !rare(r, 8) {
+        grads_on[6] = false;
+    }
+    // 1: dy two bytes off; 2: db two bytes off; 3: sequence_lens two bytes off.
+    let misalign = match r.u8() % 40 {
+        0 => 1,
+        1 => 2,
+        2 => 3,
+        _ => 0,
+    };
+    // 1: d_initial_c = d_initial_h; 2: dx = x; 3: d_initial_h = initial_h.
+    let alias = match r.u8() % 40 {
+        0 => 1,
+        1 => 2,
+        2 => 3,
+        _ => 0,
+    };
+    let required_null = attrs_null || x_null || w_null || r_null;
+    if predicted(required_null, bad_value, overflow, false).is_none() && !sane {
+        // Huge sizes that validate: never compute them.
+        x_null = true;
+    }
+    let required_null = required_null || x_null;
+    let len = |dims: &[i64]| -> usize {
+        if sane {
+            dims.iter().map(|&d| d as usize).product()
+        } else {
+            1
+        }
+    };
+    let (n_x, n_w, n_r, n_b, n_p, n_s, n_y, n_l) = (
+        len(&[ts, bs, is]),
+        len(&[d_n, 4, hs, is]),
+        len(&[d_n, 4, hs, hs]),
+        len(&[d_n, 8, hs]),
+        len(&[d_n, 3, hs]),
+        len(&[d_n, bs, hs]),
+        len(&[ts, d_n, bs, hs]),
+        len(&[bs]),
+    );
+    let sizes = [n_x, n_w, n_r, n_b, n_s, n_s, n_p];
+    let misaligned = match misalign {
+        1 => up_on[0],
+        2 => grads_on[3],
+        3 => lens_on,
+        _ => false,
+    };
+    let aliased = match alias {
+        1 => grads_on[4] && grads_on[5] && n_s > 0,
+        2 => grads_on[0] && n_x > 0,
+        3 => grads_on[4] && h0_on && n_s > 0,
+        _ => false,
+    };
+    let dp_without_p = grads_on[6] && !p_on;
+    let lens_values: Vec<i32> = (0..n_l).map(|_| length_value(r, if sane { ts } else { 0 })).collect();
+    let lens_bad = sane && lens_on && lens_values.iter().any(|&l| l < 0 || i64::from(l) > ts);
+    let expected = predicted(required_null, bad_value, overflow, misaligned || aliased || dp_without_p)
+        .or_else(|| lens_bad.then_some(MRNN_ERR_BAD_ARGUMENT));
+    let only_dp = !required_null && !bad_value && !overflow && !misaligned && !aliased && dp_without_p;
+
+    let canary = f32::from_bits(CANARY_BITS);
+    let mut x = Buf::new(values(r, n_x, 2.0), canary);
+    let w = Buf::new(values(r, n_w, 0.5), canary);
+    let rr = Buf::new(values(r, n_r, 0.5), canary);
+    let bias = Buf::new(values(r, n_b, 0.5), canary);
+    let peep = Buf::new(values(r, n_p, 0.5), canary);
+    let mut h0 = Buf::new(values(r, n_s, 1.0), canary);
+    let c0 = Buf::new(values(r, n_s, 1.0), canary);
+    let mut lens_data = lens_values;
+    if misalign == 3 {
+        lens_data.push(0);
+    }
+    let lens = Buf::new(lens_data, CANARY_I32);
+    let ups = [n_y + usize::from(misalign == 1), n_s, n_s].map(|n| Buf::new(values(r, n, 1.0), canary));
+    let inputs_before: Vec<Vec<f32>> =
+        [&x, &w, &rr, &bias, &peep, &h0, &c0].into_iter().chain(&ups).map(|b| b.data.clone()).collect();
+    let lens_before = lens.data.clone();
+    let (outs, mut out_ptrs) = output_bufs(sizes, &grads_on);
+    // Raw pointers for x and initial_h, from which the aliased outputs are also derived.
+    let (x_raw, h0_raw) = (x.mut_ptr(), h0.mut_ptr());
+    if misaligned && misalign == 2 {
+        out_ptrs[3] = out_ptrs[3].cast::<u8>().wrapping_add(2).cast::<f32>();
+    }
+    if aliased && alias == 1 {
+        out_ptrs[5] = out_ptrs[4];
+    }
+    if aliased && alias == 2 {
+        out_ptrs[0] = x_raw;
+    }
+    if aliased && alias == 3 {
+        out_ptrs[4] = h0_raw;
+    }
+    let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
+    let up_ptrs: [*const f32; 3] = std::array::from_fn(|k| {
+        if !up_on[k] {
+            ptr::null()
+        } else if k == 0 && misalign == 1 {
+            ups[0].ptr().cast::<u8>().wrapping_add(2).cast::<f32>()
+        } else {
+            ups[k].ptr()
+        }
+    });
+    let lens_ptr = if !lens_on {
+        ptr::null()
+    } else if misalign == 3 {
+        lens.ptr().cast::<u8>().wrapping_add(2).cast::<i32>()
+    } else {
+        lens.ptr()
+    };
+    // SAFETY: every non-NULL buffer holds exactly its documented size (plus a canary) when the sizes are
+    // sane. Otherwise the buffers are one-element dummies and `expected` is a failure that validation
+    // reports before any access. Misaligned dy and sequence_lens have one more element; a misaligned db
+    // stays inside its canary; outputs aliased to x or initial_h share their raw pointers, and the inputs
+    // are compared with their copies afterwards.
+    let status = unsafe {
+        mrnn_lstm_onnx_backward(
+            if attrs_null { ptr::null() } else { &attrs },
+            if x_null { ptr::null() } else { x_raw.cast_const() },
+            if w_null { ptr::null() } else { w.ptr() },
+            if r_null { ptr::null() } else { rr.ptr() },
+            opt(b_on, bias.ptr()),
+            lens_ptr,
+            opt(h0_on, h0_raw.cast_const()),
+            opt(c0_on, c0.ptr()),
+            opt(p_on, peep.ptr()),
+            up_ptrs[0],
+            up_ptrs[1],
+            up_ptrs[2],
+            out_ptrs[0],
+            out_ptrs[1],
+            out_ptrs[2],
+            out_ptrs[3],
+            out_ptrs[4],
+            out_ptrs[5],
+            out_ptrs[6],
+        )
+    };
+    let what = format!(
+        "mrnn_lstm_onnx_backward({attrs:?}, nulls: attrs {attrs_null} x {x_null} w {w_null} r {r_null}, b {b_on} \
+         p {p_on} h0 {h0_on} c0 {c0_on}, upstream {up_on:?}, gradients {grads_on:?}, misaligned {misalign}, alias \
+         {alias}, lens {:?})",
+        lens_on.then(|| lens.values())
+    );
+    check_status(&what, status)?;
+    for (buf, name) in outs.iter().zip(ONNX_GRAD_NAMES) {
+        buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
+    }
+    lens.check_canary("sequence_lens", CANARY_I32).map_err(|e| format!("{what}: {e}"))?;
+    if lens.data != lens_before {
+        return Err(format!("{what}: sequence_lens was modified"));
+    }
+    for (k, (before, buf)) in
+        inputs_before.iter().zip([&x, &w, &rr, &bias, &peep, &h0, &c0].into_iter().chain(&ups)).enumerate()
+    {
+        same_bits(&format!("{what}: input {k} modified (after vs before)"), &buf.data, before)?;
+    }
+    if let Some(expected) = expected {
+        if status != expected {
+            return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
+        }
+        if only_dp && !last_error_message().contains("no peepholes") {
+            return Err(format!("{what}: dp without p, but the message is {:?}", last_error_message()));
+        }
+        if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
+            return Err(format!("{what}: an output was written by a call that failed validation"));
+        }
+        return Ok(());
+    }
+    if !grads_on.contains(&true) {
+        // Validated, nothing asked for: nothing to compare.
+        return if status == MRNN_OK {
+            Ok(())
+        } else {
+            Err(format!("{what}: status {status}: {}", last_error_message()))
+        };
+    }
+    let reference = (|| {
+        let node = reference_onnx_node(
+            &attrs,
+            w.values(),
+            rr.values(),
+            b_on.then(|| bias.values()),
+            p_on.then(|| peep.values()),
+        )?;
+        let p = OnnxBackwardInputs {
+            t: ts as usize,
+            b: bs as usize,
+            x: x.values(),
+            lens: lens_on.then(|| lens.values()),
+            h0: h0_on.then(|| h0.values()),
+            c0: c0_on.then(|| c0.values()),
+            up: std::array::from_fn(|k| up_on[k].then(|| ups[k].values())),
+        };
+        reference_onnx_grads(&node, &p, sizes, &grads_on, attrs.num_threads as usize)
+    })();
+    let rust_status = reference.as_ref().map_or_else(|e| status_of(e.kind()), |_| MRNN_OK);
+    if status != rust_status {
+        return Err(format!("{what}: status {status}, the Rust API gives {rust_status}: {}", last_error_message()));
+    }
+    if let Ok(reference) = reference {
+        for ((buf, expected), name) in outs.iter().zip(&reference).zip(ONNX_GRAD_NAMES) {
+            same_bits(&format!("{what}: {name} (C ABI vs the Rust API)"), buf.values(), expected)?;
+        }
+    }
+    Ok(())
+}
+
+/// Valid ONNX attributes for a handle (sizes within [`SANE_ONNX`]), otherwise arbitrary.
+fn valid_onnx_attrs(r: &mut ByteReader<'_>) -> MrnnOnnxLstmAttrs {
+    let direction = r.below(3) as i32;
+    let d = if direction == 2 { 2 } else { 1 };
+    let mut a = MrnnOnnxLstmAttrs {
+        input_size: r.below(SANE_ONNX[2] as usize + 1) as i64,
+        hidden_size: 1 + r.below(SANE_ONNX[3] as usize) as i64,
+        direction,
+        layout: i32::from(r.bool()),
+        input_forget: i32::from(r.u8().is_multiple_of(4)),
+        has_clip: i32::from(r.u8().is_multiple_of(3)),
+        clip: [f32::INFINITY, 1.0, 0.25 + r.unit(3.0).abs()][r.below(3)],
+        num_activations: [0, 3 * d][r.below(2)],
+        ..MrnnOnnxLstmAttrs::default()
+    };
+    for k in 0..6 {
+        a.activations[k] = [[0, 1, 1][k % 3], r.below(11) as i32][r.below(2)];
+        a.activation_alpha[k] = [f32::NAN, r.unit(1.5)][r.below(2)];
+        a.activation_beta[k] = [f32::NAN, r.unit(1.5)][r.below(2)];
+    }
+    a
+}
+
+/// An ONNX handle's weights as the caller passes them (`b` and `p` optional).
+struct OnnxWeights {
+    w: Buf<f32>,
+    r: Buf<f32>,
+    b: Option<Buf<f32>>,
+    p: Option<Buf<f32>>,
+}
+
+impl OnnxWeights {
+    fn new(r: &mut ByteReader<'_>, a: &MrnnOnnxLstmAttrs) -> Self {
+        let (i, h) = (a.input_size as usize, a.hidden_size as usize);
+        let d = if a.direction == 2 { 2 } else { 1 };
+        let canary = f32::from_bits(CANARY_BITS);
+        OnnxWeights {
+            w: Buf::new(values(r, d * 4 * h * i, 0.5), canary),
+            r: Buf::new(values(r, d * 4 * h * h, 0.5), canary),
+            b: r.bool().then(|| Buf::new(values(r, d * 8 * h, 0.5), canary)),
+            p: (!r.u8().is_multiple_of(3)).then(|| Buf::new(values(r, d * 3 * h, 0.5), canary)),
+        }
+    }
+
+    fn b_ptr(&self) -> *const f32 {
+        self.b.as_ref().map_or(ptr::null(), Buf::ptr)
+    }
+
+    fn p_ptr(&self) -> *const f32 {
+        self.p.as_ref().map_or(ptr::null(), Buf::ptr)
+    }
+}
+
+/// An ONNX tape under test and copies of the inputs of the run that made it.
+struct OnnxTrainRun {
+    tape: Owned<MrnnTape>,
+    attrs: MrnnOnnxLstmAttrs,
+    x: Buf<f32>,
+    lens: Option<Buf<i32>>,
+    h0: Option<Buf<f32>>,
+    c0: Option<Buf<f32>>,
+    /// The handle that made it, and that handle's weights generation then.
+    owner: usize,
+    generation: usize,
+    /// Index of the weights it was made with in the history.
+    weights: usize,
+}
+
+/// A Keras handle and a tape of one of its runs, to give to the ONNX functions.
+fn keras_handle_and_tape(
+    r: &mut ByteReader<'_>,
+) -> std::result::Result<(Owned<MrnnKerasLstm>, Owned<MrnnTape>), String> {
+    let a = MrnnKerasLstmAttrs { batch_size: 1, seq_length: 2, num_threads: 1, ..valid_keras_attrs(r) };
+    let w = Weights::new(r, &a);
+    let mut out = ptr::null_mut();
+    // SAFETY: the weights hold exactly the sizes of the (valid) attributes; `out` is a pointer slot.
+    let status = unsafe { mrnn_keras_lstm_new(&a, w.kernel.ptr(), w.recurrent.ptr(), w.bias_ptr(), &mut out) };
+    if status != MRNN_OK || out.is_null() {
+        return Err(format!("mrnn_keras_lstm_new({a:?}): status {status}: {}", last_error_message()));
+    }
+    let layer = Owned { ptr: out, free: mrnn_keras_lstm_free };
+    let x = values(r, 2 * a.input_size as usize, 1.0);
+    let mut tape = ptr::null_mut();
+    let nul = ptr::null_mut();
+    // SAFETY: a live handle, x of B*T*I floats, a pointer slot.
+    let status = unsafe {
+        mrnn_keras_lstm_run_train(
+            layer.ptr,
+            &a,
+            x.as_ptr(),
+            ptr::null(),
+            ptr::null(),
+            ptr::null(),
+            nul,
+            nul,
+            nul,
+            nul,
+            &mut tape,
+        )
+    };
+    if status != MRNN_OK || tape.is_null() {
+        return Err(format!("mrnn_keras_lstm_run_train({a:?}): status {status}: {}", last_error_message()));
+    }
+    Ok((layer, Owned { ptr: tape, free: mrnn_tape_free }))
+}
+
+/// Two ONNX handles of the same attributes driven through a random sequence of `run_train`,
+/// `run_backward` (with their own tapes, stale ones, the other handle's and a Keras handle's),
+/// `set_weights` (sometimes dropping or restoring the peepholes), `mrnn_tape_bytes` and `mrnn_tape_free`,
+/// and their tapes given to a Keras handle: every status as predicted (with "another handle" / "another
+/// kind" / "stale" / "no peepholes" in the message of a refusal), nothing written by a failing call, `*tape`
+/// untouched by a failing `run_train`, every run's outputs bitwise `mrnn_lstm_onnx`'s and every
+/// `run_backward` bitwise `mrnn_lstm_onnx_backward`'s on the run's inputs and the weights it was made with.
+/// The callers' input buffers are overwritten right after `run_train` returns, and the handles are freed
+/// before the tapes.
+fn fuzz_onnx_train(r: &mut ByteReader<'_>) -> Check {
+    let created = valid_onnx_attrs(r);
+    let (is, hs) = (created.input_size, created.hidden_size);
+    let d_n: i64 = if created.direction == 2 { 2 } else { 1 };
+    let (iu, hu, du) = (is as usize, hs as usize, d_n as usize);
+    let canary = f32::from_bits(CANARY_BITS);
+    let rare = |r: &mut ByteReader<'_>, n: u8| r.u8().is_multiple_of(n);
+    let mut history = vec![OnnxWeights::new(r, &created)];
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let w = &history[0];
+        let mut out = ptr::null_mut();
+        // SAFETY: the weights hold exactly the sizes of the (valid) attributes; `out` is a pointer slot.
+        let status = unsafe { mrnn_onnx_lstm_new(&created, w.w.ptr(), w.r.ptr(), w.b_ptr(), w.p_ptr(), &mut out) };
+        if status != MRNN_OK || out.is_null() {
+            return Err(format!("mrnn_onnx_lstm_new({created:?}): status {status}: {}", last_error_message()));
+        }
+        handles.push(Owned { ptr: out, free: mrnn_onnx_lstm_free });
+    }
+    let (keras, keras_tape) = keras_handle_and_tape(r)?;
+    // Per handle: its weights generation and the index of its weights in `history`.
+    let mut generation = [0_usize; 2];
+    let mut current = [0_usize; 2];
+    let mut runs: Vec<OnnxTrainRun> = Vec::new();
+    const NAMES: [&str; 3] = ["Y", "Y_h", "Y_c"];
+
+    for step in 0..2 + r.below(10) {
+        let k = usize::from(rare(r, 4));
+        let layer_null = rare(r, 48);
+        let layer = if layer_null { ptr::null_mut() } else { handles[k].ptr };
+        match r.u8() % 11 {
+            0..=3 => {
+                // run_train.
+                let mut a = created;
+                let [ts, bs] = run_sizes(r, [SANE_ONNX[0], SANE_ONNX[1]]);
+                (a.seq_length, a.batch_size, a.num_threads) = (ts, bs, thread_count(r));
+                match r.u8() % 24 {
+                    0 => a.hidden_size += 1,
+                    1 => a.layout ^= 1,
+                    2 => a.direction = enum_value(r, 3),
+                    _ => {}
+                }
+                let bad_value = onnx_value_error(&a);
+                let mismatch = onnx_fixed_differ(&a, &created);
+                let overflow = !bad_value
+                    && !mismatch
+                    && [&[ts, bs, is][..], &[d_n, bs, hs], &[ts, d_n, bs, hs]].iter().any(|d| overflows(d));
+                let (attrs_null, mut x_null, tape_null) = (rare(r, 48), rare(r, 32), rare(r, 32));
+                let (lens_on, h0_on, c0_on) =
+                    (!r.u8().is_multiple_of(4), r.u8().is_multiple_of(3), r.u8().is_multiple_of(3));
+                let outs_on = [r.bool(), r.bool(), r.bool()];
+                let (misalign_slot, alias) = (rare(r, 32), rare(r, 32));
+                let sane = (0..=SANE_ONNX[0]).contains(&ts) && (0..=SANE_ONNX[1]).contains(&bs);
+                let required_null = layer_null || attrs_null || x_null || tape_null;
+                if predicted(required_null, bad_value || mismatch, overflow, false).is_none() && !sane {
+                    x_null = true;
+                }
+                let required_null = required_null || x_null;
+                let len = |dims: &[i64]| if sane { dims.iter().map(|&d| d as usize).product() } else { 1 };
+                let (n_x, n_s, n_y, n_l) =
+                    (len(&[ts, bs, is]), len(&[d_n, bs, hs]), len(&[ts, d_n, bs, hs]), len(&[bs]));
+                let aliased = alias && outs_on[1] && outs_on[2] && n_s > 0;
+                let lens_values: Vec<i32> = (0..n_l).map(|_| length_value(r, if sane { ts } else { 0 })).collect();
+                let lens_bad = sane && lens_on && lens_values.iter().any(|&l| l < 0 || i64::from(l) > ts);
+                let expected =
+                    predicted(required_null, bad_value || mismatch, overflow, (misalign_slot && !tape_null) || aliased)
+                        .or_else(|| lens_bad.then_some(MRNN_ERR_BAD_ARGUMENT));
+                let mut x = Buf::new(values(r, n_x, 2.0), canary);
+                let mut lens = Buf::new(lens_values, CANARY_I32);
+                let mut h0 = Buf::new(values(r, n_s, 1.0), canary);
+                let mut c0 = Buf::new(values(r, n_s, 1.0), canary);
+                let (outs, mut ptrs) = output_bufs([n_y, n_s, n_s], &outs_on);
+                if aliased {
+                    ptrs[2] = ptrs[1];
+                }
+                let sentinel_tape = sentinel::<MrnnTape>();
+                let mut slots = [sentinel_tape; 3];
+                let slot_ptr: *mut *mut MrnnTape = if tape_null {
+                    ptr::null_mut()
+                } else if misalign_slot {
+                    slots.as_mut_ptr().cast::<u8>().wrapping_add(1).cast()
+                } else {
+                    slots.as_mut_ptr()
+                };
+                let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
+                let lens_ptr = if lens_on { lens.ptr() } else { ptr::null() };
+                // SAFETY: `layer` is a live handle (or NULL); the buffers hold exactly their documented sizes
+                // (plus a canary) when the sizes are sane, otherwise `expected` is a failure validation reports
+                // before any access. A misaligned tape slot lies inside `slots`; aliased outputs inside theirs.
+                let status = unsafe {
+                    mrnn_onnx_lstm_run_train(
+                        layer,
+                        if attrs_null { ptr::null() } else { &a },
+                        if x_null { ptr::null() } else { x.ptr() },
+                        lens_ptr,
+                        opt(h0_on, h0.ptr()),
+                        opt(c0_on, c0.ptr()),
+                        ptrs[0],
+                        ptrs[1],
+                        ptrs[2],
+                        slot_ptr,
+                    )
+                };
+                let what = format!(
+                    "step {step}: mrnn_onnx_lstm_run_train on handle {k} ({a:?}, handle {created:?}, nulls: layer \
+                     {layer_null} attrs {attrs_null} x {x_null} tape {tape_null}, misaligned slot {misalign_slot}, \
+                     aliased {aliased}, lens {:?})",
+                    lens_on.then(|| lens.values())
+                );
+                check_status(&what, status)?;
+                for (buf, name) in outs.iter().zip(NAMES) {
+                    buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
+                }
+                lens.check_canary("sequence_lens", CANARY_I32).map_err(|e| format!("{what}: {e}"))?;
+                if let Some(expected) = expected {
+                    if status != expected {
+                        return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
+                    }
+                    if slots != [sentinel_tape; 3] {
+                        return Err(format!("{what}: a failing run_train wrote the tape slot"));
+                    }
+                    if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
+                        return Err(format!("{what}: an output was written by a run that failed validation"));
+                    }
+                    continue;
+                }
+                if status != MRNN_OK || slots[0] == sentinel_tape || slots[0].is_null() {
+                    return Err(format!("{what}: status {status}, tape {:p}: {}", slots[0], last_error_message()));
+                }
+                let tape = Owned { ptr: slots[0], free: mrnn_tape_free };
+                // The outputs are mrnn_lstm_onnx's with the handle's current weights.
+                let w = &history[current[k]];
+                let (one_shot, one_ptrs) = output_bufs([n_y, n_s, n_s], &outs_on);
+                // SAFETY: the same valid buffers as the run above, and the handle's weights at their sizes.
+                let one_status = unsafe {
+                    mrnn_lstm_onnx(
+                        &a,
+                        x.ptr(),
+                        w.w.ptr(),
+                        w.r.ptr(),
+                        w.b_ptr(),
+                        lens_ptr,
+                        opt(h0_on, h0.ptr()),
+                        opt(c0_on, c0.ptr()),
+                        w.p_ptr(),
+                        one_ptrs[0],
+                        one_ptrs[1],
+                        one_ptrs[2],
+                    )
+                };
+                check_same_as_one_shot(&what, "mrnn_lstm_onnx", status, one_status, &outs, &one_shot, &NAMES)?;
+                // Keep copies for the one-shot backward; scribble over the caller's buffers.
+                let keep = |b: &Buf<f32>| Buf::new(b.values().to_vec(), canary);
+                let run = OnnxTrainRun {
+                    tape,
+                    attrs: a,
+                    x: keep(&x),
+                    lens: lens_on.then(|| Buf::new(lens.values().to_vec(), CANARY_I32)),
+                    h0: h0_on.then(|| keep(&h0)),
+                    c0: c0_on.then(|| keep(&c0)),
+                    owner: k,
+                    generation: generation[k],
+                    weights: current[k],
+                };
+                for buf in [&mut x, &mut h0, &mut c0] {
+                    let n = buf.len;
+                    buf.data[..n].fill(f32::NAN);
+                }
+                let n = lens.len;
+                lens.data[..n].fill(-1);
+                runs.push(run);
+            }
+            4..=6 => {
+                // run_backward.
+                let tape_null = runs.is_empty() || rare(r, 32);
+                let Some(run) = (!tape_null).then(|| &runs[r.below(runs.len())]) else {
+                    // SAFETY: NULL tape: rejected before anything else is read.
+                    let status = unsafe {
+                        mrnn_onnx_lstm_run_backward(
+                            layer,
+                            ptr::null(),
+                            ptr::null(),
+                            ptr::null(),
+                            ptr::null(),
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                        )
+                    };
+                    if status != MRNN_ERR_NULL_POINTER {
+                        return Err(format!("step {step}: onnx run_backward with a NULL tape: status {status}"));
+                    }
+                    check_status("onnx run_backward with a NULL tape", status)?;
+                    continue;
+                };
+                let (t, b) = (run.attrs.seq_length as usize, run.attrs.batch_size as usize);
+                let sizes = [
+                    t * b * iu,
+                    du * 4 * hu * iu,
+                    du * 4 * hu * hu,
+                    du * 8 * hu,
+                    du * b * hu,
+                    du * b * hu,
+                    du * 3 * hu,
+                ];
+                let up_on = [!r.u8().is_multiple_of(4), r.bool(), r.bool()];
+                let mut grads_on: [bool; 7] = std::array::from_fn(|_| !r.u8().is_multiple_of(3));
+                // The peepholes of the weights the backward would compute with (when the tape is not refused).
+                let peepholes = history[current[k]].p.is_some();
+                if !peepholes && !rare(r, 6) {
+                    grads_on[6] = false;
+                }
+                let (misalign, alias) =
+                    (rare(r, 32) && grads_on[1], rare(r, 32) && grads_on[4] && grads_on[5] && b > 0);
+                let ups = [t * du * b * hu, du * b * hu, du * b * hu].map(|n| Buf::new(values(r, n, 1.0), canary));
+                let ups_before: Vec<Vec<f32>> = ups.iter().map(|u| u.data.clone()).collect();
+                let (outs, mut ptrs) = output_bufs(sizes, &grads_on);
+                if misalign {
+                    ptrs[1] = ptrs[1].cast::<u8>().wrapping_add(2).cast();
+                }
+                if alias {
+                    ptrs[5] = ptrs[4];
+                }
+                let foreign = run.owner != k;
+                let stale = run.generation != generation[run.owner];
+                let dp_without = grads_on[6] && !peepholes;
+                let expected = if layer_null {
+                    Some(MRNN_ERR_NULL_POINTER)
+                } else if foreign || stale || misalign || alias || dp_without {
+                    Some(MRNN_ERR_BAD_ARGUMENT)
+                } else {
+                    None
+                };
+                let up_ptrs: [*const f32; 3] =
+                    std::array::from_fn(|j| if up_on[j] { ups[j].ptr() } else { ptr::null() });
+                // SAFETY: `layer` is a live handle (or NULL), `run.tape` a live tape; the upstream and output
+                // buffers have the sizes of the tape's run (plus a canary, in which a misaligned dw stays).
+                let status = unsafe {
+                    mrnn_onnx_lstm_run_backward(
+                        layer,
+                        run.tape.ptr,
+                        up_ptrs[0],
+                        up_ptrs[1],
+                        up_ptrs[2],
+                        ptrs[0],
+                        ptrs[1],
+                        ptrs[2],
+                        ptrs[3],
+                        ptrs[4],
+                        ptrs[5],
+                        ptrs[6],
+                    )
+                };
+                let what = format!(
+                    "step {step}: mrnn_onnx_lstm_run_backward on handle {k} (layer NULL {layer_null}) of a tape of \
+                     handle {} generation {} (now {}), {:?}, upstream {up_on:?}, gradients {grads_on:?}, misaligned \
+                     {misalign}, aliased {alias}, peepholes {peepholes}",
+                    run.owner, run.generation, generation[run.owner], run.attrs
+                );
+                check_status(&what, status)?;
+                for (buf, name) in outs.iter().zip(ONNX_GRAD_NAMES) {
+                    buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
+                }
+                for (u, before) in ups.iter().zip(&ups_before) {
+                    same_bits(&format!("{what}: upstream modified"), &u.data, before)?;
+                }
+                if let Some(expected) = expected {
+                    if status != expected {
+                        return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
+                    }
+                    let message = last_error_message();
+                    if !layer_null && foreign && !message.contains("another handle") {
+                        return Err(format!("{what}: a foreign tape, but the message is {message:?}"));
+                    }
+                    if !layer_null && !foreign && stale && !message.contains("stale") {
+                        return Err(format!("{what}: a stale tape, but the message is {message:?}"));
+                    }
+                    if !layer_null && !foreign && !stale && !misalign && !alias && !message.contains("no peepholes") {
+                        return Err(format!("{what}: dp without peepholes, but the message is {message:?}"));
+                    }
+                    if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
+                        return Err(format!("{what}: an output was written by a call that failed validation"));
+                    }
+                    continue;
+                }
+                // Bitwise the one-shot backward on the run's inputs and the weights it was made with.
+                let w = &history[run.weights];
+                let (one_shot, one_ptrs) = output_bufs(sizes, &grads_on);
+                let opt_f = |b: &Option<Buf<f32>>| b.as_ref().map_or(ptr::null(), Buf::ptr);
+                // SAFETY: the run's inputs and the weights have the sizes of the run's attributes; the
+                // upstream and outputs those of the call above.
+                let one_status = unsafe {
+                    mrnn_lstm_onnx_backward(
+                        &run.attrs,
+                        run.x.ptr(),
+                        w.w.ptr(),
+                        w.r.ptr(),
+                        w.b_ptr(),
+                        run.lens.as_ref().map_or(ptr::null(), Buf::ptr),
+                        opt_f(&run.h0),
+                        opt_f(&run.c0),
+                        w.p_ptr(),
+                        up_ptrs[0],
+                        up_ptrs[1],
+                        up_ptrs[2],
+                        one_ptrs[0],
+                        one_ptrs[1],
+                        one_ptrs[2],
+                        one_ptrs[3],
+                        one_ptrs[4],
+                        one_ptrs[5],
+                        one_ptrs[6],
+                    )
+                };
+                check_same_as_one_shot(
+                    &what,
+                    "mrnn_lstm_onnx_backward",
+                    status,
+                    one_status,
+                    &outs,
+                    &one_shot,
+                    &ONNX_GRAD_NAMES,
+                )?;
+            }
+            7 => {
+                // set_weights.
+                let w = OnnxWeights::new(r, &created);
+                let (w_null, misalign) = (rare(r, 16), rare(r, 16));
+                // A misaligned w: two bytes into a copy with one more element.
+                let shifted = Buf::new(w.w.values().iter().copied().chain([0.0]).collect::<Vec<f32>>(), canary);
+                let w_ptr = if w_null {
+                    ptr::null()
+                } else if misalign {
+                    shifted.ptr().cast::<u8>().wrapping_add(2).cast()
+                } else {
+                    w.w.ptr()
+                };
+                let expected = if layer_null || w_null {
+                    Some(MRNN_ERR_NULL_POINTER)
+                } else if misalign {
+                    Some(MRNN_ERR_BAD_ARGUMENT)
+                } else {
+                    None
+                };
+                // SAFETY: `layer` is a live handle (or NULL); the weights have the handle's sizes (a misaligned
+                // w has one more element).
+                let status = unsafe { mrnn_onnx_lstm_set_weights(layer, w_ptr, w.r.ptr(), w.b_ptr(), w.p_ptr()) };
+                let what = format!(
+                    "step {step}: mrnn_onnx_lstm_set_weights on handle {k} (layer NULL {layer_null}, w NULL {w_null}, \
+                     misaligned {misalign}, b {} p {})",
+                    w.b.is_some(),
+                    w.p.is_some()
+                );
+                check_status(&what, status)?;
+                if status != expected.unwrap_or(MRNN_OK) {
+                    return Err(format!("{what}: status {status}, expected {expected:?}: {}", last_error_message()));
+                }
+                if status == MRNN_OK {
+                    history.push(w);
+                    current[k] = history.len() - 1;
+                    generation[k] += 1;
+                }
+            }
+            8 => {
+                if !runs.is_empty() {
+                    // Frees the tape (Owned's drop).
+                    runs.swap_remove(r.below(runs.len()));
+                }
+            }
+            9 => {
+                let Some(run) = (!runs.is_empty()).then(|| &runs[r.below(runs.len())]) else { continue };
+                let mut bytes = u64::MAX;
+                // SAFETY: a live tape and a `u64` slot.
+                let status = unsafe { mrnn_tape_bytes(run.tape.ptr, &mut bytes) };
+                let floor = ((run.x.len + run.lens.as_ref().map_or(0, |l| l.len)) * 4) as u64;
+                if status != MRNN_OK || bytes < floor || bytes == u64::MAX {
+                    return Err(format!(
+                        "step {step}: mrnn_tape_bytes: status {status}, {bytes} bytes (x and lengths alone {floor})"
+                    ));
+                }
+            }
+            _ => {
+                // A tape of the other kind: refused before any other argument is looked at.
+                let onnx_tape = (!runs.is_empty() && r.bool()).then(|| &runs[r.below(runs.len())]);
+                let nul = ptr::null_mut();
+                // SAFETY: live handles and tapes; every upstream and output NULL.
+                let (status, what) = unsafe {
+                    match onnx_tape {
+                        Some(run) => (
+                            mrnn_keras_lstm_run_backward(
+                                keras.ptr,
+                                run.tape.ptr,
+                                ptr::null(),
+                                ptr::null(),
+                                ptr::null(),
+                                ptr::null(),
+                                nul,
+                                nul,
+                                nul,
+                                nul,
+                                nul,
+                                nul,
+                            ),
+                            "an ONNX tape on a Keras handle",
+                        ),
+                        None => (
+                            mrnn_onnx_lstm_run_backward(
+                                handles[k].ptr,
+                                keras_tape.ptr,
+                                ptr::null(),
+                                ptr::null(),
+                                ptr::null(),
+                                nul,
+                                nul,
+                                nul,
+                                nul,
+                                nul,
+                                nul,
+                                nul,
+                            ),
+                            "a Keras tape on an ONNX handle",
+                        ),
+                    }
+                };
+                check_status(what, status)?;
+                let message = last_error_message();
+                if status != MRNN_ERR_BAD_ARGUMENT || !message.contains("another kind") {
+                    return Err(format!("step {step}: {what}: status {status}: {message}"));
+                }
+            }
+        }
+    }
+    // Tapes may outlive their handles.
+    drop(handles);
+    drop(keras);
+    drop(runs);
+    drop(keras_tape);
     Ok(())
 }
 

@@ -18,9 +18,10 @@
 //! pointers, then `sequence_lens`. `_new` checks every attribute value, including the per-run ones
 //! (`batch_size`, `seq_length` >= 0, `num_threads` >= 0), but sizes only of the weights.
 //!
-//! Training ([`super::train`]) identifies a handle by a process-unique id (`next_handle_id`, never reused,
-//! unlike an address) and its packed weights by a generation (`Current`) that
-//! `mrnn_keras_lstm_set_weights` increments; a tape records both, so a stale tape is recognised.
+//! Training ([`super::train`]) identifies a handle by a process-unique id (`next_handle_id`, shared by
+//! every kind of handle, never reused, unlike an address) and its packed weights by a generation
+//! (`Current`) that `mrnn_keras_lstm_set_weights` / `mrnn_onnx_lstm_set_weights` increment; a tape records
+//! both, so a stale or foreign tape is recognised.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, TryLockError};
@@ -91,11 +92,24 @@ pub struct MrnnKerasLstm {
 /// An ONNX LSTM node of the C ABI (`MrnnOnnxLstm` of `masked_rnn.h`): packed weights and scratch memory.
 #[derive(Debug)]
 pub struct MrnnOnnxLstm {
-    node: OnnxLstm,
+    /// Unique among the handles of this process (of every kind); tapes record it.
+    pub(super) id: u64,
+    /// The packed node, replaced by `mrnn_onnx_lstm_set_weights`.
+    pub(super) current: Current<OnnxNode>,
+    /// The validated Rust attributes (fixed at creation, the same for every generation).
+    pub(super) onnx_attrs: OnnxLstmAttrs,
     /// The creation attributes; a run's must agree on every field but `seq_length`, `batch_size`,
     /// `num_threads`.
-    attrs: MrnnOnnxLstmAttrs,
-    scratch: Mutex<Scratch>,
+    pub(super) attrs: MrnnOnnxLstmAttrs,
+    pub(super) scratch: Mutex<Scratch>,
+}
+
+/// One generation of an ONNX handle's weights: the packed node, and whether it was given peepholes (`p`
+/// non-NULL), which decides whether a backward may ask for `dp`.
+#[derive(Debug)]
+pub(super) struct OnnxNode {
+    pub(super) node: OnnxLstm,
+    pub(super) peepholes: bool,
 }
 
 // Concurrent runs share `&MrnnKerasLstm` / `&MrnnOnnxLstm` across threads.
@@ -191,7 +205,7 @@ pub(super) fn keras_attrs_match(
 }
 
 /// Checks that a run's attributes agree with the handle's on every field fixed at creation.
-fn onnx_attrs_match(run: &MrnnOnnxLstmAttrs, acts: &[Activation], handle: &MrnnOnnxLstm) -> Result<()> {
+pub(super) fn onnx_attrs_match(run: &MrnnOnnxLstmAttrs, acts: &[Activation], handle: &MrnnOnnxLstm) -> Result<()> {
     let c = &handle.attrs;
     for (field, r, h) in [("input_size", run.input_size, c.input_size), ("hidden_size", run.hidden_size, c.hidden_size)]
     {
@@ -215,7 +229,7 @@ fn onnx_attrs_match(run: &MrnnOnnxLstmAttrs, acts: &[Activation], handle: &MrnnO
     if run.num_activations != c.num_activations {
         return Err(differs("num_activations", run.num_activations, c.num_activations));
     }
-    for (k, (&r, &h)) in acts.iter().zip(&handle.node.attrs().activations).enumerate() {
+    for (k, (&r, &h)) in acts.iter().zip(&handle.onnx_attrs.activations).enumerate() {
         let names = [format!("activations[{k}]"), format!("activation_alpha[{k}]"), format!("activation_beta[{k}]")];
         same_activation(
             [&names[0], &names[1], &names[2]],
@@ -454,8 +468,14 @@ pub unsafe extern "C" fn mrnn_onnx_lstm_new(
                 input(p, n_p),
             )
         };
-        let node = OnnxLstm::new(onnx_attrs, i, w, r, b, p)?;
-        let handle = Box::new(MrnnOnnxLstm { node, attrs: a, scratch: Mutex::new(Scratch::default()) });
+        let node = OnnxLstm::new(onnx_attrs.clone(), i, w, r, b, p)?;
+        let handle = Box::new(MrnnOnnxLstm {
+            id: next_handle_id(),
+            current: Current::new(OnnxNode { node, peepholes: p.is_some() }),
+            onnx_attrs,
+            attrs: a,
+            scratch: Mutex::new(Scratch::default()),
+        });
         // SAFETY: `out` is non-NULL, aligned (`Extent::new`) and valid for one write (caller's contract);
         // it overlaps none of the inputs (`check_disjoint`), which are no longer used anyway.
         unsafe { out.write(Box::into_raw(handle)) };
@@ -541,8 +561,9 @@ pub unsafe extern "C" fn mrnn_onnx_lstm_run(
         // SAFETY: as above.
         let out = unsafe { OnnxOutputs { y: output(y, n_y), y_h: output(y_h, n_state), y_c: output(y_c, n_state) } };
         let input = OnnxInput { t, b: batch, x, sequence_lens, initial_h, initial_c };
+        let (packed, _) = handle.current.snapshot();
         with_handle_scratch(&handle.scratch, |scratch| {
-            onnx_forward(&handle.node, input, out, threads, &mut scratch.workspace)
+            onnx_forward(&packed.node, input, out, threads, &mut scratch.workspace)
         })
     })
 }

@@ -23,9 +23,9 @@
 //! one-shot [`mrnn_lstm_keras`] and [`mrnn_lstm_onnx`] pack on every call and reuse a per-thread
 //! [`Workspace`] for their scratch memory.
 //!
-//! Training ([`train`]): the one-shot [`mrnn_lstm_keras_backward`], and on a Keras handle
-//! `mrnn_keras_lstm_run_train` (a run that returns an [`MrnnTape`]), `mrnn_keras_lstm_run_backward` (the
-//! gradients of that run) and `mrnn_keras_lstm_set_weights` (which makes older tapes stale).
+//! Training ([`train`]): the one-shot [`mrnn_lstm_keras_backward`] and [`mrnn_lstm_onnx_backward`], and on
+//! a handle of either kind `*_run_train` (a run that returns an [`MrnnTape`]), `*_run_backward` (the
+//! gradients of that run) and `*_set_weights` (which makes older tapes stale).
 //!
 //! With the `testing` feature, `fuzz_capi` drives these functions with arbitrary attributes and checks the
 //! contract.
@@ -56,6 +56,7 @@ pub use handle::{
 };
 pub use train::{
     mrnn_keras_lstm_run_backward, mrnn_keras_lstm_run_train, mrnn_keras_lstm_set_weights, mrnn_lstm_keras_backward,
+    mrnn_lstm_onnx_backward, mrnn_onnx_lstm_run_backward, mrnn_onnx_lstm_run_train, mrnn_onnx_lstm_set_weights,
     mrnn_tape_bytes, mrnn_tape_free, MrnnTape,
 };
 

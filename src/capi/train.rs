@@ -1,4 +1,5 @@
-//! Training through the C ABI (C_ABI.md section 3): the vector-Jacobian products of the Keras LSTM.
+//! Training through the C ABI (C_ABI.md section 3): the vector-Jacobian products of the Keras LSTM and
+//! of the ONNX LSTM operator.
 //!
 //! ```text
 //! mrnn_lstm_keras_backward(attrs, x, mask, weights, h0, c0, dy, d_last, d_h_n, d_c_n, dx, dW.., dh0, dc0)
@@ -7,24 +8,40 @@
 //!     mrnn_keras_lstm_run that also returns a tape: copies of x, the mask's view and the initial states,
 //!     the activations of every valid step, the handle's id and weights generation, num_threads
 //! mrnn_keras_lstm_run_backward(layer, tape, dy, d_last, d_h_n, d_c_n, dx, dW.., dh0, dc0)
-//!     the gradients of that run; refused (MRNN_ERR_BAD_ARGUMENT) if the tape is another handle's or
-//!     older than the handle's weights
+//!     the gradients of that run; refused (MRNN_ERR_BAD_ARGUMENT) if the tape is another handle's (of
+//!     either kind) or older than the handle's weights
 //! mrnn_keras_lstm_set_weights(layer, kernel, recurrent_kernel, bias)   repack, generation + 1
-//! mrnn_tape_bytes(tape, &bytes), mrnn_tape_free(tape)
+//!
+//! mrnn_lstm_onnx_backward(attrs, x, w, r, b, lens, h0, c0, p, dy, dy_h, dy_c, dx, dw, dr, db, dh0, dc0, dp)
+//!     one-shot: validate as mrnn_lstm_onnx (lengths last), pack, forward_train, backward
+//! mrnn_onnx_lstm_run_train(layer, attrs, x, lens, h0, c0, y, y_h, y_c, &tape)
+//!     mrnn_onnx_lstm_run that also returns a tape: copies of x, sequence_lens and the initial states, the
+//!     activations of every valid step of each direction, the handle's id and generation, num_threads
+//! mrnn_onnx_lstm_run_backward(layer, tape, dy, dy_h, dy_c, dx, dw, dr, db, dh0, dc0, dp)
+//! mrnn_onnx_lstm_set_weights(layer, w, r, b, p)                       repack, generation + 1
+//!
+//! mrnn_tape_bytes(tape, &bytes), mrnn_tape_free(tape)                 either kind of tape
 //! ```
 //!
-//! Gradients are the Rust API's ([`KerasLstm::forward_train`] then [`KerasLstm::backward`]) bit for bit,
-//! whichever path computes them. Validation follows the order of the module docs of [`super`]; a failing
-//! call writes no output (and leaves `*tape` unchanged). With every gradient output NULL, a backward
-//! validates its arguments and computes nothing.
+//! Gradients are the Rust API's ([`KerasLstm::forward_train`] then [`KerasLstm::backward`];
+//! [`OnnxLstm::forward_train`] then [`OnnxLstm::backward`]) bit for bit, whichever path computes them.
+//! Validation follows the order of the module docs of [`super`]; a failing call writes no output (and
+//! leaves `*tape` unchanged). With every gradient output NULL, a backward validates its arguments and
+//! computes nothing.
 //!
-//! [`MrnnTape`] is shared by every layer kind: its record (`Record`) names the kind (only the Keras LSTM's
-//! exists yet; the ONNX node's goes next to it), so that a tape of one kind given to another kind's
-//! `run_backward` is refused like any other foreign tape.
+//! `dp` (the gradient of the ONNX peepholes) exists only for an operator with peepholes: `p` NULL means "no
+//! peepholes", not `P = 0` (whose gradient is not zero), so a non-NULL `dp` with `p` NULL (one-shot) or
+//! with a handle whose current weights have no peepholes is `MRNN_ERR_BAD_ARGUMENT`, checked with the
+//! pointers (step 4).
+//!
+//! [`MrnnTape`] is shared by every layer kind: its record (`Record`) names the kind, so that a tape of one
+//! kind given to another kind's `run_backward` is refused like any other foreign tape (handle ids are
+//! unique across kinds too).
 
-use super::handle::{keras_attrs_match, with_handle_scratch, MrnnKerasLstm};
+use super::handle::{keras_attrs_match, onnx_attrs_match, with_handle_scratch, MrnnKerasLstm, MrnnOnnxLstm, OnnxNode};
 use super::*;
 use crate::frameworks::keras::{KerasGrads, KerasTape, KerasUpstream};
+use crate::frameworks::onnx::{OnnxGrads, OnnxTape, OnnxUpstream};
 
 /// What one training run keeps for its backward (`MrnnTape` of `masked_rnn.h`), opaque to C.
 #[derive(Debug)]
@@ -48,6 +65,8 @@ const _: () = {
 enum Record {
     /// A run of a Keras LSTM handle.
     Keras(KerasRecord),
+    /// A run of an ONNX LSTM handle.
+    Onnx(OnnxRecord),
 }
 
 /// What a Keras LSTM run keeps: copies of its inputs (the caller may reuse their buffers) and the
@@ -82,25 +101,87 @@ impl KerasRecord {
     }
 }
 
+/// What an ONNX LSTM run keeps: copies of its inputs (the caller may reuse their buffers) and the
+/// [`OnnxTape`] of its valid steps.
+#[derive(Debug)]
+struct OnnxRecord {
+    /// `T`, `B` and `num_threads` of the run (the backward uses the same thread count).
+    t: usize,
+    b: usize,
+    threads: usize,
+    /// `X` in the handle's layout.
+    x: Vec<f32>,
+    /// `sequence_lens [B]` as given (`None`: NULL, every sequence `T` steps).
+    sequence_lens: Option<Vec<i32>>,
+    /// `[D,B,H]` / `[B,D,H]` each, as given (`None`: NULL).
+    initial_h: Option<Vec<f32>>,
+    initial_c: Option<Vec<f32>>,
+    tape: OnnxTape,
+}
+
+impl OnnxRecord {
+    /// Bytes held (the vectors' capacities and the tape).
+    fn bytes(&self) -> usize {
+        let floats = self.x.capacity()
+            + self.initial_h.as_ref().map_or(0, Vec::capacity)
+            + self.initial_c.as_ref().map_or(0, Vec::capacity);
+        (floats + self.sequence_lens.as_ref().map_or(0, Vec::capacity)) * 4 + self.tape.bytes()
+    }
+}
+
 impl MrnnTape {
-    /// The tape's Keras record, after checking that `handle` made it with its current weights
-    /// (`generation`, from the snapshot the backward will compute with).
-    fn keras_for(&self, handle: &MrnnKerasLstm, generation: u64) -> Result<&KerasRecord> {
-        // A tape of another kind (the ONNX node's, later) is refused here with its own message.
-        let Record::Keras(record) = &self.record;
-        if self.owner != handle.id {
+    /// The kind of handle that made the tape, as messages name it.
+    fn kind(&self) -> &'static str {
+        match self.record {
+            Record::Keras(_) => "Keras LSTM",
+            Record::Onnx(_) => "ONNX LSTM",
+        }
+    }
+
+    /// `Err(BadArgument)` for a tape given to a handle of another kind (`kind`, id `id`).
+    fn other_kind(&self, kind: &str, id: u64) -> Error {
+        Error::argument(format!(
+            "the tape was made by another handle, of another kind: {} handle #{}; this is {kind} handle #{id}",
+            self.kind(),
+            self.owner
+        ))
+    }
+
+    /// Checks that handle `id` made the tape with its weights generation `generation` (`set_weights` and
+    /// `run_train` name the functions of that kind, for the message).
+    fn check_made_by(&self, id: u64, generation: u64, set_weights: &str, run_train: &str) -> Result<()> {
+        if self.owner != id {
             return Err(Error::argument(format!(
-                "the tape was made by another handle (handle #{}; this is handle #{})",
-                self.owner, handle.id
+                "the tape was made by another handle (handle #{}; this is handle #{id})",
+                self.owner
             )));
         }
         if self.generation != generation {
             return Err(Error::argument(format!(
-                "the tape is stale: it was made with weights generation {} and mrnn_keras_lstm_set_weights has \
-                 since replaced them (generation {generation}); run mrnn_keras_lstm_run_train again",
+                "the tape is stale: it was made with weights generation {} and {set_weights} has since replaced \
+                 them (generation {generation}); run {run_train} again",
                 self.generation
             )));
         }
+        Ok(())
+    }
+
+    /// The tape's Keras record, after checking that `handle` made it with its current weights
+    /// (`generation`, from the snapshot the backward will compute with).
+    fn keras_for(&self, handle: &MrnnKerasLstm, generation: u64) -> Result<&KerasRecord> {
+        let Record::Keras(record) = &self.record else {
+            return Err(self.other_kind("Keras LSTM", handle.id));
+        };
+        self.check_made_by(handle.id, generation, "mrnn_keras_lstm_set_weights", "mrnn_keras_lstm_run_train")?;
+        Ok(record)
+    }
+
+    /// The tape's ONNX record, after checking that `handle` made it with its current weights.
+    fn onnx_for(&self, handle: &MrnnOnnxLstm, generation: u64) -> Result<&OnnxRecord> {
+        let Record::Onnx(record) = &self.record else {
+            return Err(self.other_kind("ONNX LSTM", handle.id));
+        };
+        self.check_made_by(handle.id, generation, "mrnn_onnx_lstm_set_weights", "mrnn_onnx_lstm_run_train")?;
         Ok(record)
     }
 
@@ -109,6 +190,7 @@ impl MrnnTape {
         std::mem::size_of::<Self>()
             + match &self.record {
                 Record::Keras(r) => r.bytes(),
+                Record::Onnx(r) => r.bytes(),
             }
     }
 }
@@ -588,10 +670,459 @@ pub unsafe extern "C" fn mrnn_keras_lstm_set_weights(
     })
 }
 
+// ------------------------------------------------------------------------------------------------ ONNX
+
+/// Whether any gradient is asked for (none: the call validates and computes nothing).
+fn onnx_wants_any(grads: &OnnxGrads<'_>) -> bool {
+    grads.dx.is_some()
+        || grads.dw.is_some()
+        || grads.dr.is_some()
+        || grads.db.is_some()
+        || grads.d_initial_h.is_some()
+        || grads.d_initial_c.is_some()
+        || grads.dp.is_some()
+}
+
+/// Element counts of an ONNX node's tensors (step 3 of the validation; the same products in both layouts).
+struct OnnxSizes {
+    x: usize,
+    w: usize,
+    r: usize,
+    b: usize,
+    p: usize,
+    state: usize,
+    y: usize,
+}
+
+impl OnnxSizes {
+    fn new(t: usize, batch: usize, i: usize, h: usize, d: usize) -> Result<Self> {
+        Ok(OnnxSizes {
+            x: checked_product(&[t, batch, i], "X [T,B,I]")?,
+            w: checked_product(&[d, 4, h, i], "W [D,4H,I]")?,
+            r: checked_product(&[d, 4, h, h], "R [D,4H,H]")?,
+            b: checked_product(&[d, 8, h], "B [D,8H]")?,
+            p: checked_product(&[d, 3, h], "P [D,3H]")?,
+            state: checked_product(&[d, batch, h], "state [D,B,H]")?,
+            y: checked_product(&[t, d, batch, h], "Y [T,D,B,H]")?,
+        })
+    }
+}
+
+/// The upstream gradients and gradient outputs of an ONNX backward, as raw caller pointers.
+#[derive(Clone, Copy)]
+struct OnnxGradPtrs {
+    dy: *const f32,
+    dy_h: *const f32,
+    dy_c: *const f32,
+    dx: *mut f32,
+    dw: *mut f32,
+    dr: *mut f32,
+    db: *mut f32,
+    d_initial_h: *mut f32,
+    d_initial_c: *mut f32,
+    dp: *mut f32,
+}
+
+impl OnnxGradPtrs {
+    /// Their extents (step 4), to check with the other buffers of the call.
+    fn extents(&self, n: &OnnxSizes) -> Result<[Option<Extent>; 10]> {
+        Ok([
+            Extent::new("dy", self.dy, n.y, false)?,
+            Extent::new("dy_h", self.dy_h, n.state, false)?,
+            Extent::new("dy_c", self.dy_c, n.state, false)?,
+            Extent::new("dx", self.dx, n.x, true)?,
+            Extent::new("dw", self.dw, n.w, true)?,
+            Extent::new("dr", self.dr, n.r, true)?,
+            Extent::new("db", self.db, n.b, true)?,
+            Extent::new("d_initial_h", self.d_initial_h, n.state, true)?,
+            Extent::new("d_initial_c", self.d_initial_c, n.state, true)?,
+            Extent::new("dp", self.dp, n.p, true)?,
+        ])
+    }
+
+    /// The last pointer check: `dp` only for an operator with peepholes (`without` says why there are none).
+    fn check_dp(&self, peepholes: bool, without: &str) -> Result<()> {
+        if !self.dp.is_null() && !peepholes {
+            return Err(Error::argument(format!(
+                "dp is given but {without}: an operator without peepholes has no dP (p NULL means no peepholes, \
+                 not P = 0); pass dp = NULL"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The slices.
+    ///
+    /// # Safety
+    /// [`extents`](Self::extents) with the same sizes succeeded, and so did `check_disjoint` over them and
+    /// every other buffer of the call; each non-NULL pointer is valid for its size for `'a` (the caller's
+    /// contract), and nothing else accesses the outputs during `'a`.
+    unsafe fn slices<'a>(&self, n: &OnnxSizes) -> (OnnxUpstream<'a>, OnnxGrads<'a>) {
+        // SAFETY (every `input`/`output` call): forwarded from this function's contract: aligned,
+        // non-wrapping, bounded by `checked_product`, valid, and the outputs alias nothing.
+        unsafe {
+            (
+                OnnxUpstream {
+                    dy: input(self.dy, n.y),
+                    dy_h: input(self.dy_h, n.state),
+                    dy_c: input(self.dy_c, n.state),
+                },
+                OnnxGrads {
+                    dx: output(self.dx, n.x),
+                    dw: output(self.dw, n.w),
+                    dr: output(self.dr, n.r),
+                    db: output(self.db, n.b),
+                    d_initial_h: output(self.d_initial_h, n.state),
+                    d_initial_c: output(self.d_initial_c, n.state),
+                    dp: output(self.dp, n.p),
+                },
+            )
+        }
+    }
+}
+
+/// The gradients of the ONNX LSTM operator; see `masked_rnn.h` for the arguments.
+///
+/// # Safety
+/// Every non-NULL pointer is valid for the tensor size the header documents for it (reads for the `const`
+/// inputs, writes for the outputs) for the duration of the call, and no other thread writes the inputs
+/// or touches the outputs meanwhile. NULL is always allowed: it is reported or means "absent".
+#[allow(clippy::too_many_arguments)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mrnn_lstm_onnx_backward(
+    attrs: *const MrnnOnnxLstmAttrs,
+    x: *const f32,
+    w: *const f32,
+    r: *const f32,
+    b: *const f32,
+    sequence_lens: *const i32,
+    initial_h: *const f32,
+    initial_c: *const f32,
+    p: *const f32,
+    dy: *const f32,
+    dy_h: *const f32,
+    dy_c: *const f32,
+    dx: *mut f32,
+    dw: *mut f32,
+    dr: *mut f32,
+    db: *mut f32,
+    d_initial_h: *mut f32,
+    d_initial_c: *mut f32,
+    dp: *mut f32,
+) -> i32 {
+    guard("mrnn_lstm_onnx_backward", || {
+        // 1. NULL.
+        require("attrs", attrs)?;
+        require("x", x)?;
+        require("w", w)?;
+        require("r", r)?;
+        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnOnnxLstmAttrs`
+        // (caller's contract); read_unaligned needs no alignment.
+        let a = unsafe { attrs.read_unaligned() };
+
+        // 2. Values.
+        let OnnxArgs { attrs: onnx_attrs, t, b: batch, i, h, d, threads } = onnx_args(&a)?;
+
+        // 3. Sizes.
+        let n = OnnxSizes::new(t, batch, i, h, d)?;
+
+        // 4. Pointers.
+        let grads = OnnxGradPtrs { dy, dy_h, dy_c, dx, dw, dr, db, d_initial_h, d_initial_c, dp };
+        let inputs = [
+            Extent::new("x", x, n.x, false)?,
+            Extent::new("w", w, n.w, false)?,
+            Extent::new("r", r, n.r, false)?,
+            Extent::new("b", b, n.b, false)?,
+            Extent::new("sequence_lens", sequence_lens, batch, false)?,
+            Extent::new("initial_h", initial_h, n.state, false)?,
+            Extent::new("initial_c", initial_c, n.state, false)?,
+            Extent::new("p", p, n.p, false)?,
+        ];
+        let extents: Vec<Option<Extent>> = inputs.into_iter().chain(grads.extents(&n)?).collect();
+        check_disjoint(&extents)?;
+        grads.check_dp(!p.is_null(), "p is NULL")?;
+
+        // SAFETY (every `input` call and `slices`): each pointer is NULL, or was checked aligned and
+        // non-wrapping by `Extent::new` with the very length passed here, which `checked_product` bounds
+        // to isize::MAX bytes (`sequence_lens` has `batch` 4-byte elements, at most the checked `n.state`
+        // since `d, h >= 1`); the caller guarantees the memory is valid for that length; `check_disjoint`
+        // proved no output overlaps any other buffer, so the `&mut` slices alias nothing.
+        let (x, w, r) = unsafe {
+            (
+                input(x, n.x).ok_or_else(|| null("x"))?,
+                input(w, n.w).ok_or_else(|| null("w"))?,
+                input(r, n.r).ok_or_else(|| null("r"))?,
+            )
+        };
+        // SAFETY: as above.
+        let (b, sequence_lens, initial_h, initial_c, p) = unsafe {
+            (
+                input(b, n.b),
+                input(sequence_lens, batch),
+                input(initial_h, n.state),
+                input(initial_c, n.state),
+                input(p, n.p),
+            )
+        };
+
+        // 5. Values in caller memory, still before any output is written.
+        check_lengths(sequence_lens, t)?;
+
+        // SAFETY: as above.
+        let (up, out) = unsafe { grads.slices(&n) };
+        if !onnx_wants_any(&out) {
+            // Validated; nothing asked for, so nothing is computed.
+            return Ok(());
+        }
+        let node = OnnxLstm::new(onnx_attrs, i, w, r, b, p)?;
+        with_thread_scratch(|scratch| {
+            let mut tape = OnnxTape::new();
+            let none = OnnxOutputs::default();
+            let ws = &mut scratch.workspace;
+            node.forward_train(x, t, batch, sequence_lens, initial_h, initial_c, none, &mut tape, threads, ws)?;
+            node.backward(x, t, batch, sequence_lens, initial_h, initial_c, &tape, up, out, threads)?;
+            Ok(())
+        })
+    })
+}
+
+/// Runs an ONNX LSTM handle as [`mrnn_onnx_lstm_run`] does and returns a tape for
+/// [`mrnn_onnx_lstm_run_backward`]; see `masked_rnn.h`.
+///
+/// # Safety
+/// `layer` is NULL or a handle from [`mrnn_onnx_lstm_new`] not yet freed (other threads may use it at the
+/// same time, none may free it meanwhile); `tape` is NULL or valid for writing one pointer. Every other
+/// non-NULL pointer is valid for the tensor size the header documents for it (reads for the `const`
+/// inputs, writes for the outputs) for the duration of the call, and no other thread writes the inputs
+/// or touches the outputs meanwhile.
+#[allow(clippy::too_many_arguments)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mrnn_onnx_lstm_run_train(
+    layer: *mut MrnnOnnxLstm,
+    attrs: *const MrnnOnnxLstmAttrs,
+    x: *const f32,
+    sequence_lens: *const i32,
+    initial_h: *const f32,
+    initial_c: *const f32,
+    y: *mut f32,
+    y_h: *mut f32,
+    y_c: *mut f32,
+    tape: *mut *mut MrnnTape,
+) -> i32 {
+    guard("mrnn_onnx_lstm_run_train", || {
+        // 1. NULL.
+        require("layer", layer)?;
+        require("attrs", attrs)?;
+        require("x", x)?;
+        require("tape", tape)?;
+        if !layer.is_aligned() {
+            return Err(Error::argument(format!("layer ({layer:p}) is not a handle: misaligned")));
+        }
+        // SAFETY: `layer` is non-NULL and aligned (checked above) and, by the caller's contract, a live
+        // handle from `mrnn_onnx_lstm_new` that nobody frees during this call; the C ABI only ever takes
+        // `&` to it (interior mutability), so this shared reference aliases no `&mut`.
+        let handle = unsafe { &*layer };
+        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnOnnxLstmAttrs`
+        // (caller's contract); read_unaligned needs no alignment.
+        let a = unsafe { attrs.read_unaligned() };
+
+        // 2. Values, then agreement with the handle.
+        let OnnxArgs { attrs: run_attrs, t, b: batch, i, h, d, threads } = onnx_args(&a)?;
+        onnx_attrs_match(&a, &run_attrs.activations, handle)?;
+
+        // 3. Sizes.
+        let n = OnnxSizes::new(t, batch, i, h, d)?;
+
+        // 4. Pointers.
+        let extents = [
+            Extent::new("x", x, n.x, false)?,
+            Extent::new("sequence_lens", sequence_lens, batch, false)?,
+            Extent::new("initial_h", initial_h, n.state, false)?,
+            Extent::new("initial_c", initial_c, n.state, false)?,
+            Extent::new("y", y, n.y, true)?,
+            Extent::new("y_h", y_h, n.state, true)?,
+            Extent::new("y_c", y_c, n.state, true)?,
+            Extent::new("tape", tape, 1, true)?,
+        ];
+        check_disjoint(&extents)?;
+
+        // SAFETY (every `input`/`output` call below): each pointer is NULL, or was checked aligned and
+        // non-wrapping by `Extent::new` with the very length passed here, which `checked_product` bounds
+        // to isize::MAX bytes (`sequence_lens` has `batch` 4-byte elements, at most the checked `n.state`);
+        // the caller guarantees the memory is valid for that length; `check_disjoint` proved no output
+        // overlaps any other buffer, so the `&mut` slices alias nothing.
+        let (x, sequence_lens, initial_h, initial_c) = unsafe {
+            (
+                input(x, n.x).ok_or_else(|| null("x"))?,
+                input(sequence_lens, batch),
+                input(initial_h, n.state),
+                input(initial_c, n.state),
+            )
+        };
+
+        // 5. Values in caller memory, still before any output is written.
+        check_lengths(sequence_lens, t)?;
+
+        // SAFETY: as above.
+        let out = unsafe { OnnxOutputs { y: output(y, n.y), y_h: output(y_h, n.state), y_c: output(y_c, n.state) } };
+
+        // The tape's own copies, so that the caller may reuse its buffers once this returns.
+        let mut record = OnnxRecord {
+            t,
+            b: batch,
+            threads,
+            x: x.to_vec(),
+            sequence_lens: sequence_lens.map(<[i32]>::to_vec),
+            initial_h: initial_h.map(<[f32]>::to_vec),
+            initial_c: initial_c.map(<[f32]>::to_vec),
+            tape: OnnxTape::new(),
+        };
+        let (packed, generation) = handle.current.snapshot();
+        with_handle_scratch(&handle.scratch, |scratch| {
+            let OnnxRecord { x, sequence_lens, initial_h, initial_c, tape, .. } = &mut record;
+            let (lens, h0, c0) = (sequence_lens.as_deref(), initial_h.as_deref(), initial_c.as_deref());
+            let ws = &mut scratch.workspace;
+            packed.node.forward_train(x, t, batch, lens, h0, c0, out, tape, threads, ws).map(drop)
+        })?;
+        let made = Box::new(MrnnTape { owner: handle.id, generation, record: Record::Onnx(record) });
+        // SAFETY: `tape` is non-NULL, aligned (`Extent::new`) and valid for one write (caller's contract);
+        // it overlaps none of the other buffers (`check_disjoint`).
+        unsafe { tape.write(Box::into_raw(made)) };
+        Ok(())
+    })
+}
+
+/// The gradients of the ONNX run that made `tape`; see `masked_rnn.h`.
+///
+/// # Safety
+/// `layer` is NULL or a handle from [`mrnn_onnx_lstm_new`] not yet freed, `tape` NULL or a tape (of either
+/// kind) not yet freed (other threads may use either at the same time, none may free them meanwhile).
+/// Every other non-NULL pointer is valid for the tensor size the header documents for it (reads for the
+/// `const` inputs, writes for the outputs) for the duration of the call, and no other thread writes the
+/// inputs or touches the outputs meanwhile.
+#[allow(clippy::too_many_arguments)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mrnn_onnx_lstm_run_backward(
+    layer: *mut MrnnOnnxLstm,
+    tape: *const MrnnTape,
+    dy: *const f32,
+    dy_h: *const f32,
+    dy_c: *const f32,
+    dx: *mut f32,
+    dw: *mut f32,
+    dr: *mut f32,
+    db: *mut f32,
+    d_initial_h: *mut f32,
+    d_initial_c: *mut f32,
+    dp: *mut f32,
+) -> i32 {
+    guard("mrnn_onnx_lstm_run_backward", || {
+        // 1. NULL.
+        require("layer", layer)?;
+        require("tape", tape)?;
+        if !layer.is_aligned() {
+            return Err(Error::argument(format!("layer ({layer:p}) is not a handle: misaligned")));
+        }
+        if !tape.is_aligned() {
+            return Err(Error::argument(format!("tape ({tape:p}) is not a tape: misaligned")));
+        }
+        // SAFETY: `layer` is non-NULL and aligned (checked above) and, by the caller's contract, a live
+        // handle from `mrnn_onnx_lstm_new` that nobody frees during this call; the C ABI only ever takes
+        // `&` to it, so this shared reference aliases no `&mut`.
+        let handle = unsafe { &*layer };
+        // SAFETY: likewise a live tape from a `run_train` (caller's contract), which the C ABI never
+        // mutates after creating it.
+        let tape = unsafe { &*tape };
+
+        // 2. Values: the tape is this handle's, made with its current weights.
+        let (packed, generation) = handle.current.snapshot();
+        let record = tape.onnx_for(handle, generation)?;
+        let OnnxRecord { t, b, threads, .. } = *record;
+        let (i, h, d) = (packed.node.input_size(), handle.onnx_attrs.hidden_size, handle.onnx_attrs.direction.count());
+
+        // 3. Sizes (checked at the run that made the tape: they cannot overflow now).
+        let n = OnnxSizes::new(t, b, i, h, d)?;
+
+        // 4. Pointers.
+        let grads = OnnxGradPtrs { dy, dy_h, dy_c, dx, dw, dr, db, d_initial_h, d_initial_c, dp };
+        check_disjoint(&grads.extents(&n)?)?;
+        grads.check_dp(packed.peepholes, "the handle's weights have no peepholes (p was NULL)")?;
+
+        // SAFETY: `extents` and `check_disjoint` succeeded with these sizes just above; the caller
+        // guarantees validity for the documented sizes.
+        let (up, out) = unsafe { grads.slices(&n) };
+        if !onnx_wants_any(&out) {
+            return Ok(());
+        }
+        let OnnxRecord { x, sequence_lens, initial_h, initial_c, tape, .. } = record;
+        let (lens, h0, c0) = (sequence_lens.as_deref(), initial_h.as_deref(), initial_c.as_deref());
+        packed.node.backward(x, t, b, lens, h0, c0, tape, up, out, threads)?;
+        Ok(())
+    })
+}
+
+/// Replaces the weights of an ONNX LSTM handle; see `masked_rnn.h`.
+///
+/// # Safety
+/// `layer` is NULL or a handle from [`mrnn_onnx_lstm_new`] not yet freed (other threads may run it at the
+/// same time, none may free it meanwhile); `w`, `r`, `b` and `p` are NULL or valid for reading the tensor
+/// sizes the header documents, and no other thread writes them during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mrnn_onnx_lstm_set_weights(
+    layer: *mut MrnnOnnxLstm,
+    w: *const f32,
+    r: *const f32,
+    b: *const f32,
+    p: *const f32,
+) -> i32 {
+    guard("mrnn_onnx_lstm_set_weights", || {
+        // 1. NULL.
+        require("layer", layer)?;
+        require("w", w)?;
+        require("r", r)?;
+        if !layer.is_aligned() {
+            return Err(Error::argument(format!("layer ({layer:p}) is not a handle: misaligned")));
+        }
+        // SAFETY: `layer` is non-NULL and aligned (checked above) and, by the caller's contract, a live
+        // handle from `mrnn_onnx_lstm_new` that nobody frees during this call; the C ABI only ever takes
+        // `&` to it (the weights are replaced through its lock), so this aliases no `&mut`.
+        let handle = unsafe { &*layer };
+
+        // 2. and 3.: the sizes are the handle's (validated at creation).
+        let (i, h) = (dim("input_size", handle.attrs.input_size)?, dim("hidden_size", handle.attrs.hidden_size)?);
+        let n = OnnxSizes::new(0, 0, i, h, handle.onnx_attrs.direction.count())?;
+
+        // 4. Pointers.
+        let extents = [
+            Extent::new("w", w, n.w, false)?,
+            Extent::new("r", r, n.r, false)?,
+            Extent::new("b", b, n.b, false)?,
+            Extent::new("p", p, n.p, false)?,
+        ];
+        check_disjoint(&extents)?;
+
+        // SAFETY: each pointer is NULL or was checked aligned and non-wrapping by `Extent::new` with the
+        // very length passed here, bounded to isize::MAX bytes by `checked_product`; the caller guarantees
+        // the memory is valid for that length; these are inputs only.
+        let (w, r, b, p) = unsafe {
+            (
+                input(w, n.w).ok_or_else(|| null("w"))?,
+                input(r, n.r).ok_or_else(|| null("r"))?,
+                input(b, n.b),
+                input(p, n.p),
+            )
+        };
+        let node = OnnxLstm::new(handle.onnx_attrs.clone(), i, w, r, b, p)?;
+        handle.current.replace(OnnxNode { node, peepholes: p.is_some() });
+        Ok(())
+    })
+}
+
 /// Writes the bytes a tape holds to `*bytes`; see `masked_rnn.h`.
 ///
 /// # Safety
-/// `tape` is NULL or a live tape from [`mrnn_keras_lstm_run_train`] that nobody frees during the call;
+/// `tape` is NULL or a live tape (from [`mrnn_keras_lstm_run_train`] or [`mrnn_onnx_lstm_run_train`]) that
+/// nobody frees during the call;
 /// `bytes` is NULL or valid for writing one `uint64_t`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mrnn_tape_bytes(tape: *const MrnnTape, bytes: *mut u64) -> i32 {
@@ -613,7 +1144,7 @@ pub unsafe extern "C" fn mrnn_tape_bytes(tape: *const MrnnTape, bytes: *mut u64)
     })
 }
 
-/// Frees a tape made by [`mrnn_keras_lstm_run_train`]; NULL is a no-op.
+/// Frees a tape made by [`mrnn_keras_lstm_run_train`] or [`mrnn_onnx_lstm_run_train`]; NULL is a no-op.
 ///
 /// # Safety
 /// `tape` is NULL or a tape not yet freed, which no other thread uses during or after this call.
@@ -805,6 +1336,212 @@ mod tests {
             mrnn_tape_free(tape);
             mrnn_tape_free(fresh);
             mrnn_tape_free(ptr::null_mut());
+        }
+    }
+
+    /// A bidirectional ONNX problem with lengths, peepholes (or not) and clip, in `layout`.
+    struct OnnxProblem {
+        a: MrnnOnnxLstmAttrs,
+        w: Vec<f32>,
+        r: Vec<f32>,
+        b: Vec<f32>,
+        p: Option<Vec<f32>>,
+        x: Vec<f32>,
+        lens: Vec<i32>,
+        c0: Vec<f32>,
+        dy: Vec<f32>,
+        dy_h: Vec<f32>,
+    }
+
+    const OT: usize = 5;
+    const OB: usize = 3;
+    const OI: usize = 2;
+    const OH: usize = 4;
+
+    fn onnx_problem(layout: i32, peepholes: bool) -> OnnxProblem {
+        OnnxProblem {
+            a: MrnnOnnxLstmAttrs {
+                seq_length: OT as i64,
+                batch_size: OB as i64,
+                input_size: OI as i64,
+                hidden_size: OH as i64,
+                direction: 2,
+                layout,
+                has_clip: 1,
+                clip: 3.0,
+                num_threads: 1,
+                ..Default::default()
+            },
+            w: values(2 * 4 * OH * OI, 11, 0.5),
+            r: values(2 * 4 * OH * OH, 12, 0.5),
+            b: values(2 * 8 * OH, 13, 0.3),
+            p: peepholes.then(|| values(2 * 3 * OH, 14, 0.3)),
+            x: values(OT * OB * OI, 15, 1.5),
+            lens: vec![5, 0, 3],
+            c0: values(2 * OB * OH, 16, 1.0),
+            dy: values(OT * 2 * OB * OH, 17, 1.0),
+            dy_h: values(2 * OB * OH, 18, 1.0),
+        }
+    }
+
+    fn opt_ptr(v: &Option<Vec<f32>>) -> *const f32 {
+        v.as_ref().map_or(ptr::null(), |v| v.as_ptr())
+    }
+
+    /// `[dx, dw, dr, db, d_initial_h, d_initial_c, dp]` of the one-shot (layer NULL) or of `run_backward`
+    /// with `tape`; `dp` is asked for when `want_dp`.
+    fn onnx_grads(
+        p: &OnnxProblem,
+        w: &[f32],
+        layer: *mut MrnnOnnxLstm,
+        tape: *const MrnnTape,
+        want_dp: bool,
+    ) -> (i32, Vec<Vec<f32>>) {
+        let sizes = [OT * OB * OI, 2 * 4 * OH * OI, 2 * 4 * OH * OH, 2 * 8 * OH, 2 * OB * OH, 2 * OB * OH, 2 * 3 * OH];
+        let mut g: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![f32::NAN; n]).collect();
+        let [dx, dw, dr, db, dh, dc, dp] = &mut g[..] else { unreachable!() };
+        let dp = if want_dp { dp.as_mut_ptr() } else { ptr::null_mut() };
+        // SAFETY: every buffer has the size of the problem's attributes.
+        let status = unsafe {
+            if layer.is_null() {
+                mrnn_lstm_onnx_backward(
+                    &p.a,
+                    p.x.as_ptr(),
+                    w.as_ptr(),
+                    p.r.as_ptr(),
+                    p.b.as_ptr(),
+                    p.lens.as_ptr(),
+                    ptr::null(),
+                    p.c0.as_ptr(),
+                    opt_ptr(&p.p),
+                    p.dy.as_ptr(),
+                    p.dy_h.as_ptr(),
+                    ptr::null(),
+                    dx.as_mut_ptr(),
+                    dw.as_mut_ptr(),
+                    dr.as_mut_ptr(),
+                    db.as_mut_ptr(),
+                    dh.as_mut_ptr(),
+                    dc.as_mut_ptr(),
+                    dp,
+                )
+            } else {
+                mrnn_onnx_lstm_run_backward(
+                    layer,
+                    tape,
+                    p.dy.as_ptr(),
+                    p.dy_h.as_ptr(),
+                    ptr::null(),
+                    dx.as_mut_ptr(),
+                    dw.as_mut_ptr(),
+                    dr.as_mut_ptr(),
+                    db.as_mut_ptr(),
+                    dh.as_mut_ptr(),
+                    dc.as_mut_ptr(),
+                    dp,
+                )
+            }
+        };
+        (status, g)
+    }
+
+    fn new_onnx_handle(p: &OnnxProblem) -> *mut MrnnOnnxLstm {
+        let mut out = ptr::null_mut();
+        // SAFETY: the weights have the sizes of the attributes.
+        let status =
+            unsafe { mrnn_onnx_lstm_new(&p.a, p.w.as_ptr(), p.r.as_ptr(), p.b.as_ptr(), opt_ptr(&p.p), &mut out) };
+        assert_eq!(status, MRNN_OK, "{}", last_error_message());
+        out
+    }
+
+    fn onnx_train(p: &OnnxProblem, layer: *mut MrnnOnnxLstm) -> *mut MrnnTape {
+        // Copies that are freed right after the call: the tape must not need them.
+        let (x, lens, c0) = (p.x.clone(), p.lens.clone(), p.c0.clone());
+        let mut tape = ptr::null_mut();
+        // SAFETY: every buffer has the size of the problem's attributes.
+        let status = unsafe {
+            mrnn_onnx_lstm_run_train(
+                layer,
+                &p.a,
+                x.as_ptr(),
+                lens.as_ptr(),
+                ptr::null(),
+                c0.as_ptr(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                &mut tape,
+            )
+        };
+        assert_eq!(status, MRNN_OK, "{}", last_error_message());
+        tape
+    }
+
+    #[test]
+    fn onnx_handle_gradients_equal_one_shot_and_foreign_tapes_are_refused() {
+        for layout in [0, 1] {
+            let p = onnx_problem(layout, true);
+            let (layer, other) = (new_onnx_handle(&p), new_onnx_handle(&p));
+            let tape = onnx_train(&p, layer);
+            let (s1, one_shot) = onnx_grads(&p, &p.w, ptr::null_mut(), ptr::null(), true);
+            let (s2, run) = onnx_grads(&p, &p.w, layer, tape, true);
+            assert_eq!((s1, s2), (MRNN_OK, MRNN_OK), "{}", last_error_message());
+            assert_eq!(bits(&one_shot), bits(&run), "layout {layout}");
+            assert!(one_shot.iter().flatten().all(|v| v.is_finite()));
+
+            let (status, _) = onnx_grads(&p, &p.w, other, tape, true);
+            assert_eq!(status, MRNN_ERR_BAD_ARGUMENT);
+            assert!(last_error_message().contains("another handle"), "{}", last_error_message());
+
+            // A Keras tape on the ONNX handle, the ONNX tape on a Keras handle.
+            let kp = problem();
+            let keras = new_handle(&kp);
+            let keras_tape = train(&kp, keras);
+            let (status, g) = onnx_grads(&p, &p.w, layer, keras_tape, true);
+            assert_eq!(status, MRNN_ERR_BAD_ARGUMENT);
+            let message = last_error_message();
+            assert!(message.contains("another kind") && message.contains("Keras LSTM handle"), "{message}");
+            assert!(g.iter().flatten().all(|v| v.is_nan()), "a refused backward wrote an output");
+            let (status, _) = grads(&kp, &kp.k, keras, tape);
+            assert_eq!(status, MRNN_ERR_BAD_ARGUMENT);
+            assert!(last_error_message().contains("ONNX LSTM handle"), "{}", last_error_message());
+
+            let w2 = values(p.w.len(), 19, 0.5);
+            // SAFETY: the weights have the handle's sizes; p NULL: no peepholes from now on.
+            let status =
+                unsafe { mrnn_onnx_lstm_set_weights(layer, w2.as_ptr(), p.r.as_ptr(), p.b.as_ptr(), ptr::null()) };
+            assert_eq!(status, MRNN_OK);
+            let (status, _) = onnx_grads(&p, &w2, layer, tape, false);
+            assert_eq!(status, MRNN_ERR_BAD_ARGUMENT);
+            assert!(last_error_message().contains("stale"), "{}", last_error_message());
+
+            let fresh = onnx_train(&p, layer);
+            let q = OnnxProblem { p: None, ..onnx_problem(layout, false) };
+            let (s1, one_shot) = onnx_grads(&q, &w2, ptr::null_mut(), ptr::null(), false);
+            let (s2, run) = onnx_grads(&q, &w2, layer, fresh, false);
+            assert_eq!((s1, s2), (MRNN_OK, MRNN_OK), "{}", last_error_message());
+            assert_eq!(bits(&one_shot), bits(&run));
+            // dp without peepholes: refused by both, nothing written.
+            for (status, g) in
+                [onnx_grads(&q, &w2, ptr::null_mut(), ptr::null(), true), onnx_grads(&q, &w2, layer, fresh, true)]
+            {
+                assert_eq!(status, MRNN_ERR_BAD_ARGUMENT);
+                assert!(last_error_message().contains("no peepholes"), "{}", last_error_message());
+                assert!(g.iter().flatten().all(|v| v.is_nan()), "a refused backward wrote an output");
+            }
+            let mut bytes = 0_u64;
+            // SAFETY: a live tape and a u64 slot.
+            assert_eq!(unsafe { mrnn_tape_bytes(fresh, &mut bytes) }, MRNN_OK);
+            assert!(bytes as usize >= (p.x.len() + p.c0.len() + p.lens.len()) * 4, "{bytes}");
+            // SAFETY: live handles and tapes, each freed once (tapes after their handles).
+            unsafe {
+                mrnn_onnx_lstm_free(layer);
+                mrnn_onnx_lstm_free(other);
+                mrnn_keras_lstm_free(keras);
+                mrnn_tape_free(tape);
+                mrnn_tape_free(fresh);
+                mrnn_tape_free(keras_tape);
+            }
         }
     }
 
