@@ -114,34 +114,44 @@ pub(crate) fn backward_unit(
         Some(cl) if v > cl => cl,
         _ => v,
     };
-    // d act(clip(v)) / dv
-    let slope = |a: Activation, v: f32| -> f32 {
-        let inside = spec.clip.is_none_or(|cl| -cl < v && v < cl);
-        if inside {
-            crate::reference::backward::dact64(a, f64::from(v)) as f32
-        } else {
-            0.0
+    // d act(clip(v)) / dv, from the activation's value `y` where that is exact (sigmoid, tanh).
+    let slope = |a: Activation, v: f32, y: f32| -> f32 {
+        if spec.clip.is_some_and(|cl| !(-cl < v && v < cl)) {
+            return 0.0;
         }
+        derivative(a, v, y)
     };
     let [ai, af, ac, ao] = args;
     let i = spec.gate.apply_rounded(clip(ai), rounding);
-    let f = if spec.input_forget { 1.0 - i } else { spec.gate.apply_rounded(clip(af), rounding) };
+    let fv = spec.gate.apply_rounded(clip(af), rounding);
+    let f = if spec.input_forget { 1.0 - i } else { fv };
     let g = spec.cell.apply_rounded(clip(ac), rounding);
     let o = spec.gate.apply_rounded(clip(ao), rounding);
     let hc = spec.output.apply_rounded(c, rounding);
     let [pi, pf, po] = p.unwrap_or([0.0; 3]);
-    let dao = dh * hc * slope(spec.gate, ao);
-    let dc = dc + dh * o * crate::reference::backward::dact64(spec.output, f64::from(c)) as f32 + dao * po;
+    let dao = dh * hc * slope(spec.gate, ao, o);
+    let dc = dc + dh * o * derivative(spec.output, c, hc) + dao * po;
     let (mut di, df, dg) = (dc * g, dc * c_prev, dc * i);
     let daf = if spec.input_forget {
         di -= df;
         0.0
     } else {
-        df * slope(spec.gate, af)
+        df * slope(spec.gate, af, fv)
     };
-    let dai = di * slope(spec.gate, ai);
-    let dac = dg * slope(spec.cell, ac);
+    let dai = di * slope(spec.gate, ai, i);
+    let dac = dg * slope(spec.cell, ac, g);
     ([dai, daf, dac, dao], dc * f + dai * pi + daf * pf)
+}
+
+/// `a'(x)` given `y = a(x)`: from `y` for sigmoid and tanh (no second transcendental), else exactly (in
+/// f64) from `x`, with the C ABI's conventions at kinks.
+#[inline]
+fn derivative(a: Activation, x: f32, y: f32) -> f32 {
+    match a {
+        Activation::Sigmoid => y * (1.0 - y),
+        Activation::Tanh => 1.0 - y * y,
+        _ => crate::reference::backward::dact64(a, f64::from(x)) as f32,
+    }
 }
 
 /// Floats a training forward keeps per valid step and hidden unit (padded to whole blocks): the four

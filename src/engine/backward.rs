@@ -137,7 +137,7 @@ impl LstmBackward<'_> {
         }
         if let Some((dx, sb, st, accumulate)) = out.dx {
             let wt = PackedGates::matrix(z4, input, &self.transposed(false), nb)?;
-            let ip = wt.blocks * nb;
+            let ip = wt.padded_cols();
             let offs: Vec<usize> = (0..rows).map(|r| r * z4).collect();
             let mut dxr = vec![0.0f32; rows * ip];
             self.gemm(&wt, &dz, &offs, &mut dxr, ip)?;
@@ -175,7 +175,8 @@ impl LstmBackward<'_> {
         let hp = self.tape.hp;
         let (z4, stride) = (4 * hp, self.tape.stride);
         let m = rows.len();
-        let mut dh_prev = vec![0.0f32; m * hp];
+        let pc = rt.padded_cols();
+        let mut dh_prev = vec![0.0f32; m * pc];
         let mut dc = vec![0.0f32; m * hp];
         let mut offs = Vec::with_capacity(m);
         // This step's dZ rows, contiguous (the GEMM reads them here, not from the shared buffer).
@@ -210,7 +211,7 @@ impl LstmBackward<'_> {
                     let (dh_in, dc_in) = if last {
                         (self.d_h_n.map_or(0.0, |d| d[s * hd + j]), self.d_c_n.map_or(0.0, |d| d[s * hd + j]))
                     } else {
-                        (dh_prev[r * hp + j], dc[r * hp + j])
+                        (dh_prev[r * pc + j], dc[r * hp + j])
                     };
                     let p = peep.map(|p| [p[j], p[hd + j], p[2 * hd + j]]);
                     let (dzu, dcp) = backward_unit(self.spec, args, p, c_prev_of(j), c, up + dh_in, dc_in, rounding);
@@ -225,12 +226,12 @@ impl LstmBackward<'_> {
                 offs.push(r * z4);
             }
             // dh_prev = dZ_k · Rᵀ for the rows active at k.
-            (self.backend.project)(rt, &zrows, &offs, 0..rt.blocks, &mut dh_prev[..active * hp]);
+            (self.backend.project)(rt, &zrows, &offs, 0..rt.blocks, &mut dh_prev[..active * pc]);
         }
         for (r, &s) in rows.iter().enumerate() {
             // SAFETY: sequence `s` belongs to this chunk alone; the buffers hold B x hp floats.
             unsafe {
-                std::ptr::copy_nonoverlapping(dh_prev.as_ptr().add(r * hp), d_h0.0.add(s * hp), hp);
+                std::ptr::copy_nonoverlapping(dh_prev.as_ptr().add(r * pc), d_h0.0.add(s * hp), hd);
                 std::ptr::copy_nonoverlapping(dc.as_ptr().add(r * hp), d_c0.0.add(s * hp), hp);
             }
         }
@@ -263,7 +264,7 @@ impl LstmBackward<'_> {
             project(b, a, offs, 0..b.blocks, out);
             return Ok(());
         }
-        let nb = b.nb;
+        let nb = b.gates * b.nb; // output columns per block
         let parts: Vec<(std::ops::Range<usize>, Vec<f32>)> = (0..threads)
             .map(|j| {
                 let r = j * b.blocks / threads..(j + 1) * b.blocks / threads;
@@ -319,29 +320,30 @@ impl LstmBackward<'_> {
                 }
             }
         }
-        let unpack = |packed: &[f32], n: usize, dst: &mut [f32]| {
+        let zc = dzm.padded_cols();
+        let unpack = |packed: &[f32], n: usize, stride: usize, dst: &mut [f32]| {
             for k in 0..n {
                 for gate in 0..4 {
                     for j in 0..hd {
-                        dst[k * 4 * hd + gate * hd + j] = packed[k * z4 + (j / nb * 4 + gate) * nb + j % nb];
+                        dst[k * 4 * hd + gate * hd + j] = packed[k * stride + (j / nb * 4 + gate) * nb + j % nb];
                     }
                 }
             }
         };
-        let mut tmp = vec![0.0f32; input.max(hd) * z4];
+        let mut tmp = vec![0.0f32; input.max(hd) * zc];
         let offs: Vec<usize> = (0..input).map(|i| i * rows).collect();
-        self.gemm(&dzm, &xt, &offs, &mut tmp[..input * z4], z4)?;
-        unpack(&tmp, input, &mut g.d_kernel);
+        self.gemm(&dzm, &xt, &offs, &mut tmp[..input * zc], zc)?;
+        unpack(&tmp, input, zc, &mut g.d_kernel);
         let offs: Vec<usize> = (0..hd).map(|j| j * rows).collect();
-        self.gemm(&dzm, &ht, &offs, &mut tmp[..hd * z4], z4)?;
-        unpack(&tmp, hd, &mut g.d_recurrent);
+        self.gemm(&dzm, &ht, &offs, &mut tmp[..hd * zc], zc)?;
+        unpack(&tmp, hd, zc, &mut g.d_recurrent);
         let mut db = vec![0.0f32; z4];
         for row in dz.chunks_exact(z4) {
             for (d, &v) in db.iter_mut().zip(row) {
                 *d += v;
             }
         }
-        unpack(&db, 1, &mut g.d_bias);
+        unpack(&db, 1, z4, &mut g.d_bias);
         if let Some(dp) = g.d_peephole.as_mut() {
             dp.fill(0.0);
             for s in 0..b {
