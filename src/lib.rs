@@ -58,6 +58,7 @@ pub use frameworks::keras::{
 };
 pub use frameworks::onnx::{OnnxGrads, OnnxTape, OnnxUpstream};
 pub use frameworks::sequential::{Layer, MaskedSeq, Sequential};
+pub use train::fit::{BatchEnd, FitOptions, History, Shuffle};
 pub use train::{
     loss::{masked_mae, masked_mse, unmasked_mae, unmasked_mse, Loss, LossValue},
     optim::{Adam, AdamFlavor, Optimizer, Sgd},

@@ -1,19 +1,33 @@
 //! A small layer stack in the Keras style: `Masking -> LSTM -> ... -> time slice`, where the sequence view
-//! flows through the stack. The masked losses are in [`train::loss`](crate::train::loss).
+//! flows through the stack. The masked losses are in [`train::loss`](crate::train::loss), the training
+//! loop ([`Sequential::fit`], [`Sequential::evaluate`]) in [`train::fit`](crate::train::fit).
 //!
 //! This is the seed model of the crate: Keras' `Lambda(lambda x: x[:, N:])` silently dropped the mask so the
 //! loss counted padding; here [`Layer::TimeSlice`] shifts the view instead, in O(B), and the losses average
-//! over valid steps only, as Keras 3 does when the mask survives.
+//! over valid steps only, as Keras 3 does when the mask survives. [`Layer::DropMask`] reproduces the bug on
+//! purpose (every step counts from there on).
+//!
+//! Training ([`Sequential::train_step`]): the training forward keeps every layer's input and each LSTM
+//! layer's [`KerasTape`]; the backward walks the layers in reverse, each layer mapping the gradient with
+//! respect to its output to the gradient with respect to its input (a time slice scatters into the unsliced
+//! positions, zeros elsewhere; `DropMask` passes it through; an LSTM runs [`KerasLstm::backward`] and also
+//! writes its parameter gradients; `Masking` zeroes the masked steps), and stops at the first layer with
+//! parameters. The optimizer then updates every LSTM layer's kernel, recurrent kernel and bias, and each
+//! layer is repacked.
 
 use std::sync::{Arc, Mutex, TryLockError};
 
+use crate::cells::grads::{LstmGrads, PytorchLayout};
+use crate::cells::weights::LstmWeights;
 use crate::engine::{ForwardStats, Workspace};
-use crate::error::{check_len, checked_product, Error, Result};
-use crate::frameworks::keras::{KerasLstm, KerasOutputs, StridedInput};
+use crate::error::{check_len, checked_product, Error, ErrorKind, Result};
+use crate::frameworks::keras::{KerasGrads, KerasLstm, KerasOutputs, KerasTape, KerasUpstream, StridedInput};
+use crate::train::loss::{Loss, LossValue};
+use crate::train::optim::Optimizer;
 use crate::view::{mask_from_values, MaskValueMode, SeqView};
 
-/// A padded batch `[B, T, F]` with its valid-step view. The time axis may be a window of a larger
-/// tensor (after a time slice), sharing its storage.
+/// A padded batch `[B, T, F]` with its valid-step view. The batch and time axes may be a window of a
+/// larger tensor (after a time slice or a batch slice), sharing its storage.
 #[derive(Clone, Debug)]
 pub struct MaskedSeq {
     /// Shared storage (a `Vec` behind the `Arc`: wrapping a layer's output copies nothing, and a
@@ -23,6 +37,8 @@ pub struct MaskedSeq {
     stored_time: usize,
     /// First stored step of the window.
     t_off: usize,
+    /// First stored sequence of the window.
+    b_off: usize,
     features: usize,
     view: SeqView,
 }
@@ -31,10 +47,10 @@ impl MaskedSeq {
     /// Wraps `data [B, T, F]` (B and T from `view`).
     ///
     /// # Errors
-    /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) if `data.len() != B * T * F`.
+    /// [`ErrorKind::BadShape`] if `data.len() != B * T * F`.
     pub fn new(data: Vec<f32>, features: usize, view: SeqView) -> Result<Self> {
         check_len("data", data.len(), checked_product(&[view.batch(), view.time(), features], "data")?)?;
-        Ok(MaskedSeq { data: Arc::new(data), stored_time: view.time(), t_off: 0, features, view })
+        Ok(MaskedSeq { data: Arc::new(data), stored_time: view.time(), t_off: 0, b_off: 0, features, view })
     }
 
     /// Wraps `data [B, T, F]` with every step valid.
@@ -62,13 +78,19 @@ impl MaskedSeq {
         &self.view
     }
 
+    /// Storage index of step `t` of sequence `b` of the window.
+    #[inline]
+    fn at(&self, b: usize, t: usize) -> usize {
+        ((self.b_off + b) * self.stored_time + self.t_off + t) * self.features
+    }
+
     /// The values of step `t` of sequence `b`.
     ///
     /// # Panics
     /// If `b` or `t` is out of range.
     pub fn step(&self, b: usize, t: usize) -> &[f32] {
         assert!(b < self.batch() && t < self.time(), "step ({b}, {t}) out of range");
-        let o = (b * self.stored_time + self.t_off + t) * self.features;
+        let o = self.at(b, t);
         &self.data[o..o + self.features]
     }
 
@@ -79,10 +101,25 @@ impl MaskedSeq {
         out
     }
 
+    /// The window as one dense `[B, T, F]` slice of the storage, when it is one (no time window, or a
+    /// time window covering the whole stored axis): the case of every layer output and of
+    /// [`slice_batch`](Self::slice_batch).
+    pub fn as_dense(&self) -> Option<&[f32]> {
+        if self.t_off != 0 || self.stored_time != self.time() {
+            return None;
+        }
+        let o = self.at(0, 0);
+        Some(&self.data[o..o + self.batch() * self.time() * self.features])
+    }
+
     /// Appends the window, dense `[B, T, F]`, to `out`.
     fn extend_window(&self, out: &mut Vec<f32>) {
+        if let Some(d) = self.as_dense() {
+            out.extend_from_slice(d);
+            return;
+        }
         for b in 0..self.batch() {
-            let o = (b * self.stored_time + self.t_off) * self.features;
+            let o = self.at(b, 0);
             out.extend_from_slice(&self.data[o..o + self.time() * self.features]);
         }
     }
@@ -91,14 +128,31 @@ impl MaskedSeq {
     /// per-sequence run ranges.
     ///
     /// # Errors
-    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) unless `a <= b <= T`.
+    /// [`ErrorKind::BadArgument`] unless `a <= b <= T`.
     pub fn slice_time(&self, a: usize, b: usize) -> Result<MaskedSeq> {
         Ok(MaskedSeq {
             data: Arc::clone(&self.data),
             stored_time: self.stored_time,
             t_off: self.t_off + a,
+            b_off: self.b_off,
             features: self.features,
             view: self.view.slice(a, b)?,
+        })
+    }
+
+    /// Sequences `[lo, hi)` of the batch, each with its own valid steps: the storage is shared, nothing is
+    /// copied but the O(hi - lo) per-sequence run ranges. A mini-batch of a dataset.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadArgument`] unless `lo <= hi <= B`.
+    pub fn slice_batch(&self, lo: usize, hi: usize) -> Result<MaskedSeq> {
+        Ok(MaskedSeq {
+            data: Arc::clone(&self.data),
+            stored_time: self.stored_time,
+            t_off: self.t_off,
+            b_off: self.b_off + lo,
+            features: self.features,
+            view: self.view.select_batch(lo, hi)?,
         })
     }
 
@@ -107,13 +161,8 @@ impl MaskedSeq {
         MaskedSeq { view: SeqView::full(self.batch(), self.time()), ..self.clone() }
     }
 
-    fn strided(&self) -> StridedInput<'_> {
-        StridedInput {
-            data: &self.data,
-            off: self.t_off * self.features,
-            sb: self.stored_time * self.features,
-            st: self.features,
-        }
+    pub(crate) fn strided(&self) -> StridedInput<'_> {
+        StridedInput { data: &self.data, off: self.at(0, 0), sb: self.stored_time * self.features, st: self.features }
     }
 }
 
@@ -137,6 +186,10 @@ pub enum Layer {
         /// One past the last step kept; `None` for the end of the axis.
         end: Option<usize>,
     },
+    /// Every step valid from here on, values unchanged: a Keras `Lambda` without `mask=`, the seed
+    /// model's bug (a masked loss after it counts the padded steps, whose outputs repeat the last valid
+    /// output).
+    DropMask,
 }
 
 /// A stack of layers through which the view flows.
@@ -145,24 +198,27 @@ pub struct Sequential {
     layers: Vec<Layer>,
     /// Buffers reused from call to call (see [`forward`](Self::forward)).
     scratch: Mutex<StackScratch>,
+    /// What training keeps between its forward and its backward, reused from step to step.
+    train: TrainScratch,
 }
 
 impl Clone for Sequential {
     /// The same layers, with scratch buffers of its own.
     fn clone(&self) -> Self {
-        Sequential { layers: self.layers.clone(), scratch: Mutex::default() }
+        Sequential { layers: self.layers.clone(), scratch: Mutex::default(), train: TrainScratch::default() }
     }
 }
 
-/// What a [`Sequential`] keeps between calls: the engine's workspace and the intermediate outputs of the
-/// last call, taken back once the next layer has consumed them.
+/// What a [`Sequential`] keeps between calls: the engine's workspace, the intermediate outputs of the
+/// last call, taken back once the next layer has consumed them, and the Masking layer's mask.
 #[derive(Debug, Default)]
 struct StackScratch {
     ws: Workspace,
     pool: Vec<Vec<f32>>,
+    mask: Vec<bool>,
 }
 
-/// Buffers a stack keeps at most.
+/// Buffers a stack keeps at least room for (see [`Sequential::pool_limit`]).
 const POOL_BUFFERS: usize = 4;
 
 impl StackScratch {
@@ -189,21 +245,49 @@ impl StackScratch {
         pick.map(|k| self.pool.swap_remove(k)).unwrap_or_default()
     }
 
-    /// Takes `seq`'s storage back if nothing else holds it.
-    fn recycle(&mut self, seq: MaskedSeq) {
+    /// Takes `seq`'s storage back if nothing else holds it and fewer than `limit` buffers are pooled.
+    fn recycle(&mut self, seq: MaskedSeq, limit: usize) {
         if let Ok(v) = Arc::try_unwrap(seq.data) {
-            if self.pool.len() < POOL_BUFFERS {
+            if self.pool.len() < limit {
                 self.pool.push(v);
             }
         }
     }
+
+    /// `seq`'s window as a dense sequence in a pooled buffer (shares the view).
+    fn densify(&mut self, seq: &MaskedSeq) -> Result<MaskedSeq> {
+        let mut x = self.take_empty(checked_product(&[seq.batch(), seq.time(), seq.features()], "x")?);
+        seq.extend_window(&mut x);
+        MaskedSeq::new(x, seq.features(), seq.view().clone())
+    }
 }
 
-/// Which implementation runs the LSTM layers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Path {
+/// What a training step keeps and reuses: the activations of the training forward, the LSTM tapes, the
+/// gradient buffers and the parameters handed to the optimizer.
+#[derive(Debug, Default)]
+struct TrainScratch {
+    /// `acts[k]` is the input of layer `k`; `acts[L]` the model output (of the last training forward).
+    acts: Vec<MaskedSeq>,
+    /// Per layer; filled for the LSTM layers only.
+    tapes: Vec<KerasTape>,
+    /// Gradient with respect to the current layer's output, then (swapped) its input; dense.
+    grad: Vec<f32>,
+    grad_next: Vec<f32>,
+    /// Per LSTM layer: kernel, recurrent kernel, bias (Keras layout), the optimizer's view of them.
+    params: Vec<Vec<f32>>,
+    /// Their gradients, same layout.
+    param_grads: Vec<Vec<f32>>,
+}
+
+/// How [`Sequential::apply`] runs an LSTM layer.
+#[derive(Debug)]
+enum Mode<'t> {
+    /// The fast path (threads).
     Fast(usize),
+    /// The reference implementation.
     Reference,
+    /// The fast path filling a tape (threads); the input must be dense.
+    Train(usize, &'t mut KerasTape),
 }
 
 impl Sequential {
@@ -228,20 +312,60 @@ impl Sequential {
     pub fn time_slice(self, start: usize, end: Option<usize>) -> Self {
         self.push(Layer::TimeSlice { start, end })
     }
+    /// Appends [`Layer::DropMask`]: every step valid from here on (the seed model's bug, on purpose).
+    pub fn drop_mask(self) -> Self {
+        self.push(Layer::DropMask)
+    }
     /// The layers.
     pub fn layers(&self) -> &[Layer] {
         &self.layers
+    }
+
+    /// The LSTM layers, in order.
+    fn lstms(&self) -> impl Iterator<Item = &KerasLstm> {
+        self.layers.iter().filter_map(|l| match l {
+            Layer::Lstm(l) => Some(&**l),
+            _ => None,
+        })
+    }
+
+    /// The output's `(time, features)` for an input of `time` steps and `features` features, checking
+    /// every layer's shape.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn output_shape(&self, time: usize, features: usize) -> Result<(usize, usize)> {
+        let (mut t, mut f) = (time, features);
+        for (li, layer) in self.layers.iter().enumerate() {
+            match layer {
+                Layer::Masking { .. } | Layer::DropMask => {}
+                Layer::Lstm(lstm) => {
+                    check_lstm_input(li, lstm, f)?;
+                    f = lstm.units();
+                }
+                Layer::TimeSlice { start, end } => {
+                    let e = end.unwrap_or(t);
+                    if *start > e || e > t {
+                        return Err(Error::argument(format!(
+                            "layer {li}: time slice [{start}, {e}) is not inside [0, {t})"
+                        )));
+                    }
+                    t = e - start;
+                }
+            }
+        }
+        Ok((t, f))
     }
 
     /// Runs the stack on the fast path; padded steps are never computed. `threads` as in
     /// [`KerasLstm::forward`].
     ///
     /// # Errors
-    /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) if a layer's input size disagrees with the
-    /// features it receives; [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for a slice outside
+    /// [`ErrorKind::BadShape`] if a layer's input size disagrees with the
+    /// features it receives; [`ErrorKind::BadArgument`] for a slice outside
     /// the time axis.
     pub fn forward(&self, input: &MaskedSeq, threads: usize) -> Result<(MaskedSeq, ForwardStats)> {
-        self.run(input, Path::Fast(threads))
+        self.run(input, Some(threads))
     }
 
     /// Runs the stack with every LSTM layer on the [reference](crate::reference) implementation (every
@@ -250,10 +374,19 @@ impl Sequential {
     /// # Errors
     /// As [`forward`](Self::forward).
     pub fn forward_reference(&self, input: &MaskedSeq) -> Result<MaskedSeq> {
-        self.run(input, Path::Reference).map(|(s, _)| s)
+        self.run(input, None).map(|(s, _)| s)
     }
 
-    fn run(&self, input: &MaskedSeq, path: Path) -> Result<(MaskedSeq, ForwardStats)> {
+    /// Hands an output of [`forward`](Self::forward) back to the stack, whose next call can then reuse
+    /// its buffer instead of allocating one (when nothing else holds it). Optional.
+    pub fn recycle(&self, output: MaskedSeq) {
+        if let Ok(mut g) = self.scratch.try_lock() {
+            g.recycle(output, self.pool_limit());
+        }
+    }
+
+    /// Runs the stack on the fast path with `threads`, or on the reference implementation for `None`.
+    fn run(&self, input: &MaskedSeq, threads: Option<usize>) -> Result<(MaskedSeq, ForwardStats)> {
         // Another thread running this stack keeps the shared scratch: this call then uses its own. A
         // panic in an earlier call leaves nothing to distrust (the buffers' contents are never read).
         let mut local = StackScratch::default();
@@ -269,56 +402,389 @@ impl Sequential {
         let mut cur = input.clone();
         let mut stats = ForwardStats::default();
         for (li, layer) in self.layers.iter().enumerate() {
-            let next = match layer {
-                Layer::Masking { mask_value, mode } => {
-                    let (b, t, f) = (cur.batch(), cur.time(), cur.features());
-                    let mut x = scratch.take_empty(checked_product(&[b, t, f], "x")?);
-                    cur.extend_window(&mut x);
-                    let mut mask = vec![false; b * t];
-                    mask_from_values(&x, b, t, f, *mask_value, *mode, &mut mask)?;
-                    for (row, &valid) in x.chunks_exact_mut(f.max(1)).zip(&mask) {
-                        if !valid {
-                            row.fill(0.0);
-                        }
-                    }
-                    MaskedSeq::new(x, f, SeqView::from_mask(&mask, b, t)?)?
-                }
-                Layer::Lstm(lstm) => {
-                    if lstm.weights().input_size() != cur.features() {
-                        return Err(Error::shape(format!(
-                            "layer {li}: LSTM expects {} input features, got {}",
-                            lstm.weights().input_size(),
-                            cur.features()
-                        )));
-                    }
-                    let h = lstm.units();
-                    let y = match path {
-                        Path::Fast(threads) => {
-                            // Every element of y is written: valid steps by the cells, the rest as padding.
-                            let mut y = scratch.take(checked_product(&[cur.batch(), cur.time(), h], "y")?);
-                            let out = KerasOutputs { y: Some(&mut y), ..Default::default() };
-                            let ws = &mut scratch.ws;
-                            stats = stats.merge(lstm.forward_strided(
-                                cur.strided(),
-                                cur.view(),
-                                None,
-                                out,
-                                None,
-                                threads,
-                                ws,
-                            )?);
-                            y
-                        }
-                        Path::Reference => lstm.forward_reference(&cur.to_vec(), cur.view(), None)?.y,
-                    };
-                    MaskedSeq::new(y, h, cur.view().clone())?
-                }
-                Layer::TimeSlice { start, end } => cur.slice_time(*start, end.unwrap_or(cur.time()))?,
+            let mode = match threads {
+                Some(t) => Mode::Fast(t),
+                None => Mode::Reference,
             };
-            scratch.recycle(std::mem::replace(&mut cur, next));
+            let next = Self::apply(li, layer, &cur, mode, scratch, &mut stats)?;
+            scratch.recycle(std::mem::replace(&mut cur, next), self.pool_limit());
         }
         Ok((cur, stats))
     }
+
+    /// Layer `li`'s output for input `cur`.
+    fn apply(
+        li: usize,
+        layer: &Layer,
+        cur: &MaskedSeq,
+        mode: Mode<'_>,
+        scratch: &mut StackScratch,
+        stats: &mut ForwardStats,
+    ) -> Result<MaskedSeq> {
+        Ok(match layer {
+            Layer::Masking { mask_value, mode } => {
+                let (b, t, f) = (cur.batch(), cur.time(), cur.features());
+                let mut x = scratch.take_empty(checked_product(&[b, t, f], "x")?);
+                cur.extend_window(&mut x);
+                let mask = &mut scratch.mask;
+                mask.clear();
+                mask.resize(b * t, false);
+                mask_from_values(&x, b, t, f, *mask_value, *mode, mask)?;
+                for (row, &valid) in x.chunks_exact_mut(f.max(1)).zip(mask.iter()) {
+                    if !valid {
+                        row.fill(0.0);
+                    }
+                }
+                MaskedSeq::new(x, f, SeqView::from_mask(mask, b, t)?)?
+            }
+            Layer::Lstm(lstm) => {
+                check_lstm_input(li, lstm, cur.features())?;
+                let h = lstm.units();
+                let y = match mode {
+                    Mode::Fast(threads) => {
+                        // Every element of y is written: valid steps by the cells, the rest as padding.
+                        let mut y = scratch.take(checked_product(&[cur.batch(), cur.time(), h], "y")?);
+                        let out = KerasOutputs { y: Some(&mut y), ..Default::default() };
+                        let st =
+                            lstm.forward_strided(cur.strided(), cur.view(), None, out, None, threads, &mut scratch.ws)?;
+                        *stats = stats.merge(st);
+                        y
+                    }
+                    Mode::Train(threads, tape) => {
+                        let x = cur
+                            .as_dense()
+                            .ok_or_else(|| Error::new(ErrorKind::Internal, "training input not dense"))?;
+                        let mut y = scratch.take(checked_product(&[cur.batch(), cur.time(), h], "y")?);
+                        let out = KerasOutputs { y: Some(&mut y), ..Default::default() };
+                        let st = lstm.forward_train(x, cur.view(), None, out, tape, threads, &mut scratch.ws)?;
+                        *stats = stats.merge(st);
+                        y
+                    }
+                    Mode::Reference => lstm.forward_reference(&cur.to_vec(), cur.view(), None)?.y,
+                };
+                MaskedSeq::new(y, h, cur.view().clone())?
+            }
+            Layer::TimeSlice { start, end } => cur.slice_time(*start, end.unwrap_or(cur.time()))?,
+            Layer::DropMask => cur.drop_mask(),
+        })
+    }
+
+    /// Buffers a stack keeps pooled at most: enough for a training step (one per layer output, plus the
+    /// densified inputs), so that inference calls in between (validation) do not make training reallocate.
+    fn pool_limit(&self) -> usize {
+        POOL_BUFFERS.max(2 * self.layers.len() + 1)
+    }
+
+    /// The training forward: fills `self.train.acts` (every layer's input, then the output) and the LSTM
+    /// tapes. An LSTM layer whose input is not dense (after a time slice) gets a dense copy.
+    fn forward_train(&mut self, input: &MaskedSeq, threads: usize) -> Result<ForwardStats> {
+        let limit = self.pool_limit();
+        let Sequential { layers, scratch, train } = self;
+        let scratch = scratch.get_mut().unwrap_or_else(|p| p.into_inner());
+        for a in train.acts.drain(..) {
+            scratch.recycle(a, limit);
+        }
+        train.tapes.resize_with(layers.len(), KerasTape::new);
+        Self::forward_train_layers(layers, input, threads, scratch, train)
+    }
+
+    fn forward_train_layers(
+        layers: &[Layer],
+        input: &MaskedSeq,
+        threads: usize,
+        scratch: &mut StackScratch,
+        train: &mut TrainScratch,
+    ) -> Result<ForwardStats> {
+        let mut stats = ForwardStats::default();
+        let mut cur = input.clone();
+        for (li, layer) in layers.iter().enumerate() {
+            let mode = match layer {
+                Layer::Lstm(_) => {
+                    if cur.as_dense().is_none() {
+                        cur = scratch.densify(&cur)?;
+                    }
+                    Mode::Train(threads, &mut train.tapes[li])
+                }
+                _ => Mode::Fast(threads),
+            };
+            let next = Self::apply(li, layer, &cur, mode, scratch, &mut stats)?;
+            train.acts.push(std::mem::replace(&mut cur, next));
+        }
+        train.acts.push(cur);
+        Ok(stats)
+    }
+
+    /// Gives the training activations' buffers back to the pool.
+    fn release_train(&mut self) {
+        let limit = self.pool_limit();
+        let scratch = self.scratch.get_mut().unwrap_or_else(|p| p.into_inner());
+        for a in self.train.acts.drain(..) {
+            scratch.recycle(a, limit);
+        }
+    }
+
+    /// One optimizer step on one batch: the training forward, the loss and its gradient with respect to
+    /// the model output, the backward through every layer, `optimizer.step` over every LSTM layer's
+    /// kernel, recurrent kernel and bias (in layer order, Keras order within a layer), and the repacking
+    /// of the updated layers. Returns the batch's loss at the weights the step started from.
+    ///
+    /// The same code path serves every stack: masked or not (a [`Layer::DropMask`], or an unmasked
+    /// [`Loss`], makes every step count), sliced or not. Results are bitwise the same for every `threads`.
+    ///
+    /// Allocation, once the stack has run a step of the same shape: none for the activations, the tapes
+    /// and the gradient buffers (all reused); per LSTM layer the repacked weights (O(parameters)) and
+    /// what [`KerasLstm::backward`] allocates internally (O(valid steps x 4H)); O(B) for the views.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadShape`] if `y` is not the model output's `[B, T, F]`
+    /// or a layer's input size disagrees; [`ErrorKind::BadArgument`] for
+    /// a slice outside the time axis or an LSTM layer with peepholes (not trainable here); the
+    /// optimizer's errors. Nothing is updated on error.
+    pub fn train_step(
+        &mut self,
+        x: &MaskedSeq,
+        y: &[f32],
+        loss: Loss,
+        optimizer: &mut dyn Optimizer,
+        threads: usize,
+    ) -> Result<LossValue> {
+        self.check_trainable()?;
+        let r = self.train_step_inner(x, y, loss, optimizer, threads);
+        self.release_train();
+        r
+    }
+
+    /// Errors unless every LSTM layer can be trained (no peepholes).
+    pub(crate) fn check_trainable(&self) -> Result<()> {
+        if self.lstms().any(|l| l.weights().peephole().is_some()) {
+            return Err(Error::argument("an LSTM layer with peepholes cannot be trained in a Sequential"));
+        }
+        Ok(())
+    }
+
+    fn train_step_inner(
+        &mut self,
+        x: &MaskedSeq,
+        y: &[f32],
+        loss: Loss,
+        optimizer: &mut dyn Optimizer,
+        threads: usize,
+    ) -> Result<LossValue> {
+        self.forward_train(x, threads)?;
+        let value = {
+            let t = &mut self.train;
+            let out = t.acts.last().ok_or_else(|| Error::new(ErrorKind::Internal, "no output"))?;
+            check_len("y", y.len(), checked_product(&[out.batch(), out.time(), out.features()], "y")?)?;
+            t.grad.resize(y.len(), 0.0);
+            loss.value_and_grad(out, y, &mut t.grad)?
+        };
+        self.backward(threads)?;
+        self.apply_gradients(optimizer)?;
+        Ok(value)
+    }
+
+    /// Walks the layers in reverse from `train.grad` (the gradient with respect to the model output),
+    /// writing each LSTM layer's parameter gradients into `train.param_grads`.
+    fn backward(&mut self, threads: usize) -> Result<()> {
+        let Sequential { layers, train, .. } = self;
+        let n_lstm = layers.iter().filter(|l| matches!(l, Layer::Lstm(_))).count();
+        train.param_grads.resize_with(3 * n_lstm, Vec::new);
+        let Some(first) = layers.iter().position(|l| matches!(l, Layer::Lstm(_))) else {
+            return Ok(());
+        };
+        let TrainScratch { acts, tapes, grad, grad_next, param_grads, .. } = train;
+        let mut k = n_lstm;
+        for li in (first..layers.len()).rev() {
+            let (inp, out) = (&acts[li], &acts[li + 1]);
+            match &layers[li] {
+                Layer::DropMask => {}
+                Layer::Masking { .. } => {
+                    // Masked steps are constant zeros; valid ones pass x through.
+                    let (t, f) = (out.time(), out.features());
+                    for b in 0..out.batch() {
+                        for s in 0..t {
+                            if !out.view().is_valid(b, s) {
+                                grad[(b * t + s) * f..(b * t + s + 1) * f].fill(0.0);
+                            }
+                        }
+                    }
+                }
+                Layer::TimeSlice { start, .. } => {
+                    let (t_in, t_out, f) = (inp.time(), out.time(), out.features());
+                    grad_next.clear();
+                    grad_next.resize(inp.batch() * t_in * f, 0.0);
+                    for b in 0..out.batch() {
+                        let src = &grad[b * t_out * f..(b + 1) * t_out * f];
+                        let o = (b * t_in + start) * f;
+                        grad_next[o..o + t_out * f].copy_from_slice(src);
+                    }
+                    std::mem::swap(grad, grad_next);
+                }
+                Layer::Lstm(lstm) => {
+                    k -= 1;
+                    let (i, h) = (lstm.weights().input_size(), lstm.units());
+                    let x = inp.as_dense().ok_or_else(|| Error::new(ErrorKind::Internal, "LSTM input not dense"))?;
+                    let want_dx = li > first;
+                    if want_dx {
+                        grad_next.resize(x.len(), 0.0);
+                    }
+                    let [gk, gr, gb] = &mut param_grads[3 * k..3 * k + 3] else {
+                        return Err(Error::new(ErrorKind::Internal, "parameter gradients"));
+                    };
+                    gk.resize(i * 4 * h, 0.0);
+                    gr.resize(h * 4 * h, 0.0);
+                    gb.resize(4 * h, 0.0);
+                    lstm.backward(
+                        x,
+                        inp.view(),
+                        None,
+                        &tapes[li],
+                        KerasUpstream { dy: Some(grad), ..Default::default() },
+                        KerasGrads {
+                            dx: want_dx.then_some(&mut grad_next[..]),
+                            d_kernel: Some(gk),
+                            d_recurrent_kernel: Some(gr),
+                            d_bias: Some(gb),
+                            ..Default::default()
+                        },
+                        threads,
+                    )?;
+                    if want_dx {
+                        std::mem::swap(grad, grad_next);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `optimizer.step` over every LSTM layer's parameters, then repacks the layers.
+    fn apply_gradients(&mut self, optimizer: &mut dyn Optimizer) -> Result<()> {
+        let Sequential { layers, train, .. } = self;
+        let lstms = || {
+            layers.iter().filter_map(|l| match l {
+                Layer::Lstm(l) => Some(&**l),
+                _ => None,
+            })
+        };
+        let n = lstms().count();
+        train.params.resize_with(3 * n, Vec::new);
+        for (k, l) in lstms().enumerate() {
+            let w = l.weights();
+            for (dst, src) in train.params[3 * k..3 * k + 3].iter_mut().zip([w.kernel(), w.recurrent(), w.bias()]) {
+                dst.clear();
+                dst.extend_from_slice(src);
+            }
+        }
+        let mut params: Vec<&mut [f32]> = train.params.iter_mut().map(|p| &mut p[..]).collect();
+        let grads: Vec<&[f32]> = train.param_grads.iter().map(|g| &g[..]).collect();
+        optimizer.step(&mut params, &grads)?;
+        let mut k = 0;
+        for layer in layers.iter_mut() {
+            if let Layer::Lstm(l) = layer {
+                let p = &train.params[3 * k..3 * k + 3];
+                **l = repack(l, &p[0], &p[1], &p[2])?;
+                k += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every LSTM layer's weights in Keras order (`LSTM.get_weights()` of each layer, concatenated):
+    /// per layer `kernel [I, 4H]`, `recurrent_kernel [H, 4H]`, `bias [4H]`, gates i, f, c, o.
+    pub fn weights(&self) -> Vec<Vec<f32>> {
+        self.lstms()
+            .flat_map(|l| {
+                let w = l.weights();
+                [w.kernel().to_vec(), w.recurrent().to_vec(), w.bias().to_vec()]
+            })
+            .collect()
+    }
+
+    /// Sets every LSTM layer's weights from the list [`weights`](Self::weights) returns (Keras'
+    /// `model.set_weights` for this stack); each layer is repacked with its options and backend.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadShape`] for a wrong number of tensors or a tensor of
+    /// the wrong length; nothing is changed then.
+    pub fn set_weights<W: AsRef<[f32]>>(&mut self, weights: &[W]) -> Result<()> {
+        let n = self.lstms().count();
+        if weights.len() != 3 * n {
+            return Err(Error::shape(format!("{} weight tensors for {n} LSTM layers (3 each)", weights.len())));
+        }
+        let new = self
+            .lstms()
+            .zip(weights.chunks_exact(3))
+            .map(|(l, w)| repack(l, w[0].as_ref(), w[1].as_ref(), w[2].as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        self.replace_lstms(new);
+        Ok(())
+    }
+
+    /// Every LSTM layer's weights in PyTorch's `nn.LSTM` layout: `weight_ih [4H, I]`, `weight_hh [4H, H]`,
+    /// `bias_ih [4H]` (the whole bias) and `bias_hh [4H]` (zeros), gates i, f, g, o.
+    pub fn pytorch_weights(&self) -> Vec<PytorchLayout<f32>> {
+        self.lstms()
+            .map(|l| {
+                let mut p = LstmGrads::from(l.weights()).to_pytorch();
+                p.bias_hh.fill(0.0);
+                p
+            })
+            .collect()
+    }
+
+    /// Sets every LSTM layer's weights from PyTorch's layout (one entry per LSTM layer; the canonical bias
+    /// is `bias_ih + bias_hh`); each layer is repacked with its options and backend.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadShape`] for a wrong number of layers or a tensor of
+    /// the wrong length; nothing is changed then.
+    pub fn set_pytorch_weights(&mut self, layers: &[PytorchLayout<f32>]) -> Result<()> {
+        let n = self.lstms().count();
+        if layers.len() != n {
+            return Err(Error::shape(format!("weights for {} layers, the stack has {n} LSTM layers", layers.len())));
+        }
+        let new = self
+            .lstms()
+            .zip(layers)
+            .map(|(l, p)| {
+                let (i, h) = (l.weights().input_size(), l.units());
+                let w =
+                    LstmWeights::from_pytorch(i, h, &p.weight_ih, &p.weight_hh, Some(&p.bias_ih), Some(&p.bias_hh))?;
+                KerasLstm::with_backend(w, *l.options(), l.backend())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.replace_lstms(new);
+        Ok(())
+    }
+
+    /// Replaces the LSTM layers, in order.
+    fn replace_lstms(&mut self, new: Vec<KerasLstm>) {
+        let mut new = new.into_iter();
+        for layer in &mut self.layers {
+            if let Layer::Lstm(l) = layer {
+                if let Some(n) = new.next() {
+                    **l = n;
+                }
+            }
+        }
+    }
+}
+
+/// `lstm` with new Keras-layout weights, repacked with its options and backend.
+fn repack(lstm: &KerasLstm, kernel: &[f32], recurrent: &[f32], bias: &[f32]) -> Result<KerasLstm> {
+    let w = LstmWeights::from_keras(lstm.weights().input_size(), lstm.units(), kernel, recurrent, Some(bias))?;
+    KerasLstm::with_backend(w, *lstm.options(), lstm.backend())
+}
+
+fn check_lstm_input(li: usize, lstm: &KerasLstm, features: usize) -> Result<()> {
+    if lstm.weights().input_size() != features {
+        return Err(Error::shape(format!(
+            "layer {li}: LSTM expects {} input features, got {features}",
+            lstm.weights().input_size()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
