@@ -7,6 +7,8 @@
 //! - [`seq_view`]: mask -> view -> mask round-trips; slicing the view equals slicing the mask.
 //! - [`onnx_equals_reference`], [`bidirectional_equals_reference`], [`torch_equals_reference`]: the same
 //!   for the ONNX operator, Keras `Bidirectional` and PyTorch packed sequences.
+//! - [`backward_equals_reference`]: the Keras training forward and backward against the float64 reference
+//!   backward (within [`BACKWARD_TOL`]), bitwise independent of threads and of the other sequences.
 //!
 //! "Equal" means bit for bit ([`same_bits`]): `-0.0` is not `+0.0`, and a NaN equals only the same NaN.
 //! Every run's [`ForwardStats`] is also checked against the schedule it forced ([`check_schedule`]).
@@ -21,8 +23,10 @@
 
 use crate::cells::activation::Activation;
 use crate::cells::weights::LstmWeights;
-use crate::engine::{ForwardStats, Schedule};
-use crate::frameworks::keras::{InitialState, KerasLstm, KerasLstmOptions, KerasOutputs};
+use crate::engine::{ForwardStats, Schedule, Workspace};
+use crate::frameworks::keras::{
+    InitialState, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream,
+};
 use crate::view::{Padding, SeqView};
 
 /// Reads values from fuzz bytes; past the end it yields zeros (or, after
@@ -812,4 +816,392 @@ pub fn torch_equals_reference(data: &[u8]) -> Result<(), String> {
     same_bits("threads 2 vs 1 (y)", &two.y, &one.y)?;
     same_bits("threads 2 vs 1 (h_n)", &two.h_n, &one.h_n)?;
     Ok(())
+}
+
+/// Relative tolerance of the fast backward against the float64 reference backward (rounded to f32):
+/// `|got - expected| <= BACKWARD_TOL * max(|expected|, 1)`.
+pub const BACKWARD_TOL: f32 = 1e-5;
+
+/// How close (in the pre-activation) a valid step of a [`backward_equals_reference`] case may come to an
+/// activation's kink before its comparison with the reference is skipped: there f32 and f64 may fall on
+/// different sides, and their derivatives legitimately differ.
+pub const KINK_MARGIN: f64 = 1e-3;
+
+/// Gradient buffers before a backward call: a NaN pattern, so an element left unwritten shows.
+const UNWRITTEN: u32 = 0x7fc0_dead;
+
+/// Names of the gradients in the order [`TrainRun::grads`] holds them.
+pub const GRAD_NAMES: [&str; 6] = ["dx", "d_kernel", "d_recurrent_kernel", "d_bias", "d_initial_h", "d_initial_c"];
+
+/// A random Keras training case: a layer (weights scaled by `1/sqrt(fan-in)`, so gradients stay well
+/// conditioned), its input (NaN, infinities and huge values at masked steps), view, initial state, and
+/// the upstream gradients of the outputs, each present or absent.
+pub struct BackwardCase {
+    /// The layer, input, view, initial state and schedule.
+    pub case: KerasCase,
+    /// `[B, T, H]`, of `y`, if present.
+    pub dy: Option<Vec<f32>>,
+    /// `[B, H]`, of `last_output`, if present.
+    pub d_last_output: Option<Vec<f32>>,
+    /// `[B, H]`, of `h_n`, if present.
+    pub d_h_n: Option<Vec<f32>>,
+    /// `[B, H]`, of `c_n`, if present.
+    pub d_c_n: Option<Vec<f32>>,
+    /// Whether the runs of single sequences also ask for the parameter gradients (their `dx` and
+    /// initial-state gradients must not depend on it).
+    pub alone_params: bool,
+}
+
+/// Keras `activation`s (candidate and output), kinked ones (relu, both hard_sigmoid flavours) included.
+fn keras_activation(r: &mut ByteReader<'_>) -> Activation {
+    match r.u8() % 8 {
+        0 | 1 => Activation::Relu,
+        2 => Activation::HARD_SIGMOID_KERAS2,
+        3 => Activation::HARD_SIGMOID_KERAS3,
+        4 => Activation::Softsign,
+        5 => Activation::Elu { alpha: 1.0 },
+        6 => Activation::Softplus,
+        _ => Activation::Sigmoid,
+    }
+}
+
+/// Keras `recurrent_activation`s other than sigmoid: both hard_sigmoid flavours. Gates stay in `[0, 1]`
+/// as Keras' do: a gate that can exceed 1 (relu, softplus) or turn negative (tanh, softsign) makes the
+/// gradients so sensitive that a one-ulp change of an input moves them by more than [`BACKWARD_TOL`],
+/// and no f32 computation can then meet it.
+fn keras_gate(r: &mut ByteReader<'_>) -> Activation {
+    if r.bool() {
+        Activation::HARD_SIGMOID_KERAS2
+    } else {
+        Activation::HARD_SIGMOID_KERAS3
+    }
+}
+
+impl BackwardCase {
+    /// Builds a case from fuzz bytes.
+    pub fn from_bytes(data: &[u8]) -> BackwardCase {
+        Self::from_bytes_on(data, crate::kernel::selected())
+    }
+
+    /// Builds a case from fuzz bytes, with the layer packed for `backend`. Sizes: `B < 5`, `T < 10`,
+    /// `I < 6` (or [`LARGE_INPUT`] in one case of 1024), `H` an edge size, `1..=20` (or [`LARGE_HIDDEN`]
+    /// in one case of 1024); a large case has `B <= 2`, `T <= 4` and `I <= 5` with the large `H`.
+    pub fn from_bytes_on(data: &[u8], backend: &'static crate::kernel::Backend) -> BackwardCase {
+        let mut r = ByteReader::new(data);
+        let [mut batch, mut time, mut input, hidden] =
+            sizes(&mut r, None, |r| [r.below(5), r.below(10), input_size(r, 6), hidden_size(r, 20)]);
+        if hidden == LARGE_HIDDEN || input == LARGE_INPUT {
+            // The fuzzer finds the large sizes easily (it sees the comparison): keep those cases to a few
+            // steps, and never both large at once, so that they stay fast.
+            (batch, time) = (batch.min(2), time.min(4));
+            if hidden == LARGE_HIDDEN {
+                input = input.min(5);
+            }
+        }
+        let view = view_from_bytes(&mut r, batch, time);
+        let options = KerasLstmOptions::default()
+            .go_backwards(r.bool())
+            .zero_output_for_mask(r.bool())
+            .activation(if r.u8() % 2 == 0 { keras_activation(&mut r) } else { Activation::Tanh })
+            .recurrent_activation(if r.u8() % 2 == 0 { keras_gate(&mut r) } else { Activation::Sigmoid });
+        // Pre-activations of order `scale` whatever the sizes: sums of f32 terms then stay accurate to
+        // well within the tolerance.
+        let scale = 0.25 + r.unit(1.5).abs();
+        let (sk, sr) = (scale / (input.max(1) as f32).sqrt(), scale / (hidden as f32).sqrt());
+        let mut w = |n: usize, s: f32| (0..n).map(|_| r.unit(s)).collect::<Vec<f32>>();
+        let kernel = w(input * 4 * hidden, sk);
+        let recurrent = w(hidden * 4 * hidden, sr);
+        let bias = w(4 * hidden, scale);
+        let weights =
+            LstmWeights::from_keras(input, hidden, &kernel, &recurrent, Some(&bias)).expect("consistent sizes");
+        let schedule = schedule(&mut r);
+        let layer = KerasLstm::with_backend(weights, options, backend).expect("small layer").with_schedule(schedule);
+        let mut x = vec![0.0; batch * time * input];
+        for b in 0..batch {
+            for t in 0..time {
+                let valid = view.is_valid(b, t);
+                for v in &mut x[(b * time + t) * input..(b * time + t + 1) * input] {
+                    *v = if valid { r.unit(2.0) } else { r.wild() };
+                }
+            }
+        }
+        let initial = r.bool().then(|| {
+            let h = (0..batch * hidden).map(|_| r.unit(1.0)).collect();
+            let c = (0..batch * hidden).map(|_| r.unit(1.0)).collect();
+            (h, c)
+        });
+        let mut upstream = |n: usize| (r.u8() % 4 != 0).then(|| (0..n).map(|_| r.unit(1.0)).collect::<Vec<f32>>());
+        let dy = upstream(batch * time * hidden);
+        let (d_last_output, d_h_n, d_c_n) =
+            (upstream(batch * hidden), upstream(batch * hidden), upstream(batch * hidden));
+        let alone_params = r.bool();
+        let case = KerasCase { layer, x, view, initial, schedule };
+        BackwardCase { case, dy, d_last_output, d_h_n, d_c_n, alone_params }
+    }
+
+    /// The upstream gradients as the layer takes them.
+    pub fn upstream(&self) -> KerasUpstream<'_> {
+        KerasUpstream {
+            dy: self.dy.as_deref(),
+            d_last_output: self.d_last_output.as_deref(),
+            d_h_n: self.d_h_n.as_deref(),
+            d_c_n: self.d_c_n.as_deref(),
+        }
+    }
+
+    /// Whether an activation of the layer has a kink (a jump of its derivative).
+    pub fn kinked(&self) -> bool {
+        let o = self.case.layer.options();
+        [o.activation, o.recurrent_activation].iter().any(|&a| kink(a, 0.0).is_finite())
+    }
+
+    /// The float64 reference backward, rounded to f32 (gradients in [`TrainRun::grads`]'s order), and
+    /// the smallest distance of a valid step's activation argument from a kink (arguments exactly at a
+    /// kink excepted: see [`backward_equals_reference`]).
+    pub fn reference(&self) -> ([Vec<f32>; 6], f64) {
+        use crate::cells::lstm::CellSpec;
+        use crate::reference::backward::{keras_lstm_backward, keras_lstm_tape, KerasUpstream64, LstmParams64};
+        let c = &self.case;
+        let f = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+        let p = LstmParams64::from_weights(c.layer.weights());
+        let o = c.layer.options();
+        let cell = CellSpec::keras(o.activation, o.recurrent_activation);
+        let (b, t) = (c.view.batch(), c.view.time());
+        let (x, mask) = (f(&c.x), c.view.to_mask());
+        let init = c.initial.as_ref().map(|(h, cc)| (f(h), f(cc)));
+        let init = init.as_ref().map(|(h, cc)| (&h[..], &cc[..]));
+        let mut margin = f64::INFINITY;
+        let tape = if self.kinked() {
+            keras_lstm_tape(&p, &cell, &x, &mask, b, t, o.go_backwards, o.zero_output_for_mask, init).1
+        } else {
+            Vec::new() // no kink to come near
+        };
+        for args in tape.iter().flatten().flat_map(|s| s.arguments(&p, &cell)) {
+            let acts = [cell.gate, cell.gate, cell.cell, cell.gate, cell.output];
+            for (&a, &v) in acts.iter().zip(&args) {
+                let d = kink(a, v);
+                if d > 0.0 {
+                    margin = margin.min(d);
+                }
+            }
+        }
+        let up: [Option<Vec<f64>>; 4] =
+            [&self.dy, &self.d_last_output, &self.d_h_n, &self.d_c_n].map(|v| v.as_deref().map(f));
+        let up = KerasUpstream64 {
+            dy: up[0].as_deref(),
+            d_last_output: up[1].as_deref(),
+            d_h_n: up[2].as_deref(),
+            d_c_n: up[3].as_deref(),
+        };
+        let g = keras_lstm_backward(&p, &cell, &x, &mask, b, t, o.go_backwards, o.zero_output_for_mask, init, &up);
+        let r = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let grads = [
+            r(&g.dx),
+            r(&g.params.d_kernel),
+            r(&g.params.d_recurrent),
+            r(&g.params.d_bias),
+            r(&g.d_initial_h),
+            r(&g.d_initial_c),
+        ];
+        (grads, margin)
+    }
+}
+
+/// Distance of `x` from a kink of `a` ([`kink_distance`](crate::reference::backward::kink_distance)),
+/// infinite for `elu` with alpha 1, whose derivative is continuous.
+fn kink(a: Activation, x: f64) -> f64 {
+    match a {
+        Activation::Elu { alpha: 1.0 } => f64::INFINITY,
+        _ => crate::reference::backward::kink_distance(a, x),
+    }
+}
+
+/// One training step of a layer: the outputs of `forward_train`, the gradients asked for (in the order
+/// of [`GRAD_NAMES`]: dx, kernel, recurrent kernel, bias, initial h, initial c) and both calls' stats.
+pub struct TrainRun {
+    /// Outputs of the training forward.
+    pub out: crate::reference::KerasResult,
+    /// The gradients asked for.
+    pub grads: [Option<Vec<f32>>; 6],
+    /// Statistics of `forward_train`.
+    pub forward: ForwardStats,
+    /// Statistics of `backward`.
+    pub backward: ForwardStats,
+}
+
+/// Runs `forward_train` (every output requested) then `backward` (the gradients `want` asks for, in
+/// the order of [`GRAD_NAMES`], in buffers filled with a NaN pattern), reusing `tape` and `ws`.
+///
+/// # Errors
+/// The message of a call's error.
+#[allow(clippy::too_many_arguments)]
+pub fn train_run(
+    layer: &KerasLstm,
+    x: &[f32],
+    view: &SeqView,
+    init: Option<InitialState<'_>>,
+    up: KerasUpstream<'_>,
+    want: [bool; 6],
+    threads: usize,
+    tape: &mut KerasTape,
+    ws: &mut Workspace,
+) -> Result<TrainRun, String> {
+    let (b, t, i, h) = (view.batch(), view.time(), layer.weights().input_size(), layer.units());
+    let nan = f32::from_bits(UNWRITTEN);
+    let mut out = crate::reference::KerasResult {
+        y: vec![nan; b * t * h],
+        last_output: vec![nan; b * h],
+        h_n: vec![nan; b * h],
+        c_n: vec![nan; b * h],
+    };
+    let outputs = KerasOutputs {
+        y: Some(&mut out.y),
+        last_output: Some(&mut out.last_output),
+        h_n: Some(&mut out.h_n),
+        c_n: Some(&mut out.c_n),
+    };
+    let forward = layer.forward_train(x, view, init, outputs, tape, threads, ws).map_err(|e| e.to_string())?;
+    let lens = [b * t * i, i * 4 * h, h * 4 * h, 4 * h, b * h, b * h];
+    let mut grads: [Option<Vec<f32>>; 6] = std::array::from_fn(|k| want[k].then(|| vec![nan; lens[k]]));
+    let [dx, dk, dr, db, dh0, dc0] = &mut grads;
+    let g = KerasGrads {
+        dx: dx.as_deref_mut(),
+        d_kernel: dk.as_deref_mut(),
+        d_recurrent_kernel: dr.as_deref_mut(),
+        d_bias: db.as_deref_mut(),
+        d_initial_h: dh0.as_deref_mut(),
+        d_initial_c: dc0.as_deref_mut(),
+    };
+    let backward = layer.backward(x, view, init, tape, up, g, threads).map_err(|e| e.to_string())?;
+    Ok(TrainRun { out, grads, forward, backward })
+}
+
+/// `|got - expected| <= tol * max(|expected|, 1)` elementwise; unlike [`close`], a NaN is never close.
+fn near(what: &str, got: &[f32], expected: &[f32], tol: f32) -> Result<(), String> {
+    if got.len() != expected.len() {
+        return Err(format!("{what}: length {} != {}", got.len(), expected.len()));
+    }
+    for (k, (&g, &e)) in got.iter().zip(expected).enumerate() {
+        let ok = (g - e).abs() <= tol * e.abs().max(1.0); // false for a NaN
+        if !ok {
+            return Err(format!("{what}[{k}]: got {g:?}, reference {e:?} (tolerance {tol} relative, floor 1)"));
+        }
+    }
+    Ok(())
+}
+
+/// What [`check_backward_case`] ran.
+#[derive(Clone, Copy, Debug)]
+pub struct BackwardReport {
+    /// The case's sizes and schedule.
+    pub spec: CaseSpec,
+    /// Whether an activation of the layer has a kink.
+    pub kinked: bool,
+    /// Whether the gradients were compared with the reference (not when a valid step came within
+    /// [`KINK_MARGIN`] of a kink).
+    pub compared: bool,
+    /// Valid steps (each computed once forward and once backward).
+    pub steps: usize,
+}
+
+/// Property: the fast Keras backward (after `forward_train`) equals the float64 reference backward
+/// within [`BACKWARD_TOL`]; `forward_train`'s outputs are bitwise those of `forward`; forward and backward
+/// compute exactly the valid steps; `dx` is `+0.0` bit for bit at masked steps, whose NaN and infinite
+/// inputs reach no gradient; every requested gradient is written; threads 1 and 2 give bitwise the same
+/// outputs and gradients; a sequence alone gives bitwise the `dx` and initial-state gradients it has in
+/// the batch.
+///
+/// The comparison with the reference is skipped (and the other properties still checked) when a valid
+/// step's activation argument lies within [`KINK_MARGIN`] of a kink of relu or hard_sigmoid, where
+/// f32 and f64 may take different sides. Arguments exactly at a kink are not counted: they arise
+/// structurally (a zero cell state and relu of a negative value give `c = 0` exactly, in f32 as in f64),
+/// and both sides then use the same derivative.
+pub fn backward_equals_reference(data: &[u8]) -> Result<(), String> {
+    backward_equals_reference_on(data, crate::kernel::selected())
+}
+
+/// [`backward_equals_reference`] on a given backend.
+pub fn backward_equals_reference_on(data: &[u8], backend: &'static crate::kernel::Backend) -> Result<(), String> {
+    check_backward_case(&BackwardCase::from_bytes_on(data, backend)).map(drop)
+}
+
+/// The properties of [`backward_equals_reference`] on a given case; returns what ran.
+pub fn check_backward_case(bc: &BackwardCase) -> Result<BackwardReport, String> {
+    let c = &bc.case;
+    let (layer, view) = (&c.layer, &c.view);
+    let (b, t, i, h) = (view.batch(), view.time(), layer.weights().input_size(), layer.units());
+    let (valid, n_active) = (view.total_valid(), active(view));
+    let (mut tape, mut ws) = (KerasTape::new(), Workspace::new());
+    let one = train_run(layer, &c.x, view, c.init(), bc.upstream(), [true; 6], 1, &mut tape, &mut ws)?;
+    for (what, stats) in [("forward_train", &one.forward), ("backward", &one.backward)] {
+        if stats.steps_computed != valid {
+            return Err(format!("{what} computed {} steps for {valid} valid steps", stats.steps_computed));
+        }
+    }
+    check_schedule("forward_train, threads 1", &one.forward, c.schedule, 1, h, n_active, 1)?;
+    let (plain, _) = layer.forward_all(&c.x, view, c.init(), 1).map_err(|e| e.to_string())?;
+    same_bits("forward_train vs forward (y)", &one.out.y, &plain.y)?;
+    same_bits("forward_train vs forward (last_output)", &one.out.last_output, &plain.last_output)?;
+    same_bits("forward_train vs forward (h_n)", &one.out.h_n, &plain.h_n)?;
+    same_bits("forward_train vs forward (c_n)", &one.out.c_n, &plain.c_n)?;
+    let g: [&[f32]; 6] = std::array::from_fn(|k| one.grads[k].as_deref().expect("every gradient requested"));
+    for (name, v) in GRAD_NAMES.iter().zip(g) {
+        if let Some(k) = v.iter().position(|x| !x.is_finite()) {
+            return Err(format!("{name}[{k}] is {:?}: unwritten, or a masked input leaked", v[k]));
+        }
+    }
+    for s in 0..b {
+        for tt in (0..t).filter(|&tt| !view.is_valid(s, tt)) {
+            let o = (s * t + tt) * i;
+            if let Some(k) = g[0][o..o + i].iter().position(|v| v.to_bits() != 0) {
+                return Err(format!("dx[{}] = {:?} at masked step (batch {s}, time {tt})", o + k, g[0][o + k]));
+            }
+        }
+    }
+    // The reference, unless a valid step is too close to a kink.
+    let (expected, margin) = bc.reference();
+    let compared = margin >= KINK_MARGIN;
+    if compared {
+        for ((name, got), exp) in GRAD_NAMES.iter().zip(g).zip(&expected) {
+            near(name, got, exp, BACKWARD_TOL)?;
+        }
+    }
+    // Two threads: bitwise the same.
+    let two = train_run(layer, &c.x, view, c.init(), bc.upstream(), [true; 6], 2, &mut tape, &mut ws)?;
+    check_schedule("forward_train, threads 2", &two.forward, c.schedule, 2, h, n_active, 1)?;
+    if two.backward.steps_computed != valid {
+        return Err(format!("backward on 2 threads computed {} steps for {valid}", two.backward.steps_computed));
+    }
+    same_bits("threads 2 vs 1 (y)", &two.out.y, &one.out.y)?;
+    same_bits("threads 2 vs 1 (last_output)", &two.out.last_output, &one.out.last_output)?;
+    same_bits("threads 2 vs 1 (h_n)", &two.out.h_n, &one.out.h_n)?;
+    same_bits("threads 2 vs 1 (c_n)", &two.out.c_n, &one.out.c_n)?;
+    for ((name, a), bb) in GRAD_NAMES.iter().zip(&two.grads).zip(g) {
+        same_bits(&format!("threads 2 vs 1 ({name})"), a.as_deref().expect("requested"), bb)?;
+    }
+    // Each sequence alone: bitwise its dx and initial-state gradients in the batch.
+    fn rows(v: &Option<Vec<f32>>, r: std::ops::Range<usize>) -> Option<&[f32]> {
+        v.as_ref().map(|v| &v[r])
+    }
+    let want = [true, bc.alone_params, bc.alone_params, bc.alone_params, true, true];
+    for s in 0..b {
+        let view1 = view.select_batch(s, s + 1).map_err(|e| e.to_string())?;
+        let x1 = &c.x[s * t * i..(s + 1) * t * i];
+        let state = |v| rows(v, s * h..(s + 1) * h);
+        let init =
+            c.initial.as_ref().map(|(hh, cc)| InitialState { h: &hh[s * h..(s + 1) * h], c: &cc[s * h..(s + 1) * h] });
+        let up = KerasUpstream {
+            dy: rows(&bc.dy, s * t * h..(s + 1) * t * h),
+            d_last_output: state(&bc.d_last_output),
+            d_h_n: state(&bc.d_h_n),
+            d_c_n: state(&bc.d_c_n),
+        };
+        let alone = train_run(layer, x1, &view1, init, up, want, 1, &mut tape, &mut ws)?;
+        let ranges = [s * t * i..(s + 1) * t * i, s * h..(s + 1) * h, s * h..(s + 1) * h];
+        for (k, range) in [0, 4, 5].into_iter().zip(ranges) {
+            let got = alone.grads[k].as_deref().expect("requested");
+            same_bits(&format!("sequence {s} alone vs in the batch ({})", GRAD_NAMES[k]), got, &g[k][range])?;
+        }
+    }
+    Ok(BackwardReport { spec: c.spec(), kinked: bc.kinked(), compared, steps: valid })
 }

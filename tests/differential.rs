@@ -1,7 +1,7 @@
 //! Seeded replay of the fuzz properties: the fast path against the reference on thousands of random cases,
 //! compared bit for bit, plus fixed cases of many weight blocks and long inputs ([`large_shapes`]).
 
-use masked_rnn::fuzzing::{self, CaseReport, CaseSpec, KerasCase, OnnxCase, LARGE_HIDDEN, LARGE_INPUT};
+use masked_rnn::fuzzing::{self, BackwardCase, CaseReport, CaseSpec, KerasCase, OnnxCase, LARGE_HIDDEN, LARGE_INPUT};
 use masked_rnn::onnx::{Direction, Layout};
 use masked_rnn::{Padding, Schedule, SeqView};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -116,6 +116,35 @@ fn bidirectional_equals_reference_seeded_cases() {
 #[test]
 fn torch_equals_reference_seeded_cases() {
     replay("torch_equals_reference", 3_000, fuzzing::torch_equals_reference);
+}
+
+/// The Keras backward against the float64 reference, 10,000 seeded cases (fewer in a debug build, whose
+/// float64 reference is slow; CI runs the release tests too). Cases that come within
+/// [`fuzzing::KINK_MARGIN`] of a relu / hard_sigmoid kink skip only the comparison with the reference:
+/// most kinked cases must still be compared.
+#[test]
+fn backward_equals_reference_seeded_cases() {
+    let cases: u64 = if cfg!(debug_assertions) { 4_000 } else { 10_000 };
+    let (mut compared, mut kinked, mut kinked_compared, mut steps, mut large) = (0, 0, 0, 0, 0);
+    for seed in 0..cases {
+        let case = BackwardCase::from_bytes(&seeded(seed));
+        let report = fuzzing::check_backward_case(&case)
+            .unwrap_or_else(|e| panic!("backward_equals_reference: seed {seed} failed: {e}"));
+        compared += usize::from(report.compared);
+        kinked += usize::from(report.kinked);
+        kinked_compared += usize::from(report.kinked && report.compared);
+        steps += report.steps;
+        large += usize::from(report.spec.hidden == LARGE_HIDDEN || report.spec.input == LARGE_INPUT);
+    }
+    eprintln!(
+        "backward_equals_reference: {cases} cases, {steps} valid steps, {large} large; compared with the \
+         reference: {compared} ({kinked_compared} of the {kinked} with a kinked activation; the others came \
+         within {} of a kink)",
+        fuzzing::KINK_MARGIN
+    );
+    assert!(large > 0, "the generator drew no case with H {LARGE_HIDDEN} or I {LARGE_INPUT}");
+    assert!(kinked_compared * 2 > kinked, "most cases with relu / hard_sigmoid were not compared");
+    assert!(compared as u64 * 10 > cases * 9, "only {compared} of {cases} cases compared with the reference");
 }
 
 /// A ragged view for the large cases: lengths 0, 1 and T among others, post- or pre-padded, or holes.
