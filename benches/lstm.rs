@@ -13,6 +13,12 @@
 //! - `fma_peak/<isa>`: a register-only FMA loop, the machine's peak to compare the kernels with.
 //! - `workloads/<backend>/<name>/t<threads>`: the comparison harness's workloads (`bench/compare.py`)
 //!   on the selected backend (lower it with `MASKED_RNN_CPU`), 1 and 2 threads, with a reused workspace.
+//! - `backward/{all_valid,pad50}`: the backward of one Keras LSTM layer (`KerasLstm::backward` from a tape
+//!   filled beforehand, upstream `dy` on every output, gradients of `x`, the kernel, the recurrent kernel
+//!   and the bias), B=64, T=256, I=256, H=256, 1 thread, every step valid and with exactly 50 % padding.
+//! - `train_step/mid_fit/t<threads>`: one training step of `examples/train_step.rs`' `mid_fit` (same data
+//!   and weights): `Sequential::train_step` = training forward + masked MSE + backward + Adam (Keras
+//!   flavour) + repacking, `[64, 256, 256]`, lengths uniform in 32..=256, LSTM(256), 1 and 2 threads.
 //!
 //! FLOPs. A valid step of a layer with input size I and hidden size H costs
 //! `2 * 4H * (I + H)` floating-point operations in its two products `x·W` and `h·R` (the elementwise
@@ -20,6 +26,13 @@
 //! counting valid steps only, so the `thrpt` criterion prints in "elem/s" reads directly as FLOP/s
 //! (e.g. `12.3 Gelem/s` = 12.3 GFLOP/s). Each benchmark also prints its FLOPs per iteration to stderr
 //! before measuring, so `GFLOP/s = flops / time` can be checked by hand.
+//!
+//! The backward of a valid step has four such products: `dZ·Rᵀ` (the recurrence, `2 * 4H * H`), `Xᵀ·dZ`
+//! and `H_prevᵀ·dZ` (the weight gradients, `2 * 4H * I` and `2 * 4H * H`) and `dZ·Wᵀ` (`dx`, `2 * 4H * I`):
+//! `2 * 4H * (2I + 2H)`, twice the forward's; without `dx` (the first layer of a stack, as in `mid_fit`)
+//! `2 * 4H * (I + 2H)`. The `backward` and `train_step` groups count these GEMM FLOPs only, so their
+//! throughput, set against `fma_peak` of the same run, is a lower bound of the GEMMs' efficiency (the
+//! elementwise cell backward, the transposes and the Adam update take time but count nothing).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -28,8 +41,8 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use masked_rnn::kernel::{self, microbench::KernelBench};
 use masked_rnn::{
-    Activation, KerasLstm, KerasLstmOptions, KerasOutputs, LstmWeights, MaskValueMode, MaskedSeq, Padding, SeqView,
-    Sequential, Workspace,
+    Activation, Adam, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream, Loss,
+    LstmWeights, MaskValueMode, MaskedSeq, Padding, SeqView, Sequential, Workspace,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -292,5 +305,112 @@ fn workloads(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, padding_sweep, seed_model, layer_sizes, kernels, fma_peak, workloads);
+/// GEMM FLOPs of the backward of one valid step (see the header); `dx`: whether `dZ·Wᵀ` is computed.
+fn backward_step_flops(input: usize, hidden: usize, dx: bool) -> u64 {
+    (2 * 4 * hidden * (if dx { 2 * input } else { input } + 2 * hidden)) as u64
+}
+
+/// The backward of one layer from a tape filled beforehand, 1 thread.
+fn backward(c: &mut Criterion) {
+    let (b, t, i, h) = (64, 256, 256, 256);
+    let mut rng = StdRng::seed_from_u64(6);
+    let lstm = layer(&mut rng, i, h);
+    let mut g = group(c, "backward", 10);
+    g.measurement_time(Duration::from_secs(20));
+    for (id, total) in [("all_valid", b * t), ("pad50", b * t / 2)] {
+        let lengths = lengths_with_total(&mut rng, b, t, total);
+        let x = padded_input(&mut rng, &lengths, t, i);
+        let view = SeqView::from_lengths(&lengths, t, Padding::Post).expect("view");
+        let dy: Vec<f32> = (0..b * t * h).map(|_| rng.random_range(-1e-3..1e-3)).collect();
+        let (mut y, mut tape, mut ws) = (vec![0.0; b * t * h], KerasTape::new(), Workspace::new());
+        let out = KerasOutputs { y: Some(&mut y), ..Default::default() };
+        lstm.forward_train(&x, &view, None, out, &mut tape, 1, &mut ws).expect("forward_train");
+        let (mut dx, mut dk, mut dr, mut db) =
+            (vec![0.0; b * t * i], vec![0.0; i * 4 * h], vec![0.0; h * 4 * h], vec![0.0; 4 * h]);
+        let flops = view.total_valid() as u64 * backward_step_flops(i, h, true);
+        eprintln!(
+            "backward/{id}: B={b} T={t} I={i} H={h}, {} valid steps of {}, tape {:.1} MiB, {:.3} GFLOP (GEMMs) per iteration",
+            view.total_valid(),
+            b * t,
+            tape.bytes() as f64 / (1 << 20) as f64,
+            flops as f64 * 1e-9
+        );
+        g.throughput(Throughput::Elements(flops));
+        g.bench_function(id, |bench| {
+            bench.iter(|| {
+                let grads = KerasGrads {
+                    dx: Some(&mut dx),
+                    d_kernel: Some(&mut dk),
+                    d_recurrent_kernel: Some(&mut dr),
+                    d_bias: Some(&mut db),
+                    ..Default::default()
+                };
+                let up = KerasUpstream { dy: Some(&dy), ..Default::default() };
+                black_box(lstm.backward(&x, &view, None, &tape, up, grads, 1).expect("backward"))
+            })
+        });
+    }
+    g.finish();
+}
+
+/// `examples/train_step.rs`' generator (a counter-based SplitMix64; `bench/compare_train.py` repeats it):
+/// `n` values of stream `stream` uniform in `[lo, hi)`.
+fn shared_uniform(stream: u64, n: usize, lo: f64, hi: f64) -> Vec<f32> {
+    (0..n as u64).map(|k| (lo + (hi - lo) * ((shared_draw(stream, k) >> 40) as f64 / 16_777_216.0)) as f32).collect()
+}
+
+fn shared_draw(stream: u64, k: u64) -> u64 {
+    let mut z = 20240607u64
+        .wrapping_add(stream.wrapping_mul(0xd1b5_4a32_d192_ed03))
+        .wrapping_add(k.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// `mid_fit`'s training step, as `examples/train_step.rs mid_fit` runs it.
+fn train_step(c: &mut Criterion) {
+    let (b, t, i, h) = (64, 256, 256, 256);
+    let lengths: Vec<usize> = (0..b as u64).map(|k| 32 + (shared_draw(1, k) % 225) as usize).collect();
+    let mut x = shared_uniform(2, b * t * i, -1.0, 1.0);
+    for (row, v) in x.chunks_exact_mut(i).enumerate() {
+        if row % t >= lengths[row / t] {
+            v.fill(0.0);
+        }
+    }
+    let view = SeqView::from_lengths(&lengths, t, Padding::Post).expect("view");
+    let valid = view.total_valid() as u64;
+    let x = MaskedSeq::new(x, i, view).expect("input");
+    let s = 1.0 / (h as f64).sqrt();
+    let weights = LstmWeights::from_keras(
+        i,
+        h,
+        &shared_uniform(10, i * 4 * h, -s, s),
+        &shared_uniform(11, h * 4 * h, -s, s),
+        Some(&shared_uniform(12, 4 * h, -s, s)),
+    )
+    .expect("weights");
+    let y = shared_uniform(3, b * t * h, -0.5, 0.5);
+    let flops = valid * (step_flops(i, h) + backward_step_flops(i, h, false));
+    let mut g = group(c, "train_step", 10);
+    g.measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(flops));
+    for threads in [1, 2] {
+        eprintln!(
+            "train_step/mid_fit/t{threads}: [{b}, {t}, {i}] -> LSTM({h}), {valid} valid steps of {}, masked MSE, \
+             Adam; {:.3} GFLOP (GEMMs: forward + backward without dx) per iteration",
+            b * t,
+            flops as f64 * 1e-9
+        );
+        let mut model =
+            Sequential::new().lstm(KerasLstm::new(weights.clone(), KerasLstmOptions::default()).expect("layer"));
+        let mut adam = Adam::keras();
+        g.bench_function(format!("mid_fit/t{threads}"), |bench| {
+            bench.iter(|| black_box(model.train_step(&x, &y, Loss::MaskedMse, &mut adam, threads).expect("train_step")))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, padding_sweep, seed_model, layer_sizes, kernels, fma_peak, workloads, backward, train_step);
 criterion_main!(benches);
