@@ -17,7 +17,7 @@ use crate::cells::activation::Activation;
 use crate::cells::weights::PackedLstm;
 use crate::kernel::pack::PackedGates;
 use crate::kernel::simd::{gemm, Epilogue, Rows, Simd};
-use crate::kernel::{CellKernel, StepState};
+use crate::kernel::{CellKernel, SimdJob, StepState};
 use crate::reference::Rounding;
 
 /// Activations and options of an LSTM cell (see the [module docs](self)).
@@ -93,54 +93,99 @@ impl CellSpec {
     }
 }
 
-/// One unit's backward through [`CellSpec::update_rounded`]: from the gate arguments `args` (after the
-/// peepholes, before the clip, as the training forward kept them), the previous and new cell states and
-/// the gradients `dh` and `dc` arriving at the new `h` and `c`, returns the gradients of the four gate
-/// pre-activations `z` (i, f, c, o) and of `c_prev`. Derivatives at kinks as the C ABI documents them
-/// (the clip passes the gradient strictly inside its bounds).
+/// One block of lanes of the backward through [`update_lanes`]: from the gate arguments `args` (after
+/// the peepholes, before the clip, as the training forward kept them), the block's peepholes `p` (i, f,
+/// o), the previous and new cell states and the gradients `dh` and `dc` arriving at the new `h` and `c`,
+/// returns the gradients of the four gate pre-activations `z` (i, f, c, o) and of `c_prev`. The
+/// activations are recomputed from the arguments exactly as the forward computed them; derivatives at
+/// kinks as the C ABI documents them (the clip passes the gradient strictly inside its bounds).
+///
+/// # Safety
+/// S's instructions available.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn backward_unit(
+#[inline(always)]
+unsafe fn backward_lanes<S: Simd>(
     spec: &CellSpec,
-    args: [f32; 4],
-    p: Option<[f32; 3]>,
-    c_prev: f32,
-    c: f32,
-    dh: f32,
-    dc: f32,
-    rounding: Rounding,
-) -> ([f32; 4], f32) {
-    let clip = |v: f32| match spec.clip {
-        Some(cl) if v < -cl => -cl,
-        Some(cl) if v > cl => cl,
-        _ => v,
-    };
-    // d act(clip(v)) / dv, from the activation's value `y` where that is exact (sigmoid, tanh).
-    let slope = |a: Activation, v: f32, y: f32| -> f32 {
-        if spec.clip.is_some_and(|cl| !(-cl < v && v < cl)) {
-            return 0.0;
+    args: [S; 4],
+    p: Option<[S; 3]>,
+    c_prev: S,
+    c: S,
+    dh: S,
+    dc: S,
+) -> ([S; 4], S) {
+    // SAFETY: S's instructions are available (caller's contract); no memory is accessed.
+    unsafe {
+        let [ai, af, ac, ao] = args;
+        let act = |a: Activation, v: S| S::act(a, clip_lanes(v, spec.clip));
+        let i = act(spec.gate, ai);
+        let g = act(spec.cell, ac);
+        let o = act(spec.gate, ao);
+        let hc = S::act(spec.output, c);
+        let dao = dh.mul(hc).mul(slope_lanes(spec, spec.gate, ao, o));
+        let mut dc = dc.add(dh.mul(o).mul(derivative_lanes(spec.output, c, hc)));
+        if let Some([_, _, po]) = p {
+            dc = dc.add(dao.mul(po));
         }
-        derivative(a, v, y)
-    };
-    let [ai, af, ac, ao] = args;
-    let i = spec.gate.apply_rounded(clip(ai), rounding);
-    let fv = spec.gate.apply_rounded(clip(af), rounding);
-    let f = if spec.input_forget { 1.0 - i } else { fv };
-    let g = spec.cell.apply_rounded(clip(ac), rounding);
-    let o = spec.gate.apply_rounded(clip(ao), rounding);
-    let hc = spec.output.apply_rounded(c, rounding);
-    let [pi, pf, po] = p.unwrap_or([0.0; 3]);
-    let dao = dh * hc * slope(spec.gate, ao, o);
-    let dc = dc + dh * o * derivative(spec.output, c, hc) + dao * po;
-    let (mut di, df, dg) = (dc * g, dc * c_prev, dc * i);
-    let daf = if spec.input_forget {
-        di -= df;
-        0.0
-    } else {
-        df * slope(spec.gate, af, fv)
-    };
-    let dai = di * slope(spec.gate, ai, i);
-    let dac = dg * slope(spec.cell, ac, g);
-    ([dai, daf, dac, dao], dc * f + dai * pi + daf * pf)
+        let (mut di, df, dg) = (dc.mul(g), dc.mul(c_prev), dc.mul(i));
+        let (f, daf) = if spec.input_forget {
+            di = di.sub(df);
+            (S::splat(1.0).sub(i), S::splat(0.0))
+        } else {
+            let fv = act(spec.gate, af);
+            (fv, df.mul(slope_lanes(spec, spec.gate, af, fv)))
+        };
+        let dai = di.mul(slope_lanes(spec, spec.gate, ai, i));
+        let dac = dg.mul(slope_lanes(spec, spec.cell, ac, g));
+        let mut dcp = dc.mul(f);
+        if let Some([pi, pf, _]) = p {
+            dcp = dcp.add(dai.mul(pi)).add(daf.mul(pf));
+        }
+        ([dai, daf, dac, dao], dcp)
+    }
+}
+
+/// `d a(clip(v)) / dv` lane-wise given `y = a(clip(v))`: zero outside the clip's open interval.
+///
+/// # Safety
+/// S's instructions available.
+#[inline(always)]
+unsafe fn slope_lanes<S: Simd>(spec: &CellSpec, a: Activation, v: S, y: S) -> S {
+    // SAFETY: S's instructions are available (caller's contract); no memory is accessed.
+    unsafe {
+        let d = derivative_lanes(a, v, y);
+        match spec.clip {
+            Some(cl) => {
+                let zero = S::splat(0.0);
+                S::select(v.gt(S::splat(-cl)), S::select(v.lt(S::splat(cl)), d, zero), zero)
+            }
+            None => d,
+        }
+    }
+}
+
+/// [`derivative`] lane-wise: from `y` for sigmoid and tanh, lane by lane for the others.
+///
+/// # Safety
+/// S's instructions available.
+#[inline(always)]
+unsafe fn derivative_lanes<S: Simd>(a: Activation, x: S, y: S) -> S {
+    // SAFETY: S's instructions are available (caller's contract); the arrays hold 16 >= LANES floats.
+    unsafe {
+        let one = S::splat(1.0);
+        match a {
+            Activation::Sigmoid => y.mul(one.sub(y)),
+            Activation::Tanh => one.sub(y.mul(y)),
+            _ => {
+                let (mut xs, mut ys) = ([0.0f32; 16], [0.0f32; 16]);
+                x.store(xs.as_mut_ptr());
+                y.store(ys.as_mut_ptr());
+                for (x, &y) in xs[..S::LANES].iter_mut().zip(&ys) {
+                    *x = derivative(a, *x, y);
+                }
+                S::load(xs.as_ptr())
+            }
+        }
+    }
 }
 
 /// `a'(x)` given `y = a(x)`: from `y` for sigmoid and tanh (no second transcendental), else exactly (in
@@ -247,6 +292,137 @@ impl<S: Simd> Epilogue<S, 4> for Update<'_> {
                 }
                 cn.store(rec.add(4 * self.hp + blk * S::LANES));
                 hn.store(rec.add(5 * self.hp + blk * S::LANES));
+            }
+        }
+    }
+}
+
+/// One reverse step of the LSTM's backward over the first `m` rows of a chunk (rows of the sweep,
+/// sorted by decreasing valid length), each at its tape row `rows[r]`:
+///
+/// ```text
+/// dh[r] = dh_up[rows[r]] + (r < m_gemm ? dZ[rows[r] + 1] · Rᵀ : dh_start[r])
+/// dZ[rows[r]], dc[r] = the cell's backward at rows[r] (from the tape, c_prev[r] and dc[r])
+/// ```
+/// Rows below `m_gemm` continue from the step after (their `dh` is the GEMM `dZ_next · Rᵀ` over the
+/// transposed recurrent weights, the gate derivatives fused into its epilogue while the tile is in
+/// registers); the others start here (their last valid step), from `dh_start` and the `dc` the caller
+/// set. Buffers are raw pointers because chunks running in parallel write their own tape rows of the
+/// shared `dz`.
+pub(crate) struct BackwardStep<'a> {
+    pub kernel: LstmKernel<'a>,
+    /// `Rᵀ` ([`crate::cells::weights::Transposes::rt`]).
+    pub rt: &'a PackedGates,
+    pub m_gemm: usize,
+    pub m: usize,
+    /// Tape row of each of the `m` rows.
+    pub rows: &'a [usize],
+    /// Offset in `dz` of `dZ` of the step after, for the rows below `m_gemm`.
+    pub next: &'a [usize],
+    /// Each row's previous cell state (`hp` floats).
+    pub c_prev: &'a [*const f32],
+    /// `dZ` of every tape row, `4 hp` floats each in the packed order `[blocks][4][nb]`.
+    pub dz: *mut f32,
+    /// The tape (see [`TAPE_RECORD`]) and its floats per row.
+    pub tape: *const f32,
+    pub stride: usize,
+    /// The gradient arriving at each tape row's `h`, `hp` floats per tape row.
+    pub dh_up: *const f32,
+    /// `[m][hp]`: `dh` of the rows that start here.
+    pub dh_start: *const f32,
+    /// `[m][hp]`: the gradient reaching each row's `c`, replaced by that reaching `c_prev`.
+    pub dc: *mut f32,
+}
+
+impl BackwardStep<'_> {
+    /// Runs the step with `backend`'s instructions.
+    ///
+    /// # Safety
+    /// `rows`, `c_prev` hold `m` entries, `next` `m_gemm`; every pointer is valid for what the field docs
+    /// say (tape rows `rows[r]`, and `rows[r] - 1` where `c_prev` points into the tape; `dz` rows `rows[r]`
+    /// and those `next` points at); `rt` and the kernel packed for `backend`; no other thread writes
+    /// what this step reads or accesses the `dz` rows `rows[r]` or the `dc` rows during the call.
+    pub(crate) unsafe fn run(self, backend: &crate::kernel::Backend) {
+        let hp = self.kernel.packed.gates.hidden_padded();
+        assert!(self.rows.len() >= self.m && self.c_prev.len() >= self.m && self.next.len() >= self.m_gemm);
+        assert!(self.rt.gates == 4 && self.rt.input == 4 * hp && self.rt.padded_cols() >= hp);
+        assert!(self.kernel.packed.peephole.as_ref().is_none_or(|p| p.len() >= 3 * hp));
+        backend.run(self)
+    }
+}
+
+// SAFETY: `run` is only reachable through `BackwardStep::run`, whose caller guarantees the buffers.
+unsafe impl SimdJob for BackwardStep<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        let w = &self.kernel.packed.gates;
+        let hp = w.hidden_padded();
+        assert!(w.nb == S::LANES && self.rt.nb == S::LANES);
+        let mut ep =
+            BackwardEpilogue { st: &self, hp, peepholes: self.kernel.packed.peephole.as_deref().map(<[f32]>::as_ptr) };
+        // SAFETY: S's instructions are available; the buffers as `BackwardStep::run`'s caller guaranteed,
+        // the asserts there bound `rt`'s panels (4 hp rows) and columns (>= hp).
+        unsafe {
+            for r in self.m_gemm..self.m {
+                for u in 0..w.blocks {
+                    ep.unit_block::<S>(r, u, S::load(self.dh_start.add(r * hp + u * S::LANES)));
+                }
+            }
+            let a = Rows::Gathered { base: self.dz, offsets: &self.next[..self.m_gemm] };
+            gemm::<S, 4>(&self.rt.w, self.rt.input, self.m_gemm, a, 0..self.rt.blocks, false, &mut ep);
+        }
+    }
+}
+
+/// The epilogue of `dZ_next · Rᵀ`: block `blk` of `Rᵀ`'s output holds four blocks of `dh`
+/// (units `(4 blk + g) nb ..`), each finished by the cell's backward.
+struct BackwardEpilogue<'a, 'b> {
+    st: &'a BackwardStep<'b>,
+    hp: usize,
+    peepholes: Option<*const f32>,
+}
+
+impl BackwardEpilogue<'_, '_> {
+    /// The backward of unit block `u` of row `r`, `dh_in` the gradient from the step after.
+    ///
+    /// # Safety
+    /// S's instructions available; `r < m`, `u < blocks` (the buffers as `BackwardStep::run`).
+    #[inline(always)]
+    unsafe fn unit_block<S: Simd>(&mut self, r: usize, u: usize, dh_in: S) {
+        let (st, hp, l) = (self.st, self.hp, S::LANES);
+        // SAFETY: the caller's contract; `u < blocks` keeps every access inside row `r`'s buffers.
+        unsafe {
+            let tr = *st.rows.get_unchecked(r);
+            let rec = st.tape.add(tr * st.stride);
+            let args: [S; 4] = std::array::from_fn(|g| S::load(rec.add((u * 4 + g) * l)));
+            let c = S::load(rec.add(4 * hp + u * l));
+            let c_prev = S::load(st.c_prev.get_unchecked(r).add(u * l));
+            let dh = dh_in.add(S::load(st.dh_up.add(tr * hp + u * l)));
+            let dcp = st.dc.add(r * hp + u * l);
+            let p = self.peepholes.map(|p| {
+                let b = p.add(u * 3 * l);
+                [S::load(b), S::load(b.add(l)), S::load(b.add(2 * l))]
+            });
+            let (dz, dc_prev) = backward_lanes(st.kernel.spec, args, p, c_prev, c, dh, S::load(dcp));
+            let out = st.dz.add(tr * 4 * hp + u * 4 * l);
+            for (g, v) in dz.iter().enumerate() {
+                v.store(out.add(g * l));
+            }
+            dc_prev.store(dcp);
+        }
+    }
+}
+
+impl<S: Simd> Epilogue<S, 4> for BackwardEpilogue<'_, '_> {
+    #[inline(always)]
+    unsafe fn apply(&mut self, r: usize, blk: usize, acc: [S; 4]) {
+        for (g, dh) in acc.into_iter().enumerate() {
+            let u = blk * 4 + g;
+            if u * S::LANES < self.hp {
+                // SAFETY: `gemm` hands rows < m_gemm; `u` is a unit block below hp / nb.
+                unsafe { self.unit_block::<S>(r, u, dh) };
             }
         }
     }

@@ -12,6 +12,8 @@
 //! the cell update in its epilogue without another pass over memory; and the panel a tile streams over `k`
 //! is contiguous (no 4 KiB strides to defeat the prefetchers and the TLB).
 
+use std::sync::OnceLock;
+
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::kernel::pack::{pack_vector, PackedGates};
 
@@ -209,6 +211,18 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 pub struct PackedLstm {
     pub(crate) gates: PackedGates,
     pub(crate) peephole: Option<Vec<f32>>,
+    /// `Rᵀ` and `Wᵀ` for the backward, packed on first use (see [`PackedLstm::transposes`]).
+    transposes: OnceLock<Transposes>,
+}
+
+/// The transposed weights a backward multiplies by, as plain matrices ([`PackedGates::matrix`]) whose
+/// `4 hp` rows follow `dZ`'s packed column order (zero rows for padded units).
+#[derive(Clone, Debug)]
+pub(crate) struct Transposes {
+    /// `Rᵀ`: `dh_prev = dZ · Rᵀ`, `H` output columns.
+    pub rt: PackedGates,
+    /// `Wᵀ`: `dx = dZ · Wᵀ`, `I` output columns.
+    pub wt: PackedGates,
 }
 
 impl PackedLstm {
@@ -217,7 +231,34 @@ impl PackedLstm {
         let (i, h) = (weights.input, weights.hidden);
         let gates = PackedGates::new(4, i, h, &weights.kernel, &weights.recurrent, &weights.bias, nb)?;
         let peephole = weights.peephole.as_ref().map(|p| pack_vector(p, 3, h, nb));
-        Ok(PackedLstm { gates, peephole })
+        Ok(PackedLstm { gates, peephole, transposes: OnceLock::new() })
+    }
+
+    /// `Rᵀ` and `Wᵀ` of `weights` (the weights this was packed from), packed on the first call and kept.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) if they would not fit in memory.
+    pub(crate) fn transposes(&self, weights: &LstmWeights) -> Result<&Transposes> {
+        if let Some(t) = self.transposes.get() {
+            return Ok(t);
+        }
+        let (hd, input, nb) = (weights.hidden, weights.input, self.gates.nb);
+        let z4 = 4 * self.gates.hidden_padded();
+        // `m [n][4 H]` transposed to `[4 hp][n]`, rows in dZ's packed order `[blocks][4][nb]`.
+        let transpose = |m: &[f32], n: usize| {
+            let mut t = vec![0.0f32; z4 * n];
+            for u in 0..n {
+                for g in 0..4 {
+                    for j in 0..hd {
+                        t[((j / nb * 4 + g) * nb + j % nb) * n + u] = m[u * 4 * hd + g * hd + j];
+                    }
+                }
+            }
+            t
+        };
+        let rt = PackedGates::matrix(z4, hd, &transpose(&weights.recurrent, hd), nb)?;
+        let wt = PackedGates::matrix(z4, input, &transpose(&weights.kernel, input), nb)?;
+        Ok(self.transposes.get_or_init(|| Transposes { rt, wt }))
     }
 }
 

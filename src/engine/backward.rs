@@ -27,12 +27,12 @@ use super::sync::pool;
 use super::tape::DirTape;
 use super::workspace::ChunkScratch;
 use crate::cells::grads::LstmGrads;
-use crate::cells::lstm::{backward_unit, CellSpec};
+use crate::cells::lstm::{BackwardStep, CellSpec, LstmKernel};
 use crate::cells::weights::{LstmWeights, PackedLstm};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernel::pack::PackedGates;
+use crate::kernel::simd::{Rows, Tn};
 use crate::kernel::Backend;
-use crate::reference::Rounding;
 use crate::view::SeqView;
 
 /// One LSTM direction's backward over one batch (see the module docs).
@@ -71,34 +71,46 @@ pub(crate) struct LstmBackwardOut<'a> {
     pub d_c0: Option<&'a mut [f32]>,
 }
 
-/// A raw pointer to `dZ` rows that the chunks write in parallel: each chunk writes the tape rows of its
-/// own sequences only.
+/// A raw pointer to buffers that chunks or column parts write in parallel, each its own elements.
 #[derive(Clone, Copy)]
-struct RowsPtr(*mut f32);
-// SAFETY: chunks hold distinct sequences, so they write distinct tape rows (see `run`).
-unsafe impl Send for RowsPtr {}
-unsafe impl Sync for RowsPtr {}
+struct SharedMut(*mut f32);
+// SAFETY: every user writes disjoint elements (distinct sequences' rows, distinct columns; see `run`).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper, not the raw field).
+    #[inline]
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Row pointers of a GEMM operand, shared read-only by parallel parts.
+struct SharedRows(Vec<*const f32>);
+// SAFETY: the pointers are only read through, and the rows they point at are not written meanwhile.
+unsafe impl Send for SharedRows {}
+unsafe impl Sync for SharedRows {}
 
 impl LstmBackward<'_> {
     /// Runs the backward; returns the cell steps computed (the valid steps).
     pub(crate) fn run(&self, out: LstmBackwardOut<'_>) -> Result<usize> {
         let (b, hd, input) = (self.view.batch(), self.weights.hidden_size(), self.weights.input_size());
-        let w = &self.packed.gates;
-        let (hp, nb) = (w.hidden_padded(), w.nb);
+        let hp = self.packed.gates.hidden_padded();
         let rows = self.tape.rows();
         let z4 = 4 * hp;
         if self.tape.hp != hp || self.tape.offsets.len() != b + 1 || rows != self.view.total_valid() {
             return Err(Error::argument("the tape was made for another view or layer"));
         }
-        if self.dh_up.len() != rows * hp {
-            return Err(Error::new(ErrorKind::Internal, "dh_up has the wrong length"));
+        if self.dh_up.len() != rows * hp || self.tape.data.len() < rows * self.tape.stride || self.tape.stride < 6 * hp
+        {
+            return Err(Error::new(ErrorKind::Internal, "dh_up or the tape has the wrong length"));
         }
-        let rounding = Rounding::of(self.backend);
+        let tr = self.packed.transposes(self.weights)?;
         // dZ of every valid step, in tape order, in the packed layout [blocks][4][nb].
         let mut dz = vec![0.0f32; rows * z4];
         let mut d_h0 = vec![0.0f32; b * hp];
         let mut d_c0 = vec![0.0f32; b * hp];
-        let rt = PackedGates::matrix(z4, hd, &self.transposed(true), nb)?;
 
         let lens: Vec<usize> = (0..b).map(|s| self.view.valid_len(s)).collect();
         let mut order: Vec<usize> = (0..b).filter(|&s| lens[s] > 0).collect();
@@ -106,19 +118,13 @@ impl LstmBackward<'_> {
         let threads = effective_threads(self.threads);
         let mut chunks: Vec<ChunkScratch> = (0..threads.min(order.len()).max(1)).map(|_| Default::default()).collect();
         balance(&order, &lens, &mut Vec::new(), &mut chunks);
-        let dz_ptr = RowsPtr(dz.as_mut_ptr());
-        let h0_ptr = RowsPtr(d_h0.as_mut_ptr());
-        let c0_ptr = RowsPtr(d_c0.as_mut_ptr());
-        let run = |cs: &mut ChunkScratch| {
-            if !cs.rows.is_empty() {
-                self.sweep(&cs.rows, &lens, &rt, rounding, dz_ptr, h0_ptr, c0_ptr);
+        let (dz_ptr, h0_ptr, c0_ptr) =
+            (SharedMut(dz.as_mut_ptr()), SharedMut(d_h0.as_mut_ptr()), SharedMut(d_c0.as_mut_ptr()));
+        self.parallel(chunks.len(), |j| {
+            if !chunks[j].rows.is_empty() {
+                self.sweep(&chunks[j].rows, &lens, &tr.rt, dz_ptr, h0_ptr, c0_ptr);
             }
-        };
-        match self.threads {
-            1 => chunks.iter_mut().for_each(run),
-            0 => chunks.par_iter_mut().for_each(run),
-            n => pool(n)?.install(|| chunks.par_iter_mut().for_each(run)),
-        }
+        })?;
         // Sequences without valid steps: the state gradients pass straight through (Keras), or nothing
         // reaches the initial state (d_h0, d_c0 stay zero).
         for s in (0..b).filter(|&s| lens[s] == 0 && self.empty_is_initial) {
@@ -136,22 +142,30 @@ impl LstmBackward<'_> {
             }
         }
         if let Some((dx, sb, st, accumulate)) = out.dx {
-            let wt = PackedGates::matrix(z4, input, &self.transposed(false), nb)?;
-            let ip = wt.padded_cols();
-            let offs: Vec<usize> = (0..rows).map(|r| r * z4).collect();
-            let mut dxr = vec![0.0f32; rows * ip];
-            self.gemm(&wt, &dz, &offs, &mut dxr, ip)?;
+            // dx = dZ · Wᵀ straight into the caller's rows, the tape rows split among threads.
+            let a: Vec<usize> = (0..rows).map(|r| r * z4).collect();
+            let mut o = vec![0usize; rows];
             for s in 0..b {
-                for r in self.tape.offsets[s]..self.tape.offsets[s + 1] {
-                    let at = s * sb + self.tape.times[r] * st;
-                    let (dst, src) = (&mut dx[at..at + input], &dxr[r * ip..r * ip + input]);
-                    if accumulate {
-                        dst.iter_mut().zip(src).for_each(|(d, v)| *d += v);
-                    } else {
-                        dst.copy_from_slice(src);
-                    }
+                let tape_rows = self.tape.offsets[s]..self.tape.offsets[s + 1];
+                for (o, &t) in o[tape_rows.clone()].iter_mut().zip(&self.tape.times[tape_rows]) {
+                    *o = s * sb + t * st;
                 }
             }
+            let end = o.iter().map(|&v| v + input).max().unwrap_or(0);
+            if dx.len() < end {
+                return Err(Error::new(ErrorKind::Internal, "dx is too short for the view"));
+            }
+            let parts = threads.min(rows.div_ceil(64)).max(1);
+            let dx_ptr = SharedMut(dx.as_mut_ptr());
+            self.parallel(parts, |j| {
+                let part = j * rows / parts..(j + 1) * rows / parts;
+                let n = part.len();
+                let a = Rows::Gathered { base: dz_ptr.get(), offsets: &a[part.clone()] };
+                let o = Rows::Gathered { base: dx_ptr.get(), offsets: &o[part] };
+                // SAFETY: dz rows hold z4 = wt.input floats; each output row (a distinct (sequence, time)
+                // of dx, checked in bounds above) holds `input` floats, written by this part alone.
+                unsafe { self.backend.gemm_rows(&tr.wt, a, n, o, input, accumulate) };
+            })?;
         }
         if let Some(g) = out.params {
             self.weight_grads(&dz, g)?;
@@ -159,191 +173,164 @@ impl LstmBackward<'_> {
         Ok(rows)
     }
 
-    /// The recurrence of one chunk's rows (sorted by decreasing valid length).
-    #[allow(clippy::too_many_arguments)]
-    fn sweep(
-        &self,
-        rows: &[usize],
-        lens: &[usize],
-        rt: &PackedGates,
-        rounding: Rounding,
-        dz: RowsPtr,
-        d_h0: RowsPtr,
-        d_c0: RowsPtr,
-    ) {
-        let hd = self.weights.hidden_size();
-        let hp = self.tape.hp;
-        let (z4, stride) = (4 * hp, self.tape.stride);
-        let m = rows.len();
-        let pc = rt.padded_cols();
-        let mut dh_prev = vec![0.0f32; m * pc];
-        let mut dc = vec![0.0f32; m * hp];
-        let mut offs = Vec::with_capacity(m);
-        // This step's dZ rows, contiguous (the GEMM reads them here, not from the shared buffer).
-        let mut zrows = vec![0.0f32; m * z4];
-        let peep = self.weights.peephole();
-        let n_max = lens[rows[0]];
-        let mut active = 0;
-        for k in (0..n_max).rev() {
-            while active < m && lens[rows[active]] > k {
-                active += 1;
-            }
-            offs.clear();
-            for (r, &s) in rows[..active].iter().enumerate() {
-                let tr = self.tape.offsets[s] + k;
-                let last = lens[s] == k + 1;
-                let rec = &self.tape.data[tr * stride..(tr + 1) * stride];
-                let c_prev_of = |j: usize| -> f32 {
-                    if k > 0 {
-                        self.tape.data[(tr - 1) * stride + 4 * hp + j]
-                    } else {
-                        self.init.map_or(0.0, |(_, c0)| c0[s * hd + j])
-                    }
-                };
-                let dzr = &mut zrows[r * z4..(r + 1) * z4];
-                for j in 0..hd {
-                    let (blk, lane) = (j / self.packed.gates.nb, j % self.packed.gates.nb);
-                    let nbl = self.packed.gates.nb;
-                    let gate = |g: usize| (blk * 4 + g) * nbl + lane;
-                    let args = [rec[gate(0)], rec[gate(1)], rec[gate(2)], rec[gate(3)]];
-                    let c = rec[4 * hp + j];
-                    let up = self.dh_up[tr * hp + j];
-                    let (dh_in, dc_in) = if last {
-                        (self.d_h_n.map_or(0.0, |d| d[s * hd + j]), self.d_c_n.map_or(0.0, |d| d[s * hd + j]))
-                    } else {
-                        (dh_prev[r * pc + j], dc[r * hp + j])
-                    };
-                    let p = peep.map(|p| [p[j], p[hd + j], p[2 * hd + j]]);
-                    let (dzu, dcp) = backward_unit(self.spec, args, p, c_prev_of(j), c, up + dh_in, dc_in, rounding);
-                    for (g, v) in dzu.into_iter().enumerate() {
-                        dzr[gate(g)] = v;
-                    }
-                    dc[r * hp + j] = dcp;
-                }
-                // SAFETY: tape row `tr` belongs to sequence `s`, which only this chunk holds; `dz` holds
-                // rows x 4 hp floats.
-                unsafe { std::ptr::copy_nonoverlapping(dzr.as_ptr(), dz.0.add(tr * z4), z4) };
-                offs.push(r * z4);
-            }
-            // dh_prev = dZ_k · Rᵀ for the rows active at k.
-            (self.backend.project)(rt, &zrows, &offs, 0..rt.blocks, &mut dh_prev[..active * pc]);
-        }
-        for (r, &s) in rows.iter().enumerate() {
-            // SAFETY: sequence `s` belongs to this chunk alone; the buffers hold B x hp floats.
-            unsafe {
-                std::ptr::copy_nonoverlapping(dh_prev.as_ptr().add(r * pc), d_h0.0.add(s * hp), hd);
-                std::ptr::copy_nonoverlapping(dc.as_ptr().add(r * hp), d_c0.0.add(s * hp), hp);
-            }
-        }
-    }
-
-    /// `Rᵀ` (`recurrent`) or `Wᵀ` as `[4 hp][n]` with rows in dZ's packed order (zero rows for padded
-    /// units), the right operand of `dZ · Rᵀ` and `dZ · Wᵀ`.
-    fn transposed(&self, recurrent: bool) -> Vec<f32> {
-        let (hd, nb) = (self.weights.hidden_size(), self.packed.gates.nb);
-        let hp = self.tape.hp;
-        let (m, n) =
-            if recurrent { (self.weights.recurrent(), hd) } else { (self.weights.kernel(), self.weights.input_size()) };
-        let mut t = vec![0.0f32; 4 * hp * n];
-        for u in 0..n {
-            for g in 0..4 {
-                for j in 0..hd {
-                    t[((j / nb * 4 + g) * nb + j % nb) * n + u] = m[u * 4 * hd + g * hd + j];
-                }
-            }
-        }
-        t
-    }
-
-    /// `out[r] = a[offs[r]..] · b` for every row, the output columns split across threads (each element
-    /// is one sum over `k` in order, so the split never changes a bit).
-    fn gemm(&self, b: &PackedGates, a: &[f32], offs: &[usize], out: &mut [f32], out_row: usize) -> Result<()> {
-        let project = self.backend.project;
-        let threads = effective_threads(self.threads).min(b.blocks).max(1);
-        if threads == 1 || offs.is_empty() {
-            project(b, a, offs, 0..b.blocks, out);
-            return Ok(());
-        }
-        let nb = b.gates * b.nb; // output columns per block
-        let parts: Vec<(std::ops::Range<usize>, Vec<f32>)> = (0..threads)
-            .map(|j| {
-                let r = j * b.blocks / threads..(j + 1) * b.blocks / threads;
-                let n = r.len() * nb;
-                (r, vec![0.0; offs.len() * n])
-            })
-            .collect();
-        let run = |parts: Vec<(std::ops::Range<usize>, Vec<f32>)>| {
-            parts
-                .into_par_iter()
-                .map(|(r, mut o)| {
-                    project(b, a, offs, r.clone(), &mut o);
-                    (r, o)
-                })
-                .collect::<Vec<_>>()
-        };
-        let done = match self.threads {
-            0 => run(parts),
-            n => pool(n)?.install(|| run(parts)),
-        };
-        for (r, o) in done {
-            let n = r.len() * nb;
-            for (row, src) in o.chunks_exact(n).enumerate() {
-                out[row * out_row + r.start * nb..row * out_row + r.start * nb + n].copy_from_slice(src);
-            }
+    /// Runs `f(0..parts)` on the layer's threads (in order on one thread).
+    fn parallel(&self, parts: usize, f: impl Fn(usize) + Sync + Send) -> Result<()> {
+        match self.threads {
+            1 => (0..parts).for_each(f),
+            0 => (0..parts).into_par_iter().for_each(f),
+            n => pool(n)?.install(|| (0..parts).into_par_iter().for_each(f)),
         }
         Ok(())
     }
 
+    /// The recurrence of one chunk's rows (sorted by decreasing valid length): writes their `dZ` rows
+    /// and their `d_h0`, `d_c0` rows.
+    fn sweep(&self, rows: &[usize], lens: &[usize], rt: &PackedGates, dz: SharedMut, d_h0: SharedMut, d_c0: SharedMut) {
+        let hd = self.weights.hidden_size();
+        let hp = self.tape.hp;
+        let (z4, stride) = (4 * hp, self.tape.stride);
+        let m = rows.len();
+        let mut dc = vec![0.0f32; m * hp];
+        let mut dh_start = vec![0.0f32; m * hp];
+        let mut c0 = vec![0.0f32; m * hp];
+        if let Some((_, init)) = self.init {
+            for (r, &s) in rows.iter().enumerate() {
+                c0[r * hp..r * hp + hd].copy_from_slice(&init[s * hd..(s + 1) * hd]);
+            }
+        }
+        let (mut at, mut next) = (vec![0usize; m], vec![0usize; m]);
+        let mut c_prev = vec![std::ptr::null::<f32>(); m];
+        let tape = self.tape.data.as_ptr();
+        let kernel = LstmKernel { packed: self.packed, spec: self.spec };
+        let mut active = 0;
+        for k in (0..lens[rows[0]]).rev() {
+            let m_gemm = active;
+            while active < m && lens[rows[active]] > k {
+                // Row `active` starts here, at its last valid step, from the final states' gradients.
+                let (r, s) = (active, rows[active]);
+                for (src, dst) in [(self.d_h_n, &mut dh_start), (self.d_c_n, &mut dc)] {
+                    if let Some(src) = src {
+                        dst[r * hp..r * hp + hd].copy_from_slice(&src[s * hd..(s + 1) * hd]);
+                    }
+                }
+                active += 1;
+            }
+            for r in 0..active {
+                let t = self.tape.offsets[rows[r]] + k;
+                at[r] = t;
+                next[r] = (t + 1) * z4;
+                // SAFETY: tape row t - 1 (k > 0) belongs to the same sequence; c0 holds m x hp floats.
+                c_prev[r] = unsafe {
+                    if k > 0 {
+                        tape.add((t - 1) * stride + 4 * hp)
+                    } else {
+                        c0.as_ptr().add(r * hp)
+                    }
+                };
+            }
+            let step = BackwardStep {
+                kernel,
+                rt,
+                m_gemm,
+                m: active,
+                rows: &at,
+                next: &next,
+                c_prev: &c_prev,
+                dz: dz.get(),
+                tape,
+                stride,
+                dh_up: self.dh_up.as_ptr(),
+                dh_start: dh_start.as_ptr(),
+                dc: dc.as_mut_ptr(),
+            };
+            // SAFETY: `run` checked the tape (rows x stride floats, stride >= 6 hp) and dh_up (rows x hp);
+            // the rows below m_gemm were active at k + 1, so their tape row t + 1 exists and its dZ was
+            // written by the previous step; dz holds rows x 4 hp floats; this chunk alone holds these
+            // sequences, so no other thread touches their dz rows; dh_start, dc and c0 are this call's.
+            unsafe { step.run(self.backend) };
+        }
+        // d_h0 = dZ_0 · Rᵀ for every row; d_c0 = dc after step 0.
+        let first: Vec<usize> = rows.iter().map(|&s| self.tape.offsets[s] * z4).collect();
+        let out: Vec<usize> = rows.iter().map(|&s| s * hp).collect();
+        // SAFETY: dz rows hold 4 hp = rt.input floats; d_h0 holds B x hp floats and row s (hp <=
+        // rt.padded_cols() floats) belongs to this chunk alone; dz is not written meanwhile by this chunk,
+        // and other chunks write other rows.
+        unsafe {
+            let a = Rows::Gathered { base: dz.get(), offsets: &first };
+            self.backend.gemm_rows(rt, a, m, Rows::Gathered { base: d_h0.get(), offsets: &out }, hp, false);
+            for (r, &s) in rows.iter().enumerate() {
+                std::ptr::copy_nonoverlapping(dc.as_ptr().add(r * hp), d_c0.get().add(s * hp), hp);
+            }
+        }
+    }
+
     /// `dW = Xᵀ·dZ`, `dR = H_prevᵀ·dZ`, `db = Σ dZ` and the peephole gradients, over the valid rows in
-    /// tape order.
+    /// tape order; the columns of dZ split among threads (results do not depend on the split).
     fn weight_grads(&self, dz: &[f32], g: &mut LstmGrads<f32>) -> Result<()> {
         let (b, hd, input) = (self.view.batch(), self.weights.hidden_size(), self.weights.input_size());
         let hp = self.tape.hp;
         let (z4, stride, nb) = (4 * hp, self.tape.stride, self.packed.gates.nb);
         let rows = self.tape.rows();
-        // dZ as the right operand [rows][4 hp]; Xᵀ and H_prevᵀ as left operands [n][rows].
-        let dzm = PackedGates::matrix(rows, z4, dz, nb)?;
-        let mut xt = vec![0.0f32; input * rows];
-        let mut ht = vec![0.0f32; hd * rows];
+        let mut h0 = vec![0.0f32; b * hp];
+        if let Some((init, _)) = self.init {
+            for s in 0..b {
+                h0[s * hp..s * hp + hd].copy_from_slice(&init[s * hd..(s + 1) * hd]);
+            }
+        }
+        // Row k of Xᵀ's transpose (the input of tape row k) and of H_prevᵀ's (its previous h).
+        let mut xr = SharedRows(vec![std::ptr::null(); rows]);
+        let mut hr = SharedRows(vec![std::ptr::null(); rows]);
         for s in 0..b {
-            for tr in self.tape.offsets[s]..self.tape.offsets[s + 1] {
-                let at = self.x.off + s * self.x.sb + self.tape.times[tr] * self.x.st;
-                for (i, &v) in self.x.data[at..at + input].iter().enumerate() {
-                    xt[i * rows + tr] = v;
+            for t in self.tape.offsets[s]..self.tape.offsets[s + 1] {
+                let at = self.x.off + s * self.x.sb + self.tape.times[t] * self.x.st;
+                if at + input > self.x.data.len() {
+                    return Err(Error::new(ErrorKind::Internal, "the input is too short for the view"));
                 }
-                for j in 0..hd {
-                    ht[j * rows + tr] = if tr > self.tape.offsets[s] {
-                        self.tape.data[(tr - 1) * stride + 5 * hp + j]
+                // SAFETY: in bounds of x (checked above) and of the tape (rows x stride floats, checked
+                // in `run`) or h0 (B x hp).
+                unsafe {
+                    xr.0[t] = self.x.data.as_ptr().add(at);
+                    hr.0[t] = if t > self.tape.offsets[s] {
+                        self.tape.data.as_ptr().add((t - 1) * stride + 5 * hp)
                     } else {
-                        self.init.map_or(0.0, |(h0, _)| h0[s * hd + j])
+                        h0.as_ptr().add(s * hp)
                     };
                 }
             }
         }
-        let zc = dzm.padded_cols();
-        let unpack = |packed: &[f32], n: usize, stride: usize, dst: &mut [f32]| {
+        let mut dw = vec![0.0f32; input * z4];
+        let mut dr = vec![0.0f32; hd * z4];
+        let mut db = vec![0.0f32; z4];
+        let (xr, hr) = (&xr, &hr);
+        let (dw_ptr, dr_ptr, db_ptr) =
+            (SharedMut(dw.as_mut_ptr()), SharedMut(dr.as_mut_ptr()), SharedMut(db.as_mut_ptr()));
+        // Column parts of whole pairs of vectors.
+        let pairs = z4 / (2 * nb);
+        let parts = effective_threads(self.threads).min(pairs).max(1);
+        self.parallel(parts, |j| {
+            let cols = j * pairs / parts * 2 * nb..if j + 1 == parts { z4 } else { (j + 1) * pairs / parts * 2 * nb };
+            // SAFETY: every row pointer is valid for `input` (x) or `hd` (tape h, h0) reads; dz holds
+            // rows x z4 floats; dw, dr and db hold input, hd and 1 rows of z4 floats, of which this part
+            // writes its own columns only; nothing reads them meanwhile.
+            unsafe {
+                let (b, ldb, ldc) = (dz.as_ptr(), z4, z4);
+                let (dw, db) = (dw_ptr.get(), Some(db_ptr.get()));
+                self.backend.gemm_tn(Tn { a: &xr.0, m: input, b, ldb, cols: cols.clone(), c: dw, ldc, sums: db });
+                self.backend.gemm_tn(Tn { a: &hr.0, m: hd, b, ldb, cols, c: dr_ptr.get(), ldc, sums: None });
+            }
+        })?;
+        let unpack = |packed: &[f32], n: usize, dst: &mut [f32]| {
             for k in 0..n {
                 for gate in 0..4 {
                     for j in 0..hd {
-                        dst[k * 4 * hd + gate * hd + j] = packed[k * stride + (j / nb * 4 + gate) * nb + j % nb];
+                        dst[k * 4 * hd + gate * hd + j] = packed[k * z4 + (j / nb * 4 + gate) * nb + j % nb];
                     }
                 }
             }
         };
-        let mut tmp = vec![0.0f32; input.max(hd) * zc];
-        let offs: Vec<usize> = (0..input).map(|i| i * rows).collect();
-        self.gemm(&dzm, &xt, &offs, &mut tmp[..input * zc], zc)?;
-        unpack(&tmp, input, zc, &mut g.d_kernel);
-        let offs: Vec<usize> = (0..hd).map(|j| j * rows).collect();
-        self.gemm(&dzm, &ht, &offs, &mut tmp[..hd * zc], zc)?;
-        unpack(&tmp, hd, zc, &mut g.d_recurrent);
-        let mut db = vec![0.0f32; z4];
-        for row in dz.chunks_exact(z4) {
-            for (d, &v) in db.iter_mut().zip(row) {
-                *d += v;
-            }
-        }
-        unpack(&db, 1, z4, &mut g.d_bias);
+        unpack(&dw, input, &mut g.d_kernel);
+        unpack(&dr, hd, &mut g.d_recurrent);
+        unpack(&db, 1, &mut g.d_bias);
         if let Some(dp) = g.d_peephole.as_mut() {
             dp.fill(0.0);
             for s in 0..b {

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 
 use crate::cells::activation::Activation;
 use pack::PackedGates;
-use simd::Simd;
+use simd::{Rows, Simd};
 
 #[cfg(feature = "testing")]
 pub mod microbench;
@@ -75,6 +75,23 @@ pub(crate) trait CellKernel: Sync {
     unsafe fn step<S: Simd>(&self, m: usize, blocks: Range<usize>, st: StepState<'_>, reverse_first: bool) -> bool;
 }
 
+/// Work generic over the vector type, run with one backend's instructions by [`Backend::run`].
+///
+/// # Safety
+/// Implementors mark `run` `#[inline(always)]`, so it is compiled into the `#[target_feature]` entry point
+/// with the instruction set (a function compiled apart would lack the target features), and make `run`
+/// sound for any `S` whose instructions are available: a job that needs more of its caller wraps that in
+/// an `unsafe` constructor or method.
+pub(crate) unsafe trait SimdJob {
+    /// What the job returns.
+    type Output;
+    /// Runs the job with `S`'s instructions.
+    ///
+    /// # Safety
+    /// S's instructions available.
+    unsafe fn run<S: Simd>(self) -> Self::Output;
+}
+
 /// Instruction-set levels, ordered: a level may run everything below it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CpuLevel {
@@ -103,6 +120,23 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// Runs `job` with this backend's instructions: through a `#[target_feature]` entry point on x86,
+    /// directly with the portable vectors elsewhere. Every kernel with more than one instantiation (a
+    /// cell's step, the backward's GEMMs) reaches its instruction set this way.
+    #[inline]
+    pub(crate) fn run<J: SimdJob>(&self, job: J) -> J::Output {
+        // SAFETY: a backend of `level` is only handed out when the CPU supports it.
+        unsafe {
+            match self.level {
+                #[cfg(target_arch = "x86_64")]
+                CpuLevel::Avx512 => x86::run_avx512(job),
+                #[cfg(target_arch = "x86_64")]
+                CpuLevel::Avx2 => x86::run_avx2(job),
+                _ => job.run::<portable::Lanes>(),
+            }
+        }
+    }
+
     /// One step of `cell` with this backend's instructions (see [`CellKernel::step`]).
     ///
     /// # Safety
@@ -117,17 +151,82 @@ impl Backend {
         st: StepState<'_>,
         reverse_first: bool,
     ) -> bool {
-        // SAFETY: a backend of `level` is only handed out when the CPU supports it; the buffers as the
-        // caller guarantees.
-        unsafe {
-            match self.level {
-                #[cfg(target_arch = "x86_64")]
-                CpuLevel::Avx512 => x86::step_avx512(cell, m, blocks, st, reverse_first),
-                #[cfg(target_arch = "x86_64")]
-                CpuLevel::Avx2 => x86::step_avx2(cell, m, blocks, st, reverse_first),
-                _ => cell.step::<portable::Lanes>(m, blocks, st, reverse_first),
+        /// [`CellKernel::step`] as a job; sound to run because `Backend::step`'s caller upholds the
+        /// step's contract.
+        struct Step<'a, C> {
+            cell: &'a C,
+            m: usize,
+            blocks: Range<usize>,
+            st: StepState<'a>,
+            reverse_first: bool,
+        }
+        unsafe impl<C: CellKernel> SimdJob for Step<'_, C> {
+            type Output = bool;
+            #[inline(always)]
+            unsafe fn run<S: Simd>(self) -> bool {
+                // SAFETY: S's instructions are available (`SimdJob` contract); the buffers as the caller of
+                // `Backend::step` guaranteed.
+                unsafe { self.cell.step::<S>(self.m, self.blocks, self.st, self.reverse_first) }
             }
         }
+        self.run(Step { cell, m, blocks, st, reverse_first })
+    }
+
+    /// `out.at(r)[..limit] (=|+=) a.at(r)[..w.input] · W` for rows `r < m`: the GEMM of the input
+    /// projection over every block of `w` (a plain matrix, see [`PackedGates::matrix`]), stored through
+    /// [`simd::Store`] (added to the output when `accumulate`).
+    ///
+    /// # Safety
+    /// Every `a.at(r)`, `r < m`, valid for `w.input` reads; every `out.at(r)` valid for `limit` writes,
+    /// `limit <= w.padded_cols()`, overlapping no row of `a` and no other output row; `w` packed for this
+    /// backend.
+    pub(crate) unsafe fn gemm_rows(
+        &self,
+        w: &PackedGates,
+        a: Rows<'_>,
+        m: usize,
+        out: Rows<'_>,
+        limit: usize,
+        accumulate: bool,
+    ) {
+        struct Job<'a> {
+            w: &'a PackedGates,
+            a: Rows<'a>,
+            m: usize,
+            store: simd::Store<'a>,
+        }
+        unsafe impl SimdJob for Job<'_> {
+            type Output = ();
+            #[inline(always)]
+            unsafe fn run<S: Simd>(mut self) {
+                let w = self.w;
+                assert!(w.gates == 4 && w.nb == S::LANES && w.w.len() >= w.blocks * w.input * 4 * S::LANES);
+                // SAFETY: S's instructions are available; the rows as the caller of `gemm_rows` guaranteed;
+                // the asserts bound the weight reads.
+                unsafe { simd::gemm::<S, 4>(&w.w, w.input, self.m, self.a, 0..w.blocks, false, &mut self.store) };
+            }
+        }
+        debug_assert!(limit <= w.padded_cols());
+        self.run(Job { w, a, m, store: simd::Store { out, first: 0, limit, accumulate } })
+    }
+
+    /// [`simd::gemm_tn`] with this backend's instructions: `c[i][j] = Σ_k a[k][i] · b[k][j]` (and the column
+    /// sums of B), for the weight gradients.
+    ///
+    /// # Safety
+    /// As [`simd::gemm_tn`], less the instruction set.
+    pub(crate) unsafe fn gemm_tn(&self, p: simd::Tn<'_>) {
+        struct Job<'a>(simd::Tn<'a>);
+        unsafe impl SimdJob for Job<'_> {
+            type Output = ();
+            #[inline(always)]
+            unsafe fn run<S: Simd>(self) {
+                // SAFETY: S's instructions are available; the buffers as the caller of `gemm_tn` guaranteed.
+                unsafe { simd::gemm_tn::<S>(self.0) }
+            }
+        }
+        assert!(p.cols.start.is_multiple_of(self.nb) && p.cols.end.is_multiple_of(self.nb));
+        self.run(Job(p))
     }
 
     /// Applies `a` to every element of `xs` with this backend's vector code (bitwise equal to

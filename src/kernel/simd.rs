@@ -345,31 +345,55 @@ unsafe fn project_gates<S: Simd, const G: usize>(
     assert!(w.gates == G && w.nb == S::LANES && blocks.end <= w.blocks && out.len() >= rows.len() * out_row);
     assert!(w.w.len() >= w.blocks * input * panel);
     assert!(rows.iter().all(|&o| o.checked_add(input).is_some_and(|e| e <= x.len())));
-    // Stores each tile into its output row.
-    struct Store {
-        base: *mut f32,
-        out_row: usize,
-        first: usize,
-    }
-    impl<S: Simd, const G: usize> Epilogue<S, G> for Store {
-        #[inline(always)]
-        unsafe fn apply(&mut self, row: usize, block: usize, acc: [S; G]) {
-            // SAFETY: `project_gates` asserted that `out` holds every row's blocks.
-            unsafe {
-                let dst = self.base.add(row * self.out_row + (block - self.first) * G * S::LANES);
-                for (g, v) in acc.iter().enumerate() {
-                    v.store(dst.add(g * S::LANES));
-                }
-            }
-        }
-    }
-    let mut store = Store { base: out.as_mut_ptr(), out_row, first: blocks.start };
+    let mut store = Store {
+        out: Rows::Strided { base: out.as_mut_ptr(), stride: out_row },
+        first: blocks.start,
+        limit: out_row,
+        accumulate: false,
+    };
     let rows_len = rows.len();
     let rows = Rows::Gathered { base: x.as_ptr(), offsets: rows };
     // SAFETY: the asserts above bound every row read (o + input <= x.len()) and every weight read (panels
     // of input x G LANES floats for blocks < w.blocks); `gemm` hands the epilogue rows < rows.len() and
     // blocks in `blocks`, so every write stays inside `out`.
     unsafe { gemm::<S, G>(&w.w, input, rows_len, rows, blocks, false, &mut store) };
+}
+
+/// The epilogue that stores (or adds) each tile into output rows: row `r` at `out.at(r)`, the columns of
+/// block `first` first, only the first `limit` columns (the rest of the tile is padding).
+pub(crate) struct Store<'a> {
+    /// Where output row `r` starts (the pointers are written through).
+    pub out: Rows<'a>,
+    /// The first block of the GEMM (column 0 of the output).
+    pub first: usize,
+    /// Columns written per row.
+    pub limit: usize,
+    /// Add to the output instead of overwriting it.
+    pub accumulate: bool,
+}
+
+impl<S: Simd, const G: usize> Epilogue<S, G> for Store<'_> {
+    #[inline(always)]
+    unsafe fn apply(&mut self, row: usize, block: usize, acc: [S; G]) {
+        // SAFETY: the GEMM's caller guarantees that output row `row` holds `limit` floats.
+        unsafe {
+            let dst = self.out.at(row).cast_mut();
+            for (g, v) in acc.iter().enumerate() {
+                let col = ((block - self.first) * G + g) * S::LANES;
+                if col + S::LANES <= self.limit {
+                    let v = if self.accumulate { v.add(S::load(dst.add(col))) } else { *v };
+                    v.store(dst.add(col));
+                } else if col < self.limit {
+                    let mut lanes = [0.0f32; 16];
+                    v.store(lanes.as_mut_ptr());
+                    for (l, &x) in lanes[..self.limit - col].iter().enumerate() {
+                        let d = dst.add(col + l);
+                        *d = if self.accumulate { *d + x } else { x };
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Where the rows of a GEMM's left operand start.
@@ -388,7 +412,7 @@ impl Rows<'_> {
     /// The resulting pointer is in bounds of the allocation `base` points into (the caller of [`gemm`]
     /// guarantees it for every row it passes).
     #[inline(always)]
-    unsafe fn at(&self, i: usize) -> *const f32 {
+    pub(crate) unsafe fn at(&self, i: usize) -> *const f32 {
         // SAFETY: the caller's contract.
         unsafe {
             match *self {
@@ -460,6 +484,131 @@ pub(crate) unsafe fn gemm<S: Simd, const G: usize>(
         reverse = !reverse;
     }
     !reverse
+}
+
+/// The operands of [`gemm_tn`] (see there).
+pub(crate) struct Tn<'a> {
+    /// Row `k` of A (`m` floats each).
+    pub a: &'a [*const f32],
+    pub m: usize,
+    /// B, `a.len()` rows of `ldb` floats.
+    pub b: *const f32,
+    pub ldb: usize,
+    /// The columns of B and C computed.
+    pub cols: Range<usize>,
+    /// C, `m` rows of `ldc` floats.
+    pub c: *mut f32,
+    pub ldc: usize,
+    /// Column sums of B, if wanted.
+    pub sums: Option<*mut f32>,
+}
+
+/// Rows of one K-block of [`gemm_tn`].
+pub(crate) const KC: usize = 256;
+
+/// `c[i][j] = Σ_k a[k][i] · b[k][j]` (`Aᵀ·B`, the weight gradients' product) for rows `i < m` and the
+/// columns `cols`, `k` over the rows of A: row `k` of A starts at `a[k]` (`m` floats), row `k` of B at
+/// `b + k * ldb`; `c[i][j]` is at `c + i * ldc + j`. If `sums` is given, also `sums[j] = Σ_k b[k][j]`
+/// (the bias gradient). Each sum runs over `k` in order within blocks of [`KC`] rows, the blocks' sums
+/// added in order, so no result depends on how a caller splits the columns among threads.
+///
+/// Register tiles of up to 6 rows of A by two vectors of B's columns, `k` innermost; for each block of
+/// `KC` rows, the columns go in strips of two vectors (a strip of B stays in L1 while every row tile
+/// of A passes over it).
+///
+/// # Safety
+/// S's instructions available; every `a[k]` valid for `m` reads, `b` for `a.len()` rows of `ldb` floats
+/// covering `cols`, `c` for `m` rows of `ldc` floats covering `cols`, `sums` (if any) covering `cols`;
+/// `cols` a range of whole vectors; `c` and `sums` overlap neither `a`'s rows nor `b`.
+#[inline(always)]
+pub(crate) unsafe fn gemm_tn<S: Simd>(p: Tn<'_>) {
+    let Tn { a, m, b, ldb, cols, c, ldc, sums } = p;
+    let lanes = S::LANES;
+    debug_assert!(cols.start.is_multiple_of(lanes) && cols.end.is_multiple_of(lanes));
+    // SAFETY (whole body): every access is to rows of A below `a.len()` at columns below `m`, rows of B at
+    // columns in `cols`, rows of C below `m` at columns in `cols`: within the caller's contract.
+    unsafe {
+        for (kb, k0) in (0..a.len()).step_by(KC).enumerate() {
+            let ak = &a[k0..a.len().min(k0 + KC)];
+            let bk = b.add(k0 * ldb);
+            let mut j = cols.start;
+            while j < cols.end {
+                let nv = if cols.end - j >= 2 * lanes { 2 } else { 1 };
+                let mut i = 0;
+                while i < m {
+                    let mr = (m - i).min(6);
+                    macro_rules! run {
+                        ($m:literal, $nv:literal) => {{
+                            let acc = tn_tile::<S, $m, $nv>(ak, i, bk.add(j), ldb);
+                            for (r, row) in acc.iter().enumerate() {
+                                for (v, x) in row.iter().enumerate() {
+                                    let dst = c.add((i + r) * ldc + j + v * lanes);
+                                    let x = if kb == 0 { *x } else { S::load(dst).add(*x) };
+                                    x.store(dst);
+                                }
+                            }
+                        }};
+                    }
+                    match (mr, nv) {
+                        (1, 1) => run!(1, 1),
+                        (2, 1) => run!(2, 1),
+                        (3, 1) => run!(3, 1),
+                        (4, 1) => run!(4, 1),
+                        (5, 1) => run!(5, 1),
+                        (6, 1) => run!(6, 1),
+                        (1, _) => run!(1, 2),
+                        (2, _) => run!(2, 2),
+                        (3, _) => run!(3, 2),
+                        (4, _) => run!(4, 2),
+                        (5, _) => run!(5, 2),
+                        _ => run!(6, 2),
+                    }
+                    i += mr;
+                }
+                if let Some(sums) = sums {
+                    for v in 0..nv {
+                        let mut t = S::splat(0.0);
+                        for k in 0..ak.len() {
+                            t = t.add(S::load(bk.add(k * ldb + j + v * lanes)));
+                        }
+                        let dst = sums.add(j + v * lanes);
+                        let t = if kb == 0 { t } else { S::load(dst).add(t) };
+                        t.store(dst);
+                    }
+                }
+                j += nv * lanes;
+            }
+        }
+    }
+}
+
+/// One register tile of [`gemm_tn`]: `acc[r][v] = Σ_k a[k][i0 + r] · b[k * ldb + v LANES ..]`.
+///
+/// # Safety
+/// As [`gemm_tn`] for the tile's rows and columns.
+#[inline(always)]
+unsafe fn tn_tile<S: Simd, const M: usize, const NV: usize>(
+    a: &[*const f32],
+    i0: usize,
+    b: *const f32,
+    ldb: usize,
+) -> [[S; NV]; M] {
+    // SAFETY: the caller's contract covers every read.
+    unsafe {
+        let mut acc = [[s::<S>(0.0); NV]; M];
+        for (k, &row) in a.iter().enumerate() {
+            let bk = b.add(k * ldb);
+            let bv: [S; NV] = std::array::from_fn(|v| S::load(bk.add(v * S::LANES)));
+            let ar = row.add(i0);
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = S::splat(*ar.add(r));
+                for v in 0..NV {
+                    acc_r[v] = av.mul_add(bv[v], acc_r[v]);
+                }
+            }
+        }
+        acc
+    }
 }
 
 /// [`act_lanes`] over a slice, in place; a tail shorter than `LANES` takes the scalar definition (which is

@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use super::pack::PackedGates;
 use super::simd::{self, Simd};
-use super::{Backend, CellKernel, CpuLevel, StepState};
+use super::{Backend, CpuLevel, SimdJob};
 use crate::cells::activation::Activation;
 
 /// An AVX2 register of 8 floats.
@@ -311,26 +311,20 @@ macro_rules! entry_points {
             unsafe { $project(w, x, rows, blocks, out) }
         }
 
-        /// One step of `cell` with these instructions (see [`CellKernel::step`]).
+        /// Runs `job` with these instructions (see [`Backend::run`]).
         ///
         /// # Safety
-        /// The CPU must support the backend's features; the buffers as [`CellKernel::step`] requires.
+        /// The CPU must support the backend's features.
         #[target_feature(enable = $features)]
-        pub(crate) unsafe fn $step<C: CellKernel>(
-            cell: &C,
-            m: usize,
-            blocks: Range<usize>,
-            st: StepState<'_>,
-            reverse_first: bool,
-        ) -> bool {
-            // SAFETY: the features are enabled on this function; the buffers per the contract.
-            unsafe { cell.step::<$ty>(m, blocks, st, reverse_first) }
+        pub(crate) unsafe fn $step<J: SimdJob>(job: J) -> J::Output {
+            // SAFETY: the features are enabled on this function.
+            unsafe { job.run::<$ty>() }
         }
     };
 }
 
-entry_points!(Avx2, "avx2,fma", project_avx2, step_avx2, project_avx2_safe, activate_avx2);
-entry_points!(Avx512, "avx512f", project_avx512, step_avx512, project_avx512_safe, activate_avx512);
+entry_points!(Avx2, "avx2,fma", project_avx2, run_avx2, project_avx2_safe, activate_avx2);
+entry_points!(Avx512, "avx512f", project_avx512, run_avx512, project_avx512_safe, activate_avx512);
 
 /// AVX2 + FMA kernels. Only reachable through [`super::backend`], which checks the CPU first.
 pub(crate) static AVX2_BACKEND: Backend = Backend {
