@@ -353,6 +353,42 @@ fn backward(c: &mut Criterion) {
     g.finish();
 }
 
+/// The backward's GEMMs on their own, on mid_fit's shapes (I = H = 256, 8,725 valid rows; 64 rows per
+/// `dZ·Rᵀ` step), per backend, 1 thread: the weight gradient `Xᵀ·dZ` (with the bias sums), `dZ·Wᵀ` (dx)
+/// and `dZ·Rᵀ` (the recurrence's GEMM, without the fused cell backward). Compare with `fma_peak`.
+fn backward_gemms(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(7);
+    let (i, h) = (256, 256);
+    let w = layer(&mut rng, i, h).weights().clone();
+    let mut g = group(c, "backward_gemms", 10);
+    g.measurement_time(Duration::from_secs(4));
+    for backend in kernel::available() {
+        let mut big = KernelBench::new(backend, &w, 8725).expect("bench");
+        g.throughput(Throughput::Elements(big.backward_gemm_flops(false) as u64));
+        g.bench_function(format!("{}/weight_grad", backend.name), |bench| {
+            bench.iter(|| {
+                big.weight_grad();
+                black_box(big.grad()[0])
+            })
+        });
+        g.bench_function(format!("{}/dx", backend.name), |bench| {
+            bench.iter(|| {
+                big.backward_gemm(false).expect("dx");
+                black_box(big.grad()[0])
+            })
+        });
+        let mut step = KernelBench::new(backend, &w, 64).expect("bench");
+        g.throughput(Throughput::Elements(step.backward_gemm_flops(true) as u64));
+        g.bench_function(format!("{}/dh_step_b64", backend.name), |bench| {
+            bench.iter(|| {
+                step.backward_gemm(true).expect("dh");
+                black_box(step.grad()[0])
+            })
+        });
+    }
+    g.finish();
+}
+
 /// `examples/train_step.rs`' generator (a counter-based SplitMix64; `bench/compare_train.py` repeats it):
 /// `n` values of stream `stream` uniform in `[lo, hi)`.
 fn shared_uniform(stream: u64, n: usize, lo: f64, hi: f64) -> Vec<f32> {
@@ -412,5 +448,16 @@ fn train_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, padding_sweep, seed_model, layer_sizes, kernels, fma_peak, workloads, backward, train_step);
+criterion_group!(
+    benches,
+    padding_sweep,
+    seed_model,
+    layer_sizes,
+    kernels,
+    fma_peak,
+    workloads,
+    backward,
+    backward_gemms,
+    train_step
+);
 criterion_main!(benches);

@@ -47,7 +47,7 @@ impl DirTape {
         self.offsets.push(at);
         clear_reserve(&mut self.times, rows);
         self.times.resize(rows, 0);
-        clear_reserve(&mut self.data, floats);
+        // Every float of a valid step's record is written by the forward: only new room is zeroed.
         self.data.resize(floats, 0.0);
         Ok(())
     }

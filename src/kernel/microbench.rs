@@ -1,6 +1,7 @@
 //! The kernels on their own, for benchmarks: one input-projection GEMM and one recurrent step of a
 //! batch, on a chosen backend. `benches/lstm.rs` measures these per backend.
 
+use super::simd::{Rows, Tn};
 use super::{Backend, StepState};
 use crate::cells::lstm::{CellSpec, LstmKernel};
 use crate::cells::weights::{LstmWeights, PackedLstm};
@@ -19,6 +20,11 @@ pub struct KernelBench {
     h: Vec<f32>,
     c: Vec<f32>,
     h_out: Vec<f32>,
+    /// The weights (the backward's transposes are packed from them on first use).
+    weights: LstmWeights,
+    /// `dZ` rows of every row, `4 hp` floats each, and the backward GEMMs' outputs.
+    dz: Vec<f32>,
+    grad: Vec<f32>,
     /// Direction of the next step's first weight sweep (as the engine alternates it).
     reverse: bool,
 }
@@ -42,6 +48,9 @@ impl KernelBench {
             h: (0..batch * hp).map(val).collect(),
             c: (0..batch * hp).map(val).collect(),
             h_out: vec![0.0; batch * hp],
+            weights: weights.clone(),
+            dz: (0..batch * 4 * hp).map(val).collect(),
+            grad: vec![0.0; batch.max(i).max(hp) * 4 * hp.max(i)],
             reverse: false,
             packed,
         })
@@ -79,6 +88,58 @@ impl KernelBench {
         };
         let cell = LstmKernel { packed: &self.packed, spec: &self.cell };
         self.reverse = !unsafe { self.backend.step(&cell, self.batch, 0..self.packed.gates.blocks, st, self.reverse) };
+    }
+
+    /// Floating-point operations of one of the backward's GEMMs over every row: `Xᵀ·dZ` and `dZ·Wᵀ`
+    /// (`recurrent == false`), `H_prevᵀ·dZ` and `dZ·Rᵀ` (`recurrent`).
+    pub fn backward_gemm_flops(&self, recurrent: bool) -> usize {
+        let g = &self.packed.gates;
+        2 * self.batch * if recurrent { g.hidden } else { g.input } * 4 * g.hidden
+    }
+
+    /// The weight gradient `Xᵀ·dZ` over every row (the backward's `Aᵀ·B` kernel, K = the rows), with the
+    /// bias gradient's column sums.
+    pub fn weight_grad(&mut self) {
+        let (input, z4) = (self.packed.gates.input, 4 * self.packed.gates.hidden_padded());
+        let a: Vec<*const f32> = self.rows.iter().map(|&o| self.x[o..].as_ptr()).collect();
+        let (c, sums) = self.grad.split_at_mut(input * z4);
+        let p = Tn {
+            a: &a,
+            m: input,
+            b: self.dz.as_ptr(),
+            ldb: z4,
+            cols: 0..z4,
+            c: c.as_mut_ptr(),
+            ldc: z4,
+            sums: Some(sums.as_mut_ptr()),
+        };
+        assert!(sums.len() >= z4 && self.dz.len() >= self.rows.len() * z4);
+        // SAFETY: every row of x holds `input` floats; dz holds rows x z4; c input x z4, sums z4 (asserted).
+        unsafe { self.backend.gemm_tn(p) }
+    }
+
+    /// `dZ · Rᵀ` (`recurrent`) or `dZ · Wᵀ` of every row (the backward's `dh_prev` and `dx` GEMMs, without
+    /// the cell's epilogue).
+    ///
+    /// # Errors
+    /// As [`KernelBench::new`] (packing the transposes).
+    pub fn backward_gemm(&mut self, recurrent: bool) -> Result<()> {
+        let t = self.packed.transposes(&self.weights)?;
+        let w = if recurrent { &t.rt } else { &t.wt };
+        let (z4, cols) = (w.input, w.padded_cols());
+        assert!(self.dz.len() >= self.batch * z4 && self.grad.len() >= self.batch * cols);
+        let offs: Vec<usize> = (0..self.batch).map(|r| r * z4).collect();
+        let outs: Vec<usize> = (0..self.batch).map(|r| r * cols).collect();
+        let a = Rows::Gathered { base: self.dz.as_ptr(), offsets: &offs };
+        let out = Rows::Gathered { base: self.grad.as_mut_ptr(), offsets: &outs };
+        // SAFETY: dz rows hold z4 = w.input floats, grad rows `cols` (asserted), distinct from dz.
+        unsafe { self.backend.gemm_rows(w, a, self.batch, out, cols, false) };
+        Ok(())
+    }
+
+    /// The last backward GEMM's output (so the work cannot be optimised away).
+    pub fn grad(&self) -> &[f32] {
+        &self.grad
     }
 
     /// The last step's hidden state (so the work cannot be optimised away).

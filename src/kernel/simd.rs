@@ -512,9 +512,9 @@ pub(crate) const KC: usize = 256;
 /// (the bias gradient). Each sum runs over `k` in order within blocks of [`KC`] rows, the blocks' sums
 /// added in order, so no result depends on how a caller splits the columns among threads.
 ///
-/// Register tiles of up to 6 rows of A by two vectors of B's columns, `k` innermost; for each block of
-/// `KC` rows, the columns go in strips of two vectors (a strip of B stays in L1 while every row tile
-/// of A passes over it).
+/// Register tiles of 6 rows of A by two vectors of B's columns, `k` innermost; for each block of `KC`
+/// rows, A is first packed into contiguous 6-row tiles, then the columns go in strips of two vectors, each
+/// copied contiguous (it stays in L1 while every row tile of A streams over it).
 ///
 /// # Safety
 /// S's instructions available; every `a[k]` valid for `m` reads, `b` for `a.len()` rows of `ldb` floats
@@ -525,22 +525,50 @@ pub(crate) unsafe fn gemm_tn<S: Simd>(p: Tn<'_>) {
     let Tn { a, m, b, ldb, cols, c, ldc, sums } = p;
     let lanes = S::LANES;
     debug_assert!(cols.start.is_multiple_of(lanes) && cols.end.is_multiple_of(lanes));
+    // A's rows of one K-block packed as [row tile][k][TN_MR] (zero past m): the tiles then stream
+    // contiguous memory instead of gathering a line per k.
+    let tiles = m.div_ceil(TN_MR);
+    let mut packed = vec![0.0f32; tiles * TN_MR * KC.min(a.len())];
+    let mut strip = vec![0.0f32; 2 * lanes * KC.min(a.len())];
     // SAFETY (whole body): every access is to rows of A below `a.len()` at columns below `m`, rows of B at
-    // columns in `cols`, rows of C below `m` at columns in `cols`: within the caller's contract.
+    // columns in `cols`, rows of C below `m` at columns in `cols` (within the caller's contract), and to
+    // `packed` below tiles x kn x TN_MR, `strip` below kn x 2 LANES.
     unsafe {
         for (kb, k0) in (0..a.len()).step_by(KC).enumerate() {
             let ak = &a[k0..a.len().min(k0 + KC)];
+            let kn = ak.len();
+            for (k, &row) in ak.iter().enumerate() {
+                for t in 0..tiles {
+                    let (src, dst) = (row.add(t * TN_MR), packed.as_mut_ptr().add((t * kn + k) * TN_MR));
+                    let n = TN_MR.min(m - t * TN_MR);
+                    if n == TN_MR {
+                        std::ptr::copy_nonoverlapping(src, dst, TN_MR);
+                    } else {
+                        for r in 0..n {
+                            *dst.add(r) = *src.add(r);
+                        }
+                    }
+                }
+            }
             let bk = b.add(k0 * ldb);
             let mut j = cols.start;
             while j < cols.end {
                 let nv = if cols.end - j >= 2 * lanes { 2 } else { 1 };
-                let mut i = 0;
-                while i < m {
-                    let mr = (m - i).min(6);
+                // The strip of B, contiguous: B's rows are often 4 KiB apart, which would map every row
+                // of the strip to one L1 set.
+                let w = nv * lanes;
+                for k in 0..kn {
+                    for v in 0..nv {
+                        S::load(bk.add(k * ldb + j + v * lanes)).store(strip.as_mut_ptr().add(k * w + v * lanes));
+                    }
+                }
+                for t in 0..tiles {
+                    let (i, mr) = (t * TN_MR, TN_MR.min(m - t * TN_MR));
+                    let ap = packed.as_ptr().add(t * kn * TN_MR);
                     macro_rules! run {
-                        ($m:literal, $nv:literal) => {{
-                            let acc = tn_tile::<S, $m, $nv>(ak, i, bk.add(j), ldb);
-                            for (r, row) in acc.iter().enumerate() {
+                        ($nv:literal) => {{
+                            let acc = tn_tile::<S, $nv>(ap, kn, strip.as_ptr(), w);
+                            for (r, row) in acc[..mr].iter().enumerate() {
                                 for (v, x) in row.iter().enumerate() {
                                     let dst = c.add((i + r) * ldc + j + v * lanes);
                                     let x = if kb == 0 { *x } else { S::load(dst).add(*x) };
@@ -549,27 +577,17 @@ pub(crate) unsafe fn gemm_tn<S: Simd>(p: Tn<'_>) {
                             }
                         }};
                     }
-                    match (mr, nv) {
-                        (1, 1) => run!(1, 1),
-                        (2, 1) => run!(2, 1),
-                        (3, 1) => run!(3, 1),
-                        (4, 1) => run!(4, 1),
-                        (5, 1) => run!(5, 1),
-                        (6, 1) => run!(6, 1),
-                        (1, _) => run!(1, 2),
-                        (2, _) => run!(2, 2),
-                        (3, _) => run!(3, 2),
-                        (4, _) => run!(4, 2),
-                        (5, _) => run!(5, 2),
-                        _ => run!(6, 2),
+                    if nv == 2 {
+                        run!(2)
+                    } else {
+                        run!(1)
                     }
-                    i += mr;
                 }
                 if let Some(sums) = sums {
                     for v in 0..nv {
                         let mut t = S::splat(0.0);
-                        for k in 0..ak.len() {
-                            t = t.add(S::load(bk.add(k * ldb + j + v * lanes)));
+                        for k in 0..kn {
+                            t = t.add(S::load(strip.as_ptr().add(k * w + v * lanes)));
                         }
                         let dst = sums.add(j + v * lanes);
                         let t = if kb == 0 { t } else { S::load(dst).add(t) };
@@ -582,24 +600,23 @@ pub(crate) unsafe fn gemm_tn<S: Simd>(p: Tn<'_>) {
     }
 }
 
-/// One register tile of [`gemm_tn`]: `acc[r][v] = Σ_k a[k][i0 + r] · b[k * ldb + v LANES ..]`.
+/// Rows of A per register tile of [`gemm_tn`].
+const TN_MR: usize = 6;
+
+/// One register tile of [`gemm_tn`]: `acc[r][v] = Σ_k ap[k][r] · b[k * ldb + v LANES ..]` over `kn` rows,
+/// `ap` a packed tile of A (`TN_MR` floats per k).
 ///
 /// # Safety
-/// As [`gemm_tn`] for the tile's rows and columns.
+/// As [`gemm_tn`] for the tile's columns; `ap` valid for `kn * TN_MR` reads.
 #[inline(always)]
-unsafe fn tn_tile<S: Simd, const M: usize, const NV: usize>(
-    a: &[*const f32],
-    i0: usize,
-    b: *const f32,
-    ldb: usize,
-) -> [[S; NV]; M] {
+unsafe fn tn_tile<S: Simd, const NV: usize>(ap: *const f32, kn: usize, b: *const f32, ldb: usize) -> [[S; NV]; TN_MR] {
     // SAFETY: the caller's contract covers every read.
     unsafe {
-        let mut acc = [[s::<S>(0.0); NV]; M];
-        for (k, &row) in a.iter().enumerate() {
+        let mut acc = [[s::<S>(0.0); NV]; TN_MR];
+        for k in 0..kn {
             let bk = b.add(k * ldb);
             let bv: [S; NV] = std::array::from_fn(|v| S::load(bk.add(v * S::LANES)));
-            let ar = row.add(i0);
+            let ar = ap.add(k * TN_MR);
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 let av = S::splat(*ar.add(r));
                 for v in 0..NV {
