@@ -39,7 +39,8 @@ unsafe impl Simd for f32x8 {
     const LANES: usize = 8;
     const MR: usize = 2;
     // Two f32x8 are four SSE registers: a two-block tile would spill.
-    const TWO_BLOCK_TILES: bool = false;
+    const PAIR_ROWS: usize = 0;
+    const GATE_PAIRS: bool = false;
     const FUSED: bool = false;
     type Mask = f32x8;
 

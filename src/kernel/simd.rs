@@ -30,9 +30,13 @@ pub(crate) unsafe trait Simd: Copy {
     const LANES: usize;
     /// Rows per register tile.
     const MR: usize;
-    /// Whether tiles of one to three rows span two weight blocks (enough registers for 8 to 24
-    /// accumulators plus the weight vectors).
-    const TWO_BLOCK_TILES: bool;
+    /// Tiles of at most this many rows span two weight blocks (enough registers for the doubled
+    /// accumulators plus the weight vectors); 0: never.
+    const PAIR_ROWS: usize;
+    /// Whether tiles of three or more rows of a 4-gate GEMM accumulate two gates at a time (rows x 2
+    /// accumulators, each weight vector used by every row) and hand the epilogue all four gates after:
+    /// for register files too small for rows x 4 gate accumulators.
+    const GATE_PAIRS: bool;
     /// Whether `mul_add` rounds once.
     const FUSED: bool;
     /// A lane mask.
@@ -245,6 +249,42 @@ unsafe fn tile<S: Simd, const M: usize, const NB: usize, const G: usize>(
     }
 }
 
+/// [`tile`] for `G = 4` and one block, two gates at a time: `M x 2` accumulators over `k` for gates 0
+/// and 1, then for gates 2 and 3, so each weight vector loaded serves all `M` rows (see
+/// [`Simd::GATE_PAIRS`]). Every element is the same sum over `k` in order as in [`tile`], bit for bit.
+///
+/// # Safety
+/// As [`tile`].
+#[inline(always)]
+unsafe fn tile_gate_pairs<S: Simd, const M: usize, const NB: usize, const G: usize>(
+    a: [*const f32; M],
+    k_len: usize,
+    panels: [*const f32; NB],
+) -> [[[S; G]; NB]; M] {
+    // SAFETY: the caller's contract covers every read; no writes.
+    unsafe {
+        let mut out = [[[s::<S>(0.0); G]; NB]; M];
+        for half in 0..G / 2 {
+            let p = panels[0].add(half * 2 * S::LANES);
+            let mut acc = [[s::<S>(0.0); 2]; M];
+            for k in 0..k_len {
+                let bk = p.add(k * G * S::LANES);
+                let b = [S::load(bk), S::load(bk.add(S::LANES))];
+                for m in 0..M {
+                    let av = S::splat(*a[m].add(k));
+                    acc[m][0] = av.mul_add(b[0], acc[m][0]);
+                    acc[m][1] = av.mul_add(b[1], acc[m][1]);
+                }
+            }
+            for m in 0..M {
+                out[m][0][2 * half] = acc[m][0];
+                out[m][0][2 * half + 1] = acc[m][1];
+            }
+        }
+        out
+    }
+}
+
 /// Weight-panel rows fetched ahead by short tiles.
 const PREFETCH_ROWS: usize = 16;
 
@@ -284,7 +324,7 @@ fn row_tiles(m: usize, mr: usize) -> impl Iterator<Item = usize> {
 /// either order.
 #[inline(always)]
 fn sweep<S: Simd>(m: usize, blocks: Range<usize>, reverse: bool) -> impl Iterator<Item = (usize, usize)> {
-    let pairs = S::TWO_BLOCK_TILES && m <= 3 && 2 * m <= S::MR.max(2);
+    let pairs = m <= S::PAIR_ROWS;
     let mut done = 0;
     std::iter::from_fn(move || {
         let left = blocks.len() - done;
@@ -469,7 +509,11 @@ pub(crate) unsafe fn gemm<S: Simd, const G: usize>(
                         let p: [*const f32; $nb] =
                             std::array::from_fn(|j| panels.as_ptr().add((bl + j) * k_len * panel));
                         let rows: [*const f32; $m] = std::array::from_fn(|i| a.at(r + i));
-                        let acc = tile::<S, $m, $nb, G>(rows, k_len, p);
+                        let acc = if G == 4 && S::GATE_PAIRS && $m >= 3 && $nb == 1 {
+                            tile_gate_pairs::<S, $m, $nb, G>(rows, k_len, p)
+                        } else {
+                            tile::<S, $m, $nb, G>(rows, k_len, p)
+                        };
                         for (i, row) in acc.into_iter().enumerate() {
                             for (j, blk) in row.into_iter().enumerate() {
                                 epilogue.apply(r + i, bl + j, blk);

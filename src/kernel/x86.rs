@@ -26,10 +26,12 @@ pub(crate) struct Avx512(__m512);
 // with AVX2 and FMA, pointers valid for 8 floats) makes each intrinsic call sound.
 unsafe impl Simd for Avx2 {
     const LANES: usize = 8;
-    // 2 rows x 4 gates = 8 accumulators + 4 weight vectors + broadcasts fit the 16 ymm registers; 3 rows
-    // spill.
-    const MR: usize = 2;
-    const TWO_BLOCK_TILES: bool = true;
+    // 16 ymm registers: 3 or more rows x 4 gates would spill, so such tiles go two gates at a time (6 rows
+    // x 2 gates = 12 accumulators + 2 weight vectors + a broadcast); one row spans two blocks (8
+    // accumulators), two rows one block.
+    const MR: usize = 6;
+    const PAIR_ROWS: usize = 1;
+    const GATE_PAIRS: bool = true;
     const FUSED: bool = true;
     type Mask = __m256;
 
@@ -148,7 +150,8 @@ unsafe impl Simd for Avx2 {
 unsafe impl Simd for Avx512 {
     const LANES: usize = 16;
     const MR: usize = 6;
-    const TWO_BLOCK_TILES: bool = true;
+    const PAIR_ROWS: usize = 3;
+    const GATE_PAIRS: bool = false;
     const FUSED: bool = true;
     type Mask = __mmask16;
 
