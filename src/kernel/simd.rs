@@ -263,25 +263,44 @@ unsafe fn tile_gate_pairs<S: Simd, const M: usize, const NB: usize, const G: usi
 ) -> [[[S; G]; NB]; M] {
     // SAFETY: the caller's contract covers every read; no writes.
     unsafe {
+        // Each half in a function of its own, so its accumulators stay in registers (computed into the
+        // output array directly, they were kept in memory in some instantiations).
+        let lo = pair_tile::<S, M, G>(&a, k_len, panels[0]);
+        let hi = pair_tile::<S, M, G>(&a, k_len, panels[0].add(2 * S::LANES));
         let mut out = [[[s::<S>(0.0); G]; NB]; M];
-        for half in 0..G / 2 {
-            let p = panels[0].add(half * 2 * S::LANES);
-            let mut acc = [[s::<S>(0.0); 2]; M];
-            for k in 0..k_len {
-                let bk = p.add(k * G * S::LANES);
-                let b = [S::load(bk), S::load(bk.add(S::LANES))];
-                for m in 0..M {
-                    let av = S::splat(*a[m].add(k));
-                    acc[m][0] = av.mul_add(b[0], acc[m][0]);
-                    acc[m][1] = av.mul_add(b[1], acc[m][1]);
-                }
-            }
-            for m in 0..M {
-                out[m][0][2 * half] = acc[m][0];
-                out[m][0][2 * half + 1] = acc[m][1];
-            }
+        for m in 0..M {
+            out[m][0][0] = lo[m][0];
+            out[m][0][1] = lo[m][1];
+            out[m][0][2] = hi[m][0];
+            out[m][0][3] = hi[m][1];
         }
         out
+    }
+}
+
+/// Two adjacent gate vectors of a [`tile_gate_pairs`] tile, `p` at the first.
+///
+/// # Safety
+/// As [`tile`].
+#[inline(always)]
+unsafe fn pair_tile<S: Simd, const M: usize, const G: usize>(
+    a: &[*const f32; M],
+    k_len: usize,
+    p: *const f32,
+) -> [[S; 2]; M] {
+    // SAFETY: the caller's contract covers every read; no writes.
+    unsafe {
+        let mut acc = [[s::<S>(0.0); 2]; M];
+        for k in 0..k_len {
+            let bk = p.add(k * G * S::LANES);
+            let (b0, b1) = (S::load(bk), S::load(bk.add(S::LANES)));
+            for (m, acc_m) in acc.iter_mut().enumerate() {
+                let av = S::splat(*a[m].add(k));
+                acc_m[0] = av.mul_add(b0, acc_m[0]);
+                acc_m[1] = av.mul_add(b1, acc_m[1]);
+            }
+        }
+        acc
     }
 }
 
@@ -509,7 +528,7 @@ pub(crate) unsafe fn gemm<S: Simd, const G: usize>(
                         let p: [*const f32; $nb] =
                             std::array::from_fn(|j| panels.as_ptr().add((bl + j) * k_len * panel));
                         let rows: [*const f32; $m] = std::array::from_fn(|i| a.at(r + i));
-                        let acc = if G == 4 && S::GATE_PAIRS && $m >= 3 && $nb == 1 {
+                        let acc = if G >= 4 && S::GATE_PAIRS && $m >= 3 && $nb == 1 {
                             tile_gate_pairs::<S, $m, $nb, G>(rows, k_len, p)
                         } else {
                             tile::<S, $m, $nb, G>(rows, k_len, p)
