@@ -177,6 +177,210 @@ fn check_status(what: &str, status: i32) -> Check {
     Ok(())
 }
 
+/// Whether a call predicted to pass validation would compute with sizes that are not sane: the harness
+/// then makes a required input NULL, so that no case ever asks for a huge computation.
+fn too_big(required_null: bool, bad_value: bool, overflow: bool, sane: bool) -> bool {
+    predicted(required_null, bad_value, overflow, false).is_none() && !sane
+}
+
+/// The length of a buffer of dimensions `dims`: exact when the sizes are sane, a one-element dummy
+/// otherwise (validation must reject the call before reading it).
+fn buffer_len(sane: bool, dims: &[i64]) -> usize {
+    if sane {
+        dims.iter().map(|&d| d as usize).product()
+    } else {
+        1
+    }
+}
+
+/// The checks after a call: the status in range (with a message), the canaries past the outputs intact,
+/// the float inputs unchanged, and for a predicted failure exactly its status and no output written.
+/// Returns whether the call was a predicted failure (nothing more to compare).
+fn check_call(
+    what: &str,
+    status: i32,
+    outs: &[Buf<f32>],
+    names: &[&str],
+    inputs: &[&Buf<f32>],
+    inputs_before: &[Vec<f32>],
+    expected: Option<i32>,
+) -> std::result::Result<bool, String> {
+    check_status(what, status)?;
+    let canary = f32::from_bits(CANARY_BITS);
+    for (buf, name) in outs.iter().zip(names) {
+        buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
+    }
+    for (k, (b, s)) in inputs.iter().zip(inputs_before).enumerate() {
+        same_bits(&format!("{what}: input {k} modified (after vs before)"), &b.data, s)?;
+    }
+    let Some(expected) = expected else { return Ok(false) };
+    if status != expected {
+        return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
+    }
+    if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
+        return Err(format!("{what}: an output was written by a call that failed validation"));
+    }
+    Ok(true)
+}
+
+/// After a predicted failure for which `cause` holds: the message names it (contains `needle`).
+fn check_message(what: &str, cause: bool, needle: &str) -> Check {
+    let message = last_error_message();
+    if cause && !message.contains(needle) {
+        return Err(format!("{what}: expected a message with {needle:?}, got {message:?}"));
+    }
+    Ok(())
+}
+
+/// A call against the Rust API on the same inputs (`reference`: its outputs, or its error): the same
+/// status, and bitwise the same outputs.
+fn check_same_as_rust<const N: usize>(
+    what: &str,
+    status: i32,
+    reference: Result<[Vec<f32>; N]>,
+    outs: &[Buf<f32>],
+    names: &[&str],
+) -> Check {
+    let rust_status = reference.as_ref().map_or_else(|e| status_of(e.kind()), |_| MRNN_OK);
+    if status != rust_status {
+        return Err(format!("{what}: status {status}, the Rust API gives {rust_status}: {}", last_error_message()));
+    }
+    if let Ok(reference) = reference {
+        for ((buf, expected), name) in outs.iter().zip(&reference).zip(names) {
+            same_bits(&format!("{what}: {name} (C ABI vs the Rust API)"), buf.values(), expected)?;
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------ calls
+
+// The C functions under test with their pointers grouped, in argument order, so that a call states what
+// it passes in a line or two: a run's inputs `(x, mask or sequence_lens, initial_h, initial_c)`, the
+// weights, the outputs, the upstream gradients, the gradient outputs.
+
+/// An input pointer, an output pointer.
+type In = *const f32;
+type Out = *mut f32;
+
+/// A run's input pointers: `x`, the mask or `sequence_lens` (`S`), `initial_h`, `initial_c`.
+type Inputs<S> = (In, *const S, In, In);
+
+/// The `tape` argument of a `run_train`.
+type TapeOut = *mut *mut MrnnTape;
+
+/// [`mrnn_lstm_keras`]; `w`: kernel, recurrent_kernel, bias.
+///
+/// # Safety
+/// As [`mrnn_lstm_keras`] (this and every wrapper below: the contract of the function it calls).
+unsafe fn lstm_keras(a: *const MrnnKerasLstmAttrs, i: Inputs<u8>, w: [In; 3], o: [Out; 4]) -> i32 {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { mrnn_lstm_keras(a, i.0, i.1, w[0], w[1], w[2], i.2, i.3, o[0], o[1], o[2], o[3]) }
+}
+
+/// [`mrnn_lstm_onnx`]; `w`: W, R, B, P.
+///
+/// # Safety
+/// As [`lstm_keras`].
+unsafe fn lstm_onnx(a: *const MrnnOnnxLstmAttrs, i: Inputs<i32>, w: [In; 4], o: [Out; 3]) -> i32 {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { mrnn_lstm_onnx(a, i.0, w[0], w[1], w[2], i.1, i.2, i.3, w[3], o[0], o[1], o[2]) }
+}
+
+/// [`mrnn_lstm_keras_backward`].
+///
+/// # Safety
+/// As [`lstm_keras`].
+unsafe fn lstm_keras_backward(a: *const MrnnKerasLstmAttrs, i: Inputs<u8>, w: [In; 3], u: [In; 4], g: [Out; 6]) -> i32 {
+    let (x, mask, h0, c0) = i;
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        mrnn_lstm_keras_backward(
+            a, x, mask, w[0], w[1], w[2], h0, c0, u[0], u[1], u[2], u[3], g[0], g[1], g[2], g[3], g[4], g[5],
+        )
+    }
+}
+
+/// [`mrnn_lstm_onnx_backward`].
+///
+/// # Safety
+/// As [`lstm_keras`].
+unsafe fn lstm_onnx_backward(a: *const MrnnOnnxLstmAttrs, i: Inputs<i32>, w: [In; 4], u: [In; 3], g: [Out; 7]) -> i32 {
+    let ((x, lens, h0, c0), [w, r, b, p]) = (i, w);
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        mrnn_lstm_onnx_backward(
+            a, x, w, r, b, lens, h0, c0, p, u[0], u[1], u[2], g[0], g[1], g[2], g[3], g[4], g[5], g[6],
+        )
+    }
+}
+
+/// [`mrnn_keras_lstm_run`].
+///
+/// # Safety
+/// As [`lstm_keras`].
+unsafe fn keras_run(layer: *mut MrnnKerasLstm, a: *const MrnnKerasLstmAttrs, i: Inputs<u8>, o: [Out; 4]) -> i32 {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { mrnn_keras_lstm_run(layer, a, i.0, i.1, i.2, i.3, o[0], o[1], o[2], o[3]) }
+}
+
+/// [`mrnn_onnx_lstm_run`].
+///
+/// # Safety
+/// As [`lstm_keras`].
+unsafe fn onnx_run(layer: *mut MrnnOnnxLstm, a: *const MrnnOnnxLstmAttrs, i: Inputs<i32>, o: [Out; 3]) -> i32 {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { mrnn_onnx_lstm_run(layer, a, i.0, i.1, i.2, i.3, o[0], o[1], o[2]) }
+}
+
+/// [`mrnn_keras_lstm_run_train`].
+///
+/// # Safety
+/// As [`lstm_keras`].
+unsafe fn keras_run_train(
+    l: *mut MrnnKerasLstm,
+    a: *const MrnnKerasLstmAttrs,
+    i: Inputs<u8>,
+    o: [Out; 4],
+    t: TapeOut,
+) -> i32 {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { mrnn_keras_lstm_run_train(l, a, i.0, i.1, i.2, i.3, o[0], o[1], o[2], o[3], t) }
+}
+
+/// [`mrnn_onnx_lstm_run_train`].
+///
+/// # Safety
+/// As [`lstm_keras`].
+unsafe fn onnx_run_train(
+    l: *mut MrnnOnnxLstm,
+    a: *const MrnnOnnxLstmAttrs,
+    i: Inputs<i32>,
+    o: [Out; 3],
+    t: TapeOut,
+) -> i32 {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { mrnn_onnx_lstm_run_train(l, a, i.0, i.1, i.2, i.3, o[0], o[1], o[2], t) }
+}
+
+/// [`mrnn_keras_lstm_run_backward`].
+///
+/// # Safety
+/// As [`lstm_keras`].
+unsafe fn keras_run_backward(layer: *mut MrnnKerasLstm, tape: *const MrnnTape, u: [In; 4], g: [Out; 6]) -> i32 {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { mrnn_keras_lstm_run_backward(layer, tape, u[0], u[1], u[2], u[3], g[0], g[1], g[2], g[3], g[4], g[5]) }
+}
+
+/// [`mrnn_onnx_lstm_run_backward`].
+///
+/// # Safety
+/// As [`lstm_keras`].
+unsafe fn onnx_run_backward(layer: *mut MrnnOnnxLstm, tape: *const MrnnTape, u: [In; 3], g: [Out; 7]) -> i32 {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { mrnn_onnx_lstm_run_backward(layer, tape, u[0], u[1], u[2], g[0], g[1], g[2], g[3], g[4], g[5], g[6]) }
+}
+
 /// Drives the C ABI with a case built from `data`; `Err` describes a broken property (see the module docs).
 pub fn fuzz_capi(data: &[u8]) -> std::result::Result<(), String> {
     let mut r = ByteReader::new(data);
@@ -275,167 +479,179 @@ fn keras_value_error(a: &MrnnKerasLstmAttrs) -> bool {
         || a.num_threads < 0
 }
 
-fn fuzz_lstm_keras(r: &mut ByteReader<'_>) -> Check {
-    let (attrs, sane, bad_value) = keras_attrs(r);
-    let [bs, ts, is, hs] = [attrs.batch_size, attrs.seq_length, attrs.input_size, attrs.hidden_size];
-    let overflow = !bad_value
-        && [&[4, hs][..], &[bs, ts, is], &[bs, ts], &[is, 4, hs], &[hs, 4, hs], &[bs, hs], &[bs, ts, hs]]
-            .iter()
-            .any(|d| overflows(d));
+/// Whether a size of a Keras call of sizes `B, T, I, H` overflows, as the C ABI computes them (`B = T = 0`:
+/// the weights alone).
+fn keras_overflows([bs, ts, is, hs]: [i64; 4]) -> bool {
+    [&[4, hs][..], &[bs, ts, is], &[bs, ts], &[is, 4, hs], &[hs, 4, hs], &[bs, hs], &[bs, ts, hs]]
+        .iter()
+        .any(|d| overflows(d))
+}
 
+/// The buffer lengths of a Keras case of sizes `B, T, I, H` (see [`buffer_len`]).
+struct KerasLens {
+    x: usize,
+    mask: usize,
+    kernel: usize,
+    recurrent: usize,
+    bias: usize,
+    state: usize,
+    y: usize,
+}
+
+impl KerasLens {
+    fn new(sane: bool, [bs, ts, is, hs]: [i64; 4]) -> Self {
+        let len = |dims: &[i64]| buffer_len(sane, dims);
+        KerasLens {
+            x: len(&[bs, ts, is]),
+            mask: len(&[bs, ts]),
+            kernel: len(&[is, 4, hs]),
+            recurrent: len(&[hs, 4, hs]),
+            bias: len(&[4, hs]),
+            state: len(&[bs, hs]),
+            y: len(&[bs, ts, hs]),
+        }
+    }
+}
+
+/// A one-shot call's attributes from fuzz bytes (`keras_attrs`, `onnx_attrs`), their sizes, what validation
+/// must say of them, and which required pointers are NULL: the attributes (one time in `rarity.0`), `x` and
+/// the two required weights (one time in `rarity.1` each).
+struct OneShot<A> {
+    attrs: A,
+    dims: [i64; 4],
+    sane: bool,
+    bad_value: bool,
+    overflow: bool,
+    nulls: [bool; 4],
+}
+
+/// A one-shot call of the kind of `A` (`rarity`: see [`OneShot`]).
+fn one_shot<A>(r: &mut ByteReader<'_>, kind: &AttrsKind<A>, (attrs_rarity, rarity): (u8, u8)) -> OneShot<A> {
+    let (attrs, sane, bad_value) = (kind.arbitrary)(r);
+    let dims = (kind.dims)(&attrs);
+    let overflow = !bad_value && (kind.overflows)(&attrs, dims);
+    let nulls = std::array::from_fn(|k| r.u8().is_multiple_of(if k == 0 { attrs_rarity } else { rarity }));
+    OneShot { attrs, dims, sane, bad_value, overflow, nulls }
+}
+
+/// Which optional inputs a one-shot Keras call is given, from fuzz bytes.
+#[derive(Clone, Copy)]
+struct KerasGiven {
+    mask: bool,
+    bias: bool,
+    h0: bool,
+    c0: bool,
+}
+
+impl KerasGiven {
+    fn new(r: &mut ByteReader<'_>) -> Self {
+        let (mask, bias) = (r.bool(), r.bool());
+        KerasGiven { mask, bias, h0: r.u8().is_multiple_of(3), c0: r.u8().is_multiple_of(3) }
+    }
+}
+
+/// The input buffers of a one-shot Keras call, from fuzz bytes (`x_extra` more elements of `x`).
+struct KerasBufs {
+    x: Buf<f32>,
+    kernel: Buf<f32>,
+    recurrent: Buf<f32>,
+    bias: Buf<f32>,
+    h0: Buf<f32>,
+    c0: Buf<f32>,
+    mask: Buf<u8>,
+}
+
+impl KerasBufs {
+    fn new(r: &mut ByteReader<'_>, n: &KerasLens, x_extra: usize) -> Self {
+        let canary = f32::from_bits(CANARY_BITS);
+        KerasBufs {
+            x: Buf::new(values(r, n.x + x_extra, 2.0), canary),
+            kernel: Buf::new(values(r, n.kernel, 0.5), canary),
+            recurrent: Buf::new(values(r, n.recurrent, 0.5), canary),
+            bias: Buf::new(values(r, n.bias, 0.5), canary),
+            h0: Buf::new(values(r, n.state, 1.0), canary),
+            c0: Buf::new(values(r, n.state, 1.0), canary),
+            mask: Buf::new(mask_values(r, n.mask), CANARY_BYTE),
+        }
+    }
+
+    /// The float buffers, in argument order.
+    fn floats(&self) -> [&Buf<f32>; 6] {
+        [&self.x, &self.kernel, &self.recurrent, &self.bias, &self.h0, &self.c0]
+    }
+
+    /// The pointers a call gets: `x`, the required weights unless NULL (`nulls`), the rest as `given`.
+    fn ptrs(&self, x: In, [kernel_null, recurrent_null]: [bool; 2], given: KerasGiven) -> (Inputs<u8>, [In; 3]) {
+        let opt = |on: bool, p: In| if on { p } else { ptr::null() };
+        let mask = if given.mask { self.mask.ptr() } else { ptr::null() };
+        let (h0, c0) = (opt(given.h0, self.h0.ptr()), opt(given.c0, self.c0.ptr()));
+        let w = [
+            opt(!kernel_null, self.kernel.ptr()),
+            opt(!recurrent_null, self.recurrent.ptr()),
+            opt(given.bias, self.bias.ptr()),
+        ];
+        ((x, mask, h0, c0), w)
+    }
+
+    /// The Rust API's layer for the attributes `a` and these weights.
+    fn reference_layer(&self, a: &MrnnKerasLstmAttrs, given: KerasGiven) -> Result<KerasLstm> {
+        reference_keras_layer(a, self.kernel.values(), self.recurrent.values(), given.bias.then(|| self.bias.values()))
+    }
+}
+
+/// Names of the outputs of a Keras forward, in argument order.
+const KERAS_OUT_NAMES: [&str; 4] = ["y", "last_output", "h_n", "c_n"];
+
+fn fuzz_lstm_keras(r: &mut ByteReader<'_>) -> Check {
+    let OneShot { attrs, dims, sane, bad_value, overflow, nulls } = one_shot(r, &KERAS, (32, 24));
+    let [attrs_null, mut x_null, kernel_null, recurrent_null] = nulls;
     let rare = |r: &mut ByteReader<'_>, n: u8| r.u8().is_multiple_of(n);
-    let attrs_null = rare(r, 32);
-    let mut x_null = rare(r, 24);
-    let kernel_null = rare(r, 24);
-    let recurrent_null = rare(r, 24);
-    let mask_on = r.bool();
-    let bias_on = r.bool();
-    let (h0_on, c0_on) = (r.u8().is_multiple_of(3), r.u8().is_multiple_of(3));
+    let given = KerasGiven::new(r);
     let outs_on = [!r.u8().is_multiple_of(4), r.bool(), r.bool(), r.bool()];
     let misalign_x = rare(r, 32);
     let alias_c_to_h = rare(r, 32);
 
     let required_null = attrs_null || x_null || kernel_null || recurrent_null;
-    if predicted(required_null, bad_value, overflow, false).is_none() && !sane {
-        // Huge sizes that validate: never compute them.
-        x_null = true;
-    }
+    // Huge sizes that validate: never compute them.
+    x_null |= too_big(required_null, bad_value, overflow, sane);
     let required_null = required_null || x_null;
 
-    // Buffer lengths: exact when sane, one-element dummies otherwise (validation must reject first).
-    let len = |dims: &[i64]| -> usize {
-        if sane {
-            dims.iter().map(|&d| d as usize).product()
-        } else {
-            1
-        }
-    };
-    let (n_x, n_mask, n_k, n_r, n_b, n_s, n_y) = (
-        len(&[bs, ts, is]),
-        len(&[bs, ts]),
-        len(&[is, 4, hs]),
-        len(&[hs, 4, hs]),
-        len(&[4, hs]),
-        len(&[bs, hs]),
-        len(&[bs, ts, hs]),
-    );
-    let bad_pointer = misalign_x || (alias_c_to_h && outs_on[2] && outs_on[3] && n_s > 0);
-    let expected = predicted(required_null, bad_value, overflow, bad_pointer);
+    let n = KerasLens::new(sane, dims);
+    let aliased = alias_c_to_h && outs_on[2] && outs_on[3];
+    let expected = predicted(required_null, bad_value, overflow, misalign_x || (aliased && n.state > 0));
 
     // Misaligned x: one more element so that reads at a 2-byte offset stay inside the allocation.
-    let x = Buf::new(values(r, n_x + usize::from(misalign_x), 2.0), f32::from_bits(CANARY_BITS));
-    let kernel = Buf::new(values(r, n_k, 0.5), f32::from_bits(CANARY_BITS));
-    let recurrent = Buf::new(values(r, n_r, 0.5), f32::from_bits(CANARY_BITS));
-    let bias = Buf::new(values(r, n_b, 0.5), f32::from_bits(CANARY_BITS));
-    let h0 = Buf::new(values(r, n_s, 1.0), f32::from_bits(CANARY_BITS));
-    let c0 = Buf::new(values(r, n_s, 1.0), f32::from_bits(CANARY_BITS));
-    let mask_bytes: Vec<u8> = (0..n_mask)
-        .map(|_| match r.u8() % 8 {
-            0..=2 => 0,
-            3 => r.u8(),
-            4 => 255,
-            _ => 1,
-        })
-        .collect();
-    let mask = Buf::new(mask_bytes, CANARY_BYTE);
-    let unset = f32::from_bits(UNSET_BITS);
-    let canary = f32::from_bits(CANARY_BITS);
-    let mut outs = [n_y, n_s, n_s, n_s].map(|n| Buf::filled(n, unset, canary));
-    let inputs_before: Vec<Vec<f32>> =
-        [&x, &kernel, &recurrent, &bias, &h0, &c0].iter().map(|b| b.data.clone()).collect();
-
-    let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
-    let x_ptr = if x_null {
-        ptr::null()
-    } else if misalign_x {
-        x.ptr().cast::<u8>().wrapping_add(2).cast::<f32>()
-    } else {
-        x.ptr()
-    };
-    let mut out_ptrs = [ptr::null_mut::<f32>(); 4];
-    for (k, (buf, &on)) in outs.iter_mut().zip(&outs_on).enumerate() {
-        if on {
-            out_ptrs[k] = buf.mut_ptr();
-        }
-    }
-    if alias_c_to_h && outs_on[2] && outs_on[3] {
+    let bufs = KerasBufs::new(r, &n, usize::from(misalign_x));
+    let (outs, mut out_ptrs) = output_bufs([n.y, n.state, n.state, n.state], &outs_on);
+    let inputs = bufs.floats();
+    let inputs_before: Vec<Vec<f32>> = inputs.iter().map(|b| b.data.clone()).collect();
+    if aliased {
         out_ptrs[3] = out_ptrs[2];
     }
+    let (i, w) = bufs.ptrs(input_ptr(&bufs.x, x_null, misalign_x), [kernel_null, recurrent_null], given);
     // SAFETY: every non-NULL buffer holds exactly its documented size (plus a canary) when the sizes are
     // sane. Otherwise the buffers are one-element dummies and `expected` is a failure that validation
     // reports before any access; a library that read or wrote them anyway is what this harness hunts
     // (writes land in the canary, which is checked). A misaligned `x` and aliased outputs stay inside
     // their allocations.
-    let status = unsafe {
-        mrnn_lstm_keras(
-            if attrs_null { ptr::null() } else { &attrs },
-            x_ptr,
-            if mask_on { mask.ptr() } else { ptr::null() },
-            if kernel_null { ptr::null() } else { kernel.ptr() },
-            if recurrent_null { ptr::null() } else { recurrent.ptr() },
-            opt(bias_on, bias.ptr()),
-            opt(h0_on, h0.ptr()),
-            opt(c0_on, c0.ptr()),
-            out_ptrs[0],
-            out_ptrs[1],
-            out_ptrs[2],
-            out_ptrs[3],
-        )
-    };
+    let status = unsafe { lstm_keras(if attrs_null { ptr::null() } else { &attrs }, i, w, out_ptrs) };
     let what = format!("mrnn_lstm_keras({attrs:?}, nulls: attrs {attrs_null} x {x_null} kernel {kernel_null} recurrent {recurrent_null}, misaligned x {misalign_x}, aliased c_n {alias_c_to_h})");
-    check_status(&what, status)?;
-    const NAMES: [&str; 4] = ["y", "last_output", "h_n", "c_n"];
-    for (buf, name) in outs.iter().zip(NAMES) {
-        buf.check_canary(name, canary)?;
-    }
-    mask.check_canary("mask", CANARY_BYTE)?;
-    for (before, (buf, name)) in inputs_before.iter().zip([
-        (&x, "x"),
-        (&kernel, "kernel"),
-        (&recurrent, "recurrent_kernel"),
-        (&bias, "bias"),
-        (&h0, "initial_h"),
-        (&c0, "initial_c"),
-    ]) {
-        same_bits(&format!("{what}: input {name} modified (after vs before)"), &buf.data, before)?;
-    }
-
-    if let Some(expected) = expected {
-        if status != expected {
-            return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
-        }
-        for (buf, name) in outs.iter().zip(NAMES) {
-            if buf.values().iter().any(|v| v.to_bits() != UNSET_BITS) {
-                return Err(format!("{what}: {name} written by a call that failed validation"));
-            }
-        }
+    bufs.mask.check_canary("mask", CANARY_BYTE).map_err(|e| format!("{what}: {e}"))?;
+    if check_call(&what, status, &outs, &KERAS_OUT_NAMES, &inputs, &inputs_before, expected)? {
         return Ok(());
     }
 
     // Sane sizes, valid pointers: the Rust API on the same inputs must agree bitwise.
-    let (b, t, i, h) = (bs as usize, ts as usize, is as usize, hs as usize);
-    let mut reference = [n_y, n_s, n_s, n_s].map(|n| vec![unset; n]);
-    let rust_status = (|| -> Result<()> {
-        let view = if mask_on { SeqView::from_mask_bytes(mask.values(), b, t)? } else { SeqView::full(b, t) };
-        let ract = if attrs.recurrent_activation == 7 {
-            let or = |v: f32, d: f32| if v.is_nan() { d } else { v };
-            Activation::HardSigmoid { alpha: or(attrs.recurrent_alpha, 0.2), beta: or(attrs.recurrent_beta, 0.5) }
-        } else {
-            keras_reference_activation(attrs.recurrent_activation)?
-        };
-        let options = KerasLstmOptions::default()
-            .activation(keras_reference_activation(attrs.activation)?)
-            .recurrent_activation(ract)
-            .go_backwards(attrs.go_backwards == 1)
-            .zero_output_for_mask(attrs.zero_output_for_mask == 1);
-        let weights =
-            LstmWeights::from_keras(i, h, kernel.values(), recurrent.values(), bias_on.then(|| bias.values()))?;
-        let layer = KerasLstm::new(weights, options)?;
-        let zeros = vec![0.0; n_s];
-        let initial = (h0_on || c0_on).then(|| InitialState {
-            h: if h0_on { h0.values() } else { &zeros },
-            c: if c0_on { c0.values() } else { &zeros },
+    let (b, t) = (dims[0] as usize, dims[1] as usize);
+    let reference = (|| {
+        let view = if given.mask { SeqView::from_mask_bytes(bufs.mask.values(), b, t)? } else { SeqView::full(b, t) };
+        let layer = bufs.reference_layer(&attrs, given)?;
+        let zeros = vec![0.0; n.state];
+        let initial = (given.h0 || given.c0).then(|| InitialState {
+            h: if given.h0 { bufs.h0.values() } else { &zeros },
+            c: if given.c0 { bufs.c0.values() } else { &zeros },
         });
+        let mut reference = [n.y, n.state, n.state, n.state].map(|n| vec![f32::from_bits(UNSET_BITS); n]);
         let [ry, rl, rh, rc] = &mut reference;
         let out = KerasOutputs {
             y: outs_on[0].then_some(&mut ry[..]),
@@ -443,19 +659,10 @@ fn fuzz_lstm_keras(r: &mut ByteReader<'_>) -> Check {
             h_n: outs_on[2].then_some(&mut rh[..]),
             c_n: outs_on[3].then_some(&mut rc[..]),
         };
-        layer.forward(x.values(), &view, initial, out, attrs.num_threads as usize)?;
-        Ok(())
-    })()
-    .map_or_else(|e| status_of(e.kind()), |()| MRNN_OK);
-    if status != rust_status {
-        return Err(format!("{what}: status {status}, the Rust API gives {rust_status}: {}", last_error_message()));
-    }
-    if status == MRNN_OK {
-        for ((buf, expected), name) in outs.iter().zip(&reference).zip(NAMES) {
-            same_bits(&format!("{what}: {name} (C ABI vs the Rust API)"), buf.values(), expected)?;
-        }
-    }
-    Ok(())
+        layer.forward(bufs.x.values(), &view, initial, out, attrs.num_threads as usize)?;
+        Ok(reference)
+    })();
+    check_same_as_rust(&what, status, reference, &outs, &KERAS_OUT_NAMES)
 }
 
 /// Small limits of `T, B, I, H` in sane ONNX cases.
@@ -602,31 +809,138 @@ fn onnx_value_error(a: &MrnnOnnxLstmAttrs) -> bool {
         || a.num_threads < 0
 }
 
-fn fuzz_lstm_onnx(r: &mut ByteReader<'_>) -> Check {
-    let (attrs, sane, bad_value) = onnx_attrs(r);
-    let [ts, bs, is, hs] = [attrs.seq_length, attrs.batch_size, attrs.input_size, attrs.hidden_size];
-    let d_n: i64 = if attrs.direction == 2 { 2 } else { 1 };
-    let overflow = !bad_value
-        && [
-            &[ts, bs, is][..],
-            &[d_n, 4, hs, is],
-            &[d_n, 4, hs, hs],
-            &[d_n, 8, hs],
-            &[d_n, 3, hs],
-            &[d_n, bs, hs],
-            &[ts, d_n, bs, hs],
-        ]
-        .iter()
-        .any(|d| overflows(d));
+/// `D` of ONNX attributes: 2 for bidirectional, else 1.
+fn directions(a: &MrnnOnnxLstmAttrs) -> i64 {
+    if a.direction == 2 {
+        2
+    } else {
+        1
+    }
+}
 
-    let rare = |r: &mut ByteReader<'_>, n: u8| r.u8().is_multiple_of(n);
-    let attrs_null = rare(r, 32);
-    let mut x_null = rare(r, 24);
-    let w_null = rare(r, 24);
-    let r_null = rare(r, 24);
-    let b_on = r.bool();
-    let lens_on = !r.u8().is_multiple_of(4);
-    let (h0_on, c0_on, p_on) = (r.u8().is_multiple_of(3), r.u8().is_multiple_of(3), r.u8().is_multiple_of(3));
+/// Whether a size of an ONNX call of sizes `T, B, I, H` and `d` directions overflows, as the C ABI computes
+/// them (`T = B = 0`: the weights alone).
+fn onnx_overflows([ts, bs, is, hs]: [i64; 4], d: i64) -> bool {
+    [&[ts, bs, is][..], &[d, 4, hs, is], &[d, 4, hs, hs], &[d, 8, hs], &[d, 3, hs], &[d, bs, hs], &[ts, d, bs, hs]]
+        .iter()
+        .any(|dims| overflows(dims))
+}
+
+/// The buffer lengths of an ONNX case of sizes `T, B, I, H` and `d` directions (see [`buffer_len`]).
+struct OnnxLens {
+    x: usize,
+    w: usize,
+    r: usize,
+    b: usize,
+    p: usize,
+    state: usize,
+    y: usize,
+    lens: usize,
+}
+
+impl OnnxLens {
+    fn new(sane: bool, [ts, bs, is, hs]: [i64; 4], d: i64) -> Self {
+        let len = |dims: &[i64]| buffer_len(sane, dims);
+        OnnxLens {
+            x: len(&[ts, bs, is]),
+            w: len(&[d, 4, hs, is]),
+            r: len(&[d, 4, hs, hs]),
+            b: len(&[d, 8, hs]),
+            p: len(&[d, 3, hs]),
+            state: len(&[d, bs, hs]),
+            y: len(&[ts, d, bs, hs]),
+            lens: len(&[bs]),
+        }
+    }
+}
+
+/// Which optional inputs a one-shot ONNX call is given, from fuzz bytes (`p_often`: peepholes two times in
+/// three, else one time in three).
+#[derive(Clone, Copy)]
+struct OnnxGiven {
+    b: bool,
+    lens: bool,
+    h0: bool,
+    c0: bool,
+    p: bool,
+}
+
+impl OnnxGiven {
+    fn new(r: &mut ByteReader<'_>, p_often: bool) -> Self {
+        let (b, lens) = (r.bool(), !r.u8().is_multiple_of(4));
+        let (h0, c0) = (r.u8().is_multiple_of(3), r.u8().is_multiple_of(3));
+        OnnxGiven { b, lens, h0, c0, p: r.u8().is_multiple_of(3) != p_often }
+    }
+}
+
+/// `W`, `R`, `B`, `P` as the Rust API takes them.
+type OnnxWeightSlices<'a> = (&'a [f32], &'a [f32], Option<&'a [f32]>, Option<&'a [f32]>);
+
+/// The float input buffers of a one-shot ONNX call, from fuzz bytes (`extra` more elements of `x`, `W`).
+struct OnnxBufs {
+    x: Buf<f32>,
+    w: Buf<f32>,
+    r: Buf<f32>,
+    b: Buf<f32>,
+    p: Buf<f32>,
+    h0: Buf<f32>,
+    c0: Buf<f32>,
+}
+
+impl OnnxBufs {
+    fn new(r: &mut ByteReader<'_>, n: &OnnxLens, [x_extra, w_extra]: [usize; 2]) -> Self {
+        let canary = f32::from_bits(CANARY_BITS);
+        OnnxBufs {
+            x: Buf::new(values(r, n.x + x_extra, 2.0), canary),
+            w: Buf::new(values(r, n.w + w_extra, 0.5), canary),
+            r: Buf::new(values(r, n.r, 0.5), canary),
+            b: Buf::new(values(r, n.b, 0.5), canary),
+            p: Buf::new(values(r, n.p, 0.5), canary),
+            h0: Buf::new(values(r, n.state, 1.0), canary),
+            c0: Buf::new(values(r, n.state, 1.0), canary),
+        }
+    }
+
+    /// The float buffers, in argument order.
+    fn floats(&self) -> [&Buf<f32>; 7] {
+        [&self.x, &self.w, &self.r, &self.b, &self.p, &self.h0, &self.c0]
+    }
+
+    /// The pointers a call gets: `x`, `W`, `initial_h` (as given) and `sequence_lens`, `R` unless NULL, the
+    /// rest as `given`.
+    fn ptrs(&self, [x, w, h0]: [In; 3], lens: *const i32, r_null: bool, given: OnnxGiven) -> (Inputs<i32>, [In; 4]) {
+        let opt = |on: bool, p: In| if on { p } else { ptr::null() };
+        let inputs = (x, lens, opt(given.h0, h0), opt(given.c0, self.c0.ptr()));
+        (inputs, [w, opt(!r_null, self.r.ptr()), opt(given.b, self.b.ptr()), opt(given.p, self.p.ptr())])
+    }
+
+    /// The weights as the Rust API takes them: `W`, `R`, and `B`, `P` as given.
+    fn weights(&self, given: OnnxGiven) -> OnnxWeightSlices<'_> {
+        (self.w.values(), self.r.values(), given.b.then(|| self.b.values()), given.p.then(|| self.p.values()))
+    }
+
+    /// The initial states as the Rust API takes them.
+    fn initial(&self, given: OnnxGiven) -> (Option<&[f32]>, Option<&[f32]>) {
+        (given.h0.then(|| self.h0.values()), given.c0.then(|| self.c0.values()))
+    }
+}
+
+/// Names of the outputs of an ONNX forward, in argument order.
+const ONNX_OUT_NAMES: [&str; 3] = ["Y", "Y_h", "Y_c"];
+
+/// `n` sequence lengths for `T` steps from fuzz bytes (`T` = 0 unless the sizes are sane), and whether one
+/// is outside `0..=T` (only in a sane case, where the library reads them).
+fn lengths(r: &mut ByteReader<'_>, n: usize, ts: i64, sane: bool) -> (Vec<i32>, bool) {
+    let lens: Vec<i32> = (0..n).map(|_| length_value(r, if sane { ts } else { 0 })).collect();
+    let bad = sane && lens.iter().any(|&l| l < 0 || i64::from(l) > ts);
+    (lens, bad)
+}
+
+fn fuzz_lstm_onnx(r: &mut ByteReader<'_>) -> Check {
+    let OneShot { attrs, dims, sane, bad_value, overflow, nulls } = one_shot(r, &ONNX, (32, 24));
+    let [attrs_null, mut x_null, w_null, r_null] = nulls;
+    let d_n = directions(&attrs);
+    let given = OnnxGiven::new(r, false);
     let outs_on = [!r.u8().is_multiple_of(4), r.bool(), r.bool()];
     let misalign = match r.u8() % 48 {
         0 => 1, // x
@@ -642,82 +956,35 @@ fn fuzz_lstm_onnx(r: &mut ByteReader<'_>) -> Check {
     };
 
     let required_null = attrs_null || x_null || w_null || r_null;
-    if predicted(required_null, bad_value, overflow, false).is_none() && !sane {
-        x_null = true;
-    }
+    x_null |= too_big(required_null, bad_value, overflow, sane);
     let required_null = required_null || x_null;
 
-    let len = |dims: &[i64]| -> usize {
-        if sane {
-            dims.iter().map(|&d| d as usize).product()
-        } else {
-            1
-        }
-    };
-    let (n_x, n_w, n_r, n_b, n_p, n_s, n_y, n_l) = (
-        len(&[ts, bs, is]),
-        len(&[d_n, 4, hs, is]),
-        len(&[d_n, 4, hs, hs]),
-        len(&[d_n, 8, hs]),
-        len(&[d_n, 3, hs]),
-        len(&[d_n, bs, hs]),
-        len(&[ts, d_n, bs, hs]),
-        len(&[bs]),
-    );
+    let n = OnnxLens::new(sane, dims, d_n);
     let aliased = match alias {
-        1 => outs_on[1] && outs_on[2] && n_s > 0,
-        2 => outs_on[1] && h0_on && n_s > 0,
+        1 => outs_on[1] && outs_on[2] && n.state > 0,
+        2 => outs_on[1] && given.h0 && n.state > 0,
         _ => false,
     };
-    let misaligned = match misalign {
-        1 => true,
-        2 => true,
-        3 => lens_on,
-        _ => false,
-    };
-    let lens_values: Vec<i32> = (0..n_l).map(|_| length_value(r, if sane { ts } else { 0 })).collect();
-    let lens_bad = sane && lens_on && lens_values.iter().any(|&l| l < 0 || i64::from(l) > ts);
+    let misaligned = misalign == 1 || misalign == 2 || (misalign == 3 && given.lens);
+    let (mut lens_data, lens_bad) = lengths(r, n.lens, dims[0], sane);
+    let lens_bad = given.lens && lens_bad;
     let expected = predicted(required_null, bad_value, overflow, misaligned || aliased)
         .or_else(|| lens_bad.then_some(MRNN_ERR_BAD_ARGUMENT));
 
-    let canary = f32::from_bits(CANARY_BITS);
     // Misaligned buffers get one more element so that reads at a 2-byte offset stay inside.
-    let x = Buf::new(values(r, n_x + usize::from(misalign == 1), 2.0), canary);
-    let w = Buf::new(values(r, n_w + usize::from(misalign == 2), 0.5), canary);
-    let rr = Buf::new(values(r, n_r, 0.5), canary);
-    let bias = Buf::new(values(r, n_b, 0.5), canary);
-    let peep = Buf::new(values(r, n_p, 0.5), canary);
-    let mut h0 = Buf::new(values(r, n_s, 1.0), canary);
-    let c0 = Buf::new(values(r, n_s, 1.0), canary);
-    let mut lens_data = lens_values;
+    let mut bufs = OnnxBufs::new(r, &n, [usize::from(misalign == 1), usize::from(misalign == 2)]);
     if misalign == 3 {
         lens_data.push(0);
     }
     let lens = Buf::new(lens_data, CANARY_I32);
-    let unset = f32::from_bits(UNSET_BITS);
-    let mut outs = [n_y, n_s, n_s].map(|n| Buf::filled(n, unset, canary));
-    let inputs_before: Vec<Vec<f32>> = [&x, &w, &rr, &bias, &peep, &h0, &c0].iter().map(|b| b.data.clone()).collect();
-    let lens_before = lens.data.clone();
-
-    let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
+    let (outs, mut out_ptrs) = output_bufs([n.y, n.state, n.state], &outs_on);
     // One raw pointer for initial_h, from which the aliased output is also derived.
-    let h0_ptr = h0.mut_ptr();
-    let shift = |p: *const f32, on: bool| if on { p.cast::<u8>().wrapping_add(2).cast::<f32>() } else { p };
-    let x_ptr = if x_null { ptr::null() } else { shift(x.ptr(), misalign == 1) };
-    let w_ptr = if w_null { ptr::null() } else { shift(w.ptr(), misalign == 2) };
-    let lens_ptr = if !lens_on {
-        ptr::null()
-    } else if misalign == 3 {
-        lens.ptr().cast::<u8>().wrapping_add(2).cast::<i32>()
-    } else {
-        lens.ptr()
-    };
-    let mut out_ptrs = [ptr::null_mut::<f32>(); 3];
-    for (k, (buf, &on)) in outs.iter_mut().zip(&outs_on).enumerate() {
-        if on {
-            out_ptrs[k] = buf.mut_ptr();
-        }
-    }
+    let h0_ptr = bufs.h0.mut_ptr();
+    let inputs = bufs.floats();
+    let inputs_before: Vec<Vec<f32>> = inputs.iter().map(|b| b.data.clone()).collect();
+    let lens_before = lens.data.clone();
+    let ptrs = [input_ptr(&bufs.x, x_null, misalign == 1), input_ptr(&bufs.w, w_null, misalign == 2), h0_ptr];
+    let (i, w) = bufs.ptrs(ptrs, input_ptr(&lens, !given.lens, misalign == 3), r_null, given);
     if aliased && alias == 1 {
         out_ptrs[2] = out_ptrs[1];
     }
@@ -729,97 +996,41 @@ fn fuzz_lstm_onnx(r: &mut ByteReader<'_>) -> Check {
     // sane. Otherwise the buffers are one-element dummies and `expected` is a failure that validation
     // reports before any access. Misaligned and aliased buffers stay inside their allocations; an output
     // aliased to `initial_h` shares its raw pointer, and `initial_h` is compared with its copy afterwards.
-    let status = unsafe {
-        mrnn_lstm_onnx(
-            if attrs_null { ptr::null() } else { &attrs },
-            x_ptr,
-            w_ptr,
-            if r_null { ptr::null() } else { rr.ptr() },
-            opt(b_on, bias.ptr()),
-            lens_ptr,
-            opt(h0_on, h0_ptr),
-            opt(c0_on, c0.ptr()),
-            opt(p_on, peep.ptr()),
-            out_ptrs[0],
-            out_ptrs[1],
-            out_ptrs[2],
-        )
-    };
+    let status = unsafe { lstm_onnx(if attrs_null { ptr::null() } else { &attrs }, i, w, out_ptrs) };
     let what = format!(
         "mrnn_lstm_onnx({attrs:?}, nulls: attrs {attrs_null} x {x_null} w {w_null} r {r_null}, misaligned {misalign}, alias {alias}, lens {:?})",
-        lens_on.then(|| lens.values())
+        given.lens.then(|| lens.values())
     );
-    check_status(&what, status)?;
-    const NAMES: [&str; 3] = ["Y", "Y_h", "Y_c"];
-    for (buf, name) in outs.iter().zip(NAMES) {
-        buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
-    }
-    lens.check_canary("sequence_lens", CANARY_I32).map_err(|e| format!("{what}: {e}"))?;
-    for (before, (buf, name)) in inputs_before.iter().zip([
-        (&x, "x"),
-        (&w, "w"),
-        (&rr, "r"),
-        (&bias, "b"),
-        (&peep, "p"),
-        (&h0, "initial_h"),
-        (&c0, "initial_c"),
-    ]) {
-        same_bits(&format!("{what}: input {name} modified (after vs before)"), &buf.data, before)?;
-    }
-    if lens_before != lens.data {
-        return Err(format!("{what}: sequence_lens was modified"));
-    }
-
-    if let Some(expected) = expected {
-        if status != expected {
-            return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
-        }
-        for (buf, name) in outs.iter().zip(NAMES) {
-            if buf.values().iter().any(|v| v.to_bits() != UNSET_BITS) {
-                return Err(format!("{what}: {name} written by a call that failed validation"));
-            }
-        }
+    check_lens(&what, &lens, &lens_before)?;
+    if check_call(&what, status, &outs, &ONNX_OUT_NAMES, &inputs, &inputs_before, expected)? {
         return Ok(());
     }
 
     // Sane sizes, valid pointers and lengths: the Rust API on the same inputs must agree bitwise.
-    let (t, b, i) = (ts as usize, bs as usize, is as usize);
-    let mut reference = [n_y, n_s, n_s].map(|n| vec![unset; n]);
-    let rust_status = (|| -> Result<()> {
-        let node = OnnxLstm::new(
-            expected_onnx_attrs(&attrs)?,
-            i,
-            w.values(),
-            rr.values(),
-            b_on.then(|| bias.values()),
-            p_on.then(|| peep.values()),
-        )?;
+    let reference = (|| {
+        // +inf is passed on as a clip: the Rust API must then compute exactly what "no clip" does.
+        let (w, rr, b, p) = bufs.weights(given);
+        let node = OnnxLstm::new(expected_onnx_attrs(&attrs)?, dims[2] as usize, w, rr, b, p)?;
+        let mut reference = [n.y, n.state, n.state].map(|n| vec![f32::from_bits(UNSET_BITS); n]);
         let [ry, rh, rc] = &mut reference;
         let out = OnnxOutputs {
             y: outs_on[0].then_some(&mut ry[..]),
             y_h: outs_on[1].then_some(&mut rh[..]),
             y_c: outs_on[2].then_some(&mut rc[..]),
         };
-        node.forward(
-            x.values(),
-            t,
-            b,
-            lens_on.then(|| lens.values()),
-            h0_on.then(|| h0.values()),
-            c0_on.then(|| c0.values()),
-            out,
-            attrs.num_threads as usize,
-        )?;
-        Ok(())
-    })()
-    .map_or_else(|e| status_of(e.kind()), |()| MRNN_OK);
-    if status != rust_status {
-        return Err(format!("{what}: status {status}, the Rust API gives {rust_status}: {}", last_error_message()));
-    }
-    if status == MRNN_OK {
-        for ((buf, expected), name) in outs.iter().zip(&reference).zip(NAMES) {
-            same_bits(&format!("{what}: {name} (C ABI vs the Rust API)"), buf.values(), expected)?;
-        }
+        let ((t, b), (h0, c0)) = ((dims[0] as usize, dims[1] as usize), bufs.initial(given));
+        let lens = given.lens.then(|| lens.values());
+        node.forward(bufs.x.values(), t, b, lens, h0, c0, out, attrs.num_threads as usize)?;
+        Ok(reference)
+    })();
+    check_same_as_rust(&what, status, reference, &outs, &ONNX_OUT_NAMES)
+}
+
+/// The checks of `sequence_lens` after a call: its canary intact, its values unchanged.
+fn check_lens(what: &str, lens: &Buf<i32>, before: &[i32]) -> Check {
+    lens.check_canary("sequence_lens", CANARY_I32).map_err(|e| format!("{what}: {e}"))?;
+    if lens.data != before {
+        return Err(format!("{what}: sequence_lens was modified"));
     }
     Ok(())
 }
@@ -998,6 +1209,79 @@ fn onnx_fixed_differ(run: &MrnnOnnxLstmAttrs, c: &MrnnOnnxLstmAttrs) -> bool {
         || (0..n.min(6)).any(|k| act(run, k) != act(c, k))
 }
 
+/// What the harness knows of a kind's attributes, written from the header: arbitrary ones, the per-run
+/// fields, the sizes and the checks of validation.
+struct AttrsKind<A> {
+    /// Attributes from fuzz bytes, whether every size is sane, whether a value must be rejected.
+    arbitrary: fn(&mut ByteReader<'_>) -> (A, bool, bool),
+    /// The limits of the per-run sizes in sane cases, in field order.
+    sane_run: [i64; 2],
+    /// Sets the per-run sizes (in field order) and the thread count.
+    set_run: fn(&mut A, [i64; 2], i32),
+    /// The four sizes in field order (`B, T, I, H` or `T, B, I, H`).
+    dims: fn(&A) -> [i64; 4],
+    /// Whether validation must reject a value (step 2), and whether a run's attributes differ from the
+    /// handle's on a field fixed at creation.
+    value_error: fn(&A) -> bool,
+    fixed_differ: fn(&A, &A) -> bool,
+    /// Whether a size of a call with these attributes overflows when its sizes are `dims`.
+    overflows: fn(&A, [i64; 4]) -> bool,
+}
+
+const KERAS: AttrsKind<MrnnKerasLstmAttrs> = AttrsKind {
+    arbitrary: keras_attrs,
+    sane_run: [SANE[0], SANE[1]],
+    set_run: |a, [b, t], threads| (a.batch_size, a.seq_length, a.num_threads) = (b, t, threads),
+    dims: |a| [a.batch_size, a.seq_length, a.input_size, a.hidden_size],
+    value_error: keras_value_error,
+    fixed_differ: keras_fixed_differ,
+    overflows: |_, dims| keras_overflows(dims),
+};
+
+const ONNX: AttrsKind<MrnnOnnxLstmAttrs> = AttrsKind {
+    arbitrary: onnx_attrs,
+    sane_run: [SANE_ONNX[0], SANE_ONNX[1]],
+    set_run: |a, [t, b], threads| (a.seq_length, a.batch_size, a.num_threads) = (t, b, threads),
+    dims: |a| [a.seq_length, a.batch_size, a.input_size, a.hidden_size],
+    value_error: onnx_value_error,
+    fixed_differ: onnx_fixed_differ,
+    overflows: |a, dims| onnx_overflows(dims, directions(a)),
+};
+
+/// The attributes of one run of a handle made with `created`, from fuzz bytes: the per-run sizes and thread
+/// count, and sometimes a changed fixed field; what validation must say of them.
+struct RunAttrs<A> {
+    a: A,
+    /// The sizes (`B, T, I, H` or `T, B, I, H`), `I` and `H` the handle's.
+    dims: [i64; 4],
+    /// A bad value, a field that differs from the handle's, a size that overflows.
+    bad_value: bool,
+    mismatch: bool,
+    overflow: bool,
+    /// Whether the per-run sizes are small enough to compute.
+    sane: bool,
+}
+
+/// A run of a handle of the kind of `A` made with `created`: `change` may change a fixed field.
+fn run_attrs<A: Copy>(
+    r: &mut ByteReader<'_>,
+    kind: &AttrsKind<A>,
+    created: &A,
+    change: impl FnOnce(&mut ByteReader<'_>, &mut A),
+) -> RunAttrs<A> {
+    let mut a = *created;
+    let sizes = run_sizes(r, kind.sane_run);
+    (kind.set_run)(&mut a, sizes, thread_count(r));
+    change(r, &mut a);
+    let (bad_value, mismatch) = ((kind.value_error)(&a), (kind.fixed_differ)(&a, created));
+    // The weights' sizes (and directions) are the handle's, which validated.
+    let [_, _, is, hs] = (kind.dims)(created);
+    let dims = [sizes[0], sizes[1], is, hs];
+    let overflow = !bad_value && !mismatch && (kind.overflows)(created, dims);
+    let sane = sizes.iter().zip(kind.sane_run).all(|(&s, max)| (0..=max).contains(&s));
+    RunAttrs { a, dims, bad_value, mismatch, overflow, sane }
+}
+
 /// `n` input values from fuzz bytes: mostly in `±scale`, sometimes anything (NaN, infinities, huge).
 fn values(r: &mut ByteReader<'_>, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| if r.u8().is_multiple_of(32) { r.wild() } else { r.unit(scale) }).collect()
@@ -1005,11 +1289,11 @@ fn values(r: &mut ByteReader<'_>, n: usize, scale: f32) -> Vec<f32> {
 
 /// The pointer a call gets for `buf`: NULL, two bytes past the start (misaligned, still inside the
 /// allocation) or the start.
-fn input_ptr(buf: &Buf<f32>, null: bool, misalign: bool) -> *const f32 {
+fn input_ptr<T: Same>(buf: &Buf<T>, null: bool, misalign: bool) -> *const T {
     if null {
         ptr::null()
     } else if misalign {
-        buf.ptr().cast::<u8>().wrapping_add(2).cast::<f32>()
+        buf.ptr().cast::<u8>().wrapping_add(2).cast::<T>()
     } else {
         buf.ptr()
     }
@@ -1062,42 +1346,6 @@ fn check_new<T>(
     Ok(true)
 }
 
-/// The checks after a handle's `_run`: output canaries intact, float inputs unmodified, and a predicted
-/// failure with exactly its status, the fixed-field message when only a fixed field changed, and no output
-/// written. Returns whether the run was a predicted failure (nothing more to compare).
-#[allow(clippy::too_many_arguments)]
-fn check_run(
-    what: &str,
-    status: i32,
-    outs: &[Buf<f32>],
-    names: &[&str],
-    inputs: &[&Buf<f32>],
-    inputs_before: &[Vec<f32>],
-    expected: Option<i32>,
-    only_fixed_field: bool,
-) -> std::result::Result<bool, String> {
-    check_status(what, status)?;
-    let canary = f32::from_bits(CANARY_BITS);
-    for (buf, name) in outs.iter().zip(names) {
-        buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
-    }
-    for (k, (b, s)) in inputs.iter().zip(inputs_before).enumerate() {
-        same_bits(&format!("{what}: input {k} modified (after vs before)"), &b.data, s)?;
-    }
-    let Some(expected) = expected else { return Ok(false) };
-    if status != expected {
-        return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
-    }
-    let message = last_error_message();
-    if only_fixed_field && !message.contains("differs from the handle's") {
-        return Err(format!("{what}: a changed fixed field, but the message is {message:?}"));
-    }
-    if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
-        return Err(format!("{what}: an output was written by a run that failed validation"));
-    }
-    Ok(true)
-}
-
 /// A handle's run against the one-shot function on the same inputs: the same status and bitwise the
 /// same outputs.
 fn check_same_as_one_shot(
@@ -1118,6 +1366,48 @@ fn check_same_as_one_shot(
     Ok(())
 }
 
+/// The optional inputs of a run as given (absent: `None`): the mask's bytes or the lengths, `initial_h`,
+/// `initial_c`.
+type Given<'a, S> = (Option<&'a Buf<S>>, Option<&'a Buf<f32>>, Option<&'a Buf<f32>>);
+
+/// The pointer of an optional buffer: NULL when absent.
+fn opt_ptr<T: Same>(buf: Option<&Buf<T>>) -> *const T {
+    buf.map_or(ptr::null(), Buf::ptr)
+}
+
+/// A run's input pointers: `x`, and the buffers given.
+fn input_ptrs<S: Same>(x: *const f32, (steps, h0, c0): Given<'_, S>) -> Inputs<S> {
+    (x, opt_ptr(steps), opt_ptr(h0), opt_ptr(c0))
+}
+
+/// A handle's call against `one_shot` (the one-shot function `name`, given the outputs) on the same inputs
+/// and the weights the handle had: the same status and bitwise the same outputs (`outs`, of which `on` were
+/// asked for).
+fn check_against_one_shot<const N: usize>(
+    (what, name): (&str, &str),
+    status: i32,
+    outs: &[Buf<f32>; N],
+    (on, names): (&[bool; N], &[&str]),
+    one_shot: impl FnOnce([*mut f32; N]) -> i32,
+) -> Check {
+    let (expected, ptrs) = output_bufs(outs.each_ref().map(|b| b.len), on);
+    let one_status = one_shot(ptrs);
+    check_same_as_one_shot(what, name, status, one_status, outs, &expected, names)
+}
+
+/// The caller's weights after a handle's `_new`: scribbled over (`fill`), since the handle owns a copy;
+/// returns copies of the values it was given, for the one-shot calls.
+fn scribble<const N: usize>(bufs: [&mut Buf<f32>; N], saved: &[Vec<f32>], fill: f32) -> [Buf<f32>; N] {
+    let canary = f32::from_bits(CANARY_BITS);
+    let mut k = 0;
+    bufs.map(|buf| {
+        let n = buf.len;
+        buf.data[..n].fill(fill);
+        k += 1;
+        Buf::new(saved[k - 1][..n].to_vec(), canary)
+    })
+}
+
 /// Creates a Keras handle from arbitrary attributes and weights, then runs it a few times with other
 /// shapes, thread counts and sometimes changed fixed fields: every status as the contract predicts, every
 /// successful run bitwise equal to `mrnn_lstm_keras` on the same inputs, canaries intact.
@@ -1125,25 +1415,20 @@ fn fuzz_keras_handle(r: &mut ByteReader<'_>) -> Check {
     let (created, _, bad_value) = keras_attrs(r);
     let (is, hs) = (created.input_size, created.hidden_size);
     let sane_weights = (0..=SANE[2]).contains(&is) && (0..=SANE[3]).contains(&hs);
-    let overflow = !bad_value && [&[4, hs][..], &[is, 4, hs], &[hs, 4, hs]].iter().any(|d| overflows(d));
+    let overflow = !bad_value && keras_overflows([0, 0, is, hs]);
     let rare = |r: &mut ByteReader<'_>, n: u8| r.u8().is_multiple_of(n);
     let (attrs_null, mut kernel_null, recurrent_null, out_null) = (rare(r, 32), rare(r, 24), rare(r, 24), rare(r, 32));
     let (bias_on, misalign_kernel) = (r.bool(), rare(r, 32));
-    if predicted(attrs_null || kernel_null || recurrent_null || out_null, bad_value, overflow, false).is_none()
-        && !sane_weights
-    {
-        // Huge weights that validate: never pack them.
-        kernel_null = true;
-    }
+    // Huge weights that validate: never pack them.
+    kernel_null |= too_big(attrs_null || kernel_null || recurrent_null || out_null, bad_value, overflow, sane_weights);
     let required_null = attrs_null || kernel_null || recurrent_null || out_null;
     let expected = predicted(required_null, bad_value, overflow, misalign_kernel);
-    let len = |dims: &[i64]| if sane_weights { dims.iter().map(|&d| d as usize).product() } else { 1 };
+    let n = KerasLens::new(sane_weights, [0, 0, is, hs]);
     let canary = f32::from_bits(CANARY_BITS);
-    let mut kernel = Buf::new(values(r, len(&[is, 4, hs]) + usize::from(misalign_kernel), 0.5), canary);
-    let mut recurrent = Buf::new(values(r, len(&[hs, 4, hs]), 0.5), canary);
-    let mut bias = Buf::new(values(r, len(&[4, hs]), 0.5), canary);
+    let mut kernel = Buf::new(values(r, n.kernel + usize::from(misalign_kernel), 0.5), canary);
+    let mut recurrent = Buf::new(values(r, n.recurrent, 0.5), canary);
+    let mut bias = Buf::new(values(r, n.bias, 0.5), canary);
     let saved: Vec<Vec<f32>> = [&kernel, &recurrent, &bias].iter().map(|b| b.data.clone()).collect();
-    let kernel_ptr = input_ptr(&kernel, kernel_null, misalign_kernel);
     let mut out = sentinel::<MrnnKerasLstm>();
     // SAFETY: the weights hold exactly their documented sizes (plus a canary) when the sizes are sane;
     // otherwise they are one-element dummies and `expected` is a failure validation reports first. A
@@ -1151,7 +1436,7 @@ fn fuzz_keras_handle(r: &mut ByteReader<'_>) -> Check {
     let status = unsafe {
         mrnn_keras_lstm_new(
             if attrs_null { ptr::null() } else { &created },
-            kernel_ptr,
+            input_ptr(&kernel, kernel_null, misalign_kernel),
             if recurrent_null { ptr::null() } else { recurrent.ptr() },
             if bias_on { bias.ptr() } else { ptr::null() },
             if out_null { ptr::null_mut() } else { &mut out },
@@ -1164,103 +1449,63 @@ fn fuzz_keras_handle(r: &mut ByteReader<'_>) -> Check {
         return Ok(());
     }
     // The handle owns a copy: the caller's weights may change (the one-shot calls get the saved ones).
-    for buf in [&mut kernel, &mut recurrent, &mut bias] {
-        let n = buf.len;
-        buf.data[..n].fill(1e3);
-    }
-    let [saved_kernel, saved_recurrent, saved_bias] =
-        [0, 1, 2].map(|k| Buf::new(saved[k][..[&kernel, &recurrent, &bias][k].len].to_vec(), canary));
+    let [kernel, recurrent, bias] = scribble([&mut kernel, &mut recurrent, &mut bias], &saved, 1e3);
+    let saved = Weights { kernel, recurrent, bias: bias_on.then_some(bias) };
 
     for run in 0..1 + r.below(4) {
-        let mut a = created;
-        let [bs, ts] = run_sizes(r, [SANE[0], SANE[1]]);
-        (a.batch_size, a.seq_length, a.num_threads) = (bs, ts, thread_count(r));
-        match r.u8() % 24 {
-            0 => a.input_size += 1,
-            1 => a.hidden_size += 1,
-            2 => a.go_backwards ^= 1,
-            3 => a.zero_output_for_mask ^= 1,
-            4 => a.activation = code(r, 1),
-            5 => a.recurrent_activation = code(r, 0),
-            6 => a.recurrent_alpha = [f32::NAN, 0.2, 0.5, r.wild()][r.below(4)],
-            7 => a.recurrent_beta = [f32::NAN, 0.5, 0.2, r.wild()][r.below(4)],
-            _ => {}
-        }
-        let bad_value = keras_value_error(&a);
-        let mismatch = keras_fixed_differ(&a, &created);
-        let (i, h) = (is, hs);
-        let overflow = !bad_value
-            && !mismatch
-            && [&[bs, ts, i][..], &[bs, ts], &[bs, h], &[bs, ts, h]].iter().any(|d| overflows(d));
+        let RunAttrs { a, dims, bad_value, mismatch, overflow, sane } =
+            run_attrs(r, &KERAS, &created, |r, a| match r.u8() % 24 {
+                0 => a.input_size += 1,
+                1 => a.hidden_size += 1,
+                2 => a.go_backwards ^= 1,
+                3 => a.zero_output_for_mask ^= 1,
+                4 => a.activation = code(r, 1),
+                5 => a.recurrent_activation = code(r, 0),
+                6 => a.recurrent_alpha = [f32::NAN, 0.2, 0.5, r.wild()][r.below(4)],
+                7 => a.recurrent_beta = [f32::NAN, 0.5, 0.2, r.wild()][r.below(4)],
+                _ => {}
+            });
         let (layer_null, attrs_null, mut x_null) = (rare(r, 32), rare(r, 32), rare(r, 24));
         let (mask_on, h0_on, c0_on) = (r.bool(), r.u8().is_multiple_of(3), r.u8().is_multiple_of(3));
         let outs_on = [!r.u8().is_multiple_of(4), r.bool(), r.bool(), r.bool()];
         let (misalign_x, alias) = (rare(r, 32), rare(r, 32));
-        let sane = (0..=SANE[0]).contains(&bs) && (0..=SANE[1]).contains(&ts);
-        if predicted(layer_null || attrs_null || x_null, bad_value || mismatch, overflow, false).is_none() && !sane {
-            x_null = true;
-        }
+        x_null |= too_big(layer_null || attrs_null || x_null, bad_value || mismatch, overflow, sane);
         let required_null = layer_null || attrs_null || x_null;
-        let len = |dims: &[i64]| if sane { dims.iter().map(|&d| d as usize).product() } else { 1 };
-        let (n_x, n_mask, n_s, n_y) = (len(&[bs, ts, i]), len(&[bs, ts]), len(&[bs, h]), len(&[bs, ts, h]));
-        let aliased = alias && outs_on[2] && outs_on[3] && n_s > 0;
+        let n = KerasLens::new(sane, dims);
+        let aliased = alias && outs_on[2] && outs_on[3] && n.state > 0;
         let expected = predicted(required_null, bad_value || mismatch, overflow, misalign_x || aliased);
 
-        let x = Buf::new(values(r, n_x + usize::from(misalign_x), 2.0), canary);
-        let h0 = Buf::new(values(r, n_s, 1.0), canary);
-        let c0 = Buf::new(values(r, n_s, 1.0), canary);
-        let mask = Buf::new((0..n_mask).map(|_| [0, 1, 1, 255, 0, 1, 7, 1][r.below(8)]).collect(), CANARY_BYTE);
+        let x = Buf::new(values(r, n.x + usize::from(misalign_x), 2.0), canary);
+        let h0 = Buf::new(values(r, n.state, 1.0), canary);
+        let c0 = Buf::new(values(r, n.state, 1.0), canary);
+        let mask = Buf::new((0..n.mask).map(|_| [0, 1, 1, 255, 0, 1, 7, 1][r.below(8)]).collect(), CANARY_BYTE);
         let inputs_before: Vec<Vec<f32>> = [&x, &h0, &c0].iter().map(|b| b.data.clone()).collect();
-        let (outs, mut ptrs) = output_bufs([n_y, n_s, n_s, n_s], &outs_on);
+        let (outs, mut ptrs) = output_bufs([n.y, n.state, n.state, n.state], &outs_on);
         if aliased {
             ptrs[3] = ptrs[2];
         }
-        let x_ptr = input_ptr(&x, x_null, misalign_x);
-        let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
+        let given = (mask_on.then_some(&mask), h0_on.then_some(&h0), c0_on.then_some(&c0));
         // SAFETY: `layer.ptr` is a live handle; the buffers hold exactly their documented sizes (plus a
         // canary) when the sizes are sane, otherwise `expected` is a failure validation reports before any
         // access. A misaligned x and aliased outputs stay inside their allocations.
         let status = unsafe {
-            mrnn_keras_lstm_run(
+            keras_run(
                 if layer_null { ptr::null_mut() } else { layer.ptr },
                 if attrs_null { ptr::null() } else { &a },
-                x_ptr,
-                if mask_on { mask.ptr() } else { ptr::null() },
-                opt(h0_on, h0.ptr()),
-                opt(c0_on, c0.ptr()),
-                ptrs[0],
-                ptrs[1],
-                ptrs[2],
-                ptrs[3],
+                input_ptrs(input_ptr(&x, x_null, misalign_x), given),
+                ptrs,
             )
         };
         let what = format!("mrnn_keras_lstm_run #{run} ({a:?}, handle {created:?}, nulls: layer {layer_null} attrs {attrs_null} x {x_null}, misaligned x {misalign_x}, aliased {aliased})");
         mask.check_canary("mask", CANARY_BYTE).map_err(|e| format!("{what}: {e}"))?;
-        const NAMES: [&str; 4] = ["y", "last_output", "h_n", "c_n"];
-        let only_fixed_field = !required_null && !bad_value && mismatch;
-        if check_run(&what, status, &outs, &NAMES, &[&x, &h0, &c0], &inputs_before, expected, only_fixed_field)? {
+        if check_call(&what, status, &outs, &KERAS_OUT_NAMES, &[&x, &h0, &c0], &inputs_before, expected)? {
+            check_message(&what, !required_null && !bad_value && mismatch, "differs from the handle's")?;
             continue;
         }
         // The one-shot function on the same inputs and the saved weights: bitwise the same.
-        let (one_shot, ptrs) = output_bufs([n_y, n_s, n_s, n_s], &outs_on);
-        // SAFETY: the same valid buffers as the run above, with the saved weights of the handle's sizes.
-        let one_status = unsafe {
-            mrnn_lstm_keras(
-                &a,
-                x.ptr(),
-                if mask_on { mask.ptr() } else { ptr::null() },
-                saved_kernel.ptr(),
-                saved_recurrent.ptr(),
-                if bias_on { saved_bias.ptr() } else { ptr::null() },
-                opt(h0_on, h0.ptr()),
-                opt(c0_on, c0.ptr()),
-                ptrs[0],
-                ptrs[1],
-                ptrs[2],
-                ptrs[3],
-            )
-        };
-        check_same_as_one_shot(&what, "mrnn_lstm_keras", status, one_status, &outs, &one_shot, &NAMES)?;
+        // SAFETY: the run's valid buffers, and the weights the handle was given, of its sizes.
+        let one_shot = |o| unsafe { lstm_keras(&a, input_ptrs(x.ptr(), given), saved.ptrs(), o) };
+        check_against_one_shot((&what, "mrnn_lstm_keras"), status, &outs, (&outs_on, &KERAS_OUT_NAMES), one_shot)?;
     }
     drop(layer);
     // SAFETY: NULL is a no-op.
@@ -1272,32 +1517,28 @@ fn fuzz_keras_handle(r: &mut ByteReader<'_>) -> Check {
 fn fuzz_onnx_handle(r: &mut ByteReader<'_>) -> Check {
     let (created, _, bad_value) = onnx_attrs(r);
     let (is, hs) = (created.input_size, created.hidden_size);
-    let d_n: i64 = if created.direction == 2 { 2 } else { 1 };
+    let d_n = directions(&created);
     let sane_weights = (0..=SANE_ONNX[2]).contains(&is) && (0..=SANE_ONNX[3]).contains(&hs);
-    let overflow = !bad_value
-        && [&[d_n, 4, hs, is][..], &[d_n, 4, hs, hs], &[d_n, 8, hs], &[d_n, 3, hs]].iter().any(|d| overflows(d));
+    let overflow = !bad_value && onnx_overflows([0, 0, is, hs], d_n);
     let rare = |r: &mut ByteReader<'_>, n: u8| r.u8().is_multiple_of(n);
     let (attrs_null, mut w_null, r_null, out_null) = (rare(r, 32), rare(r, 24), rare(r, 24), rare(r, 32));
     let (b_on, p_on, misalign_w) = (r.bool(), r.u8().is_multiple_of(3), rare(r, 32));
-    if predicted(attrs_null || w_null || r_null || out_null, bad_value, overflow, false).is_none() && !sane_weights {
-        w_null = true;
-    }
+    w_null |= too_big(attrs_null || w_null || r_null || out_null, bad_value, overflow, sane_weights);
     let required_null = attrs_null || w_null || r_null || out_null;
     let expected = predicted(required_null, bad_value, overflow, misalign_w);
-    let len = |dims: &[i64]| if sane_weights { dims.iter().map(|&d| d as usize).product() } else { 1 };
+    let n = OnnxLens::new(sane_weights, [0, 0, is, hs], d_n);
     let canary = f32::from_bits(CANARY_BITS);
-    let mut w = Buf::new(values(r, len(&[d_n, 4, hs, is]) + usize::from(misalign_w), 0.5), canary);
-    let mut rr = Buf::new(values(r, len(&[d_n, 4, hs, hs]), 0.5), canary);
-    let mut bias = Buf::new(values(r, len(&[d_n, 8, hs]), 0.5), canary);
-    let mut peep = Buf::new(values(r, len(&[d_n, 3, hs]), 0.5), canary);
+    let mut w = Buf::new(values(r, n.w + usize::from(misalign_w), 0.5), canary);
+    let mut rr = Buf::new(values(r, n.r, 0.5), canary);
+    let mut bias = Buf::new(values(r, n.b, 0.5), canary);
+    let mut peep = Buf::new(values(r, n.p, 0.5), canary);
     let saved: Vec<Vec<f32>> = [&w, &rr, &bias, &peep].iter().map(|b| b.data.clone()).collect();
-    let w_ptr = input_ptr(&w, w_null, misalign_w);
     let mut out = sentinel::<MrnnOnnxLstm>();
     // SAFETY: as in `fuzz_keras_handle`.
     let status = unsafe {
         mrnn_onnx_lstm_new(
             if attrs_null { ptr::null() } else { &created },
-            w_ptr,
+            input_ptr(&w, w_null, misalign_w),
             if r_null { ptr::null() } else { rr.ptr() },
             if b_on { bias.ptr() } else { ptr::null() },
             if p_on { peep.ptr() } else { ptr::null() },
@@ -1310,113 +1551,69 @@ fn fuzz_onnx_handle(r: &mut ByteReader<'_>) -> Check {
     if !check_new(&what, status, out, &weights, &saved, expected)? {
         return Ok(());
     }
-    for buf in [&mut w, &mut rr, &mut bias, &mut peep] {
-        let n = buf.len;
-        buf.data[..n].fill(-1e3);
-    }
-    let lens_of = [w.len, rr.len, bias.len, peep.len];
-    let [saved_w, saved_r, saved_b, saved_p] = [0, 1, 2, 3].map(|k| Buf::new(saved[k][..lens_of[k]].to_vec(), canary));
+    let [w, r_, b, p] = scribble([&mut w, &mut rr, &mut bias, &mut peep], &saved, -1e3);
+    let saved = OnnxWeights { w, r: r_, b: b_on.then_some(b), p: p_on.then_some(p) };
 
     for run in 0..1 + r.below(4) {
-        let mut a = created;
-        let [ts, bs] = run_sizes(r, [SANE_ONNX[0], SANE_ONNX[1]]);
-        (a.seq_length, a.batch_size, a.num_threads) = (ts, bs, thread_count(r));
-        match r.u8() % 32 {
-            0 => a.input_size += 1,
-            1 => a.hidden_size += 1,
-            2 => a.direction = enum_value(r, 3),
-            3 => a.layout ^= 1,
-            4 => a.input_forget ^= 1,
-            5 => a.has_clip ^= 1,
-            6 => a.clip = [f32::INFINITY, 1.0, 0.5, f32::NAN][r.below(4)],
-            7 => a.num_activations = [0, 3, 6][r.below(3)],
-            8 => a.activations[r.below(6)] = code(r, 0),
-            9 => a.activation_alpha[r.below(6)] = [f32::NAN, 0.2, 0.01, 1.0, r.wild()][r.below(5)],
-            10 => a.activation_beta[r.below(6)] = [f32::NAN, 0.5, 0.0, r.wild()][r.below(4)],
-            _ => {}
-        }
-        let bad_value = onnx_value_error(&a);
-        let mismatch = onnx_fixed_differ(&a, &created);
-        let d = d_n;
-        let overflow = !bad_value
-            && !mismatch
-            && [&[ts, bs, is][..], &[d, bs, hs], &[ts, d, bs, hs]].iter().any(|dims| overflows(dims));
+        let RunAttrs { a, dims, bad_value, mismatch, overflow, sane } =
+            run_attrs(r, &ONNX, &created, |r, a| match r.u8() % 32 {
+                0 => a.input_size += 1,
+                1 => a.hidden_size += 1,
+                2 => a.direction = enum_value(r, 3),
+                3 => a.layout ^= 1,
+                4 => a.input_forget ^= 1,
+                5 => a.has_clip ^= 1,
+                6 => a.clip = [f32::INFINITY, 1.0, 0.5, f32::NAN][r.below(4)],
+                7 => a.num_activations = [0, 3, 6][r.below(3)],
+                8 => a.activations[r.below(6)] = code(r, 0),
+                9 => a.activation_alpha[r.below(6)] = [f32::NAN, 0.2, 0.01, 1.0, r.wild()][r.below(5)],
+                10 => a.activation_beta[r.below(6)] = [f32::NAN, 0.5, 0.0, r.wild()][r.below(4)],
+                _ => {}
+            });
         let (layer_null, attrs_null, mut x_null) = (rare(r, 32), rare(r, 32), rare(r, 24));
         let (lens_on, h0_on, c0_on) = (!r.u8().is_multiple_of(4), r.u8().is_multiple_of(3), r.u8().is_multiple_of(3));
         let outs_on = [!r.u8().is_multiple_of(4), r.bool(), r.bool()];
         let (misalign_x, alias) = (rare(r, 48), rare(r, 32));
-        let sane = (0..=SANE_ONNX[0]).contains(&ts) && (0..=SANE_ONNX[1]).contains(&bs);
-        if predicted(layer_null || attrs_null || x_null, bad_value || mismatch, overflow, false).is_none() && !sane {
-            x_null = true;
-        }
+        x_null |= too_big(layer_null || attrs_null || x_null, bad_value || mismatch, overflow, sane);
         let required_null = layer_null || attrs_null || x_null;
-        let len = |dims: &[i64]| if sane { dims.iter().map(|&v| v as usize).product() } else { 1 };
-        let (n_x, n_s, n_y, n_l) = (len(&[ts, bs, is]), len(&[d, bs, hs]), len(&[ts, d, bs, hs]), len(&[bs]));
-        let aliased = alias && outs_on[1] && outs_on[2] && n_s > 0;
-        let lens_values: Vec<i32> = (0..n_l).map(|_| length_value(r, if sane { ts } else { 0 })).collect();
-        let lens_bad = sane && lens_on && lens_values.iter().any(|&l| l < 0 || i64::from(l) > ts);
+        let n = OnnxLens::new(sane, dims, d_n);
+        let aliased = alias && outs_on[1] && outs_on[2] && n.state > 0;
+        let (lens_values, lens_bad) = lengths(r, n.lens, dims[0], sane);
         let expected = predicted(required_null, bad_value || mismatch, overflow, misalign_x || aliased)
-            .or_else(|| lens_bad.then_some(MRNN_ERR_BAD_ARGUMENT));
+            .or_else(|| (lens_on && lens_bad).then_some(MRNN_ERR_BAD_ARGUMENT));
 
-        let x = Buf::new(values(r, n_x + usize::from(misalign_x), 2.0), canary);
-        let h0 = Buf::new(values(r, n_s, 1.0), canary);
-        let c0 = Buf::new(values(r, n_s, 1.0), canary);
+        let x = Buf::new(values(r, n.x + usize::from(misalign_x), 2.0), canary);
+        let h0 = Buf::new(values(r, n.state, 1.0), canary);
+        let c0 = Buf::new(values(r, n.state, 1.0), canary);
         let lens = Buf::new(lens_values, CANARY_I32);
         let inputs_before: Vec<Vec<f32>> = [&x, &h0, &c0].iter().map(|b| b.data.clone()).collect();
         let lens_before = lens.data.clone();
-        let (outs, mut ptrs) = output_bufs([n_y, n_s, n_s], &outs_on);
+        let (outs, mut ptrs) = output_bufs([n.y, n.state, n.state], &outs_on);
         if aliased {
             ptrs[2] = ptrs[1];
         }
-        let x_ptr = input_ptr(&x, x_null, misalign_x);
-        let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
-        let lens_ptr = if lens_on { lens.ptr() } else { ptr::null() };
+        let given = (lens_on.then_some(&lens), h0_on.then_some(&h0), c0_on.then_some(&c0));
         // SAFETY: as in `fuzz_keras_handle`.
         let status = unsafe {
-            mrnn_onnx_lstm_run(
+            onnx_run(
                 if layer_null { ptr::null_mut() } else { layer.ptr },
                 if attrs_null { ptr::null() } else { &a },
-                x_ptr,
-                lens_ptr,
-                opt(h0_on, h0.ptr()),
-                opt(c0_on, c0.ptr()),
-                ptrs[0],
-                ptrs[1],
-                ptrs[2],
+                input_ptrs(input_ptr(&x, x_null, misalign_x), given),
+                ptrs,
             )
         };
         let what = format!(
             "mrnn_onnx_lstm_run #{run} ({a:?}, handle {created:?}, nulls: layer {layer_null} attrs {attrs_null} x {x_null}, misaligned x {misalign_x}, aliased {aliased}, lens {:?})",
             lens_on.then(|| lens.values())
         );
-        lens.check_canary("sequence_lens", CANARY_I32).map_err(|e| format!("{what}: {e}"))?;
-        if lens.data != lens_before {
-            return Err(format!("{what}: sequence_lens was modified"));
-        }
-        const NAMES: [&str; 3] = ["Y", "Y_h", "Y_c"];
-        let only_fixed_field = !required_null && !bad_value && mismatch;
-        if check_run(&what, status, &outs, &NAMES, &[&x, &h0, &c0], &inputs_before, expected, only_fixed_field)? {
+        check_lens(&what, &lens, &lens_before)?;
+        if check_call(&what, status, &outs, &ONNX_OUT_NAMES, &[&x, &h0, &c0], &inputs_before, expected)? {
+            check_message(&what, !required_null && !bad_value && mismatch, "differs from the handle's")?;
             continue;
         }
-        let (one_shot, ptrs) = output_bufs([n_y, n_s, n_s], &outs_on);
-        // SAFETY: the same valid buffers as the run above, with the saved weights of the handle's sizes.
-        let one_status = unsafe {
-            mrnn_lstm_onnx(
-                &a,
-                x.ptr(),
-                saved_w.ptr(),
-                saved_r.ptr(),
-                if b_on { saved_b.ptr() } else { ptr::null() },
-                lens_ptr,
-                opt(h0_on, h0.ptr()),
-                opt(c0_on, c0.ptr()),
-                if p_on { saved_p.ptr() } else { ptr::null() },
-                ptrs[0],
-                ptrs[1],
-                ptrs[2],
-            )
-        };
-        check_same_as_one_shot(&what, "mrnn_lstm_onnx", status, one_status, &outs, &one_shot, &NAMES)?;
+        // SAFETY: the run's valid buffers, and the weights the handle was given, of its sizes.
+        let one_shot = |o| unsafe { lstm_onnx(&a, input_ptrs(x.ptr(), given), saved.ptrs(), o) };
+        check_against_one_shot((&what, "mrnn_lstm_onnx"), status, &outs, (&outs_on, &ONNX_OUT_NAMES), one_shot)?;
     }
     drop(layer);
     // SAFETY: NULL is a no-op.
@@ -1514,19 +1711,9 @@ fn mask_values(r: &mut ByteReader<'_>, n: usize) -> Vec<u8> {
 /// nothing written by a failing call, canaries intact, inputs unchanged, and the requested gradients
 /// bitwise the Rust API's.
 fn fuzz_keras_backward(r: &mut ByteReader<'_>) -> Check {
-    let (attrs, sane, bad_value) = keras_attrs(r);
-    let [bs, ts, is, hs] = [attrs.batch_size, attrs.seq_length, attrs.input_size, attrs.hidden_size];
-    let overflow = !bad_value
-        && [&[4, hs][..], &[bs, ts, is], &[bs, ts], &[is, 4, hs], &[hs, 4, hs], &[bs, hs], &[bs, ts, hs]]
-            .iter()
-            .any(|d| overflows(d));
-    let rare = |r: &mut ByteReader<'_>, n: u8| r.u8().is_multiple_of(n);
-    let attrs_null = rare(r, 48);
-    let mut x_null = rare(r, 32);
-    let kernel_null = rare(r, 32);
-    let recurrent_null = rare(r, 32);
-    let (mask_on, bias_on) = (r.bool(), r.bool());
-    let (h0_on, c0_on) = (r.u8().is_multiple_of(3), r.u8().is_multiple_of(3));
+    let OneShot { attrs, dims, sane, bad_value, overflow, nulls } = one_shot(r, &KERAS, (48, 32));
+    let [attrs_null, mut x_null, kernel_null, recurrent_null] = nulls;
+    let given = KerasGiven::new(r);
     let up_on = [!r.u8().is_multiple_of(4), r.bool(), r.bool(), r.bool()];
     let grads_on: [bool; 6] = std::array::from_fn(|_| !r.u8().is_multiple_of(3));
     // 1: dy two bytes off; 2: d_bias two bytes off.
@@ -1542,54 +1729,32 @@ fn fuzz_keras_backward(r: &mut ByteReader<'_>) -> Check {
         _ => 0,
     };
     let required_null = attrs_null || x_null || kernel_null || recurrent_null;
-    if predicted(required_null, bad_value, overflow, false).is_none() && !sane {
-        // Huge sizes that validate: never compute them.
-        x_null = true;
-    }
+    // Huge sizes that validate: never compute them.
+    x_null |= too_big(required_null, bad_value, overflow, sane);
     let required_null = required_null || x_null;
-    let len = |dims: &[i64]| -> usize {
-        if sane {
-            dims.iter().map(|&d| d as usize).product()
-        } else {
-            1
-        }
-    };
-    let (n_x, n_mask, n_k, n_r, n_b, n_s, n_y) = (
-        len(&[bs, ts, is]),
-        len(&[bs, ts]),
-        len(&[is, 4, hs]),
-        len(&[hs, 4, hs]),
-        len(&[4, hs]),
-        len(&[bs, hs]),
-        len(&[bs, ts, hs]),
-    );
-    let sizes = [n_x, n_k, n_r, n_b, n_s, n_s];
+    let n = KerasLens::new(sane, dims);
+    let sizes = [n.x, n.kernel, n.recurrent, n.bias, n.state, n.state];
     let misaligned = match misalign {
         1 => up_on[0],
         2 => grads_on[3],
         _ => false,
     };
     let aliased = match alias {
-        1 => grads_on[4] && grads_on[5] && n_s > 0,
-        2 => grads_on[0] && n_x > 0,
+        1 => grads_on[4] && grads_on[5] && n.state > 0,
+        2 => grads_on[0] && n.x > 0,
         _ => false,
     };
     let expected = predicted(required_null, bad_value, overflow, misaligned || aliased);
 
     let canary = f32::from_bits(CANARY_BITS);
-    let mut x = Buf::new(values(r, n_x, 2.0), canary);
-    let kernel = Buf::new(values(r, n_k, 0.5), canary);
-    let recurrent = Buf::new(values(r, n_r, 0.5), canary);
-    let bias = Buf::new(values(r, n_b, 0.5), canary);
-    let h0 = Buf::new(values(r, n_s, 1.0), canary);
-    let c0 = Buf::new(values(r, n_s, 1.0), canary);
-    let mask = Buf::new(mask_values(r, n_mask), CANARY_BYTE);
-    let ups = [n_y + usize::from(misalign == 1), n_s, n_s, n_s].map(|n| Buf::new(values(r, n, 1.0), canary));
-    let inputs_before: Vec<Vec<f32>> =
-        [&x, &kernel, &recurrent, &bias, &h0, &c0].into_iter().chain(&ups).map(|b| b.data.clone()).collect();
-    let (outs, mut out_ptrs) = output_bufs(sizes, &grads_on);
+    let mut bufs = KerasBufs::new(r, &n, 0);
+    let ups =
+        [n.y + usize::from(misalign == 1), n.state, n.state, n.state].map(|n| Buf::new(values(r, n, 1.0), canary));
     // One raw pointer for x, from which the aliased dx is also derived.
-    let x_raw = x.mut_ptr();
+    let x_raw = bufs.x.mut_ptr();
+    let inputs: Vec<&Buf<f32>> = bufs.floats().into_iter().chain(&ups).collect();
+    let inputs_before: Vec<Vec<f32>> = inputs.iter().map(|b| b.data.clone()).collect();
+    let (outs, mut out_ptrs) = output_bufs(sizes, &grads_on);
     if misaligned && misalign == 2 {
         out_ptrs[3] = out_ptrs[3].cast::<u8>().wrapping_add(2).cast::<f32>();
     }
@@ -1599,97 +1764,50 @@ fn fuzz_keras_backward(r: &mut ByteReader<'_>) -> Check {
     if aliased && alias == 2 {
         out_ptrs[0] = x_raw;
     }
-    let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
-    let up_ptrs: [*const f32; 4] = std::array::from_fn(|k| {
-        if !up_on[k] {
-            ptr::null()
-        } else if k == 0 && misalign == 1 {
-            ups[0].ptr().cast::<u8>().wrapping_add(2).cast::<f32>()
-        } else {
-            ups[k].ptr()
-        }
-    });
+    let x_ptr = if x_null { ptr::null() } else { x_raw.cast_const() };
+    let (i, w) = bufs.ptrs(x_ptr, [kernel_null, recurrent_null], given);
+    let up_ptrs: [*const f32; 4] = std::array::from_fn(|k| input_ptr(&ups[k], !up_on[k], k == 0 && misalign == 1));
     // SAFETY: every non-NULL buffer holds exactly its documented size (plus a canary) when the sizes are
     // sane. Otherwise the buffers are one-element dummies and `expected` is a failure that validation
     // reports before any access. A misaligned dy has one more element; a misaligned d_bias stays inside its
     // canary; an output aliased to x shares x's raw pointer, and x is compared with its copy afterwards.
-    let status = unsafe {
-        mrnn_lstm_keras_backward(
-            if attrs_null { ptr::null() } else { &attrs },
-            if x_null { ptr::null() } else { x_raw.cast_const() },
-            if mask_on { mask.ptr() } else { ptr::null() },
-            if kernel_null { ptr::null() } else { kernel.ptr() },
-            if recurrent_null { ptr::null() } else { recurrent.ptr() },
-            opt(bias_on, bias.ptr()),
-            opt(h0_on, h0.ptr()),
-            opt(c0_on, c0.ptr()),
-            up_ptrs[0],
-            up_ptrs[1],
-            up_ptrs[2],
-            up_ptrs[3],
-            out_ptrs[0],
-            out_ptrs[1],
-            out_ptrs[2],
-            out_ptrs[3],
-            out_ptrs[4],
-            out_ptrs[5],
-        )
-    };
+    let status = unsafe { lstm_keras_backward(if attrs_null { ptr::null() } else { &attrs }, i, w, up_ptrs, out_ptrs) };
     let what = format!(
         "mrnn_lstm_keras_backward({attrs:?}, nulls: attrs {attrs_null} x {x_null} kernel {kernel_null} recurrent \
          {recurrent_null}, upstream {up_on:?}, gradients {grads_on:?}, misaligned {misalign}, alias {alias})"
     );
-    check_status(&what, status)?;
-    for (buf, name) in outs.iter().zip(GRAD_NAMES) {
-        buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
-    }
-    mask.check_canary("mask", CANARY_BYTE).map_err(|e| format!("{what}: {e}"))?;
-    for (k, (before, buf)) in
-        inputs_before.iter().zip([&x, &kernel, &recurrent, &bias, &h0, &c0].into_iter().chain(&ups)).enumerate()
+    bufs.mask.check_canary("mask", CANARY_BYTE).map_err(|e| format!("{what}: {e}"))?;
+    if check_call(&what, status, &outs, &GRAD_NAMES, &inputs, &inputs_before, expected)?
+        || !asked(&what, status, &grads_on)?
     {
-        same_bits(&format!("{what}: input {k} modified (after vs before)"), &buf.data, before)?;
-    }
-    if let Some(expected) = expected {
-        if status != expected {
-            return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
-        }
-        if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
-            return Err(format!("{what}: an output was written by a call that failed validation"));
-        }
         return Ok(());
     }
-    if !grads_on.contains(&true) {
-        // Validated, nothing asked for: nothing to compare.
-        return if status == MRNN_OK {
-            Ok(())
-        } else {
-            Err(format!("{what}: status {status}: {}", last_error_message()))
-        };
-    }
-    let (b, t) = (bs as usize, ts as usize);
     let reference = (|| {
-        let layer = reference_keras_layer(&attrs, kernel.values(), recurrent.values(), bias_on.then(|| bias.values()))?;
+        let layer = bufs.reference_layer(&attrs, given)?;
         let p = BackwardInputs {
-            b,
-            t,
-            x: x.values(),
-            mask: mask_on.then(|| mask.values()),
-            h0: h0_on.then(|| h0.values()),
-            c0: c0_on.then(|| c0.values()),
+            b: dims[0] as usize,
+            t: dims[1] as usize,
+            x: bufs.x.values(),
+            mask: given.mask.then(|| bufs.mask.values()),
+            h0: given.h0.then(|| bufs.h0.values()),
+            c0: given.c0.then(|| bufs.c0.values()),
             up: std::array::from_fn(|k| up_on[k].then(|| ups[k].values())),
         };
         reference_grads(&layer, &p, sizes, &grads_on, attrs.num_threads as usize)
     })();
-    let rust_status = reference.as_ref().map_or_else(|e| status_of(e.kind()), |_| MRNN_OK);
-    if status != rust_status {
-        return Err(format!("{what}: status {status}, the Rust API gives {rust_status}: {}", last_error_message()));
+    check_same_as_rust(&what, status, reference, &outs, &GRAD_NAMES)
+}
+
+/// Whether a backward that passed validation was asked for any gradient; with none, it must have
+/// succeeded and there is nothing to compare.
+fn asked(what: &str, status: i32, grads_on: &[bool]) -> std::result::Result<bool, String> {
+    if grads_on.contains(&true) {
+        return Ok(true);
     }
-    if let Ok(reference) = reference {
-        for ((buf, expected), name) in outs.iter().zip(&reference).zip(GRAD_NAMES) {
-            same_bits(&format!("{what}: {name} (C ABI vs the Rust API)"), buf.values(), expected)?;
-        }
+    if status != MRNN_OK {
+        return Err(format!("{what}: status {status}: {}", last_error_message()));
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Valid Keras attributes for a handle (sizes within [`SANE`]), otherwise arbitrary.
@@ -1726,16 +1844,22 @@ impl Weights {
     }
 
     fn bias_ptr(&self) -> *const f32 {
-        self.bias.as_ref().map_or(ptr::null(), Buf::ptr)
+        opt_ptr(self.bias.as_ref())
+    }
+
+    /// `kernel`, `recurrent_kernel`, `bias`.
+    fn ptrs(&self) -> [*const f32; 3] {
+        [self.kernel.ptr(), self.recurrent.ptr(), self.bias_ptr()]
     }
 }
 
-/// A tape under test and copies of the inputs of the run that made it.
-struct TrainRun {
+/// A tape under test and copies of the inputs of the run that made it (`S`: the valid steps as the run was
+/// given them, the mask's bytes or the lengths).
+struct TrainRun<A, S> {
     tape: Owned<MrnnTape>,
-    attrs: MrnnKerasLstmAttrs,
+    attrs: A,
     x: Buf<f32>,
-    mask: Option<Buf<u8>>,
+    steps: Option<Buf<S>>,
     h0: Option<Buf<f32>>,
     c0: Option<Buf<f32>>,
     /// The handle that made it, and that handle's weights generation then.
@@ -1744,6 +1868,289 @@ struct TrainRun {
     /// Index of the weights it was made with in the history.
     weights: usize,
 }
+
+impl<A, S: Same> TrainRun<A, S> {
+    /// The pointers of the copies of the run's inputs.
+    fn inputs(&self) -> Inputs<S> {
+        (self.x.ptr(), opt_ptr(self.steps.as_ref()), opt_ptr(self.h0.as_ref()), opt_ptr(self.c0.as_ref()))
+    }
+}
+
+/// Two handles of one kind (`H`) made with the same weights, driven through a random sequence of calls:
+/// every set of weights they were given successfully (`history`), per handle the index of its current
+/// ones and their generation, and the tapes of their runs.
+struct Session<H, W, R> {
+    handles: Vec<Owned<H>>,
+    history: Vec<W>,
+    current: [usize; 2],
+    generation: [usize; 2],
+    runs: Vec<R>,
+}
+
+impl<H, W, A, S: Same> Session<H, W, TrainRun<A, S>> {
+    /// Two handles made by `new` (which writes the handle to its second argument) with `weights`.
+    fn new(
+        weights: W,
+        new: impl Fn(&W, *mut *mut H) -> i32,
+        free: unsafe extern "C" fn(*mut H),
+        what: &str,
+    ) -> std::result::Result<Self, String> {
+        let mut handles = Vec::new();
+        for _ in 0..2 {
+            let mut out = ptr::null_mut();
+            let status = new(&weights, &mut out);
+            if status != MRNN_OK || out.is_null() {
+                return Err(format!("{what}: status {status}: {}", last_error_message()));
+            }
+            handles.push(Owned { ptr: out, free });
+        }
+        Ok(Session { handles, history: vec![weights], current: [0; 2], generation: [0; 2], runs: Vec::new() })
+    }
+
+    /// Handle `k`'s weights replaced by `w` (a successful `set_weights`).
+    fn replaced(&mut self, k: usize, w: W) {
+        self.history.push(w);
+        self.current[k] = self.history.len() - 1;
+        self.generation[k] += 1;
+    }
+
+    /// One of the tapes, or none.
+    fn pick(&self, r: &mut ByteReader<'_>) -> Option<&TrainRun<A, S>> {
+        (!self.runs.is_empty()).then(|| &self.runs[r.below(self.runs.len())])
+    }
+
+    /// Keeps a successful run of handle `k` (its tape, and copies of its inputs for the one-shot backward),
+    /// then scribbles over the caller's buffers: the tape must hold its own copies.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        k: usize,
+        tape: Owned<MrnnTape>,
+        attrs: A,
+        [x, h0, c0]: [&mut Buf<f32>; 3],
+        (h0_on, c0_on): (bool, bool),
+        steps: Option<&mut Buf<S>>,
+        (scribble, canary): (S, S),
+    ) {
+        let keep = |b: &Buf<f32>| Buf::new(b.values().to_vec(), f32::from_bits(CANARY_BITS));
+        self.runs.push(TrainRun {
+            tape,
+            attrs,
+            x: keep(x),
+            steps: steps.as_deref().map(|s| Buf::new(s.values().to_vec(), canary)),
+            h0: h0_on.then(|| keep(h0)),
+            c0: c0_on.then(|| keep(c0)),
+            owner: k,
+            generation: self.generation[k],
+            weights: self.current[k],
+        });
+        for buf in [x, h0, c0] {
+            let n = buf.len;
+            buf.data[..n].fill(f32::NAN);
+        }
+        if let Some(steps) = steps {
+            let n = steps.len;
+            steps.data[..n].fill(scribble);
+        }
+    }
+
+    /// After a `run_train` of handle `k`: the checks of every call ([`check_call`] with the float inputs and
+    /// their copies from before the call), `*tape` untouched by a predicted failure, and for a success the
+    /// outputs bitwise those of the one-shot forward `name` (`one_shot`, given the handle's current weights
+    /// and the outputs). Returns the new tape, if any.
+    fn check_run_train<const N: usize>(
+        &self,
+        (k, what, name): (usize, &str, &str),
+        (status, expected): (i32, Option<i32>),
+        (outs, on, names): (&[Buf<f32>; N], &[bool; N], &[&str]),
+        (inputs, before): (&[&Buf<f32>], &[Vec<f32>]),
+        slot: &TapeSlot,
+        one_shot: impl FnOnce(&W, [*mut f32; N]) -> i32,
+    ) -> std::result::Result<Option<Owned<MrnnTape>>, String> {
+        let failed = check_call(what, status, outs, names, inputs, before, expected)?;
+        let Some(tape) = slot.take(what, status, failed)? else { return Ok(None) };
+        let w = &self.history[self.current[k]];
+        check_against_one_shot((what, name), status, outs, (on, names), |o| one_shot(w, o))?;
+        Ok(Some(tape))
+    }
+
+    /// Frees one of the tapes (`Owned`'s drop), if any.
+    fn free_one(&mut self, r: &mut ByteReader<'_>) {
+        if !self.runs.is_empty() {
+            self.runs.swap_remove(r.below(self.runs.len()));
+        }
+    }
+
+    /// `mrnn_tape_bytes` of one of the tapes, if any: at least `floor(run)` bytes.
+    fn check_bytes(&self, r: &mut ByteReader<'_>, step: usize, floor: impl Fn(&TrainRun<A, S>) -> usize) -> Check {
+        let Some(run) = self.pick(r) else { return Ok(()) };
+        let mut bytes = u64::MAX;
+        // SAFETY: a live tape and a `u64` slot.
+        let status = unsafe { mrnn_tape_bytes(run.tape.ptr, &mut bytes) };
+        let floor = floor(run) as u64;
+        if status != MRNN_OK || bytes < floor || bytes == u64::MAX {
+            return Err(format!(
+                "step {step}: mrnn_tape_bytes: status {status}, {bytes} bytes (its copies alone {floor})"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The `tape` argument of a `run_train`: NULL, misaligned (one byte into the slots) or the first of three
+/// slots, which hold a sentinel until a successful call writes its tape to the first.
+struct TapeSlot {
+    slots: [*mut MrnnTape; 3],
+    null: bool,
+    misalign: bool,
+}
+
+impl TapeSlot {
+    fn new(null: bool, misalign: bool) -> Self {
+        TapeSlot { slots: [sentinel(); 3], null, misalign }
+    }
+
+    fn ptr(&mut self) -> *mut *mut MrnnTape {
+        if self.null {
+            ptr::null_mut()
+        } else if self.misalign {
+            self.slots.as_mut_ptr().cast::<u8>().wrapping_add(1).cast()
+        } else {
+            self.slots.as_mut_ptr()
+        }
+    }
+
+    /// After the call (which passed `check_call`): untouched by a predicted failure, a new tape otherwise.
+    fn take(&self, what: &str, status: i32, failed: bool) -> std::result::Result<Option<Owned<MrnnTape>>, String> {
+        if failed {
+            if self.slots != [sentinel(); 3] {
+                return Err(format!("{what}: a failing run_train wrote the tape slot"));
+            }
+            return Ok(None);
+        }
+        let tape = self.slots[0];
+        if status != MRNN_OK || tape == sentinel() || tape.is_null() {
+            return Err(format!("{what}: status {status}, tape {tape:p}: {}", last_error_message()));
+        }
+        Ok(Some(Owned { ptr: tape, free: mrnn_tape_free }))
+    }
+}
+
+/// The upstream gradients and gradient outputs of a `run_backward` from fuzz bytes: which are given
+/// (`adjust` may withdraw some), sometimes a misaligned second output or aliased initial-state
+/// gradients; the buffers and the pointers the call gets.
+struct GradCase<const U: usize, const G: usize> {
+    up_on: [bool; U],
+    grads_on: [bool; G],
+    misalign: bool,
+    alias: bool,
+    ups: [Buf<f32>; U],
+    ups_before: Vec<Vec<f32>>,
+    outs: [Buf<f32>; G],
+    ptrs: [*mut f32; G],
+    up_ptrs: [*const f32; U],
+}
+
+impl<const U: usize, const G: usize> GradCase<U, G> {
+    fn new(
+        r: &mut ByteReader<'_>,
+        up_sizes: [usize; U],
+        sizes: [usize; G],
+        b: usize,
+        adjust: impl FnOnce(&mut ByteReader<'_>, &mut [bool; G]),
+    ) -> Self {
+        let up_on: [bool; U] = std::array::from_fn(|j| if j == 0 { !r.u8().is_multiple_of(4) } else { r.bool() });
+        let mut grads_on: [bool; G] = std::array::from_fn(|_| !r.u8().is_multiple_of(3));
+        adjust(r, &mut grads_on);
+        let misalign = r.u8().is_multiple_of(32) && grads_on[1];
+        let alias = r.u8().is_multiple_of(32) && grads_on[4] && grads_on[5] && b > 0;
+        let ups = up_sizes.map(|n| Buf::new(values(r, n, 1.0), f32::from_bits(CANARY_BITS)));
+        let ups_before = ups.iter().map(|u| u.data.clone()).collect();
+        let (outs, mut ptrs) = output_bufs(sizes, &grads_on);
+        if misalign {
+            ptrs[1] = ptrs[1].cast::<u8>().wrapping_add(2).cast();
+        }
+        if alias {
+            ptrs[5] = ptrs[4];
+        }
+        let up_ptrs = std::array::from_fn(|j| if up_on[j] { ups[j].ptr() } else { ptr::null() });
+        GradCase { up_on, grads_on, misalign, alias, ups, ups_before, outs, ptrs, up_ptrs }
+    }
+
+    /// The checks after the call ([`check_call`], the upstream as inputs); a predicted failure names its
+    /// cause (`causes`: whether it holds, what the message says then).
+    fn check(
+        &self,
+        what: &str,
+        status: i32,
+        expected: Option<i32>,
+        names: &[&str],
+        causes: &[(bool, &str)],
+    ) -> std::result::Result<bool, String> {
+        let ups: Vec<&Buf<f32>> = self.ups.iter().collect();
+        if !check_call(what, status, &self.outs, names, &ups, &self.ups_before, expected)? {
+            return Ok(false);
+        }
+        for &(cause, needle) in causes {
+            check_message(what, cause, needle)?;
+        }
+        Ok(true)
+    }
+}
+
+/// A `run_backward` with a NULL tape (`call`): refused before anything else is read.
+fn check_null_tape(step: usize, what: &str, status: i32) -> Check {
+    if status != MRNN_ERR_NULL_POINTER {
+        return Err(format!("step {step}: {what} with a NULL tape: status {status}"));
+    }
+    check_status(what, status)
+}
+
+/// A `set_weights` of `w` (whose first tensor `first` is sometimes NULL or misaligned) on handle `k`
+/// (`layer_null`: given NULL instead) by `call` (the first tensor's pointer, the weights): its status as
+/// predicted, and the session's bookkeeping of a success.
+fn fuzz_set_weights<H, W, A, S: Same>(
+    r: &mut ByteReader<'_>,
+    session: &mut Session<H, W, TrainRun<A, S>>,
+    (step, k, layer_null): (usize, usize, bool),
+    w: W,
+    first: impl Fn(&W) -> &Buf<f32>,
+    call: impl FnOnce(*const f32, &W) -> i32,
+    what: impl FnOnce(&W, bool, bool) -> String,
+) -> Check {
+    let rare = |r: &mut ByteReader<'_>, n: u8| r.u8().is_multiple_of(n);
+    let (null, misalign) = (rare(r, 16), rare(r, 16));
+    // A misaligned first tensor: two bytes into a copy with one more element.
+    let canary = f32::from_bits(CANARY_BITS);
+    let shifted = Buf::new(first(&w).values().iter().copied().chain([0.0]).collect::<Vec<f32>>(), canary);
+    let p = if null {
+        ptr::null()
+    } else if misalign {
+        shifted.ptr().cast::<u8>().wrapping_add(2).cast()
+    } else {
+        first(&w).ptr()
+    };
+    let expected = if layer_null || null {
+        Some(MRNN_ERR_NULL_POINTER)
+    } else if misalign {
+        Some(MRNN_ERR_BAD_ARGUMENT)
+    } else {
+        None
+    };
+    let status = call(p, &w);
+    let what = format!("step {step}: {} on handle {k} (layer NULL {layer_null})", what(&w, null, misalign));
+    check_status(&what, status)?;
+    if status != expected.unwrap_or(MRNN_OK) {
+        return Err(format!("{what}: status {status}, expected {expected:?}: {}", last_error_message()));
+    }
+    if status == MRNN_OK {
+        session.replaced(k, w);
+    }
+    Ok(())
+}
+
+/// A Keras tape under test and copies of the inputs of the run that made it.
+type KerasTrainRun = TrainRun<MrnnKerasLstmAttrs, u8>;
 
 /// Two Keras handles of the same attributes driven through a random sequence of `run_train`,
 /// `run_backward` (with their own tapes, stale ones and the other handle's), `set_weights`,
@@ -1759,361 +2166,148 @@ fn fuzz_keras_train(r: &mut ByteReader<'_>) -> Check {
     let (iu, hu) = (is as usize, hs as usize);
     let canary = f32::from_bits(CANARY_BITS);
     let rare = |r: &mut ByteReader<'_>, n: u8| r.u8().is_multiple_of(n);
-    let mut history = vec![Weights::new(r, &created)];
-    let mut handles = Vec::new();
-    for _ in 0..2 {
-        let w = &history[0];
-        let mut out = ptr::null_mut();
+    let new = |w: &Weights, out: *mut *mut MrnnKerasLstm| {
         // SAFETY: the weights hold exactly the sizes of the (valid) attributes; `out` is a pointer slot.
-        let status =
-            unsafe { mrnn_keras_lstm_new(&created, w.kernel.ptr(), w.recurrent.ptr(), w.bias_ptr(), &mut out) };
-        if status != MRNN_OK || out.is_null() {
-            return Err(format!("mrnn_keras_lstm_new({created:?}): status {status}: {}", last_error_message()));
-        }
-        handles.push(Owned { ptr: out, free: mrnn_keras_lstm_free });
-    }
-    // Per handle: its weights generation and the index of its weights in `history`.
-    let mut generation = [0_usize; 2];
-    let mut current = [0_usize; 2];
-    let mut runs: Vec<TrainRun> = Vec::new();
+        unsafe { mrnn_keras_lstm_new(&created, w.kernel.ptr(), w.recurrent.ptr(), w.bias_ptr(), out) }
+    };
+    let what = format!("mrnn_keras_lstm_new({created:?})");
+    let mut session: Session<MrnnKerasLstm, Weights, KerasTrainRun> =
+        Session::new(Weights::new(r, &created), new, mrnn_keras_lstm_free, &what)?;
 
     for step in 0..2 + r.below(10) {
         let k = usize::from(rare(r, 4));
         let layer_null = rare(r, 48);
-        let layer = if layer_null { ptr::null_mut() } else { handles[k].ptr };
+        let layer = if layer_null { ptr::null_mut() } else { session.handles[k].ptr };
         match r.u8() % 10 {
             0..=3 => {
                 // run_train.
-                let mut a = created;
-                let [bs, ts] = run_sizes(r, [SANE[0], SANE[1]]);
-                (a.batch_size, a.seq_length, a.num_threads) = (bs, ts, thread_count(r));
-                match r.u8() % 24 {
+                let change = |r: &mut ByteReader<'_>, a: &mut MrnnKerasLstmAttrs| match r.u8() % 24 {
                     0 => a.hidden_size += 1,
                     1 => a.go_backwards ^= 1,
                     2 => a.activation = code(r, 1),
                     _ => {}
-                }
-                let bad_value = keras_value_error(&a);
-                let mismatch = keras_fixed_differ(&a, &created);
-                let overflow = !bad_value
-                    && !mismatch
-                    && [&[bs, ts, is][..], &[bs, ts], &[bs, hs], &[bs, ts, hs]].iter().any(|d| overflows(d));
+                };
+                let RunAttrs { a, dims, bad_value, mismatch, overflow, sane } = run_attrs(r, &KERAS, &created, change);
                 let (attrs_null, mut x_null, tape_null) = (rare(r, 48), rare(r, 32), rare(r, 32));
                 let (mask_on, h0_on, c0_on) = (r.bool(), r.u8().is_multiple_of(3), r.u8().is_multiple_of(3));
                 let outs_on = [r.bool(), r.bool(), r.bool(), r.bool()];
                 let (misalign_slot, alias) = (rare(r, 32), rare(r, 32));
-                let sane = (0..=SANE[0]).contains(&bs) && (0..=SANE[1]).contains(&ts);
                 let required_null = layer_null || attrs_null || x_null || tape_null;
-                if predicted(required_null, bad_value || mismatch, overflow, false).is_none() && !sane {
-                    x_null = true;
-                }
+                x_null |= too_big(required_null, bad_value || mismatch, overflow, sane);
                 let required_null = required_null || x_null;
-                let len = |dims: &[i64]| if sane { dims.iter().map(|&d| d as usize).product() } else { 1 };
-                let (n_x, n_mask, n_s, n_y) = (len(&[bs, ts, is]), len(&[bs, ts]), len(&[bs, hs]), len(&[bs, ts, hs]));
-                let aliased = alias && outs_on[2] && outs_on[3] && n_s > 0;
+                let n = KerasLens::new(sane, dims);
+                let aliased = alias && outs_on[2] && outs_on[3] && n.state > 0;
                 let expected =
                     predicted(required_null, bad_value || mismatch, overflow, (misalign_slot && !tape_null) || aliased);
-                let mut x = Buf::new(values(r, n_x, 2.0), canary);
-                let mut mask = Buf::new(mask_values(r, n_mask), CANARY_BYTE);
-                let mut h0 = Buf::new(values(r, n_s, 1.0), canary);
-                let mut c0 = Buf::new(values(r, n_s, 1.0), canary);
-                let (outs, mut ptrs) = output_bufs([n_y, n_s, n_s, n_s], &outs_on);
+                let mut x = Buf::new(values(r, n.x, 2.0), canary);
+                let mut mask = Buf::new(mask_values(r, n.mask), CANARY_BYTE);
+                let mut h0 = Buf::new(values(r, n.state, 1.0), canary);
+                let mut c0 = Buf::new(values(r, n.state, 1.0), canary);
+                let inputs_before: Vec<Vec<f32>> = [&x, &h0, &c0].iter().map(|b| b.data.clone()).collect();
+                let (outs, mut ptrs) = output_bufs([n.y, n.state, n.state, n.state], &outs_on);
                 if aliased {
                     ptrs[3] = ptrs[2];
                 }
-                let sentinel_tape = sentinel::<MrnnTape>();
-                let mut slots = [sentinel_tape; 3];
-                let slot_ptr: *mut *mut MrnnTape = if tape_null {
-                    ptr::null_mut()
-                } else if misalign_slot {
-                    slots.as_mut_ptr().cast::<u8>().wrapping_add(1).cast()
-                } else {
-                    slots.as_mut_ptr()
-                };
-                let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
+                let mut slot = TapeSlot::new(tape_null, misalign_slot);
+                let given = (mask_on.then_some(&mask), h0_on.then_some(&h0), c0_on.then_some(&c0));
                 // SAFETY: `layer` is a live handle (or NULL); the buffers hold exactly their documented sizes
                 // (plus a canary) when the sizes are sane, otherwise `expected` is a failure validation reports
                 // before any access. A misaligned tape slot lies inside `slots`; aliased outputs inside theirs.
                 let status = unsafe {
-                    mrnn_keras_lstm_run_train(
+                    keras_run_train(
                         layer,
                         if attrs_null { ptr::null() } else { &a },
-                        if x_null { ptr::null() } else { x.ptr() },
-                        if mask_on { mask.ptr() } else { ptr::null() },
-                        opt(h0_on, h0.ptr()),
-                        opt(c0_on, c0.ptr()),
-                        ptrs[0],
-                        ptrs[1],
-                        ptrs[2],
-                        ptrs[3],
-                        slot_ptr,
+                        input_ptrs(if x_null { ptr::null() } else { x.ptr() }, given),
+                        ptrs,
+                        slot.ptr(),
                     )
                 };
                 let what = format!(
                     "step {step}: mrnn_keras_lstm_run_train on handle {k} ({a:?}, nulls: layer {layer_null} attrs \
                      {attrs_null} x {x_null} tape {tape_null}, misaligned slot {misalign_slot}, aliased {aliased})"
                 );
-                check_status(&what, status)?;
-                for (buf, name) in outs.iter().zip(["y", "last_output", "h_n", "c_n"]) {
-                    buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
-                }
-                if let Some(expected) = expected {
-                    if status != expected {
-                        return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
-                    }
-                    if slots != [sentinel_tape; 3] {
-                        return Err(format!("{what}: a failing run_train wrote the tape slot"));
-                    }
-                    if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
-                        return Err(format!("{what}: an output was written by a run that failed validation"));
-                    }
-                    continue;
-                }
-                if status != MRNN_OK || slots[0] == sentinel_tape || slots[0].is_null() {
-                    return Err(format!("{what}: status {status}, tape {:p}: {}", slots[0], last_error_message()));
-                }
-                let tape = Owned { ptr: slots[0], free: mrnn_tape_free };
                 // The outputs are mrnn_lstm_keras's with the handle's current weights.
-                let w = &history[current[k]];
-                let (one_shot, one_ptrs) = output_bufs([n_y, n_s, n_s, n_s], &outs_on);
-                // SAFETY: the same valid buffers as the run above, and the handle's weights at their sizes.
-                let one_status = unsafe {
-                    mrnn_lstm_keras(
-                        &a,
-                        x.ptr(),
-                        if mask_on { mask.ptr() } else { ptr::null() },
-                        w.kernel.ptr(),
-                        w.recurrent.ptr(),
-                        w.bias_ptr(),
-                        opt(h0_on, h0.ptr()),
-                        opt(c0_on, c0.ptr()),
-                        one_ptrs[0],
-                        one_ptrs[1],
-                        one_ptrs[2],
-                        one_ptrs[3],
-                    )
+                // SAFETY: the run's valid buffers, and the handle's weights, of its sizes.
+                let one_shot = |w: &Weights, o| unsafe { lstm_keras(&a, input_ptrs(x.ptr(), given), w.ptrs(), o) };
+                let (outputs, inputs) =
+                    ((&outs, &outs_on, &KERAS_OUT_NAMES[..]), (&[&x, &h0, &c0][..], &inputs_before[..]));
+                let call = ((k, what.as_str(), "mrnn_lstm_keras"), (status, expected));
+                let Some(tape) = session.check_run_train(call.0, call.1, outputs, inputs, &slot, one_shot)? else {
+                    continue;
                 };
-                let names = ["y", "last_output", "h_n", "c_n"];
-                check_same_as_one_shot(&what, "mrnn_lstm_keras", status, one_status, &outs, &one_shot, &names)?;
-                // Keep copies for the one-shot backward; scribble over the caller's buffers.
-                let keep = |b: &Buf<f32>| Buf::new(b.values().to_vec(), canary);
-                let run = TrainRun {
-                    tape,
-                    attrs: a,
-                    x: keep(&x),
-                    mask: mask_on.then(|| Buf::new(mask.values().to_vec(), CANARY_BYTE)),
-                    h0: h0_on.then(|| keep(&h0)),
-                    c0: c0_on.then(|| keep(&c0)),
-                    owner: k,
-                    generation: generation[k],
-                    weights: current[k],
-                };
-                for buf in [&mut x, &mut h0, &mut c0] {
-                    let n = buf.len;
-                    buf.data[..n].fill(f32::NAN);
-                }
-                let n = mask.len;
-                mask.data[..n].fill(0);
-                runs.push(run);
+                let steps = mask_on.then_some(&mut mask);
+                session.record(k, tape, a, [&mut x, &mut h0, &mut c0], (h0_on, c0_on), steps, (0, CANARY_BYTE));
             }
             4..=6 => {
                 // run_backward.
-                let tape_null = runs.is_empty() || rare(r, 32);
-                let run = (!tape_null).then(|| &runs[r.below(runs.len())]);
-                let Some(run) = run else {
+                let tape_null = session.runs.is_empty() || rare(r, 32);
+                let Some(run) = (!tape_null).then(|| &session.runs[r.below(session.runs.len())]) else {
                     // SAFETY: NULL tape: rejected before anything else is read.
-                    let status = unsafe {
-                        mrnn_keras_lstm_run_backward(
-                            layer,
-                            ptr::null(),
-                            ptr::null(),
-                            ptr::null(),
-                            ptr::null(),
-                            ptr::null(),
-                            ptr::null_mut(),
-                            ptr::null_mut(),
-                            ptr::null_mut(),
-                            ptr::null_mut(),
-                            ptr::null_mut(),
-                            ptr::null_mut(),
-                        )
-                    };
-                    if status != MRNN_ERR_NULL_POINTER {
-                        return Err(format!("step {step}: run_backward with a NULL tape: status {status}"));
-                    }
-                    check_status("run_backward with a NULL tape", status)?;
+                    let status =
+                        unsafe { keras_run_backward(layer, ptr::null(), [ptr::null(); 4], [ptr::null_mut(); 6]) };
+                    check_null_tape(step, "run_backward", status)?;
                     continue;
                 };
                 let (b, t) = (run.attrs.batch_size as usize, run.attrs.seq_length as usize);
                 let sizes = [b * t * iu, iu * 4 * hu, hu * 4 * hu, 4 * hu, b * hu, b * hu];
-                let up_on = [!r.u8().is_multiple_of(4), r.bool(), r.bool(), r.bool()];
-                let grads_on: [bool; 6] = std::array::from_fn(|_| !r.u8().is_multiple_of(3));
-                let (misalign, alias) =
-                    (rare(r, 32) && grads_on[1], rare(r, 32) && grads_on[4] && grads_on[5] && b > 0);
-                let ups = [b * t * hu, b * hu, b * hu, b * hu].map(|n| Buf::new(values(r, n, 1.0), canary));
-                let ups_before: Vec<Vec<f32>> = ups.iter().map(|u| u.data.clone()).collect();
-                let (outs, mut ptrs) = output_bufs(sizes, &grads_on);
-                if misalign {
-                    ptrs[1] = ptrs[1].cast::<u8>().wrapping_add(2).cast();
-                }
-                if alias {
-                    ptrs[5] = ptrs[4];
-                }
+                let g = GradCase::new(r, [b * t * hu, b * hu, b * hu, b * hu], sizes, b, |_, _| {});
                 let foreign = run.owner != k;
-                let stale = run.generation != generation[run.owner];
+                let stale = run.generation != session.generation[run.owner];
                 let expected = if layer_null {
                     Some(MRNN_ERR_NULL_POINTER)
-                } else if foreign || stale || misalign || alias {
+                } else if foreign || stale || g.misalign || g.alias {
                     Some(MRNN_ERR_BAD_ARGUMENT)
                 } else {
                     None
                 };
-                let up_ptrs: [*const f32; 4] =
-                    std::array::from_fn(|j| if up_on[j] { ups[j].ptr() } else { ptr::null() });
+                let (up, p) = (g.up_ptrs, g.ptrs);
                 // SAFETY: `layer` is a live handle (or NULL), `run.tape` a live tape; the upstream and output
                 // buffers have the sizes of the tape's run (plus a canary, in which a misaligned d_kernel
                 // stays).
-                let status = unsafe {
-                    mrnn_keras_lstm_run_backward(
-                        layer,
-                        run.tape.ptr,
-                        up_ptrs[0],
-                        up_ptrs[1],
-                        up_ptrs[2],
-                        up_ptrs[3],
-                        ptrs[0],
-                        ptrs[1],
-                        ptrs[2],
-                        ptrs[3],
-                        ptrs[4],
-                        ptrs[5],
-                    )
-                };
+                let status = unsafe { keras_run_backward(layer, run.tape.ptr, up, p) };
                 let what = format!(
                     "step {step}: mrnn_keras_lstm_run_backward on handle {k} (layer NULL {layer_null}) of a tape of \
-                     handle {} generation {} (now {}), {:?}, upstream {up_on:?}, gradients {grads_on:?}, misaligned \
-                     {misalign}, aliased {alias}",
-                    run.owner, run.generation, generation[run.owner], run.attrs
+                     handle {} generation {} (now {}), {:?}, upstream {:?}, gradients {:?}, misaligned {}, aliased {}",
+                    run.owner,
+                    run.generation,
+                    session.generation[run.owner],
+                    run.attrs,
+                    g.up_on,
+                    g.grads_on,
+                    g.misalign,
+                    g.alias
                 );
-                check_status(&what, status)?;
-                for (buf, name) in outs.iter().zip(GRAD_NAMES) {
-                    buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
-                }
-                for (u, before) in ups.iter().zip(&ups_before) {
-                    same_bits(&format!("{what}: upstream modified"), &u.data, before)?;
-                }
-                if let Some(expected) = expected {
-                    if status != expected {
-                        return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
-                    }
-                    let message = last_error_message();
-                    if !layer_null && foreign && !message.contains("another handle") {
-                        return Err(format!("{what}: a foreign tape, but the message is {message:?}"));
-                    }
-                    if !layer_null && !foreign && stale && !message.contains("stale") {
-                        return Err(format!("{what}: a stale tape, but the message is {message:?}"));
-                    }
-                    if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
-                        return Err(format!("{what}: an output was written by a call that failed validation"));
-                    }
+                let causes = [(!layer_null && foreign, "another handle"), (!layer_null && !foreign && stale, "stale")];
+                if g.check(&what, status, expected, &GRAD_NAMES, &causes)? {
                     continue;
                 }
                 // Bitwise the one-shot backward on the run's inputs and the weights it was made with.
-                let w = &history[run.weights];
-                let (one_shot, one_ptrs) = output_bufs(sizes, &grads_on);
-                let opt_f = |b: &Option<Buf<f32>>| b.as_ref().map_or(ptr::null(), Buf::ptr);
+                let (i, w) = (run.inputs(), session.history[run.weights].ptrs());
                 // SAFETY: the run's inputs and the weights have the sizes of the run's attributes; the
-                // upstream and outputs those of the call above.
-                let one_status = unsafe {
-                    mrnn_lstm_keras_backward(
-                        &run.attrs,
-                        run.x.ptr(),
-                        run.mask.as_ref().map_or(ptr::null(), Buf::ptr),
-                        w.kernel.ptr(),
-                        w.recurrent.ptr(),
-                        w.bias_ptr(),
-                        opt_f(&run.h0),
-                        opt_f(&run.c0),
-                        up_ptrs[0],
-                        up_ptrs[1],
-                        up_ptrs[2],
-                        up_ptrs[3],
-                        one_ptrs[0],
-                        one_ptrs[1],
-                        one_ptrs[2],
-                        one_ptrs[3],
-                        one_ptrs[4],
-                        one_ptrs[5],
-                    )
-                };
-                check_same_as_one_shot(
-                    &what,
-                    "mrnn_lstm_keras_backward",
-                    status,
-                    one_status,
-                    &outs,
-                    &one_shot,
-                    &GRAD_NAMES,
-                )?;
+                // upstream and outputs those of the call that is checked.
+                let one_shot = |o| unsafe { lstm_keras_backward(&run.attrs, i, w, g.up_ptrs, o) };
+                let name = "mrnn_lstm_keras_backward";
+                check_against_one_shot((&what, name), status, &g.outs, (&g.grads_on, &GRAD_NAMES), one_shot)?;
             }
             7 => {
                 // set_weights.
                 let w = Weights::new(r, &created);
-                let (kernel_null, misalign) = (rare(r, 16), rare(r, 16));
-                // A misaligned kernel: two bytes into a copy with one more element.
-                let shifted = Buf::new(w.kernel.values().iter().copied().chain([0.0]).collect::<Vec<f32>>(), canary);
-                let kernel = if kernel_null {
-                    ptr::null()
-                } else if misalign {
-                    shifted.ptr().cast::<u8>().wrapping_add(2).cast()
-                } else {
-                    w.kernel.ptr()
+                let call = |kernel: *const f32, w: &Weights| {
+                    // SAFETY: `layer` is a live handle (or NULL); the weights have the handle's sizes (a
+                    // misaligned kernel has one more element).
+                    unsafe { mrnn_keras_lstm_set_weights(layer, kernel, w.recurrent.ptr(), w.bias_ptr()) }
                 };
-                let expected = if layer_null || kernel_null {
-                    Some(MRNN_ERR_NULL_POINTER)
-                } else if misalign {
-                    Some(MRNN_ERR_BAD_ARGUMENT)
-                } else {
-                    None
+                let what = |_: &Weights, null: bool, misalign: bool| {
+                    format!("mrnn_keras_lstm_set_weights (kernel NULL {null}, misaligned {misalign})")
                 };
-                // SAFETY: `layer` is a live handle (or NULL); the weights have the handle's sizes (a misaligned
-                // kernel has one more element).
-                let status = unsafe { mrnn_keras_lstm_set_weights(layer, kernel, w.recurrent.ptr(), w.bias_ptr()) };
-                let what = format!(
-                    "step {step}: mrnn_keras_lstm_set_weights on handle {k} (layer NULL {layer_null}, kernel NULL \
-                     {kernel_null}, misaligned {misalign})"
-                );
-                check_status(&what, status)?;
-                if status != expected.unwrap_or(MRNN_OK) {
-                    return Err(format!("{what}: status {status}, expected {expected:?}: {}", last_error_message()));
-                }
-                if status == MRNN_OK {
-                    history.push(w);
-                    current[k] = history.len() - 1;
-                    generation[k] += 1;
-                }
+                fuzz_set_weights(r, &mut session, (step, k, layer_null), w, |w| &w.kernel, call, what)?;
             }
-            8 => {
-                if !runs.is_empty() {
-                    // Frees the tape (Owned's drop).
-                    runs.swap_remove(r.below(runs.len()));
-                }
-            }
-            _ => {
-                let Some(run) = (!runs.is_empty()).then(|| &runs[r.below(runs.len())]) else { continue };
-                let mut bytes = u64::MAX;
-                // SAFETY: a live tape and a `u64` slot.
-                let status = unsafe { mrnn_tape_bytes(run.tape.ptr, &mut bytes) };
-                let floor = (run.x.len * 4) as u64;
-                if status != MRNN_OK || bytes < floor || bytes == u64::MAX {
-                    return Err(format!(
-                        "step {step}: mrnn_tape_bytes: status {status}, {bytes} bytes (x alone {floor})"
-                    ));
-                }
-            }
+            8 => session.free_one(r),
+            _ => session.check_bytes(r, step, |run| run.x.len * 4)?,
         }
     }
     // Tapes may outlive their handles.
+    let Session { handles, runs, .. } = session;
     drop(handles);
     drop(runs);
     // SAFETY: NULL is a no-op.
@@ -2186,33 +2380,15 @@ fn reference_onnx_grads(
 /// without `p`): every status as predicted, nothing written by a failing call, canaries intact, inputs
 /// unchanged, and the requested gradients bitwise the Rust API's.
 fn fuzz_onnx_backward(r: &mut ByteReader<'_>) -> Check {
-    let (attrs, sane, bad_value) = onnx_attrs(r);
-    let [ts, bs, is, hs] = [attrs.seq_length, attrs.batch_size, attrs.input_size, attrs.hidden_size];
-    let d_n: i64 = if attrs.direction == 2 { 2 } else { 1 };
-    let overflow = !bad_value
-        && [
-            &[ts, bs, is][..],
-            &[d_n, 4, hs, is],
-            &[d_n, 4, hs, hs],
-            &[d_n, 8, hs],
-            &[d_n, 3, hs],
-            &[d_n, bs, hs],
-            &[ts, d_n, bs, hs],
-        ]
-        .iter()
-        .any(|d| overflows(d));
+    let OneShot { attrs, dims, sane, bad_value, overflow, nulls } = one_shot(r, &ONNX, (48, 32));
+    let [attrs_null, mut x_null, w_null, r_null] = nulls;
+    let d_n = directions(&attrs);
     let rare = |r: &mut ByteReader<'_>, n: u8| r.u8().is_multiple_of(n);
-    let attrs_null = rare(r, 48);
-    let mut x_null = rare(r, 32);
-    let w_null = rare(r, 32);
-    let r_null = rare(r, 32);
-    let b_on = r.bool();
-    let lens_on = !r.u8().is_multiple_of(4);
-    let (h0_on, c0_on, p_on) = (r.u8().is_multiple_of(3), r.u8().is_multiple_of(3), !r.u8().is_multiple_of(3));
+    let given = OnnxGiven::new(r, true);
     let up_on = [!r.u8().is_multiple_of(4), r.bool(), r.bool()];
     let mut grads_on: [bool; 7] = std::array::from_fn(|_| !r.u8().is_multiple_of(3));
     // dp is mostly asked for with peepholes only; without, it must be refused.
-    if !p_on && !rare(r, 8) {
+    if !given.p && !rare(r, 8) {
         grads_on[6] = false;
     }
     // 1: dy two bytes off; 2: db two bytes off; 3: sequence_lens two bytes off.
@@ -2230,68 +2406,43 @@ fn fuzz_onnx_backward(r: &mut ByteReader<'_>) -> Check {
         _ => 0,
     };
     let required_null = attrs_null || x_null || w_null || r_null;
-    if predicted(required_null, bad_value, overflow, false).is_none() && !sane {
-        // Huge sizes that validate: never compute them.
-        x_null = true;
-    }
+    // Huge sizes that validate: never compute them.
+    x_null |= too_big(required_null, bad_value, overflow, sane);
     let required_null = required_null || x_null;
-    let len = |dims: &[i64]| -> usize {
-        if sane {
-            dims.iter().map(|&d| d as usize).product()
-        } else {
-            1
-        }
-    };
-    let (n_x, n_w, n_r, n_b, n_p, n_s, n_y, n_l) = (
-        len(&[ts, bs, is]),
-        len(&[d_n, 4, hs, is]),
-        len(&[d_n, 4, hs, hs]),
-        len(&[d_n, 8, hs]),
-        len(&[d_n, 3, hs]),
-        len(&[d_n, bs, hs]),
-        len(&[ts, d_n, bs, hs]),
-        len(&[bs]),
-    );
-    let sizes = [n_x, n_w, n_r, n_b, n_s, n_s, n_p];
+    let n = OnnxLens::new(sane, dims, d_n);
+    let sizes = [n.x, n.w, n.r, n.b, n.state, n.state, n.p];
     let misaligned = match misalign {
         1 => up_on[0],
         2 => grads_on[3],
-        3 => lens_on,
+        3 => given.lens,
         _ => false,
     };
     let aliased = match alias {
-        1 => grads_on[4] && grads_on[5] && n_s > 0,
-        2 => grads_on[0] && n_x > 0,
-        3 => grads_on[4] && h0_on && n_s > 0,
+        1 => grads_on[4] && grads_on[5] && n.state > 0,
+        2 => grads_on[0] && n.x > 0,
+        3 => grads_on[4] && given.h0 && n.state > 0,
         _ => false,
     };
-    let dp_without_p = grads_on[6] && !p_on;
-    let lens_values: Vec<i32> = (0..n_l).map(|_| length_value(r, if sane { ts } else { 0 })).collect();
-    let lens_bad = sane && lens_on && lens_values.iter().any(|&l| l < 0 || i64::from(l) > ts);
+    let dp_without_p = grads_on[6] && !given.p;
+    let (mut lens_data, lens_bad) = lengths(r, n.lens, dims[0], sane);
+    let lens_bad = given.lens && lens_bad;
     let expected = predicted(required_null, bad_value, overflow, misaligned || aliased || dp_without_p)
         .or_else(|| lens_bad.then_some(MRNN_ERR_BAD_ARGUMENT));
     let only_dp = !required_null && !bad_value && !overflow && !misaligned && !aliased && dp_without_p;
 
     let canary = f32::from_bits(CANARY_BITS);
-    let mut x = Buf::new(values(r, n_x, 2.0), canary);
-    let w = Buf::new(values(r, n_w, 0.5), canary);
-    let rr = Buf::new(values(r, n_r, 0.5), canary);
-    let bias = Buf::new(values(r, n_b, 0.5), canary);
-    let peep = Buf::new(values(r, n_p, 0.5), canary);
-    let mut h0 = Buf::new(values(r, n_s, 1.0), canary);
-    let c0 = Buf::new(values(r, n_s, 1.0), canary);
-    let mut lens_data = lens_values;
+    let mut bufs = OnnxBufs::new(r, &n, [0, 0]);
     if misalign == 3 {
         lens_data.push(0);
     }
     let lens = Buf::new(lens_data, CANARY_I32);
-    let ups = [n_y + usize::from(misalign == 1), n_s, n_s].map(|n| Buf::new(values(r, n, 1.0), canary));
-    let inputs_before: Vec<Vec<f32>> =
-        [&x, &w, &rr, &bias, &peep, &h0, &c0].into_iter().chain(&ups).map(|b| b.data.clone()).collect();
+    let ups = [n.y + usize::from(misalign == 1), n.state, n.state].map(|n| Buf::new(values(r, n, 1.0), canary));
+    // Raw pointers for x and initial_h, from which the aliased outputs are also derived.
+    let (x_raw, h0_raw) = (bufs.x.mut_ptr(), bufs.h0.mut_ptr());
+    let inputs: Vec<&Buf<f32>> = bufs.floats().into_iter().chain(&ups).collect();
+    let inputs_before: Vec<Vec<f32>> = inputs.iter().map(|b| b.data.clone()).collect();
     let lens_before = lens.data.clone();
     let (outs, mut out_ptrs) = output_bufs(sizes, &grads_on);
-    // Raw pointers for x and initial_h, from which the aliased outputs are also derived.
-    let (x_raw, h0_raw) = (x.mut_ptr(), h0.mut_ptr());
     if misaligned && misalign == 2 {
         out_ptrs[3] = out_ptrs[3].cast::<u8>().wrapping_add(2).cast::<f32>();
     }
@@ -2304,119 +2455,49 @@ fn fuzz_onnx_backward(r: &mut ByteReader<'_>) -> Check {
     if aliased && alias == 3 {
         out_ptrs[4] = h0_raw;
     }
-    let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
-    let up_ptrs: [*const f32; 3] = std::array::from_fn(|k| {
-        if !up_on[k] {
-            ptr::null()
-        } else if k == 0 && misalign == 1 {
-            ups[0].ptr().cast::<u8>().wrapping_add(2).cast::<f32>()
-        } else {
-            ups[k].ptr()
-        }
-    });
-    let lens_ptr = if !lens_on {
-        ptr::null()
-    } else if misalign == 3 {
-        lens.ptr().cast::<u8>().wrapping_add(2).cast::<i32>()
-    } else {
-        lens.ptr()
-    };
+    let up_ptrs: [*const f32; 3] = std::array::from_fn(|k| input_ptr(&ups[k], !up_on[k], k == 0 && misalign == 1));
+    let x_ptr = if x_null { ptr::null() } else { x_raw.cast_const() };
+    let w_ptr = if w_null { ptr::null() } else { bufs.w.ptr() };
+    let (i, w) = bufs.ptrs([x_ptr, w_ptr, h0_raw], input_ptr(&lens, !given.lens, misalign == 3), r_null, given);
     // SAFETY: every non-NULL buffer holds exactly its documented size (plus a canary) when the sizes are
     // sane. Otherwise the buffers are one-element dummies and `expected` is a failure that validation
     // reports before any access. Misaligned dy and sequence_lens have one more element; a misaligned db
     // stays inside its canary; outputs aliased to x or initial_h share their raw pointers, and the inputs
     // are compared with their copies afterwards.
-    let status = unsafe {
-        mrnn_lstm_onnx_backward(
-            if attrs_null { ptr::null() } else { &attrs },
-            if x_null { ptr::null() } else { x_raw.cast_const() },
-            if w_null { ptr::null() } else { w.ptr() },
-            if r_null { ptr::null() } else { rr.ptr() },
-            opt(b_on, bias.ptr()),
-            lens_ptr,
-            opt(h0_on, h0_raw.cast_const()),
-            opt(c0_on, c0.ptr()),
-            opt(p_on, peep.ptr()),
-            up_ptrs[0],
-            up_ptrs[1],
-            up_ptrs[2],
-            out_ptrs[0],
-            out_ptrs[1],
-            out_ptrs[2],
-            out_ptrs[3],
-            out_ptrs[4],
-            out_ptrs[5],
-            out_ptrs[6],
-        )
-    };
+    let status = unsafe { lstm_onnx_backward(if attrs_null { ptr::null() } else { &attrs }, i, w, up_ptrs, out_ptrs) };
     let what = format!(
-        "mrnn_lstm_onnx_backward({attrs:?}, nulls: attrs {attrs_null} x {x_null} w {w_null} r {r_null}, b {b_on} \
-         p {p_on} h0 {h0_on} c0 {c0_on}, upstream {up_on:?}, gradients {grads_on:?}, misaligned {misalign}, alias \
+        "mrnn_lstm_onnx_backward({attrs:?}, nulls: attrs {attrs_null} x {x_null} w {w_null} r {r_null}, b {} \
+         p {} h0 {} c0 {}, upstream {up_on:?}, gradients {grads_on:?}, misaligned {misalign}, alias \
          {alias}, lens {:?})",
-        lens_on.then(|| lens.values())
+        given.b,
+        given.p,
+        given.h0,
+        given.c0,
+        given.lens.then(|| lens.values())
     );
-    check_status(&what, status)?;
-    for (buf, name) in outs.iter().zip(ONNX_GRAD_NAMES) {
-        buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
+    check_lens(&what, &lens, &lens_before)?;
+    if check_call(&what, status, &outs, &ONNX_GRAD_NAMES, &inputs, &inputs_before, expected)? {
+        return check_message(&what, only_dp, "no peepholes");
     }
-    lens.check_canary("sequence_lens", CANARY_I32).map_err(|e| format!("{what}: {e}"))?;
-    if lens.data != lens_before {
-        return Err(format!("{what}: sequence_lens was modified"));
-    }
-    for (k, (before, buf)) in
-        inputs_before.iter().zip([&x, &w, &rr, &bias, &peep, &h0, &c0].into_iter().chain(&ups)).enumerate()
-    {
-        same_bits(&format!("{what}: input {k} modified (after vs before)"), &buf.data, before)?;
-    }
-    if let Some(expected) = expected {
-        if status != expected {
-            return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
-        }
-        if only_dp && !last_error_message().contains("no peepholes") {
-            return Err(format!("{what}: dp without p, but the message is {:?}", last_error_message()));
-        }
-        if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
-            return Err(format!("{what}: an output was written by a call that failed validation"));
-        }
+    if !asked(&what, status, &grads_on)? {
         return Ok(());
     }
-    if !grads_on.contains(&true) {
-        // Validated, nothing asked for: nothing to compare.
-        return if status == MRNN_OK {
-            Ok(())
-        } else {
-            Err(format!("{what}: status {status}: {}", last_error_message()))
-        };
-    }
     let reference = (|| {
-        let node = reference_onnx_node(
-            &attrs,
-            w.values(),
-            rr.values(),
-            b_on.then(|| bias.values()),
-            p_on.then(|| peep.values()),
-        )?;
+        let (w, rr, b, p) = bufs.weights(given);
+        let node = reference_onnx_node(&attrs, w, rr, b, p)?;
+        let (h0, c0) = bufs.initial(given);
         let p = OnnxBackwardInputs {
-            t: ts as usize,
-            b: bs as usize,
-            x: x.values(),
-            lens: lens_on.then(|| lens.values()),
-            h0: h0_on.then(|| h0.values()),
-            c0: c0_on.then(|| c0.values()),
+            t: dims[0] as usize,
+            b: dims[1] as usize,
+            x: bufs.x.values(),
+            lens: given.lens.then(|| lens.values()),
+            h0,
+            c0,
             up: std::array::from_fn(|k| up_on[k].then(|| ups[k].values())),
         };
         reference_onnx_grads(&node, &p, sizes, &grads_on, attrs.num_threads as usize)
     })();
-    let rust_status = reference.as_ref().map_or_else(|e| status_of(e.kind()), |_| MRNN_OK);
-    if status != rust_status {
-        return Err(format!("{what}: status {status}, the Rust API gives {rust_status}: {}", last_error_message()));
-    }
-    if let Ok(reference) = reference {
-        for ((buf, expected), name) in outs.iter().zip(&reference).zip(ONNX_GRAD_NAMES) {
-            same_bits(&format!("{what}: {name} (C ABI vs the Rust API)"), buf.values(), expected)?;
-        }
-    }
-    Ok(())
+    check_same_as_rust(&what, status, reference, &outs, &ONNX_GRAD_NAMES)
 }
 
 /// Valid ONNX attributes for a handle (sizes within [`SANE_ONNX`]), otherwise arbitrary.
@@ -2464,27 +2545,17 @@ impl OnnxWeights {
     }
 
     fn b_ptr(&self) -> *const f32 {
-        self.b.as_ref().map_or(ptr::null(), Buf::ptr)
+        opt_ptr(self.b.as_ref())
     }
 
     fn p_ptr(&self) -> *const f32 {
-        self.p.as_ref().map_or(ptr::null(), Buf::ptr)
+        opt_ptr(self.p.as_ref())
     }
-}
 
-/// An ONNX tape under test and copies of the inputs of the run that made it.
-struct OnnxTrainRun {
-    tape: Owned<MrnnTape>,
-    attrs: MrnnOnnxLstmAttrs,
-    x: Buf<f32>,
-    lens: Option<Buf<i32>>,
-    h0: Option<Buf<f32>>,
-    c0: Option<Buf<f32>>,
-    /// The handle that made it, and that handle's weights generation then.
-    owner: usize,
-    generation: usize,
-    /// Index of the weights it was made with in the history.
-    weights: usize,
+    /// `W`, `R`, `B`, `P`.
+    fn ptrs(&self) -> [*const f32; 4] {
+        [self.w.ptr(), self.r.ptr(), self.b_ptr(), self.p_ptr()]
+    }
 }
 
 /// A Keras handle and a tape of one of its runs, to give to the ONNX functions.
@@ -2502,20 +2573,13 @@ fn keras_handle_and_tape(
     let layer = Owned { ptr: out, free: mrnn_keras_lstm_free };
     let x = values(r, 2 * a.input_size as usize, 1.0);
     let mut tape = ptr::null_mut();
-    let nul = ptr::null_mut();
     // SAFETY: a live handle, x of B*T*I floats, a pointer slot.
     let status = unsafe {
-        mrnn_keras_lstm_run_train(
+        keras_run_train(
             layer.ptr,
             &a,
-            x.as_ptr(),
-            ptr::null(),
-            ptr::null(),
-            ptr::null(),
-            nul,
-            nul,
-            nul,
-            nul,
+            (x.as_ptr(), ptr::null(), ptr::null(), ptr::null()),
+            [ptr::null_mut(); 4],
             &mut tape,
         )
     };
@@ -2524,6 +2588,9 @@ fn keras_handle_and_tape(
     }
     Ok((layer, Owned { ptr: tape, free: mrnn_tape_free }))
 }
+
+/// An ONNX tape under test and copies of the inputs of the run that made it.
+type OnnxTrainRun = TrainRun<MrnnOnnxLstmAttrs, i32>;
 
 /// Two ONNX handles of the same attributes driven through a random sequence of `run_train`,
 /// `run_backward` (with their own tapes, stale ones, the other handle's and a Keras handle's),
@@ -2537,104 +2604,69 @@ fn keras_handle_and_tape(
 fn fuzz_onnx_train(r: &mut ByteReader<'_>) -> Check {
     let created = valid_onnx_attrs(r);
     let (is, hs) = (created.input_size, created.hidden_size);
-    let d_n: i64 = if created.direction == 2 { 2 } else { 1 };
+    let d_n = directions(&created);
     let (iu, hu, du) = (is as usize, hs as usize, d_n as usize);
     let canary = f32::from_bits(CANARY_BITS);
     let rare = |r: &mut ByteReader<'_>, n: u8| r.u8().is_multiple_of(n);
-    let mut history = vec![OnnxWeights::new(r, &created)];
-    let mut handles = Vec::new();
-    for _ in 0..2 {
-        let w = &history[0];
-        let mut out = ptr::null_mut();
+    let new = |w: &OnnxWeights, out: *mut *mut MrnnOnnxLstm| {
         // SAFETY: the weights hold exactly the sizes of the (valid) attributes; `out` is a pointer slot.
-        let status = unsafe { mrnn_onnx_lstm_new(&created, w.w.ptr(), w.r.ptr(), w.b_ptr(), w.p_ptr(), &mut out) };
-        if status != MRNN_OK || out.is_null() {
-            return Err(format!("mrnn_onnx_lstm_new({created:?}): status {status}: {}", last_error_message()));
-        }
-        handles.push(Owned { ptr: out, free: mrnn_onnx_lstm_free });
-    }
+        unsafe { mrnn_onnx_lstm_new(&created, w.w.ptr(), w.r.ptr(), w.b_ptr(), w.p_ptr(), out) }
+    };
+    let what = format!("mrnn_onnx_lstm_new({created:?})");
+    let mut session: Session<MrnnOnnxLstm, OnnxWeights, OnnxTrainRun> =
+        Session::new(OnnxWeights::new(r, &created), new, mrnn_onnx_lstm_free, &what)?;
     let (keras, keras_tape) = keras_handle_and_tape(r)?;
-    // Per handle: its weights generation and the index of its weights in `history`.
-    let mut generation = [0_usize; 2];
-    let mut current = [0_usize; 2];
-    let mut runs: Vec<OnnxTrainRun> = Vec::new();
-    const NAMES: [&str; 3] = ["Y", "Y_h", "Y_c"];
 
     for step in 0..2 + r.below(10) {
         let k = usize::from(rare(r, 4));
         let layer_null = rare(r, 48);
-        let layer = if layer_null { ptr::null_mut() } else { handles[k].ptr };
+        let layer = if layer_null { ptr::null_mut() } else { session.handles[k].ptr };
         match r.u8() % 11 {
             0..=3 => {
                 // run_train.
-                let mut a = created;
-                let [ts, bs] = run_sizes(r, [SANE_ONNX[0], SANE_ONNX[1]]);
-                (a.seq_length, a.batch_size, a.num_threads) = (ts, bs, thread_count(r));
-                match r.u8() % 24 {
+                let change = |r: &mut ByteReader<'_>, a: &mut MrnnOnnxLstmAttrs| match r.u8() % 24 {
                     0 => a.hidden_size += 1,
                     1 => a.layout ^= 1,
                     2 => a.direction = enum_value(r, 3),
                     _ => {}
-                }
-                let bad_value = onnx_value_error(&a);
-                let mismatch = onnx_fixed_differ(&a, &created);
-                let overflow = !bad_value
-                    && !mismatch
-                    && [&[ts, bs, is][..], &[d_n, bs, hs], &[ts, d_n, bs, hs]].iter().any(|d| overflows(d));
+                };
+                let RunAttrs { a, dims, bad_value, mismatch, overflow, sane } = run_attrs(r, &ONNX, &created, change);
                 let (attrs_null, mut x_null, tape_null) = (rare(r, 48), rare(r, 32), rare(r, 32));
                 let (lens_on, h0_on, c0_on) =
                     (!r.u8().is_multiple_of(4), r.u8().is_multiple_of(3), r.u8().is_multiple_of(3));
                 let outs_on = [r.bool(), r.bool(), r.bool()];
                 let (misalign_slot, alias) = (rare(r, 32), rare(r, 32));
-                let sane = (0..=SANE_ONNX[0]).contains(&ts) && (0..=SANE_ONNX[1]).contains(&bs);
                 let required_null = layer_null || attrs_null || x_null || tape_null;
-                if predicted(required_null, bad_value || mismatch, overflow, false).is_none() && !sane {
-                    x_null = true;
-                }
+                x_null |= too_big(required_null, bad_value || mismatch, overflow, sane);
                 let required_null = required_null || x_null;
-                let len = |dims: &[i64]| if sane { dims.iter().map(|&d| d as usize).product() } else { 1 };
-                let (n_x, n_s, n_y, n_l) =
-                    (len(&[ts, bs, is]), len(&[d_n, bs, hs]), len(&[ts, d_n, bs, hs]), len(&[bs]));
-                let aliased = alias && outs_on[1] && outs_on[2] && n_s > 0;
-                let lens_values: Vec<i32> = (0..n_l).map(|_| length_value(r, if sane { ts } else { 0 })).collect();
-                let lens_bad = sane && lens_on && lens_values.iter().any(|&l| l < 0 || i64::from(l) > ts);
+                let n = OnnxLens::new(sane, dims, d_n);
+                let aliased = alias && outs_on[1] && outs_on[2] && n.state > 0;
+                let (lens_values, lens_bad) = lengths(r, n.lens, dims[0], sane);
                 let expected =
                     predicted(required_null, bad_value || mismatch, overflow, (misalign_slot && !tape_null) || aliased)
-                        .or_else(|| lens_bad.then_some(MRNN_ERR_BAD_ARGUMENT));
-                let mut x = Buf::new(values(r, n_x, 2.0), canary);
+                        .or_else(|| (lens_on && lens_bad).then_some(MRNN_ERR_BAD_ARGUMENT));
+                let mut x = Buf::new(values(r, n.x, 2.0), canary);
                 let mut lens = Buf::new(lens_values, CANARY_I32);
-                let mut h0 = Buf::new(values(r, n_s, 1.0), canary);
-                let mut c0 = Buf::new(values(r, n_s, 1.0), canary);
-                let (outs, mut ptrs) = output_bufs([n_y, n_s, n_s], &outs_on);
+                let mut h0 = Buf::new(values(r, n.state, 1.0), canary);
+                let mut c0 = Buf::new(values(r, n.state, 1.0), canary);
+                let inputs_before: Vec<Vec<f32>> = [&x, &h0, &c0].iter().map(|b| b.data.clone()).collect();
+                let lens_before = lens.data.clone();
+                let (outs, mut ptrs) = output_bufs([n.y, n.state, n.state], &outs_on);
                 if aliased {
                     ptrs[2] = ptrs[1];
                 }
-                let sentinel_tape = sentinel::<MrnnTape>();
-                let mut slots = [sentinel_tape; 3];
-                let slot_ptr: *mut *mut MrnnTape = if tape_null {
-                    ptr::null_mut()
-                } else if misalign_slot {
-                    slots.as_mut_ptr().cast::<u8>().wrapping_add(1).cast()
-                } else {
-                    slots.as_mut_ptr()
-                };
-                let opt = |on: bool, p: *const f32| if on { p } else { ptr::null() };
-                let lens_ptr = if lens_on { lens.ptr() } else { ptr::null() };
+                let mut slot = TapeSlot::new(tape_null, misalign_slot);
+                let given = (lens_on.then_some(&lens), h0_on.then_some(&h0), c0_on.then_some(&c0));
                 // SAFETY: `layer` is a live handle (or NULL); the buffers hold exactly their documented sizes
                 // (plus a canary) when the sizes are sane, otherwise `expected` is a failure validation reports
                 // before any access. A misaligned tape slot lies inside `slots`; aliased outputs inside theirs.
                 let status = unsafe {
-                    mrnn_onnx_lstm_run_train(
+                    onnx_run_train(
                         layer,
                         if attrs_null { ptr::null() } else { &a },
-                        if x_null { ptr::null() } else { x.ptr() },
-                        lens_ptr,
-                        opt(h0_on, h0.ptr()),
-                        opt(c0_on, c0.ptr()),
-                        ptrs[0],
-                        ptrs[1],
-                        ptrs[2],
-                        slot_ptr,
+                        input_ptrs(if x_null { ptr::null() } else { x.ptr() }, given),
+                        ptrs,
+                        slot.ptr(),
                     )
                 };
                 let what = format!(
@@ -2643,320 +2675,119 @@ fn fuzz_onnx_train(r: &mut ByteReader<'_>) -> Check {
                      aliased {aliased}, lens {:?})",
                     lens_on.then(|| lens.values())
                 );
-                check_status(&what, status)?;
-                for (buf, name) in outs.iter().zip(NAMES) {
-                    buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
-                }
-                lens.check_canary("sequence_lens", CANARY_I32).map_err(|e| format!("{what}: {e}"))?;
-                if let Some(expected) = expected {
-                    if status != expected {
-                        return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
-                    }
-                    if slots != [sentinel_tape; 3] {
-                        return Err(format!("{what}: a failing run_train wrote the tape slot"));
-                    }
-                    if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
-                        return Err(format!("{what}: an output was written by a run that failed validation"));
-                    }
-                    continue;
-                }
-                if status != MRNN_OK || slots[0] == sentinel_tape || slots[0].is_null() {
-                    return Err(format!("{what}: status {status}, tape {:p}: {}", slots[0], last_error_message()));
-                }
-                let tape = Owned { ptr: slots[0], free: mrnn_tape_free };
+                check_lens(&what, &lens, &lens_before)?;
                 // The outputs are mrnn_lstm_onnx's with the handle's current weights.
-                let w = &history[current[k]];
-                let (one_shot, one_ptrs) = output_bufs([n_y, n_s, n_s], &outs_on);
-                // SAFETY: the same valid buffers as the run above, and the handle's weights at their sizes.
-                let one_status = unsafe {
-                    mrnn_lstm_onnx(
-                        &a,
-                        x.ptr(),
-                        w.w.ptr(),
-                        w.r.ptr(),
-                        w.b_ptr(),
-                        lens_ptr,
-                        opt(h0_on, h0.ptr()),
-                        opt(c0_on, c0.ptr()),
-                        w.p_ptr(),
-                        one_ptrs[0],
-                        one_ptrs[1],
-                        one_ptrs[2],
-                    )
+                // SAFETY: the run's valid buffers, and the handle's weights, of its sizes.
+                let one_shot = |w: &OnnxWeights, o| unsafe { lstm_onnx(&a, input_ptrs(x.ptr(), given), w.ptrs(), o) };
+                let (outputs, inputs) =
+                    ((&outs, &outs_on, &ONNX_OUT_NAMES[..]), (&[&x, &h0, &c0][..], &inputs_before[..]));
+                let call = ((k, what.as_str(), "mrnn_lstm_onnx"), (status, expected));
+                let Some(tape) = session.check_run_train(call.0, call.1, outputs, inputs, &slot, one_shot)? else {
+                    continue;
                 };
-                check_same_as_one_shot(&what, "mrnn_lstm_onnx", status, one_status, &outs, &one_shot, &NAMES)?;
-                // Keep copies for the one-shot backward; scribble over the caller's buffers.
-                let keep = |b: &Buf<f32>| Buf::new(b.values().to_vec(), canary);
-                let run = OnnxTrainRun {
-                    tape,
-                    attrs: a,
-                    x: keep(&x),
-                    lens: lens_on.then(|| Buf::new(lens.values().to_vec(), CANARY_I32)),
-                    h0: h0_on.then(|| keep(&h0)),
-                    c0: c0_on.then(|| keep(&c0)),
-                    owner: k,
-                    generation: generation[k],
-                    weights: current[k],
-                };
-                for buf in [&mut x, &mut h0, &mut c0] {
-                    let n = buf.len;
-                    buf.data[..n].fill(f32::NAN);
-                }
-                let n = lens.len;
-                lens.data[..n].fill(-1);
-                runs.push(run);
+                let steps = lens_on.then_some(&mut lens);
+                session.record(k, tape, a, [&mut x, &mut h0, &mut c0], (h0_on, c0_on), steps, (-1, CANARY_I32));
             }
             4..=6 => {
                 // run_backward.
-                let tape_null = runs.is_empty() || rare(r, 32);
-                let Some(run) = (!tape_null).then(|| &runs[r.below(runs.len())]) else {
+                let tape_null = session.runs.is_empty() || rare(r, 32);
+                let Some(run) = (!tape_null).then(|| &session.runs[r.below(session.runs.len())]) else {
                     // SAFETY: NULL tape: rejected before anything else is read.
-                    let status = unsafe {
-                        mrnn_onnx_lstm_run_backward(
-                            layer,
-                            ptr::null(),
-                            ptr::null(),
-                            ptr::null(),
-                            ptr::null(),
-                            ptr::null_mut(),
-                            ptr::null_mut(),
-                            ptr::null_mut(),
-                            ptr::null_mut(),
-                            ptr::null_mut(),
-                            ptr::null_mut(),
-                            ptr::null_mut(),
-                        )
-                    };
-                    if status != MRNN_ERR_NULL_POINTER {
-                        return Err(format!("step {step}: onnx run_backward with a NULL tape: status {status}"));
-                    }
-                    check_status("onnx run_backward with a NULL tape", status)?;
+                    let status =
+                        unsafe { onnx_run_backward(layer, ptr::null(), [ptr::null(); 3], [ptr::null_mut(); 7]) };
+                    check_null_tape(step, "onnx run_backward", status)?;
                     continue;
                 };
                 let (t, b) = (run.attrs.seq_length as usize, run.attrs.batch_size as usize);
-                let sizes = [
-                    t * b * iu,
-                    du * 4 * hu * iu,
-                    du * 4 * hu * hu,
-                    du * 8 * hu,
-                    du * b * hu,
-                    du * b * hu,
-                    du * 3 * hu,
-                ];
-                let up_on = [!r.u8().is_multiple_of(4), r.bool(), r.bool()];
-                let mut grads_on: [bool; 7] = std::array::from_fn(|_| !r.u8().is_multiple_of(3));
+                let (state, w_sizes) = (du * b * hu, [du * 4 * hu * iu, du * 4 * hu * hu, du * 8 * hu]);
+                let sizes = [t * b * iu, w_sizes[0], w_sizes[1], w_sizes[2], state, state, du * 3 * hu];
                 // The peepholes of the weights the backward would compute with (when the tape is not refused).
-                let peepholes = history[current[k]].p.is_some();
-                if !peepholes && !rare(r, 6) {
-                    grads_on[6] = false;
-                }
-                let (misalign, alias) =
-                    (rare(r, 32) && grads_on[1], rare(r, 32) && grads_on[4] && grads_on[5] && b > 0);
-                let ups = [t * du * b * hu, du * b * hu, du * b * hu].map(|n| Buf::new(values(r, n, 1.0), canary));
-                let ups_before: Vec<Vec<f32>> = ups.iter().map(|u| u.data.clone()).collect();
-                let (outs, mut ptrs) = output_bufs(sizes, &grads_on);
-                if misalign {
-                    ptrs[1] = ptrs[1].cast::<u8>().wrapping_add(2).cast();
-                }
-                if alias {
-                    ptrs[5] = ptrs[4];
-                }
+                let peepholes = session.history[session.current[k]].p.is_some();
+                let g = GradCase::new(r, [t * state, state, state], sizes, b, |r, grads_on: &mut [bool; 7]| {
+                    if !peepholes && !r.u8().is_multiple_of(6) {
+                        grads_on[6] = false;
+                    }
+                });
                 let foreign = run.owner != k;
-                let stale = run.generation != generation[run.owner];
-                let dp_without = grads_on[6] && !peepholes;
+                let stale = run.generation != session.generation[run.owner];
+                let dp_without = g.grads_on[6] && !peepholes;
                 let expected = if layer_null {
                     Some(MRNN_ERR_NULL_POINTER)
-                } else if foreign || stale || misalign || alias || dp_without {
+                } else if foreign || stale || g.misalign || g.alias || dp_without {
                     Some(MRNN_ERR_BAD_ARGUMENT)
                 } else {
                     None
                 };
-                let up_ptrs: [*const f32; 3] =
-                    std::array::from_fn(|j| if up_on[j] { ups[j].ptr() } else { ptr::null() });
+                let (up, p) = (g.up_ptrs, g.ptrs);
                 // SAFETY: `layer` is a live handle (or NULL), `run.tape` a live tape; the upstream and output
                 // buffers have the sizes of the tape's run (plus a canary, in which a misaligned dw stays).
-                let status = unsafe {
-                    mrnn_onnx_lstm_run_backward(
-                        layer,
-                        run.tape.ptr,
-                        up_ptrs[0],
-                        up_ptrs[1],
-                        up_ptrs[2],
-                        ptrs[0],
-                        ptrs[1],
-                        ptrs[2],
-                        ptrs[3],
-                        ptrs[4],
-                        ptrs[5],
-                        ptrs[6],
-                    )
-                };
+                let status = unsafe { onnx_run_backward(layer, run.tape.ptr, up, p) };
                 let what = format!(
                     "step {step}: mrnn_onnx_lstm_run_backward on handle {k} (layer NULL {layer_null}) of a tape of \
-                     handle {} generation {} (now {}), {:?}, upstream {up_on:?}, gradients {grads_on:?}, misaligned \
-                     {misalign}, aliased {alias}, peepholes {peepholes}",
-                    run.owner, run.generation, generation[run.owner], run.attrs
+                     handle {} generation {} (now {}), {:?}, upstream {:?}, gradients {:?}, misaligned {}, aliased \
+                     {}, peepholes {peepholes}",
+                    run.owner,
+                    run.generation,
+                    session.generation[run.owner],
+                    run.attrs,
+                    g.up_on,
+                    g.grads_on,
+                    g.misalign,
+                    g.alias
                 );
-                check_status(&what, status)?;
-                for (buf, name) in outs.iter().zip(ONNX_GRAD_NAMES) {
-                    buf.check_canary(name, canary).map_err(|e| format!("{what}: {e}"))?;
-                }
-                for (u, before) in ups.iter().zip(&ups_before) {
-                    same_bits(&format!("{what}: upstream modified"), &u.data, before)?;
-                }
-                if let Some(expected) = expected {
-                    if status != expected {
-                        return Err(format!("{what}: status {status}, expected {expected}: {}", last_error_message()));
-                    }
-                    let message = last_error_message();
-                    if !layer_null && foreign && !message.contains("another handle") {
-                        return Err(format!("{what}: a foreign tape, but the message is {message:?}"));
-                    }
-                    if !layer_null && !foreign && stale && !message.contains("stale") {
-                        return Err(format!("{what}: a stale tape, but the message is {message:?}"));
-                    }
-                    if !layer_null && !foreign && !stale && !misalign && !alias && !message.contains("no peepholes") {
-                        return Err(format!("{what}: dp without peepholes, but the message is {message:?}"));
-                    }
-                    if outs.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
-                        return Err(format!("{what}: an output was written by a call that failed validation"));
-                    }
+                let refused = !layer_null && !foreign && !stale && !g.misalign && !g.alias;
+                let causes = [
+                    (!layer_null && foreign, "another handle"),
+                    (!layer_null && !foreign && stale, "stale"),
+                    (refused, "no peepholes"),
+                ];
+                if g.check(&what, status, expected, &ONNX_GRAD_NAMES, &causes)? {
                     continue;
                 }
                 // Bitwise the one-shot backward on the run's inputs and the weights it was made with.
-                let w = &history[run.weights];
-                let (one_shot, one_ptrs) = output_bufs(sizes, &grads_on);
-                let opt_f = |b: &Option<Buf<f32>>| b.as_ref().map_or(ptr::null(), Buf::ptr);
+                let (i, w) = (run.inputs(), session.history[run.weights].ptrs());
                 // SAFETY: the run's inputs and the weights have the sizes of the run's attributes; the
-                // upstream and outputs those of the call above.
-                let one_status = unsafe {
-                    mrnn_lstm_onnx_backward(
-                        &run.attrs,
-                        run.x.ptr(),
-                        w.w.ptr(),
-                        w.r.ptr(),
-                        w.b_ptr(),
-                        run.lens.as_ref().map_or(ptr::null(), Buf::ptr),
-                        opt_f(&run.h0),
-                        opt_f(&run.c0),
-                        w.p_ptr(),
-                        up_ptrs[0],
-                        up_ptrs[1],
-                        up_ptrs[2],
-                        one_ptrs[0],
-                        one_ptrs[1],
-                        one_ptrs[2],
-                        one_ptrs[3],
-                        one_ptrs[4],
-                        one_ptrs[5],
-                        one_ptrs[6],
-                    )
-                };
-                check_same_as_one_shot(
-                    &what,
-                    "mrnn_lstm_onnx_backward",
-                    status,
-                    one_status,
-                    &outs,
-                    &one_shot,
-                    &ONNX_GRAD_NAMES,
-                )?;
+                // upstream and outputs those of the call that is checked.
+                let one_shot = |o| unsafe { lstm_onnx_backward(&run.attrs, i, w, g.up_ptrs, o) };
+                let name = "mrnn_lstm_onnx_backward";
+                check_against_one_shot((&what, name), status, &g.outs, (&g.grads_on, &ONNX_GRAD_NAMES), one_shot)?;
             }
             7 => {
                 // set_weights.
                 let w = OnnxWeights::new(r, &created);
-                let (w_null, misalign) = (rare(r, 16), rare(r, 16));
-                // A misaligned w: two bytes into a copy with one more element.
-                let shifted = Buf::new(w.w.values().iter().copied().chain([0.0]).collect::<Vec<f32>>(), canary);
-                let w_ptr = if w_null {
-                    ptr::null()
-                } else if misalign {
-                    shifted.ptr().cast::<u8>().wrapping_add(2).cast()
-                } else {
-                    w.w.ptr()
+                let call = |w_ptr: *const f32, w: &OnnxWeights| {
+                    // SAFETY: `layer` is a live handle (or NULL); the weights have the handle's sizes (a
+                    // misaligned w has one more element).
+                    unsafe { mrnn_onnx_lstm_set_weights(layer, w_ptr, w.r.ptr(), w.b_ptr(), w.p_ptr()) }
                 };
-                let expected = if layer_null || w_null {
-                    Some(MRNN_ERR_NULL_POINTER)
-                } else if misalign {
-                    Some(MRNN_ERR_BAD_ARGUMENT)
-                } else {
-                    None
+                let what = |w: &OnnxWeights, null: bool, misalign: bool| {
+                    format!(
+                        "mrnn_onnx_lstm_set_weights (w NULL {null}, misaligned {misalign}, b {} p {})",
+                        w.b.is_some(),
+                        w.p.is_some()
+                    )
                 };
-                // SAFETY: `layer` is a live handle (or NULL); the weights have the handle's sizes (a misaligned
-                // w has one more element).
-                let status = unsafe { mrnn_onnx_lstm_set_weights(layer, w_ptr, w.r.ptr(), w.b_ptr(), w.p_ptr()) };
-                let what = format!(
-                    "step {step}: mrnn_onnx_lstm_set_weights on handle {k} (layer NULL {layer_null}, w NULL {w_null}, \
-                     misaligned {misalign}, b {} p {})",
-                    w.b.is_some(),
-                    w.p.is_some()
-                );
-                check_status(&what, status)?;
-                if status != expected.unwrap_or(MRNN_OK) {
-                    return Err(format!("{what}: status {status}, expected {expected:?}: {}", last_error_message()));
-                }
-                if status == MRNN_OK {
-                    history.push(w);
-                    current[k] = history.len() - 1;
-                    generation[k] += 1;
-                }
+                fuzz_set_weights(r, &mut session, (step, k, layer_null), w, |w| &w.w, call, what)?;
             }
-            8 => {
-                if !runs.is_empty() {
-                    // Frees the tape (Owned's drop).
-                    runs.swap_remove(r.below(runs.len()));
-                }
-            }
-            9 => {
-                let Some(run) = (!runs.is_empty()).then(|| &runs[r.below(runs.len())]) else { continue };
-                let mut bytes = u64::MAX;
-                // SAFETY: a live tape and a `u64` slot.
-                let status = unsafe { mrnn_tape_bytes(run.tape.ptr, &mut bytes) };
-                let floor = ((run.x.len + run.lens.as_ref().map_or(0, |l| l.len)) * 4) as u64;
-                if status != MRNN_OK || bytes < floor || bytes == u64::MAX {
-                    return Err(format!(
-                        "step {step}: mrnn_tape_bytes: status {status}, {bytes} bytes (x and lengths alone {floor})"
-                    ));
-                }
-            }
+            8 => session.free_one(r),
+            9 => session.check_bytes(r, step, |run| (run.x.len + run.steps.as_ref().map_or(0, |l| l.len)) * 4)?,
             _ => {
                 // A tape of the other kind: refused before any other argument is looked at.
-                let onnx_tape = (!runs.is_empty() && r.bool()).then(|| &runs[r.below(runs.len())]);
-                let nul = ptr::null_mut();
+                let onnx_tape =
+                    (!session.runs.is_empty() && r.bool()).then(|| &session.runs[r.below(session.runs.len())]);
                 // SAFETY: live handles and tapes; every upstream and output NULL.
                 let (status, what) = unsafe {
                     match onnx_tape {
                         Some(run) => (
-                            mrnn_keras_lstm_run_backward(
-                                keras.ptr,
-                                run.tape.ptr,
-                                ptr::null(),
-                                ptr::null(),
-                                ptr::null(),
-                                ptr::null(),
-                                nul,
-                                nul,
-                                nul,
-                                nul,
-                                nul,
-                                nul,
-                            ),
+                            keras_run_backward(keras.ptr, run.tape.ptr, [ptr::null(); 4], [ptr::null_mut(); 6]),
                             "an ONNX tape on a Keras handle",
                         ),
                         None => (
-                            mrnn_onnx_lstm_run_backward(
-                                handles[k].ptr,
+                            onnx_run_backward(
+                                session.handles[k].ptr,
                                 keras_tape.ptr,
-                                ptr::null(),
-                                ptr::null(),
-                                ptr::null(),
-                                nul,
-                                nul,
-                                nul,
-                                nul,
-                                nul,
-                                nul,
-                                nul,
+                                [ptr::null(); 3],
+                                [ptr::null_mut(); 7],
                             ),
                             "a Keras tape on an ONNX handle",
                         ),
@@ -2971,6 +2802,7 @@ fn fuzz_onnx_train(r: &mut ByteReader<'_>) -> Check {
         }
     }
     // Tapes may outlive their handles.
+    let Session { handles, runs, .. } = session;
     drop(handles);
     drop(keras);
     drop(runs);

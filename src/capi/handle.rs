@@ -8,7 +8,7 @@
 //! ```
 //!
 //! The ONNX functions follow the same pattern. A handle owns the packed layer ([`KerasLstm`] /
-//! [`OnnxLstm`]) and scratch memory (a [`Workspace`]) behind a `Mutex`. Runs on one
+//! [`OnnxLstm`]) and scratch memory (a [`Workspace`]) behind a `Mutex` (`Core`, the same for every kind). Runs on one
 //! handle may overlap: a run that finds the scratch memory locked by another thread does not wait, it uses
 //! a temporary one. Scratch memory never changes results, so a run gives bitwise the one-shot function's
 //! outputs whichever scratch served it.
@@ -16,7 +16,10 @@
 //! Validation follows the order of the one-shot functions (module docs of [`super`]): NULL, then values
 //! (a run's attributes are checked as the one-shot's, then compared with the handle's), then sizes, then
 //! pointers, then `sequence_lens`. `_new` checks every attribute value, including the per-run ones
-//! (`batch_size`, `seq_length` >= 0, `num_threads` >= 0), but sizes only of the weights.
+//! (`batch_size`, `seq_length` >= 0, `num_threads` >= 0), but sizes only of the weights. The functions
+//! here are entry points only: each validates and runs through the one path of every layer kind (the
+//! private module `layer`, with the kinds in `keras` and `onnx`), which the one-shot functions and the
+//! training functions share.
 //!
 //! Training ([`super::train`]) identifies a handle by a process-unique id (`next_handle_id`, shared by
 //! every kind of handle, never reused, unlike an address) and its packed weights by a generation
@@ -26,6 +29,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, TryLockError};
 
+use super::keras::KerasArgs;
+use super::layer::{new, run};
+use super::onnx::OnnxArgs;
 use super::*;
 
 /// The next handle id: 1, 2, 3, ... for the process's life.
@@ -74,34 +80,43 @@ impl<L> Current<L> {
     }
 }
 
+/// What every handle holds, whatever its kind: its id, its packed layer and its scratch memory.
+#[derive(Debug)]
+pub(super) struct Core<L> {
+    /// Unique among the handles of this process (of every kind); tapes record it.
+    pub(super) id: u64,
+    /// The packed layer, replaced by `set_weights`.
+    pub(super) current: Current<L>,
+    pub(super) scratch: Mutex<Scratch>,
+}
+
+impl<L> Core<L> {
+    /// A new handle's: a fresh id, generation 0 of `layer`.
+    pub(super) fn new(layer: L) -> Self {
+        Core { id: next_handle_id(), current: Current::new(layer), scratch: Mutex::default() }
+    }
+}
+
 /// A Keras LSTM layer of the C ABI (`MrnnKerasLstm` of `masked_rnn.h`): packed weights and scratch memory.
 #[derive(Debug)]
 pub struct MrnnKerasLstm {
-    /// Unique among the handles of this process; tapes record it.
-    pub(super) id: u64,
-    /// The packed layer, replaced by `mrnn_keras_lstm_set_weights`.
-    pub(super) current: Current<KerasLstm>,
-    /// The layer options (fixed at creation, the same for every generation).
-    pub(super) options: KerasLstmOptions,
+    pub(super) core: Core<KerasLstm>,
+    /// The validated creation attributes: the layer options and sizes (the same for every generation).
+    pub(super) args: KerasArgs,
     /// The creation attributes; a run's must agree on every field but `batch_size`, `seq_length`,
     /// `num_threads`.
     pub(super) attrs: MrnnKerasLstmAttrs,
-    pub(super) scratch: Mutex<Scratch>,
 }
 
 /// An ONNX LSTM node of the C ABI (`MrnnOnnxLstm` of `masked_rnn.h`): packed weights and scratch memory.
 #[derive(Debug)]
 pub struct MrnnOnnxLstm {
-    /// Unique among the handles of this process (of every kind); tapes record it.
-    pub(super) id: u64,
-    /// The packed node, replaced by `mrnn_onnx_lstm_set_weights`.
-    pub(super) current: Current<OnnxNode>,
-    /// The validated Rust attributes (fixed at creation, the same for every generation).
-    pub(super) onnx_attrs: OnnxLstmAttrs,
+    pub(super) core: Core<OnnxNode>,
+    /// The validated creation attributes: the Rust attributes and sizes (the same for every generation).
+    pub(super) args: OnnxArgs,
     /// The creation attributes; a run's must agree on every field but `seq_length`, `batch_size`,
     /// `num_threads`.
     pub(super) attrs: MrnnOnnxLstmAttrs,
-    pub(super) scratch: Mutex<Scratch>,
 }
 
 /// One generation of an ONNX handle's weights: the packed node, and whether it was given peepholes (`p`
@@ -175,28 +190,27 @@ fn same_activation(
     Ok(())
 }
 
+/// `Err(BadArgument)` naming the first of `fields` (name, run's value, handle's value) that differs.
+fn same_fields<T: PartialEq + std::fmt::Display>(fields: &[(&str, T, T)]) -> Result<()> {
+    match fields.iter().find(|(_, r, h)| r != h) {
+        Some((field, r, h)) => Err(differs(field, r, h)),
+        None => Ok(()),
+    }
+}
+
 /// Checks that a run's attributes agree with the handle's on every field fixed at creation.
 pub(super) fn keras_attrs_match(
     run: &MrnnKerasLstmAttrs,
     options: &KerasLstmOptions,
     handle: &MrnnKerasLstm,
 ) -> Result<()> {
-    let (c, fixed) = (&handle.attrs, &handle.options);
-    for (field, r, h) in [("input_size", run.input_size, c.input_size), ("hidden_size", run.hidden_size, c.hidden_size)]
-    {
-        if r != h {
-            return Err(differs(field, r, h));
-        }
-    }
-    for (field, r, h) in [
+    let (c, fixed) = (&handle.attrs, &handle.args.options);
+    same_fields(&[("input_size", run.input_size, c.input_size), ("hidden_size", run.hidden_size, c.hidden_size)])?;
+    same_fields(&[
         ("go_backwards", run.go_backwards, c.go_backwards),
         ("zero_output_for_mask", run.zero_output_for_mask, c.zero_output_for_mask),
         ("activation", run.activation, c.activation),
-    ] {
-        if r != h {
-            return Err(differs(field, r, h));
-        }
-    }
+    ])?;
     same_activation(
         ["recurrent_activation", "recurrent_alpha", "recurrent_beta"],
         (options.recurrent_activation, run.recurrent_activation, run.recurrent_alpha, run.recurrent_beta),
@@ -207,29 +221,20 @@ pub(super) fn keras_attrs_match(
 /// Checks that a run's attributes agree with the handle's on every field fixed at creation.
 pub(super) fn onnx_attrs_match(run: &MrnnOnnxLstmAttrs, acts: &[Activation], handle: &MrnnOnnxLstm) -> Result<()> {
     let c = &handle.attrs;
-    for (field, r, h) in [("input_size", run.input_size, c.input_size), ("hidden_size", run.hidden_size, c.hidden_size)]
-    {
-        if r != h {
-            return Err(differs(field, r, h));
-        }
-    }
-    for (field, r, h) in [
+    same_fields(&[("input_size", run.input_size, c.input_size), ("hidden_size", run.hidden_size, c.hidden_size)])?;
+    same_fields(&[
         ("direction", run.direction, c.direction),
         ("layout", run.layout, c.layout),
         ("input_forget", run.input_forget, c.input_forget),
         ("has_clip", run.has_clip, c.has_clip),
-    ] {
-        if r != h {
-            return Err(differs(field, r, h));
-        }
-    }
+    ])?;
     if run.has_clip == 1 && run.clip.to_bits() != c.clip.to_bits() {
         return Err(differs("clip", run.clip, c.clip));
     }
     if run.num_activations != c.num_activations {
         return Err(differs("num_activations", run.num_activations, c.num_activations));
     }
-    for (k, (&r, &h)) in acts.iter().zip(&handle.onnx_attrs.activations).enumerate() {
+    for (k, (&r, &h)) in acts.iter().zip(&handle.args.attrs.activations).enumerate() {
         let names = [format!("activations[{k}]"), format!("activation_alpha[{k}]"), format!("activation_beta[{k}]")];
         same_activation(
             [&names[0], &names[1], &names[2]],
@@ -254,56 +259,9 @@ pub unsafe extern "C" fn mrnn_keras_lstm_new(
     bias: *const f32,
     out: *mut *mut MrnnKerasLstm,
 ) -> i32 {
-    guard("mrnn_keras_lstm_new", || {
-        // 1. NULL.
-        require("attrs", attrs)?;
-        require("kernel", kernel)?;
-        require("recurrent_kernel", recurrent_kernel)?;
-        require("out", out)?;
-        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnKerasLstmAttrs`
-        // (caller's contract); read_unaligned needs no alignment.
-        let a = unsafe { attrs.read_unaligned() };
-
-        // 2. Values (batch_size, seq_length and num_threads too, though this call does not use them).
-        let KerasArgs { options, i, h, .. } = keras_args(&a)?;
-
-        // 3. Sizes of the weights.
-        let gates = checked_product(&[4, h], "bias [4H]")?;
-        let n_kernel = checked_product(&[i, gates], "kernel [I,4H]")?;
-        let n_recurrent = checked_product(&[h, gates], "recurrent_kernel [H,4H]")?;
-
-        // 4. Pointers.
-        let extents = [
-            Extent::new("kernel", kernel, n_kernel, false)?,
-            Extent::new("recurrent_kernel", recurrent_kernel, n_recurrent, false)?,
-            Extent::new("bias", bias, gates, false)?,
-            Extent::new("out", out, 1, true)?,
-        ];
-        check_disjoint(&extents)?;
-
-        // SAFETY: each pointer is NULL or was checked aligned and non-wrapping by `Extent::new` with the
-        // very length passed here, bounded to isize::MAX bytes by `checked_product`; the caller guarantees
-        // the memory is valid for that length; these are inputs only (`out` is written last, below).
-        let (kernel, recurrent_kernel, bias) = unsafe {
-            (
-                input(kernel, n_kernel).ok_or_else(|| null("kernel"))?,
-                input(recurrent_kernel, n_recurrent).ok_or_else(|| null("recurrent_kernel"))?,
-                input(bias, gates),
-            )
-        };
-        let layer = KerasLstm::new(LstmWeights::from_keras(i, h, kernel, recurrent_kernel, bias)?, options)?;
-        let handle = Box::new(MrnnKerasLstm {
-            id: next_handle_id(),
-            current: Current::new(layer),
-            options,
-            attrs: a,
-            scratch: Mutex::new(Scratch::default()),
-        });
-        // SAFETY: `out` is non-NULL, aligned (`Extent::new`) and valid for one write (caller's contract);
-        // it overlaps none of the inputs (`check_disjoint`), which are no longer used anyway.
-        unsafe { out.write(Box::into_raw(handle)) };
-        Ok(())
-    })
+    let weights = KerasWeightPtrs { kernel, recurrent_kernel, bias };
+    // SAFETY: the caller's contract, as `new` requires it.
+    guard("mrnn_keras_lstm_new", || unsafe { new(attrs, weights, out) })
 }
 
 /// Runs a Keras LSTM layer made by [`mrnn_keras_lstm_new`]; see `masked_rnn.h`. Results are bitwise those
@@ -328,70 +286,10 @@ pub unsafe extern "C" fn mrnn_keras_lstm_run(
     h_n: *mut f32,
     c_n: *mut f32,
 ) -> i32 {
-    guard("mrnn_keras_lstm_run", || {
-        // 1. NULL.
-        require("layer", layer)?;
-        require("attrs", attrs)?;
-        require("x", x)?;
-        if !layer.is_aligned() {
-            return Err(Error::argument(format!("layer ({layer:p}) is not a handle: misaligned")));
-        }
-        // SAFETY: `layer` is non-NULL and aligned (checked above) and, by the caller's contract, a live
-        // handle from `mrnn_keras_lstm_new` that nobody frees during this call; runs only ever take `&`
-        // to it (interior mutability through its Mutex), so this shared reference aliases no `&mut`.
-        let handle = unsafe { &*layer };
-        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnKerasLstmAttrs`
-        // (caller's contract); read_unaligned needs no alignment.
-        let a = unsafe { attrs.read_unaligned() };
-
-        // 2. Values, then agreement with the handle.
-        let KerasArgs { options, b, t, i, h, threads } = keras_args(&a)?;
-        keras_attrs_match(&a, &options, handle)?;
-
-        // 3. Sizes.
-        let n_x = checked_product(&[b, t, i], "x [B,T,I]")?;
-        let n_mask = checked_product(&[b, t], "mask [B,T]")?;
-        let n_state = checked_product(&[b, h], "state [B,H]")?;
-        let n_y = checked_product(&[b, t, h], "y [B,T,H]")?;
-
-        // 4. Pointers.
-        let extents = [
-            Extent::new("x", x, n_x, false)?,
-            Extent::new("mask", mask, n_mask, false)?,
-            Extent::new("initial_h", initial_h, n_state, false)?,
-            Extent::new("initial_c", initial_c, n_state, false)?,
-            Extent::new("y", y, n_y, true)?,
-            Extent::new("last_output", last_output, n_state, true)?,
-            Extent::new("h_n", h_n, n_state, true)?,
-            Extent::new("c_n", c_n, n_state, true)?,
-        ];
-        check_disjoint(&extents)?;
-
-        // SAFETY (every `input`/`output` call below): each pointer is NULL, or was checked aligned and
-        // non-wrapping by `Extent::new` with the very length passed here, which `checked_product` bounds
-        // to isize::MAX bytes; the caller guarantees the memory is valid for that length; `check_disjoint`
-        // proved no output overlaps any other buffer, so the `&mut` slices alias nothing.
-        let (x, mask, initial_h, initial_c) = unsafe {
-            (
-                input(x, n_x).ok_or_else(|| null("x"))?,
-                input(mask, n_mask),
-                input(initial_h, n_state),
-                input(initial_c, n_state),
-            )
-        };
-        // SAFETY: as above.
-        let out = unsafe {
-            KerasOutputs {
-                y: output(y, n_y),
-                last_output: output(last_output, n_state),
-                h_n: output(h_n, n_state),
-                c_n: output(c_n, n_state),
-            }
-        };
-        let input = KerasInput { b, t, x, mask, initial_h, initial_c };
-        let (layer, _) = handle.current.snapshot();
-        with_handle_scratch(&handle.scratch, |scratch| keras_forward(&layer, input, out, threads, scratch))
-    })
+    let input = KerasInputPtrs { x, mask, initial_h, initial_c };
+    let output = KerasOutputPtrs { y, last_output, h_n, c_n };
+    // SAFETY: the caller's contract, as `run` requires it.
+    guard("mrnn_keras_lstm_run", || unsafe { run(layer, attrs, input, output, None) })
 }
 
 /// Frees a handle made by [`mrnn_keras_lstm_new`]; NULL is a no-op.
@@ -401,16 +299,8 @@ pub unsafe extern "C" fn mrnn_keras_lstm_run(
 /// during or after this call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mrnn_keras_lstm_free(layer: *mut MrnnKerasLstm) {
-    if layer.is_null() {
-        return;
-    }
-    // A panic while dropping (there is none to expect) becomes a last-error message, never an unwind.
-    let _ = guard("mrnn_keras_lstm_free", || {
-        // SAFETY: a live handle from `mrnn_keras_lstm_new` (caller's contract), i.e. a pointer from
-        // `Box::into_raw` not yet reclaimed; nothing uses it after this call.
-        drop(unsafe { Box::from_raw(layer) });
-        Ok(())
-    });
+    // SAFETY: the caller's contract: a pointer from `Box::into_raw` (`mrnn_keras_lstm_new`) or NULL.
+    unsafe { free_boxed("mrnn_keras_lstm_free", layer) }
 }
 
 /// Creates an ONNX LSTM node: validates `attrs` and packs `W`, `R`, `B`, `P` once; see `masked_rnn.h`.
@@ -428,59 +318,9 @@ pub unsafe extern "C" fn mrnn_onnx_lstm_new(
     p: *const f32,
     out: *mut *mut MrnnOnnxLstm,
 ) -> i32 {
-    guard("mrnn_onnx_lstm_new", || {
-        // 1. NULL.
-        require("attrs", attrs)?;
-        require("w", w)?;
-        require("r", r)?;
-        require("out", out)?;
-        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnOnnxLstmAttrs`
-        // (caller's contract); read_unaligned needs no alignment.
-        let a = unsafe { attrs.read_unaligned() };
-
-        // 2. Values (seq_length, batch_size and num_threads too, though this call does not use them).
-        let OnnxArgs { attrs: onnx_attrs, i, h, d, .. } = onnx_args(&a)?;
-
-        // 3. Sizes of the weights.
-        let n_w = checked_product(&[d, 4, h, i], "W [D,4H,I]")?;
-        let n_r = checked_product(&[d, 4, h, h], "R [D,4H,H]")?;
-        let n_b = checked_product(&[d, 8, h], "B [D,8H]")?;
-        let n_p = checked_product(&[d, 3, h], "P [D,3H]")?;
-
-        // 4. Pointers.
-        let extents = [
-            Extent::new("w", w, n_w, false)?,
-            Extent::new("r", r, n_r, false)?,
-            Extent::new("b", b, n_b, false)?,
-            Extent::new("p", p, n_p, false)?,
-            Extent::new("out", out, 1, true)?,
-        ];
-        check_disjoint(&extents)?;
-
-        // SAFETY: each pointer is NULL or was checked aligned and non-wrapping by `Extent::new` with the
-        // very length passed here, bounded to isize::MAX bytes by `checked_product`; the caller guarantees
-        // the memory is valid for that length; these are inputs only (`out` is written last, below).
-        let (w, r, b, p) = unsafe {
-            (
-                input(w, n_w).ok_or_else(|| null("w"))?,
-                input(r, n_r).ok_or_else(|| null("r"))?,
-                input(b, n_b),
-                input(p, n_p),
-            )
-        };
-        let node = OnnxLstm::new(onnx_attrs.clone(), i, w, r, b, p)?;
-        let handle = Box::new(MrnnOnnxLstm {
-            id: next_handle_id(),
-            current: Current::new(OnnxNode { node, peepholes: p.is_some() }),
-            onnx_attrs,
-            attrs: a,
-            scratch: Mutex::new(Scratch::default()),
-        });
-        // SAFETY: `out` is non-NULL, aligned (`Extent::new`) and valid for one write (caller's contract);
-        // it overlaps none of the inputs (`check_disjoint`), which are no longer used anyway.
-        unsafe { out.write(Box::into_raw(handle)) };
-        Ok(())
-    })
+    let weights = OnnxWeightPtrs { w, r, b, p };
+    // SAFETY: the caller's contract, as `new` requires it.
+    guard("mrnn_onnx_lstm_new", || unsafe { new(attrs, weights, out) })
 }
 
 /// Runs an ONNX LSTM node made by [`mrnn_onnx_lstm_new`]; see `masked_rnn.h`. Results are bitwise those of
@@ -504,68 +344,10 @@ pub unsafe extern "C" fn mrnn_onnx_lstm_run(
     y_h: *mut f32,
     y_c: *mut f32,
 ) -> i32 {
-    guard("mrnn_onnx_lstm_run", || {
-        // 1. NULL.
-        require("layer", layer)?;
-        require("attrs", attrs)?;
-        require("x", x)?;
-        if !layer.is_aligned() {
-            return Err(Error::argument(format!("layer ({layer:p}) is not a handle: misaligned")));
-        }
-        // SAFETY: `layer` is non-NULL and aligned (checked above) and, by the caller's contract, a live
-        // handle from `mrnn_onnx_lstm_new` that nobody frees during this call; runs only ever take `&`
-        // to it (interior mutability through its Mutex), so this shared reference aliases no `&mut`.
-        let handle = unsafe { &*layer };
-        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnOnnxLstmAttrs`
-        // (caller's contract); read_unaligned needs no alignment.
-        let a = unsafe { attrs.read_unaligned() };
-
-        // 2. Values, then agreement with the handle.
-        let OnnxArgs { attrs: run_attrs, t, b: batch, i, h, d, threads } = onnx_args(&a)?;
-        onnx_attrs_match(&a, &run_attrs.activations, handle)?;
-
-        // 3. Sizes (the same products in both layouts).
-        let n_x = checked_product(&[t, batch, i], "X [T,B,I]")?;
-        let n_state = checked_product(&[d, batch, h], "state [D,B,H]")?;
-        let n_y = checked_product(&[t, d, batch, h], "Y [T,D,B,H]")?;
-
-        // 4. Pointers.
-        let extents = [
-            Extent::new("x", x, n_x, false)?,
-            Extent::new("sequence_lens", sequence_lens, batch, false)?,
-            Extent::new("initial_h", initial_h, n_state, false)?,
-            Extent::new("initial_c", initial_c, n_state, false)?,
-            Extent::new("y", y, n_y, true)?,
-            Extent::new("y_h", y_h, n_state, true)?,
-            Extent::new("y_c", y_c, n_state, true)?,
-        ];
-        check_disjoint(&extents)?;
-
-        // SAFETY (every `input`/`output` call below): each pointer is NULL, or was checked aligned and
-        // non-wrapping by `Extent::new` with the very length passed here, which `checked_product` bounds
-        // to isize::MAX bytes (`sequence_lens` has `batch` 4-byte elements, at most the checked `n_state`
-        // since `d, h >= 1`); the caller guarantees the memory is valid for that length; `check_disjoint`
-        // proved no output overlaps any other buffer, so the `&mut` slices alias nothing.
-        let (x, sequence_lens, initial_h, initial_c) = unsafe {
-            (
-                input(x, n_x).ok_or_else(|| null("x"))?,
-                input(sequence_lens, batch),
-                input(initial_h, n_state),
-                input(initial_c, n_state),
-            )
-        };
-
-        // 5. Values in caller memory, still before any output is written.
-        check_lengths(sequence_lens, t)?;
-
-        // SAFETY: as above.
-        let out = unsafe { OnnxOutputs { y: output(y, n_y), y_h: output(y_h, n_state), y_c: output(y_c, n_state) } };
-        let input = OnnxInput { t, b: batch, x, sequence_lens, initial_h, initial_c };
-        let (packed, _) = handle.current.snapshot();
-        with_handle_scratch(&handle.scratch, |scratch| {
-            onnx_forward(&packed.node, input, out, threads, &mut scratch.workspace)
-        })
-    })
+    let input = OnnxInputPtrs { x, sequence_lens, initial_h, initial_c };
+    let output = OnnxOutputPtrs { y, y_h, y_c };
+    // SAFETY: the caller's contract, as `run` requires it.
+    guard("mrnn_onnx_lstm_run", || unsafe { run(layer, attrs, input, output, None) })
 }
 
 /// Frees a handle made by [`mrnn_onnx_lstm_new`]; NULL is a no-op.
@@ -575,16 +357,8 @@ pub unsafe extern "C" fn mrnn_onnx_lstm_run(
 /// during or after this call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mrnn_onnx_lstm_free(layer: *mut MrnnOnnxLstm) {
-    if layer.is_null() {
-        return;
-    }
-    // A panic while dropping (there is none to expect) becomes a last-error message, never an unwind.
-    let _ = guard("mrnn_onnx_lstm_free", || {
-        // SAFETY: a live handle from `mrnn_onnx_lstm_new` (caller's contract), i.e. a pointer from
-        // `Box::into_raw` not yet reclaimed; nothing uses it after this call.
-        drop(unsafe { Box::from_raw(layer) });
-        Ok(())
-    });
+    // SAFETY: the caller's contract: a pointer from `Box::into_raw` (`mrnn_onnx_lstm_new`) or NULL.
+    unsafe { free_boxed("mrnn_onnx_lstm_free", layer) }
 }
 
 #[cfg(test)]
@@ -737,21 +511,21 @@ mod tests {
         let handle = unsafe { &*layer };
         {
             // Held by "another run": this run must neither block nor differ.
-            let _busy = handle.scratch.lock().unwrap();
+            let _busy = handle.core.scratch.lock().unwrap();
             let (status, got) = case.run(layer, 3, 6, 1);
             assert_eq!((status, bits(&got)), (MRNN_OK, bits(&expected)));
         }
         let _ = std::thread::scope(|s| {
             s.spawn(|| {
-                let _held = handle.scratch.lock().unwrap();
+                let _held = handle.core.scratch.lock().unwrap();
                 panic!("poisoning the workspace on purpose");
             })
             .join()
         });
-        assert!(handle.scratch.is_poisoned());
+        assert!(handle.core.scratch.is_poisoned());
         let (status, got) = case.run(layer, 3, 6, 2);
         assert_eq!((status, bits(&got)), (MRNN_OK, bits(&expected)));
-        assert!(!handle.scratch.is_poisoned());
+        assert!(!handle.core.scratch.is_poisoned());
         // SAFETY: a live handle no thread uses any more.
         unsafe { mrnn_keras_lstm_free(layer) };
     }

@@ -18,6 +18,12 @@
 //! when their tensor is empty. Checks that must read caller memory (`sequence_lens` values) come last, still
 //! before any output is written.
 //!
+//! Every function of a layer kind validates and runs through the one path of every kind (the private
+//! module `layer`; the kinds are described in `keras` and `onnx`), built on the checks here: a NULL
+//! pointer (`require`), sizes and thread counts (`layer_sizes`, `thread_count`, `dims`), the pointers of
+//! step 4 (`check_pointers`) and the handles and tapes the C ABI gave out (`live`), so that each check
+//! exists once.
+//!
 //! Handles ([`handle`]): `mrnn_keras_lstm_new` / `mrnn_onnx_lstm_new` validate the attributes and pack the
 //! weights once; `*_run` validates only the per-run arguments and reuses the handle's [`Workspace`]. The
 //! one-shot [`mrnn_lstm_keras`] and [`mrnn_lstm_onnx`] pack on every call and reuse a per-thread
@@ -46,7 +52,14 @@ use crate::view::{mask_from_values, MaskValueMode, SeqView};
 #[cfg(feature = "testing")]
 mod fuzz;
 pub mod handle;
+mod keras;
+mod layer;
+mod onnx;
 pub mod train;
+
+use keras::{KerasGradPtrs, KerasInputPtrs, KerasOutputPtrs, KerasWeightPtrs};
+use layer::one_shot;
+use onnx::{OnnxGradPtrs, OnnxInputPtrs, OnnxOutputPtrs, OnnxWeightPtrs};
 
 #[cfg(feature = "testing")]
 pub use fuzz::fuzz_capi;
@@ -271,6 +284,7 @@ fn null(name: &str) -> Error {
     Error::new(ErrorKind::NullPointer, format!("{name} is NULL"))
 }
 
+/// Step 1 for one pointer: `Err(NullPointer)` naming it when it is NULL.
 fn require<T>(name: &str, p: *const T) -> Result<()> {
     if p.is_null() {
         Err(null(name))
@@ -299,47 +313,85 @@ fn dim(name: &str, v: i64) -> Result<usize> {
     usize::try_from(v).map_err(|_| Error::overflow(format!("{name} = {v} does not fit in size_t")))
 }
 
-/// Where a caller buffer lies, for the alignment, wrap-around and overlap checks.
+/// Step 3's conversion of sizes already checked by step 2, in order.
+fn dims<const N: usize>(sizes: [(&str, i64); N]) -> Result<[usize; N]> {
+    let mut out = [0; N];
+    for (o, (name, v)) in out.iter_mut().zip(sizes) {
+        *o = dim(name, v)?;
+    }
+    Ok(out)
+}
+
+/// Step 2 for the four sizes of a layer's attributes, in their field order (`hidden_size` last): none
+/// negative, then `hidden_size` at least 1.
+fn layer_sizes(sizes: &[(&str, i64); 4]) -> Result<()> {
+    for &(name, v) in sizes {
+        non_negative(name, v)?;
+    }
+    if sizes[3].1 == 0 {
+        return Err(Error::argument("hidden_size must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Step 2 for `num_threads`: the thread count (0: all cores), never negative.
+fn thread_count(num_threads: i32) -> Result<usize> {
+    usize::try_from(num_threads).map_err(|_| Error::argument(format!("num_threads = {num_threads} is negative")))
+}
+
+/// Where a caller buffer lies, for the alignment, wrap-around and overlap checks of step 4.
 #[derive(Clone, Copy, Debug)]
 struct Extent {
     name: &'static str,
-    start: usize,
+    ptr: *const (),
     bytes: usize,
+    /// The alignment its element type needs, and whether `ptr` has it.
+    align: usize,
+    aligned: bool,
     output: bool,
 }
 
 impl Extent {
-    fn new<T>(name: &'static str, p: *const T, len: usize, output: bool) -> Result<Option<Self>> {
-        if p.is_null() {
-            return Ok(None);
+    /// The extent of `len` values at `p`; `None` for NULL (an absent buffer). Checked by [`check_pointers`].
+    fn new<T>(name: &'static str, p: *const T, len: usize, output: bool) -> Option<Self> {
+        (!p.is_null()).then(|| Extent {
+            name,
+            ptr: p.cast(),
+            // `len` comes from `checked_product` (or is at most such a product), so `len * size_of::<T>()`
+            // <= isize::MAX for T up to 8 bytes (pointer slots hold one element).
+            bytes: len * std::mem::size_of::<T>(),
+            align: std::mem::align_of::<T>(),
+            aligned: p.is_aligned(),
+            output,
+        })
+    }
+
+    /// The buffer alone: aligned, and not wrapping around the address space.
+    fn check(&self) -> Result<()> {
+        let (name, p, bytes) = (self.name, self.ptr, self.bytes);
+        if !self.aligned {
+            return Err(Error::argument(format!("{name} ({p:p}) is not aligned to {} bytes", self.align)));
         }
-        if !p.is_aligned() {
-            return Err(Error::argument(format!(
-                "{name} ({p:p}) is not aligned to {} bytes",
-                std::mem::align_of::<T>()
-            )));
-        }
-        // `len` comes from `checked_product` (or is at most such a product), so `len * size_of::<T>()` <=
-        // isize::MAX for T up to 4 bytes.
-        let bytes = len * std::mem::size_of::<T>();
-        let start = p as usize;
-        if start.checked_add(bytes).is_none() {
+        if p.addr().checked_add(bytes).is_none() {
             return Err(Error::argument(format!("{name} ({p:p}, {bytes} bytes) wraps around the address space")));
         }
-        Ok(Some(Extent { name, start, bytes, output }))
+        Ok(())
     }
 
     fn overlaps(&self, other: &Extent) -> bool {
-        self.bytes > 0
-            && other.bytes > 0
-            && self.start < other.start + other.bytes
-            && other.start < self.start + self.bytes
+        let (start, other_start) = (self.ptr.addr(), other.ptr.addr());
+        self.bytes > 0 && other.bytes > 0 && start < other_start + other.bytes && other_start < start + self.bytes
     }
 }
 
-/// Checks that no output overlaps another buffer (inputs may share memory with each other).
-fn check_disjoint(extents: &[Option<Extent>]) -> Result<()> {
+/// Step 4 over every buffer of a call, in the contract's order: each one aligned and not wrapping (the
+/// first failing one is reported), then no output overlapping another buffer (inputs may share memory
+/// with each other).
+fn check_pointers(extents: &[Option<Extent>]) -> Result<()> {
     let all: Vec<&Extent> = extents.iter().flatten().collect();
+    for e in &all {
+        e.check()?;
+    }
     for (k, a) in all.iter().enumerate() {
         for b in &all[k + 1..] {
             if (a.output || b.output) && a.overlaps(b) {
@@ -348,6 +400,70 @@ fn check_disjoint(extents: &[Option<Extent>]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A pointer-sized slot a call writes last (the handle of `_new`, the tape of `*_run_train`): NULL-checked
+/// with the required pointers (step 1), checked as a one-pointer output with the buffers (step 4).
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    name: &'static str,
+    ptr: *mut *mut (),
+}
+
+impl Slot {
+    fn new<T>(name: &'static str, ptr: *mut *mut T) -> Self {
+        Slot { name, ptr: ptr.cast() }
+    }
+
+    fn require(&self) -> Result<()> {
+        require(self.name, self.ptr)
+    }
+
+    fn extent(&self) -> Option<Extent> {
+        Extent::new(self.name, self.ptr, 1, true)
+    }
+}
+
+/// Writes `value`, boxed, to `*slot`: the last act of a successful `_new` or `*_run_train`.
+///
+/// # Safety
+/// `slot` was checked non-NULL (step 1) and, as a [`Slot`], aligned and overlapping no other buffer of the
+/// call (step 4); it is valid for one pointer write (the caller's contract).
+unsafe fn hand_out<T>(slot: *mut *mut T, value: T) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { slot.write(Box::into_raw(Box::new(value))) };
+}
+
+/// The live object (`what`: "a handle", "a tape") the C ABI gave out as `p`, after the NULL checks: a
+/// misaligned pointer is no such object (`BadArgument`).
+///
+/// # Safety
+/// `p` is non-NULL and, when aligned, points to a live `T` from this library that nobody frees during
+/// `'a`; the C ABI only ever takes `&` to its handles and tapes (interior mutability), so the reference
+/// aliases no `&mut`.
+unsafe fn live<'a, T>(name: &str, p: *const T, what: &str) -> Result<&'a T> {
+    if !p.is_aligned() {
+        return Err(Error::argument(format!("{name} ({p:p}) is not {what}: misaligned")));
+    }
+    // SAFETY: non-NULL and aligned (checked above), and live for `'a` (this function's contract).
+    Ok(unsafe { &*p })
+}
+
+/// The body of the `_free` functions: NULL is a no-op, anything else is dropped. A panic while dropping
+/// (there is none to expect) becomes a last-error message of `function`, never an unwind.
+///
+/// # Safety
+/// `p` is NULL or a pointer from `Box::into_raw` not yet reclaimed, which nobody uses during or after this
+/// call.
+unsafe fn free_boxed<T>(function: &str, p: *mut T) {
+    if p.is_null() {
+        return;
+    }
+    let _ = guard(function, || {
+        // SAFETY: forwarded from this function's contract.
+        drop(unsafe { Box::from_raw(p) });
+        Ok(())
+    });
 }
 
 /// Builds an input slice.
@@ -360,6 +476,15 @@ unsafe fn input<'a, T>(p: *const T, len: usize) -> Option<&'a [T]> {
     (!p.is_null()).then(|| unsafe { slice::from_raw_parts(p, len) })
 }
 
+/// Builds the slice of a required input (checked non-NULL at step 1).
+///
+/// # Safety
+/// As [`input`].
+unsafe fn required<'a, T>(name: &str, p: *const T, len: usize) -> Result<&'a [T]> {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { input(p, len) }.ok_or_else(|| null(name))
+}
+
 /// Builds an output slice.
 ///
 /// # Safety
@@ -367,6 +492,13 @@ unsafe fn input<'a, T>(p: *const T, len: usize) -> Option<&'a [T]> {
 unsafe fn output<'a, T>(p: *mut T, len: usize) -> Option<&'a mut [T]> {
     // SAFETY: forwarded from this function's contract; NULL is mapped to None.
     (!p.is_null()).then(|| unsafe { slice::from_raw_parts_mut(p, len) })
+}
+
+/// What a one-shot layer function computes: the forward's outputs, or the gradients of a backward.
+#[derive(Clone, Copy, Debug)]
+enum Pass<O, G> {
+    Forward(O),
+    Backward(G),
 }
 
 /// Scratch memory of the C ABI's layer runs: the engine's [`Workspace`], and the zeros that stand in for
@@ -445,152 +577,11 @@ pub unsafe extern "C" fn mrnn_lstm_keras(
     h_n: *mut f32,
     c_n: *mut f32,
 ) -> i32 {
-    guard("mrnn_lstm_keras", || {
-        // 1. NULL.
-        require("attrs", attrs)?;
-        require("x", x)?;
-        require("kernel", kernel)?;
-        require("recurrent_kernel", recurrent_kernel)?;
-        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnKerasLstmAttrs`
-        // (caller's contract); read_unaligned needs no alignment.
-        let a = unsafe { attrs.read_unaligned() };
-
-        // 2. Values (and 3., the conversion of the sizes).
-        let KerasArgs { options, b, t, i, h, threads } = keras_args(&a)?;
-
-        // 3. Sizes.
-        let gates = checked_product(&[4, h], "bias [4H]")?;
-        let n_x = checked_product(&[b, t, i], "x [B,T,I]")?;
-        let n_mask = checked_product(&[b, t], "mask [B,T]")?;
-        let n_kernel = checked_product(&[i, gates], "kernel [I,4H]")?;
-        let n_recurrent = checked_product(&[h, gates], "recurrent_kernel [H,4H]")?;
-        let n_state = checked_product(&[b, h], "state [B,H]")?;
-        let n_y = checked_product(&[b, t, h], "y [B,T,H]")?;
-
-        // 4. Pointers.
-        let extents = [
-            Extent::new("x", x, n_x, false)?,
-            Extent::new("mask", mask, n_mask, false)?,
-            Extent::new("kernel", kernel, n_kernel, false)?,
-            Extent::new("recurrent_kernel", recurrent_kernel, n_recurrent, false)?,
-            Extent::new("bias", bias, gates, false)?,
-            Extent::new("initial_h", initial_h, n_state, false)?,
-            Extent::new("initial_c", initial_c, n_state, false)?,
-            Extent::new("y", y, n_y, true)?,
-            Extent::new("last_output", last_output, n_state, true)?,
-            Extent::new("h_n", h_n, n_state, true)?,
-            Extent::new("c_n", c_n, n_state, true)?,
-        ];
-        check_disjoint(&extents)?;
-
-        // SAFETY (every `input`/`output` call below): each pointer is NULL, or was checked aligned and
-        // non-wrapping by `Extent::new` with the very length passed here, which
-        // `checked_product` bounds to isize::MAX bytes; the caller guarantees the memory is valid for that
-        // length; `check_disjoint` proved no output overlaps any other buffer, so the `&mut` slices alias
-        // nothing.
-        let (x, kernel, recurrent_kernel) = unsafe {
-            (
-                input(x, n_x).ok_or_else(|| null("x"))?,
-                input(kernel, n_kernel).ok_or_else(|| null("kernel"))?,
-                input(recurrent_kernel, n_recurrent).ok_or_else(|| null("recurrent_kernel"))?,
-            )
-        };
-        // SAFETY: as above.
-        let (mask, bias, initial_h, initial_c) =
-            unsafe { (input(mask, n_mask), input(bias, gates), input(initial_h, n_state), input(initial_c, n_state)) };
-        // SAFETY: as above.
-        let out = unsafe {
-            KerasOutputs {
-                y: output(y, n_y),
-                last_output: output(last_output, n_state),
-                h_n: output(h_n, n_state),
-                c_n: output(c_n, n_state),
-            }
-        };
-
-        let layer = KerasLstm::new(LstmWeights::from_keras(i, h, kernel, recurrent_kernel, bias)?, options)?;
-        let input = KerasInput { b, t, x, mask, initial_h, initial_c };
-        with_thread_scratch(|scratch| keras_forward(&layer, input, out, threads, scratch))
-    })
-}
-
-/// The validated values of an `MrnnKerasLstmAttrs`: the layer options, the sizes and the thread count.
-struct KerasArgs {
-    options: KerasLstmOptions,
-    b: usize,
-    t: usize,
-    i: usize,
-    h: usize,
-    threads: usize,
-}
-
-/// Step 2 and the size conversions of step 3 for `mrnn_lstm_keras`: every value check on `a`.
-fn keras_args(a: &MrnnKerasLstmAttrs) -> Result<KerasArgs> {
-    non_negative("batch_size", a.batch_size)?;
-    non_negative("seq_length", a.seq_length)?;
-    non_negative("input_size", a.input_size)?;
-    non_negative("hidden_size", a.hidden_size)?;
-    if a.hidden_size == 0 {
-        return Err(Error::argument("hidden_size must be at least 1"));
-    }
-    let go_backwards = flag("go_backwards", a.go_backwards)?;
-    let zero_output_for_mask = flag("zero_output_for_mask", a.zero_output_for_mask)?;
-    let activation = keras_activation(a.activation, f32::NAN, f32::NAN)
-        .map_err(|e| Error::argument(format!("activation: {}", e.message())))?;
-    let recurrent_activation = keras_activation(a.recurrent_activation, a.recurrent_alpha, a.recurrent_beta)
-        .map_err(|e| Error::argument(format!("recurrent_activation: {}", e.message())))?;
-    let threads = usize::try_from(a.num_threads)
-        .map_err(|_| Error::argument(format!("num_threads = {} is negative", a.num_threads)))?;
-    let (b, t, i, h) = (
-        dim("batch_size", a.batch_size)?,
-        dim("seq_length", a.seq_length)?,
-        dim("input_size", a.input_size)?,
-        dim("hidden_size", a.hidden_size)?,
-    );
-    let options = KerasLstmOptions::default()
-        .activation(activation)
-        .recurrent_activation(recurrent_activation)
-        .go_backwards(go_backwards)
-        .zero_output_for_mask(zero_output_for_mask);
-    Ok(KerasArgs { options, b, t, i, h, threads })
-}
-
-/// The validated inputs of one Keras layer run: `x [B,T,I]`, `mask [B,T]`, initial states `[B,H]`.
-struct KerasInput<'a> {
-    b: usize,
-    t: usize,
-    x: &'a [f32],
-    mask: Option<&'a [u8]>,
-    initial_h: Option<&'a [f32]>,
-    initial_c: Option<&'a [f32]>,
-}
-
-/// Runs a packed Keras layer on validated caller buffers with the given scratch memory: the body shared by
-/// `mrnn_lstm_keras` and `mrnn_keras_lstm_run`. A missing half of the initial state is zeros.
-fn keras_forward(
-    layer: &KerasLstm,
-    input: KerasInput<'_>,
-    out: KerasOutputs<'_>,
-    threads: usize,
-    scratch: &mut Scratch,
-) -> Result<()> {
-    let KerasInput { b, t, x, mask, initial_h, initial_c } = input;
-    let view = match mask {
-        Some(m) => SeqView::from_mask_bytes(m, b, t)?,
-        None => SeqView::full(b, t),
-    };
-    let Scratch { workspace, zeros } = scratch;
-    let initial = match (initial_h, initial_c) {
-        (None, None) => None,
-        (Some(h), Some(c)) => Some(InitialState { h, c }),
-        (h, c) => {
-            zeros.clear();
-            zeros.resize(checked_product(&[b, layer.units()], "state [B,H]")?, 0.0);
-            Some(InitialState { h: h.unwrap_or(zeros), c: c.unwrap_or(zeros) })
-        }
-    };
-    layer.forward_in(x, &view, initial, out, threads, workspace)?;
-    Ok(())
+    let input = KerasInputPtrs { x, mask, initial_h, initial_c };
+    let weights = KerasWeightPtrs { kernel, recurrent_kernel, bias };
+    let output = KerasOutputPtrs { y, last_output, h_n, c_n };
+    // SAFETY: the caller's contract, as `one_shot` requires it.
+    guard("mrnn_lstm_keras", || unsafe { one_shot::<MrnnKerasLstm>(attrs, input, weights, Pass::Forward(output)) })
 }
 
 /// Fills `*attrs` with the defaults: sizes 0, forward, layout 0, `input_forget` 0, `has_clip` 0 (`clip`
@@ -608,69 +599,6 @@ pub unsafe extern "C" fn mrnn_onnx_lstm_attrs_init(attrs: *mut MrnnOnnxLstmAttrs
         unsafe { attrs.write_unaligned(MrnnOnnxLstmAttrs::default()) };
         Ok(())
     })
-}
-
-/// The validated values of an `MrnnOnnxLstmAttrs`: the Rust attributes, the sizes and the thread count.
-struct OnnxArgs {
-    attrs: OnnxLstmAttrs,
-    t: usize,
-    b: usize,
-    i: usize,
-    h: usize,
-    d: usize,
-    threads: usize,
-}
-
-/// Step 2 and the size conversions of step 3 for `mrnn_lstm_onnx`: every value check on `a`.
-fn onnx_args(a: &MrnnOnnxLstmAttrs) -> Result<OnnxArgs> {
-    non_negative("seq_length", a.seq_length)?;
-    non_negative("batch_size", a.batch_size)?;
-    non_negative("input_size", a.input_size)?;
-    non_negative("hidden_size", a.hidden_size)?;
-    if a.hidden_size == 0 {
-        return Err(Error::argument("hidden_size must be at least 1"));
-    }
-    let direction = Direction::from_code(a.direction)?;
-    let layout = Layout::from_code(a.layout)?;
-    let input_forget = flag("input_forget", a.input_forget)?;
-    let clip = if flag("has_clip", a.has_clip)? {
-        if a.clip.is_nan() || a.clip <= 0.0 {
-            return Err(Error::argument(format!("clip = {} must be positive (has_clip = 1)", a.clip)));
-        }
-        // +inf clips nothing: no clip at all, whatever the kernels do with infinite bounds.
-        (a.clip != f32::INFINITY).then_some(a.clip)
-    } else {
-        None
-    };
-    let d = direction.count();
-    // As ONNX Runtime: none (the defaults) or exactly three per direction.
-    let n_act = match (a.num_activations, d) {
-        (0, _) | (3, 1) | (6, 2) => a.num_activations as usize,
-        (n, _) => {
-            return Err(Error::argument(format!(
-                "num_activations = {n} with direction {}: expected 0 or {} (3 per direction)",
-                a.direction,
-                3 * d
-            )))
-        }
-    };
-    let activations = (0..n_act)
-        .map(|k| {
-            Activation::from_code(a.activations[k], a.activation_alpha[k], a.activation_beta[k])
-                .map_err(|e| Error::argument(format!("activations[{k}]: {}", e.message())))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let threads = usize::try_from(a.num_threads)
-        .map_err(|_| Error::argument(format!("num_threads = {} is negative", a.num_threads)))?;
-    let (t, b, i, h) = (
-        dim("seq_length", a.seq_length)?,
-        dim("batch_size", a.batch_size)?,
-        dim("input_size", a.input_size)?,
-        dim("hidden_size", a.hidden_size)?,
-    );
-    let attrs =
-        OnnxLstmAttrs::new(h, direction).layout(layout).clip(clip).input_forget(input_forget).activations(activations);
-    Ok(OnnxArgs { attrs, t, b, i, h, d, threads })
 }
 
 /// The ONNX `LSTM` operator (opset 22); see `masked_rnn.h` for the arguments.
@@ -695,114 +623,11 @@ pub unsafe extern "C" fn mrnn_lstm_onnx(
     y_h: *mut f32,
     y_c: *mut f32,
 ) -> i32 {
-    guard("mrnn_lstm_onnx", || {
-        // 1. NULL.
-        require("attrs", attrs)?;
-        require("x", x)?;
-        require("w", w)?;
-        require("r", r)?;
-        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnOnnxLstmAttrs`
-        // (caller's contract); read_unaligned needs no alignment.
-        let a = unsafe { attrs.read_unaligned() };
-
-        // 2. Values.
-        let OnnxArgs { attrs: onnx_attrs, t, b: batch, i, h, d, threads } = onnx_args(&a)?;
-
-        // 3. Sizes (the same products in both layouts).
-        let n_x = checked_product(&[t, batch, i], "X [T,B,I]")?;
-        let n_w = checked_product(&[d, 4, h, i], "W [D,4H,I]")?;
-        let n_r = checked_product(&[d, 4, h, h], "R [D,4H,H]")?;
-        let n_b = checked_product(&[d, 8, h], "B [D,8H]")?;
-        let n_p = checked_product(&[d, 3, h], "P [D,3H]")?;
-        let n_state = checked_product(&[d, batch, h], "state [D,B,H]")?;
-        let n_y = checked_product(&[t, d, batch, h], "Y [T,D,B,H]")?;
-
-        // 4. Pointers.
-        let extents = [
-            Extent::new("x", x, n_x, false)?,
-            Extent::new("w", w, n_w, false)?,
-            Extent::new("r", r, n_r, false)?,
-            Extent::new("b", b, n_b, false)?,
-            Extent::new("sequence_lens", sequence_lens, batch, false)?,
-            Extent::new("initial_h", initial_h, n_state, false)?,
-            Extent::new("initial_c", initial_c, n_state, false)?,
-            Extent::new("p", p, n_p, false)?,
-            Extent::new("y", y, n_y, true)?,
-            Extent::new("y_h", y_h, n_state, true)?,
-            Extent::new("y_c", y_c, n_state, true)?,
-        ];
-        check_disjoint(&extents)?;
-
-        // SAFETY (every `input`/`output` call below): each pointer is NULL, or was checked aligned and
-        // non-wrapping by `Extent::new` with the very length passed here, which `checked_product` bounds
-        // to isize::MAX bytes (`sequence_lens` has `batch` 4-byte elements, at most the checked `n_state`
-        // since `d, h >= 1`); the caller guarantees the memory is valid for that length; `check_disjoint` proved no output overlaps any other buffer, so the `&mut` slices
-        // alias nothing.
-        let (x, w, r) = unsafe {
-            (
-                input(x, n_x).ok_or_else(|| null("x"))?,
-                input(w, n_w).ok_or_else(|| null("w"))?,
-                input(r, n_r).ok_or_else(|| null("r"))?,
-            )
-        };
-        // SAFETY: as above.
-        let (b, sequence_lens, initial_h, initial_c, p) = unsafe {
-            (
-                input(b, n_b),
-                input(sequence_lens, batch),
-                input(initial_h, n_state),
-                input(initial_c, n_state),
-                input(p, n_p),
-            )
-        };
-
-        // 5. Values in caller memory, still before any output is written.
-        check_lengths(sequence_lens, t)?;
-
-        // SAFETY: as above.
-        let out = unsafe { OnnxOutputs { y: output(y, n_y), y_h: output(y_h, n_state), y_c: output(y_c, n_state) } };
-        let node = OnnxLstm::new(onnx_attrs, i, w, r, b, p)?;
-        let input = OnnxInput { t, b: batch, x, sequence_lens, initial_h, initial_c };
-        with_thread_scratch(|scratch| onnx_forward(&node, input, out, threads, &mut scratch.workspace))
-    })
-}
-
-/// Step 5 of the ONNX functions: every length in `0..=t`.
-fn check_lengths(sequence_lens: Option<&[i32]>, t: usize) -> Result<()> {
-    if let Some(lens) = sequence_lens {
-        if let Some((k, &l)) = lens.iter().enumerate().find(|&(_, &l)| usize::try_from(l).map_or(true, |l| l > t)) {
-            return Err(Error::argument(format!("sequence_lens[{k}] = {l} is outside 0..={t} (seq_length)")));
-        }
-    }
-    Ok(())
-}
-
-/// The validated inputs of one ONNX node run.
-struct OnnxInput<'a> {
-    t: usize,
-    b: usize,
-    x: &'a [f32],
-    sequence_lens: Option<&'a [i32]>,
-    initial_h: Option<&'a [f32]>,
-    initial_c: Option<&'a [f32]>,
-}
-
-/// Runs a packed ONNX node on validated caller buffers (lengths included) with the given workspace: the
-/// body shared by `mrnn_lstm_onnx` and `mrnn_onnx_lstm_run`. With every output NULL, nothing is computed.
-fn onnx_forward(
-    node: &OnnxLstm,
-    input: OnnxInput<'_>,
-    out: OnnxOutputs<'_>,
-    threads: usize,
-    workspace: &mut Workspace,
-) -> Result<()> {
-    if out.y.is_none() && out.y_h.is_none() && out.y_c.is_none() {
-        // Validated; nothing asked for, so nothing is computed.
-        return Ok(());
-    }
-    let OnnxInput { t, b, x, sequence_lens, initial_h, initial_c } = input;
-    node.forward_in(x, t, b, sequence_lens, initial_h, initial_c, out, threads, workspace)?;
-    Ok(())
+    let input = OnnxInputPtrs { x, sequence_lens, initial_h, initial_c };
+    let weights = OnnxWeightPtrs { w, r, b, p };
+    let output = OnnxOutputPtrs { y, y_h, y_c };
+    // SAFETY: the caller's contract, as `one_shot` requires it.
+    guard("mrnn_lstm_onnx", || unsafe { one_shot::<MrnnOnnxLstm>(attrs, input, weights, Pass::Forward(output)) })
 }
 
 /// Keras `Masking`; see `masked_rnn.h` for the arguments.
@@ -824,21 +649,19 @@ pub unsafe extern "C" fn mrnn_mask_from_value(
     guard("mrnn_mask_from_value", || {
         require("x", x)?;
         require("mask_out", mask_out)?;
-        non_negative("batch_size", batch_size)?;
-        non_negative("seq_length", seq_length)?;
-        non_negative("features", features)?;
+        let sizes = [("batch_size", batch_size), ("seq_length", seq_length), ("features", features)];
+        for (name, v) in sizes {
+            non_negative(name, v)?;
+        }
         let mode = if flag("nan_aware", nan_aware)? { MaskValueMode::NanAware } else { MaskValueMode::Ieee };
-        let (b, t, f) = (dim("batch_size", batch_size)?, dim("seq_length", seq_length)?, dim("features", features)?);
+        let [b, t, f] = dims(sizes)?;
         let n_x = checked_product(&[b, t, f], "x [B,T,F]")?;
         let n_mask = checked_product(&[b, t], "mask_out [B,T]")?;
-        let extents = [Extent::new("x", x, n_x, false)?, Extent::new("mask_out", mask_out, n_mask, true)?];
-        check_disjoint(&extents)?;
+        check_pointers(&[Extent::new("x", x, n_x, false), Extent::new("mask_out", mask_out, n_mask, true)])?;
         // SAFETY: both pointers are non-NULL (checked first), aligned and non-wrapping for these lengths
-        // (`Extent::new`), the lengths are bounded by `checked_product`, the caller guarantees validity,
-        // and `check_disjoint` proved the output does not overlap `x`.
-        let (x, out) = unsafe {
-            (input(x, n_x).ok_or_else(|| null("x"))?, output(mask_out, n_mask).ok_or_else(|| null("mask_out"))?)
-        };
+        // (`check_pointers`), the lengths are bounded by `checked_product`, the caller guarantees validity,
+        // and `check_pointers` proved the output does not overlap `x`.
+        let (x, out) = unsafe { (required("x", x, n_x)?, output(mask_out, n_mask).ok_or_else(|| null("mask_out"))?) };
         let mut mask = vec![false; n_mask];
         mask_from_values(x, b, t, f, mask_value, mode, &mut mask)?;
         for (o, &m) in out.iter_mut().zip(&mask) {

@@ -26,7 +26,9 @@
 //! Gradients are the Rust API's ([`KerasLstm::forward_train`] then [`KerasLstm::backward`];
 //! [`OnnxLstm::forward_train`] then [`OnnxLstm::backward`]) bit for bit, whichever path computes them.
 //! Validation follows the order of the module docs of [`super`]; a failing call writes no output (and
-//! leaves `*tape` unchanged). With every gradient output NULL, a backward validates its arguments and
+//! leaves `*tape` unchanged). The functions here are entry points only: each validates and runs through
+//! the one path of every layer kind (the private module `layer`), which the forwards and the handles
+//! share: a one-shot backward is validated as the one-shot forward, a `run_train` as a `run`. With every gradient output NULL, a backward validates its arguments and
 //! computes nothing.
 //!
 //! `dp` (the gradient of the ONNX peepholes) exists only for an operator with peepholes: `p` NULL means "no
@@ -38,10 +40,12 @@
 //! kind given to another kind's `run_backward` is refused like any other foreign tape (handle ids are
 //! unique across kinds too).
 
-use super::handle::{keras_attrs_match, onnx_attrs_match, with_handle_scratch, MrnnKerasLstm, MrnnOnnxLstm, OnnxNode};
+use super::keras::{KerasGradOutPtrs, KerasInput, KerasUpstreamPtrs};
+use super::layer::{run, run_backward, set_weights, Kind};
+use super::onnx::OnnxInput;
 use super::*;
-use crate::frameworks::keras::{KerasGrads, KerasTape, KerasUpstream};
-use crate::frameworks::onnx::{OnnxGrads, OnnxTape, OnnxUpstream};
+use crate::frameworks::keras::KerasTape;
+use crate::frameworks::onnx::OnnxTape;
 
 /// What one training run keeps for its backward (`MrnnTape` of `masked_rnn.h`), opaque to C.
 #[derive(Debug)]
@@ -62,94 +66,53 @@ const _: () = {
 
 /// The kind-specific part of a tape.
 #[derive(Debug)]
-enum Record {
+pub(super) enum Record {
     /// A run of a Keras LSTM handle.
     Keras(KerasRecord),
     /// A run of an ONNX LSTM handle.
     Onnx(OnnxRecord),
 }
 
-/// What a Keras LSTM run keeps: copies of its inputs (the caller may reuse their buffers) and the
-/// [`KerasTape`] of its valid steps.
+/// What a Keras LSTM run keeps: copies of its inputs (the mask as its valid steps) and its [`KerasTape`].
+pub(super) type KerasRecord = Recorded<KerasInput<Vec<f32>>, KerasTape>;
+
+/// What an ONNX LSTM run keeps: copies of its inputs and its [`OnnxTape`].
+pub(super) type OnnxRecord = Recorded<OnnxInput<Vec<f32>, Vec<i32>>, OnnxTape>;
+
+/// What a run keeps: its thread count (the backward uses the same), copies of its inputs (the caller may
+/// reuse their buffers) and the tape of its valid steps.
 #[derive(Debug)]
-struct KerasRecord {
-    /// `B`, `T` and `num_threads` of the run (the backward uses the same thread count).
-    b: usize,
-    t: usize,
-    threads: usize,
-    /// `x [B,T,I]`.
-    x: Vec<f32>,
-    /// The valid steps (from the mask).
-    view: SeqView,
-    /// `[B,H]` each, as given (`None`: NULL).
-    initial_h: Option<Vec<f32>>,
-    initial_c: Option<Vec<f32>>,
-    tape: KerasTape,
-}
-
-impl KerasRecord {
-    /// Bytes held (the vectors' capacities, the view's runs and ranges, the tape).
-    fn bytes(&self) -> usize {
-        let floats = self.x.capacity()
-            + self.initial_h.as_ref().map_or(0, Vec::capacity)
-            + self.initial_c.as_ref().map_or(0, Vec::capacity);
-        let runs: usize = (0..self.view.batch()).map(|s| self.view.run_count(s)).sum();
-        floats * 4
-            + runs * std::mem::size_of::<crate::view::Run>()
-            + self.view.batch() * 2 * std::mem::size_of::<usize>()
-            + self.tape.bytes()
-    }
-}
-
-/// What an ONNX LSTM run keeps: copies of its inputs (the caller may reuse their buffers) and the
-/// [`OnnxTape`] of its valid steps.
-#[derive(Debug)]
-struct OnnxRecord {
-    /// `T`, `B` and `num_threads` of the run (the backward uses the same thread count).
-    t: usize,
-    b: usize,
-    threads: usize,
-    /// `X` in the handle's layout.
-    x: Vec<f32>,
-    /// `sequence_lens [B]` as given (`None`: NULL, every sequence `T` steps).
-    sequence_lens: Option<Vec<i32>>,
-    /// `[D,B,H]` / `[B,D,H]` each, as given (`None`: NULL).
-    initial_h: Option<Vec<f32>>,
-    initial_c: Option<Vec<f32>>,
-    tape: OnnxTape,
-}
-
-impl OnnxRecord {
-    /// Bytes held (the vectors' capacities and the tape).
-    fn bytes(&self) -> usize {
-        let floats = self.x.capacity()
-            + self.initial_h.as_ref().map_or(0, Vec::capacity)
-            + self.initial_c.as_ref().map_or(0, Vec::capacity);
-        (floats + self.sequence_lens.as_ref().map_or(0, Vec::capacity)) * 4 + self.tape.bytes()
-    }
+pub(super) struct Recorded<I, T> {
+    pub(super) threads: usize,
+    pub(super) input: I,
+    pub(super) tape: T,
 }
 
 impl MrnnTape {
+    /// The tape of a run of handle `owner` with its weights generation `generation`.
+    pub(super) fn new(owner: u64, generation: u64, record: Record) -> Self {
+        MrnnTape { owner, generation, record }
+    }
+
     /// The kind of handle that made the tape, as messages name it.
     fn kind(&self) -> &'static str {
         match self.record {
-            Record::Keras(_) => "Keras LSTM",
-            Record::Onnx(_) => "ONNX LSTM",
+            Record::Keras(_) => MrnnKerasLstm::NAME,
+            Record::Onnx(_) => MrnnOnnxLstm::NAME,
         }
     }
 
-    /// `Err(BadArgument)` for a tape given to a handle of another kind (`kind`, id `id`).
-    fn other_kind(&self, kind: &str, id: u64) -> Error {
-        Error::argument(format!(
-            "the tape was made by another handle, of another kind: {} handle #{}; this is {kind} handle #{id}",
-            self.kind(),
-            self.owner
-        ))
-    }
-
-    /// Checks that handle `id` made the tape with its weights generation `generation` (`set_weights` and
-    /// `run_train` name the functions of that kind, for the message).
-    fn check_made_by(&self, id: u64, generation: u64, set_weights: &str, run_train: &str) -> Result<()> {
+    /// The tape's record, after checking that handle `id`, of kind `K`, made it with its weights
+    /// generation `generation` (from the snapshot the backward will compute with).
+    pub(super) fn made_by<K: Kind>(&self, id: u64, generation: u64) -> Result<&Recorded<K::Copies, K::Tape>> {
+        let Some(record) = K::recorded(&self.record) else {
+            return Err(Error::argument(format!(
+                "the tape was made by another handle, of another kind: {} handle #{}; this is {} handle #{id}",
+                self.kind(),
+                self.owner,
+                K::NAME
+            )));
+        };
         if self.owner != id {
             return Err(Error::argument(format!(
                 "the tape was made by another handle (handle #{}; this is handle #{id})",
@@ -158,30 +121,12 @@ impl MrnnTape {
         }
         if self.generation != generation {
             return Err(Error::argument(format!(
-                "the tape is stale: it was made with weights generation {} and {set_weights} has since replaced \
-                 them (generation {generation}); run {run_train} again",
-                self.generation
+                "the tape is stale: it was made with weights generation {} and {prefix}_set_weights has since \
+                 replaced them (generation {generation}); run {prefix}_run_train again",
+                self.generation,
+                prefix = K::PREFIX
             )));
         }
-        Ok(())
-    }
-
-    /// The tape's Keras record, after checking that `handle` made it with its current weights
-    /// (`generation`, from the snapshot the backward will compute with).
-    fn keras_for(&self, handle: &MrnnKerasLstm, generation: u64) -> Result<&KerasRecord> {
-        let Record::Keras(record) = &self.record else {
-            return Err(self.other_kind("Keras LSTM", handle.id));
-        };
-        self.check_made_by(handle.id, generation, "mrnn_keras_lstm_set_weights", "mrnn_keras_lstm_run_train")?;
-        Ok(record)
-    }
-
-    /// The tape's ONNX record, after checking that `handle` made it with its current weights.
-    fn onnx_for(&self, handle: &MrnnOnnxLstm, generation: u64) -> Result<&OnnxRecord> {
-        let Record::Onnx(record) = &self.record else {
-            return Err(self.other_kind("ONNX LSTM", handle.id));
-        };
-        self.check_made_by(handle.id, generation, "mrnn_onnx_lstm_set_weights", "mrnn_onnx_lstm_run_train")?;
         Ok(record)
     }
 
@@ -189,135 +134,9 @@ impl MrnnTape {
     fn bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + match &self.record {
-                Record::Keras(r) => r.bytes(),
-                Record::Onnx(r) => r.bytes(),
+                Record::Keras(r) => r.input.bytes() + r.tape.bytes(),
+                Record::Onnx(r) => r.input.bytes() + r.tape.bytes(),
             }
-    }
-}
-
-/// The initial state of a Keras run from its two optional halves: a missing half is zeros (`zeros`,
-/// resized to `n` floats), both missing is `None`.
-fn initial_state<'a>(
-    h: Option<&'a [f32]>,
-    c: Option<&'a [f32]>,
-    zeros: &'a mut Vec<f32>,
-    n: usize,
-) -> Option<InitialState<'a>> {
-    match (h, c) {
-        (None, None) => None,
-        (Some(h), Some(c)) => Some(InitialState { h, c }),
-        (h, c) => {
-            zeros.clear();
-            zeros.resize(n, 0.0);
-            let zeros: &'a [f32] = zeros;
-            Some(InitialState { h: h.unwrap_or(zeros), c: c.unwrap_or(zeros) })
-        }
-    }
-}
-
-/// The valid steps of a `[B,T]` mask (`None`: all valid).
-fn view_of(mask: Option<&[u8]>, b: usize, t: usize) -> Result<SeqView> {
-    match mask {
-        Some(m) => SeqView::from_mask_bytes(m, b, t),
-        None => Ok(SeqView::full(b, t)),
-    }
-}
-
-/// Whether any gradient is asked for (none: the call validates and computes nothing).
-fn wants_any(grads: &KerasGrads<'_>) -> bool {
-    grads.dx.is_some()
-        || grads.d_kernel.is_some()
-        || grads.d_recurrent_kernel.is_some()
-        || grads.d_bias.is_some()
-        || grads.d_initial_h.is_some()
-        || grads.d_initial_c.is_some()
-}
-
-/// Element counts of a Keras layer's tensors (step 3 of the validation).
-struct KerasSizes {
-    gates: usize,
-    x: usize,
-    mask: usize,
-    kernel: usize,
-    recurrent: usize,
-    state: usize,
-    y: usize,
-}
-
-impl KerasSizes {
-    fn new(b: usize, t: usize, i: usize, h: usize) -> Result<Self> {
-        let gates = checked_product(&[4, h], "bias [4H]")?;
-        Ok(KerasSizes {
-            gates,
-            x: checked_product(&[b, t, i], "x [B,T,I]")?,
-            mask: checked_product(&[b, t], "mask [B,T]")?,
-            kernel: checked_product(&[i, gates], "kernel [I,4H]")?,
-            recurrent: checked_product(&[h, gates], "recurrent_kernel [H,4H]")?,
-            state: checked_product(&[b, h], "state [B,H]")?,
-            y: checked_product(&[b, t, h], "y [B,T,H]")?,
-        })
-    }
-}
-
-/// The upstream gradients and gradient outputs of a Keras backward, as raw caller pointers.
-#[derive(Clone, Copy)]
-struct KerasGradPtrs {
-    dy: *const f32,
-    d_last_output: *const f32,
-    d_h_n: *const f32,
-    d_c_n: *const f32,
-    dx: *mut f32,
-    d_kernel: *mut f32,
-    d_recurrent_kernel: *mut f32,
-    d_bias: *mut f32,
-    d_initial_h: *mut f32,
-    d_initial_c: *mut f32,
-}
-
-impl KerasGradPtrs {
-    /// Their extents (step 4), to check with the other buffers of the call.
-    fn extents(&self, n: &KerasSizes) -> Result<[Option<Extent>; 10]> {
-        Ok([
-            Extent::new("dy", self.dy, n.y, false)?,
-            Extent::new("d_last_output", self.d_last_output, n.state, false)?,
-            Extent::new("d_h_n", self.d_h_n, n.state, false)?,
-            Extent::new("d_c_n", self.d_c_n, n.state, false)?,
-            Extent::new("dx", self.dx, n.x, true)?,
-            Extent::new("d_kernel", self.d_kernel, n.kernel, true)?,
-            Extent::new("d_recurrent_kernel", self.d_recurrent_kernel, n.recurrent, true)?,
-            Extent::new("d_bias", self.d_bias, n.gates, true)?,
-            Extent::new("d_initial_h", self.d_initial_h, n.state, true)?,
-            Extent::new("d_initial_c", self.d_initial_c, n.state, true)?,
-        ])
-    }
-
-    /// The slices.
-    ///
-    /// # Safety
-    /// [`extents`](Self::extents) with the same sizes succeeded, and so did `check_disjoint` over them and
-    /// every other buffer of the call; each non-NULL pointer is valid for its size for `'a` (the caller's
-    /// contract), and nothing else accesses the outputs during `'a`.
-    unsafe fn slices<'a>(&self, n: &KerasSizes) -> (KerasUpstream<'a>, KerasGrads<'a>) {
-        // SAFETY (every `input`/`output` call): forwarded from this function's contract: aligned,
-        // non-wrapping, bounded by `checked_product`, valid, and the outputs alias nothing.
-        unsafe {
-            (
-                KerasUpstream {
-                    dy: input(self.dy, n.y),
-                    d_last_output: input(self.d_last_output, n.state),
-                    d_h_n: input(self.d_h_n, n.state),
-                    d_c_n: input(self.d_c_n, n.state),
-                },
-                KerasGrads {
-                    dx: output(self.dx, n.x),
-                    d_kernel: output(self.d_kernel, n.kernel),
-                    d_recurrent_kernel: output(self.d_recurrent_kernel, n.recurrent),
-                    d_bias: output(self.d_bias, n.gates),
-                    d_initial_h: output(self.d_initial_h, n.state),
-                    d_initial_c: output(self.d_initial_c, n.state),
-                },
-            )
-        }
     }
 }
 
@@ -349,79 +168,15 @@ pub unsafe extern "C" fn mrnn_lstm_keras_backward(
     d_initial_h: *mut f32,
     d_initial_c: *mut f32,
 ) -> i32 {
-    guard("mrnn_lstm_keras_backward", || {
-        // 1. NULL.
-        require("attrs", attrs)?;
-        require("x", x)?;
-        require("kernel", kernel)?;
-        require("recurrent_kernel", recurrent_kernel)?;
-        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnKerasLstmAttrs`
-        // (caller's contract); read_unaligned needs no alignment.
-        let a = unsafe { attrs.read_unaligned() };
-
-        // 2. Values.
-        let KerasArgs { options, b, t, i, h, threads } = keras_args(&a)?;
-
-        // 3. Sizes.
-        let n = KerasSizes::new(b, t, i, h)?;
-
-        // 4. Pointers.
-        let grads = KerasGradPtrs {
-            dy,
-            d_last_output,
-            d_h_n,
-            d_c_n,
-            dx,
-            d_kernel,
-            d_recurrent_kernel,
-            d_bias,
-            d_initial_h,
-            d_initial_c,
-        };
-        let inputs = [
-            Extent::new("x", x, n.x, false)?,
-            Extent::new("mask", mask, n.mask, false)?,
-            Extent::new("kernel", kernel, n.kernel, false)?,
-            Extent::new("recurrent_kernel", recurrent_kernel, n.recurrent, false)?,
-            Extent::new("bias", bias, n.gates, false)?,
-            Extent::new("initial_h", initial_h, n.state, false)?,
-            Extent::new("initial_c", initial_c, n.state, false)?,
-        ];
-        let extents: Vec<Option<Extent>> = inputs.into_iter().chain(grads.extents(&n)?).collect();
-        check_disjoint(&extents)?;
-
-        // SAFETY (every `input` call and `slices`): each pointer is NULL, or was checked aligned and
-        // non-wrapping by `Extent::new` with the very length passed here, which `checked_product` bounds
-        // to isize::MAX bytes; the caller guarantees the memory is valid for that length; `check_disjoint`
-        // proved no output overlaps any other buffer, so the `&mut` slices alias nothing.
-        let (x, kernel, recurrent_kernel) = unsafe {
-            (
-                input(x, n.x).ok_or_else(|| null("x"))?,
-                input(kernel, n.kernel).ok_or_else(|| null("kernel"))?,
-                input(recurrent_kernel, n.recurrent).ok_or_else(|| null("recurrent_kernel"))?,
-            )
-        };
-        // SAFETY: as above.
-        let (mask, bias, initial_h, initial_c) = unsafe {
-            (input(mask, n.mask), input(bias, n.gates), input(initial_h, n.state), input(initial_c, n.state))
-        };
-        // SAFETY: as above.
-        let (up, out) = unsafe { grads.slices(&n) };
-        if !wants_any(&out) {
-            // Validated; nothing asked for, so nothing is computed.
-            return Ok(());
-        }
-
-        let layer = KerasLstm::new(LstmWeights::from_keras(i, h, kernel, recurrent_kernel, bias)?, options)?;
-        let view = view_of(mask, b, t)?;
-        with_thread_scratch(|scratch| {
-            let Scratch { workspace, zeros } = scratch;
-            let initial = initial_state(initial_h, initial_c, zeros, n.state);
-            let mut tape = KerasTape::new();
-            layer.forward_train(x, &view, initial, KerasOutputs::default(), &mut tape, threads, workspace)?;
-            layer.backward(x, &view, initial, &tape, up, out, threads)?;
-            Ok(())
-        })
+    let input = KerasInputPtrs { x, mask, initial_h, initial_c };
+    let weights = KerasWeightPtrs { kernel, recurrent_kernel, bias };
+    let grads = KerasGradPtrs {
+        up: KerasUpstreamPtrs { dy, d_last_output, d_h_n, d_c_n },
+        out: KerasGradOutPtrs { dx, d_kernel, d_recurrent_kernel, d_bias, d_initial_h, d_initial_c },
+    };
+    // SAFETY: the caller's contract, as `one_shot` requires it.
+    guard("mrnn_lstm_keras_backward", || unsafe {
+        one_shot::<MrnnKerasLstm>(attrs, input, weights, Pass::Backward(grads))
     })
 }
 
@@ -449,90 +204,10 @@ pub unsafe extern "C" fn mrnn_keras_lstm_run_train(
     c_n: *mut f32,
     tape: *mut *mut MrnnTape,
 ) -> i32 {
-    guard("mrnn_keras_lstm_run_train", || {
-        // 1. NULL.
-        require("layer", layer)?;
-        require("attrs", attrs)?;
-        require("x", x)?;
-        require("tape", tape)?;
-        if !layer.is_aligned() {
-            return Err(Error::argument(format!("layer ({layer:p}) is not a handle: misaligned")));
-        }
-        // SAFETY: `layer` is non-NULL and aligned (checked above) and, by the caller's contract, a live
-        // handle from `mrnn_keras_lstm_new` that nobody frees during this call; the C ABI only ever takes
-        // `&` to it (interior mutability), so this shared reference aliases no `&mut`.
-        let handle = unsafe { &*layer };
-        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnKerasLstmAttrs`
-        // (caller's contract); read_unaligned needs no alignment.
-        let a = unsafe { attrs.read_unaligned() };
-
-        // 2. Values, then agreement with the handle.
-        let KerasArgs { options, b, t, i, h, threads } = keras_args(&a)?;
-        keras_attrs_match(&a, &options, handle)?;
-
-        // 3. Sizes.
-        let n = KerasSizes::new(b, t, i, h)?;
-
-        // 4. Pointers.
-        let extents = [
-            Extent::new("x", x, n.x, false)?,
-            Extent::new("mask", mask, n.mask, false)?,
-            Extent::new("initial_h", initial_h, n.state, false)?,
-            Extent::new("initial_c", initial_c, n.state, false)?,
-            Extent::new("y", y, n.y, true)?,
-            Extent::new("last_output", last_output, n.state, true)?,
-            Extent::new("h_n", h_n, n.state, true)?,
-            Extent::new("c_n", c_n, n.state, true)?,
-            Extent::new("tape", tape, 1, true)?,
-        ];
-        check_disjoint(&extents)?;
-
-        // SAFETY (every `input`/`output` call below): each pointer is NULL, or was checked aligned and
-        // non-wrapping by `Extent::new` with the very length passed here, which `checked_product` bounds
-        // to isize::MAX bytes; the caller guarantees the memory is valid for that length; `check_disjoint`
-        // proved no output overlaps any other buffer, so the `&mut` slices alias nothing.
-        let (x, mask, initial_h, initial_c) = unsafe {
-            (
-                input(x, n.x).ok_or_else(|| null("x"))?,
-                input(mask, n.mask),
-                input(initial_h, n.state),
-                input(initial_c, n.state),
-            )
-        };
-        // SAFETY: as above.
-        let out = unsafe {
-            KerasOutputs {
-                y: output(y, n.y),
-                last_output: output(last_output, n.state),
-                h_n: output(h_n, n.state),
-                c_n: output(c_n, n.state),
-            }
-        };
-
-        // The tape's own copies, so that the caller may reuse its buffers once this returns.
-        let mut record = KerasRecord {
-            b,
-            t,
-            threads,
-            x: x.to_vec(),
-            view: view_of(mask, b, t)?,
-            initial_h: initial_h.map(<[f32]>::to_vec),
-            initial_c: initial_c.map(<[f32]>::to_vec),
-            tape: KerasTape::new(),
-        };
-        let (layer, generation) = handle.current.snapshot();
-        with_handle_scratch(&handle.scratch, |scratch| {
-            let Scratch { workspace, zeros } = scratch;
-            let KerasRecord { x, view, initial_h, initial_c, tape, .. } = &mut record;
-            let initial = initial_state(initial_h.as_deref(), initial_c.as_deref(), zeros, n.state);
-            layer.forward_train(x, view, initial, out, tape, threads, workspace).map(drop)
-        })?;
-        let made = Box::new(MrnnTape { owner: handle.id, generation, record: Record::Keras(record) });
-        // SAFETY: `tape` is non-NULL, aligned (`Extent::new`) and valid for one write (caller's contract);
-        // it overlaps none of the other buffers (`check_disjoint`).
-        unsafe { tape.write(Box::into_raw(made)) };
-        Ok(())
-    })
+    let input = KerasInputPtrs { x, mask, initial_h, initial_c };
+    let output = KerasOutputPtrs { y, last_output, h_n, c_n };
+    // SAFETY: the caller's contract, as `run` requires it.
+    guard("mrnn_keras_lstm_run_train", || unsafe { run(layer, attrs, input, output, Some(tape)) })
 }
 
 /// The gradients of the run that made `tape`; see `masked_rnn.h`.
@@ -559,59 +234,12 @@ pub unsafe extern "C" fn mrnn_keras_lstm_run_backward(
     d_initial_h: *mut f32,
     d_initial_c: *mut f32,
 ) -> i32 {
-    guard("mrnn_keras_lstm_run_backward", || {
-        // 1. NULL.
-        require("layer", layer)?;
-        require("tape", tape)?;
-        if !layer.is_aligned() {
-            return Err(Error::argument(format!("layer ({layer:p}) is not a handle: misaligned")));
-        }
-        if !tape.is_aligned() {
-            return Err(Error::argument(format!("tape ({tape:p}) is not a tape: misaligned")));
-        }
-        // SAFETY: `layer` is non-NULL and aligned (checked above) and, by the caller's contract, a live
-        // handle from `mrnn_keras_lstm_new` that nobody frees during this call; the C ABI only ever takes
-        // `&` to it, so this shared reference aliases no `&mut`.
-        let handle = unsafe { &*layer };
-        // SAFETY: likewise a live tape from `mrnn_keras_lstm_run_train` (caller's contract), which the C
-        // ABI never mutates after creating it.
-        let tape = unsafe { &*tape };
-
-        // 2. Values: the tape is this handle's, made with its current weights.
-        let (layer, generation) = handle.current.snapshot();
-        let record = tape.keras_for(handle, generation)?;
-        let KerasRecord { b, t, threads, .. } = *record;
-        let (i, h) = (layer.weights().input_size(), layer.units());
-
-        // 3. Sizes (checked at the run that made the tape: they cannot overflow now).
-        let n = KerasSizes::new(b, t, i, h)?;
-
-        // 4. Pointers.
-        let grads = KerasGradPtrs {
-            dy,
-            d_last_output,
-            d_h_n,
-            d_c_n,
-            dx,
-            d_kernel,
-            d_recurrent_kernel,
-            d_bias,
-            d_initial_h,
-            d_initial_c,
-        };
-        check_disjoint(&grads.extents(&n)?)?;
-
-        // SAFETY: `extents` and `check_disjoint` succeeded with these sizes just above; the caller
-        // guarantees validity for the documented sizes.
-        let (up, out) = unsafe { grads.slices(&n) };
-        if !wants_any(&out) {
-            return Ok(());
-        }
-        let mut zeros = Vec::new();
-        let initial = initial_state(record.initial_h.as_deref(), record.initial_c.as_deref(), &mut zeros, n.state);
-        layer.backward(&record.x, &record.view, initial, &record.tape, up, out, threads)?;
-        Ok(())
-    })
+    let grads = KerasGradPtrs {
+        up: KerasUpstreamPtrs { dy, d_last_output, d_h_n, d_c_n },
+        out: KerasGradOutPtrs { dx, d_kernel, d_recurrent_kernel, d_bias, d_initial_h, d_initial_c },
+    };
+    // SAFETY: the caller's contract, as `run_backward` requires it.
+    guard("mrnn_keras_lstm_run_backward", || unsafe { run_backward(layer, tape, grads) })
 }
 
 /// Replaces the weights of a Keras LSTM handle; see `masked_rnn.h`.
@@ -627,159 +255,12 @@ pub unsafe extern "C" fn mrnn_keras_lstm_set_weights(
     recurrent_kernel: *const f32,
     bias: *const f32,
 ) -> i32 {
-    guard("mrnn_keras_lstm_set_weights", || {
-        // 1. NULL.
-        require("layer", layer)?;
-        require("kernel", kernel)?;
-        require("recurrent_kernel", recurrent_kernel)?;
-        if !layer.is_aligned() {
-            return Err(Error::argument(format!("layer ({layer:p}) is not a handle: misaligned")));
-        }
-        // SAFETY: `layer` is non-NULL and aligned (checked above) and, by the caller's contract, a live
-        // handle from `mrnn_keras_lstm_new` that nobody frees during this call; the C ABI only ever takes
-        // `&` to it (the weights are replaced through its lock), so this aliases no `&mut`.
-        let handle = unsafe { &*layer };
-
-        // 2. and 3.: the sizes are the handle's (validated at creation).
-        let (i, h) = (dim("input_size", handle.attrs.input_size)?, dim("hidden_size", handle.attrs.hidden_size)?);
-        let gates = checked_product(&[4, h], "bias [4H]")?;
-        let n_kernel = checked_product(&[i, gates], "kernel [I,4H]")?;
-        let n_recurrent = checked_product(&[h, gates], "recurrent_kernel [H,4H]")?;
-
-        // 4. Pointers.
-        let extents = [
-            Extent::new("kernel", kernel, n_kernel, false)?,
-            Extent::new("recurrent_kernel", recurrent_kernel, n_recurrent, false)?,
-            Extent::new("bias", bias, gates, false)?,
-        ];
-        check_disjoint(&extents)?;
-
-        // SAFETY: each pointer is NULL or was checked aligned and non-wrapping by `Extent::new` with the
-        // very length passed here, bounded to isize::MAX bytes by `checked_product`; the caller guarantees
-        // the memory is valid for that length; these are inputs only.
-        let (kernel, recurrent_kernel, bias) = unsafe {
-            (
-                input(kernel, n_kernel).ok_or_else(|| null("kernel"))?,
-                input(recurrent_kernel, n_recurrent).ok_or_else(|| null("recurrent_kernel"))?,
-                input(bias, gates),
-            )
-        };
-        let packed = KerasLstm::new(LstmWeights::from_keras(i, h, kernel, recurrent_kernel, bias)?, handle.options)?;
-        handle.current.replace(packed);
-        Ok(())
-    })
+    let weights = KerasWeightPtrs { kernel, recurrent_kernel, bias };
+    // SAFETY: the caller's contract, as `set_weights` requires it.
+    guard("mrnn_keras_lstm_set_weights", || unsafe { set_weights(layer, weights) })
 }
 
 // ------------------------------------------------------------------------------------------------ ONNX
-
-/// Whether any gradient is asked for (none: the call validates and computes nothing).
-fn onnx_wants_any(grads: &OnnxGrads<'_>) -> bool {
-    grads.dx.is_some()
-        || grads.dw.is_some()
-        || grads.dr.is_some()
-        || grads.db.is_some()
-        || grads.d_initial_h.is_some()
-        || grads.d_initial_c.is_some()
-        || grads.dp.is_some()
-}
-
-/// Element counts of an ONNX node's tensors (step 3 of the validation; the same products in both layouts).
-struct OnnxSizes {
-    x: usize,
-    w: usize,
-    r: usize,
-    b: usize,
-    p: usize,
-    state: usize,
-    y: usize,
-}
-
-impl OnnxSizes {
-    fn new(t: usize, batch: usize, i: usize, h: usize, d: usize) -> Result<Self> {
-        Ok(OnnxSizes {
-            x: checked_product(&[t, batch, i], "X [T,B,I]")?,
-            w: checked_product(&[d, 4, h, i], "W [D,4H,I]")?,
-            r: checked_product(&[d, 4, h, h], "R [D,4H,H]")?,
-            b: checked_product(&[d, 8, h], "B [D,8H]")?,
-            p: checked_product(&[d, 3, h], "P [D,3H]")?,
-            state: checked_product(&[d, batch, h], "state [D,B,H]")?,
-            y: checked_product(&[t, d, batch, h], "Y [T,D,B,H]")?,
-        })
-    }
-}
-
-/// The upstream gradients and gradient outputs of an ONNX backward, as raw caller pointers.
-#[derive(Clone, Copy)]
-struct OnnxGradPtrs {
-    dy: *const f32,
-    dy_h: *const f32,
-    dy_c: *const f32,
-    dx: *mut f32,
-    dw: *mut f32,
-    dr: *mut f32,
-    db: *mut f32,
-    d_initial_h: *mut f32,
-    d_initial_c: *mut f32,
-    dp: *mut f32,
-}
-
-impl OnnxGradPtrs {
-    /// Their extents (step 4), to check with the other buffers of the call.
-    fn extents(&self, n: &OnnxSizes) -> Result<[Option<Extent>; 10]> {
-        Ok([
-            Extent::new("dy", self.dy, n.y, false)?,
-            Extent::new("dy_h", self.dy_h, n.state, false)?,
-            Extent::new("dy_c", self.dy_c, n.state, false)?,
-            Extent::new("dx", self.dx, n.x, true)?,
-            Extent::new("dw", self.dw, n.w, true)?,
-            Extent::new("dr", self.dr, n.r, true)?,
-            Extent::new("db", self.db, n.b, true)?,
-            Extent::new("d_initial_h", self.d_initial_h, n.state, true)?,
-            Extent::new("d_initial_c", self.d_initial_c, n.state, true)?,
-            Extent::new("dp", self.dp, n.p, true)?,
-        ])
-    }
-
-    /// The last pointer check: `dp` only for an operator with peepholes (`without` says why there are none).
-    fn check_dp(&self, peepholes: bool, without: &str) -> Result<()> {
-        if !self.dp.is_null() && !peepholes {
-            return Err(Error::argument(format!(
-                "dp is given but {without}: an operator without peepholes has no dP (p NULL means no peepholes, \
-                 not P = 0); pass dp = NULL"
-            )));
-        }
-        Ok(())
-    }
-
-    /// The slices.
-    ///
-    /// # Safety
-    /// [`extents`](Self::extents) with the same sizes succeeded, and so did `check_disjoint` over them and
-    /// every other buffer of the call; each non-NULL pointer is valid for its size for `'a` (the caller's
-    /// contract), and nothing else accesses the outputs during `'a`.
-    unsafe fn slices<'a>(&self, n: &OnnxSizes) -> (OnnxUpstream<'a>, OnnxGrads<'a>) {
-        // SAFETY (every `input`/`output` call): forwarded from this function's contract: aligned,
-        // non-wrapping, bounded by `checked_product`, valid, and the outputs alias nothing.
-        unsafe {
-            (
-                OnnxUpstream {
-                    dy: input(self.dy, n.y),
-                    dy_h: input(self.dy_h, n.state),
-                    dy_c: input(self.dy_c, n.state),
-                },
-                OnnxGrads {
-                    dx: output(self.dx, n.x),
-                    dw: output(self.dw, n.w),
-                    dr: output(self.dr, n.r),
-                    db: output(self.db, n.b),
-                    d_initial_h: output(self.d_initial_h, n.state),
-                    d_initial_c: output(self.d_initial_c, n.state),
-                    dp: output(self.dp, n.p),
-                },
-            )
-        }
-    }
-}
 
 /// The gradients of the ONNX LSTM operator; see `masked_rnn.h` for the arguments.
 ///
@@ -810,79 +291,12 @@ pub unsafe extern "C" fn mrnn_lstm_onnx_backward(
     d_initial_c: *mut f32,
     dp: *mut f32,
 ) -> i32 {
-    guard("mrnn_lstm_onnx_backward", || {
-        // 1. NULL.
-        require("attrs", attrs)?;
-        require("x", x)?;
-        require("w", w)?;
-        require("r", r)?;
-        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnOnnxLstmAttrs`
-        // (caller's contract); read_unaligned needs no alignment.
-        let a = unsafe { attrs.read_unaligned() };
-
-        // 2. Values.
-        let OnnxArgs { attrs: onnx_attrs, t, b: batch, i, h, d, threads } = onnx_args(&a)?;
-
-        // 3. Sizes.
-        let n = OnnxSizes::new(t, batch, i, h, d)?;
-
-        // 4. Pointers.
-        let grads = OnnxGradPtrs { dy, dy_h, dy_c, dx, dw, dr, db, d_initial_h, d_initial_c, dp };
-        let inputs = [
-            Extent::new("x", x, n.x, false)?,
-            Extent::new("w", w, n.w, false)?,
-            Extent::new("r", r, n.r, false)?,
-            Extent::new("b", b, n.b, false)?,
-            Extent::new("sequence_lens", sequence_lens, batch, false)?,
-            Extent::new("initial_h", initial_h, n.state, false)?,
-            Extent::new("initial_c", initial_c, n.state, false)?,
-            Extent::new("p", p, n.p, false)?,
-        ];
-        let extents: Vec<Option<Extent>> = inputs.into_iter().chain(grads.extents(&n)?).collect();
-        check_disjoint(&extents)?;
-        grads.check_dp(!p.is_null(), "p is NULL")?;
-
-        // SAFETY (every `input` call and `slices`): each pointer is NULL, or was checked aligned and
-        // non-wrapping by `Extent::new` with the very length passed here, which `checked_product` bounds
-        // to isize::MAX bytes (`sequence_lens` has `batch` 4-byte elements, at most the checked `n.state`
-        // since `d, h >= 1`); the caller guarantees the memory is valid for that length; `check_disjoint`
-        // proved no output overlaps any other buffer, so the `&mut` slices alias nothing.
-        let (x, w, r) = unsafe {
-            (
-                input(x, n.x).ok_or_else(|| null("x"))?,
-                input(w, n.w).ok_or_else(|| null("w"))?,
-                input(r, n.r).ok_or_else(|| null("r"))?,
-            )
-        };
-        // SAFETY: as above.
-        let (b, sequence_lens, initial_h, initial_c, p) = unsafe {
-            (
-                input(b, n.b),
-                input(sequence_lens, batch),
-                input(initial_h, n.state),
-                input(initial_c, n.state),
-                input(p, n.p),
-            )
-        };
-
-        // 5. Values in caller memory, still before any output is written.
-        check_lengths(sequence_lens, t)?;
-
-        // SAFETY: as above.
-        let (up, out) = unsafe { grads.slices(&n) };
-        if !onnx_wants_any(&out) {
-            // Validated; nothing asked for, so nothing is computed.
-            return Ok(());
-        }
-        let node = OnnxLstm::new(onnx_attrs, i, w, r, b, p)?;
-        with_thread_scratch(|scratch| {
-            let mut tape = OnnxTape::new();
-            let none = OnnxOutputs::default();
-            let ws = &mut scratch.workspace;
-            node.forward_train(x, t, batch, sequence_lens, initial_h, initial_c, none, &mut tape, threads, ws)?;
-            node.backward(x, t, batch, sequence_lens, initial_h, initial_c, &tape, up, out, threads)?;
-            Ok(())
-        })
+    let input = OnnxInputPtrs { x, sequence_lens, initial_h, initial_c };
+    let weights = OnnxWeightPtrs { w, r, b, p };
+    let grads = OnnxGradPtrs { dy, dy_h, dy_c, dx, dw, dr, db, d_initial_h, d_initial_c, dp };
+    // SAFETY: the caller's contract, as `one_shot` requires it.
+    guard("mrnn_lstm_onnx_backward", || unsafe {
+        one_shot::<MrnnOnnxLstm>(attrs, input, weights, Pass::Backward(grads))
     })
 }
 
@@ -909,87 +323,10 @@ pub unsafe extern "C" fn mrnn_onnx_lstm_run_train(
     y_c: *mut f32,
     tape: *mut *mut MrnnTape,
 ) -> i32 {
-    guard("mrnn_onnx_lstm_run_train", || {
-        // 1. NULL.
-        require("layer", layer)?;
-        require("attrs", attrs)?;
-        require("x", x)?;
-        require("tape", tape)?;
-        if !layer.is_aligned() {
-            return Err(Error::argument(format!("layer ({layer:p}) is not a handle: misaligned")));
-        }
-        // SAFETY: `layer` is non-NULL and aligned (checked above) and, by the caller's contract, a live
-        // handle from `mrnn_onnx_lstm_new` that nobody frees during this call; the C ABI only ever takes
-        // `&` to it (interior mutability), so this shared reference aliases no `&mut`.
-        let handle = unsafe { &*layer };
-        // SAFETY: `attrs` is non-NULL (checked above) and points to one readable `MrnnOnnxLstmAttrs`
-        // (caller's contract); read_unaligned needs no alignment.
-        let a = unsafe { attrs.read_unaligned() };
-
-        // 2. Values, then agreement with the handle.
-        let OnnxArgs { attrs: run_attrs, t, b: batch, i, h, d, threads } = onnx_args(&a)?;
-        onnx_attrs_match(&a, &run_attrs.activations, handle)?;
-
-        // 3. Sizes.
-        let n = OnnxSizes::new(t, batch, i, h, d)?;
-
-        // 4. Pointers.
-        let extents = [
-            Extent::new("x", x, n.x, false)?,
-            Extent::new("sequence_lens", sequence_lens, batch, false)?,
-            Extent::new("initial_h", initial_h, n.state, false)?,
-            Extent::new("initial_c", initial_c, n.state, false)?,
-            Extent::new("y", y, n.y, true)?,
-            Extent::new("y_h", y_h, n.state, true)?,
-            Extent::new("y_c", y_c, n.state, true)?,
-            Extent::new("tape", tape, 1, true)?,
-        ];
-        check_disjoint(&extents)?;
-
-        // SAFETY (every `input`/`output` call below): each pointer is NULL, or was checked aligned and
-        // non-wrapping by `Extent::new` with the very length passed here, which `checked_product` bounds
-        // to isize::MAX bytes (`sequence_lens` has `batch` 4-byte elements, at most the checked `n.state`);
-        // the caller guarantees the memory is valid for that length; `check_disjoint` proved no output
-        // overlaps any other buffer, so the `&mut` slices alias nothing.
-        let (x, sequence_lens, initial_h, initial_c) = unsafe {
-            (
-                input(x, n.x).ok_or_else(|| null("x"))?,
-                input(sequence_lens, batch),
-                input(initial_h, n.state),
-                input(initial_c, n.state),
-            )
-        };
-
-        // 5. Values in caller memory, still before any output is written.
-        check_lengths(sequence_lens, t)?;
-
-        // SAFETY: as above.
-        let out = unsafe { OnnxOutputs { y: output(y, n.y), y_h: output(y_h, n.state), y_c: output(y_c, n.state) } };
-
-        // The tape's own copies, so that the caller may reuse its buffers once this returns.
-        let mut record = OnnxRecord {
-            t,
-            b: batch,
-            threads,
-            x: x.to_vec(),
-            sequence_lens: sequence_lens.map(<[i32]>::to_vec),
-            initial_h: initial_h.map(<[f32]>::to_vec),
-            initial_c: initial_c.map(<[f32]>::to_vec),
-            tape: OnnxTape::new(),
-        };
-        let (packed, generation) = handle.current.snapshot();
-        with_handle_scratch(&handle.scratch, |scratch| {
-            let OnnxRecord { x, sequence_lens, initial_h, initial_c, tape, .. } = &mut record;
-            let (lens, h0, c0) = (sequence_lens.as_deref(), initial_h.as_deref(), initial_c.as_deref());
-            let ws = &mut scratch.workspace;
-            packed.node.forward_train(x, t, batch, lens, h0, c0, out, tape, threads, ws).map(drop)
-        })?;
-        let made = Box::new(MrnnTape { owner: handle.id, generation, record: Record::Onnx(record) });
-        // SAFETY: `tape` is non-NULL, aligned (`Extent::new`) and valid for one write (caller's contract);
-        // it overlaps none of the other buffers (`check_disjoint`).
-        unsafe { tape.write(Box::into_raw(made)) };
-        Ok(())
-    })
+    let input = OnnxInputPtrs { x, sequence_lens, initial_h, initial_c };
+    let output = OnnxOutputPtrs { y, y_h, y_c };
+    // SAFETY: the caller's contract, as `run` requires it.
+    guard("mrnn_onnx_lstm_run_train", || unsafe { run(layer, attrs, input, output, Some(tape)) })
 }
 
 /// The gradients of the ONNX run that made `tape`; see `masked_rnn.h`.
@@ -1016,49 +353,9 @@ pub unsafe extern "C" fn mrnn_onnx_lstm_run_backward(
     d_initial_c: *mut f32,
     dp: *mut f32,
 ) -> i32 {
-    guard("mrnn_onnx_lstm_run_backward", || {
-        // 1. NULL.
-        require("layer", layer)?;
-        require("tape", tape)?;
-        if !layer.is_aligned() {
-            return Err(Error::argument(format!("layer ({layer:p}) is not a handle: misaligned")));
-        }
-        if !tape.is_aligned() {
-            return Err(Error::argument(format!("tape ({tape:p}) is not a tape: misaligned")));
-        }
-        // SAFETY: `layer` is non-NULL and aligned (checked above) and, by the caller's contract, a live
-        // handle from `mrnn_onnx_lstm_new` that nobody frees during this call; the C ABI only ever takes
-        // `&` to it, so this shared reference aliases no `&mut`.
-        let handle = unsafe { &*layer };
-        // SAFETY: likewise a live tape from a `run_train` (caller's contract), which the C ABI never
-        // mutates after creating it.
-        let tape = unsafe { &*tape };
-
-        // 2. Values: the tape is this handle's, made with its current weights.
-        let (packed, generation) = handle.current.snapshot();
-        let record = tape.onnx_for(handle, generation)?;
-        let OnnxRecord { t, b, threads, .. } = *record;
-        let (i, h, d) = (packed.node.input_size(), handle.onnx_attrs.hidden_size, handle.onnx_attrs.direction.count());
-
-        // 3. Sizes (checked at the run that made the tape: they cannot overflow now).
-        let n = OnnxSizes::new(t, b, i, h, d)?;
-
-        // 4. Pointers.
-        let grads = OnnxGradPtrs { dy, dy_h, dy_c, dx, dw, dr, db, d_initial_h, d_initial_c, dp };
-        check_disjoint(&grads.extents(&n)?)?;
-        grads.check_dp(packed.peepholes, "the handle's weights have no peepholes (p was NULL)")?;
-
-        // SAFETY: `extents` and `check_disjoint` succeeded with these sizes just above; the caller
-        // guarantees validity for the documented sizes.
-        let (up, out) = unsafe { grads.slices(&n) };
-        if !onnx_wants_any(&out) {
-            return Ok(());
-        }
-        let OnnxRecord { x, sequence_lens, initial_h, initial_c, tape, .. } = record;
-        let (lens, h0, c0) = (sequence_lens.as_deref(), initial_h.as_deref(), initial_c.as_deref());
-        packed.node.backward(x, t, b, lens, h0, c0, tape, up, out, threads)?;
-        Ok(())
-    })
+    let grads = OnnxGradPtrs { dy, dy_h, dy_c, dx, dw, dr, db, d_initial_h, d_initial_c, dp };
+    // SAFETY: the caller's contract, as `run_backward` requires it.
+    guard("mrnn_onnx_lstm_run_backward", || unsafe { run_backward(layer, tape, grads) })
 }
 
 /// Replaces the weights of an ONNX LSTM handle; see `masked_rnn.h`.
@@ -1075,47 +372,9 @@ pub unsafe extern "C" fn mrnn_onnx_lstm_set_weights(
     b: *const f32,
     p: *const f32,
 ) -> i32 {
-    guard("mrnn_onnx_lstm_set_weights", || {
-        // 1. NULL.
-        require("layer", layer)?;
-        require("w", w)?;
-        require("r", r)?;
-        if !layer.is_aligned() {
-            return Err(Error::argument(format!("layer ({layer:p}) is not a handle: misaligned")));
-        }
-        // SAFETY: `layer` is non-NULL and aligned (checked above) and, by the caller's contract, a live
-        // handle from `mrnn_onnx_lstm_new` that nobody frees during this call; the C ABI only ever takes
-        // `&` to it (the weights are replaced through its lock), so this aliases no `&mut`.
-        let handle = unsafe { &*layer };
-
-        // 2. and 3.: the sizes are the handle's (validated at creation).
-        let (i, h) = (dim("input_size", handle.attrs.input_size)?, dim("hidden_size", handle.attrs.hidden_size)?);
-        let n = OnnxSizes::new(0, 0, i, h, handle.onnx_attrs.direction.count())?;
-
-        // 4. Pointers.
-        let extents = [
-            Extent::new("w", w, n.w, false)?,
-            Extent::new("r", r, n.r, false)?,
-            Extent::new("b", b, n.b, false)?,
-            Extent::new("p", p, n.p, false)?,
-        ];
-        check_disjoint(&extents)?;
-
-        // SAFETY: each pointer is NULL or was checked aligned and non-wrapping by `Extent::new` with the
-        // very length passed here, bounded to isize::MAX bytes by `checked_product`; the caller guarantees
-        // the memory is valid for that length; these are inputs only.
-        let (w, r, b, p) = unsafe {
-            (
-                input(w, n.w).ok_or_else(|| null("w"))?,
-                input(r, n.r).ok_or_else(|| null("r"))?,
-                input(b, n.b),
-                input(p, n.p),
-            )
-        };
-        let node = OnnxLstm::new(handle.onnx_attrs.clone(), i, w, r, b, p)?;
-        handle.current.replace(OnnxNode { node, peepholes: p.is_some() });
-        Ok(())
-    })
+    let weights = OnnxWeightPtrs { w, r, b, p };
+    // SAFETY: the caller's contract, as `set_weights` requires it.
+    guard("mrnn_onnx_lstm_set_weights", || unsafe { set_weights(layer, weights) })
 }
 
 /// Writes the bytes a tape holds to `*bytes`; see `masked_rnn.h`.
@@ -1129,17 +388,14 @@ pub unsafe extern "C" fn mrnn_tape_bytes(tape: *const MrnnTape, bytes: *mut u64)
     guard("mrnn_tape_bytes", || {
         require("tape", tape)?;
         require("bytes", bytes)?;
-        if !tape.is_aligned() {
-            return Err(Error::argument(format!("tape ({tape:p}) is not a tape: misaligned")));
-        }
+        // SAFETY: a live tape (caller's contract), never mutated.
+        let tape = unsafe { live("tape", tape, "a tape") }?;
         if !bytes.is_aligned() {
             return Err(Error::argument(format!("bytes ({bytes:p}) is not aligned to 8 bytes")));
         }
-        // SAFETY: a live tape (caller's contract), non-NULL and aligned (checked above), never mutated.
-        let held = unsafe { &*tape }.bytes();
         // SAFETY: `bytes` is non-NULL and aligned (checked above) and valid for one write (caller's
         // contract); it cannot overlap the tape, which the library allocated.
-        unsafe { bytes.write(held as u64) };
+        unsafe { bytes.write(tape.bytes() as u64) };
         Ok(())
     })
 }
@@ -1150,16 +406,8 @@ pub unsafe extern "C" fn mrnn_tape_bytes(tape: *const MrnnTape, bytes: *mut u64)
 /// `tape` is NULL or a tape not yet freed, which no other thread uses during or after this call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mrnn_tape_free(tape: *mut MrnnTape) {
-    if tape.is_null() {
-        return;
-    }
-    // A panic while dropping (there is none to expect) becomes a last-error message, never an unwind.
-    let _ = guard("mrnn_tape_free", || {
-        // SAFETY: a live tape (caller's contract), i.e. a pointer from `Box::into_raw` not yet reclaimed;
-        // nothing uses it after this call.
-        drop(unsafe { Box::from_raw(tape) });
-        Ok(())
-    });
+    // SAFETY: the caller's contract: a pointer from `Box::into_raw` (a `run_train`) or NULL.
+    unsafe { free_boxed("mrnn_tape_free", tape) }
 }
 
 #[cfg(test)]

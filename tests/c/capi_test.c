@@ -20,8 +20,6 @@
 #define _POSIX_C_SOURCE 200809L
 #include "test_util.h"
 
-#include <pthread.h>
-
 /* ---------------------------------------------------------------- fixtures */
 
 static void lstm_fixture(const char *name) {
@@ -188,33 +186,10 @@ static void masking_fixture(const char *name) {
 }
 
 static int run_fixtures(const char *path) {
-  char kind[32] = "", name[128];
-  int lstm = 0, masking = 0;
-  cases = fopen(path, "r");
-  if (!cases) {
-    printf("cannot open %s\n", path);
-    exit(2);
-  }
-  while (fscanf(cases, "%31s", kind) == 1 && strcmp(kind, "end") != 0) {
-    if (fscanf(cases, "%127s", name) != 1) {
-      printf("malformed cases file (name)\n");
-      exit(2);
-    }
-    if (strcmp(kind, "lstm") == 0) {
-      lstm_fixture(name);
-      lstm++;
-    } else if (strcmp(kind, "masking") == 0) {
-      masking_fixture(name);
-      masking++;
-    } else {
-      printf("unknown case kind %s\n", kind);
-      exit(2);
-    }
-  }
-  CHECK(strcmp(kind, "end") == 0, "cases file does not end with \"end\"");
-  fclose(cases);
-  printf("fixtures: %d lstm, %d masking\n", lstm, masking);
-  return lstm + masking;
+  CaseKind kinds[2] = {{"lstm", lstm_fixture, 0}, {"masking", masking_fixture, 0}};
+  read_cases(path, kinds, 2);
+  printf("fixtures: %d lstm, %d masking\n", kinds[0].count, kinds[1].count);
+  return kinds[0].count + kinds[1].count;
 }
 
 /* ---------------------------------------------------------------- contract */
@@ -448,11 +423,11 @@ static void handle_vs_one_shot(const char *what, MrnnKerasLstm *layer, MrnnKeras
 
 /* Concurrent runs on one handle: each thread runs it several times and compares with `expected`. */
 typedef struct {
+  Tally tally;
   MrnnKerasLstm *layer;
   MrnnKerasLstmAttrs a;
   const float *x, *expected;
   size_t ny;
-  int mismatches, failures;
 } Worker;
 
 static void *worker_main(void *arg) {
@@ -461,9 +436,9 @@ static void *worker_main(void *arg) {
   int k;
   for (k = 0; k < 8; k++) {
     if (mrnn_keras_lstm_run(w->layer, &w->a, w->x, NULL, NULL, NULL, y, NULL, NULL, NULL) != MRNN_OK)
-      w->failures++;
+      w->tally.failures++;
     else if (memcmp(y, w->expected, w->ny * sizeof(float)) != 0 || !canary_intact(y, w->ny))
-      w->mismatches++;
+      w->tally.mismatches++;
   }
   free(y);
   return NULL;
@@ -604,27 +579,17 @@ static void handle_tests(void) {
 
   /* Concurrent runs on one handle, 4 threads x 8 runs, 1 and 2 threads each: all equal the one-shot. */
   {
-    enum { NW = 4 };
-    pthread_t tid[NW];
-    Worker w[NW];
-    int started[NW];
+    Worker w[4];
     layer = NULL;
     st = mrnn_keras_lstm_new(&ok, sk, sr, sbias, &layer);
     a = ok, a.num_threads = 1;
     st |= mrnn_lstm_keras(&a, sx, NULL, sk, sr, sbias, NULL, NULL, y2, NULL, NULL, NULL);
     CHECK(st == MRNN_OK, "concurrent setup: %s", last_error());
-    for (k = 0; k < NW; k++) {
+    for (k = 0; k < 4; k++) {
       w[k].layer = layer, w[k].a = ok, w[k].a.num_threads = 1 + k % 2, w[k].x = sx, w[k].expected = y2;
-      w[k].ny = ny, w[k].mismatches = 0, w[k].failures = 0;
-      started[k] = pthread_create(&tid[k], NULL, worker_main, &w[k]) == 0;
-      CHECK(started[k], "pthread_create %d", k);
+      w[k].ny = ny;
     }
-    for (k = 0; k < NW; k++) {
-      if (!started[k]) continue;
-      pthread_join(tid[k], NULL);
-      CHECK(w[k].failures == 0 && w[k].mismatches == 0, "concurrent thread %d: %d failures, %d mismatches", k,
-            w[k].failures, w[k].mismatches);
-    }
+    run_workers(4, worker_main, w, sizeof w[0]);
     mrnn_keras_lstm_free(layer);
   }
 

@@ -284,32 +284,10 @@ static void stack_case(const char *name) {
 }
 
 static void run_cases(const char *path, int *n_onnx, int *n_stack) {
-  char kind[32] = "", name[160];
-  *n_onnx = 0;
-  *n_stack = 0;
-  cases = fopen(path, "r");
-  if (!cases) {
-    printf("cannot open %s\n", path);
-    exit(2);
-  }
-  while (fscanf(cases, "%31s", kind) == 1 && strcmp(kind, "end") != 0) {
-    if (fscanf(cases, "%159s", name) != 1) {
-      printf("malformed cases file (name)\n");
-      exit(2);
-    }
-    if (strcmp(kind, "onnx") == 0) {
-      onnx_fixture(name);
-      (*n_onnx)++;
-    } else if (strcmp(kind, "stack") == 0) {
-      stack_case(name);
-      (*n_stack)++;
-    } else {
-      printf("unknown case kind %s\n", kind);
-      exit(2);
-    }
-  }
-  CHECK(strcmp(kind, "end") == 0, "cases file does not end with \"end\"");
-  fclose(cases);
+  CaseKind kinds[2] = {{"onnx", onnx_fixture, 0}, {"stack", stack_case, 0}};
+  read_cases(path, kinds, 2);
+  *n_onnx = kinds[0].count;
+  *n_stack = kinds[1].count;
 }
 
 /* ---------------------------------------------------------------- contract */

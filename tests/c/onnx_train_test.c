@@ -35,8 +35,6 @@
 #define _POSIX_C_SOURCE 200809L
 #include "test_util.h"
 
-#include <pthread.h>
-
 enum { NG = 7, NU = 3, NF = 3 };
 static const char *const GRAD_NAMES[NG] = {"dx", "dw", "dr", "db", "d_initial_h", "d_initial_c", "dp"};
 static const char *const FWD_NAMES[NF] = {"y", "y_h", "y_c"};
@@ -60,38 +58,16 @@ typedef struct {
   float tol;
 } Case;
 
-/* Bitwise equality of n floats; reports the first difference. */
-static void same_bits(const char *what, const char *name, const float *got, const float *expected, size_t n) {
-  size_t k;
-  if (memcmp(got, expected, n * sizeof(float)) == 0) {
-    passed++;
-    return;
-  }
-  for (k = 0; k < n && memcmp(&got[k], &expected[k], sizeof(float)) == 0; k++) {
-  }
-  CHECK(0, "%s: %s[%lu] = %.9g, the Rust API gives %.9g (bitwise)", what, name, (unsigned long)k, got[k],
-        expected[k]);
-}
-
 /* The gradients a case can give: all, or all but dp without peepholes. */
 static unsigned all_grads(const Case *c) { return c->p ? ALL_GRADS : NO_DP; }
 
 /* Output buffers for the gradients selected by `want` (bit k: GRAD_NAMES[k]); NULL for the others. */
-static void alloc_grads(const Case *c, unsigned want, float *g[NG]) {
-  int k;
-  for (k = 0; k < NG; k++) g[k] = (want >> k) & 1u ? out_buf(c->ng[k]) : NULL;
-}
+static void alloc_grads(const Case *c, unsigned want, float *g[NG]) { select_outputs(NG, c->ng, want, g); }
 
-/* Compares the selected gradients with the Rust API's, checks their canaries and frees them. */
+/* Compares the selected gradients with the Rust API's (dp: none without peepholes), checks their canaries
+   and frees them. */
 static void check_grads(const char *what, const Case *c, float *g[NG]) {
-  int k;
-  for (k = 0; k < NG; k++) {
-    if (!g[k]) continue;
-    if (c->grad[k]) same_bits(what, GRAD_NAMES[k], g[k], c->grad[k], c->ng[k]);
-    CHECK(canary_intact(g[k], c->ng[k]), "%s: canary past %s overwritten", what, GRAD_NAMES[k]);
-    free(g[k]);
-    g[k] = NULL;
-  }
+  check_outputs(what, NG, GRAD_NAMES, c->ng, c->grad, g);
 }
 
 /* The fixture's gradients, within the case's tolerance. */
@@ -111,26 +87,14 @@ static int32_t run_backward(MrnnOnnxLstm *layer, const MrnnTape *tape, const Cas
                                      g[6]);
 }
 
-/* A heap copy of `bytes` bytes, or NULL for NULL. */
-static void *dup_bytes(const void *p, size_t bytes) {
-  void *q;
-  if (!p) return NULL;
-  q = xmalloc(bytes);
-  memcpy(q, p, bytes);
-  return q;
-}
-
-static void expect_message(const char *what, const char *needle) {
-  CHECK(strstr(mrnn_last_error(), needle) != NULL, "%s: the message does not contain \"%s\": %s", what, needle,
-        last_error());
-}
-
 /* ---------------------------------------------------------------- cases */
 
-static void read_case(Case *c) {
+static void read_case(Case *c, const char *name) {
   long T, B, I, H, has[9];
   size_t d;
   int k;
+  memset(c, 0, sizeof *c);
+  strcpy(c->name, name);
   mrnn_onnx_lstm_attrs_init(&c->a);
   T = read_long(), B = read_long(), I = read_long(), H = read_long();
   c->a.seq_length = T, c->a.batch_size = B, c->a.input_size = I, c->a.hidden_size = H;
@@ -214,13 +178,7 @@ static void grad_case(Case *c) {
     snprintf(what, sizeof what, "%s: dp without p", c->name);
     expect_status(what, one_shot(c, &a, g), MRNN_ERR_BAD_ARGUMENT);
     expect_message(what, "no peepholes");
-    {
-      size_t j;
-      int untouched = canary_intact(dp, c->ng[6]) && canary_intact(dx, c->nx);
-      for (j = 0; j < c->ng[6]; j++) untouched &= memcmp(&dp[j], &(uint32_t){UNSET_BITS}, 4) == 0;
-      for (j = 0; j < c->nx; j++) untouched &= memcmp(&dx[j], &(uint32_t){UNSET_BITS}, 4) == 0;
-      CHECK(untouched, "%s: a refused call wrote an output", what);
-    }
+    CHECK(unwritten(dp, c->ng[6]) && unwritten(dx, c->nx), "%s: a refused call wrote an output", what);
     free(dp), free(dx);
   }
 
@@ -239,16 +197,12 @@ static void grad_case(Case *c) {
       free(x), free(h0), free(c0), free(lens);
       return;
     }
-    for (k = 0; k < NF; k++) outs[k] = out_buf(c->nf[k]);
+    select_outputs(NF, c->nf, 0x7u, outs);
     a = c->a, a.num_threads = quick ? 1 : 2; /* run_backward uses run_train's; any gives the same bits */
     st = mrnn_onnx_lstm_run_train(layer, &a, x, lens, h0, c0, outs[0], outs[1], outs[2], &tape);
     snprintf(what, sizeof what, "%s: mrnn_onnx_lstm_run_train", c->name);
     CHECK(st == MRNN_OK && tape, "%s: status %d: %s", what, (int)st, last_error());
-    for (k = 0; k < NF; k++) {
-      same_bits(what, FWD_NAMES[k], outs[k], c->fwd[k], c->nf[k]);
-      CHECK(canary_intact(outs[k], c->nf[k]), "%s: canary past %s overwritten", what, FWD_NAMES[k]);
-      free(outs[k]);
-    }
+    check_outputs(what, NF, FWD_NAMES, c->nf, c->fwd, outs);
     /* Every forward output NULL: a tape all the same. */
     if (!quick) {
       a.num_threads = 0;
@@ -300,35 +254,27 @@ static void grad_case(Case *c) {
   }
 }
 
+static int n_cases = 0;
+
+/* One "ograd" case of the cases file; quick: the fixtures in their own layout only (their twins in the
+   other layout run normally). */
+static void one_case(const char *name) {
+  Case c;
+  read_case(&c, name);
+  if (!quick || strchr(c.name, '@') == NULL) {
+    grad_case(&c);
+    n_cases++;
+  }
+  free_case(&c);
+}
+
 static int run_cases(const char *path) {
-  char kind[32] = "";
-  int n = 0;
-  cases = fopen(path, "r");
-  if (!cases) {
-    printf("cannot open %s\n", path);
-    exit(2);
-  }
-  while (fscanf(cases, "%31s", kind) == 1 && strcmp(kind, "end") != 0) {
-    Case c;
-    memset(&c, 0, sizeof c);
-    if (strcmp(kind, "ograd") != 0 || fscanf(cases, "%159s", c.name) != 1) {
-      printf("malformed cases file (%s)\n", kind);
-      exit(2);
-    }
-    read_case(&c);
-    /* quick: the fixtures in their own layout only (their twins in the other layout run normally). */
-    if (!quick || strchr(c.name, '@') == NULL) {
-      grad_case(&c);
-      n++;
-    }
-    free_case(&c);
-  }
-  CHECK(strcmp(kind, "end") == 0, "cases file does not end with \"end\"");
-  fclose(cases);
-  printf("ONNX gradient cases: %d (%d with fixture gradients)\n", n, fixture_count);
+  CaseKind kinds[1] = {{"ograd", one_case, 0}};
+  read_cases(path, kinds, 1);
+  printf("ONNX gradient cases: %d (%d with fixture gradients)\n", n_cases, fixture_count);
   CHECK(fixture_count == (quick ? 16 : 32), "expected %d fixture cases (16 fixtures%s), got %d", quick ? 16 : 32,
         quick ? "" : " in both layouts", fixture_count);
-  return n;
+  return n_cases;
 }
 
 /* ---------------------------------------------------------------- contract */
@@ -360,43 +306,7 @@ static MrnnOnnxLstmAttrs small_attrs(int32_t layout) {
 }
 
 /* Every gradient output of the small problem, each followed by a canary. */
-typedef struct {
-  float *g[NG];
-} Grads;
-
-static Grads small_grads(void) {
-  Grads r;
-  int k;
-  for (k = 0; k < NG; k++) r.g[k] = out_buf(small_sizes[k]);
-  return r;
-}
-
-static void free_grads(Grads *r) {
-  int k;
-  for (k = 0; k < NG; k++) free(r->g[k]), r->g[k] = NULL;
-}
-
-/* Whether every output still holds its unset pattern and every canary is intact. */
-static int untouched(const Grads *r) {
-  int k;
-  size_t j;
-  for (k = 0; k < NG; k++) {
-    for (j = 0; j < small_sizes[k]; j++) {
-      uint32_t u;
-      memcpy(&u, &r->g[k][j], sizeof u);
-      if (u != UNSET_BITS) return 0;
-    }
-    if (!canary_intact(r->g[k], small_sizes[k])) return 0;
-  }
-  return 1;
-}
-
-static int same_grads(const Grads *p, const Grads *q) {
-  int k;
-  for (k = 0; k < NG; k++)
-    if (memcmp(p->g[k], q->g[k], (small_sizes[k] + CANARY) * sizeof(float)) != 0) return 0;
-  return 1;
-}
+static Grads small_grads(void) { return new_grads(NG, small_sizes); }
 
 static int32_t small_backward(const MrnnOnnxLstmAttrs *a, const Grads *r) {
   return mrnn_lstm_onnx_backward(a, sx, sw, sr, sb, slens, sh0, sc0, sp, sdy, sdyh, NULL, r->g[0], r->g[1], r->g[2],
@@ -640,29 +550,21 @@ static void one_shot_contract(int32_t layout) {
 
 /* Concurrent training on one handle: each thread trains and differentiates, and compares. */
 typedef struct {
+  Tally tally;
   MrnnOnnxLstm *layer;
   const Grads *expected;
   int32_t layout;
-  int mismatches, failures;
 } Worker;
 
-static void *worker_main(void *arg) {
+/* One training step of a worker: run_train with `threads`, then run_backward into `r`. */
+static int32_t train_step(void *arg, int32_t threads, MrnnTape **tape, const Grads *r) {
   Worker *w = (Worker *)arg;
   MrnnOnnxLstmAttrs a = small_attrs(w->layout);
-  int k;
-  for (k = 0; k < 4; k++) {
-    MrnnTape *tape = NULL;
-    Grads r = small_grads();
-    a.num_threads = 1 + k % 2;
-    if (small_run_train(w->layer, &a, &tape) != MRNN_OK || small_run_backward(w->layer, tape, &r) != MRNN_OK)
-      w->failures++;
-    else if (!same_grads(&r, w->expected))
-      w->mismatches++;
-    mrnn_tape_free(tape);
-    free_grads(&r);
-  }
-  return NULL;
+  a.num_threads = threads;
+  return small_run_train(w->layer, &a, tape) != MRNN_OK ? MRNN_ERR_INTERNAL : small_run_backward(w->layer, *tape, r);
 }
+
+static void *worker_main(void *arg) { return train_worker(arg, ((Worker *)arg)->expected, small_grads, train_step); }
 
 /* A Keras handle and one of its tapes, to give to the ONNX functions (and the reverse). */
 static MrnnTape *keras_tape(MrnnKerasLstm **layer) {
@@ -748,12 +650,7 @@ static void handle_contract(int32_t layout) {
                 mrnn_onnx_lstm_run_train(layer, &ok, sx, NULL, NULL, NULL, NULL, yh, yh + 1, &slot),
                 MRNN_ERR_BAD_ARGUMENT);
   CHECK(slot == sentinel, "a failing run_train wrote *tape");
-  {
-    size_t j;
-    int unset = canary_intact(y, NY) && canary_intact(yh, NS);
-    for (j = 0; j < NY; j++) unset &= memcmp(&y[j], &(uint32_t){UNSET_BITS}, 4) == 0;
-    CHECK(unset, "a failing run_train wrote y or a canary");
-  }
+  CHECK(unwritten(y, NY) && canary_intact(yh, NS), "a failing run_train wrote y or a canary");
 
   /* A tape; mrnn_tape_bytes. */
   st = small_run_train(layer, &ok, &tape);
@@ -915,21 +812,9 @@ static void handle_contract(int32_t layout) {
 
   /* Concurrent training on one handle (its weights are w2, r2, no bias, sp now). */
   {
-    enum { NW_ = 3 };
-    pthread_t tid[NW_];
-    Worker w[NW_];
-    int started[NW_];
-    for (k = 0; k < NW_; k++) {
-      w[k].layer = layer, w[k].expected = &f, w[k].layout = layout, w[k].mismatches = 0, w[k].failures = 0;
-      started[k] = pthread_create(&tid[k], NULL, worker_main, &w[k]) == 0;
-      CHECK(started[k], "pthread_create %d", k);
-    }
-    for (k = 0; k < NW_; k++) {
-      if (!started[k]) continue;
-      pthread_join(tid[k], NULL);
-      CHECK(w[k].failures == 0 && w[k].mismatches == 0, "concurrent thread %d: %d failures, %d mismatches", k,
-            w[k].failures, w[k].mismatches);
-    }
+    Worker w[3];
+    for (k = 0; k < 3; k++) w[k].layer = layer, w[k].expected = &f, w[k].layout = layout;
+    run_workers(3, worker_main, w, sizeof w[0]);
   }
 
   /* Handles first: tapes may outlive them. */

@@ -29,8 +29,6 @@
 #define _POSIX_C_SOURCE 200809L
 #include "test_util.h"
 
-#include <pthread.h>
-
 enum { NG = 6, NU = 4, NF = 4 };
 static const char *const GRAD_NAMES[NG] = {"dx", "d_kernel", "d_recurrent_kernel", "d_bias", "d_initial_h",
                                            "d_initial_c"};
@@ -41,7 +39,7 @@ static const char *const FWD_NAMES[NF] = {"y", "last_output", "h_n", "c_n"};
 static int quick = 0;
 
 typedef struct {
-  char name[128];
+  char name[160];
   MrnnKerasLstmAttrs a;
   size_t nx, nm, nk, nr, nb, ns, ny;
   size_t ng[NG], nf[NF], nu[NU];
@@ -54,35 +52,12 @@ typedef struct {
   float tol;
 } Case;
 
-/* Bitwise equality of n floats; reports the first difference. */
-static void same_bits(const char *what, const char *name, const float *got, const float *expected, size_t n) {
-  size_t k;
-  if (memcmp(got, expected, n * sizeof(float)) == 0) {
-    passed++;
-    return;
-  }
-  for (k = 0; k < n && memcmp(&got[k], &expected[k], sizeof(float)) == 0; k++) {
-  }
-  CHECK(0, "%s: %s[%lu] = %.9g, the Rust API gives %.9g (bitwise)", what, name, (unsigned long)k, got[k],
-        expected[k]);
-}
-
 /* Output buffers for the gradients selected by `want` (bit k: GRAD_NAMES[k]); NULL for the others. */
-static void alloc_grads(const Case *c, unsigned want, float *g[NG]) {
-  int k;
-  for (k = 0; k < NG; k++) g[k] = (want >> k) & 1u ? out_buf(c->ng[k]) : NULL;
-}
+static void alloc_grads(const Case *c, unsigned want, float *g[NG]) { select_outputs(NG, c->ng, want, g); }
 
 /* Compares the selected gradients with the Rust API's, checks their canaries and frees them. */
 static void check_grads(const char *what, const Case *c, float *g[NG]) {
-  int k;
-  for (k = 0; k < NG; k++) {
-    if (!g[k]) continue;
-    same_bits(what, GRAD_NAMES[k], g[k], c->grad[k], c->ng[k]);
-    CHECK(canary_intact(g[k], c->ng[k]), "%s: canary past %s overwritten", what, GRAD_NAMES[k]);
-    free(g[k]);
-    g[k] = NULL;
-  }
+  check_outputs(what, NG, GRAD_NAMES, c->ng, c->grad, g);
 }
 
 static int32_t one_shot(const Case *c, const MrnnKerasLstmAttrs *a, float *g[NG]) {
@@ -95,20 +70,13 @@ static int32_t run_backward(MrnnKerasLstm *layer, const MrnnTape *tape, const Ca
                                       g[4], g[5]);
 }
 
-/* A heap copy of n values (n may be 0), or NULL for NULL. */
-static void *dup_bytes(const void *p, size_t bytes) {
-  void *q;
-  if (!p) return NULL;
-  q = xmalloc(bytes);
-  memcpy(q, p, bytes);
-  return q;
-}
-
 /* ---------------------------------------------------------------- cases */
 
-static void read_case(Case *c) {
+static void read_case(Case *c, const char *name) {
   long B, T, I, H, has[9];
   int k;
+  memset(c, 0, sizeof *c);
+  strcpy(c->name, name);
   mrnn_keras_lstm_attrs_init(&c->a);
   B = read_long(), T = read_long(), I = read_long(), H = read_long();
   c->a.batch_size = B, c->a.seq_length = T, c->a.input_size = I, c->a.hidden_size = H;
@@ -195,16 +163,12 @@ static void grad_case(Case *c) {
       free(x), free(h0), free(c0), free(mask);
       return;
     }
-    for (k = 0; k < NF; k++) outs[k] = out_buf(c->nf[k]);
+    select_outputs(NF, c->nf, 0xfu, outs);
     a = c->a, a.num_threads = quick ? 1 : 2; /* run_backward uses run_train's; any gives the same bits */
     st = mrnn_keras_lstm_run_train(layer, &a, x, mask, h0, c0, outs[0], outs[1], outs[2], outs[3], &tape);
     snprintf(what, sizeof what, "%s: mrnn_keras_lstm_run_train", c->name);
     CHECK(st == MRNN_OK && tape, "%s: status %d: %s", what, (int)st, last_error());
-    for (k = 0; k < NF; k++) {
-      same_bits(what, FWD_NAMES[k], outs[k], c->fwd[k], c->nf[k]);
-      CHECK(canary_intact(outs[k], c->nf[k]), "%s: canary past %s overwritten", what, FWD_NAMES[k]);
-      free(outs[k]);
-    }
+    check_outputs(what, NF, FWD_NAMES, c->nf, c->fwd, outs);
     /* Every forward output NULL: a tape all the same. */
     if (!quick) {
       a.num_threads = 0;
@@ -244,30 +208,19 @@ static void grad_case(Case *c) {
   }
 }
 
+/* One "grad" case of the cases file. */
+static void one_case(const char *name) {
+  Case c;
+  read_case(&c, name);
+  grad_case(&c);
+  free_case(&c);
+}
+
 static int run_cases(const char *path) {
-  char kind[32] = "";
-  int n = 0;
-  cases = fopen(path, "r");
-  if (!cases) {
-    printf("cannot open %s\n", path);
-    exit(2);
-  }
-  while (fscanf(cases, "%31s", kind) == 1 && strcmp(kind, "end") != 0) {
-    Case c;
-    memset(&c, 0, sizeof c);
-    if (strcmp(kind, "grad") != 0 || fscanf(cases, "%127s", c.name) != 1) {
-      printf("malformed cases file (%s)\n", kind);
-      exit(2);
-    }
-    read_case(&c);
-    grad_case(&c);
-    free_case(&c);
-    n++;
-  }
-  CHECK(strcmp(kind, "end") == 0, "cases file does not end with \"end\"");
-  fclose(cases);
-  printf("gradient cases: %d\n", n);
-  return n;
+  CaseKind kinds[1] = {{"grad", one_case, 0}};
+  read_cases(path, kinds, 1);
+  printf("gradient cases: %d\n", kinds[0].count);
+  return kinds[0].count;
 }
 
 /* ---------------------------------------------------------------- contract */
@@ -292,46 +245,10 @@ static MrnnKerasLstmAttrs small_attrs(void) {
   return a;
 }
 
-/* Every gradient output of the small problem, each followed by a canary. */
-typedef struct {
-  float *g[NG];
-} Grads;
-
 static const size_t small_sizes[NG] = {NX, NK, NR, 4 * SH, NS, NS};
 
-static Grads small_grads(void) {
-  Grads r;
-  int k;
-  for (k = 0; k < NG; k++) r.g[k] = out_buf(small_sizes[k]);
-  return r;
-}
-
-static void free_grads(Grads *r) {
-  int k;
-  for (k = 0; k < NG; k++) free(r->g[k]), r->g[k] = NULL;
-}
-
-/* Whether every output still holds its unset pattern and every canary is intact. */
-static int untouched(const Grads *r) {
-  int k;
-  size_t j;
-  for (k = 0; k < NG; k++) {
-    for (j = 0; j < small_sizes[k]; j++) {
-      uint32_t u;
-      memcpy(&u, &r->g[k][j], sizeof u);
-      if (u != UNSET_BITS) return 0;
-    }
-    if (!canary_intact(r->g[k], small_sizes[k])) return 0;
-  }
-  return 1;
-}
-
-static int same_grads(const Grads *p, const Grads *q) {
-  int k;
-  for (k = 0; k < NG; k++)
-    if (memcmp(p->g[k], q->g[k], (small_sizes[k] + CANARY) * sizeof(float)) != 0) return 0;
-  return 1;
-}
+/* Every gradient output of the small problem, each followed by a canary. */
+static Grads small_grads(void) { return new_grads(NG, small_sizes); }
 
 static int32_t small_backward(const MrnnKerasLstmAttrs *a, const float *x, const Grads *r) {
   return mrnn_lstm_keras_backward(a, x, smask, sk, sr, sbias, sh0, NULL, sdy, sdl, NULL, NULL, r->g[0], r->g[1],
@@ -345,11 +262,6 @@ static int32_t small_run_backward(MrnnKerasLstm *layer, const MrnnTape *tape, co
 
 static int32_t small_run_train(MrnnKerasLstm *layer, const MrnnKerasLstmAttrs *a, MrnnTape **tape) {
   return mrnn_keras_lstm_run_train(layer, a, sx, smask, sh0, NULL, NULL, NULL, NULL, NULL, tape);
-}
-
-static void expect_message(const char *what, const char *needle) {
-  CHECK(strstr(mrnn_last_error(), needle) != NULL, "%s: the message does not contain \"%s\": %s", what, needle,
-        last_error());
 }
 
 static void one_shot_contract(void) {
@@ -492,28 +404,20 @@ static void one_shot_contract(void) {
 
 /* Concurrent training on one handle: each thread trains and differentiates, and compares. */
 typedef struct {
+  Tally tally;
   MrnnKerasLstm *layer;
   const Grads *expected;
-  int mismatches, failures;
 } Worker;
 
-static void *worker_main(void *arg) {
+/* One training step of a worker: run_train with `threads`, then run_backward into `r`. */
+static int32_t train_step(void *arg, int32_t threads, MrnnTape **tape, const Grads *r) {
   Worker *w = (Worker *)arg;
   MrnnKerasLstmAttrs a = small_attrs();
-  int k;
-  for (k = 0; k < 4; k++) {
-    MrnnTape *tape = NULL;
-    Grads r = small_grads();
-    a.num_threads = 1 + k % 2;
-    if (small_run_train(w->layer, &a, &tape) != MRNN_OK || small_run_backward(w->layer, tape, &r) != MRNN_OK)
-      w->failures++;
-    else if (!same_grads(&r, w->expected))
-      w->mismatches++;
-    mrnn_tape_free(tape);
-    free_grads(&r);
-  }
-  return NULL;
+  a.num_threads = threads;
+  return small_run_train(w->layer, &a, tape) != MRNN_OK ? MRNN_ERR_INTERNAL : small_run_backward(w->layer, *tape, r);
 }
+
+static void *worker_main(void *arg) { return train_worker(arg, ((Worker *)arg)->expected, small_grads, train_step); }
 
 static void handle_contract(void) {
   MrnnKerasLstmAttrs ok = small_attrs(), a;
@@ -673,21 +577,9 @@ static void handle_contract(void) {
 
   /* Concurrent training on one handle (its weights are k2, r2 now). */
   {
-    enum { NW = 3 };
-    pthread_t tid[NW];
-    Worker w[NW];
-    int started[NW];
-    for (k = 0; k < NW; k++) {
-      w[k].layer = layer, w[k].expected = &f, w[k].mismatches = 0, w[k].failures = 0;
-      started[k] = pthread_create(&tid[k], NULL, worker_main, &w[k]) == 0;
-      CHECK(started[k], "pthread_create %d", k);
-    }
-    for (k = 0; k < NW; k++) {
-      if (!started[k]) continue;
-      pthread_join(tid[k], NULL);
-      CHECK(w[k].failures == 0 && w[k].mismatches == 0, "concurrent thread %d: %d failures, %d mismatches", k,
-            w[k].failures, w[k].mismatches);
-    }
+    Worker w[3];
+    for (k = 0; k < 3; k++) w[k].layer = layer, w[k].expected = &f;
+    run_workers(3, worker_main, w, sizeof w[0]);
   }
 
   mrnn_tape_free(tape);

@@ -1,0 +1,484 @@
+//! The Keras LSTM as a layer kind of the C ABI ([`Kind`] for [`MrnnKerasLstm`]): its attributes' values
+//! (`keras_args`), its sizes (`KerasSizes`), its pointer groups and the runs of its packed layer. Every
+//! Keras function validates and runs through the one path of every kind (module `layer`).
+//!
+//! A run's inputs (`KerasInput`) serve the forward, the forward that fills a tape and the backward,
+//! whether they are the caller's buffers or a tape's copies of them.
+
+use super::handle::{keras_attrs_match, Core, MrnnKerasLstm};
+use super::layer::{Kind, Ptrs};
+use super::train::{KerasRecord, Record};
+use super::*;
+use crate::frameworks::keras::{KerasGrads, KerasTape, KerasUpstream};
+
+/// The validated values of an `MrnnKerasLstmAttrs`: the layer options, the sizes and the thread count.
+#[derive(Debug)]
+pub(super) struct KerasArgs {
+    pub(super) options: KerasLstmOptions,
+    pub(super) b: usize,
+    pub(super) t: usize,
+    pub(super) i: usize,
+    pub(super) h: usize,
+    pub(super) threads: usize,
+}
+
+/// Step 2 and the size conversions of step 3: every value check on `a`.
+fn keras_args(a: &MrnnKerasLstmAttrs) -> Result<KerasArgs> {
+    let sizes = [
+        ("batch_size", a.batch_size),
+        ("seq_length", a.seq_length),
+        ("input_size", a.input_size),
+        ("hidden_size", a.hidden_size),
+    ];
+    layer_sizes(&sizes)?;
+    let go_backwards = flag("go_backwards", a.go_backwards)?;
+    let zero_output_for_mask = flag("zero_output_for_mask", a.zero_output_for_mask)?;
+    let activation = keras_activation(a.activation, f32::NAN, f32::NAN)
+        .map_err(|e| Error::argument(format!("activation: {}", e.message())))?;
+    let recurrent_activation = keras_activation(a.recurrent_activation, a.recurrent_alpha, a.recurrent_beta)
+        .map_err(|e| Error::argument(format!("recurrent_activation: {}", e.message())))?;
+    let threads = thread_count(a.num_threads)?;
+    let [b, t, i, h] = dims(sizes)?;
+    let options = KerasLstmOptions::default()
+        .activation(activation)
+        .recurrent_activation(recurrent_activation)
+        .go_backwards(go_backwards)
+        .zero_output_for_mask(zero_output_for_mask);
+    Ok(KerasArgs { options, b, t, i, h, threads })
+}
+
+/// The dimensions of a Keras call and the element counts of its tensors (step 3, checked in this order).
+pub(super) struct KerasSizes {
+    b: usize,
+    t: usize,
+    i: usize,
+    h: usize,
+    gates: usize,
+    x: usize,
+    mask: usize,
+    kernel: usize,
+    recurrent: usize,
+    state: usize,
+    y: usize,
+}
+
+impl KerasSizes {
+    /// A run of `B` sequences of `T` steps through a layer of sizes `I`, `H` (`B = T = 0`: the weights
+    /// alone).
+    fn new(b: usize, t: usize, i: usize, h: usize) -> Result<Self> {
+        let gates = checked_product(&[4, h], "bias [4H]")?;
+        Ok(KerasSizes {
+            b,
+            t,
+            i,
+            h,
+            gates,
+            x: checked_product(&[b, t, i], "x [B,T,I]")?,
+            mask: checked_product(&[b, t], "mask [B,T]")?,
+            kernel: checked_product(&[i, gates], "kernel [I,4H]")?,
+            recurrent: checked_product(&[h, gates], "recurrent_kernel [H,4H]")?,
+            state: checked_product(&[b, h], "state [B,H]")?,
+            y: checked_product(&[b, t, h], "y [B,T,H]")?,
+        })
+    }
+}
+
+/// The inputs of a run, as caller pointers: `x [B,T,I]` (required), `mask [B,T]`, initial states `[B,H]`.
+#[derive(Clone, Copy)]
+pub(super) struct KerasInputPtrs {
+    pub(super) x: *const f32,
+    pub(super) mask: *const u8,
+    pub(super) initial_h: *const f32,
+    pub(super) initial_c: *const f32,
+}
+
+impl KerasInputPtrs {
+    fn extents(&self, n: &KerasSizes) -> [Option<Extent>; 4] {
+        [
+            Extent::new("x", self.x, n.x, false),
+            Extent::new("mask", self.mask, n.mask, false),
+            Extent::new("initial_h", self.initial_h, n.state, false),
+            Extent::new("initial_c", self.initial_c, n.state, false),
+        ]
+    }
+
+    /// The inputs, with the valid steps of the mask.
+    ///
+    /// # Safety
+    /// Steps 1 to 4 passed for these pointers with the sizes `n`; each non-NULL one is valid for reading
+    /// its size during `'a`, and nothing writes it meanwhile (the caller's contract).
+    unsafe fn slices<'a>(&self, n: &KerasSizes) -> Result<KerasInput<&'a [f32]>> {
+        // SAFETY: each pointer is NULL or was checked aligned and non-wrapping with the very length passed
+        // here, which `checked_product` bounds to isize::MAX bytes; valid by this function's contract.
+        let (x, mask, initial_h, initial_c) = unsafe {
+            (
+                required("x", self.x, n.x)?,
+                input(self.mask, n.mask),
+                input(self.initial_h, n.state),
+                input(self.initial_c, n.state),
+            )
+        };
+        let view = match mask {
+            Some(m) => SeqView::from_mask_bytes(m, n.b, n.t)?,
+            None => SeqView::full(n.b, n.t),
+        };
+        Ok(KerasInput { x, view, initial_h, initial_c })
+    }
+}
+
+/// The weights, as caller pointers: `kernel [I,4H]`, `recurrent_kernel [H,4H]` (both required), `bias [4H]`.
+#[derive(Clone, Copy)]
+pub(super) struct KerasWeightPtrs {
+    pub(super) kernel: *const f32,
+    pub(super) recurrent_kernel: *const f32,
+    pub(super) bias: *const f32,
+}
+
+impl KerasWeightPtrs {
+    fn extents(&self, n: &KerasSizes) -> [Option<Extent>; 3] {
+        [
+            Extent::new("kernel", self.kernel, n.kernel, false),
+            Extent::new("recurrent_kernel", self.recurrent_kernel, n.recurrent, false),
+            Extent::new("bias", self.bias, n.gates, false),
+        ]
+    }
+
+    /// The layer packed from the weights.
+    ///
+    /// # Safety
+    /// As [`KerasInputPtrs::slices`].
+    unsafe fn pack(&self, n: &KerasSizes, options: KerasLstmOptions) -> Result<KerasLstm> {
+        // SAFETY: as in `KerasInputPtrs::slices`; the slices live for this call only.
+        let (kernel, recurrent_kernel, bias) = unsafe {
+            (
+                required("kernel", self.kernel, n.kernel)?,
+                required("recurrent_kernel", self.recurrent_kernel, n.recurrent)?,
+                input(self.bias, n.gates),
+            )
+        };
+        KerasLstm::new(LstmWeights::from_keras(n.i, n.h, kernel, recurrent_kernel, bias)?, options)
+    }
+}
+
+/// The outputs of a run, as caller pointers: `y [B,T,H]`, `last_output`, `h_n`, `c_n [B,H]`.
+#[derive(Clone, Copy)]
+pub(super) struct KerasOutputPtrs {
+    pub(super) y: *mut f32,
+    pub(super) last_output: *mut f32,
+    pub(super) h_n: *mut f32,
+    pub(super) c_n: *mut f32,
+}
+
+impl KerasOutputPtrs {
+    fn extents(&self, n: &KerasSizes) -> [Option<Extent>; 4] {
+        [
+            Extent::new("y", self.y, n.y, true),
+            Extent::new("last_output", self.last_output, n.state, true),
+            Extent::new("h_n", self.h_n, n.state, true),
+            Extent::new("c_n", self.c_n, n.state, true),
+        ]
+    }
+
+    /// The output slices.
+    ///
+    /// # Safety
+    /// As [`KerasInputPtrs::slices`], for writes; step 4 proved that no output overlaps another buffer, and
+    /// nothing else accesses them during `'a`.
+    unsafe fn slices<'a>(&self, n: &KerasSizes) -> KerasOutputs<'a> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            KerasOutputs {
+                y: output(self.y, n.y),
+                last_output: output(self.last_output, n.state),
+                h_n: output(self.h_n, n.state),
+                c_n: output(self.c_n, n.state),
+            }
+        }
+    }
+}
+
+/// The upstream gradients of a Keras backward, as caller pointers: `dy [B,T,H]`, `d_last_output`,
+/// `d_h_n`, `d_c_n [B,H]`.
+#[derive(Clone, Copy)]
+pub(super) struct KerasUpstreamPtrs {
+    pub(super) dy: *const f32,
+    pub(super) d_last_output: *const f32,
+    pub(super) d_h_n: *const f32,
+    pub(super) d_c_n: *const f32,
+}
+
+/// The gradient outputs of a Keras backward, as caller pointers, shaped as `x`, the weights and the
+/// initial states.
+#[derive(Clone, Copy)]
+pub(super) struct KerasGradOutPtrs {
+    pub(super) dx: *mut f32,
+    pub(super) d_kernel: *mut f32,
+    pub(super) d_recurrent_kernel: *mut f32,
+    pub(super) d_bias: *mut f32,
+    pub(super) d_initial_h: *mut f32,
+    pub(super) d_initial_c: *mut f32,
+}
+
+/// The upstream gradients and gradient outputs of a Keras backward.
+#[derive(Clone, Copy)]
+pub(super) struct KerasGradPtrs {
+    pub(super) up: KerasUpstreamPtrs,
+    pub(super) out: KerasGradOutPtrs,
+}
+
+impl KerasGradPtrs {
+    fn extents(&self, n: &KerasSizes) -> [Option<Extent>; 10] {
+        let (up, out) = (&self.up, &self.out);
+        [
+            Extent::new("dy", up.dy, n.y, false),
+            Extent::new("d_last_output", up.d_last_output, n.state, false),
+            Extent::new("d_h_n", up.d_h_n, n.state, false),
+            Extent::new("d_c_n", up.d_c_n, n.state, false),
+            Extent::new("dx", out.dx, n.x, true),
+            Extent::new("d_kernel", out.d_kernel, n.kernel, true),
+            Extent::new("d_recurrent_kernel", out.d_recurrent_kernel, n.recurrent, true),
+            Extent::new("d_bias", out.d_bias, n.gates, true),
+            Extent::new("d_initial_h", out.d_initial_h, n.state, true),
+            Extent::new("d_initial_c", out.d_initial_c, n.state, true),
+        ]
+    }
+
+    /// The upstream and gradient slices.
+    ///
+    /// # Safety
+    /// As [`KerasOutputPtrs::slices`].
+    unsafe fn slices<'a>(&self, n: &KerasSizes) -> (KerasUpstream<'a>, KerasGrads<'a>) {
+        let (up, out) = (&self.up, &self.out);
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            (
+                KerasUpstream {
+                    dy: input(up.dy, n.y),
+                    d_last_output: input(up.d_last_output, n.state),
+                    d_h_n: input(up.d_h_n, n.state),
+                    d_c_n: input(up.d_c_n, n.state),
+                },
+                KerasGrads {
+                    dx: output(out.dx, n.x),
+                    d_kernel: output(out.d_kernel, n.kernel),
+                    d_recurrent_kernel: output(out.d_recurrent_kernel, n.recurrent),
+                    d_bias: output(out.d_bias, n.gates),
+                    d_initial_h: output(out.d_initial_h, n.state),
+                    d_initial_c: output(out.d_initial_c, n.state),
+                },
+            )
+        }
+    }
+}
+
+/// A run's validated inputs: `x [B,T,I]`, its valid steps, and the halves of the initial state as given;
+/// the caller's buffers (`X = &[f32]`) or a tape's copies of them (`X = Vec<f32>`).
+#[derive(Debug)]
+pub(super) struct KerasInput<X> {
+    x: X,
+    view: SeqView,
+    initial_h: Option<X>,
+    initial_c: Option<X>,
+}
+
+impl<X: AsRef<[f32]>> KerasInput<X> {
+    /// The initial state for a layer of `units`: a missing half is zeros (`zeros`, resized), both missing
+    /// is `None`.
+    fn initial<'s>(&'s self, units: usize, zeros: &'s mut Vec<f32>) -> Result<Option<InitialState<'s>>> {
+        Ok(match (self.initial_h.as_ref().map(AsRef::as_ref), self.initial_c.as_ref().map(AsRef::as_ref)) {
+            (None, None) => None,
+            (Some(h), Some(c)) => Some(InitialState { h, c }),
+            (h, c) => {
+                zeros.clear();
+                zeros.resize(checked_product(&[self.view.batch(), units], "state [B,H]")?, 0.0);
+                let zeros: &'s [f32] = zeros;
+                Some(InitialState { h: h.unwrap_or(zeros), c: c.unwrap_or(zeros) })
+            }
+        })
+    }
+
+    /// The forward pass through a packed layer: `forward_in`, or with a tape `forward_train`, which fills it.
+    fn forward(
+        &self,
+        layer: &KerasLstm,
+        out: KerasOutputs<'_>,
+        tape: Option<&mut KerasTape>,
+        threads: usize,
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        let Scratch { workspace, zeros } = scratch;
+        let (x, view) = (self.x.as_ref(), &self.view);
+        let initial = self.initial(layer.units(), zeros)?;
+        match tape {
+            Some(tape) => layer.forward_train(x, view, initial, out, tape, threads, workspace),
+            None => layer.forward_in(x, view, initial, out, threads, workspace),
+        }
+        .map(drop)
+    }
+
+    /// The gradients of the forward pass that filled `tape` with these inputs.
+    fn backward(
+        &self,
+        layer: &KerasLstm,
+        tape: &KerasTape,
+        (up, grads): (KerasUpstream<'_>, KerasGrads<'_>),
+        threads: usize,
+        zeros: &mut Vec<f32>,
+    ) -> Result<()> {
+        let initial = self.initial(layer.units(), zeros)?;
+        layer.backward(self.x.as_ref(), &self.view, initial, tape, up, grads, threads).map(drop)
+    }
+}
+
+impl KerasInput<&[f32]> {
+    /// The tape's own copies, so that the caller may reuse its buffers once `run_train` returns.
+    fn copy(&self) -> KerasInput<Vec<f32>> {
+        KerasInput {
+            x: self.x.to_vec(),
+            view: self.view.clone(),
+            initial_h: self.initial_h.map(<[f32]>::to_vec),
+            initial_c: self.initial_c.map(<[f32]>::to_vec),
+        }
+    }
+}
+
+impl KerasInput<Vec<f32>> {
+    /// Bytes held (the vectors' capacities, the view's runs and ranges).
+    pub(super) fn bytes(&self) -> usize {
+        let floats = self.x.capacity()
+            + self.initial_h.as_ref().map_or(0, Vec::capacity)
+            + self.initial_c.as_ref().map_or(0, Vec::capacity);
+        let runs: usize = (0..self.view.batch()).map(|s| self.view.run_count(s)).sum();
+        floats * 4
+            + runs * std::mem::size_of::<crate::view::Run>()
+            + self.view.batch() * 2 * std::mem::size_of::<usize>()
+    }
+}
+
+impl Kind for MrnnKerasLstm {
+    const NAME: &'static str = "Keras LSTM";
+    const PREFIX: &'static str = "mrnn_keras_lstm";
+    type Attrs = MrnnKerasLstmAttrs;
+    type Args = KerasArgs;
+    type Sizes = KerasSizes;
+    type Packed = KerasLstm;
+    type Input = KerasInputPtrs;
+    type Weights = KerasWeightPtrs;
+    type Output = KerasOutputPtrs;
+    type Grads = KerasGradPtrs;
+    type Tape = KerasTape;
+    type Copies = KerasInput<Vec<f32>>;
+
+    fn core(&self) -> &Core<KerasLstm> {
+        &self.core
+    }
+
+    fn fixed(&self) -> &KerasArgs {
+        &self.args
+    }
+
+    fn new_handle(packed: KerasLstm, args: KerasArgs, attrs: MrnnKerasLstmAttrs) -> Self {
+        MrnnKerasLstm { core: Core::new(packed), args, attrs }
+    }
+
+    /// `x`, `kernel`, `recurrent_kernel`.
+    fn require(p: &Ptrs<Self>) -> Result<()> {
+        if let Some(input) = &p.input {
+            require("x", input.x)?;
+        }
+        if let Some(w) = &p.weights {
+            require("kernel", w.kernel)?;
+            require("recurrent_kernel", w.recurrent_kernel)?;
+        }
+        Ok(())
+    }
+
+    fn args(a: &MrnnKerasLstmAttrs, handle: Option<&Self>) -> Result<KerasArgs> {
+        let args = keras_args(a)?;
+        if let Some(handle) = handle {
+            keras_attrs_match(a, &args.options, handle)?;
+        }
+        Ok(args)
+    }
+
+    fn threads(args: &KerasArgs) -> usize {
+        args.threads
+    }
+
+    fn sizes(args: &KerasArgs, run: bool) -> Result<KerasSizes> {
+        let (b, t) = if run { (args.b, args.t) } else { (0, 0) };
+        KerasSizes::new(b, t, args.i, args.h)
+    }
+
+    fn tape_sizes(args: &KerasArgs, copies: &KerasInput<Vec<f32>>) -> Result<KerasSizes> {
+        KerasSizes::new(copies.view.batch(), copies.view.time(), args.i, args.h)
+    }
+
+    /// `x`, `mask`, the weights, the initial states, the outputs, the upstream gradients and gradient
+    /// outputs.
+    fn extents(p: &Ptrs<Self>, n: &KerasSizes) -> Vec<Option<Extent>> {
+        let [x, mask, initial_h, initial_c] = p.input.map_or([None; 4], |i| i.extents(n));
+        let weights = p.weights.map_or([None; 3], |w| w.extents(n));
+        let outputs = p.output.map_or([None; 4], |o| o.extents(n));
+        let grads = p.grads.map_or([None; 10], |g| g.extents(n));
+        [x, mask].into_iter().chain(weights).chain([initial_h, initial_c]).chain(outputs).chain(grads).collect()
+    }
+
+    fn wants(g: &KerasGradPtrs) -> bool {
+        let g = &g.out;
+        [g.dx, g.d_kernel, g.d_recurrent_kernel, g.d_bias, g.d_initial_h, g.d_initial_c].iter().any(|p| !p.is_null())
+    }
+
+    unsafe fn pack(weights: &KerasWeightPtrs, n: &KerasSizes, args: &KerasArgs) -> Result<KerasLstm> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { weights.pack(n, args.options) }
+    }
+
+    unsafe fn forward(
+        layer: &KerasLstm,
+        input: &KerasInputPtrs,
+        output: &KerasOutputPtrs,
+        n: &KerasSizes,
+        threads: usize,
+        tape: Option<&mut KerasTape>,
+        scratch: &mut Scratch,
+    ) -> Result<Option<KerasInput<Vec<f32>>>> {
+        let train = tape.is_some();
+        // SAFETY: forwarded from this function's contract.
+        let (input, out) = unsafe { (input.slices(n)?, output.slices(n)) };
+        input.forward(layer, out, tape, threads, scratch)?;
+        Ok(train.then(|| input.copy()))
+    }
+
+    unsafe fn backward_once(
+        layer: &KerasLstm,
+        input: &KerasInputPtrs,
+        grads: &KerasGradPtrs,
+        n: &KerasSizes,
+        threads: usize,
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        // SAFETY: forwarded from this function's contract.
+        let (input, grads) = unsafe { (input.slices(n)?, grads.slices(n)) };
+        let mut tape = KerasTape::new();
+        input.forward(layer, KerasOutputs::default(), Some(&mut tape), threads, scratch)?;
+        input.backward(layer, &tape, grads, threads, &mut scratch.zeros)
+    }
+
+    unsafe fn backward(layer: &KerasLstm, record: &KerasRecord, grads: &KerasGradPtrs, n: &KerasSizes) -> Result<()> {
+        // SAFETY: forwarded from this function's contract.
+        let grads = unsafe { grads.slices(n) };
+        record.input.backward(layer, &record.tape, grads, record.threads, &mut Vec::new())
+    }
+
+    fn record(run: KerasRecord) -> Record {
+        Record::Keras(run)
+    }
+
+    fn recorded(record: &Record) -> Option<&KerasRecord> {
+        match record {
+            Record::Keras(run) => Some(run),
+            Record::Onnx(_) => None,
+        }
+    }
+}

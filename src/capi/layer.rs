@@ -1,0 +1,317 @@
+//! The one path of every layer kind through the C ABI: each function of a kind validates its arguments
+//! and runs through the functions here, written once for every kind.
+//!
+//! ```text
+//! one_shot      mrnn_lstm_keras / _onnx, and their _backward     attrs, weights, inputs; outputs or gradients
+//! run           *_run, and with a tape slot *_run_train          handle, attrs, inputs, outputs
+//! run_backward  *_run_backward                                  handle, tape, gradients
+//! new           *_new                                           attrs, weights, the handle's slot
+//! set_weights   *_set_weights                                   handle, weights
+//! ```
+//!
+//! Every call validates in the order of the module docs of [`super`]: step 1 (`require` and the kind's
+//! [`Kind::require`]), step 2 ([`Kind::args`]: the values, and a run's agreement with its handle), step 3
+//! ([`Kind::sizes`]), step 4 (`check`: the kind's buffers in the contract's order, then the slot), step 5
+//! ([`Kind::check_memory`]). A kind ([`Kind`], implemented by its handle type in the modules `keras` and
+//! `onnx`) says what its attributes, pointer groups and sizes are, and how its packed layer runs.
+
+use super::handle::{with_handle_scratch, Core};
+use super::train::{MrnnTape, Record, Recorded};
+use super::*;
+
+/// The caller pointers of one call of kind `K`, in groups; `None`: the function has no such arguments.
+pub(super) struct Ptrs<K: Kind> {
+    pub(super) input: Option<K::Input>,
+    pub(super) weights: Option<K::Weights>,
+    pub(super) output: Option<K::Output>,
+    pub(super) grads: Option<K::Grads>,
+    /// The slot the call writes last: the handle of `_new`, the tape of `*_run_train`.
+    pub(super) slot: Option<Slot>,
+}
+
+impl<K: Kind> Default for Ptrs<K> {
+    fn default() -> Self {
+        Ptrs { input: None, weights: None, output: None, grads: None, slot: None }
+    }
+}
+
+/// A layer kind of the C ABI, implemented by its handle type: its attributes, its pointer groups, the
+/// checks of its values and sizes, and the runs of its packed layer.
+pub(super) trait Kind: Sized {
+    /// How messages name the kind ("Keras LSTM"), and the prefix of its functions' names.
+    const NAME: &'static str;
+    const PREFIX: &'static str;
+    /// The attributes struct of `masked_rnn.h`.
+    type Attrs: Copy;
+    /// The validated values of the attributes (step 2); a handle keeps those it was made with.
+    type Args;
+    /// The dimensions of a call and the element counts of its tensors (step 3).
+    type Sizes;
+    /// One generation of a handle's packed weights.
+    type Packed;
+    /// The pointer groups: a run's inputs, the weights, the outputs, the upstream gradients and gradient
+    /// outputs of a backward.
+    type Input: Copy;
+    type Weights: Copy;
+    type Output: Copy;
+    type Grads: Copy;
+    /// What a forward fills for its backward, and a tape's copies of the inputs of the run.
+    type Tape: Default;
+    type Copies;
+
+    /// The handle's id, packed layer and scratch memory.
+    fn core(&self) -> &Core<Self::Packed>;
+    /// The values the handle was made with.
+    fn fixed(&self) -> &Self::Args;
+    /// A new handle (generation 0) of `packed`, made with `attrs` and their values `args`.
+    fn new_handle(packed: Self::Packed, args: Self::Args, attrs: Self::Attrs) -> Self;
+
+    /// Step 1 for the groups: their required pointers, in the contract's order.
+    fn require(p: &Ptrs<Self>) -> Result<()>;
+    /// Step 2: every value of `a`, then, for a run of `handle`, agreement with the values it was made with
+    /// on every field but the per-run ones.
+    fn args(a: &Self::Attrs, handle: Option<&Self>) -> Result<Self::Args>;
+    /// The thread count of the values.
+    fn threads(args: &Self::Args) -> usize;
+    /// Step 3: the sizes of a run of the batch and length of `args` (`run`), or of the weights alone.
+    fn sizes(args: &Self::Args, run: bool) -> Result<Self::Sizes>;
+    /// Step 3 for the backward of a run recorded on a tape (whose sizes were checked when it ran).
+    fn tape_sizes(args: &Self::Args, copies: &Self::Copies) -> Result<Self::Sizes>;
+    /// Step 4 for the groups: their buffers, in the contract's order.
+    fn extents(p: &Ptrs<Self>, n: &Self::Sizes) -> Vec<Option<Extent>>;
+    /// The last check of step 4: the gradients asked for exist for the weights (`packed`: a handle's
+    /// current ones; `None`: the call's own).
+    fn check_grads(_p: &Ptrs<Self>, _packed: Option<&Self::Packed>) -> Result<()> {
+        Ok(())
+    }
+    /// Step 5: the values of the inputs in caller memory, still before any output is written.
+    ///
+    /// # Safety
+    /// Steps 1 to 4 passed for these pointers with the sizes `n`; they are valid (the caller's contract).
+    unsafe fn check_memory(_input: &Self::Input, _n: &Self::Sizes) -> Result<()> {
+        Ok(())
+    }
+    /// Whether any gradient output is given (none: a backward validates and computes nothing).
+    fn wants(grads: &Self::Grads) -> bool;
+
+    /// The layer packed from the weights.
+    ///
+    /// # Safety (this and the runs below)
+    /// Steps 1 to 5 passed for the pointers with the sizes `n`; they are valid for their sizes (the
+    /// caller's contract), and no output overlaps another buffer.
+    unsafe fn pack(weights: &Self::Weights, n: &Self::Sizes, args: &Self::Args) -> Result<Self::Packed>;
+    /// The forward of a packed layer; with a tape, the forward that fills it, and then the copies of the
+    /// inputs that the tape keeps.
+    ///
+    /// # Safety
+    /// As [`pack`](Self::pack).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn forward(
+        packed: &Self::Packed,
+        input: &Self::Input,
+        output: &Self::Output,
+        n: &Self::Sizes,
+        threads: usize,
+        tape: Option<&mut Self::Tape>,
+        scratch: &mut Scratch,
+    ) -> Result<Option<Self::Copies>>;
+    /// The backward of a one-shot call: the forward that fills a tape, then the gradients.
+    ///
+    /// # Safety
+    /// As [`pack`](Self::pack).
+    unsafe fn backward_once(
+        packed: &Self::Packed,
+        input: &Self::Input,
+        grads: &Self::Grads,
+        n: &Self::Sizes,
+        threads: usize,
+        scratch: &mut Scratch,
+    ) -> Result<()>;
+    /// The gradients of the run recorded on a tape.
+    ///
+    /// # Safety
+    /// As [`pack`](Self::pack).
+    unsafe fn backward(
+        packed: &Self::Packed,
+        record: &Recorded<Self::Copies, Self::Tape>,
+        grads: &Self::Grads,
+        n: &Self::Sizes,
+    ) -> Result<()>;
+    /// A tape's record of a run of this kind, and back.
+    fn record(run: Recorded<Self::Copies, Self::Tape>) -> Record;
+    fn recorded(record: &Record) -> Option<&Recorded<Self::Copies, Self::Tape>>;
+}
+
+/// Step 1 for the pointer groups and the slot.
+fn require_ptrs<K: Kind>(p: &Ptrs<K>) -> Result<()> {
+    K::require(p)?;
+    p.slot.map_or(Ok(()), |s| s.require())
+}
+
+/// Step 4: the buffers of the groups in the contract's order, then the slot (`packed`: as in
+/// [`Kind::check_grads`]).
+fn check<K: Kind>(p: &Ptrs<K>, n: &K::Sizes, packed: Option<&K::Packed>) -> Result<()> {
+    let mut all = K::extents(p, n);
+    all.push(p.slot.and_then(|s| s.extent()));
+    check_pointers(&all)?;
+    K::check_grads(p, packed)
+}
+
+/// Steps 2 to 5 of a call with attributes, after step 1: the values (and a handle's agreement with them),
+/// the sizes of the run, the pointers, the values in caller memory.
+///
+/// # Safety
+/// `attrs` is non-NULL and points to one readable attributes struct; the pointers of `p` are NULL or valid
+/// for their documented sizes (the caller's contract).
+unsafe fn validate<K: Kind>(attrs: *const K::Attrs, handle: Option<&K>, p: &Ptrs<K>) -> Result<(K::Args, K::Sizes)> {
+    // SAFETY: forwarded from this function's contract; read_unaligned needs no alignment.
+    let a = unsafe { attrs.read_unaligned() };
+    let args = K::args(&a, handle)?;
+    let n = K::sizes(&args, true)?;
+    check(p, &n, None)?;
+    if let Some(input) = &p.input {
+        // SAFETY: steps 1 to 4 passed; valid by this function's contract.
+        unsafe { K::check_memory(input, &n) }?;
+    }
+    Ok((args, n))
+}
+
+/// The one-shot forward (`mrnn_lstm_keras`, `mrnn_lstm_onnx`) and backward (`mrnn_lstm_keras_backward`,
+/// `mrnn_lstm_onnx_backward`): validated alike, packed on every call, run with this thread's scratch
+/// memory. With every gradient output NULL, a backward computes nothing.
+///
+/// # Safety
+/// The contract of those functions: every non-NULL pointer is valid for the tensor size the header
+/// documents for it during the call, and no other thread writes the inputs or touches the outputs.
+pub(super) unsafe fn one_shot<K: Kind>(
+    attrs: *const K::Attrs,
+    input: K::Input,
+    weights: K::Weights,
+    pass: Pass<K::Output, K::Grads>,
+) -> Result<()> {
+    let (output, grads) = match pass {
+        Pass::Forward(o) => (Some(o), None),
+        Pass::Backward(g) => (None, Some(g)),
+    };
+    let p = Ptrs::<K> { input: Some(input), weights: Some(weights), output, grads, slot: None };
+    require("attrs", attrs)?;
+    require_ptrs(&p)?;
+    // SAFETY (here and below): the caller's contract; `attrs` passed step 1, and the pointers steps 1 to 5
+    // with the sizes `n` (no output overlaps another buffer).
+    let (args, n) = unsafe { validate(attrs, None, &p) }?;
+    if grads.is_some_and(|g| !K::wants(&g)) {
+        // Validated; nothing asked for, so nothing is computed.
+        return Ok(());
+    }
+    // SAFETY: as above.
+    let packed = unsafe { K::pack(&weights, &n, &args) }?;
+    let threads = K::threads(&args);
+    with_thread_scratch(|scratch| match pass {
+        // SAFETY: as above.
+        Pass::Forward(output) => unsafe { K::forward(&packed, &input, &output, &n, threads, None, scratch) }.map(drop),
+        // SAFETY: as above.
+        Pass::Backward(grads) => unsafe { K::backward_once(&packed, &input, &grads, &n, threads, scratch) },
+    })
+}
+
+/// A handle's run (`*_run`) and, given the `tape` slot, its training run (`*_run_train`): validated as the
+/// one-shot forward, then compared with the handle; run on a snapshot of the handle's packed layer with
+/// its scratch memory. A training run hands out a tape that records the run.
+///
+/// # Safety
+/// The contract of those functions: `layer` is NULL or a live handle nobody frees during the call; every
+/// other non-NULL pointer is valid for its documented size, and no other thread writes the inputs or
+/// touches the outputs.
+pub(super) unsafe fn run<K: Kind>(
+    layer: *mut K,
+    attrs: *const K::Attrs,
+    input: K::Input,
+    output: K::Output,
+    tape: Option<*mut *mut MrnnTape>,
+) -> Result<()> {
+    let slot = tape.map(|t| Slot::new("tape", t));
+    let p = Ptrs::<K> { input: Some(input), output: Some(output), slot, ..Ptrs::default() };
+    require("layer", layer)?;
+    require("attrs", attrs)?;
+    require_ptrs(&p)?;
+    // SAFETY (here and below): the caller's contract; `layer` and `attrs` passed step 1, and the pointers
+    // steps 1 to 5 with the sizes `n` (neither an output nor the slot overlaps another buffer).
+    let handle = unsafe { live("layer", layer, "a handle") }?;
+    // SAFETY: as above.
+    let (args, n) = unsafe { validate(attrs, Some(handle), &p) }?;
+    let (core, threads) = (handle.core(), K::threads(&args));
+    let (packed, generation) = core.current.snapshot();
+    let mut filled = tape.map(|_| K::Tape::default());
+    // SAFETY: as above.
+    let run =
+        |scratch: &mut Scratch| unsafe { K::forward(&packed, &input, &output, &n, threads, filled.as_mut(), scratch) };
+    let copies = with_handle_scratch(&core.scratch, run)?;
+    if let (Some(slot), Some(tape), Some(input)) = (tape, filled, copies) {
+        let record = K::record(Recorded { threads, input, tape });
+        // SAFETY: as above; the slot is valid for one write.
+        unsafe { hand_out(slot, MrnnTape::new(core.id, generation, record)) };
+    }
+    Ok(())
+}
+
+/// The gradients of a handle's training run (`*_run_backward`): the tape must be the handle's, made with
+/// its current weights (step 2); the sizes are those of the run that made it.
+///
+/// # Safety
+/// The contract of those functions: `layer` is NULL or a live handle, `tape` NULL or a live tape, neither
+/// freed during the call; every other non-NULL pointer is valid for its documented size, and no other
+/// thread writes the inputs or touches the outputs.
+pub(super) unsafe fn run_backward<K: Kind>(layer: *mut K, tape: *const MrnnTape, grads: K::Grads) -> Result<()> {
+    require("layer", layer)?;
+    require("tape", tape)?;
+    // SAFETY: live (the caller's contract), and only ever shared by the C ABI.
+    let (handle, tape) = unsafe { (live("layer", layer, "a handle")?, live("tape", tape, "a tape")?) };
+    let (packed, generation) = handle.core().current.snapshot();
+    let record = tape.made_by::<K>(handle.core().id, generation)?;
+    let n = K::tape_sizes(handle.fixed(), &record.input)?;
+    check(&Ptrs::<K> { grads: Some(grads), ..Ptrs::default() }, &n, Some(&packed))?;
+    if !K::wants(&grads) {
+        return Ok(());
+    }
+    // SAFETY: steps 1 to 4 passed with these sizes; valid and unaliased by the caller's contract.
+    unsafe { K::backward(&packed, record, &grads, &n) }
+}
+
+/// A new handle (`*_new`): the attributes validated (every value, though a handle uses the per-run ones
+/// only at its runs), the weights (and `out`) checked and packed once.
+///
+/// # Safety
+/// The contract of those functions: `attrs` NULL or one readable attributes struct, the weights NULL or
+/// valid for their documented sizes, `out` NULL or valid for writing one pointer.
+pub(super) unsafe fn new<K: Kind>(attrs: *const K::Attrs, weights: K::Weights, out: *mut *mut K) -> Result<()> {
+    let p = Ptrs::<K> { weights: Some(weights), slot: Some(Slot::new("out", out)), ..Ptrs::default() };
+    require("attrs", attrs)?;
+    require_ptrs(&p)?;
+    // SAFETY: `attrs` passed step 1 and is readable (the caller's contract); read_unaligned needs no
+    // alignment.
+    let a = unsafe { attrs.read_unaligned() };
+    let args = K::args(&a, None)?;
+    let n = K::sizes(&args, false)?;
+    check(&p, &n, None)?;
+    // SAFETY: the weights and `out` passed steps 1 to 4 with these sizes; valid by the caller's contract.
+    unsafe { hand_out(out, K::new_handle(K::pack(&weights, &n, &args)?, args, a)) };
+    Ok(())
+}
+
+/// New weights for a handle (`*_set_weights`): checked with the handle's sizes, packed, and made current.
+///
+/// # Safety
+/// The contract of those functions: `layer` NULL or a live handle nobody frees during the call, the
+/// weights NULL or valid for their documented sizes.
+pub(super) unsafe fn set_weights<K: Kind>(layer: *mut K, weights: K::Weights) -> Result<()> {
+    let p = Ptrs::<K> { weights: Some(weights), ..Ptrs::default() };
+    require("layer", layer)?;
+    require_ptrs(&p)?;
+    // SAFETY: a live handle (the caller's contract), only ever shared by the C ABI.
+    let handle = unsafe { live("layer", layer, "a handle") }?;
+    let n = K::sizes(handle.fixed(), false)?;
+    check(&p, &n, None)?;
+    // SAFETY: the weights passed steps 1 to 4 with these sizes; valid by the caller's contract.
+    handle.core().current.replace(unsafe { K::pack(&weights, &n, handle.fixed()) }?);
+    Ok(())
+}
