@@ -336,3 +336,129 @@ pub(crate) mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod backward_gemm_tests {
+    use super::simd::{Rows, Tn, KC};
+    use super::{available, PackedGates};
+
+    /// Deterministic values in [-1, 1).
+    fn val(k: usize) -> f32 {
+        ((k.wrapping_mul(2_654_435_761) >> 7) % 2000) as f32 / 1000.0 - 1.0
+    }
+
+    /// `gemm_tn` against a float64 sum on every backend: several K-blocks, partial row tiles and
+    /// column strips, gathered rows of A; the column sums too; and bit-identical results whatever the
+    /// split of the columns (what makes the weight gradients independent of the thread count).
+    #[test]
+    fn gemm_tn_matches_f64_and_ignores_the_column_split() {
+        let mut checked = 0;
+        for be in available() {
+            let l = be.nb;
+            for (k_rows, m, n_vec) in [(1, 1, 1), (7, 5, 3), (KC, 6, 2), (KC + 1, 13, 5), (2 * KC + 77, 25, 4)] {
+                let n = n_vec * l;
+                let ldb = n + l; // B's rows longer than the columns computed
+                let a_data: Vec<f32> = (0..k_rows * (m + 3)).map(|k| val(k + 11)).collect();
+                // Row k of A at a gathered, reversed position.
+                let a: Vec<*const f32> =
+                    (0..k_rows).map(|k| a_data[(k_rows - 1 - k) * (m + 3) + 1..].as_ptr()).collect();
+                let b: Vec<f32> = (0..k_rows * ldb).map(|k| val(k + 5)).collect();
+                let run = |splits: &[usize]| {
+                    let (mut c, mut sums) = (vec![f32::NAN; m * n], vec![f32::NAN; n]);
+                    for w in splits.windows(2) {
+                        let p = Tn {
+                            a: &a,
+                            m,
+                            b: b.as_ptr(),
+                            ldb,
+                            cols: w[0] * l..w[1] * l,
+                            c: c.as_mut_ptr(),
+                            ldc: n,
+                            sums: Some(sums.as_mut_ptr()),
+                        };
+                        // SAFETY: A's rows hold m floats, B k_rows x ldb, C m x n, sums n; cols < n.
+                        unsafe { be.gemm_tn(p) };
+                    }
+                    (c, sums)
+                };
+                let (c, sums) = run(&[0, n_vec]);
+                for i in 0..m {
+                    for j in 0..n {
+                        let e: f64 =
+                            (0..k_rows).map(|k| f64::from(unsafe { *a[k].add(i) }) * f64::from(b[k * ldb + j])).sum();
+                        let g = c[i * n + j];
+                        assert!(
+                            (f64::from(g) - e).abs() <= 1e-5 * (1.0 + e.abs()) * k_rows as f64,
+                            "{}: c[{i}][{j}] = {g}, {e}",
+                            be.name
+                        );
+                    }
+                }
+                for j in 0..n {
+                    let e: f64 = (0..k_rows).map(|k| f64::from(b[k * ldb + j])).sum();
+                    assert!((f64::from(sums[j]) - e).abs() <= 1e-5 * k_rows as f64, "{}: sums[{j}]", be.name);
+                }
+                for splits in [vec![0, 1, n_vec], vec![0, n_vec - 1, n_vec]] {
+                    let (c2, s2) = run(&splits);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&c2), bits(&c), "{}: split {splits:?}", be.name);
+                    assert_eq!(bits(&s2), bits(&sums), "{}: split {splits:?}", be.name);
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 5, "no backend ran");
+    }
+
+    /// `gemm_rows` (the backward's `dZ·Rᵀ` and `dZ·Wᵀ`) against a float64 product: output columns past
+    /// `limit` untouched, `accumulate` adds.
+    #[test]
+    fn gemm_rows_stores_and_accumulates_within_the_limit() {
+        let mut checked = 0;
+        for be in available() {
+            for (k, n, rows) in [(1, 1, 1), (9, 13, 4), (40, 3 * be.nb + 5, 14), (64, 8 * be.nb, 7)] {
+                let m: Vec<f32> = (0..k * n).map(|q| val(q + 3)).collect();
+                let w = PackedGates::matrix(k, n, &m, be.nb).unwrap();
+                let a: Vec<f32> = (0..rows * k).map(|q| val(q + 7)).collect();
+                let offs: Vec<usize> = (0..rows).map(|r| (rows - 1 - r) * k).collect();
+                let stride = n + 3;
+                let outs: Vec<usize> = (0..rows).map(|r| r * stride).collect();
+                for accumulate in [false, true] {
+                    let mut out: Vec<f32> = (0..rows * stride).map(|q| val(q + 1)).collect();
+                    let before = out.clone();
+                    let (ra, ro) = (
+                        Rows::Gathered { base: a.as_ptr(), offsets: &offs },
+                        Rows::Gathered { base: out.as_mut_ptr(), offsets: &outs },
+                    );
+                    // SAFETY: a's rows hold k floats, out's rows n + 3 >= limit = n; rows disjoint.
+                    unsafe { be.gemm_rows(&w, ra, rows, ro, n, accumulate) };
+                    for r in 0..rows {
+                        for j in 0..stride {
+                            let got = out[r * stride + j];
+                            if j >= n {
+                                assert_eq!(
+                                    got.to_bits(),
+                                    before[r * stride + j].to_bits(),
+                                    "{}: column {j} past the limit written",
+                                    be.name
+                                );
+                                continue;
+                            }
+                            let mut e: f64 = (0..k).map(|q| f64::from(a[offs[r] + q]) * f64::from(m[q * n + j])).sum();
+                            if accumulate {
+                                e += f64::from(before[r * stride + j]);
+                            }
+                            assert!(
+                                (f64::from(got) - e).abs() <= 1e-5 * (1.0 + e.abs()) * k as f64,
+                                "{}: [{r}][{j}] = {got}, {e}",
+                                be.name
+                            );
+                        }
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 8, "no backend ran");
+    }
+}
