@@ -378,7 +378,7 @@ impl<C: CellKernel> Job<'_, C> {
             }
             cs.proj.clear();
             cs.proj.resize(cs.offs.len() * proj_row, 0.0);
-            (be.project)(w, self.x.data, &cs.offs, blocks.clone(), &mut cs.proj);
+            be.project(w, self.x.data, &cs.offs, blocks.clone(), &mut cs.proj);
 
             let mut base = 0;
             for k in k0..k0 + tile {

@@ -68,7 +68,7 @@ impl KernelBench {
 
     /// The input projection of every row (the GEMM tile kernel).
     pub fn project(&mut self) {
-        (self.backend.project)(&self.packed.gates, &self.x, &self.rows, 0..self.packed.gates.blocks, &mut self.proj);
+        self.backend.project(&self.packed.gates, &self.x, &self.rows, 0..self.packed.gates.blocks, &mut self.proj);
     }
 
     /// One recurrent step of every row: GEMM with the recurrent weights and the fused cell epilogue.

@@ -29,15 +29,11 @@ pub(crate) mod simd;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
-/// Input projection over the weight blocks `blocks`: `out[r] = x[rows[r]..][..I] · W[blocks]`, rows of
-/// `blocks.len() * G * nb` floats.
-pub(crate) type ProjectFn = fn(w: &PackedGates, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]);
-
 /// The recurrent state of the first `m` rows that one step of a cell reads and writes, each buffer
 /// `m x hp` floats (`hp`: the hidden size padded to whole blocks).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StepState<'a> {
-    /// The input projections of the step's rows, as [`ProjectFn`] wrote them for the step's blocks.
+    /// The input projections of the step's rows, as [`Backend::project`] wrote them for the step's blocks.
     pub proj: &'a [f32],
     /// The previous hidden state (read only; the whole row, every block).
     pub h: &'a [f32],
@@ -115,7 +111,6 @@ pub struct Backend {
     pub fused_multiply_add: bool,
     /// Lanes per weight block.
     pub(crate) nb: usize,
-    pub(crate) project: ProjectFn,
     pub(crate) activate: fn(Activation, &mut [f32]),
 }
 
@@ -170,6 +165,27 @@ impl Backend {
             }
         }
         self.run(Step { cell, m, blocks, st, reverse_first })
+    }
+
+    /// Input projection over the weight blocks `blocks`: `out[r] = x[rows[r]..][..I] · W[blocks]`, rows of
+    /// `blocks.len() * G * nb` floats (see [`simd::project`]).
+    pub(crate) fn project(&self, w: &PackedGates, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]) {
+        struct Job<'a> {
+            w: &'a PackedGates,
+            x: &'a [f32],
+            rows: &'a [usize],
+            blocks: Range<usize>,
+            out: &'a mut [f32],
+        }
+        unsafe impl SimdJob for Job<'_> {
+            type Output = ();
+            #[inline(always)]
+            unsafe fn run<S: Simd>(self) {
+                // SAFETY: S's instructions are available; `project` checks every buffer itself.
+                unsafe { simd::project::<S>(self.w, self.x, self.rows, self.blocks, self.out) }
+            }
+        }
+        self.run(Job { w, x, rows, blocks, out })
     }
 
     /// `out.at(r)[..limit] (=|+=) a.at(r)[..w.input] · W` for rows `r < m`: the GEMM of the input

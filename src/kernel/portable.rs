@@ -6,12 +6,9 @@
 //! not on others), so it performs exactly the operations of the scalar reference in
 //! [`Rounding::Separate`](crate::reference::Rounding) mode and agrees with it bit for bit on every platform.
 
-use std::ops::Range;
-
 use wide::bytemuck::cast;
 use wide::{f32x8, i32x8};
 
-use super::pack::PackedGates;
 use super::simd::{self, Simd};
 use super::{Backend, CpuLevel};
 
@@ -24,7 +21,6 @@ pub(crate) static BACKEND: Backend = Backend {
     level: CpuLevel::Portable,
     fused_multiply_add: <f32x8 as Simd>::FUSED,
     nb: <f32x8 as Simd>::LANES,
-    project,
     activate,
 };
 
@@ -122,11 +118,6 @@ unsafe impl Simd for f32x8 {
         let m: f32x8 = cast((bits & i32x8::splat(0x007f_ffff)) | i32x8::splat(0x3f00_0000));
         (e, m)
     }
-}
-
-fn project(w: &PackedGates, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]) {
-    // SAFETY: f32x8 runs on every CPU (see the impl above).
-    unsafe { simd::project::<f32x8>(w, x, rows, blocks, out) }
 }
 
 #[cfg(test)]

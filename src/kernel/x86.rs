@@ -7,9 +7,7 @@
 //! bit for bit, and differ from the portable backend in the last bits.
 
 use std::arch::x86_64::*;
-use std::ops::Range;
 
-use super::pack::PackedGates;
 use super::simd::{self, Simd};
 use super::{Backend, CpuLevel, SimdJob};
 use crate::cells::activation::Activation;
@@ -287,7 +285,7 @@ unsafe fn act_avx512(a: Activation, x: Avx512) -> Avx512 {
 }
 
 macro_rules! entry_points {
-    ($ty:ty, $features:literal, $project:ident, $step:ident, $project_safe:ident, $act:ident) => {
+    ($ty:ty, $features:literal, $step:ident, $act:ident) => {
         fn $act(a: Activation, xs: &mut [f32]) {
             /// # Safety
             /// The CPU must support the backend's features.
@@ -298,20 +296,6 @@ macro_rules! entry_points {
             }
             // SAFETY: this backend is only handed out after run-time detection of its features.
             unsafe { inner(a, xs) }
-        }
-
-        /// # Safety
-        /// The CPU must support the backend's features.
-        #[target_feature(enable = $features)]
-        unsafe fn $project(w: &PackedGates, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]) {
-            // SAFETY: this function only runs when the features are present (see `# Safety`).
-            unsafe { simd::project::<$ty>(w, x, rows, blocks, out) }
-        }
-
-        fn $project_safe(w: &PackedGates, x: &[f32], rows: &[usize], blocks: Range<usize>, out: &mut [f32]) {
-            // SAFETY: this backend is only handed out by `super::backend` after run-time detection of
-            // its features.
-            unsafe { $project(w, x, rows, blocks, out) }
         }
 
         /// Runs `job` with these instructions (see [`Backend::run`]).
@@ -326,8 +310,8 @@ macro_rules! entry_points {
     };
 }
 
-entry_points!(Avx2, "avx2,fma", project_avx2, run_avx2, project_avx2_safe, activate_avx2);
-entry_points!(Avx512, "avx512f", project_avx512, run_avx512, project_avx512_safe, activate_avx512);
+entry_points!(Avx2, "avx2,fma", run_avx2, activate_avx2);
+entry_points!(Avx512, "avx512f", run_avx512, activate_avx512);
 
 /// AVX2 + FMA kernels. Only reachable through [`super::backend`], which checks the CPU first.
 pub(crate) static AVX2_BACKEND: Backend = Backend {
@@ -335,7 +319,6 @@ pub(crate) static AVX2_BACKEND: Backend = Backend {
     level: CpuLevel::Avx2,
     fused_multiply_add: <Avx2 as Simd>::FUSED,
     nb: <Avx2 as Simd>::LANES,
-    project: project_avx2_safe,
     activate: activate_avx2,
 };
 
@@ -345,7 +328,6 @@ pub(crate) static AVX512_BACKEND: Backend = Backend {
     level: CpuLevel::Avx512,
     fused_multiply_add: <Avx512 as Simd>::FUSED,
     nb: <Avx512 as Simd>::LANES,
-    project: project_avx512_safe,
     activate: activate_avx512,
 };
 
