@@ -143,7 +143,6 @@ impl LstmBackward<'_> {
         }
         if let Some((dx, sb, st, accumulate)) = out.dx {
             // dx = dZ · Wᵀ straight into the caller's rows, the tape rows split among threads.
-            let a: Vec<usize> = (0..rows).map(|r| r * z4).collect();
             let mut o = vec![0usize; rows];
             for s in 0..b {
                 let tape_rows = self.tape.offsets[s]..self.tape.offsets[s + 1];
@@ -160,11 +159,14 @@ impl LstmBackward<'_> {
             self.parallel(parts, |j| {
                 let part = j * rows / parts..(j + 1) * rows / parts;
                 let n = part.len();
-                let a = Rows::Gathered { base: dz_ptr.get(), offsets: &a[part.clone()] };
-                let o = Rows::Gathered { base: dx_ptr.get(), offsets: &o[part] };
-                // SAFETY: dz rows hold z4 = wt.input floats; each output row (a distinct (sequence, time)
-                // of dx, checked in bounds above) holds `input` floats, written by this part alone.
-                unsafe { self.backend.gemm_rows(&tr.wt, a, n, o, input, accumulate) };
+                // SAFETY: dz holds rows x z4 floats, so the part's dz rows (z4 = wt.input floats each) start
+                // in bounds; each output row (a distinct (sequence, time) of dx, checked in bounds above)
+                // holds `input` floats, written by this part alone.
+                unsafe {
+                    let a = Rows::Strided { base: dz_ptr.get().add(part.start * z4), stride: z4 };
+                    let o = Rows::Gathered { base: dx_ptr.get(), offsets: &o[part] };
+                    self.backend.gemm_rows(&tr.wt, a, n, o, input, accumulate)
+                };
             })?;
         }
         if let Some(g) = out.params {
