@@ -51,6 +51,11 @@ fn case(seed: u64, big: bool) -> Case {
     } else {
         (rng.random_range(1..6), sizes[rng.random_range(0..sizes.len())])
     };
+    sized_case(rng, seed, b, t, i, h)
+}
+
+/// A seeded case of the given sizes (options, mask kind, initial state and upstream gradients drawn).
+fn sized_case(mut rng: StdRng, seed: u64, b: usize, t: usize, i: usize, h: usize) -> Case {
     let s = 1.0 / (h as f32).sqrt();
     let weights = LstmWeights::from_keras(
         i,
@@ -215,7 +220,12 @@ fn same_bits(what: &str, a: &Grads, b: &Grads) {
 }
 
 fn check(seed: u64, big: bool) -> usize {
-    let c = case(seed, big);
+    check_case(seed, case(seed, big))
+}
+
+/// The fast backward of `c` against the reference (1e-5), dx exactly zero at masked steps, and 1 vs 2
+/// threads bitwise; returns the steps computed.
+fn check_case(seed: u64, c: Case) -> usize {
     let one = c.run(1);
     let exp = c.expected();
     let what = format!("seed {seed} (B{} T{} I{} H{} {:?})", c.b, c.t, c.i, c.h, c.layer.options());
@@ -244,6 +254,22 @@ fn check(seed: u64, big: bool) -> usize {
 fn fast_backward_equals_reference() {
     let steps: usize = (0..2000).map(|s| check(s, false)).sum();
     assert!(steps > 10_000, "{steps}");
+}
+
+/// Shapes no issue names: hidden sizes that are not powers of two up to 1030 (weights of 17 MB), batches of
+/// one, two and 130, and sequences long enough for several K-blocks of the weight-gradient kernel and
+/// several thread parts of `dx` (hundreds of valid steps).
+#[test]
+fn unnamed_shapes() {
+    let shapes = [(1, 6, 5, 1030), (2, 300, 5, 70), (130, 20, 3, 19), (1, 400, 2, 1), (2, 150, 33, 130)];
+    let mut steps = 0;
+    for (k, &(b, t, i, h)) in shapes.iter().enumerate() {
+        for seed in 0..2 {
+            let seed = 30_000 + 10 * k as u64 + seed;
+            steps += check_case(seed, sized_case(StdRng::seed_from_u64(seed), seed, b, t, i, h));
+        }
+    }
+    assert!(steps > 1_000, "{steps}");
 }
 
 #[test]
