@@ -120,13 +120,17 @@ impl Case {
     }
 
     fn run(&self, threads: usize) -> Grads {
+        self.run_in(&mut KerasTape::new(), threads)
+    }
+
+    /// [`run`](Self::run) with a caller's tape (which may hold another run's record and buffers).
+    fn run_in(&self, tape: &mut KerasTape, threads: usize) -> Grads {
         let (b, t, i, h) = (self.b, self.t, self.i, self.h);
         let view = self.view();
         let init = self.init.as_ref().map(|(h0, c0)| InitialState { h: h0, c: c0 });
-        let mut tape = KerasTape::new();
         let mut y = vec![0.0; b * t * h];
         let out = KerasOutputs { y: Some(&mut y), ..Default::default() };
-        self.layer.forward_train(&self.x, &view, init, out, &mut tape, threads, &mut Workspace::new()).unwrap();
+        self.layer.forward_train(&self.x, &view, init, out, tape, threads, &mut Workspace::new()).unwrap();
         let mut g = Grads {
             dx: vec![f32::NAN; b * t * i],
             dk: vec![f32::NAN; i * 4 * h],
@@ -151,7 +155,7 @@ impl Case {
             d_initial_c: Some(&mut g.dc0),
         };
         let init = self.init.as_ref().map(|(h0, c0)| InitialState { h: h0, c: c0 });
-        g.steps = self.layer.backward(&self.x, &view, init, &tape, up, grads, threads).unwrap().steps_computed;
+        g.steps = self.layer.backward(&self.x, &view, init, tape, up, grads, threads).unwrap().steps_computed;
         g
     }
 
@@ -248,6 +252,29 @@ fn check_case(seed: u64, c: Case) -> usize {
     }
     same_bits(&format!("{what} threads 1 vs 2"), &one, &c.run(2));
     one.steps
+}
+
+/// One tape serving a run of cases of every size in turn (as a training loop reuses its tapes, here
+/// also across layers and views): the record and the buffers the backward keeps in it never leak into
+/// the next case, whose gradients are bitwise those of a fresh tape.
+#[test]
+fn reused_tape_gives_what_a_fresh_one_gives() {
+    let mut tape = KerasTape::new();
+    let mut kept = 0;
+    for seed in 0..300 {
+        let c = case(seed, seed % 8 == 0);
+        let threads = 1 + seed as usize % 2;
+        let fresh = c.run(threads);
+        let reused = c.run_in(&mut tape, threads);
+        same_bits(&format!("seed {seed}: reused tape vs fresh"), &fresh, &reused);
+        assert_eq!(fresh.steps, reused.steps, "seed {seed}");
+        // The backward's buffers stay with the tape (and count in its bytes) for the next case.
+        if reused.steps > 0 {
+            kept += 1;
+            assert!(tape.bytes() > c.layer.tape_bytes(&c.view()), "seed {seed}: no buffers kept");
+        }
+    }
+    assert!(kept > 200, "{kept}");
 }
 
 #[test]

@@ -215,7 +215,7 @@ pub struct PackedLstm {
     transposes: OnceLock<Transposes>,
 }
 
-/// The transposed weights a backward multiplies by, as plain matrices ([`PackedGates::matrix`]) whose
+/// The transposed weights a backward multiplies by, as plain matrices ([`PackedGates::zero_matrix`]) whose
 /// `4 hp` rows follow `dZ`'s packed column order (zero rows for padded units).
 #[derive(Clone, Debug)]
 pub(crate) struct Transposes {
@@ -244,20 +244,21 @@ impl PackedLstm {
         }
         let (hd, input, nb) = (weights.hidden, weights.input, self.gates.nb);
         let z4 = 4 * self.gates.hidden_padded();
-        // `m [n][4 H]` transposed to `[4 hp][n]`, rows in dZ's packed order `[blocks][4][nb]`.
-        let transpose = |m: &[f32], n: usize| {
-            let mut t = vec![0.0f32; z4 * n];
+        // `m [n][4 H]` transposed to `[4 hp][n]`, rows in dZ's packed order `[blocks][4][nb]`, packed
+        // straight from the canonical weights (one pass, reading them in order).
+        let transpose = |m: &[f32], n: usize| -> Result<PackedGates> {
+            let mut t = PackedGates::zero_matrix(z4, n, nb)?;
             for u in 0..n {
                 for g in 0..4 {
                     for j in 0..hd {
-                        t[((j / nb * 4 + g) * nb + j % nb) * n + u] = m[u * 4 * hd + g * hd + j];
+                        t.set((j / nb * 4 + g) * nb + j % nb, u, m[u * 4 * hd + g * hd + j]);
                     }
                 }
             }
-            t
+            Ok(t)
         };
-        let rt = PackedGates::matrix(z4, hd, &transpose(&weights.recurrent, hd), nb)?;
-        let wt = PackedGates::matrix(z4, input, &transpose(&weights.kernel, input), nb)?;
+        let rt = transpose(&weights.recurrent, hd)?;
+        let wt = transpose(&weights.kernel, input)?;
         Ok(self.transposes.get_or_init(|| Transposes { rt, wt }))
     }
 }

@@ -24,12 +24,12 @@ use rayon::prelude::*;
 use super::layout::SeqIn;
 use super::plan::{balance, effective_threads};
 use super::sync::pool;
-use super::tape::DirTape;
+use super::tape::{DirTape, GradBufs};
 use super::workspace::ChunkScratch;
 use crate::cells::grads::LstmGrads;
 use crate::cells::lstm::{BackwardStep, CellSpec, LstmKernel};
 use crate::cells::weights::{LstmWeights, PackedLstm};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{checked_product, Error, ErrorKind, Result};
 use crate::kernel::pack::PackedGates;
 use crate::kernel::simd::{Rows, Tn};
 use crate::kernel::Backend;
@@ -71,6 +71,15 @@ pub(crate) struct LstmBackwardOut<'a> {
     pub d_c0: Option<&'a mut [f32]>,
 }
 
+/// `v` as a slice of `n` floats, grown (new room zeroed) but not cleared: the caller overwrites what it
+/// reads.
+fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
 /// A raw pointer to buffers that chunks or column parts write in parallel, each its own elements.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
@@ -93,8 +102,9 @@ unsafe impl Send for SharedRows {}
 unsafe impl Sync for SharedRows {}
 
 impl LstmBackward<'_> {
-    /// Runs the backward; returns the cell steps computed (the valid steps).
-    pub(crate) fn run(&self, out: LstmBackwardOut<'_>) -> Result<usize> {
+    /// Runs the backward in `bufs` (grown as needed, never zeroed: every element used is written first);
+    /// returns the cell steps computed (the valid steps).
+    pub(crate) fn run(&self, out: LstmBackwardOut<'_>, bufs: &mut GradBufs) -> Result<usize> {
         let (b, hd, input) = (self.view.batch(), self.weights.hidden_size(), self.weights.input_size());
         let hp = self.packed.gates.hidden_padded();
         let rows = self.tape.rows();
@@ -107,8 +117,10 @@ impl LstmBackward<'_> {
             return Err(Error::new(ErrorKind::Internal, "dh_up or the tape has the wrong length"));
         }
         let tr = self.packed.transposes(self.weights)?;
-        // dZ of every valid step, in tape order, in the packed layout [blocks][4][nb].
-        let mut dz = vec![0.0f32; rows * z4];
+        // dZ of every valid step, in tape order, in the packed layout [blocks][4][nb]; the sweep writes
+        // every element (all 4 gates of every unit block of every row) before anything reads it.
+        let GradBufs { dz, dw, dr, db } = bufs;
+        let dz = grow(dz, checked_product(&[rows, z4], "dZ")?);
         let mut d_h0 = vec![0.0f32; b * hp];
         let mut d_c0 = vec![0.0f32; b * hp];
 
@@ -170,7 +182,7 @@ impl LstmBackward<'_> {
             })?;
         }
         if let Some(g) = out.params {
-            self.weight_grads(&dz, g)?;
+            self.weight_grads(dz, g, [dw, dr, db])?;
         }
         Ok(rows)
     }
@@ -267,8 +279,9 @@ impl LstmBackward<'_> {
     }
 
     /// `dW = Xᵀ·dZ`, `dR = H_prevᵀ·dZ`, `db = Σ dZ` and the peephole gradients, over the valid rows in
-    /// tape order; the columns of dZ split among threads (results do not depend on the split).
-    fn weight_grads(&self, dz: &[f32], g: &mut LstmGrads<f32>) -> Result<()> {
+    /// tape order; the columns of dZ split among threads (results do not depend on the split). `bufs`
+    /// hold the packed `dW`, `dR`, `db`.
+    fn weight_grads(&self, dz: &[f32], g: &mut LstmGrads<f32>, bufs: [&mut Vec<f32>; 3]) -> Result<()> {
         let (b, hd, input) = (self.view.batch(), self.weights.hidden_size(), self.weights.input_size());
         let hp = self.tape.hp;
         let (z4, stride, nb) = (4 * hp, self.tape.stride, self.packed.gates.nb);
@@ -300,9 +313,9 @@ impl LstmBackward<'_> {
                 }
             }
         }
-        let mut dw = vec![0.0f32; input * z4];
-        let mut dr = vec![0.0f32; hd * z4];
-        let mut db = vec![0.0f32; z4];
+        // Every element is written by the column part holding it (`gemm_tn` overwrites C and the sums).
+        let [dw, dr, db] = bufs;
+        let (dw, dr, db) = (grow(dw, input * z4), grow(dr, hd * z4), grow(db, z4));
         let (xr, hr) = (&xr, &hr);
         let (dw_ptr, dr_ptr, db_ptr) =
             (SharedMut(dw.as_mut_ptr()), SharedMut(dr.as_mut_ptr()), SharedMut(db.as_mut_ptr()));
@@ -330,9 +343,9 @@ impl LstmBackward<'_> {
                 }
             }
         };
-        unpack(&dw, input, &mut g.d_kernel);
-        unpack(&dr, hd, &mut g.d_recurrent);
-        unpack(&db, 1, &mut g.d_bias);
+        unpack(dw, input, &mut g.d_kernel);
+        unpack(dr, hd, &mut g.d_recurrent);
+        unpack(db, 1, &mut g.d_bias);
         if let Some(dp) = g.d_peephole.as_mut() {
             dp.fill(0.0);
             for s in 0..b {

@@ -5,6 +5,8 @@
 //! is the cell's record (for the LSTM, [`TAPE_RECORD`](crate::cells::lstm::TAPE_RECORD) x `hp` floats:
 //! gate arguments, `c`, `h`), and `times[row]` is the step's time index.
 
+use std::sync::Mutex;
+
 use super::workspace::clear_reserve;
 use crate::error::{checked_product, Result};
 use crate::view::SeqView;
@@ -23,6 +25,66 @@ pub struct DirTape {
     pub(crate) times: Vec<usize>,
     /// `rows x stride` floats.
     pub(crate) data: Vec<f32>,
+    /// The backward's buffers, kept for the next backward through this tape.
+    pub(crate) scratch: Reuse,
+}
+
+/// Buffers a backward through a tape needs, sized by its valid steps; kept with the tape so that a
+/// training loop reusing its tapes allocates (and zeroes, and page-faults) nothing after the first step.
+#[derive(Debug, Default)]
+pub(crate) struct BackwardScratch {
+    /// The gradient arriving at each valid step's `h`, `[rows][hp]` (the framework routes it).
+    pub dh_up: Vec<f32>,
+    /// What [`LstmBackward::run`](super::LstmBackward::run) works in.
+    pub bufs: GradBufs,
+}
+
+/// The buffers of [`LstmBackward::run`](super::LstmBackward::run), each overwritten before it is read.
+#[derive(Debug, Default)]
+pub(crate) struct GradBufs {
+    /// `dZ` of every valid step, `[rows][4 hp]`.
+    pub dz: Vec<f32>,
+    /// The packed weight gradients `dW [I][4 hp]`, `dR [H][4 hp]`, `db [4 hp]`.
+    pub dw: Vec<f32>,
+    pub dr: Vec<f32>,
+    pub db: Vec<f32>,
+}
+
+impl BackwardScratch {
+    fn bytes(&self) -> usize {
+        let b = &self.bufs;
+        [&self.dh_up, &b.dz, &b.dw, &b.dr, &b.db].iter().map(|v| v.capacity() * 4).sum()
+    }
+}
+
+/// A tape's [`BackwardScratch`]: taken by a backward and put back after. Not part of what the tape
+/// records: a clone starts empty, and a backward that finds it taken (another backward through the same
+/// tape at the same time) works with fresh buffers.
+#[derive(Debug, Default)]
+pub(crate) struct Reuse(Mutex<Option<Box<BackwardScratch>>>);
+
+impl Reuse {
+    /// The buffers (empty ones if another backward holds them, or before the first backward).
+    pub(crate) fn take(&self) -> Box<BackwardScratch> {
+        self.0.try_lock().ok().and_then(|mut s| s.take()).unwrap_or_default()
+    }
+
+    /// Keeps `s` for the next backward.
+    pub(crate) fn put(&self, s: Box<BackwardScratch>) {
+        if let Ok(mut held) = self.0.try_lock() {
+            *held = Some(s);
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.0.try_lock().ok().and_then(|s| s.as_ref().map(|s| s.bytes())).unwrap_or(0)
+    }
+}
+
+impl Clone for Reuse {
+    fn clone(&self) -> Self {
+        Reuse::default()
+    }
 }
 
 impl DirTape {
@@ -57,9 +119,13 @@ impl DirTape {
         self.times.len()
     }
 
-    /// Bytes held.
+    /// Bytes held: the record of the valid steps, and after a backward the buffers it keeps for the next
+    /// one (`dZ` and the upstream gradient, 5 x hp floats per valid step, and the packed weight
+    /// gradients).
     pub fn bytes(&self) -> usize {
-        (self.offsets.capacity() + self.times.capacity()) * std::mem::size_of::<usize>() + self.data.capacity() * 4
+        (self.offsets.capacity() + self.times.capacity()) * std::mem::size_of::<usize>()
+            + self.data.capacity() * 4
+            + self.scratch.bytes()
     }
 
     /// Bytes a tape of `view` with records of `record x hp` floats holds (the size query).

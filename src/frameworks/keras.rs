@@ -326,7 +326,8 @@ impl KerasLstm {
                 check_len(name, len, n)?;
             }
         }
-        let dh_up = self.route_upstream(view, &tape.dir, up, hp);
+        let mut scratch = tape.dir.scratch.take();
+        self.route_upstream(view, &tape.dir, up, hp, &mut scratch.dh_up);
         let want_params = d_kernel.is_some() || d_recurrent_kernel.is_some() || d_bias.is_some();
         let mut params = want_params.then(|| LstmGrads::zeros(i, hd, false));
         let dx = dx.map(|dx| {
@@ -342,13 +343,16 @@ impl KerasLstm {
             tape: &tape.dir,
             x: SeqIn { data: x, off: 0, sb: t * i, st: i },
             init: initial.map(|s| (s.h, s.c)),
-            dh_up: &dh_up,
+            dh_up: &scratch.dh_up,
             d_h_n: up.d_h_n,
             d_c_n: up.d_c_n,
             empty_is_initial: true,
             threads,
         };
-        let steps = job.run(LstmBackwardOut { dx, params: params.as_mut(), d_h0: d_initial_h, d_c0: d_initial_c })?;
+        let out = LstmBackwardOut { dx, params: params.as_mut(), d_h0: d_initial_h, d_c0: d_initial_c };
+        let steps = job.run(out, &mut scratch.bufs);
+        tape.dir.scratch.put(scratch);
+        let steps = steps?;
         if let Some(p) = params {
             for (dst, src) in [(d_kernel, &p.d_kernel), (d_recurrent_kernel, &p.d_recurrent), (d_bias, &p.d_bias)] {
                 if let Some(dst) = dst {
@@ -359,12 +363,13 @@ impl KerasLstm {
         Ok(ForwardStats { steps_computed: steps, chunks: 1, ..ForwardStats::default() })
     }
 
-    /// The gradient arriving at each valid step's output `h`, `[tape rows][hp]`: its own position's `dy`,
+    /// The gradient arriving at each valid step's output `h`, `[tape rows][hp]`, into `dh`: its own position's `dy`,
     /// plus the `dy` of the masked positions that repeat its output (Keras' carry; not with
     /// `zero_output_for_mask`), plus `d_last_output` when the last position shows it.
-    fn route_upstream(&self, view: &SeqView, tape: &DirTape, up: KerasUpstream<'_>, hp: usize) -> Vec<f32> {
+    fn route_upstream(&self, view: &SeqView, tape: &DirTape, up: KerasUpstream<'_>, hp: usize, dh: &mut Vec<f32>) {
         let (t_len, hd) = (view.time(), self.units());
-        let mut dh = vec![0.0f32; tape.rows() * hp];
+        dh.clear();
+        dh.resize(tape.rows() * hp, 0.0);
         let carry = !self.options.zero_output_for_mask;
         for s in 0..view.batch() {
             let mut cur: Option<usize> = None; // tape row of the last valid step so far
@@ -395,7 +400,6 @@ impl KerasLstm {
                 add(row, &d[s * hd..(s + 1) * hd]);
             }
         }
-        dh
     }
 
     /// An upper bound of the bytes a fresh [`Workspace`] holds after a [`forward_in`](Self::forward_in)

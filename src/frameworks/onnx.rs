@@ -506,7 +506,10 @@ impl OnnxLstm {
                 return Err(Error::argument("the tape was filled by a run of another shape"));
             }
             // Y at each valid step is that step's h: its upstream arrives there.
-            let mut dh_up = vec![0.0f32; dtape.rows() * hp];
+            let mut scratch = dtape.scratch.take();
+            let dh_up = &mut scratch.dh_up;
+            dh_up.clear();
+            dh_up.resize(dtape.rows() * hp, 0.0);
             if let Some(dy) = up.dy {
                 for s in 0..b {
                     for row in dtape.offsets[s]..dtape.offsets[s + 1] {
@@ -530,18 +533,21 @@ impl OnnxLstm {
                 tape: dtape,
                 x: SeqIn { data: x, off: 0, sb: xs.batch, st: xs.time },
                 init,
-                dh_up: &dh_up,
+                dh_up: &scratch.dh_up,
                 d_h_n: hn.as_deref(),
                 d_c_n: cn.as_deref(),
                 empty_is_initial: false,
                 threads,
             };
-            steps += job.run(LstmBackwardOut {
+            let out = LstmBackwardOut {
                 dx: dx.as_deref_mut().map(|dx| (dx, xs.batch, xs.time, d > 0)),
                 params: g.as_mut(),
                 d_h0: Some(&mut dh0),
                 d_c0: Some(&mut dc0),
-            })?;
+            };
+            let done = job.run(out, &mut scratch.bufs);
+            dtape.scratch.put(scratch);
+            steps += done?;
             for (src, dst) in [(&dh0, d_initial_h.as_deref_mut()), (&dc0, d_initial_c.as_deref_mut())] {
                 if let Some(dst) = dst {
                     for s in 0..b {

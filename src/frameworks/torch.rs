@@ -340,7 +340,10 @@ impl TorchLstm {
                 let (weights, packed) = &self.weights[k];
                 let dtape = &tape.dirs[k];
                 let hp = packed.gates.hidden_padded();
-                let mut dh_up = vec![0.0f32; dtape.rows() * hp];
+                let mut scratch = dtape.scratch.take();
+                let dh_up = &mut scratch.dh_up;
+                dh_up.clear();
+                dh_up.resize(dtape.rows() * hp, 0.0);
                 for s in 0..b {
                     for row in dtape.offsets[s]..dtape.offsets[s + 1] {
                         let at = d * h + s * ysb + dtape.times[row] * yst;
@@ -362,19 +365,22 @@ impl TorchLstm {
                     tape: dtape,
                     x: SeqIn { data: input, off: 0, sb: xsb, st: xst },
                     init,
-                    dh_up: &dh_up,
+                    dh_up: &scratch.dh_up,
                     d_h_n: hn.as_deref(),
                     d_c_n: cn.as_deref(),
                     empty_is_initial: false,
                     threads,
                 };
                 let dxl = if l > 0 { Some(&mut below[..]) } else { dx.as_deref_mut() };
-                steps += job.run(LstmBackwardOut {
+                let out = LstmBackwardOut {
                     dx: dxl.map(|v| (v, xsb, xst, d > 0)),
                     params: g.as_mut(),
                     d_h0: Some(&mut dh_l),
                     d_c0: Some(&mut dc_l),
-                })?;
+                };
+                let done = job.run(out, &mut scratch.bufs);
+                dtape.scratch.put(scratch);
+                steps += done?;
                 for (src, dst) in [(&dh_l, dh0.as_deref_mut()), (&dc_l, dc0.as_deref_mut())] {
                     if let Some(dst) = dst {
                         dst[k * b * h..(k + 1) * b * h].copy_from_slice(src);

@@ -189,7 +189,7 @@ impl Backend {
     }
 
     /// `out.at(r)[..limit] (=|+=) a.at(r)[..w.input] · W` for rows `r < m`: the GEMM of the input
-    /// projection over every block of `w` (a plain matrix, see [`PackedGates::matrix`]), stored through
+    /// projection over every block of `w` (a plain matrix, see [`PackedGates::zero_matrix`]), stored through
     /// [`simd::Store`] (added to the output when `accumulate`).
     ///
     /// # Safety
@@ -363,7 +363,7 @@ mod backward_gemm_tests {
         ((k.wrapping_mul(2_654_435_761) >> 7) % 2000) as f32 / 1000.0 - 1.0
     }
 
-    /// `gemm_tn` against a float64 sum on every backend: several K-blocks, partial row tiles and
+    /// `gemm_tn` against a float64 sum on every backend: no rows (zeros), several K-blocks, partial row tiles and
     /// column strips, gathered rows of A; the column sums too; and bit-identical results whatever the
     /// split of the columns (what makes the weight gradients independent of the thread count).
     #[test]
@@ -371,7 +371,9 @@ mod backward_gemm_tests {
         let mut checked = 0;
         for be in available() {
             let l = be.nb;
-            for (k_rows, m, n_vec) in [(1, 1, 1), (7, 5, 3), (KC, 6, 2), (KC + 1, 13, 5), (2 * KC + 77, 25, 4)] {
+            for (k_rows, m, n_vec) in
+                [(0, 4, 2), (1, 1, 1), (7, 5, 3), (KC, 6, 2), (KC + 1, 13, 5), (2 * KC + 77, 25, 4)]
+            {
                 let n = n_vec * l;
                 let ldb = n + l; // B's rows longer than the columns computed
                 let a_data: Vec<f32> = (0..k_rows * (m + 3)).map(|k| val(k + 11)).collect();
@@ -434,7 +436,10 @@ mod backward_gemm_tests {
         for be in available() {
             for (k, n, rows) in [(1, 1, 1), (9, 13, 4), (40, 3 * be.nb + 5, 14), (64, 8 * be.nb, 7)] {
                 let m: Vec<f32> = (0..k * n).map(|q| val(q + 3)).collect();
-                let w = PackedGates::matrix(k, n, &m, be.nb).unwrap();
+                let mut w = PackedGates::zero_matrix(k, n, be.nb).unwrap();
+                for (q, &v) in m.iter().enumerate() {
+                    w.set(q / n, q % n, v);
+                }
                 let a: Vec<f32> = (0..rows * k).map(|q| val(q + 7)).collect();
                 let offs: Vec<usize> = (0..rows).map(|r| (rows - 1 - r) * k).collect();
                 let stride = n + 3;

@@ -107,37 +107,28 @@ fn pack_panels(m: &[f32], rows: usize, gates: usize, hidden: usize, nb: usize) -
 }
 
 impl PackedGates {
-    /// A plain matrix `m [k][n]` packed as the right operand of the kernels' GEMM: `project` then computes
-    /// `out[r] = a[r] · m` for rows `a[r]` of `k` floats, output rows of [`padded_cols`](Self::padded_cols)
-    /// floats in `m`'s column order (zero past `n`). The columns are grouped four blocks at a time as the
-    /// four "gates" of a block, so the GEMM runs with the same register tiles as the LSTM's projection.
-    /// The backward's GEMMs (`dZ·Rᵀ`, `dZ·Wᵀ`, `Xᵀ·dZ`) use it.
-    pub(crate) fn matrix(k: usize, n: usize, m: &[f32], nb: usize) -> Result<Self> {
+    /// A zero plain matrix `[k][n]`, packed as the right operand of the kernels' GEMM (fill it with
+    /// [`set`](Self::set)): `project` then computes `out[r] = a[r] · m` for rows `a[r]` of `k` floats,
+    /// output rows of [`padded_cols`](Self::padded_cols) floats in `m`'s column order (zero past `n`). The
+    /// columns are grouped four blocks at a time as the four "gates" of a block, so the GEMM runs with the
+    /// same register tiles as the LSTM's projection. The backward's GEMMs (`dZ·Rᵀ`, `dZ·Wᵀ`) use it.
+    pub(crate) fn zero_matrix(k: usize, n: usize, nb: usize) -> Result<Self> {
         const G: usize = 4;
-        if m.len() != k.saturating_mul(n) || nb == 0 {
-            return Err(Error::argument("matrix of the wrong length"));
+        if nb == 0 {
+            return Err(Error::argument("matrix of blocks of 0 lanes"));
         }
         let blocks = n.div_ceil(G * nb).max(1);
         let hidden = blocks * nb;
-        checked_product(&[k, G, hidden], "packed matrix")?;
-        // Canonical gate-major columns: gate g of unit blk * nb + lane is natural column (blk G + g) nb + lane.
-        let mut canon = vec![0.0f32; k * G * hidden];
-        for kk in 0..k {
-            for (c, &v) in m[kk * n..(kk + 1) * n].iter().enumerate() {
-                let (blk, g, lane) = (c / (G * nb), c / nb % G, c % nb);
-                canon[kk * G * hidden + g * hidden + blk * nb + lane] = v;
-            }
-        }
-        Ok(PackedGates {
-            gates: G,
-            input: k,
-            hidden,
-            nb,
-            blocks,
-            w: pack_panels(&canon, k, G, hidden, nb),
-            r: Vec::new(),
-            bias: Vec::new(),
-        })
+        let len = checked_product(&[k, G, hidden], "packed matrix")?;
+        Ok(PackedGates { gates: G, input: k, hidden, nb, blocks, w: vec![0.0; len], r: Vec::new(), bias: Vec::new() })
+    }
+
+    /// Sets element `(kk, c)` of a [`zero_matrix`](Self::zero_matrix): in block `c / (4 nb)`'s panel, row `kk`, column
+    /// `c mod 4 nb` (the columns of a block's four "gates" are adjacent).
+    #[inline]
+    pub(crate) fn set(&mut self, kk: usize, c: usize, v: f32) {
+        let panel = self.gates * self.nb;
+        self.w[(c / panel * self.input + kk) * panel + c % panel] = v;
     }
 
     /// Floats per output row of `project`: every block's gates.

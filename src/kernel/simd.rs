@@ -570,8 +570,8 @@ pub(crate) struct Tn<'a> {
 /// Rows of one K-block of [`gemm_tn`].
 pub(crate) const KC: usize = 256;
 
-/// `c[i][j] = Σ_k a[k][i] · b[k][j]` (`Aᵀ·B`, the weight gradients' product) for rows `i < m` and the
-/// columns `cols`, `k` over the rows of A: row `k` of A starts at `a[k]` (`m` floats), row `k` of B at
+/// `c[i][j] = Σ_k a[k][i] · b[k][j]` (`Aᵀ·B`, the weight gradients' product; zero when A has no rows)
+/// for rows `i < m` and the columns `cols`, `k` over the rows of A: row `k` of A starts at `a[k]` (`m` floats), row `k` of B at
 /// `b + k * ldb`; `c[i][j]` is at `c + i * ldc + j`. If `sums` is given, also `sums[j] = Σ_k b[k][j]`
 /// (the bias gradient). Each sum runs over `k` in order within blocks of [`KC`] rows, the blocks' sums
 /// added in order, so no result depends on how a caller splits the columns among threads.
@@ -591,6 +591,19 @@ pub(crate) unsafe fn gemm_tn<S: Simd>(p: Tn<'_>) {
     debug_assert!(cols.start.is_multiple_of(lanes) && cols.end.is_multiple_of(lanes));
     // A's rows of one K-block packed as [row tile][k][TN_MR] (zero past m): the tiles then stream
     // contiguous memory instead of gathering a line per k.
+    if a.is_empty() {
+        // No rows: every sum is empty, zero.
+        // SAFETY: rows of C below `m` and `sums` cover `cols` (the caller's contract).
+        unsafe {
+            for i in 0..m {
+                std::ptr::write_bytes(c.add(i * ldc + cols.start), 0, cols.len());
+            }
+            if let Some(sums) = sums {
+                std::ptr::write_bytes(sums.add(cols.start), 0, cols.len());
+            }
+        }
+        return;
+    }
     let tiles = m.div_ceil(TN_MR);
     let mut packed = vec![0.0f32; tiles * TN_MR * KC.min(a.len())];
     let mut strip = vec![0.0f32; 2 * lanes * KC.min(a.len())];
