@@ -91,13 +91,23 @@ impl CellSpec {
         let o = self.gate.apply_rounded(clip(zo), rounding);
         (o * self.output.apply_rounded(c, rounding), c)
     }
+
+    /// Whether a training forward records the gate activations `i, f, g, o` instead of their arguments:
+    /// when no clip bounds the arguments and the gate and candidate activations are differentiated from
+    /// their values alone (sigmoid, tanh), the backward then needs no activation of the gates again.
+    pub(crate) fn tape_keeps_activations(&self) -> bool {
+        let from_value = |a: Activation| matches!(a, Activation::Sigmoid | Activation::Tanh);
+        self.clip.is_none() && from_value(self.gate) && from_value(self.cell)
+    }
 }
 
-/// One block of lanes of the backward through [`update_lanes`]: from the gate arguments `args` (after
-/// the peepholes, before the clip, as the training forward kept them), the block's peepholes `p` (i, f,
+/// One block of lanes of the backward through [`update_lanes`]: from the gates `recorded` by the training
+/// forward (their activations, or their arguments after the peepholes and before the clip), the block's
+/// peepholes `p` (i, f,
 /// o), the previous and new cell states and the gradients `dh` and `dc` arriving at the new `h` and `c`,
-/// returns the gradients of the four gate pre-activations `z` (i, f, c, o) and of `c_prev`. The
-/// activations are recomputed from the arguments exactly as the forward computed them; derivatives at
+/// returns the gradients of the four gate pre-activations `z` (i, f, c, o) and of `c_prev`. Where the
+/// forward kept arguments (see [`TAPE_RECORD`]) the activations are recomputed from them exactly as the
+/// forward computed them (so the result is the same either way, bit for bit); derivatives at
 /// kinks as the C ABI documents them (the clip passes the gradient strictly inside its bounds).
 ///
 /// # Safety
@@ -106,7 +116,7 @@ impl CellSpec {
 #[inline(always)]
 unsafe fn backward_lanes<S: Simd>(
     spec: &CellSpec,
-    args: [S; 4],
+    recorded: [S; 4],
     p: Option<[S; 3]>,
     c_prev: S,
     c: S,
@@ -115,8 +125,10 @@ unsafe fn backward_lanes<S: Simd>(
 ) -> ([S; 4], S) {
     // SAFETY: S's instructions are available (caller's contract); no memory is accessed.
     unsafe {
-        let [ai, af, ac, ao] = args;
-        let act = |a: Activation, v: S| S::act(a, clip_lanes(v, spec.clip));
+        // What the forward recorded: the activations themselves, or their arguments to activate again.
+        let [ai, af, ac, ao] = recorded;
+        let activated = spec.tape_keeps_activations();
+        let act = |a: Activation, v: S| if activated { v } else { S::act(a, clip_lanes(v, spec.clip)) };
         let i = act(spec.gate, ai);
         let g = act(spec.cell, ac);
         let o = act(spec.gate, ao);
@@ -200,8 +212,9 @@ fn derivative(a: Activation, x: f32, y: f32) -> f32 {
 }
 
 /// Floats a training forward keeps per valid step and hidden unit (padded to whole blocks): the four
-/// gate arguments after the peepholes and before the clip, `[blocks][4][nb]` (`4 hp` floats), then the
-/// new `c` and the new `h` (`hp` floats each).
+/// gate activations `i, f, g, o` when [`CellSpec::tape_keeps_activations`], else their arguments after
+/// the peepholes and before the clip, `[blocks][4][nb]` (`4 hp` floats); then the new `c` and the new `h`
+/// (`hp` floats each).
 pub(crate) const TAPE_RECORD: usize = 6;
 
 /// The LSTM as the kernels see it: packed weights and activations of one layer direction.
@@ -281,13 +294,14 @@ impl<S: Simd> Epilogue<S, 4> for Update<'_> {
             let z: [S; 4] =
                 std::array::from_fn(|g| S::load(pr.add(g * S::LANES)).add(acc[g]).add(S::load(bias.add(g * S::LANES))));
             let cs = r * self.hp + blk * S::LANES;
-            let (hn, cn, args) = update_lanes(self.spec, z, peep, S::load(self.c.add(cs)));
+            let (hn, cn, args, acts) = update_lanes(self.spec, z, peep, S::load(self.c.add(cs)));
             cn.store(self.c.add(cs));
             hn.store(self.h_out.add(cs));
             if !self.tape.is_null() {
                 // The training record of this step (see `TAPE_RECORD`).
                 let rec = self.tape.add(*self.tape_rows.add(r) * self.tape_stride);
-                for (g, a) in args.iter().enumerate() {
+                let kept = if self.spec.tape_keeps_activations() { acts } else { args };
+                for (g, a) in kept.iter().enumerate() {
                     a.store(rec.add(blk * panel + g * S::LANES));
                 }
                 cn.store(rec.add(4 * self.hp + blk * S::LANES));
@@ -443,14 +457,14 @@ unsafe fn clip_lanes<S: Simd>(v: S, clip: Option<f32>) -> S {
 }
 
 /// [`CellSpec::update_rounded`] on one block of lanes: `z` are the gate pre-activations including bias,
-/// `p` the block's peepholes (i, f, o). Returns `(h, c, args)`, `h` and `c` bit for bit the scalar update
-/// in the backend's rounding, `args` the four gate arguments after the peepholes and before the clip
-/// (what the backward differentiates the activations at).
+/// `p` the block's peepholes (i, f, o). Returns `(h, c, args, acts)`, `h` and `c` bit for bit the scalar
+/// update in the backend's rounding, `args` the four gate arguments after the peepholes and before the
+/// clip (what the backward differentiates the activations at), `acts` the gates `i, f, g, o`.
 ///
 /// # Safety
 /// S's instructions available.
 #[inline(always)]
-unsafe fn update_lanes<S: Simd>(cell: &CellSpec, z: [S; 4], p: Option<[S; 3]>, c_prev: S) -> (S, S, [S; 4]) {
+unsafe fn update_lanes<S: Simd>(cell: &CellSpec, z: [S; 4], p: Option<[S; 3]>, c_prev: S) -> (S, S, [S; 4], [S; 4]) {
     // SAFETY: S's instructions are available (caller's contract); no memory is accessed.
     unsafe {
         let [mut zi, mut zf, zc, mut zo] = z;
@@ -460,11 +474,12 @@ unsafe fn update_lanes<S: Simd>(cell: &CellSpec, z: [S; 4], p: Option<[S; 3]>, c
         }
         let i = S::act(cell.gate, clip_lanes(zi, cell.clip));
         let f = if cell.input_forget { S::splat(1.0).sub(i) } else { S::act(cell.gate, clip_lanes(zf, cell.clip)) };
-        let c = f.mul(c_prev).add(i.mul(S::act(cell.cell, clip_lanes(zc, cell.clip))));
+        let g = S::act(cell.cell, clip_lanes(zc, cell.clip));
+        let c = f.mul(c_prev).add(i.mul(g));
         if let Some([_, _, po]) = p {
             zo = zo.add(po.mul(c));
         }
         let o = S::act(cell.gate, clip_lanes(zo, cell.clip));
-        (o.mul(S::act(cell.output, c)), c, [zi, zf, zc, zo])
+        (o.mul(S::act(cell.output, c)), c, [zi, zf, zc, zo], [i, f, g, o])
     }
 }
