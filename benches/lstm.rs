@@ -42,7 +42,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Samp
 use masked_rnn::kernel::{self, microbench::KernelBench};
 use masked_rnn::{
     Activation, Adam, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream, Loss,
-    LstmWeights, MaskValueMode, MaskedSeq, Padding, SeqView, Sequential, Workspace,
+    LstmWeights, MaskValueMode, MaskedSeq, Padding, Schedule, SeqView, Sequential, Workspace,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -322,33 +322,69 @@ fn backward(c: &mut Criterion) {
         let x = padded_input(&mut rng, &lengths, t, i);
         let view = SeqView::from_lengths(&lengths, t, Padding::Post).expect("view");
         let dy: Vec<f32> = (0..b * t * h).map(|_| rng.random_range(-1e-3..1e-3)).collect();
-        let (mut y, mut tape, mut ws) = (vec![0.0; b * t * h], KerasTape::new(), Workspace::new());
-        let out = KerasOutputs { y: Some(&mut y), ..Default::default() };
-        lstm.forward_train(&x, &view, None, out, &mut tape, 1, &mut ws).expect("forward_train");
-        let (mut dx, mut dk, mut dr, mut db) =
-            (vec![0.0; b * t * i], vec![0.0; i * 4 * h], vec![0.0; h * 4 * h], vec![0.0; 4 * h]);
         let flops = view.total_valid() as u64 * backward_step_flops(i, h, true);
         eprintln!(
             "backward/{id}: B={b} T={t} I={i} H={h}, {} valid steps of {}, tape {:.1} MiB, {:.3} GFLOP (GEMMs) per iteration",
             view.total_valid(),
             b * t,
-            tape.bytes() as f64 / (1 << 20) as f64,
+            lstm.tape_bytes(&view) as f64 / (1 << 20) as f64,
             flops as f64 * 1e-9
         );
         g.throughput(Throughput::Elements(flops));
-        g.bench_function(id, |bench| {
-            bench.iter(|| {
-                let grads = KerasGrads {
-                    dx: Some(&mut dx),
-                    d_kernel: Some(&mut dk),
-                    d_recurrent_kernel: Some(&mut dr),
-                    d_bias: Some(&mut db),
-                    ..Default::default()
-                };
-                let up = KerasUpstream { dy: Some(&dy), ..Default::default() };
-                black_box(lstm.backward(&x, &view, None, &tape, up, grads, 1).expect("backward"))
-            })
-        });
+        bench_backward(&mut g, id, &lstm, &x, &view, &dy, 1);
+    }
+    g.finish();
+}
+
+/// Benchmarks `lstm`'s backward on `threads` threads (`dx` and the parameter gradients, from `dy`) through
+/// a tape its training forward filled beforehand.
+fn bench_backward(
+    g: &mut Group<'_>,
+    id: &str,
+    lstm: &KerasLstm,
+    x: &[f32],
+    view: &SeqView,
+    dy: &[f32],
+    threads: usize,
+) {
+    let (b, t, i, h) = (view.batch(), view.time(), lstm.weights().input_size(), lstm.units());
+    let (mut y, mut tape, mut ws) = (vec![0.0; b * t * h], KerasTape::new(), Workspace::new());
+    let out = KerasOutputs { y: Some(&mut y), ..Default::default() };
+    lstm.forward_train(x, view, None, out, &mut tape, threads, &mut ws).expect("forward_train");
+    let (mut dx, mut dk, mut dr, mut db) =
+        (vec![0.0; b * t * i], vec![0.0; i * 4 * h], vec![0.0; h * 4 * h], vec![0.0; 4 * h]);
+    g.bench_function(id, |bench| {
+        bench.iter(|| {
+            let grads = KerasGrads {
+                dx: Some(&mut dx),
+                d_kernel: Some(&mut dk),
+                d_recurrent_kernel: Some(&mut dr),
+                d_bias: Some(&mut db),
+                ..Default::default()
+            };
+            let up = KerasUpstream { dy: Some(dy), ..Default::default() };
+            black_box(lstm.backward(x, view, None, &tape, up, grads, threads).expect("backward"))
+        })
+    });
+}
+
+/// The backward of a small batch of a large layer (2 sequences of 128 steps, I = H = 512) on 2 threads,
+/// by batch chunks (a thread per sequence) and by gate columns (both threads on every step, a barrier
+/// after each): what the backward's column split is for.
+fn backward_schedules(c: &mut Criterion) {
+    let (b, t, i, h) = (2, 128, 512, 512);
+    let mut rng = StdRng::seed_from_u64(8);
+    let base = layer(&mut rng, i, h);
+    let mut g = group(c, "backward_schedules", 10);
+    g.measurement_time(Duration::from_secs(10));
+    let lengths = [t, t - 20];
+    let x = padded_input(&mut rng, &lengths, t, i);
+    let view = SeqView::from_lengths(&lengths, t, Padding::Post).expect("view");
+    let dy: Vec<f32> = (0..b * t * h).map(|_| rng.random_range(-1e-3..1e-3)).collect();
+    g.throughput(Throughput::Elements(view.total_valid() as u64 * backward_step_flops(i, h, true)));
+    for (id, schedule) in [("batch_chunks", Schedule::BatchChunks), ("gate_columns", Schedule::GateColumns)] {
+        let lstm = base.clone().with_schedule(schedule);
+        bench_backward(&mut g, &format!("b2_h512/t2/{id}"), &lstm, &x, &view, &dy, 2);
     }
     g.finish();
 }
@@ -457,6 +493,7 @@ criterion_group!(
     fma_peak,
     workloads,
     backward,
+    backward_schedules,
     backward_gemms,
     train_step
 );

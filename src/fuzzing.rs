@@ -215,14 +215,31 @@ pub fn cores() -> usize {
 /// ([`Schedule::Auto`] from 128 units), or `threads` is 0 (the pool's size).
 /// `active` is the number of sequences with at least one valid step.
 pub fn expected_column_split(schedule: Schedule, threads: usize, hidden: usize, active: usize) -> Option<bool> {
-    if threads == 1 || active == 0 || cores() < 2 || schedule == Schedule::BatchChunks || hidden <= 8 {
+    expected_split(schedule, threads, hidden, active, 1)
+}
+
+/// [`expected_column_split`] for a backward, which splits the blocks of the transposed recurrent weights:
+/// 4 x LANES hidden units each, so a single block up to 32 units, and possibly 2 up to 64.
+pub fn expected_backward_column_split(
+    schedule: Schedule,
+    threads: usize,
+    hidden: usize,
+    active: usize,
+) -> Option<bool> {
+    expected_split(schedule, threads, hidden, active, 4)
+}
+
+/// The rule of [`expected_column_split`] for column blocks of `units x LANES` hidden units.
+fn expected_split(schedule: Schedule, threads: usize, hidden: usize, active: usize, units: usize) -> Option<bool> {
+    let single_block = hidden <= units * 8;
+    if threads == 1 || active == 0 || cores() < 2 || schedule == Schedule::BatchChunks || single_block {
         return Some(false);
     }
     if threads == 0 {
         return None;
     }
     match schedule {
-        Schedule::GateColumns => (hidden > MAX_LANES).then_some(true),
+        Schedule::GateColumns => (hidden > units * MAX_LANES).then_some(true),
         Schedule::Auto => (hidden < 128).then_some(false),
         Schedule::BatchChunks => Some(false),
     }
@@ -243,8 +260,38 @@ pub fn check_schedule(
     active: usize,
     runs: usize,
 ) -> Result<(), String> {
-    let (columns, chunks) = (stats.column_split_runs, stats.batch_chunk_runs);
     let expected = expected_column_split(schedule, threads, hidden, active);
+    check_split(what, stats, expected, schedule, threads, hidden, active, runs)
+}
+
+/// [`check_schedule`] for a backward run ([`expected_backward_column_split`]).
+///
+/// # Errors
+/// As [`check_schedule`].
+pub fn check_backward_schedule(
+    what: &str,
+    stats: &ForwardStats,
+    schedule: Schedule,
+    threads: usize,
+    hidden: usize,
+    active: usize,
+) -> Result<(), String> {
+    let expected = expected_backward_column_split(schedule, threads, hidden, active);
+    check_split(what, stats, expected, schedule, threads, hidden, active, 1)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_split(
+    what: &str,
+    stats: &ForwardStats,
+    expected: Option<bool>,
+    schedule: Schedule,
+    threads: usize,
+    hidden: usize,
+    active: usize,
+    runs: usize,
+) -> Result<(), String> {
+    let (columns, chunks) = (stats.column_split_runs, stats.batch_chunk_runs);
     let ok = match expected {
         Some(true) => columns == runs && chunks == 0,
         Some(false) => columns == 0 && (active == 0 || chunks == runs),
@@ -1140,6 +1187,7 @@ pub fn check_backward_case(bc: &BackwardCase) -> Result<BackwardReport, String> 
         }
     }
     check_schedule("forward_train, threads 1", &one.forward, c.schedule, 1, h, n_active, 1)?;
+    check_backward_schedule("backward, threads 1", &one.backward, c.schedule, 1, h, n_active)?;
     let (plain, _) = layer.forward_all(&c.x, view, c.init(), 1).map_err(|e| e.to_string())?;
     same_bits("forward_train vs forward (y)", &one.out.y, &plain.y)?;
     same_bits("forward_train vs forward (last_output)", &one.out.last_output, &plain.last_output)?;
@@ -1170,6 +1218,7 @@ pub fn check_backward_case(bc: &BackwardCase) -> Result<BackwardReport, String> 
     // Two threads: bitwise the same.
     let two = train_run(layer, &c.x, view, c.init(), bc.upstream(), [true; 6], 2, &mut tape, &mut ws)?;
     check_schedule("forward_train, threads 2", &two.forward, c.schedule, 2, h, n_active, 1)?;
+    check_backward_schedule("backward, threads 2", &two.backward, c.schedule, 2, h, n_active)?;
     if two.backward.steps_computed != valid {
         return Err(format!("backward on 2 threads computed {} steps for {valid}", two.backward.steps_computed));
     }

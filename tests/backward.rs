@@ -6,7 +6,7 @@
 use masked_rnn::reference::backward::{keras_lstm_backward, KerasUpstream64, LstmParams64};
 use masked_rnn::{
     Activation, InitialState, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream,
-    LstmWeights, SeqView, Workspace,
+    LstmWeights, Schedule, SeqView, Workspace,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -20,6 +20,8 @@ struct Grads {
     dh0: Vec<f32>,
     dc0: Vec<f32>,
     steps: usize,
+    /// Backward runs that split the gate columns across threads.
+    column_runs: usize,
 }
 
 struct Case {
@@ -139,6 +141,7 @@ impl Case {
             dh0: vec![f32::NAN; b * h],
             dc0: vec![f32::NAN; b * h],
             steps: 0,
+            column_runs: 0,
         };
         let up = KerasUpstream {
             dy: self.dy.as_deref(),
@@ -155,7 +158,8 @@ impl Case {
             d_initial_c: Some(&mut g.dc0),
         };
         let init = self.init.as_ref().map(|(h0, c0)| InitialState { h: h0, c: c0 });
-        g.steps = self.layer.backward(&self.x, &view, init, tape, up, grads, threads).unwrap().steps_computed;
+        let stats = self.layer.backward(&self.x, &view, init, tape, up, grads, threads).unwrap();
+        (g.steps, g.column_runs) = (stats.steps_computed, stats.column_split_runs);
         g
     }
 
@@ -197,6 +201,7 @@ impl Case {
             dh0: g(&r.d_initial_h),
             dc0: g(&r.d_initial_c),
             steps: self.mask.iter().filter(|&&m| m).count(),
+            column_runs: 0,
         }
     }
 }
@@ -251,6 +256,19 @@ fn check_case(seed: u64, c: Case) -> usize {
         }
     }
     same_bits(&format!("{what} threads 1 vs 2"), &one, &c.run(2));
+    // The gate-column split (forced, forward and backward) gives the same bits; its backward runs when the
+    // transposed recurrent weights have two blocks or more (4 x 16 units at most each) and there are rows.
+    let mut c = c;
+    c.layer = c.layer.clone().with_schedule(Schedule::GateColumns);
+    let columns = c.run(2);
+    same_bits(&format!("{what} gate columns vs 1 thread"), &one, &columns);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores >= 2 && one.steps > 0 && c.h > 64 {
+        assert_eq!(columns.column_runs, 1, "{what}: the backward did not split the gate columns");
+    }
+    if c.h <= 8 {
+        assert_eq!(columns.column_runs, 0, "{what}: one block of columns cannot be split");
+    }
     one.steps
 }
 

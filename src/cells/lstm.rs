@@ -311,26 +311,32 @@ impl<S: Simd> Epilogue<S, 4> for Update<'_> {
     }
 }
 
-/// One reverse step of the LSTM's backward over the first `m` rows of a chunk (rows of the sweep,
-/// sorted by decreasing valid length), each at its tape row `rows[r]`:
+/// One reverse step of the LSTM's backward over the first `m` rows of a sweep (sorted by decreasing
+/// valid length), row `r` at tape row `rows[r]` of sequence `s = seqs[r]`, for the hidden units of
+/// `blocks`:
 ///
 /// ```text
-/// dh[r] = dh_up[rows[r]] + (r < m_gemm ? dZ[rows[r] + 1] · Rᵀ : dh_start[r])
-/// dZ[rows[r]], dc[r] = the cell's backward at rows[r] (from the tape, c_prev[r] and dc[r])
+/// dh[r] = dh_up[rows[r]] + (r < m_gemm ? dZ[rows[r] + 1] · Rᵀ : dh_start[s])
+/// dZ[rows[r]], dc[s] = the cell's backward at rows[r] (from the tape, c_prev[r] and dc[s])
 /// ```
 /// Rows below `m_gemm` continue from the step after (their `dh` is the GEMM `dZ_next · Rᵀ` over the
 /// transposed recurrent weights, the gate derivatives fused into its epilogue while the tile is in
 /// registers); the others start here (their last valid step), from `dh_start` and the `dc` the caller
-/// set. Buffers are raw pointers because chunks running in parallel write their own tape rows of the
-/// shared `dz`.
+/// set. Buffers are raw pointers because parallel sweeps write their own elements of shared buffers:
+/// batch chunks their sequences' rows, the threads of a gate-column split their units' columns.
 pub(crate) struct BackwardStep<'a> {
     pub kernel: LstmKernel<'a>,
     /// `Rᵀ` ([`crate::cells::weights::Transposes::rt`]).
     pub rt: &'a PackedGates,
+    /// The blocks of `Rᵀ` computed (all of them, or a thread's share in a gate-column split): block `b`
+    /// covers the hidden-unit blocks `4 b .. 4 b + 4`, which are the only ones this step writes.
+    pub blocks: Range<usize>,
     pub m_gemm: usize,
     pub m: usize,
     /// Tape row of each of the `m` rows.
     pub rows: &'a [usize],
+    /// Sequence of each of the `m` rows (`dh_start` and `dc` are indexed by sequence).
+    pub seqs: &'a [usize],
     /// Offset in `dz` of `dZ` of the step after, for the rows below `m_gemm`.
     pub next: &'a [usize],
     /// Each row's previous cell state (`hp` floats).
@@ -342,9 +348,9 @@ pub(crate) struct BackwardStep<'a> {
     pub stride: usize,
     /// The gradient arriving at each tape row's `h`, `hp` floats per tape row.
     pub dh_up: *const f32,
-    /// `[m][hp]`: `dh` of the rows that start here.
+    /// `[B][hp]`: `dh` of each sequence at its last valid step (where it starts).
     pub dh_start: *const f32,
-    /// `[m][hp]`: the gradient reaching each row's `c`, replaced by that reaching `c_prev`.
+    /// `[B][hp]`: the gradient reaching each sequence's `c`, replaced by that reaching `c_prev`.
     pub dc: *mut f32,
 }
 
@@ -359,6 +365,7 @@ impl BackwardStep<'_> {
     pub(crate) unsafe fn run(self, backend: &crate::kernel::Backend) {
         let hp = self.kernel.packed.gates.hidden_padded();
         assert!(self.rows.len() >= self.m && self.c_prev.len() >= self.m && self.next.len() >= self.m_gemm);
+        assert!(self.seqs.len() >= self.m && self.blocks.end <= self.rt.blocks);
         assert!(self.rt.gates == 4 && self.rt.input == 4 * hp && self.rt.padded_cols() >= hp);
         assert!(self.kernel.packed.peephole.as_ref().is_none_or(|p| p.len() >= 3 * hp));
         backend.run(self)
@@ -379,13 +386,15 @@ unsafe impl SimdJob for BackwardStep<'_> {
         // SAFETY: S's instructions are available; the buffers as `BackwardStep::run`'s caller guaranteed,
         // the asserts there bound `rt`'s panels (4 hp rows) and columns (>= hp).
         unsafe {
+            let units = (4 * self.blocks.start).min(w.blocks)..(4 * self.blocks.end).min(w.blocks);
             for r in self.m_gemm..self.m {
-                for u in 0..w.blocks {
-                    ep.unit_block::<S>(r, u, S::load(self.dh_start.add(r * hp + u * S::LANES)));
+                let start = self.dh_start.add(*self.seqs.get_unchecked(r) * hp);
+                for u in units.clone() {
+                    ep.unit_block::<S>(r, u, S::load(start.add(u * S::LANES)));
                 }
             }
             let a = Rows::Gathered { base: self.dz, offsets: &self.next[..self.m_gemm] };
-            gemm::<S, 4>(&self.rt.w, self.rt.input, self.m_gemm, a, 0..self.rt.blocks, false, &mut ep);
+            gemm::<S, 4>(&self.rt.w, self.rt.input, self.m_gemm, a, self.blocks.clone(), false, &mut ep);
         }
     }
 }
@@ -414,7 +423,7 @@ impl BackwardEpilogue<'_, '_> {
             let c = S::load(rec.add(4 * hp + u * l));
             let c_prev = S::load(st.c_prev.get_unchecked(r).add(u * l));
             let dh = dh_in.add(S::load(st.dh_up.add(tr * hp + u * l)));
-            let dcp = st.dc.add(r * hp + u * l);
+            let dcp = st.dc.add(*st.seqs.get_unchecked(r) * hp + u * l);
             let p = self.peepholes.map(|p| {
                 let b = p.add(u * 3 * l);
                 [S::load(b), S::load(b.add(l)), S::load(b.add(2 * l))]

@@ -1,31 +1,36 @@
 //! The backward sweep: backpropagation through time over valid steps only.
 //!
 //! ```text
-//! chunks = the forward's balanced deal of the sequences (sorted by valid length, longest first)
-//! per chunk, in parallel:
+//! the forward's plan (plan::use_columns, the same rule over Rᵀ's blocks):
+//!   batch chunks: the sequences (sorted by valid length, longest first) dealt to chunks balanced by
+//!                 valid steps, each chunk's sweep on its own thread, no synchronisation; or
+//!   gate columns: every thread sweeps all sequences for its share of the hidden units, the threads
+//!                 meeting at a barrier after every step (small batches, large layers)
+//! each sweep:
 //!     for k = n_max - 1 down to 0:                  (the active prefix grows as k falls)
 //!         for each row active at k:
 //!             dh = dh_up[row, k] + (k is its last step ? d_h_n : dh_prev from step k + 1)
 //!             dc = (k is its last step ? d_c_n : dc_prev from step k + 1)
 //!             dZ[row, k], dc_prev = the cell's backward (from the tape)
 //!         dh_prev[rows active at k] = dZ_k · Rᵀ      (one GEMM, the forward's kernel)
-//!     d_h0, d_c0 = dh_prev, dc_prev after step 0
-//! then, over all valid rows in tape order (so every sum has one order whatever the thread count):
-//!     dW = Xᵀ·dZ, dR = H_prevᵀ·dZ, db = Σ dZ, dx = dZ·Wᵀ          (GEMMs split by output columns)
+//! then d_h0 = dZ_0 · Rᵀ, d_c0 = dc_prev after step 0; and over all valid rows in tape order (so every
+//! sum has one order whatever the thread count):
+//!     dW = Xᵀ·dZ, dR = H_prevᵀ·dZ, db = Σ dZ                      (GEMMs split by output columns)
+//!     dx = dZ·Wᵀ                                                  (split by rows)
 //! ```
 //! Each row's arithmetic depends only on that row, and each weight-gradient element is one sum in tape
-//! order, so gradients are bitwise identical whatever the thread count, and `dx` of a sequence is the
-//! same alone or in a batch.
+//! order, so gradients are bitwise identical whatever the thread count or schedule, and `dx` of a
+//! sequence is the same alone or in a batch.
 
 use std::cmp::Reverse;
-
-use rayon::prelude::*;
+use std::ops::Range;
 
 use super::layout::SeqIn;
-use super::plan::{balance, effective_threads};
-use super::sync::pool;
+use super::plan::{balance, column_threads, effective_threads, use_columns, Schedule};
+use super::sync::{for_each_index, for_each_part, run_columns, SpinBarrier};
 use super::tape::{DirTape, GradBufs};
 use super::workspace::ChunkScratch;
+use super::ForwardStats;
 use crate::cells::grads::LstmGrads;
 use crate::cells::lstm::{BackwardStep, CellSpec, LstmKernel};
 use crate::cells::weights::{LstmWeights, PackedLstm};
@@ -57,6 +62,8 @@ pub(crate) struct LstmBackward<'a> {
     /// straight through) or zeros (ONNX, PyTorch: no gradient reaches its initial state).
     pub empty_is_initial: bool,
     pub threads: usize,
+    /// How the recurrence spreads over threads (the forward's rule, see [`Schedule`]).
+    pub schedule: Schedule,
 }
 
 /// Where [`LstmBackward::run`] writes; every buffer is overwritten.
@@ -95,6 +102,21 @@ impl SharedMut {
     }
 }
 
+/// The buffers every sweep of a backward shares (see [`LstmBackward::sweep`]).
+#[derive(Clone, Copy)]
+struct Shared {
+    /// `dZ`, `[tape rows][4 hp]`.
+    dz: SharedMut,
+    /// `[B][hp]` each.
+    dc: SharedMut,
+    dh_start: *const f32,
+    c0: *const f32,
+}
+// SAFETY: sweeps write disjoint elements of `dz` and `dc` (see `LstmBackward::sweep`) and only read
+// `dh_start` and `c0`, which nobody writes during the sweeps.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
 /// Row pointers of a GEMM operand, shared read-only by parallel parts.
 struct SharedRows(Vec<*const f32>);
 // SAFETY: the pointers are only read through, and the rows they point at are not written meanwhile.
@@ -103,8 +125,8 @@ unsafe impl Sync for SharedRows {}
 
 impl LstmBackward<'_> {
     /// Runs the backward in `bufs` (grown as needed, never zeroed: every element used is written first);
-    /// returns the cell steps computed (the valid steps).
-    pub(crate) fn run(&self, out: LstmBackwardOut<'_>, bufs: &mut GradBufs) -> Result<usize> {
+    /// returns what ran: the cell steps computed (the valid steps) and the schedule.
+    pub(crate) fn run(&self, out: LstmBackwardOut<'_>, bufs: &mut GradBufs) -> Result<ForwardStats> {
         let (b, hd, input) = (self.view.batch(), self.weights.hidden_size(), self.weights.input_size());
         let hp = self.packed.gates.hidden_padded();
         let rows = self.tape.rows();
@@ -121,32 +143,72 @@ impl LstmBackward<'_> {
         // every element (all 4 gates of every unit block of every row) before anything reads it.
         let GradBufs { dz, dw, dr, db } = bufs;
         let dz = grow(dz, checked_product(&[rows, z4], "dZ")?);
-        let mut d_h0 = vec![0.0f32; b * hp];
-        let mut d_c0 = vec![0.0f32; b * hp];
+        // Per sequence, [B][hp]: dh at its last valid step (d_h_n), the gradient reaching its c (d_c_n,
+        // then step by step that reaching c_prev, d_c0 in the end) and its initial c.
+        let (mut dh_start, mut dc, mut c0) = (vec![0.0f32; b * hp], vec![0.0f32; b * hp], vec![0.0f32; b * hp]);
+        for (src, dst) in [(self.d_h_n, &mut dh_start), (self.d_c_n, &mut dc), (self.init.map(|i| i.1), &mut c0)] {
+            if let Some(src) = src {
+                for s in 0..b {
+                    dst[s * hp..s * hp + hd].copy_from_slice(&src[s * hd..(s + 1) * hd]);
+                }
+            }
+        }
 
         let lens: Vec<usize> = (0..b).map(|s| self.view.valid_len(s)).collect();
         let mut order: Vec<usize> = (0..b).filter(|&s| lens[s] > 0).collect();
         order.sort_unstable_by_key(|&s| (Reverse(lens[s]), s));
         let threads = effective_threads(self.threads);
-        let mut chunks: Vec<ChunkScratch> = (0..threads.min(order.len()).max(1)).map(|_| Default::default()).collect();
-        balance(&order, &lens, &mut Vec::new(), &mut chunks);
-        let (dz_ptr, h0_ptr, c0_ptr) =
-            (SharedMut(dz.as_mut_ptr()), SharedMut(d_h0.as_mut_ptr()), SharedMut(d_c0.as_mut_ptr()));
-        self.parallel(chunks.len(), |j| {
-            if !chunks[j].rows.is_empty() {
-                self.sweep(&chunks[j].rows, &lens, &tr.rt, dz_ptr, h0_ptr, c0_ptr);
+        let blocks = tr.rt.blocks;
+        let sh = Shared {
+            dz: SharedMut(dz.as_mut_ptr()),
+            dc: SharedMut(dc.as_mut_ptr()),
+            dh_start: dh_start.as_ptr(),
+            c0: c0.as_ptr(),
+        };
+        // The forward's rule over the transposed recurrent weights' blocks (4 unit blocks each).
+        let columns = use_columns(self.schedule, threads, order.len(), blocks, tr.rt.w.len() * 4, hd * hp * 4);
+        let parts = if order.is_empty() {
+            0
+        } else if columns {
+            let n = column_threads(threads, blocks);
+            run_columns(n, |j, barrier| {
+                self.sweep(&order, &lens, &tr.rt, j * blocks / n..(j + 1) * blocks / n, sh, Some(barrier))
+            })?;
+            n
+        } else {
+            let mut chunks: Vec<ChunkScratch> = (0..threads.min(order.len())).map(|_| Default::default()).collect();
+            balance(&order, &lens, &mut Vec::new(), &mut chunks);
+            for_each_part(self.threads, &mut chunks, |cs| {
+                if !cs.rows.is_empty() {
+                    self.sweep(&cs.rows, &lens, &tr.rt, 0..blocks, sh, None);
+                }
+            })?;
+            chunks.len()
+        };
+        // d_h0 = dZ_0 · Rᵀ of each sequence with valid steps; d_c0 = dc after its step 0. Sequences
+        // without valid steps pass the state gradients straight through (Keras) or get none (d_h0, d_c0
+        // zero).
+        let mut d_h0 = dh_start;
+        let d_c0 = &mut dc;
+        for s in (0..b).filter(|&s| lens[s] == 0 && !self.empty_is_initial) {
+            d_h0[s * hp..(s + 1) * hp].fill(0.0);
+            d_c0[s * hp..(s + 1) * hp].fill(0.0);
+        }
+        let first: Vec<usize> = order.iter().map(|&s| self.tape.offsets[s] * z4).collect();
+        let at: Vec<usize> = order.iter().map(|&s| s * hp).collect();
+        let n_gemm = threads.min(order.len().div_ceil(64)).max(1);
+        let h0_ptr = SharedMut(d_h0.as_mut_ptr());
+        for_each_index(self.threads, n_gemm, |j| {
+            let part = j * order.len() / n_gemm..(j + 1) * order.len() / n_gemm;
+            // SAFETY: dz rows hold 4 hp = rt.input floats, fully written by the sweep; d_h0 holds B x hp
+            // floats and row s (hp <= rt.padded_cols() floats) of a sequence of this part alone.
+            unsafe {
+                let a = Rows::Gathered { base: sh.dz.get(), offsets: &first[part.clone()] };
+                let o = Rows::Gathered { base: h0_ptr.get(), offsets: &at[part.clone()] };
+                self.backend.gemm_rows(&tr.rt, a, part.len(), o, hp, false);
             }
         })?;
-        // Sequences without valid steps: the state gradients pass straight through (Keras), or nothing
-        // reaches the initial state (d_h0, d_c0 stay zero).
-        for s in (0..b).filter(|&s| lens[s] == 0 && self.empty_is_initial) {
-            for (src, dst) in [(self.d_h_n, &mut d_h0), (self.d_c_n, &mut d_c0)] {
-                if let Some(src) = src {
-                    dst[s * hp..s * hp + hd].copy_from_slice(&src[s * hd..(s + 1) * hd]);
-                }
-            }
-        }
-        for (src, dst) in [(&d_h0, out.d_h0), (&d_c0, out.d_c0)] {
+        for (src, dst) in [(&d_h0, out.d_h0), (&*d_c0, out.d_c0)] {
             if let Some(dst) = dst {
                 for s in 0..b {
                     dst[s * hd..(s + 1) * hd].copy_from_slice(&src[s * hp..s * hp + hd]);
@@ -168,14 +230,14 @@ impl LstmBackward<'_> {
             }
             let parts = threads.min(rows.div_ceil(64)).max(1);
             let dx_ptr = SharedMut(dx.as_mut_ptr());
-            self.parallel(parts, |j| {
+            for_each_index(self.threads, parts, |j| {
                 let part = j * rows / parts..(j + 1) * rows / parts;
                 let n = part.len();
                 // SAFETY: dz holds rows x z4 floats, so the part's dz rows (z4 = wt.input floats each) start
                 // in bounds; each output row (a distinct (sequence, time) of dx, checked in bounds above)
                 // holds `input` floats, written by this part alone.
                 unsafe {
-                    let a = Rows::Strided { base: dz_ptr.get().add(part.start * z4), stride: z4 };
+                    let a = Rows::Strided { base: sh.dz.get().add(part.start * z4), stride: z4 };
                     let o = Rows::Gathered { base: dx_ptr.get(), offsets: &o[part] };
                     self.backend.gemm_rows(&tr.wt, a, n, o, input, accumulate)
                 };
@@ -184,34 +246,29 @@ impl LstmBackward<'_> {
         if let Some(g) = out.params {
             self.weight_grads(dz, g, [dw, dr, db])?;
         }
-        Ok(rows)
+        Ok(ForwardStats {
+            steps_computed: rows,
+            chunks: parts,
+            column_split_runs: usize::from(columns && parts > 0),
+            batch_chunk_runs: usize::from(!columns && parts > 0),
+        })
     }
 
-    /// Runs `f(0..parts)` on the layer's threads (in order on one thread).
-    fn parallel(&self, parts: usize, f: impl Fn(usize) + Sync + Send) -> Result<()> {
-        match self.threads {
-            1 => (0..parts).for_each(f),
-            0 => (0..parts).into_par_iter().for_each(f),
-            n => pool(n)?.install(|| (0..parts).into_par_iter().for_each(f)),
-        }
-        Ok(())
-    }
-
-    /// The recurrence of one chunk's rows (sorted by decreasing valid length): writes their `dZ` rows
-    /// and their `d_h0`, `d_c0` rows.
-    fn sweep(&self, rows: &[usize], lens: &[usize], rt: &PackedGates, dz: SharedMut, d_h0: SharedMut, d_c0: SharedMut) {
-        let hd = self.weights.hidden_size();
+    /// The recurrence of `rows` (sequences sorted by decreasing valid length: a batch chunk's, or all of
+    /// them for one thread of a gate-column split, which meets the others at `barrier` after each step)
+    /// over the hidden units of the `blocks` of `Rᵀ`: writes their `dZ` columns and their `dc`.
+    fn sweep(
+        &self,
+        rows: &[usize],
+        lens: &[usize],
+        rt: &PackedGates,
+        blocks: Range<usize>,
+        sh: Shared,
+        barrier: Option<&SpinBarrier>,
+    ) {
         let hp = self.tape.hp;
         let (z4, stride) = (4 * hp, self.tape.stride);
         let m = rows.len();
-        let mut dc = vec![0.0f32; m * hp];
-        let mut dh_start = vec![0.0f32; m * hp];
-        let mut c0 = vec![0.0f32; m * hp];
-        if let Some((_, init)) = self.init {
-            for (r, &s) in rows.iter().enumerate() {
-                c0[r * hp..r * hp + hd].copy_from_slice(&init[s * hd..(s + 1) * hd]);
-            }
-        }
         let (mut at, mut next) = (vec![0usize; m], vec![0usize; m]);
         let mut c_prev = vec![std::ptr::null::<f32>(); m];
         let tape = self.tape.data.as_ptr();
@@ -219,61 +276,51 @@ impl LstmBackward<'_> {
         let mut active = 0;
         for k in (0..lens[rows[0]]).rev() {
             let m_gemm = active;
+            // Rows whose last valid step is k start here (from dh_start and the dc the caller set).
             while active < m && lens[rows[active]] > k {
-                // Row `active` starts here, at its last valid step, from the final states' gradients.
-                let (r, s) = (active, rows[active]);
-                for (src, dst) in [(self.d_h_n, &mut dh_start), (self.d_c_n, &mut dc)] {
-                    if let Some(src) = src {
-                        dst[r * hp..r * hp + hd].copy_from_slice(&src[s * hd..(s + 1) * hd]);
-                    }
-                }
                 active += 1;
             }
             for r in 0..active {
                 let t = self.tape.offsets[rows[r]] + k;
                 at[r] = t;
                 next[r] = (t + 1) * z4;
-                // SAFETY: tape row t - 1 (k > 0) belongs to the same sequence; c0 holds m x hp floats.
+                // SAFETY: tape row t - 1 (k > 0) belongs to the same sequence; c0 holds B x hp floats.
                 c_prev[r] = unsafe {
                     if k > 0 {
                         tape.add((t - 1) * stride + 4 * hp)
                     } else {
-                        c0.as_ptr().add(r * hp)
+                        sh.c0.add(rows[r] * hp)
                     }
                 };
             }
             let step = BackwardStep {
                 kernel,
                 rt,
+                blocks: blocks.clone(),
                 m_gemm,
                 m: active,
                 rows: &at,
+                seqs: rows,
                 next: &next,
                 c_prev: &c_prev,
-                dz: dz.get(),
+                dz: sh.dz.get(),
                 tape,
                 stride,
                 dh_up: self.dh_up.as_ptr(),
-                dh_start: dh_start.as_ptr(),
-                dc: dc.as_mut_ptr(),
+                dh_start: sh.dh_start,
+                dc: sh.dc.get(),
             };
             // SAFETY: `run` checked the tape (rows x stride floats, stride >= 6 hp) and dh_up (rows x hp);
             // the rows below m_gemm were active at k + 1, so their tape row t + 1 exists and its dZ was
-            // written by the previous step; dz holds rows x 4 hp floats; this chunk alone holds these
-            // sequences, so no other thread touches their dz rows; dh_start, dc and c0 are this call's.
+            // written by the previous step (by every thread of a column split, before the barrier);
+            // dz holds rows x 4 hp floats, dh_start, dc and c0 B x hp. This call writes the dz rows and dc
+            // rows of its own sequences (no other chunk holds them) and only the columns of its blocks'
+            // units (the other threads of a column split write the others).
             unsafe { step.run(self.backend) };
-        }
-        // d_h0 = dZ_0 · Rᵀ for every row; d_c0 = dc after step 0.
-        let first: Vec<usize> = rows.iter().map(|&s| self.tape.offsets[s] * z4).collect();
-        let out: Vec<usize> = rows.iter().map(|&s| s * hp).collect();
-        // SAFETY: dz rows hold 4 hp = rt.input floats; d_h0 holds B x hp floats and row s (hp <=
-        // rt.padded_cols() floats) belongs to this chunk alone; dz is not written meanwhile by this chunk,
-        // and other chunks write other rows.
-        unsafe {
-            let a = Rows::Gathered { base: dz.get(), offsets: &first };
-            self.backend.gemm_rows(rt, a, m, Rows::Gathered { base: d_h0.get(), offsets: &out }, hp, false);
-            for (r, &s) in rows.iter().enumerate() {
-                std::ptr::copy_nonoverlapping(dc.as_ptr().add(r * hp), d_c0.get().add(s * hp), hp);
+            if let Some(b) = barrier {
+                if !b.wait() {
+                    return;
+                }
             }
         }
     }
@@ -322,7 +369,7 @@ impl LstmBackward<'_> {
         // Column parts of whole pairs of vectors.
         let pairs = z4 / (2 * nb);
         let parts = effective_threads(self.threads).min(pairs).max(1);
-        self.parallel(parts, |j| {
+        for_each_index(self.threads, parts, |j| {
             let cols = j * pairs / parts * 2 * nb..if j + 1 == parts { z4 } else { (j + 1) * pairs / parts * 2 * nb };
             // SAFETY: every row pointer is valid for `input` (x) or `hd` (tape h, h0) reads; dz holds
             // rows x z4 floats; dw, dr and db hold input, hd and 1 rows of z4 floats, of which this part

@@ -19,9 +19,10 @@
 //! other rows, of the chunking and of the thread count, so results are bitwise reproducible.
 //!
 //! One concern per file: `layout` (strided views of inputs and outputs; output regions borrowed for the
-//! job and checked disjoint in one place), `plan` (schedule choice, the cache probe, the balanced deal),
-//! `sync` (thread pools and the column-split barrier), `workspace` (reusable scratch) and `sweep` (the
-//! walk above).
+//! job and checked disjoint in one place), `plan` (schedule choice, the cache probe, the balanced deal:
+//! one rule for the forward, the training forward and the backward), `sync` (thread pools, the parallel
+//! loops over chunks, the column-split threads and their barrier), `workspace` (reusable scratch),
+//! `sweep` (the walk above), `tape` (what a training forward keeps) and `backward` (the reverse walk).
 
 mod backward;
 mod layout;

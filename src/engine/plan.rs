@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use super::workspace::{clear_reserve, ChunkScratch};
 
-/// How a job spreads over threads.
+/// How a job (a forward, a training forward or a backward) spreads over threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Schedule {
@@ -21,6 +21,44 @@ pub enum Schedule {
     /// sequence, keeps that slice of the weights in its own cache, and the threads meet at a cheap
     /// barrier after every step (the DeepCPU idea). For small batches and large hidden sizes.
     GateColumns,
+}
+
+/// Whether a job of `rows` sequences over `blocks` column blocks of recurrent weights (`recurrent_bytes`,
+/// `work` multiply-adds per row and step) splits the gate columns across `threads` threads instead of
+/// dealing sequences to them; the same rule for every pass (forward, training forward, backward).
+pub(crate) fn use_columns(
+    schedule: Schedule,
+    threads: usize,
+    rows: usize,
+    blocks: usize,
+    recurrent_bytes: usize,
+    work: usize,
+) -> bool {
+    if threads < 2 || blocks < 2 || rows == 0 || cores() < 2 {
+        return false;
+    }
+    match schedule {
+        Schedule::BatchChunks => false,
+        Schedule::GateColumns => true,
+        Schedule::Auto => {
+            // Measured with `examples/schedule_sweep` (bench/README.md): gate columns win when a thread
+            // would sit idle, when few rows per thread each stream weights that fill L2, and when even a
+            // thread's share of the weights is far beyond L2; batch chunks win otherwise.
+            let l2 = l2_bytes();
+            let idle = rows < threads;
+            let few_rows = rows < MIN_ROWS_PER_THREAD * threads;
+            let huge = recurrent_bytes > 2 * threads * l2;
+            // Enough work per step to pay for a barrier: at least a 64 x 256 block of weights.
+            let enough = work >= 1 << 16;
+            enough && blocks >= threads && (idle || (few_rows && recurrent_bytes >= l2) || huge)
+        }
+    }
+}
+
+/// Threads of a gate-column split over `blocks` column blocks: they spin at a barrier every step, so
+/// never more of them than blocks or cores.
+pub(crate) fn column_threads(threads: usize, blocks: usize) -> usize {
+    threads.min(blocks).min(cores())
 }
 
 /// Rows per thread below which batch chunks leave threads underused.

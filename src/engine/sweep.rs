@@ -4,11 +4,9 @@
 use std::cmp::Reverse;
 use std::ops::Range;
 
-use rayon::prelude::*;
-
 use super::layout::{check_extent, extent, Region, SeqIn, SeqOut, StateIn, StateOut};
-use super::plan::{balance, cores, effective_threads, l2_bytes, Schedule, MIN_ROWS_PER_THREAD};
-use super::sync::{column_pool, pool, ChunkPtr, SpinBarrier};
+use super::plan::{balance, column_threads, effective_threads, use_columns, Schedule};
+use super::sync::{for_each_part, run_columns, ChunkPtr, SpinBarrier};
 use super::tape::TapeOut;
 use super::workspace::{clear_reserve, ChunkScratch, JobScratch};
 use super::{EmptyState, Fill, ForwardStats};
@@ -132,14 +130,9 @@ impl<C: CellKernel> Job<'_, C> {
             self.run_columns(order, lens, chunks)?
         } else {
             balance(order, lens, load, chunks);
-            let run = |cs: &mut ChunkScratch| {
+            for_each_part(self.threads, chunks, |cs| {
                 cs.steps = if cs.rows.is_empty() { 0 } else { self.run_chunk(cs, lens) };
-            };
-            match self.threads {
-                1 => chunks.iter_mut().for_each(run),
-                0 => chunks.par_iter_mut().for_each(run),
-                n => pool(n)?.install(|| chunks.par_iter_mut().for_each(run)),
-            }
+            })?;
             chunks.iter().map(|c| c.steps).sum()
         };
         for s in (0..b).filter(|&s| lens[s] == 0) {
@@ -156,8 +149,7 @@ impl<C: CellKernel> Job<'_, C> {
     /// Whether the job splits gate columns, and into how many chunks (or column threads) it runs.
     fn layout(&self, threads: usize, rows: usize) -> (bool, usize) {
         let columns = self.use_columns(threads, rows);
-        // Column threads spin at a barrier every step: never more of them than cores.
-        (columns, if columns { threads.min(self.w().blocks).min(cores()) } else { threads.min(rows).max(1) })
+        (columns, if columns { column_threads(threads, self.w().blocks) } else { threads.min(rows).max(1) })
     }
 
     /// An upper bound of the bytes a fresh [`JobScratch`] holds after running this job (buffers are sized
@@ -197,25 +189,8 @@ impl<C: CellKernel> Job<'_, C> {
 
     /// Whether this job splits gate columns across threads instead of sequences.
     fn use_columns(&self, threads: usize, rows: usize) -> bool {
-        if threads < 2 || self.w().blocks < 2 || rows == 0 || cores() < 2 {
-            return false;
-        }
-        match self.schedule {
-            Schedule::BatchChunks => false,
-            Schedule::GateColumns => true,
-            Schedule::Auto => {
-                // Measured with `examples/schedule_sweep` (bench/README.md): gate columns win when a
-                // thread would sit idle, when few rows per thread each stream weights that fill L2, and
-                // when even a thread's share of the weights is far beyond L2; batch chunks win otherwise.
-                let (recurrent_bytes, l2) = (self.w().r.len() * 4, l2_bytes());
-                let idle = rows < threads;
-                let few_rows = rows < MIN_ROWS_PER_THREAD * threads;
-                let huge = recurrent_bytes > 2 * threads * l2;
-                // Enough work per step to pay for a barrier: at least a 64 x 256 block of weights.
-                let enough = self.w().hidden * self.w().hidden_padded() * self.w().gates >= 1 << 16;
-                enough && self.w().blocks >= threads && (idle || (few_rows && recurrent_bytes >= l2) || huge)
-            }
-        }
+        let w = self.w();
+        use_columns(self.schedule, threads, rows, w.blocks, w.r.len() * 4, w.hidden * w.hidden_padded() * w.gates)
     }
 
     /// Output position of time `t`.
@@ -264,47 +239,14 @@ impl<C: CellKernel> Job<'_, C> {
             SharedState { h: first.h.as_mut_ptr(), h2: first.h2.as_mut_ptr(), c: first.c.as_mut_ptr(), len: m * hp };
         let blocks = self.w().blocks;
         let range = |j: usize| (j * blocks / n)..((j + 1) * blocks / n);
-        let barrier = SpinBarrier::new(n);
         let scratch = ChunkPtr(chunks.as_mut_ptr());
-        let work = |j: usize| -> usize {
-            // SAFETY: `j < n` and every index is run by exactly one thread (broadcast indices and the
-            // scoped threads below are distinct), so each thread has its own ChunkScratch; chunk 0's
-            // h/h2/c buffers are only reached through `state`, never through this reference.
+        let steps = run_columns(n, |j, barrier| {
+            // SAFETY: `j < n` and every index is run by exactly one thread, so each thread has its own
+            // ChunkScratch; chunk 0's h/h2/c buffers are only reached through `state`, never through this
+            // reference.
             let cs = unsafe { &mut *scratch.at(j) };
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.drive(order, lens, range(j), state, cs, Some(&barrier))
-            }));
-            match r {
-                Ok(steps) => steps,
-                Err(p) => {
-                    barrier.poison();
-                    std::panic::resume_unwind(p)
-                }
-            }
-        };
-        // The barrier needs every participant running at once. A pool that runs nothing but column jobs,
-        // one job at a time, guarantees that and keeps its threads (and their caches) from call to call;
-        // if another job holds it, dedicated scoped threads do.
-        let cp = column_pool(n)?;
-        let guard = match cp.lock.try_lock() {
-            Ok(g) => Some(g),
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        };
-        let steps = match guard {
-            Some(_held) => cp.pool.broadcast(|ctx| work(ctx.index()))[0],
-            None => std::thread::scope(|s| {
-                for j in 1..n {
-                    let work = &work;
-                    if let Err(e) = std::thread::Builder::new().spawn_scoped(s, move || work(j)) {
-                        // The threads already started would wait at the barrier for ever: release them.
-                        barrier.poison();
-                        return Err(Error::new(ErrorKind::Internal, format!("cannot start a thread: {e}")));
-                    }
-                }
-                Ok(work(0))
-            })?,
-        };
+            self.drive(order, lens, range(j), state, cs, Some(barrier))
+        })?;
         if let Some(y) = &self.y {
             for &b in order {
                 self.fill_padding(y, b);

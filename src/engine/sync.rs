@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use rayon::prelude::*;
+
 use super::plan::MAX_THREADS;
 use super::workspace::ChunkScratch;
 use crate::error::{Error, ErrorKind, Result};
@@ -109,6 +111,68 @@ pub(crate) fn column_pool(n: usize) -> Result<Arc<ColumnPool>> {
     let p = Arc::new(ColumnPool { lock: Mutex::new(()), pool });
     pools.push((n, Arc::clone(&p)));
     Ok(p)
+}
+
+/// Runs `f(j)` for every `j < parts` on a job's threads: 1 the calling thread, in order; 0 rayon's current
+/// pool; `n` a pool of `n` threads.
+pub(crate) fn for_each_index(threads: usize, parts: usize, f: impl Fn(usize) + Sync + Send) -> Result<()> {
+    match threads {
+        1 => (0..parts).for_each(f),
+        0 => (0..parts).into_par_iter().for_each(f),
+        n => pool(n)?.install(|| (0..parts).into_par_iter().for_each(f)),
+    }
+    Ok(())
+}
+
+/// Runs `f` on every element of `parts` on a job's threads, as [`for_each_index`].
+pub(crate) fn for_each_part<T: Send>(threads: usize, parts: &mut [T], f: impl Fn(&mut T) + Sync + Send) -> Result<()> {
+    match threads {
+        1 => parts.iter_mut().for_each(f),
+        0 => parts.par_iter_mut().for_each(f),
+        n => pool(n)?.install(|| parts.par_iter_mut().for_each(f)),
+    }
+    Ok(())
+}
+
+/// Runs `work(j, barrier)` for every `j < n` on `n` threads running at once, as a gate-column split
+/// needs: its threads meet at `barrier` after every step (and between the dependent phases of a step).
+/// A pool that runs nothing but column jobs, one at a time, guarantees that every participant runs and
+/// keeps its threads (and their caches) from call to call; if another job holds it, dedicated scoped
+/// threads run this one. A participant that panics poisons the barrier, releasing the others, and the
+/// panic resumes on the caller. Returns participant 0's result.
+pub(crate) fn run_columns<R: Send>(n: usize, work: impl Fn(usize, &SpinBarrier) -> R + Sync) -> Result<R> {
+    let barrier = SpinBarrier::new(n);
+    let guarded = |j: usize| -> R {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(j, &barrier))) {
+            Ok(r) => r,
+            Err(p) => {
+                barrier.poison();
+                std::panic::resume_unwind(p)
+            }
+        }
+    };
+    let cp = column_pool(n)?;
+    let guard = match cp.lock.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    };
+    match guard {
+        Some(_held) => Ok(cp.pool.broadcast(|ctx| guarded(ctx.index())).swap_remove(0)),
+        None => std::thread::scope(|s| {
+            for j in 1..n {
+                let guarded = &guarded;
+                if let Err(e) = std::thread::Builder::new().spawn_scoped(s, move || {
+                    guarded(j);
+                }) {
+                    // The threads already started would wait at the barrier for ever: release them.
+                    barrier.poison();
+                    return Err(Error::new(ErrorKind::Internal, format!("cannot start a thread: {e}")));
+                }
+            }
+            Ok(guarded(0))
+        }),
+    }
 }
 
 /// Runs `a` and `b`, in parallel unless `threads == 1`; both results are returned.

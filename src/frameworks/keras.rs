@@ -348,11 +348,12 @@ impl KerasLstm {
             d_c_n: up.d_c_n,
             empty_is_initial: true,
             threads,
+            schedule: self.schedule,
         };
         let out = LstmBackwardOut { dx, params: params.as_mut(), d_h0: d_initial_h, d_c0: d_initial_c };
-        let steps = job.run(out, &mut scratch.bufs);
+        let stats = job.run(out, &mut scratch.bufs);
         tape.dir.scratch.put(scratch);
-        let steps = steps?;
+        let stats = stats?;
         if let Some(p) = params {
             for (dst, src) in [(d_kernel, &p.d_kernel), (d_recurrent_kernel, &p.d_recurrent), (d_bias, &p.d_bias)] {
                 if let Some(dst) = dst {
@@ -360,7 +361,7 @@ impl KerasLstm {
                 }
             }
         }
-        Ok(ForwardStats { steps_computed: steps, chunks: 1, ..ForwardStats::default() })
+        Ok(stats)
     }
 
     /// The gradient arriving at each valid step's output `h`, `[tape rows][hp]`, into `dh`: its own position's `dy`,

@@ -497,7 +497,7 @@ impl OnnxLstm {
             dx.fill(0.0);
         }
         let (mut dh0, mut dc0) = (vec![0.0f32; b * h], vec![0.0f32; b * h]);
-        let mut steps = 0;
+        let mut stats = ForwardStats::default();
         for d in 0..d_n {
             let dir = &self.dirs[d];
             let dtape = &tape.dirs[d];
@@ -538,6 +538,7 @@ impl OnnxLstm {
                 d_c_n: cn.as_deref(),
                 empty_is_initial: false,
                 threads,
+                schedule: self.schedule,
             };
             let out = LstmBackwardOut {
                 dx: dx.as_deref_mut().map(|dx| (dx, xs.batch, xs.time, d > 0)),
@@ -547,7 +548,7 @@ impl OnnxLstm {
             };
             let done = job.run(out, &mut scratch.bufs);
             dtape.scratch.put(scratch);
-            steps += done?;
+            stats = stats.merge(done?);
             for (src, dst) in [(&dh0, d_initial_h.as_deref_mut()), (&dc0, d_initial_c.as_deref_mut())] {
                 if let Some(dst) = dst {
                     for s in 0..b {
@@ -565,7 +566,7 @@ impl OnnxLstm {
                 }
             }
         }
-        Ok(ForwardStats { steps_computed: steps, chunks: 1, ..ForwardStats::default() })
+        Ok(stats)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -532,8 +532,9 @@ impl Sequential {
     /// [`Loss`], makes every step count), sliced or not. Results are bitwise the same for every `threads`.
     ///
     /// Allocation, once the stack has run a step of the same shape: none for the activations, the tapes
-    /// and the gradient buffers (all reused); per LSTM layer the repacked weights (O(parameters)) and
-    /// what [`KerasLstm::backward`] allocates internally (O(valid steps x 4H)); O(B) for the views.
+    /// and the gradient buffers (all reused, the backward's buffers kept with the tapes); per LSTM layer
+    /// the repacked weights and gradient scratch (O(parameters)), and O(B x H) for the views, the schedule
+    /// and the state gradients.
     ///
     /// # Errors
     /// [`ErrorKind::BadShape`] if `y` is not the model output's `[B, T, F]`

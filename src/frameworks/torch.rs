@@ -322,7 +322,7 @@ impl TorchLstm {
         let mut dcur: Vec<f32> = up.dy.map_or_else(|| vec![0.0; y_len], <[f32]>::to_vec);
         let (mut dh_l, mut dc_l) = (vec![0.0f32; b * h], vec![0.0f32; b * h]);
         let mut dx = dx;
-        let mut steps = 0;
+        let mut stats = ForwardStats::default();
         for l in (0..nl).rev() {
             let (input, inp): (&[f32], usize) =
                 if l == 0 { (x, self.input_size) } else { (&tape.inputs[l - 1], width) };
@@ -370,6 +370,7 @@ impl TorchLstm {
                     d_c_n: cn.as_deref(),
                     empty_is_initial: false,
                     threads,
+                    schedule: Schedule::Auto,
                 };
                 let dxl = if l > 0 { Some(&mut below[..]) } else { dx.as_deref_mut() };
                 let out = LstmBackwardOut {
@@ -380,7 +381,7 @@ impl TorchLstm {
                 };
                 let done = job.run(out, &mut scratch.bufs);
                 dtape.scratch.put(scratch);
-                steps += done?;
+                stats = stats.merge(done?);
                 for (src, dst) in [(&dh_l, dh0.as_deref_mut()), (&dc_l, dc0.as_deref_mut())] {
                     if let Some(dst) = dst {
                         dst[k * b * h..(k + 1) * b * h].copy_from_slice(src);
@@ -395,7 +396,7 @@ impl TorchLstm {
             params.clear();
             params.extend(layer_grads.into_iter().filter_map(|(_, g)| g.map(|g| g.to_pytorch())));
         }
-        Ok(ForwardStats { steps_computed: steps, chunks: 1, ..ForwardStats::default() })
+        Ok(stats)
     }
 
     #[allow(clippy::too_many_arguments)]
