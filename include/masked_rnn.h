@@ -456,8 +456,9 @@ int32_t mrnn_onnx_lstm_set_weights(MrnnOnnxLstm *layer, /* required */
     const float *b,               /* [D,8H] or NULL (zeros) */
     const float *p);              /* [D,3H] or NULL (none) */
 
-/* Writes to *bytes the memory a tape holds (its copies of the inputs, the activations and bookkeeping).
-   Both pointers are required (bytes aligned to 8). Returns MRNN_OK or a status. */
+/* Writes to *bytes the memory a tape holds (its copies of the inputs, the activations and bookkeeping,
+   and after a run_backward the working buffers it keeps for the next one: about 5 x H floats per valid
+   step and direction). Both pointers are required (bytes aligned to 8). Returns MRNN_OK or a status. */
 int32_t mrnn_tape_bytes(const MrnnTape *tape, uint64_t *bytes);
 
 /* Frees a tape made by mrnn_keras_lstm_run_train or mrnn_onnx_lstm_run_train. NULL is a no-op. A tape
