@@ -115,6 +115,47 @@ pub(crate) fn balance(order: &[usize], lens: &[usize], load: &mut Vec<usize>, ch
         clear_reserve(&mut c.rows, c.steps);
     }
     deal(load, &mut |i, b| chunks[i].rows.push(b));
+    refine(lens, load, chunks);
+}
+
+/// Rounds of [`refine`] at most, and the largest `rows x rows` of two chunks it searches (beyond that,
+/// rows are short against the chunks' loads and the greedy deal is within one short row of even).
+const REFINE_ROUNDS: usize = 16;
+const REFINE_PAIRS: usize = 4096;
+
+/// Evens out the greedy deal (15 sequences on 2 threads can end 6 % apart): swaps a row of the most
+/// loaded chunk with a shorter row of the least loaded one while that lowers the larger of their loads,
+/// each time the swap that leaves them closest; every chunk stays sorted by decreasing length. Swaps keep
+/// the chunks' sizes, so nothing is allocated. `load` holds the chunks' loads on entry.
+fn refine(lens: &[usize], load: &mut [usize], chunks: &mut [ChunkScratch]) {
+    for _ in 0..REFINE_ROUNDS {
+        let hi = (0..chunks.len()).max_by_key(|&i| (load[i], usize::MAX - i)).expect("at least one chunk");
+        let lo = (0..chunks.len()).min_by_key(|&i| (load[i], i)).expect("at least one chunk");
+        let gap = load[hi] - load[lo];
+        if gap < 2 || chunks[hi].rows.len() * chunks[lo].rows.len() > REFINE_PAIRS {
+            return;
+        }
+        // A swap moving d = len(a) - len(b) in 0 < d < gap leaves the pair |gap - 2 d| apart.
+        let mut best: Option<(usize, usize, usize)> = None;
+        for (ia, &a) in chunks[hi].rows.iter().enumerate() {
+            for (ib, &b) in chunks[lo].rows.iter().enumerate() {
+                let d = lens[a].wrapping_sub(lens[b]);
+                if d > 0 && d < gap && best.is_none_or(|(e, _, _)| gap.abs_diff(2 * d) < e) {
+                    best = Some((gap.abs_diff(2 * d), ia, ib));
+                }
+            }
+        }
+        let Some((_, ia, ib)) = best else { return };
+        let (a, b) = (chunks[hi].rows[ia], chunks[lo].rows[ib]);
+        let d = lens[a] - lens[b];
+        chunks[hi].rows[ia] = b;
+        chunks[lo].rows[ib] = a;
+        load[hi] -= d;
+        load[lo] += d;
+        for c in [hi, lo] {
+            chunks[c].rows.sort_unstable_by_key(|&r| (std::cmp::Reverse(lens[r]), r));
+        }
+    }
 }
 
 /// Cores available to this process (at least 1), read once.
@@ -145,6 +186,23 @@ mod tests {
         balance(&order, &lens, &mut Vec::new(), &mut chunks);
         let loads: Vec<usize> = chunks.iter().map(|c| c.rows.iter().map(|&b| lens[b]).sum()).collect();
         assert!(loads.iter().max().unwrap() - loads.iter().min().unwrap() <= 2, "{loads:?}");
+        for c in &chunks {
+            assert!(c.rows.windows(2).all(|w| lens[w[0]] >= lens[w[1]]));
+        }
+    }
+
+    #[test]
+    fn refinement_evens_what_the_greedy_deal_cannot() {
+        // Greedy: 3, 2, 2 | 3, 2 (7 vs 5); even is 3, 3 | 2, 2, 2.
+        let lens = [3, 3, 2, 2, 2];
+        let order: Vec<usize> = (0..5).collect();
+        let mut chunks: Vec<ChunkScratch> = (0..2).map(|_| ChunkScratch::default()).collect();
+        balance(&order, &lens, &mut Vec::new(), &mut chunks);
+        let loads: Vec<usize> = chunks.iter().map(|c| c.rows.iter().map(|&b| lens[b]).sum()).collect();
+        assert_eq!(loads, [6, 6]);
+        let mut rows: Vec<usize> = chunks.iter().flat_map(|c| c.rows.iter().copied()).collect();
+        rows.sort_unstable();
+        assert_eq!(rows, order);
         for c in &chunks {
             assert!(c.rows.windows(2).all(|w| lens[w[0]] >= lens[w[1]]));
         }
