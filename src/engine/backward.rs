@@ -78,6 +78,17 @@ pub(crate) struct LstmBackwardOut<'a> {
     pub d_c0: Option<&'a mut [f32]>,
 }
 
+/// `[b][hd]` states as `[b][hp]` rows, zero past `hd` (all zero without `src`).
+fn padded(src: Option<&[f32]>, b: usize, hd: usize, hp: usize) -> Vec<f32> {
+    let mut dst = vec![0.0f32; b * hp];
+    if let Some(src) = src {
+        for s in 0..b {
+            dst[s * hp..s * hp + hd].copy_from_slice(&src[s * hd..(s + 1) * hd]);
+        }
+    }
+    dst
+}
+
 /// `v` as a slice of `n` floats, grown (new room zeroed) but not cleared: the caller overwrites what it
 /// reads.
 fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -145,14 +156,8 @@ impl LstmBackward<'_> {
         let dz = grow(dz, checked_product(&[rows, z4], "dZ")?);
         // Per sequence, [B][hp]: dh at its last valid step (d_h_n), the gradient reaching its c (d_c_n,
         // then step by step that reaching c_prev, d_c0 in the end) and its initial c.
-        let (mut dh_start, mut dc, mut c0) = (vec![0.0f32; b * hp], vec![0.0f32; b * hp], vec![0.0f32; b * hp]);
-        for (src, dst) in [(self.d_h_n, &mut dh_start), (self.d_c_n, &mut dc), (self.init.map(|i| i.1), &mut c0)] {
-            if let Some(src) = src {
-                for s in 0..b {
-                    dst[s * hp..s * hp + hd].copy_from_slice(&src[s * hd..(s + 1) * hd]);
-                }
-            }
-        }
+        let (dh_start, mut dc) = (padded(self.d_h_n, b, hd, hp), padded(self.d_c_n, b, hd, hp));
+        let c0 = padded(self.init.map(|i| i.1), b, hd, hp);
 
         let lens: Vec<usize> = (0..b).map(|s| self.view.valid_len(s)).collect();
         let mut order: Vec<usize> = (0..b).filter(|&s| lens[s] > 0).collect();
@@ -196,18 +201,12 @@ impl LstmBackward<'_> {
         }
         let first: Vec<usize> = order.iter().map(|&s| self.tape.offsets[s] * z4).collect();
         let at: Vec<usize> = order.iter().map(|&s| s * hp).collect();
-        let n_gemm = threads.min(order.len().div_ceil(64)).max(1);
-        let h0_ptr = SharedMut(d_h0.as_mut_ptr());
-        for_each_index(self.threads, n_gemm, |j| {
-            let part = j * order.len() / n_gemm..(j + 1) * order.len() / n_gemm;
-            // SAFETY: dz rows hold 4 hp = rt.input floats, fully written by the sweep; d_h0 holds B x hp
-            // floats and row s (hp <= rt.padded_cols() floats) of a sequence of this part alone.
-            unsafe {
-                let a = Rows::Gathered { base: sh.dz.get(), offsets: &first[part.clone()] };
-                let o = Rows::Gathered { base: h0_ptr.get(), offsets: &at[part.clone()] };
-                self.backend.gemm_rows(&tr.rt, a, part.len(), o, hp, false);
-            }
-        })?;
+        // SAFETY: dz rows hold 4 hp = rt.input floats, fully written by the sweep; d_h0 holds B x hp floats
+        // and row s (hp <= rt.padded_cols() floats) of each sequence once.
+        unsafe {
+            let a = |part: Range<usize>| Rows::Gathered { base: sh.dz.get(), offsets: &first[part] };
+            self.gemm_rows_split(&tr.rt, a, SharedMut(d_h0.as_mut_ptr()), &at, hp, false)?;
+        }
         for (src, dst) in [(&d_h0, out.d_h0), (&*d_c0, out.d_c0)] {
             if let Some(dst) = dst {
                 for s in 0..b {
@@ -228,20 +227,13 @@ impl LstmBackward<'_> {
             if dx.len() < end {
                 return Err(Error::new(ErrorKind::Internal, "dx is too short for the view"));
             }
-            let parts = threads.min(rows.div_ceil(64)).max(1);
-            let dx_ptr = SharedMut(dx.as_mut_ptr());
-            for_each_index(self.threads, parts, |j| {
-                let part = j * rows / parts..(j + 1) * rows / parts;
-                let n = part.len();
-                // SAFETY: dz holds rows x z4 floats, so the part's dz rows (z4 = wt.input floats each) start
-                // in bounds; each output row (a distinct (sequence, time) of dx, checked in bounds above)
-                // holds `input` floats, written by this part alone.
-                unsafe {
-                    let a = Rows::Strided { base: sh.dz.get().add(part.start * z4), stride: z4 };
-                    let o = Rows::Gathered { base: dx_ptr.get(), offsets: &o[part] };
-                    self.backend.gemm_rows(&tr.wt, a, n, o, input, accumulate)
-                };
-            })?;
+            // SAFETY: dz holds rows x z4 floats, so each part's dz rows (z4 = wt.input floats each) start in
+            // bounds; each output row (a distinct (sequence, time) of dx, checked in bounds above) holds
+            // `input` floats.
+            unsafe {
+                let a = |part: Range<usize>| Rows::Strided { base: sh.dz.get().add(part.start * z4), stride: z4 };
+                self.gemm_rows_split(&tr.wt, a, SharedMut(dx.as_mut_ptr()), &o, input, accumulate)?;
+            }
         }
         if let Some(g) = out.params {
             self.weight_grads(dz, g, [dw, dr, db])?;
@@ -251,6 +243,32 @@ impl LstmBackward<'_> {
             chunks: parts,
             column_split_runs: usize::from(columns && parts > 0),
             batch_chunk_runs: usize::from(!columns && parts > 0),
+        })
+    }
+
+    /// `out + offsets[r] = a(r) · w` (first `limit` columns, added when `accumulate`) for every row
+    /// `r < offsets.len()`, the rows split among the layer's threads in parts of at least 64; `a(part)`
+    /// gives the left operand's rows of a part.
+    ///
+    /// # Safety
+    /// Every row of `a` holds `w.input` floats; every output row holds `limit` floats, the rows are
+    /// disjoint and nothing else accesses them meanwhile.
+    unsafe fn gemm_rows_split<'r>(
+        &self,
+        w: &PackedGates,
+        a: impl Fn(Range<usize>) -> Rows<'r> + Sync + Send,
+        out: SharedMut,
+        offsets: &[usize],
+        limit: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let rows = offsets.len();
+        let parts = effective_threads(self.threads).min(rows.div_ceil(64)).max(1);
+        for_each_index(self.threads, parts, |j| {
+            let part = j * rows / parts..(j + 1) * rows / parts;
+            let o = Rows::Gathered { base: out.get(), offsets: &offsets[part.clone()] };
+            // SAFETY: the caller's contract; parts write disjoint rows.
+            unsafe { self.backend.gemm_rows(w, a(part.clone()), part.len(), o, limit, accumulate) };
         })
     }
 
@@ -333,12 +351,7 @@ impl LstmBackward<'_> {
         let hp = self.tape.hp;
         let (z4, stride, nb) = (4 * hp, self.tape.stride, self.packed.gates.nb);
         let rows = self.tape.rows();
-        let mut h0 = vec![0.0f32; b * hp];
-        if let Some((init, _)) = self.init {
-            for s in 0..b {
-                h0[s * hp..s * hp + hd].copy_from_slice(&init[s * hd..(s + 1) * hd]);
-            }
-        }
+        let h0 = padded(self.init.map(|i| i.0), b, hd, hp);
         // Row k of Xᵀ's transpose (the input of tape row k) and of H_prevᵀ's (its previous h).
         let mut xr = SharedRows(vec![std::ptr::null(); rows]);
         let mut hr = SharedRows(vec![std::ptr::null(); rows]);
