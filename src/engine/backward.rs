@@ -36,7 +36,7 @@ use crate::cells::lstm::{BackwardStep, CellSpec, LstmKernel};
 use crate::cells::weights::{LstmWeights, PackedLstm};
 use crate::error::{checked_product, Error, ErrorKind, Result};
 use crate::kernel::pack::PackedGates;
-use crate::kernel::simd::{Rows, Tn};
+use crate::kernel::simd::{Rows, Tn, TnPart};
 use crate::kernel::Backend;
 use crate::view::SeqView;
 
@@ -128,11 +128,18 @@ struct Shared {
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
-/// Row pointers of a GEMM operand, shared read-only by parallel parts.
-struct SharedRows(Vec<*const f32>);
+/// The parts of `gemm_tn`'s A (row pointers), shared read-only by parallel parts.
+struct SharedParts<'a>(&'a [TnPart<'a>]);
 // SAFETY: the pointers are only read through, and the rows they point at are not written meanwhile.
-unsafe impl Send for SharedRows {}
-unsafe impl Sync for SharedRows {}
+unsafe impl Send for SharedParts<'_> {}
+unsafe impl Sync for SharedParts<'_> {}
+
+impl<'a> SharedParts<'a> {
+    /// The parts (a method, so that closures capture the wrapper and not the field).
+    fn get(&self) -> &'a [TnPart<'a>] {
+        self.0
+    }
+}
 
 impl LstmBackward<'_> {
     /// Runs the backward in `bufs` (grown as needed, never zeroed: every element used is written first);
@@ -152,7 +159,7 @@ impl LstmBackward<'_> {
         let tr = self.packed.transposes(self.weights)?;
         // dZ of every valid step, in tape order, in the packed layout [blocks][4][nb]; the sweep writes
         // every element (all 4 gates of every unit block of every row) before anything reads it.
-        let GradBufs { dz, dw, dr, db } = bufs;
+        let GradBufs { dz, dwr, db } = bufs;
         let dz = grow(dz, checked_product(&[rows, z4], "dZ")?);
         // Per sequence, [B][hp]: dh at its last valid step (d_h_n), the gradient reaching its c (d_c_n,
         // then step by step that reaching c_prev, d_c0 in the end) and its initial c.
@@ -236,7 +243,7 @@ impl LstmBackward<'_> {
             }
         }
         if let Some(g) = out.params {
-            self.weight_grads(dz, g, [dw, dr, db])?;
+            self.weight_grads(dz, g, dwr, db)?;
         }
         Ok(ForwardStats {
             steps_computed: rows,
@@ -344,17 +351,18 @@ impl LstmBackward<'_> {
     }
 
     /// `dW = Xᵀ·dZ`, `dR = H_prevᵀ·dZ`, `db = Σ dZ` and the peephole gradients, over the valid rows in
-    /// tape order; the columns of dZ split among threads (results do not depend on the split). `bufs`
-    /// hold the packed `dW`, `dR`, `db`.
-    fn weight_grads(&self, dz: &[f32], g: &mut LstmGrads<f32>, bufs: [&mut Vec<f32>; 3]) -> Result<()> {
+    /// tape order; `[dW; dR]` as one product (`[X, H_prev]ᵀ·dZ`, dZ streamed once); the columns of dZ
+    /// split among threads (results do not depend on the split). `dwr` and `db` hold the packed
+    /// `[dW; dR]` and `db`.
+    fn weight_grads(&self, dz: &[f32], g: &mut LstmGrads<f32>, dwr: &mut Vec<f32>, db: &mut Vec<f32>) -> Result<()> {
         let (b, hd, input) = (self.view.batch(), self.weights.hidden_size(), self.weights.input_size());
         let hp = self.tape.hp;
         let (z4, stride, nb) = (4 * hp, self.tape.stride, self.packed.gates.nb);
         let rows = self.tape.rows();
         let h0 = padded(self.init.map(|i| i.0), b, hd, hp);
         // Row k of Xᵀ's transpose (the input of tape row k) and of H_prevᵀ's (its previous h).
-        let mut xr = SharedRows(vec![std::ptr::null(); rows]);
-        let mut hr = SharedRows(vec![std::ptr::null(); rows]);
+        let mut xr = vec![std::ptr::null(); rows];
+        let mut hr = vec![std::ptr::null(); rows];
         for s in 0..b {
             for t in self.tape.offsets[s]..self.tape.offsets[s + 1] {
                 let at = self.x.off + s * self.x.sb + self.tape.times[t] * self.x.st;
@@ -364,8 +372,8 @@ impl LstmBackward<'_> {
                 // SAFETY: in bounds of x (checked above) and of the tape (rows x stride floats, checked
                 // in `run`) or h0 (B x hp).
                 unsafe {
-                    xr.0[t] = self.x.data.as_ptr().add(at);
-                    hr.0[t] = if t > self.tape.offsets[s] {
+                    xr[t] = self.x.data.as_ptr().add(at);
+                    hr[t] = if t > self.tape.offsets[s] {
                         self.tape.data.as_ptr().add((t - 1) * stride + 5 * hp)
                     } else {
                         h0.as_ptr().add(s * hp)
@@ -374,26 +382,24 @@ impl LstmBackward<'_> {
             }
         }
         // Every element is written by the column part holding it (`gemm_tn` overwrites C and the sums).
-        let [dw, dr, db] = bufs;
-        let (dw, dr, db) = (grow(dw, input * z4), grow(dr, hd * z4), grow(db, z4));
-        let (xr, hr) = (&xr, &hr);
-        let (dw_ptr, dr_ptr, db_ptr) =
-            (SharedMut(dw.as_mut_ptr()), SharedMut(dr.as_mut_ptr()), SharedMut(db.as_mut_ptr()));
+        let (dwr, db) = (grow(dwr, checked_product(&[input + hd, z4], "dW")?), grow(db, z4));
+        let a = [TnPart { rows: &xr, width: input }, TnPart { rows: &hr, width: hd }];
+        let a = SharedParts(&a);
+        let (dwr_ptr, db_ptr) = (SharedMut(dwr.as_mut_ptr()), SharedMut(db.as_mut_ptr()));
         // Column parts of whole pairs of vectors.
         let pairs = z4 / (2 * nb);
         let parts = effective_threads(self.threads).min(pairs).max(1);
         for_each_index(self.threads, parts, |j| {
             let cols = j * pairs / parts * 2 * nb..if j + 1 == parts { z4 } else { (j + 1) * pairs / parts * 2 * nb };
             // SAFETY: every row pointer is valid for `input` (x) or `hd` (tape h, h0) reads; dz holds
-            // rows x z4 floats; dw, dr and db hold input, hd and 1 rows of z4 floats, of which this part
+            // rows x z4 floats; dwr and db hold input + hd and 1 rows of z4 floats, of which this part
             // writes its own columns only; nothing reads them meanwhile.
             unsafe {
-                let (b, ldb, ldc) = (dz.as_ptr(), z4, z4);
-                let (dw, db) = (dw_ptr.get(), Some(db_ptr.get()));
-                self.backend.gemm_tn(Tn { a: &xr.0, m: input, b, ldb, cols: cols.clone(), c: dw, ldc, sums: db });
-                self.backend.gemm_tn(Tn { a: &hr.0, m: hd, b, ldb, cols, c: dr_ptr.get(), ldc, sums: None });
+                let (c, sums) = (dwr_ptr.get(), Some(db_ptr.get()));
+                self.backend.gemm_tn(Tn { a: a.get(), b: dz.as_ptr(), ldb: z4, cols, c, ldc: z4, sums });
             }
         })?;
+        let (dw, dr) = dwr.split_at(input * z4);
         let unpack = |packed: &[f32], n: usize, dst: &mut [f32]| {
             for k in 0..n {
                 for gate in 0..4 {

@@ -44,16 +44,16 @@ pub(crate) struct BackwardScratch {
 pub(crate) struct GradBufs {
     /// `dZ` of every valid step, `[rows][4 hp]`.
     pub dz: Vec<f32>,
-    /// The packed weight gradients `dW [I][4 hp]`, `dR [H][4 hp]`, `db [4 hp]`.
-    pub dw: Vec<f32>,
-    pub dr: Vec<f32>,
+    /// The packed weight gradients `[dW; dR]` (`[I + H][4 hp]`, one product streams dZ once for both)
+    /// and `db [4 hp]`.
+    pub dwr: Vec<f32>,
     pub db: Vec<f32>,
 }
 
 impl BackwardScratch {
     fn bytes(&self) -> usize {
         let b = &self.bufs;
-        [&self.dh_up, &b.dz, &b.dw, &b.dr, &b.db].iter().map(|v| v.capacity() * 4).sum()
+        [&self.dh_up, &b.dz, &b.dwr, &b.db].iter().map(|v| v.capacity() * 4).sum()
     }
 }
 

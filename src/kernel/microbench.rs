@@ -1,7 +1,7 @@
 //! The kernels on their own, for benchmarks: one input-projection GEMM and one recurrent step of a
 //! batch, on a chosen backend. `benches/lstm.rs` measures these per backend.
 
-use super::simd::{Rows, Tn};
+use super::simd::{Rows, Tn, TnPart};
 use super::{Backend, StepState};
 use crate::cells::lstm::{CellSpec, LstmKernel};
 use crate::cells::weights::{LstmWeights, PackedLstm};
@@ -104,8 +104,7 @@ impl KernelBench {
         let a: Vec<*const f32> = self.rows.iter().map(|&o| self.x[o..].as_ptr()).collect();
         let (c, sums) = self.grad.split_at_mut(input * z4);
         let p = Tn {
-            a: &a,
-            m: input,
+            a: &[TnPart { rows: &a, width: input }],
             b: self.dz.as_ptr(),
             ldb: z4,
             cols: 0..z4,

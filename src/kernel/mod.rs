@@ -355,7 +355,7 @@ pub(crate) mod tests {
 
 #[cfg(test)]
 mod backward_gemm_tests {
-    use super::simd::{Rows, Tn, KC};
+    use super::simd::{Rows, Tn, TnPart, KC};
     use super::{available, PackedGates};
 
     /// Deterministic values in [-1, 1).
@@ -365,7 +365,8 @@ mod backward_gemm_tests {
 
     /// `gemm_tn` against a float64 sum on every backend: no rows (zeros), several K-blocks, partial row tiles and
     /// column strips, gathered rows of A; the column sums too; and bit-identical results whatever the
-    /// split of the columns (what makes the weight gradients independent of the thread count).
+    /// split of the columns (what makes the weight gradients independent of the thread count) or of A's
+    /// columns into parts.
     #[test]
     fn gemm_tn_matches_f64_and_ignores_the_column_split() {
         let mut checked = 0;
@@ -381,12 +382,16 @@ mod backward_gemm_tests {
                 let a: Vec<*const f32> =
                     (0..k_rows).map(|k| a_data[(k_rows - 1 - k) * (m + 3) + 1..].as_ptr()).collect();
                 let b: Vec<f32> = (0..k_rows * ldb).map(|k| val(k + 5)).collect();
-                let run = |splits: &[usize]| {
+                // The same A given as one part, or as two (split inside a row tile where m allows).
+                let w1 = m / 2 + 1;
+                let a2: Vec<*const f32> = a.iter().map(|&r| r.wrapping_add(w1)).collect();
+                let one = [TnPart { rows: &a, width: m }];
+                let two = [TnPart { rows: &a, width: w1 }, TnPart { rows: &a2, width: m - w1 }];
+                let run = |splits: &[usize], parts: &[TnPart<'_>]| {
                     let (mut c, mut sums) = (vec![f32::NAN; m * n], vec![f32::NAN; n]);
                     for w in splits.windows(2) {
                         let p = Tn {
-                            a: &a,
-                            m,
+                            a: parts,
                             b: b.as_ptr(),
                             ldb,
                             cols: w[0] * l..w[1] * l,
@@ -399,7 +404,7 @@ mod backward_gemm_tests {
                     }
                     (c, sums)
                 };
-                let (c, sums) = run(&[0, n_vec]);
+                let (c, sums) = run(&[0, n_vec], &one);
                 for i in 0..m {
                     for j in 0..n {
                         let e: f64 =
@@ -416,8 +421,10 @@ mod backward_gemm_tests {
                     let e: f64 = (0..k_rows).map(|k| f64::from(b[k * ldb + j])).sum();
                     assert!((f64::from(sums[j]) - e).abs() <= 1e-5 * k_rows as f64, "{}: sums[{j}]", be.name);
                 }
-                for splits in [vec![0, 1, n_vec], vec![0, n_vec - 1, n_vec]] {
-                    let (c2, s2) = run(&splits);
+                for (splits, parts) in
+                    [(vec![0, 1, n_vec], &one[..]), (vec![0, n_vec - 1, n_vec], &one), (vec![0, n_vec], &two)]
+                {
+                    let (c2, s2) = run(&splits, parts);
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&c2), bits(&c), "{}: split {splits:?}", be.name);
                     assert_eq!(bits(&s2), bits(&sums), "{}: split {splits:?}", be.name);

@@ -552,10 +552,11 @@ pub(crate) unsafe fn gemm<S: Simd, const G: usize>(
 
 /// The operands of [`gemm_tn`] (see there).
 pub(crate) struct Tn<'a> {
-    /// Row `k` of A (`m` floats each).
-    pub a: &'a [*const f32],
-    pub m: usize,
-    /// B, `a.len()` rows of `ldb` floats.
+    /// A's rows, in parts side by side: row `k` of A is `parts[0].rows[k]`'s `parts[0].width` floats,
+    /// then `parts[1].rows[k]`'s, and so on (`m`, the rows of C, is the sum of the widths). Every part
+    /// has the same number of rows, K.
+    pub a: &'a [TnPart<'a>],
+    /// B, K rows of `ldb` floats.
     pub b: *const f32,
     pub ldb: usize,
     /// The columns of B and C computed.
@@ -567,31 +568,43 @@ pub(crate) struct Tn<'a> {
     pub sums: Option<*mut f32>,
 }
 
+/// Columns of A in [`Tn`]: row `k` of them starts at `rows[k]` and holds `width` floats.
+#[derive(Clone, Copy)]
+pub(crate) struct TnPart<'a> {
+    pub rows: &'a [*const f32],
+    pub width: usize,
+}
+
 /// Rows of one K-block of [`gemm_tn`].
 pub(crate) const KC: usize = 256;
 
 /// `c[i][j] = Σ_k a[k][i] · b[k][j]` (`Aᵀ·B`, the weight gradients' product; zero when A has no rows)
-/// for rows `i < m` and the columns `cols`, `k` over the rows of A: row `k` of A starts at `a[k]` (`m` floats), row `k` of B at
-/// `b + k * ldb`; `c[i][j]` is at `c + i * ldc + j`. If `sums` is given, also `sums[j] = Σ_k b[k][j]`
-/// (the bias gradient). Each sum runs over `k` in order within blocks of [`KC`] rows, the blocks' sums
-/// added in order, so no result depends on how a caller splits the columns among threads.
+/// for the rows `i < m` of C and the columns `cols`, `k` over the rows of A (row `k` of A gathered from its
+/// parts, see [`Tn`]); row `k` of B at `b + k * ldb`, `c[i][j]` at `c + i * ldc + j`. If `sums` is given,
+/// also `sums[j] = Σ_k b[k][j]` (the bias gradient). Each sum runs over `k` in order within blocks of
+/// [`KC`] rows, the blocks' sums added in order, so no result depends on how a caller splits the columns
+/// among threads.
 ///
-/// Register tiles of 6 rows of A by two vectors of B's columns, `k` innermost; for each block of `KC`
-/// rows, A is first packed into contiguous 6-row tiles, then the columns go in strips of two vectors, each
-/// copied contiguous (it stays in L1 while every row tile of A streams over it).
+/// Register tiles of 6 rows of C by two vectors of B's columns, `k` innermost; for each block of `KC`
+/// rows, A is first packed into contiguous 6-row tiles (each row of A gathered once, zero past `m`), then
+/// the columns go in strips of two vectors, each copied contiguous (it stays in L1 while every row tile
+/// of A streams over it). Several parts in one call (the input and the previous `h` of a step) stream B
+/// once for all of them.
 ///
 /// # Safety
-/// S's instructions available; every `a[k]` valid for `m` reads, `b` for `a.len()` rows of `ldb` floats
-/// covering `cols`, `c` for `m` rows of `ldc` floats covering `cols`, `sums` (if any) covering `cols`;
-/// `cols` a range of whole vectors; `c` and `sums` overlap neither `a`'s rows nor `b`.
+/// S's instructions available; every part's rows as many as the first part's (K), each `rows[k]` valid
+/// for `width` reads; `b` valid for K rows of `ldb` floats covering `cols`, `c` for `m` rows of `ldc`
+/// floats covering `cols`, `sums` (if any) covering `cols`; `cols` a range of whole vectors; `c` and
+/// `sums` overlap neither A's rows nor `b`.
 #[inline(always)]
 pub(crate) unsafe fn gemm_tn<S: Simd>(p: Tn<'_>) {
-    let Tn { a, m, b, ldb, cols, c, ldc, sums } = p;
+    let Tn { a, b, ldb, cols, c, ldc, sums } = p;
     let lanes = S::LANES;
     debug_assert!(cols.start.is_multiple_of(lanes) && cols.end.is_multiple_of(lanes));
-    // A's rows of one K-block packed as [row tile][k][TN_MR] (zero past m): the tiles then stream
-    // contiguous memory instead of gathering a line per k.
-    if a.is_empty() {
+    let m: usize = a.iter().map(|p| p.width).sum();
+    let k_rows = a.first().map_or(0, |p| p.rows.len());
+    debug_assert!(a.iter().all(|p| p.rows.len() == k_rows));
+    if k_rows == 0 {
         // No rows: every sum is empty, zero.
         // SAFETY: rows of C below `m` and `sums` cover `cols` (the caller's contract).
         unsafe {
@@ -605,26 +618,35 @@ pub(crate) unsafe fn gemm_tn<S: Simd>(p: Tn<'_>) {
         return;
     }
     let tiles = m.div_ceil(TN_MR);
-    let mut packed = vec![0.0f32; tiles * TN_MR * KC.min(a.len())];
-    let mut strip = vec![0.0f32; 2 * lanes * KC.min(a.len())];
-    // SAFETY (whole body): every access is to rows of A below `a.len()` at columns below `m`, rows of B at
-    // columns in `cols`, rows of C below `m` at columns in `cols` (within the caller's contract), and to
-    // `packed` below tiles x kn x TN_MR, `strip` below kn x 2 LANES.
+    // One row of A gathered from its parts, zero from `m` to the end of its last tile.
+    let mut row = vec![0.0f32; tiles * TN_MR];
+    // A's rows of one K-block packed as [row tile][k][TN_MR]: the tiles then stream contiguous memory
+    // instead of gathering a line per k.
+    let mut packed = vec![0.0f32; tiles * TN_MR * KC.min(k_rows)];
+    let mut strip = vec![0.0f32; 2 * lanes * KC.min(k_rows)];
+    // SAFETY (whole body): every access is to rows of A below K at columns below their widths, rows of B
+    // at columns in `cols`, rows of C below `m` at columns in `cols` (within the caller's contract), and
+    // to `row` below tiles x TN_MR, `packed` below tiles x kn x TN_MR, `strip` below kn x 2 LANES.
     unsafe {
-        for (kb, k0) in (0..a.len()).step_by(KC).enumerate() {
-            let ak = &a[k0..a.len().min(k0 + KC)];
-            let kn = ak.len();
-            for (k, &row) in ak.iter().enumerate() {
-                for t in 0..tiles {
-                    let (src, dst) = (row.add(t * TN_MR), packed.as_mut_ptr().add((t * kn + k) * TN_MR));
-                    let n = TN_MR.min(m - t * TN_MR);
-                    if n == TN_MR {
-                        std::ptr::copy_nonoverlapping(src, dst, TN_MR);
-                    } else {
-                        for r in 0..n {
-                            *dst.add(r) = *src.add(r);
+        for (kb, k0) in (0..k_rows).step_by(KC).enumerate() {
+            let kn = KC.min(k_rows - k0);
+            for k in 0..kn {
+                let mut at = 0;
+                for part in a {
+                    // Rows are gathered from anywhere (the tape, long written): fetch ahead.
+                    if let Some(&ahead) = part.rows.get(k0 + k + TN_PREFETCH_ROWS) {
+                        for line in (0..part.width).step_by(16) {
+                            S::prefetch(ahead.wrapping_add(line));
                         }
                     }
+                    std::ptr::copy_nonoverlapping(part.rows[k0 + k], row.as_mut_ptr().add(at), part.width);
+                    at += part.width;
+                }
+                // Whole tiles of a fixed size: copies the compiler inlines.
+                for t in 0..tiles {
+                    let src = row.as_ptr().add(t * TN_MR).cast::<[f32; TN_MR]>();
+                    let dst = packed.as_mut_ptr().add((t * kn + k) * TN_MR).cast::<[f32; TN_MR]>();
+                    dst.write_unaligned(src.read_unaligned());
                 }
             }
             let bk = b.add(k0 * ldb);
@@ -676,6 +698,9 @@ pub(crate) unsafe fn gemm_tn<S: Simd>(p: Tn<'_>) {
         }
     }
 }
+
+/// How many rows ahead [`gemm_tn`] fetches the rows of A it gathers.
+const TN_PREFETCH_ROWS: usize = 8;
 
 /// Rows of A per register tile of [`gemm_tn`].
 const TN_MR: usize = 6;
