@@ -387,6 +387,7 @@ unsafe impl SimdJob for BackwardStep<'_> {
         // the asserts there bound `rt`'s panels (4 hp rows) and columns (>= hp).
         unsafe {
             let units = (4 * self.blocks.start).min(w.blocks)..(4 * self.blocks.end).min(w.blocks);
+            self.prefetch_next::<S>(units.clone(), hp);
             for r in self.m_gemm..self.m {
                 let start = self.dh_start.add(*self.seqs.get_unchecked(r) * hp);
                 for u in units.clone() {
@@ -395,6 +396,42 @@ unsafe impl SimdJob for BackwardStep<'_> {
             }
             let a = Rows::Gathered { base: self.dz, offsets: &self.next[..self.m_gemm] };
             gemm::<S, 4>(&self.rt.w, self.rt.input, self.m_gemm, a, self.blocks.clone(), false, &mut ep);
+        }
+    }
+}
+
+impl BackwardStep<'_> {
+    /// Hints the cache at what the step before this one (in time; the next to run) reads of `units`:
+    /// each row's tape record before this one (gate values and `c`), the upstream gradient at it and
+    /// the cell state before that. The tape was written long before and is read backwards, record by
+    /// record, a pattern the hardware prefetchers do not follow: without the hints every record came
+    /// from L3 or memory with its full latency, inside the epilogue (perf on seed_fit: the epilogue's
+    /// first tape load took a fifth of the backward step's samples).
+    ///
+    /// # Safety
+    /// S's instructions available; `rows` holds `m` entries. The addresses need not be valid: a
+    /// prefetch never faults, and they are formed with wrapping arithmetic.
+    #[inline(always)]
+    unsafe fn prefetch_next<S: Simd>(&self, units: Range<usize>, hp: usize) {
+        let l = S::LANES;
+        // SAFETY: prefetches only, of addresses computed without `add`'s in-bounds requirement.
+        unsafe {
+            for &t in &self.rows[..self.m] {
+                let Some(t) = t.checked_sub(1) else { continue };
+                let rec = self.tape.wrapping_add(t * self.stride);
+                let up = self.dh_up.wrapping_add(t * hp);
+                let c_prev = self.tape.wrapping_add(t.wrapping_sub(1).wrapping_mul(self.stride)).wrapping_add(4 * hp);
+                for u in units.clone() {
+                    for line in (0..4 * l).step_by(16) {
+                        S::prefetch(rec.wrapping_add(u * 4 * l + line));
+                    }
+                    S::prefetch(rec.wrapping_add(4 * hp + u * l));
+                    S::prefetch(up.wrapping_add(u * l));
+                    if t > 0 {
+                        S::prefetch(c_prev.wrapping_add(u * l));
+                    }
+                }
+            }
         }
     }
 }
