@@ -586,9 +586,9 @@ pub(crate) const KC: usize = 256;
 /// among threads.
 ///
 /// Register tiles of 6 rows of C by two vectors of B's columns, `k` innermost; for each block of `KC`
-/// rows, A is first packed into contiguous 6-row tiles (each row of A gathered once, zero past `m`), then
-/// the columns go in strips of two vectors, each copied contiguous (it stays in L1 while every row tile
-/// of A streams over it). Several parts in one call (the input and the previous `h` of a step) stream B
+/// rows, A is first packed into contiguous 6-row tiles (each row of A gathered once, zero past `m`) and
+/// B into contiguous strips of two vectors (in one pass along its rows), then each strip stays in L1
+/// while every row tile of A streams over it. Several parts in one call (the input and the previous `h` of a step) stream B
 /// once for all of them.
 ///
 /// # Safety
@@ -623,10 +623,14 @@ pub(crate) unsafe fn gemm_tn<S: Simd>(p: Tn<'_>) {
     // A's rows of one K-block packed as [row tile][k][TN_MR]: the tiles then stream contiguous memory
     // instead of gathering a line per k.
     let mut packed = vec![0.0f32; tiles * TN_MR * KC.min(k_rows)];
-    let mut strip = vec![0.0f32; 2 * lanes * KC.min(k_rows)];
+    // B's columns `cols` of one K-block, in strips of two vectors (the last may be one), each strip
+    // contiguous ([k][its width]) in a slot of `slot` floats: strip `s` covers the columns from
+    // `cols.start + 2 LANES s`.
+    let slot = 2 * lanes * KC.min(k_rows);
+    let mut strips = vec![0.0f32; cols.len().div_ceil(2 * lanes) * slot];
     // SAFETY (whole body): every access is to rows of A below K at columns below their widths, rows of B
     // at columns in `cols`, rows of C below `m` at columns in `cols` (within the caller's contract), and
-    // to `row` below tiles x TN_MR, `packed` below tiles x kn x TN_MR, `strip` below kn x 2 LANES.
+    // to `row` below tiles x TN_MR, `packed` below tiles x kn x TN_MR, `strips` below a slot per strip.
     unsafe {
         for (kb, k0) in (0..k_rows).step_by(KC).enumerate() {
             let kn = KC.min(k_rows - k0);
@@ -649,24 +653,34 @@ pub(crate) unsafe fn gemm_tn<S: Simd>(p: Tn<'_>) {
                     dst.write_unaligned(src.read_unaligned());
                 }
             }
+            // B's K-block packed into its strips in one pass along its rows: read in the order it lies
+            // in memory (B is dZ, often larger than the caches; strip by strip, each row's lines
+            // were fetched one pass at a time, 4 KiB apart), and each strip then contiguous (rows of B
+            // 4 KiB apart would map a strip's rows to one L1 set).
             let bk = b.add(k0 * ldb);
-            let mut j = cols.start;
+            for k in 0..kn {
+                let src = bk.add(k * ldb);
+                let (mut j, mut at) = (cols.start, 0);
+                while j < cols.end {
+                    let w = (cols.end - j).min(2 * lanes);
+                    for v in (0..w).step_by(lanes) {
+                        S::load(src.add(j + v)).store(strips.as_mut_ptr().add(at + k * w + v));
+                    }
+                    j += w;
+                    at += slot;
+                }
+            }
+            let (mut j, mut at) = (cols.start, 0);
             while j < cols.end {
                 let nv = if cols.end - j >= 2 * lanes { 2 } else { 1 };
-                // The strip of B, contiguous: B's rows are often 4 KiB apart, which would map every row
-                // of the strip to one L1 set.
                 let w = nv * lanes;
-                for k in 0..kn {
-                    for v in 0..nv {
-                        S::load(bk.add(k * ldb + j + v * lanes)).store(strip.as_mut_ptr().add(k * w + v * lanes));
-                    }
-                }
+                let strip = strips.as_ptr().add(at);
                 for t in 0..tiles {
                     let (i, mr) = (t * TN_MR, TN_MR.min(m - t * TN_MR));
                     let ap = packed.as_ptr().add(t * kn * TN_MR);
                     macro_rules! run {
                         ($nv:literal) => {{
-                            let acc = tn_tile::<S, $nv>(ap, kn, strip.as_ptr(), w);
+                            let acc = tn_tile::<S, $nv>(ap, kn, strip, w);
                             for (r, row) in acc[..mr].iter().enumerate() {
                                 for (v, x) in row.iter().enumerate() {
                                     let dst = c.add((i + r) * ldc + j + v * lanes);
@@ -686,14 +700,15 @@ pub(crate) unsafe fn gemm_tn<S: Simd>(p: Tn<'_>) {
                     for v in 0..nv {
                         let mut t = S::splat(0.0);
                         for k in 0..kn {
-                            t = t.add(S::load(strip.as_ptr().add(k * w + v * lanes)));
+                            t = t.add(S::load(strip.add(k * w + v * lanes)));
                         }
                         let dst = sums.add(j + v * lanes);
                         let t = if kb == 0 { t } else { S::load(dst).add(t) };
                         t.store(dst);
                     }
                 }
-                j += nv * lanes;
+                j += w;
+                at += slot;
             }
         }
     }
