@@ -16,7 +16,7 @@ use std::ops::Range;
 use crate::cells::activation::Activation;
 use crate::cells::weights::PackedLstm;
 use crate::kernel::pack::PackedGates;
-use crate::kernel::simd::{gemm, Epilogue, Rows, Simd};
+use crate::kernel::simd::{gemm, gemm_tall, Epilogue, Rows, Simd};
 use crate::kernel::{CellKernel, SimdJob, StepState};
 use crate::reference::Rounding;
 
@@ -395,7 +395,7 @@ unsafe impl SimdJob for BackwardStep<'_> {
                 }
             }
             let a = Rows::Gathered { base: self.dz, offsets: &self.next[..self.m_gemm] };
-            gemm::<S, 4>(&self.rt.w, self.rt.input, self.m_gemm, a, self.blocks.clone(), false, &mut ep);
+            gemm_tall::<S, 4>(&self.rt.w, self.rt.input, self.m_gemm, a, self.blocks.clone(), &mut ep);
         }
     }
 }

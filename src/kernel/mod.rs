@@ -219,7 +219,7 @@ impl Backend {
                 assert!(w.gates == 4 && w.nb == S::LANES && w.w.len() >= w.blocks * w.input * 4 * S::LANES);
                 // SAFETY: S's instructions are available; the rows as the caller of `gemm_rows` guaranteed;
                 // the asserts bound the weight reads.
-                unsafe { simd::gemm::<S, 4>(&w.w, w.input, self.m, self.a, 0..w.blocks, false, &mut self.store) };
+                unsafe { simd::gemm_tall::<S, 4>(&w.w, w.input, self.m, self.a, 0..w.blocks, &mut self.store) };
             }
         }
         debug_assert!(limit <= w.padded_cols());

@@ -279,6 +279,55 @@ unsafe fn tile_gate_pairs<S: Simd, const M: usize, const NB: usize, const G: usi
     }
 }
 
+/// Rows per group of [`gemm_tall`], in row tiles of `S::MR`.
+const TALL_GROUP_TILES: usize = 8;
+
+/// [`gemm`] for operands with more rows than one tile: the rows in groups of [`TALL_GROUP_TILES`] row
+/// tiles and, within a group, the weight blocks outermost, so each block's panel streams once per
+/// group instead of once per row tile while the group's rows stay cached. The backward's `dZ·Rᵀ` and
+/// `dZ·Wᵀ` have `4 H` rows of weights: mid_fit's panels together are 1 MiB, as large as L2, and every
+/// row tile streamed them from L3. Every element is the same sum as in [`gemm`], bit for bit; the
+/// epilogue sees the rows and blocks in another order.
+///
+/// # Safety
+/// As [`gemm`].
+#[inline(always)]
+pub(crate) unsafe fn gemm_tall<S: Simd, const G: usize>(
+    panels: &[f32],
+    k_len: usize,
+    m: usize,
+    a: Rows<'_>,
+    blocks: Range<usize>,
+    epilogue: &mut impl Epilogue<S, G>,
+) {
+    /// Hands the inner epilogue rows shifted by `row0`.
+    struct Shifted<'e, E> {
+        inner: &'e mut E,
+        row0: usize,
+    }
+    impl<S: Simd, const G: usize, E: Epilogue<S, G>> Epilogue<S, G> for Shifted<'_, E> {
+        #[inline(always)]
+        unsafe fn apply(&mut self, row: usize, block: usize, acc: [S; G]) {
+            // SAFETY: row + row0 < m, a row of the caller's GEMM.
+            unsafe { self.inner.apply(self.row0 + row, block, acc) }
+        }
+    }
+    // SAFETY (both calls): the rows and blocks are within the caller's.
+    unsafe {
+        if m <= S::MR || blocks.len() < 2 {
+            gemm::<S, G>(panels, k_len, m, a, blocks, false, epilogue);
+            return;
+        }
+        let group = TALL_GROUP_TILES * S::MR;
+        for row0 in (0..m).step_by(group) {
+            let mut ep = Shifted { inner: &mut *epilogue, row0 };
+            for bl in blocks.clone() {
+                gemm::<S, G>(panels, k_len, group.min(m - row0), a.skip(row0), bl..bl + 1, false, &mut ep);
+            }
+        }
+    }
+}
+
 /// Two adjacent gate vectors of a [`tile_gate_pairs`] tile, `p` at the first.
 ///
 /// # Safety
@@ -465,7 +514,17 @@ pub(crate) enum Rows<'a> {
     Gathered { base: *const f32, offsets: &'a [usize] },
 }
 
-impl Rows<'_> {
+impl<'a> Rows<'a> {
+    /// The rows from row `i` on (row 0 of the result is row `i`). Addresses formed with wrapping
+    /// arithmetic; [`Rows::at`]'s contract covers their use.
+    #[inline(always)]
+    pub(crate) fn skip(self, i: usize) -> Rows<'a> {
+        match self {
+            Rows::Strided { base, stride } => Rows::Strided { base: base.wrapping_add(i * stride), stride },
+            Rows::Gathered { base, offsets } => Rows::Gathered { base, offsets: &offsets[i.min(offsets.len())..] },
+        }
+    }
+
     /// Row `i`.
     ///
     /// # Safety
