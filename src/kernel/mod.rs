@@ -441,7 +441,9 @@ mod backward_gemm_tests {
     fn gemm_rows_stores_and_accumulates_within_the_limit() {
         let mut checked = 0;
         for be in available() {
-            for (k, n, rows) in [(1, 1, 1), (9, 13, 4), (40, 3 * be.nb + 5, 14), (64, 8 * be.nb, 7)] {
+            // The last case spans several row groups of `gemm_tall` (8 row tiles each) and blocks.
+            let cases = [(1, 1, 1), (9, 13, 4), (40, 3 * be.nb + 5, 14), (64, 8 * be.nb, 7), (33, 9 * be.nb + 3, 101)];
+            for (k, n, rows) in cases {
                 let m: Vec<f32> = (0..k * n).map(|q| val(q + 3)).collect();
                 let mut w = PackedGates::zero_matrix(k, n, be.nb).unwrap();
                 for (q, &v) in m.iter().enumerate() {
