@@ -647,8 +647,8 @@ pub(crate) const KC: usize = 256;
 /// Register tiles of 6 rows of C by two vectors of B's columns, `k` innermost; for each block of `KC`
 /// rows, A is first packed into contiguous 6-row tiles (each row of A gathered once, zero past `m`) and
 /// B into contiguous strips of two vectors (in one pass along its rows), then each strip stays in L1
-/// while every row tile of A streams over it. Several parts in one call (the input and the previous `h` of a step) stream B
-/// once for all of them.
+/// while every row tile of A streams over it. Several parts in one call (the input and the previous `h`
+/// of a step) stream B once for all of them.
 ///
 /// # Safety
 /// S's instructions available; every part's rows as many as the first part's (K), each `rows[k]` valid
@@ -687,6 +687,10 @@ pub(crate) unsafe fn gemm_tn<S: Simd>(p: Tn<'_>) {
     // `cols.start + 2 LANES s`.
     let slot = 2 * lanes * KC.min(k_rows);
     let mut strips = vec![0.0f32; cols.len().div_ceil(2 * lanes) * slot];
+    // Each strip's first column, its width in floats and its slot's offset in `strips`.
+    let end = cols.end;
+    let spans =
+        || cols.clone().step_by(2 * lanes).enumerate().map(move |(s, j)| (j, (end - j).min(2 * lanes), s * slot));
     // SAFETY (whole body): every access is to rows of A below K at columns below their widths, rows of B
     // at columns in `cols`, rows of C below `m` at columns in `cols` (within the caller's contract), and
     // to `row` below tiles x TN_MR, `packed` below tiles x kn x TN_MR, `strips` below a slot per strip.
@@ -719,20 +723,14 @@ pub(crate) unsafe fn gemm_tn<S: Simd>(p: Tn<'_>) {
             let bk = b.add(k0 * ldb);
             for k in 0..kn {
                 let src = bk.add(k * ldb);
-                let (mut j, mut at) = (cols.start, 0);
-                while j < cols.end {
-                    let w = (cols.end - j).min(2 * lanes);
+                for (j, w, at) in spans() {
                     for v in (0..w).step_by(lanes) {
                         S::load(src.add(j + v)).store(strips.as_mut_ptr().add(at + k * w + v));
                     }
-                    j += w;
-                    at += slot;
                 }
             }
-            let (mut j, mut at) = (cols.start, 0);
-            while j < cols.end {
-                let nv = if cols.end - j >= 2 * lanes { 2 } else { 1 };
-                let w = nv * lanes;
+            for (j, w, at) in spans() {
+                let nv = w / lanes;
                 let strip = strips.as_ptr().add(at);
                 for t in 0..tiles {
                     let (i, mr) = (t * TN_MR, TN_MR.min(m - t * TN_MR));
@@ -766,8 +764,6 @@ pub(crate) unsafe fn gemm_tn<S: Simd>(p: Tn<'_>) {
                         t.store(dst);
                     }
                 }
-                j += w;
-                at += slot;
             }
         }
     }
