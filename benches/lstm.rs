@@ -484,6 +484,35 @@ fn train_step(c: &mut Criterion) {
     g.finish();
 }
 
+/// seed_fit's first layer at the batch sizes its recurrence runs (15 sequences, on average ~10 still
+/// active): one forward step (GEMM and fused cell update) and one backward `dZ·Rᵀ` GEMM, `H = 128`.
+fn small_batch_steps(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(8);
+    let w = layer(&mut rng, 128, 128).weights().clone();
+    let mut g = group(c, "small_batch_steps", 20);
+    g.measurement_time(Duration::from_secs(2));
+    for backend in kernel::available() {
+        for b in [4, 10, 15] {
+            let mut kb = KernelBench::new(backend, &w, b).expect("bench");
+            kb.project();
+            g.throughput(Throughput::Elements(kb.step_flops() as u64));
+            g.bench_function(format!("{}/step_b{b}_h128", backend.name), |bench| {
+                bench.iter(|| {
+                    kb.step();
+                    black_box(kb.output()[0])
+                })
+            });
+            g.bench_function(format!("{}/dh_b{b}_h128", backend.name), |bench| {
+                bench.iter(|| {
+                    kb.backward_gemm(true).expect("dh");
+                    black_box(kb.grad()[0])
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     padding_sweep,
@@ -495,6 +524,7 @@ criterion_group!(
     backward,
     backward_schedules,
     backward_gemms,
+    small_batch_steps,
     train_step
 );
 criterion_main!(benches);

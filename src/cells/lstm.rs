@@ -38,13 +38,30 @@ pub struct CellSpec {
 
 impl Default for CellSpec {
     fn default() -> Self {
-        CellSpec {
-            gate: Activation::Sigmoid,
-            cell: Activation::Tanh,
-            output: Activation::Tanh,
-            clip: None,
-            input_forget: false,
-        }
+        STANDARD
+    }
+}
+
+/// The cell nearly every model runs (Keras' and PyTorch's, ONNX's default): sigmoid gates, tanh candidate
+/// and output, no clip, no coupled forget gate.
+const STANDARD: CellSpec = CellSpec {
+    gate: Activation::Sigmoid,
+    cell: Activation::Tanh,
+    output: Activation::Tanh,
+    clip: None,
+    input_forget: false,
+};
+
+/// `spec`, or [`STANDARD`] as a constant when `STD` (the caller checked that `spec` is the standard
+/// cell): kernels compiled with `STD` see every activation and option at compile time, so the epilogue
+/// is straight-line arithmetic the compiler can schedule, without a dispatch per activation. The same
+/// operations run either way, so results are bit for bit the same.
+#[inline(always)]
+fn spec_of<const STD: bool>(spec: &CellSpec) -> &CellSpec {
+    if STD {
+        &STANDARD
+    } else {
+        spec
     }
 }
 
@@ -114,7 +131,7 @@ impl CellSpec {
 /// S's instructions available.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn backward_lanes<S: Simd>(
+unsafe fn backward_lanes<S: Simd, const STD: bool>(
     spec: &CellSpec,
     recorded: [S; 4],
     p: Option<[S; 3]>,
@@ -125,6 +142,7 @@ unsafe fn backward_lanes<S: Simd>(
 ) -> ([S; 4], S) {
     // SAFETY: S's instructions are available (caller's contract); no memory is accessed.
     unsafe {
+        let (spec, p) = (spec_of::<STD>(spec), if STD { None } else { p });
         // What the forward recorded: the activations themselves, or their arguments to activate again.
         let [ai, af, ac, ao] = recorded;
         let activated = spec.tape_keeps_activations();
@@ -233,6 +251,35 @@ impl CellKernel for LstmKernel<'_> {
 
     #[inline(always)]
     unsafe fn step<S: Simd>(&self, m: usize, blocks: Range<usize>, st: StepState<'_>, reverse_first: bool) -> bool {
+        // SAFETY: the caller's contract, passed on.
+        unsafe {
+            if self.is_standard() {
+                self.step_as::<S, true>(m, blocks, st, reverse_first)
+            } else {
+                self.step_as::<S, false>(m, blocks, st, reverse_first)
+            }
+        }
+    }
+}
+
+impl LstmKernel<'_> {
+    /// Whether the kernels may run the cell compiled as [`STANDARD`] without peepholes.
+    fn is_standard(&self) -> bool {
+        *self.spec == STANDARD && self.packed.peephole.is_none()
+    }
+
+    /// [`CellKernel::step`], the epilogue compiled for the standard cell when `STD`.
+    ///
+    /// # Safety
+    /// As [`CellKernel::step`]; `STD` only if [`Self::is_standard`].
+    #[inline(always)]
+    unsafe fn step_as<S: Simd, const STD: bool>(
+        &self,
+        m: usize,
+        blocks: Range<usize>,
+        st: StepState<'_>,
+        reverse_first: bool,
+    ) -> bool {
         let w = &self.packed.gates;
         let hp = w.hidden_padded();
         let panel = 4 * S::LANES;
@@ -241,7 +288,7 @@ impl CellKernel for LstmKernel<'_> {
         assert!(w.r.len() >= w.blocks * w.hidden * panel && st.h.len() >= m * hp && w.bias.len() >= w.blocks * panel);
         let peepholes = self.packed.peephole.as_deref();
         assert!(peepholes.is_none_or(|p| p.len() >= 3 * hp));
-        let mut update = Update {
+        let mut update = Update::<STD> {
             spec: self.spec,
             proj: st.proj.as_ptr(),
             proj_row,
@@ -263,8 +310,9 @@ impl CellKernel for LstmKernel<'_> {
     }
 }
 
-/// The LSTM step's epilogue: `z = (proj + h·R) + b` (Keras' summation order), then the cell update.
-struct Update<'a> {
+/// The LSTM step's epilogue: `z = (proj + h·R) + b` (Keras' summation order), then the cell update
+/// (compiled for the standard cell when `STD`).
+struct Update<'a, const STD: bool> {
     spec: &'a CellSpec,
     proj: *const f32,
     proj_row: usize,
@@ -279,7 +327,7 @@ struct Update<'a> {
     tape_stride: usize,
 }
 
-impl<S: Simd> Epilogue<S, 4> for Update<'_> {
+impl<S: Simd, const STD: bool> Epilogue<S, 4> for Update<'_, STD> {
     #[inline(always)]
     unsafe fn apply(&mut self, r: usize, blk: usize, acc: [S; 4]) {
         let panel = 4 * S::LANES;
@@ -294,13 +342,13 @@ impl<S: Simd> Epilogue<S, 4> for Update<'_> {
             let z: [S; 4] =
                 std::array::from_fn(|g| S::load(pr.add(g * S::LANES)).add(acc[g]).add(S::load(bias.add(g * S::LANES))));
             let cs = r * self.hp + blk * S::LANES;
-            let (hn, cn, args, acts) = update_lanes(self.spec, z, peep, S::load(self.c.add(cs)));
+            let (hn, cn, args, acts) = update_lanes::<S, STD>(self.spec, z, peep, S::load(self.c.add(cs)));
             cn.store(self.c.add(cs));
             hn.store(self.h_out.add(cs));
             if !self.tape.is_null() {
                 // The training record of this step (see `TAPE_RECORD`).
                 let rec = self.tape.add(*self.tape_rows.add(r) * self.tape_stride);
-                let kept = if self.spec.tape_keeps_activations() { acts } else { args };
+                let kept = if spec_of::<STD>(self.spec).tape_keeps_activations() { acts } else { args };
                 for (g, a) in kept.iter().enumerate() {
                     a.store(rec.add(blk * panel + g * S::LANES));
                 }
@@ -378,11 +426,32 @@ unsafe impl SimdJob for BackwardStep<'_> {
 
     #[inline(always)]
     unsafe fn run<S: Simd>(self) {
+        // SAFETY: as `BackwardStep::run`'s caller guaranteed.
+        unsafe {
+            if self.kernel.is_standard() {
+                self.run_as::<S, true>()
+            } else {
+                self.run_as::<S, false>()
+            }
+        }
+    }
+}
+
+impl BackwardStep<'_> {
+    /// [`SimdJob::run`], the epilogue compiled for the standard cell when `STD`.
+    ///
+    /// # Safety
+    /// As [`SimdJob::run`]; `STD` only if the kernel [`is_standard`](LstmKernel::is_standard).
+    #[inline(always)]
+    unsafe fn run_as<S: Simd, const STD: bool>(&self) {
         let w = &self.kernel.packed.gates;
         let hp = w.hidden_padded();
         assert!(w.nb == S::LANES && self.rt.nb == S::LANES);
-        let mut ep =
-            BackwardEpilogue { st: &self, hp, peepholes: self.kernel.packed.peephole.as_deref().map(<[f32]>::as_ptr) };
+        let mut ep = BackwardEpilogue::<STD> {
+            st: self,
+            hp,
+            peepholes: self.kernel.packed.peephole.as_deref().map(<[f32]>::as_ptr),
+        };
         // SAFETY: S's instructions are available; the buffers as `BackwardStep::run`'s caller guaranteed,
         // the asserts there bound `rt`'s panels (4 hp rows) and columns (>= hp).
         unsafe {
@@ -438,13 +507,13 @@ impl BackwardStep<'_> {
 
 /// The epilogue of `dZ_next · Rᵀ`: block `blk` of `Rᵀ`'s output holds four blocks of `dh`
 /// (units `(4 blk + g) nb ..`), each finished by the cell's backward.
-struct BackwardEpilogue<'a, 'b> {
+struct BackwardEpilogue<'a, 'b, const STD: bool> {
     st: &'a BackwardStep<'b>,
     hp: usize,
     peepholes: Option<*const f32>,
 }
 
-impl BackwardEpilogue<'_, '_> {
+impl<const STD: bool> BackwardEpilogue<'_, '_, STD> {
     /// The backward of unit block `u` of row `r`, `dh_in` the gradient from the step after.
     ///
     /// # Safety
@@ -465,7 +534,7 @@ impl BackwardEpilogue<'_, '_> {
                 let b = p.add(u * 3 * l);
                 [S::load(b), S::load(b.add(l)), S::load(b.add(2 * l))]
             });
-            let (dz, dc_prev) = backward_lanes(st.kernel.spec, args, p, c_prev, c, dh, S::load(dcp));
+            let (dz, dc_prev) = backward_lanes::<S, STD>(st.kernel.spec, args, p, c_prev, c, dh, S::load(dcp));
             let out = st.dz.add(tr * 4 * hp + u * 4 * l);
             for (g, v) in dz.iter().enumerate() {
                 v.store(out.add(g * l));
@@ -475,7 +544,7 @@ impl BackwardEpilogue<'_, '_> {
     }
 }
 
-impl<S: Simd> Epilogue<S, 4> for BackwardEpilogue<'_, '_> {
+impl<S: Simd, const STD: bool> Epilogue<S, 4> for BackwardEpilogue<'_, '_, STD> {
     #[inline(always)]
     unsafe fn apply(&mut self, r: usize, blk: usize, acc: [S; 4]) {
         for (g, dh) in acc.into_iter().enumerate() {
@@ -510,9 +579,15 @@ unsafe fn clip_lanes<S: Simd>(v: S, clip: Option<f32>) -> S {
 /// # Safety
 /// S's instructions available.
 #[inline(always)]
-unsafe fn update_lanes<S: Simd>(cell: &CellSpec, z: [S; 4], p: Option<[S; 3]>, c_prev: S) -> (S, S, [S; 4], [S; 4]) {
+unsafe fn update_lanes<S: Simd, const STD: bool>(
+    cell: &CellSpec,
+    z: [S; 4],
+    p: Option<[S; 3]>,
+    c_prev: S,
+) -> (S, S, [S; 4], [S; 4]) {
     // SAFETY: S's instructions are available (caller's contract); no memory is accessed.
     unsafe {
+        let (cell, p) = (spec_of::<STD>(cell), if STD { None } else { p });
         let [mut zi, mut zf, zc, mut zo] = z;
         if let Some([pi, pf, _]) = p {
             zi = zi.add(pi.mul(c_prev));
