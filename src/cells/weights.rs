@@ -249,9 +249,13 @@ impl PackedLstm {
         let transpose = |m: &[f32], n: usize| -> Result<PackedGates> {
             let mut t = PackedGates::zero_matrix(z4, n, nb)?;
             for u in 0..n {
+                // Column u of the transpose: row `(block * 4 + g) nb + lane` of one panel's column.
+                let mut col = t.column_mut(u);
                 for g in 0..4 {
-                    for j in 0..hd {
-                        t.set((j / nb * 4 + g) * nb + j % nb, u, m[u * 4 * hd + g * hd + j]);
+                    for (bl, lanes) in m[u * 4 * hd + g * hd..][..hd].chunks(nb).enumerate() {
+                        for (lane, &v) in lanes.iter().enumerate() {
+                            col.set((bl * 4 + g) * nb + lane, v);
+                        }
                     }
                 }
             }
@@ -333,9 +337,10 @@ mod tests {
         assert_eq!(&p.w[..8], &[0.0, 1.0, 3.0, 4.0, 6.0, 7.0, 9.0, 10.0]);
         // block 1 (after block 0's single k row): h2 then a zero lane.
         assert_eq!(&p.w[8..16], &[2.0, 0.0, 5.0, 0.0, 8.0, 0.0, 11.0, 0.0]);
-        // The recurrent panels: block-major, k within.
-        assert_eq!(p.r[0], 1000.0);
-        assert_eq!(p.r[8], 1000.0 + 12.0); // block 0, k = 1
+        // The recurrent panels: block-major, then gates i, f over k, then gates c, o over k.
+        assert_eq!(p.r[..4], [1000.0, 1001.0, 1003.0, 1004.0]); // block 0, k = 0: i (h0, h1), f
+        assert_eq!(p.r[4], 1000.0 + 12.0); // block 0, k = 1, gate i
+        assert_eq!(p.r[3 * 4..3 * 4 + 4], [1006.0, 1007.0, 1009.0, 1010.0]); // block 0, k = 0: c, o
         assert_eq!(p.r[3 * 8], 1002.0); // block 1, k = 0
     }
 }

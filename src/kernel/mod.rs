@@ -447,7 +447,7 @@ mod backward_gemm_tests {
                 let m: Vec<f32> = (0..k * n).map(|q| val(q + 3)).collect();
                 let mut w = PackedGates::zero_matrix(k, n, be.nb).unwrap();
                 for (q, &v) in m.iter().enumerate() {
-                    w.set(q / n, q % n, v);
+                    w.column_mut(q % n).set(q / n, v);
                 }
                 let a: Vec<f32> = (0..rows * k).map(|q| val(q + 7)).collect();
                 let offs: Vec<usize> = (0..rows).map(|r| (rows - 1 - r) * k).collect();

@@ -15,7 +15,7 @@
 
 use std::ops::Range;
 
-use super::pack::PackedGates;
+use super::pack::{group_gates, panel_offset, PackedGates};
 use crate::cells::activation::Activation;
 use crate::cells::math;
 use crate::reference::Rounding;
@@ -204,8 +204,8 @@ pub(crate) unsafe fn act_lanes<S: Simd>(a: Activation, x: S) -> S {
 }
 
 /// One register tile: `acc[m][j][g] = sum_k a[m][k] * b_j[k][g]` for `M` rows, `NB` weight blocks and `G`
-/// gate vectors per block, `k` in `0..k_len`, where `b_j[k]` starts at `panels[j] + k * G * LANES` and holds
-/// the `G` gate vectors of block j. Two blocks give short tiles (one to three rows) enough independent FMA
+/// gate vectors per block, `k` in `0..k_len`, where `b_j[k][g]` is at `panels[j] + panel_offset(G, LANES,
+/// k_len, k, g)` (the packed layout, [`crate::kernel::pack`]). Two blocks give short tiles (one to three rows) enough independent FMA
 /// chains to hide the FMA latency; every element still sums over `k` in order, so the result does not
 /// depend on the tiling.
 ///
@@ -226,15 +226,16 @@ unsafe fn tile<S: Simd, const M: usize, const NB: usize, const G: usize>(
             // rows a few steps ahead (only a hint; reads past the panel are never dereferenced).
             if M <= 2 && k + PREFETCH_ROWS < k_len {
                 for p in panels {
-                    let ahead = p.add((k + PREFETCH_ROWS) * G * S::LANES);
-                    for line in 0..(G * S::LANES * 4).div_ceil(64) {
-                        S::prefetch(ahead.add(line * 16));
+                    for g in (0..G).step_by(group_gates(G)) {
+                        let ahead = p.add(panel_offset(G, S::LANES, k_len, k + PREFETCH_ROWS, g));
+                        for line in 0..(group_gates(G) * S::LANES * 4).div_ceil(64) {
+                            S::prefetch(ahead.add(line * 16));
+                        }
                     }
                 }
             }
             let b: [[S; G]; NB] = std::array::from_fn(|j| {
-                let bk = panels[j].add(k * G * S::LANES);
-                std::array::from_fn(|g| S::load(bk.add(g * S::LANES)))
+                std::array::from_fn(|g| S::load(panels[j].add(panel_offset(G, S::LANES, k_len, k, g))))
             });
             for m in 0..M {
                 let av = S::splat(*a[m].add(k));
@@ -266,8 +267,9 @@ unsafe fn tile_gate_pairs<S: Simd, const M: usize, const NB: usize, const G: usi
         // The first half goes to memory (`black_box`) before the second runs: kept live in registers
         // through the second half's loop, it left too few for that loop's accumulators, which then
         // went to the stack on every k (the input projection ran at 37 GFLOP/s instead of ~60).
-        let lo = std::hint::black_box(pair_tile::<S, M, G>(&a, k_len, panels[0]));
-        let hi = pair_tile::<S, M, G>(&a, k_len, panels[0].add(2 * S::LANES));
+        debug_assert!(G == 4 && group_gates(G) == 2);
+        let lo = std::hint::black_box(pair_tile::<S, M>(&a, k_len, panels[0]));
+        let hi = pair_tile::<S, M>(&a, k_len, panels[0].add(panel_offset(G, S::LANES, k_len, 0, 2)));
         let mut out = [[[s::<S>(0.0); G]; NB]; M];
         for m in 0..M {
             out[m][0][0] = lo[m][0];
@@ -328,21 +330,18 @@ pub(crate) unsafe fn gemm_tall<S: Simd, const G: usize>(
     }
 }
 
-/// Two adjacent gate vectors of a [`tile_gate_pairs`] tile, `p` at the first.
+/// The two gate vectors of one group of a [`tile_gate_pairs`] tile, `p` at the group's panel
+/// (`[k_len][2][LANES]`).
 ///
 /// # Safety
 /// As [`tile`].
 #[inline(always)]
-unsafe fn pair_tile<S: Simd, const M: usize, const G: usize>(
-    a: &[*const f32; M],
-    k_len: usize,
-    p: *const f32,
-) -> [[S; 2]; M] {
+unsafe fn pair_tile<S: Simd, const M: usize>(a: &[*const f32; M], k_len: usize, p: *const f32) -> [[S; 2]; M] {
     // SAFETY: the caller's contract covers every read; no writes.
     unsafe {
         let mut acc = [[s::<S>(0.0); 2]; M];
         for k in 0..k_len {
-            let bk = p.add(k * G * S::LANES);
+            let bk = p.add(k * 2 * S::LANES);
             let (b0, b1) = (S::load(bk), S::load(bk.add(S::LANES)));
             for (m, acc_m) in acc.iter_mut().enumerate() {
                 let av = S::splat(*a[m].add(k));
