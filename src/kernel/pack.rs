@@ -2,15 +2,15 @@
 //!
 //! Canonical weights are `[K][G * H]` (gate-major columns: gate `g` of unit `j` at column `g * H + j`).
 //! The hidden units are grouped in blocks of `nb` lanes (the backend's vector width) and, within a block,
-//! the `G` gates of those units are adjacent, in groups of [`group_gates`] gates:
+//! the `G` gates of those units are adjacent, in groups of `group_gates(G)` gates:
 //! `packed[block][group][k][gate in group][lane] = canonical[k][gate * H + block * nb + lane]`, zero past
 //! `H` (for one, two or three gates a single group: `[block][k][gate][lane]`). One register tile of
 //! `G nb` columns then holds every gate of `nb` hidden units, so a cell can finish its update in the
 //! GEMM's epilogue without another pass over memory; and each group's panel streams contiguously over
 //! `k` (no 4 KiB strides to defeat the prefetchers and the TLB). Four gates go in two groups of two
 //! because register files of 16 vectors sweep them two at a time (see `Simd::GATE_PAIRS`): with the four
-//! interleaved, each pass read every other cache line of the panel (measured: the training step of
-//! seed_fit 7 % slower, mid_fit 6 %).
+//! interleaved, each pass read every other cache line of the panel (measured: the training steps of
+//! seed_fit and mid_fit up to a tenth slower).
 
 use super::simd::MAX_GATES;
 use crate::error::{checked_product, Error, Result};
@@ -134,10 +134,11 @@ fn pack_panels(m: &[f32], rows: usize, gates: usize, hidden: usize, nb: usize) -
 
 impl PackedGates {
     /// A zero plain matrix `[k][n]`, packed as the right operand of the kernels' GEMM (fill it with
-    /// [`column_mut`](Self::column_mut)): `project` then computes `out[r] = a[r] · m` for rows `a[r]` of `k` floats,
-    /// output rows of [`padded_cols`](Self::padded_cols) floats in `m`'s column order (zero past `n`). The
-    /// columns are grouped four blocks at a time as the four "gates" of a block, so the GEMM runs with the
-    /// same register tiles as the LSTM's projection. The backward's GEMMs (`dZ·Rᵀ`, `dZ·Wᵀ`) use it.
+    /// [`column_mut`](Self::column_mut)): `project` then computes `out[r] = a[r] · m` for rows `a[r]` of
+    /// `k` floats, output rows of [`padded_cols`](Self::padded_cols) floats in `m`'s column order (zero past
+    /// `n`). The columns are grouped four blocks at a time as the four "gates" of a block, so the GEMM runs
+    /// with the same register tiles as the LSTM's projection. The backward's GEMMs (`dZ·Rᵀ`, `dZ·Wᵀ`) use
+    /// it.
     pub(crate) fn zero_matrix(k: usize, n: usize, nb: usize) -> Result<Self> {
         const G: usize = 4;
         if nb == 0 {
