@@ -251,19 +251,20 @@ impl CellKernel for LstmKernel<'_> {
 
     #[inline(always)]
     unsafe fn step<S: Simd>(&self, m: usize, blocks: Range<usize>, st: StepState<'_>, reverse_first: bool) -> bool {
-        // SAFETY: the caller's contract, passed on.
-        unsafe {
-            if self.is_standard() {
-                self.step_as::<S, true>(m, blocks, st, reverse_first)
-            } else {
-                self.step_as::<S, false>(m, blocks, st, reverse_first)
-            }
+        // SAFETY (both calls): the caller's contract, passed on.
+        // Unoptimised builds compile the general epilogue only: both inlined into one kernel made its
+        // stack frame (unoptimised builds give every local its own slot) overflow test threads' stacks.
+        #[cfg(not(debug_assertions))]
+        if self.is_standard() {
+            return unsafe { self.step_as::<S, true>(m, blocks, st, reverse_first) };
         }
+        unsafe { self.step_as::<S, false>(m, blocks, st, reverse_first) }
     }
 }
 
 impl LstmKernel<'_> {
     /// Whether the kernels may run the cell compiled as [`STANDARD`] without peepholes.
+    #[cfg_attr(debug_assertions, allow(dead_code))]
     fn is_standard(&self) -> bool {
         *self.spec == STANDARD && self.packed.peephole.is_none()
     }
@@ -446,14 +447,13 @@ unsafe impl SimdJob for BackwardStep<'_> {
 
     #[inline(always)]
     unsafe fn run<S: Simd>(self) {
-        // SAFETY: as `BackwardStep::run`'s caller guaranteed.
-        unsafe {
-            if self.kernel.is_standard() {
-                self.run_as::<S, true>()
-            } else {
-                self.run_as::<S, false>()
-            }
+        // SAFETY (both calls): as `BackwardStep::run`'s caller guaranteed.
+        // Unoptimised builds compile the general epilogue only (see `LstmKernel::step`).
+        #[cfg(not(debug_assertions))]
+        if self.kernel.is_standard() {
+            return unsafe { self.run_as::<S, true>() };
         }
+        unsafe { self.run_as::<S, false>() }
     }
 }
 
