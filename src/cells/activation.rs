@@ -265,6 +265,17 @@ impl Activation {
     }
 }
 
+/// `v` clamped to `[-clip, clip]` (ONNX's `clip` attribute) by comparisons, not `clamp`: NaN passes
+/// through, as in the kernels' [`clip_lanes`](crate::kernel::simd::clip_lanes).
+#[inline]
+pub(crate) fn clip(v: f32, clip: Option<f32>) -> f32 {
+    match clip {
+        Some(cl) if v < -cl => -cl,
+        Some(cl) if v > cl => cl,
+        _ => v,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

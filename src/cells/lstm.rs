@@ -13,10 +13,10 @@
 
 use std::ops::Range;
 
-use crate::cells::activation::Activation;
+use crate::cells::activation::{clip, Activation};
 use crate::cells::weights::PackedLstm;
 use crate::kernel::pack::PackedGates;
-use crate::kernel::simd::{gemm, gemm_tall, Epilogue, Rows, Simd};
+use crate::kernel::simd::{clip_lanes, gemm, gemm_tall, Epilogue, Rows, Simd};
 use crate::kernel::{CellKernel, SimdJob, StepState};
 use crate::reference::Rounding;
 
@@ -87,12 +87,7 @@ impl CellSpec {
     /// bit (the activations round as [`Activation::apply_rounded`] says; the rest never fuses).
     #[inline]
     pub fn update_rounded(&self, z: [f32; 4], p: Option<[f32; 3]>, c_prev: f32, rounding: Rounding) -> (f32, f32) {
-        let clip = |v: f32| match self.clip {
-            // Comparisons, not `clamp`: NaN passes through as it does in the SIMD kernels.
-            Some(cl) if v < -cl => -cl,
-            Some(cl) if v > cl => cl,
-            _ => v,
-        };
+        let clip = |v: f32| clip(v, self.clip);
         let [zi, zf, zc, zo] = z;
         let (zi, zf) = match p {
             Some([pi, pf, _]) => (zi + pi * c_prev, zf + pf * c_prev),
@@ -250,8 +245,15 @@ impl CellKernel for LstmKernel<'_> {
     }
 
     #[inline(always)]
-    unsafe fn step<S: Simd>(&self, m: usize, blocks: Range<usize>, st: StepState<'_>, reverse_first: bool) -> bool {
-        // SAFETY (both calls): the caller's contract, passed on.
+    unsafe fn step<S: Simd>(
+        &self,
+        _phase: usize,
+        m: usize,
+        blocks: Range<usize>,
+        st: StepState<'_>,
+        reverse_first: bool,
+    ) -> bool {
+        // SAFETY (both calls): the caller's contract, passed on (one phase).
         // Unoptimised builds compile the general epilogue only: both inlined into one kernel made its
         // stack frame (unoptimised builds give every local its own slot) overflow test threads' stacks.
         #[cfg(not(debug_assertions))]
@@ -574,20 +576,6 @@ impl<S: Simd, const STD: bool> Epilogue<S, 4> for BackwardEpilogue<'_, '_, STD> 
                 unsafe { self.unit_block::<S>(r, u, dh) };
             }
         }
-    }
-}
-
-/// `v` clamped to `[-clip, clip]` by comparisons (NaN passes through), as [`CellSpec::update_rounded`].
-#[inline(always)]
-unsafe fn clip_lanes<S: Simd>(v: S, clip: Option<f32>) -> S {
-    match clip {
-        // SAFETY: S's instructions are available (caller's contract); no memory is accessed.
-        Some(cl) => unsafe {
-            let (hi, lo) = (S::splat(cl), S::splat(-cl));
-            let v = S::select(v.gt(hi), hi, v);
-            S::select(v.lt(lo), lo, v)
-        },
-        None => v,
     }
 }
 

@@ -12,7 +12,7 @@ use super::workspace::{clear_reserve, ChunkScratch, JobScratch};
 use super::{EmptyState, Fill, ForwardStats};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernel::pack::PackedGates;
-use crate::kernel::{Backend, CellKernel, StepState};
+use crate::kernel::{Backend, CellKernel, StepState, MAX_PHASES};
 use crate::view::SeqView;
 
 /// Bytes of projected input a time tile aims to keep in cache.
@@ -68,17 +68,20 @@ impl Cursor {
     }
 }
 
-/// The recurrent state shared by the threads of a job: `h`, `h2` (double buffer) and `c`, `m x hp` each.
+/// The recurrent state shared by the threads of a job: `h`, `h2` (double buffer), the cell's extra
+/// states (`c`) and what its phases hand each other (`mid`), `m x hp` floats per state.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SharedState {
     pub(crate) h: *mut f32,
     pub(crate) h2: *mut f32,
     pub(crate) c: *mut f32,
+    pub(crate) mid: *mut f32,
     pub(crate) len: usize,
 }
 
-// SAFETY: the threads of a column-split job write disjoint columns of `h2`/`c` during a step, read `h`
-// only, and meet at a barrier before the buffers swap roles; batch chunks use their own private state.
+// SAFETY: the threads of a column-split job write disjoint columns of `h2`/`c`/`mid` during a phase,
+// read `h` (and in a later phase `mid`) only after the barrier that ends the phase writing it, and meet
+// at a barrier before the buffers swap roles; batch chunks use their own private state.
 unsafe impl Send for SharedState {}
 
 unsafe impl Sync for SharedState {}
@@ -106,7 +109,12 @@ impl<C: CellKernel> Job<'_, C> {
         }
         if let Some(s) = &self.init {
             check_extent("initial_h", extent(s.off, b, 1, s.sb, 0, h), s.h.len())?;
-            check_extent("initial_c", extent(s.off, b, 1, s.sb, 0, h), s.c.len())?;
+            if C::EXTRA_STATES > 0 {
+                check_extent("initial_c", extent(s.off, b, 1, s.sb, 0, h), s.c.len())?;
+            }
+        }
+        if !(1..=MAX_PHASES).contains(&self.cell.phases()) {
+            return Err(Error::new(ErrorKind::Internal, "a cell step of an unsupported number of phases"));
         }
 
         let JobScratch { lens, order, load, chunks } = ws;
@@ -167,7 +175,7 @@ impl<C: CellKernel> Job<'_, C> {
         if rows == 0 {
             return bytes;
         }
-        bytes += (2 + C::EXTRA_STATES) * rows * hp * 4;
+        bytes += (2 + C::EXTRA_STATES + self.cell.mid_states()) * rows * hp * 4;
         // One chunk's time tile over `proj_row` floats per row: at most max(tile rows, its rows) rows of
         // projection, row offsets and times.
         let tile_rows = |proj_row: usize| TILE_BYTES / (4 * proj_row).max(1);
@@ -190,7 +198,8 @@ impl<C: CellKernel> Job<'_, C> {
     /// Whether this job splits gate columns across threads instead of sequences.
     fn use_columns(&self, threads: usize, rows: usize) -> bool {
         let w = self.w();
-        use_columns(self.schedule, threads, rows, w.blocks, w.r.len() * 4, w.hidden * w.hidden_padded() * w.gates)
+        let work = w.hidden * w.hidden_padded() * w.gates;
+        use_columns(self.schedule, threads, rows, w.blocks, self.cell.recurrent_bytes(), work)
     }
 
     /// Output position of time `t`.
@@ -205,15 +214,8 @@ impl<C: CellKernel> Job<'_, C> {
 
     /// One batch chunk: private state, all blocks.
     fn run_chunk(&self, cs: &mut ChunkScratch, lens: &[usize]) -> usize {
-        let hp = self.w().hidden_padded();
-        let m = cs.rows.len();
-        for (v, n) in [(&mut cs.h, 1), (&mut cs.h2, 1), (&mut cs.c, C::EXTRA_STATES)] {
-            clear_reserve(v, n * m * hp);
-            v.resize(n * m * hp, 0.0);
-        }
-        self.load_initial(&cs.rows, &mut cs.h, &mut cs.c);
-        let state = SharedState { h: cs.h.as_mut_ptr(), h2: cs.h2.as_mut_ptr(), c: cs.c.as_mut_ptr(), len: m * hp };
         let rows = std::mem::take(&mut cs.rows);
+        let state = self.init_state(&rows, cs);
         let steps = self.drive(&rows, lens, 0..self.w().blocks, state, cs, None);
         if let Some(y) = &self.y {
             for &b in &rows {
@@ -226,24 +228,15 @@ impl<C: CellKernel> Job<'_, C> {
 
     /// A column-split job: every thread runs all rows over its own hidden blocks.
     fn run_columns(&self, order: &[usize], lens: &[usize], chunks: &mut [ChunkScratch]) -> Result<usize> {
-        let hp = self.w().hidden_padded();
-        let m = order.len();
         let n = chunks.len();
-        let first = &mut chunks[0];
-        for (v, n) in [(&mut first.h, 1), (&mut first.h2, 1), (&mut first.c, C::EXTRA_STATES)] {
-            clear_reserve(v, n * m * hp);
-            v.resize(n * m * hp, 0.0);
-        }
-        self.load_initial(order, &mut first.h, &mut first.c);
-        let state =
-            SharedState { h: first.h.as_mut_ptr(), h2: first.h2.as_mut_ptr(), c: first.c.as_mut_ptr(), len: m * hp };
+        let state = self.init_state(order, &mut chunks[0]);
         let blocks = self.w().blocks;
         let range = |j: usize| (j * blocks / n)..((j + 1) * blocks / n);
         let scratch = ChunkPtr(chunks.as_mut_ptr());
         let steps = run_columns(n, |j, barrier| {
             // SAFETY: `j < n` and every index is run by exactly one thread, so each thread has its own
-            // ChunkScratch; chunk 0's h/h2/c buffers are only reached through `state`, never through this
-            // reference.
+            // ChunkScratch; chunk 0's h/h2/c/mid buffers are only reached through `state`, never through
+            // this reference.
             let cs = unsafe { &mut *scratch.at(j) };
             self.drive(order, lens, range(j), state, cs, Some(barrier))
         })?;
@@ -255,20 +248,38 @@ impl<C: CellKernel> Job<'_, C> {
         Ok(steps)
     }
 
-    fn load_initial(&self, rows: &[usize], h: &mut [f32], c: &mut [f32]) {
-        let (hidden, hp) = (self.w().hidden, self.w().hidden_padded());
+    /// Sizes `cs`'s state buffers for `rows` (zeroed), loads the initial state and returns them as the
+    /// state of a walk over `rows`.
+    fn init_state(&self, rows: &[usize], cs: &mut ChunkScratch) -> SharedState {
+        let (hidden, hp, m) = (self.w().hidden, self.w().hidden_padded(), rows.len());
+        let states =
+            [(&mut cs.h, 1), (&mut cs.h2, 1), (&mut cs.c, C::EXTRA_STATES), (&mut cs.mid, self.cell.mid_states())];
+        for (v, n) in states {
+            clear_reserve(v, n * m * hp);
+            v.resize(n * m * hp, 0.0);
+        }
         if let Some(init) = &self.init {
             for (r, &b) in rows.iter().enumerate() {
                 let src = init.off + b * init.sb;
-                h[r * hp..r * hp + hidden].copy_from_slice(&init.h[src..src + hidden]);
-                c[r * hp..r * hp + hidden].copy_from_slice(&init.c[src..src + hidden]);
+                cs.h[r * hp..r * hp + hidden].copy_from_slice(&init.h[src..src + hidden]);
+                if C::EXTRA_STATES > 0 {
+                    cs.c[r * hp..r * hp + hidden].copy_from_slice(&init.c[src..src + hidden]);
+                }
             }
+        }
+        SharedState {
+            h: cs.h.as_mut_ptr(),
+            h2: cs.h2.as_mut_ptr(),
+            c: cs.c.as_mut_ptr(),
+            mid: cs.mid.as_mut_ptr(),
+            len: m * hp,
         }
     }
 
     /// The time loop over `rows` (sorted by decreasing valid length) for the hidden blocks `blocks`, with
     /// the recurrent state in `state` (`rows.len() x hp` each). Writes y, h_n, c_n for the hidden units
-    /// of `blocks` only. With a barrier, threads meet after every step. Returns the cell steps computed.
+    /// of `blocks` only. With a barrier, threads meet after every phase of every step. Returns the cell
+    /// steps computed.
     fn drive(
         &self,
         rows: &[usize],
@@ -299,7 +310,8 @@ impl<C: CellKernel> Job<'_, C> {
         let mut active = m;
         let mut steps = 0;
         let mut k0 = 0;
-        let mut reverse = false; // the direction of the next step's first weight sweep
+        let phases = self.cell.phases();
+        let mut reverse = [false; MAX_PHASES]; // the direction of each phase's next first weight sweep
         while k0 < n_max {
             while lens[rows[active - 1]] <= k0 {
                 active -= 1;
@@ -328,10 +340,12 @@ impl<C: CellKernel> Job<'_, C> {
                     active -= 1;
                 }
                 let a = active;
-                // SAFETY: `state` holds m x hp floats per buffer (allocated by the caller), a <= m; h and
-                // h2 are distinct buffers and proj is private. Other threads (column split) write only
-                // their own blocks' columns of h2 and c during this step and read h, which nobody writes
-                // until every thread has passed the barrier below.
+                // SAFETY: `state` holds m x hp floats per buffer (allocated by the caller), a <= m; h, h2,
+                // c and mid are distinct buffers and proj is private. Other threads (column split) write
+                // only their own blocks' columns of h2, c and mid during a phase and read h (and mid,
+                // after the barrier ending the phase that wrote it), which nobody writes until every
+                // thread has passed the barrier after the step's last phase.
+                let mut stopped = false;
                 unsafe {
                     let h_prev = std::slice::from_raw_parts(h, a * hp);
                     let p = &cs.proj[base * proj_row..(base + a) * proj_row];
@@ -340,6 +354,7 @@ impl<C: CellKernel> Job<'_, C> {
                         h: h_prev,
                         h_out: h2,
                         extra: state.c,
+                        mid: state.mid,
                         tape: std::ptr::null_mut(),
                         tape_rows: std::ptr::null(),
                         tape_stride: 0,
@@ -358,12 +373,18 @@ impl<C: CellKernel> Job<'_, C> {
                         st.tape_rows = cs.tape_rows.as_ptr();
                         st.tape_stride = tape.stride;
                     }
-                    reverse = !be.step(&self.cell, a, blocks.clone(), st, reverse);
-                }
-                if let Some(b) = barrier {
-                    if !b.wait() {
-                        return steps;
+                    for (phase, rev) in reverse[..phases].iter_mut().enumerate() {
+                        *rev = !be.step(&self.cell, phase, a, blocks.clone(), st, *rev);
+                        if let Some(b) = barrier {
+                            if !b.wait() {
+                                stopped = true;
+                                break;
+                            }
+                        }
                     }
+                }
+                if stopped {
+                    return steps;
                 }
                 std::mem::swap(&mut h, &mut h2);
                 steps += a;
@@ -408,7 +429,8 @@ impl<C: CellKernel> Job<'_, C> {
     fn finish_empty(&self, b: usize) {
         let hidden = self.w().hidden;
         let init_h = self.init.map(|s| &s.h[s.off + b * s.sb..s.off + b * s.sb + hidden]);
-        let init_c = self.init.map(|s| &s.c[s.off + b * s.sb..s.off + b * s.sb + hidden]);
+        let init_c =
+            self.init.filter(|_| C::EXTRA_STATES > 0).map(|s| &s.c[s.off + b * s.sb..s.off + b * s.sb + hidden]);
         for (out, init) in [(&self.h_n, init_h), (&self.c_n, init_c)] {
             if let Some(o) = out {
                 match (self.empty_state, init) {

@@ -56,6 +56,8 @@ pub(crate) struct ChunkScratch {
     pub(crate) h: Vec<f32>,
     pub(crate) h2: Vec<f32>,
     pub(crate) c: Vec<f32>,
+    /// What a multi-phase cell's phases hand each other ([`crate::kernel::StepState::mid`]).
+    pub(crate) mid: Vec<f32>,
     pub(crate) proj: Vec<f32>,
     pub(crate) offs: Vec<usize>,
     pub(crate) times: Vec<usize>,
@@ -67,7 +69,7 @@ pub(crate) struct ChunkScratch {
 
 impl ChunkScratch {
     fn bytes(&self) -> usize {
-        (self.h.capacity() + self.h2.capacity() + self.c.capacity() + self.proj.capacity()) * 4
+        [&self.h, &self.h2, &self.c, &self.mid, &self.proj].iter().map(|v| v.capacity() * 4).sum::<usize>()
             + (self.rows.capacity() + self.offs.capacity() + self.times.capacity() + self.tape_rows.capacity()) * 8
             + self.cur.capacity() * std::mem::size_of::<Cursor>()
     }

@@ -82,12 +82,14 @@ impl KernelBench {
             h: &self.h,
             h_out: self.h_out.as_mut_ptr(),
             extra: self.c.as_mut_ptr(),
+            mid: std::ptr::null_mut(),
             tape: std::ptr::null_mut(),
             tape_rows: std::ptr::null(),
             tape_stride: 0,
         };
         let cell = LstmKernel { packed: &self.packed, spec: &self.cell };
-        self.reverse = !unsafe { self.backend.step(&cell, self.batch, 0..self.packed.gates.blocks, st, self.reverse) };
+        self.reverse =
+            !unsafe { self.backend.step(&cell, 0, self.batch, 0..self.packed.gates.blocks, st, self.reverse) };
     }
 
     /// Floating-point operations of one of the backward's GEMMs over every row: `Xᵀ·dZ` and `dZ·Wᵀ`

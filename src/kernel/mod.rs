@@ -4,9 +4,9 @@
 //! [`pack::PackedGates`]) and provides:
 //! - `project`: `out[r] = x[rows[r]] · W` for gathered valid input rows (the input projection), for any
 //!   cell (the gate count is in the packed weights);
-//! - `Backend::step`: one recurrent step of a `CellKernel` for the first `m` (active) rows, the
-//!   cell's GEMM over its recurrent weights with its update fused into the epilogue while the tile is in
-//!   registers; run with the backend's instructions through a `#[target_feature]` entry point per
+//! - `Backend::step`: one phase of a recurrent step of a `CellKernel` for the first `m` (active) rows,
+//!   the cell's GEMM over its recurrent weights with its update fused into the epilogue while the tile is
+//!   in registers; run with the backend's instructions through a `#[target_feature]` entry point per
 //!   instruction set, generic over the cell.
 //!
 //! Every output element is computed by the same sequence of operations whatever the number of rows in the
@@ -42,6 +42,11 @@ pub(crate) struct StepState<'a> {
     /// The cell's other state, updated in place for the step's blocks (LSTM: `c`); unused by cells
     /// without one.
     pub extra: *mut f32,
+    /// What one phase of the step hands the next ([`CellKernel::mid_states`] buffers of `m x hp`
+    /// floats; the ONNX-default GRU: `r ⊙ h` and `z`); unused by single-phase cells. A phase writes the
+    /// columns of its blocks and the next reads whole rows, so threads sharing the columns meet at a
+    /// barrier between phases.
+    pub mid: *mut f32,
     /// Where a training forward keeps what the backward needs (null: nothing is kept): row `r` of the
     /// step writes the cell's record (see the cell) at `tape + tape_rows[r] * tape_stride`.
     pub tape: *mut f32,
@@ -51,24 +56,51 @@ pub(crate) struct StepState<'a> {
     pub tape_stride: usize,
 }
 
-/// A cell as the kernels see it: its packed weights and its step, a GEMM over the recurrent weights
-/// with the cell update fused into the epilogue ([`simd::gemm`] does the GEMM, the cell brings the
-/// epilogue). Implemented once per cell, generically over the vector type; [`Backend::step`] runs it
-/// with the backend's instruction set.
+/// Most dependent matmul phases a cell's step has (the ONNX-default GRU's two).
+pub(crate) const MAX_PHASES: usize = 2;
+
+/// A cell as the kernels see it: its packed weights and its step. A step is one or more dependent
+/// phases, each a GEMM over (part of) the recurrent weights with the cell's arithmetic fused into the
+/// epilogue ([`simd::gemm`] does the GEMM, the cell brings the epilogue): the LSTM, the simple RNN and the
+/// GRU with the reset gate after the matmul have one, the GRU with the reset gate before it two (the
+/// gates `z, r` from `h · R_zr`, then the candidate from `(r ⊙ h) · R_h`). The scheduler runs the phases
+/// in order and, when threads share the columns, puts its barrier after each. Implemented once per cell,
+/// generically over the vector type; [`Backend::step`] runs it with the backend's instruction set.
 pub(crate) trait CellKernel: Sync {
     /// Recurrent states besides `h` (LSTM: 1, for `c`).
     const EXTRA_STATES: usize;
-    /// The packed input and recurrent weights.
+    /// The packed input weights (the projection's; their gate count sizes the projected rows) and the
+    /// bias, and for single-phase cells the recurrent weights.
     fn packed(&self) -> &PackedGates;
-    /// One step of the first `m` rows over the weight blocks `blocks`; the first row tile sweeps the
-    /// blocks backwards if `reverse_first`; returns whether the last sweep ran backwards (see
-    /// [`simd::gemm`]).
+    /// Bytes of recurrent weights one step streams (all phases).
+    fn recurrent_bytes(&self) -> usize {
+        self.packed().r.len() * 4
+    }
+    /// Dependent matmul phases per step, `1..=MAX_PHASES`.
+    fn phases(&self) -> usize {
+        1
+    }
+    /// Buffers of `m x hp` floats a phase hands the next ([`StepState::mid`]).
+    fn mid_states(&self) -> usize {
+        0
+    }
+    /// Phase `phase` of one step of the first `m` rows over the weight blocks `blocks`; the first row tile
+    /// sweeps the blocks backwards if `reverse_first`; returns whether the last sweep ran backwards (see
+    /// [`simd::gemm`]). The last phase writes `h_out`.
     ///
     /// # Safety
-    /// S's instructions available; `st.h_out` and `st.extra` valid for `m * hp` floats, overlapping
-    /// neither `st.h` nor `st.proj`, and no other thread accesses the columns of `blocks` in them
-    /// during the call.
-    unsafe fn step<S: Simd>(&self, m: usize, blocks: Range<usize>, st: StepState<'_>, reverse_first: bool) -> bool;
+    /// S's instructions available; `phase < self.phases()`; `st.h_out`, `st.extra` (if the cell has extra
+    /// states) and `st.mid` (if it has mid states) valid for `m * hp` floats per state, overlapping neither
+    /// `st.h` nor `st.proj` nor each other; no other thread accesses the columns of `blocks` in them during
+    /// the call, and every earlier phase of the step has completed for all columns.
+    unsafe fn step<S: Simd>(
+        &self,
+        phase: usize,
+        m: usize,
+        blocks: Range<usize>,
+        st: StepState<'_>,
+        reverse_first: bool,
+    ) -> bool;
 }
 
 /// Work generic over the vector type, run with one backend's instructions by [`Backend::run`].
@@ -141,6 +173,7 @@ impl Backend {
     pub(crate) unsafe fn step<C: CellKernel>(
         &self,
         cell: &C,
+        phase: usize,
         m: usize,
         blocks: Range<usize>,
         st: StepState<'_>,
@@ -150,6 +183,7 @@ impl Backend {
         /// step's contract.
         struct Step<'a, C> {
             cell: &'a C,
+            phase: usize,
             m: usize,
             blocks: Range<usize>,
             st: StepState<'a>,
@@ -161,10 +195,10 @@ impl Backend {
             unsafe fn run<S: Simd>(self) -> bool {
                 // SAFETY: S's instructions are available (`SimdJob` contract); the buffers as the caller of
                 // `Backend::step` guaranteed.
-                unsafe { self.cell.step::<S>(self.m, self.blocks, self.st, self.reverse_first) }
+                unsafe { self.cell.step::<S>(self.phase, self.m, self.blocks, self.st, self.reverse_first) }
             }
         }
-        self.run(Step { cell, m, blocks, st, reverse_first })
+        self.run(Step { cell, phase, m, blocks, st, reverse_first })
     }
 
     /// Input projection over the weight blocks `blocks`: `out[r] = x[rows[r]..][..I] · W[blocks]`, rows of

@@ -87,6 +87,24 @@ pub(crate) unsafe trait Simd: Copy {
     unsafe fn act(a: Activation, x: Self) -> Self;
 }
 
+/// `v` clamped to `[-clip, clip]` by comparisons (NaN passes through), lane-wise
+/// [`activation::clip`](crate::cells::activation::clip).
+///
+/// # Safety
+/// S's instructions available.
+#[inline(always)]
+pub(crate) unsafe fn clip_lanes<S: Simd>(v: S, clip: Option<f32>) -> S {
+    match clip {
+        // SAFETY: S's instructions are available (caller's contract); no memory is accessed.
+        Some(cl) => unsafe {
+            let (hi, lo) = (S::splat(cl), S::splat(-cl));
+            let v = S::select(v.gt(hi), hi, v);
+            S::select(v.lt(lo), lo, v)
+        },
+        None => v,
+    }
+}
+
 #[inline(always)]
 unsafe fn s<S: Simd>(v: f32) -> S {
     // SAFETY: the caller runs with S's instructions available.
