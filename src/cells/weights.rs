@@ -37,11 +37,12 @@ pub struct LstmWeights {
     peephole: Option<Vec<f32>>,
 }
 
-fn sizes(input: usize, hidden: usize) -> Result<(usize, usize)> {
+/// `(G H, I G H)` for a cell of `gates` gates, checked: the canonical row width and kernel length.
+pub(crate) fn sizes(gates: usize, input: usize, hidden: usize) -> Result<(usize, usize)> {
     if hidden == 0 {
         return Err(Error::argument("hidden size must be at least 1"));
     }
-    let g = checked_product(&[4, hidden], "gates")?;
+    let g = checked_product(&[gates, hidden], "gates")?;
     checked_product(&[input, g], "kernel")?;
     checked_product(&[hidden, g], "recurrent kernel")?;
     Ok((g, input * g))
@@ -60,7 +61,7 @@ impl LstmWeights {
         recurrent_kernel: &[f32],
         bias: Option<&[f32]>,
     ) -> Result<Self> {
-        let (g, nk) = sizes(input, hidden)?;
+        let (g, nk) = sizes(4, input, hidden)?;
         check_len("kernel", kernel.len(), nk)?;
         check_len("recurrent_kernel", recurrent_kernel.len(), hidden * g)?;
         let bias = match bias {
@@ -92,7 +93,7 @@ impl LstmWeights {
         bias_ih: Option<&[f32]>,
         bias_hh: Option<&[f32]>,
     ) -> Result<Self> {
-        let (g, nk) = sizes(input, hidden)?;
+        let (g, nk) = sizes(4, input, hidden)?;
         check_len("weight_ih", weight_ih.len(), nk)?;
         check_len("weight_hh", weight_hh.len(), hidden * g)?;
         let mut bias = vec![0.0; g];
@@ -125,7 +126,7 @@ impl LstmWeights {
         b: Option<&[f32]>,
         p: Option<&[f32]>,
     ) -> Result<Self> {
-        let (g, nk) = sizes(input, hidden)?;
+        let (g, nk) = sizes(4, input, hidden)?;
         check_len("W", w.len(), nk)?;
         check_len("R", r.len(), hidden * g)?;
         // ONNX gate block j holds canonical gate ONNX_TO_CANON[j].
@@ -195,7 +196,8 @@ impl LstmWeights {
     }
 }
 
-fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+/// `m [rows][cols]` transposed.
+pub(crate) fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0.0; m.len()];
     for r in 0..rows {
         for c in 0..cols {

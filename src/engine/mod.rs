@@ -25,6 +25,8 @@
 //! `sweep` (the walk above), `tape` (what a training forward keeps) and `backward` (the reverse walk).
 
 mod backward;
+#[cfg(test)]
+mod cell_tests;
 mod layout;
 mod plan;
 mod sweep;

@@ -115,7 +115,7 @@ fn pack_row(src: &[f32], dst: &mut [f32], gates: usize, hidden: usize, nb: usize
 }
 
 /// `[rows][gates * hidden]` as block-major panels `[blocks][group][rows][gates in group][nb]`.
-fn pack_panels(m: &[f32], rows: usize, gates: usize, hidden: usize, nb: usize) -> Vec<f32> {
+pub(crate) fn pack_panels(m: &[f32], rows: usize, gates: usize, hidden: usize, nb: usize) -> Vec<f32> {
     let blocks = hidden.div_ceil(nb);
     let (panel, row, group) = (gates * nb, gates * blocks * nb, group_gates(gates) * nb);
     let mut out = vec![0.0; rows * row];

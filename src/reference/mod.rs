@@ -58,39 +58,43 @@ impl Rounding {
 
 /// Pre-activations `z = (x·K + h·R) + b` for all four gates, in Keras' summation order.
 fn gates(w: &LstmWeights, x: &[f32], h: &[f32], rounding: Rounding) -> Vec<f32> {
+    let g4 = 4 * w.hidden_size();
+    let xk = vec_mat(x, w.kernel(), g4, rounding);
+    let hr = vec_mat(h, w.recurrent(), g4, rounding);
+    xk.iter().zip(&hr).zip(w.bias()).map(|((a, b), c)| (a + b) + c).collect()
+}
+
+/// `v · m` for `m [v.len()][cols]`: each column's sum left to right from `+0.0`, every term rounded as
+/// `rounding` says (the kernels' dot products, bit for bit).
+pub(crate) fn vec_mat(v: &[f32], m: &[f32], cols: usize, rounding: Rounding) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if rounding == Rounding::Fused && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: FMA detected just above. Only speed differs: `f32::mul_add` is the exact fused
         // operation either way, compiled to one instruction here instead of a libm call.
-        return unsafe { gates_fma(w, x, h) };
+        return unsafe { vec_mat_fma(v, m, cols) };
     }
-    gates_plain(w, x, h, rounding)
+    vec_mat_plain(v, m, cols, rounding)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma")]
-unsafe fn gates_fma(w: &LstmWeights, x: &[f32], h: &[f32]) -> Vec<f32> {
-    gates_plain(w, x, h, Rounding::Fused)
+unsafe fn vec_mat_fma(v: &[f32], m: &[f32], cols: usize) -> Vec<f32> {
+    vec_mat_plain(v, m, cols, Rounding::Fused)
 }
 
 #[inline(always)]
-fn gates_plain(w: &LstmWeights, x: &[f32], h: &[f32], rounding: Rounding) -> Vec<f32> {
-    let g4 = 4 * w.hidden_size();
-    let mut z = vec![0.0f32; g4];
+fn vec_mat_plain(v: &[f32], m: &[f32], cols: usize, rounding: Rounding) -> Vec<f32> {
+    assert!(m.len() >= v.len() * cols);
     // Plain loops (no closures), so the FMA-enabled caller compiles them with its instruction set.
-    for (j, zj) in z.iter_mut().enumerate() {
-        // Left-to-right sums from +0.0.
-        let mut xk = 0.0f32;
-        for (k, &v) in x.iter().enumerate() {
-            xk = rounding.mul_add(v, w.kernel()[k * g4 + j], xk);
+    let mut out = vec![0.0f32; cols];
+    for (j, o) in out.iter_mut().enumerate() {
+        let mut acc = 0.0f32;
+        for (k, &a) in v.iter().enumerate() {
+            acc = rounding.mul_add(a, m[k * cols + j], acc);
         }
-        let mut hr = 0.0f32;
-        for (k, &v) in h.iter().enumerate() {
-            hr = rounding.mul_add(v, w.recurrent()[k * g4 + j], hr);
-        }
-        *zj = (xk + hr) + w.bias()[j];
+        *o = acc;
     }
-    z
+    out
 }
 
 /// One cell step for one sequence: returns the new `(h, c)`.
@@ -231,4 +235,52 @@ pub fn onnx_lstm(
         }
     }
     Ok((y, y_h, y_c))
+}
+
+/// One step of a cell whose only state is `h` (GRU, simple RNN): `(x, h) -> h'`.
+pub type HStep<'a> = &'a dyn Fn(&[f32], &[f32]) -> Vec<f32>;
+
+/// The ONNX `GRU` or `RNN` operator, plainly, as [`onnx_lstm`] without the cell state: layout 0,
+/// `x [T, B, I]`, `initial_h [D, B, H]`; returns `(y [T, D, B, H], y_h [D, B, H])`. `dirs[d] = (step,
+/// reverse)`.
+///
+/// # Errors
+/// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) or
+/// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for inconsistent sizes or lengths.
+#[allow(clippy::too_many_arguments)]
+pub fn onnx_h_only(
+    dirs: &[(HStep<'_>, bool)],
+    (input, hidden): (usize, usize),
+    x: &[f32],
+    seq_length: usize,
+    batch: usize,
+    lengths: &[usize],
+    initial_h: Option<&[f32]>,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (d_n, i, hd) = (dirs.len(), input, hidden);
+    check_len("x", x.len(), checked_product(&[seq_length, batch, i], "x")?)?;
+    check_len("sequence_lens", lengths.len(), batch)?;
+    if lengths.iter().any(|&l| l > seq_length) {
+        return Err(crate::Error::argument("a length exceeds seq_length"));
+    }
+    let state_len = checked_product(&[d_n, batch, hd], "state")?;
+    if let Some(h0) = initial_h {
+        check_len("initial_h", h0.len(), state_len)?;
+    }
+    let mut y = vec![0.0; checked_product(&[seq_length, d_n, batch, hd], "y")?];
+    let mut y_h = vec![0.0; state_len];
+    for (d, &(step, reverse)) in dirs.iter().enumerate() {
+        for (b, &len) in lengths.iter().enumerate().filter(|(_, &len)| len > 0) {
+            let s = (d * batch + b) * hd;
+            let mut h = initial_h.map_or(vec![0.0; hd], |h0| h0[s..s + hd].to_vec());
+            for k in 0..len {
+                let t = if reverse { len - 1 - k } else { k };
+                h = step(&x[(t * batch + b) * i..(t * batch + b + 1) * i], &h);
+                let o = ((t * d_n + d) * batch + b) * hd;
+                y[o..o + hd].copy_from_slice(&h);
+            }
+            y_h[s..s + hd].copy_from_slice(&h);
+        }
+    }
+    Ok((y, y_h))
 }

@@ -1,0 +1,259 @@
+//! The simple RNN cell (Keras `SimpleRNN`, ONNX `RNN`, PyTorch `nn.RNN`): weights imported from every
+//! framework's layout, packed panels and its fused step.
+//!
+//! Canonical form: `kernel [I, H]`, `recurrent [H, H]`, `bias [H]` (input and recurrent biases summed):
+//!
+//! ```text
+//! h' = f((x·kernel + h·recurrent) + bias)      f: tanh by default (ONNX: any activation, clipped
+//!                                              argument; PyTorch: tanh or relu)
+//! ```
+
+use std::ops::Range;
+
+use crate::cells::activation::{clip, Activation};
+use crate::cells::weights::{sizes, transpose};
+use crate::error::{check_len, Result};
+use crate::kernel::pack::PackedGates;
+use crate::kernel::simd::{clip_lanes, gemm, Epilogue, Rows, Simd};
+use crate::kernel::{CellKernel, StepState};
+use crate::reference::{vec_mat, Rounding};
+
+/// The activation and options of a simple RNN cell.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct RnnSpec {
+    /// The activation `f` (Keras `activation`, PyTorch `nonlinearity`, ONNX `activations[0]`).
+    pub activation: Activation,
+    /// ONNX `clip`: the activation's argument is clamped to `[-clip, clip]`.
+    pub clip: Option<f32>,
+}
+
+impl Default for RnnSpec {
+    /// `tanh`, no clip.
+    fn default() -> Self {
+        RnnSpec { activation: Activation::Tanh, clip: None }
+    }
+}
+
+impl RnnSpec {
+    /// A cell with activation `f` and optional clip.
+    pub fn new(activation: Activation, clip: Option<f32>) -> Self {
+        RnnSpec { activation, clip }
+    }
+
+    /// One step of one sequence in scalar arithmetic, the definition the kernels match bit for bit with
+    /// `rounding`: returns the new `h`.
+    pub fn step_rounded(&self, w: &RnnWeights, x: &[f32], h: &[f32], rounding: Rounding) -> Vec<f32> {
+        let p = vec_mat(x, &w.kernel, w.hidden, rounding);
+        let q = vec_mat(h, &w.recurrent, w.hidden, rounding);
+        (0..w.hidden)
+            .map(|j| self.activation.apply_rounded(clip((p[j] + q[j]) + w.bias[j], self.clip), rounding))
+            .collect()
+    }
+}
+
+/// Simple RNN weights of one direction in canonical form (see the [module docs](self)).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RnnWeights {
+    input: usize,
+    hidden: usize,
+    kernel: Vec<f32>,
+    recurrent: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl RnnWeights {
+    /// From Keras' `kernel [I, H]`, `recurrent_kernel [H, H]` and `bias [H]` (None: no bias).
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) when a length disagrees with `input`/`hidden`;
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for `hidden == 0`;
+    /// [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) for sizes that overflow.
+    pub fn from_keras(
+        input: usize,
+        hidden: usize,
+        kernel: &[f32],
+        recurrent_kernel: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Result<Self> {
+        let (g, nk) = sizes(1, input, hidden)?;
+        check_len("kernel", kernel.len(), nk)?;
+        check_len("recurrent_kernel", recurrent_kernel.len(), hidden * g)?;
+        let bias = match bias {
+            Some(b) => {
+                check_len("bias", b.len(), g)?;
+                b.to_vec()
+            }
+            None => vec![0.0; g],
+        };
+        Ok(RnnWeights { input, hidden, kernel: kernel.to_vec(), recurrent: recurrent_kernel.to_vec(), bias })
+    }
+
+    /// From PyTorch's `weight_ih [H, I]`, `weight_hh [H, H]`, `bias_ih`, `bias_hh [H]`.
+    ///
+    /// # Errors
+    /// As [`from_keras`](Self::from_keras).
+    pub fn from_pytorch(
+        input: usize,
+        hidden: usize,
+        weight_ih: &[f32],
+        weight_hh: &[f32],
+        bias_ih: Option<&[f32]>,
+        bias_hh: Option<&[f32]>,
+    ) -> Result<Self> {
+        let (g, nk) = sizes(1, input, hidden)?;
+        check_len("weight_ih", weight_ih.len(), nk)?;
+        check_len("weight_hh", weight_hh.len(), hidden * g)?;
+        let mut bias = vec![0.0; g];
+        for (name, b) in [("bias_ih", bias_ih), ("bias_hh", bias_hh)] {
+            if let Some(b) = b {
+                check_len(name, b.len(), g)?;
+                bias.iter_mut().zip(b).for_each(|(d, s)| *d += s);
+            }
+        }
+        let (kernel, recurrent) = (transpose(weight_ih, g, input), transpose(weight_hh, g, hidden));
+        Ok(RnnWeights { input, hidden, kernel, recurrent, bias })
+    }
+
+    /// From one direction of ONNX's `W [H, I]`, `R [H, H]` and `B [2H]` (Wb then Rb).
+    ///
+    /// # Errors
+    /// As [`from_keras`](Self::from_keras).
+    pub fn from_onnx(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<Self> {
+        let (g, nk) = sizes(1, input, hidden)?;
+        check_len("W", w.len(), nk)?;
+        check_len("R", r.len(), hidden * g)?;
+        let mut bias = vec![0.0; g];
+        if let Some(b) = b {
+            check_len("B", b.len(), 2 * g)?;
+            bias.iter_mut().zip(&b[..g]).zip(&b[g..]).for_each(|((d, x), y)| *d = x + y);
+        }
+        Ok(RnnWeights { input, hidden, kernel: transpose(w, g, input), recurrent: transpose(r, g, hidden), bias })
+    }
+
+    /// Input size `I`.
+    pub fn input_size(&self) -> usize {
+        self.input
+    }
+    /// Hidden size `H`.
+    pub fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+    /// `kernel [I, H]`.
+    pub fn kernel(&self) -> &[f32] {
+        &self.kernel
+    }
+    /// `recurrent [H, H]`.
+    pub fn recurrent(&self) -> &[f32] {
+        &self.recurrent
+    }
+    /// `bias [H]` (input and recurrent biases summed).
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+}
+
+/// Weights of one simple RNN layer direction packed into a backend's panel layout (one gate).
+#[derive(Clone, Debug)]
+pub struct PackedRnn {
+    pub(crate) gates: PackedGates,
+}
+
+impl PackedRnn {
+    /// Packs `w` for a backend with `nb` lanes per block.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) for sizes whose product overflows.
+    pub(crate) fn new(w: &RnnWeights, nb: usize) -> Result<Self> {
+        Ok(PackedRnn { gates: PackedGates::new(1, w.input, w.hidden, &w.kernel, &w.recurrent, &w.bias, nb)? })
+    }
+}
+
+/// The simple RNN as the kernels see it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RnnKernel<'a> {
+    pub packed: &'a PackedRnn,
+    pub spec: &'a RnnSpec,
+}
+
+impl CellKernel for RnnKernel<'_> {
+    const EXTRA_STATES: usize = 0;
+
+    fn packed(&self) -> &PackedGates {
+        &self.packed.gates
+    }
+
+    #[inline(always)]
+    unsafe fn step<S: Simd>(
+        &self,
+        _phase: usize,
+        m: usize,
+        blocks: Range<usize>,
+        st: StepState<'_>,
+        reverse_first: bool,
+    ) -> bool {
+        let w = &self.packed.gates;
+        let hp = w.hidden_padded();
+        let proj_row = blocks.len() * S::LANES;
+        assert!(w.gates == 1 && w.nb == S::LANES && blocks.end <= w.blocks && st.proj.len() >= m * proj_row);
+        assert!(w.r.len() >= w.blocks * w.hidden * S::LANES && st.h.len() >= m * hp);
+        assert!(w.bias.len() >= w.blocks * S::LANES && st.tape.is_null());
+        let mut ep = RnnEpilogue {
+            spec: self.spec,
+            proj: st.proj.as_ptr(),
+            proj_row,
+            first: blocks.start,
+            bias: w.bias.as_ptr(),
+            h_out: st.h_out,
+            hp,
+        };
+        let rows = Rows::Strided { base: st.h.as_ptr(), stride: hp };
+        // SAFETY: the asserts above bound every read (rows < m of h and proj, panels of blocks < w.blocks,
+        // the bias); the writes stay in rows < m of h_out, in the columns of `blocks` (caller's contract).
+        unsafe { gemm::<S, 1>(&w.r, w.hidden, m, rows, blocks, reverse_first, &mut ep) }
+    }
+}
+
+/// The simple RNN step's epilogue: `h' = f(clip((p + acc) + b))`.
+struct RnnEpilogue<'a> {
+    spec: &'a RnnSpec,
+    proj: *const f32,
+    proj_row: usize,
+    first: usize,
+    bias: *const f32,
+    h_out: *mut f32,
+    hp: usize,
+}
+
+impl<S: Simd> Epilogue<S, 1> for RnnEpilogue<'_> {
+    #[inline(always)]
+    unsafe fn apply(&mut self, r: usize, blk: usize, acc: [S; 1]) {
+        let l = S::LANES;
+        // SAFETY: `gemm` hands rows and blocks of the step, bounds checked by `RnnKernel::step`.
+        unsafe {
+            let p = S::load(self.proj.add(r * self.proj_row + (blk - self.first) * l));
+            let v = p.add(acc[0]).add(S::load(self.bias.add(blk * l)));
+            S::act(self.spec.activation, clip_lanes(v, self.spec.clip)).store(self.h_out.add(r * self.hp + blk * l));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pytorch_and_onnx_import_to_keras_form() {
+        let (i, h) = (3, 2);
+        let k: Vec<f32> = (0..i * h).map(|v| v as f32).collect();
+        let r: Vec<f32> = (0..h * h).map(|v| 100.0 + v as f32).collect();
+        let keras = RnnWeights::from_keras(i, h, &k, &r, Some(&[3.0, 5.0])).unwrap();
+        let (wt, rt) = (transpose(&k, i, h), transpose(&r, h, h));
+        let torch = RnnWeights::from_pytorch(i, h, &wt, &rt, Some(&[1.0, 2.0]), Some(&[2.0, 3.0])).unwrap();
+        assert_eq!(torch, keras);
+        let onnx = RnnWeights::from_onnx(i, h, &wt, &rt, Some(&[1.0, 2.0, 2.0, 3.0])).unwrap();
+        assert_eq!(onnx, keras);
+        assert!(RnnWeights::from_onnx(i, h, &wt, &rt, Some(&[1.0, 2.0])).is_err());
+        assert!(RnnWeights::from_keras(i, 0, &[], &[], None).is_err());
+    }
+}
