@@ -16,6 +16,10 @@
 //! - `backward/{all_valid,pad50}`: the backward of one Keras LSTM layer (`KerasLstm::backward` from a tape
 //!   filled beforehand, upstream `dy` on every output, gradients of `x`, the kernel, the recurrent kernel
 //!   and the bias), B=64, T=256, I=256, H=256, 1 thread, every step valid and with exactly 50 % padding.
+//! - `cells/<cell>/t<threads>`: the ONNX operators of every cell (LSTM, GRU with the reset gate before the
+//!   matmul (ONNX's default, two phases per step) and after it, simple RNN) forward on `gru_mid` of issue
+//!   #9: `[T=256, B=64, I=256]`, lengths uniform in 32..=256, H = 256, 1 and 2 threads. A valid step
+//!   costs `2 * G H * (I + H)` FLOPs for `G` gates (4, 3, 3, 1).
 //! - `train_step/mid_fit/t<threads>`: one training step of `examples/train_step.rs`' `mid_fit` (same data
 //!   and weights): `Sequential::train_step` = training forward + masked MSE + backward + Adam (Keras
 //!   flavour) + repacking, `[64, 256, 256]`, lengths uniform in 32..=256, LSTM(256), 1 and 2 threads.
@@ -40,6 +44,7 @@ use std::time::Duration;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use masked_rnn::kernel::{self, microbench::KernelBench};
+use masked_rnn::onnx::{Direction, OnnxGru, OnnxGruAttrs, OnnxLstm, OnnxLstmAttrs, OnnxOutputs, OnnxRnn, OnnxRnnAttrs};
 use masked_rnn::{
     Activation, Adam, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream, Loss,
     LstmWeights, MaskValueMode, MaskedSeq, Padding, Schedule, SeqView, Sequential, Workspace,
@@ -513,8 +518,69 @@ fn small_batch_steps(c: &mut Criterion) {
     g.finish();
 }
 
+/// The ONNX operators of every cell on `gru_mid` (see the header).
+fn cells(c: &mut Criterion) {
+    let (t, b, i, h) = (256, 64, 256, 256);
+    let mut rng = StdRng::seed_from_u64(9);
+    let lens: Vec<i32> = (0..b).map(|_| rng.random_range(32..=t as i32)).collect();
+    let valid: u64 = lens.iter().map(|&l| l as u64).sum();
+    let x: Vec<f32> = (0..t * b * i).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut weights = |g: usize| -> [Vec<f32>; 3] {
+        let s = 1.0 / (h as f32).sqrt();
+        [g * h * i, g * h * h, 2 * g * h].map(|n| (0..n).map(|_| rng.random_range(-s..s)).collect())
+    };
+    type Forward = Box<dyn Fn(&mut [f32], &mut Workspace, usize)>;
+    let mut runs: Vec<(&str, usize, Forward)> = Vec::new();
+    let [w, r, bias] = weights(4);
+    let lstm = OnnxLstm::new(OnnxLstmAttrs::new(h, Direction::Forward), i, &w, &r, Some(&bias), None).expect("lstm");
+    let (x1, l1) = (x.clone(), lens.clone());
+    runs.push((
+        "lstm",
+        4,
+        Box::new(move |y, ws, threads| {
+            let out = OnnxOutputs { y: Some(y), ..Default::default() };
+            black_box(lstm.forward_in(&x1, t, b, Some(&l1), None, None, out, threads, ws).expect("forward"));
+        }),
+    ));
+    for (name, lbr) in [("gru_reset_before", false), ("gru_reset_after", true)] {
+        let [w, r, bias] = weights(3);
+        let attrs = OnnxGruAttrs::new(h, Direction::Forward).linear_before_reset(lbr);
+        let gru = OnnxGru::new(attrs, i, &w, &r, Some(&bias)).expect("gru");
+        let (x1, l1) = (x.clone(), lens.clone());
+        runs.push((
+            name,
+            3,
+            Box::new(move |y, ws, threads| {
+                let out = OnnxOutputs { y: Some(y), ..Default::default() };
+                black_box(gru.forward_in(&x1, t, b, Some(&l1), None, out, threads, ws).expect("forward"));
+            }),
+        ));
+    }
+    let [w, r, bias] = weights(1);
+    let rnn = OnnxRnn::new(OnnxRnnAttrs::new(h, Direction::Forward), i, &w, &r, Some(&bias)).expect("rnn");
+    runs.push((
+        "rnn",
+        1,
+        Box::new(move |y, ws, threads| {
+            let out = OnnxOutputs { y: Some(y), ..Default::default() };
+            black_box(rnn.forward_in(&x, t, b, Some(&lens), None, out, threads, ws).expect("forward"));
+        }),
+    ));
+    let mut g = group(c, "cells", 10);
+    let mut y = vec![0.0; t * b * h];
+    for (name, gates, run) in &runs {
+        g.throughput(Throughput::Elements(valid * 2 * (*gates * h * (i + h)) as u64));
+        let mut ws = Workspace::new();
+        for threads in [1, 2] {
+            g.bench_function(format!("{name}/t{threads}"), |bench| bench.iter(|| run(&mut y, &mut ws, threads)));
+        }
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    cells,
     padding_sweep,
     seed_model,
     layer_sizes,

@@ -45,18 +45,20 @@ pub mod reference;
 pub mod train;
 pub mod view;
 
-pub use cells::{activation, math, weights};
+pub use cells::{activation, gru, math, rnn, weights};
 pub use frameworks::{bidirectional, keras, onnx, sequential, torch};
 
 pub use cells::activation::{Activation, HardSigmoidFlavor};
+pub use cells::gru::{GruSpec, GruWeights};
 pub use cells::lstm::CellSpec;
+pub use cells::rnn::{RnnSpec, RnnWeights};
 pub use cells::weights::LstmWeights;
 pub use engine::{ForwardStats, Schedule, Workspace};
 pub use error::{Error, ErrorKind, Result};
 pub use frameworks::keras::{
     InitialState, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream,
 };
-pub use frameworks::onnx::{OnnxGrads, OnnxTape, OnnxUpstream};
+pub use frameworks::onnx::{OnnxGrads, OnnxGru, OnnxRnn, OnnxTape, OnnxUpstream};
 pub use frameworks::sequential::{Layer, MaskedSeq, Sequential};
 pub use train::fit::{BatchEnd, FitOptions, History, Shuffle};
 pub use train::{

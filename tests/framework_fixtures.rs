@@ -3,23 +3,13 @@
 
 mod common;
 
-use common::{fixtures, floats, mask, onnx_node, opt_floats, usize_of, FRAMEWORK_TOL};
+use common::{fixtures, floats, mask, onnx_node, opt_floats, usize_of, y_to_batch_major, FRAMEWORK_TOL};
 use masked_rnn::bidirectional::{BidirectionalState, KerasBidirectional, MergeMode};
 use masked_rnn::fuzzing::close;
 use masked_rnn::onnx::{swap_axes, Layout};
 use masked_rnn::torch::{TorchLstm, TorchLstmParams};
 use masked_rnn::{KerasLstmOptions, LstmWeights, SeqView};
 use serde_json::Value;
-
-/// `[T, D, B, H] -> [B, T, D, H]`.
-fn y_to_batch_major(y: &[f32], t: usize, d: usize, b: usize, h: usize) -> Vec<f32> {
-    // [T, D*B*H] viewed as [T, D, B*H]: first [T, D, B, H] -> [T, B, D, H] per time step, then swap T and B.
-    let mut per_t = Vec::with_capacity(y.len());
-    for tt in 0..t {
-        per_t.extend(swap_axes(&y[tt * d * b * h..(tt + 1) * d * b * h], d, b, h));
-    }
-    swap_axes(&per_t, t, b, d * h)
-}
 
 #[test]
 fn onnx_fixtures_match_in_both_layouts() {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use masked_rnn::onnx::{Direction, Layout, OnnxLstm, OnnxLstmAttrs};
+use masked_rnn::onnx::{swap_axes, Direction, Layout, OnnxLstm, OnnxLstmAttrs};
 use masked_rnn::{Activation, HardSigmoidFlavor, KerasLstm, KerasLstmOptions, LstmWeights};
 use serde_json::Value;
 
@@ -116,4 +116,14 @@ pub fn keras_layer(f: &Value) -> KerasLstm {
         .go_backwards(f["go_backwards"].as_bool().expect("bool"))
         .zero_output_for_mask(f["zero_output_for_mask"].as_bool().expect("bool"));
     KerasLstm::new(weights, options).expect("layer")
+}
+
+/// `[T, D, B, H] -> [B, T, D, H]`.
+pub fn y_to_batch_major(y: &[f32], t: usize, d: usize, b: usize, h: usize) -> Vec<f32> {
+    // [T, D*B*H] viewed as [T, D, B*H]: first [T, D, B, H] -> [T, B, D, H] per time step, then swap T and B.
+    let mut per_t = Vec::with_capacity(y.len());
+    for tt in 0..t {
+        per_t.extend(swap_axes(&y[tt * d * b * h..(tt + 1) * d * b * h], d, b, h));
+    }
+    swap_axes(&per_t, t, b, d * h)
 }

@@ -1,84 +1,15 @@
-//! The ONNX `LSTM` operator (opset 22), every direction and both layouts, on the mask-aware engine.
-//!
-//! Where the specification is silent this follows ONNX Runtime: `Y` past a sequence's length is `+0.0`,
-//! `Y_h`/`Y_c` are the state after the last valid step (for reverse, after `x_0`), a length-0 sequence
-//! gives zero `Y_h`/`Y_c` even with a non-zero initial state, and lengths must lie in `0..=seq_length`.
-//!
-//! Reverse runs each sequence from its own last valid step, reading `X` in place (no ReverseSequence
-//! copy); bidirectional runs both directions concurrently, writing their halves of the interleaved `Y`.
-//! `layout = 1` (batch-major, which ONNX Runtime's CPU kernel rejects) is only a different set of strides.
+//! The ONNX `LSTM` operator, forward and backward.
 
+use super::{check_clip, direction_activations, Call, Direction, Layout, OnnxOutputs, OnnxResult, Operator};
 use crate::cells::activation::Activation;
 use crate::cells::grads::LstmGrads;
 use crate::cells::lstm::{CellSpec, LstmKernel, TAPE_RECORD};
 use crate::cells::weights::{LstmWeights, PackedLstm};
-use crate::engine::{
-    directions, initial_pair, par_join, DirTape, EmptyState, Fill, ForwardStats, Job, LstmBackward, LstmBackwardOut,
-    OutRegion, Region, Schedule, SeqIn, SeqOut, StateIn, TapeOut, Workspace,
-};
+use crate::engine::{DirTape, ForwardStats, LstmBackward, LstmBackwardOut, Schedule, SeqIn, TapeOut, Workspace};
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::kernel::{self, Backend};
 use crate::reference;
 use crate::view::{Padding, SeqView};
-
-/// ONNX `direction`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Direction {
-    /// `"forward"` (C ABI 0).
-    #[default]
-    Forward,
-    /// `"reverse"` (C ABI 1): each sequence's valid part, last step first.
-    Reverse,
-    /// `"bidirectional"` (C ABI 2).
-    Bidirectional,
-}
-
-impl Direction {
-    /// From the C ABI code (0 forward, 1 reverse, 2 bidirectional).
-    ///
-    /// # Errors
-    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for another code.
-    pub fn from_code(code: i32) -> Result<Self> {
-        match code {
-            0 => Ok(Direction::Forward),
-            1 => Ok(Direction::Reverse),
-            2 => Ok(Direction::Bidirectional),
-            _ => Err(Error::argument(format!("unknown direction {code} (0 forward, 1 reverse, 2 bidirectional)"))),
-        }
-    }
-    /// Number of directions `D`.
-    pub fn count(self) -> usize {
-        if self == Direction::Bidirectional {
-            2
-        } else {
-            1
-        }
-    }
-}
-
-/// ONNX `layout`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Layout {
-    /// 0: `X [T, B, I]`, `Y [T, D, B, H]`, `Y_h`/`Y_c` and initial states `[D, B, H]`.
-    #[default]
-    SeqMajor,
-    /// 1: `X [B, T, I]`, `Y [B, T, D, H]`, `Y_h`/`Y_c` and initial states `[B, D, H]`.
-    BatchMajor,
-}
-
-impl Layout {
-    /// From the C ABI code (0 or 1).
-    ///
-    /// # Errors
-    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for another code.
-    pub fn from_code(code: i32) -> Result<Self> {
-        match code {
-            0 => Ok(Layout::SeqMajor),
-            1 => Ok(Layout::BatchMajor),
-            _ => Err(Error::argument(format!("unknown layout {code} (0 or 1)"))),
-        }
-    }
-}
 
 /// Attributes of the ONNX LSTM operator.
 #[derive(Clone, Debug, PartialEq)]
@@ -134,42 +65,11 @@ impl OnnxLstmAttrs {
 
     /// The cell of each direction.
     fn cells(&self) -> Result<Vec<CellSpec>> {
-        if let Some(c) = self.clip {
-            if c.is_nan() || c <= 0.0 {
-                return Err(Error::argument(format!("clip must be positive, got {c}")));
-            }
-        }
-        let d = self.direction.count();
-        // As ONNX Runtime: none (the defaults) or exactly three per direction.
-        let acts: Vec<Activation> = match self.activations.len() {
-            0 => [Activation::Sigmoid, Activation::Tanh, Activation::Tanh].repeat(d),
-            n if n == 3 * d => self.activations.clone(),
-            n => return Err(Error::argument(format!("{n} activations given; {} direction(s) take 0 or {}", d, 3 * d))),
-        };
-        Ok(acts.chunks_exact(3).map(|a| CellSpec::onnx(a[0], a[1], a[2], self.clip, self.input_forget)).collect())
+        check_clip(self.clip)?;
+        let defaults = [Activation::Sigmoid, Activation::Tanh, Activation::Tanh];
+        let acts = direction_activations(&self.activations, &defaults, self.direction.count())?;
+        Ok(acts.iter().map(|a| CellSpec::onnx(a[0], a[1], a[2], self.clip, self.input_forget)).collect())
     }
-}
-
-/// Output buffers of [`OnnxLstm::forward`]; each optional.
-#[derive(Debug, Default)]
-pub struct OnnxOutputs<'a> {
-    /// `Y`: `[T, D, B, H]` (layout 0) or `[B, T, D, H]` (layout 1).
-    pub y: Option<&'a mut [f32]>,
-    /// `Y_h`: `[D, B, H]` (layout 0) or `[B, D, H]` (layout 1).
-    pub y_h: Option<&'a mut [f32]>,
-    /// `Y_c`: as `Y_h`.
-    pub y_c: Option<&'a mut [f32]>,
-}
-
-/// `Y`, `Y_h`, `Y_c` as owned vectors.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OnnxResult {
-    /// `Y`.
-    pub y: Vec<f32>,
-    /// `Y_h`.
-    pub y_h: Vec<f32>,
-    /// `Y_c`.
-    pub y_c: Vec<f32>,
 }
 
 /// Gradients of a scalar loss with respect to the operator's outputs (the upstream of
@@ -240,15 +140,6 @@ pub struct OnnxLstm {
     dirs: Vec<DirectionWeights>,
     backend: &'static Backend,
     schedule: Schedule,
-}
-
-/// Strides of one tensor of the operator, in elements.
-#[derive(Clone, Copy, Debug)]
-struct Strides {
-    /// Offset of direction d: `d * dir`.
-    dir: usize,
-    batch: usize,
-    time: usize,
 }
 
 impl OnnxLstm {
@@ -338,19 +229,15 @@ impl OnnxLstm {
         self
     }
 
-    fn strides(&self, t: usize, b: usize) -> (Strides, Strides, Strides) {
-        let (i, h, d) = (self.input_size, self.attrs.hidden_size, self.dirs.len());
-        match self.attrs.layout {
-            Layout::SeqMajor => (
-                Strides { dir: 0, batch: i, time: b * i },
-                Strides { dir: b * h, batch: h, time: d * b * h },
-                Strides { dir: b * h, batch: h, time: 0 },
-            ),
-            Layout::BatchMajor => (
-                Strides { dir: 0, batch: t * i, time: i },
-                Strides { dir: h, batch: t * d * h, time: d * h },
-                Strides { dir: h, batch: d * h, time: 0 },
-            ),
+    /// What the three operators' runs share.
+    fn operator(&self) -> Operator {
+        Operator {
+            direction: self.attrs.direction,
+            layout: self.attrs.layout,
+            input: self.input_size,
+            hidden: self.attrs.hidden_size,
+            backend: self.backend,
+            schedule: self.schedule,
         }
     }
 
@@ -485,7 +372,7 @@ impl OnnxLstm {
                 check_len(name, len, n)?;
             }
         }
-        let (xs, ys, ss) = self.strides(t, b);
+        let (xs, ys, ss) = self.operator().strides(t, b);
         // Per direction: [B][H] copies of the state tensors (layout 1 interleaves the directions).
         let per_dir = |v: Option<&[f32]>, d: usize| -> Option<Vec<f32>> {
             v.map(|v| (0..b).flat_map(|s| v[d * ss.dir + s * ss.batch..][..h].iter().copied()).collect())
@@ -583,73 +470,23 @@ impl OnnxLstm {
         threads: usize,
         ws: &mut Workspace,
     ) -> Result<ForwardStats> {
-        let (t, b, h, d_n) = (seq_length, batch, self.attrs.hidden_size, self.dirs.len());
-        check_len("X", x.len(), checked_product(&[t, b, self.input_size], "X")?)?;
-        let Workspace { jobs, state: zeros, view, .. } = ws;
-        match sequence_lens {
-            Some(l) => {
-                check_len("sequence_lens", l.len(), b)?;
-                view.assign_i32_lengths(l, t, Padding::Post)?;
-            }
-            None => view.assign_full(b, t),
-        }
-        let view: &SeqView = view;
-        let state_len = checked_product(&[d_n, b, h], "Y_h")?;
-        let OnnxOutputs { y, y_h, y_c } = out;
-        if let Some(y) = &y {
-            check_len("Y", y.len(), checked_product(&[t, d_n, b, h], "Y")?)?;
-        }
-        for (name, s) in [("Y_h", y_h.as_deref().map(<[f32]>::len)), ("Y_c", y_c.as_deref().map(<[f32]>::len))] {
-            if let Some(len) = s {
-                check_len(name, len, state_len)?;
-            }
-        }
-        for (name, s) in [("initial_h", initial_h), ("initial_c", initial_c)] {
-            if let Some(s) = s {
-                check_len(name, s.len(), state_len)?;
-            }
-        }
-        let init = initial_pair(initial_h, initial_c, zeros, state_len);
-        let (xs, ys, ss) = self.strides(t, b);
-        let y_region = |d: usize| Region::seq(d * ys.dir, b, ys.batch, t, ys.time, h);
-        let s_region = |d: usize| Region::state(d * ss.dir, b, ss.batch, h);
-        // The directions write disjoint parts of Y, Y_h and Y_c (checked by `split`).
-        let ys_all = OutRegion::split_opt("Y", y, directions([y_region(0), y_region(1)], d_n))?;
-        let hs_all = OutRegion::split_opt("Y_h", y_h, directions([s_region(0), s_region(1)], d_n))?;
-        let cs_all = OutRegion::split_opt("Y_c", y_c, directions([s_region(0), s_region(1)], d_n))?;
-        let tapes: [Option<TapeOut>; 2] = match tape {
-            Some(tape) => {
-                tape.shape = (t, b, self.input_size, h, d_n);
-                let hp = self.dirs[0].packed.gates.hidden_padded();
-                for dir in &mut tape.dirs[..d_n] {
-                    dir.prepare(view, TAPE_RECORD, hp)?;
+        let call = Call { x, seq_length, batch, sequence_lens, initial_h, initial_c, out, threads };
+        let shape = (seq_length, batch, self.input_size, self.attrs.hidden_size, self.dirs.len());
+        let cell = |d: usize| LstmKernel { packed: &self.dirs[d].packed, spec: &self.dirs[d].cell };
+        self.operator().run(call, ws, cell, |view| {
+            Ok(match tape {
+                Some(tape) => {
+                    tape.shape = shape;
+                    let hp = self.dirs[0].packed.gates.hidden_padded();
+                    for dir in &mut tape.dirs[..shape.4] {
+                        dir.prepare(view, TAPE_RECORD, hp)?;
+                    }
+                    let [t0, t1] = &mut tape.dirs;
+                    [Some(TapeOut::new(t0)), (shape.4 > 1).then(|| TapeOut::new(t1))]
                 }
-                let [t0, t1] = &mut tape.dirs;
-                [Some(TapeOut::new(t0)), (d_n > 1).then(|| TapeOut::new(t1))]
-            }
-            None => [None, None],
-        };
-        let job = |d: usize| Job {
-            backend: self.backend,
-            cell: LstmKernel { packed: &self.dirs[d].packed, spec: &self.dirs[d].cell },
-            view,
-            x: SeqIn { data: x, off: 0, sb: xs.batch, st: xs.time },
-            reverse: self.attrs.direction == Direction::Reverse || d == 1,
-            init: init.map(|(h0, c0)| StateIn { h: h0, c: c0, off: d * ss.dir, sb: ss.batch }),
-            empty_state: EmptyState::Zero,
-            y: ys_all[d].map(|out| SeqOut { out, mirror: false, fill: Fill::Zero }),
-            h_n: hs_all[d],
-            c_n: cs_all[d],
-            tape: tapes[d],
-            threads,
-            schedule: self.schedule,
-        };
-        let [j0, j1] = jobs;
-        if d_n == 1 {
-            return job(0).run(j0);
-        }
-        let (fwd, bwd) = par_join(threads, || job(0).run(j0), || job(1).run(j1))?;
-        Ok(fwd?.merge(bwd?))
+                None => [None, None],
+            })
+        })
     }
 
     /// Runs the operator and returns all outputs as owned vectors.
@@ -691,55 +528,19 @@ impl OnnxLstm {
         initial_h: Option<&[f32]>,
         initial_c: Option<&[f32]>,
     ) -> Result<OnnxResult> {
-        let (t, b, i, h, d_n) = (seq_length, batch, self.input_size, self.attrs.hidden_size, self.dirs.len());
-        let lengths = match sequence_lens {
-            Some(l) => SeqView::from_i32_lengths(l, t, Padding::Post)?.valid_lens(),
-            None => vec![t; b],
-        };
-        check_len("X", x.len(), checked_product(&[t, b, i], "X")?)?;
-        let batch_major = self.attrs.layout == Layout::BatchMajor;
-        // Layout 1 is layout 0 with the first two axes swapped.
-        let x0 = if batch_major { swap_axes(x, b, t, i) } else { x.to_vec() };
-        let state = |s: Option<&[f32]>| s.map(|s| if batch_major { swap_axes(s, b, d_n, h) } else { s.to_vec() });
-        let (h0, c0) = (state(initial_h), state(initial_c));
-        let zeros = vec![0.0; d_n * b * h];
-        let init = match (&h0, &c0) {
-            (None, None) => None,
-            _ => Some((h0.as_deref().unwrap_or(&zeros), c0.as_deref().unwrap_or(&zeros))),
-        };
-        let dirs: Vec<(&LstmWeights, &CellSpec, bool)> = self
-            .dirs
-            .iter()
-            .enumerate()
-            .map(|(d, dw)| (&dw.weights, &dw.cell, self.attrs.direction == Direction::Reverse || d == 1))
-            .collect();
-        let (y, y_h, y_c) =
-            reference::onnx_lstm(&dirs, &x0, t, b, &lengths, init, reference::Rounding::of(self.backend))?;
-        if !batch_major {
-            return Ok(OnnxResult { y, y_h, y_c });
-        }
-        // [T, D, B, H] -> [B, T, D, H]; [D, B, H] -> [B, D, H].
-        let mut yb = vec![0.0; y.len()];
-        for tt in 0..t {
-            for d in 0..d_n {
-                for bb in 0..b {
-                    let src = ((tt * d_n + d) * b + bb) * h;
-                    let dst = ((bb * t + tt) * d_n + d) * h;
-                    yb[dst..dst + h].copy_from_slice(&y[src..src + h]);
-                }
-            }
-        }
-        Ok(OnnxResult { y: yb, y_h: swap_axes(&y_h, d_n, b, h), y_c: swap_axes(&y_c, d_n, b, h) })
+        let (b, h, d_n) = (batch, self.attrs.hidden_size, self.dirs.len());
+        let rounding = reference::Rounding::of(self.backend);
+        let op = self.operator();
+        op.reference((x, seq_length, b), sequence_lens, initial_h, initial_c, |x0, lengths, h0, c0| {
+            let zeros = vec![0.0; d_n * b * h];
+            let init = match (h0, c0) {
+                (None, None) => None,
+                _ => Some((h0.unwrap_or(&zeros), c0.unwrap_or(&zeros))),
+            };
+            let dirs: Vec<(&LstmWeights, &CellSpec, bool)> =
+                self.dirs.iter().enumerate().map(|(d, dw)| (&dw.weights, &dw.cell, op.reverse(d))).collect();
+            let (y, y_h, y_c) = reference::onnx_lstm(&dirs, x0, seq_length, b, lengths, init, rounding)?;
+            Ok(OnnxResult { y, y_h, y_c })
+        })
     }
-}
-
-/// `[a, b, c] -> [b, a, c]`.
-pub fn swap_axes(v: &[f32], a: usize, b: usize, c: usize) -> Vec<f32> {
-    let mut out = vec![0.0; v.len()];
-    for i in 0..a {
-        for j in 0..b {
-            out[(j * a + i) * c..(j * a + i + 1) * c].copy_from_slice(&v[(i * b + j) * c..(i * b + j + 1) * c]);
-        }
-    }
-    out
 }

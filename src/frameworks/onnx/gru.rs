@@ -1,0 +1,467 @@
+//! The ONNX `GRU` and `RNN` operators: cells whose only state is `h`, sharing one node type.
+
+use std::fmt::Debug;
+
+use super::{check_clip, direction_activations, Call, Direction, Layout, OnnxOutputs, OnnxResult, Operator};
+use crate::cells::activation::Activation;
+use crate::cells::gru::{GruKernel, GruSpec, GruWeights, PackedGru};
+use crate::cells::rnn::{PackedRnn, RnnKernel, RnnSpec, RnnWeights};
+use crate::engine::{ForwardStats, Schedule, Workspace};
+use crate::error::{check_len, checked_product, Error, Result};
+use crate::kernel::{self, Backend, CellKernel};
+use crate::reference::{self, HStep, Rounding};
+
+/// A cell with `h` as its only state, as an ONNX operator imports, packs and runs it.
+trait Family {
+    type Weights: Clone + Debug + Sync;
+    type Packed: Clone + Debug + Sync;
+    type Spec: Clone + Debug + Sync;
+    type Kernel<'a>: CellKernel
+    where
+        Self: 'a;
+    /// Gates per hidden unit (rows of `W` and `R` per unit).
+    const GATES: usize;
+    fn import(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<Self::Weights>;
+    fn pack(w: &Self::Weights, spec: &Self::Spec, nb: usize) -> Result<Self::Packed>;
+    fn kernel<'a>(packed: &'a Self::Packed, spec: &'a Self::Spec) -> Self::Kernel<'a>;
+    fn step(spec: &Self::Spec, w: &Self::Weights, x: &[f32], h: &[f32], rounding: Rounding) -> Vec<f32>;
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Gru;
+
+impl Family for Gru {
+    type Weights = GruWeights;
+    type Packed = PackedGru;
+    type Spec = GruSpec;
+    type Kernel<'a> = GruKernel<'a>;
+    const GATES: usize = 3;
+    fn import(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<GruWeights> {
+        GruWeights::from_onnx(input, hidden, w, r, b)
+    }
+    fn pack(w: &GruWeights, spec: &GruSpec, nb: usize) -> Result<PackedGru> {
+        PackedGru::new(w, spec.reset_after, nb)
+    }
+    fn kernel<'a>(packed: &'a PackedGru, spec: &'a GruSpec) -> GruKernel<'a> {
+        GruKernel { packed, spec }
+    }
+    fn step(spec: &GruSpec, w: &GruWeights, x: &[f32], h: &[f32], rounding: Rounding) -> Vec<f32> {
+        spec.step_rounded(w, x, h, rounding)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Rnn;
+
+impl Family for Rnn {
+    type Weights = RnnWeights;
+    type Packed = PackedRnn;
+    type Spec = RnnSpec;
+    type Kernel<'a> = RnnKernel<'a>;
+    const GATES: usize = 1;
+    fn import(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<RnnWeights> {
+        RnnWeights::from_onnx(input, hidden, w, r, b)
+    }
+    fn pack(w: &RnnWeights, _spec: &RnnSpec, nb: usize) -> Result<PackedRnn> {
+        PackedRnn::new(w, nb)
+    }
+    fn kernel<'a>(packed: &'a PackedRnn, spec: &'a RnnSpec) -> RnnKernel<'a> {
+        RnnKernel { packed, spec }
+    }
+    fn step(spec: &RnnSpec, w: &RnnWeights, x: &[f32], h: &[f32], rounding: Rounding) -> Vec<f32> {
+        spec.step_rounded(w, x, h, rounding)
+    }
+}
+
+/// One direction's weights, packed weights and cell.
+#[derive(Clone, Debug)]
+struct Dir<F: Family> {
+    weights: F::Weights,
+    packed: F::Packed,
+    spec: F::Spec,
+}
+
+/// An operator of family `F`: weights packed once per direction.
+#[derive(Clone, Debug)]
+struct Node<F: Family> {
+    op: Operator,
+    dirs: Vec<Dir<F>>,
+}
+
+impl<F: Family> Node<F> {
+    /// Packs `W [D, G H, I]`, `R [D, G H, H]` and `B [D, 2 G H]` for the cells `specs` (one per direction).
+    fn new(op: Operator, specs: Vec<F::Spec>, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<Self> {
+        let (h, i, d_n) = (op.hidden, op.input, specs.len());
+        if h == 0 {
+            return Err(Error::argument("hidden_size must be at least 1"));
+        }
+        let wl = checked_product(&[F::GATES, h, i], "W")?;
+        let rl = checked_product(&[F::GATES, h, h], "R")?;
+        let bl = checked_product(&[2 * F::GATES, h], "B")?;
+        check_len("W", w.len(), checked_product(&[d_n, wl], "W")?)?;
+        check_len("R", r.len(), checked_product(&[d_n, rl], "R")?)?;
+        if let Some(b) = b {
+            check_len("B", b.len(), checked_product(&[d_n, bl], "B")?)?;
+        }
+        let dirs = specs
+            .into_iter()
+            .enumerate()
+            .map(|(d, spec)| {
+                let (wd, rd) = (&w[d * wl..(d + 1) * wl], &r[d * rl..(d + 1) * rl]);
+                let weights = F::import(i, h, wd, rd, b.map(|b| &b[d * bl..(d + 1) * bl]))?;
+                let packed = F::pack(&weights, &spec, op.backend.nb)?;
+                Ok(Dir { weights, packed, spec })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Node { op, dirs })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_in(
+        &self,
+        x: &[f32],
+        seq_length: usize,
+        batch: usize,
+        sequence_lens: Option<&[i32]>,
+        initial_h: Option<&[f32]>,
+        out: OnnxOutputs<'_>,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<ForwardStats> {
+        let call = Call { x, seq_length, batch, sequence_lens, initial_h, initial_c: None, out, threads };
+        let cell = |d: usize| F::kernel(&self.dirs[d].packed, &self.dirs[d].spec);
+        self.op.run(call, ws, cell, |_| Ok([None, None]))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_all(
+        &self,
+        x: &[f32],
+        seq_length: usize,
+        batch: usize,
+        sequence_lens: Option<&[i32]>,
+        initial_h: Option<&[f32]>,
+        threads: usize,
+    ) -> Result<(OnnxResult, ForwardStats)> {
+        let (h, d_n) = (self.op.hidden, self.dirs.len());
+        let mut r = OnnxResult {
+            y: vec![0.0; checked_product(&[seq_length, d_n, batch, h], "Y")?],
+            y_h: vec![0.0; checked_product(&[d_n, batch, h], "Y_h")?],
+            y_c: Vec::new(),
+        };
+        let out = OnnxOutputs { y: Some(&mut r.y), y_h: Some(&mut r.y_h), y_c: None };
+        let ws = &mut Workspace::new();
+        let stats = self.forward_in(x, seq_length, batch, sequence_lens, initial_h, out, threads, ws)?;
+        Ok((r, stats))
+    }
+
+    fn forward_reference(
+        &self,
+        x: &[f32],
+        seq_length: usize,
+        batch: usize,
+        sequence_lens: Option<&[i32]>,
+        initial_h: Option<&[f32]>,
+    ) -> Result<OnnxResult> {
+        let rounding = Rounding::of(self.op.backend);
+        let steps: Vec<_> = self
+            .dirs
+            .iter()
+            .map(|d| move |x: &[f32], h: &[f32]| F::step(&d.spec, &d.weights, x, h, rounding))
+            .collect();
+        let dirs: Vec<(HStep<'_>, bool)> =
+            steps.iter().enumerate().map(|(d, s)| (s as HStep<'_>, self.op.reverse(d))).collect();
+        let shape = (self.op.input, self.op.hidden);
+        self.op.reference((x, seq_length, batch), sequence_lens, initial_h, None, |x0, lengths, h0, _| {
+            let (y, y_h) = reference::onnx_h_only(&dirs, shape, x0, seq_length, batch, lengths, h0)?;
+            Ok(OnnxResult { y, y_h, y_c: Vec::new() })
+        })
+    }
+}
+
+/// Attributes of the ONNX GRU operator.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct OnnxGruAttrs {
+    /// `direction`.
+    pub direction: Direction,
+    /// `layout`.
+    pub layout: Layout,
+    /// `hidden_size` (at least 1).
+    pub hidden_size: usize,
+    /// `clip`: every activation's argument is clamped to `[-clip, clip]`. Must be > 0.
+    pub clip: Option<f32>,
+    /// `linear_before_reset`: the reset gate multiplies `H·R_hᵀ + Rb_h` (`true`, PyTorch's and Keras'
+    /// default placement) instead of `H` before the matmul (`false`, ONNX's default).
+    pub linear_before_reset: bool,
+    /// `activations`, `(f, g)` per direction: empty for the defaults (Sigmoid, Tanh), else 2 per direction
+    /// (4 for bidirectional, forward first).
+    pub activations: Vec<Activation>,
+}
+
+impl OnnxGruAttrs {
+    /// Default attributes with the given hidden size and direction (`linear_before_reset = 0`).
+    pub fn new(hidden_size: usize, direction: Direction) -> Self {
+        OnnxGruAttrs {
+            direction,
+            layout: Layout::SeqMajor,
+            hidden_size,
+            clip: None,
+            linear_before_reset: false,
+            activations: Vec::new(),
+        }
+    }
+    /// Sets `layout`.
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+    /// Sets `clip`.
+    pub fn clip(mut self, clip: Option<f32>) -> Self {
+        self.clip = clip;
+        self
+    }
+    /// Sets `linear_before_reset`.
+    pub fn linear_before_reset(mut self, on: bool) -> Self {
+        self.linear_before_reset = on;
+        self
+    }
+    /// Sets `activations`.
+    pub fn activations(mut self, acts: Vec<Activation>) -> Self {
+        self.activations = acts;
+        self
+    }
+
+    fn cells(&self) -> Result<Vec<GruSpec>> {
+        check_clip(self.clip)?;
+        let acts =
+            direction_activations(&self.activations, &[Activation::Sigmoid, Activation::Tanh], self.direction.count())?;
+        Ok(acts.iter().map(|a| GruSpec::onnx(a[0], a[1], self.clip, self.linear_before_reset)).collect())
+    }
+}
+
+/// Attributes of the ONNX RNN operator.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct OnnxRnnAttrs {
+    /// `direction`.
+    pub direction: Direction,
+    /// `layout`.
+    pub layout: Layout,
+    /// `hidden_size` (at least 1).
+    pub hidden_size: usize,
+    /// `clip`: the activation's argument is clamped to `[-clip, clip]`. Must be > 0.
+    pub clip: Option<f32>,
+    /// `activations`, one per direction: empty for the default (Tanh), else 1 per direction (2 for
+    /// bidirectional, forward first).
+    pub activations: Vec<Activation>,
+}
+
+impl OnnxRnnAttrs {
+    /// Default attributes with the given hidden size and direction.
+    pub fn new(hidden_size: usize, direction: Direction) -> Self {
+        OnnxRnnAttrs { direction, layout: Layout::SeqMajor, hidden_size, clip: None, activations: Vec::new() }
+    }
+    /// Sets `layout`.
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+    /// Sets `clip`.
+    pub fn clip(mut self, clip: Option<f32>) -> Self {
+        self.clip = clip;
+        self
+    }
+    /// Sets `activations`.
+    pub fn activations(mut self, acts: Vec<Activation>) -> Self {
+        self.activations = acts;
+        self
+    }
+
+    fn cells(&self) -> Result<Vec<RnnSpec>> {
+        check_clip(self.clip)?;
+        let acts = direction_activations(&self.activations, &[Activation::Tanh], self.direction.count())?;
+        Ok(acts.iter().map(|a| RnnSpec::new(a[0], self.clip)).collect())
+    }
+}
+
+/// The methods both operators share (documented once here, on each operator through the macro).
+macro_rules! operator_methods {
+    ($attrs:ty) => {
+        /// The attributes.
+        pub fn attrs(&self) -> &$attrs {
+            &self.attrs
+        }
+        /// Input size `I`.
+        pub fn input_size(&self) -> usize {
+            self.node.op.input
+        }
+        /// The backend the weights are packed for.
+        pub fn backend(&self) -> &'static Backend {
+            self.node.op.backend
+        }
+
+        /// Sets how a call spreads over threads (default [`Schedule::Auto`]); results are bitwise the same
+        /// for every schedule.
+        pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+            self.node.op.schedule = schedule;
+            self
+        }
+
+        /// Runs the operator on `X` (`[T, B, I]` in layout 0, `[B, T, I]` in layout 1) of `seq_length`
+        /// steps and `batch` sequences, with `initial_h` (`None`: zeros). `out.y_c` must be `None`.
+        /// Padded steps are never computed; results are bitwise identical for every `threads` (0: all
+        /// cores, 1: the calling thread).
+        ///
+        /// # Errors
+        /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) when a buffer has the wrong length;
+        /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for a length outside
+        /// `0..=seq_length` or a `Y_c` buffer; [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) for
+        /// sizes that overflow.
+        #[allow(clippy::too_many_arguments)]
+        pub fn forward(
+            &self,
+            x: &[f32],
+            seq_length: usize,
+            batch: usize,
+            sequence_lens: Option<&[i32]>,
+            initial_h: Option<&[f32]>,
+            out: OnnxOutputs<'_>,
+            threads: usize,
+        ) -> Result<ForwardStats> {
+            let ws = &mut Workspace::new();
+            self.node.forward_in(x, seq_length, batch, sequence_lens, initial_h, out, threads, ws)
+        }
+
+        /// As [`forward`](Self::forward), with caller-owned scratch memory reused across calls (see
+        /// [`Workspace`]).
+        ///
+        /// # Errors
+        /// As [`forward`](Self::forward).
+        #[allow(clippy::too_many_arguments)]
+        pub fn forward_in(
+            &self,
+            x: &[f32],
+            seq_length: usize,
+            batch: usize,
+            sequence_lens: Option<&[i32]>,
+            initial_h: Option<&[f32]>,
+            out: OnnxOutputs<'_>,
+            threads: usize,
+            ws: &mut Workspace,
+        ) -> Result<ForwardStats> {
+            self.node.forward_in(x, seq_length, batch, sequence_lens, initial_h, out, threads, ws)
+        }
+
+        /// Runs the operator and returns `Y` and `Y_h` as owned vectors (`y_c` empty).
+        ///
+        /// # Errors
+        /// As [`forward`](Self::forward).
+        pub fn forward_all(
+            &self,
+            x: &[f32],
+            seq_length: usize,
+            batch: usize,
+            sequence_lens: Option<&[i32]>,
+            initial_h: Option<&[f32]>,
+            threads: usize,
+        ) -> Result<(OnnxResult, ForwardStats)> {
+            self.node.forward_all(x, seq_length, batch, sequence_lens, initial_h, threads)
+        }
+
+        /// The operator computed by the plain [reference](crate::reference::onnx_h_only), every step of
+        /// each sequence's valid part in scalar arithmetic, in this node's layout (`y_c` empty).
+        ///
+        /// # Errors
+        /// As [`forward`](Self::forward).
+        pub fn forward_reference(
+            &self,
+            x: &[f32],
+            seq_length: usize,
+            batch: usize,
+            sequence_lens: Option<&[i32]>,
+            initial_h: Option<&[f32]>,
+        ) -> Result<OnnxResult> {
+            self.node.forward_reference(x, seq_length, batch, sequence_lens, initial_h)
+        }
+    };
+}
+
+/// An ONNX GRU node: attributes validated and weights packed once.
+#[derive(Clone, Debug)]
+pub struct OnnxGru {
+    attrs: OnnxGruAttrs,
+    node: Node<Gru>,
+}
+
+impl OnnxGru {
+    /// Validates the attributes and packs `W [D, 3H, I]`, `R [D, 3H, H]` and `B [D, 6H]` (ONNX gate
+    /// order z, r, h; `B` = `Wb` then `Rb`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for bad attributes (hidden size 0,
+    /// activation count, non-positive clip); [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) for
+    /// weight lengths; [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) for sizes that overflow.
+    pub fn new(attrs: OnnxGruAttrs, input_size: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<Self> {
+        Self::with_backend(attrs, input_size, w, r, b, kernel::selected())
+    }
+
+    /// As [`new`](Self::new), for a given backend.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_backend(
+        attrs: OnnxGruAttrs,
+        input_size: usize,
+        w: &[f32],
+        r: &[f32],
+        b: Option<&[f32]>,
+        backend: &'static Backend,
+    ) -> Result<Self> {
+        let op = operator(attrs.direction, attrs.layout, input_size, attrs.hidden_size, backend);
+        let node = Node::new(op, attrs.cells()?, w, r, b)?;
+        Ok(OnnxGru { attrs, node })
+    }
+
+    operator_methods!(OnnxGruAttrs);
+}
+
+/// An ONNX RNN node: attributes validated and weights packed once.
+#[derive(Clone, Debug)]
+pub struct OnnxRnn {
+    attrs: OnnxRnnAttrs,
+    node: Node<Rnn>,
+}
+
+impl OnnxRnn {
+    /// Validates the attributes and packs `W [D, H, I]`, `R [D, H, H]` and `B [D, 2H]` (`Wb` then `Rb`).
+    ///
+    /// # Errors
+    /// As [`OnnxGru::new`].
+    pub fn new(attrs: OnnxRnnAttrs, input_size: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<Self> {
+        Self::with_backend(attrs, input_size, w, r, b, kernel::selected())
+    }
+
+    /// As [`new`](Self::new), for a given backend.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_backend(
+        attrs: OnnxRnnAttrs,
+        input_size: usize,
+        w: &[f32],
+        r: &[f32],
+        b: Option<&[f32]>,
+        backend: &'static Backend,
+    ) -> Result<Self> {
+        let op = operator(attrs.direction, attrs.layout, input_size, attrs.hidden_size, backend);
+        let node = Node::new(op, attrs.cells()?, w, r, b)?;
+        Ok(OnnxRnn { attrs, node })
+    }
+
+    operator_methods!(OnnxRnnAttrs);
+}
+
+fn operator(direction: Direction, layout: Layout, input: usize, hidden: usize, backend: &'static Backend) -> Operator {
+    Operator { direction, layout, input, hidden, backend, schedule: Schedule::Auto }
+}
