@@ -1,9 +1,11 @@
 //! Seeded replay of the fuzz properties: the fast path against the reference on thousands of random cases,
 //! compared bit for bit, plus fixed cases of many weight blocks and long inputs ([`large_shapes`]).
 
-use masked_rnn::fuzzing::{self, BackwardCase, CaseReport, CaseSpec, KerasCase, OnnxCase, LARGE_HIDDEN, LARGE_INPUT};
+use masked_rnn::fuzzing::{
+    self, BackwardCase, CaseReport, CaseSpec, KerasCase, OnnxCase, OnnxCell, LARGE_HIDDEN, LARGE_INPUT,
+};
 use masked_rnn::onnx::{Direction, Layout};
-use masked_rnn::{Padding, Schedule, SeqView};
+use masked_rnn::{kernel, Padding, Schedule, SeqView};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn seeded(seed: u64) -> Vec<u8> {
@@ -106,6 +108,22 @@ fn edge_sizes_and_lengths() {
 #[test]
 fn onnx_equals_reference_seeded_cases() {
     replay_counting("onnx_equals_reference", 5_000, |d| fuzzing::check_onnx_case(&OnnxCase::from_bytes(d)));
+}
+
+/// The GRU and RNN operators: 10,000 seeded cases each (the GRU's split between its two placements of
+/// the reset gate by the bytes).
+#[test]
+fn onnx_gru_equals_reference_10k_seeded_cases() {
+    replay_counting("onnx_gru_equals_reference", 10_000, |d| {
+        fuzzing::check_onnx_case(&OnnxCase::from_cell(d, kernel::selected(), None, OnnxCell::Gru))
+    });
+}
+
+#[test]
+fn onnx_rnn_equals_reference_10k_seeded_cases() {
+    replay_counting("onnx_rnn_equals_reference", 10_000, |d| {
+        fuzzing::check_onnx_case(&OnnxCase::from_cell(d, kernel::selected(), None, OnnxCell::Rnn))
+    });
 }
 
 #[test]
@@ -245,7 +263,7 @@ fn large_shapes() {
         // The direction comes from the bytes: the first seed that draws the wanted one.
         let mut case = (0..200)
             .map(|n| OnnxCase::from_spec(&seeded(2000 + 1000 * k as u64 + n), backend, Some(spec)))
-            .find(|c| c.node.attrs().direction == direction)
+            .find(|c| c.node.shape().0 == direction)
             .unwrap_or_else(|| panic!("no seed draws {direction:?}"));
         directions[direction as usize] = true;
         let lens: Vec<i32> = (0..b)
@@ -256,7 +274,7 @@ fn large_shapes() {
                 _ => rng.random_range(1..=t as i32),
             })
             .collect();
-        let batch_major = case.node.attrs().layout == Layout::BatchMajor;
+        let batch_major = case.node.shape().1 == Layout::BatchMajor;
         let offset = |s: usize, tt: usize| if batch_major { (s * t + tt) * i } else { (tt * b + s) * i };
         fill_x(&mut rng, &mut case.x, offset, |s, tt| tt < lens[s] as usize, [b, t, i]);
         case.lens = Some(lens);
