@@ -392,6 +392,19 @@ macro_rules! dispatch_tile {
     };
 }
 
+/// Rows per register tile of a `G`-gate [`gemm`]: `S::MR`, or 3 for three gates on register files of 16
+/// vectors ([`Simd::GATE_PAIRS`]): 6 x 3 accumulators spill, and so did 4 x 3 (with the three weight
+/// vectors and the broadcast that is all 16 registers, and the compiler kept two accumulators on the
+/// stack, a store and a load in every `k`). Results do not depend on the tiling.
+#[inline(always)]
+const fn tile_rows<S: Simd, const G: usize>() -> usize {
+    if S::GATE_PAIRS && G == 3 && S::MR > 3 {
+        3
+    } else {
+        S::MR
+    }
+}
+
 /// Row counts of the tiles covering `m` rows: as few tiles as with `mr` rows each, as equal as possible
 /// (13 rows with `mr = 6`: 5, 4, 4 rather than 6, 6, 1), so no tile is left with one or two rows, which
 /// do too little arithmetic per weight loaded. Results do not depend on the tiling.
@@ -596,7 +609,7 @@ pub(crate) unsafe fn gemm<S: Simd, const G: usize>(
     debug_assert!(panels.len() >= blocks.end * k_len * panel);
     let mut r = 0;
     let mut reverse = reverse_first;
-    for mr in row_tiles(m, S::MR) {
+    for mr in row_tiles(m, tile_rows::<S, G>()) {
         for (bl, nb) in sweep::<S>(mr, blocks.clone(), reverse) {
             // SAFETY: rows r..r + mr < m and panels bl.. < blocks.end, within the caller's contract.
             unsafe {
