@@ -12,13 +12,21 @@
 //! - [`keras_lstm_f64`] / [`keras_lstm_backward`]: one Keras LSTM layer;
 //! - [`onnx_lstm_f64`] / [`onnx_lstm_backward`]: the ONNX LSTM operator (layout 0);
 //! - [`keras_bidirectional_f64`] / [`keras_bidirectional_backward`] and [`torch_lstm_f64`] /
-//!   [`torch_lstm_backward`]: Keras `Bidirectional` and PyTorch packed stacks, composed from the two above.
+//!   [`torch_lstm_backward`]: Keras `Bidirectional` and PyTorch packed stacks, composed from the two above;
+//! - [`onnx_h_tape`] / [`onnx_h_backward`]: the ONNX `GRU` and `RNN` operators (cells [`GruParams64`],
+//!   [`RnnParams64`], any [`HCell64`]).
 //!
 //! Parameters and their gradients are canonical ([`LstmParams64`], [`LstmGrads`]); convert gradients to a
 //! framework's layout with [`LstmGrads::to_keras`], [`to_pytorch`](LstmGrads::to_pytorch) or
 //! [`to_onnx`](LstmGrads::to_onnx). Inconsistent sizes panic: this is test code's oracle.
 
+mod hcell;
 mod stacks;
+
+pub use hcell::{
+    onnx_h_backward, onnx_h_tape, GruGrads64, GruParams64, GruTape, HCell64, OnnxHDir64, OnnxHGrads64, RnnGrads64,
+    RnnParams64,
+};
 
 pub use stacks::{
     keras_bidirectional_backward, keras_bidirectional_f64, torch_lstm_backward, torch_lstm_f64, BidiGrads64,
