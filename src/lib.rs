@@ -56,7 +56,8 @@ pub use cells::weights::LstmWeights;
 pub use engine::{ForwardStats, Schedule, Workspace};
 pub use error::{Error, ErrorKind, Result};
 pub use frameworks::keras::{
-    InitialState, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream,
+    InitialState, KerasGrads, KerasGru, KerasGruOptions, KerasLstm, KerasLstmOptions, KerasOutputs, KerasRnnOptions,
+    KerasSimpleRnn, KerasTape, KerasUpstream,
 };
 pub use frameworks::onnx::{OnnxGrads, OnnxGru, OnnxRnn, OnnxTape, OnnxUpstream};
 pub use frameworks::sequential::{Layer, MaskedSeq, Sequential};

@@ -22,6 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use masked_rnn::fuzzing::same_bits;
+use masked_rnn::kernel::{self, Backend, CpuLevel};
 use masked_rnn::onnx::{Direction, Layout, OnnxLstm, OnnxLstmAttrs};
 use masked_rnn::{
     Activation, InitialState, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream,
@@ -313,6 +314,17 @@ fn header_compiles_as_cpp() {
         .arg(&src));
     assert!(ok, "masked_rnn.h does not compile as C++:\n{text}");
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// The backend the C programs select: the crate's choice, or under valgrind (whose CPU has no AVX-512) at
+/// most AVX2. The backward's sums are ordered by the vector width, so its gradients are bitwise equal only
+/// to the Rust API's on the same backend.
+fn c_backend(valgrind: bool) -> &'static Backend {
+    let chosen = kernel::selected();
+    match kernel::backend(CpuLevel::Avx2) {
+        Some(avx2) if valgrind && chosen.level > CpuLevel::Avx2 => avx2,
+        _ => chosen,
+    }
 }
 
 /// Runs `exe cases [extra]` under valgrind, when it is installed: reads or writes out of bounds in the
@@ -786,7 +798,7 @@ impl GradCase {
     /// The Rust API's forward outputs `[y, last_output, h_n, c_n]` and gradients `[dx, d_kernel,
     /// d_recurrent_kernel, d_bias, d_initial_h, d_initial_c]`, as the C ABI must give them: a missing half of
     /// the initial state is zeros, both missing is none.
-    fn rust(&self) -> ([Vec<f32>; 4], [Vec<f32>; 6]) {
+    fn rust(&self, backend: &'static Backend) -> ([Vec<f32>; 4], [Vec<f32>; 6]) {
         let [b, t, i, h] = self.dims;
         let [gb, zero, act, ract] = self.codes;
         let options = KerasLstmOptions::default()
@@ -795,7 +807,7 @@ impl GradCase {
             .go_backwards(gb == 1)
             .zero_output_for_mask(zero == 1);
         let weights = LstmWeights::from_keras(i, h, &self.kernel, &self.recurrent, self.bias.as_deref()).unwrap();
-        let layer = KerasLstm::new(weights, options).unwrap();
+        let layer = KerasLstm::with_backend(weights, options, backend).unwrap();
         let view = match &self.mask {
             Some(m) => SeqView::from_mask_bytes(m, b, t).unwrap(),
             None => SeqView::full(b, t),
@@ -830,7 +842,7 @@ impl GradCase {
         (fwd, grads)
     }
 
-    fn write(&self, out: &mut String) {
+    fn write(&self, out: &mut String, backend: &'static Backend) {
         let [b, t, i, h] = self.dims;
         let [gb, zero, act, ract] = self.codes;
         let keras = match &self.keras {
@@ -862,7 +874,7 @@ impl GradCase {
         for v in [&self.bias, &self.h0, &self.c0].into_iter().chain(&self.up).flatten() {
             write_f32s(out, v);
         }
-        let (fwd, grads) = self.rust();
+        let (fwd, grads) = self.rust(backend);
         for v in fwd.iter().chain(&grads) {
             write_f32s(out, v);
         }
@@ -929,7 +941,7 @@ fn keras_grad_cases() -> Vec<GradCase> {
             keras: Some(keras),
             name,
         };
-        let (_, grads) = case.rust();
+        let (_, grads) = case.rust(kernel::selected());
         for (k, (got, want)) in grads.iter().zip(case.keras.as_ref().unwrap()).enumerate() {
             for (n, (&g, &e)) in got.iter().zip(want).enumerate() {
                 assert!(
@@ -1030,10 +1042,10 @@ fn generated_grad_cases() -> Vec<GradCase> {
     cases
 }
 
-fn write_train_cases(dir: &Path) -> PathBuf {
+fn write_train_cases(dir: &Path, valgrind: bool) -> PathBuf {
     let mut out = String::new();
     for case in keras_grad_cases().iter().chain(&generated_grad_cases()) {
-        case.write(&mut out);
+        case.write(&mut out, c_backend(valgrind));
     }
     out.push_str("end\n");
     let path = dir.join("train_cases.txt");
@@ -1046,7 +1058,7 @@ fn write_train_cases(dir: &Path) -> PathBuf {
 fn c_train_program_matches_the_rust_api_keras_and_the_contract() {
     let dir = scratch("train");
     let exe = compile_c(&dir, "train_test");
-    let cases = write_train_cases(&dir);
+    let cases = write_train_cases(&dir, false);
     let (ok, text) = run(Command::new(&exe).arg(&cases));
     assert!(ok, "the C test failed:\n{text}");
     check_summary(&text);
@@ -1058,7 +1070,7 @@ fn c_train_program_matches_the_rust_api_keras_and_the_contract() {
 #[test]
 fn c_train_program_under_valgrind() {
     // "quick": each case once per path, so that the run fits valgrind's time budget.
-    under_valgrind("train_valgrind", |dir| (compile_c(dir, "train_test"), write_train_cases(dir)), &["quick"]);
+    under_valgrind("train_valgrind", |dir| (compile_c(dir, "train_test"), write_train_cases(dir, true)), &["quick"]);
 }
 
 // ------------------------------------------------------------------ ONNX training (gradients) cases
@@ -1124,7 +1136,7 @@ impl OnnxGradCase {
     }
 
     /// The Rust API's node for the case, written from the header (`+INFINITY` clip: no clipping).
-    fn node(&self) -> OnnxLstm {
+    fn node(&self, backend: &'static Backend) -> OnnxLstm {
         let f = &self.f;
         let direction = [Direction::Forward, Direction::Reverse, Direction::Bidirectional][f.direction as usize];
         let layout = if f.layout == 1 { Layout::BatchMajor } else { Layout::SeqMajor };
@@ -1134,16 +1146,16 @@ impl OnnxGradCase {
             .clip(f.clip.filter(|&c| c != f32::INFINITY))
             .input_forget(f.input_forget)
             .activations(acts);
-        OnnxLstm::new(attrs, f.dims[2], &f.w, &f.r, f.b.as_deref(), f.p.as_deref()).unwrap()
+        OnnxLstm::with_backend(attrs, f.dims[2], &f.w, &f.r, f.b.as_deref(), f.p.as_deref(), backend).unwrap()
     }
 
     /// The Rust API's forward outputs `[y, y_h, y_c]` and gradients `[dx, dw, dr, db, d_initial_h,
     /// d_initial_c, dp]` (`dp` empty without peepholes), as the C ABI must give them.
-    fn rust(&self) -> ([Vec<f32>; 3], [Vec<f32>; 7]) {
+    fn rust(&self, backend: &'static Backend) -> ([Vec<f32>; 3], [Vec<f32>; 7]) {
         let f = &self.f;
         let [t, b, i, h] = f.dims;
         let d = if f.direction == 2 { 2 } else { 1 };
-        let node = self.node();
+        let node = self.node(backend);
         let (lens, h0, c0) = (f.lens.as_deref(), f.h0.as_deref(), f.c0.as_deref());
         let (fwd, _) = node.forward_all(&f.x, t, b, lens, h0, c0, 1).unwrap();
         let mut tape = OnnxTape::new();
@@ -1167,7 +1179,7 @@ impl OnnxGradCase {
         ([fwd.y, fwd.y_h, fwd.y_c], g)
     }
 
-    fn write(&self, out: &mut String) {
+    fn write(&self, out: &mut String, backend: &'static Backend) {
         let f = &self.f;
         let [t, b, i, h] = f.dims;
         write!(out, "ograd {} {t} {b} {i} {h} {} {} {}", f.name, f.direction, f.layout, f.header).unwrap();
@@ -1191,7 +1203,7 @@ impl OnnxGradCase {
         for v in [&f.h0, &f.c0, &f.p].into_iter().chain(&self.up).flatten() {
             write_f32s(out, v);
         }
-        let (fwd, grads) = self.rust();
+        let (fwd, grads) = self.rust(backend);
         // dp only with peepholes.
         for v in fwd.iter().chain(&grads[..6]).chain(f.p.is_some().then_some(&grads[6])) {
             write_f32s(out, v);
@@ -1214,7 +1226,7 @@ fn onnx_grad_fixture_cases() -> Vec<OnnxGradCase> {
         assert_eq!(j["kind"].as_str(), Some("onnx_lstm_grad"), "{}: kind", path.display());
         let case = OnnxGradCase::from_json(&j);
         for case in [case.clone(), case.other_layout()] {
-            let (_, grads) = case.rust();
+            let (_, grads) = case.rust(kernel::selected());
             for (k, (got, want)) in grads.iter().zip(&case.fixture).enumerate() {
                 let Some(want) = want else { continue };
                 for (n, (&g, &e)) in got.iter().zip(want).enumerate() {
@@ -1340,10 +1352,10 @@ fn generated_onnx_grad_cases() -> Vec<OnnxGradCase> {
     cases
 }
 
-fn write_onnx_train_cases(dir: &Path) -> PathBuf {
+fn write_onnx_train_cases(dir: &Path, valgrind: bool) -> PathBuf {
     let mut out = String::new();
     for case in onnx_grad_fixture_cases().iter().chain(&generated_onnx_grad_cases()) {
-        case.write(&mut out);
+        case.write(&mut out, c_backend(valgrind));
     }
     out.push_str("end\n");
     let path = dir.join("onnx_train_cases.txt");
@@ -1356,7 +1368,7 @@ fn write_onnx_train_cases(dir: &Path) -> PathBuf {
 fn c_onnx_train_program_matches_the_rust_api_the_fixtures_and_the_contract() {
     let dir = scratch("onnx_train");
     let exe = compile_c(&dir, "onnx_train_test");
-    let cases = write_onnx_train_cases(&dir);
+    let cases = write_onnx_train_cases(&dir, false);
     let (ok, text) = run(Command::new(&exe).arg(&cases));
     assert!(ok, "the C test failed:\n{text}");
     check_summary(&text);
@@ -1370,7 +1382,7 @@ fn c_onnx_train_program_under_valgrind() {
     // "quick": each case once per path, so that the run fits valgrind's time budget.
     under_valgrind(
         "onnx_train_valgrind",
-        |dir| (compile_c(dir, "onnx_train_test"), write_onnx_train_cases(dir)),
+        |dir| (compile_c(dir, "onnx_train_test"), write_onnx_train_cases(dir, true)),
         &["quick"],
     );
 }

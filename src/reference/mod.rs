@@ -284,3 +284,55 @@ pub fn onnx_h_only(
     }
     Ok((y, y_h))
 }
+
+/// A Keras layer whose cell's only state is `h` (`GRU`, `SimpleRNN`) on `x [B, T, I]` with `mask [B, T]`,
+/// as [`keras_lstm`]: every step computed, the mask selects. Returns `c_n` empty.
+///
+/// # Errors
+/// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) when a buffer disagrees with the sizes.
+#[allow(clippy::too_many_arguments)]
+pub fn keras_h_only(
+    step: HStep<'_>,
+    (input, hidden): (usize, usize),
+    x: &[f32],
+    mask: &[bool],
+    (batch, time): (usize, usize),
+    go_backwards: bool,
+    zero_output_for_mask: bool,
+    initial_h: Option<&[f32]>,
+) -> Result<KerasResult> {
+    let (i, hd) = (input, hidden);
+    check_len("x", x.len(), checked_product(&[batch, time, i], "x")?)?;
+    check_len("mask", mask.len(), checked_product(&[batch, time], "mask")?)?;
+    let state_len = checked_product(&[batch, hd], "state")?;
+    if let Some(h0) = initial_h {
+        check_len("initial_h", h0.len(), state_len)?;
+    }
+    let mut out = KerasResult {
+        y: vec![0.0; checked_product(&[batch, time, hd], "y")?],
+        last_output: vec![0.0; state_len],
+        h_n: vec![0.0; state_len],
+        c_n: Vec::new(),
+    };
+    for b in 0..batch {
+        let mut h = initial_h.map_or(vec![0.0; hd], |h0| h0[b * hd..(b + 1) * hd].to_vec());
+        let mut prev_out = vec![0.0; hd];
+        for p in 0..time {
+            let t = if go_backwards { time - 1 - p } else { p };
+            let h_new = step(&x[(b * time + t) * i..(b * time + t + 1) * i], &h);
+            let output = if mask[b * time + t] {
+                h = h_new;
+                h.clone()
+            } else if zero_output_for_mask {
+                vec![0.0; hd]
+            } else {
+                prev_out.clone()
+            };
+            out.y[(b * time + p) * hd..(b * time + p + 1) * hd].copy_from_slice(&output);
+            prev_out = output;
+        }
+        out.last_output[b * hd..(b + 1) * hd].copy_from_slice(&prev_out);
+        out.h_n[b * hd..(b + 1) * hd].copy_from_slice(&h);
+    }
+    Ok(out)
+}

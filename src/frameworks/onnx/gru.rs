@@ -1,77 +1,14 @@
 //! The ONNX `GRU` and `RNN` operators: cells whose only state is `h`, sharing one node type.
 
-use std::fmt::Debug;
-
 use super::{check_clip, direction_activations, Call, Direction, Layout, OnnxOutputs, OnnxResult, Operator};
 use crate::cells::activation::Activation;
-use crate::cells::gru::{GruKernel, GruSpec, GruWeights, PackedGru};
-use crate::cells::rnn::{PackedRnn, RnnKernel, RnnSpec, RnnWeights};
+use crate::cells::gru::GruSpec;
+use crate::cells::rnn::RnnSpec;
 use crate::engine::{ForwardStats, Schedule, Workspace};
 use crate::error::{check_len, checked_product, Error, Result};
-use crate::kernel::{self, Backend, CellKernel};
+use crate::frameworks::family::{Family, Gru, Rnn};
+use crate::kernel::{self, Backend};
 use crate::reference::{self, HStep, Rounding};
-
-/// A cell with `h` as its only state, as an ONNX operator imports, packs and runs it.
-trait Family {
-    type Weights: Clone + Debug + Sync;
-    type Packed: Clone + Debug + Sync;
-    type Spec: Clone + Debug + Sync;
-    type Kernel<'a>: CellKernel
-    where
-        Self: 'a;
-    /// Gates per hidden unit (rows of `W` and `R` per unit).
-    const GATES: usize;
-    fn import(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<Self::Weights>;
-    fn pack(w: &Self::Weights, spec: &Self::Spec, nb: usize) -> Result<Self::Packed>;
-    fn kernel<'a>(packed: &'a Self::Packed, spec: &'a Self::Spec) -> Self::Kernel<'a>;
-    fn step(spec: &Self::Spec, w: &Self::Weights, x: &[f32], h: &[f32], rounding: Rounding) -> Vec<f32>;
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Gru;
-
-impl Family for Gru {
-    type Weights = GruWeights;
-    type Packed = PackedGru;
-    type Spec = GruSpec;
-    type Kernel<'a> = GruKernel<'a>;
-    const GATES: usize = 3;
-    fn import(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<GruWeights> {
-        GruWeights::from_onnx(input, hidden, w, r, b)
-    }
-    fn pack(w: &GruWeights, spec: &GruSpec, nb: usize) -> Result<PackedGru> {
-        PackedGru::new(w, spec.reset_after, nb)
-    }
-    fn kernel<'a>(packed: &'a PackedGru, spec: &'a GruSpec) -> GruKernel<'a> {
-        GruKernel { packed, spec }
-    }
-    fn step(spec: &GruSpec, w: &GruWeights, x: &[f32], h: &[f32], rounding: Rounding) -> Vec<f32> {
-        spec.step_rounded(w, x, h, rounding)
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Rnn;
-
-impl Family for Rnn {
-    type Weights = RnnWeights;
-    type Packed = PackedRnn;
-    type Spec = RnnSpec;
-    type Kernel<'a> = RnnKernel<'a>;
-    const GATES: usize = 1;
-    fn import(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<RnnWeights> {
-        RnnWeights::from_onnx(input, hidden, w, r, b)
-    }
-    fn pack(w: &RnnWeights, _spec: &RnnSpec, nb: usize) -> Result<PackedRnn> {
-        PackedRnn::new(w, nb)
-    }
-    fn kernel<'a>(packed: &'a PackedRnn, spec: &'a RnnSpec) -> RnnKernel<'a> {
-        RnnKernel { packed, spec }
-    }
-    fn step(spec: &RnnSpec, w: &RnnWeights, x: &[f32], h: &[f32], rounding: Rounding) -> Vec<f32> {
-        spec.step_rounded(w, x, h, rounding)
-    }
-}
 
 /// One direction's weights, packed weights and cell.
 #[derive(Clone, Debug)]
@@ -108,7 +45,7 @@ impl<F: Family> Node<F> {
             .enumerate()
             .map(|(d, spec)| {
                 let (wd, rd) = (&w[d * wl..(d + 1) * wl], &r[d * rl..(d + 1) * rl]);
-                let weights = F::import(i, h, wd, rd, b.map(|b| &b[d * bl..(d + 1) * bl]))?;
+                let weights = F::import_onnx(i, h, wd, rd, b.map(|b| &b[d * bl..(d + 1) * bl]))?;
                 let packed = F::pack(&weights, &spec, op.backend.nb)?;
                 Ok(Dir { weights, packed, spec })
             })

@@ -1,4 +1,12 @@
-//! A Keras `LSTM` layer with exact Keras mask semantics, on the mask-aware engine.
+//! Keras recurrent layers with exact Keras mask semantics, on the mask-aware engine: `LSTM`
+//! ([`KerasLstm`], forward and backward), `GRU` ([`KerasGru`]) and `SimpleRNN` ([`KerasSimpleRnn`]).
+//! Every cell runs through one job builder (`KerasMasking`): the mask's holes and pre-padding cost
+//! nothing, a masked step repeats the previous output (or zeros with `zero_output_for_mask`), the state
+//! of a sequence without valid steps is its initial state.
+
+mod gru;
+
+pub use gru::{KerasGru, KerasGruOptions, KerasRnnOptions, KerasSimpleRnn};
 
 use crate::cells::activation::Activation;
 use crate::cells::grads::LstmGrads;
@@ -9,7 +17,7 @@ use crate::engine::{
     Schedule, SeqIn, SeqOut, StateIn, StateOut, TapeOut, Workspace,
 };
 use crate::error::{check_len, checked_product, Result};
-use crate::kernel::{self, Backend};
+use crate::kernel::{self, Backend, CellKernel};
 use crate::reference::{self, KerasResult};
 use crate::view::SeqView;
 
@@ -146,6 +154,136 @@ pub struct KerasLstm {
     cell: CellSpec,
     options: KerasLstmOptions,
     schedule: Schedule,
+}
+
+/// What the Keras layers of every cell share: the mask semantics of their options and where they run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KerasMasking {
+    pub go_backwards: bool,
+    pub zero_output_for_mask: bool,
+    pub units: usize,
+    pub backend: &'static Backend,
+    pub schedule: Schedule,
+}
+
+impl KerasMasking {
+    /// The engine job of a layer of cell `cell`. `y` is `(region, flip)`: output position `p` holds
+    /// processing step `p` (Keras), or time `p` when `flip` (Bidirectional's flip of the backward layer's
+    /// output).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn job<'a, C: CellKernel>(
+        &self,
+        cell: C,
+        x: StridedInput<'a>,
+        view: &'a SeqView,
+        init: Option<StateIn<'a>>,
+        y: Option<(OutRegion<'a>, bool)>,
+        h_n: Option<StateOut<'a>>,
+        c_n: Option<StateOut<'a>>,
+        tape: Option<TapeOut<'a>>,
+        threads: usize,
+    ) -> Job<'a, C> {
+        let fill = if self.zero_output_for_mask { Fill::Zero } else { Fill::Previous };
+        let back = self.go_backwards;
+        Job {
+            backend: self.backend,
+            cell,
+            view,
+            x: SeqIn { data: x.data, off: x.off, sb: x.sb, st: x.st },
+            reverse: back,
+            init,
+            empty_state: EmptyState::Initial,
+            y: y.map(|(out, flip)| SeqOut { out, mirror: back != flip, fill }),
+            h_n,
+            c_n,
+            tape,
+            threads,
+            schedule: self.schedule,
+        }
+    }
+
+    /// Keras' `outputs[:, -1]` from the final hidden states `h_n [B, H]`: the last processing step's
+    /// output, which is `h_n` when that step is valid or carried, else zeros.
+    pub(crate) fn write_last_output(&self, view: &SeqView, h_n: &[f32], last: &mut [f32]) {
+        let (t, hd) = (view.time(), self.units);
+        let t_last = if self.go_backwards { 0 } else { t.wrapping_sub(1) };
+        for s in 0..view.batch() {
+            let dst = &mut last[s * hd..(s + 1) * hd];
+            let valid_last = t > 0 && view.is_valid(s, t_last);
+            let carried = !self.zero_output_for_mask && view.runs(s).len() > 0;
+            if valid_last || carried {
+                dst.copy_from_slice(&h_n[s * hd..(s + 1) * hd]);
+            } else {
+                dst.fill(0.0);
+            }
+        }
+    }
+
+    /// The forward of a layer of cell `cell` on `x` over `view`: checks the buffers, runs the job (with
+    /// `tape`, prepared by the caller for `view`), writes `last_output`. `initial` is `(h, c)`, `c` only
+    /// for a cell with a cell state (as `out.c_n`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward<C: CellKernel>(
+        &self,
+        cell: C,
+        x: StridedInput<'_>,
+        view: &SeqView,
+        initial: Option<(&[f32], Option<&[f32]>)>,
+        out: KerasOutputs<'_>,
+        tape: Option<TapeOut<'_>>,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<ForwardStats> {
+        let (b, t, hd) = (view.batch(), view.time(), self.units);
+        let state_len = checked_product(&[b, hd], "state")?;
+        let y_len = checked_product(&[b, t, hd], "y")?;
+        if let Some((h0, c0)) = initial {
+            check_len("initial_h", h0.len(), state_len)?;
+            if let Some(c0) = c0 {
+                check_len("initial_c", c0.len(), state_len)?;
+            }
+        }
+        let KerasOutputs { y, last_output, h_n, c_n } = out;
+        if C::EXTRA_STATES == 0 && c_n.is_some() {
+            return Err(crate::Error::argument("c_n: this layer has no cell state"));
+        }
+        if let Some(y) = &y {
+            check_len("y", y.len(), y_len)?;
+        }
+        for (name, s) in [("last_output", &last_output), ("h_n", &h_n), ("c_n", &c_n)] {
+            if let Some(s) = s {
+                check_len(name, s.len(), state_len)?;
+            }
+        }
+        // last_output needs h_n; keep a scratch copy when the caller does not want it.
+        let Workspace { jobs, state, .. } = ws;
+        let h_n: Option<&mut [f32]> = match (h_n, last_output.is_some()) {
+            (Some(h), _) => Some(h),
+            (None, true) => {
+                clear_reserve(state, state_len); // exactly: workspace_bytes counts B x H floats
+                state.resize(state_len, 0.0);
+                Some(&mut state[..])
+            }
+            (None, false) => None,
+        };
+        let mut h_n = h_n;
+        let job = self.job(
+            cell,
+            x,
+            view,
+            initial.map(|(h, c)| StateIn { h, c: c.unwrap_or(&[]), off: 0, sb: hd }),
+            OutRegion::split_opt("y", y, [Region::seq(0, b, t * hd, t, hd, hd)])?[0].map(|y| (y, false)),
+            OutRegion::split_opt("h_n", h_n.as_deref_mut(), [Region::state(0, b, hd, hd)])?[0],
+            OutRegion::split_opt("c_n", c_n, [Region::state(0, b, hd, hd)])?[0],
+            tape,
+            threads,
+        );
+        let stats = job.run(&mut jobs[0])?;
+        if let (Some(last), Some(h_n)) = (last_output, h_n) {
+            self.write_last_output(view, h_n, last);
+        }
+        Ok(stats)
+    }
 }
 
 /// Input `[B, T, I]` described by strides, so time slices of a larger tensor need no copy.
@@ -428,59 +566,34 @@ impl KerasLstm {
         threads: usize,
         ws: &mut Workspace,
     ) -> Result<ForwardStats> {
-        let (b, t, hd) = (view.batch(), view.time(), self.units());
-        let state_len = checked_product(&[b, hd], "state")?;
-        let y_len = checked_product(&[b, t, hd], "y")?;
-        if let Some(s) = &initial {
-            check_len("initial_h", s.h.len(), state_len)?;
-            check_len("initial_c", s.c.len(), state_len)?;
-        }
-        let KerasOutputs { y, last_output, h_n, c_n } = out;
-        if let Some(y) = &y {
-            check_len("y", y.len(), y_len)?;
-        }
-        for (name, s) in [("last_output", &last_output), ("h_n", &h_n), ("c_n", &c_n)] {
-            if let Some(s) = s {
-                check_len(name, s.len(), state_len)?;
+        let tape = match tape {
+            Some(tape) => {
+                tape.prepare(view, TAPE_RECORD, self.packed.gates.hidden_padded())?;
+                Some(TapeOut::new(tape))
             }
-        }
-        // last_output needs h_n; keep a scratch copy when the caller does not want it.
-        let Workspace { jobs, state, .. } = ws;
-        let h_n: Option<&mut [f32]> = match (h_n, last_output.is_some()) {
-            (Some(h), _) => Some(h),
-            (None, true) => {
-                clear_reserve(state, state_len); // exactly: workspace_bytes counts B x H floats
-                state.resize(state_len, 0.0);
-                Some(&mut state[..])
-            }
-            (None, false) => None,
+            None => None,
         };
-        let mut h_n = h_n;
-        let job = self.job(
-            x,
-            view,
-            initial.map(|s| StateIn { h: s.h, c: s.c, off: 0, sb: hd }),
-            OutRegion::split_opt("y", y, [Region::seq(0, b, t * hd, t, hd, hd)])?[0].map(|y| (y, false)),
-            OutRegion::split_opt("h_n", h_n.as_deref_mut(), [Region::state(0, b, hd, hd)])?[0],
-            OutRegion::split_opt("c_n", c_n, [Region::state(0, b, hd, hd)])?[0],
-            match tape {
-                Some(tape) => {
-                    tape.prepare(view, TAPE_RECORD, self.packed.gates.hidden_padded())?;
-                    Some(TapeOut::new(tape))
-                }
-                None => None,
-            },
-            threads,
-        );
-        let stats = job.run(&mut jobs[0])?;
-        if let (Some(last), Some(h_n)) = (last_output, h_n) {
-            self.write_last_output(view, h_n, last);
-        }
-        Ok(stats)
+        let initial = initial.map(|s| (s.h, Some(s.c)));
+        self.masking().forward(self.kernel(), x, view, initial, out, tape, threads, ws)
     }
 
-    /// The engine job of this layer. `y` is `(region, flip)`: output position `p` holds processing step
-    /// `p` (Keras), or time `p` when `flip` (Bidirectional's flip of the backward layer's output).
+    /// The mask semantics of this layer's options.
+    pub(crate) fn masking(&self) -> KerasMasking {
+        KerasMasking {
+            go_backwards: self.options.go_backwards,
+            zero_output_for_mask: self.options.zero_output_for_mask,
+            units: self.units(),
+            backend: self.backend,
+            schedule: self.schedule,
+        }
+    }
+
+    /// The cell as the kernels see it.
+    fn kernel(&self) -> LstmKernel<'_> {
+        LstmKernel { packed: &self.packed, spec: &self.cell }
+    }
+
+    /// The engine job of this layer (see [`KerasMasking::job`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn job<'a>(
         &'a self,
@@ -493,40 +606,12 @@ impl KerasLstm {
         tape: Option<TapeOut<'a>>,
         threads: usize,
     ) -> Job<'a, LstmKernel<'a>> {
-        let fill = if self.options.zero_output_for_mask { Fill::Zero } else { Fill::Previous };
-        let back = self.options.go_backwards;
-        Job {
-            backend: self.backend,
-            cell: LstmKernel { packed: &self.packed, spec: &self.cell },
-            view,
-            x: SeqIn { data: x.data, off: x.off, sb: x.sb, st: x.st },
-            reverse: back,
-            init,
-            empty_state: EmptyState::Initial,
-            y: y.map(|(out, flip)| SeqOut { out, mirror: back != flip, fill }),
-            h_n,
-            c_n,
-            tape,
-            threads,
-            schedule: self.schedule,
-        }
+        self.masking().job(self.kernel(), x, view, init, y, h_n, c_n, tape, threads)
     }
 
-    /// Keras' `outputs[:, -1]` from the final hidden states `h_n [B, H]`: the last processing step's
-    /// output, which is `h_n` when that step is valid or carried, else zeros.
+    /// Keras' `outputs[:, -1]` (see [`KerasMasking::write_last_output`]).
     pub(crate) fn write_last_output(&self, view: &SeqView, h_n: &[f32], last: &mut [f32]) {
-        let (t, hd) = (view.time(), self.units());
-        let t_last = if self.options.go_backwards { 0 } else { t.wrapping_sub(1) };
-        for s in 0..view.batch() {
-            let dst = &mut last[s * hd..(s + 1) * hd];
-            let valid_last = t > 0 && view.is_valid(s, t_last);
-            let carried = !self.options.zero_output_for_mask && view.runs(s).len() > 0;
-            if valid_last || carried {
-                dst.copy_from_slice(&h_n[s * hd..(s + 1) * hd]);
-            } else {
-                dst.fill(0.0);
-            }
-        }
+        self.masking().write_last_output(view, h_n, last)
     }
 
     /// The same layer computed by the [reference](mod@crate::reference) implementation: every step, then

@@ -1,0 +1,318 @@
+//! The Keras `GRU` and `SimpleRNN` layers (forward): one layer type for both cells, Keras' mask semantics
+//! from [`KerasMasking`] as for the LSTM.
+
+use super::{KerasMasking, KerasOutputs, StridedInput};
+use crate::cells::activation::Activation;
+use crate::cells::gru::{GruSpec, GruWeights};
+use crate::cells::rnn::{RnnSpec, RnnWeights};
+use crate::engine::{ForwardStats, Schedule, Workspace};
+use crate::error::{check_len, checked_product, Result};
+use crate::frameworks::family::{Family, Gru, Rnn};
+use crate::kernel::{self, Backend};
+use crate::reference::{self, KerasResult, Rounding};
+use crate::view::SeqView;
+
+/// One Keras layer of family `F`: its weights packed once.
+#[derive(Clone, Debug)]
+struct Layer<F: Family> {
+    weights: F::Weights,
+    packed: F::Packed,
+    spec: F::Spec,
+    masking: KerasMasking,
+}
+
+impl<F: Family> Layer<F> {
+    fn new(weights: F::Weights, spec: F::Spec, masking: KerasMasking) -> Result<Self> {
+        let packed = F::pack(&weights, &spec, masking.backend.nb)?;
+        Ok(Layer { weights, packed, spec, masking })
+    }
+
+    fn forward_in(
+        &self,
+        x: &[f32],
+        view: &SeqView,
+        initial_h: Option<&[f32]>,
+        out: KerasOutputs<'_>,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<ForwardStats> {
+        let (b, t, i) = (view.batch(), view.time(), F::sizes(&self.weights).0);
+        check_len("x", x.len(), checked_product(&[b, t, i], "x")?)?;
+        let input = StridedInput { data: x, off: 0, sb: t * i, st: i };
+        let cell = F::kernel(&self.packed, &self.spec);
+        self.masking.forward(cell, input, view, initial_h.map(|h| (h, None)), out, None, threads, ws)
+    }
+
+    fn forward_all(
+        &self,
+        x: &[f32],
+        view: &SeqView,
+        initial_h: Option<&[f32]>,
+        threads: usize,
+    ) -> Result<(KerasResult, ForwardStats)> {
+        let (b, t, hd) = (view.batch(), view.time(), self.masking.units);
+        let mut r = KerasResult {
+            y: vec![0.0; checked_product(&[b, t, hd], "y")?],
+            last_output: vec![0.0; checked_product(&[b, hd], "state")?],
+            h_n: vec![0.0; b * hd],
+            c_n: Vec::new(),
+        };
+        let out =
+            KerasOutputs { y: Some(&mut r.y), last_output: Some(&mut r.last_output), h_n: Some(&mut r.h_n), c_n: None };
+        let stats = self.forward_in(x, view, initial_h, out, threads, &mut Workspace::new())?;
+        Ok((r, stats))
+    }
+
+    fn forward_reference(&self, x: &[f32], view: &SeqView, initial_h: Option<&[f32]>) -> Result<KerasResult> {
+        let rounding = Rounding::of(self.masking.backend);
+        let step = |x: &[f32], h: &[f32]| F::step(&self.spec, &self.weights, x, h, rounding);
+        let m = &self.masking;
+        let shape = (view.batch(), view.time());
+        let sizes = F::sizes(&self.weights);
+        let mask = view.to_mask();
+        reference::keras_h_only(&step, sizes, x, &mask, shape, m.go_backwards, m.zero_output_for_mask, initial_h)
+    }
+}
+
+/// Options of a Keras `GRU` layer that change what it computes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct KerasGruOptions {
+    /// `activation` (candidate), default `tanh`.
+    pub activation: Activation,
+    /// `recurrent_activation` (gates z, r), default `sigmoid`.
+    pub recurrent_activation: Activation,
+    /// `reset_after`, default `true` (Keras 3): the reset gate multiplies `h·R_h + br_h`; `false`: it
+    /// multiplies `h` before the matmul.
+    pub reset_after: bool,
+    /// `go_backwards`.
+    pub go_backwards: bool,
+    /// `zero_output_for_mask` (Keras' layer default `false`).
+    pub zero_output_for_mask: bool,
+}
+
+impl Default for KerasGruOptions {
+    fn default() -> Self {
+        KerasGruOptions {
+            activation: Activation::Tanh,
+            recurrent_activation: Activation::Sigmoid,
+            reset_after: true,
+            go_backwards: false,
+            zero_output_for_mask: false,
+        }
+    }
+}
+
+impl KerasGruOptions {
+    /// Sets `activation`.
+    pub fn activation(mut self, a: Activation) -> Self {
+        self.activation = a;
+        self
+    }
+    /// Sets `recurrent_activation`.
+    pub fn recurrent_activation(mut self, a: Activation) -> Self {
+        self.recurrent_activation = a;
+        self
+    }
+    /// Sets `reset_after`.
+    pub fn reset_after(mut self, on: bool) -> Self {
+        self.reset_after = on;
+        self
+    }
+    /// Sets `go_backwards`.
+    pub fn go_backwards(mut self, on: bool) -> Self {
+        self.go_backwards = on;
+        self
+    }
+    /// Sets `zero_output_for_mask`.
+    pub fn zero_output_for_mask(mut self, on: bool) -> Self {
+        self.zero_output_for_mask = on;
+        self
+    }
+}
+
+/// Options of a Keras `SimpleRNN` layer that change what it computes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct KerasRnnOptions {
+    /// `activation`, default `tanh`.
+    pub activation: Activation,
+    /// `go_backwards`.
+    pub go_backwards: bool,
+    /// `zero_output_for_mask` (Keras' layer default `false`).
+    pub zero_output_for_mask: bool,
+}
+
+impl Default for KerasRnnOptions {
+    fn default() -> Self {
+        KerasRnnOptions { activation: Activation::Tanh, go_backwards: false, zero_output_for_mask: false }
+    }
+}
+
+impl KerasRnnOptions {
+    /// Sets `activation`.
+    pub fn activation(mut self, a: Activation) -> Self {
+        self.activation = a;
+        self
+    }
+    /// Sets `go_backwards`.
+    pub fn go_backwards(mut self, on: bool) -> Self {
+        self.go_backwards = on;
+        self
+    }
+    /// Sets `zero_output_for_mask`.
+    pub fn zero_output_for_mask(mut self, on: bool) -> Self {
+        self.zero_output_for_mask = on;
+        self
+    }
+}
+
+fn masking(go_backwards: bool, zero_output_for_mask: bool, units: usize, backend: &'static Backend) -> KerasMasking {
+    KerasMasking { go_backwards, zero_output_for_mask, units, backend, schedule: Schedule::Auto }
+}
+
+/// The methods both layers share.
+macro_rules! layer_methods {
+    ($weights:ty, $options:ty) => {
+        /// The weights in canonical form.
+        pub fn weights(&self) -> &$weights {
+            &self.layer.weights
+        }
+        /// The layer options.
+        pub fn options(&self) -> &$options {
+            &self.options
+        }
+        /// The backend the weights are packed for.
+        pub fn backend(&self) -> &'static Backend {
+            self.layer.masking.backend
+        }
+        /// Hidden size `H`.
+        pub fn units(&self) -> usize {
+            self.layer.masking.units
+        }
+        /// Sets how a call spreads over threads (default [`Schedule::Auto`]); results are bitwise the same
+        /// for every schedule.
+        pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+            self.layer.masking.schedule = schedule;
+            self
+        }
+
+        /// Runs the layer on `x [B, T, I]` (B and T from `view`) over the valid steps of `view` only, from
+        /// `initial_h [B, H]` (`None`: zeros). `out.c_n` must be `None` (no cell state). Results are
+        /// bitwise identical for every `threads` value (0: all cores, 1: the calling thread).
+        ///
+        /// # Errors
+        /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) if `x`, the initial state or an output
+        /// buffer has the wrong length; [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for a
+        /// `c_n` buffer; [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) if sizes overflow.
+        pub fn forward(
+            &self,
+            x: &[f32],
+            view: &SeqView,
+            initial_h: Option<&[f32]>,
+            out: KerasOutputs<'_>,
+            threads: usize,
+        ) -> Result<ForwardStats> {
+            self.layer.forward_in(x, view, initial_h, out, threads, &mut Workspace::new())
+        }
+
+        /// As [`forward`](Self::forward), with caller-owned scratch memory reused across calls (see
+        /// [`Workspace`]).
+        ///
+        /// # Errors
+        /// As [`forward`](Self::forward).
+        pub fn forward_in(
+            &self,
+            x: &[f32],
+            view: &SeqView,
+            initial_h: Option<&[f32]>,
+            out: KerasOutputs<'_>,
+            threads: usize,
+            ws: &mut Workspace,
+        ) -> Result<ForwardStats> {
+            self.layer.forward_in(x, view, initial_h, out, threads, ws)
+        }
+
+        /// Runs the fast path and returns `y`, `last_output` and `h_n` as owned vectors (`c_n` empty).
+        ///
+        /// # Errors
+        /// As [`forward`](Self::forward).
+        pub fn forward_all(
+            &self,
+            x: &[f32],
+            view: &SeqView,
+            initial_h: Option<&[f32]>,
+            threads: usize,
+        ) -> Result<(KerasResult, ForwardStats)> {
+            self.layer.forward_all(x, view, initial_h, threads)
+        }
+
+        /// The same layer computed by the [reference](crate::reference::keras_h_only): every step, then
+        /// selected by the mask (`c_n` empty).
+        ///
+        /// # Errors
+        /// As [`forward`](Self::forward).
+        pub fn forward_reference(&self, x: &[f32], view: &SeqView, initial_h: Option<&[f32]>) -> Result<KerasResult> {
+            self.layer.forward_reference(x, view, initial_h)
+        }
+    };
+}
+
+/// A Keras `GRU` layer: weights packed once for the reset placement of its options.
+#[derive(Clone, Debug)]
+pub struct KerasGru {
+    options: KerasGruOptions,
+    layer: Layer<Gru>,
+}
+
+impl KerasGru {
+    /// Packs `weights` (import Keras' with [`GruWeights::from_keras`], the same `reset_after`) for the
+    /// best backend of this CPU.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) if the packed weights would not fit in memory.
+    pub fn new(weights: GruWeights, options: KerasGruOptions) -> Result<Self> {
+        Self::with_backend(weights, options, kernel::selected())
+    }
+
+    /// As [`new`](Self::new), for a given backend.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_backend(weights: GruWeights, options: KerasGruOptions, backend: &'static Backend) -> Result<Self> {
+        let spec = GruSpec::keras(options.activation, options.recurrent_activation, options.reset_after);
+        let m = masking(options.go_backwards, options.zero_output_for_mask, weights.hidden_size(), backend);
+        Ok(KerasGru { options, layer: Layer::new(weights, spec, m)? })
+    }
+
+    layer_methods!(GruWeights, KerasGruOptions);
+}
+
+/// A Keras `SimpleRNN` layer: weights packed once.
+#[derive(Clone, Debug)]
+pub struct KerasSimpleRnn {
+    options: KerasRnnOptions,
+    layer: Layer<Rnn>,
+}
+
+impl KerasSimpleRnn {
+    /// Packs `weights` (import Keras' with [`RnnWeights::from_keras`]) for the best backend of this CPU.
+    ///
+    /// # Errors
+    /// As [`KerasGru::new`].
+    pub fn new(weights: RnnWeights, options: KerasRnnOptions) -> Result<Self> {
+        Self::with_backend(weights, options, kernel::selected())
+    }
+
+    /// As [`new`](Self::new), for a given backend.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_backend(weights: RnnWeights, options: KerasRnnOptions, backend: &'static Backend) -> Result<Self> {
+        let spec = RnnSpec::new(options.activation, None);
+        let m = masking(options.go_backwards, options.zero_output_for_mask, weights.hidden_size(), backend);
+        Ok(KerasSimpleRnn { options, layer: Layer::new(weights, spec, m)? })
+    }
+
+    layer_methods!(RnnWeights, KerasRnnOptions);
+}
