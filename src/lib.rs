@@ -49,9 +49,9 @@ pub use cells::{activation, gru, math, rnn, weights};
 pub use frameworks::{bidirectional, keras, onnx, sequential, torch};
 
 pub use cells::activation::{Activation, HardSigmoidFlavor};
-pub use cells::gru::{GruSpec, GruWeights};
+pub use cells::gru::{GruGrads, GruSpec, GruWeights};
 pub use cells::lstm::CellSpec;
-pub use cells::rnn::{RnnSpec, RnnWeights};
+pub use cells::rnn::{RnnGrads, RnnSpec, RnnWeights};
 pub use cells::weights::LstmWeights;
 pub use engine::{ForwardStats, Schedule, Workspace};
 pub use error::{Error, ErrorKind, Result};

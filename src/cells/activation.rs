@@ -4,6 +4,7 @@
 //! the same functions lane-wise.
 
 use crate::error::{Error, Result};
+use crate::kernel::simd::Simd;
 use crate::reference::Rounding;
 
 /// An activation function with its parameters.
@@ -273,6 +274,61 @@ pub(crate) fn clip(v: f32, clip: Option<f32>) -> f32 {
         Some(cl) if v < -cl => -cl,
         Some(cl) if v > cl => cl,
         _ => v,
+    }
+}
+
+/// `d a(clip(v)) / dv` lane-wise given `y = a(clip(v))`: zero outside the clip's open interval.
+///
+/// # Safety
+/// S's instructions available.
+#[inline(always)]
+pub(crate) unsafe fn slope_lanes<S: Simd>(clip: Option<f32>, a: Activation, v: S, y: S) -> S {
+    // SAFETY: S's instructions are available (caller's contract); no memory is accessed.
+    unsafe {
+        let d = derivative_lanes(a, v, y);
+        match clip {
+            Some(cl) => {
+                let zero = S::splat(0.0);
+                S::select(v.gt(S::splat(-cl)), S::select(v.lt(S::splat(cl)), d, zero), zero)
+            }
+            None => d,
+        }
+    }
+}
+
+/// [`derivative`] lane-wise: from `y` for sigmoid and tanh, lane by lane for the others.
+///
+/// # Safety
+/// S's instructions available.
+#[inline(always)]
+pub(crate) unsafe fn derivative_lanes<S: Simd>(a: Activation, x: S, y: S) -> S {
+    // SAFETY: S's instructions are available (caller's contract); the arrays hold 16 >= LANES floats.
+    unsafe {
+        let one = S::splat(1.0);
+        match a {
+            Activation::Sigmoid => y.mul(one.sub(y)),
+            Activation::Tanh => one.sub(y.mul(y)),
+            _ => {
+                let (mut xs, mut ys) = ([0.0f32; 16], [0.0f32; 16]);
+                x.store(xs.as_mut_ptr());
+                y.store(ys.as_mut_ptr());
+                for (x, &y) in xs[..S::LANES].iter_mut().zip(&ys) {
+                    *x = derivative(a, *x, y);
+                }
+                S::load(xs.as_ptr())
+            }
+        }
+    }
+}
+
+/// `a'(x)` given `y = a(x)`: from `y` for sigmoid and tanh (no second transcendental), else exactly (in
+/// f64) from `x`, with the C ABI's conventions at kinks.
+#[inline(never)]
+fn derivative(a: Activation, x: f32, y: f32) -> f32 {
+    match a {
+        Activation::Sigmoid => y * (1.0 - y),
+        Activation::Tanh => 1.0 - y * y,
+        _ => crate::reference::backward::dact64(a, f64::from(x)) as f32,
     }
 }
 

@@ -20,13 +20,15 @@
 //! with its barrier between them when threads share the gate columns.
 
 use std::ops::Range;
+use std::sync::OnceLock;
 
-use crate::cells::activation::{clip, Activation};
-use crate::cells::weights::{sizes, transpose};
-use crate::error::{check_len, Result};
+use crate::cells::activation::{clip, slope_lanes, Activation};
+use crate::cells::weights::{sizes, transpose, transpose_rows};
+use crate::engine::{grow, GradRows};
+use crate::error::{check_len, checked_product, Result};
 use crate::kernel::pack::{pack_panels, pack_vector, PackedGates};
-use crate::kernel::simd::{clip_lanes, gemm, Epilogue, Rows, Simd};
-use crate::kernel::{CellKernel, StepState};
+use crate::kernel::simd::{clip_lanes, gemm, gemm_tall, Epilogue, Rows, Simd, TnPart};
+use crate::kernel::{BackwardStep, Carry, CellBackward, CellKernel, PrevState, Stage, StepState};
 use crate::reference::{vec_mat, Rounding};
 
 /// Activations and options of a GRU cell (see the [module docs](self)).
@@ -61,6 +63,14 @@ impl GruSpec {
     /// An ONNX cell with activations `(f, g)`, optional clip and `linear_before_reset`.
     pub fn onnx(f: Activation, g: Activation, clip: Option<f32>, linear_before_reset: bool) -> Self {
         GruSpec { gate: f, candidate: g, clip, reset_after: linear_before_reset }
+    }
+
+    /// Whether a training forward records the gate and candidate activations instead of their
+    /// arguments: when no clip bounds the arguments and both activations are differentiated from their
+    /// values alone (sigmoid, tanh).
+    pub(crate) fn tape_keeps_activations(&self) -> bool {
+        let from_value = |a: Activation| matches!(a, Activation::Sigmoid | Activation::Tanh);
+        self.clip.is_none() && from_value(self.gate) && from_value(self.candidate)
     }
 
     /// One step of one sequence in scalar arithmetic, the definition the kernels match bit for bit with
@@ -258,6 +268,20 @@ pub struct PackedGru {
     pub(crate) r_zr: Vec<f32>,
     pub(crate) r_h: Vec<f32>,
     pub(crate) reset_after: bool,
+    /// The transposed weights of the backward, packed on first use.
+    transposes: OnceLock<GruTransposes>,
+}
+
+/// The GRU backward's transposed weights (plain matrices, [`PackedGates::zero_matrix`]), rows in the
+/// order of its `dZ` columns (see [`GruBackCell`]).
+#[derive(Clone, Debug)]
+pub(crate) struct GruTransposes {
+    /// Phase 0: reset after, `Rᵀ` over `[da_nr, da_z, da_r]`; reset before, `R_zrᵀ` over `[da_z, da_r]`.
+    rt0: PackedGates,
+    /// Reset before, phase 1: `R_hᵀ` over `da_n`.
+    rt1: Option<PackedGates>,
+    /// `Wᵀ` over `[da_z, da_r, da_n]`.
+    wt: PackedGates,
 }
 
 impl PackedGru {
@@ -284,7 +308,326 @@ impl PackedGru {
             r_zr = pack_panels(&cols(0..2 * h), h, 2, h, nb);
             r_h = pack_panels(&cols(2 * h..3 * h), h, 1, h, nb);
         }
-        Ok(PackedGru { gates, bias_rh, r_zr, r_h, reset_after })
+        Ok(PackedGru { gates, bias_rh, r_zr, r_h, reset_after, transposes: OnceLock::new() })
+    }
+
+    /// The backward of the layer direction these weights were packed from (`w`), with the cell `spec`
+    /// (whose reset placement they were packed for): packs the transposed weights on the first call.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) if they would not fit in memory.
+    pub(crate) fn backward_cell<'a>(&'a self, w: &GruWeights, spec: &'a GruSpec) -> Result<GruBackCell<'a>> {
+        let tr = match self.transposes.get() {
+            Some(t) => t,
+            None => {
+                let (h, hp, nb) = (w.hidden, self.gates.hidden_padded(), self.gates.nb);
+                // Canonical column c = g H + j (gate g of unit j) of R and W, and its row in a transpose.
+                let (gate, unit) = (|c: usize| c / h, |c: usize| c % h);
+                let t = if self.reset_after {
+                    GruTransposes {
+                        rt0: transpose_rows(&w.recurrent, h, 3 * h, 3 * hp, nb, |c| {
+                            Some([hp, 2 * hp, 0][gate(c)] + unit(c))
+                        })?,
+                        rt1: None,
+                        wt: transpose_rows(&w.kernel, w.input, 3 * h, 3 * hp, nb, |c| Some(gate(c) * hp + unit(c)))?,
+                    }
+                } else {
+                    GruTransposes {
+                        rt0: transpose_rows(&w.recurrent, h, 3 * h, 2 * hp, nb, |c| {
+                            (gate(c) < 2).then(|| gate(c) * hp + unit(c))
+                        })?,
+                        rt1: Some(transpose_rows(&w.recurrent, h, 3 * h, hp, nb, |c| (gate(c) == 2).then(|| unit(c)))?),
+                        wt: transpose_rows(&w.kernel, w.input, 3 * h, 3 * hp, nb, |c| Some(gate(c) * hp + unit(c)))?,
+                    }
+                };
+                self.transposes.get_or_init(|| t)
+            }
+        };
+        Ok(GruBackCell { packed: self, spec, tr, input: w.input, hidden: w.hidden })
+    }
+}
+
+/// Floats a training forward keeps per valid step and padded hidden unit: `z, r, n` as
+/// `[blocks][3][nb]` (their activations when [`GruSpec::tape_keeps_activations`], else their arguments
+/// before the clip), then `q` (reset after: `h·R_h + br_h`; reset before: `r ∘ h`) and the new `h`
+/// (`hp` floats each).
+pub(crate) const GRU_TAPE_RECORD: usize = 5;
+
+/// Gradients of one GRU direction's parameters in canonical form ([`GruWeights`]' shapes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GruGrads<T> {
+    /// Input size `I`.
+    pub input: usize,
+    /// Hidden size `H`.
+    pub hidden: usize,
+    /// `[I, 3H]`, gates z, r, h.
+    pub d_kernel: Vec<T>,
+    /// `[H, 3H]`.
+    pub d_recurrent: Vec<T>,
+    /// `[3H]`, of the input bias.
+    pub d_bias_input: Vec<T>,
+    /// `[3H]`, of the recurrent bias.
+    pub d_bias_recurrent: Vec<T>,
+}
+
+impl<T: Copy + Default> GruGrads<T> {
+    /// Zero gradients for a cell of the given sizes.
+    pub fn zeros(input: usize, hidden: usize) -> Self {
+        GruGrads {
+            input,
+            hidden,
+            d_kernel: vec![T::default(); input * 3 * hidden],
+            d_recurrent: vec![T::default(); hidden * 3 * hidden],
+            d_bias_input: vec![T::default(); 3 * hidden],
+            d_bias_recurrent: vec![T::default(); 3 * hidden],
+        }
+    }
+
+    /// The gradients of ONNX's `W [3H, I]`, `R [3H, H]` and `B [6H]` (Wb then Rb) of several directions,
+    /// concatenated along the leading direction axis.
+    pub fn to_onnx_dirs(dirs: &[Self]) -> (Vec<T>, Vec<T>, Vec<T>) {
+        let (mut w, mut r, mut b) = (Vec::new(), Vec::new(), Vec::new());
+        for g in dirs {
+            w.extend(crate::cells::grads::transpose(&g.d_kernel, g.input, 3 * g.hidden));
+            r.extend(crate::cells::grads::transpose(&g.d_recurrent, g.hidden, 3 * g.hidden));
+            b.extend(g.d_bias_input.iter().chain(&g.d_bias_recurrent).copied());
+        }
+        (w, r, b)
+    }
+}
+
+/// The GRU's backward as the backward sweep drives it. Its `dZ` rows, gate-major (`hp` floats each):
+///
+/// ```text
+/// reset after:  [da_n ∘ r | da_z | da_r | da_n]   phase 0: dh_prev = dZ[0, 3hp) · Rᵀ;   dx from [hp, 4hp)
+/// reset before: [da_z | da_r | da_n]              phase 0: dh_prev = dZ[0, 2hp) · R_zrᵀ, then
+///                                                 phase 1: d(r ∘ h) = dZ[2hp, 3hp) · R_hᵀ; dx from [0, 3hp)
+/// ```
+/// (`da` the activations' argument gradients). It reads `h` from the step before and carries the part of
+/// `dh_prev` that does not go through `R`: `dh ∘ z` (reset before: plus `d(r ∘ h) ∘ r`).
+#[derive(Clone, Copy)]
+pub(crate) struct GruBackCell<'a> {
+    packed: &'a PackedGru,
+    spec: &'a GruSpec,
+    tr: &'a GruTransposes,
+    input: usize,
+    hidden: usize,
+}
+
+impl CellBackward for GruBackCell<'_> {
+    type Grads = GruGrads<f32>;
+    const CARRY: Carry = Carry::H;
+    const RECORD: usize = GRU_TAPE_RECORD;
+
+    fn sizes(&self) -> (usize, usize) {
+        (self.input, self.hidden)
+    }
+
+    fn hp(&self) -> usize {
+        self.packed.gates.hidden_padded()
+    }
+
+    fn dz_width(&self) -> usize {
+        (if self.packed.reset_after { 4 } else { 3 }) * self.hp()
+    }
+
+    fn h_offset(&self) -> usize {
+        4 * self.hp()
+    }
+
+    fn prev_state(&self) -> PrevState {
+        PrevState::H(4 * self.hp())
+    }
+
+    fn phases(&self) -> usize {
+        if self.packed.reset_after {
+            1
+        } else {
+            2
+        }
+    }
+
+    fn mid_states(&self) -> usize {
+        // The GEMM's staging rows; reset before, also dh between the phases.
+        self.phases()
+    }
+
+    fn rt(&self, phase: usize) -> (&PackedGates, usize) {
+        match (phase, &self.tr.rt1) {
+            (1, Some(rt1)) => (rt1, 2 * self.hp()),
+            _ => (&self.tr.rt0, 0),
+        }
+    }
+
+    fn wt(&self) -> (&PackedGates, usize) {
+        (&self.tr.wt, if self.packed.reset_after { self.hp() } else { 0 })
+    }
+
+    #[inline(always)]
+    unsafe fn step<S: Simd>(&self, phase: usize, st: &BackwardStep<'_>) {
+        let (hp, l) = (self.hp(), S::LANES);
+        let (rt, off) = self.rt(phase);
+        let blocks = self.packed.gates.blocks;
+        assert!(st.rows.len() >= st.m && st.prev.len() >= st.m && st.cur.len() >= st.m);
+        assert!(st.next.len() >= st.m_gemm && st.seqs.len() >= st.m && st.mid_stride >= hp);
+        assert!(
+            st.blocks.end <= rt.blocks && rt.gates == 4 && rt.padded_cols() >= hp && off + rt.input <= self.dz_width()
+        );
+        assert!(self.packed.gates.nb == l && rt.nb == l && st.stride >= GRU_TAPE_RECORD * hp);
+        let units = (4 * st.blocks.start).min(blocks)..(4 * st.blocks.end).min(blocks);
+        // SAFETY: S's instructions are available; the buffers as `CellBackward::step`'s caller guaranteed
+        // (the rows' dZ of the step after complete, and for phase 1 this step's da_n; `mid` holds the
+        // staging rows and, reset before, the dh rows, hp floats per sequence each); the asserts bound
+        // `rt`'s panels (its K rows lie inside a dZ row from `off`) and columns (>= hp). The GEMM stages
+        // its output in `mid`, then one pass finishes every row's units of `blocks`.
+        unsafe {
+            let mut stage = Stage { base: st.mid, seqs: st.seqs, hp };
+            if phase == 0 {
+                let a = Rows::Gathered { base: st.dz.add(off), offsets: &st.next[..st.m_gemm] };
+                gemm_tall::<S, 4>(&rt.w, rt.input, st.m_gemm, a, st.blocks.clone(), &mut stage);
+                for r in 0..st.m {
+                    let start = r >= st.m_gemm;
+                    let from = if start { st.dh_start } else { st.mid.cast_const() };
+                    let row = from.add(*st.seqs.get_unchecked(r) * hp);
+                    for u in units.clone() {
+                        self.phase0::<S>(st, r, u, S::load(row.add(u * l)), start);
+                    }
+                }
+            } else {
+                let a = Rows::Gathered { base: st.dz.add(off), offsets: &st.cur[..st.m] };
+                gemm_tall::<S, 4>(&rt.w, rt.input, st.m, a, st.blocks.clone(), &mut stage);
+                for r in 0..st.m {
+                    let row = st.mid.add(*st.seqs.get_unchecked(r) * hp);
+                    for u in units.clone() {
+                        self.phase1::<S>(st, r, u, S::load(row.add(u * l)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn weight_grads(
+        &self,
+        rows: &GradRows<'_>,
+        g: &mut GruGrads<f32>,
+        dwr: &mut Vec<f32>,
+        db: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (input, hd, hp) = (self.input, self.hidden, self.hp());
+        let zw = self.dz_width();
+        let (dwr, db) = (grow(dwr, checked_product(&[input + hd, zw], "dW")?), grow(db, 2 * zw));
+        let x = TnPart { rows: rows.x, width: input };
+        let h_prev = TnPart { rows: rows.h_prev, width: hd };
+        // Column of gate `gate` (z, r, h) of unit j in the products' rows: input rows (dW) and recurrent
+        // rows (dR), and where the input and the recurrent bias sums are.
+        let (w_col, r_col, bi_at, br_at): ([usize; 3], [usize; 3], usize, usize);
+        if self.packed.reset_after {
+            // Xᵀ·[da_z, da_r, da_n] and H_prevᵀ·[da_n ∘ r, da_z, da_r], the sums of each.
+            rows.product(&[x], hp..4 * hp, dwr, zw, Some(&mut db[..zw]))?;
+            rows.product(&[h_prev], 0..3 * hp, &mut dwr[input * zw..], zw, Some(&mut db[zw..]))?;
+            (w_col, r_col, bi_at, br_at) = ([hp, 2 * hp, 3 * hp], [hp, 2 * hp, 0], 0, zw);
+        } else {
+            // [X, H_prev]ᵀ·[da_z, da_r] and [X, r ∘ h_prev]ᵀ·da_n into one C; both biases are Σ da.
+            let rh = rows.record_rows(3 * hp);
+            rows.product(&[x, h_prev], 0..2 * hp, dwr, zw, Some(&mut db[..zw]))?;
+            let rh = TnPart { rows: &rh, width: hd };
+            rows.product(&[x, rh], 2 * hp..3 * hp, dwr, zw, Some(&mut db[..zw]))?;
+            (w_col, r_col, bi_at, br_at) = ([0, hp, 2 * hp], [0, hp, 2 * hp], 0, 0);
+        }
+        for gate in 0..3 {
+            for j in 0..hd {
+                for k in 0..input {
+                    g.d_kernel[k * 3 * hd + gate * hd + j] = dwr[k * zw + w_col[gate] + j];
+                }
+                for k in 0..hd {
+                    g.d_recurrent[k * 3 * hd + gate * hd + j] = dwr[(input + k) * zw + r_col[gate] + j];
+                }
+                g.d_bias_input[gate * hd + j] = db[bi_at + w_col[gate] + j];
+                g.d_bias_recurrent[gate * hd + j] = db[br_at + r_col[gate] + j];
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GruBackCell<'_> {
+    /// `z, r, n` of unit block `u` in a record: `(values, arguments)` (the arguments stand in for
+    /// themselves when the record kept values; sigmoid and tanh are differentiated from the value).
+    ///
+    /// # Safety
+    /// S's instructions available; `rec` a tape record, `u` a unit block below hp / nb.
+    #[inline(always)]
+    unsafe fn gates<S: Simd>(&self, rec: *const f32, u: usize) -> ([S; 3], [S; 3]) {
+        let (spec, l) = (self.spec, S::LANES);
+        // SAFETY: the caller's contract.
+        unsafe {
+            let kept: [S; 3] = std::array::from_fn(|g| S::load(rec.add((u * 3 + g) * l)));
+            if spec.tape_keeps_activations() {
+                return (kept, kept);
+            }
+            let act = |a: Activation, v: S| S::act(a, clip_lanes(v, spec.clip));
+            ([act(spec.gate, kept[0]), act(spec.gate, kept[1]), act(spec.candidate, kept[2])], kept)
+        }
+    }
+
+    /// Phase 0 of unit block `u` of row `r` from `dh_in`, the gradient from the step after (`start`: the
+    /// row starts here, from `dh_start`, with nothing carried yet): `da_n`, `da_z` and, reset after,
+    /// `da_r` and the carried `dh ∘ z`; reset before, `dh` for phase 1.
+    ///
+    /// # Safety
+    /// S's instructions available; `r < m`, `u < blocks` (the buffers as `CellBackward::step`).
+    #[inline(always)]
+    unsafe fn phase0<S: Simd>(&self, st: &BackwardStep<'_>, r: usize, u: usize, dh_in: S, start: bool) {
+        let (hp, l, spec, zw) = (self.hp(), S::LANES, self.spec, self.dz_width());
+        // SAFETY: the caller's contract; `u < blocks` keeps every access inside row `r`'s buffers.
+        unsafe {
+            let (tr, s, at) = (*st.rows.get_unchecked(r), *st.seqs.get_unchecked(r), u * l);
+            let rec = st.tape.add(tr * st.stride);
+            let ([z, rg, n], [vz, vr, vn]) = self.gates::<S>(rec, u);
+            let h_prev = S::load(st.prev.get_unchecked(r).add(at));
+            let carry = st.carry.add(s * hp + at);
+            let dz = st.dz.add(tr * zw);
+            let mut dh = dh_in.add(S::load(st.dh_up.add(tr * hp + at)));
+            if !start {
+                dh = dh.add(S::load(carry));
+            }
+            let dan = dh.mul(S::splat(1.0).sub(z)).mul(slope_lanes(spec.clip, spec.candidate, vn, n));
+            let daz = dh.mul(h_prev.sub(n)).mul(slope_lanes(spec.clip, spec.gate, vz, z));
+            if self.packed.reset_after {
+                let q = S::load(rec.add(3 * hp + at));
+                let dar = dan.mul(q).mul(slope_lanes(spec.clip, spec.gate, vr, rg));
+                dan.mul(rg).store(dz.add(at));
+                daz.store(dz.add(hp + at));
+                dar.store(dz.add(2 * hp + at));
+                dan.store(dz.add(3 * hp + at));
+                dh.mul(z).store(carry);
+            } else {
+                daz.store(dz.add(at));
+                dan.store(dz.add(2 * hp + at));
+                dh.store(st.mid.add(st.mid_stride + s * hp + at));
+            }
+        }
+    }
+
+    /// Phase 1 (reset before) of unit block `u` of row `r` from `d_rh = d(r ∘ h)`: `da_r` and the carried
+    /// `d_rh ∘ r + dh ∘ z`.
+    ///
+    /// # Safety
+    /// As [`phase0`](Self::phase0); phase 0 of the step complete.
+    #[inline(always)]
+    unsafe fn phase1<S: Simd>(&self, st: &BackwardStep<'_>, r: usize, u: usize, d_rh: S) {
+        let (hp, l, spec, zw) = (self.hp(), S::LANES, self.spec, self.dz_width());
+        // SAFETY: the caller's contract; `u < blocks` keeps every access inside row `r`'s buffers.
+        unsafe {
+            let (tr, s, at) = (*st.rows.get_unchecked(r), *st.seqs.get_unchecked(r), u * l);
+            let rec = st.tape.add(tr * st.stride);
+            let ([z, rg, _], [_, vr, _]) = self.gates::<S>(rec, u);
+            let h_prev = S::load(st.prev.get_unchecked(r).add(at));
+            let dar = d_rh.mul(h_prev).mul(slope_lanes(spec.clip, spec.gate, vr, rg));
+            dar.store(st.dz.add(tr * zw + hp + at));
+            let dh = S::load(st.mid.add(st.mid_stride + s * hp + at));
+            d_rh.mul(rg).add(dh.mul(z)).store(st.carry.add(s * hp + at));
+        }
     }
 }
 
@@ -337,7 +680,8 @@ impl CellKernel for GruKernel<'_> {
         let hp = w.hidden_padded();
         let proj_row = blocks.len() * 3 * S::LANES;
         assert!(w.gates == 3 && w.nb == S::LANES && blocks.end <= w.blocks && st.proj.len() >= m * proj_row);
-        assert!(st.h.len() >= m * hp && w.bias.len() >= w.blocks * 3 * S::LANES && st.tape.is_null());
+        assert!(st.h.len() >= m * hp && w.bias.len() >= w.blocks * 3 * S::LANES);
+        assert!(st.tape.is_null() || st.tape_stride >= GRU_TAPE_RECORD * hp);
         let ep = GruEpilogue {
             spec: self.spec,
             proj: st.proj.as_ptr(),
@@ -350,12 +694,17 @@ impl CellKernel for GruKernel<'_> {
             rh: st.mid,
             z: st.mid.wrapping_add(m * hp),
             hp,
+            tape: st.tape,
+            tape_rows: st.tape_rows,
+            tape_stride: st.tape_stride,
+            keeps: self.spec.tape_keeps_activations(),
         };
         let rows = |base: *const f32| Rows::Strided { base, stride: hp };
         // SAFETY (every arm): the asserts above bound the reads of proj, h and the bias; the panels hold
         // `w.blocks` blocks of H rows (packed by `PackedGru::new` for this placement). The writes stay in
-        // rows < m of h_out and mid, in the columns of `blocks` (the caller's contract), and the second
-        // phase reads whole rows of `r ∘ h`, complete after the first phase (the caller's contract).
+        // rows < m of h_out and mid and in the tape rows the caller gave (records of GRU_TAPE_RECORD x hp
+        // floats), in the columns of `blocks` (the caller's contract), and the second phase reads whole
+        // rows of `r ∘ h`, complete after the first phase (the caller's contract).
         unsafe {
             match (p.reset_after, phase) {
                 (true, _) => {
@@ -389,6 +738,12 @@ struct GruEpilogue<'a> {
     rh: *mut f32,
     z: *mut f32,
     hp: usize,
+    /// A training forward's tape (null: none), each row's tape row, the floats per tape row, and whether
+    /// the record keeps activations (see [`GRU_TAPE_RECORD`]).
+    tape: *mut f32,
+    tape_rows: *const usize,
+    tape_stride: usize,
+    keeps: bool,
 }
 
 impl GruEpilogue<'_> {
@@ -413,25 +768,46 @@ impl GruEpilogue<'_> {
         unsafe { S::act(a, clip_lanes(v, self.spec.clip)) }
     }
 
-    /// `z` or `r`: `f((p + acc) + b)`.
+    /// `z` or `r` and its argument: `f((p + acc) + b)`, `(p + acc) + b`.
     #[inline(always)]
-    unsafe fn gate<S: Simd>(&self, r: usize, blk: usize, g: usize, acc: S) -> S {
+    unsafe fn gate<S: Simd>(&self, r: usize, blk: usize, g: usize, acc: S) -> (S, S) {
         // SAFETY: the caller's contract.
         unsafe {
             let (p, b) = self.proj_bias::<S>(r, blk, g);
-            self.act(self.spec.gate, p.add(acc).add(b))
+            let v = p.add(acc).add(b);
+            (self.act(self.spec.gate, v), v)
         }
     }
 
-    /// `h' = (1 - z) ∘ n + z ∘ h`, stored.
+    /// `h' = (1 - z) ∘ n + z ∘ h`, stored; returned.
     #[inline(always)]
-    unsafe fn update<S: Simd>(&self, r: usize, blk: usize, z: S, n: S) {
+    unsafe fn update<S: Simd>(&self, r: usize, blk: usize, z: S, n: S) -> S {
         // SAFETY: the caller's contract.
         unsafe {
             let at = r * self.hp + blk * S::LANES;
             let h = S::load(self.h.add(at));
-            S::splat(1.0).sub(z).mul(n).add(z.mul(h)).store(self.h_out.add(at));
+            let h_new = S::splat(1.0).sub(z).mul(n).add(z.mul(h));
+            h_new.store(self.h_out.add(at));
+            h_new
         }
+    }
+
+    /// Row `r`'s tape record (null without a tape).
+    #[inline(always)]
+    unsafe fn record(&self, r: usize) -> *mut f32 {
+        if self.tape.is_null() {
+            return self.tape;
+        }
+        // SAFETY: with a tape, `tape_rows` holds the step's m rows' tape rows (the caller's contract).
+        unsafe { self.tape.add(*self.tape_rows.add(r) * self.tape_stride) }
+    }
+
+    /// Records gate `g` of block `blk` in `rec`: its value `y` or its argument `v` (see
+    /// [`GRU_TAPE_RECORD`]).
+    #[inline(always)]
+    unsafe fn keep<S: Simd>(&self, rec: *mut f32, blk: usize, g: usize, (y, v): (S, S)) {
+        // SAFETY: `rec` a record of GRU_TAPE_RECORD x hp floats, `blk` a block of the step.
+        unsafe { (if self.keeps { y } else { v }).store(rec.add((blk * 3 + g) * S::LANES)) }
     }
 }
 
@@ -447,9 +823,18 @@ impl<S: Simd> Epilogue<S, 3> for ResetAfter<'_> {
             let z = e.gate(r, blk, 0, acc[0]);
             let rg = e.gate(r, blk, 1, acc[1]);
             let (p, b) = e.proj_bias::<S>(r, blk, 2);
-            let brh = S::load(e.bias_rh.add(blk * S::LANES));
-            let n = e.act(e.spec.candidate, p.add(b).add(rg.mul(acc[2].add(brh))));
-            e.update(r, blk, z, n);
+            let q = acc[2].add(S::load(e.bias_rh.add(blk * S::LANES)));
+            let vn = p.add(b).add(rg.0.mul(q));
+            let n = e.act(e.spec.candidate, vn);
+            let h_new = e.update(r, blk, z.0, n);
+            let rec = e.record(r);
+            if !rec.is_null() {
+                e.keep(rec, blk, 0, z);
+                e.keep(rec, blk, 1, rg);
+                e.keep(rec, blk, 2, (n, vn));
+                q.store(rec.add(3 * e.hp + blk * S::LANES));
+                h_new.store(rec.add(4 * e.hp + blk * S::LANES));
+            }
         }
     }
 }
@@ -464,8 +849,16 @@ impl<S: Simd> Epilogue<S, 2> for Gates<'_> {
         // SAFETY: as in `ResetAfter`; `rh` and `z` hold m x hp floats.
         unsafe {
             let at = r * e.hp + blk * S::LANES;
-            e.gate(r, blk, 0, acc[0]).store(e.z.add(at));
-            e.gate(r, blk, 1, acc[1]).mul(S::load(e.h.add(at))).store(e.rh.add(at));
+            let (z, rg) = (e.gate(r, blk, 0, acc[0]), e.gate(r, blk, 1, acc[1]));
+            z.0.store(e.z.add(at));
+            let rh = rg.0.mul(S::load(e.h.add(at)));
+            rh.store(e.rh.add(at));
+            let rec = e.record(r);
+            if !rec.is_null() {
+                e.keep(rec, blk, 0, z);
+                e.keep(rec, blk, 1, rg);
+                rh.store(rec.add(3 * e.hp + blk * S::LANES));
+            }
         }
     }
 }
@@ -480,8 +873,14 @@ impl<S: Simd> Epilogue<S, 1> for Candidate<'_> {
         // SAFETY: as in `Gates`.
         unsafe {
             let (p, b) = e.proj_bias::<S>(r, blk, 2);
-            let n = e.act(e.spec.candidate, p.add(acc[0]).add(b));
-            e.update(r, blk, S::load(e.z.add(r * e.hp + blk * S::LANES)), n);
+            let vn = p.add(acc[0]).add(b);
+            let n = e.act(e.spec.candidate, vn);
+            let h_new = e.update(r, blk, S::load(e.z.add(r * e.hp + blk * S::LANES)), n);
+            let rec = e.record(r);
+            if !rec.is_null() {
+                e.keep(rec, blk, 2, (n, vn));
+                h_new.store(rec.add(4 * e.hp + blk * S::LANES));
+            }
         }
     }
 }

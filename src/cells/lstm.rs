@@ -13,11 +13,14 @@
 
 use std::ops::Range;
 
-use crate::cells::activation::{clip, Activation};
-use crate::cells::weights::PackedLstm;
+use crate::cells::activation::{clip, derivative_lanes, slope_lanes, Activation};
+use crate::cells::grads::LstmGrads;
+use crate::cells::weights::{LstmWeights, PackedLstm, Transposes};
+use crate::engine::{grow, GradRows};
+use crate::error::{checked_product, Result};
 use crate::kernel::pack::PackedGates;
-use crate::kernel::simd::{clip_lanes, gemm, gemm_tall, Epilogue, Rows, Simd};
-use crate::kernel::{CellKernel, SimdJob, StepState};
+use crate::kernel::simd::{clip_lanes, gemm, gemm_tall, Epilogue, Rows, Simd, TnPart};
+use crate::kernel::{BackwardStep, Carry, CellBackward, CellKernel, PrevState, StepState};
 use crate::reference::Rounding;
 
 /// Activations and options of an LSTM cell (see the [module docs](self)).
@@ -146,7 +149,7 @@ unsafe fn backward_lanes<S: Simd, const STD: bool>(
         let g = act(spec.cell, ac);
         let o = act(spec.gate, ao);
         let hc = S::act(spec.output, c);
-        let dao = dh.mul(hc).mul(slope_lanes(spec, spec.gate, ao, o));
+        let dao = dh.mul(hc).mul(slope_lanes(spec.clip, spec.gate, ao, o));
         let mut dc = dc.add(dh.mul(o).mul(derivative_lanes(spec.output, c, hc)));
         if let Some([_, _, po]) = p {
             dc = dc.add(dao.mul(po));
@@ -157,70 +160,15 @@ unsafe fn backward_lanes<S: Simd, const STD: bool>(
             (S::splat(1.0).sub(i), S::splat(0.0))
         } else {
             let fv = act(spec.gate, af);
-            (fv, df.mul(slope_lanes(spec, spec.gate, af, fv)))
+            (fv, df.mul(slope_lanes(spec.clip, spec.gate, af, fv)))
         };
-        let dai = di.mul(slope_lanes(spec, spec.gate, ai, i));
-        let dac = dg.mul(slope_lanes(spec, spec.cell, ac, g));
+        let dai = di.mul(slope_lanes(spec.clip, spec.gate, ai, i));
+        let dac = dg.mul(slope_lanes(spec.clip, spec.cell, ac, g));
         let mut dcp = dc.mul(f);
         if let Some([pi, pf, _]) = p {
             dcp = dcp.add(dai.mul(pi)).add(daf.mul(pf));
         }
         ([dai, daf, dac, dao], dcp)
-    }
-}
-
-/// `d a(clip(v)) / dv` lane-wise given `y = a(clip(v))`: zero outside the clip's open interval.
-///
-/// # Safety
-/// S's instructions available.
-#[inline(always)]
-unsafe fn slope_lanes<S: Simd>(spec: &CellSpec, a: Activation, v: S, y: S) -> S {
-    // SAFETY: S's instructions are available (caller's contract); no memory is accessed.
-    unsafe {
-        let d = derivative_lanes(a, v, y);
-        match spec.clip {
-            Some(cl) => {
-                let zero = S::splat(0.0);
-                S::select(v.gt(S::splat(-cl)), S::select(v.lt(S::splat(cl)), d, zero), zero)
-            }
-            None => d,
-        }
-    }
-}
-
-/// [`derivative`] lane-wise: from `y` for sigmoid and tanh, lane by lane for the others.
-///
-/// # Safety
-/// S's instructions available.
-#[inline(always)]
-unsafe fn derivative_lanes<S: Simd>(a: Activation, x: S, y: S) -> S {
-    // SAFETY: S's instructions are available (caller's contract); the arrays hold 16 >= LANES floats.
-    unsafe {
-        let one = S::splat(1.0);
-        match a {
-            Activation::Sigmoid => y.mul(one.sub(y)),
-            Activation::Tanh => one.sub(y.mul(y)),
-            _ => {
-                let (mut xs, mut ys) = ([0.0f32; 16], [0.0f32; 16]);
-                x.store(xs.as_mut_ptr());
-                y.store(ys.as_mut_ptr());
-                for (x, &y) in xs[..S::LANES].iter_mut().zip(&ys) {
-                    *x = derivative(a, *x, y);
-                }
-                S::load(xs.as_ptr())
-            }
-        }
-    }
-}
-
-/// `a'(x)` given `y = a(x)`: from `y` for sigmoid and tanh (no second transcendental), else exactly (in
-/// f64) from `x`, with the C ABI's conventions at kinks.
-#[inline]
-fn derivative(a: Activation, x: f32, y: f32) -> f32 {
-    match a {
-        Activation::Sigmoid => y * (1.0 - y),
-        Activation::Tanh => 1.0 - y * y,
-        _ => crate::reference::backward::dact64(a, f64::from(x)) as f32,
     }
 }
 
@@ -382,145 +330,197 @@ impl<S: Simd, const STD: bool> Epilogue<S, 4> for Update<'_, STD> {
     }
 }
 
-/// One reverse step of the LSTM's backward over the first `m` rows of a sweep (sorted by decreasing
-/// valid length), row `r` at tape row `rows[r]` of sequence `s = seqs[r]`, for the hidden units of
-/// `blocks`:
-///
-/// ```text
-/// dh[r] = dh_up[rows[r]] + (r < m_gemm ? dZ[rows[r] + 1] · Rᵀ : dh_start[s])
-/// dZ[rows[r]], dc[s] = the cell's backward at rows[r] (from the tape, c_prev[r] and dc[s])
-/// ```
-/// Rows below `m_gemm` continue from the step after (their `dh` is the GEMM `dZ_next · Rᵀ` over the
-/// transposed recurrent weights, the gate derivatives fused into its epilogue while the tile is in
-/// registers); the others start here (their last valid step), from `dh_start` and the `dc` the caller
-/// set. Buffers are raw pointers because parallel sweeps write their own elements of shared buffers:
-/// batch chunks their sequences' rows, the threads of a gate-column split their units' columns.
-pub(crate) struct BackwardStep<'a> {
+/// The LSTM's backward as the backward sweep drives it: the forward's kernel, the transposed weights
+/// and the canonical weights' sizes. Its `dZ` rows are the four gates' in the packed order
+/// `[blocks][4][nb]`; it reads `c` from the step before and carries `dc`.
+#[derive(Clone, Copy)]
+pub(crate) struct LstmBackCell<'a> {
     pub kernel: LstmKernel<'a>,
-    /// `Rᵀ` ([`crate::cells::weights::Transposes::rt`]).
-    pub rt: &'a PackedGates,
-    /// The blocks of `Rᵀ` computed (all of them, or a thread's share in a gate-column split): block `b`
-    /// covers the hidden-unit blocks `4 b .. 4 b + 4`, which are the only ones this step writes.
-    pub blocks: Range<usize>,
-    pub m_gemm: usize,
-    pub m: usize,
-    /// Tape row of each of the `m` rows.
-    pub rows: &'a [usize],
-    /// Sequence of each of the `m` rows (`dh_start` and `dc` are indexed by sequence).
-    pub seqs: &'a [usize],
-    /// Offset in `dz` of `dZ` of the step after, for the rows below `m_gemm`.
-    pub next: &'a [usize],
-    /// Each row's previous cell state (`hp` floats).
-    pub c_prev: &'a [*const f32],
-    /// `dZ` of every tape row, `4 hp` floats each in the packed order `[blocks][4][nb]`.
-    pub dz: *mut f32,
-    /// The tape (see [`TAPE_RECORD`]) and its floats per row.
-    pub tape: *const f32,
-    pub stride: usize,
-    /// The gradient arriving at each tape row's `h`, `hp` floats per tape row.
-    pub dh_up: *const f32,
-    /// `[B][hp]`: `dh` of each sequence at its last valid step (where it starts).
-    pub dh_start: *const f32,
-    /// `[B][hp]`: the gradient reaching each sequence's `c`, replaced by that reaching `c_prev`.
-    pub dc: *mut f32,
+    /// `Rᵀ` and `Wᵀ` ([`PackedLstm::transposes`]).
+    pub tr: &'a Transposes,
+    pub input: usize,
+    pub hidden: usize,
 }
 
-impl BackwardStep<'_> {
-    /// Runs the step with `backend`'s instructions.
-    ///
-    /// # Safety
-    /// `rows`, `c_prev` hold `m` entries, `next` `m_gemm`; every pointer is valid for what the field docs
-    /// say (tape rows `rows[r]`, and `rows[r] - 1` where `c_prev` points into the tape; `dz` rows `rows[r]`
-    /// and those `next` points at); `rt` and the kernel packed for `backend`; no other thread writes
-    /// what this step reads or accesses the `dz` rows `rows[r]` or the `dc` rows during the call.
-    pub(crate) unsafe fn run(self, backend: &crate::kernel::Backend) {
-        let hp = self.kernel.packed.gates.hidden_padded();
-        assert!(self.rows.len() >= self.m && self.c_prev.len() >= self.m && self.next.len() >= self.m_gemm);
-        assert!(self.seqs.len() >= self.m && self.blocks.end <= self.rt.blocks);
-        assert!(self.rt.gates == 4 && self.rt.input == 4 * hp && self.rt.padded_cols() >= hp);
-        assert!(self.kernel.packed.peephole.as_ref().is_none_or(|p| p.len() >= 3 * hp));
-        backend.run(self)
+impl CellBackward for LstmBackCell<'_> {
+    type Grads = LstmGrads<f32>;
+    const CARRY: Carry = Carry::C;
+    const RECORD: usize = TAPE_RECORD;
+
+    fn sizes(&self) -> (usize, usize) {
+        (self.input, self.hidden)
     }
-}
 
-// SAFETY: `run` is only reachable through `BackwardStep::run`, whose caller guarantees the buffers.
-unsafe impl SimdJob for BackwardStep<'_> {
-    type Output = ();
+    fn hp(&self) -> usize {
+        self.kernel.packed.gates.hidden_padded()
+    }
+
+    fn dz_width(&self) -> usize {
+        4 * self.hp()
+    }
+
+    fn h_offset(&self) -> usize {
+        5 * self.hp()
+    }
+
+    fn prev_state(&self) -> PrevState {
+        PrevState::C(4 * self.hp())
+    }
+
+    fn rt(&self, _phase: usize) -> (&PackedGates, usize) {
+        (&self.tr.rt, 0)
+    }
+
+    fn wt(&self) -> (&PackedGates, usize) {
+        (&self.tr.wt, 0)
+    }
 
     #[inline(always)]
-    unsafe fn run<S: Simd>(self) {
-        // SAFETY (both calls): as `BackwardStep::run`'s caller guaranteed.
+    unsafe fn step<S: Simd>(&self, _phase: usize, st: &BackwardStep<'_>) {
+        let hp = self.hp();
+        let rt = &self.tr.rt;
+        assert!(st.rows.len() >= st.m && st.prev.len() >= st.m && st.next.len() >= st.m_gemm);
+        assert!(st.seqs.len() >= st.m && st.blocks.end <= rt.blocks);
+        assert!(rt.gates == 4 && rt.input == 4 * hp && rt.padded_cols() >= hp);
+        assert!(self.kernel.packed.peephole.as_ref().is_none_or(|p| p.len() >= 3 * hp));
+        // SAFETY (both calls): as `CellBackward::step`'s caller guaranteed.
         // Unoptimised builds compile the general epilogue only (see `LstmKernel::step`).
         #[cfg(not(debug_assertions))]
         if self.kernel.is_standard() {
-            return unsafe { self.run_as::<S, true>() };
+            return unsafe { self.step_as::<S, true>(st) };
         }
-        unsafe { self.run_as::<S, false>() }
+        unsafe { self.step_as::<S, false>(st) }
+    }
+
+    fn weight_grads(
+        &self,
+        rows: &GradRows<'_>,
+        g: &mut LstmGrads<f32>,
+        dwr: &mut Vec<f32>,
+        db: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (input, hd, hp) = (self.input, self.hidden, self.hp());
+        let (z4, nb) = (4 * hp, self.kernel.packed.gates.nb);
+        let tape = rows.tape;
+        // [dW; dR] as one product ([X, H_prev]ᵀ·dZ, dZ streamed once); every element is written by the
+        // column part holding it.
+        let (dwr, db) = (grow(dwr, checked_product(&[input + hd, z4], "dW")?), grow(db, z4));
+        let a = [TnPart { rows: rows.x, width: input }, TnPart { rows: rows.h_prev, width: hd }];
+        rows.product(&a, 0..z4, dwr, z4, Some(db))?;
+        let (dw, dr) = dwr.split_at(input * z4);
+        let unpack = |packed: &[f32], n: usize, dst: &mut [f32]| {
+            for k in 0..n {
+                for gate in 0..4 {
+                    for j in 0..hd {
+                        dst[k * 4 * hd + gate * hd + j] = packed[k * z4 + (j / nb * 4 + gate) * nb + j % nb];
+                    }
+                }
+            }
+        };
+        unpack(dw, input, &mut g.d_kernel);
+        unpack(dr, hd, &mut g.d_recurrent);
+        unpack(db, 1, &mut g.d_bias);
+        if let Some(dp) = g.d_peephole.as_mut() {
+            let (dz, stride) = (rows.dz, tape.stride);
+            dp.fill(0.0);
+            for s in 0..tape.offsets.len() - 1 {
+                for tr in tape.offsets[s]..tape.offsets[s + 1] {
+                    for j in 0..hd {
+                        let gate = |q: usize| dz[tr * z4 + (j / nb * 4 + q) * nb + j % nb];
+                        let c_prev = if tr > tape.offsets[s] {
+                            tape.data[(tr - 1) * stride + 4 * hp + j]
+                        } else {
+                            rows.init_c.map_or(0.0, |c0| c0[s * hd + j])
+                        };
+                        let c = tape.data[tr * stride + 4 * hp + j];
+                        dp[j] += gate(0) * c_prev;
+                        dp[hd + j] += gate(1) * c_prev;
+                        dp[2 * hd + j] += gate(3) * c;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
-impl BackwardStep<'_> {
-    /// [`SimdJob::run`], the epilogue compiled for the standard cell when `STD`.
+impl PackedLstm {
+    /// The backward of the layer direction these weights were packed from (`weights`), with the cell
+    /// `spec`: packs the transposed weights on the first call.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) if they would not fit in memory.
+    pub(crate) fn backward_cell<'a>(&'a self, weights: &LstmWeights, spec: &'a CellSpec) -> Result<LstmBackCell<'a>> {
+        Ok(LstmBackCell {
+            kernel: LstmKernel { packed: self, spec },
+            tr: self.transposes(weights)?,
+            input: weights.input_size(),
+            hidden: weights.hidden_size(),
+        })
+    }
+}
+
+impl LstmBackCell<'_> {
+    /// [`CellBackward::step`], the epilogue compiled for the standard cell when `STD`.
     ///
     /// # Safety
-    /// As [`SimdJob::run`]; `STD` only if the kernel [`is_standard`](LstmKernel::is_standard).
+    /// As [`CellBackward::step`]; `STD` only if the kernel [`is_standard`](LstmKernel::is_standard).
     #[inline(always)]
-    unsafe fn run_as<S: Simd, const STD: bool>(&self) {
+    unsafe fn step_as<S: Simd, const STD: bool>(&self, st: &BackwardStep<'_>) {
         let w = &self.kernel.packed.gates;
         let hp = w.hidden_padded();
-        assert!(w.nb == S::LANES && self.rt.nb == S::LANES);
+        assert!(w.nb == S::LANES && self.tr.rt.nb == S::LANES);
         let mut ep = BackwardEpilogue::<STD> {
-            st: self,
+            cell: self,
+            st,
             hp,
             peepholes: self.kernel.packed.peephole.as_deref().map(<[f32]>::as_ptr),
         };
-        // SAFETY: S's instructions are available; the buffers as `BackwardStep::run`'s caller guaranteed,
-        // the asserts there bound `rt`'s panels (4 hp rows) and columns (>= hp).
+        // SAFETY: S's instructions are available; the buffers as `CellBackward::step`'s caller guaranteed,
+        // the asserts in `step` bound `rt`'s panels (4 hp rows) and columns (>= hp).
         unsafe {
-            let units = (4 * self.blocks.start).min(w.blocks)..(4 * self.blocks.end).min(w.blocks);
-            self.prefetch_next::<S>(units.clone(), hp);
-            for r in self.m_gemm..self.m {
-                let start = self.dh_start.add(*self.seqs.get_unchecked(r) * hp);
+            let units = (4 * st.blocks.start).min(w.blocks)..(4 * st.blocks.end).min(w.blocks);
+            prefetch_next::<S>(st, units.clone(), hp);
+            for r in st.m_gemm..st.m {
+                let start = st.dh_start.add(*st.seqs.get_unchecked(r) * hp);
                 for u in units.clone() {
                     ep.unit_block::<S>(r, u, S::load(start.add(u * S::LANES)));
                 }
             }
-            let a = Rows::Gathered { base: self.dz, offsets: &self.next[..self.m_gemm] };
-            gemm_tall::<S, 4>(&self.rt.w, self.rt.input, self.m_gemm, a, self.blocks.clone(), &mut ep);
+            let a = Rows::Gathered { base: st.dz, offsets: &st.next[..st.m_gemm] };
+            gemm_tall::<S, 4>(&self.tr.rt.w, self.tr.rt.input, st.m_gemm, a, st.blocks.clone(), &mut ep);
         }
     }
 }
 
-impl BackwardStep<'_> {
-    /// Hints the cache at what the step before this one (in time; the next to run) reads of `units`:
-    /// each row's tape record before this one (gate values and `c`), the upstream gradient at it and
-    /// the cell state before that. The tape was written long before and is read backwards, record by
-    /// record, a pattern the hardware prefetchers do not follow: without the hints every record came
-    /// from L3 or memory with its full latency, inside the epilogue (perf on seed_fit: the epilogue's
-    /// first tape load took a fifth of the backward step's samples).
-    ///
-    /// # Safety
-    /// S's instructions available; `rows` holds `m` entries. The addresses need not be valid: a
-    /// prefetch never faults, and they are formed with wrapping arithmetic.
-    #[inline(always)]
-    unsafe fn prefetch_next<S: Simd>(&self, units: Range<usize>, hp: usize) {
-        let l = S::LANES;
-        // SAFETY: prefetches only, of addresses computed without `add`'s in-bounds requirement.
-        unsafe {
-            for &t in &self.rows[..self.m] {
-                let Some(t) = t.checked_sub(1) else { continue };
-                let rec = self.tape.wrapping_add(t * self.stride);
-                let up = self.dh_up.wrapping_add(t * hp);
-                let c_prev = self.tape.wrapping_add(t.wrapping_sub(1).wrapping_mul(self.stride)).wrapping_add(4 * hp);
-                for u in units.clone() {
-                    for line in (0..4 * l).step_by(16) {
-                        S::prefetch(rec.wrapping_add(u * 4 * l + line));
-                    }
-                    S::prefetch(rec.wrapping_add(4 * hp + u * l));
-                    S::prefetch(up.wrapping_add(u * l));
-                    if t > 0 {
-                        S::prefetch(c_prev.wrapping_add(u * l));
-                    }
+/// Hints the cache at what the step before this one (in time; the next to run) reads of `units`:
+/// each row's tape record before this one (gate values and `c`), the upstream gradient at it and
+/// the cell state before that. The tape was written long before and is read backwards, record by
+/// record, a pattern the hardware prefetchers do not follow: without the hints every record came
+/// from L3 or memory with its full latency, inside the epilogue (perf on seed_fit: the epilogue's
+/// first tape load took a fifth of the backward step's samples).
+///
+/// # Safety
+/// S's instructions available; `st.rows` holds `m` entries. The addresses need not be valid: a
+/// prefetch never faults, and they are formed with wrapping arithmetic.
+#[inline(always)]
+unsafe fn prefetch_next<S: Simd>(st: &BackwardStep<'_>, units: Range<usize>, hp: usize) {
+    let l = S::LANES;
+    // SAFETY: prefetches only, of addresses computed without `add`'s in-bounds requirement.
+    unsafe {
+        for &t in &st.rows[..st.m] {
+            let Some(t) = t.checked_sub(1) else { continue };
+            let rec = st.tape.wrapping_add(t * st.stride);
+            let up = st.dh_up.wrapping_add(t * hp);
+            let c_prev = st.tape.wrapping_add(t.wrapping_sub(1).wrapping_mul(st.stride)).wrapping_add(4 * hp);
+            for u in units.clone() {
+                for line in (0..4 * l).step_by(16) {
+                    S::prefetch(rec.wrapping_add(u * 4 * l + line));
+                }
+                S::prefetch(rec.wrapping_add(4 * hp + u * l));
+                S::prefetch(up.wrapping_add(u * l));
+                if t > 0 {
+                    S::prefetch(c_prev.wrapping_add(u * l));
                 }
             }
         }
@@ -530,6 +530,7 @@ impl BackwardStep<'_> {
 /// The epilogue of `dZ_next · Rᵀ`: block `blk` of `Rᵀ`'s output holds four blocks of `dh`
 /// (units `(4 blk + g) nb ..`), each finished by the cell's backward.
 struct BackwardEpilogue<'a, 'b, const STD: bool> {
+    cell: &'a LstmBackCell<'a>,
     st: &'a BackwardStep<'b>,
     hp: usize,
     peepholes: Option<*const f32>,
@@ -539,7 +540,7 @@ impl<const STD: bool> BackwardEpilogue<'_, '_, STD> {
     /// The backward of unit block `u` of row `r`, `dh_in` the gradient from the step after.
     ///
     /// # Safety
-    /// S's instructions available; `r < m`, `u < blocks` (the buffers as `BackwardStep::run`).
+    /// S's instructions available; `r < m`, `u < blocks` (the buffers as `CellBackward::step`).
     #[inline(always)]
     unsafe fn unit_block<S: Simd>(&mut self, r: usize, u: usize, dh_in: S) {
         let (st, hp, l) = (self.st, self.hp, S::LANES);
@@ -549,14 +550,14 @@ impl<const STD: bool> BackwardEpilogue<'_, '_, STD> {
             let rec = st.tape.add(tr * st.stride);
             let args: [S; 4] = std::array::from_fn(|g| S::load(rec.add((u * 4 + g) * l)));
             let c = S::load(rec.add(4 * hp + u * l));
-            let c_prev = S::load(st.c_prev.get_unchecked(r).add(u * l));
+            let c_prev = S::load(st.prev.get_unchecked(r).add(u * l));
             let dh = dh_in.add(S::load(st.dh_up.add(tr * hp + u * l)));
-            let dcp = st.dc.add(*st.seqs.get_unchecked(r) * hp + u * l);
+            let dcp = st.carry.add(*st.seqs.get_unchecked(r) * hp + u * l);
             let p = self.peepholes.map(|p| {
                 let b = p.add(u * 3 * l);
                 [S::load(b), S::load(b.add(l)), S::load(b.add(2 * l))]
             });
-            let (dz, dc_prev) = backward_lanes::<S, STD>(st.kernel.spec, args, p, c_prev, c, dh, S::load(dcp));
+            let (dz, dc_prev) = backward_lanes::<S, STD>(self.cell.kernel.spec, args, p, c_prev, c, dh, S::load(dcp));
             let out = st.dz.add(tr * 4 * hp + u * 4 * l);
             for (g, v) in dz.iter().enumerate() {
                 v.store(out.add(g * l));

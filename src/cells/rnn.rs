@@ -9,13 +9,15 @@
 //! ```
 
 use std::ops::Range;
+use std::sync::OnceLock;
 
-use crate::cells::activation::{clip, Activation};
-use crate::cells::weights::{sizes, transpose};
-use crate::error::{check_len, Result};
+use crate::cells::activation::{clip, slope_lanes, Activation};
+use crate::cells::weights::{sizes, transpose, transpose_rows, Transposes};
+use crate::engine::{grow, GradRows};
+use crate::error::{check_len, checked_product, Result};
 use crate::kernel::pack::PackedGates;
-use crate::kernel::simd::{clip_lanes, gemm, Epilogue, Rows, Simd};
-use crate::kernel::{CellKernel, StepState};
+use crate::kernel::simd::{clip_lanes, gemm, gemm_tall, Epilogue, Rows, Simd, TnPart};
+use crate::kernel::{BackwardStep, Carry, CellBackward, CellKernel, PrevState, Stage, StepState};
 use crate::reference::{vec_mat, Rounding};
 
 /// The activation and options of a simple RNN cell.
@@ -157,6 +159,8 @@ impl RnnWeights {
 #[derive(Clone, Debug)]
 pub struct PackedRnn {
     pub(crate) gates: PackedGates,
+    /// `Rᵀ` and `Wᵀ` for the backward, packed on first use.
+    transposes: OnceLock<Transposes>,
 }
 
 impl PackedRnn {
@@ -165,7 +169,170 @@ impl PackedRnn {
     /// # Errors
     /// [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) for sizes whose product overflows.
     pub(crate) fn new(w: &RnnWeights, nb: usize) -> Result<Self> {
-        Ok(PackedRnn { gates: PackedGates::new(1, w.input, w.hidden, &w.kernel, &w.recurrent, &w.bias, nb)? })
+        let gates = PackedGates::new(1, w.input, w.hidden, &w.kernel, &w.recurrent, &w.bias, nb)?;
+        Ok(PackedRnn { gates, transposes: OnceLock::new() })
+    }
+
+    /// The backward of the layer direction these weights were packed from (`w`), with the cell `spec`:
+    /// packs `Rᵀ` and `Wᵀ` (rows in unit order, `dZ`'s) on the first call.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) if they would not fit in memory.
+    pub(crate) fn backward_cell<'a>(&'a self, w: &RnnWeights, spec: &'a RnnSpec) -> Result<RnnBackCell<'a>> {
+        let tr = match self.transposes.get() {
+            Some(t) => t,
+            None => {
+                let (hp, nb) = (self.gates.hidden_padded(), self.gates.nb);
+                let rt = transpose_rows(&w.recurrent, w.hidden, w.hidden, hp, nb, Some)?;
+                let wt = transpose_rows(&w.kernel, w.input, w.hidden, hp, nb, Some)?;
+                self.transposes.get_or_init(|| Transposes { rt, wt })
+            }
+        };
+        Ok(RnnBackCell { packed: self, spec, tr, input: w.input, hidden: w.hidden })
+    }
+}
+
+/// Floats a training forward keeps per valid step and padded hidden unit: the activation's argument
+/// before the clip, then the new `h` (`hp` floats each).
+pub(crate) const RNN_TAPE_RECORD: usize = 2;
+
+/// Gradients of one simple RNN direction's parameters in canonical form ([`RnnWeights`]' shapes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RnnGrads<T> {
+    /// Input size `I`.
+    pub input: usize,
+    /// Hidden size `H`.
+    pub hidden: usize,
+    /// `[I, H]`.
+    pub d_kernel: Vec<T>,
+    /// `[H, H]`.
+    pub d_recurrent: Vec<T>,
+    /// `[H]`: of the canonical (summed) bias, so of each framework bias alike.
+    pub d_bias: Vec<T>,
+}
+
+impl<T: Copy + Default> RnnGrads<T> {
+    /// Zero gradients for a cell of the given sizes.
+    pub fn zeros(input: usize, hidden: usize) -> Self {
+        RnnGrads {
+            input,
+            hidden,
+            d_kernel: vec![T::default(); input * hidden],
+            d_recurrent: vec![T::default(); hidden * hidden],
+            d_bias: vec![T::default(); hidden],
+        }
+    }
+
+    /// The gradients of ONNX's `W [H, I]`, `R [H, H]` and `B [2H]` (Wb then Rb) of several directions,
+    /// concatenated along the leading direction axis.
+    pub fn to_onnx_dirs(dirs: &[Self]) -> (Vec<T>, Vec<T>, Vec<T>) {
+        let (mut w, mut r, mut b) = (Vec::new(), Vec::new(), Vec::new());
+        for g in dirs {
+            w.extend(crate::cells::grads::transpose(&g.d_kernel, g.input, g.hidden));
+            r.extend(crate::cells::grads::transpose(&g.d_recurrent, g.hidden, g.hidden));
+            b.extend(g.d_bias.iter().chain(&g.d_bias).copied());
+        }
+        (w, r, b)
+    }
+}
+
+/// The simple RNN's backward as the backward sweep drives it: `dZ` rows are the activation's argument
+/// gradients in unit order (`hp` floats); nothing is carried and no state is read from the step before.
+#[derive(Clone, Copy)]
+pub(crate) struct RnnBackCell<'a> {
+    packed: &'a PackedRnn,
+    spec: &'a RnnSpec,
+    tr: &'a Transposes,
+    input: usize,
+    hidden: usize,
+}
+
+impl CellBackward for RnnBackCell<'_> {
+    type Grads = RnnGrads<f32>;
+    const CARRY: Carry = Carry::None;
+    const RECORD: usize = RNN_TAPE_RECORD;
+
+    fn sizes(&self) -> (usize, usize) {
+        (self.input, self.hidden)
+    }
+
+    fn hp(&self) -> usize {
+        self.packed.gates.hidden_padded()
+    }
+
+    fn dz_width(&self) -> usize {
+        self.hp()
+    }
+
+    fn h_offset(&self) -> usize {
+        self.hp()
+    }
+
+    fn prev_state(&self) -> PrevState {
+        PrevState::None
+    }
+
+    fn mid_states(&self) -> usize {
+        1
+    }
+
+    fn rt(&self, _phase: usize) -> (&PackedGates, usize) {
+        (&self.tr.rt, 0)
+    }
+
+    fn wt(&self) -> (&PackedGates, usize) {
+        (&self.tr.wt, 0)
+    }
+
+    #[inline(always)]
+    unsafe fn step<S: Simd>(&self, _phase: usize, st: &BackwardStep<'_>) {
+        let (hp, rt, l) = (self.hp(), &self.tr.rt, S::LANES);
+        let blocks = self.packed.gates.blocks;
+        assert!(st.rows.len() >= st.m && st.next.len() >= st.m_gemm && st.seqs.len() >= st.m);
+        assert!(st.blocks.end <= rt.blocks && rt.gates == 4 && rt.input == hp && rt.padded_cols() >= hp);
+        assert!(self.packed.gates.nb == l && rt.nb == l);
+        // SAFETY: S's instructions are available; the buffers as `CellBackward::step`'s caller guaranteed
+        // (`mid` one row of hp floats per sequence), the asserts bound `rt`'s panels (hp rows) and columns
+        // (>= hp). The GEMM stages dh_next · Rᵀ of the continuing rows in `mid`, then one pass finishes
+        // every row's units of `blocks`.
+        unsafe {
+            let a = Rows::Gathered { base: st.dz, offsets: &st.next[..st.m_gemm] };
+            let mut stage = Stage { base: st.mid, seqs: st.seqs, hp };
+            gemm_tall::<S, 4>(&rt.w, rt.input, st.m_gemm, a, st.blocks.clone(), &mut stage);
+            let units = (4 * st.blocks.start).min(blocks)..(4 * st.blocks.end).min(blocks);
+            for r in 0..st.m {
+                let s = *st.seqs.get_unchecked(r);
+                let from = if r < st.m_gemm { st.mid.cast_const() } else { st.dh_start };
+                let (tr, spec) = (*st.rows.get_unchecked(r), self.spec);
+                let rec = st.tape.add(tr * st.stride);
+                for u in units.clone() {
+                    let at = u * l;
+                    let dh = S::load(from.add(s * hp + at)).add(S::load(st.dh_up.add(tr * hp + at)));
+                    let (a, h) = (S::load(rec.add(at)), S::load(rec.add(hp + at)));
+                    dh.mul(slope_lanes(spec.clip, spec.activation, a, h)).store(st.dz.add(tr * hp + at));
+                }
+            }
+        }
+    }
+
+    fn weight_grads(
+        &self,
+        rows: &GradRows<'_>,
+        g: &mut RnnGrads<f32>,
+        dwr: &mut Vec<f32>,
+        db: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (input, hd, hp) = (self.input, self.hidden, self.hp());
+        // [dW; dR] as one product ([X, H_prev]ᵀ·dZ, dZ streamed once).
+        let (dwr, db) = (grow(dwr, checked_product(&[input + hd, hp], "dW")?), grow(db, hp));
+        let a = [TnPart { rows: rows.x, width: input }, TnPart { rows: rows.h_prev, width: hd }];
+        rows.product(&a, 0..hp, dwr, hp, Some(db))?;
+        for (k, row) in dwr.chunks_exact(hp).enumerate() {
+            let dst = if k < input { &mut g.d_kernel[k * hd..] } else { &mut g.d_recurrent[(k - input) * hd..] };
+            dst[..hd].copy_from_slice(&row[..hd]);
+        }
+        g.d_bias.copy_from_slice(&db[..hd]);
+        Ok(())
     }
 }
 
@@ -197,7 +364,7 @@ impl CellKernel for RnnKernel<'_> {
         let proj_row = blocks.len() * S::LANES;
         assert!(w.gates == 1 && w.nb == S::LANES && blocks.end <= w.blocks && st.proj.len() >= m * proj_row);
         assert!(w.r.len() >= w.blocks * w.hidden * S::LANES && st.h.len() >= m * hp);
-        assert!(w.bias.len() >= w.blocks * S::LANES && st.tape.is_null());
+        assert!(w.bias.len() >= w.blocks * S::LANES && (st.tape.is_null() || st.tape_stride >= RNN_TAPE_RECORD * hp));
         let mut ep = RnnEpilogue {
             spec: self.spec,
             proj: st.proj.as_ptr(),
@@ -206,10 +373,14 @@ impl CellKernel for RnnKernel<'_> {
             bias: w.bias.as_ptr(),
             h_out: st.h_out,
             hp,
+            tape: st.tape,
+            tape_rows: st.tape_rows,
+            tape_stride: st.tape_stride,
         };
         let rows = Rows::Strided { base: st.h.as_ptr(), stride: hp };
         // SAFETY: the asserts above bound every read (rows < m of h and proj, panels of blocks < w.blocks,
-        // the bias); the writes stay in rows < m of h_out, in the columns of `blocks` (caller's contract).
+        // the bias); the writes stay in rows < m of h_out and of the tape rows the caller gave (records of
+        // RNN_TAPE_RECORD x hp floats), in the columns of `blocks` (caller's contract).
         unsafe { gemm::<S, 1>(&w.r, w.hidden, m, rows, blocks, reverse_first, &mut ep) }
     }
 }
@@ -223,6 +394,10 @@ struct RnnEpilogue<'a> {
     bias: *const f32,
     h_out: *mut f32,
     hp: usize,
+    /// A training forward's tape (null: none), each row's tape row and the floats per tape row.
+    tape: *mut f32,
+    tape_rows: *const usize,
+    tape_stride: usize,
 }
 
 impl<S: Simd> Epilogue<S, 1> for RnnEpilogue<'_> {
@@ -233,7 +408,14 @@ impl<S: Simd> Epilogue<S, 1> for RnnEpilogue<'_> {
         unsafe {
             let p = S::load(self.proj.add(r * self.proj_row + (blk - self.first) * l));
             let v = p.add(acc[0]).add(S::load(self.bias.add(blk * l)));
-            S::act(self.spec.activation, clip_lanes(v, self.spec.clip)).store(self.h_out.add(r * self.hp + blk * l));
+            let h = S::act(self.spec.activation, clip_lanes(v, self.spec.clip));
+            h.store(self.h_out.add(r * self.hp + blk * l));
+            if !self.tape.is_null() {
+                // The training record (see `RNN_TAPE_RECORD`).
+                let rec = self.tape.add(*self.tape_rows.add(r) * self.tape_stride);
+                v.store(rec.add(blk * l));
+                h.store(rec.add(self.hp + blk * l));
+            }
         }
     }
 }

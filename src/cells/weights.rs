@@ -269,6 +269,32 @@ impl PackedLstm {
     }
 }
 
+/// `m [n][cols]` as a plain matrix `[k][n]` ([`PackedGates::zero_matrix`]) whose row `row(c)` holds
+/// column `c` of `m` (columns without a row are left out, rows without a column are zero): the transposed
+/// weights of a backward, rows in the order of its `dZ` columns.
+///
+/// # Errors
+/// [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) if the matrix would not fit in memory.
+pub(crate) fn transpose_rows(
+    m: &[f32],
+    n: usize,
+    cols: usize,
+    k: usize,
+    nb: usize,
+    row: impl Fn(usize) -> Option<usize>,
+) -> Result<PackedGates> {
+    let mut t = PackedGates::zero_matrix(k, n, nb)?;
+    for (u, src) in m.chunks_exact(cols.max(1)).take(n).enumerate() {
+        let mut col = t.column_mut(u);
+        for (c, &v) in src.iter().enumerate() {
+            if let Some(kk) = row(c) {
+                col.set(kk, v);
+            }
+        }
+    }
+    Ok(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

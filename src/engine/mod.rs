@@ -34,7 +34,7 @@ mod sync;
 mod tape;
 mod workspace;
 
-pub(crate) use backward::{LstmBackward, LstmBackwardOut};
+pub(crate) use backward::{grow, Backward, BackwardOut, GradRows};
 pub(crate) use layout::{directions, OutRegion, Region, SeqIn, SeqOut, StateIn, StateOut};
 pub use plan::Schedule;
 pub(crate) use sweep::Job;

@@ -3,10 +3,10 @@
 
 use std::fmt::Debug;
 
-use crate::cells::gru::{GruKernel, GruSpec, GruWeights, PackedGru};
-use crate::cells::rnn::{PackedRnn, RnnKernel, RnnSpec, RnnWeights};
+use crate::cells::gru::{GruBackCell, GruGrads, GruKernel, GruSpec, GruWeights, PackedGru, GRU_TAPE_RECORD};
+use crate::cells::rnn::{PackedRnn, RnnBackCell, RnnGrads, RnnKernel, RnnSpec, RnnWeights, RNN_TAPE_RECORD};
 use crate::error::Result;
-use crate::kernel::CellKernel;
+use crate::kernel::{CellBackward, CellKernel};
 use crate::reference::Rounding;
 
 /// A cell with `h` as its only state, as the frameworks import, pack and run it.
@@ -17,8 +17,26 @@ pub(crate) trait Family {
     type Kernel<'a>: CellKernel
     where
         Self: 'a;
+    /// The canonical parameter gradients.
+    type Grads: Clone + Debug;
+    type Back<'a>: CellBackward<Grads = Self::Grads>
+    where
+        Self: 'a;
     /// Gates per hidden unit (rows of `W` and `R` per unit).
     const GATES: usize;
+    /// Floats of a training forward's tape record per padded hidden unit.
+    const RECORD: usize;
+    /// The cell's backward (packs the transposed weights on first use).
+    fn backward_cell<'a>(w: &Self::Weights, packed: &'a Self::Packed, spec: &'a Self::Spec) -> Result<Self::Back<'a>>;
+    /// Zero gradients for the weights' sizes.
+    fn zero_grads(w: &Self::Weights) -> Self::Grads;
+    /// ONNX's `dW`, `dR`, `dB` of the directions' gradients.
+    fn grads_to_onnx(dirs: &[Self::Grads]) -> (Vec<f32>, Vec<f32>, Vec<f32>);
+    /// Hidden size padded to whole blocks.
+    fn hidden_padded(packed: &Self::Packed) -> usize;
+    /// The gradients of Keras' `kernel`, `recurrent_kernel` and `bias` (the shapes `get_weights()`
+    /// returns for the cell `spec`).
+    fn grads_to_keras(g: &Self::Grads, spec: &Self::Spec) -> (Vec<f32>, Vec<f32>, Vec<f32>);
     /// One direction's weights from ONNX's `W`, `R`, `B`.
     fn import_onnx(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<Self::Weights>;
     /// The weights packed for a backend of `nb` lanes, for the cell `spec`.
@@ -39,7 +57,30 @@ impl Family for Gru {
     type Packed = PackedGru;
     type Spec = GruSpec;
     type Kernel<'a> = GruKernel<'a>;
+    type Grads = GruGrads<f32>;
+    type Back<'a> = GruBackCell<'a>;
     const GATES: usize = 3;
+    const RECORD: usize = GRU_TAPE_RECORD;
+    fn backward_cell<'a>(w: &GruWeights, packed: &'a PackedGru, spec: &'a GruSpec) -> Result<GruBackCell<'a>> {
+        packed.backward_cell(w, spec)
+    }
+    fn zero_grads(w: &GruWeights) -> GruGrads<f32> {
+        GruGrads::zeros(w.input_size(), w.hidden_size())
+    }
+    fn grads_to_onnx(dirs: &[GruGrads<f32>]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        GruGrads::to_onnx_dirs(dirs)
+    }
+    fn hidden_padded(packed: &PackedGru) -> usize {
+        packed.gates.hidden_padded()
+    }
+    fn grads_to_keras(g: &GruGrads<f32>, spec: &GruSpec) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        // reset_after: bias [2, 3H] (input row, recurrent row); else [3H], which enters as the input bias.
+        let mut bias = g.d_bias_input.clone();
+        if spec.reset_after {
+            bias.extend_from_slice(&g.d_bias_recurrent);
+        }
+        (g.d_kernel.clone(), g.d_recurrent.clone(), bias)
+    }
     fn import_onnx(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<GruWeights> {
         GruWeights::from_onnx(input, hidden, w, r, b)
     }
@@ -65,7 +106,25 @@ impl Family for Rnn {
     type Packed = PackedRnn;
     type Spec = RnnSpec;
     type Kernel<'a> = RnnKernel<'a>;
+    type Grads = RnnGrads<f32>;
+    type Back<'a> = RnnBackCell<'a>;
     const GATES: usize = 1;
+    const RECORD: usize = RNN_TAPE_RECORD;
+    fn backward_cell<'a>(w: &RnnWeights, packed: &'a PackedRnn, spec: &'a RnnSpec) -> Result<RnnBackCell<'a>> {
+        packed.backward_cell(w, spec)
+    }
+    fn zero_grads(w: &RnnWeights) -> RnnGrads<f32> {
+        RnnGrads::zeros(w.input_size(), w.hidden_size())
+    }
+    fn grads_to_onnx(dirs: &[RnnGrads<f32>]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        RnnGrads::to_onnx_dirs(dirs)
+    }
+    fn hidden_padded(packed: &PackedRnn) -> usize {
+        packed.gates.hidden_padded()
+    }
+    fn grads_to_keras(g: &RnnGrads<f32>, _spec: &RnnSpec) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        (g.d_kernel.clone(), g.d_recurrent.clone(), g.d_bias.clone())
+    }
     fn import_onnx(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<RnnWeights> {
         RnnWeights::from_onnx(input, hidden, w, r, b)
     }

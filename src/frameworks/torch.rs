@@ -9,8 +9,8 @@ use crate::cells::grads::{LstmGrads, PytorchLayout};
 use crate::cells::lstm::{CellSpec, LstmKernel, TAPE_RECORD};
 use crate::cells::weights::{LstmWeights, PackedLstm};
 use crate::engine::{
-    directions, initial_pair, par_join, DirTape, EmptyState, Fill, ForwardStats, Job, LstmBackward, LstmBackwardOut,
-    OutRegion, Region, Schedule, SeqIn, SeqOut, StateIn, TapeOut, Workspace,
+    directions, initial_pair, par_join, Backward, BackwardOut, DirTape, EmptyState, Fill, ForwardStats, Job, OutRegion,
+    Region, Schedule, SeqIn, SeqOut, StateIn, TapeOut, Workspace,
 };
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::kernel::{self, Backend};
@@ -356,11 +356,9 @@ impl TorchLstm {
                 let init = (hi.is_some() || ci.is_some())
                     .then(|| (hi.as_deref().unwrap_or(&zeros), ci.as_deref().unwrap_or(&zeros)));
                 let mut g = params.is_some().then(|| LstmGrads::zeros(weights.input_size(), h, false));
-                let job = LstmBackward {
+                let job = Backward {
                     backend: self.backend,
-                    weights,
-                    packed,
-                    spec: &self.cell,
+                    cell: packed.backward_cell(weights, &self.cell)?,
                     view: &view,
                     tape: dtape,
                     x: SeqIn { data: input, off: 0, sb: xsb, st: xst },
@@ -373,7 +371,7 @@ impl TorchLstm {
                     schedule: Schedule::Auto,
                 };
                 let dxl = if l > 0 { Some(&mut below[..]) } else { dx.as_deref_mut() };
-                let out = LstmBackwardOut {
+                let out = BackwardOut {
                     dx: dxl.map(|v| (v, xsb, xst, d > 0)),
                     params: g.as_mut(),
                     d_h0: Some(&mut dh_l),

@@ -18,6 +18,8 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use crate::cells::activation::Activation;
+use crate::engine::GradRows;
+use crate::error::Result;
 use pack::PackedGates;
 use simd::{Rows, Simd};
 
@@ -103,6 +105,164 @@ pub(crate) trait CellKernel: Sync {
     ) -> bool;
 }
 
+/// One reverse step of a cell's backward over the first `m` rows of a backward sweep (sorted by
+/// decreasing valid length), row `r` at tape row `rows[r]` of sequence `s = seqs[r]`, for the hidden
+/// units of the transposed recurrent weights' `blocks` (block `b` covers the unit blocks `4 b .. 4 b + 4`,
+/// see [`PackedGates::zero_matrix`]):
+///
+/// ```text
+/// dh[r] = dh_up[rows[r]] + (r < m_gemm ? dZ[rows[r] + 1] · Rᵀ : dh_start[s])   (+ the carried gradient)
+/// dZ[rows[r]], carry[s] = the cell's backward at rows[r] (from its tape record, prev[r] and carry[s])
+/// ```
+/// Rows below `m_gemm` continue from the step after (their `dh` is the GEMM over the transposed
+/// recurrent weights, the gate derivatives fused into its epilogue while the tile is in registers); the
+/// others start here (their last valid step), from `dh_start`. `carry` is the state gradient a cell hands
+/// the step before besides `dh_prev = dZ · Rᵀ` (LSTM: `dc`; GRU: the part of `dh_prev` that does not go
+/// through `R`), per sequence. Buffers are raw pointers because parallel sweeps write their own elements
+/// of shared buffers: batch chunks their sequences' rows, the threads of a gate-column split their
+/// units' columns.
+pub(crate) struct BackwardStep<'a> {
+    pub blocks: Range<usize>,
+    pub m_gemm: usize,
+    pub m: usize,
+    /// Tape row of each of the `m` rows.
+    pub rows: &'a [usize],
+    /// Sequence of each of the `m` rows (`dh_start`, `carry` and `mid` are indexed by sequence).
+    pub seqs: &'a [usize],
+    /// Offset in `dz` of `dZ` of the step after, for the rows below `m_gemm`.
+    pub next: &'a [usize],
+    /// Offset in `dz` of each row's own `dZ`, for the `m` rows (the GEMMs of later phases).
+    pub cur: &'a [usize],
+    /// Each row's state from the step before ([`CellBackward::prev_state`]; `hp` floats), or nothing.
+    pub prev: &'a [*const f32],
+    /// `dZ` of every tape row, [`CellBackward::dz_width`] floats each.
+    pub dz: *mut f32,
+    /// The tape (the cell's records) and its floats per row.
+    pub tape: *const f32,
+    pub stride: usize,
+    /// The gradient arriving at each tape row's `h`, `hp` floats per tape row.
+    pub dh_up: *const f32,
+    /// `[B][hp]`: `dh` of each sequence at its last valid step (where it starts).
+    pub dh_start: *const f32,
+    /// `[B][hp]`: the carried gradient reaching each sequence's step, replaced by that reaching the step
+    /// before.
+    pub carry: *mut f32,
+    /// [`CellBackward::mid_states`] buffers of `[B][hp]` floats, one after the other: what a step's
+    /// GEMM hands its epilogue pass, or one phase the next.
+    pub mid: *mut f32,
+    /// Floats from one `mid` buffer to the next (`B x hp`).
+    pub mid_stride: usize,
+}
+
+/// The epilogue of a backward GEMM over transposed weights (blocks of four unit blocks, see
+/// [`PackedGates::zero_matrix`]) that stores row `r`'s units at `base + seqs[r] * hp`, for cells that
+/// finish their backward step in a pass of their own: one copy of the cell's arithmetic instead of one
+/// per register-tile shape.
+pub(crate) struct Stage<'a> {
+    pub base: *mut f32,
+    pub seqs: &'a [usize],
+    pub hp: usize,
+}
+
+impl<S: Simd> simd::Epilogue<S, 4> for Stage<'_> {
+    #[inline(always)]
+    unsafe fn apply(&mut self, r: usize, blk: usize, acc: [S; 4]) {
+        for (g, v) in acc.into_iter().enumerate() {
+            let u = blk * 4 + g;
+            if u * S::LANES < self.hp {
+                // SAFETY: the GEMM's caller guarantees `base` holds a row of hp floats for each sequence of
+                // the rows it hands (`seqs[r]`), and `u` is a unit block below hp / nb.
+                unsafe { v.store(self.base.add(*self.seqs.get_unchecked(r) * self.hp + u * S::LANES)) };
+            }
+        }
+    }
+}
+
+/// What a cell's backward carries per sequence from a step to the one before besides `dZ`
+/// ([`BackwardStep::carry`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Carry {
+    /// Nothing (the simple RNN).
+    None,
+    /// A gradient of `h` (the GRU): zero at a sequence's last step, added to the initial `h`'s gradient.
+    H,
+    /// The gradient of the cell's other state (the LSTM's `c`): from that of the final `c`, ending as that
+    /// of the initial `c`.
+    C,
+}
+
+/// Which state a cell's backward reads from the step before each row ([`BackwardStep::prev`]): its
+/// value in the previous tape row's record at this offset, or the initial state at a sequence's first
+/// step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PrevState {
+    /// None (the simple RNN).
+    None,
+    /// `h` (the GRU).
+    H(usize),
+    /// The cell state `c` (the LSTM).
+    C(usize),
+}
+
+/// A cell's backward as the backward sweep ([`crate::engine`]) drives it: the width of its `dZ` rows,
+/// the transposed weights of its GEMMs, the steps with its gate derivatives fused into the epilogues,
+/// and its weight gradients. The sweep (order, active prefix, column split and its barriers, the
+/// determinism) is the same for every cell.
+pub(crate) trait CellBackward: Sync {
+    /// The canonical parameter gradients.
+    type Grads;
+    /// What the carried gradient is.
+    const CARRY: Carry;
+    /// Floats of a tape record per padded hidden unit (a record is `RECORD x hp` floats).
+    const RECORD: usize;
+    /// Input size `I` and hidden size `H`.
+    fn sizes(&self) -> (usize, usize);
+    /// Hidden size padded to whole blocks.
+    fn hp(&self) -> usize;
+    /// Floats of `dZ` per tape row (a multiple of `hp`).
+    fn dz_width(&self) -> usize;
+    /// Offset of `h` in a tape record.
+    fn h_offset(&self) -> usize;
+    /// The state each row reads from the step before.
+    fn prev_state(&self) -> PrevState;
+    /// Dependent GEMM phases per step, `1..=MAX_PHASES`.
+    fn phases(&self) -> usize {
+        1
+    }
+    /// Buffers of `[B][hp]` floats the steps use ([`BackwardStep::mid`]).
+    fn mid_states(&self) -> usize {
+        0
+    }
+    /// The transposed recurrent weights of phase `phase`'s GEMM and the offset `off` in a `dZ` row of its
+    /// left operand; phase 0's is `dh_prev = dZ[.., off ..] · Rᵀ` (also the initial `h`'s gradient). Every
+    /// phase's has the same blocks (the column split's unit).
+    fn rt(&self, phase: usize) -> (&PackedGates, usize);
+    /// `Wᵀ` (`dx = dZ[.., off ..] · Wᵀ`) and the offset `off` in a `dZ` row of its left operand.
+    fn wt(&self) -> (&PackedGates, usize);
+    /// Phase `phase` of one backward step.
+    ///
+    /// # Safety
+    /// S's instructions available; `phase < self.phases()`; `st.rows`, `st.cur`, `st.prev` hold `m`
+    /// entries, `st.next` `m_gemm`; every pointer valid for what [`BackwardStep`]'s field docs say; the
+    /// rows below `m_gemm` have their step-after `dZ` complete (every column), and every earlier phase of
+    /// this step has completed for all columns; no other thread accesses the units of `st.blocks` of the
+    /// rows' `dz`, `carry` and `mid` during the call.
+    unsafe fn step<S: Simd>(&self, phase: usize, st: &BackwardStep<'_>);
+    /// The canonical weight gradients from `rows` (their products with [`GradRows::product`], in the
+    /// scratch buffers `dwr` and `db`, grown as needed).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) for sizes that overflow;
+    /// [`ErrorKind::Internal`](crate::ErrorKind::Internal) for buffers of the wrong shape.
+    fn weight_grads(
+        &self,
+        rows: &GradRows<'_>,
+        g: &mut Self::Grads,
+        dwr: &mut Vec<f32>,
+        db: &mut Vec<f32>,
+    ) -> Result<()>;
+}
+
 /// Work generic over the vector type, run with one backend's instructions by [`Backend::run`].
 ///
 /// # Safety
@@ -146,6 +306,14 @@ pub struct Backend {
     pub(crate) activate: fn(Activation, &mut [f32]),
 }
 
+/// `job` with the portable vectors, compiled apart (not inlined into [`Backend::run`], so that an
+/// unoptimised build does not give `run` the frames of every backend's instantiation at once).
+#[inline(never)]
+fn portable_run<J: SimdJob>(job: J) -> J::Output {
+    // SAFETY: the portable vectors need no instructions beyond the compile target's.
+    unsafe { job.run::<portable::Lanes>() }
+}
+
 impl Backend {
     /// Runs `job` with this backend's instructions: through a `#[target_feature]` entry point on x86,
     /// directly with the portable vectors elsewhere. Every kernel with more than one instantiation (a
@@ -159,7 +327,7 @@ impl Backend {
                 CpuLevel::Avx512 => x86::run_avx512(job),
                 #[cfg(target_arch = "x86_64")]
                 CpuLevel::Avx2 => x86::run_avx2(job),
-                _ => job.run::<portable::Lanes>(),
+                _ => portable_run(job),
             }
         }
     }
@@ -199,6 +367,28 @@ impl Backend {
             }
         }
         self.run(Step { cell, phase, m, blocks, st, reverse_first })
+    }
+
+    /// Phase `phase` of one backward step of `cell` with this backend's instructions (see
+    /// [`CellBackward::step`]).
+    ///
+    /// # Safety
+    /// As [`CellBackward::step`], less the instruction set, which this backend guarantees.
+    #[inline]
+    pub(crate) unsafe fn backward_step<C: CellBackward>(&self, cell: &C, phase: usize, st: &BackwardStep<'_>) {
+        /// [`CellBackward::step`] as a job; sound to run because `Backend::backward_step`'s caller upholds
+        /// the step's contract.
+        struct Step<'a, 'b, C>(&'a C, usize, &'a BackwardStep<'b>);
+        unsafe impl<C: CellBackward> SimdJob for Step<'_, '_, C> {
+            type Output = ();
+            #[inline(always)]
+            unsafe fn run<S: Simd>(self) {
+                // SAFETY: S's instructions are available (`SimdJob` contract); the buffers as the caller of
+                // `Backend::backward_step` guaranteed.
+                unsafe { self.0.step::<S>(self.1, self.2) }
+            }
+        }
+        self.run(Step(cell, phase, st))
     }
 
     /// Input projection over the weight blocks `blocks`: `out[r] = x[rows[r]..][..I] · W[blocks]`, rows of

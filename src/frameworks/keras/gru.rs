@@ -1,11 +1,11 @@
 //! The Keras `GRU` and `SimpleRNN` layers (forward): one layer type for both cells, Keras' mask semantics
 //! from [`KerasMasking`] as for the LSTM.
 
-use super::{KerasMasking, KerasOutputs, StridedInput};
+use super::{KerasGrads, KerasMasking, KerasOutputs, KerasTape, KerasUpstream, StridedInput};
 use crate::cells::activation::Activation;
 use crate::cells::gru::{GruSpec, GruWeights};
 use crate::cells::rnn::{RnnSpec, RnnWeights};
-use crate::engine::{ForwardStats, Schedule, Workspace};
+use crate::engine::{ForwardStats, Schedule, TapeOut, Workspace};
 use crate::error::{check_len, checked_product, Result};
 use crate::frameworks::family::{Family, Gru, Rnn};
 use crate::kernel::{self, Backend};
@@ -41,6 +41,67 @@ impl<F: Family> Layer<F> {
         let input = StridedInput { data: x, off: 0, sb: t * i, st: i };
         let cell = F::kernel(&self.packed, &self.spec);
         self.masking.forward(cell, input, view, initial_h.map(|h| (h, None)), out, None, threads, ws)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_train(
+        &self,
+        x: &[f32],
+        view: &SeqView,
+        initial_h: Option<&[f32]>,
+        out: KerasOutputs<'_>,
+        tape: &mut KerasTape,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<ForwardStats> {
+        let (b, t, i) = (view.batch(), view.time(), F::sizes(&self.weights).0);
+        check_len("x", x.len(), checked_product(&[b, t, i], "x")?)?;
+        let input = StridedInput { data: x, off: 0, sb: t * i, st: i };
+        tape.shape = (b, t, i, self.masking.units);
+        tape.dir.prepare(view, F::RECORD, F::hidden_padded(&self.packed))?;
+        let cell = F::kernel(&self.packed, &self.spec);
+        let tape = Some(TapeOut::new(&mut tape.dir));
+        self.masking.forward(cell, input, view, initial_h.map(|h| (h, None)), out, tape, threads, ws)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        x: &[f32],
+        view: &SeqView,
+        initial_h: Option<&[f32]>,
+        tape: &KerasTape,
+        up: KerasUpstream<'_>,
+        grads: KerasGrads<'_>,
+        threads: usize,
+    ) -> Result<ForwardStats> {
+        let KerasGrads { dx, d_kernel, d_recurrent_kernel, d_bias, d_initial_h, d_initial_c } = grads;
+        let cell = F::backward_cell(&self.weights, &self.packed, &self.spec)?;
+        let mut params = (d_kernel.is_some() || d_recurrent_kernel.is_some() || d_bias.is_some())
+            .then(|| F::zero_grads(&self.weights));
+        // The Keras layouts' lengths, checked before anything runs.
+        let probe = F::grads_to_keras(&F::zero_grads(&self.weights), &self.spec);
+        for (name, v, want) in [
+            ("d_kernel", &d_kernel, &probe.0),
+            ("d_recurrent_kernel", &d_recurrent_kernel, &probe.1),
+            ("d_bias", &d_bias, &probe.2),
+        ] {
+            if let Some(v) = v {
+                check_len(name, v.len(), want.len())?;
+            }
+        }
+        let outs = (dx, d_initial_h, d_initial_c);
+        let initial = initial_h.map(|h| (h, None));
+        let stats = self.masking.backward(cell, x, view, initial, tape, up, outs, params.as_mut(), threads)?;
+        if let Some(p) = params {
+            let (k, r, b) = F::grads_to_keras(&p, &self.spec);
+            for (dst, src) in [(d_kernel, k), (d_recurrent_kernel, r), (d_bias, b)] {
+                if let Some(dst) = dst {
+                    dst.copy_from_slice(&src);
+                }
+            }
+        }
+        Ok(stats)
     }
 
     fn forward_all(
@@ -231,6 +292,52 @@ macro_rules! layer_methods {
             ws: &mut Workspace,
         ) -> Result<ForwardStats> {
             self.layer.forward_in(x, view, initial_h, out, threads, ws)
+        }
+
+        /// [`forward_in`](Self::forward_in) that also fills `tape` with what [`backward`](Self::backward)
+        /// needs (valid steps only). The outputs are bitwise those of `forward_in`.
+        ///
+        /// # Errors
+        /// As [`forward`](Self::forward).
+        #[allow(clippy::too_many_arguments)]
+        pub fn forward_train(
+            &self,
+            x: &[f32],
+            view: &SeqView,
+            initial_h: Option<&[f32]>,
+            out: KerasOutputs<'_>,
+            tape: &mut KerasTape,
+            threads: usize,
+            ws: &mut Workspace,
+        ) -> Result<ForwardStats> {
+            self.layer.forward_train(x, view, initial_h, out, tape, threads, ws)
+        }
+
+        /// The gradients of a scalar loss through this layer, given the gradients `up` with respect to its
+        /// outputs (`up.d_c_n` must be `None`): the vector-Jacobian product of [`forward`](Self::forward)
+        /// at the inputs of the [`forward_train`](Self::forward_train) call that filled `tape` (pass the
+        /// same `x`, `view` and `initial_h`). Padded steps are never computed; a masked step's output
+        /// repeats the previous output, so its gradient flows to that output (or nowhere, before the first
+        /// valid step or with `zero_output_for_mask`). The parameter gradients come in Keras' layouts
+        /// (the shapes of `get_weights()`); `grads.d_initial_c` must be `None`. Results do not depend on
+        /// `threads`.
+        ///
+        /// # Errors
+        /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) for a buffer of the wrong length;
+        /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for a tape filled with another shape,
+        /// or a `d_c_n` or `d_initial_c` buffer.
+        #[allow(clippy::too_many_arguments)]
+        pub fn backward(
+            &self,
+            x: &[f32],
+            view: &SeqView,
+            initial_h: Option<&[f32]>,
+            tape: &KerasTape,
+            up: KerasUpstream<'_>,
+            grads: KerasGrads<'_>,
+            threads: usize,
+        ) -> Result<ForwardStats> {
+            self.layer.backward(x, view, initial_h, tape, up, grads, threads)
         }
 
         /// Runs the fast path and returns `y`, `last_output` and `h_n` as owned vectors (`c_n` empty).

@@ -13,11 +13,11 @@ use crate::cells::grads::LstmGrads;
 use crate::cells::lstm::{CellSpec, LstmKernel, TAPE_RECORD};
 use crate::cells::weights::{LstmWeights, PackedLstm};
 use crate::engine::{
-    clear_reserve, DirTape, EmptyState, Fill, ForwardStats, Job, LstmBackward, LstmBackwardOut, OutRegion, Region,
-    Schedule, SeqIn, SeqOut, StateIn, StateOut, TapeOut, Workspace,
+    clear_reserve, Backward, BackwardOut, DirTape, EmptyState, Fill, ForwardStats, Job, OutRegion, Region, Schedule,
+    SeqIn, SeqOut, StateIn, StateOut, TapeOut, Workspace,
 };
 use crate::error::{check_len, checked_product, Result};
-use crate::kernel::{self, Backend, CellKernel};
+use crate::kernel::{self, Backend, Carry, CellBackward, CellKernel};
 use crate::reference::{self, KerasResult};
 use crate::view::SeqView;
 
@@ -105,17 +105,19 @@ pub struct KerasUpstream<'a> {
     pub d_c_n: Option<&'a [f32]>,
 }
 
-/// Where [`KerasLstm::backward`] writes gradients; each is optional (not computed when `None`) and
-/// overwritten, not accumulated.
+/// Where a Keras layer's `backward` ([`KerasLstm::backward`], [`KerasGru::backward`],
+/// [`KerasSimpleRnn::backward`]) writes gradients; each is optional (not computed when `None`) and
+/// overwritten, not accumulated. The parameters' in Keras' layouts, `G` gates per unit (LSTM 4, GRU 3,
+/// SimpleRNN 1); `d_initial_c` only for the LSTM.
 #[derive(Debug, Default)]
 pub struct KerasGrads<'a> {
     /// `[B, T, I]`, of `x`: `+0.0` at masked steps.
     pub dx: Option<&'a mut [f32]>,
-    /// `[I, 4H]`, of the kernel (summed over the batch).
+    /// `[I, G H]`, of the kernel (summed over the batch).
     pub d_kernel: Option<&'a mut [f32]>,
-    /// `[H, 4H]`, of the recurrent kernel.
+    /// `[H, G H]`, of the recurrent kernel.
     pub d_recurrent_kernel: Option<&'a mut [f32]>,
-    /// `[4H]`, of the bias.
+    /// `[G H]`, of the bias (the GRU with `reset_after`: `[2, 3H]`).
     pub d_bias: Option<&'a mut [f32]>,
     /// `[B, H]`, of the initial `h` (of zeros when none was given).
     pub d_initial_h: Option<&'a mut [f32]>,
@@ -142,6 +144,140 @@ impl KerasTape {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.dir.bytes()
+    }
+}
+
+/// Where a backward writes `dx`, and the initial `h`'s and `c`'s gradients.
+pub(crate) type StateGrads<'a> = (Option<&'a mut [f32]>, Option<&'a mut [f32]>, Option<&'a mut [f32]>);
+
+impl KerasMasking {
+    /// The backward of a layer of this masking through `cell` (see [`KerasLstm::backward`]): checks the
+    /// buffers and the tape, routes the upstream gradients to the valid steps' outputs, runs the engine's
+    /// backward and writes `dx`, the initial states' gradients (`outs`) and the canonical `params`.
+    /// `initial` is `(h, c)` (`c` only for cells with one).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward<C: CellBackward>(
+        &self,
+        cell: C,
+        x: &[f32],
+        view: &SeqView,
+        initial: Option<(&[f32], Option<&[f32]>)>,
+        tape: &KerasTape,
+        up: KerasUpstream<'_>,
+        outs: StateGrads<'_>,
+        params: Option<&mut C::Grads>,
+        threads: usize,
+    ) -> Result<ForwardStats> {
+        let (b, t, hd) = (view.batch(), view.time(), self.units);
+        let (i, hp) = (cell.sizes().0, cell.hp());
+        let (dx, d_initial_h, d_initial_c) = outs;
+        check_len("x", x.len(), checked_product(&[b, t, i], "x")?)?;
+        if tape.shape != (b, t, i, hd) || tape.dir.rows() != view.total_valid() {
+            return Err(crate::Error::argument("the tape was filled by a run of another shape"));
+        }
+        let has_c = C::CARRY == Carry::C;
+        if !has_c && (up.d_c_n.is_some() || d_initial_c.is_some() || initial.is_some_and(|s| s.1.is_some())) {
+            return Err(crate::Error::argument("d_c_n, d_initial_c, initial c: this layer has no cell state"));
+        }
+        let state_len = checked_product(&[b, hd], "state")?;
+        let seq_len = checked_product(&[b, t, hd], "dy")?;
+        for (name, v, n) in [
+            ("dy", up.dy, seq_len),
+            ("d_last_output", up.d_last_output, state_len),
+            ("d_h_n", up.d_h_n, state_len),
+            ("d_c_n", up.d_c_n, state_len),
+        ] {
+            if let Some(v) = v {
+                check_len(name, v.len(), n)?;
+            }
+        }
+        if let Some((h0, c0)) = initial {
+            check_len("initial_h", h0.len(), state_len)?;
+            if let Some(c0) = c0 {
+                check_len("initial_c", c0.len(), state_len)?;
+            }
+        }
+        for (name, v, n) in [
+            ("dx", dx.as_deref().map(<[f32]>::len), b * t * i),
+            ("d_initial_h", d_initial_h.as_deref().map(<[f32]>::len), state_len),
+            ("d_initial_c", d_initial_c.as_deref().map(<[f32]>::len), state_len),
+        ] {
+            if let Some(len) = v {
+                check_len(name, len, n)?;
+            }
+        }
+        let mut scratch = tape.dir.scratch.take();
+        self.route_upstream(view, &tape.dir, up, hp, &mut scratch.dh_up);
+        let dx = dx.map(|dx| {
+            dx.fill(0.0);
+            (dx, t * i, i, false)
+        });
+        let zeros;
+        let init = match initial {
+            Some((h0, Some(c0))) => Some((h0, c0)),
+            Some((h0, None)) => {
+                zeros = vec![0.0f32; state_len];
+                Some((h0, &zeros[..]))
+            }
+            None => None,
+        };
+        let job = Backward {
+            backend: self.backend,
+            cell,
+            view,
+            tape: &tape.dir,
+            x: SeqIn { data: x, off: 0, sb: t * i, st: i },
+            init,
+            dh_up: &scratch.dh_up,
+            d_h_n: up.d_h_n,
+            d_c_n: up.d_c_n,
+            empty_is_initial: true,
+            threads,
+            schedule: self.schedule,
+        };
+        let out = BackwardOut { dx, params, d_h0: d_initial_h, d_c0: d_initial_c };
+        let stats = job.run(out, &mut scratch.bufs);
+        tape.dir.scratch.put(scratch);
+        stats
+    }
+
+    /// The gradient arriving at each valid step's output `h`, `[tape rows][hp]`, into `dh`: its own position's `dy`,
+    /// plus the `dy` of the masked positions that repeat its output (Keras' carry; not with
+    /// `zero_output_for_mask`), plus `d_last_output` when the last position shows it.
+    fn route_upstream(&self, view: &SeqView, tape: &DirTape, up: KerasUpstream<'_>, hp: usize, dh: &mut Vec<f32>) {
+        let (t_len, hd) = (view.time(), self.units);
+        dh.clear();
+        dh.resize(tape.rows() * hp, 0.0);
+        let carry = !self.zero_output_for_mask;
+        for s in 0..view.batch() {
+            let mut cur: Option<usize> = None; // tape row of the last valid step so far
+            let mut k = 0;
+            let mut add = |row: usize, src: &[f32]| {
+                for (d, &v) in dh[row * hp..row * hp + hd].iter_mut().zip(src) {
+                    *d += v;
+                }
+            };
+            let mut last_shown = None;
+            for p in 0..t_len {
+                let time = if self.go_backwards { t_len - 1 - p } else { p };
+                let shown = if view.is_valid(s, time) {
+                    cur = Some(tape.offsets[s] + k);
+                    k += 1;
+                    cur
+                } else if carry {
+                    cur
+                } else {
+                    None
+                };
+                if let (Some(row), Some(dy)) = (shown, up.dy) {
+                    add(row, &dy[(s * t_len + p) * hd..(s * t_len + p + 1) * hd]);
+                }
+                last_shown = shown;
+            }
+            if let (Some(row), Some(d)) = (last_shown, up.d_last_output) {
+                add(row, &d[s * hd..(s + 1) * hd]);
+            }
+        }
     }
 }
 
@@ -429,69 +565,23 @@ impl KerasLstm {
         grads: KerasGrads<'_>,
         threads: usize,
     ) -> Result<ForwardStats> {
-        let (b, t, i, hd) = (view.batch(), view.time(), self.weights.input_size(), self.units());
-        let hp = self.packed.gates.hidden_padded();
-        check_len("x", x.len(), checked_product(&[b, t, i], "x")?)?;
-        if tape.shape != (b, t, i, hd) || tape.dir.rows() != view.total_valid() {
-            return Err(crate::Error::argument("the tape was filled by a run of another shape"));
-        }
-        let state_len = checked_product(&[b, hd], "state")?;
-        let seq_len = checked_product(&[b, t, hd], "dy")?;
-        for (name, v, n) in [
-            ("dy", up.dy, seq_len),
-            ("d_last_output", up.d_last_output, state_len),
-            ("d_h_n", up.d_h_n, state_len),
-            ("d_c_n", up.d_c_n, state_len),
-        ] {
-            if let Some(v) = v {
-                check_len(name, v.len(), n)?;
-            }
-        }
-        if let Some(s) = &initial {
-            check_len("initial_h", s.h.len(), state_len)?;
-            check_len("initial_c", s.c.len(), state_len)?;
-        }
+        let (i, hd) = (self.weights.input_size(), self.units());
         let KerasGrads { dx, d_kernel, d_recurrent_kernel, d_bias, d_initial_h, d_initial_c } = grads;
         for (name, v, n) in [
-            ("dx", dx.as_deref().map(<[f32]>::len), b * t * i),
             ("d_kernel", d_kernel.as_deref().map(<[f32]>::len), i * 4 * hd),
             ("d_recurrent_kernel", d_recurrent_kernel.as_deref().map(<[f32]>::len), hd * 4 * hd),
             ("d_bias", d_bias.as_deref().map(<[f32]>::len), 4 * hd),
-            ("d_initial_h", d_initial_h.as_deref().map(<[f32]>::len), state_len),
-            ("d_initial_c", d_initial_c.as_deref().map(<[f32]>::len), state_len),
         ] {
             if let Some(len) = v {
                 check_len(name, len, n)?;
             }
         }
-        let mut scratch = tape.dir.scratch.take();
-        self.route_upstream(view, &tape.dir, up, hp, &mut scratch.dh_up);
         let want_params = d_kernel.is_some() || d_recurrent_kernel.is_some() || d_bias.is_some();
         let mut params = want_params.then(|| LstmGrads::zeros(i, hd, false));
-        let dx = dx.map(|dx| {
-            dx.fill(0.0);
-            (dx, t * i, i, false)
-        });
-        let job = LstmBackward {
-            backend: self.backend,
-            weights: &self.weights,
-            packed: &self.packed,
-            spec: &self.cell,
-            view,
-            tape: &tape.dir,
-            x: SeqIn { data: x, off: 0, sb: t * i, st: i },
-            init: initial.map(|s| (s.h, s.c)),
-            dh_up: &scratch.dh_up,
-            d_h_n: up.d_h_n,
-            d_c_n: up.d_c_n,
-            empty_is_initial: true,
-            threads,
-            schedule: self.schedule,
-        };
-        let out = LstmBackwardOut { dx, params: params.as_mut(), d_h0: d_initial_h, d_c0: d_initial_c };
-        let stats = job.run(out, &mut scratch.bufs);
-        tape.dir.scratch.put(scratch);
-        let stats = stats?;
+        let cell = self.packed.backward_cell(&self.weights, &self.cell)?;
+        let initial = initial.map(|s| (s.h, Some(s.c)));
+        let outs = (dx, d_initial_h, d_initial_c);
+        let stats = self.masking().backward(cell, x, view, initial, tape, up, outs, params.as_mut(), threads)?;
         if let Some(p) = params {
             for (dst, src) in [(d_kernel, &p.d_kernel), (d_recurrent_kernel, &p.d_recurrent), (d_bias, &p.d_bias)] {
                 if let Some(dst) = dst {
@@ -500,45 +590,6 @@ impl KerasLstm {
             }
         }
         Ok(stats)
-    }
-
-    /// The gradient arriving at each valid step's output `h`, `[tape rows][hp]`, into `dh`: its own position's `dy`,
-    /// plus the `dy` of the masked positions that repeat its output (Keras' carry; not with
-    /// `zero_output_for_mask`), plus `d_last_output` when the last position shows it.
-    fn route_upstream(&self, view: &SeqView, tape: &DirTape, up: KerasUpstream<'_>, hp: usize, dh: &mut Vec<f32>) {
-        let (t_len, hd) = (view.time(), self.units());
-        dh.clear();
-        dh.resize(tape.rows() * hp, 0.0);
-        let carry = !self.options.zero_output_for_mask;
-        for s in 0..view.batch() {
-            let mut cur: Option<usize> = None; // tape row of the last valid step so far
-            let mut k = 0;
-            let mut add = |row: usize, src: &[f32]| {
-                for (d, &v) in dh[row * hp..row * hp + hd].iter_mut().zip(src) {
-                    *d += v;
-                }
-            };
-            let mut last_shown = None;
-            for p in 0..t_len {
-                let time = if self.options.go_backwards { t_len - 1 - p } else { p };
-                let shown = if view.is_valid(s, time) {
-                    cur = Some(tape.offsets[s] + k);
-                    k += 1;
-                    cur
-                } else if carry {
-                    cur
-                } else {
-                    None
-                };
-                if let (Some(row), Some(dy)) = (shown, up.dy) {
-                    add(row, &dy[(s * t_len + p) * hd..(s * t_len + p + 1) * hd]);
-                }
-                last_shown = shown;
-            }
-            if let (Some(row), Some(d)) = (last_shown, up.d_last_output) {
-                add(row, &d[s * hd..(s + 1) * hd]);
-            }
-        }
     }
 
     /// An upper bound of the bytes a fresh [`Workspace`] holds after a [`forward_in`](Self::forward_in)

@@ -1,6 +1,9 @@
 //! The ONNX `GRU` and `RNN` operators: cells whose only state is `h`, sharing one node type.
 
-use super::{check_clip, direction_activations, Call, Direction, Layout, OnnxOutputs, OnnxResult, Operator};
+use super::{
+    check_clip, check_param_grads, direction_activations, BackCall, Call, Direction, Layout, OnnxGrads, OnnxOutputs,
+    OnnxResult, OnnxTape, OnnxUpstream, Operator,
+};
 use crate::cells::activation::Activation;
 use crate::cells::gru::GruSpec;
 use crate::cells::rnn::RnnSpec;
@@ -65,9 +68,79 @@ impl<F: Family> Node<F> {
         threads: usize,
         ws: &mut Workspace,
     ) -> Result<ForwardStats> {
+        self.run(x, (seq_length, batch), sequence_lens, initial_h, out, None, threads, ws)
+    }
+
+    /// A forward, filling `tape` when given.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        x: &[f32],
+        (seq_length, batch): (usize, usize),
+        sequence_lens: Option<&[i32]>,
+        initial_h: Option<&[f32]>,
+        out: OnnxOutputs<'_>,
+        tape: Option<&mut OnnxTape>,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<ForwardStats> {
         let call = Call { x, seq_length, batch, sequence_lens, initial_h, initial_c: None, out, threads };
         let cell = |d: usize| F::kernel(&self.dirs[d].packed, &self.dirs[d].spec);
-        self.op.run(call, ws, cell, |_| Ok([None, None]))
+        let shape = (seq_length, batch, self.op.input, self.op.hidden, self.dirs.len());
+        let hp = F::hidden_padded(&self.dirs[0].packed);
+        self.op.run(call, ws, cell, |view| match tape {
+            Some(tape) => tape.prepare(view, shape, F::RECORD, hp),
+            None => Ok([None, None]),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        x: &[f32],
+        (seq_length, batch): (usize, usize),
+        sequence_lens: Option<&[i32]>,
+        initial_h: Option<&[f32]>,
+        tape: &OnnxTape,
+        up: OnnxUpstream<'_>,
+        grads: OnnxGrads<'_>,
+        threads: usize,
+    ) -> Result<ForwardStats> {
+        let (h, d_n, i) = (self.op.hidden, self.dirs.len(), self.op.input);
+        let OnnxGrads { dx, dw, dr, db, d_initial_h, d_initial_c, dp } = grads;
+        if dp.is_some() {
+            return Err(Error::argument("dP: this operator has no peepholes"));
+        }
+        let g = F::GATES;
+        let want = [("dW", &dw, g * h * i), ("dR", &dr, g * h * h), ("dB", &db, 2 * g * h)];
+        let want_params = check_param_grads(&want, d_n)?;
+        let mut params: Option<Vec<F::Grads>> =
+            want_params.then(|| self.dirs.iter().map(|d| F::zero_grads(&d.weights)).collect());
+        let call = BackCall {
+            x,
+            seq_length,
+            batch,
+            sequence_lens,
+            initial_h,
+            initial_c: None,
+            tape,
+            up,
+            dx,
+            d_initial_h,
+            d_initial_c,
+            threads,
+        };
+        let cell = |d: usize| F::backward_cell(&self.dirs[d].weights, &self.dirs[d].packed, &self.dirs[d].spec);
+        let stats = self.op.backward(call, cell, params.as_deref_mut())?;
+        if let Some(params) = params {
+            let (w, r, b) = F::grads_to_onnx(&params);
+            for (dst, src) in [(dw, w), (dr, r), (db, b)] {
+                if let Some(dst) = dst {
+                    dst.copy_from_slice(&src);
+                }
+            }
+        }
+        Ok(stats)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -288,6 +361,52 @@ macro_rules! operator_methods {
             ws: &mut Workspace,
         ) -> Result<ForwardStats> {
             self.node.forward_in(x, seq_length, batch, sequence_lens, initial_h, out, threads, ws)
+        }
+
+        /// [`forward_in`](Self::forward_in) that also fills `tape` with what [`backward`](Self::backward)
+        /// needs (valid steps only). The outputs are bitwise those of `forward_in`.
+        ///
+        /// # Errors
+        /// As [`forward`](Self::forward).
+        #[allow(clippy::too_many_arguments)]
+        pub fn forward_train(
+            &self,
+            x: &[f32],
+            seq_length: usize,
+            batch: usize,
+            sequence_lens: Option<&[i32]>,
+            initial_h: Option<&[f32]>,
+            out: OnnxOutputs<'_>,
+            tape: &mut OnnxTape,
+            threads: usize,
+            ws: &mut Workspace,
+        ) -> Result<ForwardStats> {
+            self.node.run(x, (seq_length, batch), sequence_lens, initial_h, out, Some(tape), threads, ws)
+        }
+
+        /// The gradients of a scalar loss through the operator, given the gradients `up` of its outputs
+        /// (`dy_c` must be `None`): the vector-Jacobian product of [`forward`](Self::forward) at the inputs
+        /// of the [`forward_train`](Self::forward_train) call that filled `tape` (pass the same inputs).
+        /// Padded steps are never computed; results do not depend on `threads`. `grads.d_initial_c` and
+        /// `grads.dp` must be `None`.
+        ///
+        /// # Errors
+        /// As [`forward`](Self::forward); [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for a
+        /// tape filled by a run of another shape, or a `dy_c`, `d_initial_c` or `dp` buffer.
+        #[allow(clippy::too_many_arguments)]
+        pub fn backward(
+            &self,
+            x: &[f32],
+            seq_length: usize,
+            batch: usize,
+            sequence_lens: Option<&[i32]>,
+            initial_h: Option<&[f32]>,
+            tape: &OnnxTape,
+            up: OnnxUpstream<'_>,
+            grads: OnnxGrads<'_>,
+            threads: usize,
+        ) -> Result<ForwardStats> {
+            self.node.backward(x, (seq_length, batch), sequence_lens, initial_h, tape, up, grads, threads)
         }
 
         /// Runs the operator and returns `Y` and `Y_h` as owned vectors (`y_c` empty).

@@ -1,15 +1,17 @@
 //! The ONNX `LSTM` operator, forward and backward.
 
-use super::{check_clip, direction_activations, Call, Direction, Layout, OnnxOutputs, OnnxResult, Operator};
+use super::{
+    check_clip, check_param_grads, direction_activations, BackCall, Call, Direction, Layout, OnnxGrads, OnnxOutputs,
+    OnnxResult, OnnxTape, OnnxUpstream, Operator,
+};
 use crate::cells::activation::Activation;
 use crate::cells::grads::LstmGrads;
 use crate::cells::lstm::{CellSpec, LstmKernel, TAPE_RECORD};
 use crate::cells::weights::{LstmWeights, PackedLstm};
-use crate::engine::{DirTape, ForwardStats, LstmBackward, LstmBackwardOut, Schedule, SeqIn, TapeOut, Workspace};
+use crate::engine::{ForwardStats, Schedule, Workspace};
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::kernel::{self, Backend};
 use crate::reference;
-use crate::view::{Padding, SeqView};
 
 /// Attributes of the ONNX LSTM operator.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,59 +71,6 @@ impl OnnxLstmAttrs {
         let defaults = [Activation::Sigmoid, Activation::Tanh, Activation::Tanh];
         let acts = direction_activations(&self.activations, &defaults, self.direction.count())?;
         Ok(acts.iter().map(|a| CellSpec::onnx(a[0], a[1], a[2], self.clip, self.input_forget)).collect())
-    }
-}
-
-/// Gradients of a scalar loss with respect to the operator's outputs (the upstream of
-/// [`OnnxLstm::backward`]), shaped as [`OnnxOutputs`]; `None` = zeros. `Y` past a sequence's length is a
-/// constant `+0.0`, so its upstream there has no effect.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct OnnxUpstream<'a> {
-    /// Of `Y`.
-    pub dy: Option<&'a [f32]>,
-    /// Of `Y_h`.
-    pub dy_h: Option<&'a [f32]>,
-    /// Of `Y_c`.
-    pub dy_c: Option<&'a [f32]>,
-}
-
-/// Where [`OnnxLstm::backward`] writes gradients, each shaped as the matching input of
-/// [`OnnxLstm::new`] / [`OnnxLstm::forward`]; `None` = not computed; every buffer is overwritten.
-#[derive(Debug, Default)]
-pub struct OnnxGrads<'a> {
-    /// Of `X` (`+0.0` past each length).
-    pub dx: Option<&'a mut [f32]>,
-    /// Of `W [D, 4H, I]`.
-    pub dw: Option<&'a mut [f32]>,
-    /// Of `R [D, 4H, H]`.
-    pub dr: Option<&'a mut [f32]>,
-    /// Of `B [D, 8H]` (the `Wb` and `Rb` halves are equal: both enter the sum once).
-    pub db: Option<&'a mut [f32]>,
-    /// Of `initial_h` (zeros for length-0 sequences, whose `Y_h` does not depend on it).
-    pub d_initial_h: Option<&'a mut [f32]>,
-    /// Of `initial_c`.
-    pub d_initial_c: Option<&'a mut [f32]>,
-    /// Of `P [D, 3H]` (only for an operator with peepholes).
-    pub dp: Option<&'a mut [f32]>,
-}
-
-/// What [`OnnxLstm::forward_train`] keeps for [`OnnxLstm::backward`], per direction and valid step.
-#[derive(Clone, Debug, Default)]
-pub struct OnnxTape {
-    dirs: [DirTape; 2],
-    /// `(seq_length, batch, input, hidden, directions)` of the run that filled it.
-    shape: (usize, usize, usize, usize, usize),
-}
-
-impl OnnxTape {
-    /// An empty tape.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.dirs.iter().map(DirTape::bytes).sum()
     }
 }
 
@@ -329,123 +278,32 @@ impl OnnxLstm {
         grads: OnnxGrads<'_>,
         threads: usize,
     ) -> Result<ForwardStats> {
-        let (t, b, h, d_n, i) = (seq_length, batch, self.attrs.hidden_size, self.dirs.len(), self.input_size);
-        check_len("X", x.len(), checked_product(&[t, b, i], "X")?)?;
-        if tape.shape != (t, b, i, h, d_n) {
-            return Err(Error::argument("the tape was filled by a run of another shape"));
-        }
-        let mut view = SeqView::default();
-        match sequence_lens {
-            Some(l) => {
-                check_len("sequence_lens", l.len(), b)?;
-                view.assign_i32_lengths(l, t, Padding::Post)?;
-            }
-            None => view.assign_full(b, t),
-        }
-        let state_len = checked_product(&[d_n, b, h], "Y_h")?;
-        let y_len = checked_product(&[t, d_n, b, h], "Y")?;
-        for (name, v, n) in [("dY", up.dy, y_len), ("dY_h", up.dy_h, state_len), ("dY_c", up.dy_c, state_len)] {
-            if let Some(v) = v {
-                check_len(name, v.len(), n)?;
-            }
-        }
-        for (name, s) in [("initial_h", initial_h), ("initial_c", initial_c)] {
-            if let Some(s) = s {
-                check_len(name, s.len(), state_len)?;
-            }
-        }
+        let (h, d_n, i) = (self.attrs.hidden_size, self.dirs.len(), self.input_size);
         let peepholes = self.dirs[0].weights.peephole().is_some();
-        let OnnxGrads { dx, dw, dr, db, mut d_initial_h, mut d_initial_c, dp } = grads;
+        let OnnxGrads { dx, dw, dr, db, d_initial_h, d_initial_c, dp } = grads;
         if dp.is_some() && !peepholes {
             return Err(Error::argument("dP requested for an operator without peepholes"));
         }
-        for (name, v, n) in [
-            ("dX", dx.as_deref().map(<[f32]>::len), t * b * i),
-            ("dW", dw.as_deref().map(<[f32]>::len), d_n * 4 * h * i),
-            ("dR", dr.as_deref().map(<[f32]>::len), d_n * 4 * h * h),
-            ("dB", db.as_deref().map(<[f32]>::len), d_n * 8 * h),
-            ("d_initial_h", d_initial_h.as_deref().map(<[f32]>::len), state_len),
-            ("d_initial_c", d_initial_c.as_deref().map(<[f32]>::len), state_len),
-            ("dP", dp.as_deref().map(<[f32]>::len), d_n * 3 * h),
-        ] {
-            if let Some(len) = v {
-                check_len(name, len, n)?;
-            }
-        }
-        let (xs, ys, ss) = self.operator().strides(t, b);
-        // Per direction: [B][H] copies of the state tensors (layout 1 interleaves the directions).
-        let per_dir = |v: Option<&[f32]>, d: usize| -> Option<Vec<f32>> {
-            v.map(|v| (0..b).flat_map(|s| v[d * ss.dir + s * ss.batch..][..h].iter().copied()).collect())
+        let want = [("dW", &dw, 4 * h * i), ("dR", &dr, 4 * h * h), ("dB", &db, 8 * h), ("dP", &dp, 3 * h)];
+        let want_params = check_param_grads(&want, d_n)?;
+        let mut params = want_params.then(|| vec![LstmGrads::zeros(i, h, peepholes); d_n]);
+        let call = BackCall {
+            x,
+            seq_length,
+            batch,
+            sequence_lens,
+            initial_h,
+            initial_c,
+            tape,
+            up,
+            dx,
+            d_initial_h,
+            d_initial_c,
+            threads,
         };
-        let want_params = dw.is_some() || dr.is_some() || db.is_some() || dp.is_some();
-        let mut params = Vec::with_capacity(d_n);
-        let mut dx = dx;
-        if let Some(dx) = dx.as_deref_mut() {
-            dx.fill(0.0);
-        }
-        let (mut dh0, mut dc0) = (vec![0.0f32; b * h], vec![0.0f32; b * h]);
-        let mut stats = ForwardStats::default();
-        for d in 0..d_n {
-            let dir = &self.dirs[d];
-            let dtape = &tape.dirs[d];
-            let hp = dir.packed.gates.hidden_padded();
-            if dtape.rows() != view.total_valid() || dtape.hp != hp {
-                return Err(Error::argument("the tape was filled by a run of another shape"));
-            }
-            // Y at each valid step is that step's h: its upstream arrives there.
-            let mut scratch = dtape.scratch.take();
-            let dh_up = &mut scratch.dh_up;
-            dh_up.clear();
-            dh_up.resize(dtape.rows() * hp, 0.0);
-            if let Some(dy) = up.dy {
-                for s in 0..b {
-                    for row in dtape.offsets[s]..dtape.offsets[s + 1] {
-                        let at = d * ys.dir + s * ys.batch + dtape.times[row] * ys.time;
-                        dh_up[row * hp..row * hp + h].copy_from_slice(&dy[at..at + h]);
-                    }
-                }
-            }
-            let (hn, cn) = (per_dir(up.dy_h, d), per_dir(up.dy_c, d));
-            let (h0, c0) = (per_dir(initial_h, d), per_dir(initial_c, d));
-            let zeros = vec![0.0f32; b * h];
-            let init = (h0.is_some() || c0.is_some())
-                .then(|| (h0.as_deref().unwrap_or(&zeros), c0.as_deref().unwrap_or(&zeros)));
-            let mut g = want_params.then(|| LstmGrads::zeros(i, h, peepholes));
-            let job = LstmBackward {
-                backend: self.backend,
-                weights: &dir.weights,
-                packed: &dir.packed,
-                spec: &dir.cell,
-                view: &view,
-                tape: dtape,
-                x: SeqIn { data: x, off: 0, sb: xs.batch, st: xs.time },
-                init,
-                dh_up: &scratch.dh_up,
-                d_h_n: hn.as_deref(),
-                d_c_n: cn.as_deref(),
-                empty_is_initial: false,
-                threads,
-                schedule: self.schedule,
-            };
-            let out = LstmBackwardOut {
-                dx: dx.as_deref_mut().map(|dx| (dx, xs.batch, xs.time, d > 0)),
-                params: g.as_mut(),
-                d_h0: Some(&mut dh0),
-                d_c0: Some(&mut dc0),
-            };
-            let done = job.run(out, &mut scratch.bufs);
-            dtape.scratch.put(scratch);
-            stats = stats.merge(done?);
-            for (src, dst) in [(&dh0, d_initial_h.as_deref_mut()), (&dc0, d_initial_c.as_deref_mut())] {
-                if let Some(dst) = dst {
-                    for s in 0..b {
-                        dst[d * ss.dir + s * ss.batch..][..h].copy_from_slice(&src[s * h..(s + 1) * h]);
-                    }
-                }
-            }
-            params.extend(g);
-        }
-        if want_params {
+        let cell = |d: usize| self.dirs[d].packed.backward_cell(&self.dirs[d].weights, &self.dirs[d].cell);
+        let stats = self.operator().backward(call, cell, params.as_deref_mut())?;
+        if let Some(params) = params {
             let onnx = LstmGrads::to_onnx_dirs(&params);
             for (dst, src) in [(dw, Some(&onnx.w)), (dr, Some(&onnx.r)), (db, Some(&onnx.b)), (dp, onnx.p.as_ref())] {
                 if let (Some(dst), Some(src)) = (dst, src) {
@@ -475,15 +333,7 @@ impl OnnxLstm {
         let cell = |d: usize| LstmKernel { packed: &self.dirs[d].packed, spec: &self.dirs[d].cell };
         self.operator().run(call, ws, cell, |view| {
             Ok(match tape {
-                Some(tape) => {
-                    tape.shape = shape;
-                    let hp = self.dirs[0].packed.gates.hidden_padded();
-                    for dir in &mut tape.dirs[..shape.4] {
-                        dir.prepare(view, TAPE_RECORD, hp)?;
-                    }
-                    let [t0, t1] = &mut tape.dirs;
-                    [Some(TapeOut::new(t0)), (shape.4 > 1).then(|| TapeOut::new(t1))]
-                }
+                Some(tape) => tape.prepare(view, shape, TAPE_RECORD, self.dirs[0].packed.gates.hidden_padded())?,
                 None => [None, None],
             })
         })

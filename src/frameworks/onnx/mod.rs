@@ -16,15 +16,15 @@ mod gru;
 mod lstm;
 
 pub use gru::{OnnxGru, OnnxGruAttrs, OnnxRnn, OnnxRnnAttrs};
-pub use lstm::{OnnxGrads, OnnxLstm, OnnxLstmAttrs, OnnxTape, OnnxUpstream};
+pub use lstm::{OnnxLstm, OnnxLstmAttrs};
 
 use crate::cells::activation::Activation;
 use crate::engine::{
-    directions, par_join, EmptyState, Fill, ForwardStats, Job, OutRegion, Region, Schedule, SeqIn, SeqOut, StateIn,
-    TapeOut, Workspace,
+    directions, par_join, Backward, BackwardOut, DirTape, EmptyState, Fill, ForwardStats, Job, OutRegion, Region,
+    Schedule, SeqIn, SeqOut, StateIn, TapeOut, Workspace,
 };
 use crate::error::{check_len, checked_product, Error, Result};
-use crate::kernel::{Backend, CellKernel};
+use crate::kernel::{Backend, Carry, CellBackward, CellKernel};
 use crate::view::{Padding, SeqView};
 
 /// ONNX `direction`.
@@ -164,6 +164,106 @@ pub(crate) fn check_clip(clip: Option<f32>) -> Result<()> {
     }
 }
 
+/// Gradients of a scalar loss with respect to the operator's outputs (the upstream of
+/// an operator's `backward` ([`OnnxLstm::backward`])), shaped as [`OnnxOutputs`]; `None` = zeros. `Y` past a sequence's length is a
+/// constant `+0.0`, so its upstream there has no effect.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OnnxUpstream<'a> {
+    /// Of `Y`.
+    pub dy: Option<&'a [f32]>,
+    /// Of `Y_h`.
+    pub dy_h: Option<&'a [f32]>,
+    /// Of `Y_c`.
+    pub dy_c: Option<&'a [f32]>,
+}
+
+/// Where an operator's `backward` ([`OnnxLstm::backward`], [`OnnxGru::backward`], [`OnnxRnn::backward`])
+/// writes gradients, each shaped as the matching input of the operator's `new` / `forward` (`G` gates per
+/// unit: LSTM 4, GRU 3, RNN 1); `None` = not computed; every buffer is overwritten. `d_initial_c` and `dp`
+/// only for the LSTM.
+#[derive(Debug, Default)]
+pub struct OnnxGrads<'a> {
+    /// Of `X` (`+0.0` past each length).
+    pub dx: Option<&'a mut [f32]>,
+    /// Of `W [D, G H, I]`.
+    pub dw: Option<&'a mut [f32]>,
+    /// Of `R [D, G H, H]`.
+    pub dr: Option<&'a mut [f32]>,
+    /// Of `B [D, 2 G H]` (where `Wb` and `Rb` enter as a sum, as everywhere in the LSTM and the RNN,
+    /// their halves are equal).
+    pub db: Option<&'a mut [f32]>,
+    /// Of `initial_h` (zeros for length-0 sequences, whose `Y_h` does not depend on it).
+    pub d_initial_h: Option<&'a mut [f32]>,
+    /// Of `initial_c`.
+    pub d_initial_c: Option<&'a mut [f32]>,
+    /// Of `P [D, 3H]` (only for an operator with peepholes).
+    pub dp: Option<&'a mut [f32]>,
+}
+
+/// What an operator's `forward_train` keeps for its `backward`, per direction and valid step.
+#[derive(Clone, Debug, Default)]
+pub struct OnnxTape {
+    dirs: [DirTape; 2],
+    /// `(seq_length, batch, input, hidden, directions)` of the run that filled it.
+    shape: (usize, usize, usize, usize, usize),
+}
+
+impl OnnxTape {
+    /// An empty tape.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sizes the tape for a run of `shape` (`(seq_length, batch, input, hidden, directions)`) over `view`
+    /// with records of `record x hp` floats, and lends its directions to the run's jobs.
+    pub(crate) fn prepare(
+        &mut self,
+        view: &SeqView,
+        shape: (usize, usize, usize, usize, usize),
+        record: usize,
+        hp: usize,
+    ) -> Result<[Option<TapeOut<'_>>; 2]> {
+        self.shape = shape;
+        for dir in &mut self.dirs[..shape.4] {
+            dir.prepare(view, record, hp)?;
+        }
+        let [t0, t1] = &mut self.dirs;
+        Ok([Some(TapeOut::new(t0)), (shape.4 > 1).then(|| TapeOut::new(t1))])
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.dirs.iter().map(DirTape::bytes).sum()
+    }
+}
+
+/// The inputs of an operator's backward (see [`OnnxLstm::backward`]).
+pub(crate) struct BackCall<'a> {
+    pub x: &'a [f32],
+    pub seq_length: usize,
+    pub batch: usize,
+    pub sequence_lens: Option<&'a [i32]>,
+    pub initial_h: Option<&'a [f32]>,
+    pub initial_c: Option<&'a [f32]>,
+    pub tape: &'a OnnxTape,
+    pub up: OnnxUpstream<'a>,
+    pub dx: Option<&'a mut [f32]>,
+    pub d_initial_h: Option<&'a mut [f32]>,
+    pub d_initial_c: Option<&'a mut [f32]>,
+    pub threads: usize,
+}
+
+/// Checks the lengths of the requested parameter gradients (`(name, buffer, floats per direction)`) for
+/// `d_n` directions; returns whether any is requested.
+pub(crate) fn check_param_grads(want: &[(&str, &Option<&mut [f32]>, usize)], d_n: usize) -> Result<bool> {
+    for (name, v, n) in want {
+        if let Some(v) = v {
+            check_len(name, v.len(), checked_product(&[d_n, *n], name)?)?;
+        }
+    }
+    Ok(want.iter().any(|(_, v, _)| v.is_some()))
+}
+
 /// What every operator's run shares: its attributes' shape and where it runs.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Operator {
@@ -274,6 +374,128 @@ impl Operator {
         }
         let (fwd, bwd) = par_join(threads, || job(0).run(j0), || job(1).run(j1))?;
         Ok(fwd?.merge(bwd?))
+    }
+
+    /// The backward of `call`, the cell of direction `d` being `cell(d)`: checks the buffers and the tape,
+    /// routes each direction's upstream to its valid steps, runs one engine backward per direction and
+    /// writes `dX` (summed over the directions), the initial states' gradients and, into `params` (one per
+    /// direction), the canonical parameter gradients.
+    pub(crate) fn backward<C: CellBackward>(
+        &self,
+        call: BackCall<'_>,
+        cell: impl Fn(usize) -> Result<C>,
+        mut params: Option<&mut [C::Grads]>,
+    ) -> Result<ForwardStats> {
+        let BackCall { x, seq_length: t, batch: b, sequence_lens, initial_h, initial_c, tape, up, threads, .. } = call;
+        let (mut dx, mut d_initial_h, mut d_initial_c) = (call.dx, call.d_initial_h, call.d_initial_c);
+        let (h, d_n, i) = (self.hidden, self.count(), self.input);
+        check_len("X", x.len(), checked_product(&[t, b, i], "X")?)?;
+        if tape.shape != (t, b, i, h, d_n) {
+            return Err(Error::argument("the tape was filled by a run of another shape"));
+        }
+        let has_c = C::CARRY == Carry::C;
+        if !has_c && (up.dy_c.is_some() || initial_c.is_some() || d_initial_c.is_some()) {
+            return Err(Error::argument("dY_c, initial_c, d_initial_c: this operator has no cell state"));
+        }
+        let mut view = SeqView::default();
+        match sequence_lens {
+            Some(l) => {
+                check_len("sequence_lens", l.len(), b)?;
+                view.assign_i32_lengths(l, t, Padding::Post)?;
+            }
+            None => view.assign_full(b, t),
+        }
+        let state_len = checked_product(&[d_n, b, h], "Y_h")?;
+        let y_len = checked_product(&[t, d_n, b, h], "Y")?;
+        for (name, v, n) in [("dY", up.dy, y_len), ("dY_h", up.dy_h, state_len), ("dY_c", up.dy_c, state_len)] {
+            if let Some(v) = v {
+                check_len(name, v.len(), n)?;
+            }
+        }
+        for (name, s) in [("initial_h", initial_h), ("initial_c", initial_c)] {
+            if let Some(s) = s {
+                check_len(name, s.len(), state_len)?;
+            }
+        }
+        for (name, v, n) in [
+            ("dX", dx.as_deref().map(<[f32]>::len), t * b * i),
+            ("d_initial_h", d_initial_h.as_deref().map(<[f32]>::len), state_len),
+            ("d_initial_c", d_initial_c.as_deref().map(<[f32]>::len), state_len),
+        ] {
+            if let Some(len) = v {
+                check_len(name, len, n)?;
+            }
+        }
+        if params.as_deref().is_some_and(|p| p.len() != d_n) {
+            return Err(Error::new(crate::error::ErrorKind::Internal, "one set of parameter gradients per direction"));
+        }
+        let (xs, ys, ss) = self.strides(t, b);
+        // Per direction: [B][H] copies of the state tensors (layout 1 interleaves the directions).
+        let per_dir = |v: Option<&[f32]>, d: usize| -> Option<Vec<f32>> {
+            v.map(|v| (0..b).flat_map(|s| v[d * ss.dir + s * ss.batch..][..h].iter().copied()).collect())
+        };
+        if let Some(dx) = dx.as_deref_mut() {
+            dx.fill(0.0);
+        }
+        let (mut dh0, mut dc0) = (vec![0.0f32; b * h], vec![0.0f32; if has_c { b * h } else { 0 }]);
+        let mut stats = ForwardStats::default();
+        for d in 0..d_n {
+            let cell = cell(d)?;
+            let dtape = &tape.dirs[d];
+            let hp = cell.hp();
+            if dtape.rows() != view.total_valid() || dtape.hp != hp {
+                return Err(Error::argument("the tape was filled by a run of another shape"));
+            }
+            // Y at each valid step is that step's h: its upstream arrives there.
+            let mut scratch = dtape.scratch.take();
+            let dh_up = &mut scratch.dh_up;
+            dh_up.clear();
+            dh_up.resize(dtape.rows() * hp, 0.0);
+            if let Some(dy) = up.dy {
+                for s in 0..b {
+                    for row in dtape.offsets[s]..dtape.offsets[s + 1] {
+                        let at = d * ys.dir + s * ys.batch + dtape.times[row] * ys.time;
+                        dh_up[row * hp..row * hp + h].copy_from_slice(&dy[at..at + h]);
+                    }
+                }
+            }
+            let (hn, cn) = (per_dir(up.dy_h, d), per_dir(up.dy_c, d));
+            let (h0, c0) = (per_dir(initial_h, d), per_dir(initial_c, d));
+            let zeros = vec![0.0f32; b * h];
+            let init = (h0.is_some() || c0.is_some())
+                .then(|| (h0.as_deref().unwrap_or(&zeros), c0.as_deref().unwrap_or(&zeros)));
+            let job = Backward {
+                backend: self.backend,
+                cell,
+                view: &view,
+                tape: dtape,
+                x: SeqIn { data: x, off: 0, sb: xs.batch, st: xs.time },
+                init,
+                dh_up: &scratch.dh_up,
+                d_h_n: hn.as_deref(),
+                d_c_n: cn.as_deref(),
+                empty_is_initial: false,
+                threads,
+                schedule: self.schedule,
+            };
+            let out = BackwardOut {
+                dx: dx.as_deref_mut().map(|dx| (dx, xs.batch, xs.time, d > 0)),
+                params: params.as_deref_mut().map(|p| &mut p[d]),
+                d_h0: Some(&mut dh0),
+                d_c0: has_c.then_some(&mut dc0[..]),
+            };
+            let done = job.run(out, &mut scratch.bufs);
+            dtape.scratch.put(scratch);
+            stats = stats.merge(done?);
+            for (src, dst) in [(&dh0, d_initial_h.as_deref_mut()), (&dc0, d_initial_c.as_deref_mut())] {
+                if let Some(dst) = dst {
+                    for s in 0..b {
+                        dst[d * ss.dir + s * ss.batch..][..h].copy_from_slice(&src[s * h..(s + 1) * h]);
+                    }
+                }
+            }
+        }
+        Ok(stats)
     }
 
     /// A reference run in this operator's layout: `X`, `initial_h` and `initial_c` brought to layout 0,
