@@ -61,6 +61,7 @@ pub use frameworks::keras::{
 };
 pub use frameworks::onnx::{OnnxGrads, OnnxGru, OnnxRnn, OnnxTape, OnnxUpstream};
 pub use frameworks::sequential::{Layer, MaskedSeq, Sequential};
+pub use frameworks::torch::{TorchGru, TorchLstm, TorchParams, TorchRnn};
 pub use train::fit::{BatchEnd, FitOptions, History, Shuffle};
 pub use train::{
     loss::{masked_mae, masked_mse, unmasked_mae, unmasked_mse, Loss, LossValue},

@@ -203,6 +203,52 @@ fn torch_warm_call_allocates_nothing() {
     same_bits("h_n alone", &only_h, &want.h_n).unwrap();
 }
 
+/// The PyTorch GRU and RNN stacks (bidirectional, two layers, from `h0`) share the LSTM's: a warm
+/// call allocates nothing (one thread).
+#[test]
+fn torch_gru_rnn_warm_call_allocates_nothing() {
+    use masked_rnn::torch::{Nonlinearity, TorchGru, TorchOutputs, TorchParams, TorchRnn};
+    let (t, b, i, h, layers) = (20, 5, 6, 11, 2);
+    let w = |n: usize, s: usize| {
+        (0..n).map(|k| (((k + s) * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.5).collect::<Vec<f32>>()
+    };
+    let (x, h0) = (&w(t * b * i, 3)[..], &w(layers * 2 * b * h, 4)[..]);
+    let lens = &[20, 3, 17, 1, 9];
+    for gates in [3, 1] {
+        let sets: Vec<[Vec<f32>; 4]> = (0..layers * 2)
+            .map(|k| {
+                let inp = if k < 2 { i } else { 2 * h };
+                [w(gates * h * inp, k), w(gates * h * h, k + 10), w(gates * h, k + 20), w(gates * h, k + 30)]
+            })
+            .collect();
+        let params: Vec<TorchParams<'_>> = sets
+            .iter()
+            .map(|[wi, wh, bi, bh]| TorchParams { weight_ih: wi, weight_hh: wh, bias_ih: Some(bi), bias_hh: Some(bh) })
+            .collect();
+        let gru = (gates == 3).then(|| TorchGru::new(i, h, layers, true, &params).unwrap());
+        let rnn = (gates == 1).then(|| TorchRnn::new(i, h, layers, true, Nonlinearity::Relu, &params).unwrap());
+        let run = |out: TorchOutputs<'_>, ws: &mut Workspace| match (&gru, &rnn) {
+            (Some(gru), _) => gru.forward_packed_in(x, t, b, false, lens, Some(h0), out, 1, ws).unwrap(),
+            (_, Some(rnn)) => rnn.forward_packed_in(x, t, b, false, lens, Some(h0), out, 1, ws).unwrap(),
+            _ => unreachable!(),
+        };
+        let (mut y, mut hn) = (vec![0.0; t * b * 2 * h], vec![0.0; layers * 2 * b * h]);
+        let mut ws = Workspace::new();
+        let mut allocated = Vec::new();
+        let mut first = Vec::new();
+        for _ in 0..2 {
+            let before = allocations();
+            run(TorchOutputs { y: Some(&mut y), h_n: Some(&mut hn), c_n: None }, &mut ws);
+            allocated.push(allocations() - before);
+            if first.is_empty() {
+                first = [y.clone(), hn.clone()].concat();
+            }
+            same_bits("warm call", &[y.clone(), hn.clone()].concat(), &first).unwrap();
+        }
+        assert_eq!(allocated[1], 0, "{gates} gates: a warm call allocated {} times", allocated[1]);
+    }
+}
+
 /// Keras `Bidirectional` into caller buffers: every merge mode, with and without sequences, equals the
 /// owned `forward` bit for bit, a warm call allocates nothing, and misplaced outputs are errors.
 #[test]

@@ -6,6 +6,7 @@ use std::fmt::Debug;
 use crate::cells::gru::{GruBackCell, GruGrads, GruKernel, GruSpec, GruWeights, PackedGru, GRU_TAPE_RECORD};
 use crate::cells::rnn::{PackedRnn, RnnBackCell, RnnGrads, RnnKernel, RnnSpec, RnnWeights, RNN_TAPE_RECORD};
 use crate::error::Result;
+use crate::frameworks::torch::TorchParams;
 use crate::kernel::{CellBackward, CellKernel};
 use crate::reference::Rounding;
 
@@ -39,6 +40,8 @@ pub(crate) trait Family {
     fn grads_to_keras(g: &Self::Grads, spec: &Self::Spec) -> (Vec<f32>, Vec<f32>, Vec<f32>);
     /// One direction's weights from ONNX's `W`, `R`, `B`.
     fn import_onnx(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<Self::Weights>;
+    /// One layer direction's weights from PyTorch's `weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`.
+    fn import_pytorch(input: usize, hidden: usize, p: &TorchParams<'_>) -> Result<Self::Weights>;
     /// The weights packed for a backend of `nb` lanes, for the cell `spec`.
     fn pack(w: &Self::Weights, spec: &Self::Spec, nb: usize) -> Result<Self::Packed>;
     /// The cell as the kernels see it.
@@ -84,6 +87,9 @@ impl Family for Gru {
     fn import_onnx(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<GruWeights> {
         GruWeights::from_onnx(input, hidden, w, r, b)
     }
+    fn import_pytorch(input: usize, hidden: usize, p: &TorchParams<'_>) -> Result<GruWeights> {
+        GruWeights::from_pytorch(input, hidden, p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh)
+    }
     fn pack(w: &GruWeights, spec: &GruSpec, nb: usize) -> Result<PackedGru> {
         PackedGru::new(w, spec.reset_after, nb)
     }
@@ -127,6 +133,9 @@ impl Family for Rnn {
     }
     fn import_onnx(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<RnnWeights> {
         RnnWeights::from_onnx(input, hidden, w, r, b)
+    }
+    fn import_pytorch(input: usize, hidden: usize, p: &TorchParams<'_>) -> Result<RnnWeights> {
+        RnnWeights::from_pytorch(input, hidden, p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh)
     }
     fn pack(w: &RnnWeights, _spec: &RnnSpec, nb: usize) -> Result<PackedRnn> {
         PackedRnn::new(w, nb)

@@ -6,7 +6,7 @@
 //!   `zero_output_for_mask`;
 //! - [`bidirectional`]: Keras `Bidirectional` with every merge mode;
 //! - [`onnx`]: the ONNX `LSTM`, `GRU` and `RNN` operators as ONNX Runtime answers them;
-//! - [`torch`]: PyTorch `nn.LSTM` stacks on packed sequences;
+//! - [`torch`]: PyTorch `nn.LSTM`, `nn.GRU` and `nn.RNN` stacks on packed sequences;
 //! - [`sequential`]: a Keras-like model (`Masking`, LSTM layers, time slices) and masked losses.
 
 pub mod bidirectional;
