@@ -2971,13 +2971,15 @@ impl HOnly {
         } else {
             let (bs, t) = (a, b);
             let rows = self.bias_blocks() / g;
+            // `G x H` as factors (the library checks `[G,H]` first, so `[I,G,H]` overflows exactly when
+            // its `[I,G*H]` does): never a product computed here, which could overflow `i64`.
             vec![
                 vec![g, h],
-                vec![rows, g * h],
+                vec![rows, g, h],
                 vec![bs, t, i],
                 vec![bs, t],
-                vec![i, g * h],
-                vec![h, g * h],
+                vec![i, g, h],
+                vec![h, g, h],
                 vec![bs, h],
                 vec![bs, t, h],
             ]
