@@ -1,5 +1,5 @@
 /*
- * masked_rnn.h - C ABI of masked-rnn: SIMD CPU LSTM kernels that never compute a padded step.
+ * masked_rnn.h - C ABI of masked-rnn: SIMD CPU LSTM, GRU and RNN kernels that never compute a padded step.
  *
  * Hand-written and committed; the contract is C_ABI.md. Link against libmasked_rnn.a (with
  * -lpthread -ldl -lm) or libmasked_rnn.so.
@@ -24,7 +24,7 @@
  *   is retained after a call returns (a handle keeps its own packed copy of the weights, a training tape
  *   its own copies of the run's inputs). All functions are thread-safe; a handle may be run from several
  *   threads at once (see "Handles").
- * - Scratch memory: the one-shot functions (mrnn_lstm_keras, mrnn_lstm_onnx and their backwards) keep
+ * - Scratch memory: the one-shot functions (mrnn_lstm_*, mrnn_gru_*, mrnn_rnn_* and the backwards) keep
  *   theirs in a per-thread cache reused by the next call on that thread (freed when the thread exits); a
  *   handle keeps its own until it is freed. (The backward passes also allocate their gradient scratch per call.)
  * - num_threads: 0 = the library's default (all cores); 1 = the calling thread; n = n threads.
@@ -464,6 +464,173 @@ int32_t mrnn_tape_bytes(const MrnnTape *tape, uint64_t *bytes);
 /* Frees a tape made by mrnn_keras_lstm_run_train or mrnn_onnx_lstm_run_train. NULL is a no-op. A tape
    may outlive its handle (it is then useless, but must still be freed). */
 void mrnn_tape_free(MrnnTape *tape);
+
+/* ---------------------------------------------------------------- GRU and simple RNN (C_ABI.md section 4)
+
+   The forward functions and handles of the GRU and the simple RNN. Same conventions, validation order,
+   masks, directions, layouts, sequence_lens rules and handle rules as the LSTM functions above (read
+   "LSTM" as "GRU" / "RNN"); the GRU and RNN have no cell state (no initial_c, y_c, c_n, no peepholes).
+   Their gradients (mrnn_*_backward, tapes) are not in this release. */
+
+/* Attributes of the ONNX GRU operator (opset 22). Gates z, r, h. linear_before_reset = 0 (the ONNX
+   default): h~ = g(x.Wh + (r * H).Rh + Rbh + Wbh); 1: h~ = g(x.Wh + r * (H.Rh + Rbh) + Wbh) (PyTorch,
+   Keras reset_after). H' = (1 - z) * h~ + z * H. Fill with mrnn_onnx_gru_attrs_init first. */
+typedef struct {
+  int64_t seq_length, batch_size, input_size, hidden_size; /* T, B, I >= 0; H >= 1 */
+  int32_t direction;            /* 0 forward, 1 reverse, 2 bidirectional */
+  int32_t layout;               /* as MrnnOnnxLstmAttrs.layout (Y_h like Y_h there) */
+  int32_t linear_before_reset;  /* 0 or 1 */
+  int32_t has_clip;             /* 0: no clip (clip ignored); 1: clip applies */
+  float   clip;                 /* with has_clip = 1: > 0; +INFINITY = no clipping */
+  int32_t num_activations;      /* 0: defaults (Sigmoid, Tanh per direction); else 2 per direction: 2
+                                   (forward or reverse) or 4 (bidirectional: forward f, g, then reverse
+                                   f, g); any other count is MRNN_ERR_BAD_ARGUMENT */
+  int32_t activations[4];       /* MRNN_ACT_* per direction: f (gates z, r), g (candidate h~) */
+  float   activation_alpha[4];  /* NaN: the operator's default for that activation */
+  float   activation_beta[4];   /* NaN: the operator's default */
+  int32_t num_threads;          /* 0: all cores; 1: calling thread; n: n threads; < 0 is BAD_ARGUMENT */
+} MrnnOnnxGruAttrs;
+
+/* Attributes of the ONNX RNN operator (opset 22): H' = f(x.W^T + H.R^T + Wb + Rb). Fill with
+   mrnn_onnx_rnn_attrs_init first. */
+typedef struct {
+  int64_t seq_length, batch_size, input_size, hidden_size; /* T, B, I >= 0; H >= 1 */
+  int32_t direction;            /* 0 forward, 1 reverse, 2 bidirectional */
+  int32_t layout;               /* as MrnnOnnxLstmAttrs.layout */
+  int32_t has_clip;             /* 0: no clip; 1: clip applies */
+  float   clip;                 /* with has_clip = 1: > 0; +INFINITY = no clipping */
+  int32_t num_activations;      /* 0: Tanh per direction; else 1 (forward or reverse) or 2 (bidirectional) */
+  int32_t activations[2];       /* MRNN_ACT_* per direction */
+  float   activation_alpha[2];  /* NaN: the operator's default */
+  float   activation_beta[2];
+  int32_t num_threads;
+} MrnnOnnxRnnAttrs;
+
+/* Attributes of the Keras GRU layer (Keras 3). Gates z, r, h in kernel [I,3H] and recurrent_kernel
+   [H,3H]. reset_after = 1 (Keras 3 default): bias [2,3H] (input bias row, then recurrent bias row);
+   reset_after = 0: bias [3H], and the reset gate multiplies h before the recurrent matmul. Fill with
+   mrnn_keras_gru_attrs_init first (Tanh, Sigmoid, reset_after 1). */
+typedef struct {
+  int64_t batch_size, seq_length, input_size, hidden_size; /* B, T, I >= 0; H >= 1 */
+  int32_t go_backwards, zero_output_for_mask;  /* 0 or 1 each, as MrnnKerasLstmAttrs */
+  int32_t activation, recurrent_activation;    /* MRNN_ACT_* with Keras parameters; defaults Tanh, Sigmoid */
+  float   recurrent_alpha, recurrent_beta;     /* used when recurrent_activation is HardSigmoid; NaN: 0.2 /
+                                                  0.5 (Keras 2); Keras 3's hard_sigmoid is 1/6, 0.5 */
+  int32_t reset_after;                         /* 0 or 1 */
+  int32_t num_threads;
+} MrnnKerasGruAttrs;
+
+/* Attributes of the Keras SimpleRNN layer: h' = activation(x.kernel + h.recurrent_kernel + bias). Fill
+   with mrnn_keras_rnn_attrs_init first (Tanh). */
+typedef struct {
+  int64_t batch_size, seq_length, input_size, hidden_size; /* B, T, I >= 0; H >= 1 */
+  int32_t go_backwards, zero_output_for_mask;  /* 0 or 1 each */
+  int32_t activation;                          /* MRNN_ACT_* with Keras parameters; default Tanh */
+  int32_t num_threads;
+} MrnnKerasRnnAttrs;
+
+/* Fill *attrs with the defaults: sizes 0; ONNX: forward, layout 0, linear_before_reset 0, has_clip 0
+   (clip NaN), num_activations 0 (the arrays hold each direction's defaults), NaN alpha/beta; Keras: as
+   above, NaN recurrent_alpha/beta; num_threads 0. Returns MRNN_OK, or MRNN_ERR_NULL_POINTER. */
+int32_t mrnn_onnx_gru_attrs_init(MrnnOnnxGruAttrs *attrs);
+int32_t mrnn_onnx_rnn_attrs_init(MrnnOnnxRnnAttrs *attrs);
+int32_t mrnn_keras_gru_attrs_init(MrnnKerasGruAttrs *attrs);
+int32_t mrnn_keras_rnn_attrs_init(MrnnKerasRnnAttrs *attrs);
+
+/* The ONNX GRU operator. Y at steps beyond a sequence's length is +0.0; Y_h is the last valid step
+   (reverse: the state after x_0); a length-0 sequence gives zeros in Y_h. Padded steps are never
+   computed. Every output NULL: validated, nothing computed. Returns MRNN_OK or a status. */
+int32_t mrnn_gru_onnx(const MrnnOnnxGruAttrs *attrs, /* required */
+    const float *x,               /* [T,B,I] (layout 0) / [B,T,I] (layout 1), required */
+    const float *w,               /* [D,3H,I] gates z, r, h, required */
+    const float *r,               /* [D,3H,H], required */
+    const float *b,               /* [D,6H] (Wb then Rb) or NULL (zeros) */
+    const int32_t *sequence_lens, /* [B] or NULL = all seq_length; each in 0..=seq_length */
+    const float *initial_h,       /* [D,B,H] (layout 0) / [B,D,H] (layout 1) or NULL (zeros) */
+    float *y,                     /* [T,D,B,H] (layout 0) / [B,T,D,H] (layout 1) or NULL */
+    float *y_h);                  /* [D,B,H] (layout 0) / [B,D,H] (layout 1) or NULL */
+
+/* The ONNX RNN operator; outputs as mrnn_gru_onnx. */
+int32_t mrnn_rnn_onnx(const MrnnOnnxRnnAttrs *attrs, /* required */
+    const float *x,               /* as mrnn_gru_onnx, required */
+    const float *w,               /* [D,H,I], required */
+    const float *r,               /* [D,H,H], required */
+    const float *b,               /* [D,2H] (Wb then Rb) or NULL (zeros) */
+    const int32_t *sequence_lens, const float *initial_h,   /* as mrnn_gru_onnx */
+    float *y, float *y_h);        /* as mrnn_gru_onnx */
+
+/* Keras-style masked GRU: masked steps are skipped (the state carries over), as mrnn_lstm_keras. */
+int32_t mrnn_gru_keras(const MrnnKerasGruAttrs *attrs, /* required */
+    const float *x,                /* [B,T,I], required */
+    const uint8_t *mask,           /* [B,T], nonzero = valid; NULL = all valid; holes allowed */
+    const float *kernel,           /* [I,3H] gates z, r, h, required */
+    const float *recurrent_kernel, /* [H,3H], required */
+    const float *bias,             /* reset_after 1: [2,3H]; 0: [3H]; or NULL (zeros) */
+    const float *initial_h,        /* [B,H] or NULL (zeros) */
+    float *y,                      /* [B,T,H] (return_sequences) or NULL */
+    float *last_output,            /* [B,H]: outputs[:, -1] as Keras returns it, or NULL */
+    float *h_n);                   /* [B,H] last valid state, or NULL */
+
+/* Keras-style masked SimpleRNN; as mrnn_gru_keras. */
+int32_t mrnn_rnn_keras(const MrnnKerasRnnAttrs *attrs, /* required */
+    const float *x,                /* [B,T,I], required */
+    const uint8_t *mask,           /* [B,T] or NULL */
+    const float *kernel,           /* [I,H], required */
+    const float *recurrent_kernel, /* [H,H], required */
+    const float *bias,             /* [H] or NULL (zeros) */
+    const float *initial_h,        /* [B,H] or NULL (zeros) */
+    float *y, float *last_output, float *h_n);   /* as mrnn_gru_keras */
+
+/* Handles, as the LSTM's (see "Handles"): _new validates every attribute and copies and packs the
+   weights once (*out unchanged on failure); _run is bitwise the one-shot function with the handle's
+   weights, its attrs giving this run's batch_size, seq_length and num_threads, every other field equal to
+   the handle's (else MRNN_ERR_BAD_ARGUMENT naming the field; an activation parameter the activation does
+   not take, or NaN for its default, counts as equal); _free releases it (NULL is a no-op). Runs on one
+   handle may overlap from any number of threads. */
+typedef struct MrnnOnnxGru MrnnOnnxGru;     /* opaque */
+typedef struct MrnnKerasGru MrnnKerasGru;   /* opaque */
+typedef struct MrnnOnnxRnn MrnnOnnxRnn;     /* opaque */
+typedef struct MrnnKerasRnn MrnnKerasRnn;   /* opaque */
+
+int32_t mrnn_onnx_gru_new(const MrnnOnnxGruAttrs *attrs, /* required */
+    const float *w, const float *r,   /* as mrnn_gru_onnx, required */
+    const float *b,                   /* as mrnn_gru_onnx, or NULL */
+    MrnnOnnxGru **out);               /* required */
+int32_t mrnn_onnx_gru_run(MrnnOnnxGru *layer, const MrnnOnnxGruAttrs *attrs, /* required */
+    const float *x,                   /* required */
+    const int32_t *sequence_lens, const float *initial_h,
+    float *y, float *y_h);            /* as mrnn_gru_onnx */
+void    mrnn_onnx_gru_free(MrnnOnnxGru *layer);
+
+int32_t mrnn_keras_gru_new(const MrnnKerasGruAttrs *attrs, /* required */
+    const float *kernel, const float *recurrent_kernel,   /* as mrnn_gru_keras, required */
+    const float *bias,                /* as mrnn_gru_keras, or NULL */
+    MrnnKerasGru **out);              /* required */
+int32_t mrnn_keras_gru_run(MrnnKerasGru *layer, const MrnnKerasGruAttrs *attrs, /* required */
+    const float *x,                   /* required */
+    const uint8_t *mask, const float *initial_h,
+    float *y, float *last_output, float *h_n);  /* as mrnn_gru_keras */
+void    mrnn_keras_gru_free(MrnnKerasGru *layer);
+
+int32_t mrnn_onnx_rnn_new(const MrnnOnnxRnnAttrs *attrs, /* required */
+    const float *w, const float *r,   /* as mrnn_rnn_onnx, required */
+    const float *b,                   /* or NULL */
+    MrnnOnnxRnn **out);               /* required */
+int32_t mrnn_onnx_rnn_run(MrnnOnnxRnn *layer, const MrnnOnnxRnnAttrs *attrs, /* required */
+    const float *x,                   /* required */
+    const int32_t *sequence_lens, const float *initial_h,
+    float *y, float *y_h);
+void    mrnn_onnx_rnn_free(MrnnOnnxRnn *layer);
+
+int32_t mrnn_keras_rnn_new(const MrnnKerasRnnAttrs *attrs, /* required */
+    const float *kernel, const float *recurrent_kernel,   /* as mrnn_rnn_keras, required */
+    const float *bias,                /* or NULL */
+    MrnnKerasRnn **out);              /* required */
+int32_t mrnn_keras_rnn_run(MrnnKerasRnn *layer, const MrnnKerasRnnAttrs *attrs, /* required */
+    const float *x,                   /* required */
+    const uint8_t *mask, const float *initial_h,
+    float *y, float *last_output, float *h_n);
+void    mrnn_keras_rnn_free(MrnnKerasRnn *layer);
 
 #ifdef __cplusplus
 } /* extern "C" */

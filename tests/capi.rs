@@ -300,11 +300,27 @@ fn header_compiles_as_cpp() {
          nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, \
          nullptr, nullptr) + mrnn_onnx_lstm_set_weights(l, nullptr, nullptr, nullptr, nullptr); \
          mrnn_tape_free(t); return s; }\n\
+         static int gru() { MrnnOnnxGruAttrs og; MrnnOnnxRnnAttrs orn; MrnnKerasGruAttrs kg; \
+         MrnnKerasRnnAttrs kr; MrnnOnnxGru *a = nullptr; MrnnOnnxRnn *b = nullptr; MrnnKerasGru *c = nullptr; \
+         MrnnKerasRnn *d = nullptr; int s = mrnn_onnx_gru_attrs_init(&og) + mrnn_onnx_rnn_attrs_init(&orn) + \
+         mrnn_keras_gru_attrs_init(&kg) + mrnn_keras_rnn_attrs_init(&kr) + mrnn_gru_onnx(&og, nullptr, \
+         nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr) + mrnn_rnn_onnx(&orn, nullptr, \
+         nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr) + mrnn_gru_keras(&kg, nullptr, \
+         nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr) + mrnn_rnn_keras(&kr, \
+         nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr) + \
+         mrnn_onnx_gru_new(&og, nullptr, nullptr, nullptr, &a) + mrnn_onnx_rnn_new(&orn, nullptr, nullptr, \
+         nullptr, &b) + mrnn_keras_gru_new(&kg, nullptr, nullptr, nullptr, &c) + mrnn_keras_rnn_new(&kr, \
+         nullptr, nullptr, nullptr, &d) + mrnn_onnx_gru_run(a, &og, nullptr, nullptr, nullptr, nullptr, \
+         nullptr) + mrnn_onnx_rnn_run(b, &orn, nullptr, nullptr, nullptr, nullptr, nullptr) + \
+         mrnn_keras_gru_run(c, &kg, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr) + \
+         mrnn_keras_rnn_run(d, &kr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr); \
+         mrnn_onnx_gru_free(a); mrnn_onnx_rnn_free(b); mrnn_keras_gru_free(c); mrnn_keras_rnn_free(d); \
+         return s; }\n\
          int main() { MrnnKerasLstmAttrs a; MrnnOnnxLstmAttrs o; MrnnKerasLstm *k = nullptr; \
          MrnnOnnxLstm *n = nullptr; mrnn_keras_lstm_free(k); mrnn_onnx_lstm_free(n); \
          return mrnn_keras_lstm_attrs_init(&a) + mrnn_onnx_lstm_attrs_init(&o) + (mrnn_version() == 0) + \
          mrnn_keras_lstm_new(&a, nullptr, nullptr, nullptr, &k) + mrnn_onnx_lstm_new(&o, nullptr, nullptr, \
-         nullptr, nullptr, &n) + train(k, &a) + train_onnx(n, &o); }\n",
+         nullptr, nullptr, &n) + train(k, &a) + train_onnx(n, &o) + gru(); }\n",
     )
     .unwrap();
     let (ok, text) = run(Command::new(&cxx)
@@ -723,6 +739,207 @@ fn c_onnx_program_matches_onnx_fixtures_and_the_contract() {
     check_summary(&text);
     println!("ONNX fixture cases: {} in layout 0, {} in layout 1\n{text}", per_layout[0], per_layout[1]);
     let _ = fs::remove_dir_all(&dir);
+}
+
+// ------------------------------------------------------------------ GRU and RNN cases (section 4)
+
+/// Converts every ONNX GRU / RNN fixture (in its layout and, for layout 0, transposed to layout 1) into an
+/// `onnx` line of `gru_test.c`'s cases file; returns the number of cases per kind `[GRU, RNN]`.
+fn write_onnx_gru_rnn_cases(out: &mut String) -> [usize; 2] {
+    let mut counts = [0; 2];
+    for (kind, dir) in [(0_usize, "onnx_gru"), (1, "onnx_rnn")] {
+        let gates = if kind == 0 { 3 } else { 1 };
+        for path in json_files(&root().join("tests/fixtures").join(dir)) {
+            let j: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+            assert_eq!(j["kind"].as_str(), Some(dir), "{}: kind", path.display());
+            let name = j["name"].as_str().unwrap();
+            let (t, b, i, h) =
+                (usize_of(&j, "seq_length"), usize_of(&j, "batch"), usize_of(&j, "input"), usize_of(&j, "hidden"));
+            let direction = match j["direction"].as_str().unwrap() {
+                "forward" => 0,
+                "reverse" => 1,
+                _ => 2,
+            };
+            let d = if direction == 2 { 2 } else { 1 };
+            let layout = j["layout"].as_i64().unwrap() as i32;
+            let clip = (!j["clip"].is_null()).then(|| f32_of(&j["clip"]));
+            let names = j["activations"].as_array().unwrap();
+            let (alpha, beta) = (j["activation_alpha"].as_array().unwrap(), j["activation_beta"].as_array().unwrap());
+            let (mut codes, mut a4, mut b4) = ([0_i32; 4], [f32::NAN; 4], [f32::NAN; 4]);
+            assert!(names.len() <= 4, "{name}: activations");
+            for k in 0..names.len() {
+                codes[k] = onnx_activation_code(names[k].as_str().unwrap());
+                (a4[k], b4[k]) = (f32_of(&alpha[k]), f32_of(&beta[k]));
+            }
+            let flag = j["linear_before_reset"].as_i64().unwrap_or(0);
+            let lens: Option<Vec<i32>> =
+                j["sequence_lens"].as_array().map(|a| a.iter().map(|v| v.as_i64().unwrap() as i32).collect());
+            let x = f32s_of(&j, "x", t * b * i);
+            let (w, r) = (f32s_of(&j, "w", d * gates * h * i), f32s_of(&j, "r", d * gates * h * h));
+            let bias = optional_f32s(&j, "b", d * 2 * gates * h);
+            let h0 = optional_f32s(&j, "initial_h", d * b * h);
+            let (y, y_h) = (optional_f32s(&j, "y", t * d * b * h), optional_f32s(&j, "y_h", d * b * h));
+            let mut layouts = vec![(layout, x.clone(), h0.clone(), y.clone(), y_h.clone())];
+            if layout == 0 {
+                let swap = |v: &Vec<f32>| permute(v, &[d, b, h], &[1, 0, 2]);
+                layouts.push((
+                    1,
+                    permute(&x, &[t, b, i], &[1, 0, 2]),
+                    h0.as_ref().map(swap),
+                    y.as_ref().map(|v| permute(v, &[t, d, b, h], &[2, 0, 1, 3])),
+                    y_h.as_ref().map(swap),
+                ));
+            }
+            for (layout, x, h0, y, y_h) in layouts {
+                write!(
+                    out,
+                    "onnx {kind} {name}@layout{layout} {t} {b} {i} {h} {direction} {layout} {flag} {} {:08x} {}",
+                    u8::from(clip.is_some()),
+                    clip.unwrap_or(f32::NAN).to_bits(),
+                    names.len()
+                )
+                .unwrap();
+                for c in codes {
+                    write!(out, " {c}").unwrap();
+                }
+                for v in a4.iter().chain(&b4) {
+                    write!(out, " {:08x}", v.to_bits()).unwrap();
+                }
+                for f in [bias.is_some(), lens.is_some(), h0.is_some(), y.is_some(), y_h.is_some()] {
+                    write!(out, " {}", u8::from(f)).unwrap();
+                }
+                out.push('\n');
+                for v in [Some(&x), Some(&w), Some(&r), bias.as_ref()].into_iter().flatten() {
+                    write_f32s(out, v);
+                }
+                if let Some(l) = &lens {
+                    write_i32s(out, l);
+                }
+                for v in [&h0, &y, &y_h].into_iter().flatten() {
+                    write_f32s(out, v);
+                }
+                counts[kind] += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// The `.json` files of `dir`, sorted.
+fn json_files(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// Converts every forward Keras GRU / SimpleRNN fixture into a `keras` line of `gru_test.c`'s cases file;
+/// returns the number of cases per kind `[GRU, RNN]` and the names of those the attributes structs cannot
+/// express (a SimpleRNN or GRU `activation` of Keras 3's hard_sigmoid: the structs give `activation` its
+/// Keras 2 parameters, as `MrnnKerasLstmAttrs` does).
+fn write_keras_gru_rnn_cases(out: &mut String) -> ([usize; 2], Vec<String>) {
+    let (mut counts, mut skipped) = ([0; 2], Vec::new());
+    for (kind, dir) in [(0_usize, "keras_gru"), (1, "keras_rnn")] {
+        let gates = if kind == 0 { 3 } else { 1 };
+        for path in json_files(&root().join("tests/fixtures").join(dir)) {
+            let j: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+            if j["kind"].as_str() != Some(dir) {
+                continue; // gradients and Bidirectional wrappers: not this ABI
+            }
+            let name = j["name"].as_str().unwrap().to_string();
+            let (b, t, i, h) =
+                (usize_of(&j, "batch"), usize_of(&j, "time"), usize_of(&j, "input"), usize_of(&j, "hidden"));
+            let flavor = j["hard_sigmoid_flavor"].as_str().unwrap_or("keras3");
+            let act_name = j["activation"].as_str().unwrap();
+            if act_name == "hard_sigmoid" && flavor != "keras2" {
+                skipped.push(name);
+                continue;
+            }
+            let (act, _, _) = activation(act_name, flavor, false);
+            let (ract, alpha, beta) = match j["recurrent_activation"].as_str() {
+                Some(r) => activation(r, flavor, true),
+                None => (0, f32::NAN, f32::NAN),
+            };
+            let reset_after = j["reset_after"].as_bool().unwrap_or(true);
+            let bias_len = if kind == 0 && reset_after { 2 * 3 * h } else { gates * h };
+            let bias = optional_f32s(&j, "bias", bias_len);
+            let h0 = optional_f32s(&j, "initial_h", b * h);
+            let mask: Vec<u8> = j["mask"].as_array().unwrap().iter().map(|m| m.as_u64().unwrap() as u8).collect();
+            // An all-valid mask is passed as NULL, to cover that path against Keras too.
+            let has_mask = mask.contains(&0);
+            writeln!(
+                out,
+                "keras {kind} {name} {b} {t} {i} {h} {} {} {act} {ract} {:08x} {:08x} {} {} {} {}",
+                u8::from(j["go_backwards"].as_bool().unwrap()),
+                u8::from(j["zero_output_for_mask"].as_bool().unwrap()),
+                alpha.to_bits(),
+                beta.to_bits(),
+                u8::from(reset_after),
+                u8::from(has_mask),
+                u8::from(bias.is_some()),
+                u8::from(h0.is_some()),
+            )
+            .unwrap();
+            write_f32s(out, &f32s_of(&j, "x", b * t * i));
+            if has_mask {
+                write!(out, "{}", mask.len()).unwrap();
+                for m in &mask {
+                    write!(out, " {m}").unwrap();
+                }
+                out.push('\n');
+            }
+            write_f32s(out, &f32s_of(&j, "kernel", i * gates * h));
+            write_f32s(out, &f32s_of(&j, "recurrent_kernel", h * gates * h));
+            for v in [&bias, &h0].into_iter().flatten() {
+                write_f32s(out, v);
+            }
+            for key in ["y", "last_output", "h_n"] {
+                write_f32s(out, &f32s_of(&j, key, if key == "y" { b * t * h } else { b * h }));
+            }
+            counts[kind] += 1;
+        }
+    }
+    (counts, skipped)
+}
+
+/// Writes `gru_test.c`'s cases file; returns it and a summary of what it holds.
+fn write_gru_cases(dir: &Path) -> (PathBuf, String) {
+    let mut out = String::new();
+    let onnx = write_onnx_gru_rnn_cases(&mut out);
+    let (keras, skipped) = write_keras_gru_rnn_cases(&mut out);
+    out.push_str("end\n");
+    assert!(onnx[0] >= 50 && onnx[1] >= 40, "ONNX GRU / RNN cases: {onnx:?}");
+    assert!(keras[0] >= 15 && keras[1] >= 15, "Keras GRU / SimpleRNN cases: {keras:?}");
+    let path = dir.join("gru_cases.txt");
+    fs::write(&path, out).unwrap();
+    let summary = format!(
+        "fixture cases: ONNX GRU {}, ONNX RNN {}, Keras GRU {}, Keras SimpleRNN {}; not expressible (Keras 3 \
+         hard_sigmoid as `activation`): {skipped:?}",
+        onnx[0], onnx[1], keras[0], keras[1]
+    );
+    (path, summary)
+}
+
+#[cfg(unix)]
+#[test]
+fn c_gru_program_matches_fixtures_and_the_contract() {
+    let dir = scratch("gru");
+    let exe = compile_c(&dir, "gru_test");
+    let (cases, summary) = write_gru_cases(&dir);
+    let (ok, text) = run(Command::new(&exe).arg(&cases));
+    assert!(ok, "the C test failed:\n{text}");
+    check_summary(&text);
+    println!("{summary}\n{text}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[cfg(unix)]
+#[test]
+fn c_gru_program_under_valgrind() {
+    under_valgrind("gru_valgrind", |dir| (compile_c(dir, "gru_test"), write_gru_cases(dir).0), &[]);
 }
 
 #[test]

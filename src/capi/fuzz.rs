@@ -25,6 +25,12 @@
 //! restored), `mrnn_tape_bytes` and `mrnn_tape_free`, their runs bitwise `mrnn_lstm_onnx` and their
 //! gradients bitwise `mrnn_lstm_onnx_backward`; ONNX tapes given to a Keras handle are refused.
 //!
+//! The GRU and RNN (section 4, forward): `mrnn_gru_onnx`, `mrnn_rnn_onnx`, `mrnn_gru_keras`,
+//! `mrnn_rnn_keras` from arbitrary attributes (the LSTM's generators, carried over field for field) with
+//! NULL or misaligned pointers, aliased outputs and bad lengths, against `OnnxGru`, `OnnxRnn`, `KerasGru`,
+//! `KerasSimpleRnn` bitwise; then a handle made with those attributes, whose run is bitwise the one-shot
+//! call, or is refused (naming the field, nothing written) when a field fixed at creation changes.
+//!
 //! Real buffers are allocated only when all sizes are small; with other sizes the harness passes
 //! one-element dummies and the call must fail validation before reading them. Huge sizes that would
 //! pass validation are paired with a NULL `x`, so no case ever asks for a huge computation.
@@ -402,7 +408,11 @@ pub fn fuzz_capi(data: &[u8]) -> std::result::Result<(), String> {
     let mut r = ByteReader::new(&data[data.len() / 4..]);
     r.noise_past_end();
     fuzz_onnx_backward(&mut r)?;
-    fuzz_onnx_train(&mut r)
+    fuzz_onnx_train(&mut r)?;
+    // The GRU and RNN cases (section 4) from a third on, likewise.
+    let mut r = ByteReader::new(&data[data.len() / 3..]);
+    r.noise_past_end();
+    fuzz_gru_rnn(&mut r)
 }
 
 /// Small limits of `B, T, I, H` in sane cases.
@@ -2832,4 +2842,608 @@ mod tests {
             }
         }
     }
+}
+
+// ------------------------------------------------------------------------------ GRU and RNN (section 4)
+
+/// The four kinds of C_ABI.md section 4, with their attributes.
+#[derive(Clone, Copy, Debug)]
+enum HOnly {
+    OnnxGru(MrnnOnnxGruAttrs),
+    OnnxRnn(MrnnOnnxRnnAttrs),
+    KerasGru(MrnnKerasGruAttrs),
+    KerasRnn(MrnnKerasRnnAttrs),
+}
+
+/// A handle of one of the four kinds (NULL: none).
+#[derive(Clone, Copy)]
+enum HHandle {
+    OnnxGru(*mut MrnnOnnxGru),
+    OnnxRnn(*mut MrnnOnnxRnn),
+    KerasGru(*mut MrnnKerasGru),
+    KerasRnn(*mut MrnnKerasRnn),
+}
+
+impl HHandle {
+    fn is_null(self) -> bool {
+        match self {
+            HHandle::OnnxGru(p) => p.is_null(),
+            HHandle::OnnxRnn(p) => p.is_null(),
+            HHandle::KerasGru(p) => p.is_null(),
+            HHandle::KerasRnn(p) => p.is_null(),
+        }
+    }
+
+    /// Frees the handle (NULL: a no-op).
+    ///
+    /// # Safety
+    /// A live handle of the C ABI, or NULL; freed once.
+    unsafe fn free(self) {
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            match self {
+                HHandle::OnnxGru(p) => mrnn_onnx_gru_free(p),
+                HHandle::OnnxRnn(p) => mrnn_onnx_rnn_free(p),
+                HHandle::KerasGru(p) => mrnn_keras_gru_free(p),
+                HHandle::KerasRnn(p) => mrnn_keras_rnn_free(p),
+            }
+        }
+    }
+}
+
+/// The caller buffers of a GRU / RNN call: `x`, the lengths (ONNX) or the mask (Keras), `initial_h`, the
+/// three weights.
+struct HBufs {
+    x: Buf<f32>,
+    lens: Buf<i32>,
+    mask: Buf<u8>,
+    h0: Buf<f32>,
+    w: [Buf<f32>; 3],
+}
+
+impl HOnly {
+    fn name(&self) -> &'static str {
+        match self {
+            HOnly::OnnxGru(_) => "ONNX GRU",
+            HOnly::OnnxRnn(_) => "ONNX RNN",
+            HOnly::KerasGru(_) => "Keras GRU",
+            HOnly::KerasRnn(_) => "Keras SimpleRNN",
+        }
+    }
+
+    fn onnx(&self) -> bool {
+        matches!(self, HOnly::OnnxGru(_) | HOnly::OnnxRnn(_))
+    }
+
+    /// Gate blocks `G`: 3 for the GRU, 1 for the RNN.
+    fn gates(&self) -> i64 {
+        if matches!(self, HOnly::OnnxGru(_) | HOnly::KerasGru(_)) {
+            3
+        } else {
+            1
+        }
+    }
+
+    /// ONNX `T, B, I, H`; Keras `B, T, I, H`.
+    fn dims(&self) -> [i64; 4] {
+        match self {
+            HOnly::OnnxGru(a) => [a.seq_length, a.batch_size, a.input_size, a.hidden_size],
+            HOnly::OnnxRnn(a) => [a.seq_length, a.batch_size, a.input_size, a.hidden_size],
+            HOnly::KerasGru(a) => [a.batch_size, a.seq_length, a.input_size, a.hidden_size],
+            HOnly::KerasRnn(a) => [a.batch_size, a.seq_length, a.input_size, a.hidden_size],
+        }
+    }
+
+    /// `D`: 2 for a bidirectional ONNX operator, else 1.
+    fn d(&self) -> i64 {
+        match self {
+            HOnly::OnnxGru(a) if a.direction == 2 => 2,
+            HOnly::OnnxRnn(a) if a.direction == 2 => 2,
+            _ => 1,
+        }
+    }
+
+    /// The bias's rows times `G` (ONNX: `2G` per direction; Keras GRU with `reset_after`: `2 x 3`).
+    fn bias_blocks(&self) -> i64 {
+        match self {
+            HOnly::OnnxGru(_) | HOnly::OnnxRnn(_) => 2 * self.gates(),
+            HOnly::KerasGru(a) if a.reset_after == 1 => 6,
+            _ => self.gates(),
+        }
+    }
+
+    /// The tensor dimensions in the order the C ABI checks them for overflow: `x`, the steps (`[B]` or
+    /// `[B,T]`), the weights, the states, the sequence output (`B = T = 0`: the weights alone).
+    fn tensors(&self, run: bool) -> Vec<Vec<i64>> {
+        let (g, d) = (self.gates(), self.d());
+        let [a, b, i, h] = self.dims();
+        let (a, b) = if run { (a, b) } else { (0, 0) };
+        if self.onnx() {
+            let (t, bs) = (a, b);
+            vec![
+                vec![t, bs, i],
+                vec![d, g, h, i],
+                vec![d, g, h, h],
+                vec![d, 2 * g, h],
+                vec![d, bs, h],
+                vec![t, d, bs, h],
+            ]
+        } else {
+            let (bs, t) = (a, b);
+            let rows = self.bias_blocks() / g;
+            // `G x H` as factors (the library checks `[G,H]` first, so `[I,G,H]` overflows exactly when
+            // its `[I,G*H]` does): never a product computed here, which could overflow `i64`.
+            vec![
+                vec![g, h],
+                vec![rows, g, h],
+                vec![bs, t, i],
+                vec![bs, t],
+                vec![i, g, h],
+                vec![h, g, h],
+                vec![bs, h],
+                vec![bs, t, h],
+            ]
+        }
+    }
+
+    /// Whether validation must reject a value (step 2), written from the header.
+    fn value_error(&self) -> bool {
+        let sizes = self.dims();
+        let bad_size = sizes.iter().any(|&v| v < 0) || sizes[3] == 0;
+        let flag = |v: i32| !(0..=1).contains(&v);
+        let code = |c: i32| !(0..=10).contains(&c);
+        let onnx = |direction: i32, layout: i32, has_clip: i32, clip: f32, n: i32, acts: &[i32], per: i32| {
+            let d = if direction == 2 { 2 } else { 1 };
+            !(0..=2).contains(&direction)
+                || flag(layout)
+                || flag(has_clip)
+                || (has_clip == 1 && (clip.is_nan() || clip <= 0.0))
+                || !(n == 0 || n == per * d)
+                || acts[..usize::try_from(n).unwrap_or(0).min(acts.len())].iter().any(|&c| code(c))
+        };
+        bad_size
+            || match self {
+                HOnly::OnnxGru(a) => {
+                    onnx(a.direction, a.layout, a.has_clip, a.clip, a.num_activations, &a.activations, 2)
+                        || flag(a.linear_before_reset)
+                        || a.num_threads < 0
+                }
+                HOnly::OnnxRnn(a) => {
+                    onnx(a.direction, a.layout, a.has_clip, a.clip, a.num_activations, &a.activations, 1)
+                        || a.num_threads < 0
+                }
+                HOnly::KerasGru(a) => {
+                    flag(a.go_backwards)
+                        || flag(a.zero_output_for_mask)
+                        || code(a.activation)
+                        || code(a.recurrent_activation)
+                        || flag(a.reset_after)
+                        || a.num_threads < 0
+                }
+                HOnly::KerasRnn(a) => {
+                    flag(a.go_backwards) || flag(a.zero_output_for_mask) || code(a.activation) || a.num_threads < 0
+                }
+            }
+    }
+
+    /// The Rust API's outputs on these inputs (`Y`, `Y_h`; or `y`, `last_output`, `h_n`), the layer built
+    /// from the header's description of the attributes.
+    fn rust(
+        &self,
+        x: &[f32],
+        w: [&[f32]; 3],
+        bias: Option<&[f32]>,
+        steps: (Option<&[i32]>, Option<&[u8]>),
+        h0: Option<&[f32]>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let [_, _, i, h] = self.dims().map(|v| v as usize);
+        let onnx_act = |n: i32, acts: &[i32], alpha: &[f32], beta: &[f32]| {
+            (0..n as usize).map(|k| Activation::from_code(acts[k], alpha[k], beta[k])).collect::<Result<Vec<_>>>()
+        };
+        let direction = |c: i32| [Direction::Forward, Direction::Reverse, Direction::Bidirectional][c as usize];
+        let layout = |c: i32| if c == 1 { Layout::BatchMajor } else { Layout::SeqMajor };
+        let clip = |on: i32, c: f32| (on == 1 && c != f32::INFINITY).then_some(c);
+        match self {
+            HOnly::OnnxGru(a) => {
+                let attrs = crate::onnx::OnnxGruAttrs::new(h, direction(a.direction))
+                    .layout(layout(a.layout))
+                    .clip(clip(a.has_clip, a.clip))
+                    .linear_before_reset(a.linear_before_reset == 1)
+                    .activations(onnx_act(a.num_activations, &a.activations, &a.activation_alpha, &a.activation_beta)?);
+                let node = crate::onnx::OnnxGru::new(attrs, i, w[0], w[1], bias)?;
+                let (t, b) = (a.seq_length as usize, a.batch_size as usize);
+                let (res, _) = node.forward_all(x, t, b, steps.0, h0, a.num_threads as usize)?;
+                Ok(vec![res.y, res.y_h])
+            }
+            HOnly::OnnxRnn(a) => {
+                let attrs = crate::onnx::OnnxRnnAttrs::new(h, direction(a.direction))
+                    .layout(layout(a.layout))
+                    .clip(clip(a.has_clip, a.clip))
+                    .activations(onnx_act(a.num_activations, &a.activations, &a.activation_alpha, &a.activation_beta)?);
+                let node = crate::onnx::OnnxRnn::new(attrs, i, w[0], w[1], bias)?;
+                let (t, b) = (a.seq_length as usize, a.batch_size as usize);
+                let (res, _) = node.forward_all(x, t, b, steps.0, h0, a.num_threads as usize)?;
+                Ok(vec![res.y, res.y_h])
+            }
+            HOnly::KerasGru(a) => {
+                let (b, t) = (a.batch_size as usize, a.seq_length as usize);
+                let view = steps.1.map_or_else(|| Ok(SeqView::full(b, t)), |m| SeqView::from_mask_bytes(m, b, t))?;
+                let or = |v: f32, d: f32| if v.is_nan() { d } else { v };
+                let recurrent = match a.recurrent_activation {
+                    7 => Activation::HardSigmoid { alpha: or(a.recurrent_alpha, 0.2), beta: or(a.recurrent_beta, 0.5) },
+                    c => keras_reference_activation(c)?,
+                };
+                let options = crate::keras::KerasGruOptions::default()
+                    .activation(keras_reference_activation(a.activation)?)
+                    .recurrent_activation(recurrent)
+                    .reset_after(a.reset_after == 1)
+                    .go_backwards(a.go_backwards == 1)
+                    .zero_output_for_mask(a.zero_output_for_mask == 1);
+                let weights = crate::GruWeights::from_keras(i, h, w[0], w[1], bias, a.reset_after == 1)?;
+                let (res, _) =
+                    crate::KerasGru::new(weights, options)?.forward_all(x, &view, h0, a.num_threads as usize)?;
+                Ok(vec![res.y, res.last_output, res.h_n])
+            }
+            HOnly::KerasRnn(a) => {
+                let (b, t) = (a.batch_size as usize, a.seq_length as usize);
+                let view = steps.1.map_or_else(|| Ok(SeqView::full(b, t)), |m| SeqView::from_mask_bytes(m, b, t))?;
+                let options = crate::keras::KerasRnnOptions::default()
+                    .activation(keras_reference_activation(a.activation)?)
+                    .go_backwards(a.go_backwards == 1)
+                    .zero_output_for_mask(a.zero_output_for_mask == 1);
+                let weights = crate::RnnWeights::from_keras(i, h, w[0], w[1], bias)?;
+                let (res, _) =
+                    crate::KerasSimpleRnn::new(weights, options)?.forward_all(x, &view, h0, a.num_threads as usize)?;
+                Ok(vec![res.y, res.last_output, res.h_n])
+            }
+        }
+    }
+
+    /// The one-shot call.
+    ///
+    /// # Safety
+    /// As the function called: every non-NULL pointer valid for its documented size.
+    unsafe fn one_shot(&self, x: In, steps: (*const i32, *const u8), w: [In; 4], h0: In, o: [Out; 3]) -> i32 {
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            match self {
+                HOnly::OnnxGru(a) => mrnn_gru_onnx(a, x, w[0], w[1], w[2], steps.0, h0, o[0], o[1]),
+                HOnly::OnnxRnn(a) => mrnn_rnn_onnx(a, x, w[0], w[1], w[2], steps.0, h0, o[0], o[1]),
+                HOnly::KerasGru(a) => mrnn_gru_keras(a, x, steps.1, w[0], w[1], w[2], h0, o[0], o[1], o[2]),
+                HOnly::KerasRnn(a) => mrnn_rnn_keras(a, x, steps.1, w[0], w[1], w[2], h0, o[0], o[1], o[2]),
+            }
+        }
+    }
+
+    /// `_new` into `out` (whose kind is this one's).
+    ///
+    /// # Safety
+    /// As the function called.
+    unsafe fn new_handle(&self, w: [In; 3], out: &mut HHandle) -> i32 {
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            match (self, out) {
+                (HOnly::OnnxGru(a), HHandle::OnnxGru(p)) => mrnn_onnx_gru_new(a, w[0], w[1], w[2], p),
+                (HOnly::OnnxRnn(a), HHandle::OnnxRnn(p)) => mrnn_onnx_rnn_new(a, w[0], w[1], w[2], p),
+                (HOnly::KerasGru(a), HHandle::KerasGru(p)) => mrnn_keras_gru_new(a, w[0], w[1], w[2], p),
+                (HOnly::KerasRnn(a), HHandle::KerasRnn(p)) => mrnn_keras_rnn_new(a, w[0], w[1], w[2], p),
+                _ => MRNN_ERR_INTERNAL,
+            }
+        }
+    }
+
+    /// `_run` of `layer` (of this kind) with these attributes.
+    ///
+    /// # Safety
+    /// As the function called; `layer` live.
+    unsafe fn run(&self, layer: HHandle, x: In, steps: (*const i32, *const u8), h0: In, o: [Out; 3]) -> i32 {
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            match (self, layer) {
+                (HOnly::OnnxGru(a), HHandle::OnnxGru(l)) => mrnn_onnx_gru_run(l, a, x, steps.0, h0, o[0], o[1]),
+                (HOnly::OnnxRnn(a), HHandle::OnnxRnn(l)) => mrnn_onnx_rnn_run(l, a, x, steps.0, h0, o[0], o[1]),
+                (HOnly::KerasGru(a), HHandle::KerasGru(l)) => {
+                    mrnn_keras_gru_run(l, a, x, steps.1, h0, o[0], o[1], o[2])
+                }
+                (HOnly::KerasRnn(a), HHandle::KerasRnn(l)) => {
+                    mrnn_keras_rnn_run(l, a, x, steps.1, h0, o[0], o[1], o[2])
+                }
+                _ => MRNN_ERR_INTERNAL,
+            }
+        }
+    }
+
+    /// A NULL handle of this kind.
+    fn null_handle(&self) -> HHandle {
+        match self {
+            HOnly::OnnxGru(_) => HHandle::OnnxGru(ptr::null_mut()),
+            HOnly::OnnxRnn(_) => HHandle::OnnxRnn(ptr::null_mut()),
+            HOnly::KerasGru(_) => HHandle::KerasGru(ptr::null_mut()),
+            HOnly::KerasRnn(_) => HHandle::KerasRnn(ptr::null_mut()),
+        }
+    }
+
+    /// The same attributes with one field fixed at creation changed (named in the message), or with only
+    /// per-run fields changed (`None`).
+    fn mutated(&self, r: &mut ByteReader<'_>) -> (Self, Option<&'static str>) {
+        let mut m = *self;
+        let field = match (&mut m, r.below(3)) {
+            (HOnly::OnnxGru(a), 0) => {
+                a.linear_before_reset = 1 - a.linear_before_reset;
+                "attrs.linear_before_reset "
+            }
+            (HOnly::OnnxRnn(a), 0) => {
+                a.layout = 1 - a.layout;
+                "attrs.layout "
+            }
+            (HOnly::KerasGru(a), 0) => {
+                a.reset_after = 1 - a.reset_after;
+                "attrs.reset_after "
+            }
+            (HOnly::KerasRnn(a), 0) => {
+                a.go_backwards = 1 - a.go_backwards;
+                "attrs.go_backwards "
+            }
+            (HOnly::OnnxGru(a), 1) => {
+                a.input_size += 1;
+                "attrs.input_size "
+            }
+            (HOnly::OnnxRnn(a), 1) => {
+                a.input_size += 1;
+                "attrs.input_size "
+            }
+            (HOnly::KerasGru(a), 1) => {
+                a.input_size += 1;
+                "attrs.input_size "
+            }
+            (HOnly::KerasRnn(a), 1) => {
+                a.input_size += 1;
+                "attrs.input_size "
+            }
+            _ => return (m, None),
+        };
+        (m, Some(field))
+    }
+}
+
+/// Attributes of one of the four kinds from fuzz bytes, built from the LSTM's generators (whose values,
+/// sane or wild, carry over field for field); returns them with whether every size is sane.
+fn h_only_attrs(r: &mut ByteReader<'_>) -> (HOnly, bool) {
+    let kind = r.below(4);
+    if kind < 2 {
+        let (l, sane, _) = onnx_attrs(r);
+        // The LSTM's 3 or 6 activations become 2 or 4 (GRU), 1 or 2 (RNN); other counts stay.
+        let per = if kind == 0 { 2 } else { 1 };
+        let n = match l.num_activations {
+            3 => per,
+            6 => 2 * per,
+            n => n,
+        };
+        let attrs = if kind == 0 {
+            HOnly::OnnxGru(MrnnOnnxGruAttrs {
+                seq_length: l.seq_length,
+                batch_size: l.batch_size,
+                input_size: l.input_size,
+                hidden_size: l.hidden_size,
+                direction: l.direction,
+                layout: l.layout,
+                linear_before_reset: l.input_forget,
+                has_clip: l.has_clip,
+                clip: l.clip,
+                num_activations: n,
+                activations: std::array::from_fn(|k| l.activations[k]),
+                activation_alpha: std::array::from_fn(|k| l.activation_alpha[k]),
+                activation_beta: std::array::from_fn(|k| l.activation_beta[k]),
+                num_threads: l.num_threads,
+            })
+        } else {
+            HOnly::OnnxRnn(MrnnOnnxRnnAttrs {
+                seq_length: l.seq_length,
+                batch_size: l.batch_size,
+                input_size: l.input_size,
+                hidden_size: l.hidden_size,
+                direction: l.direction,
+                layout: l.layout,
+                has_clip: l.has_clip,
+                clip: l.clip,
+                num_activations: n,
+                activations: std::array::from_fn(|k| l.activations[k]),
+                activation_alpha: std::array::from_fn(|k| l.activation_alpha[k]),
+                activation_beta: std::array::from_fn(|k| l.activation_beta[k]),
+                num_threads: l.num_threads,
+            })
+        };
+        (attrs, sane)
+    } else {
+        let (l, sane, _) = keras_attrs(r);
+        let attrs = if kind == 2 {
+            HOnly::KerasGru(MrnnKerasGruAttrs {
+                batch_size: l.batch_size,
+                seq_length: l.seq_length,
+                input_size: l.input_size,
+                hidden_size: l.hidden_size,
+                go_backwards: l.go_backwards,
+                zero_output_for_mask: l.zero_output_for_mask,
+                activation: l.activation,
+                recurrent_activation: l.recurrent_activation,
+                recurrent_alpha: l.recurrent_alpha,
+                recurrent_beta: l.recurrent_beta,
+                reset_after: flag_value(r),
+                num_threads: l.num_threads,
+            })
+        } else {
+            HOnly::KerasRnn(MrnnKerasRnnAttrs {
+                batch_size: l.batch_size,
+                seq_length: l.seq_length,
+                input_size: l.input_size,
+                hidden_size: l.hidden_size,
+                go_backwards: l.go_backwards,
+                zero_output_for_mask: l.zero_output_for_mask,
+                activation: l.activation,
+                num_threads: l.num_threads,
+            })
+        };
+        (attrs, sane)
+    }
+}
+
+const H_OUT_NAMES: [&str; 3] = ["y", "y_h / last_output", "h_n"];
+
+/// The GRU and RNN functions of section 4 from arbitrary attributes: the one-shot function (NULL and
+/// misaligned pointers, aliased outputs, bad lengths), then a handle made with the same attributes, run
+/// with them (bitwise the one-shot outputs) or with a field fixed at creation changed (refused, nothing
+/// written). Every status as predicted by the validation order, canaries intact, inputs unchanged, and
+/// successful outputs bitwise the Rust API's.
+fn fuzz_gru_rnn(r: &mut ByteReader<'_>) -> Check {
+    let (attrs, sane) = h_only_attrs(r);
+    let what = attrs.name();
+    let bad_value = attrs.value_error();
+    let overflow = !bad_value && attrs.tensors(true).iter().any(|d| overflows(d));
+    let mut nulls: [bool; 4] = std::array::from_fn(|k| r.u8().is_multiple_of(if k == 0 { 32 } else { 24 }));
+    if too_big(nulls.iter().any(|&n| n), bad_value, overflow, sane) {
+        nulls[1] = true; // x
+    }
+    let [a, b, i, h] = attrs.dims();
+    let (g, d) = (attrs.gates(), attrs.d());
+    let len = |dims: &[i64]| buffer_len(sane, dims);
+    let (bs, ts) = if attrs.onnx() { (b, a) } else { (a, b) };
+    let n_state = len(&[d, bs, h]);
+    let out_sizes =
+        if attrs.onnx() { [len(&[ts, d, bs, h]), n_state, 0] } else { [len(&[bs, ts, h]), n_state, n_state] };
+    let canary = f32::from_bits(CANARY_BITS);
+    let (given_bias, given_h0, given_steps) = (r.bool(), r.bool(), r.bool());
+    let (lens, bad_len) = lengths(r, len(&[bs]), ts, sane);
+    let bufs = HBufs {
+        x: Buf::new(values(r, len(&[bs, ts, i]), 1.5), canary),
+        lens: Buf::new(lens, CANARY_I32),
+        mask: Buf::new(mask_values(r, len(&[bs, ts])), CANARY_BYTE),
+        h0: Buf::new(values(r, n_state, 1.0), canary),
+        w: [
+            Buf::new(values(r, len(&[d, g, h, i]), 0.7), canary),
+            Buf::new(values(r, len(&[d, g, h, h]), 0.7), canary),
+            Buf::new(values(r, len(&[d, attrs.bias_blocks(), h]), 0.5), canary),
+        ],
+    };
+    let misalign = r.u8().is_multiple_of(24);
+    let alias = r.u8().is_multiple_of(24) && out_sizes[0] > 0 && out_sizes[1] > 0;
+    let onnx = attrs.onnx();
+    let bad_len = bad_len && onnx && given_steps;
+    let required_null = nulls.iter().any(|&n| n);
+    let expected =
+        predicted(required_null, bad_value, overflow, misalign || alias).or((bad_len).then_some(MRNN_ERR_BAD_ARGUMENT));
+    let x_ptr = input_ptr(&bufs.x, nulls[1], misalign);
+    let steps = (
+        if onnx && given_steps { bufs.lens.ptr() } else { ptr::null() },
+        if !onnx && given_steps { bufs.mask.ptr() } else { ptr::null() },
+    );
+    let h0 = if given_h0 { bufs.h0.ptr() } else { ptr::null() };
+    let w = [
+        if nulls[2] { ptr::null() } else { bufs.w[0].ptr() },
+        if nulls[3] { ptr::null() } else { bufs.w[1].ptr() },
+        if given_bias { bufs.w[2].ptr() } else { ptr::null() },
+        ptr::null(),
+    ];
+    let on = [r.bool() || alias, r.bool() || alias, r.bool()];
+    let (outs, mut o) = output_bufs(out_sizes, &on);
+    if alias {
+        o[1] = o[0];
+    }
+    let attrs_ptr_null = nulls[0];
+    let before: Vec<Vec<f32>> =
+        [&bufs.x, &bufs.h0, &bufs.w[0], &bufs.w[1], &bufs.w[2]].iter().map(|b| b.data.clone()).collect();
+    let (lens_before, mask_before) = (bufs.lens.data.clone(), bufs.mask.data.clone());
+    let status = if attrs_ptr_null {
+        // SAFETY: NULL attributes are reported before anything is read.
+        unsafe {
+            match attrs {
+                HOnly::OnnxGru(_) => mrnn_gru_onnx(ptr::null(), x_ptr, w[0], w[1], w[2], steps.0, h0, o[0], o[1]),
+                HOnly::OnnxRnn(_) => mrnn_rnn_onnx(ptr::null(), x_ptr, w[0], w[1], w[2], steps.0, h0, o[0], o[1]),
+                HOnly::KerasGru(_) => {
+                    mrnn_gru_keras(ptr::null(), x_ptr, steps.1, w[0], w[1], w[2], h0, o[0], o[1], o[2])
+                }
+                HOnly::KerasRnn(_) => {
+                    mrnn_rnn_keras(ptr::null(), x_ptr, steps.1, w[0], w[1], w[2], h0, o[0], o[1], o[2])
+                }
+            }
+        }
+    } else {
+        // SAFETY: every buffer has the size of the attributes when they are sane; otherwise the call is
+        // predicted to fail validation before reading (a huge valid case gets a NULL `x`).
+        unsafe { attrs.one_shot(x_ptr, steps, w, h0, o) }
+    };
+    let inputs = [&bufs.x, &bufs.h0, &bufs.w[0], &bufs.w[1], &bufs.w[2]];
+    let failed = check_call(what, status, &outs, &H_OUT_NAMES, &inputs, &before, expected)?;
+    check_lens(what, &bufs.lens, &lens_before)?;
+    if bufs.mask.data != mask_before {
+        return Err(format!("{what}: the mask was modified"));
+    }
+    if failed {
+        let earlier = required_null || bad_value || overflow;
+        check_message(what, bad_len && !earlier && !misalign && !alias, "sequence_lens[")?;
+        check_message(what, alias && !earlier && !misalign, "overlaps")?;
+        return Ok(());
+    }
+    let steps_slices = (given_steps.then(|| bufs.lens.values()), given_steps.then(|| bufs.mask.values()));
+    let steps_slices = if onnx { (steps_slices.0, None) } else { (None, steps_slices.1) };
+    let reference = attrs.rust(
+        bufs.x.values(),
+        [bufs.w[0].values(), bufs.w[1].values(), bufs.w[2].values()],
+        given_bias.then(|| bufs.w[2].values()),
+        steps_slices,
+        given_h0.then(|| bufs.h0.values()),
+    );
+    let n_outs = if onnx { 2 } else { 3 };
+    let reference = reference.map(|v| {
+        let mut it = v.into_iter();
+        std::array::from_fn::<Vec<f32>, 3, _>(|_| it.next().unwrap_or_default())
+    });
+    // Outputs not asked for are compared as empty: only those given are checked.
+    let masked_ref = reference.map(|v| {
+        let mut v = v;
+        for k in 0..3 {
+            if !on[k] || k >= n_outs {
+                v[k] = outs[k].values().to_vec();
+            }
+        }
+        v
+    });
+    check_same_as_rust(what, status, masked_ref, &outs, &H_OUT_NAMES)?;
+    if status != MRNN_OK {
+        return Ok(());
+    }
+
+    // A handle made with the same attributes: the same outputs, bitwise; or a changed fixed field: refused.
+    let mut layer = attrs.null_handle();
+    // SAFETY: the weights have the sizes of the attributes (sane and valid: the one-shot call succeeded).
+    let st = unsafe { attrs.new_handle([w[0], w[1], w[2]], &mut layer) };
+    if st != MRNN_OK || layer.is_null() {
+        return Err(format!("{what}: _new failed ({st}) where the one-shot call succeeded: {}", last_error_message()));
+    }
+    let (run_attrs, field) = if r.u8().is_multiple_of(4) { attrs.mutated(r) } else { (attrs, None) };
+    let saved: Vec<Vec<f32>> = outs.iter().map(|b| b.data.clone()).collect();
+    let (mut again, o2) = output_bufs(out_sizes, &on);
+    // SAFETY: a live handle; the buffers as for the one-shot call.
+    let st = unsafe { run_attrs.run(layer, x_ptr, steps, h0, o2) };
+    // SAFETY: a live handle, freed once.
+    unsafe { layer.free() };
+    check_status(what, st)?;
+    match field {
+        Some(field) => {
+            if st != MRNN_ERR_BAD_ARGUMENT || !last_error_message().contains(field) {
+                return Err(format!("{what}: a run with other {field}: status {st}: {}", last_error_message()));
+            }
+            if again.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
+                return Err(format!("{what}: a refused run wrote an output"));
+            }
+        }
+        None => {
+            if st != MRNN_OK {
+                return Err(format!("{what}: the handle's run failed ({st}): {}", last_error_message()));
+            }
+            for (k, (buf, s)) in again.iter_mut().zip(&saved).enumerate() {
+                same_bits(&format!("{what}: {} (handle vs one-shot)", H_OUT_NAMES[k]), &buf.data, s)?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -29,9 +29,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, TryLockError};
 
-use super::keras::KerasArgs;
+use super::keras::{KerasArgs, KerasFields};
 use super::layer::{new, run};
-use super::onnx::OnnxArgs;
+use super::onnx::{OnnxArgs, OnnxFields};
 use super::*;
 
 /// The next handle id: 1, 2, 3, ... for the process's life.
@@ -198,48 +198,61 @@ fn same_fields<T: PartialEq + std::fmt::Display>(fields: &[(&str, T, T)]) -> Res
     }
 }
 
-/// Checks that a run's attributes agree with the handle's on every field fixed at creation.
+/// Checks that a run's Keras attributes (`run`, with their recurrent activation) agree with the handle's
+/// (`created`, with the activation it was made with) on every field fixed at creation, in field order.
 pub(super) fn keras_attrs_match(
-    run: &MrnnKerasLstmAttrs,
-    options: &KerasLstmOptions,
-    handle: &MrnnKerasLstm,
+    run: &KerasFields,
+    run_recurrent: Option<Activation>,
+    created: &KerasFields,
+    fixed_recurrent: Option<Activation>,
 ) -> Result<()> {
-    let (c, fixed) = (&handle.attrs, &handle.args.options);
-    same_fields(&[("input_size", run.input_size, c.input_size), ("hidden_size", run.hidden_size, c.hidden_size)])?;
+    let (r, c) = (run, created);
+    same_fields(&[("input_size", r.sizes[2].1, c.sizes[2].1), ("hidden_size", r.sizes[3].1, c.sizes[3].1)])?;
     same_fields(&[
-        ("go_backwards", run.go_backwards, c.go_backwards),
-        ("zero_output_for_mask", run.zero_output_for_mask, c.zero_output_for_mask),
-        ("activation", run.activation, c.activation),
+        ("go_backwards", r.go_backwards, c.go_backwards),
+        ("zero_output_for_mask", r.zero_output_for_mask, c.zero_output_for_mask),
+        ("activation", r.activation, c.activation),
     ])?;
-    same_activation(
-        ["recurrent_activation", "recurrent_alpha", "recurrent_beta"],
-        (options.recurrent_activation, run.recurrent_activation, run.recurrent_alpha, run.recurrent_beta),
-        (fixed.recurrent_activation, c.recurrent_activation, c.recurrent_alpha, c.recurrent_beta),
-    )
+    if let (Some(rr), Some(cr), Some(ra), Some(ca)) = (r.recurrent, c.recurrent, run_recurrent, fixed_recurrent) {
+        same_activation(
+            ["recurrent_activation", "recurrent_alpha", "recurrent_beta"],
+            (ra, rr.0, rr.1, rr.2),
+            (ca, cr.0, cr.1, cr.2),
+        )?;
+    }
+    if let (Some(rr), Some(cr)) = (r.reset_after, c.reset_after) {
+        same_fields(&[("reset_after", rr, cr)])?;
+    }
+    Ok(())
 }
 
-/// Checks that a run's attributes agree with the handle's on every field fixed at creation.
-pub(super) fn onnx_attrs_match(run: &MrnnOnnxLstmAttrs, acts: &[Activation], handle: &MrnnOnnxLstm) -> Result<()> {
-    let c = &handle.attrs;
-    same_fields(&[("input_size", run.input_size, c.input_size), ("hidden_size", run.hidden_size, c.hidden_size)])?;
-    same_fields(&[
-        ("direction", run.direction, c.direction),
-        ("layout", run.layout, c.layout),
-        ("input_forget", run.input_forget, c.input_forget),
-        ("has_clip", run.has_clip, c.has_clip),
-    ])?;
-    if run.has_clip == 1 && run.clip.to_bits() != c.clip.to_bits() {
-        return Err(differs("clip", run.clip, c.clip));
+/// Checks that a run's ONNX attributes (`run`, with their activations) agree with the handle's (`created`,
+/// with the activations it was made with) on every field fixed at creation, in field order.
+pub(super) fn onnx_attrs_match(
+    run: &OnnxFields<'_>,
+    acts: &[Activation],
+    created: &OnnxFields<'_>,
+    fixed: &[Activation],
+) -> Result<()> {
+    let (r, c) = (run, created);
+    same_fields(&[("input_size", r.sizes[2].1, c.sizes[2].1), ("hidden_size", r.sizes[3].1, c.sizes[3].1)])?;
+    same_fields(&[("direction", r.direction, c.direction), ("layout", r.layout, c.layout)])?;
+    if let (Some((name, rv)), Some((_, cv))) = (r.flag, c.flag) {
+        same_fields(&[(name, rv, cv)])?;
     }
-    if run.num_activations != c.num_activations {
-        return Err(differs("num_activations", run.num_activations, c.num_activations));
+    same_fields(&[("has_clip", r.has_clip, c.has_clip)])?;
+    if r.has_clip == 1 && r.clip.to_bits() != c.clip.to_bits() {
+        return Err(differs("clip", r.clip, c.clip));
     }
-    for (k, (&r, &h)) in acts.iter().zip(&handle.args.attrs.activations).enumerate() {
+    if r.num_activations != c.num_activations {
+        return Err(differs("num_activations", r.num_activations, c.num_activations));
+    }
+    for (k, (&ra, &ca)) in acts.iter().zip(fixed).enumerate() {
         let names = [format!("activations[{k}]"), format!("activation_alpha[{k}]"), format!("activation_beta[{k}]")];
         same_activation(
             [&names[0], &names[1], &names[2]],
-            (r, run.activations[k], run.activation_alpha[k], run.activation_beta[k]),
-            (h, c.activations[k], c.activation_alpha[k], c.activation_beta[k]),
+            (ra, r.activations[k], r.alpha[k], r.beta[k]),
+            (ca, c.activations[k], c.alpha[k], c.beta[k]),
         )?;
     }
     Ok(())
@@ -289,7 +302,7 @@ pub unsafe extern "C" fn mrnn_keras_lstm_run(
     let input = KerasInputPtrs { x, mask, initial_h, initial_c };
     let output = KerasOutputPtrs { y, last_output, h_n, c_n };
     // SAFETY: the caller's contract, as `run` requires it.
-    guard("mrnn_keras_lstm_run", || unsafe { run(layer, attrs, input, output, None) })
+    guard("mrnn_keras_lstm_run", || unsafe { run(layer, attrs, input, output) })
 }
 
 /// Frees a handle made by [`mrnn_keras_lstm_new`]; NULL is a no-op.
@@ -347,7 +360,7 @@ pub unsafe extern "C" fn mrnn_onnx_lstm_run(
     let input = OnnxInputPtrs { x, sequence_lens, initial_h, initial_c };
     let output = OnnxOutputPtrs { y, y_h, y_c };
     // SAFETY: the caller's contract, as `run` requires it.
-    guard("mrnn_onnx_lstm_run", || unsafe { run(layer, attrs, input, output, None) })
+    guard("mrnn_onnx_lstm_run", || unsafe { run(layer, attrs, input, output) })
 }
 
 /// Frees a handle made by [`mrnn_onnx_lstm_new`]; NULL is a no-op.

@@ -4,17 +4,23 @@
 //!
 //! A run's inputs (`KerasInput`) serve the forward, the forward that fills a tape and the backward,
 //! whether they are the caller's buffers or a tape's copies of them.
+//!
+//! The Keras GRU and SimpleRNN kinds (module `gru`) share what is not the LSTM's own: the fields of an
+//! attributes struct and their checks (`KerasFields`, `keras_values`), the sizes for any gate count
+//! (`KerasSizes` of `KerasShapes`), the pointer groups and their checks (`keras_require`, `keras_extents`;
+//! `initial_c` and `c_n` are NULL for them).
 
 use super::handle::{keras_attrs_match, Core, MrnnKerasLstm};
-use super::layer::{Kind, Ptrs};
+use super::layer::{Kind, Ptrs, TrainKind};
 use super::train::{KerasRecord, Record};
 use super::*;
 use crate::frameworks::keras::{KerasGrads, KerasTape, KerasUpstream};
 
-/// The validated values of an `MrnnKerasLstmAttrs`: the layer options, the sizes and the thread count.
+/// The validated values of a Keras attributes struct: the layer options (`O`: of the LSTM, GRU or
+/// SimpleRNN), the sizes and the thread count.
 #[derive(Debug)]
-pub(super) struct KerasArgs {
-    pub(super) options: KerasLstmOptions,
+pub(super) struct KerasArgs<O = KerasLstmOptions> {
+    pub(super) options: O,
     pub(super) b: usize,
     pub(super) t: usize,
     pub(super) i: usize,
@@ -22,30 +28,116 @@ pub(super) struct KerasArgs {
     pub(super) threads: usize,
 }
 
-/// Step 2 and the size conversions of step 3: every value check on `a`.
-fn keras_args(a: &MrnnKerasLstmAttrs) -> Result<KerasArgs> {
-    let sizes = [
-        ("batch_size", a.batch_size),
-        ("seq_length", a.seq_length),
-        ("input_size", a.input_size),
-        ("hidden_size", a.hidden_size),
-    ];
-    layer_sizes(&sizes)?;
-    let go_backwards = flag("go_backwards", a.go_backwards)?;
-    let zero_output_for_mask = flag("zero_output_for_mask", a.zero_output_for_mask)?;
-    let activation = keras_activation(a.activation, f32::NAN, f32::NAN)
-        .map_err(|e| Error::argument(format!("activation: {}", e.message())))?;
-    let recurrent_activation = keras_activation(a.recurrent_activation, a.recurrent_alpha, a.recurrent_beta)
-        .map_err(|e| Error::argument(format!("recurrent_activation: {}", e.message())))?;
-    let threads = thread_count(a.num_threads)?;
-    let [b, t, i, h] = dims(sizes)?;
-    let options = KerasLstmOptions::default()
-        .activation(activation)
-        .recurrent_activation(recurrent_activation)
-        .go_backwards(go_backwards)
-        .zero_output_for_mask(zero_output_for_mask);
-    Ok(KerasArgs { options, b, t, i, h, threads })
+/// The fields of a Keras attributes struct (`MrnnKerasLstmAttrs`, `MrnnKerasGruAttrs`,
+/// `MrnnKerasRnnAttrs`), in their order; `None`: the struct has no such field.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct KerasFields {
+    pub(super) sizes: [(&'static str, i64); 4],
+    pub(super) go_backwards: i32,
+    pub(super) zero_output_for_mask: i32,
+    pub(super) activation: i32,
+    /// `recurrent_activation`, `recurrent_alpha`, `recurrent_beta`.
+    pub(super) recurrent: Option<(i32, f32, f32)>,
+    pub(super) reset_after: Option<i32>,
+    pub(super) num_threads: i32,
 }
+
+/// A Keras attributes struct, seen through its [`KerasFields`].
+pub(super) trait KerasAttrs: Copy {
+    fn fields(&self) -> KerasFields;
+}
+
+impl KerasAttrs for MrnnKerasLstmAttrs {
+    fn fields(&self) -> KerasFields {
+        KerasFields {
+            sizes: keras_sizes(self.batch_size, self.seq_length, self.input_size, self.hidden_size),
+            go_backwards: self.go_backwards,
+            zero_output_for_mask: self.zero_output_for_mask,
+            activation: self.activation,
+            recurrent: Some((self.recurrent_activation, self.recurrent_alpha, self.recurrent_beta)),
+            reset_after: None,
+            num_threads: self.num_threads,
+        }
+    }
+}
+
+/// The four sizes of a Keras attributes struct, named, in their order.
+pub(super) fn keras_sizes(b: i64, t: i64, i: i64, h: i64) -> [(&'static str, i64); 4] {
+    [("batch_size", b), ("seq_length", t), ("input_size", i), ("hidden_size", h)]
+}
+
+/// The checked values of [`KerasFields`].
+pub(super) struct KerasValues {
+    pub(super) go_backwards: bool,
+    pub(super) zero_output_for_mask: bool,
+    pub(super) activation: Activation,
+    pub(super) recurrent_activation: Option<Activation>,
+    pub(super) reset_after: Option<bool>,
+    pub(super) dims: [usize; 4],
+    pub(super) threads: usize,
+}
+
+impl KerasValues {
+    /// The [`KerasArgs`] of these values with the layer options `options`.
+    pub(super) fn args<O>(&self, options: O) -> KerasArgs<O> {
+        let [b, t, i, h] = self.dims;
+        KerasArgs { options, b, t, i, h, threads: self.threads }
+    }
+}
+
+/// Step 2 and the size conversions of step 3: every value check on the fields of a Keras attributes
+/// struct, in field order.
+pub(super) fn keras_values(f: &KerasFields) -> Result<KerasValues> {
+    layer_sizes(&f.sizes)?;
+    let go_backwards = flag("go_backwards", f.go_backwards)?;
+    let zero_output_for_mask = flag("zero_output_for_mask", f.zero_output_for_mask)?;
+    let activation = keras_activation(f.activation, f32::NAN, f32::NAN)
+        .map_err(|e| Error::argument(format!("activation: {}", e.message())))?;
+    let recurrent_activation = f
+        .recurrent
+        .map(|(code, alpha, beta)| {
+            keras_activation(code, alpha, beta)
+                .map_err(|e| Error::argument(format!("recurrent_activation: {}", e.message())))
+        })
+        .transpose()?;
+    let reset_after = f.reset_after.map(|v| flag("reset_after", v)).transpose()?;
+    let threads = thread_count(f.num_threads)?;
+    let dims = dims(f.sizes)?;
+    Ok(KerasValues { go_backwards, zero_output_for_mask, activation, recurrent_activation, reset_after, dims, threads })
+}
+
+/// Step 2 for the Keras LSTM.
+fn keras_args(a: &MrnnKerasLstmAttrs) -> Result<KerasArgs> {
+    let v = keras_values(&a.fields())?;
+    let mut options = KerasLstmOptions::default()
+        .activation(v.activation)
+        .go_backwards(v.go_backwards)
+        .zero_output_for_mask(v.zero_output_for_mask);
+    if let Some(recurrent) = v.recurrent_activation {
+        options = options.recurrent_activation(recurrent);
+    }
+    Ok(v.args(options))
+}
+
+/// The shapes of a Keras layer's weights: gate blocks `G` (LSTM 4, GRU 3, SimpleRNN 1), bias rows, and
+/// the names the overflow messages give them.
+#[derive(Debug)]
+pub(super) struct KerasShapes {
+    pub(super) gates: usize,
+    pub(super) bias_rows: usize,
+    pub(super) kernel: &'static str,
+    pub(super) recurrent: &'static str,
+    pub(super) bias: &'static str,
+}
+
+/// The Keras LSTM's: `kernel [I,4H]`, `recurrent_kernel [H,4H]`, `bias [4H]`.
+const LSTM_SHAPES: KerasShapes = KerasShapes {
+    gates: 4,
+    bias_rows: 1,
+    kernel: "kernel [I,4H]",
+    recurrent: "recurrent_kernel [H,4H]",
+    bias: "bias [4H]",
+};
 
 /// The dimensions of a Keras call and the element counts of its tensors (step 3, checked in this order).
 pub(super) struct KerasSizes {
@@ -53,7 +145,7 @@ pub(super) struct KerasSizes {
     t: usize,
     i: usize,
     h: usize,
-    gates: usize,
+    bias: usize,
     x: usize,
     mask: usize,
     kernel: usize,
@@ -63,23 +155,28 @@ pub(super) struct KerasSizes {
 }
 
 impl KerasSizes {
-    /// A run of `B` sequences of `T` steps through a layer of sizes `I`, `H` (`B = T = 0`: the weights
-    /// alone).
-    fn new(b: usize, t: usize, i: usize, h: usize) -> Result<Self> {
-        let gates = checked_product(&[4, h], "bias [4H]")?;
+    /// A run of `B` sequences of `T` steps through a layer of sizes `I`, `H` and weights `shapes` (`B = T =
+    /// 0`: the weights alone).
+    pub(super) fn new(b: usize, t: usize, i: usize, h: usize, shapes: &KerasShapes) -> Result<Self> {
+        let gates = checked_product(&[shapes.gates, h], shapes.bias)?;
         Ok(KerasSizes {
             b,
             t,
             i,
             h,
-            gates,
+            bias: checked_product(&[shapes.bias_rows, gates], shapes.bias)?,
             x: checked_product(&[b, t, i], "x [B,T,I]")?,
             mask: checked_product(&[b, t], "mask [B,T]")?,
-            kernel: checked_product(&[i, gates], "kernel [I,4H]")?,
-            recurrent: checked_product(&[h, gates], "recurrent_kernel [H,4H]")?,
+            kernel: checked_product(&[i, gates], shapes.kernel)?,
+            recurrent: checked_product(&[h, gates], shapes.recurrent)?,
             state: checked_product(&[b, h], "state [B,H]")?,
             y: checked_product(&[b, t, h], "y [B,T,H]")?,
         })
+    }
+
+    /// `I`, `H`.
+    pub(super) fn layer(&self) -> (usize, usize) {
+        (self.i, self.h)
     }
 }
 
@@ -107,7 +204,7 @@ impl KerasInputPtrs {
     /// # Safety
     /// Steps 1 to 4 passed for these pointers with the sizes `n`; each non-NULL one is valid for reading
     /// its size during `'a`, and nothing writes it meanwhile (the caller's contract).
-    unsafe fn slices<'a>(&self, n: &KerasSizes) -> Result<KerasInput<&'a [f32]>> {
+    pub(super) unsafe fn slices<'a>(&self, n: &KerasSizes) -> Result<KerasInput<&'a [f32]>> {
         // SAFETY: each pointer is NULL or was checked aligned and non-wrapping with the very length passed
         // here, which `checked_product` bounds to isize::MAX bytes; valid by this function's contract.
         let (x, mask, initial_h, initial_c) = unsafe {
@@ -126,6 +223,9 @@ impl KerasInputPtrs {
     }
 }
 
+/// The weight slices: `kernel`, `recurrent_kernel`, `bias`.
+pub(super) type KerasWeightSlices<'a> = (&'a [f32], &'a [f32], Option<&'a [f32]>);
+
 /// The weights, as caller pointers: `kernel [I,4H]`, `recurrent_kernel [H,4H]` (both required), `bias [4H]`.
 #[derive(Clone, Copy)]
 pub(super) struct KerasWeightPtrs {
@@ -139,23 +239,32 @@ impl KerasWeightPtrs {
         [
             Extent::new("kernel", self.kernel, n.kernel, false),
             Extent::new("recurrent_kernel", self.recurrent_kernel, n.recurrent, false),
-            Extent::new("bias", self.bias, n.gates, false),
+            Extent::new("bias", self.bias, n.bias, false),
         ]
     }
 
-    /// The layer packed from the weights.
+    /// The weight slices: `kernel`, `recurrent_kernel`, `bias`.
+    ///
+    /// # Safety
+    /// As [`KerasInputPtrs::slices`].
+    pub(super) unsafe fn slices<'a>(&self, n: &KerasSizes) -> Result<KerasWeightSlices<'a>> {
+        // SAFETY: as in `KerasInputPtrs::slices`.
+        unsafe {
+            Ok((
+                required("kernel", self.kernel, n.kernel)?,
+                required("recurrent_kernel", self.recurrent_kernel, n.recurrent)?,
+                input(self.bias, n.bias),
+            ))
+        }
+    }
+
+    /// The LSTM packed from the weights.
     ///
     /// # Safety
     /// As [`KerasInputPtrs::slices`].
     unsafe fn pack(&self, n: &KerasSizes, options: KerasLstmOptions) -> Result<KerasLstm> {
-        // SAFETY: as in `KerasInputPtrs::slices`; the slices live for this call only.
-        let (kernel, recurrent_kernel, bias) = unsafe {
-            (
-                required("kernel", self.kernel, n.kernel)?,
-                required("recurrent_kernel", self.recurrent_kernel, n.recurrent)?,
-                input(self.bias, n.gates),
-            )
-        };
+        // SAFETY: forwarded; the slices live for this call only.
+        let (kernel, recurrent_kernel, bias) = unsafe { self.slices(n) }?;
         KerasLstm::new(LstmWeights::from_keras(n.i, n.h, kernel, recurrent_kernel, bias)?, options)
     }
 }
@@ -184,7 +293,7 @@ impl KerasOutputPtrs {
     /// # Safety
     /// As [`KerasInputPtrs::slices`], for writes; step 4 proved that no output overlaps another buffer, and
     /// nothing else accesses them during `'a`.
-    unsafe fn slices<'a>(&self, n: &KerasSizes) -> KerasOutputs<'a> {
+    pub(super) unsafe fn slices<'a>(&self, n: &KerasSizes) -> KerasOutputs<'a> {
         // SAFETY: forwarded from this function's contract.
         unsafe {
             KerasOutputs {
@@ -237,7 +346,7 @@ impl KerasGradPtrs {
             Extent::new("dx", out.dx, n.x, true),
             Extent::new("d_kernel", out.d_kernel, n.kernel, true),
             Extent::new("d_recurrent_kernel", out.d_recurrent_kernel, n.recurrent, true),
-            Extent::new("d_bias", out.d_bias, n.gates, true),
+            Extent::new("d_bias", out.d_bias, n.bias, true),
             Extent::new("d_initial_h", out.d_initial_h, n.state, true),
             Extent::new("d_initial_c", out.d_initial_c, n.state, true),
         ]
@@ -262,7 +371,7 @@ impl KerasGradPtrs {
                     dx: output(out.dx, n.x),
                     d_kernel: output(out.d_kernel, n.kernel),
                     d_recurrent_kernel: output(out.d_recurrent_kernel, n.recurrent),
-                    d_bias: output(out.d_bias, n.gates),
+                    d_bias: output(out.d_bias, n.bias),
                     d_initial_h: output(out.d_initial_h, n.state),
                     d_initial_c: output(out.d_initial_c, n.state),
                 },
@@ -275,9 +384,9 @@ impl KerasGradPtrs {
 /// the caller's buffers (`X = &[f32]`) or a tape's copies of them (`X = Vec<f32>`).
 #[derive(Debug)]
 pub(super) struct KerasInput<X> {
-    x: X,
-    view: SeqView,
-    initial_h: Option<X>,
+    pub(super) x: X,
+    pub(super) view: SeqView,
+    pub(super) initial_h: Option<X>,
     initial_c: Option<X>,
 }
 
@@ -355,6 +464,32 @@ impl KerasInput<Vec<f32>> {
     }
 }
 
+/// Step 1 for the groups of a Keras kind: `x`, `kernel`, `recurrent_kernel`.
+pub(super) fn keras_require<K>(p: &Ptrs<K>) -> Result<()>
+where
+    K: Kind<Input = KerasInputPtrs, Weights = KerasWeightPtrs>,
+{
+    if let Some(input) = &p.input {
+        require("x", input.x)?;
+    }
+    if let Some(w) = &p.weights {
+        require("kernel", w.kernel)?;
+        require("recurrent_kernel", w.recurrent_kernel)?;
+    }
+    Ok(())
+}
+
+/// Step 4 for the groups of a Keras kind: `x`, `mask`, the weights, the initial states, the outputs.
+pub(super) fn keras_extents<K>(p: &Ptrs<K>, n: &KerasSizes) -> Vec<Option<Extent>>
+where
+    K: Kind<Input = KerasInputPtrs, Weights = KerasWeightPtrs, Output = KerasOutputPtrs>,
+{
+    let [x, mask, initial_h, initial_c] = p.input.map_or([None; 4], |i| i.extents(n));
+    let weights = p.weights.map_or([None; 3], |w| w.extents(n));
+    let outputs = p.output.map_or([None; 4], |o| o.extents(n));
+    [x, mask].into_iter().chain(weights).chain([initial_h, initial_c]).chain(outputs).collect()
+}
+
 impl Kind for MrnnKerasLstm {
     const NAME: &'static str = "Keras LSTM";
     const PREFIX: &'static str = "mrnn_keras_lstm";
@@ -365,9 +500,6 @@ impl Kind for MrnnKerasLstm {
     type Input = KerasInputPtrs;
     type Weights = KerasWeightPtrs;
     type Output = KerasOutputPtrs;
-    type Grads = KerasGradPtrs;
-    type Tape = KerasTape;
-    type Copies = KerasInput<Vec<f32>>;
 
     fn core(&self) -> &Core<KerasLstm> {
         &self.core
@@ -383,20 +515,15 @@ impl Kind for MrnnKerasLstm {
 
     /// `x`, `kernel`, `recurrent_kernel`.
     fn require(p: &Ptrs<Self>) -> Result<()> {
-        if let Some(input) = &p.input {
-            require("x", input.x)?;
-        }
-        if let Some(w) = &p.weights {
-            require("kernel", w.kernel)?;
-            require("recurrent_kernel", w.recurrent_kernel)?;
-        }
-        Ok(())
+        keras_require(p)
     }
 
     fn args(a: &MrnnKerasLstmAttrs, handle: Option<&Self>) -> Result<KerasArgs> {
         let args = keras_args(a)?;
         if let Some(handle) = handle {
-            keras_attrs_match(a, &args.options, handle)?;
+            let (run, fixed) =
+                (Some(args.options.recurrent_activation), Some(handle.args.options.recurrent_activation));
+            keras_attrs_match(&a.fields(), run, &handle.attrs.fields(), fixed)?;
         }
         Ok(args)
     }
@@ -407,26 +534,12 @@ impl Kind for MrnnKerasLstm {
 
     fn sizes(args: &KerasArgs, run: bool) -> Result<KerasSizes> {
         let (b, t) = if run { (args.b, args.t) } else { (0, 0) };
-        KerasSizes::new(b, t, args.i, args.h)
+        KerasSizes::new(b, t, args.i, args.h, &LSTM_SHAPES)
     }
 
-    fn tape_sizes(args: &KerasArgs, copies: &KerasInput<Vec<f32>>) -> Result<KerasSizes> {
-        KerasSizes::new(copies.view.batch(), copies.view.time(), args.i, args.h)
-    }
-
-    /// `x`, `mask`, the weights, the initial states, the outputs, the upstream gradients and gradient
-    /// outputs.
+    /// `x`, `mask`, the weights, the initial states, the outputs.
     fn extents(p: &Ptrs<Self>, n: &KerasSizes) -> Vec<Option<Extent>> {
-        let [x, mask, initial_h, initial_c] = p.input.map_or([None; 4], |i| i.extents(n));
-        let weights = p.weights.map_or([None; 3], |w| w.extents(n));
-        let outputs = p.output.map_or([None; 4], |o| o.extents(n));
-        let grads = p.grads.map_or([None; 10], |g| g.extents(n));
-        [x, mask].into_iter().chain(weights).chain([initial_h, initial_c]).chain(outputs).chain(grads).collect()
-    }
-
-    fn wants(g: &KerasGradPtrs) -> bool {
-        let g = &g.out;
-        [g.dx, g.d_kernel, g.d_recurrent_kernel, g.d_bias, g.d_initial_h, g.d_initial_c].iter().any(|p| !p.is_null())
+        keras_extents(p, n)
     }
 
     unsafe fn pack(weights: &KerasWeightPtrs, n: &KerasSizes, args: &KerasArgs) -> Result<KerasLstm> {
@@ -440,14 +553,46 @@ impl Kind for MrnnKerasLstm {
         output: &KerasOutputPtrs,
         n: &KerasSizes,
         threads: usize,
-        tape: Option<&mut KerasTape>,
         scratch: &mut Scratch,
-    ) -> Result<Option<KerasInput<Vec<f32>>>> {
-        let train = tape.is_some();
+    ) -> Result<()> {
         // SAFETY: forwarded from this function's contract.
         let (input, out) = unsafe { (input.slices(n)?, output.slices(n)) };
-        input.forward(layer, out, tape, threads, scratch)?;
-        Ok(train.then(|| input.copy()))
+        input.forward(layer, out, None, threads, scratch)
+    }
+}
+
+impl TrainKind for MrnnKerasLstm {
+    type Grads = KerasGradPtrs;
+    type Tape = KerasTape;
+    type Copies = KerasInput<Vec<f32>>;
+
+    fn tape_sizes(args: &KerasArgs, copies: &KerasInput<Vec<f32>>) -> Result<KerasSizes> {
+        KerasSizes::new(copies.view.batch(), copies.view.time(), args.i, args.h, &LSTM_SHAPES)
+    }
+
+    /// The upstream gradients, then the gradient outputs.
+    fn grad_extents(g: &KerasGradPtrs, n: &KerasSizes) -> Vec<Option<Extent>> {
+        g.extents(n).to_vec()
+    }
+
+    fn wants(g: &KerasGradPtrs) -> bool {
+        let g = &g.out;
+        [g.dx, g.d_kernel, g.d_recurrent_kernel, g.d_bias, g.d_initial_h, g.d_initial_c].iter().any(|p| !p.is_null())
+    }
+
+    unsafe fn forward_train(
+        layer: &KerasLstm,
+        input: &KerasInputPtrs,
+        output: &KerasOutputPtrs,
+        n: &KerasSizes,
+        threads: usize,
+        tape: &mut KerasTape,
+        scratch: &mut Scratch,
+    ) -> Result<KerasInput<Vec<f32>>> {
+        // SAFETY: forwarded from this function's contract.
+        let (input, out) = unsafe { (input.slices(n)?, output.slices(n)) };
+        input.forward(layer, out, Some(tape), threads, scratch)?;
+        Ok(input.copy())
     }
 
     unsafe fn backward_once(

@@ -2,41 +2,47 @@
 //! and runs through the functions here, written once for every kind.
 //!
 //! ```text
-//! one_shot      mrnn_lstm_keras / _onnx, and their _backward     attrs, weights, inputs; outputs or gradients
-//! run           *_run, and with a tape slot *_run_train          handle, attrs, inputs, outputs
-//! run_backward  *_run_backward                                  handle, tape, gradients
-//! new           *_new                                           attrs, weights, the handle's slot
-//! set_weights   *_set_weights                                   handle, weights
+//! one_shot           mrnn_lstm_keras / _onnx, mrnn_gru_*, mrnn_rnn_*    attrs, weights, inputs, outputs
+//! one_shot_backward  mrnn_lstm_keras_backward / _onnx_backward        attrs, weights, inputs, gradients
+//! run                *_run                                            handle, attrs, inputs, outputs
+//! run_train          *_run_train                                      as run, and the tape's slot
+//! run_backward       *_run_backward                                   handle, tape, gradients
+//! new                *_new                                            attrs, weights, the handle's slot
+//! set_weights        *_set_weights                                    handle, weights
 //! ```
 //!
 //! Every call validates in the order of the module docs of [`super`]: step 1 (`require` and the kind's
 //! [`Kind::require`]), step 2 ([`Kind::args`]: the values, and a run's agreement with its handle), step 3
-//! ([`Kind::sizes`]), step 4 (`check`: the kind's buffers in the contract's order, then the slot), step 5
-//! ([`Kind::check_memory`]). A kind ([`Kind`], implemented by its handle type in the modules `keras` and
-//! `onnx`) says what its attributes, pointer groups and sizes are, and how its packed layer runs.
+//! ([`Kind::sizes`]), step 4 (`check_forward`, or `check` with a backward's gradients: the kind's buffers
+//! in the contract's order, then the slot), step 5 ([`Kind::check_memory`]). A kind ([`Kind`],
+//! implemented by its handle type in the modules `keras`, `onnx` and `gru`) says what its attributes,
+//! pointer groups and sizes are, and how its packed layer runs forward; a kind with gradients (the LSTMs)
+//! also implements [`TrainKind`]: its gradient pointers, tapes and backward. The forward functions need
+//! only [`Kind`], so a kind without a backward (the GRU and RNN, for now) has none of the training items.
 
 use super::handle::{with_handle_scratch, Core};
 use super::train::{MrnnTape, Record, Recorded};
 use super::*;
 
-/// The caller pointers of one call of kind `K`, in groups; `None`: the function has no such arguments.
+/// The caller pointers of one forward call of kind `K`, in groups; `None`: the function has no such
+/// arguments. (A backward's gradient pointers are checked through a [`GradCheck`].)
 pub(super) struct Ptrs<K: Kind> {
     pub(super) input: Option<K::Input>,
     pub(super) weights: Option<K::Weights>,
     pub(super) output: Option<K::Output>,
-    pub(super) grads: Option<K::Grads>,
     /// The slot the call writes last: the handle of `_new`, the tape of `*_run_train`.
     pub(super) slot: Option<Slot>,
 }
 
 impl<K: Kind> Default for Ptrs<K> {
     fn default() -> Self {
-        Ptrs { input: None, weights: None, output: None, grads: None, slot: None }
+        Ptrs { input: None, weights: None, output: None, slot: None }
     }
 }
 
 /// A layer kind of the C ABI, implemented by its handle type: its attributes, its pointer groups, the
-/// checks of its values and sizes, and the runs of its packed layer.
+/// checks of its values and sizes, and the forward of its packed layer. Everything a kind needs for the
+/// one-shot forward and the handles (`*_new`, `*_run`, `*_free`); training is [`TrainKind`].
 pub(super) trait Kind: Sized {
     /// How messages name the kind ("Keras LSTM"), and the prefix of its functions' names.
     const NAME: &'static str;
@@ -49,15 +55,10 @@ pub(super) trait Kind: Sized {
     type Sizes;
     /// One generation of a handle's packed weights.
     type Packed;
-    /// The pointer groups: a run's inputs, the weights, the outputs, the upstream gradients and gradient
-    /// outputs of a backward.
+    /// The pointer groups: a run's inputs, the weights, the outputs.
     type Input: Copy;
     type Weights: Copy;
     type Output: Copy;
-    type Grads: Copy;
-    /// What a forward fills for its backward, and a tape's copies of the inputs of the run.
-    type Tape: Default;
-    type Copies;
 
     /// The handle's id, packed layer and scratch memory.
     fn core(&self) -> &Core<Self::Packed>;
@@ -75,15 +76,8 @@ pub(super) trait Kind: Sized {
     fn threads(args: &Self::Args) -> usize;
     /// Step 3: the sizes of a run of the batch and length of `args` (`run`), or of the weights alone.
     fn sizes(args: &Self::Args, run: bool) -> Result<Self::Sizes>;
-    /// Step 3 for the backward of a run recorded on a tape (whose sizes were checked when it ran).
-    fn tape_sizes(args: &Self::Args, copies: &Self::Copies) -> Result<Self::Sizes>;
     /// Step 4 for the groups: their buffers, in the contract's order.
     fn extents(p: &Ptrs<Self>, n: &Self::Sizes) -> Vec<Option<Extent>>;
-    /// The last check of step 4: the gradients asked for exist for the weights (`packed`: a handle's
-    /// current ones; `None`: the call's own).
-    fn check_grads(_p: &Ptrs<Self>, _packed: Option<&Self::Packed>) -> Result<()> {
-        Ok(())
-    }
     /// Step 5: the values of the inputs in caller memory, still before any output is written.
     ///
     /// # Safety
@@ -91,34 +85,69 @@ pub(super) trait Kind: Sized {
     unsafe fn check_memory(_input: &Self::Input, _n: &Self::Sizes) -> Result<()> {
         Ok(())
     }
-    /// Whether any gradient output is given (none: a backward validates and computes nothing).
-    fn wants(grads: &Self::Grads) -> bool;
 
     /// The layer packed from the weights.
     ///
-    /// # Safety (this and the runs below)
+    /// # Safety (this and the forward below)
     /// Steps 1 to 5 passed for the pointers with the sizes `n`; they are valid for their sizes (the
     /// caller's contract), and no output overlaps another buffer.
     unsafe fn pack(weights: &Self::Weights, n: &Self::Sizes, args: &Self::Args) -> Result<Self::Packed>;
-    /// The forward of a packed layer; with a tape, the forward that fills it, and then the copies of the
-    /// inputs that the tape keeps.
+    /// The forward of a packed layer.
     ///
     /// # Safety
     /// As [`pack`](Self::pack).
-    #[allow(clippy::too_many_arguments)]
     unsafe fn forward(
         packed: &Self::Packed,
         input: &Self::Input,
         output: &Self::Output,
         n: &Self::Sizes,
         threads: usize,
-        tape: Option<&mut Self::Tape>,
         scratch: &mut Scratch,
-    ) -> Result<Option<Self::Copies>>;
+    ) -> Result<()>;
+}
+
+/// A layer kind with gradients (C_ABI.md section 3): its backward's pointers and checks, its tapes.
+pub(super) trait TrainKind: Kind {
+    /// The upstream gradients and gradient outputs of a backward.
+    type Grads: Copy;
+    /// What a forward fills for its backward, and a tape's copies of the inputs of the run.
+    type Tape: Default;
+    type Copies;
+
+    /// Step 3 for the backward of a run recorded on a tape (whose sizes were checked when it ran).
+    fn tape_sizes(args: &Self::Args, copies: &Self::Copies) -> Result<Self::Sizes>;
+    /// Step 4 for the gradients: their buffers, in the contract's order (after the groups of [`Ptrs`]).
+    fn grad_extents(grads: &Self::Grads, n: &Self::Sizes) -> Vec<Option<Extent>>;
+    /// The last check of step 4: the gradients asked for exist for the weights (`packed`: a handle's
+    /// current ones; else the call's own `weights`).
+    fn check_grads(
+        _grads: &Self::Grads,
+        _weights: Option<&Self::Weights>,
+        _packed: Option<&Self::Packed>,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// Whether any gradient output is given (none: a backward validates and computes nothing).
+    fn wants(grads: &Self::Grads) -> bool;
+
+    /// The forward that fills a tape, then the copies of the inputs that the tape keeps.
+    ///
+    /// # Safety
+    /// As [`Kind::pack`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn forward_train(
+        packed: &Self::Packed,
+        input: &Self::Input,
+        output: &Self::Output,
+        n: &Self::Sizes,
+        threads: usize,
+        tape: &mut Self::Tape,
+        scratch: &mut Scratch,
+    ) -> Result<Self::Copies>;
     /// The backward of a one-shot call: the forward that fills a tape, then the gradients.
     ///
     /// # Safety
-    /// As [`pack`](Self::pack).
+    /// As [`Kind::pack`].
     unsafe fn backward_once(
         packed: &Self::Packed,
         input: &Self::Input,
@@ -130,7 +159,7 @@ pub(super) trait Kind: Sized {
     /// The gradients of the run recorded on a tape.
     ///
     /// # Safety
-    /// As [`pack`](Self::pack).
+    /// As [`Kind::pack`].
     unsafe fn backward(
         packed: &Self::Packed,
         record: &Recorded<Self::Copies, Self::Tape>,
@@ -142,33 +171,58 @@ pub(super) trait Kind: Sized {
     fn recorded(record: &Record) -> Option<&Recorded<Self::Copies, Self::Tape>>;
 }
 
+/// A backward's part of step 4, for [`check`]: its gradient buffers (checked after the groups of the
+/// call's [`Ptrs`]), then the kind's last check of them against the weights.
+struct GradCheck<'a, K: TrainKind> {
+    grads: &'a K::Grads,
+    /// The call's own weights (one-shot), or a handle's current packed ones (`run_backward`).
+    weights: Option<&'a K::Weights>,
+    packed: Option<&'a K::Packed>,
+}
+
 /// Step 1 for the pointer groups and the slot.
 fn require_ptrs<K: Kind>(p: &Ptrs<K>) -> Result<()> {
     K::require(p)?;
     p.slot.map_or(Ok(()), |s| s.require())
 }
 
-/// Step 4: the buffers of the groups in the contract's order, then the slot (`packed`: as in
-/// [`Kind::check_grads`]).
-fn check<K: Kind>(p: &Ptrs<K>, n: &K::Sizes, packed: Option<&K::Packed>) -> Result<()> {
+/// Step 4: the buffers of the groups in the contract's order, then a backward's gradients, then the
+/// slot; last, the gradients' check against the weights.
+fn check<K: TrainKind>(p: &Ptrs<K>, n: &K::Sizes, grads: Option<&GradCheck<'_, K>>) -> Result<()> {
     let mut all = K::extents(p, n);
+    if let Some(g) = grads {
+        all.extend(K::grad_extents(g.grads, n));
+    }
     all.push(p.slot.and_then(|s| s.extent()));
     check_pointers(&all)?;
-    K::check_grads(p, packed)
+    grads.map_or(Ok(()), |g| K::check_grads(g.grads, g.weights, g.packed))
+}
+
+/// Step 4 of a forward call: [`check`] without gradients, for any kind.
+fn check_forward<K: Kind>(p: &Ptrs<K>, n: &K::Sizes) -> Result<()> {
+    let mut all = K::extents(p, n);
+    all.push(p.slot.and_then(|s| s.extent()));
+    check_pointers(&all)
 }
 
 /// Steps 2 to 5 of a call with attributes, after step 1: the values (and a handle's agreement with them),
-/// the sizes of the run, the pointers, the values in caller memory.
+/// the sizes of the run, the pointers (`step4`: [`check_forward`], or [`check`] with a backward's
+/// gradients), the values in caller memory.
 ///
 /// # Safety
 /// `attrs` is non-NULL and points to one readable attributes struct; the pointers of `p` are NULL or valid
 /// for their documented sizes (the caller's contract).
-unsafe fn validate<K: Kind>(attrs: *const K::Attrs, handle: Option<&K>, p: &Ptrs<K>) -> Result<(K::Args, K::Sizes)> {
+unsafe fn validate<K: Kind>(
+    attrs: *const K::Attrs,
+    handle: Option<&K>,
+    p: &Ptrs<K>,
+    step4: impl FnOnce(&Ptrs<K>, &K::Sizes) -> Result<()>,
+) -> Result<(K::Args, K::Sizes)> {
     // SAFETY: forwarded from this function's contract; read_unaligned needs no alignment.
     let a = unsafe { attrs.read_unaligned() };
     let args = K::args(&a, handle)?;
     let n = K::sizes(&args, true)?;
-    check(p, &n, None)?;
+    step4(p, &n)?;
     if let Some(input) = &p.input {
         // SAFETY: steps 1 to 4 passed; valid by this function's contract.
         unsafe { K::check_memory(input, &n) }?;
@@ -176,9 +230,8 @@ unsafe fn validate<K: Kind>(attrs: *const K::Attrs, handle: Option<&K>, p: &Ptrs
     Ok((args, n))
 }
 
-/// The one-shot forward (`mrnn_lstm_keras`, `mrnn_lstm_onnx`) and backward (`mrnn_lstm_keras_backward`,
-/// `mrnn_lstm_onnx_backward`): validated alike, packed on every call, run with this thread's scratch
-/// memory. With every gradient output NULL, a backward computes nothing.
+/// The one-shot forward (`mrnn_lstm_keras`, `mrnn_gru_onnx`, ...): validated, packed on every call, run
+/// with this thread's scratch memory.
 ///
 /// # Safety
 /// The contract of those functions: every non-NULL pointer is valid for the tensor size the header
@@ -187,70 +240,133 @@ pub(super) unsafe fn one_shot<K: Kind>(
     attrs: *const K::Attrs,
     input: K::Input,
     weights: K::Weights,
-    pass: Pass<K::Output, K::Grads>,
+    output: K::Output,
 ) -> Result<()> {
-    let (output, grads) = match pass {
-        Pass::Forward(o) => (Some(o), None),
-        Pass::Backward(g) => (None, Some(g)),
-    };
-    let p = Ptrs::<K> { input: Some(input), weights: Some(weights), output, grads, slot: None };
+    let p = Ptrs::<K> { input: Some(input), weights: Some(weights), output: Some(output), slot: None };
     require("attrs", attrs)?;
     require_ptrs(&p)?;
     // SAFETY (here and below): the caller's contract; `attrs` passed step 1, and the pointers steps 1 to 5
     // with the sizes `n` (no output overlaps another buffer).
-    let (args, n) = unsafe { validate(attrs, None, &p) }?;
-    if grads.is_some_and(|g| !K::wants(&g)) {
+    let (args, n) = unsafe { validate(attrs, None, &p, check_forward) }?;
+    // SAFETY: as above.
+    let packed = unsafe { K::pack(&weights, &n, &args) }?;
+    let threads = K::threads(&args);
+    // SAFETY: as above.
+    with_thread_scratch(|scratch| unsafe { K::forward(&packed, &input, &output, &n, threads, scratch) })
+}
+
+/// The one-shot backward (`mrnn_lstm_keras_backward`, `mrnn_lstm_onnx_backward`): validated as the
+/// one-shot forward (the gradients in place of the outputs), packed on every call, run with this thread's
+/// scratch memory. With every gradient output NULL, it computes nothing.
+///
+/// # Safety
+/// As [`one_shot`].
+pub(super) unsafe fn one_shot_backward<K: TrainKind>(
+    attrs: *const K::Attrs,
+    input: K::Input,
+    weights: K::Weights,
+    grads: K::Grads,
+) -> Result<()> {
+    let p = Ptrs::<K> { input: Some(input), weights: Some(weights), output: None, slot: None };
+    require("attrs", attrs)?;
+    require_ptrs(&p)?;
+    let step4 = |p: &Ptrs<K>, n: &K::Sizes| {
+        check(p, n, Some(&GradCheck { grads: &grads, weights: Some(&weights), packed: None }))
+    };
+    // SAFETY (here and below): the caller's contract; `attrs` passed step 1, and the pointers steps 1 to 5
+    // with the sizes `n` (no gradient output overlaps another buffer).
+    let (args, n) = unsafe { validate(attrs, None, &p, step4) }?;
+    if !K::wants(&grads) {
         // Validated; nothing asked for, so nothing is computed.
         return Ok(());
     }
     // SAFETY: as above.
     let packed = unsafe { K::pack(&weights, &n, &args) }?;
     let threads = K::threads(&args);
-    with_thread_scratch(|scratch| match pass {
-        // SAFETY: as above.
-        Pass::Forward(output) => unsafe { K::forward(&packed, &input, &output, &n, threads, None, scratch) }.map(drop),
-        // SAFETY: as above.
-        Pass::Backward(grads) => unsafe { K::backward_once(&packed, &input, &grads, &n, threads, scratch) },
-    })
+    // SAFETY: as above.
+    with_thread_scratch(|scratch| unsafe { K::backward_once(&packed, &input, &grads, &n, threads, scratch) })
 }
 
-/// A handle's run (`*_run`) and, given the `tape` slot, its training run (`*_run_train`): validated as the
-/// one-shot forward, then compared with the handle; run on a snapshot of the handle's packed layer with
-/// its scratch memory. A training run hands out a tape that records the run.
+/// What a handle's run computed, with the handle's id, the generation of the weights it used and its
+/// thread count.
+struct HandleRun<R> {
+    made: R,
+    id: u64,
+    generation: u64,
+    threads: usize,
+}
+
+/// A handle's run: validated as the one-shot forward (with `p`'s slot, if any), then compared with the
+/// handle; `go` runs on a snapshot of the handle's packed layer with its scratch memory.
 ///
 /// # Safety
-/// The contract of those functions: `layer` is NULL or a live handle nobody frees during the call; every
-/// other non-NULL pointer is valid for its documented size, and no other thread writes the inputs or
-/// touches the outputs.
+/// The contract of `*_run` and `*_run_train`: `layer` is NULL or a live handle nobody frees during the
+/// call; every other non-NULL pointer is valid for its documented size, and no other thread writes the
+/// inputs or touches the outputs.
+unsafe fn run_handle<K: Kind, R>(
+    layer: *mut K,
+    attrs: *const K::Attrs,
+    p: &Ptrs<K>,
+    go: impl FnOnce(&K::Packed, &K::Sizes, usize, &mut Scratch) -> Result<R>,
+) -> Result<HandleRun<R>> {
+    require("layer", layer)?;
+    require("attrs", attrs)?;
+    require_ptrs(p)?;
+    // SAFETY (here and below): the caller's contract; `layer` and `attrs` passed step 1, and the pointers
+    // steps 1 to 5 with the sizes `n` (neither an output nor the slot overlaps another buffer).
+    let handle = unsafe { live("layer", layer, "a handle") }?;
+    // SAFETY: as above.
+    let (args, n) = unsafe { validate(attrs, Some(handle), p, check_forward) }?;
+    let (core, threads) = (handle.core(), K::threads(&args));
+    let (packed, generation) = core.current.snapshot();
+    let made = with_handle_scratch(&core.scratch, |scratch| go(&packed, &n, threads, scratch))?;
+    Ok(HandleRun { made, id: core.id, generation, threads })
+}
+
+/// A handle's run (`*_run`): bitwise the one-shot forward's outputs.
+///
+/// # Safety
+/// As [`run_handle`].
 pub(super) unsafe fn run<K: Kind>(
     layer: *mut K,
     attrs: *const K::Attrs,
     input: K::Input,
     output: K::Output,
-    tape: Option<*mut *mut MrnnTape>,
 ) -> Result<()> {
-    let slot = tape.map(|t| Slot::new("tape", t));
-    let p = Ptrs::<K> { input: Some(input), output: Some(output), slot, ..Ptrs::default() };
-    require("layer", layer)?;
-    require("attrs", attrs)?;
-    require_ptrs(&p)?;
-    // SAFETY (here and below): the caller's contract; `layer` and `attrs` passed step 1, and the pointers
-    // steps 1 to 5 with the sizes `n` (neither an output nor the slot overlaps another buffer).
-    let handle = unsafe { live("layer", layer, "a handle") }?;
-    // SAFETY: as above.
-    let (args, n) = unsafe { validate(attrs, Some(handle), &p) }?;
-    let (core, threads) = (handle.core(), K::threads(&args));
-    let (packed, generation) = core.current.snapshot();
-    let mut filled = tape.map(|_| K::Tape::default());
-    // SAFETY: as above.
-    let run =
-        |scratch: &mut Scratch| unsafe { K::forward(&packed, &input, &output, &n, threads, filled.as_mut(), scratch) };
-    let copies = with_handle_scratch(&core.scratch, run)?;
-    if let (Some(slot), Some(tape), Some(input)) = (tape, filled, copies) {
-        let record = K::record(Recorded { threads, input, tape });
-        // SAFETY: as above; the slot is valid for one write.
-        unsafe { hand_out(slot, MrnnTape::new(core.id, generation, record)) };
-    }
+    let p = Ptrs::<K> { input: Some(input), output: Some(output), ..Ptrs::default() };
+    // SAFETY: the caller's contract; `go` runs only after steps 1 to 5 passed for `p`.
+    let go = |packed: &K::Packed, n: &K::Sizes, threads, scratch: &mut Scratch| unsafe {
+        K::forward(packed, &input, &output, n, threads, scratch)
+    };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { run_handle(layer, attrs, &p, go) }.map(drop)
+}
+
+/// A handle's training run (`*_run_train`): a run that also hands out, in `tape`, a tape recording it.
+///
+/// # Safety
+/// As [`run_handle`]; `tape` is NULL or valid for one pointer write.
+pub(super) unsafe fn run_train<K: TrainKind>(
+    layer: *mut K,
+    attrs: *const K::Attrs,
+    input: K::Input,
+    output: K::Output,
+    tape: *mut *mut MrnnTape,
+) -> Result<()> {
+    let p =
+        Ptrs::<K> { input: Some(input), output: Some(output), slot: Some(Slot::new("tape", tape)), ..Ptrs::default() };
+    let go = |packed: &K::Packed, n: &K::Sizes, threads, scratch: &mut Scratch| {
+        let mut filled = K::Tape::default();
+        // SAFETY: the caller's contract; `go` runs only after steps 1 to 5 passed for `p`.
+        let copies = unsafe { K::forward_train(packed, &input, &output, n, threads, &mut filled, scratch) }?;
+        Ok((copies, filled))
+    };
+    // SAFETY: forwarded from this function's contract.
+    let run = unsafe { run_handle(layer, attrs, &p, go) }?;
+    let ((input, filled), threads) = (run.made, run.threads);
+    let record = K::record(Recorded { threads, input, tape: filled });
+    // SAFETY: the slot passed steps 1 and 4 and is valid for one write (the caller's contract).
+    unsafe { hand_out(tape, MrnnTape::new(run.id, run.generation, record)) };
     Ok(())
 }
 
@@ -261,7 +377,7 @@ pub(super) unsafe fn run<K: Kind>(
 /// The contract of those functions: `layer` is NULL or a live handle, `tape` NULL or a live tape, neither
 /// freed during the call; every other non-NULL pointer is valid for its documented size, and no other
 /// thread writes the inputs or touches the outputs.
-pub(super) unsafe fn run_backward<K: Kind>(layer: *mut K, tape: *const MrnnTape, grads: K::Grads) -> Result<()> {
+pub(super) unsafe fn run_backward<K: TrainKind>(layer: *mut K, tape: *const MrnnTape, grads: K::Grads) -> Result<()> {
     require("layer", layer)?;
     require("tape", tape)?;
     // SAFETY: live (the caller's contract), and only ever shared by the C ABI.
@@ -269,7 +385,7 @@ pub(super) unsafe fn run_backward<K: Kind>(layer: *mut K, tape: *const MrnnTape,
     let (packed, generation) = handle.core().current.snapshot();
     let record = tape.made_by::<K>(handle.core().id, generation)?;
     let n = K::tape_sizes(handle.fixed(), &record.input)?;
-    check(&Ptrs::<K> { grads: Some(grads), ..Ptrs::default() }, &n, Some(&packed))?;
+    check(&Ptrs::<K>::default(), &n, Some(&GradCheck { grads: &grads, weights: None, packed: Some(&packed) }))?;
     if !K::wants(&grads) {
         return Ok(());
     }
@@ -292,7 +408,7 @@ pub(super) unsafe fn new<K: Kind>(attrs: *const K::Attrs, weights: K::Weights, o
     let a = unsafe { attrs.read_unaligned() };
     let args = K::args(&a, None)?;
     let n = K::sizes(&args, false)?;
-    check(&p, &n, None)?;
+    check_forward(&p, &n)?;
     // SAFETY: the weights and `out` passed steps 1 to 4 with these sizes; valid by the caller's contract.
     unsafe { hand_out(out, K::new_handle(K::pack(&weights, &n, &args)?, args, a)) };
     Ok(())
@@ -310,7 +426,7 @@ pub(super) unsafe fn set_weights<K: Kind>(layer: *mut K, weights: K::Weights) ->
     // SAFETY: a live handle (the caller's contract), only ever shared by the C ABI.
     let handle = unsafe { live("layer", layer, "a handle") }?;
     let n = K::sizes(handle.fixed(), false)?;
-    check(&p, &n, None)?;
+    check_forward(&p, &n)?;
     // SAFETY: the weights passed steps 1 to 4 with these sizes; valid by the caller's contract.
     handle.core().current.replace(unsafe { K::pack(&weights, &n, handle.fixed()) }?);
     Ok(())

@@ -14,7 +14,7 @@
 //! ```
 //!
 //! Only then are slices built from the raw pointers and the Rust API called. Required inputs (`x`,
-//! `kernel`, `recurrent_kernel`, `mask_out`, and `x`, `w`, `r` of [`mrnn_lstm_onnx`]) must be non-NULL even
+//! `kernel`, `recurrent_kernel`, `mask_out`, and `x`, `w`, `r` of the ONNX functions) must be non-NULL even
 //! when their tensor is empty. Checks that must read caller memory (`sequence_lens` values) come last, still
 //! before any output is written.
 //!
@@ -28,6 +28,11 @@
 //! weights once; `*_run` validates only the per-run arguments and reuses the handle's [`Workspace`]. The
 //! one-shot [`mrnn_lstm_keras`] and [`mrnn_lstm_onnx`] pack on every call and reuse a per-thread
 //! [`Workspace`] for their scratch memory.
+//!
+//! The GRU and the simple RNN (the private module `gru`, C_ABI.md section 4, forward only):
+//! [`mrnn_gru_onnx`], [`mrnn_rnn_onnx`], [`mrnn_gru_keras`], [`mrnn_rnn_keras`] and their handles
+//! (`mrnn_{onnx,keras}_{gru,rnn}_new` / `_run` / `_free`), layer kinds on the same path with the LSTM's
+//! pointer groups and checks; their gradients are not in the C ABI yet.
 //!
 //! Training ([`train`]): the one-shot [`mrnn_lstm_keras_backward`] and [`mrnn_lstm_onnx_backward`], and on
 //! a handle of either kind `*_run_train` (a run that returns an [`MrnnTape`]), `*_run_backward` (the
@@ -51,6 +56,7 @@ use crate::view::{mask_from_values, MaskValueMode, SeqView};
 
 #[cfg(feature = "testing")]
 mod fuzz;
+mod gru;
 pub mod handle;
 mod keras;
 mod layer;
@@ -63,6 +69,13 @@ use onnx::{OnnxGradPtrs, OnnxInputPtrs, OnnxOutputPtrs, OnnxWeightPtrs};
 
 #[cfg(feature = "testing")]
 pub use fuzz::fuzz_capi;
+pub use gru::{
+    mrnn_gru_keras, mrnn_gru_onnx, mrnn_keras_gru_attrs_init, mrnn_keras_gru_free, mrnn_keras_gru_new,
+    mrnn_keras_gru_run, mrnn_keras_rnn_attrs_init, mrnn_keras_rnn_free, mrnn_keras_rnn_new, mrnn_keras_rnn_run,
+    mrnn_onnx_gru_attrs_init, mrnn_onnx_gru_free, mrnn_onnx_gru_new, mrnn_onnx_gru_run, mrnn_onnx_rnn_attrs_init,
+    mrnn_onnx_rnn_free, mrnn_onnx_rnn_new, mrnn_onnx_rnn_run, mrnn_rnn_keras, mrnn_rnn_onnx, MrnnKerasGru,
+    MrnnKerasGruAttrs, MrnnKerasRnn, MrnnKerasRnnAttrs, MrnnOnnxGru, MrnnOnnxGruAttrs, MrnnOnnxRnn, MrnnOnnxRnnAttrs,
+};
 pub use handle::{
     mrnn_keras_lstm_free, mrnn_keras_lstm_new, mrnn_keras_lstm_run, mrnn_onnx_lstm_free, mrnn_onnx_lstm_new,
     mrnn_onnx_lstm_run, MrnnKerasLstm, MrnnOnnxLstm,
@@ -494,13 +507,6 @@ unsafe fn output<'a, T>(p: *mut T, len: usize) -> Option<&'a mut [T]> {
     (!p.is_null()).then(|| unsafe { slice::from_raw_parts_mut(p, len) })
 }
 
-/// What a one-shot layer function computes: the forward's outputs, or the gradients of a backward.
-#[derive(Clone, Copy, Debug)]
-enum Pass<O, G> {
-    Forward(O),
-    Backward(G),
-}
-
 /// Scratch memory of the C ABI's layer runs: the engine's [`Workspace`], and the zeros that stand in for
 /// a missing half of a Keras initial state. Contents never affect results; only capacity is reused.
 #[derive(Debug, Default)]
@@ -581,7 +587,7 @@ pub unsafe extern "C" fn mrnn_lstm_keras(
     let weights = KerasWeightPtrs { kernel, recurrent_kernel, bias };
     let output = KerasOutputPtrs { y, last_output, h_n, c_n };
     // SAFETY: the caller's contract, as `one_shot` requires it.
-    guard("mrnn_lstm_keras", || unsafe { one_shot::<MrnnKerasLstm>(attrs, input, weights, Pass::Forward(output)) })
+    guard("mrnn_lstm_keras", || unsafe { one_shot::<MrnnKerasLstm>(attrs, input, weights, output) })
 }
 
 /// Fills `*attrs` with the defaults: sizes 0, forward, layout 0, `input_forget` 0, `has_clip` 0 (`clip`
@@ -627,7 +633,7 @@ pub unsafe extern "C" fn mrnn_lstm_onnx(
     let weights = OnnxWeightPtrs { w, r, b, p };
     let output = OnnxOutputPtrs { y, y_h, y_c };
     // SAFETY: the caller's contract, as `one_shot` requires it.
-    guard("mrnn_lstm_onnx", || unsafe { one_shot::<MrnnOnnxLstm>(attrs, input, weights, Pass::Forward(output)) })
+    guard("mrnn_lstm_onnx", || unsafe { one_shot::<MrnnOnnxLstm>(attrs, input, weights, output) })
 }
 
 /// Keras `Masking`; see `masked_rnn.h` for the arguments.

@@ -41,7 +41,7 @@
 //! unique across kinds too).
 
 use super::keras::{KerasGradOutPtrs, KerasInput, KerasUpstreamPtrs};
-use super::layer::{run, run_backward, set_weights, Kind};
+use super::layer::{one_shot_backward, run_backward, run_train, set_weights, Kind, TrainKind};
 use super::onnx::OnnxInput;
 use super::*;
 use crate::frameworks::keras::KerasTape;
@@ -104,7 +104,7 @@ impl MrnnTape {
 
     /// The tape's record, after checking that handle `id`, of kind `K`, made it with its weights
     /// generation `generation` (from the snapshot the backward will compute with).
-    pub(super) fn made_by<K: Kind>(&self, id: u64, generation: u64) -> Result<&Recorded<K::Copies, K::Tape>> {
+    pub(super) fn made_by<K: TrainKind>(&self, id: u64, generation: u64) -> Result<&Recorded<K::Copies, K::Tape>> {
         let Some(record) = K::recorded(&self.record) else {
             return Err(Error::argument(format!(
                 "the tape was made by another handle, of another kind: {} handle #{}; this is {} handle #{id}",
@@ -174,10 +174,8 @@ pub unsafe extern "C" fn mrnn_lstm_keras_backward(
         up: KerasUpstreamPtrs { dy, d_last_output, d_h_n, d_c_n },
         out: KerasGradOutPtrs { dx, d_kernel, d_recurrent_kernel, d_bias, d_initial_h, d_initial_c },
     };
-    // SAFETY: the caller's contract, as `one_shot` requires it.
-    guard("mrnn_lstm_keras_backward", || unsafe {
-        one_shot::<MrnnKerasLstm>(attrs, input, weights, Pass::Backward(grads))
-    })
+    // SAFETY: the caller's contract, as `one_shot_backward` requires it.
+    guard("mrnn_lstm_keras_backward", || unsafe { one_shot_backward::<MrnnKerasLstm>(attrs, input, weights, grads) })
 }
 
 /// Runs a Keras LSTM handle as [`mrnn_keras_lstm_run`] does and returns a tape for
@@ -206,8 +204,8 @@ pub unsafe extern "C" fn mrnn_keras_lstm_run_train(
 ) -> i32 {
     let input = KerasInputPtrs { x, mask, initial_h, initial_c };
     let output = KerasOutputPtrs { y, last_output, h_n, c_n };
-    // SAFETY: the caller's contract, as `run` requires it.
-    guard("mrnn_keras_lstm_run_train", || unsafe { run(layer, attrs, input, output, Some(tape)) })
+    // SAFETY: the caller's contract, as `run_train` requires it.
+    guard("mrnn_keras_lstm_run_train", || unsafe { run_train(layer, attrs, input, output, tape) })
 }
 
 /// The gradients of the run that made `tape`; see `masked_rnn.h`.
@@ -294,10 +292,8 @@ pub unsafe extern "C" fn mrnn_lstm_onnx_backward(
     let input = OnnxInputPtrs { x, sequence_lens, initial_h, initial_c };
     let weights = OnnxWeightPtrs { w, r, b, p };
     let grads = OnnxGradPtrs { dy, dy_h, dy_c, dx, dw, dr, db, d_initial_h, d_initial_c, dp };
-    // SAFETY: the caller's contract, as `one_shot` requires it.
-    guard("mrnn_lstm_onnx_backward", || unsafe {
-        one_shot::<MrnnOnnxLstm>(attrs, input, weights, Pass::Backward(grads))
-    })
+    // SAFETY: the caller's contract, as `one_shot_backward` requires it.
+    guard("mrnn_lstm_onnx_backward", || unsafe { one_shot_backward::<MrnnOnnxLstm>(attrs, input, weights, grads) })
 }
 
 /// Runs an ONNX LSTM handle as [`mrnn_onnx_lstm_run`] does and returns a tape for
@@ -325,8 +321,8 @@ pub unsafe extern "C" fn mrnn_onnx_lstm_run_train(
 ) -> i32 {
     let input = OnnxInputPtrs { x, sequence_lens, initial_h, initial_c };
     let output = OnnxOutputPtrs { y, y_h, y_c };
-    // SAFETY: the caller's contract, as `run` requires it.
-    guard("mrnn_onnx_lstm_run_train", || unsafe { run(layer, attrs, input, output, Some(tape)) })
+    // SAFETY: the caller's contract, as `run_train` requires it.
+    guard("mrnn_onnx_lstm_run_train", || unsafe { run_train(layer, attrs, input, output, tape) })
 }
 
 /// The gradients of the ONNX run that made `tape`; see `masked_rnn.h`.
