@@ -805,15 +805,149 @@ pub fn onnx_equals_reference_on(data: &[u8], backend: &'static crate::kernel::Ba
 }
 
 /// Property: as [`onnx_equals_reference`] for the `GRU` (either placement of the reset gate; first byte
-/// even) or the `RNN` operator (odd).
+/// even) or the `RNN` operator (odd), and their backward (see `check_h_backward`: valid steps only, every
+/// gradient written, bitwise thread-independent, equal to the float64 reference backward).
 pub fn onnx_gru_rnn_equals_reference(data: &[u8]) -> Result<(), String> {
     let (cell, rest) = match data.split_first() {
         Some((c, rest)) if c % 2 == 1 => (OnnxCell::Rnn, rest),
         Some((_, rest)) => (OnnxCell::Gru, rest),
         None => (OnnxCell::Gru, data),
     };
-    check_onnx_case(&OnnxCase::from_cell(rest, crate::kernel::selected(), None, cell)).map(drop)
+    let case = OnnxCase::from_cell(rest, crate::kernel::selected(), None, cell);
+    check_onnx_case(&case)?;
+    check_h_backward(&case)
 }
+
+/// The backward properties of a `GRU` / `RNN` case: the training forward and the backward compute the
+/// valid steps only, every gradient element is written, `dX` is `+0.0` past each length, the gradients
+/// are bitwise the same on 1 and 2 threads, and, for smooth bounded activations without a clip (no kink
+/// where float32 and float64 may fall on different sides), they equal the float64 reference backward
+/// within [`H_BACKWARD_TOL`].
+pub fn check_h_backward(case: &OnnxCase) -> Result<(), String> {
+    use crate::frameworks::onnx::{Layout, OnnxGrads, OnnxGradsResult, OnnxOutputs, OnnxTape, OnnxUpstream};
+    let (direction, layout, i, h) = case.node.shape();
+    let (t, b, d_n) = (case.seq_length, case.batch, direction.count());
+    let valid: usize = case.lens.as_ref().map_or(t * b, |l| l.iter().map(|&v| v as usize).sum());
+    // A fixed upstream, every element distinct from its neighbours.
+    let wave = |n: usize, p: usize| (0..n).map(|k| (k * p % 61) as f32 / 30.0 - 1.0).collect::<Vec<f32>>();
+    let (dy, dy_h) = (wave(t * d_n * b * h, 7919), wave(d_n * b * h, 104_729));
+    let up = OnnxUpstream { dy: Some(&dy), dy_h: Some(&dy_h), dy_c: None };
+    let h0 = case.initial_h.as_deref();
+    let lens = case.lens.as_deref();
+    let g = match &case.node {
+        OnnxNode::Gru(_) => 3,
+        OnnxNode::Rnn(_) => 1,
+        OnnxNode::Lstm(_) => return Ok(()),
+    };
+    let run = |threads: usize| -> Result<(OnnxGradsResult, ForwardStats, ForwardStats), String> {
+        let fill = |n: usize| vec![f32::from_bits(UNWRITTEN); n];
+        let mut o = OnnxGradsResult {
+            dx: fill(t * b * i),
+            dw: fill(d_n * g * h * i),
+            dr: fill(d_n * g * h * h),
+            db: fill(d_n * 2 * g * h),
+            d_initial_h: fill(d_n * b * h),
+        };
+        let grads = OnnxGrads {
+            dx: Some(&mut o.dx),
+            dw: Some(&mut o.dw),
+            dr: Some(&mut o.dr),
+            db: Some(&mut o.db),
+            d_initial_h: Some(&mut o.d_initial_h),
+            d_initial_c: None,
+            dp: None,
+        };
+        let (mut tape, ws) = (OnnxTape::new(), &mut Workspace::new());
+        let out = OnnxOutputs::default();
+        let err = |e: crate::Error| e.to_string();
+        let (fwd, bwd) = match &case.node {
+            OnnxNode::Gru(n) => (
+                n.forward_train(&case.x, t, b, lens, h0, out, &mut tape, threads, ws).map_err(err)?,
+                n.backward(&case.x, t, b, lens, h0, &tape, up, grads, threads).map_err(err)?,
+            ),
+            OnnxNode::Rnn(n) => (
+                n.forward_train(&case.x, t, b, lens, h0, out, &mut tape, threads, ws).map_err(err)?,
+                n.backward(&case.x, t, b, lens, h0, &tape, up, grads, threads).map_err(err)?,
+            ),
+            OnnxNode::Lstm(_) => unreachable!("returned above"),
+        };
+        Ok((o, fwd, bwd))
+    };
+    let (one, fwd, bwd) = run(1)?;
+    for (what, stats) in [("forward_train", fwd), ("backward", bwd)] {
+        if stats.steps_computed != d_n * valid {
+            return Err(format!("{what} computed {} steps for {d_n} x {valid} valid steps", stats.steps_computed));
+        }
+    }
+    let all = [("dX", &one.dx), ("dW", &one.dw), ("dR", &one.dr), ("dB", &one.db), ("d_initial_h", &one.d_initial_h)];
+    for (what, v) in all {
+        if let Some(k) = v.iter().position(|x| x.to_bits() == UNWRITTEN) {
+            return Err(format!("{what}[{k}] was not written"));
+        }
+    }
+    for s in 0..b {
+        let len = case.lens.as_ref().map_or(t, |l| l[s] as usize);
+        for tt in len..t {
+            let o = if layout == Layout::BatchMajor { (s * t + tt) * i } else { (tt * b + s) * i };
+            if let Some(k) = one.dx[o..o + i].iter().position(|v| v.to_bits() != 0) {
+                return Err(format!("dX[{}] = {:?} past the length of sequence {s}", o + k, one.dx[o + k]));
+            }
+        }
+    }
+    let (two, _, _) = run(2)?;
+    for (what, a, b2) in [
+        ("dX", &one.dx, &two.dx),
+        ("dW", &one.dw, &two.dw),
+        ("dR", &one.dr, &two.dr),
+        ("dB", &one.db, &two.db),
+        ("d_initial_h", &one.d_initial_h, &two.d_initial_h),
+    ] {
+        same_bits(&format!("threads 2 vs 1 ({what})"), b2, a)?;
+    }
+    let (acts, clip) = match &case.node {
+        OnnxNode::Gru(n) => (n.attrs().activations.clone(), n.attrs().clip),
+        OnnxNode::Rnn(n) => (n.attrs().activations.clone(), n.attrs().clip),
+        OnnxNode::Lstm(_) => unreachable!("returned above"),
+    };
+    // Smooth with slopes at most 1 (a steeper activation amplifies float32 rounding step after step).
+    let smooth = |a: &Activation| matches!(a, Activation::Sigmoid | Activation::Tanh | Activation::Softsign);
+    // The valid steps' inputs (padding may hold anything, and is never read).
+    let finite = h0.unwrap_or(&[]).iter().all(|v| v.is_finite())
+        && (0..b).all(|s| {
+            let len = case.lens.as_ref().map_or(t, |l| l[s] as usize);
+            (0..len).all(|tt| {
+                let o = if layout == Layout::BatchMajor { (s * t + tt) * i } else { (tt * b + s) * i };
+                case.x[o..o + i].iter().all(|v| v.is_finite())
+            })
+        });
+    if clip.is_none() && acts.iter().all(smooth) && finite {
+        let want = match &case.node {
+            OnnxNode::Gru(n) => n.backward_reference(&case.x, t, b, lens, h0, up),
+            OnnxNode::Rnn(n) => n.backward_reference(&case.x, t, b, lens, h0, up),
+            OnnxNode::Lstm(_) => unreachable!("returned above"),
+        }
+        .map_err(|e| e.to_string())?;
+        for (what, got, exp) in [
+            ("dX", &one.dx, &want.dx),
+            ("dW", &one.dw, &want.dw),
+            ("dR", &one.dr, &want.dr),
+            ("dB", &one.db, &want.db),
+            ("d_initial_h", &one.d_initial_h, &want.d_initial_h),
+        ] {
+            // Normwise: a weight gradient is a sum over every valid step, and the recurrence may amplify
+            // float32 rounding; each element within the tolerance of the tensor's largest magnitude.
+            let scale = exp.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let scaled = |v: &[f32]| v.iter().map(|x| x / scale).collect::<Vec<f32>>();
+            near(what, &scaled(got), &scaled(exp), H_BACKWARD_TOL).map_err(|e| format!("{e}; activations {acts:?}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Tolerance of a `GRU` / `RNN` backward against the float64 reference in [`onnx_gru_rnn_equals_reference`],
+/// normwise (relative to each gradient tensor's largest magnitude, at least 1): float32 rounding through
+/// the recurrence and the sums over every valid step.
+pub const H_BACKWARD_TOL: f32 = 1e-4;
 
 /// The properties of [`onnx_equals_reference`] on a given case; returns what ran.
 pub fn check_onnx_case(case: &OnnxCase) -> Result<CaseReport, String> {

@@ -110,19 +110,23 @@ fn onnx_equals_reference_seeded_cases() {
     replay_counting("onnx_equals_reference", 5_000, |d| fuzzing::check_onnx_case(&OnnxCase::from_bytes(d)));
 }
 
-/// The GRU and RNN operators: 10,000 seeded cases each (the GRU's split between its two placements of
-/// the reset gate by the bytes).
+/// The GRU and RNN operators, forward and backward: 10,000 seeded cases each (the GRU's split between its
+/// two placements of the reset gate by the bytes).
 #[test]
 fn onnx_gru_equals_reference_10k_seeded_cases() {
     replay_counting("onnx_gru_equals_reference", 10_000, |d| {
-        fuzzing::check_onnx_case(&OnnxCase::from_cell(d, kernel::selected(), None, OnnxCell::Gru))
+        let case = OnnxCase::from_cell(d, kernel::selected(), None, OnnxCell::Gru);
+        let report = fuzzing::check_onnx_case(&case)?;
+        fuzzing::check_h_backward(&case).map(|()| report)
     });
 }
 
 #[test]
 fn onnx_rnn_equals_reference_10k_seeded_cases() {
     replay_counting("onnx_rnn_equals_reference", 10_000, |d| {
-        fuzzing::check_onnx_case(&OnnxCase::from_cell(d, kernel::selected(), None, OnnxCell::Rnn))
+        let case = OnnxCase::from_cell(d, kernel::selected(), None, OnnxCell::Rnn);
+        let report = fuzzing::check_onnx_case(&case)?;
+        fuzzing::check_h_backward(&case).map(|()| report)
     });
 }
 

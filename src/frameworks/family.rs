@@ -3,11 +3,13 @@
 
 use std::fmt::Debug;
 
+use crate::cells::grads::transpose;
 use crate::cells::gru::{GruBackCell, GruGrads, GruKernel, GruSpec, GruWeights, PackedGru, GRU_TAPE_RECORD};
 use crate::cells::rnn::{PackedRnn, RnnBackCell, RnnGrads, RnnKernel, RnnSpec, RnnWeights, RNN_TAPE_RECORD};
 use crate::error::Result;
 use crate::frameworks::torch::TorchParams;
 use crate::kernel::{CellBackward, CellKernel};
+use crate::reference::backward::{GruGrads64, GruParams64, HCell64, RnnGrads64, RnnParams64};
 use crate::reference::Rounding;
 
 /// A cell with `h` as its only state, as the frameworks import, pack and run it.
@@ -35,6 +37,12 @@ pub(crate) trait Family {
     fn grads_to_onnx(dirs: &[Self::Grads]) -> (Vec<f32>, Vec<f32>, Vec<f32>);
     /// Hidden size padded to whole blocks.
     fn hidden_padded(packed: &Self::Packed) -> usize;
+    /// The float64 reference cell of the weights.
+    type Ref: HCell64;
+    /// The reference cell of `w` with `spec`.
+    fn reference_cell(w: &Self::Weights, spec: &Self::Spec) -> Self::Ref;
+    /// ONNX's `dW`, `dR`, `dB` of one direction's reference gradients.
+    fn reference_grads_to_onnx(g: &<Self::Ref as HCell64>::Grads, input: usize, hidden: usize) -> [Vec<f64>; 3];
     /// The gradients of Keras' `kernel`, `recurrent_kernel` and `bias` (the shapes `get_weights()`
     /// returns for the cell `spec`).
     fn grads_to_keras(g: &Self::Grads, spec: &Self::Spec) -> (Vec<f32>, Vec<f32>, Vec<f32>);
@@ -75,6 +83,14 @@ impl Family for Gru {
     }
     fn hidden_padded(packed: &PackedGru) -> usize {
         packed.gates.hidden_padded()
+    }
+    type Ref = GruParams64;
+    fn reference_cell(w: &GruWeights, spec: &GruSpec) -> GruParams64 {
+        GruParams64::new(w, *spec)
+    }
+    fn reference_grads_to_onnx(g: &GruGrads64, input: usize, hidden: usize) -> [Vec<f64>; 3] {
+        let b = [g.bias_input.clone(), g.bias_recurrent.clone()].concat();
+        [transpose(&g.kernel, input, 3 * hidden), transpose(&g.recurrent, hidden, 3 * hidden), b]
     }
     fn grads_to_keras(g: &GruGrads<f32>, spec: &GruSpec) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         // reset_after: bias [2, 3H] (input row, recurrent row); else [3H], which enters as the input bias.
@@ -127,6 +143,14 @@ impl Family for Rnn {
     }
     fn hidden_padded(packed: &PackedRnn) -> usize {
         packed.gates.hidden_padded()
+    }
+    type Ref = RnnParams64;
+    fn reference_cell(w: &RnnWeights, spec: &RnnSpec) -> RnnParams64 {
+        RnnParams64::new(w, *spec)
+    }
+    fn reference_grads_to_onnx(g: &RnnGrads64, input: usize, hidden: usize) -> [Vec<f64>; 3] {
+        let b = [g.bias.clone(), g.bias.clone()].concat();
+        [transpose(&g.kernel, input, hidden), transpose(&g.recurrent, hidden, hidden), b]
     }
     fn grads_to_keras(g: &RnnGrads<f32>, _spec: &RnnSpec) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         (g.d_kernel.clone(), g.d_recurrent.clone(), g.d_bias.clone())

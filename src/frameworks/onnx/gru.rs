@@ -1,8 +1,9 @@
 //! The ONNX `GRU` and `RNN` operators: cells whose only state is `h`, sharing one node type.
 
+use super::swap_axes;
 use super::{
-    check_clip, check_param_grads, direction_activations, BackCall, Call, Direction, Layout, OnnxGrads, OnnxOutputs,
-    OnnxResult, OnnxTape, OnnxUpstream, Operator,
+    check_clip, check_param_grads, direction_activations, BackCall, Call, Direction, Layout, OnnxGrads,
+    OnnxGradsResult, OnnxOutputs, OnnxResult, OnnxTape, OnnxUpstream, Operator,
 };
 use crate::cells::activation::Activation;
 use crate::cells::gru::GruSpec;
@@ -11,7 +12,9 @@ use crate::engine::{ForwardStats, Schedule, Workspace};
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::frameworks::family::{Family, Gru, Rnn};
 use crate::kernel::{self, Backend};
+use crate::reference::backward::onnx_h_backward;
 use crate::reference::{self, HStep, Rounding};
+use crate::view::{Padding, SeqView};
 
 /// One direction's weights, packed weights and cell.
 #[derive(Clone, Debug)]
@@ -163,6 +166,68 @@ impl<F: Family> Node<F> {
         let ws = &mut Workspace::new();
         let stats = self.forward_in(x, seq_length, batch, sequence_lens, initial_h, out, threads, ws)?;
         Ok((r, stats))
+    }
+
+    /// The float64 reference backward (every valid step differentiated in scalar arithmetic) in this
+    /// node's layout.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_reference(
+        &self,
+        x: &[f32],
+        (t, b): (usize, usize),
+        sequence_lens: Option<&[i32]>,
+        initial_h: Option<&[f32]>,
+        up: OnnxUpstream<'_>,
+    ) -> Result<OnnxGradsResult> {
+        let (i, h, d_n) = (self.op.input, self.op.hidden, self.dirs.len());
+        check_len("X", x.len(), checked_product(&[t, b, i], "X")?)?;
+        let state_len = checked_product(&[d_n, b, h], "Y_h")?;
+        for (name, v, n) in [
+            ("initial_h", initial_h, state_len),
+            ("dY", up.dy, checked_product(&[t, d_n, b, h], "Y")?),
+            ("dY_h", up.dy_h, state_len),
+        ] {
+            if let Some(v) = v {
+                check_len(name, v.len(), n)?;
+            }
+        }
+        if up.dy_c.is_some() {
+            return Err(Error::argument("dY_c: this operator has no cell state"));
+        }
+        let lengths = match sequence_lens {
+            Some(l) => SeqView::from_i32_lengths(l, t, Padding::Post)?.valid_lens(),
+            None => vec![t; b],
+        };
+        let bm = self.op.layout == Layout::BatchMajor;
+        // To layout 0 in f64: X [T, B, I], states [D, B, H], dY [T, D, B, H].
+        let f64s = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<f64>>();
+        let x0 = f64s(&if bm { swap_axes(x, b, t, i) } else { x.to_vec() });
+        let state = |v: &[f32]| f64s(&if bm { swap_axes(v, b, d_n, h) } else { v.to_vec() });
+        // dY [B, T, D, H] -> [T, B, D, H] -> [T, D, B, H].
+        let dy0 = up.dy.map(|dy| {
+            if !bm {
+                return f64s(dy);
+            }
+            let tb = swap_axes(dy, b, t, d_n * h);
+            f64s(&tb.chunks((b * d_n * h).max(1)).flat_map(|step| swap_axes(step, b, d_n, h)).collect::<Vec<f32>>())
+        });
+        let (h0, dyh) = (initial_h.map(state), up.dy_h.map(state));
+        let cells: Vec<F::Ref> = self.dirs.iter().map(|d| F::reference_cell(&d.weights, &d.spec)).collect();
+        let dirs: Vec<(&F::Ref, bool)> = cells.iter().enumerate().map(|(d, c)| (c, self.op.reverse(d))).collect();
+        let g = onnx_h_backward(&dirs, &x0, (t, b), &lengths, h0.as_deref(), dy0.as_deref(), dyh.as_deref());
+        let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let mut out = OnnxGradsResult { dx: f32s(&g.dx), d_initial_h: f32s(&g.d_initial_h), ..Default::default() };
+        for p in &g.params {
+            let [w, r, bb] = F::reference_grads_to_onnx(p, i, h);
+            out.dw.extend(f32s(&w));
+            out.dr.extend(f32s(&r));
+            out.db.extend(f32s(&bb));
+        }
+        if bm {
+            out.dx = swap_axes(&out.dx, t, b, i);
+            out.d_initial_h = swap_axes(&out.d_initial_h, d_n, b, h);
+        }
+        Ok(out)
     }
 
     fn forward_reference(
@@ -407,6 +472,24 @@ macro_rules! operator_methods {
             threads: usize,
         ) -> Result<ForwardStats> {
             self.node.backward(x, (seq_length, batch), sequence_lens, initial_h, tape, up, grads, threads)
+        }
+
+        /// The gradients [`backward`](Self::backward) computes, by the float64
+        /// [reference backward](crate::reference::backward::onnx_h_backward) (every valid step
+        /// differentiated in scalar arithmetic), rounded to f32, in this node's layout.
+        ///
+        /// # Errors
+        /// As [`forward`](Self::forward); a `dy_c` buffer.
+        pub fn backward_reference(
+            &self,
+            x: &[f32],
+            seq_length: usize,
+            batch: usize,
+            sequence_lens: Option<&[i32]>,
+            initial_h: Option<&[f32]>,
+            up: OnnxUpstream<'_>,
+        ) -> Result<OnnxGradsResult> {
+            self.node.backward_reference(x, (seq_length, batch), sequence_lens, initial_h, up)
         }
 
         /// Runs the operator and returns `Y` and `Y_h` as owned vectors (`y_c` empty).

@@ -200,6 +200,22 @@ pub struct OnnxGrads<'a> {
     pub dp: Option<&'a mut [f32]>,
 }
 
+/// An operator's input gradients as owned vectors, shaped as [`OnnxGrads`] (see
+/// [`OnnxGru::backward_reference`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OnnxGradsResult {
+    /// Of `X`.
+    pub dx: Vec<f32>,
+    /// Of `W`.
+    pub dw: Vec<f32>,
+    /// Of `R`.
+    pub dr: Vec<f32>,
+    /// Of `B`.
+    pub db: Vec<f32>,
+    /// Of `initial_h`.
+    pub d_initial_h: Vec<f32>,
+}
+
 /// What an operator's `forward_train` keeps for its `backward`, per direction and valid step.
 #[derive(Clone, Debug, Default)]
 pub struct OnnxTape {
