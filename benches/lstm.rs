@@ -20,6 +20,9 @@
 //!   matmul (ONNX's default, two phases per step) and after it, simple RNN) forward on `gru_mid` of issue
 //!   #9: `[T=256, B=64, I=256]`, lengths uniform in 32..=256, H = 256, 1 and 2 threads. A valid step
 //!   costs `2 * G H * (I + H)` FLOPs for `G` gates (4, 3, 3, 1).
+//! - `cells_train/<cell>/t<threads>`: one training pass of the GRU (both placements) and RNN operators on
+//!   the same data: `forward_train`, then `backward` with `dX`, `dW`, `dR`, `dB` (upstream on every output);
+//!   three times the forward's FLOPs.
 //! - `train_step/mid_fit/t<threads>`: one training step of `examples/train_step.rs`' `mid_fit` (same data
 //!   and weights): `Sequential::train_step` = training forward + masked MSE + backward + Adam (Keras
 //!   flavour) + repacking, `[64, 256, 256]`, lengths uniform in 32..=256, LSTM(256), 1 and 2 threads.
@@ -47,7 +50,8 @@ use masked_rnn::kernel::{self, microbench::KernelBench};
 use masked_rnn::onnx::{Direction, OnnxGru, OnnxGruAttrs, OnnxLstm, OnnxLstmAttrs, OnnxOutputs, OnnxRnn, OnnxRnnAttrs};
 use masked_rnn::{
     Activation, Adam, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream, Loss,
-    LstmWeights, MaskValueMode, MaskedSeq, Padding, Schedule, SeqView, Sequential, Workspace,
+    LstmWeights, MaskValueMode, MaskedSeq, OnnxGrads, OnnxTape, OnnxUpstream, Padding, Schedule, SeqView, Sequential,
+    Workspace,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -578,9 +582,75 @@ fn cells(c: &mut Criterion) {
     g.finish();
 }
 
+/// The gradient buffers `[dx, dw, dr, db]` as an operator's gradient outputs.
+fn grads(g: &mut [Vec<f32>; 4]) -> OnnxGrads<'_> {
+    let [dx, dw, dr, db] = g;
+    OnnxGrads { dx: Some(dx), dw: Some(dw), dr: Some(dr), db: Some(db), ..Default::default() }
+}
+
+/// `cells_train/<cell>/t<threads>`: one training pass (forward_train, then the backward with dX, dW, dR and
+/// dB, upstream on every output) of each ONNX operator on the `cells` data.
+fn cells_train(c: &mut Criterion) {
+    let (t, b, i, h) = (256, 64, 256, 256);
+    let mut rng = StdRng::seed_from_u64(9);
+    let lens: Vec<i32> = (0..b).map(|_| rng.random_range(32..=t as i32)).collect();
+    let valid: u64 = lens.iter().map(|&l| l as u64).sum();
+    let x: Vec<f32> = (0..t * b * i).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let dy: Vec<f32> = (0..t * b * h).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut weights = |g: usize| -> [Vec<f32>; 3] {
+        let s = 1.0 / (h as f32).sqrt();
+        [g * h * i, g * h * h, 2 * g * h].map(|n| (0..n).map(|_| rng.random_range(-s..s)).collect())
+    };
+    /// A training pass into the gradient buffers `[dx, dw, dr, db]`.
+    type Train = Box<dyn Fn(&mut OnnxTape, &mut Workspace, &mut [Vec<f32>; 4], usize)>;
+    let mut runs: Vec<(&str, usize, Train)> = Vec::new();
+    for (name, lbr) in [("gru_reset_before", false), ("gru_reset_after", true)] {
+        let [w, r, bias] = weights(3);
+        let attrs = OnnxGruAttrs::new(h, Direction::Forward).linear_before_reset(lbr);
+        let gru = OnnxGru::new(attrs, i, &w, &r, Some(&bias)).expect("gru");
+        let (x1, l1, d1) = (x.clone(), lens.clone(), dy.clone());
+        runs.push((
+            name,
+            3,
+            Box::new(move |tape, ws, g, threads| {
+                let out = OnnxOutputs::default();
+                gru.forward_train(&x1, t, b, Some(&l1), None, out, tape, threads, ws).expect("forward");
+                let up = OnnxUpstream { dy: Some(&d1), ..Default::default() };
+                black_box(gru.backward(&x1, t, b, Some(&l1), None, tape, up, grads(g), threads).expect("backward"));
+            }),
+        ));
+    }
+    let [w, r, bias] = weights(1);
+    let rnn = OnnxRnn::new(OnnxRnnAttrs::new(h, Direction::Forward), i, &w, &r, Some(&bias)).expect("rnn");
+    runs.push((
+        "rnn",
+        1,
+        Box::new(move |tape, ws, g, threads| {
+            let out = OnnxOutputs::default();
+            rnn.forward_train(&x, t, b, Some(&lens), None, out, tape, threads, ws).expect("forward");
+            let up = OnnxUpstream { dy: Some(&dy), ..Default::default() };
+            black_box(rnn.backward(&x, t, b, Some(&lens), None, tape, up, grads(g), threads).expect("backward"));
+        }),
+    ));
+    let mut g = group(c, "cells_train", 10);
+    for (name, gates, run) in &runs {
+        // Forward and backward GEMMs: three times the forward's.
+        g.throughput(Throughput::Elements(valid * 6 * (*gates * h * (i + h)) as u64));
+        let (mut tape, mut ws) = (OnnxTape::new(), Workspace::new());
+        let mut bufs = [t * b * i, gates * h * i, gates * h * h, 2 * gates * h].map(|n| vec![0.0f32; n]);
+        for threads in [1, 2] {
+            g.bench_function(format!("{name}/t{threads}"), |bench| {
+                bench.iter(|| run(&mut tape, &mut ws, &mut bufs, threads))
+            });
+        }
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     cells,
+    cells_train,
     padding_sweep,
     seed_model,
     layer_sizes,
