@@ -46,6 +46,8 @@ pub(crate) trait Family {
     /// The gradients of Keras' `kernel`, `recurrent_kernel` and `bias` (the shapes `get_weights()`
     /// returns for the cell `spec`).
     fn grads_to_keras(g: &Self::Grads, spec: &Self::Spec) -> (Vec<f32>, Vec<f32>, Vec<f32>);
+    /// The lengths of [`grads_to_keras`](Self::grads_to_keras)' three tensors.
+    fn keras_grad_lens(w: &Self::Weights, spec: &Self::Spec) -> [usize; 3];
     /// One direction's weights from ONNX's `W`, `R`, `B`.
     fn import_onnx(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<Self::Weights>;
     /// One layer direction's weights from PyTorch's `weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`.
@@ -91,6 +93,10 @@ impl Family for Gru {
     fn reference_grads_to_onnx(g: &GruGrads64, input: usize, hidden: usize) -> [Vec<f64>; 3] {
         let b = [g.bias_input.clone(), g.bias_recurrent.clone()].concat();
         [transpose(&g.kernel, input, 3 * hidden), transpose(&g.recurrent, hidden, 3 * hidden), b]
+    }
+    fn keras_grad_lens(w: &GruWeights, spec: &GruSpec) -> [usize; 3] {
+        let (i, h) = (w.input_size(), w.hidden_size());
+        [i * 3 * h, h * 3 * h, if spec.reset_after { 6 * h } else { 3 * h }]
     }
     fn grads_to_keras(g: &GruGrads<f32>, spec: &GruSpec) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         // reset_after: bias [2, 3H] (input row, recurrent row); else [3H], which enters as the input bias.
@@ -151,6 +157,10 @@ impl Family for Rnn {
     fn reference_grads_to_onnx(g: &RnnGrads64, input: usize, hidden: usize) -> [Vec<f64>; 3] {
         let b = [g.bias.clone(), g.bias.clone()].concat();
         [transpose(&g.kernel, input, hidden), transpose(&g.recurrent, hidden, hidden), b]
+    }
+    fn keras_grad_lens(w: &RnnWeights, _spec: &RnnSpec) -> [usize; 3] {
+        let (i, h) = (w.input_size(), w.hidden_size());
+        [i * h, h * h, h]
     }
     fn grads_to_keras(g: &RnnGrads<f32>, _spec: &RnnSpec) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         (g.d_kernel.clone(), g.d_recurrent.clone(), g.d_bias.clone())

@@ -80,14 +80,12 @@ impl<F: Family> Layer<F> {
         let mut params = (d_kernel.is_some() || d_recurrent_kernel.is_some() || d_bias.is_some())
             .then(|| F::zero_grads(&self.weights));
         // The Keras layouts' lengths, checked before anything runs.
-        let probe = F::grads_to_keras(&F::zero_grads(&self.weights), &self.spec);
-        for (name, v, want) in [
-            ("d_kernel", &d_kernel, &probe.0),
-            ("d_recurrent_kernel", &d_recurrent_kernel, &probe.1),
-            ("d_bias", &d_bias, &probe.2),
-        ] {
+        let [nk, nr, nb] = F::keras_grad_lens(&self.weights, &self.spec);
+        for (name, v, want) in
+            [("d_kernel", &d_kernel, nk), ("d_recurrent_kernel", &d_recurrent_kernel, nr), ("d_bias", &d_bias, nb)]
+        {
             if let Some(v) = v {
-                check_len(name, v.len(), want.len())?;
+                check_len(name, v.len(), want)?;
             }
         }
         let outs = (dx, d_initial_h, d_initial_c);
