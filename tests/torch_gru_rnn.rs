@@ -1,13 +1,18 @@
 //! PyTorch `nn.GRU` and `nn.RNN` on packed sequences against PyTorch itself (float64 autograd fixtures of
-//! `tools/fixtures/torch_gru_rnn_golden.py`), against their plain references (bit for bit in each
-//! backend's rounding) on random stacks of every shape, on 1 and 2 threads; and their errors.
+//! `tools/fixtures/torch_gru_rnn_golden.py`: outputs and gradients), against their plain references (bit
+//! for bit in each backend's rounding) on random stacks of every shape, on 1 and 2 threads; the training
+//! pass's properties (valid steps only, bitwise the same on every thread count and for a sequence alone);
+//! and their errors.
 
 mod common;
 
 use common::{fixtures, floats, opt_floats, usize_of, FRAMEWORK_TOL};
 use masked_rnn::fuzzing::close;
 use masked_rnn::kernel::{self, Backend};
-use masked_rnn::torch::{Nonlinearity, TorchGru, TorchOutputs, TorchParams, TorchResult, TorchRnn};
+use masked_rnn::torch::{
+    Nonlinearity, PytorchLayout, TorchGrads, TorchGru, TorchOutputs, TorchParams, TorchResult, TorchRnn, TorchTape,
+    TorchUpstream,
+};
 use masked_rnn::{ErrorKind, ForwardStats, Result, Workspace};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -66,6 +71,48 @@ impl Module {
         }
     }
 
+    /// The training forward (every output) into a new tape.
+    fn forward_train(&self, c: &Call<'_>, threads: usize) -> Result<(TorchResult, TorchTape, ForwardStats)> {
+        let (mut tape, ws) = (TorchTape::new(), &mut Workspace::new());
+        let (h, layers, d) = self.sizes();
+        let mut r = TorchResult {
+            y: vec![f32::NAN; c.t * c.b * d * h],
+            h_n: vec![f32::NAN; layers * d * c.b * h],
+            c_n: Vec::new(),
+        };
+        let out = TorchOutputs { y: Some(&mut r.y), h_n: Some(&mut r.h_n), c_n: None };
+        let (t, b, bf) = (c.t, c.b, c.batch_first);
+        let stats = match self {
+            Module::Gru(m) => m.forward_packed_train(c.x, t, b, bf, c.lengths, c.h0, out, &mut tape, threads, ws),
+            Module::Rnn(m) => m.forward_packed_train(c.x, t, b, bf, c.lengths, c.h0, out, &mut tape, threads, ws),
+        }?;
+        Ok((r, tape, stats))
+    }
+
+    fn backward(
+        &self,
+        c: &Call<'_>,
+        tape: &TorchTape,
+        up: TorchUpstream<'_>,
+        grads: TorchGrads<'_>,
+        threads: usize,
+    ) -> Result<ForwardStats> {
+        let (t, b, bf) = (c.t, c.b, c.batch_first);
+        match self {
+            Module::Gru(m) => m.backward_packed(c.x, t, b, bf, c.lengths, c.h0, tape, up, grads, threads),
+            Module::Rnn(m) => m.backward_packed(c.x, t, b, bf, c.lengths, c.h0, tape, up, grads, threads),
+        }
+    }
+
+    /// `(H, L, D)`.
+    fn sizes(&self) -> (usize, usize, usize) {
+        let (h, l, bidi) = match self {
+            Module::Gru(m) => (m.hidden_size(), m.num_layers(), m.bidirectional()),
+            Module::Rnn(m) => (m.hidden_size(), m.num_layers(), m.bidirectional()),
+        };
+        (h, l, if bidi { 2 } else { 1 })
+    }
+
     fn reference(&self, c: &Call<'_>) -> Result<TorchResult> {
         match self {
             Module::Gru(m) => m.forward_packed_reference(c.x, c.t, c.b, c.batch_first, c.lengths, c.h0),
@@ -86,11 +133,18 @@ fn params_of(tensors: &[[Option<Vec<f32>>; 4]]) -> Vec<TorchParams<'_>> {
         .collect()
 }
 
-/// Every fixture of `dir` within the framework tolerance of PyTorch's float64 forward, on the fast path (1
-/// and 2 threads, valid steps only) and on the reference; returns the outputs compared.
-fn fixtures_match(dir: &str, kind: &str) -> usize {
-    let mut compared = 0;
-    for (name, f) in fixtures(dir, kind) {
+/// One fixture: the module and its call's inputs.
+struct Fixture {
+    model: Module,
+    /// `(T, B, batch_first, L * D)`.
+    shape: (usize, usize, bool, usize),
+    lengths: Vec<usize>,
+    x: Vec<f32>,
+    h0: Option<Vec<f32>>,
+}
+
+impl Fixture {
+    fn read(f: &serde_json::Value) -> Self {
         let (t, b, i, h) =
             (usize_of(&f["seq_length"]), usize_of(&f["batch"]), usize_of(&f["input"]), usize_of(&f["hidden"]));
         let (layers, bidi, bf) =
@@ -101,17 +155,37 @@ fn fixtures_match(dir: &str, kind: &str) -> usize {
             .iter()
             .map(|w| ["weight_ih", "weight_hh", "bias_ih", "bias_hh"].map(|k| opt_floats(&w[k])))
             .collect();
-        assert_eq!(f["bias"].as_bool().unwrap(), tensors[0][2].is_some(), "{name}");
+        assert_eq!(f["bias"].as_bool().unwrap(), tensors[0][2].is_some());
         let cell = f["nonlinearity"].as_str().unwrap_or("gru");
         let model = Module::new(cell, (i, h, layers, bidi), &params_of(&tensors), kernel::selected()).unwrap();
         let lengths: Vec<usize> = f["lengths"].as_array().unwrap().iter().map(usize_of).collect();
         let (x, h0) = (floats(&f["x"]), opt_floats(&f["h0"]));
-        let call = Call { x: &x, t, b, batch_first: bf, lengths: &lengths, h0: h0.as_deref() };
+        let ld = layers * if bidi { 2 } else { 1 };
+        Fixture { model, shape: (t, b, bf, ld), lengths, x, h0 }
+    }
+
+    fn call(&self) -> Call<'_> {
+        let (t, b, batch_first, _) = self.shape;
+        Call { x: &self.x, t, b, batch_first, lengths: &self.lengths, h0: self.h0.as_deref() }
+    }
+
+    /// Cell steps of a run: each valid step once per layer and direction.
+    fn steps(&self) -> usize {
+        self.shape.3 * self.lengths.iter().sum::<usize>()
+    }
+}
+
+/// Every fixture of `dir` within the framework tolerance of PyTorch's float64 forward, on the fast path (1
+/// and 2 threads, valid steps only) and on the reference; returns the outputs compared.
+fn fixtures_match(dir: &str, kind: &str) -> usize {
+    let mut compared = 0;
+    for (name, f) in fixtures(dir, kind) {
+        let fx = Fixture::read(&f);
+        let (model, call) = (&fx.model, fx.call());
         let (want_y, want_h) = (floats(&f["y"]), floats(&f["h_n"]));
-        let d = if bidi { 2 } else { 1 };
         for threads in [1, 2] {
             let (got, stats) = model.forward(&call, threads).unwrap();
-            assert_eq!(stats.steps_computed, layers * d * lengths.iter().sum::<usize>(), "{name}");
+            assert_eq!(stats.steps_computed, fx.steps(), "{name}");
             assert!(got.c_n.is_empty(), "{name}: c_n");
             close(&format!("{name} y"), &got.y, &want_y, FRAMEWORK_TOL).unwrap();
             close(&format!("{name} h_n"), &got.h_n, &want_h, FRAMEWORK_TOL).unwrap();
@@ -477,4 +551,199 @@ fn bad_inputs_are_errors() {
     let out = TorchOutputs { h_n: Some(&mut h_n), ..Default::default() };
     gru.forward_packed_in(&x, t, b, false, &[4, 2], None, out, 2, ws).unwrap();
     assert_eq!(bits(&h_n), bits(&run(&x, &[4, 2], None).unwrap().0.h_n));
+}
+
+/// What one backward returns: `dx`, the parameters' gradients, `dh0`.
+type Gradients = (Vec<f32>, Vec<PytorchLayout<f32>>, Vec<f32>);
+
+/// The training forward then the backward of `up`, every gradient asked for.
+fn gradients(m: &Module, c: &Call<'_>, up: TorchUpstream<'_>, threads: usize) -> (Gradients, ForwardStats) {
+    let (h, layers, d) = m.sizes();
+    let (_, tape, _) = m.forward_train(c, threads).unwrap();
+    let (mut dx, mut dh0, mut params) = (vec![f32::NAN; c.x.len()], vec![f32::NAN; layers * d * c.b * h], Vec::new());
+    let grads = TorchGrads { dx: Some(&mut dx), params: Some(&mut params), dh0: Some(&mut dh0), dc0: None };
+    let stats = m.backward(c, &tape, up, grads, threads).unwrap();
+    ((dx, params, dh0), stats)
+}
+
+/// Largest `|got - want| / max(1, |want|)` of a gradient against PyTorch's float64 one; panics past 1e-4.
+fn check_grad(what: &str, got: &[f32], want: &serde_json::Value, worst: &mut f64) {
+    let want: Vec<f64> = want.as_array().expect(what).iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        let err = (f64::from(g) - w).abs() / w.abs().max(1.0);
+        assert!(err <= 1e-4, "{what}[{k}]: {g} vs PyTorch {w}");
+        *worst = worst.max(err);
+    }
+}
+
+/// Every fixture's gradients (dx, every layer direction's weight_ih, weight_hh, bias_ih, bias_hh, dh0)
+/// within 1e-4 of PyTorch's float64 autograd, bitwise the same on 1 and 2 threads, computing each valid
+/// step once per layer and direction. Returns the gradients compared.
+fn gradient_fixtures_match(dir: &str, kind: &str) -> usize {
+    let (mut compared, mut worst) = (0, 0.0f64);
+    for (name, f) in fixtures(dir, kind) {
+        let fx = Fixture::read(&f);
+        let (model, call) = (&fx.model, fx.call());
+        let (dy, dh_n) = (opt_floats(&f["dy"]), opt_floats(&f["dh_n"]));
+        assert!(dy.is_some() || dh_n.is_some(), "{name}: no upstream");
+        let up = TorchUpstream { dy: dy.as_deref(), dh_n: dh_n.as_deref(), dc_n: None };
+        let ((dx, params, dh0), stats) = gradients(model, &call, up, 1);
+        assert_eq!(stats.steps_computed, fx.steps(), "{name}: steps");
+        let ((dx2, params2, dh02), _) = gradients(model, &call, up, 2);
+        assert_eq!(bits(&dx), bits(&dx2), "{name}: dx on 2 threads");
+        assert_eq!(bits(&dh0), bits(&dh02), "{name}: dh0 on 2 threads");
+        assert_eq!(params, params2, "{name}: parameter gradients on 2 threads");
+        check_grad(&format!("{name} dx"), &dx, &f["dx"], &mut worst);
+        let want = f["d_weights"].as_array().unwrap();
+        assert_eq!(want.len(), params.len(), "{name}: parameter sets");
+        for (k, (w, g)) in want.iter().zip(&params).enumerate() {
+            check_grad(&format!("{name} [{k}] weight_ih"), &g.weight_ih, &w["weight_ih"], &mut worst);
+            check_grad(&format!("{name} [{k}] weight_hh"), &g.weight_hh, &w["weight_hh"], &mut worst);
+            compared += 2;
+            if !w["bias_ih"].is_null() {
+                check_grad(&format!("{name} [{k}] bias_ih"), &g.bias_ih, &w["bias_ih"], &mut worst);
+                check_grad(&format!("{name} [{k}] bias_hh"), &g.bias_hh, &w["bias_hh"], &mut worst);
+                compared += 2;
+            }
+        }
+        if fx.h0.is_some() {
+            check_grad(&format!("{name} dh0"), &dh0, &f["dh0"], &mut worst);
+            compared += 1;
+        }
+        compared += 1;
+    }
+    println!("{dir}: worst gradient error {worst:.2e}");
+    compared
+}
+
+#[test]
+fn gru_gradients_match_pytorch_autograd() {
+    assert!(gradient_fixtures_match("torch_gru", "torch_gru_packed") >= 20 * 3);
+}
+
+#[test]
+fn rnn_gradients_match_pytorch_autograd() {
+    assert!(gradient_fixtures_match("torch_rnn", "torch_rnn_packed") >= 20 * 3);
+}
+
+/// On random stacks of every shape (NaN and infinities at padded steps) and every backend: the training
+/// forward's outputs are bitwise those of the plain forward; the backward computes each valid step once
+/// per layer and direction, is bitwise the same on 1 and 2 threads, writes `+0.0` into `dx` at padded
+/// steps whatever the upstream there, and gives each sequence the `dx` and `dh0` it has alone.
+fn training_properties(kind: &'static str, seed: u64, cases: usize) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for n in 0..cases {
+        let c = Case::random(&mut rng, n, kind);
+        let call = c.call();
+        let (i, h, layers, bidi) = c.shape;
+        let d = if bidi { 2 } else { 1 };
+        let (t, b, width) = (c.t, c.b, d * h);
+        let valid: usize = c.lengths.iter().sum();
+        let dy = uniform(&mut rng, t * b * width, 1.0);
+        let dh_n = rng.random_bool(0.5).then(|| uniform(&mut rng, layers * d * b * h, 1.0));
+        let up = TorchUpstream { dy: Some(&dy), dh_n: dh_n.as_deref(), dc_n: None };
+        let at = |s: usize, tt: usize, w: usize| if c.batch_first { (s * t + tt) * w } else { (tt * b + s) * w };
+        for backend in kernel::available() {
+            let what = format!("{kind} case {n} {} shape {:?} lengths {:?}", backend.name, c.shape, c.lengths);
+            let model = c.module(backend);
+            let (plain, _) = model.forward(&call, 1).unwrap();
+            let (trained, _, _) = model.forward_train(&call, 2).unwrap();
+            assert_eq!(bits(&trained.y), bits(&plain.y), "training forward y: {what}");
+            assert_eq!(bits(&trained.h_n), bits(&plain.h_n), "training forward h_n: {what}");
+            let ((dx, params, dh0), stats) = gradients(&model, &call, up, 1);
+            assert_eq!(stats.steps_computed, layers * d * valid, "{what}");
+            assert_eq!(params.len(), layers * d, "{what}");
+            let ((dx2, params2, dh02), _) = gradients(&model, &call, up, 2);
+            assert_eq!(bits(&dx), bits(&dx2), "dx on 2 threads: {what}");
+            assert_eq!(bits(&dh0), bits(&dh02), "dh0 on 2 threads: {what}");
+            assert_eq!(params, params2, "parameter gradients on 2 threads: {what}");
+            for (s, &len) in c.lengths.iter().enumerate() {
+                for tt in 0..t {
+                    let g = &dx[at(s, tt, i)..at(s, tt, i) + i];
+                    if tt >= len {
+                        assert!(g.iter().all(|v| v.to_bits() == 0), "dx at a padded step: {what}");
+                    } else {
+                        assert!(g.iter().all(|v| v.is_finite()), "dx at a valid step: {what}");
+                    }
+                }
+            }
+            if n % 4 != 0 {
+                continue;
+            }
+            for s in 0..b {
+                let (x, h0) = c.alone(s);
+                let one =
+                    Call { x: &x, t, b: 1, batch_first: c.batch_first, lengths: &c.lengths[s..=s], h0: h0.as_deref() };
+                let dy1: Vec<f32> =
+                    (0..t).flat_map(|tt| dy[at(s, tt, width)..at(s, tt, width) + width].to_vec()).collect();
+                let pick = |v: &[f32]| -> Vec<f32> {
+                    v.chunks(b * h).flat_map(|blk| blk[s * h..(s + 1) * h].to_vec()).collect()
+                };
+                let dh_n1 = dh_n.as_deref().map(pick);
+                let up1 = TorchUpstream { dy: Some(&dy1), dh_n: dh_n1.as_deref(), dc_n: None };
+                let ((dx1, _, dh01), _) = gradients(&model, &one, up1, 1);
+                for tt in 0..t {
+                    assert_eq!(
+                        bits(&dx1[tt * i..(tt + 1) * i]),
+                        bits(&dx[at(s, tt, i)..at(s, tt, i) + i]),
+                        "{what}: dx of sequence {s} alone"
+                    );
+                }
+                assert_eq!(bits(&dh01), bits(&pick(&dh0)), "{what}: dh0 of sequence {s} alone");
+            }
+        }
+    }
+}
+
+#[test]
+fn gru_training_properties_on_random_stacks() {
+    training_properties("gru", 41, 48);
+}
+
+#[test]
+fn rnn_training_properties_on_random_stacks() {
+    training_properties("tanh", 42, 32);
+    training_properties("relu", 43, 32);
+}
+
+/// The training entry points refuse what cannot be right: buffers and upstream of the wrong length, a
+/// cell state the GRU and RNN do not have, and tapes of another shape or another cell.
+#[test]
+fn training_errors() {
+    let kind = |e: masked_rnn::Error| e.kind();
+    let (i, h, t, b) = (3, 2, 4, 2);
+    let (w, r, bias) = (vec![0.1; 3 * h * i], vec![0.2; 3 * h * h], vec![0.0; 3 * h]);
+    let p = TorchParams { weight_ih: &w, weight_hh: &r, bias_ih: Some(&bias), bias_hh: Some(&bias) };
+    let gru = Module::Gru(TorchGru::new(i, h, 1, false, &[p]).unwrap());
+    let (w1, r1) = (vec![0.1; h * i], vec![0.2; h * h]);
+    let p1 = TorchParams { weight_ih: &w1, weight_hh: &r1, bias_ih: None, bias_hh: None };
+    let rnn = Module::Rnn(TorchRnn::new(i, h, 1, false, Nonlinearity::Tanh, &[p1]).unwrap());
+    let x = vec![0.5; t * b * i];
+    let lengths = [4, 2];
+    let call = Call { x: &x, t, b, batch_first: false, lengths: &lengths, h0: None };
+    let (_, tape, _) = gru.forward_train(&call, 1).unwrap();
+    let dy = vec![1.0; t * b * h];
+    let up = TorchUpstream { dy: Some(&dy), ..Default::default() };
+    let none = || TorchGrads::default();
+    // A backward of nothing asked for still checks its inputs and runs.
+    assert!(gru.backward(&call, &tape, up, none(), 1).is_ok());
+    let short = TorchUpstream { dy: Some(&dy[1..]), ..Default::default() };
+    assert_eq!(kind(gru.backward(&call, &tape, short, none(), 1).unwrap_err()), ErrorKind::BadShape);
+    let dc = vec![0.0; b * h];
+    let with_c = TorchUpstream { dc_n: Some(&dc), ..up };
+    assert_eq!(kind(gru.backward(&call, &tape, with_c, none(), 1).unwrap_err()), ErrorKind::BadArgument);
+    let mut dc0 = vec![0.0; b * h];
+    let grads = TorchGrads { dc0: Some(&mut dc0), ..Default::default() };
+    assert_eq!(kind(gru.backward(&call, &tape, up, grads, 1).unwrap_err()), ErrorKind::BadArgument);
+    let mut dx = vec![0.0; x.len() - 1];
+    let grads = TorchGrads { dx: Some(&mut dx), ..Default::default() };
+    assert_eq!(kind(gru.backward(&call, &tape, up, grads, 1).unwrap_err()), ErrorKind::BadShape);
+    // Tapes of another shape, another length pattern, another cell, or never filled.
+    let other = Call { lengths: &[3, 2], ..call };
+    assert_eq!(kind(gru.backward(&other, &tape, up, none(), 1).unwrap_err()), ErrorKind::BadArgument);
+    let (_, rnn_tape, _) = rnn.forward_train(&call, 1).unwrap();
+    assert_eq!(kind(gru.backward(&call, &rnn_tape, up, none(), 1).unwrap_err()), ErrorKind::BadArgument);
+    assert_eq!(kind(rnn.backward(&call, &tape, up, none(), 1).unwrap_err()), ErrorKind::BadArgument);
+    assert_eq!(kind(gru.backward(&call, &TorchTape::new(), up, none(), 1).unwrap_err()), ErrorKind::BadArgument);
 }

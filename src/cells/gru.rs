@@ -23,6 +23,7 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use crate::cells::activation::{clip, slope_lanes, Activation};
+use crate::cells::grads::PytorchLayout;
 use crate::cells::weights::{sizes, transpose, transpose_rows};
 use crate::engine::{grow, GradRows};
 use crate::error::{check_len, checked_product, Result};
@@ -393,6 +394,22 @@ impl<T: Copy + Default> GruGrads<T> {
             b.extend(g.d_bias_input.iter().chain(&g.d_bias_recurrent).copied());
         }
         (w, r, b)
+    }
+}
+
+impl GruGrads<f32> {
+    /// The gradients of PyTorch's `weight_ih [3H, I]`, `weight_hh [3H, H]`, `bias_ih`, `bias_hh [3H]`,
+    /// gates r, z, n.
+    pub fn to_pytorch(&self) -> PytorchLayout<f32> {
+        let (i, h) = (self.input, self.hidden);
+        // TORCH_TO_CANON swaps two blocks: it maps canonical order back to PyTorch's too.
+        let reorder = |m: &[f32], cols: usize| reorder_blocks(m, h * cols, &TORCH_TO_CANON);
+        PytorchLayout {
+            weight_ih: reorder(&transpose(&self.d_kernel, i, 3 * h), i),
+            weight_hh: reorder(&transpose(&self.d_recurrent, h, 3 * h), h),
+            bias_ih: reorder(&self.d_bias_input, 1),
+            bias_hh: reorder(&self.d_bias_recurrent, 1),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use crate::cells::activation::{clip, slope_lanes, Activation};
+use crate::cells::grads::PytorchLayout;
 use crate::cells::weights::{sizes, transpose, transpose_rows, Transposes};
 use crate::engine::{grow, GradRows};
 use crate::error::{check_len, checked_product, Result};
@@ -233,6 +234,20 @@ impl<T: Copy + Default> RnnGrads<T> {
             b.extend(g.d_bias.iter().chain(&g.d_bias).copied());
         }
         (w, r, b)
+    }
+}
+
+impl RnnGrads<f32> {
+    /// The gradients of PyTorch's `weight_ih [H, I]`, `weight_hh [H, H]`, `bias_ih` and `bias_hh [H]`
+    /// (both biases add into the same pre-activation: equal gradients).
+    pub fn to_pytorch(&self) -> PytorchLayout<f32> {
+        let (i, h) = (self.input, self.hidden);
+        PytorchLayout {
+            weight_ih: transpose(&self.d_kernel, i, h),
+            weight_hh: transpose(&self.d_recurrent, h, h),
+            bias_ih: self.d_bias.clone(),
+            bias_hh: self.d_bias.clone(),
+        }
     }
 }
 

@@ -233,7 +233,12 @@ impl<C: CellBackward> Backward<'_, C> {
         let (input, hd) = self.cell.sizes();
         let (hp, zw, phases) = (self.cell.hp(), self.cell.dz_width(), self.cell.phases());
         let rows = self.tape.rows();
-        if self.tape.hp != hp || self.tape.offsets.len() != b + 1 || rows != self.view.total_valid() {
+        // The record's width tells the cells apart (LSTM, GRU and RNN records differ in length).
+        if self.tape.hp != hp
+            || self.tape.offsets.len() != b + 1
+            || rows != self.view.total_valid()
+            || self.tape.stride != C::RECORD * hp
+        {
             return Err(Error::argument("the tape was made for another view or layer"));
         }
         let (rt, rt_off) = self.cell.rt(0);
@@ -246,11 +251,7 @@ impl<C: CellBackward> Backward<'_, C> {
             })
             && wt_off + wt.input <= zw
             && wt.padded_cols() >= input;
-        if !shapes_ok
-            || self.dh_up.len() != rows * hp
-            || self.tape.data.len() < rows * self.tape.stride
-            || self.tape.stride < C::RECORD * hp
-        {
+        if !shapes_ok || self.dh_up.len() != rows * hp || self.tape.data.len() < rows * self.tape.stride {
             return Err(Error::new(ErrorKind::Internal, "dh_up, the tape or the cell's weights have the wrong shape"));
         }
         // dZ of every valid step, in tape order; the sweep writes every element of every row before

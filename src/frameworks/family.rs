@@ -3,7 +3,7 @@
 
 use std::fmt::Debug;
 
-use crate::cells::grads::transpose;
+use crate::cells::grads::{transpose, PytorchLayout};
 use crate::cells::gru::{GruBackCell, GruGrads, GruKernel, GruSpec, GruWeights, PackedGru, GRU_TAPE_RECORD};
 use crate::cells::rnn::{PackedRnn, RnnBackCell, RnnGrads, RnnKernel, RnnSpec, RnnWeights, RNN_TAPE_RECORD};
 use crate::error::Result;
@@ -46,6 +46,8 @@ pub(crate) trait Family {
     /// The gradients of Keras' `kernel`, `recurrent_kernel` and `bias` (the shapes `get_weights()`
     /// returns for the cell `spec`).
     fn grads_to_keras(g: &Self::Grads, spec: &Self::Spec) -> (Vec<f32>, Vec<f32>, Vec<f32>);
+    /// The gradients of PyTorch's `weight_ih`, `weight_hh`, `bias_ih`, `bias_hh` (PyTorch's gate order).
+    fn grads_to_pytorch(g: &Self::Grads) -> PytorchLayout<f32>;
     /// The lengths of [`grads_to_keras`](Self::grads_to_keras)' three tensors.
     fn keras_grad_lens(w: &Self::Weights, spec: &Self::Spec) -> [usize; 3];
     /// One direction's weights from ONNX's `W`, `R`, `B`.
@@ -106,6 +108,9 @@ impl Family for Gru {
         }
         (g.d_kernel.clone(), g.d_recurrent.clone(), bias)
     }
+    fn grads_to_pytorch(g: &GruGrads<f32>) -> PytorchLayout<f32> {
+        g.to_pytorch()
+    }
     fn import_onnx(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<GruWeights> {
         GruWeights::from_onnx(input, hidden, w, r, b)
     }
@@ -164,6 +169,9 @@ impl Family for Rnn {
     }
     fn grads_to_keras(g: &RnnGrads<f32>, _spec: &RnnSpec) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         (g.d_kernel.clone(), g.d_recurrent.clone(), g.d_bias.clone())
+    }
+    fn grads_to_pytorch(g: &RnnGrads<f32>) -> PytorchLayout<f32> {
+        g.to_pytorch()
     }
     fn import_onnx(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<RnnWeights> {
         RnnWeights::from_onnx(input, hidden, w, r, b)

@@ -1,7 +1,10 @@
-//! `nn.GRU` and `nn.RNN` (forward): the stack with a cell whose only state is `h`.
+//! `nn.GRU` and `nn.RNN`, forward and backward: the stack with a cell whose only state is `h`.
 
-use super::{Call, LayerOutputs, Stack, TorchCell, TorchOutputs, TorchParams, TorchResult};
+use super::{
+    Call, LayerOutputs, Stack, TorchCell, TorchGrads, TorchOutputs, TorchParams, TorchResult, TorchTape, TorchUpstream,
+};
 use crate::cells::activation::Activation;
+use crate::cells::grads::PytorchLayout;
 use crate::cells::gru::GruSpec;
 use crate::cells::rnn::RnnSpec;
 use crate::engine::{ForwardStats, Workspace};
@@ -18,8 +21,23 @@ impl<F: Family> TorchCell for F {
         = <F as Family>::Kernel<'a>
     where
         Self: 'a;
+    type Grads = F::Grads;
+    type Back<'a>
+        = F::Back<'a>
+    where
+        Self: 'a;
+    const RECORD: usize = F::RECORD;
     fn import(input: usize, hidden: usize, p: &TorchParams<'_>) -> Result<F::Weights> {
         F::import_pytorch(input, hidden, p)
+    }
+    fn backward_cell<'a>(w: &F::Weights, packed: &'a F::Packed, spec: &'a F::Spec) -> Result<F::Back<'a>> {
+        <F as Family>::backward_cell(w, packed, spec)
+    }
+    fn zero_grads(w: &F::Weights) -> F::Grads {
+        <F as Family>::zero_grads(w)
+    }
+    fn grads_to_pytorch(g: &F::Grads) -> PytorchLayout<f32> {
+        <F as Family>::grads_to_pytorch(g)
     }
     fn pack(w: &F::Weights, spec: &F::Spec, nb: usize) -> Result<F::Packed> {
         <F as Family>::pack(w, spec, nb)
@@ -155,6 +173,61 @@ macro_rules! stack_methods {
         ) -> Result<ForwardStats> {
             let call = Call { x, t: seq_len, b: batch, batch_first, lengths, h0, c0: None };
             self.stack.run(call, out, None, threads, ws)
+        }
+
+        /// [`forward_packed_in`](Self::forward_packed_in) that also fills `tape` for
+        /// [`backward_packed`](Self::backward_packed): each layer direction's valid steps (memory
+        /// proportional to them) and the outputs of the layers below the last. Outputs are bitwise those of
+        /// `forward_packed_in`.
+        ///
+        /// # Errors
+        /// As [`forward_packed_in`](Self::forward_packed_in).
+        #[allow(clippy::too_many_arguments)]
+        pub fn forward_packed_train(
+            &self,
+            x: &[f32],
+            seq_len: usize,
+            batch: usize,
+            batch_first: bool,
+            lengths: &[usize],
+            h0: Option<&[f32]>,
+            out: TorchOutputs<'_>,
+            tape: &mut TorchTape,
+            threads: usize,
+            ws: &mut Workspace,
+        ) -> Result<ForwardStats> {
+            let call = Call { x, t: seq_len, b: batch, batch_first, lengths, h0, c0: None };
+            self.stack.run(call, out, Some(tape), threads, ws)
+        }
+
+        /// The gradients of a scalar loss through the module, given the gradients `up` of its outputs
+        /// (`up.dc_n` must be `None`): the vector-Jacobian product of
+        /// [`forward_packed`](Self::forward_packed) at the inputs of the
+        /// [`forward_packed_train`](Self::forward_packed_train) call that filled `tape` (pass the same
+        /// inputs). Only valid steps are computed; upstream at padded positions of `y` has no effect and
+        /// `dx` there is `+0.0`. `grads.params` receives one [`PytorchLayout`] per layer and direction in
+        /// PyTorch's order (`grads.dc0` must be `None`). Results are bitwise identical for every `threads`.
+        ///
+        /// # Errors
+        /// As [`forward_packed`](Self::forward_packed);
+        /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for a tape filled by a run of another
+        /// shape or module kind, or a `dc_n` / `dc0`.
+        #[allow(clippy::too_many_arguments)]
+        pub fn backward_packed(
+            &self,
+            x: &[f32],
+            seq_len: usize,
+            batch: usize,
+            batch_first: bool,
+            lengths: &[usize],
+            h0: Option<&[f32]>,
+            tape: &TorchTape,
+            up: TorchUpstream<'_>,
+            grads: TorchGrads<'_>,
+            threads: usize,
+        ) -> Result<ForwardStats> {
+            let call = Call { x, t: seq_len, b: batch, batch_first, lengths, h0, c0: None };
+            self.stack.backward_packed(call, tape, up, grads, threads)
         }
 
         /// The same computation on the plain [reference](crate::reference::onnx_h_only): each sequence's

@@ -9,12 +9,13 @@
 
 mod gru;
 
+pub use crate::cells::grads::PytorchLayout;
 pub use gru::{Nonlinearity, TorchGru, TorchRnn};
 
 use std::fmt::Debug;
 
-use crate::cells::grads::{LstmGrads, PytorchLayout};
-use crate::cells::lstm::{CellSpec, LstmKernel, TAPE_RECORD};
+use crate::cells::grads::LstmGrads;
+use crate::cells::lstm::{CellSpec, LstmBackCell, LstmKernel, TAPE_RECORD};
 use crate::cells::weights::{LstmWeights, PackedLstm};
 use crate::engine::{
     directions, initial_pair, par_join, Backward, BackwardOut, DirTape, EmptyState, Fill, ForwardStats, Job, OutRegion,
@@ -22,7 +23,7 @@ use crate::engine::{
 };
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::frameworks::onnx::swap_axes;
-use crate::kernel::{self, Backend, CellKernel};
+use crate::kernel::{self, Backend, CellBackward, CellKernel};
 use crate::reference::{self, Rounding};
 use crate::view::{Padding, SeqView};
 
@@ -206,7 +207,7 @@ impl TorchLstm {
         ws: &mut Workspace,
     ) -> Result<ForwardStats> {
         let call = Call { x, t: seq_len, b: batch, batch_first, lengths, h0, c0 };
-        self.stack.run(call, out, Some((tape, TAPE_RECORD)), threads, ws)
+        self.stack.run(call, out, Some(tape), threads, ws)
     }
 
     /// The gradients of a scalar loss through the stack, given the gradients `up` of its outputs: the
@@ -233,7 +234,8 @@ impl TorchLstm {
         grads: TorchGrads<'_>,
         threads: usize,
     ) -> Result<ForwardStats> {
-        self.stack.backward_packed(x, seq_len, batch, batch_first, lengths, h0, c0, tape, up, grads, threads)
+        let call = Call { x, t: seq_len, b: batch, batch_first, lengths, h0, c0 };
+        self.stack.backward_packed(call, tape, up, grads, threads)
     }
 
     /// The same computation on the plain [reference](crate::reference::onnx_lstm).
@@ -280,8 +282,22 @@ pub(crate) trait TorchCell {
     type Kernel<'a>: CellKernel
     where
         Self: 'a;
+    /// The canonical parameter gradients of one layer direction.
+    type Grads: Clone + Debug;
+    /// The cell's backward.
+    type Back<'a>: CellBackward<Grads = Self::Grads>
+    where
+        Self: 'a;
+    /// Floats of a training forward's tape record per padded hidden unit.
+    const RECORD: usize;
     /// One layer direction's weights from PyTorch's parameters, `input` features in.
     fn import(input: usize, hidden: usize, p: &TorchParams<'_>) -> Result<Self::Weights>;
+    /// The backward of the layer direction `w` was packed into (`packed`), for the cell `spec`.
+    fn backward_cell<'a>(w: &Self::Weights, packed: &'a Self::Packed, spec: &'a Self::Spec) -> Result<Self::Back<'a>>;
+    /// Zero gradients for the weights' sizes.
+    fn zero_grads(w: &Self::Weights) -> Self::Grads;
+    /// The gradients in PyTorch's layout and gate order.
+    fn grads_to_pytorch(g: &Self::Grads) -> PytorchLayout<f32>;
     /// The weights packed for a backend of `nb` lanes, for the cell `spec`.
     fn pack(w: &Self::Weights, spec: &Self::Spec, nb: usize) -> Result<Self::Packed>;
     /// The cell as the kernels see it.
@@ -400,13 +416,12 @@ impl<F: TorchCell> Stack<F> {
     }
 
     /// Runs the stack: per layer, one engine job per direction (both concurrently), the outputs of the
-    /// layers below the last in `ws`. A training forward passes its `tape` and the cell's floats per hidden
-    /// unit of a step's record.
+    /// layers below the last in `ws`. A training forward passes its `tape`.
     fn run(
         &self,
         call: Call<'_>,
         out: TorchOutputs<'_>,
-        mut tape: Option<(&mut TorchTape, usize)>,
+        mut tape: Option<&mut TorchTape>,
         threads: usize,
         ws: &mut Workspace,
     ) -> Result<ForwardStats> {
@@ -435,13 +450,13 @@ impl<F: TorchCell> Stack<F> {
         let mut stats = ForwardStats::default();
         let [below, above] = layers;
         let (mut prev, mut next) = (below, above);
-        if let Some((tape, record)) = tape.as_mut() {
+        if let Some(tape) = tape.as_mut() {
             tape.shape = (t, b, self.input_size, h, d_n * self.num_layers, batch_first);
             tape.dirs.resize_with(d_n * self.num_layers, DirTape::default);
             tape.inputs.resize_with(self.num_layers - 1, Vec::new);
             let hp = self.kernel(0).packed().hidden_padded();
             for dir in &mut tape.dirs {
-                dir.prepare(view, *record, hp)?;
+                dir.prepare(view, F::RECORD, hp)?;
             }
         }
         for l in 0..self.num_layers {
@@ -467,7 +482,7 @@ impl<F: TorchCell> Stack<F> {
             let cs =
                 OutRegion::split_opt("c_n", c_n.as_deref_mut().map(|v| &mut v[layer]), directions(s_regions, d_n))?;
             let tapes: [Option<TapeOut>; 2] = match tape.as_mut() {
-                Some((tape, _)) => {
+                Some(tape) => {
                     let (t0, t1) = tape.dirs[l * d_n..(l + 1) * d_n].split_at_mut(1);
                     [Some(TapeOut::new(&mut t0[0])), t1.first_mut().map(TapeOut::new)]
                 }
@@ -495,7 +510,7 @@ impl<F: TorchCell> Stack<F> {
                 let (f, r) = par_join(threads, || job(0).run(w0), || job(1).run(w1))?;
                 f?.merge(r?)
             });
-            if let (Some((tape, _)), false) = (tape.as_mut(), last) {
+            if let (Some(tape), false) = (tape.as_mut(), last) {
                 // The next layer's input, kept for the backward.
                 tape.inputs[l].clear();
                 tape.inputs[l].extend_from_slice(next);
@@ -547,8 +562,20 @@ impl TorchCell for Lstm {
     type Packed = PackedLstm;
     type Spec = CellSpec;
     type Kernel<'a> = LstmKernel<'a>;
+    type Grads = LstmGrads<f32>;
+    type Back<'a> = LstmBackCell<'a>;
+    const RECORD: usize = TAPE_RECORD;
     fn import(input: usize, hidden: usize, p: &TorchParams<'_>) -> Result<LstmWeights> {
         LstmWeights::from_pytorch(input, hidden, p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh)
+    }
+    fn backward_cell<'a>(w: &LstmWeights, packed: &'a PackedLstm, spec: &'a CellSpec) -> Result<LstmBackCell<'a>> {
+        packed.backward_cell(w, spec)
+    }
+    fn zero_grads(w: &LstmWeights) -> LstmGrads<f32> {
+        LstmGrads::zeros(w.input_size(), w.hidden_size(), false)
+    }
+    fn grads_to_pytorch(g: &LstmGrads<f32>) -> PytorchLayout<f32> {
+        g.to_pytorch()
     }
     fn pack(w: &LstmWeights, _spec: &CellSpec, nb: usize) -> Result<PackedLstm> {
         PackedLstm::new(w, nb)
@@ -574,29 +601,28 @@ impl TorchCell for Lstm {
     }
 }
 
-impl Stack<Lstm> {
-    /// [`TorchLstm::backward_packed`].
+impl<F: TorchCell> Stack<F> {
+    /// [`TorchLstm::backward_packed`], for every cell (`c0`, `dc_n` and `dc0` only for the LSTM).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn backward_packed(
         &self,
-        x: &[f32],
-        seq_len: usize,
-        batch: usize,
-        batch_first: bool,
-        lengths: &[usize],
-        h0: Option<&[f32]>,
-        c0: Option<&[f32]>,
+        call: Call<'_>,
         tape: &TorchTape,
         up: TorchUpstream<'_>,
         grads: TorchGrads<'_>,
         threads: usize,
     ) -> Result<ForwardStats> {
-        let state_len = self.check(&Call { x, t: seq_len, b: batch, batch_first, lengths, h0, c0 })?;
-        let (t, b, h, d_n, nl) = (seq_len, batch, self.hidden, self.dirs(), self.num_layers);
+        let state_len = self.check(&call)?;
+        let Call { x, t, b, batch_first, lengths, h0, c0 } = call;
+        let (h, d_n, nl) = (self.hidden, self.dirs(), self.num_layers);
         let width = d_n * h;
         let y_len = checked_product(&[t, b, width], "y")?;
         if tape.shape != (t, b, self.input_size, h, d_n * nl, batch_first) || tape.inputs.len() + 1 != nl {
             return Err(Error::argument("the tape was filled by a run of another shape"));
+        }
+        let has_c = states(&self.kernel(0)) > 1;
+        if !has_c && (c0.is_some() || up.dc_n.is_some() || grads.dc0.is_some()) {
+            return Err(Error::argument("c0, dc_n, dc0: this cell has no cell state"));
         }
         for (name, v, n) in [("dy", up.dy, y_len), ("dh_n", up.dh_n, state_len), ("dc_n", up.dc_n, state_len)] {
             if let Some(v) = v {
@@ -636,7 +662,7 @@ impl Stack<Lstm> {
                 let k = l * d_n + d;
                 let (weights, packed) = &self.weights[k];
                 let dtape = &tape.dirs[k];
-                let hp = packed.gates.hidden_padded();
+                let hp = self.kernel(k).packed().hidden_padded();
                 let mut scratch = dtape.scratch.take();
                 let dh_up = &mut scratch.dh_up;
                 dh_up.clear();
@@ -652,17 +678,17 @@ impl Stack<Lstm> {
                 let zeros = vec![0.0f32; b * h];
                 let init = (hi.is_some() || ci.is_some())
                     .then(|| (hi.as_deref().unwrap_or(&zeros), ci.as_deref().unwrap_or(&zeros)));
-                let mut g = params.is_some().then(|| LstmGrads::zeros(weights.input_size(), h, false));
+                let mut g = params.is_some().then(|| F::zero_grads(weights));
                 let job = Backward {
                     backend: self.backend,
-                    cell: packed.backward_cell(weights, &self.cell)?,
+                    cell: F::backward_cell(weights, packed, &self.cell)?,
                     view: &view,
                     tape: dtape,
                     x: SeqIn { data: input, off: 0, sb: xsb, st: xst },
                     init,
                     dh_up: &scratch.dh_up,
                     d_h_n: hn.as_deref(),
-                    d_c_n: cn.as_deref(),
+                    d_c_n: cn.as_deref().filter(|_| has_c),
                     empty_is_initial: false,
                     threads,
                     schedule: Schedule::Auto,
@@ -672,7 +698,7 @@ impl Stack<Lstm> {
                     dx: dxl.map(|v| (v, xsb, xst, d > 0)),
                     params: g.as_mut(),
                     d_h0: Some(&mut dh_l),
-                    d_c0: Some(&mut dc_l),
+                    d_c0: has_c.then_some(&mut dc_l[..]),
                 };
                 let done = job.run(out, &mut scratch.bufs);
                 dtape.scratch.put(scratch);
@@ -689,7 +715,7 @@ impl Stack<Lstm> {
         if let Some(params) = params {
             layer_grads.sort_by_key(|(k, _)| *k);
             params.clear();
-            params.extend(layer_grads.into_iter().filter_map(|(_, g)| g.map(|g| g.to_pytorch())));
+            params.extend(layer_grads.into_iter().filter_map(|(_, g)| g.map(|g| F::grads_to_pytorch(&g))));
         }
         Ok(stats)
     }
