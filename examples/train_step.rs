@@ -170,14 +170,14 @@ impl Workload {
         SeqView::from_lengths(&self.lengths, self.time, Padding::Post).expect("lengths within the time axis")
     }
 
-    /// Bytes of the LSTM tapes of one training step (every layer here sees the input's view).
+    /// Bytes of the recurrent layers' tapes of one training step (every layer here sees the input's view).
     fn tape_bytes(&self, model: &Sequential) -> usize {
         let view = self.view();
         model
             .layers()
             .iter()
             .filter_map(|l| match l {
-                Layer::Lstm(l) => Some(l.tape_bytes(&view)),
+                Layer::Recurrent(l) => Some(l.tape_bytes(&view)),
                 _ => None,
             })
             .sum()

@@ -6,11 +6,12 @@
 mod common;
 
 use common::{fixtures, floats, usize_of};
+use masked_rnn::bidirectional::{KerasBidirectional, MergeMode};
 use masked_rnn::cells::grads::PytorchLayout;
 use masked_rnn::train::fit::{FitOptions, History, Shuffle};
 use masked_rnn::{
-    Adam, ErrorKind, KerasLstm, KerasLstmOptions, Loss, LstmWeights, MaskValueMode, MaskedSeq, Optimizer, Result,
-    Sequential, Sgd,
+    Adam, ErrorKind, GruWeights, KerasGru, KerasGruOptions, KerasLstm, KerasLstmOptions, KerasRnnOptions,
+    KerasSimpleRnn, Loss, LstmWeights, MaskValueMode, MaskedSeq, Optimizer, Result, RnnWeights, Sequential, Sgd,
 };
 use serde_json::Value;
 
@@ -259,25 +260,29 @@ fn small_layer(i: usize, h: usize, seed: u32) -> KerasLstm {
     KerasLstm::new(w, KerasLstmOptions::default()).unwrap()
 }
 
-/// Every layer kind in the backward, including an LSTM fed by a time slice (a copied, densified input),
-/// a `DropMask` before an LSTM, and pre-padding: gradients against central finite differences.
-#[test]
-fn backward_through_every_layer_kind_matches_finite_differences() {
-    let (b, t, fe) = (4, 9, 3);
-    let lens = [9usize, 5, 7, 2];
+/// `[B, T, F]` with sequence `s` valid for `lens[s]` steps: pre-padded for odd `s`, post-padded for
+/// even ones, zeros at padding, values in about [-0.8, 0.8] drawn by `(e * mul % modulus)`.
+fn mixed_padding(b: usize, t: usize, fe: usize, lens: &[usize], (mul, modulus): (usize, usize)) -> MaskedSeq {
     let x: Vec<f32> = (0..b * t * fe)
         .map(|e| {
             let (s, step) = (e / (t * fe), (e / fe) % t);
-            // pre-padding for the odd samples, post-padding for the others
             let valid = if s % 2 == 1 { step >= t - lens[s] } else { step < lens[s] };
             if valid {
-                ((e * 37 % 19) as f32 / 9.0 - 1.0) * 0.8
+                ((e * mul % modulus) as f32 / (modulus / 2) as f32 - 1.0) * 0.8
             } else {
                 0.0
             }
         })
         .collect();
-    let x = MaskedSeq::dense(x, b, t, fe).unwrap();
+    MaskedSeq::dense(x, b, t, fe).unwrap()
+}
+
+/// Every layer kind in the backward, including an LSTM fed by a time slice (a copied, densified input),
+/// a `DropMask` before an LSTM, and pre-padding: gradients against central finite differences.
+#[test]
+fn backward_through_every_layer_kind_matches_finite_differences() {
+    let (b, t, fe) = (4, 9, 3);
+    let x = mixed_padding(b, t, fe, &[9, 5, 7, 2], (37, 19));
     let mut m = Sequential::new()
         .masking(0.0, MaskValueMode::Ieee)
         .lstm(small_layer(fe, 5, 1))
@@ -288,23 +293,38 @@ fn backward_through_every_layer_kind_matches_finite_differences() {
         .lstm(small_layer(4, 2, 21));
     let (to, fo) = m.output_shape(t, fe).unwrap();
     assert_eq!((to, fo), (5, 2));
-    let y: Vec<f32> = (0..b * to * fo).map(|k| (k % 7) as f32 / 7.0 - 0.4).collect();
+    let worst = gradients_match_finite_differences(&mut m, &x, (to, fo), 9);
+    println!("every layer kind: worst relative gradient difference vs finite differences {worst:.2e}");
+}
+
+/// One `train_step` of `m` on `x` (masked MSE against fixed targets of the output's shape `(T, F)`)
+/// hands the optimizer `tensors` gradients, each within tolerance of central finite differences of the
+/// loss at a spread of its elements; returns the worst relative difference.
+fn gradients_match_finite_differences(
+    m: &mut Sequential,
+    x: &MaskedSeq,
+    (to, fo): (usize, usize),
+    tensors: usize,
+) -> f64 {
+    let y: Vec<f32> = (0..x.batch() * to * fo).map(|k| (k % 7) as f32 / 7.0 - 0.4).collect();
     let loss = Loss::MaskedMse;
     let mut cap = Capture::default();
     let w0 = m.weights();
-    let lv = m.train_step(&x, &y, loss, &mut cap, 1).unwrap();
-    assert_eq!(cap.0.len(), 9);
-    let value = |m: &Sequential| loss.value(&m.predict(&x, 1).unwrap(), &y).unwrap().value;
-    assert_eq!(lv.value, value(&m));
+    let lv = m.train_step(x, &y, loss, &mut cap, 1).unwrap();
+    assert_eq!(cap.0.len(), tensors);
+    assert_eq!(w0.len(), tensors);
+    let value = |m: &Sequential| loss.value(&m.predict(x, 1).unwrap(), &y).unwrap().value;
+    assert_eq!(lv.value, value(m));
     let mut worst = 0.0f64;
     for (k, tensor) in w0.iter().enumerate() {
+        assert_eq!(cap.0[k].len(), tensor.len(), "tensor {k}");
         for j in (0..tensor.len()).step_by(tensor.len() / 5 + 1) {
             let eps = 1e-2f32;
             let mut at = |d: f32| {
                 let mut w = w0.clone();
                 w[k][j] += d;
                 m.set_weights(&w).unwrap();
-                value(&m)
+                value(m)
             };
             let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
             let g = cap.0[k][j] as f64;
@@ -315,7 +335,75 @@ fn backward_through_every_layer_kind_matches_finite_differences() {
             );
         }
     }
-    println!("every layer kind: worst relative gradient difference vs finite differences {worst:.2e}");
+    m.set_weights(&w0).unwrap();
+    worst
+}
+
+/// A small deterministic tensor of `n` values in [-0.5, 0.5).
+fn small(n: usize, k: u32) -> Vec<f32> {
+    (0..n)
+        .map(|j| (((j as u32).wrapping_mul(2_654_435_761) ^ k.wrapping_mul(97)) % 1000) as f32 / 1000.0 - 0.5)
+        .collect()
+}
+
+fn small_gru(i: usize, h: usize, reset_after: bool, seed: u32) -> KerasGru {
+    let bias = small(if reset_after { 6 * h } else { 3 * h }, seed + 2);
+    let w =
+        GruWeights::from_keras(i, h, &small(i * 3 * h, seed), &small(h * 3 * h, seed + 1), Some(&bias), reset_after)
+            .unwrap();
+    KerasGru::new(w, KerasGruOptions::default().reset_after(reset_after)).unwrap()
+}
+
+fn small_rnn(i: usize, h: usize, seed: u32) -> KerasSimpleRnn {
+    let w =
+        RnnWeights::from_keras(i, h, &small(i * h, seed), &small(h * h, seed + 1), Some(&small(h, seed + 2))).unwrap();
+    KerasSimpleRnn::new(w, KerasRnnOptions::default()).unwrap()
+}
+
+/// GRU (both reset placements), SimpleRNN, LSTM and `Bidirectional` GRU / SimpleRNN layers in one stack,
+/// with masks, pre-padding, a time slice and a `DropMask`: one training step's gradients against finite
+/// differences, in `weights()` order (a `Bidirectional`'s forward then backward layer); the same stack
+/// gives bitwise the same step on 1 and 2 threads.
+#[test]
+fn backward_through_gru_rnn_and_bidirectional_matches_finite_differences() {
+    let (b, t, fe) = (4, 8, 3);
+    let x = mixed_padding(b, t, fe, &[8, 3, 6, 1], (29, 17));
+    let bidi_rnn =
+        KerasBidirectional::from_layers(small_rnn(4, 3, 31), small_rnn(4, 3, 41), MergeMode::Concat, true).unwrap();
+    let bidi_gru =
+        KerasBidirectional::from_layers(small_gru(5, 2, true, 61), small_gru(5, 2, true, 71), MergeMode::Mul, true)
+            .unwrap();
+    let mut m = Sequential::new()
+        .masking(0.0, MaskValueMode::Ieee)
+        .gru(small_gru(fe, 4, false, 1))
+        .time_slice(1, Some(7))
+        .bidirectional(bidi_rnn)
+        .simple_rnn(small_rnn(6, 5, 51))
+        .bidirectional(bidi_gru)
+        .drop_mask()
+        .lstm(small_layer(2, 2, 81));
+    let shape = m.output_shape(t, fe).unwrap();
+    assert_eq!(shape, (6, 2));
+    // 1 GRU + 2 directions + 1 SimpleRNN + 2 directions + 1 LSTM, three tensors each.
+    let worst = gradients_match_finite_differences(&mut m, &x, shape, 21);
+    println!("GRU / SimpleRNN / Bidirectional stack: worst relative gradient difference {worst:.2e}");
+    let y: Vec<f32> = (0..b * shape.0 * shape.1).map(|k| (k % 5) as f32 / 5.0).collect();
+    let mut two = m.clone();
+    let (mut a1, mut a2) = (Adam::keras(), Adam::keras());
+    for _ in 0..3 {
+        let l1 = m.train_step(&x, &y, Loss::MaskedMae, &mut a1, 1).unwrap();
+        let l2 = two.train_step(&x, &y, Loss::MaskedMae, &mut a2, 2).unwrap();
+        assert_eq!(l1.value.to_bits(), l2.value.to_bits());
+    }
+    assert_eq!(bits(&m.weights()), bits(&two.weights()));
+    // A Bidirectional that does not return merged sequences has no place in a stack.
+    let last =
+        KerasBidirectional::from_layers(small_gru(fe, 2, true, 1), small_gru(fe, 2, true, 2), MergeMode::Sum, false)
+            .unwrap();
+    let bad = Sequential::new().bidirectional(last);
+    assert_eq!(bad.output_shape(t, fe).unwrap_err().kind(), ErrorKind::BadArgument);
+    let wrong = Sequential::new().gru(small_gru(fe + 1, 2, true, 1));
+    assert_eq!(wrong.output_shape(t, fe).unwrap_err().kind(), ErrorKind::BadShape);
 }
 
 #[test]

@@ -42,7 +42,7 @@ pub(crate) use sync::par_join;
 pub use tape::DirTape;
 pub(crate) use tape::TapeOut;
 pub use workspace::Workspace;
-pub(crate) use workspace::{clear_reserve, initial_pair};
+pub(crate) use workspace::{clear_reserve, initial_pair, JobScratch};
 
 /// What the engine did, for statistics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

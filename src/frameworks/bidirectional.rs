@@ -1,20 +1,22 @@
-//! Keras `Bidirectional(LSTM(...))` on the mask-aware engine.
+//! Keras `Bidirectional(LSTM(...))`, `Bidirectional(GRU(...))` and `Bidirectional(SimpleRNN(...))` on the
+//! mask-aware engine.
 //!
 //! Keras semantics (SEMANTICS.md section 3): both layers see the same mask; `zero_output_for_mask` is
 //! forced to `return_sequences` on both; the backward layer runs with `go_backwards` toggled and its
 //! sequence output is flipped along the full time axis before the merge (`concat`, `sum`, `ave`, `mul`,
-//! or none); states come back as forward `h, c`, then backward `h, c`.
+//! or none); states come back as forward `h, c`, then backward `h, c` (`h` only for the GRU and the
+//! SimpleRNN, whose `c` fields are empty).
 //!
 //! The flip costs nothing here: the backward job writes each step straight to its time position, and
 //! with `concat` both directions write their halves of the merged output in place, concurrently.
 
 use crate::cells::weights::LstmWeights;
-use crate::engine::{par_join, ForwardStats, OutRegion, Region, StateIn, Workspace};
+use crate::engine::{ForwardStats, OutRegion, Region, StateIn, Workspace};
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::frameworks::keras::{
-    InitialState, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream, StridedInput,
+    InitialState, JobParts, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream, Recurrent,
+    StridedInput,
 };
-use crate::reference::{self, KerasResult};
 use crate::view::SeqView;
 
 /// How Keras' `Bidirectional` merges the two directions.
@@ -50,7 +52,7 @@ impl MergeMode {
     }
 }
 
-/// Initial states of both directions, `[B, H]` each.
+/// Initial states of both directions, `[B, H]` each (`c_f` and `c_b` empty for a GRU or SimpleRNN).
 #[derive(Clone, Copy, Debug)]
 pub struct BidirectionalState<'a> {
     /// Forward `h`.
@@ -184,11 +186,11 @@ fn flip(v: &[f32], b: usize, t: usize, h: usize) -> Vec<f32> {
     out
 }
 
-/// A Keras `Bidirectional` LSTM layer.
+/// A Keras `Bidirectional` layer around an LSTM, a GRU or a SimpleRNN.
 #[derive(Clone, Debug)]
 pub struct KerasBidirectional {
-    forward: KerasLstm,
-    backward: KerasLstm,
+    forward: Recurrent,
+    backward: Recurrent,
     merge: MergeMode,
     return_sequences: bool,
 }
@@ -210,22 +212,75 @@ impl KerasBidirectional {
         if (forward.input_size(), forward.hidden_size()) != (backward.input_size(), backward.hidden_size()) {
             return Err(Error::shape("forward and backward weights differ in size"));
         }
-        let opts = options.zero_output_for_mask(return_sequences);
+        let (f, b) = (KerasLstm::new(forward, options)?, KerasLstm::new(backward, options)?);
+        Self::from_layers(f, b, merge, return_sequences)
+    }
+
+    /// Wraps a recurrent layer of any cell: `forward` and `backward` are the two copies Keras makes of the
+    /// wrapped layer (the same cell, sizes and options, each with its own weights). As in Keras,
+    /// `zero_output_for_mask` becomes `return_sequences` on both and the backward copy gets `go_backwards`
+    /// toggled.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) if the two layers differ in cell, size or
+    /// options.
+    pub fn from_layers(
+        forward: impl Into<Recurrent>,
+        backward: impl Into<Recurrent>,
+        merge: MergeMode,
+        return_sequences: bool,
+    ) -> Result<Self> {
+        let (forward, backward) = (forward.into(), backward.into());
+        if !forward.same_config(&backward) {
+            return Err(Error::argument(format!(
+                "Bidirectional: the backward layer ({} {} -> {}) is not a copy of the forward one ({} {} -> {})",
+                backward.name(),
+                backward.input_size(),
+                backward.units(),
+                forward.name(),
+                forward.input_size(),
+                forward.units()
+            )));
+        }
+        let go = forward.masking().go_backwards;
         Ok(KerasBidirectional {
-            forward: KerasLstm::new(forward, opts)?,
-            backward: KerasLstm::new(backward, opts.go_backwards(!options.go_backwards))?,
+            forward: forward.with_mask_options(go, return_sequences),
+            backward: backward.with_mask_options(!go, return_sequences),
             merge,
             return_sequences,
         })
     }
 
+    /// The same layer with each direction replaced by `f(direction, is_backward)` (new weights: the
+    /// options, including the toggled `go_backwards`, are the caller's to keep).
+    pub(crate) fn map_directions(&self, f: impl Fn(&Recurrent, bool) -> Result<Recurrent>) -> Result<Self> {
+        Ok(KerasBidirectional {
+            forward: f(&self.forward, false)?,
+            backward: f(&self.backward, true)?,
+            merge: self.merge,
+            return_sequences: self.return_sequences,
+        })
+    }
+
     /// The forward layer.
-    pub fn forward_layer(&self) -> &KerasLstm {
+    pub fn forward_layer(&self) -> &Recurrent {
         &self.forward
     }
     /// The backward layer.
-    pub fn backward_layer(&self) -> &KerasLstm {
+    pub fn backward_layer(&self) -> &Recurrent {
         &self.backward
+    }
+    /// How the directions merge.
+    pub fn merge_mode(&self) -> MergeMode {
+        self.merge
+    }
+    /// Whether the layer returns sequences (else the last output).
+    pub fn return_sequences(&self) -> bool {
+        self.return_sequences
+    }
+    /// Features of the merged output: `2H` for concat, `H` otherwise.
+    pub fn output_width(&self) -> usize {
+        self.width()
     }
 
     fn width(&self) -> usize {
@@ -238,18 +293,31 @@ impl KerasBidirectional {
     }
 
     fn check(&self, x: &[f32], view: &SeqView, initial: Option<BidirectionalState<'_>>) -> Result<usize> {
-        let (b, t, i, h) = (view.batch(), view.time(), self.forward.weights().input_size(), self.forward.units());
+        let (b, t, i, h) = (view.batch(), view.time(), self.forward.input_size(), self.forward.units());
         check_len("x", x.len(), checked_product(&[b, t, i], "x")?)?;
         let state_len = checked_product(&[b, h], "state")?;
         if let Some(s) = initial {
-            for (name, v) in [("h_f", s.h_f), ("c_f", s.c_f), ("h_b", s.h_b), ("c_b", s.c_b)] {
-                check_len(name, v.len(), state_len)?;
+            let c_len = self.c_len(state_len);
+            for (name, v, n) in
+                [("h_f", s.h_f, state_len), ("c_f", s.c_f, c_len), ("h_b", s.h_b, state_len), ("c_b", s.c_b, c_len)]
+            {
+                check_len(name, v.len(), n)?;
             }
         }
         Ok(state_len)
     }
 
-    /// Runs both directions on the fast path (concurrently unless `threads == 1`).
+    /// The length of a `c` state: `state_len`, or 0 for a cell without one.
+    fn c_len(&self, state_len: usize) -> usize {
+        if self.forward.has_cell_state() {
+            state_len
+        } else {
+            0
+        }
+    }
+
+    /// Runs both directions on the fast path (concurrently unless `threads == 1`); `c_f` and `c_b` are
+    /// empty for a cell without a `c` state.
     ///
     /// # Errors
     /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) for buffers of the wrong length.
@@ -269,19 +337,20 @@ impl KerasBidirectional {
             y_forward: vec![0.0; each],
             y_backward: vec![0.0; each],
             h_f: vec![0.0; state_len],
-            c_f: vec![0.0; state_len],
+            c_f: vec![0.0; self.c_len(state_len)],
             h_b: vec![0.0; state_len],
-            c_b: vec![0.0; state_len],
+            c_b: vec![0.0; self.c_len(state_len)],
         };
         let none = self.merge == MergeMode::None;
+        let has_c = self.forward.has_cell_state();
         let out = BidirectionalOutputs {
             y: (!none).then_some(&mut r.y[..]),
             y_forward: none.then_some(&mut r.y_forward[..]),
             y_backward: none.then_some(&mut r.y_backward[..]),
             h_f: Some(&mut r.h_f),
-            c_f: Some(&mut r.c_f),
+            c_f: has_c.then_some(&mut r.c_f[..]),
             h_b: Some(&mut r.h_b),
-            c_b: Some(&mut r.c_b),
+            c_b: has_c.then_some(&mut r.c_b[..]),
         };
         let stats = self.forward_in(x, view, initial, out, threads, &mut Workspace::new())?;
         Ok((r, stats))
@@ -292,8 +361,8 @@ impl KerasBidirectional {
     ///
     /// # Errors
     /// [`ErrorKind::BadShape`](crate::ErrorKind::BadShape) for buffers of the wrong length;
-    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for `y` with [`MergeMode::None`], or
-    /// `y_forward` / `y_backward` with another merge mode.
+    /// [`ErrorKind::BadArgument`](crate::ErrorKind::BadArgument) for `y` with [`MergeMode::None`],
+    /// `y_forward` / `y_backward` with another merge mode, or `c_f` / `c_b` for a cell without a `c`.
     pub fn forward_in(
         &self,
         x: &[f32],
@@ -304,7 +373,7 @@ impl KerasBidirectional {
         ws: &mut Workspace,
     ) -> Result<ForwardStats> {
         let state_len = self.check(x, view, initial)?;
-        let (b, t, i, h) = (view.batch(), view.time(), self.forward.weights().input_size(), self.forward.units());
+        let (b, t, i, h) = (view.batch(), view.time(), self.forward.input_size(), self.forward.units());
         let seq = self.return_sequences;
         let rows = b * if seq { t } else { 1 };
         let BidirectionalOutputs { y, y_forward, y_backward, h_f, c_f, h_b, c_b } = out;
@@ -314,6 +383,10 @@ impl KerasBidirectional {
         }
         if !none && (y_forward.is_some() || y_backward.is_some()) {
             return Err(Error::argument("y_forward and y_backward are the outputs of merge mode None only"));
+        }
+        let has_c = self.forward.has_cell_state();
+        if !has_c && (c_f.is_some() || c_b.is_some()) {
+            return Err(Error::argument(format!("c_f, c_b: a {} layer has no cell state", self.forward.name())));
         }
         let seq_len = checked_product(&[rows, h], "y")?;
         if let Some(y) = &y {
@@ -332,12 +405,15 @@ impl KerasBidirectional {
         let Workspace { jobs, layers: [other, states], .. } = ws;
         // Final states the caller does not want still feed the last outputs: scratch for them.
         states.clear();
-        states.resize(4 * state_len, 0.0);
+        states.resize(if has_c { 4 } else { 2 } * state_len, 0.0);
         let mut scratch = states.chunks_exact_mut(state_len.max(1));
         let h_f = or_scratch(h_f, &mut scratch);
-        let c_f = or_scratch(c_f, &mut scratch);
         let h_b = or_scratch(h_b, &mut scratch);
-        let c_b = or_scratch(c_b, &mut scratch);
+        let (c_f, c_b) = if has_c {
+            (Some(or_scratch(c_f, &mut scratch)), Some(or_scratch(c_b, &mut scratch)))
+        } else {
+            (None, None)
+        };
         // Sequence outputs: concat writes both halves of y; sum, ave and mul write the forward direction
         // into y and the backward one into scratch, merged below; None writes each to its own buffer.
         let concat = self.merge == MergeMode::Concat;
@@ -375,28 +451,26 @@ impl KerasBidirectional {
         let init_b = initial.map(|s| StateIn { h: s.h_b, c: s.c_b, off: 0, sb: h });
         let state = Region::state(0, b, h, h);
         let [hf] = OutRegion::split("h_f", h_f, [state])?;
-        let [cf] = OutRegion::split("c_f", c_f, [state])?;
         let [hb] = OutRegion::split("h_b", h_b, [state])?;
-        let [cb] = OutRegion::split("c_b", c_b, [state])?;
-        let jf = self.forward.job(input, view, init_f, ya.map(|out| (out, false)), Some(hf), Some(cf), None, threads);
-        let jb = self.backward.job(input, view, init_b, yb.map(|out| (out, true)), Some(hb), Some(cb), None, threads);
+        let [cf] = OutRegion::split_opt("c_f", c_f, [state])?;
+        let [cb] = OutRegion::split_opt("c_b", c_b, [state])?;
+        let pf = JobParts { x: input, view, init: init_f, y: ya.map(|out| (out, false)), h_n: Some(hf), c_n: cf };
+        let pb = JobParts { x: input, view, init: init_b, y: yb.map(|out| (out, true)), h_n: Some(hb), c_n: cb };
         // The jobs write disjoint elements: different buffers, or the two halves of the concat buffer.
-        let [wf, wb] = jobs;
-        let (sf, sb) = par_join(threads, || jf.run(wf), || jb.run(wb))?;
-        let stats = sf?.merge(sb?);
+        let stats = self.forward.run_pair(&self.backward, pf, pb, threads, jobs)?;
         if !seq {
             // Last outputs, [B, H] per direction.
             if none {
                 if let Some(f) = y_forward {
-                    self.forward.write_last_output(view, h_f, f);
+                    self.forward.masking().write_last_output(view, h_f, f);
                 }
                 if let Some(bk) = y_backward {
-                    self.backward.write_last_output(view, h_b, bk);
+                    self.backward.masking().write_last_output(view, h_b, bk);
                 }
             } else {
                 let (fa, ba) = other.split_at_mut(seq_len);
-                self.forward.write_last_output(view, h_f, fa);
-                self.backward.write_last_output(view, h_b, ba);
+                self.forward.masking().write_last_output(view, h_f, fa);
+                self.backward.masking().write_last_output(view, h_b, ba);
                 if let Some(y) = y {
                     self.merge_rows(y, fa, ba, rows);
                 }
@@ -437,7 +511,8 @@ impl KerasBidirectional {
     }
 
     /// [`forward`](Self::forward) that also fills `tape` for [`backward`](Self::backward). Each
-    /// direction runs [`KerasLstm::forward_train`]; the outputs are bitwise those of `forward`.
+    /// direction runs its layer's `forward_train` ([`KerasLstm::forward_train`], ...); the outputs are
+    /// bitwise those of `forward`.
     ///
     /// # Errors
     /// As [`forward`](Self::forward).
@@ -454,12 +529,14 @@ impl KerasBidirectional {
         let seq = self.return_sequences;
         let each = checked_product(&[b, if seq { t } else { 1 }, h], "y")?;
         let BidirectionalTape { f, b: bk, y_f, y_b } = tape;
-        let run = |layer: &KerasLstm, tape: &mut KerasTape, out: &mut Vec<f32>, init: Option<InitialState<'_>>| {
-            let (mut hn, mut cn) = (vec![0.0; state_len], vec![0.0; state_len]);
+        let c_len = self.c_len(state_len);
+        let run = |layer: &Recurrent, tape: &mut KerasTape, out: &mut Vec<f32>, init: Option<InitialState<'_>>| {
+            let (mut hn, mut cn) = (vec![0.0; state_len], vec![0.0; c_len]);
             out.clear();
             out.resize(each, 0.0);
             let (y, last) = if seq { (Some(&mut out[..]), None) } else { (None, Some(&mut out[..])) };
-            let o = KerasOutputs { y, last_output: last, h_n: Some(&mut hn), c_n: Some(&mut cn) };
+            let c_n = (c_len > 0).then_some(&mut cn[..]);
+            let o = KerasOutputs { y, last_output: last, h_n: Some(&mut hn), c_n };
             let stats = layer.forward_train(x, view, init, o, tape, threads, &mut Workspace::new())?;
             Ok::<_, Error>((hn, cn, stats))
         };
@@ -588,23 +665,8 @@ impl KerasBidirectional {
     ) -> Result<BidirectionalResult> {
         self.check(x, view, initial)?;
         let (b, t, h) = (view.batch(), view.time(), self.forward.units());
-        let run = |layer: &KerasLstm, init: Option<(&[f32], &[f32])>| -> Result<KerasResult> {
-            let o = layer.options();
-            reference::keras_lstm(
-                layer.weights(),
-                &crate::cells::lstm::CellSpec::keras(o.activation, o.recurrent_activation),
-                x,
-                &view.to_mask(),
-                b,
-                t,
-                o.go_backwards,
-                o.zero_output_for_mask,
-                init,
-                reference::Rounding::of(layer.backend()),
-            )
-        };
-        let f = run(&self.forward, initial.map(|s| (s.h_f, s.c_f)))?;
-        let bw = run(&self.backward, initial.map(|s| (s.h_b, s.c_b)))?;
+        let f = self.forward.forward_reference(x, view, initial.map(|s| InitialState { h: s.h_f, c: s.c_f }))?;
+        let bw = self.backward.forward_reference(x, view, initial.map(|s| InitialState { h: s.h_b, c: s.c_b }))?;
         let (ya, yb) = if self.return_sequences {
             // Flip the backward output along the whole time axis.
             let flipped = flip(&bw.y, b, t, h);

@@ -1,5 +1,5 @@
-//! A small layer stack in the Keras style: `Masking -> LSTM -> ... -> time slice`, where the sequence view
-//! flows through the stack. The masked losses are in [`train::loss`](crate::train::loss), the training
+//! A small layer stack in the Keras style: `Masking -> LSTM / GRU / SimpleRNN / Bidirectional -> ... -> time
+//! slice`, where the sequence view flows through the stack. The masked losses are in [`train::loss`](crate::train::loss), the training
 //! loop ([`Sequential::fit`], [`Sequential::evaluate`]) in [`train::fit`](crate::train::fit).
 //!
 //! This is the seed model of the crate: Keras' `Lambda(lambda x: x[:, N:])` silently dropped the mask so the
@@ -7,12 +7,14 @@
 //! over valid steps only, as Keras 3 does when the mask survives. [`Layer::DropMask`] reproduces the bug on
 //! purpose (every step counts from there on).
 //!
-//! Training ([`Sequential::train_step`]): the training forward keeps every layer's input and each LSTM
-//! layer's [`KerasTape`]; the backward walks the layers in reverse, each layer mapping the gradient with
-//! respect to its output to the gradient with respect to its input (a time slice scatters into the unsliced
-//! positions, zeros elsewhere; `DropMask` passes it through; an LSTM runs [`KerasLstm::backward`] and also
-//! writes its parameter gradients; `Masking` zeroes the masked steps), and stops at the first layer with
-//! parameters. The optimizer then updates every LSTM layer's kernel, recurrent kernel and bias, and each
+//! Training ([`Sequential::train_step`]): the training forward keeps every layer's input and each recurrent
+//! layer's tape; the backward walks the layers in reverse, each layer mapping the gradient with respect to
+//! its output to the gradient with respect to its input (a time slice scatters into the unsliced
+//! positions, zeros elsewhere; `DropMask` passes it through; a recurrent layer runs its backward
+//! ([`KerasLstm::backward`], [`KerasGru::backward`](crate::KerasGru::backward), ...,
+//! [`KerasBidirectional::backward`]) and also writes its parameter gradients; `Masking` zeroes the masked
+//! steps), and stops at the first layer with parameters. The optimizer then updates every recurrent
+//! layer's kernel, recurrent kernel and bias (a `Bidirectional`'s forward then backward layer), and each
 //! layer is repacked.
 
 use std::sync::{Arc, Mutex, TryLockError};
@@ -21,7 +23,12 @@ use crate::cells::grads::{LstmGrads, PytorchLayout};
 use crate::cells::weights::LstmWeights;
 use crate::engine::{ForwardStats, Workspace};
 use crate::error::{check_len, checked_product, Error, ErrorKind, Result};
-use crate::frameworks::keras::{KerasGrads, KerasLstm, KerasOutputs, KerasTape, KerasUpstream, StridedInput};
+use crate::frameworks::bidirectional::{
+    BidirectionalGrads, BidirectionalOutputs, BidirectionalTape, BidirectionalUpstream, KerasBidirectional, MergeMode,
+};
+use crate::frameworks::keras::{
+    KerasGrads, KerasGru, KerasLstm, KerasOutputs, KerasSimpleRnn, KerasTape, KerasUpstream, Recurrent, StridedInput,
+};
 use crate::train::loss::{Loss, LossValue};
 use crate::train::optim::Optimizer;
 use crate::view::{mask_from_values, MaskValueMode, SeqView};
@@ -177,8 +184,11 @@ pub enum Layer {
         /// IEEE comparison (Keras) or NaN-aware.
         mode: MaskValueMode,
     },
-    /// A Keras LSTM layer with `return_sequences=True`: the view passes through.
-    Lstm(Box<KerasLstm>),
+    /// A Keras `LSTM`, `GRU` or `SimpleRNN` layer with `return_sequences=True`: the view passes through.
+    Recurrent(Box<Recurrent>),
+    /// A Keras `Bidirectional` layer with `return_sequences=True` and a merge mode other than `None`: the
+    /// view passes through.
+    Bidirectional(Box<KerasBidirectional>),
     /// `x[:, start:end]` with the mask carried along (`Lambda(..., mask=...)` done right).
     TimeSlice {
         /// First step kept.
@@ -262,24 +272,32 @@ impl StackScratch {
     }
 }
 
-/// What a training step keeps and reuses: the activations of the training forward, the LSTM tapes, the
-/// gradient buffers and the parameters handed to the optimizer.
+/// What a training step keeps and reuses: the activations of the training forward, the recurrent layers'
+/// tapes, the gradient buffers and the parameters handed to the optimizer.
 #[derive(Debug, Default)]
 struct TrainScratch {
     /// `acts[k]` is the input of layer `k`; `acts[L]` the model output (of the last training forward).
     acts: Vec<MaskedSeq>,
-    /// Per layer; filled for the LSTM layers only.
-    tapes: Vec<KerasTape>,
+    /// Per layer; filled for the recurrent layers only.
+    tapes: Vec<LayerTape>,
     /// Gradient with respect to the current layer's output, then (swapped) its input; dense.
     grad: Vec<f32>,
     grad_next: Vec<f32>,
-    /// Per LSTM layer: kernel, recurrent kernel, bias (Keras layout), the optimizer's view of them.
+    /// Per recurrent layer (a `Bidirectional`: per direction): kernel, recurrent kernel, bias (Keras
+    /// layout), the optimizer's view of them.
     params: Vec<Vec<f32>>,
     /// Their gradients, same layout.
     param_grads: Vec<Vec<f32>>,
 }
 
-/// How [`Sequential::apply`] runs an LSTM layer.
+/// A recurrent layer's tape: a single layer's or a `Bidirectional`'s.
+#[derive(Debug, Default)]
+struct LayerTape {
+    single: KerasTape,
+    bidi: BidirectionalTape,
+}
+
+/// How [`Sequential::apply`] runs a recurrent layer.
 #[derive(Debug)]
 enum Mode<'t> {
     /// The fast path (threads).
@@ -287,7 +305,7 @@ enum Mode<'t> {
     /// The reference implementation.
     Reference,
     /// The fast path filling a tape (threads); the input must be dense.
-    Train(usize, &'t mut KerasTape),
+    Train(usize, &'t mut LayerTape),
 }
 
 impl Sequential {
@@ -306,7 +324,23 @@ impl Sequential {
     }
     /// Appends an LSTM layer (sequence output).
     pub fn lstm(self, layer: KerasLstm) -> Self {
-        self.push(Layer::Lstm(Box::new(layer)))
+        self.recurrent(layer)
+    }
+    /// Appends a [`Layer::Recurrent`] GRU layer (`return_sequences=True`).
+    pub fn gru(self, layer: KerasGru) -> Self {
+        self.recurrent(layer)
+    }
+    /// Appends a [`Layer::Recurrent`] SimpleRNN layer (`return_sequences=True`).
+    pub fn simple_rnn(self, layer: KerasSimpleRnn) -> Self {
+        self.recurrent(layer)
+    }
+    /// Appends a [`Layer::Recurrent`] layer of any cell.
+    pub fn recurrent(self, layer: impl Into<Recurrent>) -> Self {
+        self.push(Layer::Recurrent(Box::new(layer.into())))
+    }
+    /// Appends a [`Layer::Bidirectional`] (it must return sequences, merged).
+    pub fn bidirectional(self, layer: KerasBidirectional) -> Self {
+        self.push(Layer::Bidirectional(Box::new(layer)))
     }
     /// Appends a time slice `[start, end)` that carries the mask.
     pub fn time_slice(self, start: usize, end: Option<usize>) -> Self {
@@ -321,12 +355,20 @@ impl Sequential {
         &self.layers
     }
 
-    /// The LSTM layers, in order.
+    /// The LSTM layers (not in a `Bidirectional`), in order.
     fn lstms(&self) -> impl Iterator<Item = &KerasLstm> {
         self.layers.iter().filter_map(|l| match l {
-            Layer::Lstm(l) => Some(&**l),
+            Layer::Recurrent(r) => match &**r {
+                Recurrent::Lstm(l) => Some(l),
+                _ => None,
+            },
             _ => None,
         })
+    }
+
+    /// The layers with parameters, in order, a `Bidirectional` as its forward then its backward layer.
+    fn units(&self) -> impl Iterator<Item = &Recurrent> {
+        units(&self.layers)
     }
 
     /// The output's `(time, features)` for an input of `time` steps and `features` features, checking
@@ -339,9 +381,13 @@ impl Sequential {
         for (li, layer) in self.layers.iter().enumerate() {
             match layer {
                 Layer::Masking { .. } | Layer::DropMask => {}
-                Layer::Lstm(lstm) => {
-                    check_lstm_input(li, lstm, f)?;
-                    f = lstm.units();
+                Layer::Recurrent(r) => {
+                    check_input(li, r, f)?;
+                    f = r.units();
+                }
+                Layer::Bidirectional(bd) => {
+                    check_bidirectional(li, bd, f)?;
+                    f = bd.output_width();
                 }
                 Layer::TimeSlice { start, end } => {
                     let e = end.unwrap_or(t);
@@ -368,8 +414,8 @@ impl Sequential {
         self.run(input, Some(threads))
     }
 
-    /// Runs the stack with every LSTM layer on the [reference](crate::reference) implementation (every
-    /// step computed, then selected by the mask).
+    /// Runs the stack with every recurrent layer on the [reference](crate::reference) implementation
+    /// (every step computed, then selected by the mask).
     ///
     /// # Errors
     /// As [`forward`](Self::forward).
@@ -437,32 +483,58 @@ impl Sequential {
                 }
                 MaskedSeq::new(x, f, SeqView::from_mask(mask, b, t)?)?
             }
-            Layer::Lstm(lstm) => {
-                check_lstm_input(li, lstm, cur.features())?;
-                let h = lstm.units();
+            Layer::Recurrent(r) => {
+                check_input(li, r, cur.features())?;
+                let h = r.units();
                 let y = match mode {
                     Mode::Fast(threads) => {
                         // Every element of y is written: valid steps by the cells, the rest as padding.
                         let mut y = scratch.take(checked_product(&[cur.batch(), cur.time(), h], "y")?);
                         let out = KerasOutputs { y: Some(&mut y), ..Default::default() };
-                        let st =
-                            lstm.forward_strided(cur.strided(), cur.view(), None, out, None, threads, &mut scratch.ws)?;
+                        let st = r.forward_strided(cur.strided(), cur.view(), None, out, threads, &mut scratch.ws)?;
                         *stats = stats.merge(st);
                         y
                     }
                     Mode::Train(threads, tape) => {
-                        let x = cur
-                            .as_dense()
-                            .ok_or_else(|| Error::new(ErrorKind::Internal, "training input not dense"))?;
+                        let x = dense(cur)?;
                         let mut y = scratch.take(checked_product(&[cur.batch(), cur.time(), h], "y")?);
                         let out = KerasOutputs { y: Some(&mut y), ..Default::default() };
-                        let st = lstm.forward_train(x, cur.view(), None, out, tape, threads, &mut scratch.ws)?;
+                        let st =
+                            r.forward_train(x, cur.view(), None, out, &mut tape.single, threads, &mut scratch.ws)?;
                         *stats = stats.merge(st);
                         y
                     }
-                    Mode::Reference => lstm.forward_reference(&cur.to_vec(), cur.view(), None)?.y,
+                    Mode::Reference => r.forward_reference(&cur.to_vec(), cur.view(), None)?.y,
                 };
                 MaskedSeq::new(y, h, cur.view().clone())?
+            }
+            Layer::Bidirectional(bd) => {
+                check_bidirectional(li, bd, cur.features())?;
+                let w = bd.output_width();
+                let y = match mode {
+                    Mode::Fast(threads) => {
+                        let copy = match cur.as_dense() {
+                            Some(_) => None,
+                            None => Some(scratch.densify(cur)?),
+                        };
+                        let x = dense(copy.as_ref().unwrap_or(cur))?;
+                        let mut y = scratch.take(checked_product(&[cur.batch(), cur.time(), w], "y")?);
+                        let out = BidirectionalOutputs { y: Some(&mut y), ..Default::default() };
+                        let st = bd.forward_in(x, cur.view(), None, out, threads, &mut scratch.ws)?;
+                        *stats = stats.merge(st);
+                        if let Some(copy) = copy {
+                            scratch.recycle(copy, POOL_BUFFERS);
+                        }
+                        y
+                    }
+                    Mode::Train(threads, tape) => {
+                        let (r, st) = bd.forward_train(dense(cur)?, cur.view(), None, &mut tape.bidi, threads)?;
+                        *stats = stats.merge(st);
+                        r.y
+                    }
+                    Mode::Reference => bd.forward_reference(&cur.to_vec(), cur.view(), None)?.y,
+                };
+                MaskedSeq::new(y, w, cur.view().clone())?
             }
             Layer::TimeSlice { start, end } => cur.slice_time(*start, end.unwrap_or(cur.time()))?,
             Layer::DropMask => cur.drop_mask(),
@@ -475,8 +547,9 @@ impl Sequential {
         POOL_BUFFERS.max(2 * self.layers.len() + 1)
     }
 
-    /// The training forward: fills `self.train.acts` (every layer's input, then the output) and the LSTM
-    /// tapes. An LSTM layer whose input is not dense (after a time slice) gets a dense copy.
+    /// The training forward: fills `self.train.acts` (every layer's input, then the output) and the
+    /// recurrent layers' tapes. A recurrent layer whose input is not dense (after a time slice) gets a dense
+    /// copy.
     fn forward_train(&mut self, input: &MaskedSeq, threads: usize) -> Result<ForwardStats> {
         let limit = self.pool_limit();
         let Sequential { layers, scratch, train } = self;
@@ -484,7 +557,7 @@ impl Sequential {
         for a in train.acts.drain(..) {
             scratch.recycle(a, limit);
         }
-        train.tapes.resize_with(layers.len(), KerasTape::new);
+        train.tapes.resize_with(layers.len(), LayerTape::default);
         Self::forward_train_layers(layers, input, threads, scratch, train)
     }
 
@@ -499,7 +572,7 @@ impl Sequential {
         let mut cur = input.clone();
         for (li, layer) in layers.iter().enumerate() {
             let mode = match layer {
-                Layer::Lstm(_) => {
+                Layer::Recurrent(_) | Layer::Bidirectional(_) => {
                     if cur.as_dense().is_none() {
                         cur = scratch.densify(&cur)?;
                     }
@@ -524,17 +597,18 @@ impl Sequential {
     }
 
     /// One optimizer step on one batch: the training forward, the loss and its gradient with respect to
-    /// the model output, the backward through every layer, `optimizer.step` over every LSTM layer's
-    /// kernel, recurrent kernel and bias (in layer order, Keras order within a layer), and the repacking
-    /// of the updated layers. Returns the batch's loss at the weights the step started from.
+    /// the model output, the backward through every layer, `optimizer.step` over every recurrent layer's
+    /// kernel, recurrent kernel and bias (in layer order, Keras order within a layer, a `Bidirectional`'s
+    /// forward layer then its backward layer: the order of Keras' `model.trainable_weights`), and the
+    /// repacking of the updated layers. Returns the batch's loss at the weights the step started from.
     ///
     /// The same code path serves every stack: masked or not (a [`Layer::DropMask`], or an unmasked
     /// [`Loss`], makes every step count), sliced or not. Results are bitwise the same for every `threads`.
     ///
     /// Allocation, once the stack has run a step of the same shape: none for the activations, the tapes
-    /// and the gradient buffers (all reused, the backward's buffers kept with the tapes); per LSTM layer
-    /// the repacked weights and gradient scratch (O(parameters)), and O(B x H) for the views, the schedule
-    /// and the state gradients.
+    /// and the gradient buffers (all reused, the backward's buffers kept with the tapes; a `Bidirectional`
+    /// allocates its outputs); per recurrent layer the repacked weights and gradient scratch
+    /// (O(parameters)), and O(B x H) for the views, the schedule and the state gradients.
     ///
     /// # Errors
     /// [`ErrorKind::BadShape`] if `y` is not the model output's `[B, T, F]`
@@ -555,9 +629,9 @@ impl Sequential {
         r
     }
 
-    /// Errors unless every LSTM layer can be trained (no peepholes).
+    /// Errors unless every recurrent layer can be trained (no peepholes).
     pub(crate) fn check_trainable(&self) -> Result<()> {
-        if self.lstms().any(|l| l.weights().peephole().is_some()) {
+        if self.units().any(|l| !l.trainable()) {
             return Err(Error::argument("an LSTM layer with peepholes cannot be trained in a Sequential"));
         }
         Ok(())
@@ -585,18 +659,19 @@ impl Sequential {
     }
 
     /// Walks the layers in reverse from `train.grad` (the gradient with respect to the model output),
-    /// writing each LSTM layer's parameter gradients into `train.param_grads`.
+    /// writing each recurrent layer's parameter gradients into `train.param_grads`.
     fn backward(&mut self, threads: usize) -> Result<()> {
         let Sequential { layers, train, .. } = self;
-        let n_lstm = layers.iter().filter(|l| matches!(l, Layer::Lstm(_))).count();
-        train.param_grads.resize_with(3 * n_lstm, Vec::new);
-        let Some(first) = layers.iter().position(|l| matches!(l, Layer::Lstm(_))) else {
+        let n_units = units(layers).count();
+        train.param_grads.resize_with(3 * n_units, Vec::new);
+        let Some(first) = layers.iter().position(|l| matches!(l, Layer::Recurrent(_) | Layer::Bidirectional(_))) else {
             return Ok(());
         };
         let TrainScratch { acts, tapes, grad, grad_next, param_grads, .. } = train;
-        let mut k = n_lstm;
+        let mut k = n_units;
         for li in (first..layers.len()).rev() {
             let (inp, out) = (&acts[li], &acts[li + 1]);
+            let want_dx = li > first;
             match &layers[li] {
                 Layer::DropMask => {}
                 Layer::Masking { .. } => {
@@ -621,25 +696,18 @@ impl Sequential {
                     }
                     std::mem::swap(grad, grad_next);
                 }
-                Layer::Lstm(lstm) => {
+                Layer::Recurrent(r) => {
                     k -= 1;
-                    let (i, h) = (lstm.weights().input_size(), lstm.units());
-                    let x = inp.as_dense().ok_or_else(|| Error::new(ErrorKind::Internal, "LSTM input not dense"))?;
-                    let want_dx = li > first;
+                    let x = dense(inp)?;
                     if want_dx {
                         grad_next.resize(x.len(), 0.0);
                     }
-                    let [gk, gr, gb] = &mut param_grads[3 * k..3 * k + 3] else {
-                        return Err(Error::new(ErrorKind::Internal, "parameter gradients"));
-                    };
-                    gk.resize(i * 4 * h, 0.0);
-                    gr.resize(h * 4 * h, 0.0);
-                    gb.resize(4 * h, 0.0);
-                    lstm.backward(
+                    let [gk, gr, gb] = param_slots(param_grads, k, r)?;
+                    r.backward(
                         x,
                         inp.view(),
                         None,
-                        &tapes[li],
+                        &tapes[li].single,
                         KerasUpstream { dy: Some(grad), ..Default::default() },
                         KerasGrads {
                             dx: want_dx.then_some(&mut grad_next[..]),
@@ -650,75 +718,108 @@ impl Sequential {
                         },
                         threads,
                     )?;
-                    if want_dx {
-                        std::mem::swap(grad, grad_next);
-                    }
                 }
+                Layer::Bidirectional(bd) => {
+                    k -= 2;
+                    let x = dense(inp)?;
+                    if want_dx {
+                        grad_next.resize(x.len(), 0.0);
+                    }
+                    let (pf, pb) = param_grads[3 * k..3 * k + 6].split_at_mut(3);
+                    let [fk, fr, fb] = param_slots(pf, 0, bd.forward_layer())?;
+                    let [bk, br, bb] = param_slots(pb, 0, bd.backward_layer())?;
+                    let params = |d_kernel, d_recurrent_kernel, d_bias| KerasGrads {
+                        d_kernel: Some(d_kernel),
+                        d_recurrent_kernel: Some(d_recurrent_kernel),
+                        d_bias: Some(d_bias),
+                        ..Default::default()
+                    };
+                    bd.backward(
+                        x,
+                        inp.view(),
+                        None,
+                        &tapes[li].bidi,
+                        BidirectionalUpstream { dy: Some(grad), ..Default::default() },
+                        BidirectionalGrads {
+                            dx: want_dx.then_some(&mut grad_next[..]),
+                            forward: params(fk, fr, fb),
+                            backward: params(bk, br, bb),
+                        },
+                        threads,
+                    )?;
+                }
+            }
+            if want_dx && matches!(layers[li], Layer::Recurrent(_) | Layer::Bidirectional(_)) {
+                std::mem::swap(grad, grad_next);
             }
         }
         Ok(())
     }
 
-    /// `optimizer.step` over every LSTM layer's parameters, then repacks the layers.
+    /// `optimizer.step` over every recurrent layer's parameters, then repacks the layers.
     fn apply_gradients(&mut self, optimizer: &mut dyn Optimizer) -> Result<()> {
         let Sequential { layers, train, .. } = self;
-        let lstms = || {
-            layers.iter().filter_map(|l| match l {
-                Layer::Lstm(l) => Some(&**l),
-                _ => None,
-            })
-        };
-        let n = lstms().count();
+        let n = units(layers).count();
         train.params.resize_with(3 * n, Vec::new);
-        for (k, l) in lstms().enumerate() {
-            let w = l.weights();
-            for (dst, src) in train.params[3 * k..3 * k + 3].iter_mut().zip([w.kernel(), w.recurrent(), w.bias()]) {
-                dst.clear();
-                dst.extend_from_slice(src);
+        for (k, l) in units(layers).enumerate() {
+            for (dst, src) in train.params[3 * k..3 * k + 3].iter_mut().zip(l.keras_weights()) {
+                *dst = src;
             }
         }
         let mut params: Vec<&mut [f32]> = train.params.iter_mut().map(|p| &mut p[..]).collect();
         let grads: Vec<&[f32]> = train.param_grads.iter().map(|g| &g[..]).collect();
         optimizer.step(&mut params, &grads)?;
-        let mut k = 0;
-        for layer in layers.iter_mut() {
-            if let Layer::Lstm(l) = layer {
-                let p = &train.params[3 * k..3 * k + 3];
-                **l = repack(l, &p[0], &p[1], &p[2])?;
-                k += 1;
-            }
-        }
+        let updated = Self::with_weights(layers, &train.params)?;
+        *layers = updated;
         Ok(())
     }
 
-    /// Every LSTM layer's weights in Keras order (`LSTM.get_weights()` of each layer, concatenated):
-    /// per layer `kernel [I, 4H]`, `recurrent_kernel [H, 4H]`, `bias [4H]`, gates i, f, c, o.
-    pub fn weights(&self) -> Vec<Vec<f32>> {
-        self.lstms()
-            .flat_map(|l| {
-                let w = l.weights();
-                [w.kernel().to_vec(), w.recurrent().to_vec(), w.bias().to_vec()]
+    /// `layers` with the recurrent layers' weights replaced by `weights` (3 tensors per layer, in
+    /// [`weights`](Self::weights) order), repacked.
+    fn with_weights<W: AsRef<[f32]>>(layers: &[Layer], weights: &[W]) -> Result<Vec<Layer>> {
+        let n = units(layers).count();
+        if weights.len() != 3 * n {
+            return Err(Error::shape(format!("{} weight tensors for {n} recurrent layers (3 each)", weights.len())));
+        }
+        let mut next = weights.chunks_exact(3);
+        let mut repack = |r: &Recurrent| -> Result<Recurrent> {
+            let w = next.next().ok_or_else(|| Error::new(ErrorKind::Internal, "weights"))?;
+            r.with_keras_weights(w[0].as_ref(), w[1].as_ref(), w[2].as_ref())
+        };
+        layers
+            .iter()
+            .map(|layer| {
+                Ok(match layer {
+                    Layer::Recurrent(r) => Layer::Recurrent(Box::new(repack(r)?)),
+                    Layer::Bidirectional(bd) => {
+                        // Directions in order: forward, then backward.
+                        let f = repack(bd.forward_layer())?;
+                        let b = repack(bd.backward_layer())?;
+                        Layer::Bidirectional(Box::new(
+                            bd.map_directions(|_, back| Ok(if back { b.clone() } else { f.clone() }))?,
+                        ))
+                    }
+                    other => other.clone(),
+                })
             })
             .collect()
     }
 
-    /// Sets every LSTM layer's weights from the list [`weights`](Self::weights) returns (Keras'
-    /// `model.set_weights` for this stack); each layer is repacked with its options and backend.
+    /// Every recurrent layer's weights in Keras order (`get_weights()` of each layer, concatenated; a
+    /// `Bidirectional`'s forward layer then its backward layer): per layer `kernel [I, G H]`,
+    /// `recurrent_kernel [H, G H]`, `bias` (see [`Recurrent::keras_weights`]).
+    pub fn weights(&self) -> Vec<Vec<f32>> {
+        self.units().flat_map(Recurrent::keras_weights).collect()
+    }
+
+    /// Sets every recurrent layer's weights, in [`weights`](Self::weights) order; each layer is repacked
+    /// with its options and backend.
     ///
     /// # Errors
-    /// [`ErrorKind::BadShape`] for a wrong number of tensors or a tensor of
-    /// the wrong length; nothing is changed then.
+    /// [`ErrorKind::BadShape`] for a wrong number of tensors or a tensor of the wrong length; nothing is
+    /// changed then.
     pub fn set_weights<W: AsRef<[f32]>>(&mut self, weights: &[W]) -> Result<()> {
-        let n = self.lstms().count();
-        if weights.len() != 3 * n {
-            return Err(Error::shape(format!("{} weight tensors for {n} LSTM layers (3 each)", weights.len())));
-        }
-        let new = self
-            .lstms()
-            .zip(weights.chunks_exact(3))
-            .map(|(l, w)| repack(l, w[0].as_ref(), w[1].as_ref(), w[2].as_ref()))
-            .collect::<Result<Vec<_>>>()?;
-        self.replace_lstms(new);
+        self.layers = Self::with_weights(&self.layers, weights)?;
         Ok(())
     }
 
@@ -759,30 +860,67 @@ impl Sequential {
         Ok(())
     }
 
-    /// Replaces the LSTM layers, in order.
+    /// Replaces the LSTM layers (not in a `Bidirectional`), in order.
     fn replace_lstms(&mut self, new: Vec<KerasLstm>) {
         let mut new = new.into_iter();
         for layer in &mut self.layers {
-            if let Layer::Lstm(l) = layer {
-                if let Some(n) = new.next() {
-                    **l = n;
+            if let Layer::Recurrent(r) = layer {
+                if let (Recurrent::Lstm(l), Some(n)) = (&mut **r, new.next()) {
+                    *l = n;
                 }
             }
         }
     }
 }
 
-/// `lstm` with new Keras-layout weights, repacked with its options and backend.
-fn repack(lstm: &KerasLstm, kernel: &[f32], recurrent: &[f32], bias: &[f32]) -> Result<KerasLstm> {
-    let w = LstmWeights::from_keras(lstm.weights().input_size(), lstm.units(), kernel, recurrent, Some(bias))?;
-    KerasLstm::with_backend(w, *lstm.options(), lstm.backend())
+/// The layers with parameters, in order, a `Bidirectional` as its forward then its backward layer.
+fn units(layers: &[Layer]) -> impl Iterator<Item = &Recurrent> {
+    layers.iter().flat_map(|l| {
+        let (a, b) = match l {
+            Layer::Recurrent(r) => (Some(&**r), None),
+            Layer::Bidirectional(bd) => (Some(bd.forward_layer()), Some(bd.backward_layer())),
+            _ => (None, None),
+        };
+        a.into_iter().chain(b)
+    })
 }
 
-fn check_lstm_input(li: usize, lstm: &KerasLstm, features: usize) -> Result<()> {
-    if lstm.weights().input_size() != features {
+/// The three gradient buffers of unit `k` in `grads`, sized for `layer`'s Keras weights.
+fn param_slots<'g>(grads: &'g mut [Vec<f32>], k: usize, layer: &Recurrent) -> Result<[&'g mut [f32]; 3]> {
+    let [gk, gr, gb] = grads.get_mut(3 * k..3 * k + 3).ok_or_else(|| Error::new(ErrorKind::Internal, "gradients"))?
+    else {
+        return Err(Error::new(ErrorKind::Internal, "parameter gradients"));
+    };
+    let [nk, nr, nb] = layer.keras_weight_lens();
+    gk.resize(nk, 0.0);
+    gr.resize(nr, 0.0);
+    gb.resize(nb, 0.0);
+    Ok([gk, gr, gb])
+}
+
+/// The data of a sequence a training pass needs whole.
+fn dense(seq: &MaskedSeq) -> Result<&[f32]> {
+    seq.as_dense().ok_or_else(|| Error::new(ErrorKind::Internal, "recurrent input not dense"))
+}
+
+fn check_input(li: usize, layer: &Recurrent, features: usize) -> Result<()> {
+    if layer.input_size() != features {
         return Err(Error::shape(format!(
-            "layer {li}: LSTM expects {} input features, got {features}",
-            lstm.weights().input_size()
+            "layer {li}: {} expects {} input features, got {features}",
+            layer.name(),
+            layer.input_size()
+        )));
+    }
+    Ok(())
+}
+
+/// A `Bidirectional` in a stack must take `features` and return merged sequences.
+fn check_bidirectional(li: usize, layer: &KerasBidirectional, features: usize) -> Result<()> {
+    check_input(li, layer.forward_layer(), features)?;
+    if !layer.return_sequences() || layer.merge_mode() == MergeMode::None {
+        return Err(Error::argument(format!(
+            "layer {li}: a Bidirectional in a Sequential must return merged sequences (return_sequences=True, a \
+             merge mode)"
         )));
     }
     Ok(())

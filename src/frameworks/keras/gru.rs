@@ -5,10 +5,10 @@ use super::{KerasGrads, KerasMasking, KerasOutputs, KerasTape, KerasUpstream, St
 use crate::cells::activation::Activation;
 use crate::cells::gru::{GruSpec, GruWeights};
 use crate::cells::rnn::{RnnSpec, RnnWeights};
-use crate::engine::{ForwardStats, Schedule, TapeOut, Workspace};
+use crate::engine::{DirTape, ForwardStats, Job, OutRegion, Schedule, StateIn, StateOut, TapeOut, Workspace};
 use crate::error::{check_len, checked_product, Result};
 use crate::frameworks::family::{Family, Gru, Rnn};
-use crate::kernel::{self, Backend};
+use crate::kernel::{self, Backend, CellKernel};
 use crate::reference::{self, KerasResult, Rounding};
 use crate::view::SeqView;
 
@@ -39,8 +39,39 @@ impl<F: Family> Layer<F> {
         let (b, t, i) = (view.batch(), view.time(), F::sizes(&self.weights).0);
         check_len("x", x.len(), checked_product(&[b, t, i], "x")?)?;
         let input = StridedInput { data: x, off: 0, sb: t * i, st: i };
+        self.forward_strided(input, view, initial_h, out, threads, ws)
+    }
+
+    /// The forward on an input described by strides (a time slice of a larger tensor needs no copy).
+    fn forward_strided(
+        &self,
+        x: StridedInput<'_>,
+        view: &SeqView,
+        initial_h: Option<&[f32]>,
+        out: KerasOutputs<'_>,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<ForwardStats> {
         let cell = F::kernel(&self.packed, &self.spec);
-        self.masking.forward(cell, input, view, initial_h.map(|h| (h, None)), out, None, threads, ws)
+        self.masking.forward(cell, x, view, initial_h.map(|h| (h, None)), out, None, threads, ws)
+    }
+
+    /// The engine job of this layer (see [`KerasMasking::job`]).
+    #[allow(clippy::too_many_arguments)]
+    fn job<'a>(
+        &'a self,
+        x: StridedInput<'a>,
+        view: &'a SeqView,
+        init: Option<StateIn<'a>>,
+        y: Option<(OutRegion<'a>, bool)>,
+        h_n: Option<StateOut<'a>>,
+        threads: usize,
+    ) -> Job<'a, F::Kernel<'a>> {
+        self.masking.job(F::kernel(&self.packed, &self.spec), x, view, init, y, h_n, None, None, threads)
+    }
+
+    fn tape_bytes(&self, view: &SeqView) -> usize {
+        DirTape::bytes_for(view, F::RECORD, F::hidden_padded(&self.packed))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -254,6 +285,54 @@ macro_rules! layer_methods {
         pub fn with_schedule(mut self, schedule: Schedule) -> Self {
             self.layer.masking.schedule = schedule;
             self
+        }
+
+        /// Bytes a [`KerasTape`] holds after [`forward_train`](Self::forward_train) on `view`:
+        /// proportional to the valid steps.
+        pub fn tape_bytes(&self, view: &SeqView) -> usize {
+            self.layer.tape_bytes(view)
+        }
+
+        /// The same layer with `go_backwards` and `zero_output_for_mask` set (what `Bidirectional` does
+        /// to the layers it wraps); the packed weights are shared, not repacked.
+        pub(crate) fn with_mask_options(&self, go_backwards: bool, zero_output_for_mask: bool) -> Self {
+            let mut l = self.clone();
+            l.options = l.options.go_backwards(go_backwards).zero_output_for_mask(zero_output_for_mask);
+            l.layer.masking.go_backwards = go_backwards;
+            l.layer.masking.zero_output_for_mask = zero_output_for_mask;
+            l
+        }
+
+        /// The mask semantics of this layer's options.
+        pub(crate) fn masking(&self) -> KerasMasking {
+            self.layer.masking
+        }
+
+        /// [`forward_in`](Self::forward_in) on an input described by strides.
+        pub(crate) fn forward_strided(
+            &self,
+            x: StridedInput<'_>,
+            view: &SeqView,
+            initial_h: Option<&[f32]>,
+            out: KerasOutputs<'_>,
+            threads: usize,
+            ws: &mut Workspace,
+        ) -> Result<ForwardStats> {
+            self.layer.forward_strided(x, view, initial_h, out, threads, ws)
+        }
+
+        /// The engine job of this layer (see `KerasMasking::job`); no cell state.
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn job<'a>(
+            &'a self,
+            x: StridedInput<'a>,
+            view: &'a SeqView,
+            init: Option<StateIn<'a>>,
+            y: Option<(OutRegion<'a>, bool)>,
+            h_n: Option<StateOut<'a>>,
+            threads: usize,
+        ) -> Job<'a, impl CellKernel + 'a> {
+            self.layer.job(x, view, init, y, h_n, threads)
         }
 
         /// Runs the layer on `x [B, T, I]` (B and T from `view`) over the valid steps of `view` only, from

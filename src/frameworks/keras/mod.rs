@@ -5,8 +5,11 @@
 //! of a sequence without valid steps is its initial state.
 
 mod gru;
+mod layer;
 
 pub use gru::{KerasGru, KerasGruOptions, KerasRnnOptions, KerasSimpleRnn};
+pub(crate) use layer::JobParts;
+pub use layer::Recurrent;
 
 use crate::cells::activation::Activation;
 use crate::cells::grads::LstmGrads;
@@ -658,11 +661,6 @@ impl KerasLstm {
         threads: usize,
     ) -> Job<'a, LstmKernel<'a>> {
         self.masking().job(self.kernel(), x, view, init, y, h_n, c_n, tape, threads)
-    }
-
-    /// Keras' `outputs[:, -1]` (see [`KerasMasking::write_last_output`]).
-    pub(crate) fn write_last_output(&self, view: &SeqView, h_n: &[f32], last: &mut [f32]) {
-        self.masking().write_last_output(view, h_n, last)
     }
 
     /// The same layer computed by the [reference](mod@crate::reference) implementation: every step, then
