@@ -16,14 +16,17 @@
 //!   LSTM(1)` (`return_sequences`) `-> x[:, 5:]` with the mask carried, masked MAE against `[15, 357, 1]`.
 //! - `mid_full`, `mid_pad50`: `mid_fit` with every step valid, and with exactly 50 % padding (lengths
 //!   65, 67, ..., 191 in a fixed shuffled order).
+//! - `gru_mid_fit`, `gru_torch_fit`: `mid_fit` with `GRU(256)` instead of the LSTM: `reset_after=False`
+//!   (the ONNX default placement of the reset gate, bias `[3H]`) and `reset_after=True` (PyTorch's and
+//!   Keras' default, bias `[2, 3H]`: input row, recurrent row).
 //!
 //! The first step is the check step (untimed): its loss is printed (`loss`, at the initial weights) and,
 //! with `--dump-grads`, the gradients it hands to the optimizer are written to PATH as little-endian
-//! `f32`, tensor after tensor in [`Sequential::weights`] order (per LSTM layer: kernel `[I, 4H]`,
-//! recurrent kernel `[H, 4H]`, bias `[4H]`, Keras layout). Then `--warmup` steps (default 3), then timed
+//! `f32`, tensor after tensor in [`Sequential::weights`] order (per layer: kernel `[I, G H]`, recurrent
+//! kernel `[H, G H]`, bias, Keras layout; `G` = 4 for the LSTM, 3 for the GRU). Then `--warmup` steps (default 3), then timed
 //! steps until `--budget` seconds (default 3) or `--steps` steps (default 20), at least 3. The last line
 //! is `RESULT {json}` for the harness: median and min in ms, every step's time, the loss, the process CPU
-//! time over wall time during the timed steps, the tape bytes (the LSTM tapes of one step, valid steps
+//! time over wall time during the timed steps, the tape bytes (the recurrent layers' tapes of one step, valid steps
 //! only), and checksums of the generated data (so the harness can check it generated the same).
 //!
 //! `padding` runs `mid_full` and `mid_pad50` steps alternately (side by side on a shared machine) and
@@ -34,8 +37,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use masked_rnn::{
-    Adam, KerasLstm, KerasLstmOptions, Layer, Loss, LstmWeights, MaskValueMode, MaskedSeq, Optimizer, Padding, Result,
-    SeqView, Sequential,
+    Adam, GruWeights, KerasGru, KerasGruOptions, KerasLstm, KerasLstmOptions, Layer, Loss, LstmWeights, MaskValueMode,
+    MaskedSeq, Optimizer, Padding, Result, SeqView, Sequential,
 };
 
 /// Seed of the generator; `bench/compare_train.py` uses the same.
@@ -73,9 +76,38 @@ const TARGETS: u64 = 3;
 /// Layer `l`'s kernel, recurrent kernel and bias use streams `10 + 3l`, `11 + 3l`, `12 + 3l`.
 const WEIGHTS: u64 = 10;
 
+/// The recurrent cell of a workload's layers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Cell {
+    Lstm,
+    /// Keras `GRU(reset_after=...)`.
+    Gru {
+        reset_after: bool,
+    },
+}
+
+impl Cell {
+    /// Gates per unit.
+    fn gates(self) -> usize {
+        match self {
+            Cell::Lstm => 4,
+            Cell::Gru { .. } => 3,
+        }
+    }
+
+    /// Rows of the Keras bias (`[G H]`, or `[2, 3H]` for the GRU with `reset_after`).
+    fn bias_rows(self) -> usize {
+        match self {
+            Cell::Gru { reset_after: true } => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// A training workload.
 struct Workload {
     name: &'static str,
+    cell: Cell,
     batch: usize,
     time: usize,
     input: usize,
@@ -92,6 +124,7 @@ impl Workload {
     fn named(name: &str) -> Option<Workload> {
         let mid = |name, lengths| Workload {
             name,
+            cell: Cell::Lstm,
             batch: 64,
             time: 256,
             input: 256,
@@ -106,8 +139,17 @@ impl Workload {
             "mid_full" => mid("mid_full", vec![256; 64]),
             // 65, 67, ..., 191: exactly 64 x 128 valid steps; sequence b gets the (37 b mod 64)-th.
             "mid_pad50" => mid("mid_pad50", (0..64).map(|b| 65 + 2 * (37 * b % 64)).collect()),
+            "gru_mid_fit" => Workload {
+                cell: Cell::Gru { reset_after: false },
+                ..mid("gru_mid_fit", integers(LENGTHS, 64, 32, 256))
+            },
+            "gru_torch_fit" => Workload {
+                cell: Cell::Gru { reset_after: true },
+                ..mid("gru_torch_fit", integers(LENGTHS, 64, 32, 256))
+            },
             "seed_fit" => Workload {
                 name: "seed_fit",
+                cell: Cell::Lstm,
                 batch: 15,
                 time: 362,
                 input: 24,
@@ -143,16 +185,25 @@ impl Workload {
             // Uniform in +-1/sqrt(H), as bench/compare.py's forward comparison.
             let s = 1.0 / (h as f64).sqrt();
             let stream = WEIGHTS + 3 * l as u64;
+            let g = self.cell.gates();
             let (k, r, bias) = (
-                uniform(stream, n_in * 4 * h, -s, s),
-                uniform(stream + 1, h * 4 * h, -s, s),
-                uniform(stream + 2, 4 * h, -s, s),
+                uniform(stream, n_in * g * h, -s, s),
+                uniform(stream + 1, h * g * h, -s, s),
+                uniform(stream + 2, self.cell.bias_rows() * g * h, -s, s),
             );
             for (name, v) in [("kernel", &k), ("recurrent", &r), ("bias", &bias)] {
                 sums.push((format!("{name}{l}"), bits_sum(v)));
             }
-            let w = LstmWeights::from_keras(n_in, h, &k, &r, Some(&bias))?;
-            model = model.lstm(KerasLstm::new(w, KerasLstmOptions::default())?);
+            model = match self.cell {
+                Cell::Lstm => {
+                    let w = LstmWeights::from_keras(n_in, h, &k, &r, Some(&bias))?;
+                    model.lstm(KerasLstm::new(w, KerasLstmOptions::default())?)
+                }
+                Cell::Gru { reset_after } => {
+                    let w = GruWeights::from_keras(n_in, h, &k, &r, Some(&bias), reset_after)?;
+                    model.gru(KerasGru::new(w, KerasGruOptions::default().reset_after(reset_after))?)
+                }
+            };
             n_in = h;
         }
         if self.slice > 0 {
@@ -286,7 +337,8 @@ fn parse_args() -> std::result::Result<Args, String> {
         }
     }
     if a.workload.is_empty() {
-        return Err("usage: train_step mid_fit|seed_fit|mid_full|mid_pad50|padding [--threads N] [--steps N] \
+        return Err("usage: train_step mid_fit|seed_fit|mid_full|mid_pad50|gru_mid_fit|gru_torch_fit|padding \
+                    [--threads N] [--steps N] \
                     [--warmup N] [--budget S] [--adam keras|pytorch] [--dump-grads PATH]"
             .into());
     }
@@ -307,7 +359,10 @@ fn adam(flavor: &str) -> Adam {
 /// One workload: check step, warm-up, timed steps; prints the RESULT line.
 fn run(a: &Args) -> Result<ExitCode> {
     let Some(w) = Workload::named(&a.workload) else {
-        eprintln!("unknown workload {} (mid_fit, seed_fit, mid_full, mid_pad50, padding)", a.workload);
+        eprintln!(
+            "unknown workload {} (mid_fit, seed_fit, mid_full, mid_pad50, gru_mid_fit, gru_torch_fit, padding)",
+            a.workload
+        );
         return Ok(ExitCode::FAILURE);
     };
     let Built { mut model, x, y, sums } = w.build()?;
@@ -340,13 +395,14 @@ fn run(a: &Args) -> Result<ExitCode> {
     };
     let (med, min) = (median(&times), times.iter().copied().fold(f64::INFINITY, f64::min));
     println!(
-        "{} [{}, {}, {}] -> {:?}, {valid} valid steps of {} ({:.1} %), {} thread(s), Adam ({}): loss {:.6} at the \
+        "{} [{}, {}, {}] -> {:?} {:?}, {valid} valid steps of {} ({:.1} %), {} thread(s), Adam ({}): loss {:.6} at the \
          initial weights; step median {med:.2} ms, min {min:.2} ms over {} steps (first step {first_ms:.1} ms); \
          tapes {:.1} MiB",
         w.name,
         w.batch,
         w.time,
         w.input,
+        w.cell,
         w.units,
         w.batch * w.time,
         100.0 * valid as f64 / (w.batch * w.time) as f64,

@@ -130,6 +130,28 @@ fn onnx_rnn_equals_reference_10k_seeded_cases() {
     });
 }
 
+/// The Keras GRU and SimpleRNN layers, forward and backward: 10,000 seeded cases each in release builds
+/// (`.ci/run` runs them at every CPU level; 2,000 in debug builds), a quarter of them or more compared with
+/// the float64 reference backward.
+#[test]
+fn keras_gru_rnn_equals_reference_10k_seeded_cases() {
+    let cases: u64 = if cfg!(debug_assertions) { 2_000 } else { 10_000 };
+    for (cell, first) in [("GRU", 0u8), ("SimpleRNN", 1u8)] {
+        let (mut compared, mut steps) = (0, 0);
+        for seed in 0..cases {
+            let mut data = seeded(seed);
+            data.insert(0, first);
+            let report =
+                fuzzing::check_keras_gru_rnn(&data).unwrap_or_else(|e| panic!("{cell}: seed {seed} failed: {e}"));
+            assert_eq!(report.gru, cell == "GRU");
+            compared += usize::from(report.compared);
+            steps += report.steps;
+        }
+        eprintln!("keras {cell}: {cases} cases, {steps} valid steps, {compared} compared with the float64 reference");
+        assert!(compared as u64 >= cases / 4, "{cell}: only {compared} cases compared with the reference");
+    }
+}
+
 #[test]
 fn bidirectional_equals_reference_seeded_cases() {
     replay("bidirectional_equals_reference", 3_000, fuzzing::bidirectional_equals_reference);

@@ -21,6 +21,10 @@
 // `byte % n == 0` reads as "one case in n" here.
 #![allow(clippy::manual_is_multiple_of)]
 
+mod keras_h;
+
+pub use keras_h::{check_keras_gru_rnn, keras_gru_rnn_equals_reference, KerasHReport};
+
 use crate::cells::activation::Activation;
 use crate::cells::weights::LstmWeights;
 use crate::engine::{ForwardStats, Schedule, Workspace};
