@@ -366,7 +366,7 @@ pub(super) unsafe fn run_train<K: TrainKind>(
     let ((input, filled), threads) = (run.made, run.threads);
     let record = K::record(Recorded { threads, input, tape: filled });
     // SAFETY: the slot passed steps 1 and 4 and is valid for one write (the caller's contract).
-    unsafe { hand_out(tape, MrnnTape::new(run.id, run.generation, record)) };
+    unsafe { hand_out(tape, MrnnTape::new(K::NAME, run.id, run.generation, record)) };
     Ok(())
 }
 

@@ -70,11 +70,15 @@ use onnx::{OnnxGradPtrs, OnnxInputPtrs, OnnxOutputPtrs, OnnxWeightPtrs};
 #[cfg(feature = "testing")]
 pub use fuzz::fuzz_capi;
 pub use gru::{
-    mrnn_gru_keras, mrnn_gru_onnx, mrnn_keras_gru_attrs_init, mrnn_keras_gru_free, mrnn_keras_gru_new,
-    mrnn_keras_gru_run, mrnn_keras_rnn_attrs_init, mrnn_keras_rnn_free, mrnn_keras_rnn_new, mrnn_keras_rnn_run,
-    mrnn_onnx_gru_attrs_init, mrnn_onnx_gru_free, mrnn_onnx_gru_new, mrnn_onnx_gru_run, mrnn_onnx_rnn_attrs_init,
-    mrnn_onnx_rnn_free, mrnn_onnx_rnn_new, mrnn_onnx_rnn_run, mrnn_rnn_keras, mrnn_rnn_onnx, MrnnKerasGru,
-    MrnnKerasGruAttrs, MrnnKerasRnn, MrnnKerasRnnAttrs, MrnnOnnxGru, MrnnOnnxGruAttrs, MrnnOnnxRnn, MrnnOnnxRnnAttrs,
+    mrnn_gru_keras, mrnn_gru_keras_backward, mrnn_gru_onnx, mrnn_gru_onnx_backward, mrnn_keras_gru_attrs_init,
+    mrnn_keras_gru_free, mrnn_keras_gru_new, mrnn_keras_gru_run, mrnn_keras_gru_run_backward, mrnn_keras_gru_run_train,
+    mrnn_keras_gru_set_weights, mrnn_keras_rnn_attrs_init, mrnn_keras_rnn_free, mrnn_keras_rnn_new, mrnn_keras_rnn_run,
+    mrnn_keras_rnn_run_backward, mrnn_keras_rnn_run_train, mrnn_keras_rnn_set_weights, mrnn_onnx_gru_attrs_init,
+    mrnn_onnx_gru_free, mrnn_onnx_gru_new, mrnn_onnx_gru_run, mrnn_onnx_gru_run_backward, mrnn_onnx_gru_run_train,
+    mrnn_onnx_gru_set_weights, mrnn_onnx_rnn_attrs_init, mrnn_onnx_rnn_free, mrnn_onnx_rnn_new, mrnn_onnx_rnn_run,
+    mrnn_onnx_rnn_run_backward, mrnn_onnx_rnn_run_train, mrnn_onnx_rnn_set_weights, mrnn_rnn_keras,
+    mrnn_rnn_keras_backward, mrnn_rnn_onnx, mrnn_rnn_onnx_backward, MrnnKerasGru, MrnnKerasGruAttrs, MrnnKerasRnn,
+    MrnnKerasRnnAttrs, MrnnOnnxGru, MrnnOnnxGruAttrs, MrnnOnnxRnn, MrnnOnnxRnnAttrs,
 };
 pub use handle::{
     mrnn_keras_lstm_free, mrnn_keras_lstm_new, mrnn_keras_lstm_run, mrnn_onnx_lstm_free, mrnn_onnx_lstm_new,
