@@ -316,11 +316,26 @@ fn header_compiles_as_cpp() {
          mrnn_keras_rnn_run(d, &kr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr); \
          mrnn_onnx_gru_free(a); mrnn_onnx_rnn_free(b); mrnn_keras_gru_free(c); mrnn_keras_rnn_free(d); \
          return s; }\n\
+         static int gru_train(MrnnOnnxGru *a, MrnnOnnxRnn *b, MrnnKerasGru *c, MrnnKerasRnn *d, \
+         const MrnnOnnxGruAttrs *og, const MrnnOnnxRnnAttrs *orn, const MrnnKerasGruAttrs *kg, \
+         const MrnnKerasRnnAttrs *kr) { MrnnTape *t = nullptr; float *o = nullptr; const float *i = nullptr; \
+         int s = mrnn_gru_onnx_backward(og, i, i, i, i, nullptr, i, i, i, o, o, o, o, o) + \
+         mrnn_rnn_onnx_backward(orn, i, i, i, i, nullptr, i, i, i, o, o, o, o, o) + \
+         mrnn_gru_keras_backward(kg, i, nullptr, i, i, i, i, i, i, i, o, o, o, o, o) + \
+         mrnn_rnn_keras_backward(kr, i, nullptr, i, i, i, i, i, i, i, o, o, o, o, o) + \
+         mrnn_onnx_gru_run_train(a, og, i, nullptr, i, o, o, &t) + mrnn_onnx_gru_run_backward(a, t, i, i, o, \
+         o, o, o, o) + mrnn_onnx_gru_set_weights(a, i, i, i) + mrnn_onnx_rnn_run_train(b, orn, i, nullptr, i, \
+         o, o, &t) + mrnn_onnx_rnn_run_backward(b, t, i, i, o, o, o, o, o) + mrnn_onnx_rnn_set_weights(b, i, \
+         i, i) + mrnn_keras_gru_run_train(c, kg, i, nullptr, i, o, o, o, &t) + mrnn_keras_gru_run_backward(c, \
+         t, i, i, i, o, o, o, o, o) + mrnn_keras_gru_set_weights(c, i, i, i) + mrnn_keras_rnn_run_train(d, \
+         kr, i, nullptr, i, o, o, o, &t) + mrnn_keras_rnn_run_backward(d, t, i, i, i, o, o, o, o, o) + \
+         mrnn_keras_rnn_set_weights(d, i, i, i); mrnn_tape_free(t); return s; }\n\
          int main() { MrnnKerasLstmAttrs a; MrnnOnnxLstmAttrs o; MrnnKerasLstm *k = nullptr; \
          MrnnOnnxLstm *n = nullptr; mrnn_keras_lstm_free(k); mrnn_onnx_lstm_free(n); \
          return mrnn_keras_lstm_attrs_init(&a) + mrnn_onnx_lstm_attrs_init(&o) + (mrnn_version() == 0) + \
          mrnn_keras_lstm_new(&a, nullptr, nullptr, nullptr, &k) + mrnn_onnx_lstm_new(&o, nullptr, nullptr, \
-         nullptr, nullptr, &n) + train(k, &a) + train_onnx(n, &o) + gru(); }\n",
+         nullptr, nullptr, &n) + train(k, &a) + train_onnx(n, &o) + gru() + gru_train(nullptr, nullptr, \
+         nullptr, nullptr, nullptr, nullptr, nullptr, nullptr); }\n",
     )
     .unwrap();
     let (ok, text) = run(Command::new(&cxx)

@@ -1,5 +1,5 @@
-//! The GRU and the simple RNN through the C ABI (C_ABI.md section 4, the forward half): the ONNX `GRU` and
-//! `RNN` operators and the Keras `GRU` and `SimpleRNN` layers, one-shot and as handles.
+//! The GRU and the simple RNN through the C ABI (C_ABI.md section 4): the ONNX `GRU` and `RNN` operators
+//! and the Keras `GRU` and `SimpleRNN` layers, one-shot and as handles, forward and gradients.
 //!
 //! ```text
 //! mrnn_gru_onnx(attrs, x, w, r, b, lens, h0, y, y_h)         mrnn_rnn_onnx: the same arguments
@@ -10,15 +10,26 @@
 //!     / _run(layer, attrs, x, mask, h0, y, last_output, h_n) / _free(layer)
 //! mrnn_onnx_rnn_*, mrnn_keras_rnn_*: as the GRU's
 //! mrnn_{onnx,keras}_{gru,rnn}_attrs_init(&attrs)             the defaults, as for the LSTM
+//!
+//! mrnn_gru_onnx_backward(attrs, x, w, r, b, lens, h0, dy, dy_h, dx, dw, dr, db, dh0)
+//! mrnn_gru_keras_backward(attrs, x, mask, kernel, recurrent_kernel, bias, h0, dy, d_last, d_h_n,
+//!     dx, d_kernel, d_recurrent_kernel, d_bias, dh0)          mrnn_rnn_*_backward: the same arguments
+//! mrnn_onnx_gru_run_train(layer, attrs, x, lens, h0, y, y_h, &tape)
+//!     / _run_backward(layer, tape, dy, dy_h, dx, dw, dr, db, dh0) / _set_weights(layer, w, r, b)
+//! mrnn_keras_gru_run_train(layer, attrs, x, mask, h0, y, last_output, h_n, &tape)
+//!     / _run_backward(layer, tape, dy, d_last, d_h_n, dx, d_kernel, d_recurrent_kernel, d_bias, dh0)
+//!     / _set_weights(layer, kernel, recurrent_kernel, bias)
 //! ```
 //!
-//! Each of the four is a layer kind ([`Kind`], forward only: no training items) implemented by its handle
-//! type, and runs through the one path of every kind (module `layer`): validation in the order of the
-//! module docs of [`super`], the pointer groups, sizes and checks of the LSTM kinds of the same framework
-//! (modules `keras` and `onnx`: the same structs, with the cell-state pointers always NULL), bitwise the
-//! results of the Rust API ([`OnnxGru`], [`OnnxRnn`], [`KerasGru`], [`KerasSimpleRnn`] with `forward_in`).
-//! What differs between the GRU and the RNN of one framework is a [`KerasCell`] / [`OnnxCell`],
-//! implemented by the Rust layer; `keras_kind!` / `onnx_kind!` write the [`Kind`] of a handle from it.
+//! Each of the four is a layer kind ([`Kind`] and [`TrainKind`]) implemented by its handle type, and runs
+//! through the one path of every kind (module `layer`): validation in the order of the module docs of
+//! [`super`], the pointer groups, sizes and checks of the LSTM kinds of the same framework (modules `keras`
+//! and `onnx`: the same structs, with the cell-state pointers always NULL), the tapes of section 3 (module
+//! `train`: a tape names the kind that made it), bitwise the results of the Rust API ([`OnnxGru`],
+//! [`OnnxRnn`], [`KerasGru`], [`KerasSimpleRnn`] with `forward_in`, `forward_train` and `backward`). What
+//! differs between the GRU and the RNN of one framework is a [`KerasCell`] / [`OnnxCell`], implemented by
+//! the Rust layer; `keras_kind!` / `onnx_kind!` write the kinds of a handle from it, and
+//! `keras_train_functions!` / `onnx_train_functions!` the training entry points.
 
 use super::handle::{keras_attrs_match, onnx_attrs_match, Core};
 use super::keras::{
