@@ -273,7 +273,8 @@ void mrnn_onnx_lstm_free(MrnnOnnxLstm *layer);
    Each backward function is the vector-Jacobian product of its forward function: it takes the forward's
    inputs plus the gradients of a scalar loss with respect to the forward's outputs ("upstream"), and
    writes the gradients with respect to the forward's inputs. Same attributes struct, same validation
-   (see Conventions), same status codes. Implemented for the Keras LSTM and the ONNX LSTM operator.
+   (see Conventions), same status codes. Implemented for the Keras LSTM and the ONNX LSTM operator here,
+   for the GRU and simple RNN in the last section.
    - Upstream gradients (dy, d_last_output, d_h_n, d_c_n; ONNX: dy, dy_h, dy_c) may each be NULL = zeros.
    - Every non-NULL gradient output is overwritten (not accumulated); NULL = not computed. With every
      gradient output NULL, the call validates its arguments and computes nothing.
@@ -461,8 +462,8 @@ int32_t mrnn_onnx_lstm_set_weights(MrnnOnnxLstm *layer, /* required */
    step and direction). Both pointers are required (bytes aligned to 8). Returns MRNN_OK or a status. */
 int32_t mrnn_tape_bytes(const MrnnTape *tape, uint64_t *bytes);
 
-/* Frees a tape made by mrnn_keras_lstm_run_train or mrnn_onnx_lstm_run_train. NULL is a no-op. A tape
-   may outlive its handle (it is then useless, but must still be freed). */
+/* Frees a tape made by any run_train (LSTM, GRU or RNN, Keras or ONNX). NULL is a no-op. A tape may
+   outlive its handle (it is then useless, but must still be freed). */
 void mrnn_tape_free(MrnnTape *tape);
 
 /* ---------------------------------------------------------------- GRU and simple RNN (C_ABI.md section 4)
@@ -470,7 +471,7 @@ void mrnn_tape_free(MrnnTape *tape);
    The forward functions and handles of the GRU and the simple RNN. Same conventions, validation order,
    masks, directions, layouts, sequence_lens rules and handle rules as the LSTM functions above (read
    "LSTM" as "GRU" / "RNN"); the GRU and RNN have no cell state (no initial_c, y_c, c_n, no peepholes).
-   Their gradients (mrnn_*_backward, tapes) are not in this release. */
+   Their gradients and training tapes follow "Gradients (training)"; see the end of this section. */
 
 /* Attributes of the ONNX GRU operator (opset 22). Gates z, r, h. linear_before_reset = 0 (the ONNX
    default): h~ = g(x.Wh + (r * H).Rh + Rbh + Wbh); 1: h~ = g(x.Wh + r * (H.Rh + Rbh) + Wbh) (PyTorch,
@@ -631,6 +632,125 @@ int32_t mrnn_keras_rnn_run(MrnnKerasRnn *layer, const MrnnKerasRnnAttrs *attrs, 
     const uint8_t *mask, const float *initial_h,
     float *y, float *last_output, float *h_n);
 void    mrnn_keras_rnn_free(MrnnKerasRnn *layer);
+
+/* ---------------------------------------------------------------- GRU and simple RNN: gradients
+
+   The vector-Jacobian products of mrnn_gru_keras, mrnn_rnn_keras, mrnn_gru_onnx and mrnn_rnn_onnx, as
+   "Gradients (training)" describes them for the LSTM (same validation as the forward, upstream gradients
+   NULL = zeros, every non-NULL gradient output overwritten, NULL = not computed, all NULL = validated and
+   nothing computed, masked / padded steps never computed and dx there +0.0, d_initial_h the gradient of
+   the initial state actually used, bias gradients computed whether or not the bias was NULL, results
+   bitwise those of the Rust API whatever num_threads is: KerasGru / KerasSimpleRnn / OnnxGru / OnnxRnn
+   forward_train then backward). There is no cell state, so no d_c_n / dy_c / d_initial_c / dp. ONNX db
+   [D,2GH] (G = 3 for the GRU, 1 for the RNN): Wb then Rb, the halves equal except for the GRU's Rbh
+   with linear_before_reset = 1 (inside the reset product r * (H.Rh + Rbh)).
+
+   The handles train as the LSTM's: _run_train is _run (same outputs bit for bit, same validation) that
+   also returns a new tape; _run_backward gives exactly the one-shot backward's gradients for that run's
+   inputs and the handle's current weights (the run's B, T and num_threads), after checking that the tape
+   is this handle's (MRNN_ERR_BAD_ARGUMENT: "another handle"; a tape of a handle of another kind, LSTM,
+   GRU or RNN, Keras or ONNX: "another handle, of another kind") and not older than its last _set_weights
+   ("stale"); _set_weights replaces the weights (shapes as at creation, bias / b NULL: zeros) and makes
+   every older tape stale. mrnn_tape_bytes and mrnn_tape_free take these tapes too. */
+
+int32_t mrnn_gru_keras_backward(const MrnnKerasGruAttrs *attrs, /* required */
+    const float *x, const uint8_t *mask,           /* as mrnn_gru_keras; x required */
+    const float *kernel, const float *recurrent_kernel,   /* as mrnn_gru_keras, required */
+    const float *bias, const float *initial_h,     /* as mrnn_gru_keras, or NULL (zeros) */
+    const float *dy,                 /* [B,T,H], of y, or NULL (zeros) */
+    const float *d_last_output,      /* [B,H], of last_output, or NULL */
+    const float *d_h_n,              /* [B,H], of h_n, or NULL */
+    float *dx,                       /* [B,T,I] or NULL */
+    float *d_kernel,                 /* [I,3H] or NULL */
+    float *d_recurrent_kernel,       /* [H,3H] or NULL */
+    float *d_bias,                   /* shaped as bias ([2,3H] or [3H] by reset_after), or NULL */
+    float *d_initial_h);             /* [B,H] or NULL */
+
+int32_t mrnn_rnn_keras_backward(const MrnnKerasRnnAttrs *attrs, /* required */
+    const float *x, const uint8_t *mask,           /* as mrnn_rnn_keras; x required */
+    const float *kernel, const float *recurrent_kernel,   /* as mrnn_rnn_keras, required */
+    const float *bias, const float *initial_h,     /* as mrnn_rnn_keras, or NULL (zeros) */
+    const float *dy, const float *d_last_output, const float *d_h_n,   /* as mrnn_gru_keras_backward */
+    float *dx,                       /* [B,T,I] or NULL */
+    float *d_kernel,                 /* [I,H] or NULL */
+    float *d_recurrent_kernel,       /* [H,H] or NULL */
+    float *d_bias,                   /* [H] or NULL */
+    float *d_initial_h);             /* [B,H] or NULL */
+
+int32_t mrnn_gru_onnx_backward(const MrnnOnnxGruAttrs *attrs, /* required */
+    const float *x, const float *w, const float *r,   /* as mrnn_gru_onnx, required */
+    const float *b,                  /* as mrnn_gru_onnx, or NULL (zeros) */
+    const int32_t *sequence_lens,    /* [B] or NULL; each in 0..=seq_length (checked last) */
+    const float *initial_h,          /* as mrnn_gru_onnx, or NULL (zeros) */
+    const float *dy,                 /* shaped as y, or NULL (zeros) */
+    const float *dy_h,               /* shaped as y_h, or NULL */
+    float *dx,                       /* shaped as x, or NULL */
+    float *dw,                       /* [D,3H,I] or NULL */
+    float *dr,                       /* [D,3H,H] or NULL */
+    float *db,                       /* [D,6H] or NULL */
+    float *d_initial_h);             /* shaped as initial_h, or NULL */
+
+int32_t mrnn_rnn_onnx_backward(const MrnnOnnxRnnAttrs *attrs, /* required */
+    const float *x, const float *w, const float *r,   /* as mrnn_rnn_onnx, required */
+    const float *b,                  /* [D,2H] or NULL (zeros) */
+    const int32_t *sequence_lens, const float *initial_h,   /* as mrnn_gru_onnx_backward */
+    const float *dy, const float *dy_h,                     /* as mrnn_gru_onnx_backward */
+    float *dx,                       /* shaped as x, or NULL */
+    float *dw,                       /* [D,H,I] or NULL */
+    float *dr,                       /* [D,H,H] or NULL */
+    float *db,                       /* [D,2H] or NULL */
+    float *d_initial_h);             /* shaped as initial_h, or NULL */
+
+/* Training on the handles: run_train's outputs, tape and checks as mrnn_onnx_lstm_run_train's (tape
+   required, aligned for a pointer, overlapping nothing; *tape unchanged on failure); run_backward's
+   arguments shaped as the one-shot backward's; set_weights' as _new's. */
+int32_t mrnn_onnx_gru_run_train(MrnnOnnxGru *layer, const MrnnOnnxGruAttrs *attrs, /* required */
+    const float *x,                   /* required */
+    const int32_t *sequence_lens, const float *initial_h,
+    float *y, float *y_h,             /* as mrnn_onnx_gru_run */
+    MrnnTape **tape);                 /* required */
+int32_t mrnn_onnx_gru_run_backward(MrnnOnnxGru *layer, const MrnnTape *tape, /* required */
+    const float *dy, const float *dy_h,
+    float *dx, float *dw, float *dr, float *db, float *d_initial_h);
+int32_t mrnn_onnx_gru_set_weights(MrnnOnnxGru *layer, /* required */
+    const float *w, const float *r,   /* required */
+    const float *b);                  /* or NULL (zeros) */
+
+int32_t mrnn_onnx_rnn_run_train(MrnnOnnxRnn *layer, const MrnnOnnxRnnAttrs *attrs, /* required */
+    const float *x,                   /* required */
+    const int32_t *sequence_lens, const float *initial_h,
+    float *y, float *y_h,
+    MrnnTape **tape);                 /* required */
+int32_t mrnn_onnx_rnn_run_backward(MrnnOnnxRnn *layer, const MrnnTape *tape, /* required */
+    const float *dy, const float *dy_h,
+    float *dx, float *dw, float *dr, float *db, float *d_initial_h);
+int32_t mrnn_onnx_rnn_set_weights(MrnnOnnxRnn *layer, /* required */
+    const float *w, const float *r,   /* required */
+    const float *b);                  /* or NULL (zeros) */
+
+int32_t mrnn_keras_gru_run_train(MrnnKerasGru *layer, const MrnnKerasGruAttrs *attrs, /* required */
+    const float *x,                   /* required */
+    const uint8_t *mask, const float *initial_h,
+    float *y, float *last_output, float *h_n,   /* as mrnn_keras_gru_run */
+    MrnnTape **tape);                 /* required */
+int32_t mrnn_keras_gru_run_backward(MrnnKerasGru *layer, const MrnnTape *tape, /* required */
+    const float *dy, const float *d_last_output, const float *d_h_n,
+    float *dx, float *d_kernel, float *d_recurrent_kernel, float *d_bias, float *d_initial_h);
+int32_t mrnn_keras_gru_set_weights(MrnnKerasGru *layer, /* required */
+    const float *kernel, const float *recurrent_kernel,   /* required */
+    const float *bias);               /* or NULL (zeros) */
+
+int32_t mrnn_keras_rnn_run_train(MrnnKerasRnn *layer, const MrnnKerasRnnAttrs *attrs, /* required */
+    const float *x,                   /* required */
+    const uint8_t *mask, const float *initial_h,
+    float *y, float *last_output, float *h_n,
+    MrnnTape **tape);                 /* required */
+int32_t mrnn_keras_rnn_run_backward(MrnnKerasRnn *layer, const MrnnTape *tape, /* required */
+    const float *dy, const float *d_last_output, const float *d_h_n,
+    float *dx, float *d_kernel, float *d_recurrent_kernel, float *d_bias, float *d_initial_h);
+int32_t mrnn_keras_rnn_set_weights(MrnnKerasRnn *layer, /* required */
+    const float *kernel, const float *recurrent_kernel,   /* required */
+    const float *bias);               /* or NULL (zeros) */
 
 #ifdef __cplusplus
 } /* extern "C" */

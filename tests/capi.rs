@@ -8,7 +8,9 @@
 //! bitwise, including several shapes per handle and concurrent runs. `tests/c/train_test.c` and
 //! `tests/c/onnx_train_test.c` check the training functions (C_ABI.md section 3) of the Keras LSTM and of
 //! the ONNX LSTM against the Rust API bit for bit and the gradient fixtures within 1e-4, and their error
-//! contract (stale, foreign and other-kind tapes included). Also: the header compiled as C++,
+//! contract (stale, foreign and other-kind tapes included); `tests/c/gru_train_test.c` does the same for the
+//! GRU and RNN gradients (C_ABI.md section 4) against the Keras gradient fixtures and the ONNX reference
+//! backward. Also: the header compiled as C++,
 //! optional runs under valgrind (memory errors and leaks: every handle must be freed), and seeded replay of
 //! `masked_rnn::capi::fuzz_capi`.
 //!
@@ -22,11 +24,15 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use masked_rnn::fuzzing::same_bits;
+use masked_rnn::keras::{KerasGruOptions, KerasRnnOptions};
 use masked_rnn::kernel::{self, Backend, CpuLevel};
-use masked_rnn::onnx::{Direction, Layout, OnnxLstm, OnnxLstmAttrs};
+use masked_rnn::onnx::{
+    Direction, Layout, OnnxGru, OnnxGruAttrs, OnnxLstm, OnnxLstmAttrs, OnnxOutputs, OnnxRnn, OnnxRnnAttrs,
+};
 use masked_rnn::{
-    Activation, InitialState, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream,
-    LstmWeights, OnnxGrads, OnnxTape, OnnxUpstream, SeqView, Workspace,
+    Activation, GruWeights, InitialState, KerasGrads, KerasGru, KerasLstm, KerasLstmOptions, KerasOutputs,
+    KerasSimpleRnn, KerasTape, KerasUpstream, LstmWeights, OnnxGrads, OnnxTape, OnnxUpstream, RnnWeights, SeqView,
+    Workspace,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::Value;
@@ -316,11 +322,26 @@ fn header_compiles_as_cpp() {
          mrnn_keras_rnn_run(d, &kr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr); \
          mrnn_onnx_gru_free(a); mrnn_onnx_rnn_free(b); mrnn_keras_gru_free(c); mrnn_keras_rnn_free(d); \
          return s; }\n\
+         static int gru_train(MrnnOnnxGru *a, MrnnOnnxRnn *b, MrnnKerasGru *c, MrnnKerasRnn *d, \
+         const MrnnOnnxGruAttrs *og, const MrnnOnnxRnnAttrs *orn, const MrnnKerasGruAttrs *kg, \
+         const MrnnKerasRnnAttrs *kr) { MrnnTape *t = nullptr; float *o = nullptr; const float *i = nullptr; \
+         int s = mrnn_gru_onnx_backward(og, i, i, i, i, nullptr, i, i, i, o, o, o, o, o) + \
+         mrnn_rnn_onnx_backward(orn, i, i, i, i, nullptr, i, i, i, o, o, o, o, o) + \
+         mrnn_gru_keras_backward(kg, i, nullptr, i, i, i, i, i, i, i, o, o, o, o, o) + \
+         mrnn_rnn_keras_backward(kr, i, nullptr, i, i, i, i, i, i, i, o, o, o, o, o) + \
+         mrnn_onnx_gru_run_train(a, og, i, nullptr, i, o, o, &t) + mrnn_onnx_gru_run_backward(a, t, i, i, o, \
+         o, o, o, o) + mrnn_onnx_gru_set_weights(a, i, i, i) + mrnn_onnx_rnn_run_train(b, orn, i, nullptr, i, \
+         o, o, &t) + mrnn_onnx_rnn_run_backward(b, t, i, i, o, o, o, o, o) + mrnn_onnx_rnn_set_weights(b, i, \
+         i, i) + mrnn_keras_gru_run_train(c, kg, i, nullptr, i, o, o, o, &t) + mrnn_keras_gru_run_backward(c, \
+         t, i, i, i, o, o, o, o, o) + mrnn_keras_gru_set_weights(c, i, i, i) + mrnn_keras_rnn_run_train(d, \
+         kr, i, nullptr, i, o, o, o, &t) + mrnn_keras_rnn_run_backward(d, t, i, i, i, o, o, o, o, o) + \
+         mrnn_keras_rnn_set_weights(d, i, i, i); mrnn_tape_free(t); return s; }\n\
          int main() { MrnnKerasLstmAttrs a; MrnnOnnxLstmAttrs o; MrnnKerasLstm *k = nullptr; \
          MrnnOnnxLstm *n = nullptr; mrnn_keras_lstm_free(k); mrnn_onnx_lstm_free(n); \
          return mrnn_keras_lstm_attrs_init(&a) + mrnn_onnx_lstm_attrs_init(&o) + (mrnn_version() == 0) + \
          mrnn_keras_lstm_new(&a, nullptr, nullptr, nullptr, &k) + mrnn_onnx_lstm_new(&o, nullptr, nullptr, \
-         nullptr, nullptr, &n) + train(k, &a) + train_onnx(n, &o) + gru(); }\n",
+         nullptr, nullptr, &n) + train(k, &a) + train_onnx(n, &o) + gru() + gru_train(nullptr, nullptr, \
+         nullptr, nullptr, nullptr, nullptr, nullptr, nullptr); }\n",
     )
     .unwrap();
     let (ok, text) = run(Command::new(&cxx)
@@ -923,17 +944,24 @@ fn write_gru_cases(dir: &Path) -> (PathBuf, String) {
     (path, summary)
 }
 
+/// Compiles `tests/c/<program>.c`, writes its cases with `write` (which also returns a summary) and runs
+/// it: it must succeed and close with "N passed, 0 failed".
 #[cfg(unix)]
-#[test]
-fn c_gru_program_matches_fixtures_and_the_contract() {
-    let dir = scratch("gru");
-    let exe = compile_c(&dir, "gru_test");
-    let (cases, summary) = write_gru_cases(&dir);
+fn run_c_program(test: &str, program: &str, write: impl FnOnce(&Path) -> (PathBuf, String)) {
+    let dir = scratch(test);
+    let exe = compile_c(&dir, program);
+    let (cases, summary) = write(&dir);
     let (ok, text) = run(Command::new(&exe).arg(&cases));
     assert!(ok, "the C test failed:\n{text}");
     check_summary(&text);
     println!("{summary}\n{text}");
     let _ = fs::remove_dir_all(&dir);
+}
+
+#[cfg(unix)]
+#[test]
+fn c_gru_program_matches_fixtures_and_the_contract() {
+    run_c_program("gru", "gru_test", write_gru_cases);
 }
 
 #[cfg(unix)]
@@ -1463,32 +1491,35 @@ fn onnx_grad_fixture_cases() -> Vec<OnnxGradCase> {
     cases
 }
 
+/// The sizes of the seeded gradient problems (ONNX `[T,B,I,H]`, Keras `[B,T,I,H]`): small, empty batch,
+/// sequence or input, H of 1 and past one vector block.
+const GRAD_SHAPES: [[usize; 4]; 16] = [
+    [5, 3, 2, 4],
+    [7, 4, 3, 9],
+    [6, 2, 1, 17],
+    [4, 5, 4, 3],
+    [9, 1, 2, 5],
+    [3, 3, 3, 1],
+    [4, 0, 2, 3],
+    [0, 3, 2, 3],
+    [5, 2, 0, 4],
+    [6, 4, 2, 6],
+    [8, 2, 3, 2],
+    [5, 3, 2, 8],
+    [3, 6, 2, 4],
+    [1, 1, 1, 1],
+    [6, 3, 3, 5],
+    [4, 4, 2, 7],
+];
+
 /// Seeded problems over what the fixtures do not reach: every activation code with explicit and default
 /// parameters, clip (+INFINITY too), input_forget, peepholes or none, lengths 0 and T or NULL, one half of
 /// the initial state, no bias, empty batch / sequence / input, H past one vector block, every subset of
 /// upstream gradients, both layouts, every direction.
 fn generated_onnx_grad_cases() -> Vec<OnnxGradCase> {
     let mut rng = StdRng::seed_from_u64(0x0a11_9e7d);
-    let shapes: [[usize; 4]; 16] = [
-        [5, 3, 2, 4],
-        [7, 4, 3, 9],
-        [6, 2, 1, 17],
-        [4, 5, 4, 3],
-        [9, 1, 2, 5],
-        [3, 3, 3, 1],
-        [4, 0, 2, 3],
-        [0, 3, 2, 3],
-        [5, 2, 0, 4],
-        [6, 4, 2, 6],
-        [8, 2, 3, 2],
-        [5, 3, 2, 8],
-        [3, 6, 2, 4],
-        [1, 1, 1, 1],
-        [6, 3, 3, 5],
-        [4, 4, 2, 7],
-    ];
     let mut cases = Vec::new();
-    for (n, &[t, b, i, h]) in shapes.iter().enumerate() {
+    for (n, &[t, b, i, h]) in GRAD_SHAPES.iter().enumerate() {
         let mut values =
             |len: usize, scale: f32| -> Vec<f32> { (0..len).map(|_| rng.random_range(-scale..scale)).collect() };
         let direction = (n % 3) as i32;
@@ -1600,6 +1631,477 @@ fn c_onnx_train_program_under_valgrind() {
     under_valgrind(
         "onnx_train_valgrind",
         |dir| (compile_c(dir, "onnx_train_test"), write_onnx_train_cases(dir, true)),
+        &["quick"],
+    );
+}
+
+// ------------------------------------------------------------------ GRU / RNN training (gradients) cases
+
+/// Tolerance of the C ABI's float32 GRU / RNN gradients against float64 ones (Keras' fixtures, the ONNX
+/// reference backward): `|g - e| <= TOL * max(1, |e|)`, as tests/keras_gru_rnn_grad.rs.
+const H_GRAD_TOL: f32 = 1e-4;
+
+/// The attributes of a GRU / RNN training case, by framework.
+#[derive(Clone)]
+enum HCfg {
+    Onnx {
+        direction: i32,
+        layout: i32,
+        linear_before_reset: bool,
+        clip: Option<f32>,
+        acts: Vec<(i32, f32, f32)>,
+    },
+    Keras {
+        go_backwards: bool,
+        zero_output_for_mask: bool,
+        act: i32,
+        ract: i32,
+        alpha: f32,
+        beta: f32,
+        reset_after: bool,
+    },
+}
+
+/// One case of `tests/c/gru_train_test.c`: a GRU or RNN problem (ONNX `[T,B,I,H]`, Keras `[B,T,I,H]`),
+/// its upstream gradients, and float64 gradients to be within [`H_GRAD_TOL`] of (a Keras gradient
+/// fixture's, or the ONNX reference backward's).
+struct HGradCase {
+    name: String,
+    gru: bool,
+    cfg: HCfg,
+    dims: [usize; 4],
+    x: Vec<f32>,
+    w: Vec<f32>,
+    r: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    lens: Option<Vec<i32>>,
+    mask: Option<Vec<u8>>,
+    h0: Option<Vec<f32>>,
+    /// ONNX: dy, dy_h; Keras: dy, d_last_output, d_h_n.
+    up: Vec<Option<Vec<f32>>>,
+    /// dx, dw / d_kernel, dr / d_recurrent_kernel, db / d_bias, d_initial_h (each where known).
+    oracle: [Option<Vec<f32>>; 5],
+}
+
+impl HGradCase {
+    fn onnx(&self) -> bool {
+        matches!(self.cfg, HCfg::Onnx { .. })
+    }
+
+    /// 0 ONNX GRU, 1 ONNX RNN, 2 Keras GRU, 3 Keras SimpleRNN.
+    fn kind(&self) -> usize {
+        usize::from(!self.gru) + if self.onnx() { 0 } else { 2 }
+    }
+
+    /// `D`, the gate blocks `G`, and the bias rows (ONNX `2` per direction; Keras GRU `reset_after`: 2).
+    fn blocks(&self) -> (usize, usize, usize) {
+        let g = if self.gru { 3 } else { 1 };
+        match &self.cfg {
+            HCfg::Onnx { direction, .. } => (if *direction == 2 { 2 } else { 1 }, g, 2),
+            HCfg::Keras { reset_after, .. } => (1, g, if self.gru && *reset_after { 2 } else { 1 }),
+        }
+    }
+
+    /// The element counts of `x`, `w`, `r`, the bias, a state, `y`.
+    fn sizes(&self) -> [usize; 6] {
+        let (d, g, rows) = self.blocks();
+        let [a, b, i, h] = self.dims;
+        let (bs, t) = if self.onnx() { (b, a) } else { (a, b) };
+        [bs * t * i, d * g * h * i, d * g * h * h, d * rows * g * h, d * bs * h, t * d * bs * h]
+    }
+
+    /// The Rust API's forward outputs (ONNX `[Y, Y_h]`, Keras `[y, last_output, h_n]`) and gradients `[dx,
+    /// dw, dr, db, d_initial_h]`, on `backend`, as the C ABI must give them.
+    fn rust(&self, backend: &'static Backend) -> (Vec<Vec<f32>>, [Vec<f32>; 5]) {
+        let [nx, nw, nr, nb, ns, ny] = self.sizes();
+        let mut g = [nx, nw, nr, nb, ns].map(|n| vec![f32::NAN; n]);
+        let [dx, dw, dr, db, dh] = &mut g;
+        let mut tape_k = KerasTape::new();
+        let mut tape_o = OnnxTape::new();
+        let ws = &mut Workspace::new();
+        let (h0, bias) = (self.h0.as_deref(), self.bias.as_deref());
+        let up = |k: usize| self.up.get(k).and_then(|v| v.as_deref());
+        match &self.cfg {
+            HCfg::Onnx { direction, layout, linear_before_reset, clip, acts } => {
+                let [t, b, i, h] = self.dims;
+                let dir = [Direction::Forward, Direction::Reverse, Direction::Bidirectional][*direction as usize];
+                let layout = if *layout == 1 { Layout::BatchMajor } else { Layout::SeqMajor };
+                let acts: Vec<Activation> =
+                    acts.iter().map(|&(c, a, bb)| Activation::from_code(c, a, bb).unwrap()).collect();
+                let clip = clip.filter(|&c| c != f32::INFINITY);
+                let lens = self.lens.as_deref();
+                let mut fwd = vec![vec![f32::NAN; ny], vec![f32::NAN; ns]];
+                let [y, y_h] = &mut fwd[..] else { unreachable!() };
+                let out = OnnxOutputs { y: Some(y), y_h: Some(y_h), y_c: None };
+                let upstream = OnnxUpstream { dy: up(0), dy_h: up(1), dy_c: None };
+                let grads = OnnxGrads {
+                    dx: Some(dx),
+                    dw: Some(dw),
+                    dr: Some(dr),
+                    db: Some(db),
+                    d_initial_h: Some(dh),
+                    d_initial_c: None,
+                    dp: None,
+                };
+                if self.gru {
+                    let a = OnnxGruAttrs::new(h, dir)
+                        .layout(layout)
+                        .clip(clip)
+                        .linear_before_reset(*linear_before_reset)
+                        .activations(acts);
+                    let node = OnnxGru::with_backend(a, i, &self.w, &self.r, bias, backend).unwrap();
+                    node.forward_train(&self.x, t, b, lens, h0, out, &mut tape_o, 2, ws).unwrap();
+                    node.backward(&self.x, t, b, lens, h0, &tape_o, upstream, grads, 1).unwrap();
+                } else {
+                    let a = OnnxRnnAttrs::new(h, dir).layout(layout).clip(clip).activations(acts);
+                    let node = OnnxRnn::with_backend(a, i, &self.w, &self.r, bias, backend).unwrap();
+                    node.forward_train(&self.x, t, b, lens, h0, out, &mut tape_o, 2, ws).unwrap();
+                    node.backward(&self.x, t, b, lens, h0, &tape_o, upstream, grads, 1).unwrap();
+                }
+                (fwd, g)
+            }
+            HCfg::Keras { go_backwards, zero_output_for_mask, act, ract, alpha, beta, reset_after } => {
+                let [b, t, i, h] = self.dims;
+                let view = match &self.mask {
+                    Some(m) => SeqView::from_mask_bytes(m, b, t).unwrap(),
+                    None => SeqView::full(b, t),
+                };
+                let mut fwd = vec![vec![f32::NAN; ny], vec![f32::NAN; ns], vec![f32::NAN; ns]];
+                let [y, last, h_n] = &mut fwd[..] else { unreachable!() };
+                let out = KerasOutputs { y: Some(y), last_output: Some(last), h_n: Some(h_n), c_n: None };
+                let upstream = KerasUpstream { dy: up(0), d_last_output: up(1), d_h_n: up(2), d_c_n: None };
+                let grads = KerasGrads {
+                    dx: Some(dx),
+                    d_kernel: Some(dw),
+                    d_recurrent_kernel: Some(dr),
+                    d_bias: Some(db),
+                    d_initial_h: Some(dh),
+                    d_initial_c: None,
+                };
+                let activation = keras_code_activation(*act, f32::NAN, f32::NAN);
+                if self.gru {
+                    let options = KerasGruOptions::default()
+                        .activation(activation)
+                        .recurrent_activation(keras_code_activation(*ract, *alpha, *beta))
+                        .reset_after(*reset_after)
+                        .go_backwards(*go_backwards)
+                        .zero_output_for_mask(*zero_output_for_mask);
+                    let weights = GruWeights::from_keras(i, h, &self.w, &self.r, bias, *reset_after).unwrap();
+                    let layer = KerasGru::with_backend(weights, options, backend).unwrap();
+                    layer.forward_train(&self.x, &view, h0, out, &mut tape_k, 2, ws).unwrap();
+                    layer.backward(&self.x, &view, h0, &tape_k, upstream, grads, 1).unwrap();
+                } else {
+                    let options = KerasRnnOptions::default()
+                        .activation(activation)
+                        .go_backwards(*go_backwards)
+                        .zero_output_for_mask(*zero_output_for_mask);
+                    let weights = RnnWeights::from_keras(i, h, &self.w, &self.r, bias).unwrap();
+                    let layer = KerasSimpleRnn::with_backend(weights, options, backend).unwrap();
+                    layer.forward_train(&self.x, &view, h0, out, &mut tape_k, 2, ws).unwrap();
+                    layer.backward(&self.x, &view, h0, &tape_k, upstream, grads, 1).unwrap();
+                }
+                (fwd, g)
+            }
+        }
+    }
+
+    /// The Rust API's gradients within [`H_GRAD_TOL`] of the oracle, so that a failure in C is the C ABI's;
+    /// returns the worst `|g - e| / max(1, |e|)`.
+    fn check_rust_against_oracle(&self) -> f32 {
+        let (_, grads) = self.rust(kernel::selected());
+        let mut worst = 0.0_f32;
+        for (k, (got, want)) in grads.iter().zip(&self.oracle).enumerate() {
+            let Some(want) = want else { continue };
+            assert_eq!(got.len(), want.len(), "{}: gradient {k} length", self.name);
+            for (n, (&g, &e)) in got.iter().zip(want).enumerate() {
+                let err = (g - e).abs() / e.abs().max(1.0);
+                assert!(err <= H_GRAD_TOL, "{}: the Rust API's gradient {k} [{n}] = {g}, oracle {e}", self.name);
+                worst = worst.max(err);
+            }
+        }
+        worst
+    }
+
+    fn write(&self, out: &mut String, backend: &'static Backend) {
+        let [d0, d1, d2, d3] = self.dims;
+        write!(out, "hgrad {} {} {d0} {d1} {d2} {d3}", self.name, self.kind()).unwrap();
+        match &self.cfg {
+            HCfg::Onnx { direction, layout, linear_before_reset, clip, acts } => {
+                write!(out, " {direction} {layout} {}", u8::from(*linear_before_reset)).unwrap();
+                write!(out, " {} {:08x} {}", u8::from(clip.is_some()), clip.unwrap_or(f32::NAN).to_bits(), acts.len())
+                    .unwrap();
+                let mut params = [(1, f32::NAN, f32::NAN); 4];
+                params[..acts.len()].copy_from_slice(acts);
+                for (c, _, _) in params {
+                    write!(out, " {c}").unwrap();
+                }
+                for v in params.iter().map(|p| p.1).chain(params.iter().map(|p| p.2)) {
+                    write!(out, " {:08x}", v.to_bits()).unwrap();
+                }
+            }
+            HCfg::Keras { go_backwards, zero_output_for_mask, act, ract, alpha, beta, reset_after } => {
+                let (gb, z, ra) = (u8::from(*go_backwards), u8::from(*zero_output_for_mask), u8::from(*reset_after));
+                write!(out, " {gb} {z} {act} {ract} {:08x} {:08x} {ra}", alpha.to_bits(), beta.to_bits()).unwrap();
+            }
+        }
+        let steps = self.lens.is_some() || self.mask.is_some();
+        for f in [self.bias.is_some(), steps, self.h0.is_some()] {
+            write!(out, " {}", u8::from(f)).unwrap();
+        }
+        for k in 0..3 {
+            write!(out, " {}", u8::from(self.up.get(k).is_some_and(Option::is_some))).unwrap();
+        }
+        let oracle_mask: u32 = self.oracle.iter().enumerate().map(|(k, v)| u32::from(v.is_some()) << k).sum();
+        writeln!(out, " {oracle_mask} {:08x}", H_GRAD_TOL.to_bits()).unwrap();
+        for v in [Some(&self.x), Some(&self.w), Some(&self.r), self.bias.as_ref()].into_iter().flatten() {
+            write_f32s(out, v);
+        }
+        if let Some(l) = &self.lens {
+            write_i32s(out, l);
+        }
+        if let Some(m) = &self.mask {
+            write!(out, "{}", m.len()).unwrap();
+            for v in m {
+                write!(out, " {v}").unwrap();
+            }
+            out.push('\n');
+        }
+        let (fwd, grads) = self.rust(backend);
+        let given = [&self.h0].into_iter().chain(&self.up).flatten();
+        for v in given.chain(&fwd).chain(&grads).chain(self.oracle.iter().flatten()) {
+            write_f32s(out, v);
+        }
+    }
+}
+
+/// The Keras GRU / SimpleRNN gradient fixtures (Keras 3, float64 `GradientTape`), but those whose
+/// `activation` is Keras 3's hard_sigmoid: `MrnnKerasRnnAttrs` / `MrnnKerasGruAttrs` (fixed by the contract)
+/// give `activation` its Keras 2 parameters and have no field for others. Returns the cases and the
+/// names skipped.
+fn keras_h_grad_fixture_cases() -> (Vec<HGradCase>, Vec<String>) {
+    let (mut cases, mut skipped) = (Vec::new(), Vec::new());
+    for (gru, dir, kind) in [(true, "keras_gru", "keras_gru_grad"), (false, "keras_rnn", "keras_rnn_grad")] {
+        let g = if gru { 3 } else { 1 };
+        for path in json_files(&root().join("tests/fixtures").join(dir)) {
+            let j: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+            if j["kind"].as_str() != Some(kind) {
+                continue;
+            }
+            let name = j["name"].as_str().unwrap().to_string();
+            let flavor = j["hard_sigmoid_flavor"].as_str().unwrap_or("keras3");
+            let act_name = j["activation"].as_str().unwrap();
+            if act_name == "hard_sigmoid" && flavor != "keras2" {
+                skipped.push(name);
+                continue;
+            }
+            let (b, t, i, h) =
+                (usize_of(&j, "batch"), usize_of(&j, "time"), usize_of(&j, "input"), usize_of(&j, "hidden"));
+            let (act, _, _) = activation(act_name, flavor, false);
+            let (ract, alpha, beta) = match j["recurrent_activation"].as_str() {
+                Some(r) => activation(r, flavor, true),
+                None => (0, f32::NAN, f32::NAN),
+            };
+            let reset_after = j["reset_after"].as_bool().unwrap_or(false);
+            let nb = if gru && reset_after { 2 * 3 * h } else { g * h };
+            let mask: Vec<u8> = j["mask"].as_array().unwrap().iter().map(|m| m.as_u64().unwrap() as u8).collect();
+            cases.push(HGradCase {
+                name,
+                gru,
+                cfg: HCfg::Keras {
+                    go_backwards: j["go_backwards"].as_bool().unwrap(),
+                    zero_output_for_mask: j["zero_output_for_mask"].as_bool().unwrap(),
+                    act,
+                    ract,
+                    alpha,
+                    beta,
+                    reset_after,
+                },
+                dims: [b, t, i, h],
+                x: f32s_of(&j, "x", b * t * i),
+                w: f32s_of(&j, "kernel", i * g * h),
+                r: f32s_of(&j, "recurrent_kernel", h * g * h),
+                bias: optional_f32s(&j, "bias", nb),
+                lens: None,
+                // An all-valid mask is passed as NULL, to cover that path against Keras too.
+                mask: mask.contains(&0).then_some(mask),
+                h0: optional_f32s(&j, "initial_h", b * h),
+                up: vec![
+                    optional_f32s(&j, "dy", b * t * h),
+                    optional_f32s(&j, "d_last_output", b * h),
+                    optional_f32s(&j, "d_h_n", b * h),
+                ],
+                oracle: [
+                    optional_f32s(&j, "dx", b * t * i),
+                    optional_f32s(&j, "d_kernel", i * g * h),
+                    optional_f32s(&j, "d_recurrent_kernel", h * g * h),
+                    optional_f32s(&j, "d_bias", nb),
+                    optional_f32s(&j, "d_initial_h", b * h),
+                ],
+            });
+        }
+    }
+    (cases, skipped)
+}
+
+/// Seeded problems over what the Keras fixtures do not reach (the upstream subsets, no bias, no mask, empty
+/// batch / sequence / input, H past one vector block, every activation code) and every ONNX GRU / RNN
+/// case: directions, layouts, `linear_before_reset`, clip (+INFINITY too), lengths (0, T, NULL), explicit
+/// activations; the ONNX ones with the float64 reference backward as oracle.
+fn generated_h_grad_cases() -> Vec<HGradCase> {
+    let mut rng = StdRng::seed_from_u64(0x9e7_0bac);
+    let mut cases = Vec::new();
+    for kind in 0..4_usize {
+        for (n, &dims) in GRAD_SHAPES.iter().enumerate() {
+            let mut values =
+                |len: usize, scale: f32| -> Vec<f32> { (0..len).map(|_| rng.random_range(-scale..scale)).collect() };
+            let (gru, onnx) = (kind % 2 == 0, kind < 2);
+            let cfg = if onnx {
+                let direction = ((n + kind) % 3) as i32;
+                let d = if direction == 2 { 2 } else { 1 };
+                // Bounded activations (the reference's tolerance holds for them), explicit every other case.
+                let per = if gru { 2 } else { 1 };
+                let choice: [(i32, f32, f32); 5] = [
+                    (0, f32::NAN, f32::NAN),
+                    (1, f32::NAN, f32::NAN),
+                    (9, f32::NAN, f32::NAN),
+                    (7, 0.3, 0.45),
+                    (6, 1.2, 0.8),
+                ];
+                let acts = if n % 2 == 0 { Vec::new() } else { (0..per * d).map(|k| choice[(n + k) % 5]).collect() };
+                HCfg::Onnx {
+                    direction,
+                    layout: ((n / 2) % 2) as i32,
+                    linear_before_reset: gru && n % 3 != 1,
+                    clip: [None, Some(1.5), None, Some(f32::INFINITY)][n % 4],
+                    acts,
+                }
+            } else {
+                // Every Keras activation code once; HardSigmoid as recurrent with explicit parameters.
+                HCfg::Keras {
+                    go_backwards: n % 3 == 1,
+                    zero_output_for_mask: n % 4 == 2,
+                    act: [1, 0, 2, 3, 9, 10, 8, 6, 1, 4, 5, 1][n % 12],
+                    ract: if n % 3 == 0 { 7 } else { 0 },
+                    alpha: if n % 6 == 0 { 0.3 } else { f32::NAN },
+                    beta: if n % 6 == 0 { 0.45 } else { f32::NAN },
+                    reset_after: n % 2 == 0,
+                }
+            };
+            let mut case = HGradCase {
+                name: String::new(),
+                gru,
+                cfg,
+                dims,
+                x: Vec::new(),
+                w: Vec::new(),
+                r: Vec::new(),
+                bias: None,
+                lens: None,
+                mask: None,
+                h0: None,
+                up: Vec::new(),
+                oracle: Default::default(),
+            };
+            let [nx, nw, nr, nb, ns, ny] = case.sizes();
+            let (bs, t) = if onnx { (dims[1], dims[0]) } else { (dims[0], dims[1]) };
+            case.name = format!("generated_kind{kind}_{n}_{}x{}x{}x{}", dims[0], dims[1], dims[2], dims[3]);
+            case.x = values(nx, 1.5);
+            case.w = values(nw, 0.6);
+            case.r = values(nr, 0.6);
+            let bias = values(nb, 0.4);
+            case.bias = (n % 5 != 3).then_some(bias);
+            let h0 = values(ns, 1.0);
+            case.h0 = (n % 3 != 2).then_some(h0);
+            if onnx {
+                case.lens =
+                    (n % 4 != 3).then(|| (0..bs).map(|s| [t, 0, t / 2, 1][(s + n) % 4].min(t) as i32).collect());
+            } else if n % 4 != 3 {
+                case.mask = Some((0..bs * t).map(|k| u8::from(k % 5 != 2 && (k / t.max(1)) != 1)).collect());
+            }
+            let ups = (values(1, 4.0)[0] + 4.0) as u32 | (u32::from(n == 0) * 7);
+            let up_sizes: &[usize] = if onnx { &[ny, ns] } else { &[ny, ns, ns] };
+            case.up =
+                up_sizes.iter().enumerate().map(|(k, &len)| ((ups >> k) & 1 == 1).then(|| values(len, 1.0))).collect();
+            if let HCfg::Onnx { .. } = case.cfg {
+                case.oracle = onnx_reference_grads(&case);
+            }
+            cases.push(case);
+        }
+    }
+    cases
+}
+
+/// The float64 reference backward's gradients of an ONNX case (`OnnxGru::backward_reference`, ...).
+fn onnx_reference_grads(c: &HGradCase) -> [Option<Vec<f32>>; 5] {
+    let HCfg::Onnx { direction, layout, linear_before_reset, clip, acts } = &c.cfg else { unreachable!() };
+    let [t, b, i, h] = c.dims;
+    let dir = [Direction::Forward, Direction::Reverse, Direction::Bidirectional][*direction as usize];
+    let layout = if *layout == 1 { Layout::BatchMajor } else { Layout::SeqMajor };
+    let acts: Vec<Activation> = acts.iter().map(|&(code, a, bb)| Activation::from_code(code, a, bb).unwrap()).collect();
+    let clip = clip.filter(|&v| v != f32::INFINITY);
+    let up = OnnxUpstream { dy: c.up[0].as_deref(), dy_h: c.up[1].as_deref(), dy_c: None };
+    let (lens, h0, bias) = (c.lens.as_deref(), c.h0.as_deref(), c.bias.as_deref());
+    let g = if c.gru {
+        let a = OnnxGruAttrs::new(h, dir)
+            .layout(layout)
+            .clip(clip)
+            .linear_before_reset(*linear_before_reset)
+            .activations(acts);
+        OnnxGru::new(a, i, &c.w, &c.r, bias).unwrap().backward_reference(&c.x, t, b, lens, h0, up).unwrap()
+    } else {
+        let a = OnnxRnnAttrs::new(h, dir).layout(layout).clip(clip).activations(acts);
+        OnnxRnn::new(a, i, &c.w, &c.r, bias).unwrap().backward_reference(&c.x, t, b, lens, h0, up).unwrap()
+    };
+    [Some(g.dx), Some(g.dw), Some(g.dr), Some(g.db), Some(g.d_initial_h)]
+}
+
+/// Writes `gru_train_test.c`'s cases file; returns it and a summary (case counts, fixtures skipped, the
+/// worst error of the Rust API against the oracles).
+fn write_gru_train_cases(dir: &Path, valgrind: bool) -> (PathBuf, String) {
+    let (fixtures, skipped) = keras_h_grad_fixture_cases();
+    let generated = generated_h_grad_cases();
+    let gru = fixtures.iter().filter(|c| c.gru).count();
+    assert!(
+        gru >= 15 && fixtures.len() - gru >= 15,
+        "Keras GRU / SimpleRNN gradient fixtures: {gru}, {}",
+        fixtures.len() - gru
+    );
+    assert_eq!(skipped, ["rnn_grad_hard_sigmoid_keras3"], "fixtures the attributes cannot express");
+    let mut worst = [0.0_f32; 2];
+    let mut out = String::new();
+    for case in fixtures.iter().chain(&generated) {
+        let err = case.check_rust_against_oracle();
+        let k = usize::from(case.onnx());
+        worst[k] = worst[k].max(err);
+        case.write(&mut out, c_backend(valgrind));
+    }
+    out.push_str("end\n");
+    let path = dir.join("gru_train_cases.txt");
+    fs::write(&path, out).unwrap();
+    let summary = format!(
+        "Keras gradient fixtures: {} (GRU {gru}), skipped (Keras 3 hard_sigmoid as `activation`): {skipped:?}; \
+         generated: {}; worst relative error of the Rust API: Keras fixtures {:.2e}, ONNX reference {:.2e}",
+        fixtures.len(),
+        generated.len(),
+        worst[0],
+        worst[1]
+    );
+    (path, summary)
+}
+
+#[cfg(unix)]
+#[test]
+fn c_gru_train_program_matches_the_rust_api_the_oracles_and_the_contract() {
+    run_c_program("gru_train", "gru_train_test", |dir| write_gru_train_cases(dir, false));
+}
+
+#[cfg(unix)]
+#[test]
+fn c_gru_train_program_under_valgrind() {
+    // "quick": each case once per path, so that the run fits valgrind's time budget.
+    under_valgrind(
+        "gru_train_valgrind",
+        |dir| (compile_c(dir, "gru_train_test"), write_gru_train_cases(dir, true).0),
         &["quick"],
     );
 }

@@ -29,7 +29,12 @@
 //! `mrnn_rnn_keras` from arbitrary attributes (the LSTM's generators, carried over field for field) with
 //! NULL or misaligned pointers, aliased outputs and bad lengths, against `OnnxGru`, `OnnxRnn`, `KerasGru`,
 //! `KerasSimpleRnn` bitwise; then a handle made with those attributes, whose run is bitwise the one-shot
-//! call, or is refused (naming the field, nothing written) when a field fixed at creation changes.
+//! call, or is refused (naming the field, nothing written) when a field fixed at creation changes. Their
+//! gradients: `mrnn_{gru,rnn}_{onnx,keras}_backward` with the same arguments (random upstream gradients and
+//! gradient outputs, an output aliased over an upstream gradient) must give the forward's predicted status
+//! and write nothing when refused; on the handle, `_run_train` with a NULL tape slot is refused,
+//! `_run_backward` of a fresh tape is bitwise the one-shot backward, and after `_set_weights` the tape is
+//! refused as stale, nothing written.
 //!
 //! Real buffers are allocated only when all sizes are small; with other sizes the harness passes
 //! one-element dummies and the call must fail validation before reading them. Huge sizes that would
@@ -3153,6 +3158,116 @@ impl HOnly {
         }
     }
 
+    /// The one-shot backward (with NULL attributes when `null_attrs`): `w` kernel / W, recurrent / R, bias; `u` the upstream gradients (ONNX: dy,
+    /// dy_h; Keras: dy, d_last_output, d_h_n); `g` dx, dw, dr, db, d_initial_h.
+    ///
+    /// # Safety
+    /// As the function called: every non-NULL pointer valid for its documented size.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn backward(
+        &self,
+        null_attrs: bool,
+        x: In,
+        steps: (*const i32, *const u8),
+        w: [In; 3],
+        h0: In,
+        u: [In; 3],
+        g: [Out; 5],
+    ) -> i32 {
+        let (s, m) = steps;
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            match self {
+                HOnly::OnnxGru(a) => {
+                    let a = attrs_or_null(a, null_attrs);
+                    mrnn_gru_onnx_backward(a, x, w[0], w[1], w[2], s, h0, u[0], u[1], g[0], g[1], g[2], g[3], g[4])
+                }
+                HOnly::OnnxRnn(a) => {
+                    let a = attrs_or_null(a, null_attrs);
+                    mrnn_rnn_onnx_backward(a, x, w[0], w[1], w[2], s, h0, u[0], u[1], g[0], g[1], g[2], g[3], g[4])
+                }
+                HOnly::KerasGru(a) => {
+                    let a = attrs_or_null(a, null_attrs);
+                    mrnn_gru_keras_backward(
+                        a, x, m, w[0], w[1], w[2], h0, u[0], u[1], u[2], g[0], g[1], g[2], g[3], g[4],
+                    )
+                }
+                HOnly::KerasRnn(a) => {
+                    let a = attrs_or_null(a, null_attrs);
+                    mrnn_rnn_keras_backward(
+                        a, x, m, w[0], w[1], w[2], h0, u[0], u[1], u[2], g[0], g[1], g[2], g[3], g[4],
+                    )
+                }
+            }
+        }
+    }
+
+    /// `_run_train` of `layer` (of this kind) with these attributes.
+    ///
+    /// # Safety
+    /// As the function called; `layer` live.
+    unsafe fn run_train(
+        &self,
+        layer: HHandle,
+        x: In,
+        steps: (*const i32, *const u8),
+        h0: In,
+        o: [Out; 3],
+        t: TapeOut,
+    ) -> i32 {
+        let (s, m) = steps;
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            match (self, layer) {
+                (HOnly::OnnxGru(a), HHandle::OnnxGru(l)) => mrnn_onnx_gru_run_train(l, a, x, s, h0, o[0], o[1], t),
+                (HOnly::OnnxRnn(a), HHandle::OnnxRnn(l)) => mrnn_onnx_rnn_run_train(l, a, x, s, h0, o[0], o[1], t),
+                (HOnly::KerasGru(a), HHandle::KerasGru(l)) => {
+                    mrnn_keras_gru_run_train(l, a, x, m, h0, o[0], o[1], o[2], t)
+                }
+                (HOnly::KerasRnn(a), HHandle::KerasRnn(l)) => {
+                    mrnn_keras_rnn_run_train(l, a, x, m, h0, o[0], o[1], o[2], t)
+                }
+                _ => MRNN_ERR_INTERNAL,
+            }
+        }
+    }
+
+    /// `_run_backward` of `layer` with `tape`; arguments as [`backward`](Self::backward).
+    ///
+    /// # Safety
+    /// As the function called; `layer` and `tape` live (or NULL).
+    unsafe fn run_backward(layer: HHandle, tape: *const MrnnTape, u: [In; 3], g: [Out; 5]) -> i32 {
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            match layer {
+                HHandle::OnnxGru(l) => mrnn_onnx_gru_run_backward(l, tape, u[0], u[1], g[0], g[1], g[2], g[3], g[4]),
+                HHandle::OnnxRnn(l) => mrnn_onnx_rnn_run_backward(l, tape, u[0], u[1], g[0], g[1], g[2], g[3], g[4]),
+                HHandle::KerasGru(l) => {
+                    mrnn_keras_gru_run_backward(l, tape, u[0], u[1], u[2], g[0], g[1], g[2], g[3], g[4])
+                }
+                HHandle::KerasRnn(l) => {
+                    mrnn_keras_rnn_run_backward(l, tape, u[0], u[1], u[2], g[0], g[1], g[2], g[3], g[4])
+                }
+            }
+        }
+    }
+
+    /// `_set_weights` of `layer`.
+    ///
+    /// # Safety
+    /// As the function called; `layer` live.
+    unsafe fn set_weights(layer: HHandle, w: [In; 3]) -> i32 {
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            match layer {
+                HHandle::OnnxGru(l) => mrnn_onnx_gru_set_weights(l, w[0], w[1], w[2]),
+                HHandle::OnnxRnn(l) => mrnn_onnx_rnn_set_weights(l, w[0], w[1], w[2]),
+                HHandle::KerasGru(l) => mrnn_keras_gru_set_weights(l, w[0], w[1], w[2]),
+                HHandle::KerasRnn(l) => mrnn_keras_rnn_set_weights(l, w[0], w[1], w[2]),
+            }
+        }
+    }
+
     /// A NULL handle of this kind.
     fn null_handle(&self) -> HHandle {
         match self {
@@ -3373,6 +3488,29 @@ fn fuzz_gru_rnn(r: &mut ByteReader<'_>) -> Check {
     };
     let inputs = [&bufs.x, &bufs.h0, &bufs.w[0], &bufs.w[1], &bufs.w[2]];
     let failed = check_call(what, status, &outs, &H_OUT_NAMES, &inputs, &before, expected)?;
+    // The backward with the same arguments: the same validation, so the same status (an alias: d_initial_h
+    // over an upstream gradient of the same size).
+    let up_sizes = [out_sizes[0], n_state, if onnx { 0 } else { n_state }];
+    let up_on = [r.bool(), r.bool() || alias, r.bool() && !onnx];
+    let up_bufs = up_sizes.map(|n| Buf::new(values(r, n, 1.0), canary));
+    let up: [In; 3] = std::array::from_fn(|k| if up_on[k] { up_bufs[k].ptr() } else { ptr::null() });
+    let grad_sizes =
+        [bufs.x.values().len(), bufs.w[0].values().len(), bufs.w[1].values().len(), bufs.w[2].values().len(), n_state];
+    let grad_on = [r.bool(), r.bool(), r.bool(), r.bool(), r.bool() || alias];
+    let (grads, mut g) = output_bufs(grad_sizes, &grad_on);
+    if alias {
+        g[4] = up[1].cast_mut();
+    }
+    // SAFETY: as for the forward call (NULL attributes are reported before anything is read); the gradients
+    // have the sizes of the inputs they belong to.
+    let backward = unsafe { attrs.backward(attrs_ptr_null, x_ptr, steps, [w[0], w[1], w[2]], h0, up, g) };
+    let what_b = format!("{what} backward");
+    let ups: Vec<&Buf<f32>> = up_bufs.iter().collect();
+    let ups_before: Vec<Vec<f32>> = up_bufs.iter().map(|b| b.data.clone()).collect();
+    let backward_failed = check_call(&what_b, backward, &grads, &H_GRAD_NAMES, &ups, &ups_before, expected)?;
+    if backward_failed != failed || (!failed && (backward == MRNN_OK) != (status == MRNN_OK)) {
+        return Err(format!("{what_b}: status {backward} where the forward's was {status}: {}", last_error_message()));
+    }
     check_lens(what, &bufs.lens, &lens_before)?;
     if bufs.mask.data != mask_before {
         return Err(format!("{what}: the mask was modified"));
@@ -3424,8 +3562,17 @@ fn fuzz_gru_rnn(r: &mut ByteReader<'_>) -> Check {
     let (mut again, o2) = output_bufs(out_sizes, &on);
     // SAFETY: a live handle; the buffers as for the one-shot call.
     let st = unsafe { run_attrs.run(layer, x_ptr, steps, h0, o2) };
+    let trained = if backward == MRNN_OK && field.is_none() {
+        // SAFETY: a live handle; the buffers as for the one-shot calls.
+        unsafe {
+            check_handle_training(what, &attrs, layer, (x_ptr, steps, h0), [w[0], w[1], w[2]], up, (&grads, grad_on))
+        }
+    } else {
+        Ok(())
+    };
     // SAFETY: a live handle, freed once.
     unsafe { layer.free() };
+    trained?;
     check_status(what, st)?;
     match field {
         Some(field) => {
@@ -3444,6 +3591,72 @@ fn fuzz_gru_rnn(r: &mut ByteReader<'_>) -> Check {
                 same_bits(&format!("{what}: {} (handle vs one-shot)", H_OUT_NAMES[k]), &buf.data, s)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// `a`, or NULL when `null`.
+fn attrs_or_null<T>(a: &T, null: bool) -> *const T {
+    if null {
+        ptr::null()
+    } else {
+        a
+    }
+}
+
+const H_GRAD_NAMES: [&str; 5] = ["dx", "dw / d_kernel", "dr / d_recurrent_kernel", "db / d_bias", "d_initial_h"];
+
+/// A handle's training against the one-shot backward that gave `want` (those of `on` asked for): a
+/// `run_train` with the tape slot NULL is refused; `run_backward` of a fresh tape gives `want` bitwise;
+/// after `set_weights` (the same values) the tape is stale: refused, nothing written.
+///
+/// # Safety
+/// `layer` live, of the kind of `attrs`; every pointer as for the one-shot call that gave `want`.
+unsafe fn check_handle_training(
+    what: &str,
+    attrs: &HOnly,
+    layer: HHandle,
+    (x, steps, h0): (In, (*const i32, *const u8), In),
+    w: [In; 3],
+    up: [In; 3],
+    (want, on): (&[Buf<f32>; 5], [bool; 5]),
+) -> Check {
+    let none = [ptr::null_mut(); 3];
+    // SAFETY: forwarded from this function's contract; a NULL slot is reported before anything is written.
+    let st = unsafe { attrs.run_train(layer, x, steps, h0, none, ptr::null_mut()) };
+    if st != MRNN_ERR_NULL_POINTER || !last_error_message().contains("tape is NULL") {
+        return Err(format!("{what}: run_train with tape NULL: status {st}: {}", last_error_message()));
+    }
+    let mut tape = ptr::null_mut();
+    // SAFETY: as above.
+    let st = unsafe { attrs.run_train(layer, x, steps, h0, none, &mut tape) };
+    let tape = Owned { ptr: tape, free: mrnn_tape_free };
+    if st != MRNN_OK || tape.ptr.is_null() {
+        return Err(format!("{what}: run_train failed ({st}): {}", last_error_message()));
+    }
+    let sizes = want.each_ref().map(|b| b.values().len());
+    let (got, g) = output_bufs(sizes, &on);
+    // SAFETY: a live handle and tape; the gradients have the run's sizes.
+    let st = unsafe { HOnly::run_backward(layer, tape.ptr, up, g) };
+    if st != MRNN_OK {
+        return Err(format!("{what}: run_backward failed ({st}): {}", last_error_message()));
+    }
+    for (k, (a, b)) in got.iter().zip(want).enumerate() {
+        same_bits(&format!("{what}: {} (run_backward vs one-shot)", H_GRAD_NAMES[k]), &a.data, &b.data)?;
+    }
+    // SAFETY: a live handle; the weights have its sizes (the one-shot call accepted them).
+    let st = unsafe { HOnly::set_weights(layer, w) };
+    if st != MRNN_OK {
+        return Err(format!("{what}: set_weights failed ({st}): {}", last_error_message()));
+    }
+    let (stale, g) = output_bufs(sizes, &on);
+    // SAFETY: as above.
+    let st = unsafe { HOnly::run_backward(layer, tape.ptr, up, g) };
+    if st != MRNN_ERR_BAD_ARGUMENT || !last_error_message().contains("stale") {
+        return Err(format!("{what}: run_backward of a stale tape: status {st}: {}", last_error_message()));
+    }
+    if stale.iter().any(|b| b.values().iter().any(|v| v.to_bits() != UNSET_BITS)) {
+        return Err(format!("{what}: a refused run_backward wrote an output"));
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! The GRU and the simple RNN through the C ABI (C_ABI.md section 4, the forward half): the ONNX `GRU` and
-//! `RNN` operators and the Keras `GRU` and `SimpleRNN` layers, one-shot and as handles.
+//! The GRU and the simple RNN through the C ABI (C_ABI.md section 4): the ONNX `GRU` and `RNN` operators
+//! and the Keras `GRU` and `SimpleRNN` layers, one-shot and as handles, forward and gradients.
 //!
 //! ```text
 //! mrnn_gru_onnx(attrs, x, w, r, b, lens, h0, y, y_h)         mrnn_rnn_onnx: the same arguments
@@ -10,31 +10,48 @@
 //!     / _run(layer, attrs, x, mask, h0, y, last_output, h_n) / _free(layer)
 //! mrnn_onnx_rnn_*, mrnn_keras_rnn_*: as the GRU's
 //! mrnn_{onnx,keras}_{gru,rnn}_attrs_init(&attrs)             the defaults, as for the LSTM
+//!
+//! mrnn_gru_onnx_backward(attrs, x, w, r, b, lens, h0, dy, dy_h, dx, dw, dr, db, dh0)
+//! mrnn_gru_keras_backward(attrs, x, mask, kernel, recurrent_kernel, bias, h0, dy, d_last, d_h_n,
+//!     dx, d_kernel, d_recurrent_kernel, d_bias, dh0)          mrnn_rnn_*_backward: the same arguments
+//! mrnn_onnx_gru_run_train(layer, attrs, x, lens, h0, y, y_h, &tape)
+//!     / _run_backward(layer, tape, dy, dy_h, dx, dw, dr, db, dh0) / _set_weights(layer, w, r, b)
+//! mrnn_keras_gru_run_train(layer, attrs, x, mask, h0, y, last_output, h_n, &tape)
+//!     / _run_backward(layer, tape, dy, d_last, d_h_n, dx, d_kernel, d_recurrent_kernel, d_bias, dh0)
+//!     / _set_weights(layer, kernel, recurrent_kernel, bias)
 //! ```
 //!
-//! Each of the four is a layer kind ([`Kind`], forward only: no training items) implemented by its handle
-//! type, and runs through the one path of every kind (module `layer`): validation in the order of the
-//! module docs of [`super`], the pointer groups, sizes and checks of the LSTM kinds of the same framework
-//! (modules `keras` and `onnx`: the same structs, with the cell-state pointers always NULL), bitwise the
-//! results of the Rust API ([`OnnxGru`], [`OnnxRnn`], [`KerasGru`], [`KerasSimpleRnn`] with `forward_in`).
-//! What differs between the GRU and the RNN of one framework is a [`KerasCell`] / [`OnnxCell`],
-//! implemented by the Rust layer; `keras_kind!` / `onnx_kind!` write the [`Kind`] of a handle from it.
+//! Each of the four is a layer kind ([`Kind`] and [`TrainKind`]) implemented by its handle type, and runs
+//! through the one path of every kind (module `layer`): validation in the order of the module docs of
+//! [`super`], the pointer groups, sizes and checks of the LSTM kinds of the same framework (modules `keras`
+//! and `onnx`: the same structs, with the cell-state pointers always NULL), the tapes of section 3 (module
+//! `train`: a tape names the kind that made it), bitwise the results of the Rust API ([`OnnxGru`],
+//! [`OnnxRnn`], [`KerasGru`], [`KerasSimpleRnn`] with `forward_in`, `forward_train` and `backward`). What
+//! differs between the GRU and the RNN of one framework is a [`KerasCell`] / [`OnnxCell`], implemented by
+//! the Rust layer; `keras_kind!` / `onnx_kind!` write the kinds of a handle from it, and
+//! `keras_train_functions!` / `onnx_train_functions!` the training entry points.
 
 use super::handle::{keras_attrs_match, onnx_attrs_match, Core};
 use super::keras::{
-    keras_extents, keras_require, keras_sizes, keras_values, KerasArgs, KerasAttrs, KerasFields, KerasInputPtrs,
-    KerasOutputPtrs, KerasShapes, KerasSizes, KerasValues, KerasWeightPtrs,
+    keras_extents, keras_require, keras_sizes, keras_values, KerasArgs, KerasAttrs, KerasFields, KerasGradOutPtrs,
+    KerasGradPtrs, KerasInput, KerasInputPtrs, KerasOutputPtrs, KerasShapes, KerasSizes, KerasUpstreamPtrs,
+    KerasValues, KerasWeightPtrs,
 };
-use super::layer::{new, one_shot, run, Kind, Ptrs};
+use super::layer::{
+    new, one_shot, one_shot_backward, run, run_backward, run_train, set_weights, Kind, Ptrs, TrainKind,
+};
 use super::onnx::{
     onnx_check_lengths, onnx_extents, onnx_require, onnx_sizes, onnx_values, OnnxArgs, OnnxAttrs, OnnxFields,
-    OnnxInputPtrs, OnnxOutputPtrs, OnnxShapes, OnnxSizes, OnnxValues, OnnxWeightPtrs,
+    OnnxInput, OnnxInputPtrs, OnnxOutputPtrs, OnnxShapes, OnnxSizes, OnnxValues, OnnxWeightPtrs,
 };
+use super::train::{KerasRecord, MrnnTape, OnnxRecord, Record};
 use super::*;
 use crate::cells::gru::GruWeights;
 use crate::cells::rnn::RnnWeights;
-use crate::frameworks::keras::{KerasGru, KerasGruOptions, KerasRnnOptions, KerasSimpleRnn};
-use crate::frameworks::onnx::{OnnxGru, OnnxGruAttrs, OnnxRnn, OnnxRnnAttrs};
+use crate::frameworks::keras::{
+    KerasGrads, KerasGru, KerasGruOptions, KerasRnnOptions, KerasSimpleRnn, KerasTape, KerasUpstream,
+};
+use crate::frameworks::onnx::{OnnxGrads, OnnxGru, OnnxGruAttrs, OnnxRnn, OnnxRnnAttrs, OnnxTape, OnnxUpstream};
 use std::ptr;
 
 // ------------------------------------------------------------------------------------------ attributes
@@ -389,6 +406,74 @@ pub(super) trait KerasCell: Sized {
         threads: usize,
         ws: &mut Workspace,
     ) -> Result<()>;
+    /// The forward that fills a tape (`forward_train`).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_train(
+        &self,
+        x: &[f32],
+        view: &SeqView,
+        initial_h: Option<&[f32]>,
+        out: KerasOutputs<'_>,
+        tape: &mut KerasTape,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<()>;
+    /// The gradients of the forward that filled `tape` (`backward`).
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        x: &[f32],
+        view: &SeqView,
+        initial_h: Option<&[f32]>,
+        tape: &KerasTape,
+        up: KerasUpstream<'_>,
+        grads: KerasGrads<'_>,
+        threads: usize,
+    ) -> Result<()>;
+}
+
+/// The [`KerasCell`] runs of the Keras layer `$cell`: its own methods of the same names, without their
+/// statistics.
+macro_rules! keras_cell_runs {
+    ($cell:ty) => {
+        fn forward_in(
+            &self,
+            x: &[f32],
+            view: &SeqView,
+            initial_h: Option<&[f32]>,
+            out: KerasOutputs<'_>,
+            threads: usize,
+            ws: &mut Workspace,
+        ) -> Result<()> {
+            <$cell>::forward_in(self, x, view, initial_h, out, threads, ws).map(drop)
+        }
+
+        fn forward_train(
+            &self,
+            x: &[f32],
+            view: &SeqView,
+            initial_h: Option<&[f32]>,
+            out: KerasOutputs<'_>,
+            tape: &mut KerasTape,
+            threads: usize,
+            ws: &mut Workspace,
+        ) -> Result<()> {
+            <$cell>::forward_train(self, x, view, initial_h, out, tape, threads, ws).map(drop)
+        }
+
+        fn backward(
+            &self,
+            x: &[f32],
+            view: &SeqView,
+            initial_h: Option<&[f32]>,
+            tape: &KerasTape,
+            up: KerasUpstream<'_>,
+            grads: KerasGrads<'_>,
+            threads: usize,
+        ) -> Result<()> {
+            <$cell>::backward(self, x, view, initial_h, tape, up, grads, threads).map(drop)
+        }
+    };
 }
 
 /// Keras GRU weights with `reset_after`: `kernel [I,3H]`, `recurrent_kernel [H,3H]`, `bias [2,3H]`.
@@ -446,17 +531,7 @@ impl KerasCell for KerasGru {
         KerasGru::new(GruWeights::from_keras(i, h, kernel, rec, bias, o.reset_after)?, o)
     }
 
-    fn forward_in(
-        &self,
-        x: &[f32],
-        view: &SeqView,
-        initial_h: Option<&[f32]>,
-        out: KerasOutputs<'_>,
-        threads: usize,
-        ws: &mut Workspace,
-    ) -> Result<()> {
-        KerasGru::forward_in(self, x, view, initial_h, out, threads, ws).map(drop)
-    }
+    keras_cell_runs!(KerasGru);
 }
 
 impl KerasCell for KerasSimpleRnn {
@@ -484,17 +559,7 @@ impl KerasCell for KerasSimpleRnn {
         KerasSimpleRnn::new(RnnWeights::from_keras(i, h, kernel, rec, bias)?, o)
     }
 
-    fn forward_in(
-        &self,
-        x: &[f32],
-        view: &SeqView,
-        initial_h: Option<&[f32]>,
-        out: KerasOutputs<'_>,
-        threads: usize,
-        ws: &mut Workspace,
-    ) -> Result<()> {
-        KerasSimpleRnn::forward_in(self, x, view, initial_h, out, threads, ws).map(drop)
-    }
+    keras_cell_runs!(KerasSimpleRnn);
 }
 
 /// What distinguishes the ONNX GRU from the ONNX RNN as a kind of the C ABI; implemented by the packed
@@ -527,6 +592,84 @@ pub(super) trait OnnxCell: Sized {
         threads: usize,
         ws: &mut Workspace,
     ) -> Result<()>;
+    /// The forward that fills a tape (`forward_train`).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_train(
+        &self,
+        x: &[f32],
+        t: usize,
+        b: usize,
+        sequence_lens: Option<&[i32]>,
+        initial_h: Option<&[f32]>,
+        out: OnnxOutputs<'_>,
+        tape: &mut OnnxTape,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<()>;
+    /// The gradients of the forward that filled `tape` (`backward`).
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        x: &[f32],
+        t: usize,
+        b: usize,
+        sequence_lens: Option<&[i32]>,
+        initial_h: Option<&[f32]>,
+        tape: &OnnxTape,
+        up: OnnxUpstream<'_>,
+        grads: OnnxGrads<'_>,
+        threads: usize,
+    ) -> Result<()>;
+}
+
+/// The [`OnnxCell`] runs of the ONNX node `$cell`: its own methods of the same names, without their
+/// statistics.
+macro_rules! onnx_cell_runs {
+    ($cell:ty) => {
+        fn forward_in(
+            &self,
+            x: &[f32],
+            t: usize,
+            b: usize,
+            sequence_lens: Option<&[i32]>,
+            initial_h: Option<&[f32]>,
+            out: OnnxOutputs<'_>,
+            threads: usize,
+            ws: &mut Workspace,
+        ) -> Result<()> {
+            <$cell>::forward_in(self, x, t, b, sequence_lens, initial_h, out, threads, ws).map(drop)
+        }
+
+        fn forward_train(
+            &self,
+            x: &[f32],
+            t: usize,
+            b: usize,
+            sequence_lens: Option<&[i32]>,
+            initial_h: Option<&[f32]>,
+            out: OnnxOutputs<'_>,
+            tape: &mut OnnxTape,
+            threads: usize,
+            ws: &mut Workspace,
+        ) -> Result<()> {
+            <$cell>::forward_train(self, x, t, b, sequence_lens, initial_h, out, tape, threads, ws).map(drop)
+        }
+
+        fn backward(
+            &self,
+            x: &[f32],
+            t: usize,
+            b: usize,
+            sequence_lens: Option<&[i32]>,
+            initial_h: Option<&[f32]>,
+            tape: &OnnxTape,
+            up: OnnxUpstream<'_>,
+            grads: OnnxGrads<'_>,
+            threads: usize,
+        ) -> Result<()> {
+            <$cell>::backward(self, x, t, b, sequence_lens, initial_h, tape, up, grads, threads).map(drop)
+        }
+    };
 }
 
 impl OnnxCell for OnnxGru {
@@ -552,19 +695,7 @@ impl OnnxCell for OnnxGru {
         OnnxGru::new(a, i, w, r, b)
     }
 
-    fn forward_in(
-        &self,
-        x: &[f32],
-        t: usize,
-        b: usize,
-        sequence_lens: Option<&[i32]>,
-        initial_h: Option<&[f32]>,
-        out: OnnxOutputs<'_>,
-        threads: usize,
-        ws: &mut Workspace,
-    ) -> Result<()> {
-        OnnxGru::forward_in(self, x, t, b, sequence_lens, initial_h, out, threads, ws).map(drop)
-    }
+    onnx_cell_runs!(OnnxGru);
 }
 
 impl OnnxCell for OnnxRnn {
@@ -586,19 +717,7 @@ impl OnnxCell for OnnxRnn {
         OnnxRnn::new(a, i, w, r, b)
     }
 
-    fn forward_in(
-        &self,
-        x: &[f32],
-        t: usize,
-        b: usize,
-        sequence_lens: Option<&[i32]>,
-        initial_h: Option<&[f32]>,
-        out: OnnxOutputs<'_>,
-        threads: usize,
-        ws: &mut Workspace,
-    ) -> Result<()> {
-        OnnxRnn::forward_in(self, x, t, b, sequence_lens, initial_h, out, threads, ws).map(drop)
-    }
+    onnx_cell_runs!(OnnxRnn);
 }
 
 // ------------------------------------------------------------------------------------------ the kinds
@@ -707,6 +826,143 @@ unsafe fn onnx_cell_forward<C: OnnxCell>(
     node.forward_in(input.x, input.t, input.b, lens, input.initial_h, out, threads, &mut scratch.workspace)
 }
 
+// ------------------------------------------------------------------------------------------ training
+
+/// The gradients of a Keras cell's forward that filled `tape` with `input` (the caller's buffers or a
+/// tape's copies).
+fn keras_cell_gradients<C: KerasCell, X: AsRef<[f32]>>(
+    layer: &C,
+    input: &KerasInput<X>,
+    tape: &KerasTape,
+    (up, grads): (KerasUpstream<'_>, KerasGrads<'_>),
+    threads: usize,
+) -> Result<()> {
+    let h0 = input.initial_h.as_ref().map(AsRef::as_ref);
+    layer.backward(input.x.as_ref(), &input.view, h0, tape, up, grads, threads)
+}
+
+/// The forward of a packed Keras cell that fills a tape; returns the tape's copies of the inputs.
+///
+/// # Safety
+/// As [`Kind::forward`].
+unsafe fn keras_cell_forward_train<C: KerasCell>(
+    layer: &C,
+    input: &KerasInputPtrs,
+    output: &KerasOutputPtrs,
+    n: &KerasSizes,
+    threads: usize,
+    tape: &mut KerasTape,
+    scratch: &mut Scratch,
+) -> Result<KerasInput<Vec<f32>>> {
+    // SAFETY: forwarded from this function's contract.
+    let (input, out) = unsafe { (input.slices(n)?, output.slices(n)) };
+    layer.forward_train(input.x, &input.view, input.initial_h, out, tape, threads, &mut scratch.workspace)?;
+    Ok(input.copy())
+}
+
+/// The one-shot backward of a packed Keras cell: the forward that fills a tape, then the gradients.
+///
+/// # Safety
+/// As [`Kind::forward`].
+unsafe fn keras_cell_backward_once<C: KerasCell>(
+    layer: &C,
+    input: &KerasInputPtrs,
+    grads: &KerasGradPtrs,
+    n: &KerasSizes,
+    threads: usize,
+    scratch: &mut Scratch,
+) -> Result<()> {
+    // SAFETY: forwarded from this function's contract.
+    let (input, grads) = unsafe { (input.slices(n)?, grads.slices(n)) };
+    let mut tape = KerasTape::new();
+    let (x, h0, ws) = (input.x, input.initial_h, &mut scratch.workspace);
+    layer.forward_train(x, &input.view, h0, KerasOutputs::default(), &mut tape, threads, ws)?;
+    keras_cell_gradients(layer, &input, &tape, grads, threads)
+}
+
+/// The gradients of a Keras cell's run recorded on a tape.
+///
+/// # Safety
+/// As [`Kind::forward`].
+unsafe fn keras_cell_backward<C: KerasCell>(
+    layer: &C,
+    record: &KerasRecord,
+    grads: &KerasGradPtrs,
+    n: &KerasSizes,
+) -> Result<()> {
+    // SAFETY: forwarded from this function's contract.
+    let grads = unsafe { grads.slices(n) };
+    keras_cell_gradients(layer, &record.input, &record.tape, grads, record.threads)
+}
+
+/// The gradients of an ONNX cell's forward that filled `tape` with `input` (the caller's buffers or a
+/// tape's copies).
+fn onnx_cell_gradients<C: OnnxCell, X: AsRef<[f32]>, L: AsRef<[i32]>>(
+    node: &C,
+    input: &OnnxInput<X, L>,
+    tape: &OnnxTape,
+    (up, grads): (OnnxUpstream<'_>, OnnxGrads<'_>),
+    threads: usize,
+) -> Result<()> {
+    let (x, lens, h0) = (input.x.as_ref(), input.sequence_lens.as_ref().map(AsRef::as_ref), input.initial_h.as_ref());
+    node.backward(x, input.t, input.b, lens, h0.map(AsRef::as_ref), tape, up, grads, threads)
+}
+
+/// The forward of a packed ONNX cell that fills a tape; returns the tape's copies of the inputs.
+///
+/// # Safety
+/// As [`Kind::forward`].
+unsafe fn onnx_cell_forward_train<C: OnnxCell>(
+    node: &C,
+    input: &OnnxInputPtrs,
+    output: &OnnxOutputPtrs,
+    n: &OnnxSizes,
+    threads: usize,
+    tape: &mut OnnxTape,
+    scratch: &mut Scratch,
+) -> Result<OnnxInput<Vec<f32>, Vec<i32>>> {
+    // SAFETY: forwarded from this function's contract.
+    let (input, out) = unsafe { (input.slices(n)?, output.slices(n)) };
+    let (lens, ws) = (input.sequence_lens, &mut scratch.workspace);
+    node.forward_train(input.x, input.t, input.b, lens, input.initial_h, out, tape, threads, ws)?;
+    Ok(input.copy())
+}
+
+/// The one-shot backward of a packed ONNX cell: the forward that fills a tape, then the gradients.
+///
+/// # Safety
+/// As [`Kind::forward`].
+unsafe fn onnx_cell_backward_once<C: OnnxCell>(
+    node: &C,
+    input: &OnnxInputPtrs,
+    grads: &OnnxGradPtrs,
+    n: &OnnxSizes,
+    threads: usize,
+    scratch: &mut Scratch,
+) -> Result<()> {
+    // SAFETY: forwarded from this function's contract.
+    let (input, grads) = unsafe { (input.slices(n)?, grads.slices(n)) };
+    let mut tape = OnnxTape::new();
+    let (lens, h0, ws) = (input.sequence_lens, input.initial_h, &mut scratch.workspace);
+    node.forward_train(input.x, input.t, input.b, lens, h0, OnnxOutputs::default(), &mut tape, threads, ws)?;
+    onnx_cell_gradients(node, &input, &tape, grads, threads)
+}
+
+/// The gradients of an ONNX cell's run recorded on a tape.
+///
+/// # Safety
+/// As [`Kind::forward`].
+unsafe fn onnx_cell_backward<C: OnnxCell>(
+    node: &C,
+    record: &OnnxRecord,
+    grads: &OnnxGradPtrs,
+    n: &OnnxSizes,
+) -> Result<()> {
+    // SAFETY: forwarded from this function's contract.
+    let grads = unsafe { grads.slices(n) };
+    onnx_cell_gradients(node, &record.input, &record.tape, grads, record.threads)
+}
+
 /// A handle type of the C ABI for the Keras cell `$cell`, and its [`Kind`].
 macro_rules! keras_kind {
     ($(#[$doc:meta])* $handle:ident, $cell:ty) => {
@@ -781,6 +1037,69 @@ macro_rules! keras_kind {
             ) -> Result<()> {
                 // SAFETY: forwarded from this function's contract.
                 unsafe { keras_cell_forward(layer, input, output, n, threads, scratch) }
+            }
+        }
+
+        impl TrainKind for $handle {
+            type Grads = KerasGradPtrs;
+            type Tape = KerasTape;
+            type Copies = KerasInput<Vec<f32>>;
+
+            fn tape_sizes(args: &Self::Args, copies: &KerasInput<Vec<f32>>) -> Result<KerasSizes> {
+                let (b, t) = (copies.view.batch(), copies.view.time());
+                KerasSizes::new(b, t, args.i, args.h, <$cell as KerasCell>::shapes(&args.options))
+            }
+
+            /// The upstream gradients, then the gradient outputs (`d_c_n`, `d_initial_c`: NULL).
+            fn grad_extents(g: &KerasGradPtrs, n: &KerasSizes) -> Vec<Option<Extent>> {
+                g.extents(n).to_vec()
+            }
+
+            fn wants(g: &KerasGradPtrs) -> bool {
+                g.wants()
+            }
+
+            unsafe fn forward_train(
+                layer: &$cell,
+                input: &KerasInputPtrs,
+                output: &KerasOutputPtrs,
+                n: &KerasSizes,
+                threads: usize,
+                tape: &mut KerasTape,
+                scratch: &mut Scratch,
+            ) -> Result<KerasInput<Vec<f32>>> {
+                // SAFETY: forwarded from this function's contract.
+                unsafe { keras_cell_forward_train(layer, input, output, n, threads, tape, scratch) }
+            }
+
+            unsafe fn backward_once(
+                layer: &$cell,
+                input: &KerasInputPtrs,
+                grads: &KerasGradPtrs,
+                n: &KerasSizes,
+                threads: usize,
+                scratch: &mut Scratch,
+            ) -> Result<()> {
+                // SAFETY: forwarded from this function's contract.
+                unsafe { keras_cell_backward_once(layer, input, grads, n, threads, scratch) }
+            }
+
+            unsafe fn backward(
+                layer: &$cell,
+                record: &KerasRecord,
+                grads: &KerasGradPtrs,
+                n: &KerasSizes,
+            ) -> Result<()> {
+                // SAFETY: forwarded from this function's contract.
+                unsafe { keras_cell_backward(layer, record, grads, n) }
+            }
+
+            fn record(run: KerasRecord) -> Record {
+                Record::Keras(run)
+            }
+
+            fn recorded(record: &Record) -> Option<&KerasRecord> {
+                record.keras()
             }
         }
     };
@@ -866,6 +1185,63 @@ macro_rules! onnx_kind {
             ) -> Result<()> {
                 // SAFETY: forwarded from this function's contract.
                 unsafe { onnx_cell_forward(node, input, output, n, threads, scratch) }
+            }
+        }
+
+        impl TrainKind for $handle {
+            type Grads = OnnxGradPtrs;
+            type Tape = OnnxTape;
+            type Copies = OnnxInput<Vec<f32>, Vec<i32>>;
+
+            fn tape_sizes(args: &Self::Args, copies: &OnnxInput<Vec<f32>, Vec<i32>>) -> Result<OnnxSizes> {
+                OnnxSizes::new(copies.t, copies.b, args.i, args.h, args.d, &<$cell as OnnxCell>::SHAPES)
+            }
+
+            /// The upstream gradients, then the gradient outputs (`dy_c`, `d_initial_c`, `dp`: NULL).
+            fn grad_extents(g: &OnnxGradPtrs, n: &OnnxSizes) -> Vec<Option<Extent>> {
+                g.extents(n).to_vec()
+            }
+
+            fn wants(g: &OnnxGradPtrs) -> bool {
+                g.wants()
+            }
+
+            unsafe fn forward_train(
+                node: &$cell,
+                input: &OnnxInputPtrs,
+                output: &OnnxOutputPtrs,
+                n: &OnnxSizes,
+                threads: usize,
+                tape: &mut OnnxTape,
+                scratch: &mut Scratch,
+            ) -> Result<OnnxInput<Vec<f32>, Vec<i32>>> {
+                // SAFETY: forwarded from this function's contract.
+                unsafe { onnx_cell_forward_train(node, input, output, n, threads, tape, scratch) }
+            }
+
+            unsafe fn backward_once(
+                node: &$cell,
+                input: &OnnxInputPtrs,
+                grads: &OnnxGradPtrs,
+                n: &OnnxSizes,
+                threads: usize,
+                scratch: &mut Scratch,
+            ) -> Result<()> {
+                // SAFETY: forwarded from this function's contract.
+                unsafe { onnx_cell_backward_once(node, input, grads, n, threads, scratch) }
+            }
+
+            unsafe fn backward(node: &$cell, record: &OnnxRecord, grads: &OnnxGradPtrs, n: &OnnxSizes) -> Result<()> {
+                // SAFETY: forwarded from this function's contract.
+                unsafe { onnx_cell_backward(node, record, grads, n) }
+            }
+
+            fn record(run: OnnxRecord) -> Record {
+                Record::Onnx(run)
+            }
+
+            fn recorded(record: &Record) -> Option<&OnnxRecord> {
+                record.onnx()
             }
         }
     };
@@ -1270,6 +1646,303 @@ pub unsafe extern "C" fn mrnn_keras_rnn_free(layer: *mut MrnnKerasRnn) {
     unsafe { free_boxed("mrnn_keras_rnn_free", layer) }
 }
 
+// ------------------------------------------------------------------------------- training functions
+
+/// The training functions of a Keras kind (C_ABI.md section 4, as section 3 for the LSTM): the one-shot
+/// backward of the forward `$forward`, and on a handle `$run_train`, `$run_backward`, `$set_weights`;
+/// each an entry point of the one path of every kind (module `layer`).
+macro_rules! keras_train_functions {
+    (
+        $handle:ident, $attrs:ident, $forward:ident, $new:ident, $run:ident,
+        $backward:ident, $run_train:ident, $run_backward:ident, $set_weights:ident
+    ) => {
+        #[doc = concat!("The gradients of [`", stringify!($forward), "`]; see `masked_rnn.h` for the arguments.")]
+        ///
+        /// # Safety
+        /// Every non-NULL pointer is valid for the tensor size the header documents for it (reads for the
+        /// `const` inputs, writes for the outputs) for the duration of the call, and no other thread writes
+        /// the inputs or touches the outputs meanwhile. NULL is always allowed: it is reported or means
+        /// "absent".
+        #[allow(clippy::too_many_arguments)]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $backward(
+            attrs: *const $attrs,
+            x: *const f32,
+            mask: *const u8,
+            kernel: *const f32,
+            recurrent_kernel: *const f32,
+            bias: *const f32,
+            initial_h: *const f32,
+            dy: *const f32,
+            d_last_output: *const f32,
+            d_h_n: *const f32,
+            dx: *mut f32,
+            d_kernel: *mut f32,
+            d_recurrent_kernel: *mut f32,
+            d_bias: *mut f32,
+            d_initial_h: *mut f32,
+        ) -> i32 {
+            let input = KerasInputPtrs { x, mask, initial_h, initial_c: ptr::null() };
+            let weights = KerasWeightPtrs { kernel, recurrent_kernel, bias };
+            let grads = KerasGradPtrs {
+                up: KerasUpstreamPtrs { dy, d_last_output, d_h_n, d_c_n: ptr::null() },
+                out: KerasGradOutPtrs {
+                    dx,
+                    d_kernel,
+                    d_recurrent_kernel,
+                    d_bias,
+                    d_initial_h,
+                    d_initial_c: ptr::null_mut(),
+                },
+            };
+            // SAFETY: the caller's contract, as `one_shot_backward` requires it.
+            guard(stringify!($backward), || unsafe { one_shot_backward::<$handle>(attrs, input, weights, grads) })
+        }
+
+        #[doc = concat!("Runs a handle as [`", stringify!($run), "`] does and returns a tape for [`")]
+        #[doc = concat!(stringify!($run_backward), "`]; see `masked_rnn.h`.")]
+        ///
+        /// # Safety
+        #[doc = concat!("`layer` is NULL or a handle from [`", stringify!($new), "`] not yet freed (other")]
+        /// threads may use it at the same time, none may free it meanwhile); `tape` is NULL or valid for
+        /// writing one pointer. Every other non-NULL pointer is valid for the tensor size the header
+        /// documents for it (reads for the `const` inputs, writes for the outputs) for the duration of the
+        /// call, and no other thread writes the inputs or touches the outputs meanwhile.
+        #[allow(clippy::too_many_arguments)]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $run_train(
+            layer: *mut $handle,
+            attrs: *const $attrs,
+            x: *const f32,
+            mask: *const u8,
+            initial_h: *const f32,
+            y: *mut f32,
+            last_output: *mut f32,
+            h_n: *mut f32,
+            tape: *mut *mut MrnnTape,
+        ) -> i32 {
+            let input = KerasInputPtrs { x, mask, initial_h, initial_c: ptr::null() };
+            let output = KerasOutputPtrs { y, last_output, h_n, c_n: ptr::null_mut() };
+            // SAFETY: the caller's contract, as `run_train` requires it.
+            guard(stringify!($run_train), || unsafe { run_train(layer, attrs, input, output, tape) })
+        }
+
+        #[doc = concat!("The gradients of the run that made `tape`: bitwise those of [`", stringify!($backward), "`]")]
+        /// with the same inputs; see `masked_rnn.h`.
+        ///
+        /// # Safety
+        #[doc = concat!("`layer` is NULL or a handle from [`", stringify!($new), "`] not yet freed, `tape`")]
+        /// NULL or a tape (of any kind) not yet freed (other threads may use either at the same time, none
+        /// may free them meanwhile). Every other non-NULL pointer is valid for the tensor size the header
+        /// documents for it (reads for the `const` inputs, writes for the outputs) for the duration of the
+        /// call, and no other thread writes the inputs or touches the outputs meanwhile.
+        #[allow(clippy::too_many_arguments)]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $run_backward(
+            layer: *mut $handle,
+            tape: *const MrnnTape,
+            dy: *const f32,
+            d_last_output: *const f32,
+            d_h_n: *const f32,
+            dx: *mut f32,
+            d_kernel: *mut f32,
+            d_recurrent_kernel: *mut f32,
+            d_bias: *mut f32,
+            d_initial_h: *mut f32,
+        ) -> i32 {
+            let grads = KerasGradPtrs {
+                up: KerasUpstreamPtrs { dy, d_last_output, d_h_n, d_c_n: ptr::null() },
+                out: KerasGradOutPtrs {
+                    dx,
+                    d_kernel,
+                    d_recurrent_kernel,
+                    d_bias,
+                    d_initial_h,
+                    d_initial_c: ptr::null_mut(),
+                },
+            };
+            // SAFETY: the caller's contract, as `run_backward` requires it.
+            guard(stringify!($run_backward), || unsafe { run_backward(layer, tape, grads) })
+        }
+
+        /// Replaces the weights of a handle (shapes as at creation; `bias` NULL: zeros); older tapes become
+        /// stale. See `masked_rnn.h`.
+        ///
+        /// # Safety
+        #[doc = concat!("`layer` is NULL or a handle from [`", stringify!($new), "`] not yet freed (other")]
+        /// threads may run it at the same time, none may free it meanwhile); `kernel`, `recurrent_kernel`
+        /// and `bias` are NULL or valid for reading the tensor sizes the header documents, and no other
+        /// thread writes them during the call.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $set_weights(
+            layer: *mut $handle,
+            kernel: *const f32,
+            recurrent_kernel: *const f32,
+            bias: *const f32,
+        ) -> i32 {
+            let weights = KerasWeightPtrs { kernel, recurrent_kernel, bias };
+            // SAFETY: the caller's contract, as `set_weights` requires it.
+            guard(stringify!($set_weights), || unsafe { set_weights(layer, weights) })
+        }
+    };
+}
+
+/// The training functions of an ONNX kind, as [`keras_train_functions!`] for a Keras one.
+macro_rules! onnx_train_functions {
+    (
+        $handle:ident, $attrs:ident, $forward:ident, $new:ident, $run:ident,
+        $backward:ident, $run_train:ident, $run_backward:ident, $set_weights:ident
+    ) => {
+        #[doc = concat!("The gradients of [`", stringify!($forward), "`]; see `masked_rnn.h` for the arguments.")]
+        ///
+        /// # Safety
+        /// Every non-NULL pointer is valid for the tensor size the header documents for it (reads for the
+        /// `const` inputs, writes for the outputs) for the duration of the call, and no other thread writes
+        /// the inputs or touches the outputs meanwhile. NULL is always allowed: it is reported or means
+        /// "absent".
+        #[allow(clippy::too_many_arguments)]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $backward(
+            attrs: *const $attrs,
+            x: *const f32,
+            w: *const f32,
+            r: *const f32,
+            b: *const f32,
+            sequence_lens: *const i32,
+            initial_h: *const f32,
+            dy: *const f32,
+            dy_h: *const f32,
+            dx: *mut f32,
+            dw: *mut f32,
+            dr: *mut f32,
+            db: *mut f32,
+            d_initial_h: *mut f32,
+        ) -> i32 {
+            let input = OnnxInputPtrs { x, sequence_lens, initial_h, initial_c: ptr::null() };
+            let weights = OnnxWeightPtrs { w, r, b, p: ptr::null() };
+            let (dy_c, d_initial_c, dp) = (ptr::null(), ptr::null_mut(), ptr::null_mut());
+            let grads = OnnxGradPtrs { dy, dy_h, dy_c, dx, dw, dr, db, d_initial_h, d_initial_c, dp };
+            // SAFETY: the caller's contract, as `one_shot_backward` requires it.
+            guard(stringify!($backward), || unsafe { one_shot_backward::<$handle>(attrs, input, weights, grads) })
+        }
+
+        #[doc = concat!("Runs a handle as [`", stringify!($run), "`] does and returns a tape for [`")]
+        #[doc = concat!(stringify!($run_backward), "`]; see `masked_rnn.h`.")]
+        ///
+        /// # Safety
+        #[doc = concat!("`layer` is NULL or a handle from [`", stringify!($new), "`] not yet freed (other")]
+        /// threads may use it at the same time, none may free it meanwhile); `tape` is NULL or valid for
+        /// writing one pointer. Every other non-NULL pointer is valid for the tensor size the header
+        /// documents for it (reads for the `const` inputs, writes for the outputs) for the duration of the
+        /// call, and no other thread writes the inputs or touches the outputs meanwhile.
+        #[allow(clippy::too_many_arguments)]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $run_train(
+            layer: *mut $handle,
+            attrs: *const $attrs,
+            x: *const f32,
+            sequence_lens: *const i32,
+            initial_h: *const f32,
+            y: *mut f32,
+            y_h: *mut f32,
+            tape: *mut *mut MrnnTape,
+        ) -> i32 {
+            let input = OnnxInputPtrs { x, sequence_lens, initial_h, initial_c: ptr::null() };
+            let output = OnnxOutputPtrs { y, y_h, y_c: ptr::null_mut() };
+            // SAFETY: the caller's contract, as `run_train` requires it.
+            guard(stringify!($run_train), || unsafe { run_train(layer, attrs, input, output, tape) })
+        }
+
+        #[doc = concat!("The gradients of the run that made `tape`: bitwise those of [`", stringify!($backward), "`]")]
+        /// with the same inputs; see `masked_rnn.h`.
+        ///
+        /// # Safety
+        #[doc = concat!("`layer` is NULL or a handle from [`", stringify!($new), "`] not yet freed, `tape`")]
+        /// NULL or a tape (of any kind) not yet freed (other threads may use either at the same time, none
+        /// may free them meanwhile). Every other non-NULL pointer is valid for the tensor size the header
+        /// documents for it (reads for the `const` inputs, writes for the outputs) for the duration of the
+        /// call, and no other thread writes the inputs or touches the outputs meanwhile.
+        #[allow(clippy::too_many_arguments)]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $run_backward(
+            layer: *mut $handle,
+            tape: *const MrnnTape,
+            dy: *const f32,
+            dy_h: *const f32,
+            dx: *mut f32,
+            dw: *mut f32,
+            dr: *mut f32,
+            db: *mut f32,
+            d_initial_h: *mut f32,
+        ) -> i32 {
+            let (dy_c, d_initial_c, dp) = (ptr::null(), ptr::null_mut(), ptr::null_mut());
+            let grads = OnnxGradPtrs { dy, dy_h, dy_c, dx, dw, dr, db, d_initial_h, d_initial_c, dp };
+            // SAFETY: the caller's contract, as `run_backward` requires it.
+            guard(stringify!($run_backward), || unsafe { run_backward(layer, tape, grads) })
+        }
+
+        /// Replaces the weights of a handle (shapes as at creation; `b` NULL: zeros); older tapes become
+        /// stale. See `masked_rnn.h`.
+        ///
+        /// # Safety
+        #[doc = concat!("`layer` is NULL or a handle from [`", stringify!($new), "`] not yet freed (other")]
+        /// threads may run it at the same time, none may free it meanwhile); `w`, `r` and `b` are NULL or
+        /// valid for reading the tensor sizes the header documents, and no other thread writes them during
+        /// the call.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $set_weights(layer: *mut $handle, w: *const f32, r: *const f32, b: *const f32) -> i32 {
+            let weights = OnnxWeightPtrs { w, r, b, p: ptr::null() };
+            // SAFETY: the caller's contract, as `set_weights` requires it.
+            guard(stringify!($set_weights), || unsafe { set_weights(layer, weights) })
+        }
+    };
+}
+
+keras_train_functions!(
+    MrnnKerasGru,
+    MrnnKerasGruAttrs,
+    mrnn_gru_keras,
+    mrnn_keras_gru_new,
+    mrnn_keras_gru_run,
+    mrnn_gru_keras_backward,
+    mrnn_keras_gru_run_train,
+    mrnn_keras_gru_run_backward,
+    mrnn_keras_gru_set_weights
+);
+keras_train_functions!(
+    MrnnKerasRnn,
+    MrnnKerasRnnAttrs,
+    mrnn_rnn_keras,
+    mrnn_keras_rnn_new,
+    mrnn_keras_rnn_run,
+    mrnn_rnn_keras_backward,
+    mrnn_keras_rnn_run_train,
+    mrnn_keras_rnn_run_backward,
+    mrnn_keras_rnn_set_weights
+);
+onnx_train_functions!(
+    MrnnOnnxGru,
+    MrnnOnnxGruAttrs,
+    mrnn_gru_onnx,
+    mrnn_onnx_gru_new,
+    mrnn_onnx_gru_run,
+    mrnn_gru_onnx_backward,
+    mrnn_onnx_gru_run_train,
+    mrnn_onnx_gru_run_backward,
+    mrnn_onnx_gru_set_weights
+);
+onnx_train_functions!(
+    MrnnOnnxRnn,
+    MrnnOnnxRnnAttrs,
+    mrnn_rnn_onnx,
+    mrnn_onnx_rnn_new,
+    mrnn_onnx_rnn_run,
+    mrnn_rnn_onnx_backward,
+    mrnn_onnx_rnn_run_train,
+    mrnn_onnx_rnn_run_backward,
+    mrnn_onnx_rnn_set_weights
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1628,5 +2301,310 @@ mod tests {
         assert_eq!((g.hidden_size, g.activations, r.hidden_size, r.activations), (0, [0, 1, 0, 1], 0, [1, 1]));
         assert_eq!((kg.reset_after, kg.activation, kg.recurrent_activation, kr.activation), (1, 1, 0, 1));
         assert!(kg.recurrent_alpha.is_nan() && g.clip.is_nan() && r.activation_beta.iter().all(|v| v.is_nan()));
+    }
+
+    fn bits(g: &[Vec<f32>]) -> Vec<Vec<u32>> {
+        g.iter().map(|v| v.iter().map(|x| x.to_bits()).collect()).collect()
+    }
+
+    /// `[dx, d_kernel, d_recurrent_kernel, d_bias, d_initial_h]` of a Keras GRU (`gru`) or SimpleRNN
+    /// problem with `dy` and `d_h_n`: by the one-shot backward (`layer` None) or by `run_backward` of
+    /// `layer` with `tape`.
+    fn keras_grads(
+        p: &KerasProblem,
+        gru: bool,
+        kernel: &[f32],
+        layer: Option<(HandlePtr, *const MrnnTape)>,
+    ) -> (i32, Vec<Vec<f32>>) {
+        let (g, rows) = if gru { (3, 2) } else { (1, 1) };
+        let (b, t, i, h) = (p.b, p.t, p.i, p.h);
+        let mut out: Vec<Vec<f32>> =
+            [b * t * i, i * g * h, h * g * h, rows * g * h, b * h].iter().map(|&n| vec![f32::NAN; n]).collect();
+        let [dx, dk, dr, db, dh] = &mut out[..] else { unreachable!() };
+        let (dx, dk, dr, db, dh) =
+            (dx.as_mut_ptr(), dk.as_mut_ptr(), dr.as_mut_ptr(), db.as_mut_ptr(), dh.as_mut_ptr());
+        let dy = values(b * t * h, 21, 1.0);
+        let dhn = values(b * h, 22, 1.0);
+        let (x, m, k, r, bias, h0) =
+            (p.x.as_ptr(), p.mask.as_ptr(), kernel.as_ptr(), p.recurrent.as_ptr(), p.bias.as_ptr(), p.h0.as_ptr());
+        let (dyp, dhnp, none) = (dy.as_ptr(), dhn.as_ptr(), ptr::null());
+        let (ga, ra) = (keras_gru_attrs(p), keras_rnn_attrs(p));
+        // SAFETY: every buffer has the size of the problem's attributes; handles and tapes are live.
+        let status = unsafe {
+            match layer {
+                None if gru => mrnn_gru_keras_backward(&ga, x, m, k, r, bias, h0, dyp, none, dhnp, dx, dk, dr, db, dh),
+                None => mrnn_rnn_keras_backward(&ra, x, m, k, r, bias, h0, dyp, none, dhnp, dx, dk, dr, db, dh),
+                Some((HandlePtr::KerasGru(l), tape)) => {
+                    mrnn_keras_gru_run_backward(l, tape, dyp, none, dhnp, dx, dk, dr, db, dh)
+                }
+                Some((HandlePtr::KerasRnn(l), tape)) => {
+                    mrnn_keras_rnn_run_backward(l, tape, dyp, none, dhnp, dx, dk, dr, db, dh)
+                }
+            }
+        };
+        (status, out)
+    }
+
+    /// A handle of the C ABI, by kind.
+    #[derive(Clone, Copy)]
+    enum HandlePtr {
+        KerasGru(*mut MrnnKerasGru),
+        KerasRnn(*mut MrnnKerasRnn),
+    }
+
+    fn keras_gru_attrs(p: &KerasProblem) -> MrnnKerasGruAttrs {
+        let (b, t, i, h) = (p.b as i64, p.t as i64, p.i as i64, p.h as i64);
+        MrnnKerasGruAttrs {
+            batch_size: b,
+            seq_length: t,
+            input_size: i,
+            hidden_size: h,
+            num_threads: 2,
+            ..Default::default()
+        }
+    }
+
+    fn keras_rnn_attrs(p: &KerasProblem) -> MrnnKerasRnnAttrs {
+        let (b, t, i, h) = (p.b as i64, p.t as i64, p.i as i64, p.h as i64);
+        MrnnKerasRnnAttrs {
+            batch_size: b,
+            seq_length: t,
+            input_size: i,
+            hidden_size: h,
+            go_backwards: 1,
+            ..Default::default()
+        }
+    }
+
+    /// A new handle of the problem's kind, and a tape of its run.
+    fn keras_handle_and_tape(p: &KerasProblem, gru: bool) -> (HandlePtr, *mut MrnnTape) {
+        let (k, r, bias) = (p.kernel.as_ptr(), p.recurrent.as_ptr(), p.bias.as_ptr());
+        let (x, m, h0, none) = (p.x.as_ptr(), p.mask.as_ptr(), p.h0.as_ptr(), ptr::null_mut());
+        let mut tape = ptr::null_mut();
+        // SAFETY: every buffer has the size of the problem's attributes.
+        unsafe {
+            if gru {
+                let mut l = ptr::null_mut();
+                assert_eq!(mrnn_keras_gru_new(&keras_gru_attrs(p), k, r, bias, &mut l), MRNN_OK, "{}", last());
+                let a = MrnnKerasGruAttrs { num_threads: 1, ..keras_gru_attrs(p) };
+                assert_eq!(mrnn_keras_gru_run_train(l, &a, x, m, h0, none, none, none, &mut tape), MRNN_OK);
+                (HandlePtr::KerasGru(l), tape)
+            } else {
+                let mut l = ptr::null_mut();
+                assert_eq!(mrnn_keras_rnn_new(&keras_rnn_attrs(p), k, r, bias, &mut l), MRNN_OK, "{}", last());
+                assert_eq!(mrnn_keras_rnn_run_train(l, &keras_rnn_attrs(p), x, m, h0, none, none, none, &mut tape), 0);
+                (HandlePtr::KerasRnn(l), tape)
+            }
+        }
+    }
+
+    #[test]
+    fn keras_gru_and_rnn_gradients_equal_the_rust_api_and_foreign_tapes_are_refused() {
+        let (gp, rp) = (KerasProblem::new(3, 2), KerasProblem::new(1, 1));
+        // The Rust API's gradients of the GRU problem.
+        let view = SeqView::from_mask_bytes(&gp.mask, gp.b, gp.t).unwrap();
+        let weights = GruWeights::from_keras(gp.i, gp.h, &gp.kernel, &gp.recurrent, Some(&gp.bias), true).unwrap();
+        let layer = KerasGru::new(weights, KerasGruOptions::default()).unwrap();
+        let mut tape = KerasTape::new();
+        let ws = &mut Workspace::new();
+        layer.forward_train(&gp.x, &view, Some(&gp.h0), KerasOutputs::default(), &mut tape, 1, ws).unwrap();
+        let (s, one_shot) = keras_grads(&gp, true, &gp.kernel, None);
+        assert_eq!(s, MRNN_OK, "{}", last());
+        let mut want = one_shot.iter().map(|v| vec![f32::NAN; v.len()]).collect::<Vec<_>>();
+        {
+            let [dx, dk, dr, db, dh] = &mut want[..] else { unreachable!() };
+            let (dy, dhn) = (values(dx.len() / gp.i * gp.h, 21, 1.0), values(dh.len(), 22, 1.0));
+            let up = KerasUpstream { dy: Some(&dy), d_h_n: Some(&dhn), ..Default::default() };
+            let grads = KerasGrads {
+                dx: Some(dx),
+                d_kernel: Some(dk),
+                d_recurrent_kernel: Some(dr),
+                d_bias: Some(db),
+                d_initial_h: Some(dh),
+                d_initial_c: None,
+            };
+            layer.backward(&gp.x, &view, Some(&gp.h0), &tape, up, grads, 3).unwrap();
+        }
+        assert_eq!(bits(&one_shot), bits(&want), "one-shot vs the Rust API");
+
+        let (gru, gru_tape) = keras_handle_and_tape(&gp, true);
+        let (rnn, rnn_tape) = keras_handle_and_tape(&rp, false);
+        let (other, other_tape) = keras_handle_and_tape(&gp, true);
+        let (s, run) = keras_grads(&gp, true, &gp.kernel, Some((gru, gru_tape)));
+        assert_eq!(s, MRNN_OK, "{}", last());
+        assert_eq!(bits(&run), bits(&one_shot), "run_backward vs one-shot");
+        let (s, run) = keras_grads(&rp, false, &rp.kernel, Some((rnn, rnn_tape)));
+        let (s1, once) = keras_grads(&rp, false, &rp.kernel, None);
+        assert_eq!((s, s1), (MRNN_OK, MRNN_OK), "{}", last());
+        assert_eq!(bits(&run), bits(&once), "SimpleRNN: run_backward vs one-shot");
+
+        // Another handle's tape, a tape of another kind (the same record type): refused, nothing written.
+        let (s, g) = keras_grads(&gp, true, &gp.kernel, Some((gru, other_tape)));
+        assert_eq!(s, MRNN_ERR_BAD_ARGUMENT);
+        assert!(last().contains("another handle (handle #"), "{}", last());
+        assert!(g.iter().flatten().all(|v| v.is_nan()));
+        let (s, g) = keras_grads(&rp, false, &rp.kernel, Some((rnn, gru_tape)));
+        assert_eq!(s, MRNN_ERR_BAD_ARGUMENT);
+        assert!(last().contains("another kind: Keras GRU handle") && last().contains("Keras SimpleRNN"), "{}", last());
+        assert!(g.iter().flatten().all(|v| v.is_nan()));
+
+        // After set_weights, the tape is stale; a fresh one gives the one-shot gradients of the new weights.
+        let k2 = values(gp.kernel.len(), 23, 0.6);
+        let HandlePtr::KerasGru(l) = gru else { unreachable!() };
+        // SAFETY: a live handle; the weights have its sizes.
+        let s = unsafe { mrnn_keras_gru_set_weights(l, k2.as_ptr(), gp.recurrent.as_ptr(), gp.bias.as_ptr()) };
+        assert_eq!(s, MRNN_OK, "{}", last());
+        let (s, g) = keras_grads(&gp, true, &k2, Some((gru, gru_tape)));
+        assert_eq!(s, MRNN_ERR_BAD_ARGUMENT);
+        assert!(last().contains("stale") && last().contains("mrnn_keras_gru_set_weights"), "{}", last());
+        assert!(g.iter().flatten().all(|v| v.is_nan()));
+        // SAFETY: live handles and tapes, each freed once.
+        unsafe {
+            for h in [gru, rnn, other] {
+                match h {
+                    HandlePtr::KerasGru(l) => mrnn_keras_gru_free(l),
+                    HandlePtr::KerasRnn(l) => mrnn_keras_rnn_free(l),
+                }
+            }
+            for t in [gru_tape, rnn_tape, other_tape] {
+                mrnn_tape_free(t);
+            }
+        }
+    }
+
+    #[test]
+    fn onnx_gru_and_rnn_handles_train_as_the_one_shot_backward() {
+        let (t, b, i, h, d) = (4, 3, 2, 5, 2);
+        let x = values(t * b * i, 31, 1.5);
+        let lens = [4, 0, 2];
+        let h0 = values(d * b * h, 32, 0.8);
+        let dy = values(t * d * b * h, 33, 1.0);
+        let dyh = values(d * b * h, 34, 1.0);
+        let gru = MrnnOnnxGruAttrs {
+            seq_length: t as i64,
+            batch_size: b as i64,
+            input_size: i as i64,
+            hidden_size: h as i64,
+            direction: 2,
+            layout: 1,
+            linear_before_reset: 1,
+            has_clip: 1,
+            clip: 2.0,
+            num_threads: 1,
+            ..Default::default()
+        };
+        let rnn = MrnnOnnxRnnAttrs {
+            seq_length: t as i64,
+            batch_size: b as i64,
+            input_size: i as i64,
+            hidden_size: h as i64,
+            direction: 1,
+            ..Default::default()
+        };
+        let mut tapes = Vec::new();
+        for gates in [3, 1] {
+            let dn = if gates == 3 { 2 } else { 1 };
+            let (w, r, bias) = (
+                values(dn * gates * h * i, 35, 0.6),
+                values(dn * gates * h * h, 36, 0.6),
+                values(dn * 2 * gates * h, 37, 0.4),
+            );
+            let sizes = [t * b * i, dn * gates * h * i, dn * gates * h * h, dn * 2 * gates * h, dn * b * h];
+            let (xp, wp, rp, bp, lp, hp) =
+                (x.as_ptr(), w.as_ptr(), r.as_ptr(), bias.as_ptr(), lens.as_ptr(), h0.as_ptr());
+            let (dyp, dyhp) = (dy.as_ptr(), dyh.as_ptr());
+            let (mut g, mut n, mut tape) = (ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
+            let none = ptr::null_mut();
+            // SAFETY: the buffers have the sizes of the attributes.
+            unsafe {
+                if gates == 3 {
+                    assert_eq!(mrnn_onnx_gru_new(&gru, wp, rp, bp, &mut g), MRNN_OK, "{}", last());
+                    assert_eq!(mrnn_onnx_gru_run_train(g, &gru, xp, lp, hp, none, none, &mut tape), MRNN_OK);
+                } else {
+                    assert_eq!(mrnn_onnx_rnn_new(&rnn, wp, rp, bp, &mut n), MRNN_OK, "{}", last());
+                    assert_eq!(mrnn_onnx_rnn_run_train(n, &rnn, xp, lp, hp, none, none, &mut tape), MRNN_OK);
+                }
+            }
+            tapes.push(tape);
+            let mut results = Vec::new();
+            for path in 0..2 {
+                let mut out = sizes.map(|n| vec![f32::NAN; n]);
+                let [dx, dw, dr, db, dh] = &mut out;
+                let o = (dx.as_mut_ptr(), dw.as_mut_ptr(), dr.as_mut_ptr(), db.as_mut_ptr(), dh.as_mut_ptr());
+                // SAFETY: as above; the handles and the tape are live.
+                let s = unsafe {
+                    match (gates, path) {
+                        (3, 0) => {
+                            mrnn_gru_onnx_backward(&gru, xp, wp, rp, bp, lp, hp, dyp, dyhp, o.0, o.1, o.2, o.3, o.4)
+                        }
+                        (3, _) => mrnn_onnx_gru_run_backward(g, tape, dyp, dyhp, o.0, o.1, o.2, o.3, o.4),
+                        (_, 0) => {
+                            mrnn_rnn_onnx_backward(&rnn, xp, wp, rp, bp, lp, hp, dyp, dyhp, o.0, o.1, o.2, o.3, o.4)
+                        }
+                        _ => mrnn_onnx_rnn_run_backward(n, tape, dyp, dyhp, o.0, o.1, o.2, o.3, o.4),
+                    }
+                };
+                assert_eq!(s, MRNN_OK, "{}", last());
+                results.push(out);
+            }
+            assert_eq!(bits(&results[0]), bits(&results[1]), "gates {gates}: run_backward vs one-shot");
+            // Against the Rust reference backward, in f64.
+            let want = if gates == 3 {
+                let a = OnnxGruAttrs::new(h, Direction::Bidirectional)
+                    .layout(Layout::BatchMajor)
+                    .linear_before_reset(true)
+                    .clip(Some(2.0));
+                let up = OnnxUpstream { dy: Some(&dy), dy_h: Some(&dyh), dy_c: None };
+                OnnxGru::new(a, i, &w, &r, Some(&bias)).unwrap().backward_reference(
+                    &x,
+                    t,
+                    b,
+                    Some(&lens),
+                    Some(&h0),
+                    up,
+                )
+            } else {
+                let a = OnnxRnnAttrs::new(h, Direction::Reverse);
+                let up = OnnxUpstream { dy: Some(&dy[..t * b * h]), dy_h: Some(&dyh[..b * h]), dy_c: None };
+                OnnxRnn::new(a, i, &w, &r, Some(&bias)).unwrap().backward_reference(
+                    &x,
+                    t,
+                    b,
+                    Some(&lens),
+                    Some(&h0[..b * h]),
+                    up,
+                )
+            }
+            .unwrap();
+            let want = [&want.dx, &want.dw, &want.dr, &want.db, &want.d_initial_h];
+            for (k, (got, want)) in results[0].iter().zip(want).enumerate() {
+                for (&gv, &ev) in got.iter().zip(want.iter()) {
+                    assert!((gv - ev).abs() <= 1e-4 * ev.abs().max(1.0), "gates {gates} grad {k}: {gv} vs {ev}");
+                }
+            }
+            // The GRU tape on the RNN handle (and the reverse, below): another kind.
+            if gates == 1 {
+                let mut dx = vec![7.0_f32; t * b * i];
+                let (np, ng) = (ptr::null(), ptr::null_mut());
+                // SAFETY: as above.
+                let s = unsafe { mrnn_onnx_rnn_run_backward(n, tapes[0], np, np, dx.as_mut_ptr(), ng, ng, ng, ng) };
+                assert_eq!(s, MRNN_ERR_BAD_ARGUMENT);
+                assert!(last().contains("another kind: ONNX GRU handle"), "{}", last());
+                assert!(dx.iter().all(|&v| v == 7.0));
+                // SAFETY: the weights have the handle's sizes.
+                assert_eq!(unsafe { mrnn_onnx_rnn_set_weights(n, wp, rp, ptr::null()) }, MRNN_OK);
+                // SAFETY: as above.
+                let s = unsafe { mrnn_onnx_rnn_run_backward(n, tape, np, np, dx.as_mut_ptr(), ng, ng, ng, ng) };
+                assert_eq!(s, MRNN_ERR_BAD_ARGUMENT);
+                assert!(last().contains("stale"), "{}", last());
+            }
+            // SAFETY: live handles (or NULL), freed once.
+            unsafe {
+                mrnn_onnx_gru_free(g);
+                mrnn_onnx_rnn_free(n);
+            }
+        }
+        // SAFETY: live tapes, freed once (after their handles).
+        unsafe { tapes.into_iter().for_each(|t| mrnn_tape_free(t)) };
     }
 }

@@ -336,7 +336,14 @@ pub(super) struct KerasGradPtrs {
 }
 
 impl KerasGradPtrs {
-    fn extents(&self, n: &KerasSizes) -> [Option<Extent>; 10] {
+    /// Whether any gradient output is given.
+    pub(super) fn wants(&self) -> bool {
+        let g = &self.out;
+        [g.dx, g.d_kernel, g.d_recurrent_kernel, g.d_bias, g.d_initial_h, g.d_initial_c].iter().any(|p| !p.is_null())
+    }
+
+    /// Step 4 for the gradients: the upstream gradients, then the gradient outputs.
+    pub(super) fn extents(&self, n: &KerasSizes) -> [Option<Extent>; 10] {
         let (up, out) = (&self.up, &self.out);
         [
             Extent::new("dy", up.dy, n.y, false),
@@ -356,7 +363,7 @@ impl KerasGradPtrs {
     ///
     /// # Safety
     /// As [`KerasOutputPtrs::slices`].
-    unsafe fn slices<'a>(&self, n: &KerasSizes) -> (KerasUpstream<'a>, KerasGrads<'a>) {
+    pub(super) unsafe fn slices<'a>(&self, n: &KerasSizes) -> (KerasUpstream<'a>, KerasGrads<'a>) {
         let (up, out) = (&self.up, &self.out);
         // SAFETY: forwarded from this function's contract.
         unsafe {
@@ -441,7 +448,7 @@ impl<X: AsRef<[f32]>> KerasInput<X> {
 
 impl KerasInput<&[f32]> {
     /// The tape's own copies, so that the caller may reuse its buffers once `run_train` returns.
-    fn copy(&self) -> KerasInput<Vec<f32>> {
+    pub(super) fn copy(&self) -> KerasInput<Vec<f32>> {
         KerasInput {
             x: self.x.to_vec(),
             view: self.view.clone(),
@@ -576,8 +583,7 @@ impl TrainKind for MrnnKerasLstm {
     }
 
     fn wants(g: &KerasGradPtrs) -> bool {
-        let g = &g.out;
-        [g.dx, g.d_kernel, g.d_recurrent_kernel, g.d_bias, g.d_initial_h, g.d_initial_c].iter().any(|p| !p.is_null())
+        g.wants()
     }
 
     unsafe fn forward_train(
@@ -621,9 +627,6 @@ impl TrainKind for MrnnKerasLstm {
     }
 
     fn recorded(record: &Record) -> Option<&KerasRecord> {
-        match record {
-            Record::Keras(run) => Some(run),
-            Record::Onnx(_) => None,
-        }
+        record.keras()
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! one_shot           mrnn_lstm_keras / _onnx, mrnn_gru_*, mrnn_rnn_*    attrs, weights, inputs, outputs
-//! one_shot_backward  mrnn_lstm_keras_backward / _onnx_backward        attrs, weights, inputs, gradients
+//! one_shot_backward  mrnn_{lstm,gru,rnn}_{keras,onnx}_backward        attrs, weights, inputs, gradients
 //! run                *_run                                            handle, attrs, inputs, outputs
 //! run_train          *_run_train                                      as run, and the tape's slot
 //! run_backward       *_run_backward                                   handle, tape, gradients
@@ -16,9 +16,9 @@
 //! ([`Kind::sizes`]), step 4 (`check_forward`, or `check` with a backward's gradients: the kind's buffers
 //! in the contract's order, then the slot), step 5 ([`Kind::check_memory`]). A kind ([`Kind`],
 //! implemented by its handle type in the modules `keras`, `onnx` and `gru`) says what its attributes,
-//! pointer groups and sizes are, and how its packed layer runs forward; a kind with gradients (the LSTMs)
-//! also implements [`TrainKind`]: its gradient pointers, tapes and backward. The forward functions need
-//! only [`Kind`], so a kind without a backward (the GRU and RNN, for now) has none of the training items.
+//! pointer groups and sizes are, and how its packed layer runs forward; a kind with gradients (every kind:
+//! the LSTMs, GRUs and RNNs) also implements [`TrainKind`]: its gradient pointers, tapes and backward. The
+//! forward functions need only [`Kind`].
 
 use super::handle::{with_handle_scratch, Core};
 use super::train::{MrnnTape, Record, Recorded};
@@ -255,7 +255,7 @@ pub(super) unsafe fn one_shot<K: Kind>(
     with_thread_scratch(|scratch| unsafe { K::forward(&packed, &input, &output, &n, threads, scratch) })
 }
 
-/// The one-shot backward (`mrnn_lstm_keras_backward`, `mrnn_lstm_onnx_backward`): validated as the
+/// The one-shot backward (`mrnn_lstm_keras_backward`, `mrnn_gru_onnx_backward`, ...): validated as the
 /// one-shot forward (the gradients in place of the outputs), packed on every call, run with this thread's
 /// scratch memory. With every gradient output NULL, it computes nothing.
 ///
@@ -366,7 +366,7 @@ pub(super) unsafe fn run_train<K: TrainKind>(
     let ((input, filled), threads) = (run.made, run.threads);
     let record = K::record(Recorded { threads, input, tape: filled });
     // SAFETY: the slot passed steps 1 and 4 and is valid for one write (the caller's contract).
-    unsafe { hand_out(tape, MrnnTape::new(run.id, run.generation, record)) };
+    unsafe { hand_out(tape, MrnnTape::new(K::NAME, run.id, run.generation, record)) };
     Ok(())
 }
 

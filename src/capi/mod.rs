@@ -29,10 +29,12 @@
 //! one-shot [`mrnn_lstm_keras`] and [`mrnn_lstm_onnx`] pack on every call and reuse a per-thread
 //! [`Workspace`] for their scratch memory.
 //!
-//! The GRU and the simple RNN (the private module `gru`, C_ABI.md section 4, forward only):
+//! The GRU and the simple RNN (the private module `gru`, C_ABI.md section 4):
 //! [`mrnn_gru_onnx`], [`mrnn_rnn_onnx`], [`mrnn_gru_keras`], [`mrnn_rnn_keras`] and their handles
 //! (`mrnn_{onnx,keras}_{gru,rnn}_new` / `_run` / `_free`), layer kinds on the same path with the LSTM's
-//! pointer groups and checks; their gradients are not in the C ABI yet.
+//! pointer groups and checks; their gradients as the LSTM's: [`mrnn_gru_keras_backward`],
+//! [`mrnn_rnn_keras_backward`], [`mrnn_gru_onnx_backward`], [`mrnn_rnn_onnx_backward`] and on the handles
+//! `_run_train`, `_run_backward`, `_set_weights`.
 //!
 //! Training ([`train`]): the one-shot [`mrnn_lstm_keras_backward`] and [`mrnn_lstm_onnx_backward`], and on
 //! a handle of either kind `*_run_train` (a run that returns an [`MrnnTape`]), `*_run_backward` (the
@@ -70,11 +72,15 @@ use onnx::{OnnxGradPtrs, OnnxInputPtrs, OnnxOutputPtrs, OnnxWeightPtrs};
 #[cfg(feature = "testing")]
 pub use fuzz::fuzz_capi;
 pub use gru::{
-    mrnn_gru_keras, mrnn_gru_onnx, mrnn_keras_gru_attrs_init, mrnn_keras_gru_free, mrnn_keras_gru_new,
-    mrnn_keras_gru_run, mrnn_keras_rnn_attrs_init, mrnn_keras_rnn_free, mrnn_keras_rnn_new, mrnn_keras_rnn_run,
-    mrnn_onnx_gru_attrs_init, mrnn_onnx_gru_free, mrnn_onnx_gru_new, mrnn_onnx_gru_run, mrnn_onnx_rnn_attrs_init,
-    mrnn_onnx_rnn_free, mrnn_onnx_rnn_new, mrnn_onnx_rnn_run, mrnn_rnn_keras, mrnn_rnn_onnx, MrnnKerasGru,
-    MrnnKerasGruAttrs, MrnnKerasRnn, MrnnKerasRnnAttrs, MrnnOnnxGru, MrnnOnnxGruAttrs, MrnnOnnxRnn, MrnnOnnxRnnAttrs,
+    mrnn_gru_keras, mrnn_gru_keras_backward, mrnn_gru_onnx, mrnn_gru_onnx_backward, mrnn_keras_gru_attrs_init,
+    mrnn_keras_gru_free, mrnn_keras_gru_new, mrnn_keras_gru_run, mrnn_keras_gru_run_backward, mrnn_keras_gru_run_train,
+    mrnn_keras_gru_set_weights, mrnn_keras_rnn_attrs_init, mrnn_keras_rnn_free, mrnn_keras_rnn_new, mrnn_keras_rnn_run,
+    mrnn_keras_rnn_run_backward, mrnn_keras_rnn_run_train, mrnn_keras_rnn_set_weights, mrnn_onnx_gru_attrs_init,
+    mrnn_onnx_gru_free, mrnn_onnx_gru_new, mrnn_onnx_gru_run, mrnn_onnx_gru_run_backward, mrnn_onnx_gru_run_train,
+    mrnn_onnx_gru_set_weights, mrnn_onnx_rnn_attrs_init, mrnn_onnx_rnn_free, mrnn_onnx_rnn_new, mrnn_onnx_rnn_run,
+    mrnn_onnx_rnn_run_backward, mrnn_onnx_rnn_run_train, mrnn_onnx_rnn_set_weights, mrnn_rnn_keras,
+    mrnn_rnn_keras_backward, mrnn_rnn_onnx, mrnn_rnn_onnx_backward, MrnnKerasGru, MrnnKerasGruAttrs, MrnnKerasRnn,
+    MrnnKerasRnnAttrs, MrnnOnnxGru, MrnnOnnxGruAttrs, MrnnOnnxRnn, MrnnOnnxRnnAttrs,
 };
 pub use handle::{
     mrnn_keras_lstm_free, mrnn_keras_lstm_new, mrnn_keras_lstm_run, mrnn_onnx_lstm_free, mrnn_onnx_lstm_new,

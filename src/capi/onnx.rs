@@ -341,7 +341,13 @@ pub(super) struct OnnxGradPtrs {
 }
 
 impl OnnxGradPtrs {
-    fn extents(&self, n: &OnnxSizes) -> [Option<Extent>; 10] {
+    /// Whether any gradient output is given.
+    pub(super) fn wants(&self) -> bool {
+        [self.dx, self.dw, self.dr, self.db, self.d_initial_h, self.d_initial_c, self.dp].iter().any(|p| !p.is_null())
+    }
+
+    /// Step 4 for the gradients: the upstream gradients, then the gradient outputs.
+    pub(super) fn extents(&self, n: &OnnxSizes) -> [Option<Extent>; 10] {
         [
             Extent::new("dy", self.dy, n.y, false),
             Extent::new("dy_h", self.dy_h, n.state, false),
@@ -371,7 +377,7 @@ impl OnnxGradPtrs {
     ///
     /// # Safety
     /// As [`OnnxOutputPtrs::slices`].
-    unsafe fn slices<'a>(&self, n: &OnnxSizes) -> (OnnxUpstream<'a>, OnnxGrads<'a>) {
+    pub(super) unsafe fn slices<'a>(&self, n: &OnnxSizes) -> (OnnxUpstream<'a>, OnnxGrads<'a>) {
         // SAFETY: forwarded from this function's contract.
         unsafe {
             (
@@ -445,7 +451,7 @@ impl<X: AsRef<[f32]>, L: AsRef<[i32]>> OnnxInput<X, L> {
 
 impl OnnxInput<&[f32], &[i32]> {
     /// The tape's own copies, so that the caller may reuse its buffers once `run_train` returns.
-    fn copy(&self) -> OnnxInput<Vec<f32>, Vec<i32>> {
+    pub(super) fn copy(&self) -> OnnxInput<Vec<f32>, Vec<i32>> {
         OnnxInput {
             t: self.t,
             b: self.b,
@@ -607,7 +613,7 @@ impl TrainKind for MrnnOnnxLstm {
     }
 
     fn wants(g: &OnnxGradPtrs) -> bool {
-        [g.dx, g.dw, g.dr, g.db, g.d_initial_h, g.d_initial_c, g.dp].iter().any(|p| !p.is_null())
+        g.wants()
     }
 
     unsafe fn forward_train(
@@ -651,9 +657,6 @@ impl TrainKind for MrnnOnnxLstm {
     }
 
     fn recorded(record: &Record) -> Option<&OnnxRecord> {
-        match record {
-            Record::Onnx(run) => Some(run),
-            Record::Keras(_) => None,
-        }
+        record.onnx()
     }
 }

@@ -41,7 +41,7 @@
 //! unique across kinds too).
 
 use super::keras::{KerasGradOutPtrs, KerasInput, KerasUpstreamPtrs};
-use super::layer::{one_shot_backward, run_backward, run_train, set_weights, Kind, TrainKind};
+use super::layer::{one_shot_backward, run_backward, run_train, set_weights, TrainKind};
 use super::onnx::OnnxInput;
 use super::*;
 use crate::frameworks::keras::KerasTape;
@@ -50,6 +50,8 @@ use crate::frameworks::onnx::OnnxTape;
 /// What one training run keeps for its backward (`MrnnTape` of `masked_rnn.h`), opaque to C.
 #[derive(Debug)]
 pub struct MrnnTape {
+    /// The kind of that handle, as messages name it (`Kind::NAME`: "Keras LSTM", "ONNX GRU", ...).
+    kind: &'static str,
     /// The id of the handle whose run made it.
     owner: u64,
     /// That handle's weights generation during the run.
@@ -64,19 +66,37 @@ const _: () = {
     shared_across_threads::<MrnnTape>();
 };
 
-/// The kind-specific part of a tape.
+/// The framework-specific part of a tape (the kind of handle is [`MrnnTape`]'s `kind`).
 #[derive(Debug)]
 pub(super) enum Record {
-    /// A run of a Keras LSTM handle.
+    /// A run of a Keras handle (LSTM, GRU or SimpleRNN).
     Keras(KerasRecord),
-    /// A run of an ONNX LSTM handle.
+    /// A run of an ONNX handle (LSTM, GRU or RNN).
     Onnx(OnnxRecord),
 }
 
-/// What a Keras LSTM run keeps: copies of its inputs (the mask as its valid steps) and its [`KerasTape`].
+impl Record {
+    /// The record of a Keras run, if it is one.
+    pub(super) fn keras(&self) -> Option<&KerasRecord> {
+        match self {
+            Record::Keras(run) => Some(run),
+            Record::Onnx(_) => None,
+        }
+    }
+
+    /// The record of an ONNX run, if it is one.
+    pub(super) fn onnx(&self) -> Option<&OnnxRecord> {
+        match self {
+            Record::Onnx(run) => Some(run),
+            Record::Keras(_) => None,
+        }
+    }
+}
+
+/// What a Keras run keeps: copies of its inputs (the mask as its valid steps) and its [`KerasTape`].
 pub(super) type KerasRecord = Recorded<KerasInput<Vec<f32>>, KerasTape>;
 
-/// What an ONNX LSTM run keeps: copies of its inputs and its [`OnnxTape`].
+/// What an ONNX run keeps: copies of its inputs and its [`OnnxTape`].
 pub(super) type OnnxRecord = Recorded<OnnxInput<Vec<f32>, Vec<i32>>, OnnxTape>;
 
 /// What a run keeps: its thread count (the backward uses the same), copies of its inputs (the caller may
@@ -89,26 +109,19 @@ pub(super) struct Recorded<I, T> {
 }
 
 impl MrnnTape {
-    /// The tape of a run of handle `owner` with its weights generation `generation`.
-    pub(super) fn new(owner: u64, generation: u64, record: Record) -> Self {
-        MrnnTape { owner, generation, record }
-    }
-
-    /// The kind of handle that made the tape, as messages name it.
-    fn kind(&self) -> &'static str {
-        match self.record {
-            Record::Keras(_) => MrnnKerasLstm::NAME,
-            Record::Onnx(_) => MrnnOnnxLstm::NAME,
-        }
+    /// The tape of a run of handle `owner`, of kind `kind`, with its weights generation `generation`.
+    pub(super) fn new(kind: &'static str, owner: u64, generation: u64, record: Record) -> Self {
+        MrnnTape { kind, owner, generation, record }
     }
 
     /// The tape's record, after checking that handle `id`, of kind `K`, made it with its weights
     /// generation `generation` (from the snapshot the backward will compute with).
     pub(super) fn made_by<K: TrainKind>(&self, id: u64, generation: u64) -> Result<&Recorded<K::Copies, K::Tape>> {
-        let Some(record) = K::recorded(&self.record) else {
+        // Kinds of one framework share their record's type: the kind's name tells them apart.
+        let Some(record) = K::recorded(&self.record).filter(|_| self.kind == K::NAME) else {
             return Err(Error::argument(format!(
                 "the tape was made by another handle, of another kind: {} handle #{}; this is {} handle #{id}",
-                self.kind(),
+                self.kind,
                 self.owner,
                 K::NAME
             )));
