@@ -1,17 +1,19 @@
 //! Keras `Bidirectional(GRU(...))` and `Bidirectional(SimpleRNN(...))` against Keras 3 itself (forward:
-//! `tools/fixtures/keras_gru_rnn_golden.py`) and against their plain references (bit for bit) with every
+//! `tools/fixtures/keras_gru_rnn_golden.py`; float64 gradients: `keras_gru_rnn_bidi_grad_golden.py`) and against their plain references (bit for bit) with every
 //! merge mode, both outputs, masks of every shape and initial states, on 1 and 2 threads; the training
 //! forward's outputs; and the errors of wrapping mismatched layers.
 
 mod common;
 
 use common::{fixtures, floats, mask, opt_floats, usize_of, FRAMEWORK_TOL};
-use masked_rnn::bidirectional::{BidirectionalState, BidirectionalTape, KerasBidirectional, MergeMode};
+use masked_rnn::bidirectional::{
+    BidirectionalGrads, BidirectionalState, BidirectionalTape, BidirectionalUpstream, KerasBidirectional, MergeMode,
+};
 use masked_rnn::fuzzing::close;
 use masked_rnn::keras::Recurrent;
 use masked_rnn::{
-    Activation, ErrorKind, GruWeights, HardSigmoidFlavor, KerasGru, KerasGruOptions, KerasLstm, KerasLstmOptions,
-    KerasRnnOptions, KerasSimpleRnn, LstmWeights, RnnWeights, SeqView,
+    Activation, ErrorKind, GruWeights, HardSigmoidFlavor, KerasGrads, KerasGru, KerasGruOptions, KerasLstm,
+    KerasLstmOptions, KerasRnnOptions, KerasSimpleRnn, LstmWeights, RnnWeights, SeqView,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -87,6 +89,110 @@ fn bidirectional_gru_fixtures_match_keras() {
 #[test]
 fn bidirectional_simple_rnn_fixtures_match_keras() {
     assert!(bidi_fixtures_match("keras_rnn", "keras_rnn_bidi") >= 7 * 2 * 3);
+}
+
+/// Largest `|got - want| / max(1, |want|)`; panics past 1e-4.
+fn check_grad(what: &str, got: &[f32], want: &Value, worst: &mut f64) {
+    let want: Vec<f64> = want.as_array().expect(what).iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        let err = (f64::from(g) - w).abs() / w.abs().max(1.0);
+        assert!(err <= 1e-4, "{what}[{k}]: {g} vs Keras {w}");
+        *worst = worst.max(err);
+    }
+}
+
+/// Each direction's parameter and initial-state gradient buffers: kernel, recurrent kernel, bias, h0.
+type DirGrads = [Vec<f32>; 4];
+
+/// `g` as a direction's gradient outputs.
+fn grads(g: &mut DirGrads) -> KerasGrads<'_> {
+    let [k, r, bias, h0] = g;
+    KerasGrads {
+        d_kernel: Some(k),
+        d_recurrent_kernel: Some(r),
+        d_bias: Some(bias),
+        d_initial_h: Some(h0),
+        ..Default::default()
+    }
+}
+
+/// The gradients of every Bidirectional fixture (dx, each direction's kernel, recurrent kernel, bias and
+/// initial state) within 1e-4 of Keras' float64 `GradientTape`, bitwise the same on 1 and 2 threads;
+/// returns the tensors compared.
+fn bidi_gradients_match(kind: &str) -> usize {
+    let (mut compared, mut worst) = (0, 0.0f64);
+    for (name, f) in fixtures("keras_bidi_grad_gru_rnn", kind) {
+        let (b, t, i, h) = (usize_of(&f["batch"]), usize_of(&f["time"]), usize_of(&f["input"]), usize_of(&f["hidden"]));
+        let merge = MergeMode::from_keras_name(f["merge_mode"].as_str()).unwrap();
+        let rs = f["return_sequences"].as_bool().unwrap();
+        let (fw, bw) = (layer(&f, &f["forward"], i, h), layer(&f, &f["backward"], i, h));
+        let lens = fw.keras_weight_lens();
+        let bidi = KerasBidirectional::from_layers(fw, bw, merge, rs).unwrap();
+        let view = SeqView::from_mask(&mask(&f["mask"]), b, t).unwrap();
+        let states: Option<[Vec<f32>; 2]> =
+            (!f["initial_state"].is_null()).then(|| ["h_f", "h_b"].map(|k| floats(&f["initial_state"][k])));
+        let init = states.as_ref().map(|s| BidirectionalState { h_f: &s[0], c_f: &[], h_b: &s[1], c_b: &[] });
+        let x = floats(&f["x"]);
+        let ups: Vec<Option<Vec<f32>>> =
+            ["dy", "dy_forward", "dy_backward", "d_h_f", "d_h_b"].iter().map(|k| opt_floats(&f[*k])).collect();
+        let up = BidirectionalUpstream {
+            dy: ups[0].as_deref(),
+            dy_forward: ups[1].as_deref(),
+            dy_backward: ups[2].as_deref(),
+            d_h_f: ups[3].as_deref(),
+            d_h_b: ups[4].as_deref(),
+            ..Default::default()
+        };
+        let run = |threads: usize| -> (Vec<f32>, [DirGrads; 2]) {
+            let mut tape = BidirectionalTape::new();
+            bidi.forward_train(&x, &view, init, &mut tape, threads).unwrap();
+            let mut dx = vec![f32::NAN; x.len()];
+            let fresh =
+                || [vec![f32::NAN; lens[0]], vec![f32::NAN; lens[1]], vec![f32::NAN; lens[2]], vec![f32::NAN; b * h]];
+            let (mut gf, mut gb) = (fresh(), fresh());
+            let g = BidirectionalGrads { dx: Some(&mut dx), forward: grads(&mut gf), backward: grads(&mut gb) };
+            let stats = bidi.backward(&x, &view, init, &tape, up, g, threads).unwrap();
+            assert_eq!(stats.steps_computed, 2 * view.total_valid(), "{name}: steps");
+            (dx, [gf, gb])
+        };
+        let (dx, dirs) = run(1);
+        let (dx2, dirs2) = run(2);
+        assert_eq!(bits(&dx), bits(&dx2), "{name}: dx on 2 threads");
+        assert_eq!(dirs, dirs2, "{name}: gradients on 2 threads");
+        check_grad(&format!("{name} dx"), &dx, &f["dx"], &mut worst);
+        compared += 1;
+        for (d, (key, g)) in ["d_forward", "d_backward"].iter().zip(&dirs).enumerate() {
+            let want = &f[*key];
+            check_grad(&format!("{name} {key} kernel"), &g[0], &want["kernel"], &mut worst);
+            check_grad(&format!("{name} {key} recurrent_kernel"), &g[1], &want["recurrent_kernel"], &mut worst);
+            compared += 2;
+            if !want["bias"].is_null() {
+                check_grad(&format!("{name} {key} bias"), &g[2], &want["bias"], &mut worst);
+                compared += 1;
+            }
+            if init.is_some() {
+                check_grad(&format!("{name} {key} initial h"), &g[3], &f["d_initial_state"][d], &mut worst);
+                compared += 1;
+            }
+        }
+    }
+    println!("{kind}: worst gradient error {worst:.2e}");
+    compared
+}
+
+#[test]
+fn bidirectional_gru_gradients_match_keras() {
+    assert!(bidi_gradients_match("keras_gru_bidi_grad") >= 10 * 5);
+}
+
+#[test]
+fn bidirectional_simple_rnn_gradients_match_keras() {
+    assert!(bidi_gradients_match("keras_rnn_bidi_grad") >= 8 * 5);
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
 }
 
 fn uniform(rng: &mut StdRng, n: usize, s: f32) -> Vec<f32> {

@@ -8,6 +8,7 @@ mod common;
 use common::{fixtures, floats, usize_of};
 use masked_rnn::bidirectional::{KerasBidirectional, MergeMode};
 use masked_rnn::cells::grads::PytorchLayout;
+use masked_rnn::keras::Recurrent;
 use masked_rnn::train::fit::{FitOptions, History, Shuffle};
 use masked_rnn::{
     Adam, ErrorKind, GruWeights, KerasGru, KerasGruOptions, KerasLstm, KerasLstmOptions, KerasRnnOptions,
@@ -34,21 +35,52 @@ fn lstm(l: &Value) -> KerasLstm {
     KerasLstm::new(w, KerasLstmOptions::default()).unwrap()
 }
 
-/// Keras `get_weights()` of the three LSTM layers, concatenated.
+/// A fixture's recurrent layer (`class` LSTM when absent, GRU, SimpleRNN), Keras' default options.
+fn recurrent(l: &Value) -> Recurrent {
+    let (i, h) = (usize_of(&l["input"]), usize_of(&l["hidden"]));
+    let (k, r, b) = (floats(&l["kernel"]), floats(&l["recurrent_kernel"]), floats(&l["bias"]));
+    match l["class"].as_str().unwrap_or("LSTM") {
+        "LSTM" => lstm(l).into(),
+        "GRU" => {
+            let reset_after = l["reset_after"].as_bool().unwrap();
+            let w = GruWeights::from_keras(i, h, &k, &r, Some(&b), reset_after).unwrap();
+            KerasGru::new(w, KerasGruOptions::default().reset_after(reset_after)).unwrap().into()
+        }
+        "SimpleRNN" => {
+            let w = RnnWeights::from_keras(i, h, &k, &r, Some(&b)).unwrap();
+            KerasSimpleRnn::new(w, KerasRnnOptions::default()).unwrap().into()
+        }
+        other => panic!("layer class {other}"),
+    }
+}
+
+/// Keras `get_weights()` of the recurrent layers, concatenated (a `Bidirectional`'s forward layer's, then
+/// its backward layer's).
 fn keras_weights(v: &Value) -> Vec<Vec<f32>> {
+    let one = |l: &Value| [floats(&l["kernel"]), floats(&l["recurrent_kernel"]), floats(&l["bias"])];
     v.as_array()
         .unwrap()
         .iter()
-        .flat_map(|l| [floats(&l["kernel"]), floats(&l["recurrent_kernel"]), floats(&l["bias"])])
+        .flat_map(|l| match l["class"].as_str() {
+            Some("Bidirectional") => [one(&l["forward"]), one(&l["backward"])].concat(),
+            _ => one(l).to_vec(),
+        })
         .collect()
 }
 
-/// The fixture's model at its initial weights: `Masking -> LSTM x3 -> x[:, slice:]`, plus `DropMask` when
-/// Keras' Lambda dropped the mask.
+/// The fixture's model at its initial weights: `Masking -> recurrent layers -> x[:, slice:]`, plus
+/// `DropMask` when Keras' Lambda dropped the mask.
 fn model(f: &Value, drop_mask: bool) -> Sequential {
     let mut m = Sequential::new().masking(f["mask_value"].as_f64().unwrap() as f32, MaskValueMode::Ieee);
     for l in f["initial_weights"].as_array().unwrap() {
-        m = m.lstm(lstm(l));
+        m = match l["class"].as_str() {
+            Some("Bidirectional") => {
+                let merge = MergeMode::from_keras_name(l["merge_mode"].as_str()).unwrap();
+                let (fw, bw) = (recurrent(&l["forward"]), recurrent(&l["backward"]));
+                m.bidirectional(KerasBidirectional::from_layers(fw, bw, merge, true).unwrap())
+            }
+            _ => m.recurrent(recurrent(l)),
+        };
     }
     m = m.time_slice(usize_of(&f["slice_start"]), None);
     if drop_mask {
@@ -113,16 +145,20 @@ fn fit_like_keras(
 
 #[test]
 fn keras_fit_fixtures_reproduced() {
-    let mut finals = Vec::new();
+    let (mut finals, mut fits) = (Vec::new(), 0);
     for (name, f) in fixtures("keras_fit", "keras_fit") {
         let carried = f["mask_carried"].as_bool().unwrap();
-        assert_eq!(f["loss"], "mae");
+        let (loss, unmasked) = match f["loss"].as_str().unwrap() {
+            "mae" => (Loss::MaskedMae, Loss::UnmaskedMae),
+            "mse" => (Loss::MaskedMse, Loss::UnmaskedMse),
+            other => panic!("{name}: loss {other}"),
+        };
         assert_eq!(f["shuffle"], false);
         let d = data(&f);
         let mut m = model(&f, !carried);
         assert_eq!(m.weights(), keras_weights(&f["initial_weights"]));
         let t0 = std::time::Instant::now();
-        let (h, after) = fit_like_keras(&mut m, &f, &d, Loss::MaskedMae, Shuffle::Off, 1).unwrap();
+        let (h, after) = fit_like_keras(&mut m, &f, &d, loss, Shuffle::Off, 1).unwrap();
         let fit_time = t0.elapsed();
 
         // Per-batch logs (running means weighted by samples), each batch's own loss, history.
@@ -158,7 +194,7 @@ fn keras_fit_fixtures_reproduced() {
 
         // evaluate (one batch of 10: per-batch and per-sample weighting agree) and predict.
         let batch = usize_of(&f["batch_size"]);
-        let ev = m.evaluate(&d.x_val, &d.y_val, batch, Loss::MaskedMae, 1).unwrap();
+        let ev = m.evaluate(&d.x_val, &d.y_val, batch, loss, 1).unwrap();
         let keras_ev = f["evaluate_val"].as_f64().unwrap();
         let w_eval = (ev - keras_ev).abs();
         assert_eq!(ev, *h.val_loss.last().unwrap(), "{name}: evaluate is the last val_loss");
@@ -180,13 +216,18 @@ fn keras_fit_fixtures_reproduced() {
         if !carried {
             // The same bug as an unmasked loss on the masked model: the same numbers, bit for bit.
             let mut m2 = model(&f, false);
-            let (h2, _) = fit_like_keras(&mut m2, &f, &d, Loss::UnmaskedMae, Shuffle::Off, 1).unwrap();
+            let (h2, _) = fit_like_keras(&mut m2, &f, &d, unmasked, Shuffle::Off, 1).unwrap();
             assert_eq!(bits(&m2.weights()), bits(&m.weights()), "{name}: DropMask vs unmasked loss");
             assert_eq!(h2.batch_loss, h.batch_loss);
         }
-        finals.push((carried, m.weights(), keras_weights(&f["final_weights"])));
+        if name.starts_with("seed_fit") {
+            finals.push((carried, m.weights(), keras_weights(&f["final_weights"])));
+        }
+        fits += 1;
     }
-    // The mask-dropped model learns something else, as in Keras: by about as much.
+    // Both seed models, and the GRU / SimpleRNN / Bidirectional stacks.
+    assert!(fits >= 4, "{fits} fits");
+    // The mask-dropped seed model learns something else, as in Keras: by about as much.
     assert_eq!(finals.len(), 2);
     let ours = worst_abs(&finals[0].1, &finals[1].1);
     let keras = worst_abs(&finals[0].2, &finals[1].2);
