@@ -152,6 +152,14 @@ fn keras_gru_rnn_equals_reference_10k_seeded_cases() {
     }
 }
 
+/// PyTorch GRU and RNN stacks, forward and backward: 3,000 seeded cases each (1,000 in debug builds).
+#[test]
+fn torch_gru_rnn_equals_reference_seeded_cases() {
+    let cases = if cfg!(debug_assertions) { 1_000 } else { 3_000 };
+    replay("torch GRU", cases, |d| fuzzing::torch_gru_rnn_equals_reference(&[&[0], d].concat()));
+    replay("torch RNN", cases, |d| fuzzing::torch_gru_rnn_equals_reference(&[&[1], d].concat()));
+}
+
 #[test]
 fn bidirectional_equals_reference_seeded_cases() {
     replay("bidirectional_equals_reference", 3_000, fuzzing::bidirectional_equals_reference);

@@ -22,8 +22,10 @@
 #![allow(clippy::manual_is_multiple_of)]
 
 mod keras_h;
+mod torch_h;
 
 pub use keras_h::{check_keras_gru_rnn, keras_gru_rnn_equals_reference, KerasHReport};
+pub use torch_h::torch_gru_rnn_equals_reference;
 
 use crate::cells::activation::Activation;
 use crate::cells::weights::LstmWeights;
