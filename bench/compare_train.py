@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time one masked LSTM training step of masked-rnn against PyTorch and Keras/TensorFlow.
+"""Time one masked LSTM or GRU training step of masked-rnn against PyTorch and Keras/TensorFlow.
 
 A training step is the forward pass (with whatever the framework keeps for the backward), the loss over
 the valid steps, the backward and an Adam update. Every framework gets the same zero-padded batch, the
@@ -42,11 +42,33 @@ import compare as fwd  # noqa: E402  (the forward harness: idle guard, CPU readi
 SEED = 20240607  # examples/train_step.rs: SEED
 
 # name: batch, time, input, stacked hidden sizes, (min length, max length), Masking layer first,
-# time slice x[:, slice:] after the LSTMs (mask carried), loss
+# time slice x[:, slice:] after the recurrent layers (mask carried), loss; cell "lstm" unless given, the
+# GRU with Keras' reset_after (False: the ONNX default placement of the reset gate, which PyTorch does not
+# compute, so its runners skip that workload)
 WORKLOADS = {
     "seed_fit": dict(B=15, T=362, I=24, H=[128, 64, 1], lens=(90, 362), masking=True, slice=5, loss="mae"),
     "mid_fit": dict(B=64, T=256, I=256, H=[256], lens=(32, 256), masking=False, slice=0, loss="mse"),
+    "gru_mid_fit": dict(B=64, T=256, I=256, H=[256], lens=(32, 256), masking=False, slice=0, loss="mse", cell="gru",
+                        reset_after=False),
+    "gru_torch_fit": dict(B=64, T=256, I=256, H=[256], lens=(32, 256), masking=False, slice=0, loss="mse",
+                          cell="gru", reset_after=True),
 }
+
+
+def cell_of(w):
+    """(cell, reset_after) of a workload."""
+    return w.get("cell", "lstm"), bool(w.get("reset_after", False))
+
+
+def torch_computes(w):
+    """PyTorch's GRU places the reset gate after the recurrent matmul (Keras reset_after=True) only."""
+    cell, reset_after = cell_of(w)
+    return cell == "lstm" or reset_after
+
+
+def keras_to_torch_gru(m, h):
+    """GRU gate blocks along the last axis: Keras z, r, h <-> PyTorch r, z, n (the same swap both ways)."""
+    return np.concatenate([m[..., h:2 * h], m[..., :h], m[..., 2 * h:]], axis=-1)
 
 FRAMEWORKS = ["masked-rnn", "torch-padded", "torch-packed", "keras"]
 LABELS = {"masked-rnn": "masked-rnn", "torch-padded": "torch padded", "torch-packed": "torch packed",
@@ -98,11 +120,14 @@ def make_data(w):
     x[~mask] = 0.0
     layers, n_in = [], I
     sums = {"lengths": int(lens.sum()), "x": bits_sum(x)}
+    cell, reset_after = cell_of(w)
+    g = 4 if cell == "lstm" else 3
     for l, h in enumerate(w["H"]):
         s = 1.0 / math.sqrt(h)
         st = 10 + 3 * l
-        k, r, b = (gen_uniform(st, (n_in, 4 * h), -s, s), gen_uniform(st + 1, (h, 4 * h), -s, s),
-                   gen_uniform(st + 2, (4 * h,), -s, s))
+        bias_shape = (2, 3 * h) if reset_after else (g * h,)
+        k, r, b = (gen_uniform(st, (n_in, g * h), -s, s), gen_uniform(st + 1, (h, g * h), -s, s),
+                   gen_uniform(st + 2, bias_shape, -s, s))
         sums.update({"kernel%d" % l: bits_sum(k), "recurrent%d" % l: bits_sum(r), "bias%d" % l: bits_sum(b)})
         layers.append((k, r, b))
         n_in = h
@@ -110,7 +135,7 @@ def make_data(w):
     sums["y"] = bits_sum(y)
     assert np.all(np.any(x != 0.0, axis=-1) == mask), "a valid step is all zeros: Masking(0.0) would mask it"
     return dict(x=x, lengths=lens, mask=mask, y=y, layers=layers, checksums=sums, slice=w["slice"], loss=w["loss"],
-                masking=w["masking"])
+                masking=w["masking"], cell=cell, reset_after=reset_after)
 
 
 def save_data(path, d):
@@ -173,14 +198,11 @@ def run_masked_rnn(spec, data):
         raise RuntimeError("the example generated other data: %s vs %s" % (res["checksums"], data["checksums"]))
     flat = np.fromfile(grads_path, dtype="<f4")
     grads, o = [], 0
-    n_in = data["x"].shape[2]
-    for _k, rec, _b in data["layers"]:
-        h = rec.shape[0]
-        for shape in ((n_in, 4 * h), (h, 4 * h), (4 * h,)):
+    for tensors in data["layers"]:  # Keras layout: the weights' own shapes
+        for shape in (t.shape for t in tensors):
             n = int(np.prod(shape))
             grads.append(flat[o:o + n].reshape(shape))
             o += n
-        n_in = h
     if o != flat.size:
         raise RuntimeError("gradient dump holds %d floats, expected %d" % (flat.size, o))
     out = dict(median_ms=res["median_ms"], min_ms=res["min_ms"], runs=res["runs"], times_ms=res["times_ms"],
@@ -199,14 +221,25 @@ def _torch_setup(data, threads, dtype):
     except RuntimeError:
         pass
     mods, n_in = [], data["x"].shape[2]
+    gru = data["cell"] == "gru"
+    if gru and not data["reset_after"]:
+        raise RuntimeError("PyTorch's GRU computes reset_after=True only")
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     for kernel, recurrent, bias in data["layers"]:
         H = recurrent.shape[0]
-        m = torch.nn.LSTM(n_in, H, batch_first=True)
-        with torch.no_grad():  # Keras i,f,c,o is PyTorch i,f,g,o: only transpose
-            m.weight_ih_l0.copy_(torch.from_numpy(np.ascontiguousarray(kernel.T)))
-            m.weight_hh_l0.copy_(torch.from_numpy(np.ascontiguousarray(recurrent.T)))
-            m.bias_ih_l0.copy_(torch.from_numpy(bias))
-            m.bias_hh_l0.zero_()
+        with torch.no_grad():
+            if gru:  # Keras z, r, h -> PyTorch r, z, n; bias [2, 3H]: input row, recurrent row
+                m = torch.nn.GRU(n_in, H, batch_first=True)
+                m.weight_ih_l0.copy_(t(keras_to_torch_gru(kernel, H).T))
+                m.weight_hh_l0.copy_(t(keras_to_torch_gru(recurrent, H).T))
+                m.bias_ih_l0.copy_(t(keras_to_torch_gru(bias[0], H)))
+                m.bias_hh_l0.copy_(t(keras_to_torch_gru(bias[1], H)))
+            else:  # Keras i,f,c,o is PyTorch i,f,g,o: only transpose
+                m = torch.nn.LSTM(n_in, H, batch_first=True)
+                m.weight_ih_l0.copy_(t(kernel.T))
+                m.weight_hh_l0.copy_(t(recurrent.T))
+                m.bias_ih_l0.copy_(t(bias))
+                m.bias_hh_l0.zero_()
         mods.append(m.to(dtype).train())
         n_in = H
     return mods
@@ -255,13 +288,19 @@ def prepare_torch(data, threads, packed, dtype_name="float32"):
     loss = forward()
     loss.backward()
     grads = []
+    g64 = lambda p: p.grad.double().numpy().copy()  # noqa: E731
     for mod in mods:
-        grads += [mod.weight_ih_l0.grad.T.double().numpy().copy(), mod.weight_hh_l0.grad.T.double().numpy().copy(),
-                  mod.bias_ih_l0.grad.double().numpy().copy()]
+        if data["cell"] == "gru":  # back to Keras' layout and gate order
+            H = mod.hidden_size
+            grads += [keras_to_torch_gru(g64(mod.weight_ih_l0).T, H), keras_to_torch_gru(g64(mod.weight_hh_l0).T, H),
+                      np.stack([keras_to_torch_gru(g64(mod.bias_ih_l0), H), keras_to_torch_gru(g64(mod.bias_hh_l0), H)])]
+        else:
+            grads += [g64(mod.weight_ih_l0).T, g64(mod.weight_hh_l0).T, g64(mod.bias_ih_l0)]
     loss0 = float(loss.item())
     opt.step()
-    how = ("pack_padded_sequence(enforce_sorted=False) -> LSTM x%d -> pad_packed_sequence" % len(mods) if packed
-           else "LSTM x%d on the padded tensor (padded steps computed)" % len(mods))
+    name = data["cell"].upper()
+    how = ("pack_padded_sequence(enforce_sorted=False) -> %s x%d -> pad_packed_sequence" % (name, len(mods))
+           if packed else "%s x%d on the padded tensor (padded steps computed)" % (name, len(mods)))
     info = dict(version=torch.__version__, call="%s, masked %s, backward, torch.optim.Adam; set_num_threads(%d)"
                 % (how, data["loss"].upper(), threads))
     return step, info, loss0, grads
@@ -282,7 +321,10 @@ def prepare_keras(data, threads, quick=False, keras_mode="auto"):
     h = keras.layers.Masking(mask_value=0.0)(inp)
     lstms = []
     for _k, recurrent, _b in data["layers"]:
-        layer = keras.layers.LSTM(recurrent.shape[0], return_sequences=True)
+        if data["cell"] == "gru":
+            layer = keras.layers.GRU(recurrent.shape[0], return_sequences=True, reset_after=data["reset_after"])
+        else:
+            layer = keras.layers.LSTM(recurrent.shape[0], return_sequences=True)
         h = layer(h)
         lstms.append(layer)
     if S:
@@ -334,8 +376,8 @@ def prepare_keras(data, threads, quick=False, keras_mode="auto"):
     compile_as(mode)
     first_losses[mode] = float(call())  # trace again: the model was recompiled
     info = dict(version="keras %s, tensorflow %s" % (keras.__version__, tf.__version__),
-                call="Model(Masking(0.0) -> LSTM x%d%s).train_on_batch, loss %r, Adam(); %s, intra_op=%d inter_op=1"
-                % (len(lstms), " -> Lambda(x[:, %d:], mask=mask[:, %d:])" % (S, S) if S else "", data["loss"], mode,
+                call="Model(Masking(0.0) -> %s x%d%s).train_on_batch, loss %r, Adam(); %s, intra_op=%d inter_op=1"
+                % ("GRU(reset_after=%s)" % data["reset_after"] if data["cell"] == "gru" else "LSTM", len(lstms), " -> Lambda(x[:, %d:], mask=mask[:, %d:])" % (S, S) if S else "", data["loss"], mode,
                    threads),
                 keras_mode=mode, keras_mode_trials_ms=trials, keras_first_step_loss=first_losses)
     return call, info, loss0, grads
@@ -472,7 +514,7 @@ def markdown(report):
     meta = report["meta"]
     fws = report["frameworks"]
     peers = [f for f in fws if f != "masked-rnn"]
-    out = ["# masked-rnn vs peer frameworks: one masked LSTM training step", ""]
+    out = ["# masked-rnn vs peer frameworks: one masked LSTM or GRU training step", ""]
     out.append("<!-- README section: paste from here to the end marker into the top-level README. -->")
     out.append("")
     out.append("### Training step")
@@ -480,7 +522,10 @@ def markdown(report):
     out.append("One training step (forward keeping what the backward needs, loss over the valid steps, backward "
                "through time, Adam update) of `seed_fit` (batch 15 of 362 x 24 steps, lengths 90..362, "
                "`Masking -> LSTM 128 -> 64 -> 1 -> x[:, 5:]` with the mask carried, masked MAE) and `mid_fit` "
-               "(batch 64 of 256 x 256, lengths 32..256, LSTM(256), masked MSE), median ms per step on %s "
+               "(batch 64 of 256 x 256, lengths 32..256, LSTM(256), masked MSE), and the same shape with GRU(256): "
+               "`gru_mid_fit` (Keras `reset_after=False`, the ONNX default placement of the reset gate, which "
+               "PyTorch does not compute) and `gru_torch_fit` (`reset_after=True`, PyTorch's GRU); median ms per "
+               "step on %s "
                "(%d cores), measured with `bench/compare_train.py`; every framework trains the same weights on "
                "the same batch, and its first-step gradients agree with masked-rnn's and with a float64 PyTorch "
                "reference (relative differences below)." % (meta["cpu_model"], meta["nproc"]))
@@ -510,12 +555,13 @@ def markdown(report):
     out.append("")
     out.append("Versions: " + ", ".join("%s %s" % (k, v) for k, v in meta["versions"].items()))
     out.append("")
-    out.append("| workload | B x T x I -> H | valid steps | loss |")
-    out.append("|---|---|---|---|")
+    out.append("| workload | cell | B x T x I -> H | valid steps | loss |")
+    out.append("|---|---|---|---|---|")
     for w in report["workload_order"]:
         d = report["workloads"][w]
-        out.append("| %s | %d x %d x %d -> %s%s | %.1f %% (lengths %d..%d) | masked %s |" % (
-            w, d["B"], d["T"], d["I"], " -> ".join(map(str, d["H"])),
+        cell = d.get("cell", "lstm").upper() + (" reset_after=%s" % d["reset_after"] if d.get("cell") == "gru" else "")
+        out.append("| %s | %s | %d x %d x %d -> %s%s | %.1f %% (lengths %d..%d) | masked %s |" % (
+            w, cell, d["B"], d["T"], d["I"], " -> ".join(map(str, d["H"])),
             " -> x[:, %d:]" % d["slice"] if d["slice"] else "", 100 * d["valid_fraction"], d["len_min"],
             d["len_max"], d["loss"].upper()))
     out.append("")
@@ -753,6 +799,7 @@ def main(argv):
             data = make_data(spec_w)
             lens = data["lengths"]
             report["workloads"][w] = dict(B=spec_w["B"], T=spec_w["T"], I=spec_w["I"], H=spec_w["H"],
+                                          cell=data["cell"], reset_after=data["reset_after"],
                                           lengths_range=list(spec_w["lens"]), len_min=int(lens.min()),
                                           len_max=int(lens.max()), slice=spec_w["slice"], loss=spec_w["loss"],
                                           masking=spec_w["masking"],
@@ -760,10 +807,11 @@ def main(argv):
                                           loss_steps=int(data["mask"][:, spec_w["slice"]:].sum()))
             path = os.path.join(tmp, w + ".npz")
             save_data(path, data)
-            dmeta = dict(checksums=data["checksums"], slice=data["slice"], loss=data["loss"], masking=data["masking"])
+            dmeta = dict(checksums=data["checksums"], slice=data["slice"], loss=data["loss"], masking=data["masking"],
+                         cell=data["cell"], reset_after=data["reset_after"])
             base = dict(workload=w, quick=args.quick, data=path, meta=dmeta, exe=exe, budget_s=budget,
                         keras_mode=args.keras_mode)
-            if reference:
+            if reference and torch_computes(spec_w):
                 spec = dict(base, framework="torch-f64", threads=1, out=os.path.join(tmp, "%s-torch-f64.json" % w))
                 res = run_worker(spec, args.timeout)
                 report["references"].append(res)
@@ -772,6 +820,8 @@ def main(argv):
                                                    else "ERROR " + res["error"][:300]), flush=True)
             for th in threads:
                 for f in active:
+                    if f.startswith("torch") and not torch_computes(spec_w):
+                        continue  # not this cell: the cell reads "-"
                     spec = dict(base, framework=f, threads=th, out=os.path.join(tmp, "%s-%s-%d.json" % (w, f, th)))
                     for attempt in range(1, args.retries + 2):
                         busy = fwd.wait_idle(args.wait_idle) if args.wait_idle > 0 else fwd.busy_cores()
