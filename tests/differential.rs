@@ -7,6 +7,7 @@ use masked_rnn::fuzzing::{
 use masked_rnn::onnx::{Direction, Layout};
 use masked_rnn::{kernel, Padding, Schedule, SeqView};
 use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 fn seeded(seed: u64) -> Vec<u8> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -110,24 +111,36 @@ fn onnx_equals_reference_seeded_cases() {
     replay_counting("onnx_equals_reference", 5_000, |d| fuzzing::check_onnx_case(&OnnxCase::from_bytes(d)));
 }
 
+/// The largest normwise backward difference from the float64 reference seen by the ONNX GRU / RNN replays
+/// (`f32` bits; nonnegative floats order as their bits).
+static ONNX_H_WORST: [AtomicU32; 2] = [AtomicU32::new(0), AtomicU32::new(0)];
+
+/// One ONNX GRU / RNN case, forward and backward, its backward's difference from the reference recorded.
+fn onnx_h_case(d: &[u8], cell: OnnxCell, slot: usize) -> Result<CaseReport, String> {
+    let case = OnnxCase::from_cell(d, kernel::selected(), None, cell);
+    let report = fuzzing::check_onnx_case(&case)?;
+    if let Some(w) = fuzzing::check_h_backward(&case)? {
+        ONNX_H_WORST[slot].fetch_max(w.to_bits(), Ordering::Relaxed);
+    }
+    Ok(report)
+}
+
 /// The GRU and RNN operators, forward and backward: 10,000 seeded cases each (the GRU's split between its
-/// two placements of the reset gate by the bytes).
+/// two placements of the reset gate by the bytes). Weights up to 1 in magnitude, not scaled by the fan-in
+/// (unlike the Keras cases), so float32 rounding grows through the recurrence: the worst normwise
+/// difference from the float64 reference is printed.
 #[test]
 fn onnx_gru_equals_reference_10k_seeded_cases() {
-    replay_counting("onnx_gru_equals_reference", 10_000, |d| {
-        let case = OnnxCase::from_cell(d, kernel::selected(), None, OnnxCell::Gru);
-        let report = fuzzing::check_onnx_case(&case)?;
-        fuzzing::check_h_backward(&case).map(|()| report)
-    });
+    replay_counting("onnx_gru_equals_reference", 10_000, |d| onnx_h_case(d, OnnxCell::Gru, 0));
+    let worst = f32::from_bits(ONNX_H_WORST[0].load(Ordering::Relaxed));
+    eprintln!("onnx GRU backward: worst normwise difference from the float64 reference {worst:.2e}");
 }
 
 #[test]
 fn onnx_rnn_equals_reference_10k_seeded_cases() {
-    replay_counting("onnx_rnn_equals_reference", 10_000, |d| {
-        let case = OnnxCase::from_cell(d, kernel::selected(), None, OnnxCell::Rnn);
-        let report = fuzzing::check_onnx_case(&case)?;
-        fuzzing::check_h_backward(&case).map(|()| report)
-    });
+    replay_counting("onnx_rnn_equals_reference", 10_000, |d| onnx_h_case(d, OnnxCell::Rnn, 1));
+    let worst = f32::from_bits(ONNX_H_WORST[1].load(Ordering::Relaxed));
+    eprintln!("onnx RNN backward: worst normwise difference from the float64 reference {worst:.2e}");
 }
 
 /// The Keras GRU and SimpleRNN layers, forward and backward: 10,000 seeded cases each in release builds
@@ -137,7 +150,7 @@ fn onnx_rnn_equals_reference_10k_seeded_cases() {
 fn keras_gru_rnn_equals_reference_10k_seeded_cases() {
     let cases: u64 = if cfg!(debug_assertions) { 2_000 } else { 10_000 };
     for (cell, first) in [("GRU", 0u8), ("SimpleRNN", 1u8)] {
-        let (mut compared, mut steps) = (0, 0);
+        let (mut compared, mut steps, mut worst) = (0, 0, 0.0f32);
         for seed in 0..cases {
             let mut data = seeded(seed);
             data.insert(0, first);
@@ -146,8 +159,14 @@ fn keras_gru_rnn_equals_reference_10k_seeded_cases() {
             assert_eq!(report.gru, cell == "GRU");
             compared += usize::from(report.compared);
             steps += report.steps;
+            worst = worst.max(report.worst);
         }
-        eprintln!("keras {cell}: {cases} cases, {steps} valid steps, {compared} compared with the float64 reference");
+        eprintln!(
+            "keras {cell}: {cases} cases, {steps} valid steps, {compared} compared with the float64 reference, worst \
+             normwise difference {worst:.2e}"
+        );
+        // The issue's bound for the backward on these (fan-in scaled) layers.
+        assert!(worst <= 1e-5, "{cell}: worst normwise difference {worst:e} from the float64 reference");
         assert!(compared as u64 >= cases / 4, "{cell}: only {compared} cases compared with the reference");
     }
 }

@@ -191,6 +191,9 @@ pub struct KerasHReport {
     /// Whether the gradients were compared with the float64 ONNX reference (smooth activations, finite
     /// valid inputs, a valid step somewhere).
     pub compared: bool,
+    /// The largest normwise difference from the reference: `|got - expected| / max(1, max |expected|)`
+    /// over every element of every gradient tensor (0 when not compared).
+    pub worst: f32,
     /// Valid steps.
     pub steps: usize,
 }
@@ -240,8 +243,9 @@ pub fn check_keras_gru_rnn(data: &[u8]) -> Result<KerasHReport, String> {
     if b > 1 && c.alone {
         check_alone(&c, &g1)?;
     }
-    let compared = check_against_onnx(&c)?;
-    Ok(KerasHReport { gru: matches!(c.layer, Recurrent::Gru(_)), compared, steps: valid })
+    let worst = check_against_onnx(&c)?;
+    let gru = matches!(c.layer, Recurrent::Gru(_));
+    Ok(KerasHReport { gru, compared: worst.is_some(), worst: worst.unwrap_or(0.0), steps: valid })
 }
 
 /// Each sequence alone gets bitwise the `dx` and initial-state gradient it has in the batch.
@@ -264,8 +268,8 @@ fn check_alone(c: &Case, batch: &[Vec<f32>; 5]) -> Result<(), String> {
 
 /// For smooth activations and finite valid inputs: the backward of the upstream at valid steps and of
 /// `h_n` equals the float64 ONNX reference backward over each sequence's valid steps packed in processing
-/// order. Returns whether it compared.
-fn check_against_onnx(c: &Case) -> Result<bool, String> {
+/// order. Returns the largest normwise difference, if it compared.
+fn check_against_onnx(c: &Case) -> Result<Option<f32>, String> {
     let smooth = |a: Activation| matches!(a, Activation::Sigmoid | Activation::Tanh | Activation::Softsign);
     let (view, h, i) = (&c.view, c.layer.units(), c.layer.input_size());
     let (b, t) = (view.batch(), view.time());
@@ -275,7 +279,7 @@ fn check_against_onnx(c: &Case) -> Result<bool, String> {
             .all(|(e, v)| v.is_finite() || !view.is_valid(e / (t * i).max(1), (e / i.max(1)) % t.max(1)));
     let packed_t = (0..b).map(|s| view.valid_len(s)).max().unwrap_or(0);
     if !smooth(c.acts.0) || !smooth(c.acts.1) || !finite || packed_t == 0 {
-        return Ok(false);
+        return Ok(None);
     }
     // Processing position p reads time p (time t - 1 - p with go_backwards); y position p holds it.
     let time_of = |p: usize| if c.go_backwards { t - 1 - p } else { p };
@@ -349,11 +353,13 @@ fn check_against_onnx(c: &Case) -> Result<bool, String> {
         dh0[s * h..(s + 1) * h].copy_from_slice(&d_h_n[s * h..(s + 1) * h]);
     }
     let expected = [dx, transpose(&want.dw, g * h, i), transpose(&want.dr, g * h, h), keras_bias, dh0];
+    let mut worst = 0.0f32;
     for ((name, got), exp) in GRAD_NAMES.iter().zip(&got).zip(&expected) {
         let scale = exp.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        worst = got.iter().zip(exp).fold(worst, |w, (g, e)| w.max((g - e).abs() / scale));
         let scaled = |v: &[f32]| v.iter().map(|x| x / scale).collect::<Vec<f32>>();
         near(name, &scaled(got), &scaled(exp), H_BACKWARD_TOL)
             .map_err(|e| format!("{e} (against the ONNX reference; activations {:?})", c.acts))?;
     }
-    Ok(true)
+    Ok(Some(worst))
 }

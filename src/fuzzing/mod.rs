@@ -821,15 +821,16 @@ pub fn onnx_gru_rnn_equals_reference(data: &[u8]) -> Result<(), String> {
     };
     let case = OnnxCase::from_cell(rest, crate::kernel::selected(), None, cell);
     check_onnx_case(&case)?;
-    check_h_backward(&case)
+    check_h_backward(&case).map(drop)
 }
 
 /// The backward properties of a `GRU` / `RNN` case: the training forward and the backward compute the
 /// valid steps only, every gradient element is written, `dX` is `+0.0` past each length, the gradients
 /// are bitwise the same on 1 and 2 threads, and, for smooth bounded activations without a clip (no kink
 /// where float32 and float64 may fall on different sides), they equal the float64 reference backward
-/// within [`H_BACKWARD_TOL`].
-pub fn check_h_backward(case: &OnnxCase) -> Result<(), String> {
+/// within [`H_BACKWARD_TOL`]. Returns the largest normwise difference from the reference (`|got -
+/// expected| / max(1, max |expected|)` over every gradient tensor) when it compared.
+pub fn check_h_backward(case: &OnnxCase) -> Result<Option<f32>, String> {
     use crate::frameworks::onnx::{Layout, OnnxGrads, OnnxGradsResult, OnnxOutputs, OnnxTape, OnnxUpstream};
     let (direction, layout, i, h) = case.node.shape();
     let (t, b, d_n) = (case.seq_length, case.batch, direction.count());
@@ -843,7 +844,7 @@ pub fn check_h_backward(case: &OnnxCase) -> Result<(), String> {
     let g = match &case.node {
         OnnxNode::Gru(_) => 3,
         OnnxNode::Rnn(_) => 1,
-        OnnxNode::Lstm(_) => return Ok(()),
+        OnnxNode::Lstm(_) => return Ok(None),
     };
     let run = |threads: usize| -> Result<(OnnxGradsResult, ForwardStats, ForwardStats), String> {
         let fill = |n: usize| vec![f32::from_bits(UNWRITTEN); n];
@@ -926,6 +927,7 @@ pub fn check_h_backward(case: &OnnxCase) -> Result<(), String> {
                 case.x[o..o + i].iter().all(|v| v.is_finite())
             })
         });
+    let mut worst = None;
     if clip.is_none() && acts.iter().all(smooth) && finite {
         let want = match &case.node {
             OnnxNode::Gru(n) => n.backward_reference(&case.x, t, b, lens, h0, up),
@@ -943,11 +945,13 @@ pub fn check_h_backward(case: &OnnxCase) -> Result<(), String> {
             // Normwise: a weight gradient is a sum over every valid step, and the recurrence may amplify
             // float32 rounding; each element within the tolerance of the tensor's largest magnitude.
             let scale = exp.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let w = got.iter().zip(exp.iter()).fold(worst.unwrap_or(0.0f32), |w, (g, e)| w.max((g - e).abs() / scale));
+            worst = Some(w);
             let scaled = |v: &[f32]| v.iter().map(|x| x / scale).collect::<Vec<f32>>();
             near(what, &scaled(got), &scaled(exp), H_BACKWARD_TOL).map_err(|e| format!("{e}; activations {acts:?}"))?;
         }
     }
-    Ok(())
+    Ok(worst)
 }
 
 /// Tolerance of a `GRU` / `RNN` backward against the float64 reference in [`onnx_gru_rnn_equals_reference`],
