@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time masked-rnn against ONNX Runtime, PyTorch and Keras/TensorFlow on masked LSTM forward passes.
+"""Time masked-rnn against ONNX Runtime, PyTorch and Keras/TensorFlow on masked LSTM and GRU forward passes.
 
 Every framework gets the same zero-padded input, the same lengths and the same weights. Each
 (framework, workload, threads) combination runs in its own subprocess so that thread settings are
@@ -37,13 +37,19 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 CRATE_DIR = os.path.dirname(BENCH_DIR)
 SEED = 20240607
 
-# name: batch, time, input, hidden sizes of the stacked layers, (min length, max length)
+# name: batch, time, input, hidden sizes of the stacked layers, (min length, max length); GRU workloads also
+# say where the reset gate goes: reset_after=True is Keras' default, PyTorch's only GRU and ONNX
+# linear_before_reset = 1; reset_after=False is the ONNX default linear_before_reset = 0.
 WORKLOADS = {
     "seed": dict(B=100, T=362, I=24, H=[128, 64, 1], lens=(90, 362)),
     "mid": dict(B=64, T=256, I=256, H=[256], lens=(32, 256)),
     "mid_full": dict(B=64, T=256, I=256, H=[256], lens=(256, 256)),
     "latency": dict(B=1, T=128, I=512, H=[512], lens=(128, 128)),
+    "gru_mid": dict(B=64, T=256, I=256, H=[256], lens=(32, 256), cell="gru", reset_after=False),
+    "gru_torch": dict(B=64, T=256, I=256, H=[256], lens=(32, 256), cell="gru", reset_after=True),
+    "gru_stream": dict(B=1, T=200, I=80, H=[256], lens=(200, 200), cell="gru", reset_after=True),
 }
+CELLS = ["lstm", "gru"]
 SWEEP_SHAPE = dict(B=64, T=256, I=256, H=[256])
 SWEEP_RATIOS = [0.0, 0.25, 0.5, 0.75]
 
@@ -89,8 +95,21 @@ def sweep_lengths(B, T, ratio, rng):
     return lens.astype(np.int32)
 
 
-def make_data(B, T, I, H, lens=None, lo=None, hi=None, seed=SEED):
-    """x [B,T,I] float32 zero-padded at the end, lengths [B] int32, mask [B,T] uint8, Keras weights."""
+def cell_variant(cell, reset_after):
+    """What a workload's cell is, for the tables."""
+    if cell == "lstm":
+        return "LSTM"
+    return "GRU, reset %s (ONNX linear_before_reset=%d, Keras reset_after=%s)" % (
+        "after" if reset_after else "before", int(reset_after), reset_after)
+
+
+def make_data(B, T, I, H, lens=None, lo=None, hi=None, seed=SEED, cell="lstm", reset_after=False):
+    """x [B,T,I] float32 zero-padded at the end, lengths [B] int32, mask [B,T] uint8, Keras weights: LSTM
+    kernel [I,4H] i,f,c,o and bias [4H]; GRU kernel [I,3H] z,r,h and bias [2,3H] (input row, recurrent row)
+    with reset_after, else [3H]. The draws come in the same order for both cells: same shapes and seed give
+    the same lengths and inputs."""
+    assert cell in CELLS, cell
+    gates = 4 if cell == "lstm" else 3
     rng = np.random.default_rng(seed)
     if lens is None:
         lens = rng.integers(lo, hi + 1, size=B).astype(np.int32)
@@ -101,38 +120,68 @@ def make_data(B, T, I, H, lens=None, lo=None, hi=None, seed=SEED):
     n_in = I
     for h in H:
         s = 1.0 / math.sqrt(h)
-        kernel = rng.uniform(-s, s, size=(n_in, 4 * h)).astype(np.float32)
-        recurrent = rng.uniform(-s, s, size=(h, 4 * h)).astype(np.float32)
-        bias = rng.uniform(-s, s, size=(4 * h,)).astype(np.float32)
+        kernel = rng.uniform(-s, s, size=(n_in, gates * h)).astype(np.float32)
+        recurrent = rng.uniform(-s, s, size=(h, gates * h)).astype(np.float32)
+        bias_shape = (2, 3 * h) if cell == "gru" and reset_after else (gates * h,)
+        bias = rng.uniform(-s, s, size=bias_shape).astype(np.float32)
         layers.append((kernel, recurrent, bias))
         n_in = h
-    return dict(x=np.ascontiguousarray(x), lengths=lens, mask=mask, layers=layers)
+    return dict(x=np.ascontiguousarray(x), lengths=lens, mask=mask, layers=layers, cell=cell,
+                reset_after=bool(reset_after and cell == "gru"))
+
+
+def sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def _lstm_step_f64(xk_t, state, r, _rb):
+    """One Keras LSTM step: xk_t = x.kernel + bias, gates i,f,c,o; returns the new (h, c)."""
+    h, c = state
+    H = r.shape[0]
+    z = xk_t + h @ r
+    i, f, g, o = sigmoid(z[:, :H]), sigmoid(z[:, H:2 * H]), np.tanh(z[:, 2 * H:3 * H]), sigmoid(z[:, 3 * H:])
+    c_new = f * c + i * g
+    return o * np.tanh(c_new), c_new
+
+
+def _gru_step_f64(xk_t, state, r, rb):
+    """One Keras GRU step: xk_t = x.kernel + input bias, gates z,r,h. rb is the recurrent bias row
+    (reset_after: h~ = tanh(x.Wh + bh + r * (h.Uh + rbh))) or None (reset before: h~ = tanh(x.Wh + bh +
+    (r * h).Uh)). Returns (h',) with h' = z * h + (1 - z) * h~ (ONNX, PyTorch: (1 - z) * h~ + z * h)."""
+    (h,) = state
+    H = r.shape[0]
+    if rb is not None:
+        hr = h @ r + rb
+        z = sigmoid(xk_t[:, :H] + hr[:, :H])
+        rr = sigmoid(xk_t[:, H:2 * H] + hr[:, H:2 * H])
+        cand = np.tanh(xk_t[:, 2 * H:] + rr * hr[:, 2 * H:])
+    else:
+        z = sigmoid(xk_t[:, :H] + h @ r[:, :H])
+        rr = sigmoid(xk_t[:, H:2 * H] + h @ r[:, H:2 * H])
+        cand = np.tanh(xk_t[:, 2 * H:] + (rr * h) @ r[:, 2 * H:])
+    return (z * h + (1.0 - z) * cand,)
 
 
 def numpy_reference(data):
-    """Keras LSTM stack in float64, padded steps carried over (only valid steps are ever compared)."""
+    """The Keras LSTM or GRU stack in float64, written from the equations (not from any framework), padded
+    steps carried over (only valid steps are ever compared)."""
     h_seq = data["x"].astype(np.float64)
     mask = data["mask"].astype(bool)
     B, T, _ = h_seq.shape
+    lstm = data["cell"] == "lstm"
+    step = _lstm_step_f64 if lstm else _gru_step_f64
     for kernel, recurrent, bias in data["layers"]:
         k, r, b = kernel.astype(np.float64), recurrent.astype(np.float64), bias.astype(np.float64)
         H = r.shape[0]
-        xk = h_seq @ k + b  # [B,T,4H]
-        h = np.zeros((B, H))
-        c = np.zeros((B, H))
+        b_in, b_rec = (b[0], b[1]) if b.ndim == 2 else (b, None)
+        xk = h_seq @ k + b_in  # [B,T,gates*H]
+        state = tuple(np.zeros((B, H)) for _ in range(2 if lstm else 1))
         out = np.zeros((B, T, H))
         for t in range(T):
-            z = xk[:, t] + h @ r
-            i = 1.0 / (1.0 + np.exp(-z[:, :H]))
-            f = 1.0 / (1.0 + np.exp(-z[:, H:2 * H]))
-            g = np.tanh(z[:, 2 * H:3 * H])
-            o = 1.0 / (1.0 + np.exp(-z[:, 3 * H:]))
-            c_new = f * c + i * g
-            h_new = o * np.tanh(c_new)
+            new = step(xk[:, t], state, r, b_rec)
             m = mask[:, t][:, None]
-            c = np.where(m, c_new, c)
-            h = np.where(m, h_new, h)
-            out[:, t] = h
+            state = tuple(np.where(m, n, o) for n, o in zip(new, state))
+            out[:, t] = state[0]
         h_seq = out
     return h_seq.astype(np.float32)
 
@@ -146,7 +195,8 @@ def valid_max_abs_diff(y, ref, mask):
 
 
 def save_data(path, data, refs):
-    arrays = dict(x=data["x"], lengths=data["lengths"], mask=data["mask"])
+    arrays = dict(x=data["x"], lengths=data["lengths"], mask=data["mask"], cell=np.array(data["cell"]),
+                  reset_after=np.array(int(data["reset_after"])))
     for n, (k, r, b) in enumerate(data["layers"]):
         arrays["k%d" % n], arrays["r%d" % n], arrays["b%d" % n] = k, r, b
     for name, y in refs.items():
@@ -162,27 +212,43 @@ def load_data(path):
         layers.append((z["k%d" % n], z["r%d" % n], z["b%d" % n]))
         n += 1
     refs = {k[4:]: z[k] for k in z.files if k.startswith("ref_")}
-    return dict(x=z["x"], lengths=z["lengths"], mask=z["mask"], layers=layers), refs
+    return dict(x=z["x"], lengths=z["lengths"], mask=z["mask"], layers=layers, cell=str(z["cell"]),
+                reset_after=bool(z["reset_after"])), refs
 
 
 # ----------------------------------------------------------------------------------------------
 # masked-rnn through its C ABI
 
 
+# The fields MrnnKerasLstmAttrs and MrnnKerasGruAttrs (include/masked_rnn.h) begin with.
+_KERAS_ATTRS_HEAD = [
+    ("batch_size", ctypes.c_int64),
+    ("seq_length", ctypes.c_int64),
+    ("input_size", ctypes.c_int64),
+    ("hidden_size", ctypes.c_int64),
+    ("go_backwards", ctypes.c_int32),
+    ("zero_output_for_mask", ctypes.c_int32),
+    ("activation", ctypes.c_int32),
+    ("recurrent_activation", ctypes.c_int32),
+    ("recurrent_alpha", ctypes.c_float),
+    ("recurrent_beta", ctypes.c_float),
+]
+
+
 class MrnnKerasLstmAttrs(ctypes.Structure):
-    _fields_ = [
-        ("batch_size", ctypes.c_int64),
-        ("seq_length", ctypes.c_int64),
-        ("input_size", ctypes.c_int64),
-        ("hidden_size", ctypes.c_int64),
-        ("go_backwards", ctypes.c_int32),
-        ("zero_output_for_mask", ctypes.c_int32),
-        ("activation", ctypes.c_int32),
-        ("recurrent_activation", ctypes.c_int32),
-        ("recurrent_alpha", ctypes.c_float),
-        ("recurrent_beta", ctypes.c_float),
-        ("num_threads", ctypes.c_int32),
-    ]
+    _fields_ = _KERAS_ATTRS_HEAD + [("num_threads", ctypes.c_int32)]
+
+
+class MrnnKerasGruAttrs(ctypes.Structure):
+    _fields_ = _KERAS_ATTRS_HEAD + [("reset_after", ctypes.c_int32), ("num_threads", ctypes.c_int32)]
+
+
+# The Keras-style handle functions of each cell: attrs struct, and the NULL state pointers of _run between
+# the mask and y (LSTM initial_h, initial_c; GRU initial_h) and after y (last_output, h_n[, c_n]).
+MRNN_CELL = {
+    "lstm": dict(attrs=MrnnKerasLstmAttrs, prefix="mrnn_keras_lstm", n_init=2, n_after=3),
+    "gru": dict(attrs=MrnnKerasGruAttrs, prefix="mrnn_keras_gru", n_init=1, n_after=2),
+}
 
 
 def default_lib_path():
@@ -214,18 +280,21 @@ def load_lib(path):
     lib = ctypes.CDLL(path)
     lib.mrnn_version.restype = ctypes.c_char_p
     lib.mrnn_last_error.restype = ctypes.c_char_p
-    lib.mrnn_keras_lstm_attrs_init.argtypes = [ctypes.POINTER(MrnnKerasLstmAttrs)]
-    lib.mrnn_keras_lstm_attrs_init.restype = ctypes.c_int32
     lib.mrnn_lstm_keras.argtypes = [ctypes.POINTER(MrnnKerasLstmAttrs)] + [ctypes.c_void_p] * 11
     lib.mrnn_lstm_keras.restype = ctypes.c_int32
     # Handles: weights packed once by _new, then _run per forward pass, _free at the end.
-    lib.mrnn_keras_lstm_new.argtypes = [ctypes.POINTER(MrnnKerasLstmAttrs)] + [ctypes.c_void_p] * 3 + [
-        ctypes.POINTER(ctypes.c_void_p)]
-    lib.mrnn_keras_lstm_new.restype = ctypes.c_int32
-    lib.mrnn_keras_lstm_run.argtypes = [ctypes.c_void_p, ctypes.POINTER(MrnnKerasLstmAttrs)] + [ctypes.c_void_p] * 8
-    lib.mrnn_keras_lstm_run.restype = ctypes.c_int32
-    lib.mrnn_keras_lstm_free.argtypes = [ctypes.c_void_p]
-    lib.mrnn_keras_lstm_free.restype = None
+    for c in MRNN_CELL.values():
+        if not hasattr(lib, c["prefix"] + "_new"):  # an older build without this cell
+            continue
+        attrs_p = ctypes.POINTER(c["attrs"])
+        for suffix, args, res in (
+                ("_attrs_init", [attrs_p], ctypes.c_int32),
+                ("_new", [attrs_p] + [ctypes.c_void_p] * 3 + [ctypes.POINTER(ctypes.c_void_p)], ctypes.c_int32),
+                ("_run", [ctypes.c_void_p, attrs_p] + [ctypes.c_void_p] * (3 + c["n_init"] + c["n_after"]),
+                 ctypes.c_int32),
+                ("_free", [ctypes.c_void_p], None)):
+            f = getattr(lib, c["prefix"] + suffix)
+            f.argtypes, f.restype = args, res
     return lib
 
 
@@ -236,9 +305,14 @@ def check_status(lib, status, what):
 
 
 def prepare_masked_rnn(data, threads, lib_path):
-    """One handle per layer (mrnn_keras_lstm_new: weights checked and packed once, here, outside the timed
-    region, as ONNX Runtime packs its weights when the session is created); fn() runs them in turn."""
+    """One handle per layer (mrnn_keras_lstm_new / mrnn_keras_gru_new: weights checked and packed once, here,
+    outside the timed region, as ONNX Runtime packs its weights when the session is created); fn() runs them
+    in turn."""
     lib = load_lib(lib_path)
+    cell = MRNN_CELL[data["cell"]]
+    pre = cell["prefix"]
+    if not hasattr(lib, pre + "_new"):
+        raise RuntimeError("%s has no %s_new (a build older than the %s handles)" % (lib_path, pre, data["cell"]))
     x, mask = data["x"], np.ascontiguousarray(data["mask"])
     B, T, I = x.shape
     calls = []  # (attrs, handle, x, weights, y): y of a layer is x of the next
@@ -246,19 +320,21 @@ def prepare_masked_rnn(data, threads, lib_path):
 
     def free_all():
         while calls:
-            lib.mrnn_keras_lstm_free(calls.pop()[1])
+            getattr(lib, pre + "_free")(calls.pop()[1])
 
     try:
         for kernel, recurrent, bias in data["layers"]:
             H = recurrent.shape[0]
-            attrs = MrnnKerasLstmAttrs()
-            check_status(lib, lib.mrnn_keras_lstm_attrs_init(ctypes.byref(attrs)), "mrnn_keras_lstm_attrs_init")
+            attrs = cell["attrs"]()
+            check_status(lib, getattr(lib, pre + "_attrs_init")(ctypes.byref(attrs)), pre + "_attrs_init")
             attrs.batch_size, attrs.seq_length, attrs.input_size, attrs.hidden_size = B, T, cur.shape[2], H
             attrs.num_threads = threads
+            if data["cell"] == "gru":
+                attrs.reset_after = int(data["reset_after"])
             w = [np.ascontiguousarray(a, dtype=np.float32) for a in (kernel, recurrent, bias)]
             handle = ctypes.c_void_p()
-            check_status(lib, lib.mrnn_keras_lstm_new(ctypes.byref(attrs), w[0].ctypes.data, w[1].ctypes.data,
-                                                      w[2].ctypes.data, ctypes.byref(handle)), "mrnn_keras_lstm_new")
+            check_status(lib, getattr(lib, pre + "_new")(ctypes.byref(attrs), w[0].ctypes.data, w[1].ctypes.data,
+                                                         w[2].ctypes.data, ctypes.byref(handle)), pre + "_new")
             y = np.zeros((B, T, H), dtype=np.float32)
             calls.append((attrs, handle, cur, w, y))
             cur = y
@@ -266,21 +342,23 @@ def prepare_masked_rnn(data, threads, lib_path):
         free_all()
         raise
     mask_p = mask.ctypes.data
+    init, after = (None,) * cell["n_init"], (None,) * cell["n_after"]  # no initial states, y only
     plan = [(h, ctypes.byref(a), xi.ctypes.data, y.ctypes.data) for a, h, xi, _w, y in calls]
     keep = (calls, mask)  # keep the buffers alive while fn is
-    fn_run = lib.mrnn_keras_lstm_run
+    fn_run = getattr(lib, pre + "_run")
 
     def fn():
         for h, a, xp, yp in plan:
-            st = fn_run(h, a, xp, mask_p, None, None, yp, None, None, None)
+            st = fn_run(h, a, xp, mask_p, *init, yp, *after)
             if st != 0:
-                check_status(lib, st, "mrnn_keras_lstm_run")
+                check_status(lib, st, pre + "_run")
         return keep[0][-1][4]
 
     fn.close = free_all  # the worker frees the handles after the timed runs
     info = dict(version=lib.mrnn_version().decode(),
-                call="mrnn_keras_lstm_run via ctypes (handles from mrnn_keras_lstm_new, created before timing), "
-                     "num_threads=%d" % threads)
+                call="%s_run via ctypes (handles from %s_new, created before timing), num_threads=%d%s"
+                     % (pre, pre, threads,
+                        ", reset_after=%d" % data["reset_after"] if data["cell"] == "gru" else ""))
     return fn, (lambda out: out), info
 
 
@@ -296,10 +374,34 @@ def masked_rnn_reference(data, lib_path):
 # Peers. Each prepare_* returns (fn, to_numpy, info); fn() is the timed forward pass.
 
 
+def reorder_gates(a, H, order):
+    """Split the last axis into gate blocks of H and put them in `order` (indices of the blocks)."""
+    return np.concatenate([a[..., n * H:(n + 1) * H] for n in order], axis=-1)
+
+
 def keras_to_onnx_gates(a, H):
-    """Split the last axis into Keras gate blocks i,f,c,o and reorder them to ONNX i,o,f,c."""
-    i, f, c, o = (a[..., n * H:(n + 1) * H] for n in range(4))
-    return np.concatenate([i, o, f, c], axis=-1)
+    """LSTM: Keras gate blocks i,f,c,o to ONNX i,o,f,c."""
+    return reorder_gates(a, H, (0, 3, 1, 2))
+
+
+def keras_to_torch_gru_gates(a, H):
+    """GRU: Keras gate blocks z,r,h to PyTorch r,z,n (ONNX's z,r,h is Keras' order)."""
+    return reorder_gates(a, H, (1, 0, 2))
+
+
+def onnx_weights(cell, kernel, recurrent, bias):
+    """W [1,G*H,I], R [1,G*H,H], B [1,2*G*H] = (Wb, Rb) of an ONNX LSTM (G = 4) or GRU (G = 3) node from Keras
+    weights. GRU: the gates keep their order; reset_after's bias rows are Wb and Rb, reset-before's single
+    bias row is Wb (with Rb = 0: linear_before_reset = 0 adds Rbh outside the reset, so the sum is all that
+    matters)."""
+    H = recurrent.shape[0]
+    if cell == "lstm":
+        conv = lambda a: keras_to_onnx_gates(a, H)  # noqa: E731
+        b = np.concatenate([conv(bias), np.zeros(4 * H, np.float32)])
+    else:
+        conv = lambda a: a  # noqa: E731
+        b = bias.reshape(-1) if bias.ndim == 2 else np.concatenate([bias, np.zeros(3 * H, np.float32)])
+    return conv(kernel).T[None], conv(recurrent).T[None], b[None]
 
 
 def prepare_onnxruntime(data, threads, _lib):
@@ -307,27 +409,27 @@ def prepare_onnxruntime(data, threads, _lib):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    x, lengths = data["x"], data["lengths"]
+    x, lengths, cell = data["x"], data["lengths"], data["cell"]
     B, T, I = x.shape
+    op = cell.upper()
+    extra = dict(linear_before_reset=int(data["reset_after"])) if cell == "gru" else {}
     nodes, inits = [], []
-    inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"))
+    if len(data["layers"]) > 1:  # the Squeeze between stacked layers
+        inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"))
     cur = "X"
     for n, (kernel, recurrent, bias) in enumerate(data["layers"]):
         H = recurrent.shape[0]
-        W = keras_to_onnx_gates(kernel, H).T[None]  # [1,4H,I]
-        R = keras_to_onnx_gates(recurrent, H).T[None]  # [1,4H,H]
-        Bv = np.concatenate([keras_to_onnx_gates(bias, H), np.zeros(4 * H, np.float32)])[None]  # [1,8H]
-        for name, arr in (("W%d" % n, W), ("R%d" % n, R), ("B%d" % n, Bv)):
+        for name, arr in zip(("W%d" % n, "R%d" % n, "B%d" % n), onnx_weights(cell, kernel, recurrent, bias)):
             inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name))
         y = "Y%d" % n
-        nodes.append(helper.make_node("LSTM", [cur, "W%d" % n, "R%d" % n, "B%d" % n, "sequence_lens"], [y],
-                                      hidden_size=H, layout=0, name="lstm%d" % n))
+        nodes.append(helper.make_node(op, [cur, "W%d" % n, "R%d" % n, "B%d" % n, "sequence_lens"], [y],
+                                      hidden_size=H, layout=0, name="%s%d" % (cell, n), **extra))
         if n + 1 < len(data["layers"]):
             nodes.append(helper.make_node("Squeeze", [y, "axis1"], ["S%d" % n], name="squeeze%d" % n))
             cur = "S%d" % n
     H_last = data["layers"][-1][1].shape[0]
     graph = helper.make_graph(
-        nodes, "masked_lstm",
+        nodes, "masked_" + cell,
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I]),
          helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, [B])],
         [helper.make_tensor_value_info(y, TensorProto.FLOAT, [T, 1, B, H_last])],
@@ -350,24 +452,46 @@ def prepare_onnxruntime(data, threads, _lib):
     def to_np(out):  # [T,1,B,H] -> [B,T,H]
         return out[:, 0].transpose(1, 0, 2)
 
-    info = dict(version=ort.__version__, call="InferenceSession.run, opset 17 LSTM layout 0 with sequence_lens, "
-                "intra_op=%d inter_op=1 sequential" % threads)
+    info = dict(version=ort.__version__, call="InferenceSession.run, opset 17 %s layout 0 with sequence_lens%s, "
+                "intra_op=%d inter_op=1 sequential" % (op, "".join(", %s=%d" % kv for kv in extra.items()), threads))
     return fn, to_np, info
+
+
+def torch_unsupported(data):
+    """Why PyTorch cannot compute this workload, or None."""
+    if data["cell"] == "gru" and not data["reset_after"]:
+        return ("PyTorch's nn.GRU always applies the reset gate after the recurrent matmul (reset_after / ONNX "
+                "linear_before_reset = 1); it has no reset-before GRU")
+    return None
+
+
+def torch_weights(cell, kernel, recurrent, bias):
+    """weight_ih, weight_hh, bias_ih, bias_hh of a PyTorch LSTM or GRU from Keras weights. LSTM: Keras i,f,c,o
+    is PyTorch i,f,g,o (only transpose; bias_hh = 0). GRU (reset_after only): z,r,h to r,z,n, bias rows
+    input / recurrent."""
+    if cell == "lstm":
+        return kernel.T, recurrent.T, bias, np.zeros_like(bias)
+    H = recurrent.shape[0]
+    conv = lambda a: keras_to_torch_gru_gates(a, H)  # noqa: E731
+    return conv(kernel).T, conv(recurrent).T, conv(bias[0]), conv(bias[1])
 
 
 def _torch_modules(data):
     import torch
 
+    why = torch_unsupported(data)
+    if why:
+        raise RuntimeError(why)
     mods = []
     n_in = data["x"].shape[2]
+    cls = torch.nn.LSTM if data["cell"] == "lstm" else torch.nn.GRU
     for kernel, recurrent, bias in data["layers"]:
         H = recurrent.shape[0]
-        m = torch.nn.LSTM(n_in, H, batch_first=True)
-        with torch.no_grad():  # Keras i,f,c,o is PyTorch i,f,g,o: only transpose
-            m.weight_ih_l0.copy_(torch.from_numpy(np.ascontiguousarray(kernel.T)))
-            m.weight_hh_l0.copy_(torch.from_numpy(np.ascontiguousarray(recurrent.T)))
-            m.bias_ih_l0.copy_(torch.from_numpy(bias))
-            m.bias_hh_l0.zero_()
+        m = cls(n_in, H, batch_first=True)
+        with torch.no_grad():
+            for param, arr in zip((m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0),
+                                  torch_weights(data["cell"], kernel, recurrent, bias)):
+                param.copy_(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)))
         m.eval()
         mods.append(m)
         n_in = H
@@ -402,8 +526,9 @@ def prepare_torch_packed(data, threads, _lib):
             y, _ = pad_packed_sequence(p, batch_first=True, total_length=T)
         return y
 
-    info = dict(version=torch.__version__, call="pack_padded_sequence(enforce_sorted=False) -> LSTM x%d -> "
-                "pad_packed_sequence, inference_mode, set_num_threads(%d)" % (len(mods), threads))
+    info = dict(version=torch.__version__, call="pack_padded_sequence(enforce_sorted=False) -> %s x%d -> "
+                "pad_packed_sequence, inference_mode, set_num_threads(%d)"
+                % (data["cell"].upper(), len(mods), threads))
     return fn, (lambda out: out.numpy()), info
 
 
@@ -421,8 +546,8 @@ def prepare_torch_padded(data, threads, _lib):
                 h, _ = m(h)
         return h
 
-    info = dict(version=torch.__version__, call="LSTM x%d on the padded tensor, inference_mode, set_num_threads(%d)"
-                % (len(mods), threads))
+    info = dict(version=torch.__version__, call="%s x%d on the padded tensor, inference_mode, set_num_threads(%d)"
+                % (data["cell"].upper(), len(mods), threads))
     return fn, (lambda out: out.numpy()), info
 
 
@@ -438,14 +563,17 @@ def prepare_keras(data, threads, _lib, quick=False, keras_mode="auto"):
     B, T, I = x.shape
     inp = keras.Input(shape=(T, I), batch_size=B)
     h = keras.layers.Masking(mask_value=0.0)(inp)
-    lstms = []
+    rnns = []
     for _kernel, recurrent, _bias in data["layers"]:
-        layer = keras.layers.LSTM(recurrent.shape[0], return_sequences=True)
+        if data["cell"] == "lstm":
+            layer = keras.layers.LSTM(recurrent.shape[0], return_sequences=True)
+        else:
+            layer = keras.layers.GRU(recurrent.shape[0], return_sequences=True, reset_after=data["reset_after"])
         h = layer(h)
-        lstms.append(layer)
+        rnns.append(layer)
     model = keras.Model(inp, h)
-    for layer, (kernel, recurrent, bias) in zip(lstms, data["layers"]):
-        layer.set_weights([kernel, recurrent, bias])
+    for layer, (kernel, recurrent, bias) in zip(rnns, data["layers"]):
+        layer.set_weights([kernel, recurrent, bias])  # Keras layout: no conversion
     xt = tf.constant(x)
 
     candidates = {
@@ -477,10 +605,18 @@ def prepare_keras(data, threads, _lib, quick=False, keras_mode="auto"):
         mode = {"eager": "eager", "function": "tf.function", "xla": "tf.function(jit_compile=True)"}[keras_mode]
     fn = calls[mode]
     info = dict(version="keras %s, tensorflow %s" % (keras.__version__, tf.__version__),
-                call="Model(Masking(0.0) -> LSTM x%d), %s, intra_op=%d inter_op=1" % (len(lstms), mode, threads),
+                call="Model(Masking(0.0) -> %s x%d), %s, intra_op=%d inter_op=1"
+                     % (data["cell"].upper() + ("(reset_after=%s)" % data["reset_after"] if data["cell"] == "gru"
+                                                else ""), len(rnns), mode, threads),
                 keras_mode=mode, keras_mode_trials_ms=trials)
     return fn, (lambda out: np.asarray(out)), info
 
+
+# frameworks that cannot compute some workloads: a function of the data giving the reason, or None
+UNSUPPORTED = {
+    "torch-packed": torch_unsupported,
+    "torch-padded": torch_unsupported,
+}
 
 PREPARE = {
     "masked-rnn": prepare_masked_rnn,
@@ -672,6 +808,8 @@ def fmt_ms(r):
         return "-"
     if "error" in r:
         return "error"
+    if "skipped" in r:
+        return "n/a"
     m, lo = r["median_ms"], r["min_ms"]
     p = 2 if m < 10 else (1 if m < 1000 else 0)
     disturbed = (r.get("foreign_cores") or 0.0) > r.get("max_foreign", float("inf"))
@@ -679,7 +817,7 @@ def fmt_ms(r):
 
 
 def best_peer(row, peers):
-    ok = [(row[p]["median_ms"], p) for p in peers if p in row and "error" not in row[p]]
+    ok = [(row[p]["median_ms"], p) for p in peers if p in row and "median_ms" in row[p]]
     return min(ok) if ok else None
 
 
@@ -691,7 +829,7 @@ def markdown(report):
     meta = report["meta"]
     fws = report["frameworks"]
     peers = [f for f in fws if f != "masked-rnn"]
-    out = ["# masked-rnn vs peer frameworks: masked LSTM forward pass", ""]
+    out = ["# masked-rnn vs peer frameworks: masked LSTM and GRU forward passes", ""]
     out.append("CPU: %s (%d cores, %s); %s; command: `%s`%s" % (
         meta["cpu_model"], meta["nproc"], "/".join(meta["cpu_simd"]) or "no AVX2", meta["date"], meta["command"],
         " — QUICK MODE, not for quoting" if meta["quick"] else ""))
@@ -701,15 +839,15 @@ def markdown(report):
     out.append("Cells: median (min) ms of the forward pass on prepared inputs; speedup = best peer median / "
                "masked-rnn median. Each cell ran in its own process. Keras/TF mode per cell in compare.json.")
     out.append("")
-    out.append("| workload | B x T x I -> H | valid steps |")
-    out.append("|---|---|---|")
+    out.append("| workload | cell | B x T x I -> H | valid steps |")
+    out.append("|---|---|---|---|")
     for w in report["workload_order"]:
         d = report["workloads"][w]
-        out.append("| %s | %d x %d x %d -> %s | %.1f %% (lengths %d..%d) |" % (
-            w, d["B"], d["T"], d["I"], "->".join(map(str, d["H"])), 100 * d["valid_fraction"], d["len_min"],
-            d["len_max"]))
+        out.append("| %s | %s | %d x %d x %d -> %s | %.1f %% (lengths %d..%d) |" % (
+            w, cell_variant(d.get("cell", "lstm"), d.get("reset_after")), d["B"], d["T"], d["I"],
+            "->".join(map(str, d["H"])), 100 * d["valid_fraction"], d["len_min"], d["len_max"]))
     out.append("")
-    speedups = []
+    speedups = {}  # cell -> speedups of its (workload, threads) pairs
     for th in report["threads"]:
         out.append("## %d thread%s" % (th, "" if th == 1 else "s"))
         out.append("")
@@ -724,26 +862,41 @@ def markdown(report):
             cells.append("%s %s" % (LABELS[bp[1]], fmt_ms(row[bp[1]]).split(" ")[0]) if bp else "-")
             if bp and m and "error" not in m:
                 s = bp[0] / m["median_ms"]
-                speedups.append(s)
+                speedups.setdefault(report["workloads"][w].get("cell", "lstm"), []).append(s)
                 cells.append("**%.2fx**" % s)
             else:
                 cells.append("-")
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
-    report["geomean_speedup"] = geomean(speedups) if speedups else None
-    if speedups:
-        out.append("Geometric mean of the speedup vs the best peer over all %d (workload, threads) pairs: **%.2fx**"
-                   % (len(speedups), report["geomean_speedup"]))
+    skipped = {}  # reason -> [(framework, workload)]
+    for r in report["results"]:
+        if "skipped" in r and (r["framework"], r["workload"]) not in skipped.get(r["skipped"], []):
+            skipped.setdefault(r["skipped"], []).append((r["framework"], r["workload"]))
+    for why, cells in skipped.items():
+        out.append("n/a: %s not timed: %s." % (", ".join("%s on %s" % (LABELS[f], w) for f, w in cells), why))
         out.append("")
+    # the LSTM and GRU workloads are summarised separately (the GRU's target is its own)
+    all_speedups = [x for xs in speedups.values() for x in xs]
+    report["geomean_speedup"] = geomean(all_speedups) if all_speedups else None
+    report["geomean_speedup_by_cell"] = {c: geomean(xs) for c, xs in speedups.items()}
+    for c in CELLS:
+        if c in speedups:
+            out.append("Geometric mean of the speedup vs the best peer over the %d %s (workload, threads) pairs: "
+                       "**%.2fx**" % (len(speedups[c]), c.upper(), report["geomean_speedup_by_cell"][c]))
+            out.append("")
     out.append("## Correctness (max abs diff vs masked-rnn on valid steps, all cells)")
     out.append("")
-    out.append("| framework | max abs diff vs masked-rnn | vs numpy float64 |")
-    out.append("|---|---|---|")
+    out.append("| framework | cell | max abs diff vs masked-rnn | vs numpy float64 |")
+    out.append("|---|---|---|---|")
     for f in fws:
-        rs = [r for r in report["results"] + report["sweep"] if r["framework"] == f and "error" not in r]
-        a = [r["max_abs_diff_vs_masked_rnn"] for r in rs if "max_abs_diff_vs_masked_rnn" in r]
-        b = [r["max_abs_diff_vs_numpy_f64"] for r in rs if "max_abs_diff_vs_numpy_f64" in r]
-        out.append("| %s | %s | %s |" % (LABELS[f], "%.2e" % max(a) if a else "-", "%.2e" % max(b) if b else "-"))
+        for c in CELLS:
+            rs = [r for r in report["results"] + report["sweep"] if r["framework"] == f and "error" not in r
+                  and report["workloads"].get(r.get("workload"), {}).get("cell", "lstm") == c]
+            a = [r["max_abs_diff_vs_masked_rnn"] for r in rs if "max_abs_diff_vs_masked_rnn" in r]
+            b = [r["max_abs_diff_vs_numpy_f64"] for r in rs if "max_abs_diff_vs_numpy_f64" in r]
+            if a or b:
+                out.append("| %s | %s | %s | %s |" % (LABELS[f], c.upper(), "%.2e" % max(a) if a else "-",
+                                                      "%.2e" % max(b) if b else "-"))
     out.append("")
     keras_modes = sorted({r.get("keras_mode") for r in report["results"] + report["sweep"]
                           if r["framework"] == "keras" and r.get("keras_mode")})
@@ -923,6 +1076,11 @@ def main(argv):
         save_data(path, data, refs)
         for th in thread_list:
             for f in active:
+                why = UNSUPPORTED[f](data) if f in UNSUPPORTED else None
+                if why:  # not timed, said in the tables
+                    sink.append(dict(extra, framework=f, threads=th, skipped=why))
+                    print("  %-10s %d thr  %-13s skipped: %s" % (tag, th, f, why), flush=True)
+                    continue
                 spec = dict(framework=f, threads=th, quick=args.quick, data=path, lib=lib_path,
                             out=os.path.join(tmp, "%s-%s-%d.json" % (tag, f, th)), budget_s=budget,
                             keras_mode=args.keras_mode)
@@ -951,9 +1109,12 @@ def main(argv):
     try:
         for w in workloads:
             spec = WORKLOADS[w]
-            data = make_data(spec["B"], spec["T"], spec["I"], spec["H"], lo=spec["lens"][0], hi=spec["lens"][1])
+            cell, reset_after = spec.get("cell", "lstm"), spec.get("reset_after", False)
+            data = make_data(spec["B"], spec["T"], spec["I"], spec["H"], lo=spec["lens"][0], hi=spec["lens"][1],
+                             cell=cell, reset_after=reset_after)
             lens = data["lengths"]
-            report["workloads"][w] = dict(B=spec["B"], T=spec["T"], I=spec["I"], H=spec["H"],
+            report["workloads"][w] = dict(B=spec["B"], T=spec["T"], I=spec["I"], H=spec["H"], cell=cell,
+                                          reset_after=reset_after if cell == "gru" else None,
                                           lengths_range=list(spec["lens"]), len_min=int(lens.min()),
                                           len_max=int(lens.max()),
                                           valid_fraction=float(lens.sum()) / (spec["B"] * spec["T"]))
