@@ -1031,12 +1031,13 @@ fn keras_weights(r: &mut ByteReader<'_>, input: usize, hidden: usize) -> LstmWei
     LstmWeights::from_keras(input, hidden, &k, &rk, Some(&b)).expect("consistent sizes")
 }
 
-/// Property: Keras `Bidirectional` on the fast path equals the reference (two Keras layers, the backward
-/// output flipped, then merged), computes each valid step once per direction, and does not depend on the
-/// thread count.
+/// Property: Keras `Bidirectional` of an LSTM, a GRU (either `reset_after`) or a SimpleRNN (first byte
+/// mod 3) on the fast path equals the reference (two Keras layers, the backward output flipped, then
+/// merged), computes each valid step once per direction, and does not depend on the thread count.
 pub fn bidirectional_equals_reference(data: &[u8]) -> Result<(), String> {
     use crate::frameworks::bidirectional::{BidirectionalState, KerasBidirectional, MergeMode};
     let mut r = ByteReader::new(data);
+    let cell = r.u8() % 3;
     let (b, t, i) = (r.below(6), r.below(11), r.below(5));
     let h = if r.bool() { EDGE_HIDDEN[r.below(EDGE_HIDDEN.len())] } else { 1 + r.below(12) };
     let view = view_from_bytes(&mut r, b, t);
@@ -1045,8 +1046,36 @@ pub fn bidirectional_equals_reference(data: &[u8]) -> Result<(), String> {
     let options = KerasLstmOptions::default()
         .activation(if r.u8() % 4 == 0 { activation(&mut r) } else { Activation::Tanh })
         .recurrent_activation(if r.u8() % 4 == 0 { Activation::HARD_SIGMOID_KERAS3 } else { Activation::Sigmoid });
-    let (wf, wb) = (keras_weights(&mut r, i, h), keras_weights(&mut r, i, h));
-    let layer = KerasBidirectional::new(wf, wb, options, merge, return_sequences).map_err(|e| e.to_string())?;
+    let err = |e: crate::Error| e.to_string();
+    let layer = match cell {
+        0 => {
+            let (wf, wb) = (keras_weights(&mut r, i, h), keras_weights(&mut r, i, h));
+            KerasBidirectional::new(wf, wb, options, merge, return_sequences).map_err(err)?
+        }
+        _ => {
+            use crate::frameworks::keras::{KerasGru, KerasGruOptions, KerasRnnOptions, KerasSimpleRnn, Recurrent};
+            let reset_after = r.bool();
+            let scale = 0.25 + r.unit(0.75).abs();
+            let layer = |r: &mut ByteReader<'_>| -> crate::Result<Recurrent> {
+                let mut w = |n: usize| (0..n).map(|_| r.unit(scale)).collect::<Vec<f32>>();
+                Ok(if cell == 1 {
+                    let (k, rk, b) = (w(i * 3 * h), w(h * 3 * h), w(if reset_after { 6 } else { 3 } * h));
+                    let w = crate::GruWeights::from_keras(i, h, &k, &rk, Some(&b), reset_after)?;
+                    let o = KerasGruOptions::default()
+                        .reset_after(reset_after)
+                        .activation(options.activation)
+                        .recurrent_activation(options.recurrent_activation);
+                    KerasGru::new(w, o)?.into()
+                } else {
+                    let (k, rk, b) = (w(i * h), w(h * h), w(h));
+                    let w = crate::RnnWeights::from_keras(i, h, &k, &rk, Some(&b))?;
+                    KerasSimpleRnn::new(w, KerasRnnOptions::default().activation(options.activation))?.into()
+                })
+            };
+            let (f, bw) = (layer(&mut r).map_err(err)?, layer(&mut r).map_err(err)?);
+            KerasBidirectional::from_layers(f, bw, merge, return_sequences).map_err(err)?
+        }
+    };
     let mut x = vec![0.0; b * t * i];
     for s in 0..b {
         for tt in 0..t {
@@ -1056,7 +1085,9 @@ pub fn bidirectional_equals_reference(data: &[u8]) -> Result<(), String> {
             }
         }
     }
-    let states: Vec<Vec<f32>> = (0..4).map(|_| (0..b * h).map(|_| r.unit(1.0)).collect()).collect();
+    let c_len = if cell == 0 { b * h } else { 0 }; // the GRU and SimpleRNN have no c
+    let states: Vec<Vec<f32>> =
+        (0..4).map(|k| (0..if k % 2 == 0 { b * h } else { c_len }).map(|_| r.unit(1.0)).collect()).collect();
     let init =
         r.bool().then(|| BidirectionalState { h_f: &states[0], c_f: &states[1], h_b: &states[2], c_b: &states[3] });
     let expected = layer.forward_reference(&x, &view, init).map_err(|e| e.to_string())?;
