@@ -251,12 +251,13 @@ impl KerasBidirectional {
         })
     }
 
-    /// The same layer with each direction replaced by `f(direction, is_backward)` (new weights: the
-    /// options, including the toggled `go_backwards`, are the caller's to keep).
-    pub(crate) fn map_directions(&self, f: impl Fn(&Recurrent, bool) -> Result<Recurrent>) -> Result<Self> {
+    /// The same layer with each direction replaced by `f(direction)`, called on the forward layer first,
+    /// then the backward one (new weights: the options, including the toggled `go_backwards`, are the
+    /// caller's to keep).
+    pub(crate) fn map_directions(&self, mut f: impl FnMut(&Recurrent) -> Result<Recurrent>) -> Result<Self> {
         Ok(KerasBidirectional {
-            forward: f(&self.forward, false)?,
-            backward: f(&self.backward, true)?,
+            forward: f(&self.forward)?,
+            backward: f(&self.backward)?,
             merge: self.merge,
             return_sequences: self.return_sequences,
         })

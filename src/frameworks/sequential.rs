@@ -791,14 +791,8 @@ impl Sequential {
             .map(|layer| {
                 Ok(match layer {
                     Layer::Recurrent(r) => Layer::Recurrent(Box::new(repack(r)?)),
-                    Layer::Bidirectional(bd) => {
-                        // Directions in order: forward, then backward.
-                        let f = repack(bd.forward_layer())?;
-                        let b = repack(bd.backward_layer())?;
-                        Layer::Bidirectional(Box::new(
-                            bd.map_directions(|_, back| Ok(if back { b.clone() } else { f.clone() }))?,
-                        ))
-                    }
+                    // Directions in weights() order: forward, then backward.
+                    Layer::Bidirectional(bd) => Layer::Bidirectional(Box::new(bd.map_directions(&mut repack)?)),
                     other => other.clone(),
                 })
             })

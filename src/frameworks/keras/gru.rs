@@ -70,6 +70,10 @@ impl<F: Family> Layer<F> {
         self.masking.job(F::kernel(&self.packed, &self.spec), x, view, init, y, h_n, None, None, threads)
     }
 
+    fn keras_weight_lens(&self) -> [usize; 3] {
+        F::keras_grad_lens(&self.weights, &self.spec)
+    }
+
     fn tape_bytes(&self, view: &SeqView) -> usize {
         DirTape::bytes_for(view, F::RECORD, F::hidden_padded(&self.packed))
     }
@@ -111,7 +115,7 @@ impl<F: Family> Layer<F> {
         let mut params = (d_kernel.is_some() || d_recurrent_kernel.is_some() || d_bias.is_some())
             .then(|| F::zero_grads(&self.weights));
         // The Keras layouts' lengths, checked before anything runs.
-        let [nk, nr, nb] = F::keras_grad_lens(&self.weights, &self.spec);
+        let [nk, nr, nb] = self.keras_weight_lens();
         for (name, v, want) in
             [("d_kernel", &d_kernel, nk), ("d_recurrent_kernel", &d_recurrent_kernel, nr), ("d_bias", &d_bias, nb)]
         {
@@ -301,6 +305,11 @@ macro_rules! layer_methods {
             l.layer.masking.go_backwards = go_backwards;
             l.layer.masking.zero_output_for_mask = zero_output_for_mask;
             l
+        }
+
+        /// The lengths of the layer's Keras weights (`kernel`, `recurrent_kernel`, `bias`).
+        pub(crate) fn keras_weight_lens(&self) -> [usize; 3] {
+            self.layer.keras_weight_lens()
         }
 
         /// The mask semantics of this layer's options.

@@ -229,8 +229,8 @@ impl Recurrent {
         let (i, h) = (self.input_size(), self.units());
         match self {
             Recurrent::Lstm(_) => [i * 4 * h, h * 4 * h, 4 * h],
-            Recurrent::Gru(l) => [i * 3 * h, h * 3 * h, if l.options().reset_after { 6 * h } else { 3 * h }],
-            Recurrent::SimpleRnn(_) => [i * h, h * h, h],
+            Recurrent::Gru(l) => l.keras_weight_lens(),
+            Recurrent::SimpleRnn(l) => l.keras_weight_lens(),
         }
     }
 
