@@ -5,8 +5,9 @@
  * -lpthread -ldl -lm) or libmasked_rnn.so.
  *
  * Conventions
- * - Every function except mrnn_last_error, mrnn_version and the _free functions returns an int32_t
- *   status (MRNN_OK or MRNN_ERR_*). A failure sets a thread-local message, read with mrnn_last_error().
+ * - Every function except mrnn_last_error, mrnn_version, mrnn_status_string and the _free functions
+ *   returns an int32_t status (MRNN_OK or MRNN_ERR_*, the values of enum MrnnStatus). A failure sets a
+ *   thread-local message, read with mrnn_last_error(); mrnn_status_string() names the code.
  * - Arguments are validated in this order, before any caller memory is read or written:
  *     1. a required pointer is NULL                                   -> MRNN_ERR_NULL_POINTER
  *     2. a negative size, hidden_size 0, a flag other than 0/1, an
@@ -39,14 +40,18 @@
 extern "C" {
 #endif
 
-/* Status codes. */
-#define MRNN_OK 0                /* success */
-#define MRNN_ERR_NULL_POINTER 1  /* a required pointer is NULL */
-#define MRNN_ERR_BAD_SHAPE 2     /* buffer lengths or dimensions disagree */
-#define MRNN_ERR_BAD_ARGUMENT 3  /* a value out of range: negative size, unknown enum, flag not 0/1,
-                                    misaligned or overlapping buffer */
-#define MRNN_ERR_OVERFLOW 4      /* sizes whose product overflows */
-#define MRNN_ERR_INTERNAL 5      /* a caught panic: a bug in the library; never aborts or unwinds */
+/* Status codes: what every function but mrnn_last_error, mrnn_version, mrnn_status_string and the _free
+   functions returns. The functions return them as int32_t (the C_ABI.md contract); the enum names the
+   values, which will never change. mrnn_status_string(status) gives a code's name and meaning. */
+typedef enum MrnnStatus {
+  MRNN_OK = 0,               /* success */
+  MRNN_ERR_NULL_POINTER = 1, /* a required pointer is NULL */
+  MRNN_ERR_BAD_SHAPE = 2,    /* buffer lengths or dimensions disagree */
+  MRNN_ERR_BAD_ARGUMENT = 3, /* a value out of range: negative size, unknown enum, flag not 0/1,
+                                misaligned or overlapping buffer */
+  MRNN_ERR_OVERFLOW = 4,     /* sizes whose product overflows */
+  MRNN_ERR_INTERNAL = 5      /* a caught panic: a bug in the library; never aborts or unwinds */
+} MrnnStatus;
 
 /* Activation codes (ONNX numbering). Defaults: what a NaN alpha / beta means in mrnn_lstm_onnx (ONNX
    Runtime's LSTM defaults); mrnn_lstm_keras uses the parameters marked "Keras". */
@@ -100,6 +105,12 @@ typedef struct {
 
 /* The crate version, e.g. "0.1.0": a static NUL-terminated string. */
 const char *mrnn_version(void);
+
+/* The name and a short meaning of a status code: a static NUL-terminated string such as
+   "MRNN_ERR_NULL_POINTER: a required pointer is NULL" (it starts with the code's name, then ": "). Any
+   other value gives "unknown status: not an MRNN_* status code". Never NULL; neither sets nor clears the
+   last error (so it may format a failure before mrnn_last_error is read). Thread-safe. */
+const char *mrnn_status_string(int32_t status);
 
 /* The message of the last failing call on this thread: NUL-terminated, "" if no call has failed on
    this thread. Successful calls do not clear it. Valid until the next failing call on this thread

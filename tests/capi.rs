@@ -10,7 +10,8 @@
 //! the ONNX LSTM against the Rust API bit for bit and the gradient fixtures within 1e-4, and their error
 //! contract (stale, foreign and other-kind tapes included); `tests/c/gru_train_test.c` does the same for the
 //! GRU and RNN gradients (C_ABI.md section 4) against the Keras gradient fixtures and the ONNX reference
-//! backward. Also: the header compiled as C++,
+//! backward; `tests/c/embed_test.c` checks the embedding surface (the status codes and
+//! `mrnn_status_string`). Also: the header compiled as C++,
 //! optional runs under valgrind (memory errors and leaks: every handle must be freed), and seeded replay of
 //! `masked_rnn::capi::fuzz_capi`.
 //!
@@ -336,12 +337,14 @@ fn header_compiles_as_cpp() {
          t, i, i, i, o, o, o, o, o) + mrnn_keras_gru_set_weights(c, i, i, i) + mrnn_keras_rnn_run_train(d, \
          kr, i, nullptr, i, o, o, o, &t) + mrnn_keras_rnn_run_backward(d, t, i, i, i, o, o, o, o, o) + \
          mrnn_keras_rnn_set_weights(d, i, i, i); mrnn_tape_free(t); return s; }\n\
+         static int status(MrnnStatus s) { const char *t = mrnn_status_string(s); \
+         return t == nullptr || s != MRNN_OK; }\n\
          int main() { MrnnKerasLstmAttrs a; MrnnOnnxLstmAttrs o; MrnnKerasLstm *k = nullptr; \
          MrnnOnnxLstm *n = nullptr; mrnn_keras_lstm_free(k); mrnn_onnx_lstm_free(n); \
          return mrnn_keras_lstm_attrs_init(&a) + mrnn_onnx_lstm_attrs_init(&o) + (mrnn_version() == 0) + \
          mrnn_keras_lstm_new(&a, nullptr, nullptr, nullptr, &k) + mrnn_onnx_lstm_new(&o, nullptr, nullptr, \
          nullptr, nullptr, &n) + train(k, &a) + train_onnx(n, &o) + gru() + gru_train(nullptr, nullptr, \
-         nullptr, nullptr, nullptr, nullptr, nullptr, nullptr); }\n",
+         nullptr, nullptr, nullptr, nullptr, nullptr, nullptr) + status(MRNN_OK); }\n",
     )
     .unwrap();
     let (ok, text) = run(Command::new(&cxx)
@@ -968,6 +971,26 @@ fn c_gru_program_matches_fixtures_and_the_contract() {
 #[test]
 fn c_gru_program_under_valgrind() {
     under_valgrind("gru_valgrind", |dir| (compile_c(dir, "gru_test"), write_gru_cases(dir).0), &[]);
+}
+
+/// The cases file of `tests/c/embed_test.c`, which reads none: an empty one, and no summary.
+fn no_cases(dir: &Path) -> (PathBuf, String) {
+    let path = dir.join("no-cases.txt");
+    fs::write(&path, "").unwrap();
+    (path, String::new())
+}
+
+/// `tests/c/embed_test.c`: the status codes and `mrnn_status_string`.
+#[cfg(unix)]
+#[test]
+fn c_embed_program_checks_the_embedding_surface() {
+    run_c_program("embed", "embed_test", no_cases);
+}
+
+#[cfg(unix)]
+#[test]
+fn c_embed_program_under_valgrind() {
+    under_valgrind("embed_valgrind", |dir| (compile_c(dir, "embed_test"), no_cases(dir).0), &[]);
 }
 
 #[test]

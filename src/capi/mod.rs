@@ -106,6 +106,29 @@ pub const MRNN_ERR_OVERFLOW: i32 = 4;
 /// A caught panic: a bug in the library.
 pub const MRNN_ERR_INTERNAL: i32 = 5;
 
+/// What [`mrnn_status_string`] returns for each status code, indexed by the code: its name (as in the
+/// header's `MrnnStatus` enum) and a short meaning.
+static STATUS_STRINGS: [&CStr; 6] = [
+    c"MRNN_OK: success",
+    c"MRNN_ERR_NULL_POINTER: a required pointer is NULL",
+    c"MRNN_ERR_BAD_SHAPE: buffer lengths or dimensions disagree",
+    c"MRNN_ERR_BAD_ARGUMENT: a value out of range (a negative size, an unknown enum, a flag not 0/1, a \
+      misaligned or overlapping buffer)",
+    c"MRNN_ERR_OVERFLOW: sizes whose product overflows",
+    c"MRNN_ERR_INTERNAL: internal error (a caught panic, a bug in the library)",
+];
+
+/// What [`mrnn_status_string`] returns for a value that is no status code.
+static UNKNOWN_STATUS: &CStr = c"unknown status: not an MRNN_* status code";
+
+/// The name and a short meaning of a status code, e.g. `"MRNN_ERR_NULL_POINTER: a required pointer is
+/// NULL"`: a static NUL-terminated string, never NULL; for a value that is no status code, `"unknown
+/// status: ..."`. Neither sets nor clears the thread's last error.
+#[unsafe(no_mangle)]
+pub extern "C" fn mrnn_status_string(status: i32) -> *const c_char {
+    usize::try_from(status).ok().and_then(|k| STATUS_STRINGS.get(k)).unwrap_or(&UNKNOWN_STATUS).as_ptr()
+}
+
 /// Attributes of [`mrnn_lstm_keras`]; field for field `MrnnKerasLstmAttrs` of `masked_rnn.h`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -723,6 +746,35 @@ mod tests {
         assert_eq!(status_of(ErrorKind::BadArgument), 3);
         assert_eq!(status_of(ErrorKind::Overflow), 4);
         assert_eq!(status_of(ErrorKind::Internal), 5);
+    }
+
+    #[test]
+    fn status_strings_name_each_code_and_leave_the_last_error() {
+        let text = |status: i32| {
+            let p = mrnn_status_string(status);
+            assert!(!p.is_null(), "status {status}");
+            // SAFETY: non-NULL, and always a static NUL-terminated string.
+            unsafe { CStr::from_ptr(p) }.to_str().unwrap().to_owned()
+        };
+        let named = [
+            (MRNN_OK, "MRNN_OK: "),
+            (MRNN_ERR_NULL_POINTER, "MRNN_ERR_NULL_POINTER: "),
+            (MRNN_ERR_BAD_SHAPE, "MRNN_ERR_BAD_SHAPE: "),
+            (MRNN_ERR_BAD_ARGUMENT, "MRNN_ERR_BAD_ARGUMENT: "),
+            (MRNN_ERR_OVERFLOW, "MRNN_ERR_OVERFLOW: "),
+            (MRNN_ERR_INTERNAL, "MRNN_ERR_INTERNAL: "),
+        ];
+        assert_eq!(guard("before", || Err(Error::argument("kept"))), MRNN_ERR_BAD_ARGUMENT);
+        for (status, prefix) in named {
+            let s = text(status);
+            assert!(s.starts_with(prefix) && s.len() > prefix.len() + 5, "{status}: {s:?}");
+        }
+        for status in [-1, 6, 7, 100, i32::MIN, i32::MAX] {
+            assert!(text(status).starts_with("unknown status"), "{status}: {:?}", text(status));
+        }
+        // The same static string every time, and the last error untouched.
+        assert_eq!(mrnn_status_string(2), mrnn_status_string(2));
+        assert_eq!(last(), "before: bad argument: kept");
     }
 
     #[test]
