@@ -24,7 +24,7 @@
  *   NULL. Inputs may share memory with each other; outputs may not overlap anything. No caller pointer
  *   is retained after a call returns (a handle keeps its own packed copy of the weights, a training tape
  *   its own copies of the run's inputs). All functions are thread-safe; a handle may be run from several
- *   threads at once (see "Handles").
+ *   threads at once (see "Handles", which says what may overlap on one handle).
  * - Scratch memory: the one-shot functions (mrnn_lstm_*, mrnn_gru_*, mrnn_rnn_* and the backwards) keep
  *   theirs in a per-thread cache reused by the next call on that thread (freed when the thread exits); a
  *   handle keeps its own until it is freed. (The backward passes also allocate their gradient scratch per call.)
@@ -203,10 +203,20 @@ int32_t mrnn_mask_from_value(const float *x, int64_t batch_size, int64_t seq_len
    - Validation is that of the one-shot functions (see Conventions), NULL first: a NULL handle, attrs,
      required weight, x or out is MRNN_ERR_NULL_POINTER; the attribute mismatch is a step-2 value error;
      out must be aligned for a pointer and overlap no weight. A failing _new leaves *out unchanged.
-   - Threads: runs on one handle may overlap, from any number of threads. Each handle reuses one scratch
-     buffer; a run that finds it in use by another thread takes a temporary one instead of waiting, so
-     concurrent runs never block each other (they then allocate). Freeing a handle while it runs, or
-     twice, is undefined behaviour.
+   - const: the functions that only read a handle take a const pointer (_run, _run_train, _run_backward of
+     every kind); _set_weights and _free take a non-const one.
+   - Threads: every function may be called from any thread. On one handle, from several threads at once:
+       * _run, _run_train and _run_backward (the const ones) may overlap each other, in any number: each
+         run computes with a scratch buffer of its own, so runs never wait for each other. The handle
+         keeps the buffers of finished runs (up to 8) for the next ones: overlapping runs allocate only
+         until the handle has served as many at once.
+       * _set_weights may overlap them (and itself): a run computes with the old or the new weights, never
+         a mixture; a tape made before it completes is stale for _run_backward afterwards.
+       * _free must overlap nothing on that handle; using a handle during or after its _free, or freeing
+         it twice, is undefined behaviour.
+     Results never depend on which thread or scratch buffer served a run: bitwise those of a
+     single-threaded run. A tape may be read by several _run_backward / mrnn_tape_bytes at once; its
+     mrnn_tape_free must overlap nothing on it.
 
      MrnnKerasLstmAttrs a;
      MrnnKerasLstm *layer = NULL;
@@ -242,7 +252,7 @@ int32_t mrnn_keras_lstm_new(const MrnnKerasLstmAttrs *attrs, /* required */
 /* Runs a layer made by mrnn_keras_lstm_new: exactly mrnn_lstm_keras with the handle's weights.
    attrs gives batch_size, seq_length and num_threads of this run; its other fields must equal the
    handle's (see "Handles"). Returns MRNN_OK or a status; see Conventions. */
-int32_t mrnn_keras_lstm_run(MrnnKerasLstm *layer, /* required */
+int32_t mrnn_keras_lstm_run(const MrnnKerasLstm *layer, /* required */
     const MrnnKerasLstmAttrs *attrs,  /* required */
     const float *x,                   /* [B,T,I], required */
     const uint8_t *mask,              /* [B,T], nonzero = valid; NULL = all valid; holes allowed */
@@ -267,7 +277,7 @@ int32_t mrnn_onnx_lstm_new(const MrnnOnnxLstmAttrs *attrs, /* required */
 /* Runs a node made by mrnn_onnx_lstm_new: exactly mrnn_lstm_onnx with the handle's weights (every
    output NULL: validated, nothing computed). attrs gives seq_length, batch_size and num_threads of this
    run; its other fields must equal the handle's (see "Handles"). Returns MRNN_OK or a status. */
-int32_t mrnn_onnx_lstm_run(MrnnOnnxLstm *layer, /* required */
+int32_t mrnn_onnx_lstm_run(const MrnnOnnxLstm *layer, /* required */
     const MrnnOnnxLstmAttrs *attrs, /* required */
     const float *x,               /* [T,B,I] (layout 0) / [B,T,I] (layout 1), required */
     const int32_t *sequence_lens, /* [B] or NULL = all seq_length; each in 0..=seq_length */
@@ -364,7 +374,7 @@ int32_t mrnn_lstm_keras_backward(const MrnnKerasLstmAttrs *attrs, /* required */
    is fine). tape is required, must be aligned for a pointer and overlap no other buffer; on failure *tape
    is unchanged. Memory: the tape holds about 6 x H (rounded up to the vector width) floats per valid step,
    plus copies of x and the initial states (see mrnn_tape_bytes). */
-int32_t mrnn_keras_lstm_run_train(MrnnKerasLstm *layer, /* required */
+int32_t mrnn_keras_lstm_run_train(const MrnnKerasLstm *layer, /* required */
     const MrnnKerasLstmAttrs *attrs,  /* required; as mrnn_keras_lstm_run */
     const float *x,                   /* [B,T,I], required */
     const uint8_t *mask,              /* [B,T] or NULL */
@@ -379,7 +389,7 @@ int32_t mrnn_keras_lstm_run_train(MrnnKerasLstm *layer, /* required */
    order: layer or tape NULL (MRNN_ERR_NULL_POINTER); tape made by another handle, or before the last
    mrnn_keras_lstm_set_weights on this one (MRNN_ERR_BAD_ARGUMENT, "another handle" / "stale" in the
    message); then the pointers, as Conventions step 4. Returns MRNN_OK or a status. */
-int32_t mrnn_keras_lstm_run_backward(MrnnKerasLstm *layer, /* required */
+int32_t mrnn_keras_lstm_run_backward(const MrnnKerasLstm *layer, /* required */
     const MrnnTape *tape,             /* required: from mrnn_keras_lstm_run_train on this handle */
     const float *dy,                  /* [B,T,H] or NULL (zeros) */
     const float *d_last_output,       /* [B,H] or NULL */
@@ -430,7 +440,7 @@ int32_t mrnn_lstm_onnx_backward(const MrnnOnnxLstmAttrs *attrs, /* required */
    overlap no other buffer, and on failure *tape is unchanged. Memory: about 6 x H (rounded up to the
    vector width) floats per valid step and direction, plus copies of x, sequence_lens and the initial
    states (see mrnn_tape_bytes). */
-int32_t mrnn_onnx_lstm_run_train(MrnnOnnxLstm *layer, /* required */
+int32_t mrnn_onnx_lstm_run_train(const MrnnOnnxLstm *layer, /* required */
     const MrnnOnnxLstmAttrs *attrs, /* required; as mrnn_onnx_lstm_run */
     const float *x,               /* [T,B,I] (layout 0) / [B,T,I] (layout 1), required */
     const int32_t *sequence_lens, /* [B] or NULL; each in 0..=seq_length */
@@ -446,7 +456,7 @@ int32_t mrnn_onnx_lstm_run_train(MrnnOnnxLstm *layer, /* required */
    made before the last mrnn_onnx_lstm_set_weights on this one (MRNN_ERR_BAD_ARGUMENT: "another kind",
    "another handle", "stale"); then the pointers, as Conventions step 4, and dp with weights without
    peepholes (MRNN_ERR_BAD_ARGUMENT, "no peepholes"). Returns MRNN_OK or a status. */
-int32_t mrnn_onnx_lstm_run_backward(MrnnOnnxLstm *layer, /* required */
+int32_t mrnn_onnx_lstm_run_backward(const MrnnOnnxLstm *layer, /* required */
     const MrnnTape *tape,         /* required: from mrnn_onnx_lstm_run_train on this handle */
     const float *dy,              /* shaped as y, or NULL (zeros) */
     const float *dy_h, const float *dy_c, /* shaped as y_h / y_c, or NULL */
@@ -608,7 +618,7 @@ int32_t mrnn_onnx_gru_new(const MrnnOnnxGruAttrs *attrs, /* required */
     const float *w, const float *r,   /* as mrnn_gru_onnx, required */
     const float *b,                   /* as mrnn_gru_onnx, or NULL */
     MrnnOnnxGru **out);               /* required */
-int32_t mrnn_onnx_gru_run(MrnnOnnxGru *layer, const MrnnOnnxGruAttrs *attrs, /* required */
+int32_t mrnn_onnx_gru_run(const MrnnOnnxGru *layer, const MrnnOnnxGruAttrs *attrs, /* required */
     const float *x,                   /* required */
     const int32_t *sequence_lens, const float *initial_h,
     float *y, float *y_h);            /* as mrnn_gru_onnx */
@@ -618,7 +628,7 @@ int32_t mrnn_keras_gru_new(const MrnnKerasGruAttrs *attrs, /* required */
     const float *kernel, const float *recurrent_kernel,   /* as mrnn_gru_keras, required */
     const float *bias,                /* as mrnn_gru_keras, or NULL */
     MrnnKerasGru **out);              /* required */
-int32_t mrnn_keras_gru_run(MrnnKerasGru *layer, const MrnnKerasGruAttrs *attrs, /* required */
+int32_t mrnn_keras_gru_run(const MrnnKerasGru *layer, const MrnnKerasGruAttrs *attrs, /* required */
     const float *x,                   /* required */
     const uint8_t *mask, const float *initial_h,
     float *y, float *last_output, float *h_n);  /* as mrnn_gru_keras */
@@ -628,7 +638,7 @@ int32_t mrnn_onnx_rnn_new(const MrnnOnnxRnnAttrs *attrs, /* required */
     const float *w, const float *r,   /* as mrnn_rnn_onnx, required */
     const float *b,                   /* or NULL */
     MrnnOnnxRnn **out);               /* required */
-int32_t mrnn_onnx_rnn_run(MrnnOnnxRnn *layer, const MrnnOnnxRnnAttrs *attrs, /* required */
+int32_t mrnn_onnx_rnn_run(const MrnnOnnxRnn *layer, const MrnnOnnxRnnAttrs *attrs, /* required */
     const float *x,                   /* required */
     const int32_t *sequence_lens, const float *initial_h,
     float *y, float *y_h);
@@ -638,7 +648,7 @@ int32_t mrnn_keras_rnn_new(const MrnnKerasRnnAttrs *attrs, /* required */
     const float *kernel, const float *recurrent_kernel,   /* as mrnn_rnn_keras, required */
     const float *bias,                /* or NULL */
     MrnnKerasRnn **out);              /* required */
-int32_t mrnn_keras_rnn_run(MrnnKerasRnn *layer, const MrnnKerasRnnAttrs *attrs, /* required */
+int32_t mrnn_keras_rnn_run(const MrnnKerasRnn *layer, const MrnnKerasRnnAttrs *attrs, /* required */
     const float *x,                   /* required */
     const uint8_t *mask, const float *initial_h,
     float *y, float *last_output, float *h_n);
@@ -715,48 +725,48 @@ int32_t mrnn_rnn_onnx_backward(const MrnnOnnxRnnAttrs *attrs, /* required */
 /* Training on the handles: run_train's outputs, tape and checks as mrnn_onnx_lstm_run_train's (tape
    required, aligned for a pointer, overlapping nothing; *tape unchanged on failure); run_backward's
    arguments shaped as the one-shot backward's; set_weights' as _new's. */
-int32_t mrnn_onnx_gru_run_train(MrnnOnnxGru *layer, const MrnnOnnxGruAttrs *attrs, /* required */
+int32_t mrnn_onnx_gru_run_train(const MrnnOnnxGru *layer, const MrnnOnnxGruAttrs *attrs, /* required */
     const float *x,                   /* required */
     const int32_t *sequence_lens, const float *initial_h,
     float *y, float *y_h,             /* as mrnn_onnx_gru_run */
     MrnnTape **tape);                 /* required */
-int32_t mrnn_onnx_gru_run_backward(MrnnOnnxGru *layer, const MrnnTape *tape, /* required */
+int32_t mrnn_onnx_gru_run_backward(const MrnnOnnxGru *layer, const MrnnTape *tape, /* required */
     const float *dy, const float *dy_h,
     float *dx, float *dw, float *dr, float *db, float *d_initial_h);
 int32_t mrnn_onnx_gru_set_weights(MrnnOnnxGru *layer, /* required */
     const float *w, const float *r,   /* required */
     const float *b);                  /* or NULL (zeros) */
 
-int32_t mrnn_onnx_rnn_run_train(MrnnOnnxRnn *layer, const MrnnOnnxRnnAttrs *attrs, /* required */
+int32_t mrnn_onnx_rnn_run_train(const MrnnOnnxRnn *layer, const MrnnOnnxRnnAttrs *attrs, /* required */
     const float *x,                   /* required */
     const int32_t *sequence_lens, const float *initial_h,
     float *y, float *y_h,
     MrnnTape **tape);                 /* required */
-int32_t mrnn_onnx_rnn_run_backward(MrnnOnnxRnn *layer, const MrnnTape *tape, /* required */
+int32_t mrnn_onnx_rnn_run_backward(const MrnnOnnxRnn *layer, const MrnnTape *tape, /* required */
     const float *dy, const float *dy_h,
     float *dx, float *dw, float *dr, float *db, float *d_initial_h);
 int32_t mrnn_onnx_rnn_set_weights(MrnnOnnxRnn *layer, /* required */
     const float *w, const float *r,   /* required */
     const float *b);                  /* or NULL (zeros) */
 
-int32_t mrnn_keras_gru_run_train(MrnnKerasGru *layer, const MrnnKerasGruAttrs *attrs, /* required */
+int32_t mrnn_keras_gru_run_train(const MrnnKerasGru *layer, const MrnnKerasGruAttrs *attrs, /* required */
     const float *x,                   /* required */
     const uint8_t *mask, const float *initial_h,
     float *y, float *last_output, float *h_n,   /* as mrnn_keras_gru_run */
     MrnnTape **tape);                 /* required */
-int32_t mrnn_keras_gru_run_backward(MrnnKerasGru *layer, const MrnnTape *tape, /* required */
+int32_t mrnn_keras_gru_run_backward(const MrnnKerasGru *layer, const MrnnTape *tape, /* required */
     const float *dy, const float *d_last_output, const float *d_h_n,
     float *dx, float *d_kernel, float *d_recurrent_kernel, float *d_bias, float *d_initial_h);
 int32_t mrnn_keras_gru_set_weights(MrnnKerasGru *layer, /* required */
     const float *kernel, const float *recurrent_kernel,   /* required */
     const float *bias);               /* or NULL (zeros) */
 
-int32_t mrnn_keras_rnn_run_train(MrnnKerasRnn *layer, const MrnnKerasRnnAttrs *attrs, /* required */
+int32_t mrnn_keras_rnn_run_train(const MrnnKerasRnn *layer, const MrnnKerasRnnAttrs *attrs, /* required */
     const float *x,                   /* required */
     const uint8_t *mask, const float *initial_h,
     float *y, float *last_output, float *h_n,
     MrnnTape **tape);                 /* required */
-int32_t mrnn_keras_rnn_run_backward(MrnnKerasRnn *layer, const MrnnTape *tape, /* required */
+int32_t mrnn_keras_rnn_run_backward(const MrnnKerasRnn *layer, const MrnnTape *tape, /* required */
     const float *dy, const float *d_last_output, const float *d_h_n,
     float *dx, float *d_kernel, float *d_recurrent_kernel, float *d_bias, float *d_initial_h);
 int32_t mrnn_keras_rnn_set_weights(MrnnKerasRnn *layer, /* required */

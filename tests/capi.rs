@@ -11,7 +11,7 @@
 //! contract (stale, foreign and other-kind tapes included); `tests/c/gru_train_test.c` does the same for the
 //! GRU and RNN gradients (C_ABI.md section 4) against the Keras gradient fixtures and the ONNX reference
 //! backward; `tests/c/embed_test.c` checks the embedding surface (the status codes and
-//! `mrnn_status_string`). Also: the header compiled as C++,
+//! `mrnn_status_string`, `const` handles run from several threads at once). Also: the header compiled as C++,
 //! optional runs under valgrind (memory errors and leaks: every handle must be freed), and seeded replay of
 //! `masked_rnn::capi::fuzz_capi`.
 //!
@@ -980,7 +980,8 @@ fn no_cases(dir: &Path) -> (PathBuf, String) {
     (path, String::new())
 }
 
-/// `tests/c/embed_test.c`: the status codes and `mrnn_status_string`.
+/// `tests/c/embed_test.c`: the status codes and `mrnn_status_string`; every kind of handle used through
+/// `const` pointers and run from 12 threads at once, bitwise as alone.
 #[cfg(unix)]
 #[test]
 fn c_embed_program_checks_the_embedding_surface() {
@@ -990,7 +991,8 @@ fn c_embed_program_checks_the_embedding_surface() {
 #[cfg(unix)]
 #[test]
 fn c_embed_program_under_valgrind() {
-    under_valgrind("embed_valgrind", |dir| (compile_c(dir, "embed_test"), no_cases(dir).0), &[]);
+    // "quick": one thread per kind of handle, two runs each, so that the run fits valgrind's time budget.
+    under_valgrind("embed_valgrind", |dir| (compile_c(dir, "embed_test"), no_cases(dir).0), &["quick"]);
 }
 
 #[test]

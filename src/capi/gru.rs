@@ -1464,7 +1464,7 @@ pub unsafe extern "C" fn mrnn_onnx_gru_new(
 #[allow(clippy::too_many_arguments)]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mrnn_onnx_gru_run(
-    layer: *mut MrnnOnnxGru,
+    layer: *const MrnnOnnxGru,
     attrs: *const MrnnOnnxGruAttrs,
     x: *const f32,
     sequence_lens: *const i32,
@@ -1514,7 +1514,7 @@ pub unsafe extern "C" fn mrnn_onnx_rnn_new(
 #[allow(clippy::too_many_arguments)]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mrnn_onnx_rnn_run(
-    layer: *mut MrnnOnnxRnn,
+    layer: *const MrnnOnnxRnn,
     attrs: *const MrnnOnnxRnnAttrs,
     x: *const f32,
     sequence_lens: *const i32,
@@ -1569,7 +1569,7 @@ pub unsafe extern "C" fn mrnn_keras_gru_new(
 #[allow(clippy::too_many_arguments)]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mrnn_keras_gru_run(
-    layer: *mut MrnnKerasGru,
+    layer: *const MrnnKerasGru,
     attrs: *const MrnnKerasGruAttrs,
     x: *const f32,
     mask: *const u8,
@@ -1620,7 +1620,7 @@ pub unsafe extern "C" fn mrnn_keras_rnn_new(
 #[allow(clippy::too_many_arguments)]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mrnn_keras_rnn_run(
-    layer: *mut MrnnKerasRnn,
+    layer: *const MrnnKerasRnn,
     attrs: *const MrnnKerasRnnAttrs,
     x: *const f32,
     mask: *const u8,
@@ -1711,7 +1711,7 @@ macro_rules! keras_train_functions {
         #[allow(clippy::too_many_arguments)]
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $run_train(
-            layer: *mut $handle,
+            layer: *const $handle,
             attrs: *const $attrs,
             x: *const f32,
             mask: *const u8,
@@ -1739,7 +1739,7 @@ macro_rules! keras_train_functions {
         #[allow(clippy::too_many_arguments)]
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $run_backward(
-            layer: *mut $handle,
+            layer: *const $handle,
             tape: *const MrnnTape,
             dy: *const f32,
             d_last_output: *const f32,
@@ -1838,7 +1838,7 @@ macro_rules! onnx_train_functions {
         #[allow(clippy::too_many_arguments)]
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $run_train(
-            layer: *mut $handle,
+            layer: *const $handle,
             attrs: *const $attrs,
             x: *const f32,
             sequence_lens: *const i32,
@@ -1865,7 +1865,7 @@ macro_rules! onnx_train_functions {
         #[allow(clippy::too_many_arguments)]
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $run_backward(
-            layer: *mut $handle,
+            layer: *const $handle,
             tape: *const MrnnTape,
             dy: *const f32,
             dy_h: *const f32,

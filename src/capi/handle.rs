@@ -8,10 +8,10 @@
 //! ```
 //!
 //! The ONNX functions follow the same pattern. A handle owns the packed layer ([`KerasLstm`] /
-//! [`OnnxLstm`]) and scratch memory (a [`Workspace`]) behind a `Mutex` (`Core`, the same for every kind). Runs on one
-//! handle may overlap: a run that finds the scratch memory locked by another thread does not wait, it uses
-//! a temporary one. Scratch memory never changes results, so a run gives bitwise the one-shot function's
-//! outputs whichever scratch served it.
+//! [`OnnxLstm`]) and scratch memory (`Core`, the same for every kind): a small pool of [`Workspace`]s
+//! (`ScratchPool`). Runs on one handle may overlap: each takes a buffer of the pool (or a fresh one when
+//! none is left) and gives it back at its end, so runs never wait for each other. Scratch memory never
+//! changes results, so a run gives bitwise the one-shot function's outputs whichever scratch served it.
 //!
 //! Validation follows the order of the one-shot functions (module docs of [`super`]): NULL, then values
 //! (a run's attributes are checked as the one-shot's, then compared with the handle's), then sizes, then
@@ -27,7 +27,7 @@
 //! both, so a stale or foreign tape is recognised.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use super::keras::{KerasArgs, KerasFields};
 use super::layer::{new, run};
@@ -80,6 +80,49 @@ impl<L> Current<L> {
     }
 }
 
+/// At most how many scratch buffers a handle keeps for its next runs (see [`ScratchPool`]).
+pub(super) const SCRATCH_KEPT: usize = 8;
+
+/// A handle's scratch memory: the buffers of its finished runs, for its next ones. A run takes one (or a
+/// fresh one when none is left) and gives it back when it ends, so runs that overlap on one handle each
+/// compute with their own buffer: they never wait for each other (the lock is held only to take or give
+/// back a buffer, never during a run), and once the handle has served as many overlapping runs they no
+/// longer allocate. At most [`SCRATCH_KEPT`] buffers are kept; a run that panics drops its buffer.
+#[derive(Debug, Default)]
+pub(super) struct ScratchPool(Mutex<Vec<Scratch>>);
+
+impl ScratchPool {
+    /// The kept buffers. (Nothing can panic while the lock is held, but a poisoned lock would still hold a
+    /// valid list.)
+    fn kept(&self) -> MutexGuard<'_, Vec<Scratch>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many buffers are kept now.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.kept().len()
+    }
+
+    /// Runs `f` with a scratch buffer of its own: a kept one, or a fresh one when none is left.
+    pub(super) fn with<R>(&self, f: impl FnOnce(&mut Scratch) -> R) -> R {
+        let taken = self.kept().pop();
+        let mut scratch = taken.unwrap_or_default();
+        let result = f(&mut scratch);
+        let mut kept = self.kept();
+        let surplus = if kept.len() < SCRATCH_KEPT {
+            kept.push(scratch);
+            None
+        } else {
+            Some(scratch)
+        };
+        // A surplus buffer is freed after the lock is released.
+        drop(kept);
+        drop(surplus);
+        result
+    }
+}
+
 /// What every handle holds, whatever its kind: its id, its packed layer and its scratch memory.
 #[derive(Debug)]
 pub(super) struct Core<L> {
@@ -87,13 +130,14 @@ pub(super) struct Core<L> {
     pub(super) id: u64,
     /// The packed layer, replaced by `set_weights`.
     pub(super) current: Current<L>,
-    pub(super) scratch: Mutex<Scratch>,
+    /// The scratch buffers of the handle's runs.
+    pub(super) scratch: ScratchPool,
 }
 
 impl<L> Core<L> {
     /// A new handle's: a fresh id, generation 0 of `layer`.
     pub(super) fn new(layer: L) -> Self {
-        Core { id: next_handle_id(), current: Current::new(layer), scratch: Mutex::default() }
+        Core { id: next_handle_id(), current: Current::new(layer), scratch: ScratchPool::default() }
     }
 }
 
@@ -133,21 +177,6 @@ const _: () = {
     shared_across_threads::<MrnnKerasLstm>();
     shared_across_threads::<MrnnOnnxLstm>();
 };
-
-/// Runs `f` with the handle's scratch memory, or with a temporary one when another thread holds it.
-pub(super) fn with_handle_scratch<R>(scratch: &Mutex<Scratch>, f: impl FnOnce(&mut Scratch) -> R) -> R {
-    match scratch.try_lock() {
-        Ok(mut s) => f(&mut s),
-        Err(TryLockError::WouldBlock) => f(&mut Scratch::default()),
-        Err(TryLockError::Poisoned(poisoned)) => {
-            // A run panicked while holding it (reported as MRNN_ERR_INTERNAL then): start afresh.
-            let mut s = poisoned.into_inner();
-            *s = Scratch::default();
-            scratch.clear_poison();
-            f(&mut s)
-        }
-    }
-}
 
 /// `Err(BadArgument)` naming `field` when a run's value differs from the handle's.
 fn differs(field: &str, run: impl std::fmt::Display, created: impl std::fmt::Display) -> Error {
@@ -288,7 +317,7 @@ pub unsafe extern "C" fn mrnn_keras_lstm_new(
 #[allow(clippy::too_many_arguments)]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mrnn_keras_lstm_run(
-    layer: *mut MrnnKerasLstm,
+    layer: *const MrnnKerasLstm,
     attrs: *const MrnnKerasLstmAttrs,
     x: *const f32,
     mask: *const u8,
@@ -347,7 +376,7 @@ pub unsafe extern "C" fn mrnn_onnx_lstm_new(
 #[allow(clippy::too_many_arguments)]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mrnn_onnx_lstm_run(
-    layer: *mut MrnnOnnxLstm,
+    layer: *const MrnnOnnxLstm,
     attrs: *const MrnnOnnxLstmAttrs,
     x: *const f32,
     sequence_lens: *const i32,
@@ -516,29 +545,40 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_or_poisoned_workspace_is_replaced_not_waited_for() {
+    fn overlapping_runs_take_their_own_scratch_and_give_it_back() {
         let case = KerasCase::new(2, 8);
         let layer = case.handle();
         let (_, expected) = case.run(ptr::null_mut(), 3, 6, 1);
         // SAFETY: a live handle; only shared references are taken while it lives.
-        let handle = unsafe { &*layer };
-        {
-            // Held by "another run": this run must neither block nor differ.
-            let _busy = handle.core.scratch.lock().unwrap();
-            let (status, got) = case.run(layer, 3, 6, 1);
-            assert_eq!((status, bits(&got)), (MRNN_OK, bits(&expected)));
-        }
-        let _ = std::thread::scope(|s| {
-            s.spawn(|| {
-                let _held = handle.core.scratch.lock().unwrap();
-                panic!("poisoning the workspace on purpose");
-            })
-            .join()
-        });
-        assert!(handle.core.scratch.is_poisoned());
-        let (status, got) = case.run(layer, 3, 6, 2);
+        let pool = unsafe { &(*layer).core.scratch };
+        assert_eq!(pool.len(), 0);
+        let (status, got) = case.run(layer, 3, 6, 1);
         assert_eq!((status, bits(&got)), (MRNN_OK, bits(&expected)));
-        assert!(!handle.core.scratch.is_poisoned());
+        assert_eq!(pool.len(), 1, "a finished run gives its buffer back");
+        // Runs nested in a run (as overlapping runs of other threads would be) find the pool empty or
+        // short, take fresh buffers, neither wait nor differ, and give them all back.
+        pool.with(|_| {
+            pool.with(|_| {
+                assert_eq!(pool.len(), 0);
+                let (status, got) = case.run(layer, 3, 6, 2);
+                assert_eq!((status, bits(&got)), (MRNN_OK, bits(&expected)));
+            })
+        });
+        assert_eq!(pool.len(), 3);
+        // At most SCRATCH_KEPT are kept.
+        fn nest(pool: &ScratchPool, depth: usize) {
+            if depth > 0 {
+                pool.with(|_| nest(pool, depth - 1));
+            }
+        }
+        nest(pool, SCRATCH_KEPT + 3);
+        assert_eq!(pool.len(), SCRATCH_KEPT);
+        // A run that panics drops its buffer; the pool still serves.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.with(|_| panic!("on purpose"))));
+        assert!(panicked.is_err());
+        assert_eq!(pool.len(), SCRATCH_KEPT - 1);
+        let (status, got) = case.run(layer, 3, 6, 1);
+        assert_eq!((status, bits(&got)), (MRNN_OK, bits(&expected)));
         // SAFETY: a live handle no thread uses any more.
         unsafe { mrnn_keras_lstm_free(layer) };
     }

@@ -20,7 +20,7 @@
 //! the LSTMs, GRUs and RNNs) also implements [`TrainKind`]: its gradient pointers, tapes and backward. The
 //! forward functions need only [`Kind`].
 
-use super::handle::{with_handle_scratch, Core};
+use super::handle::Core;
 use super::train::{MrnnTape, Record, Recorded};
 use super::*;
 
@@ -304,7 +304,7 @@ struct HandleRun<R> {
 /// call; every other non-NULL pointer is valid for its documented size, and no other thread writes the
 /// inputs or touches the outputs.
 unsafe fn run_handle<K: Kind, R>(
-    layer: *mut K,
+    layer: *const K,
     attrs: *const K::Attrs,
     p: &Ptrs<K>,
     go: impl FnOnce(&K::Packed, &K::Sizes, usize, &mut Scratch) -> Result<R>,
@@ -319,7 +319,7 @@ unsafe fn run_handle<K: Kind, R>(
     let (args, n) = unsafe { validate(attrs, Some(handle), p, check_forward) }?;
     let (core, threads) = (handle.core(), K::threads(&args));
     let (packed, generation) = core.current.snapshot();
-    let made = with_handle_scratch(&core.scratch, |scratch| go(&packed, &n, threads, scratch))?;
+    let made = core.scratch.with(|scratch| go(&packed, &n, threads, scratch))?;
     Ok(HandleRun { made, id: core.id, generation, threads })
 }
 
@@ -328,7 +328,7 @@ unsafe fn run_handle<K: Kind, R>(
 /// # Safety
 /// As [`run_handle`].
 pub(super) unsafe fn run<K: Kind>(
-    layer: *mut K,
+    layer: *const K,
     attrs: *const K::Attrs,
     input: K::Input,
     output: K::Output,
@@ -347,7 +347,7 @@ pub(super) unsafe fn run<K: Kind>(
 /// # Safety
 /// As [`run_handle`]; `tape` is NULL or valid for one pointer write.
 pub(super) unsafe fn run_train<K: TrainKind>(
-    layer: *mut K,
+    layer: *const K,
     attrs: *const K::Attrs,
     input: K::Input,
     output: K::Output,
@@ -377,7 +377,7 @@ pub(super) unsafe fn run_train<K: TrainKind>(
 /// The contract of those functions: `layer` is NULL or a live handle, `tape` NULL or a live tape, neither
 /// freed during the call; every other non-NULL pointer is valid for its documented size, and no other
 /// thread writes the inputs or touches the outputs.
-pub(super) unsafe fn run_backward<K: TrainKind>(layer: *mut K, tape: *const MrnnTape, grads: K::Grads) -> Result<()> {
+pub(super) unsafe fn run_backward<K: TrainKind>(layer: *const K, tape: *const MrnnTape, grads: K::Grads) -> Result<()> {
     require("layer", layer)?;
     require("tape", tape)?;
     // SAFETY: live (the caller's contract), and only ever shared by the C ABI.

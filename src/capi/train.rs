@@ -203,7 +203,7 @@ pub unsafe extern "C" fn mrnn_lstm_keras_backward(
 #[allow(clippy::too_many_arguments)]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mrnn_keras_lstm_run_train(
-    layer: *mut MrnnKerasLstm,
+    layer: *const MrnnKerasLstm,
     attrs: *const MrnnKerasLstmAttrs,
     x: *const f32,
     mask: *const u8,
@@ -232,7 +232,7 @@ pub unsafe extern "C" fn mrnn_keras_lstm_run_train(
 #[allow(clippy::too_many_arguments)]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mrnn_keras_lstm_run_backward(
-    layer: *mut MrnnKerasLstm,
+    layer: *const MrnnKerasLstm,
     tape: *const MrnnTape,
     dy: *const f32,
     d_last_output: *const f32,
@@ -321,7 +321,7 @@ pub unsafe extern "C" fn mrnn_lstm_onnx_backward(
 #[allow(clippy::too_many_arguments)]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mrnn_onnx_lstm_run_train(
-    layer: *mut MrnnOnnxLstm,
+    layer: *const MrnnOnnxLstm,
     attrs: *const MrnnOnnxLstmAttrs,
     x: *const f32,
     sequence_lens: *const i32,
@@ -349,7 +349,7 @@ pub unsafe extern "C" fn mrnn_onnx_lstm_run_train(
 #[allow(clippy::too_many_arguments)]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mrnn_onnx_lstm_run_backward(
-    layer: *mut MrnnOnnxLstm,
+    layer: *const MrnnOnnxLstm,
     tape: *const MrnnTape,
     dy: *const f32,
     dy_h: *const f32,
