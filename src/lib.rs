@@ -33,6 +33,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+// The C ABI, behind the default feature `capi` (see the module's docs).
+#[cfg(feature = "capi")]
 pub mod capi;
 pub mod cells;
 pub mod engine;

@@ -1,4 +1,6 @@
 //! The C ABI (`include/masked_rnn.h`, contract in `C_ABI.md`): `extern "C"` functions over the Rust API.
+//! Behind the cargo feature `capi`, a default one: with `default-features = false` the library exports
+//! no `mrnn_*` symbol.
 //!
 //! Every exported body runs behind a panic boundary ([`guard`]): a failure becomes an `int32_t` status
 //! plus a thread-local message for [`mrnn_last_error`], and a panic becomes `MRNN_ERR_INTERNAL`, never an
