@@ -404,40 +404,61 @@ def onnx_weights(cell, kernel, recurrent, bias):
     return conv(kernel).T[None], conv(recurrent).T[None], b[None]
 
 
-def prepare_onnxruntime(data, threads, _lib):
+def onnx_model(data, weights_as_inputs=False, with_y_h=False):
+    """The ONNX model of the workload's stacked LSTM or GRU nodes (opset 17, layout 0, sequence_lens) and
+    the feeds of its weights: as initializers (ONNX Runtime packs them once, when the session is created;
+    no feeds) or, weights_as_inputs, as graph inputs W0, R0, B0, ... fed at each run. Outputs: Y of the last
+    node [T,1,B,H], and its Y_h [1,B,H] with with_y_h."""
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    x, lengths, cell = data["x"], data["lengths"], data["cell"]
+    x, cell = data["x"], data["cell"]
     B, T, I = x.shape
     op = cell.upper()
     extra = dict(linear_before_reset=int(data["reset_after"])) if cell == "gru" else {}
-    nodes, inits = [], []
+    nodes, inits, weight_inputs, weight_feeds = [], [], [], {}
     if len(data["layers"]) > 1:  # the Squeeze between stacked layers
         inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"))
     cur = "X"
     for n, (kernel, recurrent, bias) in enumerate(data["layers"]):
         H = recurrent.shape[0]
         for name, arr in zip(("W%d" % n, "R%d" % n, "B%d" % n), onnx_weights(cell, kernel, recurrent, bias)):
-            inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name))
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+            if weights_as_inputs:
+                weight_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(arr.shape)))
+                weight_feeds[name] = arr
+            else:
+                inits.append(numpy_helper.from_array(arr, name))
         y = "Y%d" % n
-        nodes.append(helper.make_node(op, [cur, "W%d" % n, "R%d" % n, "B%d" % n, "sequence_lens"], [y],
+        last = n + 1 == len(data["layers"])
+        outs = [y, "Y_h"] if last and with_y_h else [y]
+        nodes.append(helper.make_node(op, [cur, "W%d" % n, "R%d" % n, "B%d" % n, "sequence_lens"], outs,
                                       hidden_size=H, layout=0, name="%s%d" % (cell, n), **extra))
-        if n + 1 < len(data["layers"]):
+        if not last:
             nodes.append(helper.make_node("Squeeze", [y, "axis1"], ["S%d" % n], name="squeeze%d" % n))
             cur = "S%d" % n
     H_last = data["layers"][-1][1].shape[0]
+    outputs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, [T, 1, B, H_last])]
+    if with_y_h:
+        outputs.append(helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, B, H_last]))
     graph = helper.make_graph(
         nodes, "masked_" + cell,
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I]),
-         helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, [B])],
-        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [T, 1, B, H_last])],
-        initializer=inits)
+         helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, [B])] + weight_inputs,
+        outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
+    return model, weight_feeds
 
+
+def prepare_onnxruntime(data, threads, _lib, weights_as_inputs=False, with_y_h=False):
+    """fn() runs the session and returns its output list (Y, then Y_h with with_y_h); to_np gives Y as
+    [B,T,H]. weights_as_inputs: see onnx_model."""
+    import onnxruntime as ort
+
+    x, lengths, cell = data["x"], data["lengths"], data["cell"]
+    model, weight_feeds = onnx_model(data, weights_as_inputs, with_y_h)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -445,15 +466,19 @@ def prepare_onnxruntime(data, threads, _lib):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     feeds = {"X": np.ascontiguousarray(x.transpose(1, 0, 2)), "sequence_lens": lengths.astype(np.int32)}
+    feeds.update(weight_feeds)
 
     def fn():
-        return sess.run(None, feeds)[0]
+        return sess.run(None, feeds)
 
-    def to_np(out):  # [T,1,B,H] -> [B,T,H]
-        return out[:, 0].transpose(1, 0, 2)
+    def to_np(out):  # Y [T,1,B,H] -> [B,T,H]
+        return out[0][:, 0].transpose(1, 0, 2)
 
-    info = dict(version=ort.__version__, call="InferenceSession.run, opset 17 %s layout 0 with sequence_lens%s, "
-                "intra_op=%d inter_op=1 sequential" % (op, "".join(", %s=%d" % kv for kv in extra.items()), threads))
+    extra = dict(linear_before_reset=int(data["reset_after"])) if cell == "gru" else {}
+    info = dict(version=ort.__version__, call="InferenceSession.run, opset 17 %s layout 0 with sequence_lens%s%s, "
+                "intra_op=%d inter_op=1 sequential" % (cell.upper(), "".join(", %s=%d" % kv for kv in extra.items()),
+                                                       ", W R B as graph inputs" if weights_as_inputs else "",
+                                                       threads))
     return fn, to_np, info
 
 
@@ -752,12 +777,18 @@ class ForeignCpu:
         return False
 
 
-def run_worker(spec, timeout_s):
-    """Runs one worker subprocess; returns its result dict (with 'error' on failure)."""
+def worker_env(threads):
+    """The environment of a worker process: thread pools sized before any framework starts."""
     env = dict(os.environ)
-    n = str(spec["threads"])
+    n = str(threads)
     env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, TF_CPP_MIN_LOG_LEVEL="2",
                KERAS_BACKEND="tensorflow", PYTHONWARNINGS="ignore")
+    return env
+
+
+def run_worker(spec, timeout_s):
+    """Runs one worker subprocess; returns its result dict (with 'error' on failure)."""
+    env = worker_env(spec["threads"])
     spec_path = spec["out"] + ".spec.json"
     with open(spec_path, "w") as f:
         json.dump(spec, f)
@@ -1014,13 +1045,19 @@ def parse_args(argv):
     p.add_argument("--no-build", action="store_true", help="do not run cargo build --release")
     p.add_argument("--out-dir", default=None, help="where results go (default bench/results)")
     p.add_argument("--timeout", type=int, default=600, help="seconds before a worker is killed (default 600)")
-    p.add_argument("--wait-idle", type=int, default=120, help="before each cell, wait up to this many seconds "
-                   "for other processes to leave the CPUs idle (0: don't wait; default 120)")
-    p.add_argument("--max-foreign", type=float, default=0.3, help="a cell during which other processes used "
-                   "more than this many cores on average is measured again (default 0.3)")
-    p.add_argument("--retries", type=int, default=3, help="how many times a disturbed cell is measured again")
+    add_idle_options(p)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def add_idle_options(p, wait_idle=120, retries=3, what="a cell during which"):
+    """--wait-idle, --max-foreign, --retries: the idle guard and the re-measuring of disturbed cells."""
+    p.add_argument("--wait-idle", type=int, default=wait_idle, help="before each cell, wait up to this many seconds "
+                   "for other processes to leave the CPUs idle (0: don't wait; default %d)" % wait_idle)
+    p.add_argument("--max-foreign", type=float, default=0.3, help="%s other processes used more than this many "
+                   "cores on average is measured again (default 0.3)" % what)
+    p.add_argument("--retries", type=int, default=retries, help="how many times a disturbed %s is measured again"
+                   % what.split()[1])
 
 
 def main(argv):
