@@ -27,6 +27,10 @@
 //!   and weights): `Sequential::train_step` = training forward + masked MSE + backward + Adam (Keras
 //!   flavour) + repacking, `[64, 256, 256]`, lengths uniform in 32..=256, LSTM(256), 1 and 2 threads.
 //!
+//! - `packing/<framework>_<cell>/t<threads>`: a layer built from each framework's weight layout (ONNX,
+//!   PyTorch, Keras; LSTM, GRU, RNN), `H = I = 1024`, 1 thread and all cores: the conversion and packing
+//!   a C one-shot call does on every call, in bytes of the framework's weights per second.
+//!
 //! FLOPs. A valid step of a layer with input size I and hidden size H costs
 //! `2 * 4H * (I + H)` floating-point operations in its two products `x·W` and `h·R` (the elementwise
 //! cell update, O(H), is ignored). Every benchmark declares `Throughput::Elements(flops per iteration)`,
@@ -493,6 +497,51 @@ fn train_step(c: &mut Criterion) {
     g.finish();
 }
 
+/// Weight conversion and packing: a layer built from each framework's layout (ONNX `W [G H, I]`,
+/// PyTorch `weight_ih [G H, I]`: transposed and gate-reordered; Keras `kernel [I, G H]`: packed as it
+/// is), every cell, `H = I = 1024`, 1 thread and all cores, as a C one-shot call does on every call.
+/// Throughput in bytes of the framework's weights (`W`, `R` and the biases) per second.
+fn packing(c: &mut Criterion) {
+    let (i, h) = (1024usize, 1024usize);
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut w = |n: usize| (0..n).map(|_| rng.random_range(-0.03f32..0.03)).collect::<Vec<f32>>();
+    let (w4, r4, b4) = (w(4 * h * i), w(4 * h * h), w(8 * h));
+    let (w3, r3, b3) = (w(3 * h * i), w(3 * h * h), w(6 * h));
+    let (w1, r1, b1) = (w(h * i), w(h * h), w(2 * h));
+    let bytes = |g: usize| (4 * g * h * (i + h + 2)) as u64;
+    let mut g = group(c, "packing", 20);
+    for threads in [1, 0] {
+        let t = if threads == 0 { "all".to_string() } else { threads.to_string() };
+        let mut run = |name: &str, gates: usize, f: &dyn Fn()| {
+            g.throughput(Throughput::Bytes(bytes(gates)));
+            g.bench_function(format!("{name}/t{t}"), |bench| {
+                bench.iter(|| kernel::microbench::with_pack_threads(threads, f))
+            });
+        };
+        run("onnx_lstm", 4, &|| {
+            let a = OnnxLstmAttrs::new(h, Direction::Forward);
+            black_box(OnnxLstm::new(a, i, &w4, &r4, Some(&b4), None).unwrap());
+        });
+        run("onnx_gru", 3, &|| {
+            let a = OnnxGruAttrs::new(h, Direction::Forward);
+            black_box(OnnxGru::new(a, i, &w3, &r3, Some(&b3)).unwrap());
+        });
+        run("onnx_rnn", 1, &|| {
+            let a = OnnxRnnAttrs::new(h, Direction::Forward);
+            black_box(OnnxRnn::new(a, i, &w1, &r1, Some(&b1)).unwrap());
+        });
+        run("pytorch_lstm", 4, &|| {
+            let wts = LstmWeights::from_pytorch(i, h, &w4, &r4, Some(&b4[..4 * h]), Some(&b4[4 * h..])).unwrap();
+            black_box(KerasLstm::new(wts, KerasLstmOptions::default()).unwrap());
+        });
+        run("keras_lstm", 4, &|| {
+            let wts = LstmWeights::from_keras(i, h, &w4, &r4, Some(&b4[..4 * h])).unwrap();
+            black_box(KerasLstm::new(wts, KerasLstmOptions::default()).unwrap());
+        });
+    }
+    g.finish();
+}
+
 /// seed_fit's first layer at the batch sizes its recurrence runs (15 sequences, on average ~10 still
 /// active): one forward step (GEMM and fused cell update) and one backward `dZ·Rᵀ` GEMM, `H = 128`.
 fn small_batch_steps(c: &mut Criterion) {
@@ -649,6 +698,7 @@ fn cells_train(c: &mut Criterion) {
 
 criterion_group!(
     benches,
+    packing,
     cells,
     cells_train,
     padding_sweep,

@@ -23,6 +23,7 @@
 use super::handle::Core;
 use super::train::{MrnnTape, Record, Recorded};
 use super::*;
+use crate::kernel::pack::with_pack_threads;
 
 /// The caller pointers of one forward call of kind `K`, in groups; `None`: the function has no such
 /// arguments. (A backward's gradient pointers are checked through a [`GradCheck`].)
@@ -249,8 +250,9 @@ pub(super) unsafe fn one_shot<K: Kind>(
     // with the sizes `n` (no output overlaps another buffer).
     let (args, n) = unsafe { validate(attrs, None, &p, check_forward) }?;
     // SAFETY: as above.
-    let packed = unsafe { K::pack(&weights, &n, &args) }?;
     let threads = K::threads(&args);
+    // SAFETY: as above.
+    let packed = with_pack_threads(threads, || unsafe { K::pack(&weights, &n, &args) })?;
     // SAFETY: as above.
     with_thread_scratch(|scratch| unsafe { K::forward(&packed, &input, &output, &n, threads, scratch) })
 }
@@ -281,8 +283,9 @@ pub(super) unsafe fn one_shot_backward<K: TrainKind>(
         return Ok(());
     }
     // SAFETY: as above.
-    let packed = unsafe { K::pack(&weights, &n, &args) }?;
     let threads = K::threads(&args);
+    // SAFETY: as above.
+    let packed = with_pack_threads(threads, || unsafe { K::pack(&weights, &n, &args) })?;
     // SAFETY: as above.
     with_thread_scratch(|scratch| unsafe { K::backward_once(&packed, &input, &grads, &n, threads, scratch) })
 }
@@ -410,7 +413,9 @@ pub(super) unsafe fn new<K: Kind>(attrs: *const K::Attrs, weights: K::Weights, o
     let n = K::sizes(&args, false)?;
     check_forward(&p, &n)?;
     // SAFETY: the weights and `out` passed steps 1 to 4 with these sizes; valid by the caller's contract.
-    unsafe { hand_out(out, K::new_handle(K::pack(&weights, &n, &args)?, args, a)) };
+    let packed = with_pack_threads(K::threads(&args), || unsafe { K::pack(&weights, &n, &args) })?;
+    // SAFETY: `out` passed steps 1 to 4; valid by the caller's contract.
+    unsafe { hand_out(out, K::new_handle(packed, args, a)) };
     Ok(())
 }
 
@@ -428,6 +433,8 @@ pub(super) unsafe fn set_weights<K: Kind>(layer: *mut K, weights: K::Weights) ->
     let n = K::sizes(handle.fixed(), false)?;
     check_forward(&p, &n)?;
     // SAFETY: the weights passed steps 1 to 4 with these sizes; valid by the caller's contract.
-    handle.core().current.replace(unsafe { K::pack(&weights, &n, handle.fixed()) }?);
+    let threads = K::threads(handle.fixed());
+    // SAFETY: as above.
+    handle.core().current.replace(with_pack_threads(threads, || unsafe { K::pack(&weights, &n, handle.fixed()) })?);
     Ok(())
 }

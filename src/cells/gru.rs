@@ -27,7 +27,7 @@ use crate::cells::grads::PytorchLayout;
 use crate::cells::weights::{sizes, transpose, transpose_rows};
 use crate::engine::{grow, GradRows};
 use crate::error::{check_len, checked_product, Result};
-use crate::kernel::pack::{pack_panels, pack_vector, PackedGates};
+use crate::kernel::pack::{pack_gate_panels, pack_vector, PackedGates};
 use crate::kernel::simd::{clip_lanes, gemm, gemm_tall, Epilogue, Rows, Simd, TnPart};
 use crate::kernel::{BackwardStep, Carry, CellBackward, CellKernel, PrevState, Stage, StepState};
 use crate::reference::{vec_mat, Rounding};
@@ -303,11 +303,8 @@ impl PackedGru {
             bias_rh = pack_vector(&w.bias_recurrent[2 * h..], 1, h, nb);
         } else {
             gates.r = Vec::new();
-            let cols = |range: Range<usize>| -> Vec<f32> {
-                (0..h).flat_map(|k| w.recurrent[k * 3 * h..][range.clone()].iter().copied()).collect()
-            };
-            r_zr = pack_panels(&cols(0..2 * h), h, 2, h, nb);
-            r_h = pack_panels(&cols(2 * h..3 * h), h, 1, h, nb);
+            r_zr = pack_gate_panels(&w.recurrent, h, 3, 0..2, h, nb);
+            r_h = pack_gate_panels(&w.recurrent, h, 3, 2..3, h, nb);
         }
         Ok(PackedGru { gates, bias_rh, r_zr, r_h, reset_after, transposes: OnceLock::new() })
     }

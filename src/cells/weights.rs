@@ -15,6 +15,7 @@
 use std::sync::OnceLock;
 
 use crate::error::{check_len, checked_product, Error, Result};
+pub(crate) use crate::kernel::pack::transpose;
 use crate::kernel::pack::{pack_vector, PackedGates};
 
 /// Gate index within the canonical (Keras / PyTorch) order.
@@ -194,17 +195,6 @@ impl LstmWeights {
     pub fn peephole(&self) -> Option<&[f32]> {
         self.peephole.as_deref()
     }
-}
-
-/// `m [rows][cols]` transposed.
-pub(crate) fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0.0; m.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = m[r * cols + c];
-        }
-    }
-    t
 }
 
 /// Weights of one LSTM layer direction packed into a backend's panel layout (see

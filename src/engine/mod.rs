@@ -39,7 +39,7 @@ pub(crate) use layout::{directions, OutRegion, Region, SeqIn, SeqOut, StateIn, S
 pub(crate) use plan::l2_bytes;
 pub use plan::Schedule;
 pub(crate) use sweep::Job;
-pub(crate) use sync::par_join;
+pub(crate) use sync::{for_each_part, par_join};
 pub use tape::DirTape;
 pub(crate) use tape::TapeOut;
 pub use workspace::Workspace;

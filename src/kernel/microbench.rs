@@ -148,3 +148,9 @@ impl KernelBench {
         &self.h_out
     }
 }
+
+/// Runs `f` with weight conversion and packing on `threads` threads (0: rayon's pool, 1: the calling
+/// thread), as the C functions' `num_threads` sets it: for the `packing` benchmark group.
+pub fn with_pack_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
+    super::pack::with_pack_threads(threads, f)
+}

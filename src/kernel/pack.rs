@@ -12,7 +12,11 @@
 //! interleaved, each pass read every other cache line of the panel (measured: the training steps of
 //! seed_fit and mid_fit up to a tenth slower).
 
+use std::cell::Cell;
+use std::ops::Range;
+
 use super::simd::MAX_GATES;
+use crate::engine::for_each_part;
 use crate::error::{checked_product, Error, Result};
 
 /// Gates per group of a packed panel (see the [module docs](self)): two for four gates, else all.
@@ -116,20 +120,112 @@ fn pack_row(src: &[f32], dst: &mut [f32], gates: usize, hidden: usize, nb: usize
 
 /// `[rows][gates * hidden]` as block-major panels `[blocks][group][rows][gates in group][nb]`.
 pub(crate) fn pack_panels(m: &[f32], rows: usize, gates: usize, hidden: usize, nb: usize) -> Vec<f32> {
-    let blocks = hidden.div_ceil(nb);
-    let (panel, row, group) = (gates * nb, gates * blocks * nb, group_gates(gates) * nb);
-    let mut out = vec![0.0; rows * row];
-    let mut packed_row = vec![0.0; row];
-    for k in 0..rows {
-        pack_row(&m[k * gates * hidden..(k + 1) * gates * hidden], &mut packed_row, gates, hidden, nb);
-        for bl in 0..blocks {
-            for (q, src) in packed_row[bl * panel..(bl + 1) * panel].chunks(group).enumerate() {
-                let at = bl * rows * panel + panel_offset(gates, nb, rows, k, q * group_gates(gates));
-                out[at..at + group].copy_from_slice(src);
+    pack_gate_panels(m, rows, gates, 0..gates, hidden, nb)
+}
+
+/// Rows of `k` a block's panel is filled in at a time by [`pack_gate_panels`]: that many source rows
+/// stay in L1/L2 while every gate of the block is copied from them.
+const PACK_ROWS: usize = 16;
+
+/// The gates `sel` of `m [rows][src_gates * hidden]` (canonical, gate-major columns) as the panels of
+/// `sel.len()` gates (see [`pack_panels`]). Each block's panel (contiguous in the output) is filled by one
+/// thread, `PACK_ROWS` source rows at a time, whole lanes per copy; the blocks are shared among the
+/// threads of [`pack_threads`] when the weights are large (measured in the `packing` benchmark group).
+pub(crate) fn pack_gate_panels(
+    m: &[f32],
+    rows: usize,
+    src_gates: usize,
+    sel: Range<usize>,
+    hidden: usize,
+    nb: usize,
+) -> Vec<f32> {
+    let (gates, blocks) = (sel.len(), hidden.div_ceil(nb));
+    let panel = gates * nb;
+    let src_row = src_gates * hidden;
+    debug_assert!(m.len() >= rows * src_row && sel.end <= src_gates);
+    let mut out = vec![0.0; rows * panel * blocks];
+    if out.is_empty() {
+        return out;
+    }
+    let fill = |bl: usize, dst: &mut [f32]| {
+        let (u0, lanes) = (bl * nb, nb.min(hidden - bl * nb));
+        for k0 in (0..rows).step_by(PACK_ROWS) {
+            for g in 0..gates {
+                let col = (sel.start + g) * hidden + u0;
+                for k in k0..(k0 + PACK_ROWS).min(rows) {
+                    let at = panel_offset(gates, nb, rows, k, g);
+                    dst[at..at + lanes].copy_from_slice(&m[k * src_row + col..][..lanes]);
+                }
             }
         }
-    }
+    };
+    let mut parts: Vec<(usize, &mut [f32])> = out.chunks_mut(rows * panel).enumerate().collect();
+    in_parallel(rows * panel * blocks, &mut parts, |(bl, dst)| fill(*bl, dst));
     out
+}
+
+/// `m [rows][cols]` transposed, in tiles of 16 x 64 (each tile's reads and writes stay in L1), strips
+/// of output rows shared among the threads of [`pack_threads`] when the matrix is large.
+pub(crate) fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TR: usize = 16;
+    const TC: usize = 64;
+    let mut t = vec![0.0; rows * cols];
+    if t.is_empty() {
+        return t;
+    }
+    debug_assert!(m.len() >= rows * cols);
+    let mut parts: Vec<(usize, &mut [f32])> = t.chunks_mut(TC * rows).enumerate().collect();
+    in_parallel(rows * cols, &mut parts, |(strip, dst)| {
+        let c0 = *strip * TC;
+        let width = dst.len() / rows;
+        for r0 in (0..rows).step_by(TR) {
+            for r in r0..(r0 + TR).min(rows) {
+                let src = &m[r * cols + c0..][..width];
+                for (c, &v) in src.iter().enumerate() {
+                    dst[c * rows + r] = v;
+                }
+            }
+        }
+    });
+    t
+}
+
+thread_local! {
+    /// Threads the packing functions of this thread use (see [`with_pack_threads`]).
+    static PACK_THREADS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Runs `f` with the weight conversions and packing it does on this thread spread over `threads`
+/// threads (0: rayon's current pool, all cores by default; 1: this thread only), as the C functions'
+/// `num_threads` asks.
+pub(crate) fn with_pack_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
+    let before = PACK_THREADS.with(|t| t.replace(threads));
+    /// Restores the setting even if `f` unwinds.
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PACK_THREADS.with(|t| t.set(self.0));
+        }
+    }
+    let _restore = Restore(before);
+    f()
+}
+
+/// The threads packing uses on this thread ([`with_pack_threads`]; 0 by default).
+pub(crate) fn pack_threads() -> usize {
+    PACK_THREADS.with(Cell::get)
+}
+
+/// Floats below which a conversion runs on the calling thread: starting threads would cost more.
+const PARALLEL_FLOATS: usize = 1 << 16;
+
+/// Runs `f` on every part of a conversion of `floats` floats: on [`pack_threads`] threads, or on this
+/// thread when the conversion is small or no thread could be started.
+fn in_parallel<T: Send>(floats: usize, parts: &mut [T], f: impl Fn(&mut T) + Sync + Send) {
+    let threads = if floats < PARALLEL_FLOATS { 1 } else { pack_threads() };
+    if for_each_part(threads, parts, &f).is_err() {
+        parts.iter_mut().for_each(f);
+    }
 }
 
 impl PackedGates {
