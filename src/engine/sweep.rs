@@ -16,6 +16,10 @@ use crate::kernel::simd::BLOCK_ROWS;
 use crate::kernel::{Backend, CellKernel, StepState, MAX_PHASES};
 use crate::view::SeqView;
 
+/// Multiply-adds below which a job runs on one thread (about 10 us of one core's work; measured with
+/// `bench/grid.py`: a GRU of 64 units on one sequence of 25-50 steps took 47 us on 2 threads, ORT 42).
+pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 19;
+
 /// Bytes of projected input a time tile aims to keep in cache.
 pub(crate) const TILE_BYTES: usize = 256 * 1024;
 
@@ -127,7 +131,8 @@ impl<C: CellKernel> Job<'_, C> {
         let threads = effective_threads(self.threads);
         let lens: &[usize] = lens;
 
-        let (columns, n_chunks) = self.layout(threads, order.len());
+        let valid: usize = lens.iter().sum();
+        let (columns, n_chunks) = self.layout(threads, order.len(), valid);
         if chunks.len() < n_chunks {
             chunks.reserve_exact(n_chunks - chunks.len());
             chunks.resize_with(n_chunks, ChunkScratch::default);
@@ -139,7 +144,10 @@ impl<C: CellKernel> Job<'_, C> {
             self.run_columns(order, lens, chunks)?
         } else {
             balance(order, lens, load, chunks);
-            for_each_part(self.threads, chunks, |cs| {
+            // One chunk runs on the calling thread: handing it to a pool thread and back costs more
+            // than a small job takes.
+            let run_threads = if n_chunks == 1 { 1 } else { self.threads };
+            for_each_part(run_threads, chunks, |cs| {
                 cs.steps = if cs.rows.is_empty() { 0 } else { self.run_chunk(cs, lens) };
             })?;
             chunks.iter().map(|c| c.steps).sum()
@@ -155,10 +163,21 @@ impl<C: CellKernel> Job<'_, C> {
         })
     }
 
-    /// Whether the job splits gate columns, and into how many chunks (or column threads) it runs.
-    fn layout(&self, threads: usize, rows: usize) -> (bool, usize) {
+    /// Whether the job splits gate columns, and into how many chunks (or column threads) it runs, for
+    /// `rows` sequences with `valid` valid steps in all. Jobs of fewer than [`PARALLEL_MIN_MACS`]
+    /// multiply-adds run as one chunk: a second thread's start and finish cost more than it saves.
+    fn layout(&self, threads: usize, rows: usize, valid: usize) -> (bool, usize) {
         let columns = self.use_columns(threads, rows);
-        (columns, if columns { column_threads(threads, self.w().blocks) } else { threads.min(rows).max(1) })
+        let w = self.w();
+        let macs = valid.saturating_mul(w.gates * w.hidden_padded() * (w.input + w.hidden));
+        let n = if columns {
+            column_threads(threads, w.blocks)
+        } else if macs < PARALLEL_MIN_MACS {
+            1
+        } else {
+            threads.min(rows).max(1)
+        };
+        (columns, n)
     }
 
     /// An upper bound of the bytes a fresh [`JobScratch`] holds after running this job (buffers are sized
@@ -169,7 +188,8 @@ impl<C: CellKernel> Job<'_, C> {
     pub(crate) fn scratch_bound(&self) -> usize {
         let b = self.view.batch();
         let rows = (0..b).filter(|&s| self.view.valid_len(s) > 0).count();
-        let (columns, n) = self.layout(effective_threads(self.threads), rows);
+        let valid = (0..b).map(|s| self.view.valid_len(s)).sum();
+        let (columns, n) = self.layout(effective_threads(self.threads), rows, valid);
         let (hp, nb, blocks, gates) = (self.w().hidden_padded(), self.w().nb, self.w().blocks, self.w().gates);
         let word = std::mem::size_of::<usize>();
         let mut bytes = (2 * b + n) * word + n * std::mem::size_of::<ChunkScratch>();
