@@ -5,13 +5,14 @@ use std::cmp::Reverse;
 use std::ops::Range;
 
 use super::layout::{check_extent, extent, Region, SeqIn, SeqOut, StateIn, StateOut};
-use super::plan::{balance, column_threads, effective_threads, use_columns, Schedule};
+use super::plan::{balance, column_threads, effective_threads, l2_bytes, use_columns, Schedule};
 use super::sync::{for_each_part, run_columns, ChunkPtr, SpinBarrier};
 use super::tape::TapeOut;
 use super::workspace::{clear_reserve, ChunkScratch, JobScratch};
 use super::{EmptyState, Fill, ForwardStats};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernel::pack::PackedGates;
+use crate::kernel::simd::BLOCK_ROWS;
 use crate::kernel::{Backend, CellKernel, StepState, MAX_PHASES};
 use crate::view::SeqView;
 
@@ -198,7 +199,7 @@ impl<C: CellKernel> Job<'_, C> {
         bytes += (2 + C::EXTRA_STATES + self.cell.mid_states()) * rows * hp * 4;
         // One chunk's time tile over `proj_row` floats per row: at most max(tile rows, its rows) rows of
         // projection, row offsets and times.
-        let tile_rows = |proj_row: usize| TILE_BYTES / (4 * proj_row).max(1);
+        let tile_rows = |proj_row: usize| self.tile_rows(proj_row / (gates * nb));
         let per_row = |proj_row: usize| proj_row * 4 + 2 * word;
         let cursor = std::mem::size_of::<Cursor>();
         if columns {
@@ -213,6 +214,22 @@ impl<C: CellKernel> Job<'_, C> {
             bytes += (n * a + rows.saturating_sub(a)) * per_row(proj_row) + rows * (cursor + word);
         }
         bytes
+    }
+
+    /// Rows of projection a time tile aims at over `blocks` weight blocks: as many as fill [`TILE_BYTES`]
+    /// (the projection stays in cache for the steps that read it); when the blocks' input weights exceed
+    /// L2 at least [`BLOCK_ROWS`], so that the projection streams each weight panel once per group of
+    /// that many rows (see `kernel::simd::gemm`) rather than once per few steps: a batch of 4
+    /// on a 1024-unit LSTM read the 16 MiB input weights every 4 steps.
+    fn tile_rows(&self, blocks: usize) -> usize {
+        let w = self.w();
+        let proj_row = blocks * w.gates * w.nb;
+        let fill = TILE_BYTES / (4 * proj_row).max(1);
+        if proj_row * w.input * 4 > l2_bytes() {
+            fill.max(BLOCK_ROWS)
+        } else {
+            fill
+        }
     }
 
     /// Whether this job splits gate columns across threads instead of sequences.
@@ -319,7 +336,8 @@ impl<C: CellKernel> Job<'_, C> {
         cs.cur.resize(m, Cursor::default());
         // The largest time tile, so the buffers below are sized once, exactly: a tile holds at most
         // max(TILE_BYTES / row bytes, m) rows of projection (see the tile size below).
-        let most = (TILE_BYTES / (4 * proj_row).max(1)).max(m);
+        let tile_rows = self.tile_rows(blocks.len());
+        let most = tile_rows.max(m);
         clear_reserve(&mut cs.offs, most);
         clear_reserve(&mut cs.times, most);
         clear_reserve(&mut cs.proj, most * proj_row);
@@ -336,7 +354,7 @@ impl<C: CellKernel> Job<'_, C> {
             while lens[rows[active - 1]] <= k0 {
                 active -= 1;
             }
-            let tile = (TILE_BYTES / (4 * proj_row * active)).clamp(1, n_max - k0);
+            let tile = (tile_rows / active).clamp(1, n_max - k0);
             cs.offs.clear();
             cs.times.clear();
             let mut a = active;

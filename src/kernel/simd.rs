@@ -18,6 +18,7 @@ use std::ops::Range;
 use super::pack::{group_gates, panel_offset, PackedGates};
 use crate::cells::activation::Activation;
 use crate::cells::math;
+use crate::engine::l2_bytes;
 use crate::reference::Rounding;
 
 /// A vector of `f32` lanes.
@@ -221,28 +222,32 @@ pub(crate) unsafe fn act_lanes<S: Simd>(a: Activation, x: S) -> S {
     }
 }
 
-/// One register tile: `acc[m][j][g] = sum_k a[m][k] * b_j[k][g]` for `M` rows, `NB` weight blocks and `G`
-/// gate vectors per block, `k` in `0..k_len`, where `b_j[k][g]` is at `panels[j] + panel_offset(G, LANES,
-/// k_len, k, g)` (the packed layout, [`crate::kernel::pack`]). Two blocks give short tiles (one to three rows) enough independent FMA
+/// One register tile: `acc[m][j][g] = init[m][j][g] + sum_k a[m][k] * b_j[k][g]` (the multiply-adds in
+/// order of `k`) for `M` rows, `NB` weight blocks and `G` gate vectors per block, `k` in `ks` (a slice of
+/// `0..k_len`), where `b_j[k][g]` is at `panels[j] + panel_offset(G, LANES, k_len, k, g)` (the packed
+/// layout, [`crate::kernel::pack`]). A sum split into slices of `k`, each continuing from the previous
+/// slice's accumulators, is bit for bit the sum over `0..k_len` in one call. Two blocks give short tiles (one to three rows) enough independent FMA
 /// chains to hide the FMA latency; every element still sums over `k` in order, so the result does not
 /// depend on the tiling.
 ///
 /// # Safety
-/// S's instructions available; `a[m]` valid for `k_len` reads; `panels[j]` valid for `k_len * G * LANES`
-/// reads.
+/// S's instructions available; `ks` within `0..k_len`; `a[m]` valid for `k_len` reads; `panels[j]` valid
+/// for `k_len * G * LANES` reads.
 #[inline(always)]
 unsafe fn tile<S: Simd, const M: usize, const NB: usize, const G: usize>(
     a: [*const f32; M],
     k_len: usize,
+    ks: Range<usize>,
     panels: [*const f32; NB],
+    init: [[[S; G]; NB]; M],
 ) -> [[[S; G]; NB]; M] {
     // SAFETY: the caller's contract covers every read; no writes.
     unsafe {
-        let mut acc = [[[s::<S>(0.0); G]; NB]; M];
-        for k in 0..k_len {
+        let mut acc = init;
+        for k in ks.clone() {
             // One or two rows do too little arithmetic per weight to hide memory latency: fetch the panel
             // rows a few steps ahead (only a hint; reads past the panel are never dereferenced).
-            if M <= 2 && k + PREFETCH_ROWS < k_len {
+            if M <= 2 && k + PREFETCH_ROWS < ks.end {
                 for p in panels {
                     for g in (0..G).step_by(group_gates(G)) {
                         let ahead = p.add(panel_offset(G, S::LANES, k_len, k + PREFETCH_ROWS, g));
@@ -278,7 +283,9 @@ unsafe fn tile<S: Simd, const M: usize, const NB: usize, const G: usize>(
 unsafe fn tile_gate_pairs<S: Simd, const M: usize, const NB: usize, const G: usize>(
     a: [*const f32; M],
     k_len: usize,
+    ks: Range<usize>,
     panels: [*const f32; NB],
+    init: [[[S; G]; NB]; M],
 ) -> [[[S; G]; NB]; M] {
     // SAFETY: the caller's contract covers every read; no writes.
     unsafe {
@@ -286,8 +293,9 @@ unsafe fn tile_gate_pairs<S: Simd, const M: usize, const NB: usize, const G: usi
         // through the second half's loop, it left too few for that loop's accumulators, which then
         // went to the stack on every k (the input projection ran at 37 GFLOP/s instead of ~60).
         debug_assert!(G == 4 && group_gates(G) == 2);
-        let lo = std::hint::black_box(pair_tile::<S, M>(&a, k_len, panels[0]));
-        let hi = pair_tile::<S, M>(&a, k_len, panels[0].add(panel_offset(G, S::LANES, k_len, 0, 2)));
+        let half = |q: usize| std::array::from_fn(|m| [init[m][0][2 * q], init[m][0][2 * q + 1]]);
+        let lo = std::hint::black_box(pair_tile::<S, M>(&a, ks.clone(), panels[0], half(0)));
+        let hi = pair_tile::<S, M>(&a, ks, panels[0].add(panel_offset(G, S::LANES, k_len, 0, 2)), half(1));
         let mut out = [[[s::<S>(0.0); G]; NB]; M];
         for m in 0..M {
             out[m][0][0] = lo[m][0];
@@ -348,17 +356,22 @@ pub(crate) unsafe fn gemm_tall<S: Simd, const G: usize>(
     }
 }
 
-/// The two gate vectors of one group of a [`tile_gate_pairs`] tile, `p` at the group's panel
-/// (`[k_len][2][LANES]`).
+/// The two gate vectors of one group of a [`tile_gate_pairs`] tile over `ks`, from `init`, `p` at the
+/// group's panel (`[k_len][2][LANES]`).
 ///
 /// # Safety
 /// As [`tile`].
 #[inline(always)]
-unsafe fn pair_tile<S: Simd, const M: usize>(a: &[*const f32; M], k_len: usize, p: *const f32) -> [[S; 2]; M] {
+unsafe fn pair_tile<S: Simd, const M: usize>(
+    a: &[*const f32; M],
+    ks: Range<usize>,
+    p: *const f32,
+    init: [[S; 2]; M],
+) -> [[S; 2]; M] {
     // SAFETY: the caller's contract covers every read; no writes.
     unsafe {
-        let mut acc = [[s::<S>(0.0); 2]; M];
-        for k in 0..k_len {
+        let mut acc = init;
+        for k in ks {
             let bk = p.add(k * 2 * S::LANES);
             let (b0, b1) = (S::load(bk), S::load(bk.add(S::LANES)));
             for (m, acc_m) in acc.iter_mut().enumerate() {
@@ -607,6 +620,31 @@ pub(crate) unsafe fn gemm<S: Simd, const G: usize>(
     const { assert!(S::MR >= 1 && S::MR <= 6) };
     let panel = G * S::LANES;
     debug_assert!(panels.len() >= blocks.end * k_len * panel);
+    // SAFETY (both calls): the caller's contract.
+    unsafe {
+        if m > tile_rows::<S, G>() && blocks.len() >= 2 && blocks.len() * k_len * panel * 4 > l2_bytes() {
+            gemm_blocked::<S, G>(panels, k_len, m, a, blocks, reverse_first, epilogue)
+        } else {
+            gemm_snake::<S, G>(panels, k_len, m, a, blocks, reverse_first, epilogue)
+        }
+    }
+}
+
+/// [`gemm`] for weights that fit in L2: row tiles outermost, each sweeping the blocks in snake order.
+///
+/// # Safety
+/// As [`gemm`].
+#[inline(always)]
+unsafe fn gemm_snake<S: Simd, const G: usize>(
+    panels: &[f32],
+    k_len: usize,
+    m: usize,
+    a: Rows<'_>,
+    blocks: Range<usize>,
+    reverse_first: bool,
+    epilogue: &mut impl Epilogue<S, G>,
+) -> bool {
+    let panel = G * S::LANES;
     let mut r = 0;
     let mut reverse = reverse_first;
     for mr in row_tiles(m, tile_rows::<S, G>()) {
@@ -618,11 +656,7 @@ pub(crate) unsafe fn gemm<S: Simd, const G: usize>(
                         let p: [*const f32; $nb] =
                             std::array::from_fn(|j| panels.as_ptr().add((bl + j) * k_len * panel));
                         let rows: [*const f32; $m] = std::array::from_fn(|i| a.at(r + i));
-                        let acc = if G >= 4 && S::GATE_PAIRS && $m >= 3 && $nb == 1 {
-                            tile_gate_pairs::<S, $m, $nb, G>(rows, k_len, p)
-                        } else {
-                            tile::<S, $m, $nb, G>(rows, k_len, p)
-                        };
+                        let acc = run_tile::<S, $m, $nb, G>(rows, k_len, 0..k_len, p, zeros());
                         for (i, row) in acc.into_iter().enumerate() {
                             for (j, blk) in row.into_iter().enumerate() {
                                 epilogue.apply(r + i, bl + j, blk);
@@ -637,6 +671,115 @@ pub(crate) unsafe fn gemm<S: Simd, const G: usize>(
         reverse = !reverse;
     }
     !reverse
+}
+
+/// The register tile of `M` rows and `NB` blocks over `ks` from `init`: [`tile_gate_pairs`] where the
+/// register file needs it, else [`tile`]; the same sums either way.
+///
+/// # Safety
+/// As [`tile`].
+#[inline(always)]
+unsafe fn run_tile<S: Simd, const M: usize, const NB: usize, const G: usize>(
+    rows: [*const f32; M],
+    k_len: usize,
+    ks: Range<usize>,
+    panels: [*const f32; NB],
+    init: [[[S; G]; NB]; M],
+) -> [[[S; G]; NB]; M] {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if G >= 4 && S::GATE_PAIRS && M >= 3 && NB == 1 {
+            tile_gate_pairs::<S, M, NB, G>(rows, k_len, ks, panels, init)
+        } else {
+            tile::<S, M, NB, G>(rows, k_len, ks, panels, init)
+        }
+    }
+}
+
+/// Zero accumulators.
+///
+/// # Safety
+/// S's instructions available.
+#[inline(always)]
+unsafe fn zeros<S: Simd, const M: usize, const NB: usize, const G: usize>() -> [[[S; G]; NB]; M] {
+    // SAFETY: the caller's contract; `splat` touches no memory.
+    [[[unsafe { S::splat(0.0) }; G]; NB]; M]
+}
+
+/// Rows of the left operand a [`gemm_blocked`] group holds (their slices of [`BLOCK_KC`] floats stay in
+/// L2 while each weight panel slice streams once over them).
+pub(crate) const BLOCK_ROWS: usize = 192;
+
+/// Rows of `k` per slice of [`gemm_blocked`]: a block's panel slice (`BLOCK_KC x G x LANES` floats,
+/// 64 KiB for four gates of 16 lanes) stays in L2 while every row tile of the group runs over it.
+pub(crate) const BLOCK_KC: usize = 256;
+
+/// [`gemm`] for weights larger than L2 (the GotoBLAS order): rows in groups of [`BLOCK_ROWS`]; within a
+/// group the blocks outermost and `k` in slices of [`BLOCK_KC`], each row tile continuing its
+/// accumulators from the previous slice (kept in a small buffer), the epilogue at the last slice. Each
+/// weight panel then streams from memory once per group instead of once per row tile (a 2048-unit LSTM's
+/// recurrent weights are 64 MiB: at a batch of 256 rows the snake order read them 43 times per step).
+/// Successive groups sweep the blocks in alternating directions; returns whether the last sweep ran
+/// backwards. Each element is the same sum over `k` in order as in [`gemm_snake`], bit for bit.
+///
+/// # Safety
+/// As [`gemm`].
+#[inline(always)]
+unsafe fn gemm_blocked<S: Simd, const G: usize>(
+    panels: &[f32],
+    k_len: usize,
+    m: usize,
+    a: Rows<'_>,
+    blocks: Range<usize>,
+    reverse_first: bool,
+    epilogue: &mut impl Epilogue<S, G>,
+) -> bool {
+    let panel = G * S::LANES;
+    // A last slice of fewer than half a slice joins the one before.
+    let kc = if k_len < 2 * BLOCK_KC { k_len.max(1) } else { BLOCK_KC };
+    let slices = (k_len / kc).max(1);
+    let slice = |q: usize| q * kc..if q + 1 == slices { k_len } else { (q + 1) * kc };
+    // SAFETY: the caller's contract (S's instructions).
+    let mut partial = [unsafe { zeros::<S, 1, 1, G>() }[0]; BLOCK_ROWS];
+    let mut reverse = reverse_first;
+    let mut last = reverse;
+    for g0 in (0..m).step_by(BLOCK_ROWS) {
+        let gm = BLOCK_ROWS.min(m - g0);
+        for i in 0..blocks.len() {
+            let bl = if reverse { blocks.end - 1 - i } else { blocks.start + i };
+            let p = [panels.as_ptr().wrapping_add(bl * k_len * panel)];
+            for q in 0..slices {
+                let (ks, first, final_slice) = (slice(q), q == 0, q + 1 == slices);
+                let mut r = 0;
+                for mr in row_tiles(gm, tile_rows::<S, G>()) {
+                    // SAFETY: rows g0 + r .. g0 + r + mr < m and block bl < blocks.end, within the
+                    // caller's contract; `ks` within 0..k_len; partial rows r + i < gm <= BLOCK_ROWS.
+                    unsafe {
+                        macro_rules! run {
+                            ($m:literal, $nb:literal) => {{
+                                let rows: [*const f32; $m] = std::array::from_fn(|i| a.at(g0 + r + i));
+                                let init: [[[S; G]; 1]; $m] =
+                                    if first { zeros() } else { std::array::from_fn(|i| partial[r + i]) };
+                                let acc = run_tile::<S, $m, 1, G>(rows, k_len, ks.clone(), p, init);
+                                for (i, row) in acc.into_iter().enumerate() {
+                                    if final_slice {
+                                        epilogue.apply(g0 + r + i, bl, row[0]);
+                                    } else {
+                                        partial[r + i] = row;
+                                    }
+                                }
+                            }};
+                        }
+                        dispatch_tile!(mr, 1, run);
+                    }
+                    r += mr;
+                }
+            }
+        }
+        last = reverse;
+        reverse = !reverse;
+    }
+    last
 }
 
 /// The operands of [`gemm_tn`] (see there).
@@ -849,7 +992,100 @@ pub(crate) unsafe fn activate_slice<S: Simd>(a: Activation, xs: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
-    use super::row_tiles;
+    use super::*;
+    use crate::kernel::{available, SimdJob};
+
+    /// Deterministic values in [-1, 1).
+    fn val(k: usize) -> f32 {
+        ((k.wrapping_mul(2_654_435_761) >> 7) % 2000) as f32 / 1000.0 - 1.0
+    }
+
+    /// The snake and the blocked order of one GEMM, each into its own output (`[m][blocks][G][LANES]`).
+    struct Orders<'a, const G: usize> {
+        panels: &'a [f32],
+        k_len: usize,
+        a: &'a [f32],
+        offsets: &'a [usize],
+        blocks: Range<usize>,
+        reverse_first: bool,
+        snake: &'a mut [f32],
+        blocked: &'a mut [f32],
+    }
+
+    unsafe impl<const G: usize> SimdJob for Orders<'_, G> {
+        type Output = (bool, bool);
+        #[inline(always)]
+        unsafe fn run<S: Simd>(self) -> (bool, bool) {
+            let m = self.offsets.len();
+            let row = self.blocks.len() * G * S::LANES;
+            let store = |out: &mut [f32]| Store {
+                out: Rows::Strided { base: out.as_mut_ptr(), stride: row },
+                first: self.blocks.start,
+                limit: row,
+                accumulate: false,
+            };
+            let a = Rows::Gathered { base: self.a.as_ptr(), offsets: self.offsets };
+            let (pn, k, b, rev) = (self.panels, self.k_len, self.blocks.clone(), self.reverse_first);
+            // SAFETY: the test sizes every buffer for m rows, k_len inputs and the blocks' panels.
+            unsafe {
+                (
+                    gemm_snake::<S, G>(pn, k, m, a, b.clone(), rev, &mut store(self.snake)),
+                    gemm_blocked::<S, G>(pn, k, m, a, b, rev, &mut store(self.blocked)),
+                )
+            }
+        }
+    }
+
+    fn orders_agree<const G: usize>() -> usize {
+        let mut checked = 0;
+        for be in available() {
+            let l = be.nb;
+            // k_len: one slice, one and a half (joined), several with a remainder; m: one group, several.
+            for (k_len, m, n_blocks, first) in [(37, 9, 3, 0), (300, 200, 4, 1), (700, 7, 2, 0), (1100, 400, 3, 2)] {
+                let blocks = first..first + n_blocks;
+                let panels: Vec<f32> = (0..blocks.end * k_len * G * l).map(|q| val(q + 1)).collect();
+                let a: Vec<f32> = (0..(m + 2) * k_len).map(|q| val(q + 7)).collect();
+                let offsets: Vec<usize> = (0..m).map(|r| (m + 1 - r) * k_len).collect();
+                for reverse_first in [false, true] {
+                    let n = m * n_blocks * G * l;
+                    let (mut snake, mut blocked) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+                    let job = Orders::<G> {
+                        panels: &panels,
+                        k_len,
+                        a: &a,
+                        offsets: &offsets,
+                        blocks: blocks.clone(),
+                        reverse_first,
+                        snake: &mut snake,
+                        blocked: &mut blocked,
+                    };
+                    be.run(job);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&blocked), bits(&snake), "{}: G {G}, k {k_len}, m {m}", be.name);
+                    // And the sums are right: row r, block j, gate g, lane q.
+                    let (r, j, g, q) = (m - 1, n_blocks - 1, G - 1, l - 1);
+                    let e: f64 = (0..k_len)
+                        .map(|k| {
+                            let w = panels[(first + j) * k_len * G * l + panel_offset(G, l, k_len, k, g) + q];
+                            f64::from(a[offsets[r] + k]) * f64::from(w)
+                        })
+                        .sum();
+                    let got = snake[((r * n_blocks + j) * G + g) * l + q];
+                    assert!((f64::from(got) - e).abs() < 1e-4 * k_len as f64, "{}: {got} vs {e}", be.name);
+                    checked += 1;
+                }
+            }
+        }
+        checked
+    }
+
+    /// The blocked order (weights beyond L2) computes every element bit for bit as the snake order, for
+    /// every gate count, slicing of `k` and grouping of rows.
+    #[test]
+    fn blocked_gemm_equals_snake_gemm() {
+        let n = orders_agree::<1>() + orders_agree::<2>() + orders_agree::<3>() + orders_agree::<4>();
+        assert!(n >= 32, "{n} cases");
+    }
 
     #[test]
     fn row_tiles_cover_evenly() {
