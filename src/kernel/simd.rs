@@ -342,15 +342,17 @@ pub(crate) unsafe fn gemm_tall<S: Simd, const G: usize>(
     }
     // SAFETY (both calls): the rows and blocks are within the caller's.
     unsafe {
+        // The snake order directly: these calls never take the blocked one (a single block, or one
+        // row tile).
         if m <= S::MR || blocks.len() < 2 {
-            gemm::<S, G>(panels, k_len, m, a, blocks, false, epilogue);
+            gemm_snake::<S, G>(panels, k_len, m, a, blocks, false, epilogue);
             return;
         }
         let group = TALL_GROUP_TILES * S::MR;
         for row0 in (0..m).step_by(group) {
             let mut ep = Shifted { inner: &mut *epilogue, row0 };
             for bl in blocks.clone() {
-                gemm::<S, G>(panels, k_len, group.min(m - row0), a.skip(row0), bl..bl + 1, false, &mut ep);
+                gemm_snake::<S, G>(panels, k_len, group.min(m - row0), a.skip(row0), bl..bl + 1, false, &mut ep);
             }
         }
     }
@@ -620,14 +622,16 @@ pub(crate) unsafe fn gemm<S: Simd, const G: usize>(
     const { assert!(S::MR >= 1 && S::MR <= 6) };
     let panel = G * S::LANES;
     debug_assert!(panels.len() >= blocks.end * k_len * panel);
-    // SAFETY (both calls): the caller's contract.
-    unsafe {
-        if m > tile_rows::<S, G>() && blocks.len() >= 2 && blocks.len() * k_len * panel * 4 > l2_bytes() {
-            gemm_blocked::<S, G>(panels, k_len, m, a, blocks, reverse_first, epilogue)
-        } else {
-            gemm_snake::<S, G>(panels, k_len, m, a, blocks, reverse_first, epilogue)
-        }
+    // Unoptimised builds take the snake order only: they give every inlined register tile its own
+    // stack slots, and a GRU step inlining three GEMMs with both orders overflowed a 2 MiB thread
+    // stack. The two orders compute the same bits, so only the speed differs.
+    #[cfg(not(debug_assertions))]
+    if m > tile_rows::<S, G>() && blocks.len() >= 2 && blocks.len() * k_len * panel * 4 > l2_bytes() {
+        // SAFETY: the caller's contract.
+        return unsafe { gemm_blocked::<S, G>(panels, k_len, m, a, blocks, reverse_first, epilogue) };
     }
+    // SAFETY: the caller's contract.
+    unsafe { gemm_snake::<S, G>(panels, k_len, m, a, blocks, reverse_first, epilogue) }
 }
 
 /// [`gemm`] for weights that fit in L2: row tiles outermost, each sweeping the blocks in snake order.
