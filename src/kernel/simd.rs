@@ -18,6 +18,7 @@ use std::ops::Range;
 use super::pack::{group_gates, panel_offset, PackedGates};
 use crate::cells::activation::Activation;
 use crate::cells::math;
+#[cfg(not(debug_assertions))]
 use crate::engine::l2_bytes;
 use crate::reference::Rounding;
 
@@ -716,6 +717,7 @@ pub(crate) const BLOCK_ROWS: usize = 192;
 
 /// Rows of `k` per slice of [`gemm_blocked`]: a block's panel slice (`BLOCK_KC x G x LANES` floats,
 /// 64 KiB for four gates of 16 lanes) stays in L2 while every row tile of the group runs over it.
+#[cfg_attr(debug_assertions, allow(dead_code))] // only optimised builds block (see `gemm`)
 pub(crate) const BLOCK_KC: usize = 256;
 
 /// [`gemm`] for weights larger than L2 (the GotoBLAS order): rows in groups of [`BLOCK_ROWS`]; within a
@@ -728,6 +730,7 @@ pub(crate) const BLOCK_KC: usize = 256;
 ///
 /// # Safety
 /// As [`gemm`].
+#[cfg_attr(debug_assertions, allow(dead_code))] // only optimised builds block (see `gemm`)
 #[inline(always)]
 unsafe fn gemm_blocked<S: Simd, const G: usize>(
     panels: &[f32],
