@@ -164,26 +164,23 @@ pub(crate) fn pack_gate_panels(
     out
 }
 
-/// `m [rows][cols]` transposed, in tiles of 16 x 64 (each tile's reads and writes stay in L1), strips
-/// of output rows shared among the threads of [`pack_threads`] when the matrix is large.
+/// `m [rows][cols]` transposed, in strips of 64 output rows: each source row gives 64 consecutive floats,
+/// written to 64 output rows whose cache lines stay in L1 from one source row to the next. The strips
+/// are shared among the threads of [`pack_threads`] when the matrix is large.
 pub(crate) fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TR: usize = 16;
-    const TC: usize = 64;
+    const STRIP: usize = 64;
     let mut t = vec![0.0; rows * cols];
     if t.is_empty() {
         return t;
     }
     debug_assert!(m.len() >= rows * cols);
-    let mut parts: Vec<(usize, &mut [f32])> = t.chunks_mut(TC * rows).enumerate().collect();
+    let mut parts: Vec<(usize, &mut [f32])> = t.chunks_mut(STRIP * rows).enumerate().collect();
     in_parallel(rows * cols, &mut parts, |(strip, dst)| {
-        let c0 = *strip * TC;
+        let c0 = *strip * STRIP;
         let width = dst.len() / rows;
-        for r0 in (0..rows).step_by(TR) {
-            for r in r0..(r0 + TR).min(rows) {
-                let src = &m[r * cols + c0..][..width];
-                for (c, &v) in src.iter().enumerate() {
-                    dst[c * rows + r] = v;
-                }
+        for r in 0..rows {
+            for (c, &v) in m[r * cols + c0..][..width].iter().enumerate() {
+                dst[c * rows + r] = v;
             }
         }
     });
