@@ -26,8 +26,10 @@
  *   its own copies of the run's inputs). All functions are thread-safe; a handle may be run from several
  *   threads at once (see "Handles", which says what may overlap on one handle).
  * - Scratch memory: the one-shot functions (mrnn_lstm_*, mrnn_gru_*, mrnn_rnn_* and the backwards) keep
- *   theirs in a per-thread cache reused by the next call on that thread (freed when the thread exits); a
- *   handle keeps its own until it is freed. (The backward passes also allocate their gradient scratch per call.)
+ *   theirs in a per-thread cache reused by the next call on that thread (freed when the thread exits),
+ *   and with it the memory of their last call's packed weights, which the next call packs into (no fresh
+ *   pages to fault in: repeated calls convert their weights at memory speed); a handle keeps its own
+ *   until it is freed. (The backward passes also allocate their gradient scratch per call.)
  * - num_threads: 0 = the library's default (all cores); 1 = the calling thread; n = n threads.
  *   Results are bitwise identical for every num_threads and whatever else shares the batch.
  */

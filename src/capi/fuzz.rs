@@ -44,6 +44,7 @@ use std::ffi::CStr;
 use std::ptr;
 
 use super::*;
+use crate::cells::weights::LstmWeights;
 use crate::frameworks::keras::{KerasGrads, KerasTape, KerasUpstream};
 use crate::frameworks::onnx::{OnnxGrads, OnnxTape, OnnxUpstream};
 use crate::fuzzing::{same_bits, ByteReader};

@@ -46,8 +46,6 @@ use super::onnx::{
 };
 use super::train::{KerasRecord, MrnnTape, OnnxRecord, Record};
 use super::*;
-use crate::cells::gru::GruWeights;
-use crate::cells::rnn::RnnWeights;
 use crate::frameworks::keras::{
     KerasGrads, KerasGru, KerasGruOptions, KerasRnnOptions, KerasSimpleRnn, KerasTape, KerasUpstream,
 };
@@ -528,7 +526,7 @@ impl KerasCell for KerasGru {
     }
 
     fn pack(i: usize, h: usize, kernel: &[f32], rec: &[f32], bias: Option<&[f32]>, o: KerasGruOptions) -> Result<Self> {
-        KerasGru::new(GruWeights::from_keras(i, h, kernel, rec, bias, o.reset_after)?, o)
+        KerasGru::from_slices(i, h, kernel, rec, bias, o)
     }
 
     keras_cell_runs!(KerasGru);
@@ -556,7 +554,7 @@ impl KerasCell for KerasSimpleRnn {
     }
 
     fn pack(i: usize, h: usize, kernel: &[f32], rec: &[f32], bias: Option<&[f32]>, o: KerasRnnOptions) -> Result<Self> {
-        KerasSimpleRnn::new(RnnWeights::from_keras(i, h, kernel, rec, bias)?, o)
+        KerasSimpleRnn::from_slices(i, h, kernel, rec, bias, o)
     }
 
     keras_cell_runs!(KerasSimpleRnn);
@@ -1946,6 +1944,8 @@ onnx_train_functions!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cells::gru::GruWeights;
+    use crate::cells::rnn::RnnWeights;
     use crate::fuzzing::same_bits;
 
     fn last() -> String {

@@ -265,7 +265,7 @@ impl KerasWeightPtrs {
     unsafe fn pack(&self, n: &KerasSizes, options: KerasLstmOptions) -> Result<KerasLstm> {
         // SAFETY: forwarded; the slices live for this call only.
         let (kernel, recurrent_kernel, bias) = unsafe { self.slices(n) }?;
-        KerasLstm::new(LstmWeights::from_keras(n.i, n.h, kernel, recurrent_kernel, bias)?, options)
+        KerasLstm::from_slices(n.i, n.h, kernel, recurrent_kernel, bias, options)
     }
 }
 

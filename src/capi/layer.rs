@@ -23,7 +23,7 @@
 use super::handle::Core;
 use super::train::{MrnnTape, Record, Recorded};
 use super::*;
-use crate::kernel::pack::with_pack_threads;
+use crate::kernel::pack::{with_pack_threads, with_recycled_panels};
 
 /// The caller pointers of one forward call of kind `K`, in groups; `None`: the function has no such
 /// arguments. (A backward's gradient pointers are checked through a [`GradCheck`].)
@@ -249,12 +249,15 @@ pub(super) unsafe fn one_shot<K: Kind>(
     // SAFETY (here and below): the caller's contract; `attrs` passed step 1, and the pointers steps 1 to 5
     // with the sizes `n` (no output overlaps another buffer).
     let (args, n) = unsafe { validate(attrs, None, &p, check_forward) }?;
-    // SAFETY: as above.
     let threads = K::threads(&args);
-    // SAFETY: as above.
-    let packed = with_pack_threads(threads, || unsafe { K::pack(&weights, &n, &args) })?;
-    // SAFETY: as above.
-    with_thread_scratch(|scratch| unsafe { K::forward(&packed, &input, &output, &n, threads, scratch) })
+    // The packed weights are dropped inside the scope, so the next call on this thread packs into their
+    // memory.
+    with_recycled_panels(|| {
+        // SAFETY: as above.
+        let packed = with_pack_threads(threads, || unsafe { K::pack(&weights, &n, &args) })?;
+        // SAFETY: as above.
+        with_thread_scratch(|scratch| unsafe { K::forward(&packed, &input, &output, &n, threads, scratch) })
+    })
 }
 
 /// The one-shot backward (`mrnn_lstm_keras_backward`, `mrnn_gru_onnx_backward`, ...): validated as the
@@ -282,12 +285,14 @@ pub(super) unsafe fn one_shot_backward<K: TrainKind>(
         // Validated; nothing asked for, so nothing is computed.
         return Ok(());
     }
-    // SAFETY: as above.
     let threads = K::threads(&args);
-    // SAFETY: as above.
-    let packed = with_pack_threads(threads, || unsafe { K::pack(&weights, &n, &args) })?;
-    // SAFETY: as above.
-    with_thread_scratch(|scratch| unsafe { K::backward_once(&packed, &input, &grads, &n, threads, scratch) })
+    // As in the forward: the packed weights and their transposes are dropped inside the scope.
+    with_recycled_panels(|| {
+        // SAFETY: as above.
+        let packed = with_pack_threads(threads, || unsafe { K::pack(&weights, &n, &args) })?;
+        // SAFETY: as above.
+        with_thread_scratch(|scratch| unsafe { K::backward_once(&packed, &input, &grads, &n, threads, scratch) })
+    })
 }
 
 /// What a handle's run computed, with the handle's id, the generation of the weights it used and its

@@ -51,7 +51,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::slice;
 
 use crate::cells::activation::Activation;
-use crate::cells::weights::LstmWeights;
 use crate::engine::Workspace;
 use crate::error::{checked_product, Error, ErrorKind, Result};
 use crate::frameworks::keras::{InitialState, KerasLstm, KerasLstmOptions, KerasOutputs};

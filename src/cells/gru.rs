@@ -24,10 +24,11 @@ use std::sync::OnceLock;
 
 use crate::cells::activation::{clip, slope_lanes, Activation};
 use crate::cells::grads::PytorchLayout;
-use crate::cells::weights::{sizes, transpose, transpose_rows};
+use crate::cells::weights::{check_weights, transpose, transpose_rows};
 use crate::engine::{grow, GradRows};
 use crate::error::{check_len, checked_product, Result};
-use crate::kernel::pack::{pack_gate_panels, pack_vector, PackedGates};
+use crate::frameworks::torch::TorchParams;
+use crate::kernel::pack::{pack_vector, unpack_gate_panels, PackedGates, Panels, Source};
 use crate::kernel::simd::{clip_lanes, gemm, gemm_tall, Epilogue, Rows, Simd, TnPart};
 use crate::kernel::{BackwardStep, Carry, CellBackward, CellKernel, PrevState, Stage, StepState};
 use crate::reference::{vec_mat, Rounding};
@@ -140,17 +141,8 @@ impl GruWeights {
         bias: Option<&[f32]>,
         reset_after: bool,
     ) -> Result<Self> {
-        let (g, nk) = sizes(3, input, hidden)?;
-        check_len("kernel", kernel.len(), nk)?;
-        check_len("recurrent_kernel", recurrent_kernel.len(), hidden * g)?;
-        let (mut bias_input, mut bias_recurrent) = (vec![0.0; g], vec![0.0; g]);
-        if let Some(b) = bias {
-            check_len("bias", b.len(), if reset_after { 2 * g } else { g })?;
-            bias_input.copy_from_slice(&b[..g]);
-            if reset_after {
-                bias_recurrent.copy_from_slice(&b[g..]);
-            }
-        }
+        let g = check_weights(3, input, hidden, ["kernel", "recurrent_kernel"], kernel, recurrent_kernel)?;
+        let [bias_input, bias_recurrent] = keras_biases(bias, g, reset_after)?;
         Ok(GruWeights {
             input,
             hidden,
@@ -173,18 +165,9 @@ impl GruWeights {
         bias_ih: Option<&[f32]>,
         bias_hh: Option<&[f32]>,
     ) -> Result<Self> {
-        let (g, nk) = sizes(3, input, hidden)?;
-        check_len("weight_ih", weight_ih.len(), nk)?;
-        check_len("weight_hh", weight_hh.len(), hidden * g)?;
+        let g = check_weights(3, input, hidden, ["weight_ih", "weight_hh"], weight_ih, weight_hh)?;
         let reorder = |m: &[f32], cols: usize| reorder_blocks(m, hidden * cols, &TORCH_TO_CANON);
-        let mut biases = [vec![0.0; g], vec![0.0; g]];
-        for ((name, b), dst) in [("bias_ih", bias_ih), ("bias_hh", bias_hh)].into_iter().zip(&mut biases) {
-            if let Some(b) = b {
-                check_len(name, b.len(), g)?;
-                *dst = reorder(b, 1);
-            }
-        }
-        let [bias_input, bias_recurrent] = biases;
+        let [bias_input, bias_recurrent] = pytorch_biases(bias_ih, bias_hh, hidden)?;
         Ok(GruWeights {
             input,
             hidden,
@@ -200,15 +183,8 @@ impl GruWeights {
     /// # Errors
     /// As [`from_keras`](Self::from_keras).
     pub fn from_onnx(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<Self> {
-        let (g, nk) = sizes(3, input, hidden)?;
-        check_len("W", w.len(), nk)?;
-        check_len("R", r.len(), hidden * g)?;
-        let (mut bias_input, mut bias_recurrent) = (vec![0.0; g], vec![0.0; g]);
-        if let Some(b) = b {
-            check_len("B", b.len(), 2 * g)?;
-            bias_input.copy_from_slice(&b[..g]);
-            bias_recurrent.copy_from_slice(&b[g..]);
-        }
+        let g = check_weights(3, input, hidden, ["W", "R"], w, r)?;
+        let [bias_input, bias_recurrent] = onnx_biases(b, g)?;
         Ok(GruWeights {
             input,
             hidden,
@@ -245,6 +221,45 @@ impl GruWeights {
     }
 }
 
+/// PyTorch's `bias_ih` and `bias_hh [3H]` (gates r, z, n; a missing one: zeros) in canonical order
+/// (z, r, h), checked.
+fn pytorch_biases(bias_ih: Option<&[f32]>, bias_hh: Option<&[f32]>, hidden: usize) -> Result<[Vec<f32>; 2]> {
+    let g = 3 * hidden;
+    let mut biases = [vec![0.0; g], vec![0.0; g]];
+    for ((name, b), dst) in [("bias_ih", bias_ih), ("bias_hh", bias_hh)].into_iter().zip(&mut biases) {
+        if let Some(b) = b {
+            check_len(name, b.len(), g)?;
+            *dst = reorder_blocks(b, hidden, &TORCH_TO_CANON);
+        }
+    }
+    Ok(biases)
+}
+
+/// Keras' `bias` (`[2, G]` when `reset_after`, else `[G]`; `None`: zeros) as `[bias_input,
+/// bias_recurrent]`.
+fn keras_biases(bias: Option<&[f32]>, g: usize, reset_after: bool) -> Result<[Vec<f32>; 2]> {
+    let (mut bias_input, mut bias_recurrent) = (vec![0.0; g], vec![0.0; g]);
+    if let Some(b) = bias {
+        check_len("bias", b.len(), if reset_after { 2 * g } else { g })?;
+        bias_input.copy_from_slice(&b[..g]);
+        if reset_after {
+            bias_recurrent.copy_from_slice(&b[g..]);
+        }
+    }
+    Ok([bias_input, bias_recurrent])
+}
+
+/// ONNX's `B [2 G]` (`Wb` then `Rb`; `None`: zeros) as `[bias_input, bias_recurrent]`.
+fn onnx_biases(b: Option<&[f32]>, g: usize) -> Result<[Vec<f32>; 2]> {
+    match b {
+        Some(b) => {
+            check_len("B", b.len(), 2 * g)?;
+            Ok([b[..g].to_vec(), b[g..].to_vec()])
+        }
+        None => Ok([vec![0.0; g], vec![0.0; g]]),
+    }
+}
+
 /// `m`'s blocks of `block` floats reordered: block `j` of `m` goes to block `to[j]`.
 pub(crate) fn reorder_blocks(m: &[f32], block: usize, to: &[usize]) -> Vec<f32> {
     let mut out = vec![0.0; m.len()];
@@ -266,9 +281,13 @@ pub struct PackedGru {
     pub(crate) bias_rh: Vec<f32>,
     /// Reset before: `R_zr` as 2-gate panels `[blocks][H][2][nb]` (phase one) and `R_h` as 1-gate panels
     /// `[blocks][H][nb]` (phase two).
-    pub(crate) r_zr: Vec<f32>,
-    pub(crate) r_h: Vec<f32>,
+    pub(crate) r_zr: Panels,
+    pub(crate) r_h: Panels,
     pub(crate) reset_after: bool,
+    /// The canonical biases `[3H]` (z, r, h) the packed ones were made from, for
+    /// [`canonical`](Self::canonical).
+    bias_input: Vec<f32>,
+    bias_recurrent: Vec<f32>,
     /// The transposed weights of the backward, packed on first use.
     transposes: OnceLock<GruTransposes>,
 }
@@ -292,21 +311,105 @@ impl PackedGru {
     /// # Errors
     /// [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) for sizes whose product overflows.
     pub(crate) fn new(w: &GruWeights, reset_after: bool, nb: usize) -> Result<Self> {
-        let (i, h) = (w.input, w.hidden);
-        let mut bias: Vec<f32> = w.bias_input.iter().zip(&w.bias_recurrent).map(|(a, b)| a + b).collect();
+        let src = Source::Canonical { kernel: &w.kernel, recurrent: &w.recurrent };
+        let biases = [w.bias_input.clone(), w.bias_recurrent.clone()];
+        Self::pack(w.input, w.hidden, src, biases, reset_after, nb)
+    }
+
+    /// Packs one direction of ONNX's `W [3H, I]`, `R [3H, H]` and `B [6H]` (gates z, r, h) straight from
+    /// their layout, with no canonical copy: as `PackedGru::new(&GruWeights::from_onnx(..)?, ..)`, bit for
+    /// bit.
+    ///
+    /// # Errors
+    /// As [`GruWeights::from_onnx`].
+    pub(crate) fn from_onnx(
+        input: usize,
+        hidden: usize,
+        w: &[f32],
+        r: &[f32],
+        b: Option<&[f32]>,
+        reset_after: bool,
+        nb: usize,
+    ) -> Result<Self> {
+        let g = check_weights(3, input, hidden, ["W", "R"], w, r)?;
+        let src = Source::Units { w, r, order: &[0, 1, 2] };
+        Self::pack(input, hidden, src, onnx_biases(b, g)?, reset_after, nb)
+    }
+
+    /// Packs Keras' `kernel [I, 3H]`, `recurrent_kernel [H, 3H]` and `bias` (see
+    /// [`GruWeights::from_keras`]) as they are, with no canonical copy: as
+    /// `PackedGru::new(&GruWeights::from_keras(..)?, reset_after, nb)`.
+    ///
+    /// # Errors
+    /// As [`GruWeights::from_keras`].
+    pub(crate) fn from_keras(
+        input: usize,
+        hidden: usize,
+        kernel: &[f32],
+        recurrent_kernel: &[f32],
+        bias: Option<&[f32]>,
+        reset_after: bool,
+        nb: usize,
+    ) -> Result<Self> {
+        let g = check_weights(3, input, hidden, ["kernel", "recurrent_kernel"], kernel, recurrent_kernel)?;
+        let src = Source::Canonical { kernel, recurrent: recurrent_kernel };
+        Self::pack(input, hidden, src, keras_biases(bias, g, reset_after)?, reset_after, nb)
+    }
+
+    /// Packs PyTorch's `weight_ih [3H, I]`, `weight_hh [3H, H]`, `bias_ih`, `bias_hh [3H]` (gates r, z, n)
+    /// straight from their layout, with no canonical copy: as
+    /// `PackedGru::new(&GruWeights::from_pytorch(..)?, reset_after, nb)`, bit for bit.
+    ///
+    /// # Errors
+    /// As [`GruWeights::from_pytorch`].
+    pub(crate) fn from_pytorch(
+        input: usize,
+        hidden: usize,
+        p: &TorchParams<'_>,
+        reset_after: bool,
+        nb: usize,
+    ) -> Result<Self> {
+        check_weights(3, input, hidden, ["weight_ih", "weight_hh"], p.weight_ih, p.weight_hh)?;
+        let biases = pytorch_biases(p.bias_ih, p.bias_hh, hidden)?;
+        // Canonical gate z is PyTorch's block 1, r block 0, h (n) block 2.
+        let src = Source::Units { w: p.weight_ih, r: p.weight_hh, order: &[1, 0, 2] };
+        Self::pack(input, hidden, src, biases, reset_after, nb)
+    }
+
+    /// Packs `W` and `R` from `src` with the canonical `[bias_input, bias_recurrent]`.
+    fn pack(i: usize, h: usize, src: Source<'_>, biases: [Vec<f32>; 2], reset_after: bool, nb: usize) -> Result<Self> {
+        let [bias_input, bias_recurrent] = biases;
+        let mut bias: Vec<f32> = bias_input.iter().zip(&bias_recurrent).map(|(a, b)| a + b).collect();
         if reset_after {
-            bias[2 * h..].copy_from_slice(&w.bias_input[2 * h..]);
+            bias[2 * h..].copy_from_slice(&bias_input[2 * h..]);
         }
-        let mut gates = PackedGates::new(3, i, h, &w.kernel, &w.recurrent, &bias, nb)?;
-        let (mut bias_rh, mut r_zr, mut r_h) = (Vec::new(), Vec::new(), Vec::new());
+        let gates = PackedGates::with_recurrent(3, i, h, src, &bias, nb, reset_after)?;
+        let (mut bias_rh, mut r_zr, mut r_h) = (Vec::new(), Panels::default(), Panels::default());
         if reset_after {
-            bias_rh = pack_vector(&w.bias_recurrent[2 * h..], 1, h, nb);
+            bias_rh = pack_vector(&bias_recurrent[2 * h..], 1, h, nb);
         } else {
-            gates.r = Vec::new();
-            r_zr = pack_gate_panels(&w.recurrent, h, 3, 0..2, h, nb);
-            r_h = pack_gate_panels(&w.recurrent, h, 3, 2..3, h, nb);
+            r_zr = src.panels(true, h, 3, 0..2, h, nb);
+            r_h = src.panels(true, h, 3, 2..3, h, nb);
         }
-        Ok(PackedGru { gates, bias_rh, r_zr, r_h, reset_after, transposes: OnceLock::new() })
+        let transposes = OnceLock::new();
+        Ok(PackedGru { gates, bias_rh, r_zr, r_h, reset_after, bias_input, bias_recurrent, transposes })
+    }
+
+    /// The canonical weights these were packed from (unpacked: exact).
+    pub(crate) fn canonical(&self) -> GruWeights {
+        let p = &self.gates;
+        let (i, h, nb) = (p.input, p.hidden, p.nb);
+        let mut kernel = vec![0.0; i * 3 * h];
+        unpack_gate_panels(&p.w, i, 3, &mut kernel, 3, 0, h, nb);
+        let mut recurrent = vec![0.0; h * 3 * h];
+        if self.reset_after {
+            unpack_gate_panels(&p.r, h, 3, &mut recurrent, 3, 0, h, nb);
+        } else {
+            unpack_gate_panels(&self.r_zr, h, 2, &mut recurrent, 3, 0, h, nb);
+            unpack_gate_panels(&self.r_h, h, 1, &mut recurrent, 3, 2, h, nb);
+        }
+        let (bias_input, bias_recurrent) = (self.bias_input.clone(), self.bias_recurrent.clone());
+        GruWeights { input: i, hidden: h, kernel, recurrent, bias_input, bias_recurrent }
     }
 
     /// The backward of the layer direction these weights were packed from (`w`), with the cell `spec`
@@ -905,6 +1008,39 @@ mod tests {
 
     fn numbered(n: usize, base: f32) -> Vec<f32> {
         (0..n).map(|i| base + i as f32).collect()
+    }
+
+    #[test]
+    fn onnx_packs_straight_from_its_layout_and_unpacks_exactly() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        let same = |got: &PackedGru, want: &PackedGru, layout: &str| {
+            let parts =
+                |p: &PackedGru| [&p.gates.w[..], &p.gates.r, &p.gates.bias, &p.bias_rh, &p.r_zr, &p.r_h].map(&bits);
+            assert_eq!(parts(got), parts(want), "{layout}: I {} H {}", got.gates.input, got.gates.hidden);
+            assert_eq!(got.reset_after, want.reset_after);
+        };
+        for (i, h, nb) in [(3, 2, 4), (70, 33, 16), (1, 17, 8)] {
+            let (w, r, b) = (numbered(3 * h * i, 0.5), numbered(3 * h * h, -7e4), numbered(6 * h, 3e5));
+            for b in [Some(&b[..]), None] {
+                let via = GruWeights::from_onnx(i, h, &w, &r, b).unwrap();
+                for reset_after in [false, true] {
+                    let want = PackedGru::new(&via, reset_after, nb).unwrap();
+                    let got = PackedGru::from_onnx(i, h, &w, &r, b, reset_after, nb).unwrap();
+                    same(&got, &want, "ONNX");
+                    assert_eq!(got.canonical(), via);
+                    // PyTorch's layout (gates r, z, n), the same arrays as its parameters.
+                    let (bih, bhh) = (b.map(|b| &b[..3 * h]), b.map(|b| &b[3 * h..]));
+                    let via = GruWeights::from_pytorch(i, h, &w, &r, bih, bhh).unwrap();
+                    let want = PackedGru::new(&via, reset_after, nb).unwrap();
+                    let tp = TorchParams { weight_ih: &w, weight_hh: &r, bias_ih: bih, bias_hh: bhh };
+                    let got = PackedGru::from_pytorch(i, h, &tp, reset_after, nb).unwrap();
+                    same(&got, &want, "PyTorch");
+                    assert_eq!(got.canonical(), via);
+                }
+            }
+        }
+        assert!(PackedGru::from_onnx(2, 1, &[0.0; 5], &[0.0; 3], None, true, 8).is_err());
+        assert!(PackedGru::from_onnx(2, 1, &[0.0; 6], &[0.0; 3], Some(&[0.0; 5]), false, 8).is_err());
     }
 
     #[test]

@@ -13,10 +13,11 @@ use std::sync::OnceLock;
 
 use crate::cells::activation::{clip, slope_lanes, Activation};
 use crate::cells::grads::PytorchLayout;
-use crate::cells::weights::{sizes, transpose, transpose_rows, Transposes};
+use crate::cells::weights::{check_weights, keras_bias, pytorch_bias, transpose, transpose_rows, Transposes};
 use crate::engine::{grow, GradRows};
 use crate::error::{check_len, checked_product, Result};
-use crate::kernel::pack::PackedGates;
+use crate::frameworks::torch::TorchParams;
+use crate::kernel::pack::{unpack_gate_panels, unpack_vector, PackedGates, Source};
 use crate::kernel::simd::{clip_lanes, gemm, gemm_tall, Epilogue, Rows, Simd, TnPart};
 use crate::kernel::{BackwardStep, Carry, CellBackward, CellKernel, PrevState, Stage, StepState};
 use crate::reference::{vec_mat, Rounding};
@@ -79,16 +80,8 @@ impl RnnWeights {
         recurrent_kernel: &[f32],
         bias: Option<&[f32]>,
     ) -> Result<Self> {
-        let (g, nk) = sizes(1, input, hidden)?;
-        check_len("kernel", kernel.len(), nk)?;
-        check_len("recurrent_kernel", recurrent_kernel.len(), hidden * g)?;
-        let bias = match bias {
-            Some(b) => {
-                check_len("bias", b.len(), g)?;
-                b.to_vec()
-            }
-            None => vec![0.0; g],
-        };
+        let g = check_weights(1, input, hidden, ["kernel", "recurrent_kernel"], kernel, recurrent_kernel)?;
+        let bias = keras_bias(bias, g)?;
         Ok(RnnWeights { input, hidden, kernel: kernel.to_vec(), recurrent: recurrent_kernel.to_vec(), bias })
     }
 
@@ -104,16 +97,8 @@ impl RnnWeights {
         bias_ih: Option<&[f32]>,
         bias_hh: Option<&[f32]>,
     ) -> Result<Self> {
-        let (g, nk) = sizes(1, input, hidden)?;
-        check_len("weight_ih", weight_ih.len(), nk)?;
-        check_len("weight_hh", weight_hh.len(), hidden * g)?;
-        let mut bias = vec![0.0; g];
-        for (name, b) in [("bias_ih", bias_ih), ("bias_hh", bias_hh)] {
-            if let Some(b) = b {
-                check_len(name, b.len(), g)?;
-                bias.iter_mut().zip(b).for_each(|(d, s)| *d += s);
-            }
-        }
+        let g = check_weights(1, input, hidden, ["weight_ih", "weight_hh"], weight_ih, weight_hh)?;
+        let bias = pytorch_bias(bias_ih, bias_hh, g)?;
         let (kernel, recurrent) = (transpose(weight_ih, g, input), transpose(weight_hh, g, hidden));
         Ok(RnnWeights { input, hidden, kernel, recurrent, bias })
     }
@@ -123,14 +108,8 @@ impl RnnWeights {
     /// # Errors
     /// As [`from_keras`](Self::from_keras).
     pub fn from_onnx(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<Self> {
-        let (g, nk) = sizes(1, input, hidden)?;
-        check_len("W", w.len(), nk)?;
-        check_len("R", r.len(), hidden * g)?;
-        let mut bias = vec![0.0; g];
-        if let Some(b) = b {
-            check_len("B", b.len(), 2 * g)?;
-            bias.iter_mut().zip(&b[..g]).zip(&b[g..]).for_each(|((d, x), y)| *d = x + y);
-        }
+        let g = check_weights(1, input, hidden, ["W", "R"], w, r)?;
+        let bias = onnx_bias(b, g)?;
         Ok(RnnWeights { input, hidden, kernel: transpose(w, g, input), recurrent: transpose(r, g, hidden), bias })
     }
 
@@ -156,6 +135,16 @@ impl RnnWeights {
     }
 }
 
+/// ONNX's `B [2 G]` (`Wb` then `Rb`; `None`: zeros) summed: `Wb + Rb`.
+fn onnx_bias(b: Option<&[f32]>, g: usize) -> Result<Vec<f32>> {
+    let mut bias = vec![0.0; g];
+    if let Some(b) = b {
+        check_len("B", b.len(), 2 * g)?;
+        bias.iter_mut().zip(&b[..g]).zip(&b[g..]).for_each(|((d, x), y)| *d = x + y);
+    }
+    Ok(bias)
+}
+
 /// Weights of one simple RNN layer direction packed into a backend's panel layout (one gate).
 #[derive(Clone, Debug)]
 pub struct PackedRnn {
@@ -170,8 +159,73 @@ impl PackedRnn {
     /// # Errors
     /// [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) for sizes whose product overflows.
     pub(crate) fn new(w: &RnnWeights, nb: usize) -> Result<Self> {
-        let gates = PackedGates::new(1, w.input, w.hidden, &w.kernel, &w.recurrent, &w.bias, nb)?;
+        let src = Source::Canonical { kernel: &w.kernel, recurrent: &w.recurrent };
+        let gates = PackedGates::new(1, w.input, w.hidden, src, &w.bias, nb)?;
         Ok(PackedRnn { gates, transposes: OnceLock::new() })
+    }
+
+    /// Packs one direction of ONNX's `W [H, I]`, `R [H, H]` and `B [2H]` straight from their layout, with
+    /// no canonical copy: as `PackedRnn::new(&RnnWeights::from_onnx(..)?, nb)`, bit for bit.
+    ///
+    /// # Errors
+    /// As [`RnnWeights::from_onnx`].
+    pub(crate) fn from_onnx(
+        input: usize,
+        hidden: usize,
+        w: &[f32],
+        r: &[f32],
+        b: Option<&[f32]>,
+        nb: usize,
+    ) -> Result<Self> {
+        let g = check_weights(1, input, hidden, ["W", "R"], w, r)?;
+        let bias = onnx_bias(b, g)?;
+        let gates = PackedGates::new(1, input, hidden, Source::Units { w, r, order: &[0] }, &bias, nb)?;
+        Ok(PackedRnn { gates, transposes: OnceLock::new() })
+    }
+
+    /// Packs Keras' `kernel [I, H]`, `recurrent_kernel [H, H]` and `bias [H]` as they are, with no
+    /// canonical copy: as `PackedRnn::new(&RnnWeights::from_keras(..)?, nb)`.
+    ///
+    /// # Errors
+    /// As [`RnnWeights::from_keras`].
+    pub(crate) fn from_keras(
+        input: usize,
+        hidden: usize,
+        kernel: &[f32],
+        recurrent_kernel: &[f32],
+        bias: Option<&[f32]>,
+        nb: usize,
+    ) -> Result<Self> {
+        let g = check_weights(1, input, hidden, ["kernel", "recurrent_kernel"], kernel, recurrent_kernel)?;
+        let src = Source::Canonical { kernel, recurrent: recurrent_kernel };
+        let gates = PackedGates::new(1, input, hidden, src, &keras_bias(bias, g)?, nb)?;
+        Ok(PackedRnn { gates, transposes: OnceLock::new() })
+    }
+
+    /// Packs PyTorch's `weight_ih [H, I]`, `weight_hh [H, H]`, `bias_ih`, `bias_hh [H]` straight from
+    /// their layout, with no canonical copy: as `PackedRnn::new(&RnnWeights::from_pytorch(..)?, nb)`.
+    ///
+    /// # Errors
+    /// As [`RnnWeights::from_pytorch`].
+    pub(crate) fn from_pytorch(input: usize, hidden: usize, p: &TorchParams<'_>, nb: usize) -> Result<Self> {
+        let g = check_weights(1, input, hidden, ["weight_ih", "weight_hh"], p.weight_ih, p.weight_hh)?;
+        let bias = pytorch_bias(p.bias_ih, p.bias_hh, g)?;
+        let src = Source::Units { w: p.weight_ih, r: p.weight_hh, order: &[0] };
+        let gates = PackedGates::new(1, input, hidden, src, &bias, nb)?;
+        Ok(PackedRnn { gates, transposes: OnceLock::new() })
+    }
+
+    /// The canonical weights these were packed from (unpacked: exact).
+    pub(crate) fn canonical(&self) -> RnnWeights {
+        let p = &self.gates;
+        let (input, hidden, nb) = (p.input, p.hidden, p.nb);
+        let unpack = |panels: &[f32], rows: usize| {
+            let mut m = vec![0.0; rows * hidden];
+            unpack_gate_panels(panels, rows, 1, &mut m, 1, 0, hidden, nb);
+            m
+        };
+        let (kernel, recurrent) = (unpack(&p.w, input), unpack(&p.r, hidden));
+        RnnWeights { input, hidden, kernel, recurrent, bias: unpack_vector(&p.bias, 1, hidden, nb) }
     }
 
     /// The backward of the layer direction these weights were packed from (`w`), with the cell `spec`:
@@ -452,5 +506,33 @@ mod tests {
         assert_eq!(onnx, keras);
         assert!(RnnWeights::from_onnx(i, h, &wt, &rt, Some(&[1.0, 2.0])).is_err());
         assert!(RnnWeights::from_keras(i, 0, &[], &[], None).is_err());
+    }
+
+    #[test]
+    fn onnx_packs_straight_from_its_layout_and_unpacks_exactly() {
+        let n = |len: usize, at: f32| (0..len).map(|v| at + v as f32).collect::<Vec<f32>>();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        for (i, h, nb) in [(3, 2, 4), (70, 33, 16), (1, 17, 8)] {
+            let (w, r, b) = (n(h * i, 0.5), n(h * h, -7e4), n(2 * h, 3e5));
+            for b in [Some(&b[..]), None] {
+                let via = RnnWeights::from_onnx(i, h, &w, &r, b).unwrap();
+                let (want, got) =
+                    (PackedRnn::new(&via, nb).unwrap(), PackedRnn::from_onnx(i, h, &w, &r, b, nb).unwrap());
+                assert_eq!(bits(&got.gates.w), bits(&want.gates.w));
+                assert_eq!(bits(&got.gates.r), bits(&want.gates.r));
+                assert_eq!(bits(&got.gates.bias), bits(&want.gates.bias));
+                assert_eq!(got.canonical(), via);
+                let (bih, bhh) = (b.map(|b| &b[..h]), b.map(|b| &b[h..]));
+                let via = RnnWeights::from_pytorch(i, h, &w, &r, bih, bhh).unwrap();
+                let tp = TorchParams { weight_ih: &w, weight_hh: &r, bias_ih: bih, bias_hh: bhh };
+                let (want, got) = (PackedRnn::new(&via, nb).unwrap(), PackedRnn::from_pytorch(i, h, &tp, nb).unwrap());
+                assert_eq!(bits(&got.gates.w), bits(&want.gates.w));
+                assert_eq!(bits(&got.gates.r), bits(&want.gates.r));
+                assert_eq!(bits(&got.gates.bias), bits(&want.gates.bias));
+                assert_eq!(got.canonical(), via);
+            }
+        }
+        assert!(PackedRnn::from_onnx(2, 1, &[0.0; 1], &[0.0; 1], None, 8).is_err());
+        assert!(PackedRnn::from_onnx(2, 1, &[0.0; 2], &[0.0; 1], Some(&[0.0; 3]), 8).is_err());
     }
 }

@@ -15,8 +15,9 @@
 use std::sync::OnceLock;
 
 use crate::error::{check_len, checked_product, Error, Result};
+use crate::frameworks::torch::TorchParams;
 pub(crate) use crate::kernel::pack::transpose;
-use crate::kernel::pack::{pack_vector, PackedGates};
+use crate::kernel::pack::{pack_vector, unpack_gate_panels, unpack_vector, PackedGates, Source};
 
 /// Gate index within the canonical (Keras / PyTorch) order.
 pub const GATE_I: usize = 0;
@@ -62,16 +63,8 @@ impl LstmWeights {
         recurrent_kernel: &[f32],
         bias: Option<&[f32]>,
     ) -> Result<Self> {
-        let (g, nk) = sizes(4, input, hidden)?;
-        check_len("kernel", kernel.len(), nk)?;
-        check_len("recurrent_kernel", recurrent_kernel.len(), hidden * g)?;
-        let bias = match bias {
-            Some(b) => {
-                check_len("bias", b.len(), g)?;
-                b.to_vec()
-            }
-            None => vec![0.0; g],
-        };
+        let g = check_weights(4, input, hidden, ["kernel", "recurrent_kernel"], kernel, recurrent_kernel)?;
+        let bias = keras_bias(bias, g)?;
         Ok(LstmWeights {
             input,
             hidden,
@@ -94,16 +87,8 @@ impl LstmWeights {
         bias_ih: Option<&[f32]>,
         bias_hh: Option<&[f32]>,
     ) -> Result<Self> {
-        let (g, nk) = sizes(4, input, hidden)?;
-        check_len("weight_ih", weight_ih.len(), nk)?;
-        check_len("weight_hh", weight_hh.len(), hidden * g)?;
-        let mut bias = vec![0.0; g];
-        for (name, b) in [("bias_ih", bias_ih), ("bias_hh", bias_hh)] {
-            if let Some(b) = b {
-                check_len(name, b.len(), g)?;
-                bias.iter_mut().zip(b).for_each(|(d, s)| *d += s);
-            }
-        }
+        let g = check_weights(4, input, hidden, ["weight_ih", "weight_hh"], weight_ih, weight_hh)?;
+        let bias = pytorch_bias(bias_ih, bias_hh, g)?;
         Ok(LstmWeights {
             input,
             hidden,
@@ -127,11 +112,7 @@ impl LstmWeights {
         b: Option<&[f32]>,
         p: Option<&[f32]>,
     ) -> Result<Self> {
-        let (g, nk) = sizes(4, input, hidden)?;
-        check_len("W", w.len(), nk)?;
-        check_len("R", r.len(), hidden * g)?;
-        // ONNX gate block j holds canonical gate ONNX_TO_CANON[j].
-        const ONNX_TO_CANON: [usize; 4] = [GATE_I, GATE_O, GATE_F, GATE_C];
+        let g = check_weights(4, input, hidden, ["W", "R"], w, r)?;
         let reorder = |m: &[f32], cols: usize| {
             let mut out = vec![0.0; m.len()];
             for (j, &c) in ONNX_TO_CANON.iter().enumerate() {
@@ -140,27 +121,7 @@ impl LstmWeights {
             }
             out
         };
-        let mut bias = vec![0.0; g];
-        if let Some(b) = b {
-            check_len("B", b.len(), 2 * g)?;
-            let wb = reorder(&b[..g], 1);
-            let rb = reorder(&b[g..], 1);
-            for ((d, x), y) in bias.iter_mut().zip(&wb).zip(&rb) {
-                *d = x + y;
-            }
-        }
-        let peephole = match p {
-            Some(p) => {
-                check_len("P", p.len(), 3 * hidden)?;
-                // ONNX order i, o, f -> canonical i, f, o.
-                let mut out = vec![0.0; 3 * hidden];
-                out[..hidden].copy_from_slice(&p[..hidden]);
-                out[hidden..2 * hidden].copy_from_slice(&p[2 * hidden..]);
-                out[2 * hidden..].copy_from_slice(&p[hidden..2 * hidden]);
-                Some(out)
-            }
-            None => None,
-        };
+        let (bias, peephole) = onnx_bias_peephole(hidden, b, p)?;
         Ok(LstmWeights {
             input,
             hidden,
@@ -197,6 +158,79 @@ impl LstmWeights {
     }
 }
 
+/// Checks the lengths of a layer direction's input and recurrent weights (named `names`) for `gates`
+/// gates; returns `G H`, the canonical row width.
+pub(crate) fn check_weights(
+    gates: usize,
+    input: usize,
+    hidden: usize,
+    names: [&str; 2],
+    w: &[f32],
+    r: &[f32],
+) -> Result<usize> {
+    let (g, nk) = sizes(gates, input, hidden)?;
+    check_len(names[0], w.len(), nk)?;
+    check_len(names[1], r.len(), hidden * g)?;
+    Ok(g)
+}
+
+/// Keras' `bias [G H]` (`None`: zeros), checked.
+pub(crate) fn keras_bias(bias: Option<&[f32]>, g: usize) -> Result<Vec<f32>> {
+    match bias {
+        Some(b) => {
+            check_len("bias", b.len(), g)?;
+            Ok(b.to_vec())
+        }
+        None => Ok(vec![0.0; g]),
+    }
+}
+
+/// PyTorch's `bias_ih + bias_hh [G H]` (a missing one: zeros), checked.
+pub(crate) fn pytorch_bias(bias_ih: Option<&[f32]>, bias_hh: Option<&[f32]>, g: usize) -> Result<Vec<f32>> {
+    let mut bias = vec![0.0; g];
+    for (name, b) in [("bias_ih", bias_ih), ("bias_hh", bias_hh)] {
+        if let Some(b) = b {
+            check_len(name, b.len(), g)?;
+            bias.iter_mut().zip(b).for_each(|(d, s)| *d += s);
+        }
+    }
+    Ok(bias)
+}
+
+/// ONNX gate block `j` holds canonical gate `ONNX_TO_CANON[j]` (ONNX order i, o, f, c).
+const ONNX_TO_CANON: [usize; 4] = [GATE_I, GATE_O, GATE_F, GATE_C];
+/// The ONNX gate block of each canonical gate (i, f, c, o): the inverse of [`ONNX_TO_CANON`].
+const CANON_FROM_ONNX: [usize; 4] = [0, 2, 3, 1];
+
+/// ONNX's `B [8H]` (`Wb` then `Rb`, gates i, o, f, c) and `P [3H]` (i, o, f) in canonical form: the summed
+/// bias `[4H]` (i, f, c, o; zeros without `B`) and the peepholes `[3H]` (i, f, o).
+fn onnx_bias_peephole(hidden: usize, b: Option<&[f32]>, p: Option<&[f32]>) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    let g = 4 * hidden;
+    let mut bias = vec![0.0; g];
+    if let Some(b) = b {
+        check_len("B", b.len(), 2 * g)?;
+        for (j, &c) in ONNX_TO_CANON.iter().enumerate() {
+            let (wb, rb) = (&b[j * hidden..][..hidden], &b[g + j * hidden..][..hidden]);
+            for ((d, x), y) in bias[c * hidden..][..hidden].iter_mut().zip(wb).zip(rb) {
+                *d = x + y;
+            }
+        }
+    }
+    let peephole = match p {
+        Some(p) => {
+            check_len("P", p.len(), 3 * hidden)?;
+            // ONNX order i, o, f -> canonical i, f, o.
+            let mut out = vec![0.0; 3 * hidden];
+            out[..hidden].copy_from_slice(&p[..hidden]);
+            out[hidden..2 * hidden].copy_from_slice(&p[2 * hidden..]);
+            out[2 * hidden..].copy_from_slice(&p[hidden..2 * hidden]);
+            Some(out)
+        }
+        None => None,
+    };
+    Ok((bias, peephole))
+}
+
 /// Weights of one LSTM layer direction packed into a backend's panel layout (see
 /// [`PackedGates`]), with the peepholes as `[blocks][3][nb]` (i, f, o).
 #[derive(Clone, Debug)]
@@ -221,9 +255,84 @@ impl PackedLstm {
     /// Packs `weights` for a backend with `nb` lanes per block.
     pub(crate) fn new(weights: &LstmWeights, nb: usize) -> Result<Self> {
         let (i, h) = (weights.input, weights.hidden);
-        let gates = PackedGates::new(4, i, h, &weights.kernel, &weights.recurrent, &weights.bias, nb)?;
+        let src = Source::Canonical { kernel: &weights.kernel, recurrent: &weights.recurrent };
+        let gates = PackedGates::new(4, i, h, src, &weights.bias, nb)?;
         let peephole = weights.peephole.as_ref().map(|p| pack_vector(p, 3, h, nb));
         Ok(PackedLstm { gates, peephole, transposes: OnceLock::new() })
+    }
+
+    /// Packs one direction of ONNX's `W [4H, I]`, `R [4H, H]`, `B [8H]` and `P [3H]` (gates i, o, f, c;
+    /// peepholes i, o, f) straight from their layout, with no canonical copy: as
+    /// `PackedLstm::new(&LstmWeights::from_onnx(..)?, nb)`, bit for bit.
+    ///
+    /// # Errors
+    /// As [`LstmWeights::from_onnx`].
+    pub(crate) fn from_onnx(
+        input: usize,
+        hidden: usize,
+        w: &[f32],
+        r: &[f32],
+        b: Option<&[f32]>,
+        p: Option<&[f32]>,
+        nb: usize,
+    ) -> Result<Self> {
+        check_weights(4, input, hidden, ["W", "R"], w, r)?;
+        let (bias, peephole) = onnx_bias_peephole(hidden, b, p)?;
+        let gates = PackedGates::new(4, input, hidden, Source::Units { w, r, order: &CANON_FROM_ONNX }, &bias, nb)?;
+        let peephole = peephole.map(|p| pack_vector(&p, 3, hidden, nb));
+        Ok(PackedLstm { gates, peephole, transposes: OnceLock::new() })
+    }
+
+    /// Packs Keras' `kernel [I, 4H]`, `recurrent_kernel [H, 4H]` and `bias [4H]` as they are, with no
+    /// canonical copy: as `PackedLstm::new(&LstmWeights::from_keras(..)?, nb)`.
+    ///
+    /// # Errors
+    /// As [`LstmWeights::from_keras`].
+    pub(crate) fn from_keras(
+        input: usize,
+        hidden: usize,
+        kernel: &[f32],
+        recurrent_kernel: &[f32],
+        bias: Option<&[f32]>,
+        nb: usize,
+    ) -> Result<Self> {
+        let g = check_weights(4, input, hidden, ["kernel", "recurrent_kernel"], kernel, recurrent_kernel)?;
+        let src = Source::Canonical { kernel, recurrent: recurrent_kernel };
+        let gates = PackedGates::new(4, input, hidden, src, &keras_bias(bias, g)?, nb)?;
+        Ok(PackedLstm { gates, peephole: None, transposes: OnceLock::new() })
+    }
+
+    /// Packs PyTorch's `weight_ih [4H, I]`, `weight_hh [4H, H]`, `bias_ih`, `bias_hh [4H]` (gates i, f, g,
+    /// o) straight from their layout, with no canonical copy: as
+    /// `PackedLstm::new(&LstmWeights::from_pytorch(..)?, nb)`, bit for bit.
+    ///
+    /// # Errors
+    /// As [`LstmWeights::from_pytorch`].
+    pub(crate) fn from_pytorch(input: usize, hidden: usize, p: &TorchParams<'_>, nb: usize) -> Result<Self> {
+        let g = check_weights(4, input, hidden, ["weight_ih", "weight_hh"], p.weight_ih, p.weight_hh)?;
+        let bias = pytorch_bias(p.bias_ih, p.bias_hh, g)?;
+        let src = Source::Units { w: p.weight_ih, r: p.weight_hh, order: &[0, 1, 2, 3] };
+        let gates = PackedGates::new(4, input, hidden, src, &bias, nb)?;
+        Ok(PackedLstm { gates, peephole: None, transposes: OnceLock::new() })
+    }
+
+    /// The canonical weights these were packed from (unpacked: exact).
+    pub(crate) fn canonical(&self) -> LstmWeights {
+        let p = &self.gates;
+        let (i, h, nb) = (p.input, p.hidden, p.nb);
+        let unpack = |panels: &[f32], rows: usize| {
+            let mut m = vec![0.0; rows * 4 * h];
+            unpack_gate_panels(panels, rows, 4, &mut m, 4, 0, h, nb);
+            m
+        };
+        LstmWeights {
+            input: i,
+            hidden: h,
+            kernel: unpack(&p.w, i),
+            recurrent: unpack(&p.r, h),
+            bias: unpack_vector(&p.bias, 4, h, nb),
+            peephole: self.peephole.as_ref().map(|v| unpack_vector(v, 3, h, nb)),
+        }
     }
 
     /// `Rᵀ` and `Wᵀ` of `weights` (the weights this was packed from), packed on the first call and kept.
@@ -323,6 +432,39 @@ mod tests {
         bb.extend(vec![0.0; 4 * h]);
         let onnx = LstmWeights::from_onnx(i, h, &w, &rr, Some(&bb), None).unwrap();
         assert_eq!(onnx, keras);
+    }
+
+    #[test]
+    fn onnx_packs_straight_from_its_layout_and_unpacks_exactly() {
+        for (i, h, nb) in [(3, 2, 4), (70, 33, 16), (1, 17, 8)] {
+            let n = |len: usize, at: f32| (0..len).map(|v| at + v as f32).collect::<Vec<f32>>();
+            let (w, r, b, p) = (n(4 * h * i, 0.5), n(4 * h * h, -7e4), n(8 * h, 3e5), n(3 * h, 9e5));
+            let via = LstmWeights::from_onnx(i, h, &w, &r, Some(&b), Some(&p)).unwrap();
+            let want = PackedLstm::new(&via, nb).unwrap();
+            let got = PackedLstm::from_onnx(i, h, &w, &r, Some(&b), Some(&p), nb).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            assert_eq!(bits(&got.gates.w), bits(&want.gates.w));
+            assert_eq!(bits(&got.gates.r), bits(&want.gates.r));
+            assert_eq!(bits(&got.gates.bias), bits(&want.gates.bias));
+            assert_eq!(got.peephole, want.peephole);
+            assert_eq!(got.canonical(), via);
+            let plain = PackedLstm::from_onnx(i, h, &w, &r, None, None, nb).unwrap();
+            assert_eq!(plain.canonical(), LstmWeights::from_onnx(i, h, &w, &r, None, None).unwrap());
+            // PyTorch's layout: the same rows, gates i, f, g, o, two biases.
+            for (bih, bhh) in [(Some(&b[..4 * h]), Some(&b[4 * h..])), (None, Some(&b[..4 * h])), (None, None)] {
+                let via = LstmWeights::from_pytorch(i, h, &w, &r, bih, bhh).unwrap();
+                let want = PackedLstm::new(&via, nb).unwrap();
+                let tp = TorchParams { weight_ih: &w, weight_hh: &r, bias_ih: bih, bias_hh: bhh };
+                let got = PackedLstm::from_pytorch(i, h, &tp, nb).unwrap();
+                assert_eq!(bits(&got.gates.w), bits(&want.gates.w));
+                assert_eq!(bits(&got.gates.r), bits(&want.gates.r));
+                assert_eq!(bits(&got.gates.bias), bits(&want.gates.bias));
+                assert_eq!(got.canonical(), via);
+            }
+        }
+        assert!(PackedLstm::from_onnx(2, 1, &[0.0; 7], &[0.0; 4], None, None, 8).is_err());
+        assert!(PackedLstm::from_onnx(2, 1, &[0.0; 8], &[0.0; 4], Some(&[0.0; 7]), None, 8).is_err());
+        assert!(PackedLstm::from_onnx(usize::MAX, 2, &[], &[], None, None, 8).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::reference::Rounding;
 
 /// A cell with `h` as its only state, as the frameworks import, pack and run it.
 pub(crate) trait Family {
-    type Weights: Clone + Debug + Sync;
+    type Weights: Clone + Debug + Send + Sync;
     type Packed: Clone + Debug + Sync;
     type Spec: Clone + Debug + Sync;
     type Kernel<'a>: CellKernel
@@ -50,10 +50,41 @@ pub(crate) trait Family {
     fn grads_to_pytorch(g: &Self::Grads) -> PytorchLayout<f32>;
     /// The lengths of [`grads_to_keras`](Self::grads_to_keras)' three tensors.
     fn keras_grad_lens(w: &Self::Weights, spec: &Self::Spec) -> [usize; 3];
-    /// One direction's weights from ONNX's `W`, `R`, `B`.
-    fn import_onnx(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<Self::Weights>;
+    /// One direction's weights from ONNX's `W`, `R`, `B`, packed straight from that layout for a backend
+    /// of `nb` lanes and the cell `spec` (as [`pack`](Self::pack) of the imported weights, bit for bit).
+    fn pack_onnx(
+        input: usize,
+        hidden: usize,
+        w: &[f32],
+        r: &[f32],
+        b: Option<&[f32]>,
+        spec: &Self::Spec,
+        nb: usize,
+    ) -> Result<Self::Packed>;
+    /// One layer's weights from Keras' `kernel`, `recurrent_kernel`, `bias`, packed as they are (as
+    /// [`pack`](Self::pack) of the imported weights, bit for bit).
+    #[allow(clippy::too_many_arguments)]
+    fn pack_keras(
+        input: usize,
+        hidden: usize,
+        kernel: &[f32],
+        recurrent_kernel: &[f32],
+        bias: Option<&[f32]>,
+        spec: &Self::Spec,
+        nb: usize,
+    ) -> Result<Self::Packed>;
+    /// The canonical weights packed weights were made from.
+    fn canonical(packed: &Self::Packed) -> Self::Weights;
     /// One layer direction's weights from PyTorch's `weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`.
-    fn import_pytorch(input: usize, hidden: usize, p: &TorchParams<'_>) -> Result<Self::Weights>;
+    /// One layer direction's weights from PyTorch's `weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`,
+    /// packed straight from that layout (as [`pack`](Self::pack) of the imported weights, bit for bit).
+    fn pack_pytorch(
+        input: usize,
+        hidden: usize,
+        p: &TorchParams<'_>,
+        spec: &Self::Spec,
+        nb: usize,
+    ) -> Result<Self::Packed>;
     /// The weights packed for a backend of `nb` lanes, for the cell `spec`.
     fn pack(w: &Self::Weights, spec: &Self::Spec, nb: usize) -> Result<Self::Packed>;
     /// The cell as the kernels see it.
@@ -111,11 +142,33 @@ impl Family for Gru {
     fn grads_to_pytorch(g: &GruGrads<f32>) -> PytorchLayout<f32> {
         g.to_pytorch()
     }
-    fn import_onnx(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<GruWeights> {
-        GruWeights::from_onnx(input, hidden, w, r, b)
+    fn pack_onnx(
+        input: usize,
+        hidden: usize,
+        w: &[f32],
+        r: &[f32],
+        b: Option<&[f32]>,
+        spec: &GruSpec,
+        nb: usize,
+    ) -> Result<PackedGru> {
+        PackedGru::from_onnx(input, hidden, w, r, b, spec.reset_after, nb)
     }
-    fn import_pytorch(input: usize, hidden: usize, p: &TorchParams<'_>) -> Result<GruWeights> {
-        GruWeights::from_pytorch(input, hidden, p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh)
+    fn pack_keras(
+        input: usize,
+        hidden: usize,
+        kernel: &[f32],
+        recurrent_kernel: &[f32],
+        bias: Option<&[f32]>,
+        spec: &GruSpec,
+        nb: usize,
+    ) -> Result<PackedGru> {
+        PackedGru::from_keras(input, hidden, kernel, recurrent_kernel, bias, spec.reset_after, nb)
+    }
+    fn canonical(packed: &PackedGru) -> GruWeights {
+        packed.canonical()
+    }
+    fn pack_pytorch(input: usize, hidden: usize, p: &TorchParams<'_>, spec: &GruSpec, nb: usize) -> Result<PackedGru> {
+        PackedGru::from_pytorch(input, hidden, p, spec.reset_after, nb)
     }
     fn pack(w: &GruWeights, spec: &GruSpec, nb: usize) -> Result<PackedGru> {
         PackedGru::new(w, spec.reset_after, nb)
@@ -173,11 +226,33 @@ impl Family for Rnn {
     fn grads_to_pytorch(g: &RnnGrads<f32>) -> PytorchLayout<f32> {
         g.to_pytorch()
     }
-    fn import_onnx(input: usize, hidden: usize, w: &[f32], r: &[f32], b: Option<&[f32]>) -> Result<RnnWeights> {
-        RnnWeights::from_onnx(input, hidden, w, r, b)
+    fn pack_onnx(
+        input: usize,
+        hidden: usize,
+        w: &[f32],
+        r: &[f32],
+        b: Option<&[f32]>,
+        _spec: &RnnSpec,
+        nb: usize,
+    ) -> Result<PackedRnn> {
+        PackedRnn::from_onnx(input, hidden, w, r, b, nb)
     }
-    fn import_pytorch(input: usize, hidden: usize, p: &TorchParams<'_>) -> Result<RnnWeights> {
-        RnnWeights::from_pytorch(input, hidden, p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh)
+    fn pack_keras(
+        input: usize,
+        hidden: usize,
+        kernel: &[f32],
+        recurrent_kernel: &[f32],
+        bias: Option<&[f32]>,
+        _spec: &RnnSpec,
+        nb: usize,
+    ) -> Result<PackedRnn> {
+        PackedRnn::from_keras(input, hidden, kernel, recurrent_kernel, bias, nb)
+    }
+    fn canonical(packed: &PackedRnn) -> RnnWeights {
+        packed.canonical()
+    }
+    fn pack_pytorch(input: usize, hidden: usize, p: &TorchParams<'_>, _spec: &RnnSpec, nb: usize) -> Result<PackedRnn> {
+        PackedRnn::from_pytorch(input, hidden, p, nb)
     }
     fn pack(w: &RnnWeights, _spec: &RnnSpec, nb: usize) -> Result<PackedRnn> {
         PackedRnn::new(w, nb)

@@ -154,3 +154,9 @@ impl KernelBench {
 pub fn with_pack_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
     super::pack::with_pack_threads(threads, f)
 }
+
+/// Runs `f` with the packed weights it makes and drops reusing the memory of the previous such call on
+/// this thread, as the one-shot C functions do: for the `packing` benchmark group.
+pub fn with_recycled_panels<R>(f: impl FnOnce() -> R) -> R {
+    super::pack::with_recycled_panels(f)
+}

@@ -12,8 +12,8 @@
 //! interleaved, each pass read every other cache line of the panel (measured: the training steps of
 //! seed_fit and mid_fit up to a tenth slower).
 
-use std::cell::Cell;
-use std::ops::Range;
+use std::cell::{Cell, RefCell};
+use std::ops::{Deref, DerefMut, Range};
 
 use super::simd::MAX_GATES;
 use crate::engine::for_each_part;
@@ -49,15 +49,60 @@ pub struct PackedGates {
     /// Number of blocks: `ceil(H / nb)`.
     pub(crate) blocks: usize,
     /// `[blocks][I][G][nb]`
-    pub(crate) w: Vec<f32>,
+    pub(crate) w: Panels,
     /// `[blocks][H][G][nb]`
-    pub(crate) r: Vec<f32>,
+    pub(crate) r: Panels,
     /// `[blocks][G][nb]`
     pub(crate) bias: Vec<f32>,
 }
 
+/// Where packing reads a layer direction's `W` and `R` from, for `G` gates per unit.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Source<'a> {
+    /// Canonical `kernel [I][G H]` and `recurrent [H][G H]` (gate-major columns).
+    Canonical { kernel: &'a [f32], recurrent: &'a [f32] },
+    /// A framework's unit-major `w [S H][I]` and `r [S H][H]` (ONNX, PyTorch): gate `g` is the
+    /// framework's gate block `order[g]` (see [`pack_unit_panels`]).
+    Units { w: &'a [f32], r: &'a [f32], order: &'a [usize] },
+}
+
+impl Source<'_> {
+    /// Whether the matrices hold `gates` gates of `hidden` units over `input` and `hidden` rows.
+    fn holds(&self, gates: usize, input: usize, hidden: usize) -> bool {
+        let cols = gates * hidden;
+        match *self {
+            Source::Canonical { kernel, recurrent } => kernel.len() == input * cols && recurrent.len() == hidden * cols,
+            Source::Units { w, r, order } => {
+                let s_n = order.iter().max().map_or(0, |&s| s + 1);
+                order.len() == gates && w.len() == s_n * hidden * input && r.len() == hidden * s_n * hidden
+            }
+        }
+    }
+
+    /// The panels of `W` (or of `R`, `recurrent`; `rows` rows) for the gates `sel` of `gates`.
+    pub(crate) fn panels(
+        &self,
+        recurrent: bool,
+        rows: usize,
+        gates: usize,
+        sel: Range<usize>,
+        hidden: usize,
+        nb: usize,
+    ) -> Panels {
+        match *self {
+            Source::Canonical { kernel, recurrent: rec } => {
+                pack_gate_panels(if recurrent { rec } else { kernel }, rows, gates, sel, hidden, nb)
+            }
+            Source::Units { w, r, order } => {
+                pack_unit_panels(if recurrent { r } else { w }, rows, &order[sel], hidden, nb)
+            }
+        }
+    }
+}
+
 impl PackedGates {
-    /// Packs canonical `kernel [I][G H]`, `recurrent [H][G H]` and `bias [G H]` for `nb` lanes per block.
+    /// Packs `W` and `R` read from `src` (gate `g` of every unit: the [`Source`]'s gate `g`) and canonical
+    /// `bias [G H]` for `nb` lanes per block.
     ///
     /// # Errors
     /// [`ErrorKind::Overflow`](crate::ErrorKind::Overflow) for sizes whose product overflows;
@@ -67,20 +112,31 @@ impl PackedGates {
         gates: usize,
         input: usize,
         hidden: usize,
-        kernel: &[f32],
-        recurrent: &[f32],
+        src: Source<'_>,
         bias: &[f32],
         nb: usize,
     ) -> Result<Self> {
-        if !(1..=MAX_GATES).contains(&gates) || nb == 0 {
-            return Err(Error::argument(format!("{gates} gates of {nb} lanes cannot be packed")));
-        }
-        let cols = checked_product(&[gates, hidden], "gates")?;
-        let blocks = hidden.div_ceil(nb);
-        let row = checked_product(&[gates, blocks, nb], "packed row")?;
-        checked_product(&[input.max(hidden), row], "packed weights")?;
-        if kernel.len() != input * cols || recurrent.len() != hidden * cols || bias.len() != cols {
-            return Err(Error::argument("canonical weights of the wrong length"));
+        Self::with_recurrent(gates, input, hidden, src, bias, nb, true)
+    }
+
+    /// As [`new`](Self::new), packing `R` only if `recurrent` (else [`r`](Self::r) stays empty: a GRU
+    /// with the reset gate before the matmul packs it in two parts of its own).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub(crate) fn with_recurrent(
+        gates: usize,
+        input: usize,
+        hidden: usize,
+        src: Source<'_>,
+        bias: &[f32],
+        nb: usize,
+        recurrent: bool,
+    ) -> Result<Self> {
+        let blocks = Self::check(gates, input, hidden, nb)?;
+        let cols = gates * hidden;
+        if !src.holds(gates, input, hidden) || bias.len() != cols {
+            return Err(Error::argument("weights to pack of the wrong length"));
         }
         Ok(PackedGates {
             gates,
@@ -88,10 +144,22 @@ impl PackedGates {
             hidden,
             nb,
             blocks,
-            w: pack_panels(kernel, input, gates, hidden, nb),
-            r: pack_panels(recurrent, hidden, gates, hidden, nb),
+            w: src.panels(false, input, gates, 0..gates, hidden, nb),
+            r: if recurrent { src.panels(true, hidden, gates, 0..gates, hidden, nb) } else { Panels::default() },
             bias: pack_vector(bias, gates, hidden, nb),
         })
+    }
+
+    /// The checks of [`new`](Self::new) on the sizes: the number of blocks.
+    fn check(gates: usize, input: usize, hidden: usize, nb: usize) -> Result<usize> {
+        if !(1..=MAX_GATES).contains(&gates) || nb == 0 {
+            return Err(Error::argument(format!("{gates} gates of {nb} lanes cannot be packed")));
+        }
+        checked_product(&[gates, hidden], "gates")?;
+        let blocks = hidden.div_ceil(nb);
+        let row = checked_product(&[gates, blocks, nb], "packed row")?;
+        checked_product(&[input.max(hidden), row], "packed weights")?;
+        Ok(blocks)
     }
 
     /// Hidden size padded to whole blocks.
@@ -118,17 +186,12 @@ fn pack_row(src: &[f32], dst: &mut [f32], gates: usize, hidden: usize, nb: usize
     }
 }
 
-/// `[rows][gates * hidden]` as block-major panels `[blocks][group][rows][gates in group][nb]`.
-pub(crate) fn pack_panels(m: &[f32], rows: usize, gates: usize, hidden: usize, nb: usize) -> Vec<f32> {
-    pack_gate_panels(m, rows, gates, 0..gates, hidden, nb)
-}
-
 /// Rows of `k` a block's panel is filled in at a time by [`pack_gate_panels`]: that many source rows
 /// stay in L1/L2 while every gate of the block is copied from them.
 const PACK_ROWS: usize = 16;
 
-/// The gates `sel` of `m [rows][src_gates * hidden]` (canonical, gate-major columns) as the panels of
-/// `sel.len()` gates (see [`pack_panels`]). Each block's panel (contiguous in the output) is filled by one
+/// The gates `sel` of `m [rows][src_gates * hidden]` (canonical, gate-major columns) as the block-major
+/// panels of `sel.len()` gates, `[blocks][group][rows][gates in group][nb]` (see the [module docs](self)). Each block's panel (contiguous in the output) is filled by one
 /// thread, `PACK_ROWS` source rows at a time, whole lanes per copy; the blocks are shared among the
 /// threads of [`pack_threads`] when the weights are large (measured in the `packing` benchmark group).
 pub(crate) fn pack_gate_panels(
@@ -138,17 +201,11 @@ pub(crate) fn pack_gate_panels(
     sel: Range<usize>,
     hidden: usize,
     nb: usize,
-) -> Vec<f32> {
-    let (gates, blocks) = (sel.len(), hidden.div_ceil(nb));
-    let panel = gates * nb;
+) -> Panels {
+    let gates = sel.len();
     let src_row = src_gates * hidden;
     debug_assert!(m.len() >= rows * src_row && sel.end <= src_gates);
-    let mut out = vec![0.0; rows * panel * blocks];
-    if out.is_empty() {
-        return out;
-    }
-    let fill = |bl: usize, dst: &mut [f32]| {
-        let (u0, lanes) = (bl * nb, nb.min(hidden - bl * nb));
+    fill_panels(rows * gates * nb, hidden, nb, |u0, lanes, dst| {
         for k0 in (0..rows).step_by(PACK_ROWS) {
             for g in 0..gates {
                 let col = (sel.start + g) * hidden + u0;
@@ -158,9 +215,127 @@ pub(crate) fn pack_gate_panels(
                 }
             }
         }
+    })
+}
+
+/// The panels of `ceil(hidden / nb)` blocks of `block_len` floats: `fill(u0, lanes, dst)` writes the block
+/// of units `u0..u0 + lanes` into `dst` (its lanes past `hidden` are zeroed first). Each block is filled by
+/// one thread; the blocks are shared among the threads of [`pack_threads`] when the weights are large.
+fn fill_panels(block_len: usize, hidden: usize, nb: usize, fill: impl Fn(usize, usize, &mut [f32]) + Sync) -> Panels {
+    let mut out = Panels::uninit(block_len * hidden.div_ceil(nb));
+    if out.is_empty() {
+        return out;
+    }
+    let floats = out.len();
+    let mut parts: Vec<(usize, &mut [f32])> = out.chunks_mut(block_len).enumerate().collect();
+    in_parallel(floats, &mut parts, |(bl, dst)| {
+        let (u0, lanes) = (*bl * nb, nb.min(hidden - *bl * nb));
+        if lanes < nb {
+            // The units past `hidden` are zero: `fill` writes only the real ones.
+            dst.fill(0.0);
+        }
+        fill(u0, lanes, dst);
+    });
+    out
+}
+
+/// Rows of `k` per tile of [`transpose_into`]: a tile reads 8 source rows of this many floats (whole
+/// cache lines) and writes this many panel rows, all of it within L1.
+const UNIT_TILE: usize = 64;
+
+/// Weights in a framework's unit-major layout, `m [src_gates * hidden][k_len]` (row `s * hidden + u`: gate
+/// block `s` of the framework's order, unit `u`; ONNX `W` / `R`, PyTorch `weight_ih` / `weight_hh`), as
+/// the panels of [`pack_gate_panels`] for the gates `blocks` (gate `g` of the panels is the framework's
+/// block `blocks[g]`): transposed and reordered in one pass, with no canonical copy in between. Each
+/// block's panel is filled by one thread ([`transpose_into`] per gate); the blocks are shared among the
+/// threads of [`pack_threads`] when the weights are large.
+pub(crate) fn pack_unit_panels(m: &[f32], k_len: usize, blocks: &[usize], hidden: usize, nb: usize) -> Panels {
+    let gates = blocks.len();
+    let stride = group_gates(gates) * nb;
+    debug_assert!(blocks.iter().all(|&s| m.len() >= (s + 1) * hidden * k_len));
+    fill_panels(k_len * gates * nb, hidden, nb, |u0, lanes, dst| {
+        for (g, &s) in blocks.iter().enumerate() {
+            let src = &m[(s * hidden + u0) * k_len..][..lanes * k_len];
+            let base = panel_offset(gates, nb, k_len, 0, g);
+            transpose_into(src, lanes, k_len, &mut dst[base..base + (k_len - 1) * stride + lanes], stride);
+        }
+    })
+}
+
+/// `src [lanes][k_len]` transposed into `dst[k * stride + lane]`: in 8x8 tiles through a local array (8
+/// loads of 8 floats, 8 stores of 8: the compiler keeps the tile in vector registers), [`UNIT_TILE`] rows
+/// of `k` at a time so that the rows written stay in L1 while every lane fills them, then the edges one
+/// float at a time. (Measured on 1024-unit ONNX LSTM weights: a quarter faster than one float at a
+/// time.)
+fn transpose_into(src: &[f32], lanes: usize, k_len: usize, dst: &mut [f32], stride: usize) {
+    const T: usize = 8;
+    let (l8, k8) = (lanes / T * T, k_len / T * T);
+    for k0 in (0..k8).step_by(UNIT_TILE) {
+        let k1 = (k0 + UNIT_TILE).min(k8);
+        for l0 in (0..l8).step_by(T) {
+            for kk in (k0..k1).step_by(T) {
+                let mut t = [[0f32; T]; T];
+                for (l, row) in t.iter_mut().enumerate() {
+                    row.copy_from_slice(&src[(l0 + l) * k_len + kk..][..T]);
+                }
+                for dk in 0..T {
+                    let d = &mut dst[(kk + dk) * stride + l0..][..T];
+                    for (l, v) in d.iter_mut().enumerate() {
+                        *v = t[l][dk];
+                    }
+                }
+            }
+        }
+    }
+    let edge = |dst: &mut [f32], ls: Range<usize>, ks: Range<usize>| {
+        for l in ls {
+            for k in ks.clone() {
+                dst[k * stride + l] = src[l * k_len + k];
+            }
+        }
     };
-    let mut parts: Vec<(usize, &mut [f32])> = out.chunks_mut(rows * panel).enumerate().collect();
-    in_parallel(rows * panel * blocks, &mut parts, |(bl, dst)| fill(*bl, dst));
+    edge(dst, 0..l8, k8..k_len);
+    edge(dst, l8..lanes, 0..k_len);
+}
+
+/// The inverse of [`pack_gate_panels`]: writes the `gates` gates of panels `p` (packed from `rows` rows)
+/// into the gate columns `first..first + gates` of canonical `m [rows][m_gates * hidden]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn unpack_gate_panels(
+    p: &[f32],
+    rows: usize,
+    gates: usize,
+    m: &mut [f32],
+    m_gates: usize,
+    first: usize,
+    hidden: usize,
+    nb: usize,
+) {
+    let panel_len = rows * gates * nb;
+    debug_assert!(p.len() >= hidden.div_ceil(nb) * panel_len && m.len() >= rows * m_gates * hidden);
+    if panel_len == 0 {
+        return;
+    }
+    for (bl, panel) in p.chunks_exact(panel_len).take(hidden.div_ceil(nb)).enumerate() {
+        let (u0, lanes) = (bl * nb, nb.min(hidden - bl * nb));
+        for g in 0..gates {
+            for k in 0..rows {
+                let at = panel_offset(gates, nb, rows, k, g);
+                m[k * m_gates * hidden + (first + g) * hidden + u0..][..lanes].copy_from_slice(&panel[at..at + lanes]);
+            }
+        }
+    }
+}
+
+/// The inverse of [`pack_vector`]: `[blocks][gates][nb]` as one canonical row of `gates * hidden`.
+pub(crate) fn unpack_vector(p: &[f32], gates: usize, hidden: usize, nb: usize) -> Vec<f32> {
+    let mut out = vec![0.0; gates * hidden];
+    for g in 0..gates {
+        for (bl, lanes) in out[g * hidden..(g + 1) * hidden].chunks_mut(nb).enumerate() {
+            let at = (bl * gates + g) * nb;
+            lanes.copy_from_slice(&p[at..at + lanes.len()]);
+        }
+    }
     out
 }
 
@@ -190,6 +365,114 @@ pub(crate) fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 thread_local! {
     /// Threads the packing functions of this thread use (see [`with_pack_threads`]).
     static PACK_THREADS: Cell<usize> = const { Cell::new(0) };
+    /// Panel memory this thread's packing may reuse, and whether it is in a [`with_recycled_panels`]
+    /// scope (only then do dropped [`Panels`] come back here).
+    static RECYCLED: RefCell<Recycled> = const { RefCell::new(Recycled { active: false, old: Vec::new(), returned: Vec::new() }) };
+}
+
+/// The recycled panel memory of one thread (see [`with_recycled_panels`]).
+struct Recycled {
+    active: bool,
+    /// Buffers of the previous scope, for this scope's packing to take.
+    old: Vec<Vec<f32>>,
+    /// Buffers dropped in this scope: the next scope's `old`.
+    returned: Vec<Vec<f32>>,
+}
+
+/// Buffers smaller than this many floats are not worth keeping: the allocator reuses them without page
+/// faults anyway.
+const RECYCLE_MIN_FLOATS: usize = 1 << 14;
+
+/// Runs `f` with the packed weights dropped inside it kept for reuse on this thread: repeated one-shot C
+/// calls then convert their weights into memory that is already mapped (fresh allocations of
+/// weight-sized buffers cost more in page faults than the packing itself: see the `packing` benchmark
+/// group). Packing takes kept memory wherever it runs on the thread; between calls the thread keeps the
+/// buffers dropped in its last scope only, until it exits.
+pub(crate) fn with_recycled_panels<R>(f: impl FnOnce() -> R) -> R {
+    let nested = RECYCLED.with(|r| std::mem::replace(&mut r.borrow_mut().active, true));
+    if nested {
+        return f();
+    }
+    /// Ends the scope even if `f` unwinds: the returned buffers become the next scope's.
+    struct End;
+    impl Drop for End {
+        fn drop(&mut self) {
+            let _ = RECYCLED.try_with(|r| {
+                let mut r = r.borrow_mut();
+                r.active = false;
+                r.old = std::mem::take(&mut r.returned);
+            });
+        }
+    }
+    let _end = End;
+    f()
+}
+
+/// Packed panels: a `Vec<f32>` whose memory comes from, and goes back to, the thread's recycled panel
+/// memory inside [`with_recycled_panels`] (elsewhere an ordinary allocation).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Panels(Vec<f32>);
+
+impl Panels {
+    /// `len` floats of unspecified values (recycled memory holds older panels): the caller writes every
+    /// one.
+    pub(crate) fn uninit(len: usize) -> Self {
+        let recycled = RECYCLED.try_with(|r| {
+            let mut r = r.borrow_mut();
+            let best = (0..r.old.len()).filter(|&i| r.old[i].capacity() >= len).min_by_key(|&i| r.old[i].capacity());
+            best.map(|i| r.old.swap_remove(i))
+        });
+        match recycled.ok().flatten() {
+            Some(mut v) => {
+                v.truncate(len);
+                v.resize(len, 0.0);
+                Panels(v)
+            }
+            None => Panels(vec![0.0; len]),
+        }
+    }
+
+    /// `len` zeros.
+    pub(crate) fn zeroed(len: usize) -> Self {
+        let mut p = Self::uninit(len);
+        p.0.fill(0.0);
+        p
+    }
+}
+
+impl From<Vec<f32>> for Panels {
+    fn from(v: Vec<f32>) -> Self {
+        Panels(v)
+    }
+}
+
+impl Deref for Panels {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl DerefMut for Panels {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
+impl Drop for Panels {
+    fn drop(&mut self) {
+        if self.0.capacity() < RECYCLE_MIN_FLOATS {
+            return;
+        }
+        let v = std::mem::take(&mut self.0);
+        let _ = RECYCLED.try_with(|r| {
+            if let Ok(mut r) = r.try_borrow_mut() {
+                if r.active {
+                    r.returned.push(v);
+                }
+            }
+        });
+    }
 }
 
 /// Runs `f` with the weight conversions and packing it does on this thread spread over `threads`
@@ -240,7 +523,8 @@ impl PackedGates {
         let blocks = n.div_ceil(G * nb).max(1);
         let hidden = blocks * nb;
         let len = checked_product(&[k, G, hidden], "packed matrix")?;
-        Ok(PackedGates { gates: G, input: k, hidden, nb, blocks, w: vec![0.0; len], r: Vec::new(), bias: Vec::new() })
+        let (w, r) = (Panels::zeroed(len), Panels::default());
+        Ok(PackedGates { gates: G, input: k, hidden, nb, blocks, w, r, bias: Vec::new() })
     }
 
     /// Column `c` of a [`zero_matrix`](Self::zero_matrix), to fill row by row: element `(kk, c)`
@@ -275,5 +559,108 @@ impl ColumnMut<'_> {
     #[inline]
     pub(crate) fn set(&mut self, kk: usize, v: f32) {
         self.w[kk * self.stride] = v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Distinct values, so any mix-up of rows, units or gates shows.
+    fn numbered(n: usize) -> Vec<f32> {
+        (0..n).map(|i| i as f32 + 0.5).collect()
+    }
+
+    /// The canonical `[k][G H]` form of unit-major `m [S H][k]` for the gate blocks `blocks`.
+    fn canonical_of_units(m: &[f32], k_len: usize, blocks: &[usize], hidden: usize) -> Vec<f32> {
+        let g_n = blocks.len();
+        let mut c = vec![0.0; k_len * g_n * hidden];
+        for (g, &s) in blocks.iter().enumerate() {
+            for u in 0..hidden {
+                for k in 0..k_len {
+                    c[k * g_n * hidden + g * hidden + u] = m[(s * hidden + u) * k_len + k];
+                }
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn unit_major_packing_equals_packing_the_canonical_form() {
+        let orders: [&[usize]; 5] = [&[0], &[1, 0], &[0, 1, 2], &[1, 0, 2], &[0, 2, 3, 1]];
+        let mut cases = 0;
+        for blocks in orders {
+            let s_n = blocks.len();
+            for (k_len, hidden) in [(1, 1), (63, 5), (64, 16), (65, 17), (130, 33), (300, 70)] {
+                for nb in [4, 8, 16] {
+                    for threads in [1, 2] {
+                        let m = numbered(s_n * hidden * k_len);
+                        let canon = canonical_of_units(&m, k_len, blocks, hidden);
+                        let want = pack_gate_panels(&canon, k_len, s_n, 0..s_n, hidden, nb);
+                        let got = with_pack_threads(threads, || pack_unit_panels(&m, k_len, blocks, hidden, nb));
+                        assert_eq!(got, want, "blocks {blocks:?} k {k_len} H {hidden} nb {nb} t {threads}");
+                        // And back: every gate, and gate subsets into their columns.
+                        let mut back = vec![f32::NAN; canon.len()];
+                        unpack_gate_panels(&got, k_len, s_n, &mut back, s_n, 0, hidden, nb);
+                        assert_eq!(back, canon);
+                        if s_n == 3 {
+                            let mut split = vec![f32::NAN; canon.len()];
+                            let zr = pack_gate_panels(&canon, k_len, 3, 0..2, hidden, nb);
+                            let h = pack_gate_panels(&canon, k_len, 3, 2..3, hidden, nb);
+                            unpack_gate_panels(&zr, k_len, 2, &mut split, 3, 0, hidden, nb);
+                            unpack_gate_panels(&h, k_len, 1, &mut split, 3, 2, hidden, nb);
+                            assert_eq!(split, canon);
+                        }
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 5 * 6 * 3 * 2);
+    }
+
+    #[test]
+    fn recycled_panels_reuse_memory_and_pack_the_same_bits() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        let (k_len, nb, order) = (300, 16, [0, 2, 3, 1]);
+        // 80 units fill 5 blocks; 70 units use the same 5 blocks with 10 padded lanes, which must come out
+        // zero though the recycled memory holds 80 units' values there.
+        let dirty = numbered(4 * 80 * k_len);
+        let b: Vec<f32> = numbered(4 * 70 * k_len).iter().map(|v| -v).collect();
+        let want = pack_gate_panels(&canonical_of_units(&b, k_len, &order, 70), k_len, 4, 0..4, 70, nb);
+        let ptr = with_recycled_panels(|| pack_unit_panels(&dirty, k_len, &order, 80, nb).as_ptr() as usize);
+        with_recycled_panels(|| {
+            let got = pack_unit_panels(&b, k_len, &order, 70, nb);
+            assert_eq!(got.as_ptr() as usize, ptr, "the previous call's memory is reused");
+            assert_eq!(bits(&got), bits(&want));
+        });
+        // The same through the canonical path, and zeroed matrices, in twice-recycled memory.
+        with_recycled_panels(|| {
+            let got = pack_gate_panels(&canonical_of_units(&b, k_len, &order, 70), k_len, 4, 0..4, 70, nb);
+            assert_eq!(got.as_ptr() as usize, ptr);
+            assert_eq!(bits(&got), bits(&want));
+        });
+        with_recycled_panels(|| {
+            let z = Panels::zeroed(want.len());
+            assert_eq!(z.as_ptr() as usize, ptr);
+            assert!(z.iter().all(|v| v.to_bits() == 0));
+        });
+        // Outside a scope, packing may take the kept memory too, and dropping returns nothing: the thread
+        // then keeps no memory.
+        let outside = pack_unit_panels(&b, k_len, &order, 70, nb);
+        assert_eq!(outside.as_ptr() as usize, ptr);
+        assert_eq!(bits(&outside), bits(&want));
+        drop(outside);
+        with_recycled_panels(|| assert!(RECYCLED.with(|r| r.borrow().old.is_empty())));
+    }
+
+    #[test]
+    fn vectors_unpack_to_what_was_packed() {
+        for (gates, hidden, nb) in [(1, 1, 4), (3, 17, 8), (4, 33, 16), (3, 16, 16)] {
+            let v = numbered(gates * hidden);
+            let p = pack_vector(&v, gates, hidden, nb);
+            assert_eq!(p.len(), gates * hidden.div_ceil(nb) * nb);
+            assert_eq!(unpack_vector(&p, gates, hidden, nb), v);
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! The Keras `GRU` and `SimpleRNN` layers (forward): one layer type for both cells, Keras' mask semantics
 //! from [`KerasMasking`] as for the LSTM.
 
+use std::sync::OnceLock;
+
 use super::{KerasGrads, KerasMasking, KerasOutputs, KerasTape, KerasUpstream, StridedInput};
 use crate::cells::activation::Activation;
 use crate::cells::gru::{GruSpec, GruWeights};
@@ -12,10 +14,12 @@ use crate::kernel::{self, Backend, CellKernel};
 use crate::reference::{self, KerasResult, Rounding};
 use crate::view::SeqView;
 
-/// One Keras layer of family `F`: its weights packed once.
+/// One Keras layer of family `F`: its weights packed once. The canonical weights are those it was made
+/// from, or, for a layer packed straight from Keras' arrays, unpacked from the packed ones on first use.
 #[derive(Clone, Debug)]
 struct Layer<F: Family> {
-    weights: F::Weights,
+    canonical: OnceLock<F::Weights>,
+    input: usize,
     packed: F::Packed,
     spec: F::Spec,
     masking: KerasMasking,
@@ -24,7 +28,27 @@ struct Layer<F: Family> {
 impl<F: Family> Layer<F> {
     fn new(weights: F::Weights, spec: F::Spec, masking: KerasMasking) -> Result<Self> {
         let packed = F::pack(&weights, &spec, masking.backend.nb)?;
-        Ok(Layer { weights, packed, spec, masking })
+        let input = F::sizes(&weights).0;
+        Ok(Layer { canonical: OnceLock::from(weights), input, packed, spec, masking })
+    }
+
+    /// Packs Keras' arrays as they are (`masking.units` units).
+    fn from_slices(
+        input: usize,
+        kernel: &[f32],
+        recurrent_kernel: &[f32],
+        bias: Option<&[f32]>,
+        spec: F::Spec,
+        masking: KerasMasking,
+    ) -> Result<Self> {
+        let (h, nb) = (masking.units, masking.backend.nb);
+        let packed = F::pack_keras(input, h, kernel, recurrent_kernel, bias, &spec, nb)?;
+        Ok(Layer { canonical: OnceLock::new(), input, packed, spec, masking })
+    }
+
+    /// The canonical weights.
+    fn weights(&self) -> &F::Weights {
+        self.canonical.get_or_init(|| F::canonical(&self.packed))
     }
 
     fn forward_in(
@@ -36,7 +60,7 @@ impl<F: Family> Layer<F> {
         threads: usize,
         ws: &mut Workspace,
     ) -> Result<ForwardStats> {
-        let (b, t, i) = (view.batch(), view.time(), F::sizes(&self.weights).0);
+        let (b, t, i) = (view.batch(), view.time(), self.input);
         check_len("x", x.len(), checked_product(&[b, t, i], "x")?)?;
         let input = StridedInput { data: x, off: 0, sb: t * i, st: i };
         self.forward_strided(input, view, initial_h, out, threads, ws)
@@ -71,7 +95,7 @@ impl<F: Family> Layer<F> {
     }
 
     fn keras_weight_lens(&self) -> [usize; 3] {
-        F::keras_grad_lens(&self.weights, &self.spec)
+        F::keras_grad_lens(self.weights(), &self.spec)
     }
 
     fn tape_bytes(&self, view: &SeqView) -> usize {
@@ -89,7 +113,7 @@ impl<F: Family> Layer<F> {
         threads: usize,
         ws: &mut Workspace,
     ) -> Result<ForwardStats> {
-        let (b, t, i) = (view.batch(), view.time(), F::sizes(&self.weights).0);
+        let (b, t, i) = (view.batch(), view.time(), self.input);
         check_len("x", x.len(), checked_product(&[b, t, i], "x")?)?;
         let input = StridedInput { data: x, off: 0, sb: t * i, st: i };
         tape.shape = (b, t, i, self.masking.units);
@@ -111,9 +135,9 @@ impl<F: Family> Layer<F> {
         threads: usize,
     ) -> Result<ForwardStats> {
         let KerasGrads { dx, d_kernel, d_recurrent_kernel, d_bias, d_initial_h, d_initial_c } = grads;
-        let cell = F::backward_cell(&self.weights, &self.packed, &self.spec)?;
+        let cell = F::backward_cell(self.weights(), &self.packed, &self.spec)?;
         let mut params = (d_kernel.is_some() || d_recurrent_kernel.is_some() || d_bias.is_some())
-            .then(|| F::zero_grads(&self.weights));
+            .then(|| F::zero_grads(self.weights()));
         // The Keras layouts' lengths, checked before anything runs.
         let [nk, nr, nb] = self.keras_weight_lens();
         for (name, v, want) in
@@ -159,10 +183,10 @@ impl<F: Family> Layer<F> {
 
     fn forward_reference(&self, x: &[f32], view: &SeqView, initial_h: Option<&[f32]>) -> Result<KerasResult> {
         let rounding = Rounding::of(self.masking.backend);
-        let step = |x: &[f32], h: &[f32]| F::step(&self.spec, &self.weights, x, h, rounding);
+        let step = |x: &[f32], h: &[f32]| F::step(&self.spec, self.weights(), x, h, rounding);
         let m = &self.masking;
         let shape = (view.batch(), view.time());
-        let sizes = F::sizes(&self.weights);
+        let sizes = F::sizes(self.weights());
         let mask = view.to_mask();
         reference::keras_h_only(&step, sizes, x, &mask, shape, m.go_backwards, m.zero_output_for_mask, initial_h)
     }
@@ -270,7 +294,7 @@ macro_rules! layer_methods {
     ($weights:ty, $options:ty) => {
         /// The weights in canonical form.
         pub fn weights(&self) -> &$weights {
-            &self.layer.weights
+            self.layer.weights()
         }
         /// The layer options.
         pub fn options(&self) -> &$options {
@@ -478,6 +502,25 @@ impl KerasGru {
         Ok(KerasGru { options, layer: Layer::new(weights, spec, m)? })
     }
 
+    /// Packs Keras' `kernel [I, 3H]`, `recurrent_kernel [H, 3H]` and `bias` (as in
+    /// [`GruWeights::from_keras`], with the options' `reset_after`) as they are, for the best backend of
+    /// this CPU: no canonical copy is made unless [`weights`](Self::weights) or a backward asks for it.
+    ///
+    /// # Errors
+    /// As [`GruWeights::from_keras`].
+    pub fn from_slices(
+        input: usize,
+        hidden: usize,
+        kernel: &[f32],
+        recurrent_kernel: &[f32],
+        bias: Option<&[f32]>,
+        options: KerasGruOptions,
+    ) -> Result<Self> {
+        let spec = GruSpec::keras(options.activation, options.recurrent_activation, options.reset_after);
+        let m = masking(options.go_backwards, options.zero_output_for_mask, hidden, kernel::selected());
+        Ok(KerasGru { options, layer: Layer::from_slices(input, kernel, recurrent_kernel, bias, spec, m)? })
+    }
+
     layer_methods!(GruWeights, KerasGruOptions);
 }
 
@@ -505,6 +548,25 @@ impl KerasSimpleRnn {
         let spec = RnnSpec::new(options.activation, None);
         let m = masking(options.go_backwards, options.zero_output_for_mask, weights.hidden_size(), backend);
         Ok(KerasSimpleRnn { options, layer: Layer::new(weights, spec, m)? })
+    }
+
+    /// Packs Keras' `kernel [I, H]`, `recurrent_kernel [H, H]` and `bias [H]` as they are, for the best
+    /// backend of this CPU: no canonical copy is made unless [`weights`](Self::weights) or a backward asks
+    /// for it.
+    ///
+    /// # Errors
+    /// As [`RnnWeights::from_keras`].
+    pub fn from_slices(
+        input: usize,
+        hidden: usize,
+        kernel: &[f32],
+        recurrent_kernel: &[f32],
+        bias: Option<&[f32]>,
+        options: KerasRnnOptions,
+    ) -> Result<Self> {
+        let spec = RnnSpec::new(options.activation, None);
+        let m = masking(options.go_backwards, options.zero_output_for_mask, hidden, kernel::selected());
+        Ok(KerasSimpleRnn { options, layer: Layer::from_slices(input, kernel, recurrent_kernel, bias, spec, m)? })
     }
 
     layer_methods!(RnnWeights, KerasRnnOptions);

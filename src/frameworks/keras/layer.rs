@@ -17,6 +17,9 @@ use crate::view::SeqView;
 
 /// A Keras recurrent layer of any cell.
 #[derive(Clone, Debug)]
+// A few hundred bytes per layer of a model, built once: the GRU's extra packed panels and biases are
+// not worth an indirection on every access.
+#[allow(clippy::large_enum_variant)]
 pub enum Recurrent {
     /// `LSTM`.
     Lstm(KerasLstm),

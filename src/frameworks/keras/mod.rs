@@ -4,6 +4,8 @@
 //! nothing, a masked step repeats the previous output (or zeros with `zero_output_for_mask`), the state
 //! of a sequence without valid steps is its initial state.
 
+use std::sync::OnceLock;
+
 mod gru;
 mod layer;
 
@@ -287,7 +289,9 @@ impl KerasMasking {
 /// A Keras LSTM layer: weights packed once, then run on any batch.
 #[derive(Clone, Debug)]
 pub struct KerasLstm {
-    weights: LstmWeights,
+    /// The canonical weights: those the layer was made from, or, packed straight from Keras' arrays,
+    /// unpacked from the packed ones on first use.
+    canonical: OnceLock<LstmWeights>,
     packed: PackedLstm,
     backend: &'static Backend,
     cell: CellSpec,
@@ -450,12 +454,33 @@ impl KerasLstm {
     pub fn with_backend(weights: LstmWeights, options: KerasLstmOptions, backend: &'static Backend) -> Result<Self> {
         let packed = PackedLstm::new(&weights, backend.nb)?;
         let cell = CellSpec::keras(options.activation, options.recurrent_activation);
-        Ok(KerasLstm { weights, packed, backend, cell, options, schedule: Schedule::Auto })
+        let canonical = OnceLock::from(weights);
+        Ok(KerasLstm { canonical, packed, backend, cell, options, schedule: Schedule::Auto })
+    }
+
+    /// Packs Keras' `kernel [I, 4H]`, `recurrent_kernel [H, 4H]` and `bias [4H]` (None: no bias) as they
+    /// are, for the best backend of this CPU: no canonical copy is made unless
+    /// [`weights`](Self::weights) or a backward asks for it.
+    ///
+    /// # Errors
+    /// As [`LstmWeights::from_keras`].
+    pub fn from_slices(
+        input: usize,
+        hidden: usize,
+        kernel: &[f32],
+        recurrent_kernel: &[f32],
+        bias: Option<&[f32]>,
+        options: KerasLstmOptions,
+    ) -> Result<Self> {
+        let backend = kernel::selected();
+        let packed = PackedLstm::from_keras(input, hidden, kernel, recurrent_kernel, bias, backend.nb)?;
+        let cell = CellSpec::keras(options.activation, options.recurrent_activation);
+        Ok(KerasLstm { canonical: OnceLock::new(), packed, backend, cell, options, schedule: Schedule::Auto })
     }
 
     /// The weights in canonical form.
     pub fn weights(&self) -> &LstmWeights {
-        &self.weights
+        self.canonical.get_or_init(|| self.packed.canonical())
     }
     /// The layer options.
     pub fn options(&self) -> &KerasLstmOptions {
@@ -474,7 +499,7 @@ impl KerasLstm {
 
     /// Hidden size `H`.
     pub fn units(&self) -> usize {
-        self.weights.hidden_size()
+        self.packed.gates.hidden
     }
 
     /// Runs the layer on `x [B, T, I]` (B and T from `view`) over the valid steps of `view` only.
@@ -511,7 +536,7 @@ impl KerasLstm {
         threads: usize,
         ws: &mut Workspace,
     ) -> Result<ForwardStats> {
-        let (b, t, i) = (view.batch(), view.time(), self.weights.input_size());
+        let (b, t, i) = (view.batch(), view.time(), self.packed.gates.input);
         check_len("x", x.len(), checked_product(&[b, t, i], "x")?)?;
         let input = StridedInput { data: x, off: 0, sb: t * i, st: i };
         self.forward_strided(input, view, initial, out, None, threads, ws)
@@ -534,7 +559,7 @@ impl KerasLstm {
         threads: usize,
         ws: &mut Workspace,
     ) -> Result<ForwardStats> {
-        let (b, t, i) = (view.batch(), view.time(), self.weights.input_size());
+        let (b, t, i) = (view.batch(), view.time(), self.packed.gates.input);
         check_len("x", x.len(), checked_product(&[b, t, i], "x")?)?;
         let input = StridedInput { data: x, off: 0, sb: t * i, st: i };
         tape.shape = (b, t, i, self.units());
@@ -568,7 +593,7 @@ impl KerasLstm {
         grads: KerasGrads<'_>,
         threads: usize,
     ) -> Result<ForwardStats> {
-        let (i, hd) = (self.weights.input_size(), self.units());
+        let (i, hd) = (self.packed.gates.input, self.units());
         let KerasGrads { dx, d_kernel, d_recurrent_kernel, d_bias, d_initial_h, d_initial_c } = grads;
         for (name, v, n) in [
             ("d_kernel", d_kernel.as_deref().map(<[f32]>::len), i * 4 * hd),
@@ -581,7 +606,7 @@ impl KerasLstm {
         }
         let want_params = d_kernel.is_some() || d_recurrent_kernel.is_some() || d_bias.is_some();
         let mut params = want_params.then(|| LstmGrads::zeros(i, hd, false));
-        let cell = self.packed.backward_cell(&self.weights, &self.cell)?;
+        let cell = self.packed.backward_cell(self.weights(), &self.cell)?;
         let initial = initial.map(|s| (s.h, Some(s.c)));
         let outs = (dx, d_initial_h, d_initial_c);
         let stats = self.masking().backward(cell, x, view, initial, tape, up, outs, params.as_mut(), threads)?;
@@ -675,7 +700,7 @@ impl KerasLstm {
         initial: Option<InitialState<'_>>,
     ) -> Result<KerasResult> {
         reference::keras_lstm(
-            &self.weights,
+            self.weights(),
             &self.cell,
             x,
             &view.to_mask(),

@@ -1,5 +1,7 @@
 //! The ONNX `GRU` and `RNN` operators: cells whose only state is `h`, sharing one node type.
 
+use std::sync::OnceLock;
+
 use super::swap_axes;
 use super::{
     check_clip, check_param_grads, direction_activations, BackCall, Call, Direction, Layout, OnnxGrads,
@@ -16,12 +18,21 @@ use crate::reference::backward::onnx_h_backward;
 use crate::reference::{self, HStep, Rounding};
 use crate::view::{Padding, SeqView};
 
-/// One direction's weights, packed weights and cell.
+/// One direction's packed weights and cell. The canonical weights (for the backward, the reference and
+/// the gradients' shapes) are unpacked from the packed ones on first use, so a forward-only node (every
+/// one-shot C call) converts its weights once, straight into the panels.
 #[derive(Clone, Debug)]
 struct Dir<F: Family> {
-    weights: F::Weights,
+    canonical: OnceLock<F::Weights>,
     packed: F::Packed,
     spec: F::Spec,
+}
+
+impl<F: Family> Dir<F> {
+    /// The canonical weights, unpacked on the first call.
+    fn weights(&self) -> &F::Weights {
+        self.canonical.get_or_init(|| F::canonical(&self.packed))
+    }
 }
 
 /// An operator of family `F`: weights packed once per direction.
@@ -51,9 +62,8 @@ impl<F: Family> Node<F> {
             .enumerate()
             .map(|(d, spec)| {
                 let (wd, rd) = (&w[d * wl..(d + 1) * wl], &r[d * rl..(d + 1) * rl]);
-                let weights = F::import_onnx(i, h, wd, rd, b.map(|b| &b[d * bl..(d + 1) * bl]))?;
-                let packed = F::pack(&weights, &spec, op.backend.nb)?;
-                Ok(Dir { weights, packed, spec })
+                let packed = F::pack_onnx(i, h, wd, rd, b.map(|b| &b[d * bl..(d + 1) * bl]), &spec, op.backend.nb)?;
+                Ok(Dir { canonical: OnceLock::new(), packed, spec })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Node { op, dirs })
@@ -118,7 +128,7 @@ impl<F: Family> Node<F> {
         let want = [("dW", &dw, g * h * i), ("dR", &dr, g * h * h), ("dB", &db, 2 * g * h)];
         let want_params = check_param_grads(&want, d_n)?;
         let mut params: Option<Vec<F::Grads>> =
-            want_params.then(|| self.dirs.iter().map(|d| F::zero_grads(&d.weights)).collect());
+            want_params.then(|| self.dirs.iter().map(|d| F::zero_grads(d.weights())).collect());
         let call = BackCall {
             x,
             seq_length,
@@ -133,7 +143,7 @@ impl<F: Family> Node<F> {
             d_initial_c,
             threads,
         };
-        let cell = |d: usize| F::backward_cell(&self.dirs[d].weights, &self.dirs[d].packed, &self.dirs[d].spec);
+        let cell = |d: usize| F::backward_cell(self.dirs[d].weights(), &self.dirs[d].packed, &self.dirs[d].spec);
         let stats = self.op.backward(call, cell, params.as_deref_mut())?;
         if let Some(params) = params {
             let (w, r, b) = F::grads_to_onnx(&params);
@@ -212,7 +222,7 @@ impl<F: Family> Node<F> {
             f64s(&tb.chunks((b * d_n * h).max(1)).flat_map(|step| swap_axes(step, b, d_n, h)).collect::<Vec<f32>>())
         });
         let (h0, dyh) = (initial_h.map(state), up.dy_h.map(state));
-        let cells: Vec<F::Ref> = self.dirs.iter().map(|d| F::reference_cell(&d.weights, &d.spec)).collect();
+        let cells: Vec<F::Ref> = self.dirs.iter().map(|d| F::reference_cell(d.weights(), &d.spec)).collect();
         let dirs: Vec<(&F::Ref, bool)> = cells.iter().enumerate().map(|(d, c)| (c, self.op.reverse(d))).collect();
         let g = onnx_h_backward(&dirs, &x0, (t, b), &lengths, h0.as_deref(), dy0.as_deref(), dyh.as_deref());
         let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
@@ -242,7 +252,7 @@ impl<F: Family> Node<F> {
         let steps: Vec<_> = self
             .dirs
             .iter()
-            .map(|d| move |x: &[f32], h: &[f32]| F::step(&d.spec, &d.weights, x, h, rounding))
+            .map(|d| move |x: &[f32], h: &[f32]| F::step(&d.spec, d.weights(), x, h, rounding))
             .collect();
         let dirs: Vec<(HStep<'_>, bool)> =
             steps.iter().enumerate().map(|(d, s)| (s as HStep<'_>, self.op.reverse(d))).collect();

@@ -1,5 +1,7 @@
 //! The ONNX `LSTM` operator, forward and backward.
 
+use std::sync::OnceLock;
+
 use super::{
     check_clip, check_param_grads, direction_activations, BackCall, Call, Direction, Layout, OnnxGrads, OnnxOutputs,
     OnnxResult, OnnxTape, OnnxUpstream, Operator,
@@ -74,11 +76,21 @@ impl OnnxLstmAttrs {
     }
 }
 
+/// One direction: its packed weights and cell. The canonical weights (for the backward, the reference
+/// and the gradients' shapes) are unpacked from the packed ones on first use, so a forward-only node
+/// (every one-shot C call) converts its weights once, straight into the panels.
 #[derive(Clone, Debug)]
 struct DirectionWeights {
-    weights: LstmWeights,
+    canonical: OnceLock<LstmWeights>,
     packed: PackedLstm,
     cell: CellSpec,
+}
+
+impl DirectionWeights {
+    /// The canonical weights, unpacked on the first call.
+    fn weights(&self) -> &LstmWeights {
+        self.canonical.get_or_init(|| self.packed.canonical())
+    }
 }
 
 /// An ONNX LSTM node: attributes validated and weights packed once.
@@ -143,16 +155,16 @@ impl OnnxLstm {
             .into_iter()
             .enumerate()
             .map(|(d, cell)| {
-                let weights = LstmWeights::from_onnx(
+                let packed = PackedLstm::from_onnx(
                     input_size,
                     h,
                     &w[d * wl..(d + 1) * wl],
                     &r[d * rl..(d + 1) * rl],
                     b.map(|b| &b[d * 8 * h..(d + 1) * 8 * h]),
                     p.map(|p| &p[d * 3 * h..(d + 1) * 3 * h]),
+                    backend.nb,
                 )?;
-                let packed = PackedLstm::new(&weights, backend.nb)?;
-                Ok(DirectionWeights { weights, packed, cell })
+                Ok(DirectionWeights { canonical: OnceLock::new(), packed, cell })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(OnnxLstm { attrs, input_size, dirs, backend, schedule: Schedule::Auto })
@@ -279,7 +291,7 @@ impl OnnxLstm {
         threads: usize,
     ) -> Result<ForwardStats> {
         let (h, d_n, i) = (self.attrs.hidden_size, self.dirs.len(), self.input_size);
-        let peepholes = self.dirs[0].weights.peephole().is_some();
+        let peepholes = self.dirs[0].packed.peephole.is_some();
         let OnnxGrads { dx, dw, dr, db, d_initial_h, d_initial_c, dp } = grads;
         if dp.is_some() && !peepholes {
             return Err(Error::argument("dP requested for an operator without peepholes"));
@@ -301,7 +313,7 @@ impl OnnxLstm {
             d_initial_c,
             threads,
         };
-        let cell = |d: usize| self.dirs[d].packed.backward_cell(&self.dirs[d].weights, &self.dirs[d].cell);
+        let cell = |d: usize| self.dirs[d].packed.backward_cell(self.dirs[d].weights(), &self.dirs[d].cell);
         let stats = self.operator().backward(call, cell, params.as_deref_mut())?;
         if let Some(params) = params {
             let onnx = LstmGrads::to_onnx_dirs(&params);
@@ -388,7 +400,7 @@ impl OnnxLstm {
                 _ => Some((h0.unwrap_or(&zeros), c0.unwrap_or(&zeros))),
             };
             let dirs: Vec<(&LstmWeights, &CellSpec, bool)> =
-                self.dirs.iter().enumerate().map(|(d, dw)| (&dw.weights, &dw.cell, op.reverse(d))).collect();
+                self.dirs.iter().enumerate().map(|(d, dw)| (dw.weights(), &dw.cell, op.reverse(d))).collect();
             let (y, y_h, y_c) = reference::onnx_lstm(&dirs, x0, seq_length, b, lengths, init, rounding)?;
             Ok(OnnxResult { y, y_h, y_c })
         })

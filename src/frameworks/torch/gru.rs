@@ -27,8 +27,11 @@ impl<F: Family> TorchCell for F {
     where
         Self: 'a;
     const RECORD: usize = F::RECORD;
-    fn import(input: usize, hidden: usize, p: &TorchParams<'_>) -> Result<F::Weights> {
-        F::import_pytorch(input, hidden, p)
+    fn pack_pytorch(input: usize, hidden: usize, p: &TorchParams<'_>, spec: &F::Spec, nb: usize) -> Result<F::Packed> {
+        F::pack_pytorch(input, hidden, p, spec, nb)
+    }
+    fn canonical(packed: &F::Packed) -> F::Weights {
+        <F as Family>::canonical(packed)
     }
     fn backward_cell<'a>(w: &F::Weights, packed: &'a F::Packed, spec: &'a F::Spec) -> Result<F::Back<'a>> {
         <F as Family>::backward_cell(w, packed, spec)
@@ -38,9 +41,6 @@ impl<F: Family> TorchCell for F {
     }
     fn grads_to_pytorch(g: &F::Grads) -> PytorchLayout<f32> {
         <F as Family>::grads_to_pytorch(g)
-    }
-    fn pack(w: &F::Weights, spec: &F::Spec, nb: usize) -> Result<F::Packed> {
-        <F as Family>::pack(w, spec, nb)
     }
     fn kernel<'a>(packed: &'a F::Packed, spec: &'a F::Spec) -> Self::Kernel<'a> {
         <F as Family>::kernel(packed, spec)

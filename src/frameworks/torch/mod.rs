@@ -13,6 +13,7 @@ pub use crate::cells::grads::PytorchLayout;
 pub use gru::{Nonlinearity, TorchGru, TorchRnn};
 
 use std::fmt::Debug;
+use std::sync::OnceLock;
 
 use crate::cells::grads::LstmGrads;
 use crate::cells::lstm::{CellSpec, LstmBackCell, LstmKernel, TAPE_RECORD};
@@ -276,7 +277,7 @@ pub(crate) struct Call<'a> {
 /// A cell PyTorch stacks in layers and directions (`nn.LSTM`, `nn.GRU`, `nn.RNN`): how one layer
 /// direction's parameters are imported, packed and run, on the engine and on the reference.
 pub(crate) trait TorchCell {
-    type Weights: Clone + Debug + Sync;
+    type Weights: Clone + Debug + Send + Sync;
     type Packed: Clone + Debug + Sync;
     type Spec: Clone + Debug + Sync;
     type Kernel<'a>: CellKernel
@@ -290,16 +291,23 @@ pub(crate) trait TorchCell {
         Self: 'a;
     /// Floats of a training forward's tape record per padded hidden unit.
     const RECORD: usize;
-    /// One layer direction's weights from PyTorch's parameters, `input` features in.
-    fn import(input: usize, hidden: usize, p: &TorchParams<'_>) -> Result<Self::Weights>;
+    /// One layer direction's weights from PyTorch's parameters, `input` features in, packed straight from
+    /// their layout for a backend of `nb` lanes and the cell `spec`.
+    fn pack_pytorch(
+        input: usize,
+        hidden: usize,
+        p: &TorchParams<'_>,
+        spec: &Self::Spec,
+        nb: usize,
+    ) -> Result<Self::Packed>;
+    /// The canonical weights packed weights were made from.
+    fn canonical(packed: &Self::Packed) -> Self::Weights;
     /// The backward of the layer direction `w` was packed into (`packed`), for the cell `spec`.
     fn backward_cell<'a>(w: &Self::Weights, packed: &'a Self::Packed, spec: &'a Self::Spec) -> Result<Self::Back<'a>>;
     /// Zero gradients for the weights' sizes.
     fn zero_grads(w: &Self::Weights) -> Self::Grads;
     /// The gradients in PyTorch's layout and gate order.
     fn grads_to_pytorch(g: &Self::Grads) -> PytorchLayout<f32>;
-    /// The weights packed for a backend of `nb` lanes, for the cell `spec`.
-    fn pack(w: &Self::Weights, spec: &Self::Spec, nb: usize) -> Result<Self::Packed>;
     /// The cell as the kernels see it.
     fn kernel<'a>(packed: &'a Self::Packed, spec: &'a Self::Spec) -> Self::Kernel<'a>;
     /// One layer on the plain reference, each sequence's valid steps in scalar arithmetic: `x [T, B, in]`
@@ -329,8 +337,9 @@ pub(crate) struct Stack<F: TorchCell> {
     hidden: usize,
     num_layers: usize,
     bidirectional: bool,
-    /// Layer-major, then direction.
-    weights: Vec<(F::Weights, F::Packed)>,
+    /// Layer-major, then direction: the packed weights, and the canonical ones (for the backward and the
+    /// reference), unpacked from them on first use.
+    weights: Vec<(OnceLock<F::Weights>, F::Packed)>,
     backend: &'static Backend,
     cell: F::Spec,
 }
@@ -361,12 +370,16 @@ impl<F: TorchCell> Stack<F> {
             .enumerate()
             .map(|(k, p)| {
                 let inp = if k < d_n { input_size } else { checked_product(&[d_n, hidden], "layer input")? };
-                let w = F::import(inp, hidden, p)?;
-                let packed = F::pack(&w, &cell, backend.nb)?;
-                Ok((w, packed))
+                Ok((OnceLock::new(), F::pack_pytorch(inp, hidden, p, &cell, backend.nb)?))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Stack { input_size, hidden, num_layers, bidirectional, weights, backend, cell })
+    }
+
+    /// The canonical weights of layer direction `k` (PyTorch's order), unpacked on the first call.
+    fn canonical(&self, k: usize) -> &F::Weights {
+        let (canonical, packed) = &self.weights[k];
+        canonical.get_or_init(|| F::canonical(packed))
     }
 
     fn dirs(&self) -> usize {
@@ -530,7 +543,7 @@ impl<F: TorchCell> Stack<F> {
         let mut cur = if batch_first { swap_axes(x, b, t, self.input_size) } else { x.to_vec() };
         let (mut h_n, mut c_n) = (Vec::new(), Vec::new());
         for l in 0..self.num_layers {
-            let dirs: Vec<(&F::Weights, bool)> = (0..d_n).map(|d| (&self.weights[l * d_n + d].0, d == 1)).collect();
+            let dirs: Vec<(&F::Weights, bool)> = (0..d_n).map(|d| (self.canonical(l * d_n + d), d == 1)).collect();
             let range = l * block..(l + 1) * block;
             let init = (h0.map(|s| &s[range.clone()]), c0.map(|s| &s[range.clone()]));
             let (y, yh, yc) = F::reference_layer(&self.cell, &dirs, &cur, (t, b), lengths, init, rounding)?;
@@ -565,8 +578,17 @@ impl TorchCell for Lstm {
     type Grads = LstmGrads<f32>;
     type Back<'a> = LstmBackCell<'a>;
     const RECORD: usize = TAPE_RECORD;
-    fn import(input: usize, hidden: usize, p: &TorchParams<'_>) -> Result<LstmWeights> {
-        LstmWeights::from_pytorch(input, hidden, p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh)
+    fn pack_pytorch(
+        input: usize,
+        hidden: usize,
+        p: &TorchParams<'_>,
+        _spec: &CellSpec,
+        nb: usize,
+    ) -> Result<PackedLstm> {
+        PackedLstm::from_pytorch(input, hidden, p, nb)
+    }
+    fn canonical(packed: &PackedLstm) -> LstmWeights {
+        packed.canonical()
     }
     fn backward_cell<'a>(w: &LstmWeights, packed: &'a PackedLstm, spec: &'a CellSpec) -> Result<LstmBackCell<'a>> {
         packed.backward_cell(w, spec)
@@ -576,9 +598,6 @@ impl TorchCell for Lstm {
     }
     fn grads_to_pytorch(g: &LstmGrads<f32>) -> PytorchLayout<f32> {
         g.to_pytorch()
-    }
-    fn pack(w: &LstmWeights, _spec: &CellSpec, nb: usize) -> Result<PackedLstm> {
-        PackedLstm::new(w, nb)
     }
     fn kernel<'a>(packed: &'a PackedLstm, spec: &'a CellSpec) -> LstmKernel<'a> {
         LstmKernel { packed, spec }
@@ -660,7 +679,7 @@ impl<F: TorchCell> Stack<F> {
             }
             for d in 0..d_n {
                 let k = l * d_n + d;
-                let (weights, packed) = &self.weights[k];
+                let (weights, packed) = (self.canonical(k), &self.weights[k].1);
                 let dtape = &tape.dirs[k];
                 let hp = self.kernel(k).packed().hidden_padded();
                 let mut scratch = dtape.scratch.take();
