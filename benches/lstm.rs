@@ -27,9 +27,11 @@
 //!   and weights): `Sequential::train_step` = training forward + masked MSE + backward + Adam (Keras
 //!   flavour) + repacking, `[64, 256, 256]`, lengths uniform in 32..=256, LSTM(256), 1 and 2 threads.
 //!
-//! - `packing/<framework>_<cell>/t<threads>`: a layer built from each framework's weight layout (ONNX,
-//!   PyTorch, Keras; LSTM, GRU, RNN), `H = I = 1024`, 1 thread and all cores: the conversion and packing
-//!   a C one-shot call does on every call, in bytes of the framework's weights per second.
+//! - `packing/<framework>_<cell>/t<threads>[/recycled]`: a layer built from each framework's weight layout
+//!   (ONNX, PyTorch, Keras; LSTM, GRU, RNN), `H = I = 1024`, 1 thread and all cores: the conversion and
+//!   packing a C one-shot call does on every call, in bytes of the framework's weights per second; into
+//!   fresh memory, and (`recycled`) into the memory of the previous call, as repeated one-shot calls on
+//!   one thread do.
 //!
 //! FLOPs. A valid step of a layer with input size I and hidden size H costs
 //! `2 * 4H * (I + H)` floating-point operations in its two products `x·W` and `h·R` (the elementwise
@@ -55,7 +57,7 @@ use masked_rnn::onnx::{Direction, OnnxGru, OnnxGruAttrs, OnnxLstm, OnnxLstmAttrs
 use masked_rnn::{
     Activation, Adam, KerasGrads, KerasLstm, KerasLstmOptions, KerasOutputs, KerasTape, KerasUpstream, Loss,
     LstmWeights, MaskValueMode, MaskedSeq, OnnxGrads, OnnxTape, OnnxUpstream, Padding, Schedule, SeqView, Sequential,
-    Workspace,
+    TorchLstm, TorchParams, Workspace,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -498,8 +500,9 @@ fn train_step(c: &mut Criterion) {
 }
 
 /// Weight conversion and packing: a layer built from each framework's layout (ONNX `W [G H, I]`,
-/// PyTorch `weight_ih [G H, I]`: transposed and gate-reordered; Keras `kernel [I, G H]`: packed as it
-/// is), every cell, `H = I = 1024`, 1 thread and all cores, as a C one-shot call does on every call.
+/// PyTorch `weight_ih [G H, I]` (a one-layer `TorchLstm`): transposed and gate-reordered; Keras
+/// `kernel [I, G H]`: packed as it is), every cell, `H = I = 1024`, 1 thread and all cores, as a C
+/// one-shot call does on every call.
 /// Throughput in bytes of the framework's weights (`W`, `R` and the biases) per second.
 fn packing(c: &mut Criterion) {
     let (i, h) = (1024usize, 1024usize);
@@ -517,6 +520,12 @@ fn packing(c: &mut Criterion) {
             g.bench_function(format!("{name}/t{t}"), |bench| {
                 bench.iter(|| kernel::microbench::with_pack_threads(threads, f))
             });
+            // As a one-shot C call repeated on one thread packs: into the previous call's memory.
+            g.bench_function(format!("{name}/t{t}/recycled"), |bench| {
+                bench.iter(|| {
+                    kernel::microbench::with_recycled_panels(|| kernel::microbench::with_pack_threads(threads, f))
+                })
+            });
         };
         run("onnx_lstm", 4, &|| {
             let a = OnnxLstmAttrs::new(h, Direction::Forward);
@@ -531,12 +540,17 @@ fn packing(c: &mut Criterion) {
             black_box(OnnxRnn::new(a, i, &w1, &r1, Some(&b1)).unwrap());
         });
         run("pytorch_lstm", 4, &|| {
-            let wts = LstmWeights::from_pytorch(i, h, &w4, &r4, Some(&b4[..4 * h]), Some(&b4[4 * h..])).unwrap();
-            black_box(KerasLstm::new(wts, KerasLstmOptions::default()).unwrap());
+            let p = TorchParams {
+                weight_ih: &w4,
+                weight_hh: &r4,
+                bias_ih: Some(&b4[..4 * h]),
+                bias_hh: Some(&b4[4 * h..]),
+            };
+            black_box(TorchLstm::new(i, h, 1, false, &[p]).unwrap());
         });
         run("keras_lstm", 4, &|| {
-            let wts = LstmWeights::from_keras(i, h, &w4, &r4, Some(&b4[..4 * h])).unwrap();
-            black_box(KerasLstm::new(wts, KerasLstmOptions::default()).unwrap());
+            let o = KerasLstmOptions::default();
+            black_box(KerasLstm::from_slices(i, h, &w4, &r4, Some(&b4[..4 * h]), o).unwrap());
         });
     }
     g.finish();
