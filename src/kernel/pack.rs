@@ -191,9 +191,9 @@ fn pack_row(src: &[f32], dst: &mut [f32], gates: usize, hidden: usize, nb: usize
 const PACK_ROWS: usize = 16;
 
 /// The gates `sel` of `m [rows][src_gates * hidden]` (canonical, gate-major columns) as the block-major
-/// panels of `sel.len()` gates, `[blocks][group][rows][gates in group][nb]` (see the [module docs](self)). Each block's panel (contiguous in the output) is filled by one
-/// thread, `PACK_ROWS` source rows at a time, whole lanes per copy; the blocks are shared among the
-/// threads of [`pack_threads`] when the weights are large (measured in the `packing` benchmark group).
+/// panels of `sel.len()` gates, `[blocks][group][rows][gates in group][nb]` (see the
+/// [module docs](self)). Each block's panel (contiguous in the output) is filled by one thread
+/// ([`fill_panels`]), `PACK_ROWS` source rows at a time, whole lanes per copy.
 pub(crate) fn pack_gate_panels(
     m: &[f32],
     rows: usize,
