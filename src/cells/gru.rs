@@ -399,15 +399,15 @@ impl PackedGru {
     pub(crate) fn canonical(&self) -> GruWeights {
         let p = &self.gates;
         let (i, h, nb) = (p.input, p.hidden, p.nb);
-        let mut kernel = vec![0.0; i * 3 * h];
-        unpack_gate_panels(&p.w, i, 3, &mut kernel, 3, 0, h, nb);
-        let mut recurrent = vec![0.0; h * 3 * h];
-        if self.reset_after {
-            unpack_gate_panels(&p.r, h, 3, &mut recurrent, 3, 0, h, nb);
+        let kernel = p.unpack(&p.w, i);
+        let recurrent = if self.reset_after {
+            p.unpack(&p.r, h)
         } else {
+            let mut recurrent = vec![0.0; h * 3 * h];
             unpack_gate_panels(&self.r_zr, h, 2, &mut recurrent, 3, 0, h, nb);
             unpack_gate_panels(&self.r_h, h, 1, &mut recurrent, 3, 2, h, nb);
-        }
+            recurrent
+        };
         let (bias_input, bias_recurrent) = (self.bias_input.clone(), self.bias_recurrent.clone());
         GruWeights { input: i, hidden: h, kernel, recurrent, bias_input, bias_recurrent }
     }

@@ -13,11 +13,13 @@ use std::sync::OnceLock;
 
 use crate::cells::activation::{clip, slope_lanes, Activation};
 use crate::cells::grads::PytorchLayout;
-use crate::cells::weights::{check_weights, keras_bias, pytorch_bias, transpose, transpose_rows, Transposes};
+use crate::cells::weights::{
+    check_weights, keras_bias, pack_keras, pack_pytorch, pytorch_bias, transpose, transpose_rows, Transposes,
+};
 use crate::engine::{grow, GradRows};
 use crate::error::{check_len, checked_product, Result};
 use crate::frameworks::torch::TorchParams;
-use crate::kernel::pack::{unpack_gate_panels, unpack_vector, PackedGates, Source};
+use crate::kernel::pack::{unpack_vector, PackedGates, Source};
 use crate::kernel::simd::{clip_lanes, gemm, gemm_tall, Epilogue, Rows, Simd, TnPart};
 use crate::kernel::{BackwardStep, Carry, CellBackward, CellKernel, PrevState, Stage, StepState};
 use crate::reference::{vec_mat, Rounding};
@@ -196,9 +198,7 @@ impl PackedRnn {
         bias: Option<&[f32]>,
         nb: usize,
     ) -> Result<Self> {
-        let g = check_weights(1, input, hidden, ["kernel", "recurrent_kernel"], kernel, recurrent_kernel)?;
-        let src = Source::Canonical { kernel, recurrent: recurrent_kernel };
-        let gates = PackedGates::new(1, input, hidden, src, &keras_bias(bias, g)?, nb)?;
+        let gates = pack_keras(1, input, hidden, kernel, recurrent_kernel, bias, nb)?;
         Ok(PackedRnn { gates, transposes: OnceLock::new() })
     }
 
@@ -208,23 +208,14 @@ impl PackedRnn {
     /// # Errors
     /// As [`RnnWeights::from_pytorch`].
     pub(crate) fn from_pytorch(input: usize, hidden: usize, p: &TorchParams<'_>, nb: usize) -> Result<Self> {
-        let g = check_weights(1, input, hidden, ["weight_ih", "weight_hh"], p.weight_ih, p.weight_hh)?;
-        let bias = pytorch_bias(p.bias_ih, p.bias_hh, g)?;
-        let src = Source::Units { w: p.weight_ih, r: p.weight_hh, order: &[0] };
-        let gates = PackedGates::new(1, input, hidden, src, &bias, nb)?;
-        Ok(PackedRnn { gates, transposes: OnceLock::new() })
+        Ok(PackedRnn { gates: pack_pytorch(input, hidden, p, &[0], nb)?, transposes: OnceLock::new() })
     }
 
     /// The canonical weights these were packed from (unpacked: exact).
     pub(crate) fn canonical(&self) -> RnnWeights {
         let p = &self.gates;
         let (input, hidden, nb) = (p.input, p.hidden, p.nb);
-        let unpack = |panels: &[f32], rows: usize| {
-            let mut m = vec![0.0; rows * hidden];
-            unpack_gate_panels(panels, rows, 1, &mut m, 1, 0, hidden, nb);
-            m
-        };
-        let (kernel, recurrent) = (unpack(&p.w, input), unpack(&p.r, hidden));
+        let (kernel, recurrent) = (p.unpack(&p.w, input), p.unpack(&p.r, hidden));
         RnnWeights { input, hidden, kernel, recurrent, bias: unpack_vector(&p.bias, 1, hidden, nb) }
     }
 

@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use crate::error::{check_len, checked_product, Error, Result};
 use crate::frameworks::torch::TorchParams;
 pub(crate) use crate::kernel::pack::transpose;
-use crate::kernel::pack::{pack_vector, unpack_gate_panels, unpack_vector, PackedGates, Source};
+use crate::kernel::pack::{pack_vector, unpack_vector, PackedGates, Source};
 
 /// Gate index within the canonical (Keras / PyTorch) order.
 pub const GATE_I: usize = 0;
@@ -174,6 +174,37 @@ pub(crate) fn check_weights(
     Ok(g)
 }
 
+/// Keras' `kernel [I, G H]`, `recurrent_kernel [H, G H]` and `bias [G H]` of a cell whose bias is one
+/// vector (LSTM, RNN), checked and packed as they are.
+pub(crate) fn pack_keras(
+    gates: usize,
+    input: usize,
+    hidden: usize,
+    kernel: &[f32],
+    recurrent_kernel: &[f32],
+    bias: Option<&[f32]>,
+    nb: usize,
+) -> Result<PackedGates> {
+    let g = check_weights(gates, input, hidden, ["kernel", "recurrent_kernel"], kernel, recurrent_kernel)?;
+    let src = Source::Canonical { kernel, recurrent: recurrent_kernel };
+    PackedGates::new(gates, input, hidden, src, &keras_bias(bias, g)?, nb)
+}
+
+/// PyTorch's parameters of a cell whose biases are summed (LSTM, RNN), checked and packed straight from
+/// their layout, gate `g` from PyTorch's block `order[g]` (`order.len()` gates).
+pub(crate) fn pack_pytorch(
+    input: usize,
+    hidden: usize,
+    p: &TorchParams<'_>,
+    order: &[usize],
+    nb: usize,
+) -> Result<PackedGates> {
+    let gates = order.len();
+    let g = check_weights(gates, input, hidden, ["weight_ih", "weight_hh"], p.weight_ih, p.weight_hh)?;
+    let bias = pytorch_bias(p.bias_ih, p.bias_hh, g)?;
+    PackedGates::new(gates, input, hidden, Source::Units { w: p.weight_ih, r: p.weight_hh, order }, &bias, nb)
+}
+
 /// Keras' `bias [G H]` (`None`: zeros), checked.
 pub(crate) fn keras_bias(bias: Option<&[f32]>, g: usize) -> Result<Vec<f32>> {
     match bias {
@@ -296,9 +327,7 @@ impl PackedLstm {
         bias: Option<&[f32]>,
         nb: usize,
     ) -> Result<Self> {
-        let g = check_weights(4, input, hidden, ["kernel", "recurrent_kernel"], kernel, recurrent_kernel)?;
-        let src = Source::Canonical { kernel, recurrent: recurrent_kernel };
-        let gates = PackedGates::new(4, input, hidden, src, &keras_bias(bias, g)?, nb)?;
+        let gates = pack_keras(4, input, hidden, kernel, recurrent_kernel, bias, nb)?;
         Ok(PackedLstm { gates, peephole: None, transposes: OnceLock::new() })
     }
 
@@ -309,10 +338,7 @@ impl PackedLstm {
     /// # Errors
     /// As [`LstmWeights::from_pytorch`].
     pub(crate) fn from_pytorch(input: usize, hidden: usize, p: &TorchParams<'_>, nb: usize) -> Result<Self> {
-        let g = check_weights(4, input, hidden, ["weight_ih", "weight_hh"], p.weight_ih, p.weight_hh)?;
-        let bias = pytorch_bias(p.bias_ih, p.bias_hh, g)?;
-        let src = Source::Units { w: p.weight_ih, r: p.weight_hh, order: &[0, 1, 2, 3] };
-        let gates = PackedGates::new(4, input, hidden, src, &bias, nb)?;
+        let gates = pack_pytorch(input, hidden, p, &[0, 1, 2, 3], nb)?;
         Ok(PackedLstm { gates, peephole: None, transposes: OnceLock::new() })
     }
 
@@ -320,16 +346,11 @@ impl PackedLstm {
     pub(crate) fn canonical(&self) -> LstmWeights {
         let p = &self.gates;
         let (i, h, nb) = (p.input, p.hidden, p.nb);
-        let unpack = |panels: &[f32], rows: usize| {
-            let mut m = vec![0.0; rows * 4 * h];
-            unpack_gate_panels(panels, rows, 4, &mut m, 4, 0, h, nb);
-            m
-        };
         LstmWeights {
             input: i,
             hidden: h,
-            kernel: unpack(&p.w, i),
-            recurrent: unpack(&p.r, h),
+            kernel: p.unpack(&p.w, i),
+            recurrent: p.unpack(&p.r, h),
             bias: unpack_vector(&p.bias, 4, h, nb),
             peephole: self.peephole.as_ref().map(|v| unpack_vector(v, 3, h, nb)),
         }

@@ -150,6 +150,15 @@ impl PackedGates {
         })
     }
 
+    /// `panels` (this layer's `w` or `r`, `rows` rows, all its gates) unpacked to canonical
+    /// `[rows][G H]`.
+    pub(crate) fn unpack(&self, panels: &[f32], rows: usize) -> Vec<f32> {
+        let (g, h) = (self.gates, self.hidden);
+        let mut m = vec![0.0; rows * g * h];
+        unpack_gate_panels(panels, rows, g, &mut m, g, 0, h, self.nb);
+        m
+    }
+
     /// The checks of [`new`](Self::new) on the sizes: the number of blocks.
     fn check(gates: usize, input: usize, hidden: usize, nb: usize) -> Result<usize> {
         if !(1..=MAX_GATES).contains(&gates) || nb == 0 {
@@ -417,14 +426,8 @@ impl Panels {
     /// `len` floats of unspecified values (recycled memory holds older panels): the caller writes every
     /// one.
     pub(crate) fn uninit(len: usize) -> Self {
-        let recycled = RECYCLED.try_with(|r| {
-            let mut r = r.borrow_mut();
-            let best = (0..r.old.len()).filter(|&i| r.old[i].capacity() >= len).min_by_key(|&i| r.old[i].capacity());
-            best.map(|i| r.old.swap_remove(i))
-        });
-        match recycled.ok().flatten() {
+        match Self::recycled(len) {
             Some(mut v) => {
-                v.truncate(len);
                 v.resize(len, 0.0);
                 Panels(v)
             }
@@ -432,11 +435,28 @@ impl Panels {
         }
     }
 
-    /// `len` zeros.
+    /// `len` zeros (fresh memory is zero already; recycled memory is cleared).
     pub(crate) fn zeroed(len: usize) -> Self {
-        let mut p = Self::uninit(len);
-        p.0.fill(0.0);
-        p
+        match Self::recycled(len) {
+            Some(mut v) => {
+                v.fill(0.0);
+                v.resize(len, 0.0);
+                Panels(v)
+            }
+            None => Panels(vec![0.0; len]),
+        }
+    }
+
+    /// The smallest kept buffer of this thread that holds `len` floats, at most `len` long.
+    fn recycled(len: usize) -> Option<Vec<f32>> {
+        let taken = RECYCLED.try_with(|r| {
+            let mut r = r.borrow_mut();
+            let best = (0..r.old.len()).filter(|&i| r.old[i].capacity() >= len).min_by_key(|&i| r.old[i].capacity());
+            best.map(|i| r.old.swap_remove(i))
+        });
+        let mut v = taken.ok().flatten()?;
+        v.truncate(len);
+        Some(v)
     }
 }
 
