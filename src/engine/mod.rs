@@ -36,6 +36,7 @@ mod workspace;
 
 pub(crate) use backward::{grow, Backward, BackwardOut, GradRows};
 pub(crate) use layout::{directions, OutRegion, Region, SeqIn, SeqOut, StateIn, StateOut};
+pub(crate) use plan::effective_threads;
 #[cfg(not(debug_assertions))]
 pub(crate) use plan::l2_bytes;
 pub use plan::Schedule;
