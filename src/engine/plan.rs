@@ -11,7 +11,7 @@ use super::workspace::{clear_reserve, ChunkScratch};
 pub enum Schedule {
     /// Chosen from the shape and the cache (one core's L2, read from the OS): gate columns when a thread
     /// would get no rows, when threads would get fewer than 4 rows each and the recurrent weights fill
-    /// L2, or when the weights exceed twice the threads' L2 together; batch chunks otherwise (hidden
+    /// L2 (or 1 MiB, where L2 is larger), or when the weights exceed twice the threads' L2 together; batch chunks otherwise (hidden
     /// sizes below 128 always use batch chunks: too little work per step for a barrier).
     #[default]
     Auto,
@@ -42,15 +42,16 @@ pub(crate) fn use_columns(
         Schedule::GateColumns => true,
         Schedule::Auto => {
             // Measured with `examples/schedule_sweep` (bench/README.md): gate columns win when a thread
-            // would sit idle, when few rows per thread each stream weights that fill L2, and when even a
-            // thread's share of the weights is far beyond L2; batch chunks win otherwise.
+            // would sit idle, when few rows per thread each stream weights that fill L2 (or 1 MiB), and
+            // when even a thread's share of the weights is far beyond L2; batch chunks win otherwise.
             let l2 = l2_bytes();
             let idle = rows < threads;
             let few_rows = rows < MIN_ROWS_PER_THREAD * threads;
+            let fills = recurrent_bytes >= l2.min(FEW_ROWS_COLUMN_BYTES);
             let huge = recurrent_bytes > 2 * threads * l2;
             // Enough work per step to pay for a barrier: at least a 64 x 256 block of weights.
             let enough = work >= 1 << 16;
-            enough && blocks >= threads && (idle || (few_rows && recurrent_bytes >= l2) || huge)
+            enough && blocks >= threads && (idle || (few_rows && fills) || huge)
         }
     }
 }
@@ -60,6 +61,11 @@ pub(crate) fn use_columns(
 pub(crate) fn column_threads(threads: usize, blocks: usize) -> usize {
     threads.min(blocks).min(cores())
 }
+
+/// Recurrent weights from which few rows per thread split the gate columns even where L2 is larger: on a
+/// 2 MiB-L2 Intel Xeon a 256-unit LSTM (1 MiB) at 2-6 sequences ran 1.25x faster on the columns
+/// (`examples/schedule_sweep`), as it does on a 1 MiB-L2 AMD EPYC where its weights fill L2.
+pub(crate) const FEW_ROWS_COLUMN_BYTES: usize = 1 << 20;
 
 /// Rows per thread below which batch chunks leave threads underused.
 pub(crate) const MIN_ROWS_PER_THREAD: usize = 4;
