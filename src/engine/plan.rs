@@ -11,8 +11,9 @@ use super::workspace::{clear_reserve, ChunkScratch};
 pub enum Schedule {
     /// Chosen from the shape and the cache (one core's L2, read from the OS): gate columns when a thread
     /// would get no rows, when threads would get fewer than 4 rows each and the recurrent weights fill
-    /// L2 (or 1 MiB, where L2 is larger), or when the weights exceed twice the threads' L2 together; batch chunks otherwise (hidden
-    /// sizes below 128 always use batch chunks: too little work per step for a barrier).
+    /// L2 (or 1 MiB, where L2 is larger), or when the weights exceed twice the threads' L2 together;
+    /// batch chunks otherwise (hidden sizes below 128 always use batch chunks: too little work per step
+    /// for a barrier).
     #[default]
     Auto,
     /// Sequences split into chunks balanced by valid steps; no synchronisation between chunks.
@@ -65,7 +66,7 @@ pub(crate) fn column_threads(threads: usize, blocks: usize) -> usize {
 /// Recurrent weights from which few rows per thread split the gate columns even where L2 is larger: on a
 /// 2 MiB-L2 Intel Xeon a 256-unit LSTM (1 MiB) at 2-6 sequences ran 1.25x faster on the columns
 /// (`examples/schedule_sweep`), as it does on a 1 MiB-L2 AMD EPYC where its weights fill L2.
-pub(crate) const FEW_ROWS_COLUMN_BYTES: usize = 1 << 20;
+const FEW_ROWS_COLUMN_BYTES: usize = 1 << 20;
 
 /// Rows per thread below which batch chunks leave threads underused.
 pub(crate) const MIN_ROWS_PER_THREAD: usize = 4;

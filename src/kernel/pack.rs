@@ -341,7 +341,6 @@ fn scalar_tiles(src: &[f32], lanes: usize, k_len: usize, dst: &mut [f32], stride
 
 /// The whole 8x8 tiles of [`transpose_into`] with vector instructions, where the selected backend has
 /// them; returns whether it did.
-#[allow(unreachable_code)]
 fn vector_tiles(src: &[f32], lanes: usize, k_len: usize, dst: &mut [f32], stride: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     if super::selected().level >= super::CpuLevel::Avx2 {
