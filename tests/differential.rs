@@ -24,22 +24,25 @@ fn replay(name: &str, cases: u64, f: fn(&[u8]) -> Result<(), String>) {
 }
 
 /// Replays a property that reports what it ran, and checks the replay covered what it must: the gate
-/// column split really ran (where this machine allows it), batch chunks ran, and the rare large sizes
-/// were drawn.
+/// column split really ran (where this machine allows it), batch chunks ran (also several of them at
+/// once), and the rare large sizes were drawn.
 fn replay_counting(name: &str, cases: u64, f: fn(&[u8]) -> Result<CaseReport, String>) {
-    let (mut columns, mut chunks, mut large_h, mut large_i) = (0, 0, 0, 0);
+    let (mut columns, mut chunks, mut several, mut large_h, mut large_i) = (0, 0, 0, 0, 0);
     for seed in 0..cases {
         let report = f(&seeded(seed)).unwrap_or_else(|e| panic!("{name}: seed {seed} failed: {e}"));
-        columns += report.two_threads.column_split_runs;
-        chunks += report.two_threads.batch_chunk_runs;
+        let stats = &report.two_threads;
+        columns += stats.column_split_runs;
+        chunks += stats.batch_chunk_runs;
+        several += usize::from(stats.column_split_runs == 0 && stats.batch_chunk_runs > 0 && stats.chunks >= 2);
         large_h += usize::from(report.spec.hidden == LARGE_HIDDEN);
         large_i += usize::from(report.spec.input == LARGE_INPUT);
     }
     eprintln!(
-        "{name}: {cases} cases; on 2 threads {columns} column-split and {chunks} batch-chunk runs; \
-         {large_h} cases with H {LARGE_HIDDEN}, {large_i} with I {LARGE_INPUT}"
+        "{name}: {cases} cases; on 2 threads {columns} column-split and {chunks} batch-chunk runs \
+         ({several} cases on several chunks); {large_h} cases with H {LARGE_HIDDEN}, {large_i} with I {LARGE_INPUT}"
     );
     assert!(chunks > 0, "{name}: no run used batch chunks");
+    assert!(several > 0, "{name}: no case ran several batch chunks at once");
     assert!(large_h > 0 && large_i > 0, "{name}: the generator drew no large case");
     if fuzzing::cores() >= 2 {
         assert!(columns > 0, "{name}: no run split the gate columns on a machine with {} cores", fuzzing::cores());

@@ -12,11 +12,12 @@ pub enum Schedule {
     /// Chosen from the shape and the cache (one core's L2, read from the OS): gate columns when a thread
     /// would get no rows, when threads would get fewer than 4 rows each and the recurrent weights fill
     /// L2 (or 1 MiB, where L2 is larger), or when the weights exceed twice the threads' L2 together;
-    /// batch chunks otherwise (hidden sizes below 128 always use batch chunks: too little work per step
-    /// for a barrier).
+    /// batch chunks of at least 2 sequences otherwise (cells of fewer than 64 K multiply-adds per row and
+    /// step always use batch chunks: too little work per step for a barrier).
     #[default]
     Auto,
-    /// Sequences split into chunks balanced by valid steps; no synchronisation between chunks.
+    /// Sequences split into chunks balanced by valid steps (one per thread, down to one sequence per
+    /// chunk, where the job is large enough to split at all); no synchronisation between chunks.
     BatchChunks,
     /// Weight-stationary: each thread owns a slice of the gate columns (hidden blocks) for every
     /// sequence, keeps that slice of the weights in its own cache, and the threads meet at a cheap

@@ -20,6 +20,13 @@ use crate::view::SeqView;
 /// `bench/grid.py`: a GRU of 64 units on one sequence of 25-50 steps took 47 us on 2 threads, ORT 42).
 pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 19;
 
+/// Fewest sequences a batch chunk gets. A step's cost hardly falls from two rows to one (the weights
+/// stream through the registers once either way), so one-row chunks gain only the projection's share and
+/// pay a hand-off: LSTMs of 64 and 100 units at 2 sequences, and a GRU of 192, ran slower on 2 threads
+/// than on 1 (`examples/profile_layer`, `bench/grid.py`); at 4 sequences (2 per chunk) 2 threads are
+/// as fast or faster.
+const MIN_CHUNK_ROWS: usize = 2;
+
 /// Bytes of projected input a time tile aims to keep in cache.
 pub(crate) const TILE_BYTES: usize = 256 * 1024;
 
@@ -165,17 +172,20 @@ impl<C: CellKernel> Job<'_, C> {
 
     /// Whether the job splits gate columns, and into how many chunks (or column threads) it runs, for
     /// `rows` sequences with `valid` valid steps in all. Jobs of fewer than [`PARALLEL_MIN_MACS`]
-    /// multiply-adds run as one chunk: a second thread's start and finish cost more than it saves.
+    /// multiply-adds run as one chunk: a second thread's start and finish cost more than it saves. Under
+    /// `Schedule::Auto` chunks also get at least [`MIN_CHUNK_ROWS`] sequences; a forced
+    /// `Schedule::BatchChunks` splits down to one sequence per chunk.
     fn layout(&self, threads: usize, rows: usize, valid: usize) -> (bool, usize) {
         let columns = self.use_columns(threads, rows);
         let w = self.w();
         let macs = valid.saturating_mul(w.gates * w.hidden_padded() * (w.input + w.hidden));
+        let min_rows = if self.schedule == Schedule::BatchChunks { 1 } else { MIN_CHUNK_ROWS };
         let n = if columns {
             column_threads(threads, w.blocks)
         } else if macs < PARALLEL_MIN_MACS {
             1
         } else {
-            threads.min(rows).max(1)
+            threads.min(rows / min_rows).max(1)
         };
         (columns, n)
     }
