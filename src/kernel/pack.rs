@@ -561,8 +561,12 @@ pub(crate) fn pack_threads() -> usize {
     PACK_THREADS.with(Cell::get)
 }
 
-/// Floats below which a conversion runs on the calling thread: starting threads would cost more.
-const PARALLEL_FLOATS: usize = 1 << 16;
+/// Floats below which a conversion runs on the calling thread (1 MiB, about 0.2 ms of one thread's
+/// copying): starting threads would cost more. Waking a pool thread took 40-100 us on an Intel VM, and a
+/// panel the other core wrote must then travel to the core that runs a single-chunk job: one-shot calls
+/// of 192-unit layers at 2-4 sequences, whose 110-150 K float matrices were converted on 2 threads, ran
+/// 1.2-1.9x slower on 2 threads than on 1 (`bench/grid.py`).
+const PARALLEL_FLOATS: usize = 1 << 18;
 
 /// Runs `f` on every part of a conversion of `floats` floats: on [`pack_threads`] threads, or on this
 /// thread when the conversion is small or no thread could be started.
@@ -656,7 +660,8 @@ mod tests {
         let mut cases = 0;
         for blocks in orders {
             let s_n = blocks.len();
-            for (k_len, hidden) in [(1, 1), (63, 5), (64, 16), (65, 17), (130, 33), (300, 70)] {
+            // The last size is past `PARALLEL_FLOATS` for every gate count, so two threads really split it.
+            for (k_len, hidden) in [(1, 1), (63, 5), (64, 16), (65, 17), (130, 33), (300, 70), (600, 450)] {
                 for nb in [4, 8, 16] {
                     for threads in [1, 2] {
                         let m = numbered(s_n * hidden * k_len);
@@ -683,7 +688,8 @@ mod tests {
                 }
             }
         }
-        assert_eq!(cases, 5 * 6 * 3 * 2);
+        const { assert!(600 * 450 >= PARALLEL_FLOATS) };
+        assert_eq!(cases, 5 * 7 * 3 * 2);
     }
 
     #[test]
