@@ -22,6 +22,8 @@ struct Grads {
     steps: usize,
     /// Backward runs that split the gate columns across threads.
     column_runs: usize,
+    /// Batch chunks the backward's recurrence ran in (0 when it split the gate columns).
+    chunks: usize,
 }
 
 struct Case {
@@ -142,6 +144,7 @@ impl Case {
             dc0: vec![f32::NAN; b * h],
             steps: 0,
             column_runs: 0,
+            chunks: 0,
         };
         let up = KerasUpstream {
             dy: self.dy.as_deref(),
@@ -160,6 +163,7 @@ impl Case {
         let init = self.init.as_ref().map(|(h0, c0)| InitialState { h: h0, c: c0 });
         let stats = self.layer.backward(&self.x, &view, init, tape, up, grads, threads).unwrap();
         (g.steps, g.column_runs) = (stats.steps_computed, stats.column_split_runs);
+        g.chunks = if stats.batch_chunk_runs > 0 { stats.chunks } else { 0 };
         g
     }
 
@@ -202,6 +206,7 @@ impl Case {
             dc0: g(&r.d_initial_c),
             steps: self.mask.iter().filter(|&&m| m).count(),
             column_runs: 0,
+            chunks: 0,
         }
     }
 }
@@ -229,12 +234,12 @@ fn same_bits(what: &str, a: &Grads, b: &Grads) {
 }
 
 fn check(seed: u64, big: bool) -> usize {
-    check_case(seed, case(seed, big))
+    check_case(seed, case(seed, big)).0
 }
 
 /// The fast backward of `c` against the reference (1e-5), dx exactly zero at masked steps, and 1 vs 2
-/// threads bitwise; returns the steps computed.
-fn check_case(seed: u64, c: Case) -> usize {
+/// threads bitwise; returns the steps computed and the batch chunks of the 2-thread run.
+fn check_case(seed: u64, c: Case) -> (usize, usize) {
     let one = c.run(1);
     let exp = c.expected();
     let what = format!("seed {seed} (B{} T{} I{} H{} {:?})", c.b, c.t, c.i, c.h, c.layer.options());
@@ -255,7 +260,8 @@ fn check_case(seed: u64, c: Case) -> usize {
             assert!(one.dx[k * c.i..(k + 1) * c.i].iter().all(|v| v.to_bits() == 0), "{what}: dx at masked step {k}");
         }
     }
-    same_bits(&format!("{what} threads 1 vs 2"), &one, &c.run(2));
+    let two = c.run(2);
+    same_bits(&format!("{what} threads 1 vs 2"), &one, &two);
     // The gate-column split (forced, forward and backward) gives the same bits; its backward runs when the
     // transposed recurrent weights have two blocks or more (4 x 16 units at most each) and there are rows.
     let mut c = c;
@@ -269,7 +275,7 @@ fn check_case(seed: u64, c: Case) -> usize {
     if c.h <= 8 {
         assert_eq!(columns.column_runs, 0, "{what}: one block of columns cannot be split");
     }
-    one.steps
+    (one.steps, two.chunks)
 }
 
 /// One tape serving a run of cases of every size in turn (as a training loop reuses its tapes, here
@@ -307,14 +313,18 @@ fn fast_backward_equals_reference() {
 #[test]
 fn unnamed_shapes() {
     let shapes = [(1, 6, 5, 1030), (2, 300, 5, 70), (130, 20, 3, 19), (1, 400, 2, 1), (2, 150, 33, 130)];
-    let mut steps = 0;
+    let (mut steps, mut split) = (0, 0);
     for (k, &(b, t, i, h)) in shapes.iter().enumerate() {
         for seed in 0..2 {
             let seed = 30_000 + 10 * k as u64 + seed;
-            steps += check_case(seed, sized_case(StdRng::seed_from_u64(seed), seed, b, t, i, h));
+            let (s, chunks) = check_case(seed, sized_case(StdRng::seed_from_u64(seed), seed, b, t, i, h));
+            steps += s;
+            split += usize::from(chunks >= 2);
         }
     }
     assert!(steps > 1_000, "{steps}");
+    // The 130-sequence batch splits into batch chunks on 2 threads (both of its seeds).
+    assert!(split >= 2, "{split} cases ran several batch chunks");
 }
 
 #[test]

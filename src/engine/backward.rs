@@ -33,7 +33,7 @@ use std::cmp::Reverse;
 use std::ops::Range;
 
 use super::layout::SeqIn;
-use super::plan::{balance, column_threads, effective_threads, use_columns, Schedule};
+use super::plan::{balance, batch_chunks, column_threads, effective_threads, use_columns, Schedule};
 use super::sync::{for_each_index, for_each_part, run_columns, SpinBarrier};
 use super::tape::{DirTape, GradBufs};
 use super::workspace::ChunkScratch;
@@ -296,7 +296,9 @@ impl<C: CellBackward> Backward<'_, C> {
             })?;
             n
         } else {
-            let mut chunks: Vec<ChunkScratch> = (0..threads.min(order.len())).map(|_| Default::default()).collect();
+            let valid: usize = order.iter().map(|&s| lens[s]).sum();
+            let n = batch_chunks(self.schedule, threads, order.len(), valid.saturating_mul(work));
+            let mut chunks: Vec<ChunkScratch> = (0..n).map(|_| Default::default()).collect();
             balance(&order, &lens, &mut Vec::new(), &mut chunks);
             for_each_part(self.threads, &mut chunks, |cs| {
                 if !cs.rows.is_empty() {

@@ -58,6 +58,31 @@ pub(crate) fn use_columns(
     }
 }
 
+/// Multiply-adds below which a job runs on one thread (about 10 us of one core's work; measured with
+/// `bench/grid.py`: a GRU of 64 units on one sequence of 25-50 steps took 47 us on 2 threads, ORT 42).
+const PARALLEL_MIN_MACS: usize = 1 << 19;
+
+/// Fewest sequences a batch chunk gets. A step's cost hardly falls from two rows to one (the weights
+/// stream through the registers once either way), so one-row chunks gain only the projection's share and
+/// pay a hand-off: LSTMs of 64 and 100 units at 2 sequences, and a GRU of 192, ran slower on 2 threads
+/// than on 1 (`examples/profile_layer`, `bench/grid.py`); at 4 sequences (2 per chunk) 2 threads are
+/// as fast or faster.
+const MIN_CHUNK_ROWS: usize = 2;
+
+/// Into how many batch chunks a job of `rows` sequences and `macs` multiply-adds (over all its valid steps)
+/// splits on `threads` threads; the same rule for every pass. Jobs of fewer than [`PARALLEL_MIN_MACS`]
+/// multiply-adds run as one chunk (on the calling thread): a second thread's start and finish cost more
+/// than it saves. Under `Schedule::Auto` chunks also get at least [`MIN_CHUNK_ROWS`] sequences; a forced
+/// `Schedule::BatchChunks` splits down to one sequence per chunk.
+pub(crate) fn batch_chunks(schedule: Schedule, threads: usize, rows: usize, macs: usize) -> usize {
+    let min_rows = if schedule == Schedule::BatchChunks { 1 } else { MIN_CHUNK_ROWS };
+    if macs < PARALLEL_MIN_MACS {
+        1
+    } else {
+        threads.min(rows / min_rows).max(1)
+    }
+}
+
 /// Threads of a gate-column split over `blocks` column blocks: they spin at a barrier every step, so
 /// never more of them than blocks or cores.
 pub(crate) fn column_threads(threads: usize, blocks: usize) -> usize {

@@ -5,7 +5,7 @@ use std::cmp::Reverse;
 use std::ops::Range;
 
 use super::layout::{check_extent, extent, Region, SeqIn, SeqOut, StateIn, StateOut};
-use super::plan::{balance, column_threads, effective_threads, l2_bytes, use_columns, Schedule};
+use super::plan::{balance, batch_chunks, column_threads, effective_threads, l2_bytes, use_columns, Schedule};
 use super::sync::{for_each_part, run_columns, ChunkPtr, SpinBarrier};
 use super::tape::TapeOut;
 use super::workspace::{clear_reserve, ChunkScratch, JobScratch};
@@ -15,17 +15,6 @@ use crate::kernel::pack::PackedGates;
 use crate::kernel::simd::BLOCK_ROWS;
 use crate::kernel::{Backend, CellKernel, StepState, MAX_PHASES};
 use crate::view::SeqView;
-
-/// Multiply-adds below which a job runs on one thread (about 10 us of one core's work; measured with
-/// `bench/grid.py`: a GRU of 64 units on one sequence of 25-50 steps took 47 us on 2 threads, ORT 42).
-pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 19;
-
-/// Fewest sequences a batch chunk gets. A step's cost hardly falls from two rows to one (the weights
-/// stream through the registers once either way), so one-row chunks gain only the projection's share and
-/// pay a hand-off: LSTMs of 64 and 100 units at 2 sequences, and a GRU of 192, ran slower on 2 threads
-/// than on 1 (`examples/profile_layer`, `bench/grid.py`); at 4 sequences (2 per chunk) 2 threads are
-/// as fast or faster.
-const MIN_CHUNK_ROWS: usize = 2;
 
 /// Bytes of projected input a time tile aims to keep in cache.
 pub(crate) const TILE_BYTES: usize = 256 * 1024;
@@ -151,10 +140,7 @@ impl<C: CellKernel> Job<'_, C> {
             self.run_columns(order, lens, chunks)?
         } else {
             balance(order, lens, load, chunks);
-            // One chunk runs on the calling thread: handing it to a pool thread and back costs more
-            // than a small job takes.
-            let run_threads = if n_chunks == 1 { 1 } else { self.threads };
-            for_each_part(run_threads, chunks, |cs| {
+            for_each_part(self.threads, chunks, |cs| {
                 cs.steps = if cs.rows.is_empty() { 0 } else { self.run_chunk(cs, lens) };
             })?;
             chunks.iter().map(|c| c.steps).sum()
@@ -171,23 +157,14 @@ impl<C: CellKernel> Job<'_, C> {
     }
 
     /// Whether the job splits gate columns, and into how many chunks (or column threads) it runs, for
-    /// `rows` sequences with `valid` valid steps in all. Jobs of fewer than [`PARALLEL_MIN_MACS`]
-    /// multiply-adds run as one chunk: a second thread's start and finish cost more than it saves. Under
-    /// `Schedule::Auto` chunks also get at least [`MIN_CHUNK_ROWS`] sequences; a forced
-    /// `Schedule::BatchChunks` splits down to one sequence per chunk.
+    /// `rows` sequences with `valid` valid steps in all (batch chunks by [`batch_chunks`]).
     fn layout(&self, threads: usize, rows: usize, valid: usize) -> (bool, usize) {
-        let columns = self.use_columns(threads, rows);
         let w = self.w();
+        if self.use_columns(threads, rows) {
+            return (true, column_threads(threads, w.blocks));
+        }
         let macs = valid.saturating_mul(w.gates * w.hidden_padded() * (w.input + w.hidden));
-        let min_rows = if self.schedule == Schedule::BatchChunks { 1 } else { MIN_CHUNK_ROWS };
-        let n = if columns {
-            column_threads(threads, w.blocks)
-        } else if macs < PARALLEL_MIN_MACS {
-            1
-        } else {
-            threads.min(rows / min_rows).max(1)
-        };
-        (columns, n)
+        (false, batch_chunks(self.schedule, threads, rows, macs))
     }
 
     /// An upper bound of the bytes a fresh [`JobScratch`] holds after running this job (buffers are sized

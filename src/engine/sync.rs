@@ -112,23 +112,19 @@ pub(crate) fn column_pool(n: usize) -> Result<Arc<ColumnPool>> {
 }
 
 /// Runs `f(j)` for every `j < parts` on a job's threads: 1 the calling thread, in order; 0 rayon's current
-/// pool; `n` a pool of `n` threads.
+/// pool; `n` a pool of `n` threads. A single part runs on the calling thread whatever `threads` is.
 pub(crate) fn for_each_index(threads: usize, parts: usize, f: impl Fn(usize) + Sync + Send) -> Result<()> {
-    match threads {
-        1 => (0..parts).for_each(f),
-        n => {
-            let f = &f;
-            in_scope(n, |s| {
-                for j in 1..parts {
-                    s.spawn(move |_| f(j));
-                }
-                if parts > 0 {
-                    f(0);
-                }
-            })?;
-        }
+    if threads == 1 || parts <= 1 {
+        (0..parts).for_each(f);
+        return Ok(());
     }
-    Ok(())
+    let f = &f;
+    in_scope(threads, |s| {
+        for j in 1..parts {
+            s.spawn(move |_| f(j));
+        }
+        f(0);
+    })
 }
 
 /// Runs `body` on the calling thread in a scope whose spawned jobs run on a job's threads (0: rayon's
@@ -151,7 +147,7 @@ pub(crate) fn for_each_part<T: Send>(threads: usize, parts: &mut [T], f: impl Fn
     let Some((first, rest)) = parts.split_first_mut() else {
         return Ok(());
     };
-    if threads == 1 {
+    if threads == 1 || rest.is_empty() {
         f(first);
         rest.iter_mut().for_each(f);
         return Ok(());
@@ -251,6 +247,13 @@ mod tests {
             assert_eq!((a, b), (me, 2), "threads {threads}");
             for_each_part(threads, &mut Vec::<u8>::new(), |_| unreachable!("no parts")).unwrap();
             for_each_index(threads, 0, |_| unreachable!("no parts")).unwrap();
+            // A single part never leaves the calling thread.
+            let mut one = [None];
+            for_each_part(threads, &mut one, |p| *p = Some(std::thread::current().id())).unwrap();
+            assert_eq!(one[0], Some(me), "threads {threads}: a single part ran elsewhere");
+            let ran_on = Mutex::new(None);
+            for_each_index(threads, 1, |_| *ran_on.lock().unwrap() = Some(std::thread::current().id())).unwrap();
+            assert_eq!(*ran_on.lock().unwrap(), Some(me), "threads {threads}: a single index ran elsewhere");
         }
     }
 
