@@ -1,4 +1,4 @@
-//! Fuzz logic for the C ABI, kept in the library so `cargo test` replays seeded cases (`tests/capi.rs`).
+//! Fuzz logic for the C ABI, kept in the library so `cargo test` replays seeded cases (`tests/suite/capi.rs`).
 //!
 //! From arbitrary bytes, [`fuzz_capi`] builds attributes (sane small sizes most of the time; otherwise
 //! negative, zero, huge and overflowing sizes, flags that are not 0/1, unknown activation codes, negative

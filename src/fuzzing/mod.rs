@@ -958,7 +958,7 @@ pub fn check_h_backward(case: &OnnxCase) -> Result<Option<f32>, String> {
 /// normwise (relative to each gradient tensor's largest magnitude, at least 1): float32 rounding through
 /// the recurrence and the sums over every valid step (fuzzed weights up to 1 on layers of hundreds of
 /// units amplify it step after step: 1.1e-4 was found by `cargo fuzz`; 1e-4 passes the 10,000 seeded
-/// cases of tests/differential.rs).
+/// cases of tests/suite/differential.rs).
 pub const H_BACKWARD_TOL: f32 = 1e-3;
 
 /// The properties of [`onnx_equals_reference`] on a given case; returns what ran.

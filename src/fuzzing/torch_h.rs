@@ -1,6 +1,6 @@
 //! PyTorch `nn.GRU` and `nn.RNN` stacks under fuzzing, forward and backward
 //! ([`torch_gru_rnn_equals_reference`]). Their gradients' values are checked against PyTorch's float64
-//! autograd by the fixtures (tests/torch_gru_rnn.rs) and, cell by cell, against the float64 reference by
+//! autograd by the fixtures (tests/suite/torch_gru_rnn.rs) and, cell by cell, against the float64 reference by
 //! the ONNX and Keras properties; here the stacks' structure: valid steps only, every gradient written,
 //! padding untouched, thread-independent to the bit.
 

@@ -1,9 +1,9 @@
 /*
- * C test of the masked-rnn C ABI, built and run by tests/capi.rs.
+ * C test of the masked-rnn C ABI, built and run by tests/suite/capi.rs.
  *
  *   capi_test CASES_FILE [EXPECTED_VERSION]
  *
- * CASES_FILE holds Keras golden fixtures converted by tests/capi.rs into whitespace-separated text:
+ * CASES_FILE holds Keras golden fixtures converted by tests/suite/capi.rs into whitespace-separated text:
  *   lstm NAME B T I H go_backwards zero_output_for_mask activation recurrent_activation
  *        ALPHA_BITS BETA_BITS HAS_MASK HAS_INITIAL
  *     then arrays x, mask, kernel, recurrent_kernel, bias, [initial_h, initial_c,] y, last_output, h_n, c_n

@@ -1,10 +1,10 @@
 /*
- * C test of the embedding surface of the masked-rnn C ABI, built and run by tests/capi.rs (also under
+ * C test of the embedding surface of the masked-rnn C ABI, built and run by tests/suite/capi.rs (also under
  * valgrind):
  *
  *   embed_test [IGNORED [quick]]
  *
- * tests/capi.rs gives every C test a cases file; this one reads none. "quick" (under valgrind): fewer
+ * tests/suite/capi.rs gives every C test a cases file; this one reads none. "quick" (under valgrind): fewer
  * threads and runs.
  *
  * - The status codes: the MrnnStatus enum has the contract's values, and mrnn_status_string names each

@@ -1,9 +1,9 @@
 /*
- * C test of the GRU and simple RNN forward functions (C_ABI.md section 4), built and run by tests/capi.rs.
+ * C test of the GRU and simple RNN forward functions (C_ABI.md section 4), built and run by tests/suite/capi.rs.
  *
  *   gru_test CASES_FILE
  *
- * CASES_FILE is written by tests/capi.rs, whitespace-separated:
+ * CASES_FILE is written by tests/suite/capi.rs, whitespace-separated:
  *   onnx KIND NAME T B I H direction layout linear_before_reset has_clip CLIP_BITS num_activations
  *        ACT0 .. ACT3 ALPHA_BITS0 .. ALPHA_BITS3 BETA_BITS0 .. BETA_BITS3 HAS_B HAS_LENS HAS_INITIAL_H HAS_Y HAS_Y_H
  *     then arrays x, w, r, [b], [sequence_lens], [initial_h], [y], [y_h]

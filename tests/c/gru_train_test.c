@@ -1,11 +1,11 @@
 /*
  * C test of the GRU and simple RNN training functions of the masked-rnn C ABI (C_ABI.md section 4:
  * mrnn_{gru,rnn}_{keras,onnx}_backward, mrnn_{onnx,keras}_{gru,rnn}_run_train / _run_backward /
- * _set_weights, with the tapes shared by every kind), built and run by tests/capi.rs (also under valgrind).
+ * _set_weights, with the tapes shared by every kind), built and run by tests/suite/capi.rs (also under valgrind).
  *
  *   gru_train_test CASES_FILE [quick]
  *
- * CASES_FILE, written by tests/capi.rs from the Keras GRU / SimpleRNN gradient fixtures and seeded problems:
+ * CASES_FILE, written by tests/suite/capi.rs from the Keras GRU / SimpleRNN gradient fixtures and seeded problems:
  *   hgrad NAME KIND D0 D1 D2 D3 ATTRS HAS_BIAS HAS_STEPS HAS_H0 HAS_UP0 HAS_UP1 HAS_UP2 ORACLE_MASK TOL_BITS
  *     KIND: 0 ONNX GRU, 1 ONNX RNN (D0..D3 = T B I H), 2 Keras GRU, 3 Keras SimpleRNN (B T I H);
  *     ATTRS, ONNX: direction layout linear_before_reset has_clip CLIP_BITS num_activations ACT0..ACT3

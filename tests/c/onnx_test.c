@@ -1,9 +1,9 @@
 /*
- * C test of mrnn_lstm_onnx, built and run by tests/capi.rs.
+ * C test of mrnn_lstm_onnx, built and run by tests/suite/capi.rs.
  *
  *   onnx_test CASES_FILE
  *
- * CASES_FILE is written by tests/capi.rs, whitespace-separated:
+ * CASES_FILE is written by tests/suite/capi.rs, whitespace-separated:
  *   onnx NAME T B I H direction layout input_forget has_clip CLIP_BITS num_activations
  *        ACT0 .. ACT5 ALPHA_BITS0 .. ALPHA_BITS5 BETA_BITS0 .. BETA_BITS5
  *        HAS_B HAS_LENS HAS_INITIAL_H HAS_INITIAL_C HAS_P HAS_Y HAS_Y_H HAS_Y_C

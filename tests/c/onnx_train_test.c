@@ -1,11 +1,11 @@
 /*
  * C test of the ONNX LSTM training functions of the masked-rnn C ABI (C_ABI.md section 3:
  * mrnn_lstm_onnx_backward, mrnn_onnx_lstm_run_train / _run_backward / _set_weights, with the tapes shared
- * with the Keras handles), built and run by tests/capi.rs (also under valgrind).
+ * with the Keras handles), built and run by tests/suite/capi.rs (also under valgrind).
  *
  *   onnx_train_test CASES_FILE [quick]
  *
- * CASES_FILE, written by tests/capi.rs from the onnx_lstm_grad fixtures (each also transposed to the other
+ * CASES_FILE, written by tests/suite/capi.rs from the onnx_lstm_grad fixtures (each also transposed to the other
  * layout) and seeded problems:
  *   ograd NAME T B I H direction layout input_forget has_clip CLIP_BITS num_activations ACT0 .. ACT5
  *         ALPHA_BITS0 .. ALPHA_BITS5 BETA_BITS0 .. BETA_BITS5

@@ -2,7 +2,7 @@
  * Helpers shared by the C tests of the masked-rnn C ABI (capi_test.c, onnx_test.c, train_test.c,
  * onnx_train_test.c): a CHECK macro with pass/fail counters, output buffers followed by canaries, float
  * comparison (within a tolerance or bitwise), sets of gradient outputs, a deterministic generator, the
- * reader of the cases files tests/capi.rs writes, and (for programs that define _POSIX_C_SOURCE) threads
+ * reader of the cases files tests/suite/capi.rs writes, and (for programs that define _POSIX_C_SOURCE) threads
  * that run a handle concurrently.
  *
  * Each test program includes this header once; the functions are static inline so that a program need

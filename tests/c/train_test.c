@@ -1,10 +1,10 @@
 /*
  * C test of the training functions of the masked-rnn C ABI (C_ABI.md section 3, Keras LSTM), built and run
- * by tests/capi.rs (also under valgrind).
+ * by tests/suite/capi.rs (also under valgrind).
  *
  *   train_test CASES_FILE [quick]
  *
- * CASES_FILE, written by tests/capi.rs from seeded problems and the Keras gradient fixtures:
+ * CASES_FILE, written by tests/suite/capi.rs from seeded problems and the Keras gradient fixtures:
  *   grad NAME B T I H go_backwards zero_output_for_mask activation recurrent_activation ALPHA_BITS BETA_BITS
  *        HAS_MASK HAS_BIAS HAS_H0 HAS_C0 HAS_DY HAS_DLAST HAS_DHN HAS_DCN KERAS TOL_BITS
  *     then arrays x, [mask], kernel, recurrent_kernel, [bias], [initial_h], [initial_c], [dy], [d_last_output],

@@ -1,11 +1,10 @@
 //! Keras `Bidirectional(GRU(...))` and `Bidirectional(SimpleRNN(...))` against Keras 3 itself (forward:
-//! `tools/fixtures/keras_gru_rnn_golden.py`; float64 gradients: `keras_gru_rnn_bidi_grad_golden.py`) and against their plain references (bit for bit) with every
-//! merge mode, both outputs, masks of every shape and initial states, on 1 and 2 threads; the training
-//! forward's outputs; and the errors of wrapping mismatched layers.
+//! `tools/fixtures/keras_gru_rnn_golden.py`; float64 gradients: `keras_gru_rnn_bidi_grad_golden.py`) and
+//! against their plain references (bit for bit) with every merge mode, both outputs, masks of every shape
+//! and initial states, on 1 and 2 threads; the training forward's outputs; and the errors of wrapping
+//! mismatched layers.
 
-mod common;
-
-use common::{fixtures, floats, mask, opt_floats, usize_of, FRAMEWORK_TOL};
+use crate::common::{fixtures, floats, mask, opt_floats, usize_of, FRAMEWORK_TOL};
 use masked_rnn::bidirectional::{
     BidirectionalGrads, BidirectionalState, BidirectionalTape, BidirectionalUpstream, KerasBidirectional, MergeMode,
 };

@@ -3,12 +3,8 @@
 //! against the reference backward (`masked_rnn::reference::backward`): forward outputs and every gradient
 //! within 1e-6 relative to `max(1, |fixture|)`.
 
-mod common;
-#[path = "common/grad.rs"]
-mod grad;
-
-use common::{mask, usize_of};
-use grad::{f64s, grad_fixtures, opt_f64s, swap_axes, Agreement};
+use crate::common::grad::{f64s, grad_fixtures, opt_f64s, swap_axes, Agreement};
+use crate::common::{mask, usize_of};
 use masked_rnn::bidirectional::MergeMode;
 use masked_rnn::cells::grads::LstmGrads;
 use masked_rnn::reference::backward::*;

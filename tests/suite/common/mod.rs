@@ -1,6 +1,8 @@
 //! Reading the golden fixture files (JSON, written by tools/fixtures/*.py).
 #![allow(dead_code)]
 
+pub mod grad;
+
 use std::path::{Path, PathBuf};
 
 use masked_rnn::onnx::{swap_axes, Direction, Layout, OnnxLstm, OnnxLstmAttrs};

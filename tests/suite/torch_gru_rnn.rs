@@ -4,9 +4,7 @@
 //! pass's properties (valid steps only, bitwise the same on every thread count and for a sequence alone);
 //! and their errors.
 
-mod common;
-
-use common::{fixtures, floats, opt_floats, usize_of, FRAMEWORK_TOL};
+use crate::common::{fixtures, floats, opt_floats, usize_of, FRAMEWORK_TOL};
 use masked_rnn::fuzzing::close;
 use masked_rnn::kernel::{self, Backend};
 use masked_rnn::torch::{

@@ -2,9 +2,7 @@
 //! autograd model of the ONNX operator proven against ONNX Runtime (tools/fixtures/*_grad_golden.py):
 //! every gradient within 1e-4 relative to `max(1, |fixture|)`, and steps computed = valid steps.
 
-mod common;
-
-use common::{keras_layer, mask, onnx_node, opt_floats, usize_of};
+use crate::common::{keras_layer, mask, onnx_node, opt_floats, usize_of};
 use masked_rnn::onnx::Layout;
 use masked_rnn::{
     InitialState, KerasGrads, KerasOutputs, KerasTape, KerasUpstream, OnnxGrads, OnnxTape, OnnxUpstream, SeqView,
@@ -30,7 +28,7 @@ fn check(what: &str, got: &[f32], want: &[f64], worst: &mut f64) {
 
 #[test]
 fn keras_lstm_gradients_match_keras() {
-    let cases = common::fixtures("keras_grad", "keras_lstm_grad");
+    let cases = crate::common::fixtures("keras_grad", "keras_lstm_grad");
     assert!(cases.len() >= 15, "{} cases", cases.len());
     let mut worst = 0.0f64;
     for (name, f) in &cases {
@@ -38,7 +36,7 @@ fn keras_lstm_gradients_match_keras() {
         let (b, t, i, h) = (usize_of(&f["batch"]), usize_of(&f["time"]), usize_of(&f["input"]), usize_of(&f["hidden"]));
         let m = mask(&f["mask"]);
         let view = SeqView::from_mask(&m, b, t).unwrap();
-        let x = common::floats(&f["x"]);
+        let x = crate::common::floats(&f["x"]);
         let (h0, c0) = (opt_floats(&f["initial_h"]), opt_floats(&f["initial_c"]));
         let init = || h0.as_ref().map(|h0| InitialState { h: h0, c: c0.as_deref().expect("initial_c") });
         let mut tape = KerasTape::new();
@@ -79,7 +77,7 @@ fn keras_lstm_gradients_match_keras() {
 
 #[test]
 fn onnx_gradients_match_the_operator_model() {
-    let cases = common::fixtures("onnx_grad", "onnx_lstm_grad");
+    let cases = crate::common::fixtures("onnx_grad", "onnx_lstm_grad");
     assert!(cases.len() >= 10, "{} cases", cases.len());
     let mut worst = 0.0f64;
     let mut layouts = [0, 0];
@@ -92,7 +90,7 @@ fn onnx_gradients_match_the_operator_model() {
         let d = if f["direction"] == "bidirectional" { 2 } else { 1 };
         let lens: Option<Vec<i32>> =
             f["sequence_lens"].as_array().map(|l| l.iter().map(|v| v.as_i64().unwrap() as i32).collect());
-        let x = common::floats(&f["x"]);
+        let x = crate::common::floats(&f["x"]);
         let (h0, c0) = (opt_floats(&f["initial_h"]), opt_floats(&f["initial_c"]));
         let mut tape = OnnxTape::new();
         let out = Default::default();
@@ -151,11 +149,11 @@ fn keras_bidirectional_gradients_match_keras() {
         BidirectionalGrads, BidirectionalState, BidirectionalTape, BidirectionalUpstream, KerasBidirectional, MergeMode,
     };
     use masked_rnn::{KerasLstmOptions, LstmWeights};
-    let cases = common::fixtures("keras_grad", "keras_bidi_grad");
+    let cases = crate::common::fixtures("keras_grad", "keras_bidi_grad");
     assert!(cases.len() >= 10, "{} cases", cases.len());
     let mut worst = 0.0f64;
     let weights = |v: &Value, i: usize, h: usize| {
-        let fl = |k: &str| common::floats(&v[k]);
+        let fl = |k: &str| crate::common::floats(&v[k]);
         LstmWeights::from_keras(i, h, &fl("kernel"), &fl("recurrent_kernel"), Some(&fl("bias"))).unwrap()
     };
     for (name, f) in &cases {
@@ -174,9 +172,9 @@ fn keras_bidirectional_gradients_match_keras() {
         let view = SeqView::from_mask(&m, b, t).unwrap();
         let keys = ["h_f", "c_f", "h_b", "c_b"];
         let states: Option<[Vec<f32>; 4]> =
-            (!f["initial_state"].is_null()).then(|| keys.map(|k| common::floats(&f["initial_state"][k])));
+            (!f["initial_state"].is_null()).then(|| keys.map(|k| crate::common::floats(&f["initial_state"][k])));
         let init = states.as_ref().map(|s| BidirectionalState { h_f: &s[0], c_f: &s[1], h_b: &s[2], c_b: &s[3] });
-        let x = common::floats(&f["x"]);
+        let x = crate::common::floats(&f["x"]);
         let mut tape = BidirectionalTape::new();
         let (out, _) = layer.forward_train(&x, &view, init, &mut tape, 2).unwrap();
         let (fwd, _) = layer.forward(&x, &view, init, 1).unwrap();
@@ -241,7 +239,7 @@ fn keras_bidirectional_gradients_match_keras() {
 #[test]
 fn pytorch_packed_gradients_match_autograd() {
     use masked_rnn::torch::{TorchGrads, TorchLstm, TorchLstmParams, TorchTape, TorchUpstream};
-    let cases = common::fixtures("torch_grad", "torch_packed_grad");
+    let cases = crate::common::fixtures("torch_grad", "torch_packed_grad");
     assert!(cases.len() >= 8, "{} cases", cases.len());
     let mut worst = 0.0f64;
     for (name, f) in &cases {
@@ -264,7 +262,7 @@ fn pytorch_packed_gradients_match_autograd() {
         let model = TorchLstm::new(i, h, layers, bidi, &params).unwrap();
         let lengths: Vec<usize> = f["lengths"].as_array().unwrap().iter().map(usize_of).collect();
         let (h0, c0) = (opt_floats(&f["h0"]), opt_floats(&f["c0"]));
-        let x = common::floats(&f["x"]);
+        let x = crate::common::floats(&f["x"]);
         let mut tape = TorchTape::new();
         let (hd0, cd0) = (h0.as_deref(), c0.as_deref());
         model

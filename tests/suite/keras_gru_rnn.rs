@@ -3,9 +3,7 @@
 //! backend's rounding) with masks of every shape, both directions, both fills, initial states, on 1 and 2
 //! threads; and their errors.
 
-mod common;
-
-use common::{fixtures, floats, mask, opt_floats, usize_of, FRAMEWORK_TOL};
+use crate::common::{fixtures, floats, mask, opt_floats, usize_of, FRAMEWORK_TOL};
 use masked_rnn::fuzzing::close;
 use masked_rnn::{
     kernel, Activation, ErrorKind, GruWeights, HardSigmoidFlavor, KerasGru, KerasGruOptions, KerasOutputs,

@@ -4,9 +4,7 @@
 //! hard_sigmoid in both flavours, every upstream (`dy`, `d_last_output`, `d_h_n`); on 1 and 2 threads
 //! (bitwise the same), valid steps only.
 
-mod common;
-
-use common::{fixtures, floats, mask, opt_floats, usize_of};
+use crate::common::{fixtures, floats, mask, opt_floats, usize_of};
 use masked_rnn::{
     Activation, ForwardStats, GruWeights, HardSigmoidFlavor, KerasGrads, KerasGru, KerasGruOptions, KerasOutputs,
     KerasRnnOptions, KerasSimpleRnn, KerasTape, KerasUpstream, RnnWeights, SeqView, Workspace,

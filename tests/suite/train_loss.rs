@@ -3,9 +3,7 @@
 //! (`MeanAbsoluteError` / `MeanSquaredError` on a masked prediction and the `GradientTape` gradient,
 //! tools/fixtures/optim_golden.py).
 
-mod common;
-
-use common::{fixtures, floats, mask};
+use crate::common::{fixtures, floats, mask};
 use masked_rnn::{Loss, MaskedSeq, Padding, SeqView};
 
 const LOSSES: [Loss; 4] = [Loss::MaskedMae, Loss::MaskedMse, Loss::UnmaskedMae, Loss::UnmaskedMse];

@@ -2,9 +2,7 @@
 //! (`tools/fixtures/onnx_gru_rnn_golden.py`) in both layouts, against their plain references (bit for
 //! bit in each backend's rounding) in every direction and layout, on 1 and 2 threads; and their errors.
 
-mod common;
-
-use common::{fixtures, floats, opt_floats, usize_of, y_to_batch_major, FRAMEWORK_TOL};
+use crate::common::{fixtures, floats, opt_floats, usize_of, y_to_batch_major, FRAMEWORK_TOL};
 use masked_rnn::fuzzing::close;
 use masked_rnn::onnx::{swap_axes, Direction, Layout, OnnxGru, OnnxGruAttrs, OnnxOutputs, OnnxRnn, OnnxRnnAttrs};
 use masked_rnn::{kernel, Activation, ErrorKind};

@@ -1,9 +1,7 @@
 //! Golden fixtures from real Keras 3 (tools/fixtures/keras_golden.py): the fast path, the reference, the
 //! Masking layer and the seed model with its sliced, masked loss must reproduce Keras within 1e-5.
 
-mod common;
-
-use common::{fixtures, float, floats, keras_layer, mask, usize_of, FRAMEWORK_TOL as KERAS_TOL};
+use crate::common::{fixtures, float, floats, keras_layer, mask, usize_of, FRAMEWORK_TOL as KERAS_TOL};
 use masked_rnn::fuzzing::{close, same_bits};
 use masked_rnn::{
     masked_mae, masked_mse, unmasked_mae, InitialState, KerasLstm, KerasLstmOptions, LstmWeights, MaskValueMode,

@@ -3,9 +3,7 @@
 //! tiny, subnormal and overflowing gradients. Each flavour repeats its framework's float32 operations: the
 //! Keras runs agree bitwise, every run within 1e-6 relative; `--nocapture` prints the worst differences.
 
-mod common;
-
-use common::{fixtures, floats};
+use crate::common::{fixtures, floats};
 use masked_rnn::{Adam, AdamFlavor, Optimizer, Sgd};
 use serde_json::Value;
 

@@ -1,9 +1,7 @@
 //! Golden fixtures from ONNX Runtime and the onnx package's LSTM node tests, Keras 3 `Bidirectional` and
 //! PyTorch packed sequences (tools/fixtures/*.py), on the fast path and the references.
 
-mod common;
-
-use common::{fixtures, floats, mask, onnx_node, opt_floats, usize_of, y_to_batch_major, FRAMEWORK_TOL};
+use crate::common::{fixtures, floats, mask, onnx_node, opt_floats, usize_of, y_to_batch_major, FRAMEWORK_TOL};
 use masked_rnn::bidirectional::{BidirectionalState, KerasBidirectional, MergeMode};
 use masked_rnn::fuzzing::close;
 use masked_rnn::onnx::{swap_axes, Layout};

@@ -3,9 +3,7 @@
 //! the final weights, `evaluate` and `predict`; then what Keras cannot show: thread-count independence,
 //! seeded shuffling, the composition of the backward over every layer kind, and the error paths.
 
-mod common;
-
-use common::{fixtures, floats, usize_of};
+use crate::common::{fixtures, floats, usize_of};
 use masked_rnn::bidirectional::{KerasBidirectional, MergeMode};
 use masked_rnn::cells::grads::PytorchLayout;
 use masked_rnn::keras::Recurrent;

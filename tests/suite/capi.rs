@@ -1346,7 +1346,7 @@ fn c_train_program_under_valgrind() {
 // ------------------------------------------------------------------ ONNX training (gradients) cases
 
 /// Tolerance of the C ABI's float32 ONNX gradients against the fixtures' float64 ones (an autograd model of
-/// the operator proven against ONNX Runtime): `|g - e| <= TOL * max(1, |e|)`, as tests/backward_fixtures.rs.
+/// the operator proven against ONNX Runtime): `|g - e| <= TOL * max(1, |e|)`, as tests/suite/backward_fixtures.rs.
 const ONNX_GRAD_TOL: f32 = 1e-4;
 
 /// One case of `tests/c/onnx_train_test.c`: an ONNX LSTM problem (inputs and weights in an [`OnnxFixture`],
@@ -1663,7 +1663,7 @@ fn c_onnx_train_program_under_valgrind() {
 // ------------------------------------------------------------------ GRU / RNN training (gradients) cases
 
 /// Tolerance of the C ABI's float32 GRU / RNN gradients against float64 ones (Keras' fixtures, the ONNX
-/// reference backward): `|g - e| <= TOL * max(1, |e|)`, as tests/keras_gru_rnn_grad.rs.
+/// reference backward): `|g - e| <= TOL * max(1, |e|)`, as tests/suite/keras_gru_rnn_grad.rs.
 const H_GRAD_TOL: f32 = 1e-4;
 
 /// The attributes of a GRU / RNN training case, by framework.
