@@ -286,7 +286,9 @@ impl<C: CellBackward> Backward<'_, C> {
             let r = self.cell.rt(p).0;
             (bytes + r.w.len() * 4, work + hd * r.input)
         });
-        let columns = use_columns(self.schedule, threads, order.len(), blocks, bytes, work);
+        let valid: usize = order.iter().map(|&s| lens[s]).sum();
+        let macs = valid.saturating_mul(work);
+        let columns = use_columns(self.schedule, threads, order.len(), blocks, bytes, work, macs);
         let parts = if order.is_empty() {
             0
         } else if columns {
@@ -296,8 +298,7 @@ impl<C: CellBackward> Backward<'_, C> {
             })?;
             n
         } else {
-            let valid: usize = order.iter().map(|&s| lens[s]).sum();
-            let n = batch_chunks(self.schedule, threads, order.len(), valid.saturating_mul(work));
+            let n = batch_chunks(self.schedule, threads, order.len(), macs);
             let mut chunks: Vec<ChunkScratch> = (0..n).map(|_| Default::default()).collect();
             balance(&order, &lens, &mut Vec::new(), &mut chunks);
             for_each_part(self.threads, &mut chunks, |cs| {

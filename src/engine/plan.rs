@@ -9,15 +9,16 @@ use super::workspace::{clear_reserve, ChunkScratch};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Schedule {
-    /// Chosen from the shape and the cache (one core's L2, read from the OS): gate columns when a thread
-    /// would get no rows, when threads would get fewer than 4 rows each and the recurrent weights fill
-    /// L2 (or 1 MiB, where L2 is larger), or when the weights exceed twice the threads' L2 together;
-    /// batch chunks of at least 2 sequences otherwise (cells of fewer than 64 K multiply-adds per row and
-    /// step always use batch chunks: too little work per step for a barrier).
+    /// Chosen from the shape and the cache (one core's L2, read from the OS): one thread for jobs of
+    /// fewer than 8 M multiply-adds (waking another thread costs more than it saves); else gate columns
+    /// when a thread would get no rows, when threads would get fewer than 4 rows each and the recurrent
+    /// weights fill L2 (or 1 MiB, where L2 is larger), or when the weights exceed twice the threads' L2
+    /// together; batch chunks of at least 2 sequences otherwise (cells of fewer than 64 K multiply-adds
+    /// per row and step always use batch chunks: too little work per step for a barrier).
     #[default]
     Auto,
     /// Sequences split into chunks balanced by valid steps (one per thread, down to one sequence per
-    /// chunk, where the job is large enough to split at all); no synchronisation between chunks.
+    /// chunk, whatever the job's size); no synchronisation between chunks.
     BatchChunks,
     /// Weight-stationary: each thread owns a slice of the gate columns (hidden blocks) for every
     /// sequence, keeps that slice of the weights in its own cache, and the threads meet at a cheap
@@ -26,8 +27,9 @@ pub enum Schedule {
 }
 
 /// Whether a job of `rows` sequences over `blocks` column blocks of recurrent weights (`recurrent_bytes`,
-/// `work` multiply-adds per row and step) splits the gate columns across `threads` threads instead of
-/// dealing sequences to them; the same rule for every pass (forward, training forward, backward).
+/// `work` multiply-adds per row and step, `macs` in all) splits the gate columns across `threads` threads
+/// instead of dealing sequences to them; the same rule for every pass (forward, training forward,
+/// backward).
 pub(crate) fn use_columns(
     schedule: Schedule,
     threads: usize,
@@ -35,6 +37,7 @@ pub(crate) fn use_columns(
     blocks: usize,
     recurrent_bytes: usize,
     work: usize,
+    macs: usize,
 ) -> bool {
     if threads < 2 || blocks < 2 || rows == 0 || cores() < 2 {
         return false;
@@ -51,16 +54,21 @@ pub(crate) fn use_columns(
             let few_rows = rows < MIN_ROWS_PER_THREAD * threads;
             let fills = recurrent_bytes >= l2.min(FEW_ROWS_COLUMN_BYTES);
             let huge = recurrent_bytes > 2 * threads * l2;
-            // Enough work per step to pay for a barrier: at least a 64 x 256 block of weights.
-            let enough = work >= 1 << 16;
+            // Enough work per step to pay for a barrier (at least a 64 x 256 block of weights), and in
+            // all to pay for waking the other threads.
+            let enough = work >= 1 << 16 && macs >= PARALLEL_MIN_MACS;
             enough && blocks >= threads && (idle || (few_rows && fills) || huge)
         }
     }
 }
 
-/// Multiply-adds below which a job runs on one thread (about 10 us of one core's work; measured with
-/// `bench/grid.py`: a GRU of 64 units on one sequence of 25-50 steps took 47 us on 2 threads, ORT 42).
-const PARALLEL_MIN_MACS: usize = 1 << 19;
+/// Multiply-adds below which a job runs on one thread under `Schedule::Auto` (about 0.15 ms of one
+/// core's work at small batch). Waking a pool thread and waiting for it cost 50-120 us on the 2-core
+/// Intel VM, so smaller jobs lost on 2 threads: in the full `bench/grid.py` run of 2026-12-03
+/// (T = 50, lengths 25..50) an LSTM of 64 units at 4 sequences (4.9 M multiply-adds) took 1.83x as long
+/// on 2 threads as on 1, its one-shot call 1.32x, the GRU's one-shot 3.0x (3.7 M); from 15 M up (a GRU
+/// of 64 units at 16 sequences, or of 256 units at one) 2 threads were faster (0.50-0.96x).
+const PARALLEL_MIN_MACS: usize = 1 << 23;
 
 /// Fewest sequences a batch chunk gets. A step's cost hardly falls from two rows to one (the weights
 /// stream through the registers once either way), so one-row chunks gain only the projection's share and
@@ -70,16 +78,18 @@ const PARALLEL_MIN_MACS: usize = 1 << 19;
 const MIN_CHUNK_ROWS: usize = 2;
 
 /// Into how many batch chunks a job of `rows` sequences and `macs` multiply-adds (over all its valid steps)
-/// splits on `threads` threads; the same rule for every pass. Jobs of fewer than [`PARALLEL_MIN_MACS`]
-/// multiply-adds run as one chunk (on the calling thread): a second thread's start and finish cost more
-/// than it saves. Under `Schedule::Auto` chunks also get at least [`MIN_CHUNK_ROWS`] sequences; a forced
-/// `Schedule::BatchChunks` splits down to one sequence per chunk.
+/// splits on `threads` threads; the same rule for every pass. Under `Schedule::Auto`, jobs of fewer than
+/// [`PARALLEL_MIN_MACS`] multiply-adds run as one chunk (on the calling thread: a second thread's start
+/// and finish cost more than it saves), and chunks get at least [`MIN_CHUNK_ROWS`] sequences. A forced
+/// `Schedule::BatchChunks` deals one chunk to every thread, down to one sequence per chunk, whatever the
+/// job's size.
 pub(crate) fn batch_chunks(schedule: Schedule, threads: usize, rows: usize, macs: usize) -> usize {
-    let min_rows = if schedule == Schedule::BatchChunks { 1 } else { MIN_CHUNK_ROWS };
-    if macs < PARALLEL_MIN_MACS {
+    if schedule == Schedule::BatchChunks {
+        threads.min(rows).max(1)
+    } else if macs < PARALLEL_MIN_MACS {
         1
     } else {
-        threads.min(rows / min_rows).max(1)
+        threads.min(rows / MIN_CHUNK_ROWS).max(1)
     }
 }
 

@@ -160,10 +160,11 @@ impl<C: CellKernel> Job<'_, C> {
     /// `rows` sequences with `valid` valid steps in all (batch chunks by [`batch_chunks`]).
     fn layout(&self, threads: usize, rows: usize, valid: usize) -> (bool, usize) {
         let w = self.w();
-        if self.use_columns(threads, rows) {
+        let macs = valid.saturating_mul(w.gates * w.hidden_padded() * (w.input + w.hidden));
+        let work = w.hidden * w.hidden_padded() * w.gates;
+        if use_columns(self.schedule, threads, rows, w.blocks, self.cell.recurrent_bytes(), work, macs) {
             return (true, column_threads(threads, w.blocks));
         }
-        let macs = valid.saturating_mul(w.gates * w.hidden_padded() * (w.input + w.hidden));
         (false, batch_chunks(self.schedule, threads, rows, macs))
     }
 
@@ -217,13 +218,6 @@ impl<C: CellKernel> Job<'_, C> {
         } else {
             fill
         }
-    }
-
-    /// Whether this job splits gate columns across threads instead of sequences.
-    fn use_columns(&self, threads: usize, rows: usize) -> bool {
-        let w = self.w();
-        let work = w.hidden * w.hidden_padded() * w.gates;
-        use_columns(self.schedule, threads, rows, w.blocks, self.cell.recurrent_bytes(), work)
     }
 
     /// Output position of time `t`.
