@@ -37,6 +37,7 @@ unsafe impl Simd for f32x8 {
     // Two f32x8 are four SSE registers: a two-block tile would spill.
     const PAIR_ROWS: usize = 0;
     const GATE_PAIRS: bool = false;
+    const PREFETCH_TILE_ROWS: usize = 2;
     const FUSED: bool = false;
     type Mask = f32x8;
 

@@ -30,6 +30,7 @@ unsafe impl Simd for Avx2 {
     const MR: usize = 6;
     const PAIR_ROWS: usize = 1;
     const GATE_PAIRS: bool = true;
+    const PREFETCH_TILE_ROWS: usize = 2;
     const FUSED: bool = true;
     type Mask = __m256;
 
@@ -150,6 +151,7 @@ unsafe impl Simd for Avx512 {
     const MR: usize = 6;
     const PAIR_ROWS: usize = 3;
     const GATE_PAIRS: bool = false;
+    const PREFETCH_TILE_ROWS: usize = usize::MAX;
     const FUSED: bool = true;
     type Mask = __mmask16;
 
