@@ -384,6 +384,11 @@ def markdown(report):
     out.append("")
     out.append("Versions: " + ", ".join("%s %s" % (k, v) for k, v in meta["versions"].items()))
     out.append("")
+    # Cells whose results were replaced by a later run of the same contenders (recorded in grid.json).
+    for c in report.get("remeasured_cells", []):
+        out.append("Re-measured alone (`%s`, %s): %s B=%d H=%d %dt, every contender; see `remeasured` in its "
+                   "entries." % (c["command"], c["date"], c["cell"].upper(), c["B"], c["H"], c["threads"]))
+        out.append("")
     peers = ", ".join("`%s` = %s" % (SHORT[p], LABELS[p]) for p in PEERS)
     for family, (fn, title, higher) in RATIOS.items():
         out.append("## %s" % title[0].upper() + title[1:])
