@@ -234,12 +234,36 @@ pub(crate) fn pack_gate_panels(
                     let at = at + k * group_gates(gates) * nb;
                     for j in 0..n {
                         let (u0, lanes) = block_units(b0 + j, hidden, nb);
-                        dst[j * block_len + at..][..lanes].copy_from_slice(&row[u0..u0 + lanes]);
+                        copy_lanes(&mut dst[j * block_len + at..][..lanes], &row[u0..u0 + lanes]);
                     }
                 }
             }
         }
     })
+}
+
+/// `dst.copy_from_slice(src)` for one block's lanes. Whole blocks of the backends' widths (16 or 8
+/// floats) copy with explicit 16-byte moves (SSE, in every x86-64): LLVM turns any copy it recognises,
+/// fixed-size arrays included, into a call to `memcpy`, which for 64 bytes cost more than the copy.
+#[inline(always)]
+fn copy_lanes(dst: &mut [f32], src: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if dst.len() == src.len() && (src.len() == 16 || src.len() == 8) {
+        use std::arch::x86_64::{_mm_loadu_ps, _mm_storeu_ps};
+        let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+        // SAFETY: both slices hold `src.len()` (8 or 16) floats, so every 4-float move below is within
+        // them; SSE is part of the x86-64 baseline.
+        unsafe {
+            _mm_storeu_ps(d, _mm_loadu_ps(s));
+            _mm_storeu_ps(d.add(4), _mm_loadu_ps(s.add(4)));
+            if src.len() == 16 {
+                _mm_storeu_ps(d.add(8), _mm_loadu_ps(s.add(8)));
+                _mm_storeu_ps(d.add(12), _mm_loadu_ps(s.add(12)));
+            }
+        }
+        return;
+    }
+    dst.copy_from_slice(src);
 }
 
 /// The first unit of block `b` and its number of real units (fewer than `nb` in the last block).
