@@ -28,6 +28,7 @@ use crate::cells::weights::{check_weights, transpose, transpose_rows};
 use crate::engine::{grow, GradRows};
 use crate::error::{check_len, checked_product, Result};
 use crate::frameworks::torch::TorchParams;
+use crate::kernel::aligned::AlignedVec;
 use crate::kernel::pack::{pack_vector, unpack_gate_panels, PackedGates, Panels, Source};
 use crate::kernel::simd::{clip_lanes, gemm, gemm_tall, Epilogue, Rows, Simd, TnPart};
 use crate::kernel::{BackwardStep, Carry, CellBackward, CellKernel, PrevState, Stage, StepState};
@@ -627,8 +628,8 @@ impl CellBackward for GruBackCell<'_> {
         &self,
         rows: &GradRows<'_>,
         g: &mut GruGrads<f32>,
-        dwr: &mut Vec<f32>,
-        db: &mut Vec<f32>,
+        dwr: &mut AlignedVec,
+        db: &mut AlignedVec,
     ) -> Result<()> {
         let (input, hd, hp) = (self.input, self.hidden, self.hp());
         let zw = self.dz_width();

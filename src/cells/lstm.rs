@@ -18,6 +18,7 @@ use crate::cells::grads::LstmGrads;
 use crate::cells::weights::{LstmWeights, PackedLstm, Transposes};
 use crate::engine::{grow, GradRows};
 use crate::error::{checked_product, Result};
+use crate::kernel::aligned::AlignedVec;
 use crate::kernel::pack::PackedGates;
 use crate::kernel::simd::{clip_lanes, gemm, gemm_tall, Epilogue, Rows, Simd, TnPart};
 use crate::kernel::{BackwardStep, Carry, CellBackward, CellKernel, PrevState, StepState};
@@ -396,8 +397,8 @@ impl CellBackward for LstmBackCell<'_> {
         &self,
         rows: &GradRows<'_>,
         g: &mut LstmGrads<f32>,
-        dwr: &mut Vec<f32>,
-        db: &mut Vec<f32>,
+        dwr: &mut AlignedVec,
+        db: &mut AlignedVec,
     ) -> Result<()> {
         let (input, hd, hp) = (self.input, self.hidden, self.hp());
         let (z4, nb) = (4 * hp, self.kernel.packed.gates.nb);

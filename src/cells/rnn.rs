@@ -19,6 +19,7 @@ use crate::cells::weights::{
 use crate::engine::{grow, GradRows};
 use crate::error::{check_len, checked_product, Result};
 use crate::frameworks::torch::TorchParams;
+use crate::kernel::aligned::AlignedVec;
 use crate::kernel::pack::{unpack_vector, PackedGates, Source};
 use crate::kernel::simd::{clip_lanes, gemm, gemm_tall, Epilogue, Rows, Simd, TnPart};
 use crate::kernel::{BackwardStep, Carry, CellBackward, CellKernel, PrevState, Stage, StepState};
@@ -379,8 +380,8 @@ impl CellBackward for RnnBackCell<'_> {
         &self,
         rows: &GradRows<'_>,
         g: &mut RnnGrads<f32>,
-        dwr: &mut Vec<f32>,
-        db: &mut Vec<f32>,
+        dwr: &mut AlignedVec,
+        db: &mut AlignedVec,
     ) -> Result<()> {
         let (input, hd, hp) = (self.input, self.hidden, self.hp());
         // [dW; dR] as one product ([X, H_prev]ᵀ·dZ, dZ streamed once).

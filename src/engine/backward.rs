@@ -39,6 +39,7 @@ use super::tape::{DirTape, GradBufs};
 use super::workspace::ChunkScratch;
 use super::ForwardStats;
 use crate::error::{checked_product, Error, ErrorKind, Result};
+use crate::kernel::aligned::AlignedVec;
 use crate::kernel::pack::PackedGates;
 use crate::kernel::simd::{Rows, Tn, TnPart};
 use crate::kernel::{Backend, BackwardStep, Carry, CellBackward, PrevState, MAX_PHASES};
@@ -173,11 +174,9 @@ fn padded(src: Option<&[f32]>, b: usize, hd: usize, hp: usize) -> Vec<f32> {
 
 /// `v` as a slice of `n` floats, grown (new room zeroed) but not cleared: the caller overwrites what it
 /// reads.
-pub(crate) fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    if v.len() < n {
-        v.resize(n, 0.0);
-    }
-    &mut v[..n]
+pub(crate) fn grow(v: &mut AlignedVec, n: usize) -> &mut [f32] {
+    v.resize_stale(n);
+    v
 }
 
 /// A raw pointer to buffers that chunks or column parts write in parallel, each its own elements.
@@ -475,7 +474,7 @@ impl<C: CellBackward> Backward<'_, C> {
 
     /// The weight gradients over the valid rows in tape order: the cell's products (`[X, H_prev]ᵀ·dZ`
     /// and the like, dZ streamed once per product) and the bias sums, from the rows gathered here.
-    fn weight_grads(&self, dz: &[f32], g: &mut C::Grads, dwr: &mut Vec<f32>, db: &mut Vec<f32>) -> Result<()> {
+    fn weight_grads(&self, dz: &[f32], g: &mut C::Grads, dwr: &mut AlignedVec, db: &mut AlignedVec) -> Result<()> {
         let b = self.view.batch();
         let (input, hd) = self.cell.sizes();
         let hp = self.tape.hp;

@@ -11,6 +11,7 @@ use super::tape::TapeOut;
 use super::workspace::{clear_reserve, ChunkScratch, JobScratch};
 use super::{EmptyState, Fill, ForwardStats};
 use crate::error::{Error, ErrorKind, Result};
+use crate::kernel::aligned::LINE_FLOATS;
 use crate::kernel::pack::PackedGates;
 use crate::kernel::simd::BLOCK_ROWS;
 use crate::kernel::{Backend, CellKernel, StepState, MAX_PHASES};
@@ -185,6 +186,8 @@ impl<C: CellKernel> Job<'_, C> {
             return bytes;
         }
         bytes += (2 + C::EXTRA_STATES + self.cell.mid_states()) * rows * hp * 4;
+        // Each chunk's five line-aligned buffers (state, mid, projection) may start up to a line late.
+        bytes += n * 5 * (LINE_FLOATS - 1) * 4;
         // One chunk's time tile over `proj_row` floats per row: at most max(tile rows, its rows) rows of
         // projection, row offsets and times.
         let tile_rows = |proj_row: usize| self.tile_rows(proj_row / (gates * nb));
@@ -273,8 +276,7 @@ impl<C: CellKernel> Job<'_, C> {
         let states =
             [(&mut cs.h, 1), (&mut cs.h2, 1), (&mut cs.c, C::EXTRA_STATES), (&mut cs.mid, self.cell.mid_states())];
         for (v, n) in states {
-            clear_reserve(v, n * m * hp);
-            v.resize(n * m * hp, 0.0);
+            v.resize_zeroed(n * m * hp);
         }
         if let Some(init) = &self.init {
             for (r, &b) in rows.iter().enumerate() {
@@ -321,7 +323,7 @@ impl<C: CellKernel> Job<'_, C> {
         let most = tile_rows.max(m);
         clear_reserve(&mut cs.offs, most);
         clear_reserve(&mut cs.times, most);
-        clear_reserve(&mut cs.proj, most * proj_row);
+        cs.proj.clear_reserve(most * proj_row);
         clear_reserve(&mut cs.tape_rows, if self.tape.is_some() { m } else { 0 });
         let n_max = lens[rows[0]];
         let (mut h, mut h2) = (state.h, state.h2);
@@ -349,8 +351,7 @@ impl<C: CellKernel> Job<'_, C> {
                     cs.offs.push(self.x.off + rows[r] * self.x.sb + t * self.x.st);
                 }
             }
-            cs.proj.clear();
-            cs.proj.resize(cs.offs.len() * proj_row, 0.0);
+            cs.proj.resize_zeroed(cs.offs.len() * proj_row);
             be.project(w, self.x.data, &cs.offs, blocks.clone(), &mut cs.proj);
 
             let mut base = 0;

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use super::workspace::clear_reserve;
 use crate::error::{checked_product, Result};
+use crate::kernel::aligned::AlignedVec;
 use crate::view::SeqView;
 
 /// What one training forward of one layer direction keeps for its backward. Made by the layers'
@@ -24,7 +25,7 @@ pub struct DirTape {
     /// Time index of each row.
     pub(crate) times: Vec<usize>,
     /// `rows x stride` floats.
-    pub(crate) data: Vec<f32>,
+    pub(crate) data: AlignedVec,
     /// The backward's buffers, kept for the next backward through this tape.
     pub(crate) scratch: Reuse,
 }
@@ -43,17 +44,17 @@ pub(crate) struct BackwardScratch {
 #[derive(Debug, Default)]
 pub(crate) struct GradBufs {
     /// `dZ` of every valid step, `[rows][4 hp]`.
-    pub dz: Vec<f32>,
+    pub dz: AlignedVec,
     /// The packed weight gradients `[dW; dR]` (`[I + H][4 hp]`, one product streams dZ once for both)
     /// and `db [4 hp]`.
-    pub dwr: Vec<f32>,
-    pub db: Vec<f32>,
+    pub dwr: AlignedVec,
+    pub db: AlignedVec,
 }
 
 impl BackwardScratch {
     fn bytes(&self) -> usize {
         let b = &self.bufs;
-        [&self.dh_up, &b.dz, &b.dwr, &b.db].iter().map(|v| v.capacity() * 4).sum()
+        self.dh_up.capacity() * 4 + [&b.dz, &b.dwr, &b.db].iter().map(|v| v.heap_bytes()).sum::<usize>()
     }
 }
 
@@ -110,7 +111,7 @@ impl DirTape {
         clear_reserve(&mut self.times, rows);
         self.times.resize(rows, 0);
         // Every float of a valid step's record is written by the forward: only new room is zeroed.
-        self.data.resize(floats, 0.0);
+        self.data.resize_stale(floats);
         Ok(())
     }
 
@@ -124,7 +125,7 @@ impl DirTape {
     /// gradients).
     pub fn bytes(&self) -> usize {
         (self.offsets.capacity() + self.times.capacity()) * std::mem::size_of::<usize>()
-            + self.data.capacity() * 4
+            + self.data.heap_bytes()
             + self.scratch.bytes()
     }
 

@@ -1,6 +1,7 @@
 //! Reusable scratch memory: a warm workspace makes a call allocate nothing.
 
 use super::sweep::Cursor;
+use crate::kernel::aligned::AlignedVec;
 use crate::view::SeqView;
 
 /// Reusable buffers for the engine: once it has served a call, later calls with the same view and thread
@@ -53,12 +54,12 @@ impl JobScratch {
 #[derive(Debug, Default)]
 pub(crate) struct ChunkScratch {
     pub(crate) rows: Vec<usize>,
-    pub(crate) h: Vec<f32>,
-    pub(crate) h2: Vec<f32>,
-    pub(crate) c: Vec<f32>,
+    pub(crate) h: AlignedVec,
+    pub(crate) h2: AlignedVec,
+    pub(crate) c: AlignedVec,
     /// What a multi-phase cell's phases hand each other ([`crate::kernel::StepState::mid`]).
-    pub(crate) mid: Vec<f32>,
-    pub(crate) proj: Vec<f32>,
+    pub(crate) mid: AlignedVec,
+    pub(crate) proj: AlignedVec,
     pub(crate) offs: Vec<usize>,
     pub(crate) times: Vec<usize>,
     pub(crate) cur: Vec<Cursor>,
@@ -69,7 +70,7 @@ pub(crate) struct ChunkScratch {
 
 impl ChunkScratch {
     fn bytes(&self) -> usize {
-        [&self.h, &self.h2, &self.c, &self.mid, &self.proj].iter().map(|v| v.capacity() * 4).sum::<usize>()
+        [&self.h, &self.h2, &self.c, &self.mid, &self.proj].iter().map(|v| v.heap_bytes()).sum::<usize>()
             + (self.rows.capacity() + self.offs.capacity() + self.times.capacity() + self.tape_rows.capacity()) * 8
             + self.cur.capacity() * std::mem::size_of::<Cursor>()
     }

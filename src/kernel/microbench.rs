@@ -1,6 +1,7 @@
 //! The kernels on their own, for benchmarks: one input-projection GEMM and one recurrent step of a
 //! batch, on a chosen backend. `benches/lstm.rs` measures these per backend.
 
+use super::aligned::AlignedVec;
 use super::simd::{Rows, Tn, TnPart};
 use super::{Backend, StepState};
 use crate::cells::lstm::{CellSpec, LstmKernel};
@@ -16,7 +17,8 @@ pub struct KernelBench {
     batch: usize,
     x: Vec<f32>,
     rows: Vec<usize>,
-    proj: Vec<f32>,
+    /// Line-aligned, as the engine's.
+    proj: AlignedVec,
     h: Vec<f32>,
     c: Vec<f32>,
     h_out: Vec<f32>,
@@ -44,7 +46,11 @@ impl KernelBench {
             batch,
             x: (0..batch * i).map(val).collect(),
             rows: (0..batch).map(|r| r * i).collect(),
-            proj: vec![0.0; batch * 4 * hp],
+            proj: {
+                let mut p = AlignedVec::default();
+                p.resize_zeroed(batch * 4 * hp);
+                p
+            },
             h: (0..batch * hp).map(val).collect(),
             c: (0..batch * hp).map(val).collect(),
             h_out: vec![0.0; batch * hp],

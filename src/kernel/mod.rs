@@ -20,9 +20,11 @@ use std::sync::OnceLock;
 use crate::cells::activation::Activation;
 use crate::engine::GradRows;
 use crate::error::Result;
+use aligned::AlignedVec;
 use pack::PackedGates;
 use simd::{Rows, Simd};
 
+pub(crate) mod aligned;
 #[cfg(feature = "testing")]
 pub mod microbench;
 pub mod pack;
@@ -258,8 +260,8 @@ pub(crate) trait CellBackward: Sync {
         &self,
         rows: &GradRows<'_>,
         g: &mut Self::Grads,
-        dwr: &mut Vec<f32>,
-        db: &mut Vec<f32>,
+        dwr: &mut AlignedVec,
+        db: &mut AlignedVec,
     ) -> Result<()>;
 }
 

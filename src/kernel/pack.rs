@@ -15,6 +15,7 @@
 use std::cell::{Cell, RefCell};
 use std::ops::{Deref, DerefMut, Range};
 
+use super::aligned::AlignedVec;
 use super::simd::MAX_GATES;
 use crate::engine::for_each_part;
 use crate::error::{checked_product, Error, Result};
@@ -452,9 +453,9 @@ thread_local! {
 struct Recycled {
     active: bool,
     /// Buffers of the previous scope, for this scope's packing to take.
-    old: Vec<Vec<f32>>,
+    old: Vec<AlignedVec>,
     /// Buffers dropped in this scope: the next scope's `old`.
-    returned: Vec<Vec<f32>>,
+    returned: Vec<AlignedVec>,
 }
 
 /// Buffers smaller than this many floats are not worth keeping: the allocator reuses them without page
@@ -486,52 +487,36 @@ pub(crate) fn with_recycled_panels<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Packed panels: a `Vec<f32>` whose memory comes from, and goes back to, the thread's recycled panel
-/// memory inside [`with_recycled_panels`] (elsewhere an ordinary allocation).
+/// Packed panels: an [`AlignedVec`] (every panel starts on a cache line) whose memory comes from, and
+/// goes back to, the thread's recycled panel memory inside [`with_recycled_panels`] (elsewhere an
+/// ordinary allocation).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Panels(Vec<f32>);
+pub(crate) struct Panels(AlignedVec);
 
 impl Panels {
     /// `len` floats of unspecified values (recycled memory holds older panels): the caller writes every
     /// one.
     pub(crate) fn uninit(len: usize) -> Self {
-        match Self::recycled(len) {
-            Some(mut v) => {
-                v.resize(len, 0.0);
-                Panels(v)
-            }
-            None => Panels(vec![0.0; len]),
-        }
+        let mut v = Self::recycled(len).unwrap_or_default();
+        v.resize_stale(len);
+        Panels(v)
     }
 
     /// `len` zeros (fresh memory is zero already; recycled memory is cleared).
     pub(crate) fn zeroed(len: usize) -> Self {
-        match Self::recycled(len) {
-            Some(mut v) => {
-                v.fill(0.0);
-                v.resize(len, 0.0);
-                Panels(v)
-            }
-            None => Panels(vec![0.0; len]),
-        }
+        let mut v = Self::recycled(len).unwrap_or_default();
+        v.resize_zeroed(len);
+        Panels(v)
     }
 
-    /// The smallest kept buffer of this thread that holds `len` floats, at most `len` long.
-    fn recycled(len: usize) -> Option<Vec<f32>> {
+    /// The smallest kept buffer of this thread that holds `len` floats.
+    fn recycled(len: usize) -> Option<AlignedVec> {
         let taken = RECYCLED.try_with(|r| {
             let mut r = r.borrow_mut();
             let best = (0..r.old.len()).filter(|&i| r.old[i].capacity() >= len).min_by_key(|&i| r.old[i].capacity());
             best.map(|i| r.old.swap_remove(i))
         });
-        let mut v = taken.ok().flatten()?;
-        v.truncate(len);
-        Some(v)
-    }
-}
-
-impl From<Vec<f32>> for Panels {
-    fn from(v: Vec<f32>) -> Self {
-        Panels(v)
+        taken.ok().flatten()
     }
 }
 
