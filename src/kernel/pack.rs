@@ -397,10 +397,15 @@ pub(crate) fn unpack_gate_panels(
     }
     for (bl, panel) in p.chunks_exact(panel_len).take(hidden.div_ceil(nb)).enumerate() {
         let (u0, lanes) = (bl * nb, nb.min(hidden - bl * nb));
-        for g in 0..gates {
+        // In panel order (gate group, k, gate), so the panel is read straight through.
+        let gg = group_gates(gates);
+        for g0 in (0..gates).step_by(gg) {
             for k in 0..rows {
-                let at = panel_offset(gates, nb, rows, k, g);
-                m[k * m_gates * hidden + (first + g) * hidden + u0..][..lanes].copy_from_slice(&panel[at..at + lanes]);
+                for g in g0..(g0 + gg).min(gates) {
+                    let at = panel_offset(gates, nb, rows, k, g);
+                    let row = &mut m[k * m_gates * hidden + (first + g) * hidden + u0..];
+                    copy_lanes(&mut row[..lanes], &panel[at..at + lanes]);
+                }
             }
         }
     }
