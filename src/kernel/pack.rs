@@ -685,6 +685,8 @@ mod tests {
                             with_pack_threads(threads, || pack_gate_panels(&canon, k_len, s_n, 0..s_n, hidden, nb));
                         let got = with_pack_threads(threads, || pack_unit_panels(&m, k_len, blocks, hidden, nb));
                         assert_eq!(got, want, "blocks {blocks:?} k {k_len} H {hidden} nb {nb} t {threads}");
+                        // The panels start on a cache line.
+                        assert!([&got, &want].iter().all(|p| (p.as_ptr() as usize).is_multiple_of(64)));
                         // And back: every gate, and gate subsets into their columns.
                         let mut back = vec![f32::NAN; canon.len()];
                         unpack_gate_panels(&got, k_len, s_n, &mut back, s_n, 0, hidden, nb);
@@ -716,6 +718,7 @@ mod tests {
         let b: Vec<f32> = numbered(4 * 70 * k_len).iter().map(|v| -v).collect();
         let want = pack_gate_panels(&canonical_of_units(&b, k_len, &order, 70), k_len, 4, 0..4, 70, nb);
         let ptr = with_recycled_panels(|| pack_unit_panels(&dirty, k_len, &order, 80, nb).as_ptr() as usize);
+        assert!(ptr.is_multiple_of(64), "recycled panels start on a cache line");
         with_recycled_panels(|| {
             let got = pack_unit_panels(&b, k_len, &order, 70, nb);
             assert_eq!(got.as_ptr() as usize, ptr, "the previous call's memory is reused");
