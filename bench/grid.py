@@ -349,6 +349,20 @@ def ratio_packing(row):
     return (o / m, None) if m is not None and o is not None else None
 
 
+# The entries each ratio family compares (the handle's peer is the one its ratio names).
+USED = {
+    "handle": lambda peer: ["masked-rnn", peer],
+    "oneshot": lambda _peer: ["masked-rnn-oneshot", "ort-inputs"],
+    "packing": lambda _peer: ["masked-rnn", "masked-rnn-oneshot"],
+}
+
+
+def disturbed(row, names, max_foreign):
+    """Whether any of the entries `names` of a cell was measured while other processes used more than
+    `max_foreign` cores (after its retries)."""
+    return any((row.get(n) or {}).get("foreign_cores", 0) > max_foreign for n in names)
+
+
 # family: (function, title, higher is better)
 RATIOS = {
     "handle": (ratio_handle, "speedup of the masked-rnn handle over the best peer", True),
@@ -391,6 +405,7 @@ def markdown(report):
         out.append("")
     peers = ", ".join("`%s` = %s" % (SHORT[p], LABELS[p]) for p in PEERS)
     for family, (fn, title, higher) in RATIOS.items():
+        flagged = False
         out.append("## %s" % title[0].upper() + title[1:])
         out.append("")
         if family == "handle":
@@ -405,11 +420,18 @@ def markdown(report):
                 for B in report["batches"]:
                     cells = []
                     for H in report["hidden"]:
-                        v = fn(rows.get((cell, B, H, th), {}))
-                        cells.append("-" if v is None else "%.2fx%s" % (v[0], " (%s)" % SHORT[v[1]]
-                                                                          if family == "handle" else ""))
+                        row = rows.get((cell, B, H, th), {})
+                        v = fn(row)
+                        flag = " †" if v and disturbed(row, USED[family](v[1]), meta["max_foreign"]) else ""
+                        flagged = flagged or bool(flag)
+                        cells.append("-" if v is None else "%.2fx%s%s" % (v[0], " (%s)" % SHORT[v[1]]
+                                                                            if family == "handle" else "", flag))
                     out.append("| %d | %s |" % (B, " | ".join(cells)))
                 out.append("")
+        if flagged:
+            out.append("† a time in this ratio was measured while other processes used more than %.2f cores "
+                       "(see the medians below)." % meta["max_foreign"])
+            out.append("")
         s = summary(report, family)
         if s:
             out.append("Geometric mean over the %d cells: **%.2fx**; %s: %.2fx (%s)." % (
