@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use crate::cells::activation::{clip, slope_lanes, Activation};
 use crate::cells::grads::PytorchLayout;
 use crate::cells::weights::{check_weights, transpose, transpose_rows};
-use crate::engine::{grow, GradRows};
+use crate::engine::GradRows;
 use crate::error::{check_len, checked_product, Result};
 use crate::frameworks::torch::TorchParams;
 use crate::kernel::aligned::AlignedVec;
@@ -633,7 +633,7 @@ impl CellBackward for GruBackCell<'_> {
     ) -> Result<()> {
         let (input, hd, hp) = (self.input, self.hidden, self.hp());
         let zw = self.dz_width();
-        let (dwr, db) = (grow(dwr, checked_product(&[input + hd, zw], "dW")?), grow(db, 2 * zw));
+        let (dwr, db) = (dwr.resize_stale(checked_product(&[input + hd, zw], "dW")?), db.resize_stale(2 * zw));
         let x = TnPart { rows: rows.x, width: input };
         let h_prev = TnPart { rows: rows.h_prev, width: hd };
         // Column of gate `gate` (z, r, h) of unit j in the products' rows: input rows (dW) and recurrent

@@ -16,7 +16,7 @@ use std::ops::Range;
 use crate::cells::activation::{clip, derivative_lanes, slope_lanes, Activation};
 use crate::cells::grads::LstmGrads;
 use crate::cells::weights::{LstmWeights, PackedLstm, Transposes};
-use crate::engine::{grow, GradRows};
+use crate::engine::GradRows;
 use crate::error::{checked_product, Result};
 use crate::kernel::aligned::AlignedVec;
 use crate::kernel::pack::PackedGates;
@@ -405,7 +405,7 @@ impl CellBackward for LstmBackCell<'_> {
         let tape = rows.tape;
         // [dW; dR] as one product ([X, H_prev]ᵀ·dZ, dZ streamed once); every element is written by the
         // column part holding it.
-        let (dwr, db) = (grow(dwr, checked_product(&[input + hd, z4], "dW")?), grow(db, z4));
+        let (dwr, db) = (dwr.resize_stale(checked_product(&[input + hd, z4], "dW")?), db.resize_stale(z4));
         let a = [TnPart { rows: rows.x, width: input }, TnPart { rows: rows.h_prev, width: hd }];
         rows.product(&a, 0..z4, dwr, z4, Some(db))?;
         let (dw, dr) = dwr.split_at(input * z4);

@@ -16,7 +16,7 @@ use crate::cells::grads::PytorchLayout;
 use crate::cells::weights::{
     check_weights, keras_bias, pack_keras, pack_pytorch, pytorch_bias, transpose, transpose_rows, Transposes,
 };
-use crate::engine::{grow, GradRows};
+use crate::engine::GradRows;
 use crate::error::{check_len, checked_product, Result};
 use crate::frameworks::torch::TorchParams;
 use crate::kernel::aligned::AlignedVec;
@@ -385,7 +385,7 @@ impl CellBackward for RnnBackCell<'_> {
     ) -> Result<()> {
         let (input, hd, hp) = (self.input, self.hidden, self.hp());
         // [dW; dR] as one product ([X, H_prev]ᵀ·dZ, dZ streamed once).
-        let (dwr, db) = (grow(dwr, checked_product(&[input + hd, hp], "dW")?), grow(db, hp));
+        let (dwr, db) = (dwr.resize_stale(checked_product(&[input + hd, hp], "dW")?), db.resize_stale(hp));
         let a = [TnPart { rows: rows.x, width: input }, TnPart { rows: rows.h_prev, width: hd }];
         rows.product(&a, 0..hp, dwr, hp, Some(db))?;
         for (k, row) in dwr.chunks_exact(hp).enumerate() {

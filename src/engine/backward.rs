@@ -172,13 +172,6 @@ fn padded(src: Option<&[f32]>, b: usize, hd: usize, hp: usize) -> Vec<f32> {
     dst
 }
 
-/// `v` as a slice of `n` floats, grown (new room zeroed) but not cleared: the caller overwrites what it
-/// reads.
-pub(crate) fn grow(v: &mut AlignedVec, n: usize) -> &mut [f32] {
-    v.resize_stale(n);
-    v
-}
-
 /// A raw pointer to buffers that chunks or column parts write in parallel, each its own elements.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
@@ -256,7 +249,7 @@ impl<C: CellBackward> Backward<'_, C> {
         // dZ of every valid step, in tape order; the sweep writes every element of every row before
         // anything reads it.
         let GradBufs { dz, dwr, db } = bufs;
-        let dz = grow(dz, checked_product(&[rows, zw], "dZ")?);
+        let dz = dz.resize_stale(checked_product(&[rows, zw], "dZ")?);
         // Per sequence, [B][hp]: dh at its last valid step (d_h_n); the carried gradient (the LSTM's: that
         // reaching c, from d_c_n, then step by step that reaching c_prev, d_c0 in the end; the GRU's: zero
         // at the last step); what a step's phases hand each other; the initial state the cell reads.

@@ -34,7 +34,7 @@ mod sync;
 mod tape;
 mod workspace;
 
-pub(crate) use backward::{grow, Backward, BackwardOut, GradRows};
+pub(crate) use backward::{Backward, BackwardOut, GradRows};
 pub(crate) use layout::{directions, OutRegion, Region, SeqIn, SeqOut, StateIn, StateOut};
 pub(crate) use plan::effective_threads;
 #[cfg(not(debug_assertions))]
