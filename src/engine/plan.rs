@@ -13,7 +13,8 @@ pub enum Schedule {
     /// fewer than 8 M multiply-adds (waking another thread costs more than it saves); else gate columns
     /// when a thread would get no rows, when threads would get fewer than 4 rows each and the recurrent
     /// weights fill L2 (or 1 MiB, where L2 is larger), or when the weights exceed twice the threads' L2
-    /// together; batch chunks of at least 2 sequences otherwise (cells of fewer than 64 K multiply-adds
+    /// together and threads would get fewer than 64 rows each; batch chunks of at least 2 sequences
+    /// otherwise (cells of fewer than 64 K multiply-adds
     /// per row and step always use batch chunks: too little work per step for a barrier).
     #[default]
     Auto,
@@ -53,7 +54,8 @@ pub(crate) fn use_columns(
             let idle = rows < threads;
             let few_rows = rows < MIN_ROWS_PER_THREAD * threads;
             let fills = recurrent_bytes >= l2.min(FEW_ROWS_COLUMN_BYTES);
-            let huge = recurrent_bytes > 2 * threads * l2;
+            // Far beyond L2, unless each thread has rows enough to be compute-bound on streamed weights.
+            let huge = recurrent_bytes > 2 * threads * l2 && rows < HUGE_MAX_ROWS_PER_THREAD * threads;
             // Enough work per step to pay for a barrier (at least a 64 x 256 block of weights), and in
             // all to pay for waking the other threads.
             let enough = work >= 1 << 16 && macs >= PARALLEL_MIN_MACS;
@@ -98,6 +100,19 @@ pub(crate) fn batch_chunks(schedule: Schedule, threads: usize, rows: usize, macs
 pub(crate) fn column_threads(threads: usize, blocks: usize) -> usize {
     threads.min(blocks).min(cores())
 }
+
+/// Rows per thread from which batch chunks beat gate columns even for weights far beyond L2. Each row
+/// does `G x H` multiply-adds per weight row streamed, so from a few dozen rows a thread's step is bound by
+/// its arithmetic, not by streaming the weights; the column split then only adds its barriers (and at
+/// more than [`BLOCK_ROWS`](crate::kernel::simd::BLOCK_ROWS) rows it streams each slice once per row
+/// group, as much traffic as the batch chunks). Measured on the 2-core Intel VM (`examples/profile_onnx`,
+/// T 50, lengths T/2..T, 2 threads, 3 rounds alternating the two schedules, median of 3 calls): batch
+/// chunks faster at 128 and 256 sequences (columns / batch per round: 1024 units, GRU 0.93-1.20, LSTM
+/// 0.91-1.14; 2048 units at 256, LSTM 1.04-1.24, GRU 0.96-1.11); at 64 sequences mixed (2048 units: GRU
+/// 1.10-1.22, LSTM 0.81-0.95), so the columns keep 32 rows per thread and fewer. A second run, 8 rounds of
+/// 2 calls at 256 sequences and 1024 units: medians 1.05 (GRU) and 1.07 (LSTM), the machine's noise
+/// 0.71-1.32 per round.
+const HUGE_MAX_ROWS_PER_THREAD: usize = 64;
 
 /// Recurrent weights from which few rows per thread split the gate columns even where L2 is larger: on a
 /// 2 MiB-L2 Intel Xeon a 256-unit LSTM (1 MiB) at 2-6 sequences ran 1.25x faster on the columns
@@ -249,6 +264,21 @@ mod tests {
         for c in &chunks {
             assert!(c.rows.windows(2).all(|w| lens[w[0]] >= lens[w[1]]));
         }
+    }
+
+    #[test]
+    fn weights_far_beyond_l2_split_the_columns_for_few_rows_per_thread_only() {
+        // Recurrent weights beyond twice the two threads' L2, 64 column blocks, work enough for threads.
+        let (bytes, blocks, work, macs) = (4 * l2_bytes() + 4, 64, 1 << 20, 1 << 30);
+        let columns = |rows| use_columns(Schedule::Auto, 2, rows, blocks, bytes, work, macs);
+        let split = cores() >= 2;
+        assert_eq!(columns(16), split);
+        assert_eq!(columns(2 * HUGE_MAX_ROWS_PER_THREAD - 1), split);
+        assert!(!columns(2 * HUGE_MAX_ROWS_PER_THREAD));
+        assert!(!columns(256));
+        // Forced schedules are obeyed whatever the rows.
+        assert_eq!(use_columns(Schedule::GateColumns, 2, 256, blocks, bytes, work, macs), split);
+        assert!(!use_columns(Schedule::BatchChunks, 2, 16, blocks, bytes, work, macs));
     }
 
     #[test]
