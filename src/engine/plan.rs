@@ -14,8 +14,8 @@ pub enum Schedule {
     /// when a thread would get no rows, when threads would get fewer than 4 rows each and the recurrent
     /// weights fill L2 (or 1 MiB, where L2 is larger), or when the weights exceed twice the threads' L2
     /// together and threads would get fewer than 64 rows each; batch chunks of at least 2 sequences
-    /// otherwise (cells of fewer than 64 K multiply-adds
-    /// per row and step always use batch chunks: too little work per step for a barrier).
+    /// otherwise (cells of fewer than 64 K multiply-adds per row and step always use batch chunks: too
+    /// little work per step for a barrier).
     #[default]
     Auto,
     /// Sequences split into chunks balanced by valid steps (one per thread, down to one sequence per

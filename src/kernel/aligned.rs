@@ -55,19 +55,16 @@ impl AlignedVec {
     /// `n` floats, each zero (a fresh allocation is zero already: only reused memory is cleared).
     pub(crate) fn resize_zeroed(&mut self, n: usize) {
         let reused = self.capacity() >= n;
-        self.clear_reserve(n);
-        self.len = n;
+        let floats = self.resize_stale(n);
         if reused {
-            self.fill(0.0);
+            floats.fill(0.0);
         }
     }
 
     /// `n` floats of unspecified (but initialised) values, such as a previous use left (zeros where the
     /// buffer had to grow), as a slice: for callers that overwrite every one before reading it.
     pub(crate) fn resize_stale(&mut self, n: usize) -> &mut [f32] {
-        if self.capacity() < n {
-            self.clear_reserve(n);
-        }
+        self.clear_reserve(n);
         self.len = n;
         self
     }
